@@ -1,0 +1,108 @@
+"""The signalling server: three listeners (players + page, streamers, SFU) around one core.
+
+Shutdown is graceful: stop accepting, close every peer with 1001 (going away), wait
+up to ``shutdown_grace_s`` for them to go, then release the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from signaling import errors
+from signaling.broker import open_broker
+from signaling.config import Settings
+from signaling.http_api import add_routes
+from signaling.protocol import PeerOptions, Role, SignalingCore
+from signaling.ws import SignalingNode
+
+log = structlog.get_logger("signaling")
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class SignalingServer:
+    """Owns the listeners. ``start()`` binds; ports given as 0 are read back afterwards."""
+
+    def __init__(self, settings: Settings, *, peer_options: PeerOptions | None = None) -> None:
+        self.settings = settings
+        options = peer_options or (lambda role, peer_id: dict(settings.peer_connection_options))
+        self.core = SignalingCore(
+            peer_options=options,
+            max_players_per_streamer=settings.max_players_per_streamer,
+            max_protocol_errors=settings.max_protocol_errors,
+        )
+        self.node = SignalingNode(settings, self.core, open_broker(settings.state_url))
+        self._runners: dict[Role, web.AppRunner] = {}
+        self.ports: dict[Role, int] = {}
+
+    @property
+    def player_port(self) -> int:
+        return self.ports[Role.PLAYER]
+
+    @property
+    def streamer_port(self) -> int:
+        return self.ports[Role.STREAMER]
+
+    @property
+    def sfu_port(self) -> int | None:
+        return self.ports.get(Role.SFU)
+
+    def player_app(self) -> web.Application:
+        app = web.Application()
+        add_routes(app, self.node, Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR)
+        return app
+
+    def _ws_only_app(self, role: Role) -> web.Application:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.node.handle(request, role)
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)  # Epic accepts any path
+        return app
+
+    async def start(self) -> None:
+        s = self.settings
+        apps = {Role.PLAYER: (self.player_app(), s.player_port),
+                Role.STREAMER: (self._ws_only_app(Role.STREAMER), s.streamer_port)}
+        if s.sfu_port >= 0:
+            apps[Role.SFU] = (self._ws_only_app(Role.SFU), s.sfu_port)
+        for role, (app, port) in apps.items():
+            runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                   shutdown_timeout=s.shutdown_grace_s)
+            await runner.setup()
+            site = web.TCPSite(runner, s.host, port, reuse_address=True)
+            await site.start()
+            self._runners[role] = runner
+            server = site._server  # noqa: SLF001 - the only way to read back port 0
+            assert server is not None and server.sockets
+            self.ports[role] = server.sockets[0].getsockname()[1]
+        log.info("signaling_listening", host=s.host,
+                 **{f"{role.value}_port": port for role, port in self.ports.items()})
+
+    async def stop(self) -> None:
+        """Stop accepting, tell every peer we are going away, then release the ports."""
+        self.node.accepting = False
+        for runner in self._runners.values():
+            for site in list(runner.sites):
+                await site.stop()
+        await self.node.close_all(errors.GOING_AWAY, "server shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_s
+        while self.node.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for runner in self._runners.values():
+            await runner.cleanup()
+        self._runners.clear()
+        await self.node.broker.aclose()
+        log.info("signaling_stopped")
+
+    async def __aenter__(self) -> SignalingServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

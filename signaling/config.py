@@ -1,0 +1,66 @@
+"""The signalling server's settings: one frozen object, loaded once at start-up.
+
+Sources, later ones winning: defaults, ``PIXELFLEET_*`` environment variables
+(``PIXELFLEET_PLAYER_PORT=80``; nested sections with ``__``), command-line flags.
+No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+ENV_PREFIX = "PIXELFLEET_"
+
+
+class ConfigError(ValueError):
+    """A setting has the wrong type or an unknown name."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"              # bind address; "0.0.0.0" or "::" to serve a network
+    player_port: int = 80                # HTTP: player page + player WebSocket (Epic default 80)
+    streamer_port: int = 8888
+    sfu_port: int = 8889                 # -1 disables the SFU listener; 0 = any free port
+    state_url: str = "memory://"         # broker backend: memory:// (one node) or redis://
+    peer_connection_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    max_players_per_streamer: int = 0    # 0 = unlimited (Epic's --max_players)
+    max_message_bytes: int = 64 * 1024   # larger frames: close 1009
+    player_rate: float = 50.0            # messages/s allowed per player on average ...
+    player_burst: float = 200.0          # ... with bursts up to this (ICE trickle)
+    streamer_rate: float = 2000.0        # streamers serve many players
+    streamer_burst: float = 5000.0
+    max_protocol_errors: int = 20        # bad messages tolerated before close 1008
+    send_queue_frames: int = 512         # frames queued for a slow reader before close 4408
+    keepalive_s: float = 30.0            # WebSocket ping interval; 0 = off
+    shutdown_grace_s: float = 5.0        # how long SIGTERM waits for peers to close
+    static_dir: str | None = None        # player page; None = the bundled one
+    log_level: str = "info"
+    log_format: str = "auto"             # json | console | auto (console on a TTY)
+
+
+def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
+    """Build settings from the environment plus explicit overrides (e.g. CLI flags)."""
+    data: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name.split("__", 1)[0] in _NOT_SIGNALING:
+            continue
+        target = data
+        *parents, leaf = name.split("__")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = msgspec.json.decode(value) if leaf == "peer_connection_options" else value
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+
+
+# Variables that belong to other services' sections (they share the prefix).
+_NOT_SIGNALING = frozenset({"turn", "matchmaker", "agent"})

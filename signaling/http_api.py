@@ -1,0 +1,84 @@
+"""HTTP surface of the player port: the WebSocket upgrade on any path, the player
+page, and Wilbur's read-only REST API (``/api/status``, ``/api/streamers``,
+``/api/players``) so existing dashboards keep working."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from signaling.protocol import Peer, Role
+from signaling.ws import SignalingNode
+
+VERSION = "pixelfleet-0.1.0"
+
+
+def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> None:
+    started = time.monotonic()
+    core = node.core
+    root = static_dir.resolve()
+
+    def player_info(peer: Peer) -> dict[str, Any]:
+        info: dict[str, Any] = {"playerId": peer.player_id,
+                                "type": "SFU" if peer.role is Role.SFU else "Player"}
+        if peer.subscribed_to is not None:
+            info["subscribedTo"] = core.peer(peer.subscribed_to).streamer_id
+        return info
+
+    def streamer_info(peer: Peer) -> dict[str, Any]:
+        return {"streamerId": peer.streamer_id,
+                "type": "SFU" if peer.role is Role.SFU else "Streamer",
+                "streaming": peer.streaming,
+                "subscribers": [player_info(core.peer(c)) for c in peer.subscribers]}
+
+    async def status(request: web.Request) -> web.Response:
+        peers = list(core.peers())
+        return web.json_response({
+            "uptime": int((time.monotonic() - started) * 1000),
+            "streamer_count": sum(p.streamer_id is not None for p in peers),
+            "player_count": sum(p.player_id is not None for p in peers),
+            "version": VERSION,
+        })
+
+    async def streamers(request: web.Request) -> web.Response:
+        return web.json_response([streamer_info(p) for p in core.peers() if p.streamer_id is not None])
+
+    async def streamer(request: web.Request) -> web.Response:
+        sid = request.match_info["streamer_id"]
+        peer = core.streamer_by_id(sid)
+        if peer is None:
+            return web.json_response({"message": f"No streamer id matches {sid}."}, status=404)
+        return web.json_response(streamer_info(peer))
+
+    async def players(request: web.Request) -> web.Response:
+        return web.json_response([player_info(p) for p in core.peers() if p.player_id is not None])
+
+    async def player(request: web.Request) -> web.Response:
+        pid = request.match_info["player_id"]
+        peer = core.player_by_id(pid)
+        if peer is None:
+            return web.json_response({"message": f"No player ID matches {pid}."}, status=404)
+        return web.json_response(player_info(peer))
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": node.accepting})
+
+    async def page_or_socket(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await node.handle(request, Role.PLAYER)
+        name = request.match_info["tail"] or "player.html"
+        path = (root / name).resolve()
+        if not path.is_file() or root not in path.parents:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/streamers", streamers)
+    app.router.add_get("/api/streamers/{streamer_id}", streamer)
+    app.router.add_get("/api/players", players)
+    app.router.add_get("/api/players/{player_id}", player)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/{tail:.*}", page_or_socket)
