@@ -1,0 +1,5 @@
+import sys
+
+from pixelfleet.cli import main
+
+sys.exit(main())

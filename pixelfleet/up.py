@@ -1,0 +1,107 @@
+"""``pixelfleet up``: the whole platform on one box, with embedded backends.
+
+Signalling runs in this process; each synthetic streamer runs as a child process
+(as a UE build would), restarted with backoff if it dies, so a crashing streamer
+never takes the signalling server with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+
+import structlog
+
+from pixelfleet.cli import serve_until_signal, signaling_settings
+from pixelfleet.logs import configure_logging
+
+log = structlog.get_logger("up")
+
+
+class StreamerProcess:
+    """One synthetic streamer child, kept running until ``stop()``."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self._argv = argv
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            self._proc = await asyncio.create_subprocess_exec(*self._argv)
+            code = await self._proc.wait()
+            if self._stopping:
+                return
+            log.warning("streamer_exited", code=code, restart_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _up(args: argparse.Namespace) -> None:
+    from signaling.app import SignalingServer
+
+    settings = signaling_settings(args)
+    server = SignalingServer(settings)
+    children: list[StreamerProcess] = []
+
+    async def start() -> None:
+        await server.start()
+        url = f"ws://{_connect_host(settings.host)}:{server.streamer_port}"
+        for i in range(1, args.streamers + 1):
+            child = StreamerProcess([
+                sys.executable, "-m", "pixelfleet", "streamer", "--url", url,
+                "--id", f"Streamer{i}", "--width", str(args.width),
+                "--height", str(args.height), "--fps", str(args.fps),
+            ])
+            child.start()
+            children.append(child)
+        ids = [f"Streamer{i}" for i in range(1, args.streamers + 1)]
+        for _ in range(300):  # wait up to 30 s for every streamer to identify
+            if all(server.core.streamer_by_id(i) for i in ids):
+                break
+            await asyncio.sleep(0.1)
+        page = f"http://{_connect_host(settings.host)}:{server.player_port}/"
+        print(f"\npixelfleet is up: open {page}\n"
+              f"  streamers: {', '.join(ids) or 'none'} (pick one with {page}?StreamerId=<id>)\n"
+              f"  UE builds: -PixelStreamingURL=ws://{_connect_host(settings.host)}:{server.streamer_port}\n"
+              f"  stop with Ctrl+C\n", flush=True)
+
+    async def stop() -> None:
+        await asyncio.gather(*(c.stop() for c in children))
+        await server.stop()
+
+    await serve_until_signal(start, stop)
+
+
+def _connect_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    import uvloop
+
+    settings = signaling_settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    uvloop.run(_up(args))
+    return 0
