@@ -591,7 +591,7 @@
       channel.binaryType = 'arraybuffer';
       this.channel = channel;
       const opened = () => {
-        if (channel !== this.channel) return;
+        if (channel !== this.channel || this.info.dataChannelOpen) return;
         this.info.dataChannelOpen = true;
         this.ui.pill('data', 'open');
         this.log('Data channel "' + channel.label + '" open', 'ok');
@@ -698,9 +698,11 @@
         if (typing(e)) return;
         const code = ueKeyCode(e);
         if (!code || code === 229) return; // 229: IME composition
-        if (this.sendInput('KeyDown', [code & 0xff, e.repeat ? 1 : 0]) && e.target === v) {
-          e.preventDefault(); // keep arrows and space from scrolling the page
-        }
+        const sent = this.sendInput('KeyDown', [code & 0xff, e.repeat ? 1 : 0]);
+        // Keep Tab and F1-F12 for the stream while it has focus, as Epic's
+        // SuppressBrowserKeys does. Nothing else: cancelling keydown would also
+        // cancel the keypress that carries the character.
+        if (sent && e.target === v && (code === 9 || (code >= 112 && code <= 123))) e.preventDefault();
       });
       document.addEventListener('keyup', (e) => {
         if (typing(e)) return;
