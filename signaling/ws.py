@@ -110,16 +110,18 @@ class Connection:
         self.outbox.closed = True
         self._closing = asyncio.create_task(self._close(code, errors.clip_reason(reason)))
 
+    async def closed(self) -> None:
+        """Let a close started by ``close()`` finish before the handler returns."""
+        if self._closing is not None:
+            await self._closing
+
     async def _close(self, code: int, reason: str) -> None:
         self.log.info("closing", code=code, reason=reason)
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await self.ws.close(code=code, message=reason.encode())
         except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            if not self.transport.is_closing():
-                self.transport.abort()
+            self.transport.abort()  # a peer that does not read cannot take our close frame
 
 
 class SignalingNode:
@@ -180,7 +182,8 @@ class SignalingNode:
             self.broker.close(conn)
             del self.connections[conn]
             await run(self.core.disconnect(conn))
-            connection.log.info("disconnected", code=ws.close_code)
+            await connection.closed()
+            connection.log.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
         return ws
 
     async def run(self, actions: list[Any]) -> None:

@@ -1,0 +1,345 @@
+"""The signalling server over real sockets, with raw WebSocket clients for every role."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from signaling import errors
+from signaling.app import SignalingServer
+from tests.conftest import StartSignaling
+
+pytestmark = pytest.mark.integration
+
+WAIT = 10.0  # generous: tests never fail on timing alone
+
+
+class Peer:
+    """A raw WebSocket client that reads JSON messages."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, **msg: Any) -> None:
+        await self.ws.send_str(orjson.dumps(msg).decode())
+
+    async def recv(self) -> dict[str, Any]:
+        msg = await asyncio.wait_for(self.ws.receive(), WAIT)
+        assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
+        return orjson.loads(msg.data)
+
+    async def recv_type(self, kind: str) -> dict[str, Any]:
+        while True:
+            msg = await self.recv()
+            if msg["type"] == kind:
+                return msg
+
+    async def closed(self) -> tuple[int | None, str]:
+        """Wait for the server to close us; returns (code, reason)."""
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive(), WAIT)
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                return msg.data, (msg.extra or "")
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return self.ws.close_code, ""
+            if msg.type is aiohttp.WSMsgType.ERROR:
+                return self.ws.close_code, str(msg.data)
+
+    async def still_served(self) -> None:
+        await self.send(type="ping", time=42)
+        assert await self.recv_type("pong") == {"type": "pong", "time": 42}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def connect_streamer(http: aiohttp.ClientSession, server: SignalingServer, name: str = "Cam") -> Peer:
+    s = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.streamer_port}/"))
+    assert (await s.recv())["type"] == "identify"
+    assert (await s.recv())["type"] == "config"
+    await s.send(type="endpointId", id=name)
+    assert (await s.recv()) == {"type": "endpointIdConfirm", "committedId": name}
+    return s
+
+
+async def connect_player(http: aiohttp.ClientSession, server: SignalingServer, streamer: Peer | None = None,
+                         name: str = "Cam", path: str = "/") -> tuple[Peer, str]:
+    p = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.player_port}{path}"))
+    await p.send(type="listStreamers")  # Epic's frontend sends before config arrives
+    assert (await p.recv())["type"] == "config"
+    await p.recv_type("streamerList")
+    if streamer is None:
+        return p, ""
+    await p.send(type="subscribe", streamerId=name)
+    connected = await streamer.recv_type("playerConnected")
+    return p, connected["playerId"]
+
+
+async def test_full_handshake_over_sockets(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    s = await connect_streamer(http, server)
+    p, pid = await connect_player(http, server, s)
+    await s.send(type="offer", playerId=pid, sdp="v=0 offer")
+    assert await p.recv() == {"type": "offer", "playerId": pid, "sdp": "v=0 offer"}
+    await p.send(type="answer", sdp="v=0 answer", minBitrateBps=0, maxBitrateBps=0)
+    assert await s.recv() == {"type": "answer", "sdp": "v=0 answer", "minBitrateBps": 0, "maxBitrateBps": 0,
+                              "playerId": pid}
+    cand = {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+    for _ in range(3):
+        await s.send(type="iceCandidate", playerId=pid, candidate=cand)
+        await p.send(type="iceCandidate", candidate=cand)
+    for _ in range(3):
+        assert (await p.recv())["candidate"] == cand
+        assert (await s.recv())["playerId"] == pid
+    await p.ws.close()
+    assert await s.recv_type("playerDisconnected") == {"type": "playerDisconnected", "playerId": pid}
+
+
+async def test_two_players_on_one_streamer_and_two_streamers(start_signaling: StartSignaling,
+                                                             http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    a = await connect_streamer(http, server, "A")
+    b = await connect_streamer(http, server, "B")
+    p1, id1 = await connect_player(http, server, a, "A")
+    p2, id2 = await connect_player(http, server, a, "A")
+    p3, id3 = await connect_player(http, server, b, "B")
+    assert len({id1, id2, id3}) == 3
+    await a.send(type="offer", playerId=id2, sdp="for p2")
+    await b.send(type="offer", playerId=id3, sdp="for p3")
+    assert (await p2.recv())["sdp"] == "for p2"
+    assert (await p3.recv())["sdp"] == "for p3"
+    await a.send(type="offer", playerId=id3, sdp="stolen")  # B's player: dropped
+    await p3.still_served()
+
+
+async def test_any_path_and_first_subprotocol(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    ws = await http.ws_connect(f"ws://127.0.0.1:{server.player_port}/some/path?StreamerId=x",
+                               protocols=("first", "second"))
+    assert ws.protocol == "first"
+    assert orjson.loads((await ws.receive()).data)["type"] == "config"
+    await ws.close()
+
+
+async def test_binary_json_frames_are_accepted(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    p, _ = await connect_player(http, server)
+    await p.ws.send_bytes(b'{"type":"ping","time":7}')
+    assert await p.recv() == {"type": "pong", "time": 7}
+
+
+@pytest.mark.parametrize("frame,code", [
+    ("{not json", "invalid_json"),
+    (b"\xff\xfe\x00binary", "invalid_json"),
+    ("[1,2,3]", "invalid_message"),
+    ('{"type":"subscribe"}', "invalid_message"),
+    ('{"type":"subscribe","streamerId":5}', "invalid_message"),
+    ('{"type":"noSuchType"}', "unknown_type"),
+    ('{"type":"playerConnected","playerId":"Player0"}', "not_allowed"),
+])
+async def test_bad_input_gets_error_and_others_are_unaffected(start_signaling: StartSignaling,
+                                                              http: aiohttp.ClientSession,
+                                                              frame: str | bytes, code: str) -> None:
+    server = await start_signaling()
+    s = await connect_streamer(http, server)
+    good, good_id = await connect_player(http, server, s)
+    bad, _ = await connect_player(http, server)
+    await (bad.ws.send_bytes(frame) if isinstance(frame, bytes) else bad.ws.send_str(frame))
+    err = await bad.recv()
+    assert err["type"] == "error" and err["code"] == code
+    await bad.still_served()
+    await s.send(type="offer", playerId=good_id, sdp="still routed")
+    assert (await good.recv())["sdp"] == "still routed"
+
+
+async def test_bad_streamer_input_is_dropped_without_an_error_message(start_signaling: StartSignaling,
+                                                                      http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    s = await connect_streamer(http, server)
+    await s.ws.send_str("{garbage")
+    await s.send(type="offer", sdp="no player id")
+    await s.send(type="iceCandidate", playerId="Ghost", candidate={"candidate": "c"})
+    await s.send(type="ping", time=1)
+    assert await s.recv() == {"type": "pong", "time": 1}  # nothing else was sent first
+
+
+async def test_protocol_error_budget_closes_with_1008(start_signaling: StartSignaling,
+                                                      http: aiohttp.ClientSession) -> None:
+    server = await start_signaling(max_protocol_errors=3)
+    s = await connect_streamer(http, server)
+    bystander, bid = await connect_player(http, server, s)
+    bad, _ = await connect_player(http, server)
+    for _ in range(4):
+        await bad.ws.send_str("nope")
+    code, reason = await bad.closed()
+    assert code == errors.POLICY_VIOLATION and "protocol errors" in reason
+    await bystander.still_served()
+
+
+async def test_oversized_frame_closes_with_1009(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling(max_message_bytes=4096)
+    s = await connect_streamer(http, server)
+    bystander, bid = await connect_player(http, server, s)
+    big, _ = await connect_player(http, server)
+    await big.send(type="ping", time=1, pad="x" * 5000)
+    code, _ = await big.closed()
+    assert code == errors.MESSAGE_TOO_BIG
+    await bystander.still_served()
+    await s.still_served()
+
+
+async def test_flood_closes_with_4429(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling(player_rate=10.0, player_burst=20.0)
+    s = await connect_streamer(http, server)
+    bystander, _ = await connect_player(http, server, s)
+    flooder, _ = await connect_player(http, server)
+    for i in range(200):
+        try:
+            await flooder.send(type="ping", time=i)
+        except (ConnectionError, aiohttp.ClientError):
+            break
+    code, reason = await flooder.closed()
+    assert code == errors.RATE_LIMITED
+    await bystander.still_served()
+
+
+async def _raw_player_that_never_reads(port: int) -> socket.socket:
+    """A player whose receive buffer is tiny and never drained: a slow reader."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    await loop.sock_sendall(sock, request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert b" 101 " in head
+    frame = orjson.dumps({"type": "subscribe", "streamerId": "Cam"})
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(frame))
+    await loop.sock_sendall(sock, bytes([0x81, 0x80 | len(frame)]) + mask + masked)
+    return sock
+
+
+async def test_slow_reader_is_closed_and_does_not_stall_the_streamer(start_signaling: StartSignaling,
+                                                                     http: aiohttp.ClientSession) -> None:
+    server = await start_signaling(send_queue_frames=8)
+    s = await connect_streamer(http, server)
+    fast, fast_id = await connect_player(http, server, s)
+    slow = await _raw_player_that_never_reads(server.player_port)
+    slow_id = (await s.recv_type("playerConnected"))["playerId"]
+    sdp = "a" * 60_000
+    try:
+        for _ in range(400):  # far beyond kernel buffers plus the 8-frame queue
+            await s.send(type="offer", playerId=slow_id, sdp=sdp)
+            if server.core.player_by_id(slow_id) is None:
+                break
+            await asyncio.sleep(0)
+        disconnected = await s.recv_type("playerDisconnected")
+        assert disconnected["playerId"] == slow_id
+        # The streamer and the other player never noticed.
+        await s.send(type="offer", playerId=fast_id, sdp="hello")
+        assert (await fast.recv_type("offer"))["sdp"] == "hello"
+        await s.still_served()
+    finally:
+        slow.close()
+
+
+async def test_disconnect_player_closes_with_1011(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    s = await connect_streamer(http, server)
+    p, pid = await connect_player(http, server, s)
+    await s.send(type="disconnectPlayer", playerId=pid, reason="kicked")
+    code, reason = await p.closed()
+    assert (code, reason) == (errors.INTERNAL_ERROR, "kicked")
+    assert await s.recv_type("playerDisconnected") == {"type": "playerDisconnected", "playerId": pid}
+
+
+async def test_streamer_leaving_closes_its_players(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    a = await connect_streamer(http, server, "A")
+    b = await connect_streamer(http, server, "B")
+    pa, _ = await connect_player(http, server, a, "A")
+    pb, _ = await connect_player(http, server, b, "B")
+    await a.ws.close()
+    code, _ = await pa.closed()
+    assert code == errors.STREAMER_GONE
+    await pb.still_served()
+    await pb.send(type="listStreamers")
+    assert (await pb.recv_type("streamerList"))["ids"] == ["B"]
+
+
+async def test_sfu_port_speaks_the_sfu_role(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    s = await connect_streamer(http, server, "DefaultStreamer")
+    assert server.sfu_port
+    f = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.sfu_port}/"))
+    assert (await f.recv())["type"] == "identify"
+    await f.send(type="endpointId", id="SFU")
+    await f.recv_type("endpointIdConfirm")
+    await f.send(type="subscribe", streamerId="DefaultStreamer")
+    assert (await s.recv_type("playerConnected"))["sfu"] is True
+
+
+async def test_rest_api_and_player_page(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    s = await connect_streamer(http, server)
+    player, _ = await connect_player(http, server, s)
+    base = f"http://127.0.0.1:{server.player_port}"
+    async with http.get(f"{base}/api/status") as r:
+        status = await r.json()
+    assert status["streamer_count"] == 1 and status["player_count"] == 1
+    async with http.get(f"{base}/api/streamers/Cam") as r:
+        assert (await r.json())["subscribers"][0]["playerId"] == "Player0"
+    async with http.get(f"{base}/api/streamers/Nope") as r:
+        assert r.status == 404
+    async with http.get(f"{base}/api/players") as r:
+        assert (await r.json()) == [{"playerId": "Player0", "type": "Player", "subscribedTo": "Cam"}]
+    async with http.get(f"{base}/") as r:
+        assert r.status == 200 and "<html" in (await r.text()).lower()
+    async with http.get(f"{base}/../../etc/passwd") as r:
+        assert r.status == 404
+
+
+async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession,
+                                                     unused_tcp_port_factory: Any) -> None:
+    ports = [unused_tcp_port_factory() for _ in range(3)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pixelfleet", "signaling", "--host", "127.0.0.1",
+        "--player-port", str(ports[0]), "--streamer-port", str(ports[1]), "--sfu-port", str(ports[2]),
+        "--log-format", "json", stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                ws = await http.ws_connect(f"ws://127.0.0.1:{ports[1]}/")
+                break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+        s = Peer(ws)
+        assert (await s.recv())["type"] == "identify"
+        proc.terminate()
+        code, reason = await s.closed()
+        assert code == errors.GOING_AWAY and "shutting down" in reason
+        assert await asyncio.wait_for(proc.wait(), WAIT) == 0
+        log = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert '"event":"signaling_stopped"' in log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
