@@ -16,11 +16,11 @@ StartSignaling = Callable[..., Awaitable[SignalingServer]]
 
 
 def require_binary(name: str) -> str:
-    """Locally a missing binary skips the test; in CI (CI=true) it fails loudly."""
+    """Locally a missing binary skips the test; under CI=true or scripts/test it fails loudly."""
     path = shutil.which(name)
     if path is None:
         message = f"{name} is not installed (.ci/run installs it)"
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI") == "true" or os.environ.get("PIXELFLEET_STRICT") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return path
