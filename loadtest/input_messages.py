@@ -41,7 +41,7 @@ the same, with the Direction-1 table filled in.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import orjson
@@ -393,8 +393,8 @@ def message_from_bytes(data: bytes) -> InputMessage:
     if len(data) < 1 + layout.size:
         raise ValueError(f"truncated {cls.__name__}: {len(data)} bytes, need {1 + layout.size}")
     values = list(layout.unpack_from(data, 1))
-    for i, field in enumerate(fields(cls)):
-        if field.name.startswith("is_"):
+    for i, spec in enumerate(fields(cls)):
+        if spec.name.startswith("is_"):
             values[i] = bool(values[i])
     return cls(*values)
 
@@ -498,7 +498,7 @@ class StreamerMessage:
 
     message_id: int
     name: str
-    payload: bytes
+    payload: bytes = field(repr=False)
     text: str | None = None
     flag: bool | None = None
 
