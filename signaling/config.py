@@ -12,11 +12,9 @@ from typing import Any
 
 import msgspec
 
-ENV_PREFIX = "PIXELFLEET_"
+from pixelfleet.settings import ConfigError, load_section
 
-
-class ConfigError(ValueError):
-    """A setting has the wrong type or an unknown name."""
+__all__ = ["ConfigError", "Settings", "load_settings"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -43,24 +41,4 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
     """Build settings from the environment plus explicit overrides (e.g. CLI flags)."""
-    data: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        name = key[len(ENV_PREFIX):].lower()
-        if name.split("__", 1)[0] in _NOT_SIGNALING:
-            continue
-        target = data
-        *parents, leaf = name.split("__")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = msgspec.json.decode(value) if leaf == "peer_connection_options" else value
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return msgspec.convert(data, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from None
-
-
-# Variables that belong to other services' sections (they share the prefix).
-_NOT_SIGNALING = frozenset({"turn", "matchmaker", "agent"})
+    return load_section(Settings, environ, **overrides)
