@@ -187,6 +187,7 @@
           if (opts.streamerId) target.streamerId = opts.streamerId;
           return target;
         });
+      this.keepaliveMs = Number(opts.keepaliveMs || params.get('KeepaliveDelay')) || KEEPALIVE_MS;
       this.forceTurn = opts.forceTurn !== undefined ? !!opts.forceTurn : flag(params, 'ForceTURN');
       this.video = document.getElementById('video');
       this.audio = document.createElement('audio');
@@ -207,6 +208,7 @@
         signallingUrl: null,
         stats: {},
         inputSent: 0,
+        pongs: 0,
         received: {}, // data channel messages from the streamer, by type name
         errors: [],
         closeCodes: []
@@ -291,7 +293,7 @@
         this.log('Signalling connected', 'ok');
         // Like Epic's frontend: ask for streamers at once, without waiting for config.
         this.send({ type: 'listStreamers' });
-        this.timers.keepalive = setInterval(() => this.keepalive(), KEEPALIVE_MS);
+        this.timers.keepalive = setInterval(() => this.keepalive(), this.keepaliveMs);
       };
       ws.onmessage = (ev) => {
         if (ws !== this.ws) return;
@@ -402,6 +404,7 @@
           this.send({ type: 'pong', time: msg.time });
           break;
         case 'pong':
+          this.info.pongs += 1;
           if (this.lastPingSent !== null && msg.time === this.lastPingSent) {
             this.info.signallingRttMs = Date.now() - this.lastPingSent;
           }
@@ -589,6 +592,7 @@
 
     adoptChannel(channel) {
       channel.binaryType = 'arraybuffer';
+      this.requestedSettings = false;
       this.channel = channel;
       const opened = () => {
         if (channel !== this.channel || this.info.dataChannelOpen) return;
@@ -614,7 +618,15 @@
       const seen = this.info.received[name] || 0;
       this.info.received[name] = seen + 1;
       if (seen === 0) this.log('Streamer sent ' + name);
-      if (name === 'Protocol') this.applyProtocol(data);
+      if (name === 'Protocol') {
+        this.applyProtocol(data);
+        // As Epic's frontend does once it has the streamer's protocol.
+        if (!this.requestedSettings) {
+          this.requestedSettings = true;
+          this.sendInput('RequestInitialSettings', []);
+          this.sendInput('RequestQualityControl', []);
+        }
+      }
     }
 
     /** A streamer's Protocol message (UTF-16 JSON) may move message ids; follow it. */
