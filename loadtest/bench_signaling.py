@@ -1,0 +1,564 @@
+"""Signalling benchmark: pixelfleet against a bare aiohttp relay, in one run.
+
+Each server runs as its own child process so its CPU and RSS are read alone
+(psutil); the load comes from separate generator processes (`loadtest.bench_client`)
+driven over stdin/stdout. For each server, in order:
+
+1. idle: RSS with no connection, then with each `--idle` count of idle player sockets;
+2. streamers: S streamers connect and identify (not timed);
+3. handshake: P players join, at most `--inflight` at a time (split over generators);
+4. relay: a closed loop for `--relay-seconds`, K messages in flight per pair.
+
+    python -m loadtest.bench_signaling --streamers 50 --players 500 --inflight 50 \\
+        --relay-seconds 10 --idle 2000,5000 --generators 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psutil
+
+SERVERS = ("pixelfleet", "bare")
+# Generous per-connection limits so the benchmark measures relaying, not throttling.
+PIXELFLEET_ARGS: tuple[str, ...] = (
+    "--player-rate", "1000000", "--player-burst", "1000000",
+    "--streamer-rate", "10000000", "--streamer-burst", "10000000",
+)
+TARGETS = {
+    "relay_ratio": ("relayed msgs/s, pixelfleet / bare", ">=", 0.75),
+    "cpu_ratio": ("server CPU per message, pixelfleet / bare", "<=", 1.3),
+    "handshake_p99_ms": ("pixelfleet handshake p99 (ms)", "<", 10.0),
+    "kb_per_idle": ("pixelfleet RSS per idle connection (KB)", "<", 15.0),
+}
+now = time.monotonic
+
+
+# ----------------------------------------------------------------------------- helpers
+def _die_with_parent() -> None:
+    """So a killed orchestrator leaves no child behind (Linux only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _split(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+def percentile(values: Sequence[float], q: float, weights: Sequence[float] | None = None) -> float | None:
+    """Linear-interpolated percentile (unweighted) or the weighted nearest rank."""
+    if not values:
+        return None
+    if weights is None:
+        s = sorted(values)
+        k = (len(s) - 1) * q
+        f = math.floor(k)
+        c = min(f + 1, len(s) - 1)
+        return s[f] + (s[c] - s[f]) * (k - f)
+    pairs = sorted(zip(values, weights))
+    total = sum(weights)
+    acc = 0.0
+    for v, w in pairs:
+        acc += w
+        if acc >= q * total:
+            return v
+    return pairs[-1][0]
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for mod in ("aiohttp", "uvloop", "orjson"):
+        with contextlib.suppress(Exception):
+            versions[mod] = __import__(mod).__version__
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+class ProcTree:
+    """CPU seconds and RSS of a process plus its live children."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+
+    def _all(self) -> list[psutil.Process]:
+        try:
+            return [self.proc, *self.proc.children(recursive=True)]
+        except psutil.Error:
+            return [self.proc]
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self._all():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self._all():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+
+class Snapshot:
+    def __init__(self, server: ProcTree, gens: Sequence[ProcTree]) -> None:
+        self.t = now()
+        self.server = server.cpu()
+        self.gens = [g.cpu() for g in gens]
+        m = psutil.cpu_times()
+        self.idle = m.idle + getattr(m, "iowait", 0.0)
+        self.total = sum(m)
+
+    def since(self, before: Snapshot) -> dict[str, Any]:
+        wall = self.t - before.t
+        gens = [a - b for a, b in zip(self.gens, before.gens)]
+        total = self.total - before.total
+        busy = 1.0 - (self.idle - before.idle) / total if total > 0 else 0.0
+        return {
+            "wall_s": wall,
+            "server_cpu_s": self.server - before.server,
+            "server_cores": (self.server - before.server) / wall,
+            "gen_cpu_s": sum(gens),
+            "gen_cores": sum(gens) / wall,
+            "gen_cores_each": [g / wall for g in gens],
+            "machine_busy": busy,
+        }
+
+
+def saturation(cpu: dict[str, Any], ncpu: int) -> str:
+    """Which side ran out of CPU: the (single-threaded) server, or the machine."""
+    if cpu["server_cores"] >= 0.9:
+        return "server (its core is busy)"
+    if cpu["machine_busy"] >= 0.9:
+        if cpu["gen_cores"] > cpu["server_cores"]:
+            return f"generators (machine busy; they hold {cpu['gen_cores']:.2f} of {ncpu} cores)"
+        return "machine (all cores busy, server holds the larger share)"
+    return "neither (latency-bound; more in flight would go faster)"
+
+
+# ----------------------------------------------------------------------------- processes
+class GenProc:
+    """One generator child, spoken to with one JSON line each way."""
+
+    def __init__(self, index: int, proc: asyncio.subprocess.Process, log: str) -> None:
+        self.index = index
+        self.proc = proc
+        self.log = log
+        self.tree = ProcTree(proc.pid)
+
+    @classmethod
+    async def start(cls, index: int, cfg: dict[str, Any], logdir: str) -> GenProc:
+        log = os.path.join(logdir, f"generator{index}.log")
+        with open(log, "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "loadtest.bench_client", "--config", json.dumps(cfg),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
+                limit=64 << 20, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        return cls(index, proc, log)
+
+    async def call(self, timeout: float, cmd: str, **kw: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"generator {self.index} exited during {cmd}; see {self.log}")
+        out: dict[str, Any] = json.loads(line)
+        if not out.pop("ok"):
+            raise RuntimeError(f"generator {self.index} failed {cmd}: {out.get('error')}")
+        return out
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.call(10, "quit")
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+def _tail(path: str, n: int = 20) -> str:
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        return "".join(f.readlines()[-n:])
+    return ""
+
+
+class Server:
+    def __init__(self, kind: str, cmd: list[str], ports: dict[str, int], host: str, log: str) -> None:
+        self.kind, self.cmd, self.ports, self.host, self.log = kind, cmd, ports, host, log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 30.0) -> ProcTree:
+        with open(self.log, "wb") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.cmd, stdout=out, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        deadline = now() + timeout
+        waiting = set(self.ports.values())
+        while waiting:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{_tail(self.log)}")
+            if now() > deadline:
+                raise RuntimeError(f"{self.kind} did not listen on {sorted(waiting)} within {timeout}s")
+            for port in list(waiting):
+                with contextlib.suppress(OSError), socket.create_connection((self.host, port), 0.2):
+                    waiting.discard(port)
+            await asyncio.sleep(0.1)
+        return ProcTree(self.proc.pid)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def server_command(kind: str, host: str, opts: argparse.Namespace) -> tuple[list[str], dict[str, int]]:
+    player, streamer, sfu = _free_port(host), _free_port(host), _free_port(host)
+    if kind == "bare":
+        ports = {"player": player, "streamer": streamer}
+        cmd = [sys.executable, "-m", "loadtest.bare_relay", "--host", host,
+               "--player-port", str(player), "--streamer-port", str(streamer)]  # fmt: skip
+        return cmd, ports
+    ports = {"player": player, "streamer": streamer, "sfu": sfu}
+    if opts.pixelfleet_cmd:
+        cmd = shlex.split(opts.pixelfleet_cmd.format(host=host, player_port=player, streamer_port=streamer, sfu_port=sfu))
+    else:
+        cmd = [sys.executable, "-m", "signaling", "--host", host, "--player-port", str(player),
+               "--streamer-port", str(streamer), "--sfu-port", str(sfu)]  # fmt: skip
+    extra = PIXELFLEET_ARGS if opts.server_arg is None else tuple(opts.server_arg)
+    return [*cmd, *extra], ports
+
+
+# ----------------------------------------------------------------------------- one server
+async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict[str, Any]:
+    host = opts.host
+    cmd, ports = server_command(kind, host, opts)
+    server = Server(kind, cmd, ports, host, os.path.join(logdir, f"{kind}.log"))
+    ncpu = os.cpu_count() or 1
+    S, P, G = opts.streamers, opts.players, opts.generators
+    gens: list[GenProc] = []
+    result: dict[str, Any] = {"server": kind, "cmd": " ".join(cmd), "log": server.log}
+    try:
+        stree = await server.start()
+        # A streamer and its players live on one generator (one clock per handshake).
+        for g in range(G):
+            streamers = [s for s in range(S) if s % G == g]
+            players = [[i, i % S] for i in range(P) if (i % S) % G == g]
+            cfg = {"host": host, "player_port": ports["player"], "streamer_port": ports["streamer"],
+                   "streamers": streamers, "players": players, "client": opts.client, "timeout": opts.timeout}  # fmt: skip
+            gens.append(await GenProc.start(g, cfg, logdir))
+        await asyncio.gather(*(g.call(30, "hello") for g in gens))
+        gtrees = [g.tree for g in gens]
+
+        # 1. idle connections and RSS
+        await asyncio.sleep(opts.settle)
+        rss = {0: stree.rss()}
+        idle_failed, opened = 0, 0
+        for level in opts.idle:
+            per_gen = _split(level - opened, G)
+            outs = await asyncio.gather(
+                *(g.call(opts.timeout * 10, "idle", count=n, concurrency=max(1, opts.connect_concurrency // G))
+                  for g, n in zip(gens, per_gen))
+            )  # fmt: skip
+            idle_failed += sum(o["failed"] for o in outs)
+            opened = level
+            await asyncio.sleep(opts.settle)
+            rss[level] = stree.rss()
+        if opts.idle:
+            top = opts.idle[-1]
+            result["idle"] = {
+                "rss_bytes": {str(k): v for k, v in rss.items()},
+                "failed": idle_failed,
+                "kb_per_idle": (rss[top] - rss[0]) / 1024 / top,
+                "kb_per_idle_marginal": (rss[top] - rss[opts.idle[0]]) / 1024 / (top - opts.idle[0]) if len(opts.idle) > 1 else None,
+            }
+            await asyncio.gather(*(g.call(30, "close_idle") for g in gens))
+            await asyncio.sleep(opts.settle)
+
+        # 2. streamers
+        outs = await asyncio.gather(*(g.call(opts.timeout + 5, "streamers") for g in gens))
+        result["streamers"] = sum(len(o["ids"]) for o in outs)
+
+        # 3. handshakes
+        players_per_gen = [sum(1 for i in range(P) if (i % S) % G == g) for g in range(G)]
+        inflight = [max(1, round(opts.inflight * n / P)) if n else 1 for n in players_per_gen]
+        start_at = now() + 0.2
+        before = Snapshot(stree, gtrees)
+        outs = await asyncio.gather(
+            *(g.call(opts.timeout * 4 + P, "handshake", start_at=start_at, inflight=k) for g, k in zip(gens, inflight))
+        )
+        cpu = Snapshot(stree, gtrees).since(before)
+        lat = [x for o in outs for x in o["latency"]]
+        join = [x for o in outs for x in o["join"]]
+        end = max(o["end"] for o in outs)
+        failures: dict[str, int] = {}
+        for o in outs:
+            for k, v in o["failures"].items():
+                failures[k] = failures.get(k, 0) + v
+        result["handshake"] = {
+            "ok": len(lat),
+            "failed": sum(o["failed"] for o in outs),
+            "failures": failures,
+            "inflight": sum(inflight),
+            "per_s": len(lat) / (end - start_at) if end > start_at else None,
+            **{f"p{q}_ms": _ms(percentile(lat, q / 100)) for q in (50, 95, 99)},
+            "max_ms": _ms(max(lat, default=None)),
+            "join_p50_ms": _ms(percentile(join, 0.5)),
+            "join_p99_ms": _ms(percentile(join, 0.99)),
+            "cpu": cpu,
+            "saturated": saturation(cpu, ncpu),
+        }
+
+        # 4. closed-loop relay
+        warmup, grace = opts.relay_warmup, 1.0
+        start_at = now() + warmup + 0.2
+        calls = [
+            asyncio.ensure_future(g.call(opts.relay_seconds + warmup + grace + 30, "relay", start_at=start_at,
+                                         seconds=opts.relay_seconds, k=opts.k, warmup=warmup, grace=grace))
+            for g in gens
+        ]  # fmt: skip
+        await asyncio.sleep(max(0.0, start_at - now()))
+        before = Snapshot(stree, gtrees)
+        await asyncio.sleep(max(0.0, start_at + opts.relay_seconds - now()))
+        cpu = Snapshot(stree, gtrees).since(before)
+        outs = await asyncio.gather(*calls)
+        relayed = sum(o["hop_to_streamer"] + o["hop_to_player"] for o in outs)
+        rtt = [x for o in outs for x in o["rtt"]]
+        weights = [float(o["rtt_weight"]) for o in outs for _ in o["rtt"]]
+        result["relay"] = {
+            "seconds": opts.relay_seconds,
+            "k": opts.k,
+            "pairs": sum(o["pairs"] for o in outs),
+            "relayed": relayed,
+            "per_s": relayed / opts.relay_seconds,
+            "lost": sum(o["lost"] for o in outs),
+            "rtt_p50_ms": _ms(percentile(rtt, 0.5, weights)),
+            "rtt_p99_ms": _ms(percentile(rtt, 0.99, weights)),
+            "server_cpu_per_100k": cpu["server_cpu_s"] / relayed * 1e5 if relayed else None,
+            "gen_cpu_per_100k": cpu["gen_cpu_s"] / relayed * 1e5 if relayed else None,
+            "cpu": cpu,
+            "saturated": saturation(cpu, ncpu),
+        }
+        stats = await asyncio.gather(*(g.call(30, "stats") for g in gens))
+        result["client_errors"] = sum(s["errors"] for s in stats)
+        result["closed_by_server"] = sum(s["closed_by_server"] for s in stats)
+    finally:
+        await asyncio.gather(*(g.stop() for g in gens), return_exceptions=True)
+        await server.stop()
+    return result
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1000.0
+
+
+# ----------------------------------------------------------------------------- report
+def ratios(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    pf, bare = res.get("pixelfleet"), res.get("bare")
+    out: dict[str, Any] = {}
+
+    def get(r: dict[str, Any] | None, *path: str) -> float | None:
+        for key in path:
+            if r is None:
+                return None
+            r = r.get(key)
+        return r  # type: ignore[return-value]
+
+    a, b = get(pf, "relay", "per_s"), get(bare, "relay", "per_s")
+    out["relay_ratio"] = a / b if a and b else None
+    a, b = get(pf, "relay", "server_cpu_per_100k"), get(bare, "relay", "server_cpu_per_100k")
+    out["cpu_ratio"] = a / b if a and b else None
+    out["handshake_p99_ms"] = get(pf, "handshake", "p99_ms")
+    out["kb_per_idle"] = get(pf, "idle", "kb_per_idle")
+    checks = {}
+    for key, (_, op, target) in TARGETS.items():
+        v = out[key]
+        checks[key] = None if v is None else {">=": v >= target, "<=": v <= target, "<": v < target}[op]
+    out["met"] = checks
+    return out
+
+
+def _f(v: Any, fmt: str = "{:,.0f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def render(report: dict[str, Any]) -> str:
+    res: dict[str, dict[str, Any]] = report["servers"]
+    kinds = [k for k in SERVERS if k in res]
+    cfg, m = report["config"], report["machine"]
+    lines = [
+        f"Signalling benchmark: S={cfg['streamers']} P={cfg['players']} inflight={cfg['inflight']} "
+        f"relay={cfg['relay_seconds']}s K={cfg['k']} generators={cfg['generators']} client={cfg['client']}",
+        f"machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, aiohttp {m.get('aiohttp')}, uvloop {m.get('uvloop')}",
+        "",
+    ]
+    rows: list[tuple[str, ...]] = [("", *kinds)]
+
+    def row(label: str, *path: str, fmt: str = "{:,.0f}") -> None:
+        vals = []
+        for k in kinds:
+            r: Any = res[k]
+            for key in path:
+                r = r.get(key) if isinstance(r, dict) else None
+            vals.append(_f(r, fmt))
+        rows.append((label, *vals))
+
+    rows.append(("handshakes ok / failed", *(f"{_get(res[k], 'handshake', 'ok')} / {_get(res[k], 'handshake', 'failed')}" for k in kinds)))
+    row("handshakes/s", "handshake", "per_s")
+    for q in ("p50", "p95", "p99"):
+        row(f"handshake latency {q} (ms)", "handshake", f"{q}_ms", fmt="{:.2f}")
+    row("join latency p99 (ms, connect→done)", "handshake", "join_p99_ms", fmt="{:.2f}")
+    row("handshake: server cores", "handshake", "cpu", "server_cores", fmt="{:.2f}")
+    row("handshake: generator cores", "handshake", "cpu", "gen_cores", fmt="{:.2f}")
+    row("relayed msgs/s", "relay", "per_s")
+    row("relay round trip p50 (ms)", "relay", "rtt_p50_ms", fmt="{:.2f}")
+    row("relay round trip p99 (ms)", "relay", "rtt_p99_ms", fmt="{:.2f}")
+    row("relay lost messages", "relay", "lost")
+    row("server CPU s / 100k relayed", "relay", "server_cpu_per_100k", fmt="{:.2f}")
+    row("generator CPU s / 100k relayed", "relay", "gen_cpu_per_100k", fmt="{:.2f}")
+    row("relay: server cores", "relay", "cpu", "server_cores", fmt="{:.2f}")
+    row("relay: generator cores", "relay", "cpu", "gen_cores", fmt="{:.2f}")
+    row("relay: machine busy", "relay", "cpu", "machine_busy", fmt="{:.0%}")
+    for level in ["0", *map(str, cfg["idle"])]:
+        rows.append((f"server RSS, {level} idle conns (MB)", *(_mb(_get(res[k], "idle", "rss_bytes", level)) for k in kinds)))
+    row("RSS per idle conn (KB, 0→max)", "idle", "kb_per_idle", fmt="{:.1f}")
+    row("RSS per idle conn (KB, marginal)", "idle", "kb_per_idle_marginal", fmt="{:.1f}")
+    row("idle connects failed", "idle", "failed")
+    rows.append(("client errors / closed by server", *(f"{res[k].get('client_errors', '—')} / {res[k].get('closed_by_server', '—')}" for k in kinds)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]))
+    lines.append("")
+    for k in kinds:
+        for phase in ("handshake", "relay"):
+            if phase in res[k]:
+                lines.append(f"{k} {phase}: saturated = {res[k][phase]['saturated']}")
+    rat = report.get("ratios") or {}
+    if rat:
+        lines.append("")
+        lines.append("targets:")
+        for key, (label, op, target) in TARGETS.items():
+            v, met = rat.get(key), rat.get("met", {}).get(key)
+            verdict = "n/a" if met is None else ("MET" if met else "MISSED")
+            lines.append(f"  {label:45s} {_f(v, '{:.2f}'):>8s}  target {op} {target:g}  {verdict}")
+    return "\n".join(lines)
+
+
+def _get(r: Any, *path: str) -> Any:
+    for key in path:
+        r = r.get(key) if isinstance(r, dict) else None
+    return r
+
+
+def _mb(v: Any) -> str:
+    return "—" if v is None else f"{v / 2**20:.1f}"
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.bench_signaling", description=__doc__.splitlines()[0])
+    ap.add_argument("--streamers", type=int, default=50, help="S streamers (default 50)")
+    ap.add_argument("--players", type=int, default=500, help="P players, spread round-robin over streamers (default 500)")
+    ap.add_argument("--inflight", type=int, default=50, help="handshakes in flight, all generators together (default 50)")
+    ap.add_argument("--relay-seconds", type=float, default=10.0, help="relay phase length (default 10)")
+    ap.add_argument("--relay-warmup", type=float, default=0.5, help="relay runs this long before counting (default 0.5)")
+    ap.add_argument("-k", "--k", type=int, default=1, help="relay messages in flight per pair (default 1)")
+    ap.add_argument("--idle", default="2000,5000", help="idle connection counts to read RSS at, ascending ('' = skip)")
+    ap.add_argument("--generators", type=int, default=2, help="generator processes (default 2)")
+    ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="generator WebSocket client (default raw)")
+    ap.add_argument("--servers", default=",".join(SERVERS), help="which servers, comma separated (default pixelfleet,bare)")
+    ap.add_argument("--server-arg", action="append", help="extra pixelfleet argument (repeatable; replaces the built-in limits)")
+    ap.add_argument("--pixelfleet-cmd", help="pixelfleet command template with {host} {player_port} {streamer_port} {sfu_port}")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--connect-concurrency", type=int, default=100, help="idle connects in flight, all generators (default 100)")
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before reading RSS (default 1)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="per-connection and per-handshake timeout (default 30)")
+    ap.add_argument("--json", help="also write the full report to this file")
+    opts = ap.parse_args(argv)
+    opts.idle = sorted({int(x) for x in opts.idle.split(",") if x.strip()})
+    opts.servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
+    bad = [s for s in opts.servers if s not in SERVERS]
+    if bad:
+        ap.error(f"unknown server(s) {bad}; choose from {SERVERS}")
+    if opts.streamers < 1 or opts.players < 1 or opts.generators < 1:
+        ap.error("--streamers, --players and --generators must be >= 1")
+    return opts
+
+
+async def run(opts: argparse.Namespace) -> dict[str, Any]:
+    logdir = tempfile.mkdtemp(prefix="bench-signaling-")
+    report: dict[str, Any] = {
+        "config": {k: getattr(opts, k) for k in ("streamers", "players", "inflight", "relay_seconds", "k", "idle", "generators", "client", "servers")},
+        "machine": machine_info(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "logdir": logdir,
+        "servers": {},
+    }
+    for kind in opts.servers:
+        print(f"[bench] {kind} …", file=sys.stderr, flush=True)
+        report["servers"][kind] = await bench_server(kind, opts, logdir)
+    report["ratios"] = ratios(report["servers"])
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    with contextlib.suppress(ValueError, OSError):  # children inherit it: 5,000 idle sockets need the room
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    report = asyncio.run(run(opts))
+    print(render(report))
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
