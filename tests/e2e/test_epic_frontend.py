@@ -1,0 +1,98 @@
+"""Epic's stock Pixel Streaming frontend library (npm, UE5.7 and UE5.5 lines) in a
+real Chromium against our signalling server and a synthetic streamer.
+
+The page comes from another origin than the signalling server (as it would from a
+CDN), so it is told where to connect with ``ss`` — Epic's default is the page's own
+host and port. ``StreamerId`` picks the streamer; ``KeepaliveDelay`` makes the
+frontend ping every second instead of every 30 s, and it drops its socket when a
+pong is missing, so a passing test proves we answer pings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from loadtest import input_messages as im
+
+pytestmark = pytest.mark.e2e
+
+WAIT_MS = 60_000
+
+STATE_JS = "(() => { const s = Object.assign({}, window.epic); delete s.ps; return s; })()"
+
+
+async def epic_state(page: Any) -> dict[str, Any]:
+    return await page.evaluate(STATE_JS)
+
+
+async def wait_js(page: Any, expression: str, log: Any) -> None:
+    try:
+        await page.wait_for_function(expression, timeout=WAIT_MS, polling=200)
+    except Exception as exc:
+        raise AssertionError(f"{expression}: {exc}\nepic={await epic_state(page)}\n"
+                             f"console:\n{log.text()}") from None
+
+
+@pytest.mark.parametrize("version", ["5.7", "5.5"])
+async def test_epic_frontend_streams_and_sends_input(version, epic_bundles, stack, streamer,
+                                                     open_page, wait_until) -> None:
+    page, log = await open_page(stack.epic_page(version, StreamerId=streamer.streamer_id,
+                                                KeepaliveDelay="1000"))
+
+    # Signalling and media: the library's own events, then frames from its stats
+    # (statsReceived, once a second), rising.
+    await wait_js(page, "window.epic.events.includes('webRtcConnected')", log)
+    await wait_js(page, "window.epic.events.includes('dataChannelOpen')", log)
+    await wait_js(page, "window.epic.framesDecoded > 0", log)
+    first = await page.evaluate("window.epic.framesDecoded")
+    await wait_js(page, f"window.epic.framesDecoded > {first}", log)
+    await wait_js(page, "(() => { const v = document.querySelector('video');"
+                        " return v && v.videoWidth > 0 && v.currentTime > 0; })()", log)
+
+    # Input through Epic's own controllers (hovering mouse; keyboard on document).
+    video = page.locator("video")
+    box = await video.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75
+    await page.mouse.move(x - 40, y - 20)
+    await page.mouse.move(x, y, steps=4)
+    await page.mouse.click(x, y)
+    await page.keyboard.press("a")
+
+    wanted = {"MouseMove", "MouseDown", "MouseUp", "KeyDown", "KeyUp"}
+    await wait_until(lambda: wanted <= set(streamer.input_names()),
+                     "Epic frontend input at the streamer",
+                     detail=lambda: f"received {streamer.input_names()}\n{log.text()}")
+    assert len(streamer.input_players()) == 1
+    inputs = streamer.inputs()
+    assert im.KeyDown(key_code=65, is_repeat=False) in inputs
+    assert im.KeyUp(key_code=65) in inputs
+    down = next(m for m in inputs if isinstance(m, im.MouseDown))
+    assert down.button == 0 and 0 < down.x < 65535 and 0 < down.y < 65535
+    # The streamer sent its Protocol table, so the frontend asked for these.
+    assert {"RequestInitialSettings", "RequestQualityControl"} <= set(streamer.input_names())
+
+    # Keepalive: the frontend pinged, we answered, it kept its socket.
+    await wait_js(page, "window.epic.signallingIn.filter(t => t === 'pong').length >= 2", log)
+    state = await epic_state(page)
+    assert state["closes"] == [], state
+    assert state["subscribeFailed"] is None
+    assert "ping" in state["signallingOut"]
+    assert "answer" in state["signallingOut"] and "offer" in state["signallingIn"]
+    assert "[pageerror]" not in log.text(), log.text()
+
+
+async def test_epic_frontend_hears_subscribe_failed(epic_bundles, start_stack, start_streamer,
+                                                    open_page) -> None:
+    """A full streamer: the second Epic player gets subscribeFailed (and the library
+    stops trying)."""
+    stack = await start_stack(max_players_per_streamer=1)
+    only = await start_streamer(stack=stack)
+    first, log1 = await open_page(stack.epic_page("5.7", StreamerId=only.streamer_id))
+    await wait_js(first, "window.epic.framesDecoded > 0", log1)
+
+    second, log2 = await open_page(stack.epic_page("5.7", StreamerId=only.streamer_id))
+    await wait_js(second, "window.epic.subscribeFailed !== null", log2)
+    assert "full" in (await epic_state(second))["subscribeFailed"]
