@@ -239,8 +239,8 @@
       try {
         target = await this.resolveSignalling();
       } catch (err) {
-        this.fail('Could not get a signalling address: ' + (err && err.message ? err.message : err));
-        this.scheduleReconnect();
+        this.recordError('Could not get a signalling address: ' + (err && err.message ? err.message : err));
+        this.scheduleReconnect('No signalling address yet.');
         return;
       }
       if (!target || !target.url) {
@@ -310,14 +310,16 @@
         if (ws !== this.ws) return;
         this.log('Signalling socket error', 'error');
       };
+      let opened = false;
+      ws.addEventListener('open', () => { opened = true; });
       ws.onclose = (ev) => {
         if (ws !== this.ws) return;
         this.ws = null;
-        this.onSignallingClosed(ev.code, ev.reason);
+        this.onSignallingClosed(ev.code, ev.reason, opened);
       };
     }
 
-    onSignallingClosed(code, reason) {
+    onSignallingClosed(code, reason, opened) {
       this.info.closeCodes.push(code);
       this.clearTimers();
       this.closePeer();
@@ -333,14 +335,14 @@
       }
       this.log(text, code === 1000 || code === 1005 ? 'info' : 'error');
       if (code !== 1000 && code !== 1005) this.recordError(text);
-      this.scheduleReconnect();
+      this.scheduleReconnect(opened ? 'Connection lost.' : 'Cannot reach the signalling server.');
     }
 
-    scheduleReconnect() {
+    scheduleReconnect(why) {
       if (this.stopped || this.terminal) return;
       const delay = this.reconnectDelay;
       this.reconnectDelay = Math.min(RECONNECT_MAX_MS, Math.round(this.reconnectDelay * 1.5));
-      this.setState('reconnecting', 'Connection lost. Reconnecting in ' + Math.round(delay / 1000) + ' s…');
+      this.setState('reconnecting', (why || 'Connection lost.') + ' Retrying in ' + Math.round(delay / 1000) + ' s…');
       this.timers.reconnect = setTimeout(() => this.start(), delay);
     }
 
