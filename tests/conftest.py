@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -42,3 +44,32 @@ async def start_signaling() -> AsyncIterator[StartSignaling]:
     yield start
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for the whole test session, on a Unix socket (no port races)."""
+    binary = require_binary("redis-server")
+    folder = tmp_path_factory.mktemp("redis")
+    sock = folder / "redis.sock"
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+         "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        import redis
+
+        client = redis.Redis(unix_socket_path=str(sock))
+        for _ in range(200):
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("redis-server did not answer PING")
+        client.close()
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,39 @@
+"""Matchmaker settings (``PIXELFLEET_MATCHMAKER__*``); the backend is the platform-wide
+``PIXELFLEET_STATE_URL``."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class MatchmakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 9999
+    state_url: str = "memory://"          # set from PIXELFLEET_STATE_URL by the CLI
+    key_prefix: str = "pf"                 # Redis key prefix; keys carry the tenant
+    policy: str = "spread"                 # spread | pack
+    # Session tokens (minted here, verified by signalling).
+    token_algorithm: str = "HS256"         # HS256 | EdDSA
+    token_secret: str | None = None        # HS256; shared with signalling
+    token_private_key_file: str | None = None  # EdDSA (PEM)
+    token_public_key_file: str | None = None   # EdDSA (PEM)
+    token_ttl_s: int = 120                 # how long a player has to open signalling with it
+    # Who may call what.
+    agent_token: str | None = None         # bearer token of GPU agents
+    admin_token: str | None = None         # bearer token of operators
+    caller_jwt_secret: str | None = None   # HS256 key of callers' JWTs (tenant claim)
+    caller_tenant_claim: str = "tenant"
+    allow_anonymous: bool = False          # dev: callers without a JWT are anonymous_tenant
+    anonymous_tenant: str = "default"
+    # Lifecycle.
+    heartbeat_ttl_s: float = 10.0          # a host silent this long is dead
+    connect_timeout_s: float = 60.0        # assigned but never connected
+    reconnect_grace_s: float = 30.0        # a player who reconnects within it keeps the slot
+    idle_timeout_s: float = 0.0            # connected, no activity reported; 0 = off
+    max_session_s: float = 4 * 3600.0
+    # Queue.
+    queue_max_length: int = 200            # per tenant and app
+    queue_max_wait_s: float = 900.0
+    expected_session_s: float = 600.0      # ETA before any session has ended here
+    sweep_interval_s: float = 0.5
+    records_path: str | None = None        # JSON-lines session records; None = kept in memory

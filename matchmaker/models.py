@@ -1,0 +1,175 @@
+"""The matchmaker's nouns: hosts, slots, sessions, queue tickets, and the API bodies.
+
+Slots: ``starting -> ready -> assigned -> resetting -> ready``, plus ``draining`` and
+``dead``. Sessions: ``assigned -> connected -> (disconnected: grace) -> ended``.
+Every struct is plain data so that both stores (memory, Redis) hold exactly the same
+thing and the conformance suite can compare them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class SlotState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    ASSIGNED = "assigned"
+    RESETTING = "resetting"
+    DRAINING = "draining"
+    DEAD = "dead"
+
+
+class SessionState(enum.StrEnum):
+    ASSIGNED = "assigned"          # slot claimed, player not connected yet
+    CONNECTED = "connected"        # player's signalling socket is open
+    DISCONNECTED = "disconnected"  # socket gone; slot kept for the reconnect grace period
+    ENDED = "ended"
+
+
+class EndReason(enum.StrEnum):
+    PLAYER_LEFT = "player_left"
+    NEVER_CONNECTED = "never_connected"
+    IDLE = "idle_timeout"
+    MAX_LENGTH = "max_session_length"
+    HOST_DEAD = "host_dead"
+    SLOT_FAILED = "slot_failed"
+    FORCE_ENDED = "force_ended"
+
+
+class TicketState(enum.StrEnum):
+    WAITING = "waiting"
+    SERVED = "served"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Struct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+# --- agent -> matchmaker ------------------------------------------------------------
+
+
+class SlotSpec(Struct, kw_only=True):
+    index: int
+    tenant: str
+    app: str
+    streamer_id: str
+
+
+class HostRegistration(Struct, kw_only=True):
+    host_id: str
+    boot_id: str                  # changes when the agent restarts; tells a restart from a twin
+    region: str = "local"
+    az: str = ""
+    gpu_model: str = ""
+    signaling_url: str            # where this host's streamers' players connect
+    slots: list[SlotSpec]
+
+
+class SlotReport(Struct, kw_only=True):
+    index: int
+    state: SlotState              # the agent's view: starting, ready, resetting, dead
+    nvenc_load: float = 0.0       # 0..1
+    gpu_load: float = 0.0         # 0..1
+    # The session the agent last reset this slot after. A slot whose session ended only
+    # becomes READY again once the agent reports the reset for that very session, so a
+    # heartbeat sent before the agent heard of the end cannot skip the reset.
+    reset_for: str | None = None
+
+
+class Heartbeat(Struct, kw_only=True):
+    boot_id: str
+    slots: list[SlotReport]
+    nvenc_load: float = 0.0
+    gpu_load: float = 0.0
+
+
+class SlotReset(Struct, kw_only=True):
+    index: int
+    session_id: str
+
+
+class HeartbeatReply(Struct, kw_only=True):
+    """What the agent must do: reset these slots (their sessions ended)."""
+
+    reset: list[SlotReset] = []
+    draining: bool = False
+
+
+class AllocationRequest(Struct, kw_only=True):
+    tenant: str
+    app: str
+    region: str | None = None
+    gpu_model: str | None = None
+    resolution: str | None = None
+    client_key: str | None = None  # stable per player: reconnects within grace get the same slot
+
+
+# --- state ------------------------------------------------------------------------
+
+
+class Host(Struct, kw_only=True):
+    host_id: str
+    boot_id: str
+    region: str
+    az: str
+    gpu_model: str
+    signaling_url: str
+    last_heartbeat: float
+    draining: bool = False
+    dead: bool = False
+    nvenc_load: float = 0.0
+    gpu_load: float = 0.0
+    slot_ids: list[str] = []
+
+
+class Slot(Struct, kw_only=True):
+    slot_id: str                   # "<host_id>/<index>"
+    host_id: str
+    tenant: str
+    app: str
+    region: str
+    gpu_model: str
+    streamer_id: str
+    signaling_url: str
+    state: SlotState = SlotState.STARTING
+    session_id: str | None = None
+    ended_session: str | None = None  # set while RESETTING: the session to reset after
+    nvenc_load: float = 0.0
+    gpu_load: float = 0.0
+
+
+class Session(Struct, kw_only=True):
+    session_id: str
+    tenant: str
+    app: str
+    slot_id: str
+    host_id: str
+    streamer_id: str
+    signaling_url: str
+    region: str
+    client_key: str | None = None
+    state: SessionState = SessionState.ASSIGNED
+    created_at: float
+    connected_at: float | None = None
+    last_activity: float
+    disconnected_at: float | None = None
+    ended_at: float | None = None
+    end_reason: EndReason | None = None
+
+
+class Ticket(Struct, kw_only=True):
+    ticket_id: str
+    request: AllocationRequest
+    enqueued_at: float
+    state: TicketState = TicketState.WAITING
+    session_id: str | None = None
+    reason: str | None = None
+
+
+def slot_id(host_id: str, index: int) -> str:
+    return f"{host_id}/{index}"

@@ -1,0 +1,295 @@
+"""In-process store: the embedded default. Single process only.
+
+Every method is atomic because no ``await`` runs between its reads and its writes.
+Records are copied on the way out so callers never mutate the store by accident.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import msgspec
+
+from matchmaker.models import (
+    EndReason,
+    Heartbeat,
+    HeartbeatReply,
+    Host,
+    HostRegistration,
+    Session,
+    SessionState,
+    Slot,
+    SlotReset,
+    SlotState,
+    Ticket,
+    TicketState,
+    slot_id,
+)
+from matchmaker.store import HostConflict, QueueFull, UnknownHost
+
+_FINISHED_TICKETS_KEPT = 10_000
+
+
+def _copy(obj):  # type: ignore[no-untyped-def]
+    return msgspec.structs.replace(obj)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._hosts: dict[str, Host] = {}
+        self._slots: dict[str, Slot] = {}
+        self._sessions: dict[str, Session] = {}
+        self._clients: dict[tuple[str, str], str] = {}  # (tenant, client_key) -> session id
+        self._tickets: dict[str, Ticket] = {}
+        self._queues: dict[tuple[str, str], collections.OrderedDict[str, None]] = {}
+        self._finished: collections.deque[str] = collections.deque()
+
+    # --- hosts ------------------------------------------------------------------------
+
+    async def register_host(self, reg: HostRegistration, now: float) -> Host:
+        old = self._hosts.get(reg.host_id)
+        if old is not None and not old.dead:
+            if old.boot_id != reg.boot_id:
+                raise HostConflict(f"host {reg.host_id} is registered and alive under another boot id")
+            old.last_heartbeat = now
+            return _copy(old)
+        if old is not None:  # a dead host coming back: forget its old slots
+            for sid in old.slot_ids:
+                self._slots.pop(sid, None)
+        host = Host(host_id=reg.host_id, boot_id=reg.boot_id, region=reg.region, az=reg.az,
+                    gpu_model=reg.gpu_model, signaling_url=reg.signaling_url, last_heartbeat=now,
+                    slot_ids=[slot_id(reg.host_id, s.index) for s in reg.slots])
+        self._hosts[host.host_id] = host
+        for spec in reg.slots:
+            sid = slot_id(reg.host_id, spec.index)
+            self._slots[sid] = Slot(slot_id=sid, host_id=reg.host_id, tenant=spec.tenant, app=spec.app,
+                                    region=reg.region, gpu_model=reg.gpu_model,
+                                    streamer_id=spec.streamer_id, signaling_url=reg.signaling_url)
+        return _copy(host)
+
+    def _live_host(self, host_id: str, boot_id: str | None = None) -> Host:
+        host = self._hosts.get(host_id)
+        if host is None or host.dead:
+            raise UnknownHost(f"host {host_id} is not registered")
+        if boot_id is not None and host.boot_id != boot_id:
+            raise HostConflict(f"host {host_id} is registered under another boot id")
+        return host
+
+    async def heartbeat(self, host_id: str, hb: Heartbeat, now: float) -> tuple[list[Session], HeartbeatReply]:
+        host = self._live_host(host_id, hb.boot_id)
+        host.last_heartbeat = now
+        host.nvenc_load, host.gpu_load = hb.nvenc_load, hb.gpu_load
+        ended: list[Session] = []
+        for report in hb.slots:
+            slot = self._slots.get(slot_id(host_id, report.index))
+            if slot is None:
+                continue
+            slot.nvenc_load, slot.gpu_load = report.nvenc_load, report.gpu_load
+            if slot.state is SlotState.ASSIGNED:
+                if report.state in (SlotState.DEAD, SlotState.STARTING) and slot.session_id:
+                    done = self._end(slot.session_id, EndReason.SLOT_FAILED, now)
+                    if done is not None:
+                        ended.append(done)
+                    slot.state = report.state
+                    slot.ended_session = None
+                continue
+            if slot.state is SlotState.RESETTING:
+                if report.state is SlotState.READY and report.reset_for == slot.ended_session:
+                    slot.state, slot.ended_session = SlotState.READY, None
+                elif report.state is SlotState.DEAD:
+                    slot.state, slot.ended_session = SlotState.DEAD, None
+                continue
+            if report.state in (SlotState.READY, SlotState.STARTING, SlotState.DEAD):
+                slot.state = report.state
+        reply = HeartbeatReply(
+            reset=[SlotReset(index=int(sid.rsplit("/", 1)[1]), session_id=slot.ended_session)
+                   for sid in host.slot_ids
+                   if (slot := self._slots[sid]).state is SlotState.RESETTING and slot.ended_session],
+            draining=host.draining)
+        return ended, reply
+
+    async def set_draining(self, host_id: str, draining: bool) -> Host:
+        host = self._live_host(host_id)
+        host.draining = draining
+        return _copy(host)
+
+    async def expire_hosts(self, now: float, ttl_s: float) -> list[Session]:
+        ended: list[Session] = []
+        for host in self._hosts.values():
+            if host.dead or now - host.last_heartbeat <= ttl_s:
+                continue
+            host.dead = True
+            for sid in host.slot_ids:
+                slot = self._slots[sid]
+                if slot.session_id is not None:
+                    done = self._end(slot.session_id, EndReason.HOST_DEAD, now)
+                    if done is not None:
+                        ended.append(done)
+                slot.state = SlotState.DEAD
+        return ended
+
+    # --- pool -------------------------------------------------------------------------
+
+    def _claimable(self, slot: Slot) -> bool:
+        host = self._hosts[slot.host_id]
+        return slot.state is SlotState.READY and not host.dead and not host.draining
+
+    async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
+        return [_copy(s) for s in self._slots.values()
+                if s.tenant == tenant and s.app == app and self._claimable(s)]
+
+    async def serves(self, tenant: str, app: str) -> bool:
+        return any(s.tenant == tenant and s.app == app for s in self._slots.values())
+
+    async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
+        slot = self._slots.get(slot_id)
+        if slot is None or not self._claimable(slot):
+            return False
+        ticket = None
+        if ticket_id is not None:
+            ticket = self._tickets.get(ticket_id)
+            if ticket is None or ticket.state is not TicketState.WAITING:
+                return False
+        slot.state = SlotState.ASSIGNED
+        slot.session_id = session.session_id
+        self._sessions[session.session_id] = _copy(session)
+        if session.client_key:
+            self._clients[(session.tenant, session.client_key)] = session.session_id
+        if ticket is not None:
+            ticket.state = TicketState.SERVED
+            ticket.session_id = session.session_id
+            self._dequeue(ticket)
+        return True
+
+    # --- sessions ---------------------------------------------------------------------
+
+    async def session(self, session_id: str) -> Session | None:
+        s = self._sessions.get(session_id)
+        return None if s is None else _copy(s)
+
+    async def session_for_client(self, tenant: str, client_key: str) -> Session | None:
+        sid = self._clients.get((tenant, client_key))
+        s = None if sid is None else self._sessions.get(sid)
+        return None if s is None or s.state is SessionState.ENDED else _copy(s)
+
+    async def reattach(self, session_id: str, now: float) -> Session | None:
+        s = self._sessions.get(session_id)
+        if s is None or s.state is SessionState.ENDED:
+            return None
+        if s.state is SessionState.DISCONNECTED:
+            s.state = SessionState.ASSIGNED
+            s.disconnected_at = None
+        s.last_activity = now
+        return _copy(s)
+
+    async def mark_connected(self, session_id: str, now: float) -> Session | None:
+        s = self._sessions.get(session_id)
+        if s is None or s.state is SessionState.ENDED:
+            return None
+        s.state = SessionState.CONNECTED
+        s.connected_at = s.connected_at or now
+        s.disconnected_at = None
+        s.last_activity = now
+        return _copy(s)
+
+    async def mark_disconnected(self, session_id: str, now: float) -> Session | None:
+        s = self._sessions.get(session_id)
+        if s is None or s.state is not SessionState.CONNECTED:
+            return None
+        s.state = SessionState.DISCONNECTED
+        s.disconnected_at = now
+        return _copy(s)
+
+    async def touch(self, session_id: str, now: float) -> None:
+        s = self._sessions.get(session_id)
+        if s is not None and s.state is not SessionState.ENDED:
+            s.last_activity = now
+
+    async def end_session(self, session_id: str, reason: EndReason, now: float) -> Session | None:
+        return self._end(session_id, reason, now)
+
+    def _end(self, session_id: str, reason: EndReason, now: float) -> Session | None:
+        s = self._sessions.get(session_id)
+        if s is None or s.state is SessionState.ENDED:
+            return None
+        s.state = SessionState.ENDED
+        s.ended_at = now
+        s.end_reason = reason
+        if s.client_key:
+            self._clients.pop((s.tenant, s.client_key), None)
+        slot = self._slots.get(s.slot_id)
+        if slot is not None and slot.session_id == session_id:
+            slot.session_id = None
+            if slot.state is SlotState.ASSIGNED:
+                slot.state = SlotState.RESETTING
+                slot.ended_session = session_id
+        ended = _copy(s)
+        del self._sessions[session_id]  # ended sessions live on in the record sink
+        return ended
+
+    # --- queue ------------------------------------------------------------------------
+
+    async def enqueue(self, ticket: Ticket, max_length: int) -> int:
+        key = (ticket.request.tenant, ticket.request.app)
+        queue = self._queues.setdefault(key, collections.OrderedDict())
+        if len(queue) >= max_length:
+            raise QueueFull(f"the queue for {key[1]} is full ({max_length} waiting)")
+        self._tickets[ticket.ticket_id] = _copy(ticket)
+        queue[ticket.ticket_id] = None
+        return len(queue)
+
+    async def ticket(self, ticket_id: str) -> Ticket | None:
+        t = self._tickets.get(ticket_id)
+        return None if t is None else _copy(t)
+
+    async def position(self, ticket_id: str) -> int | None:
+        t = self._tickets.get(ticket_id)
+        if t is None or t.state is not TicketState.WAITING:
+            return None
+        for i, tid in enumerate(self._queues[(t.request.tenant, t.request.app)], 1):
+            if tid == ticket_id:
+                return i
+        return None
+
+    async def waiting(self, tenant: str, app: str, limit: int) -> list[Ticket]:
+        queue = self._queues.get((tenant, app), {})
+        out = []
+        for tid in queue:
+            if len(out) >= limit:
+                break
+            out.append(_copy(self._tickets[tid]))
+        return out
+
+    async def queues(self) -> list[tuple[str, str, int]]:
+        return [(t, a, len(q)) for (t, a), q in self._queues.items() if q]
+
+    async def finish_ticket(self, ticket_id: str, state: str, reason: str) -> bool:
+        t = self._tickets.get(ticket_id)
+        if t is None or t.state is not TicketState.WAITING:
+            return False
+        t.state = TicketState(state)
+        t.reason = reason
+        self._dequeue(t)
+        return True
+
+    def _dequeue(self, ticket: Ticket) -> None:
+        queue = self._queues.get((ticket.request.tenant, ticket.request.app))
+        if queue is not None:
+            queue.pop(ticket.ticket_id, None)
+        self._finished.append(ticket.ticket_id)
+        if len(self._finished) > _FINISHED_TICKETS_KEPT:
+            self._tickets.pop(self._finished.popleft(), None)
+
+    # --- listings ---------------------------------------------------------------------
+
+    async def hosts(self) -> list[Host]:
+        return [_copy(h) for h in self._hosts.values()]
+
+    async def slots(self) -> list[Slot]:
+        return [_copy(s) for s in self._slots.values()]
+
+    async def sessions(self) -> list[Session]:
+        return [_copy(s) for s in self._sessions.values()]
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,93 @@
+"""Session tokens: the matchmaker mints them, signalling verifies them.
+
+A token admits one player to one streamer for one session. Claims: ``iss``
+(``pixelfleet``), ``aud`` (``pixelfleet-signaling``), ``sub`` (tenant), ``sid``
+(session id), ``stid`` (streamer id), ``iat``, ``exp``, ``jti``. HS256 with a shared
+secret, or EdDSA (Ed25519) where signalling nodes should only hold a public key.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+ISSUER = "pixelfleet"
+AUDIENCE = "pixelfleet-signaling"
+
+
+class InvalidToken(Exception):
+    """Forged, expired, malformed or out-of-scope token; the text says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClaims:
+    tenant: str
+    session_id: str
+    streamer_id: str
+    expires_at: int
+    token_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKeys:
+    """Signing and verification keys. For HS256 both are the shared secret."""
+
+    algorithm: str              # "HS256" or "EdDSA"
+    signing_key: Any | None     # None on nodes that only verify
+    verify_key: Any
+
+    @classmethod
+    def hs256(cls, secret: str | bytes) -> TokenKeys:
+        if len(secret) < 32:
+            raise ValueError("an HS256 secret needs at least 32 bytes")
+        return cls("HS256", secret, secret)
+
+    @classmethod
+    def eddsa(cls, private_pem: bytes | None, public_pem: bytes) -> TokenKeys:
+        from cryptography.hazmat.primitives.serialization import (
+            load_pem_private_key,
+            load_pem_public_key,
+        )
+
+        private = load_pem_private_key(private_pem, password=None) if private_pem else None
+        return cls("EdDSA", private, load_pem_public_key(public_pem))
+
+
+def mint(keys: TokenKeys, *, tenant: str, session_id: str, streamer_id: str, ttl_s: int,
+         now: float | None = None) -> str:
+    if keys.signing_key is None:
+        raise ValueError("these keys can only verify")
+    issued = int(time.time() if now is None else now)
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": tenant, "sid": session_id,
+              "stid": streamer_id, "iat": issued, "exp": issued + ttl_s,
+              "jti": secrets.token_urlsafe(12)}
+    return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
+
+
+def verify(keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5) -> SessionClaims:
+    """Check signature, algorithm, issuer, audience and expiry."""
+    try:
+        claims = jwt.decode(
+            token, keys.verify_key, algorithms=[keys.algorithm], audience=AUDIENCE, issuer=ISSUER,
+            leeway=leeway_s, options={"require": ["exp", "iat", "sub", "sid", "stid", "jti"]},
+        ) if now is None else _decode_at(keys, token, now, leeway_s)
+        return SessionClaims(str(claims["sub"]), str(claims["sid"]), str(claims["stid"]),
+                             int(claims["exp"]), str(claims["jti"]))
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("token expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken(f"invalid token: {exc}") from None
+
+
+def _decode_at(keys: TokenKeys, token: str, now: float, leeway_s: int) -> dict[str, Any]:
+    """Decode as if the clock read ``now`` (tests, and replaying recorded tokens)."""
+    claims = jwt.decode(token, keys.verify_key, algorithms=[keys.algorithm], audience=AUDIENCE,
+                        issuer=ISSUER, options={"verify_exp": False,
+                                                "require": ["exp", "iat", "sub", "sid", "stid", "jti"]})
+    if int(claims["exp"]) + leeway_s < now:
+        raise jwt.ExpiredSignatureError("token expired")
+    return claims

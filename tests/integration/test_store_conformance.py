@@ -1,0 +1,219 @@
+"""One conformance suite for every matchmaker store: memory and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from matchmaker.models import (
+    AllocationRequest,
+    EndReason,
+    Heartbeat,
+    HostRegistration,
+    Session,
+    SessionState,
+    SlotReport,
+    SlotSpec,
+    SlotState,
+    Ticket,
+    TicketState,
+)
+from matchmaker.store import HostConflict, QueueFull, Store, UnknownHost, open_store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        s = open_store("memory://")
+    else:
+        s = open_store(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex[:8]}")
+    yield s
+    await s.aclose()
+
+
+def registration(host: str = "h1", boot: str = "b1", slots: int = 2, tenant: str = "acme",
+                 app: str = "game", region: str = "eu") -> HostRegistration:
+    return HostRegistration(host_id=host, boot_id=boot, region=region, gpu_model="A10G",
+                            signaling_url="ws://127.0.0.1:80",
+                            slots=[SlotSpec(index=i, tenant=tenant, app=app, streamer_id=f"{host}-{i}")
+                                   for i in range(slots)])
+
+
+def beat(boot: str = "b1", states: dict[int, SlotState] | None = None,
+         reset_for: dict[int, str] | None = None, load: float = 0.0) -> Heartbeat:
+    states = states or {0: SlotState.READY, 1: SlotState.READY}
+    return Heartbeat(boot_id=boot, slots=[
+        SlotReport(index=i, state=st, nvenc_load=load, reset_for=(reset_for or {}).get(i))
+        for i, st in states.items()])
+
+
+def new_session(slot_id: str, sid: str | None = None, client_key: str | None = None,
+                tenant: str = "acme", now: float = 100.0) -> Session:
+    host = slot_id.split("/")[0]
+    return Session(session_id=sid or f"s-{uuid.uuid4().hex[:8]}", tenant=tenant, app="game",
+                   slot_id=slot_id, host_id=host, streamer_id="x", signaling_url="ws://", region="eu",
+                   client_key=client_key, created_at=now, last_activity=now)
+
+
+async def ready_host(store: Store, **kw: object) -> None:
+    await store.register_host(registration(**kw), 100.0)  # type: ignore[arg-type]
+    await store.heartbeat(str(kw.get("host", "h1")), beat(str(kw.get("boot", "b1"))), 100.0)
+
+
+async def test_registered_slots_start_cold_and_warm_on_heartbeat(store: Store) -> None:
+    host = await store.register_host(registration(), 100.0)
+    assert host.slot_ids == ["h1/0", "h1/1"]
+    assert await store.ready_slots("acme", "game") == []
+    assert await store.serves("acme", "game") and not await store.serves("acme", "other")
+    await store.heartbeat("h1", beat(), 101.0)
+    assert sorted(s.slot_id for s in await store.ready_slots("acme", "game")) == ["h1/0", "h1/1"]
+    assert await store.ready_slots("other-tenant", "game") == []
+
+
+async def test_registration_is_idempotent_and_refuses_twins(store: Store) -> None:
+    await store.register_host(registration(), 100.0)
+    await store.register_host(registration(), 101.0)
+    with pytest.raises(HostConflict):
+        await store.register_host(registration(boot="b2"), 102.0)
+    with pytest.raises(HostConflict):
+        await store.heartbeat("h1", beat(boot="b2"), 102.0)
+
+
+async def test_heartbeat_for_unknown_host(store: Store) -> None:
+    with pytest.raises(UnknownHost):
+        await store.heartbeat("ghost", beat(), 100.0)
+    with pytest.raises(UnknownHost):
+        await store.set_draining("ghost", True)
+
+
+async def test_claim_is_compare_and_set(store: Store) -> None:
+    await ready_host(store)
+    first = new_session("h1/0")
+    assert await store.claim_slot("h1/0", first)
+    assert not await store.claim_slot("h1/0", new_session("h1/0"))
+    assert not await store.claim_slot("h9/0", new_session("h9/0"))
+    [slot] = [s for s in await store.slots() if s.slot_id == "h1/0"]
+    assert slot.state is SlotState.ASSIGNED and slot.session_id == first.session_id
+    assert [s.slot_id for s in await store.ready_slots("acme", "game")] == ["h1/1"]
+    assert (await store.session(first.session_id)) == first
+
+
+async def test_concurrent_claims_give_a_slot_to_one_session(store: Store) -> None:
+    await ready_host(store, slots=1)
+    await store.heartbeat("h1", beat(states={0: SlotState.READY}), 100.0)
+    results = await asyncio.gather(*(store.claim_slot("h1/0", new_session("h1/0")) for _ in range(50)))
+    assert sum(results) == 1
+
+
+async def test_session_lifecycle_and_reset_handshake(store: Store) -> None:
+    await ready_host(store)
+    s = new_session("h1/0", client_key="alice")
+    assert await store.claim_slot("h1/0", s)
+    assert (await store.mark_connected(s.session_id, 110.0)).state is SessionState.CONNECTED  # type: ignore[union-attr]
+    assert (await store.mark_disconnected(s.session_id, 120.0)).state is SessionState.DISCONNECTED  # type: ignore[union-attr]
+    assert (await store.session_for_client("acme", "alice")).session_id == s.session_id  # type: ignore[union-attr]
+    assert (await store.reattach(s.session_id, 125.0)).state is SessionState.ASSIGNED  # type: ignore[union-attr]
+    ended = await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 130.0)
+    assert ended is not None and ended.state is SessionState.ENDED and ended.end_reason is EndReason.PLAYER_LEFT
+    assert ended.ended_at == 130.0 and ended.connected_at == 110.0
+    assert await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 131.0) is None  # exactly once
+    assert await store.session(s.session_id) is None
+    assert await store.session_for_client("acme", "alice") is None
+    assert await store.mark_connected(s.session_id, 132.0) is None
+    # The slot is resetting; a stale READY report does not bring it back ...
+    _, reply = await store.heartbeat("h1", beat(), 133.0)
+    assert [(r.index, r.session_id) for r in reply.reset] == [(0, s.session_id)]
+    assert [x.slot_id for x in await store.ready_slots("acme", "game")] == ["h1/1"]
+    # ... the agent's report of the reset for that session does.
+    _, reply = await store.heartbeat("h1", beat(reset_for={0: s.session_id}), 134.0)
+    assert reply.reset == []
+    assert sorted(x.slot_id for x in await store.ready_slots("acme", "game")) == ["h1/0", "h1/1"]
+
+
+async def test_slot_failure_ends_its_session(store: Store) -> None:
+    await ready_host(store)
+    s = new_session("h1/0")
+    await store.claim_slot("h1/0", s)
+    ended, _ = await store.heartbeat("h1", beat(states={0: SlotState.DEAD, 1: SlotState.READY}), 110.0)
+    assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.SLOT_FAILED)]
+    assert [x.slot_id for x in await store.ready_slots("acme", "game")] == ["h1/1"]
+
+
+async def test_dead_host_leaves_pool_and_ends_sessions(store: Store) -> None:
+    await ready_host(store)
+    await ready_host(store, host="h2", boot="c1")
+    s = new_session("h1/0")
+    await store.claim_slot("h1/0", s)
+    await store.heartbeat("h2", beat(boot="c1"), 120.0)
+    ended = await store.expire_hosts(121.0, ttl_s=10.0)
+    assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.HOST_DEAD)]
+    assert {x.host_id for x in await store.ready_slots("acme", "game")} == {"h2"}
+    assert await store.expire_hosts(122.0, ttl_s=10.0) == []
+    with pytest.raises(UnknownHost):
+        await store.heartbeat("h1", beat(), 123.0)
+    # The agent comes back with a new boot: fresh, cold slots.
+    await store.register_host(registration(boot="b2"), 124.0)
+    await store.heartbeat("h1", beat(boot="b2"), 125.0)
+    assert {x.host_id for x in await store.ready_slots("acme", "game")} == {"h1", "h2"}
+
+
+async def test_draining_host_takes_no_new_sessions(store: Store) -> None:
+    await ready_host(store)
+    host = await store.set_draining("h1", True)
+    assert host.draining
+    assert await store.ready_slots("acme", "game") == []
+    assert not await store.claim_slot("h1/0", new_session("h1/0"))
+    _, reply = await store.heartbeat("h1", beat(), 101.0)
+    assert reply.draining
+    await store.set_draining("h1", False)
+    assert len(await store.ready_slots("acme", "game")) == 2
+
+
+def ticket(tenant: str = "acme", app: str = "game", at: float = 100.0) -> Ticket:
+    return Ticket(ticket_id=f"t-{uuid.uuid4().hex[:8]}", request=AllocationRequest(tenant=tenant, app=app),
+                  enqueued_at=at)
+
+
+async def test_queue_is_fifo_per_tenant_and_app_with_a_limit(store: Store) -> None:
+    a, b, c = ticket(), ticket(), ticket()
+    other = ticket(tenant="beta")
+    assert [await store.enqueue(t, max_length=2) for t in (a, b)] == [1, 2]
+    with pytest.raises(QueueFull):
+        await store.enqueue(c, max_length=2)
+    assert await store.enqueue(other, max_length=2) == 1
+    assert [t.ticket_id for t in await store.waiting("acme", "game", 10)] == [a.ticket_id, b.ticket_id]
+    assert sorted(await store.queues()) == [("acme", "game", 2), ("beta", "game", 1)]
+    assert await store.position(b.ticket_id) == 2
+    assert await store.finish_ticket(a.ticket_id, TicketState.CANCELLED, "bye")
+    assert not await store.finish_ticket(a.ticket_id, TicketState.EXPIRED, "again")
+    assert await store.position(b.ticket_id) == 1
+    assert await store.position(a.ticket_id) is None
+    assert (await store.ticket(a.ticket_id)).state is TicketState.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_claim_with_ticket_serves_it_atomically(store: Store) -> None:
+    await ready_host(store)
+    t = ticket()
+    await store.enqueue(t, 10)
+    s = new_session("h1/0")
+    assert await store.claim_slot("h1/0", s, t.ticket_id)
+    served = await store.ticket(t.ticket_id)
+    assert served is not None and served.state is TicketState.SERVED and served.session_id == s.session_id
+    assert await store.waiting("acme", "game", 10) == []
+    # A ticket that already left the queue cannot take a slot.
+    assert not await store.claim_slot("h1/1", new_session("h1/1"), t.ticket_id)
+    assert len(await store.ready_slots("acme", "game")) == 1
+
+
+async def test_listings(store: Store) -> None:
+    await ready_host(store)
+    s = new_session("h1/1")
+    await store.claim_slot("h1/1", s)
+    assert [h.host_id for h in await store.hosts()] == ["h1"]
+    assert sorted(x.slot_id for x in await store.slots()) == ["h1/0", "h1/1"]
+    assert [x.session_id for x in await store.sessions()] == [s.session_id]
