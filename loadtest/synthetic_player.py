@@ -52,7 +52,8 @@ class SyntheticPlayer:
         self.ping_interval_s = ping_interval_s
         self.mimic_frontend = mimic_frontend
         # The 5.5+ frontend adds these to every answer; <=5.4 sent minBitrate/maxBitrate.
-        self.answer_fields = {"minBitrateBps": 0, "maxBitrateBps": 0} if answer_fields is None else answer_fields
+        default_fields = {"minBitrateBps": 0, "maxBitrateBps": 0}
+        self.answer_fields = default_fields if answer_fields is None else answer_fields
         self.peer_options: dict[str, Any] = {}
         self.player_id: str | None = None
         self.subscribed_to: str | None = None

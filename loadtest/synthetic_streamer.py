@@ -101,8 +101,9 @@ class SyntheticStreamer:
                             log.info("signalling_connected", url=self.url, streamer=self.streamer_id)
                             await self._serve(ws)
                             log.info("signalling_closed", code=ws.close_code)
-                    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                        log.warning("signalling_unreachable", url=self.url, error=str(exc) or type(exc).__name__)
+                    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                        error = str(exc) or type(exc).__name__
+                        log.warning("signalling_unreachable", url=self.url, error=error)
                     finally:
                         self._ws = None
                         self._identified.clear()
@@ -113,7 +114,7 @@ class SyntheticStreamer:
                     backoff = min(backoff * 2, self.reconnect_max_s)
                     try:
                         await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
         finally:
             await self._close_peers()

@@ -25,7 +25,8 @@ def test_split_candidates_strips_and_returns_the_bundle_transport() -> None:
     assert candidates == [
         {"candidate": "candidate:abc 1 udp 2130706431 192.0.2.2 40000 typ host",
          "sdpMid": "0", "sdpMLineIndex": 0},
-        {"candidate": "candidate:def 1 udp 1694498815 203.0.113.9 40001 typ srflx raddr 192.0.2.2 rport 40000",
+        {"candidate": "candidate:def 1 udp 1694498815 203.0.113.9 40001 typ srflx "
+                      "raddr 192.0.2.2 rport 40000",
          "sdpMid": "0", "sdpMLineIndex": 0},
     ]
 

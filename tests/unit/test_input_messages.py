@@ -119,7 +119,7 @@ def test_protocol_table_matches_the_codecs() -> None:
     table = im.streamer_message_from_bytes(im.protocol_message(0)).json()
     assert table.pop("Direction") == 0
     classes = {cls.__name__: cls for cls in im._ALL}
-    assert set(table) == set(classes)
+    assert set(table) == set(classes) - {"DataChannelLatencyTest"}  # the frontend has no sender
     for name, spec in table.items():
         cls = classes[name]
         assert spec["id"] == cls.ID, name
