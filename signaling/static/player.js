@@ -333,9 +333,15 @@
         this.ui.offerRetry();
         return;
       }
-      this.log(text, code === 1000 || code === 1005 ? 'info' : 'error');
-      if (code !== 1000 && code !== 1005) this.recordError(text);
-      this.scheduleReconnect(opened ? 'Connection lost.' : 'Cannot reach the signalling server.');
+      // Normal close, server restarting (1001), streamer gone (Wilbur: 1005, no status;
+      // pixelfleet: 4100): not errors, just come back.
+      const benign = [1000, 1001, 1005, 4100].indexOf(code) >= 0;
+      if (benign) this.log(text);
+      else this.recordError(text);
+      let why = opened ? 'Connection lost.' : 'Cannot reach the signalling server.';
+      if (code === 4100 || code === 1005) why = 'The streamer left.';
+      else if (code === 1001) why = 'The server is restarting.';
+      this.scheduleReconnect(why);
     }
 
     scheduleReconnect(why) {

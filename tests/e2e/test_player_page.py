@@ -163,3 +163,21 @@ async def test_input_encoding_matches_epic_layouts(stack, open_page) -> None:
                 PixelfleetPlayer.encodeMessage(PixelfleetPlayer.TO_STREAMER[name], values)))""",
             [name, values])
         assert im.message_from_bytes(bytes(raw)) == expected, (name, raw)
+
+
+async def test_rejoins_when_the_streamer_comes_back(stack, start_streamer, open_page) -> None:
+    """The server closes a player's socket when its streamer leaves; the page
+    reconnects, waits, and plays again once a streamer with that id is back."""
+    first = await start_streamer()
+    sid = first.streamer_id
+    page, log = await open_page(f"{stack.player_origin}/?StreamerId={sid}")
+    await wait_for_rising_frames(page, log)
+
+    await first.streamer.stop()
+    await page.wait_for_function("['reconnecting', 'waiting'].includes(window.pixelfleet.state)",
+                                 timeout=WAIT_MS, polling=100)
+    await start_streamer(sid)
+    await page.wait_for_function("window.pixelfleet.state === 'streaming'", timeout=WAIT_MS)
+    await wait_for_rising_frames(page, log)
+    info = await state(page)
+    assert info["streamerId"] == sid
