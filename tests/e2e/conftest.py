@@ -2,11 +2,14 @@
 synthetic streamers, all on 127.0.0.1.
 
 Per test (all in the test's own event loop, ports chosen by the OS):
-- ``stack``: the signalling server (player page + player WebSocket, streamer port)
-  and a small static server for the Epic frontend test page;
-- ``streamer``: one synthetic streamer with a unique id, registered before the test
-  starts (Epic's frontend with ``MaxReconnectAttempts: 0`` lists streamers once);
-- ``browser_context``: Chromium with the flags that make loopback WebRTC work.
+- ``stack`` / ``start_stack(**settings)``: the signalling server (player page +
+  player WebSocket, streamer port) and a static server for the Epic test pages and a
+  second-origin copy of our player page;
+- ``streamer`` / ``start_streamer(id, stack=)``: a synthetic streamer, returned once
+  the server lists it (Epic's frontend with ``MaxReconnectAttempts: 0`` lists
+  streamers only once, so it must be there before the page loads);
+- ``open_page(url)``: a fresh Chromium context with camera and microphone granted to
+  the page's origin, returning the page and its console log.
 
 Once per session, ``epic_bundles`` builds Epic's frontend library into
 ``tests/e2e/frontend/dist/`` (``npm ci`` when ``node_modules`` is missing).
