@@ -68,26 +68,23 @@ def mint(keys: TokenKeys, *, tenant: str, session_id: str, streamer_id: str, ttl
     return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
 
 
-def verify(keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5) -> SessionClaims:
-    """Check signature, algorithm, issuer, audience and expiry."""
+def verify(keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5,
+           allow_expired: bool = False) -> SessionClaims:
+    """Check signature, algorithm, issuer, audience and (unless ``allow_expired``) expiry.
+
+    ``allow_expired`` is for events about a session that was admitted with this token
+    while it was valid (a disconnect hours later still names its session).
+    """
     try:
-        claims = jwt.decode(
-            token, keys.verify_key, algorithms=[keys.algorithm], audience=AUDIENCE, issuer=ISSUER,
-            leeway=leeway_s, options={"require": ["exp", "iat", "sub", "sid", "stid", "jti"]},
-        ) if now is None else _decode_at(keys, token, now, leeway_s)
-        return SessionClaims(str(claims["sub"]), str(claims["sid"]), str(claims["stid"]),
-                             int(claims["exp"]), str(claims["jti"]))
-    except jwt.ExpiredSignatureError:
-        raise InvalidToken("token expired") from None
-    except jwt.InvalidTokenError as exc:
+        claims = jwt.decode(token, keys.verify_key, algorithms=[keys.algorithm], audience=AUDIENCE,
+                            issuer=ISSUER, options={"verify_exp": False, "require": _REQUIRED})
+        expires_at = int(claims["exp"])
+    except (jwt.InvalidTokenError, TypeError, ValueError) as exc:
         raise InvalidToken(f"invalid token: {exc}") from None
+    if not allow_expired and expires_at + leeway_s < (time.time() if now is None else now):
+        raise InvalidToken("token expired")
+    return SessionClaims(str(claims["sub"]), str(claims["sid"]), str(claims["stid"]), expires_at,
+                         str(claims["jti"]))
 
 
-def _decode_at(keys: TokenKeys, token: str, now: float, leeway_s: int) -> dict[str, Any]:
-    """Decode as if the clock read ``now`` (tests, and replaying recorded tokens)."""
-    claims = jwt.decode(token, keys.verify_key, algorithms=[keys.algorithm], audience=AUDIENCE,
-                        issuer=ISSUER, options={"verify_exp": False,
-                                                "require": ["exp", "iat", "sub", "sid", "stid", "jti"]})
-    if int(claims["exp"]) + leeway_s < now:
-        raise jwt.ExpiredSignatureError("token expired")
-    return claims
+_REQUIRED = ["exp", "iat", "sub", "sid", "stid", "jti"]

@@ -1,0 +1,306 @@
+"""The matchmaker's HTTP API (aiohttp).
+
+Who may call what:
+- players' backends or browsers: ``POST /api/v1/sessions`` with the caller's JWT
+  (``Authorization: Bearer``; its tenant claim picks the tenant), or anonymously where
+  ``allow_anonymous`` is on (development); the queue endpoints with the ticket id,
+  which is an unguessable capability;
+- signalling: session events with the session token it verified;
+- GPU agents: register and heartbeat with the agent token;
+- operators: ``/api/v1/admin/*`` with the admin token.
+
+Every failure is a JSON body ``{"error": <code>, "message": <text>}`` with a 4xx/5xx
+status; nothing reaches the store before the body has been validated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from typing import Any
+
+import jwt
+import msgspec
+from aiohttp import web
+
+from matchmaker.models import AllocationRequest, EndReason, Heartbeat, HostRegistration
+from matchmaker.service import Allocation, Matchmaker, Queued, TicketStatus
+from matchmaker.store import StoreError
+from pixelfleet.tokens import InvalidToken, verify
+
+MATCHMAKER = web.AppKey("matchmaker", Matchmaker)
+
+_MAX_BODY = 64 * 1024
+
+
+class SessionBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    app: str
+    region: str | None = None
+    gpu_model: str | None = None
+    resolution: str | None = None
+    client_key: str | None = None
+
+
+class SessionEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    event: str  # connected | disconnected | activity
+
+
+class DrainBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    draining: bool = True
+
+
+def _error(status: int, code: str, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+           404: web.HTTPNotFound, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge,
+           429: web.HTTPTooManyRequests, 503: web.HTTPServiceUnavailable}.get(status, web.HTTPBadRequest)
+    return cls(text=msgspec.json.encode({"error": code, "message": message}).decode(),
+               content_type="application/json")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request, cls: type[Any]) -> Any:
+    if request.content_length is not None and request.content_length > _MAX_BODY:
+        raise _error(413, "too_large", f"bodies are limited to {_MAX_BODY} bytes")
+    raw = await request.content.read(_MAX_BODY + 1)
+    if len(raw) > _MAX_BODY:
+        raise _error(413, "too_large", f"bodies are limited to {_MAX_BODY} bytes")
+    try:
+        return msgspec.json.decode(raw or b"{}", type=cls)
+    except msgspec.DecodeError as exc:
+        raise _error(400, "invalid_body", str(exc)) from None
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
+
+
+def _require_secret(request: web.Request, expected: str | None, what: str) -> None:
+    presented = _bearer(request)
+    if expected is None:
+        raise _error(403, "disabled", f"no {what} token is configured on this matchmaker")
+    if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise _error(401, "unauthorized", f"a valid {what} token is required")
+
+
+def _tenant(request: web.Request, mm: Matchmaker) -> str:
+    s = mm.settings
+    token = _bearer(request)
+    if token is None:
+        if s.allow_anonymous:
+            return s.anonymous_tenant
+        raise _error(401, "unauthorized", "a caller token is required")
+    if s.caller_jwt_secret is None:
+        raise _error(401, "unauthorized", "caller tokens are not configured on this matchmaker")
+    try:
+        claims = jwt.decode(token, s.caller_jwt_secret, algorithms=["HS256"],
+                            options={"require": ["exp", s.caller_tenant_claim]})
+    except jwt.ExpiredSignatureError:
+        raise _error(401, "token_expired", "the caller token has expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise _error(401, "invalid_token", f"invalid caller token: {exc}") from None
+    tenant = claims[s.caller_tenant_claim]
+    if not isinstance(tenant, str) or not tenant:
+        raise _error(401, "invalid_token", "the caller token names no tenant")
+    return tenant
+
+
+def allocation_json(a: Allocation) -> dict[str, Any]:
+    return {"status": "assigned", "session_id": a.session.session_id, "streamer_id": a.session.streamer_id,
+            "signaling_url": a.session.signaling_url, "token": a.token, "region": a.session.region}
+
+
+def ticket_json(status: TicketStatus | Queued) -> dict[str, Any]:
+    if isinstance(status, Queued):
+        return {"status": "waiting", "ticket_id": status.ticket.ticket_id, "position": status.position,
+                "eta_s": status.eta_s}
+    if status.allocation is not None:
+        return {**allocation_json(status.allocation), "ticket_id": status.ticket.ticket_id}
+    out: dict[str, Any] = {"status": str(status.ticket.state), "ticket_id": status.ticket.ticket_id}
+    if status.position is not None:
+        out.update(position=status.position, eta_s=status.eta_s)
+    if status.ticket.reason:
+        out["reason"] = status.ticket.reason
+    return out
+
+
+@web.middleware
+async def _store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        code = type(exc).__name__[0].lower() + "".join(
+            "_" + c.lower() if c.isupper() else c for c in type(exc).__name__[1:])
+        raise _error(exc.status, code, str(exc)) from None
+
+
+# --- players ----------------------------------------------------------------------------
+
+
+async def create_session(request: web.Request) -> web.Response:
+    mm = request.app[MATCHMAKER]
+    tenant = _tenant(request, mm)
+    body: SessionBody = await _body(request, SessionBody)
+    result = await mm.allocate(AllocationRequest(tenant=tenant, **msgspec.structs.asdict(body)))
+    if isinstance(result, Allocation):
+        return _json(allocation_json(result), 201)
+    return _json({**ticket_json(result), "events": f"/api/v1/queue/{result.ticket.ticket_id}/events"}, 202)
+
+
+async def ticket_status(request: web.Request) -> web.Response:
+    mm = request.app[MATCHMAKER]
+    return _json(ticket_json(await mm.ticket_status(request.match_info["ticket_id"])))
+
+
+async def cancel_ticket(request: web.Request) -> web.Response:
+    mm = request.app[MATCHMAKER]
+    if not await mm.cancel(request.match_info["ticket_id"]):
+        raise _error(404, "not_waiting", "no waiting ticket with that id")
+    return _json({"status": "cancelled"})
+
+
+async def ticket_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the ticket's position and ETA, live, until it is served.
+
+    A client that goes away while still waiting loses its place (cancel on disconnect).
+    """
+    mm = request.app[MATCHMAKER]
+    ticket_id = request.match_info["ticket_id"]
+    await mm.ticket_status(ticket_id)  # 404 before the stream starts
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    finished = False
+    try:
+        async for status in mm.watch(ticket_id):
+            data = ticket_json(status)
+            await response.write(b"event: " + data["status"].encode() + b"\ndata: "
+                                 + msgspec.json.encode(data) + b"\n\n")
+            finished = data["status"] != "waiting"
+    except (ConnectionError, StoreError):
+        pass
+    finally:
+        if not finished:
+            with contextlib.suppress(StoreError):
+                await mm.cancel(ticket_id)
+    return response
+
+
+# --- signalling -------------------------------------------------------------------------
+
+
+async def session_event(request: web.Request) -> web.Response:
+    mm = request.app[MATCHMAKER]
+    session_id = request.match_info["session_id"]
+    token = _bearer(request)
+    if token is None:
+        raise _error(401, "unauthorized", "the session token is required")
+    try:
+        claims = verify(mm.keys, token, allow_expired=True)
+    except InvalidToken as exc:
+        raise _error(401, "invalid_token", str(exc)) from None
+    if claims.session_id != session_id:
+        raise _error(403, "wrong_session", "the token is for another session")
+    body: SessionEvent = await _body(request, SessionEvent)
+    handlers = {"connected": mm.player_connected, "disconnected": mm.player_disconnected,
+                "activity": mm.activity}
+    handler = handlers.get(body.event)
+    if handler is None:
+        raise _error(400, "invalid_body", f"event must be one of {sorted(handlers)}")
+    await handler(session_id)
+    return _json({"ok": True})
+
+
+# --- agents -----------------------------------------------------------------------------
+
+
+async def register_host(request: web.Request) -> web.Response:
+    mm = request.app[MATCHMAKER]
+    _require_secret(request, mm.settings.agent_token, "agent")
+    reg: HostRegistration = await _body(request, HostRegistration)
+    if not reg.slots or len({s.index for s in reg.slots}) != len(reg.slots):
+        raise _error(400, "invalid_body", "a host needs at least one slot, with distinct indexes")
+    host = await mm.register_host(reg)
+    return _json(host, 201)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    mm = request.app[MATCHMAKER]
+    _require_secret(request, mm.settings.agent_token, "agent")
+    hb: Heartbeat = await _body(request, Heartbeat)
+    return _json(await mm.heartbeat(request.match_info["host_id"], hb))
+
+
+# --- operators --------------------------------------------------------------------------
+
+
+def _admin(request: web.Request) -> Matchmaker:
+    mm = request.app[MATCHMAKER]
+    _require_secret(request, mm.settings.admin_token, "admin")
+    return mm
+
+
+async def admin_hosts(request: web.Request) -> web.Response:
+    return _json(await _admin(request).store.hosts())
+
+
+async def admin_slots(request: web.Request) -> web.Response:
+    return _json(await _admin(request).store.slots())
+
+
+async def admin_sessions(request: web.Request) -> web.Response:
+    return _json(await _admin(request).store.sessions())
+
+
+async def admin_queue(request: web.Request) -> web.Response:
+    mm = _admin(request)
+    out = []
+    for tenant, app, length in await mm.store.queues():
+        tickets = await mm.store.waiting(tenant, app, length)
+        out.append({"tenant": tenant, "app": app, "length": length,
+                    "tickets": [{"ticket_id": t.ticket_id, "enqueued_at": t.enqueued_at} for t in tickets]})
+    return _json(out)
+
+
+async def admin_drain(request: web.Request) -> web.Response:
+    mm = _admin(request)
+    body: DrainBody = await _body(request, DrainBody)
+    return _json(await mm.drain(request.match_info["host_id"], body.draining))
+
+
+async def admin_end_session(request: web.Request) -> web.Response:
+    mm = _admin(request)
+    ended = await mm.end(request.match_info["session_id"], EndReason.FORCE_ENDED)
+    if ended is None:
+        raise _error(404, "unknown_session", "no live session with that id")
+    return _json(ended)
+
+
+def add_routes(app: web.Application, matchmaker: Matchmaker) -> None:
+    """Mount the API on an existing app (``pixelfleet up`` shares the player port)."""
+    app[MATCHMAKER] = matchmaker
+    app.middlewares.append(_store_errors)
+    r = app.router
+    r.add_post("/api/v1/sessions", create_session)
+    r.add_post("/api/v1/sessions/{session_id}/events", session_event)
+    r.add_get("/api/v1/queue/{ticket_id}", ticket_status)
+    r.add_delete("/api/v1/queue/{ticket_id}", cancel_ticket)
+    r.add_get("/api/v1/queue/{ticket_id}/events", ticket_events)
+    r.add_post("/api/v1/hosts", register_host)
+    r.add_post("/api/v1/hosts/{host_id}/heartbeat", heartbeat)
+    r.add_get("/api/v1/admin/hosts", admin_hosts)
+    r.add_get("/api/v1/admin/slots", admin_slots)
+    r.add_get("/api/v1/admin/sessions", admin_sessions)
+    r.add_get("/api/v1/admin/queue", admin_queue)
+    r.add_post("/api/v1/admin/hosts/{host_id}/drain", admin_drain)
+    r.add_delete("/api/v1/admin/sessions/{session_id}", admin_end_session)
+
+
+def create_app(matchmaker: Matchmaker) -> web.Application:
+    app = web.Application(client_max_size=_MAX_BODY)
+    add_routes(app, matchmaker)
+    return app
