@@ -82,6 +82,7 @@ class SyntheticStreamer:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
         self._running = False
+        self._connecting: asyncio.Future[aiohttp.ClientWebSocketResponse] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -94,7 +95,12 @@ class SyntheticStreamer:
             async with aiohttp.ClientSession() as session:
                 while not self._stopping.is_set():
                     try:
-                        async with session.ws_connect(self.url, autoping=True, max_msg_size=0) as ws:
+                        ws = await self._connect(session)
+                        if ws is None:  # stop() came during the handshake
+                            break
+                        async with ws:
+                            if self._stopping.is_set():  # stop() raced the handshake's end
+                                break
                             self._ws = ws
                             self.connections += 1
                             backoff = self.reconnect_min_s
@@ -122,9 +128,25 @@ class SyntheticStreamer:
             self._running = False
             self._stopped.set()
 
+    async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse | None:
+        """Open the socket; ``None`` when ``stop()`` cancelled the attempt."""
+        connect = asyncio.ensure_future(session.ws_connect(self.url, autoping=True, max_msg_size=0))
+        self._connecting = connect
+        try:
+            return await connect
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled, not just the handshake
+            return None
+        finally:
+            self._connecting = None
+
     async def stop(self) -> None:
         """Close the socket and every peer; ``run()`` returns. Safe to call twice."""
         self._stopping.set()
+        if self._connecting is not None:
+            self._connecting.cancel()
         ws = self._ws
         if ws is not None and not ws.closed:
             await ws.close()

@@ -228,3 +228,34 @@ def test_cli_help() -> None:
         main(["--help"])
     assert exc.value.code == 0
 
+
+
+async def test_stop_during_a_handshake_that_never_finishes() -> None:
+    """A listener that accepts TCP but never answers the upgrade: stop() still ends run()."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    streamer = SyntheticStreamer(f"ws://127.0.0.1:{port}", "Stuck", 160, 120, 10)
+    task = asyncio.create_task(streamer.run())
+    try:
+        await asyncio.wait_for(accepted.wait(), WAIT)
+        await asyncio.wait_for(streamer.stop(), WAIT)
+        await asyncio.wait_for(task, WAIT)  # returns normally, not cancelled
+        assert streamer.connections == 0
+    finally:
+        task.cancel()
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_stop_before_run_makes_run_return_at_once() -> None:
+    streamer = SyntheticStreamer("ws://127.0.0.1:9", "Never", 160, 120, 10)
+    await streamer.stop()
+    await asyncio.wait_for(streamer.run(), WAIT)
+    assert streamer.connections == 0
