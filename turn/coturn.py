@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 __all__ = ["Coturn", "CoturnError", "CoturnOptions", "command_line", "find_turnserver",
-           "free_port", "relay_port_range"]
+           "free_port", "port_is_free", "relay_port_range"]
 
 log = structlog.get_logger("turn")
 
@@ -89,6 +89,19 @@ def config_file_text(secrets: Sequence[str]) -> str:
     return "".join(f"static-auth-secret={secret}\n" for secret in secrets)
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Both UDP and TCP ``port`` can be bound now (else coturn would half-start, or a
+    readiness probe would find somebody else's server)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind((host, port))
+            udp.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1", attempts: int = 50) -> int:
     """A port free for both UDP and TCP right now (coturn listens on both)."""
     for _ in range(attempts):
@@ -131,6 +144,9 @@ class Coturn:
 
     async def start(self, timeout_s: float = 10.0) -> None:
         binary = self._binary or find_turnserver()
+        if not port_is_free(self.options.host, self.options.port):
+            raise CoturnError(f"{self.options.host}:{self.options.port} is already in use "
+                              "(another TURN server?); pick another port (pixelfleet up --turn-port 0: any free one)")
         workdir = self._workdir = Path(tempfile.mkdtemp(prefix="pixelfleet-coturn-"))  # 0700
         conf = workdir / "secrets.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
