@@ -34,6 +34,13 @@ def _add_signaling_flags(p: argparse.ArgumentParser, *, player_port_default: int
     g.add_argument("--keepalive", dest="keepalive_s", type=float, help="WebSocket ping interval, s")
     g.add_argument("--log-level", help="debug | info | warning | error")
     g.add_argument("--log-format", help="json | console | auto")
+    t = p.add_argument_group("TURN (secrets only from PIXELFLEET_TURN__SECRETS, never a flag)")
+    t.add_argument("--turn-provider", help="none | static | rest-secret | aws-kvs (default none)")
+    t.add_argument("--turn-url", dest="turn_urls", action="append",
+                   help="stun:/turn:/turns: URL given to peers (repeat; default none)")
+    t.add_argument("--turn-ttl", dest="turn_ttl_s", type=int, help="player credential lifetime, s (default 3600)")
+    t.add_argument("--turn-force-relay", action="store_const", const=True,
+                   help="testing: tell peers iceTransportPolicy=relay")
 
 
 _SIGNALING_KEYS = ("host", "player_port", "streamer_port", "sfu_port", "max_players_per_streamer",
@@ -46,6 +53,14 @@ def signaling_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def
     from signaling.config import load_settings
 
     return load_settings(os.environ, **{k: getattr(args, k, None) for k in _SIGNALING_KEYS})
+
+
+def turn_settings(args: argparse.Namespace, **overrides: object):  # type: ignore[no-untyped-def]
+    from turn.config import load_turn_settings
+
+    flags = {"provider": args.turn_provider, "urls": args.turn_urls, "ttl_s": args.turn_ttl_s,
+             "force_relay": args.turn_force_relay}
+    return load_turn_settings(os.environ, **{**flags, **overrides})
 
 
 async def serve_until_signal(start: Callable[[], Awaitable[None]],
@@ -64,11 +79,24 @@ async def serve_until_signal(start: Callable[[], Awaitable[None]],
 
 def _cmd_signaling(args: argparse.Namespace) -> int:
     from signaling.app import SignalingServer
+    from turn.wiring import wire_turn
 
     settings = signaling_settings(args)
+    turn = wire_turn(turn_settings(args), base_options=settings.peer_connection_options)
     configure_logging(settings.log_level, settings.log_format)
-    server = SignalingServer(settings)
-    uvloop.run(serve_until_signal(server.start, server.stop))
+    server = SignalingServer(settings, **(turn.server_kwargs() if turn else {}))
+
+    async def start() -> None:
+        if turn:
+            await turn.start()
+        await server.start()
+
+    async def stop() -> None:
+        await server.stop()
+        if turn:
+            await turn.aclose()
+
+    uvloop.run(serve_until_signal(start, stop))
     return 0
 
 
@@ -99,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--width", type=int, default=1280)
     p_up.add_argument("--height", type=int, default=720)
     p_up.add_argument("--fps", type=int, default=30)
+    p_up.add_argument("--turn", action="store_true",
+                      help="start a local coturn (127.0.0.1, generated secret) and hand out its credentials")
+    p_up.add_argument("--turn-port", type=int, default=3478, help="local coturn port (default 3478, 0 = any free)")
     p_up.set_defaults(func=_cmd_up)
 
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")

@@ -11,11 +11,16 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
-from pixelfleet.cli import serve_until_signal, signaling_settings
+from pixelfleet.cli import serve_until_signal, signaling_settings, turn_settings
 from pixelfleet.logs import configure_logging
+
+if TYPE_CHECKING:
+    from turn.config import TurnSettings
+    from turn.coturn import Coturn
 
 log = structlog.get_logger("up")
 
@@ -58,15 +63,39 @@ class StreamerProcess:
                 await self._task
 
 
+def _local_coturn(args: argparse.Namespace) -> tuple[Coturn, TurnSettings]:
+    """``--turn``: a coturn on loopback with a fresh secret, and settings that use it."""
+    import secrets
+
+    from turn.coturn import Coturn, CoturnOptions, free_port
+
+    options = CoturnOptions(secrets=(secrets.token_urlsafe(32),),
+                            port=args.turn_port or free_port())
+    turn = turn_settings(args, provider="rest-secret", urls=list(options.urls),
+                         secrets=list(options.secrets))
+    return Coturn(options), turn
+
+
 async def _up(args: argparse.Namespace) -> None:
     from signaling.app import SignalingServer
+    from turn.wiring import wire_turn
 
     settings = signaling_settings(args)
-    server = SignalingServer(settings)
+    coturn, turn_config = _local_coturn(args) if args.turn else (None, turn_settings(args))
+    turn = wire_turn(turn_config, base_options=settings.peer_connection_options)
+    server = SignalingServer(settings, **(turn.server_kwargs() if turn else {}))
     children: list[StreamerProcess] = []
 
     async def start() -> None:
-        await server.start()
+        if coturn is not None:
+            await coturn.start()
+        try:
+            if turn is not None:
+                await turn.start()
+            await server.start()
+        except BaseException:
+            await stop()
+            raise
         url = f"ws://{_connect_host(settings.host)}:{server.streamer_port}"
         for i in range(1, args.streamers + 1):
             child = StreamerProcess([
@@ -85,13 +114,26 @@ async def _up(args: argparse.Namespace) -> None:
         print(f"\npixelfleet is up: open {page}\n"
               f"  streamers: {', '.join(ids) or 'none'} (pick one with {page}?StreamerId=<id>)\n"
               f"  UE builds: -PixelStreamingURL=ws://{_connect_host(settings.host)}:{server.streamer_port}\n"
+              f"{_turn_banner(coturn, page)}"
               f"  stop with Ctrl+C\n", flush=True)
 
     async def stop() -> None:
         await asyncio.gather(*(c.stop() for c in children))
         await server.stop()
+        if turn is not None:
+            await turn.aclose()
+        if coturn is not None:
+            await coturn.stop()
 
     await serve_until_signal(start, stop)
+
+
+def _turn_banner(coturn: Coturn | None, page: str) -> str:
+    if coturn is None:
+        return ""
+    o = coturn.options
+    return (f"  TURN: coturn on {o.host}:{o.port} (this box only), credentials at {page}api/turn-credentials\n"
+            f"        relay-only test: {page}?ForceTURN=1\n")
 
 
 def _connect_host(host: str) -> str:
@@ -103,5 +145,21 @@ def run_up(args: argparse.Namespace) -> int:
 
     settings = signaling_settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    uvloop.run(_up(args))
+    if args.turn:
+        from turn.coturn import CoturnError, find_turnserver
+
+        try:
+            find_turnserver()
+        except CoturnError as exc:
+            print(f"pixelfleet up --turn: {exc}", file=sys.stderr)
+            return 2
+    try:
+        uvloop.run(_up(args))
+    except Exception as exc:
+        from turn.coturn import CoturnError
+
+        if isinstance(exc, CoturnError):
+            print(f"pixelfleet up --turn: {exc}", file=sys.stderr)
+            return 2
+        raise
     return 0
