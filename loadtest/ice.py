@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 
 log = structlog.get_logger(__name__)
@@ -26,6 +27,9 @@ def configuration_from_options(options: dict[str, Any] | None) -> RTCConfigurati
     ``credential``) is read. An empty list is passed explicitly: given ``None``,
     aiortc falls back to Google's public STUN server, which a closed network cannot
     reach and which slows every gathering down.
+
+    One addition for TURN tests: ``iceTransportPolicy: "relay"`` is honoured, as
+    browsers do (UE ignores it), so a relay-only run proves the path through TURN.
     """
     servers: list[RTCIceServer] = []
     for entry in (options or {}).get("iceServers") or []:
@@ -45,7 +49,9 @@ def configuration_from_options(options: dict[str, Any] | None) -> RTCConfigurati
                 credential=entry.get("credential"),
             )
         )
-    return RTCConfiguration(iceServers=servers)
+    relay = (options or {}).get("iceTransportPolicy") == "relay"
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY
+                            if relay else RTCIceTransportPolicy.ALL)
 
 
 def split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
