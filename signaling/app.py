@@ -18,7 +18,6 @@ from signaling.broker import open_broker
 from signaling.config import Settings
 from signaling.http_api import add_routes
 from signaling.protocol import PeerOptions, Role, SignalingCore
-from signaling.sessions import SessionGate
 from signaling.ws import SignalingNode
 
 log = structlog.get_logger("signaling")
@@ -30,19 +29,16 @@ class SignalingServer:
     """Owns the listeners. ``start()`` binds; ports given as 0 are read back afterwards."""
 
     def __init__(self, settings: Settings, *, peer_options: PeerOptions | None = None,
-                 player_routes: Sequence[web.AbstractRouteDef] = (),
-                 player_subapps: Sequence[tuple[str, web.Application]] = (),
-                 session_gate: SessionGate | None = None) -> None:
+                 player_routes: Sequence[web.AbstractRouteDef] = ()) -> None:
         self.settings = settings
         self.player_routes = tuple(player_routes)  # extra routes on the player port (e.g. TURN)
-        self.player_subapps = tuple(player_subapps)  # e.g. the matchmaker API under /api/v1
         options = peer_options or (lambda role, peer_id: dict(settings.peer_connection_options))
         self.core = SignalingCore(
             peer_options=options,
             max_players_per_streamer=settings.max_players_per_streamer,
             max_protocol_errors=settings.max_protocol_errors,
         )
-        self.node = SignalingNode(settings, self.core, open_broker(settings.state_url), session_gate)
+        self.node = SignalingNode(settings, self.core, open_broker(settings.state_url))
         self._runners: dict[Role, web.AppRunner] = {}
         self.ports: dict[Role, int] = {}
 
@@ -61,8 +57,6 @@ class SignalingServer:
     def player_app(self) -> web.Application:
         app = web.Application()
         app.add_routes(self.player_routes)  # before add_routes' catch-all page route
-        for prefix, subapp in self.player_subapps:
-            app.add_subapp(prefix, subapp)
         add_routes(app, self.node, Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR)
         return app
 
