@@ -15,7 +15,8 @@ from __future__ import annotations
 
 # RFC 6455
 NORMAL = 1000
-GOING_AWAY = 1001            # server shutting down
+GOING_AWAY = 1001            # Epic's frontend never reconnects after this one: we do not use it
+SERVICE_RESTART = 1012       # server shutting down: clients reconnect (elsewhere, or after restart)
 POLICY_VIOLATION = 1008      # too many protocol errors
 MESSAGE_TOO_BIG = 1009       # frame over the size limit (aiohttp sends it)
 INTERNAL_ERROR = 1011        # also what Epic uses for ``disconnectPlayer``

@@ -115,8 +115,14 @@ class SignalingCore:
 
     # --- events -------------------------------------------------------------------
 
-    def connect(self, role: Role, *, allowed_streamer: str | None = None) -> tuple[ConnId, list[Action]]:
-        """A socket opened. Returns its id and the greeting to send."""
+    def connect(self, role: Role, *, allowed_streamer: str | None = None,
+                options_key: str | None = None) -> tuple[ConnId, list[Action]]:
+        """A socket opened. Returns its id and the greeting to send.
+
+        ``allowed_streamer`` scopes a player to the one streamer its session token names;
+        ``options_key`` (the session id) replaces the peer id as the key for its
+        ``peerConnectionOptions`` (e.g. the TURN username's user part).
+        """
         conn = ConnId(self._next_conn)
         self._next_conn += 1
         peer = Peer(conn, role, allowed_streamer=allowed_streamer)
@@ -128,7 +134,7 @@ class SignalingCore:
             self._players[peer.player_id] = conn
         if role is Role.PLAYER:
             assert peer.player_id is not None
-            actions.append(Send(conn, self._config(role, peer.player_id)))
+            actions.append(Send(conn, self._config(role, options_key or peer.player_id)))
         else:
             peer.streamer_id = self._unique_streamer_id("UnknownStreamer", peer)
             self._streamers[peer.streamer_id] = conn

@@ -22,6 +22,7 @@ from signaling.broker import Broker
 from signaling.config import Settings
 from signaling.limits import TokenBucket
 from signaling.protocol import Close, ConnId, Problem, Role, Send, SignalingCore
+from signaling.sessions import SessionGate
 
 log = structlog.get_logger("signaling")
 
@@ -127,10 +128,12 @@ class Connection:
 class SignalingNode:
     """Glue between the sockets of one process, the core and the broker."""
 
-    def __init__(self, settings: Settings, core: SignalingCore, broker: Broker) -> None:
+    def __init__(self, settings: Settings, core: SignalingCore, broker: Broker,
+                 gate: SessionGate | None = None) -> None:
         self.settings = settings
         self.core = core
         self.broker = broker
+        self.gate = gate
         self.connections: dict[ConnId, Connection] = {}
         self.accepting = True
 
@@ -138,6 +141,8 @@ class SignalingNode:
         s = self.settings
         if not self.accepting:
             raise web.HTTPServiceUnavailable(text="server is shutting down")
+        gate = self.gate if role is Role.PLAYER else None
+        admitted = gate.admit(request) if gate is not None else None
         ws = web.WebSocketResponse(
             heartbeat=s.keepalive_s or None,
             max_msg_size=s.max_message_bytes,
@@ -147,7 +152,9 @@ class SignalingNode:
         await ws.prepare(request)
         transport = request.transport
         assert transport is not None
-        conn, greeting = self.core.connect(role)
+        conn, greeting = self.core.connect(
+            role, allowed_streamer=None if admitted is None else admitted[0].streamer_id,
+            options_key=None if admitted is None else admitted[0].session_id)
         connection: Connection
         outbox = Outbox(ws, transport, s.send_queue_frames,
                         lambda: connection.close(errors.SLOW_CONSUMER, "send queue overflow"))
@@ -155,7 +162,9 @@ class SignalingNode:
                                 log.bind(conn=conn, role=role.value, remote=request.remote))
         self.connections[conn] = connection
         self.broker.open(conn, outbox)
-        connection.log.info("connected")
+        connection.log.info("connected", session=None if admitted is None else admitted[0].session_id)
+        if gate is not None:
+            gate.report("connected", admitted)
         if role is Role.PLAYER:
             bucket = TokenBucket(s.player_rate, s.player_burst, _now())
         else:
@@ -183,6 +192,8 @@ class SignalingNode:
             del self.connections[conn]
             await run(self.core.disconnect(conn))
             await connection.closed()
+            if gate is not None:
+                gate.report("disconnected", admitted)
             connection.log.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
         return ws
 

@@ -335,7 +335,7 @@ async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession
         assert (await s.recv())["type"] == "identify"
         proc.terminate()
         code, reason = await s.closed()
-        assert code == errors.GOING_AWAY and "shutting down" in reason
+        assert code == errors.SERVICE_RESTART and "shutting down" in reason
         assert await asyncio.wait_for(proc.wait(), WAIT) == 0
         log = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
         assert '"event":"signaling_stopped"' in log

@@ -1,0 +1,144 @@
+"""Matchmaker sessions as signalling sees them: admit players by session token, and
+report when they connect and leave.
+
+Signalling never imports the matchmaker: the token carries everything it needs
+(tenant, session, the one streamer the player may watch), and reports go through a
+small interface — in-process callbacks in ``pixelfleet up``, HTTP to the matchmaker
+when they run apart. A report that fails is logged and dropped: the matchmaker's own
+timeouts (connect timeout, reconnect grace) recover from a lost report, while a
+signalling server that waited on a down matchmaker would strand its players.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import msgspec
+import structlog
+from aiohttp import web
+
+from pixelfleet.tokens import InvalidToken, SessionClaims, TokenKeys, verify
+from signaling.config import Settings
+
+log = structlog.get_logger("signaling")
+
+
+class SessionReporter(Protocol):
+    async def report(self, event: str, claims: SessionClaims, token: str) -> None:
+        """``event`` is ``connected`` or ``disconnected``."""
+
+
+class CallbackReporter:
+    """In-process: call the matchmaker's methods directly (``pixelfleet up``)."""
+
+    def __init__(self, callbacks: dict[str, Callable[[str], Awaitable[None]]]) -> None:
+        self._callbacks = callbacks
+
+    async def report(self, event: str, claims: SessionClaims, token: str) -> None:
+        await self._callbacks[event](claims.session_id)
+
+
+class HttpReporter:
+    """POST ``/api/v1/sessions/{id}/events`` on the matchmaker, authenticated by the token."""
+
+    def __init__(self, base_url: str, *, attempts: int = 3, timeout_s: float = 2.0) -> None:
+        self._base = base_url.rstrip("/")
+        self._attempts = attempts
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def report(self, event: str, claims: SessionClaims, token: str) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        url = f"{self._base}/api/v1/sessions/{claims.session_id}/events"
+        for attempt in range(self._attempts):
+            try:
+                async with self._http.post(url, data=msgspec.json.encode({"event": event}),
+                                           headers={"Authorization": f"Bearer {token}",
+                                                    "Content-Type": "application/json"}) as r:
+                    if r.status < 500:
+                        if r.status >= 400:
+                            log.warning("session_report_refused", status=r.status, session=claims.session_id)
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2 * 2**attempt)
+        raise ConnectionError(f"matchmaker did not take the {event} report")
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
+@dataclass
+class SessionGate:
+    """Checks a player's session token at the WebSocket upgrade (401 before ``config``)."""
+
+    keys: TokenKeys
+    required: bool = True
+    reporter: SessionReporter | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def admit(self, request: web.Request) -> tuple[SessionClaims, str] | None:
+        """Claims of a valid token; None for no token where none is required."""
+        token = request.query.get("token") or _bearer(request)
+        if token is None:
+            if self.required:
+                raise _unauthorized("a session token is required (?token= or Authorization: Bearer)")
+            return None
+        try:
+            return verify(self.keys, token), token
+        except InvalidToken as exc:  # a bad token is refused even where none is required
+            raise _unauthorized(str(exc)) from None
+
+    def report(self, event: str, admitted: tuple[SessionClaims, str] | None) -> None:
+        if admitted is None or self.reporter is None:
+            return
+        task = asyncio.create_task(self._report(event, *admitted))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, event: str, claims: SessionClaims, token: str) -> None:
+        assert self.reporter is not None
+        try:
+            await self.reporter.report(event, claims, token)
+        except Exception as exc:  # noqa: BLE001 - a report must never take signalling down
+            log.warning("session_report_failed", event=event, session=claims.session_id, error=str(exc))
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        closer = getattr(self.reporter, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() or None if header[:7].lower() == "bearer " else None
+
+
+def _unauthorized(message: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(text=msgspec.json.encode({"error": "unauthorized", "message": message}).decode(),
+                                content_type="application/json")
+
+
+def gate_from_settings(settings: Settings, *, reporter: SessionReporter | None = None,
+                       keys: TokenKeys | None = None) -> SessionGate | None:
+    """The gate the settings ask for, or None when no key is configured (Epic's open mode)."""
+    if keys is None:
+        if settings.session_token_algorithm == "EdDSA" and settings.session_token_public_key_file:
+            keys = TokenKeys.eddsa(None, Path(settings.session_token_public_key_file).read_bytes())
+        elif settings.session_token_secret:
+            keys = TokenKeys.hs256(settings.session_token_secret)
+        else:
+            return None
+    if reporter is None and settings.matchmaker_url:
+        reporter = HttpReporter(settings.matchmaker_url)
+    required = True if settings.require_session_token is None else settings.require_session_token
+    return SessionGate(keys, required=required, reporter=reporter)
