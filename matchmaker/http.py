@@ -280,27 +280,25 @@ async def admin_end_session(request: web.Request) -> web.Response:
     return _json(ended)
 
 
-def add_routes(app: web.Application, matchmaker: Matchmaker) -> None:
-    """Mount the API on an existing app (``pixelfleet up`` shares the player port)."""
-    app[MATCHMAKER] = matchmaker
-    app.middlewares.append(_store_errors)
-    r = app.router
-    r.add_post("/api/v1/sessions", create_session)
-    r.add_post("/api/v1/sessions/{session_id}/events", session_event)
-    r.add_get("/api/v1/queue/{ticket_id}", ticket_status)
-    r.add_delete("/api/v1/queue/{ticket_id}", cancel_ticket)
-    r.add_get("/api/v1/queue/{ticket_id}/events", ticket_events)
-    r.add_post("/api/v1/hosts", register_host)
-    r.add_post("/api/v1/hosts/{host_id}/heartbeat", heartbeat)
-    r.add_get("/api/v1/admin/hosts", admin_hosts)
-    r.add_get("/api/v1/admin/slots", admin_slots)
-    r.add_get("/api/v1/admin/sessions", admin_sessions)
-    r.add_get("/api/v1/admin/queue", admin_queue)
-    r.add_post("/api/v1/admin/hosts/{host_id}/drain", admin_drain)
-    r.add_delete("/api/v1/admin/sessions/{session_id}", admin_end_session)
-
-
 def create_app(matchmaker: Matchmaker) -> web.Application:
-    app = web.Application(client_max_size=_MAX_BODY)
-    add_routes(app, matchmaker)
+    """The API as an app to mount at ``/api/v1`` (standalone, or on the player port)."""
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_store_errors])
+    app[MATCHMAKER] = matchmaker
+    r = app.router
+    r.add_post("/sessions", create_session)
+    r.add_post("/sessions/{session_id}/events", session_event)
+    r.add_get("/queue/{ticket_id}", ticket_status)
+    r.add_delete("/queue/{ticket_id}", cancel_ticket)
+    r.add_get("/queue/{ticket_id}/events", ticket_events)
+    r.add_post("/hosts", register_host)
+    r.add_post("/hosts/{host_id}/heartbeat", heartbeat)
+    r.add_get("/admin/hosts", admin_hosts)
+    r.add_get("/admin/slots", admin_slots)
+    r.add_get("/admin/sessions", admin_sessions)
+    r.add_get("/admin/queue", admin_queue)
+    r.add_post("/admin/hosts/{host_id}/drain", admin_drain)
+    r.add_delete("/admin/sessions/{session_id}", admin_end_session)
     return app
+
+
+API_PREFIX = "/api/v1"

@@ -1,6 +1,7 @@
 """The signalling server: three listeners (players + page, streamers, SFU) around one core.
 
-Shutdown is graceful: stop accepting, close every peer with 1001 (going away), wait
+Shutdown is graceful: stop accepting, close every peer with 1012 (service restart: unlike
+1001, Epic's frontend reconnects after it, so a rolling restart loses nobody), wait
 up to ``shutdown_grace_s`` for them to go, then release the ports.
 """
 
@@ -18,6 +19,7 @@ from signaling.broker import open_broker
 from signaling.config import Settings
 from signaling.http_api import add_routes
 from signaling.protocol import PeerOptions, Role, SignalingCore
+from signaling.sessions import SessionGate
 from signaling.ws import SignalingNode
 
 log = structlog.get_logger("signaling")
@@ -29,16 +31,19 @@ class SignalingServer:
     """Owns the listeners. ``start()`` binds; ports given as 0 are read back afterwards."""
 
     def __init__(self, settings: Settings, *, peer_options: PeerOptions | None = None,
-                 player_routes: Sequence[web.AbstractRouteDef] = ()) -> None:
+                 player_routes: Sequence[web.AbstractRouteDef] = (),
+                 player_subapps: Sequence[tuple[str, web.Application]] = (),
+                 session_gate: SessionGate | None = None) -> None:
         self.settings = settings
         self.player_routes = tuple(player_routes)  # extra routes on the player port (e.g. TURN)
+        self.player_subapps = tuple(player_subapps)  # e.g. the matchmaker API under /api/v1
         options = peer_options or (lambda role, peer_id: dict(settings.peer_connection_options))
         self.core = SignalingCore(
             peer_options=options,
             max_players_per_streamer=settings.max_players_per_streamer,
             max_protocol_errors=settings.max_protocol_errors,
         )
-        self.node = SignalingNode(settings, self.core, open_broker(settings.state_url))
+        self.node = SignalingNode(settings, self.core, open_broker(settings.state_url), session_gate)
         self._runners: dict[Role, web.AppRunner] = {}
         self.ports: dict[Role, int] = {}
 
@@ -57,6 +62,8 @@ class SignalingServer:
     def player_app(self) -> web.Application:
         app = web.Application()
         app.add_routes(self.player_routes)  # before add_routes' catch-all page route
+        for prefix, subapp in self.player_subapps:
+            app.add_subapp(prefix, subapp)
         add_routes(app, self.node, Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR)
         return app
 
@@ -88,12 +95,12 @@ class SignalingServer:
                  **{f"{role.value}_port": port for role, port in self.ports.items()})
 
     async def stop(self) -> None:
-        """Stop accepting, tell every peer we are going away, then release the ports."""
+        """Stop accepting, tell every peer we are restarting, then release the ports."""
         self.node.accepting = False
         for runner in self._runners.values():
             for site in list(runner.sites):
                 await site.stop()
-        await self.node.close_all(errors.GOING_AWAY, "server shutting down")
+        await self.node.close_all(errors.SERVICE_RESTART, "server shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace_s
         while self.node.connections and loop.time() < deadline:
@@ -102,6 +109,8 @@ class SignalingServer:
             await runner.cleanup()
         self._runners.clear()
         await self.node.broker.aclose()
+        if self.node.gate is not None:
+            await self.node.gate.aclose()
         log.info("signaling_stopped")
 
     async def __aenter__(self) -> SignalingServer:
