@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--width", type=int, default=1280)
     p_up.add_argument("--height", type=int, default=720)
     p_up.add_argument("--fps", type=int, default=30)
+    p_up.add_argument("--no-matchmaker", action="store_true",
+                      help="open signalling only: players pick streamers themselves, no session tokens")
+    p_up.add_argument("--app", default="default", help="app id the local slots serve (default 'default')")
+    p_up.add_argument("--records", help="append ended-session records (JSON lines) to this file")
     p_up.add_argument("--turn", action="store_true",
                       help="start a local coturn (127.0.0.1, generated secret) and hand out its credentials")
     p_up.add_argument("--turn-port", type=int, default=3478, help="local coturn port (default 3478, 0 = any free)")

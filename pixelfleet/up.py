@@ -11,14 +11,18 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from pixelfleet.cli import serve_until_signal, signaling_settings, turn_settings
 from pixelfleet.logs import configure_logging
 
+from pixelfleet.local_fleet import LocalFleet
+
 if TYPE_CHECKING:
+    from matchmaker.service import Matchmaker
+    from signaling.app import SignalingServer
     from turn.config import TurnSettings
     from turn.coturn import Coturn
 
@@ -33,6 +37,7 @@ class StreamerProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._restarting = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise())
@@ -44,9 +49,18 @@ class StreamerProcess:
             code = await self._proc.wait()
             if self._stopping:
                 return
+            if self._restarting:  # asked for: no backoff
+                self._restarting = False
+                continue
             log.warning("streamer_exited", code=code, restart_in_s=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    def restart(self) -> None:
+        """Reset the slot: a fresh streamer process, as an agent resets a UE instance."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._restarting = True
+            self._proc.terminate()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -83,8 +97,18 @@ async def _up(args: argparse.Namespace) -> None:
     settings = signaling_settings(args)
     coturn, turn_config = _local_coturn(args) if args.turn else (None, turn_settings(args))
     turn = wire_turn(turn_config, base_options=settings.peer_connection_options)
-    server = SignalingServer(settings, **(turn.server_kwargs() if turn else {}))
+    matchmaker = None if args.no_matchmaker else _embedded_matchmaker(args)
+    extra: dict[str, Any] = dict(turn.server_kwargs()) if turn else {}
+    if matchmaker is not None:
+        from matchmaker.http import API_PREFIX, create_app
+        from signaling.sessions import CallbackReporter, SessionGate
+
+        extra["player_subapps"] = [(API_PREFIX, create_app(matchmaker))]
+        extra["session_gate"] = SessionGate(matchmaker.keys, required=True, reporter=CallbackReporter(
+            {"connected": matchmaker.player_connected, "disconnected": matchmaker.player_disconnected}))
+    server = SignalingServer(settings, **extra)
     children: list[StreamerProcess] = []
+    fleet: LocalFleet | None = None
 
     async def start() -> None:
         if coturn is not None:
@@ -111,15 +135,30 @@ async def _up(args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(0.1)
         page = f"http://{_connect_host(settings.host)}:{server.player_port}/"
+        if matchmaker is not None:
+            nonlocal fleet
+            matchmaker.start()
+            fleet = LocalFleet(matchmaker, list(zip(ids, children, strict=True)),
+                               connection_of=lambda sid: _identified(server, sid),
+                               signaling_url=f"ws://{_connect_host(settings.host)}:{server.player_port}",
+                               app=args.app)
+            await fleet.beat_ready()
+            fleet.start()
+        how = (f"each tab gets its own slot through the matchmaker; more tabs than {len(ids)} wait in the queue"
+               if matchmaker is not None else f"pick one with {page}?StreamerId=<id>")
         print(f"\npixelfleet is up: open {page}\n"
-              f"  streamers: {', '.join(ids) or 'none'} (pick one with {page}?StreamerId=<id>)\n"
+              f"  streamers: {', '.join(ids) or 'none'} ({how})\n"
               f"  UE builds: -PixelStreamingURL=ws://{_connect_host(settings.host)}:{server.streamer_port}\n"
               f"{_turn_banner(coturn, page)}"
               f"  stop with Ctrl+C\n", flush=True)
 
     async def stop() -> None:
+        if fleet is not None:
+            await fleet.stop()
         await asyncio.gather(*(c.stop() for c in children))
         await server.stop()
+        if matchmaker is not None:
+            await matchmaker.aclose()
         if turn is not None:
             await turn.aclose()
         if coturn is not None:
@@ -134,6 +173,30 @@ def _turn_banner(coturn: Coturn | None, page: str) -> str:
     o = coturn.options
     return (f"  TURN: coturn on {o.host}:{o.port} (this box only), credentials at {page}api/turn-credentials\n"
             f"        relay-only test: {page}?ForceTURN=1\n")
+
+
+def _embedded_matchmaker(args: argparse.Namespace) -> Matchmaker:
+    """In-memory matchmaker; anonymous players are tenant ``default`` (one box, one owner)."""
+    import os
+    import secrets
+
+    from matchmaker.config import MatchmakerSettings
+    from matchmaker.records import JsonLinesSink, MemorySink
+    from matchmaker.service import Matchmaker
+    from matchmaker.store import open_store
+    from pixelfleet.settings import load_section
+    from pixelfleet.tokens import TokenKeys
+
+    mm = load_section(MatchmakerSettings, os.environ, "matchmaker", allow_anonymous=True,
+                      records_path=args.records)
+    keys = TokenKeys.hs256(mm.token_secret or secrets.token_urlsafe(32))
+    sink = JsonLinesSink(mm.records_path) if mm.records_path else MemorySink()
+    return Matchmaker(open_store("memory://"), mm, keys, sink)
+
+
+def _identified(server: SignalingServer, streamer_id: str) -> int | None:
+    peer = server.core.streamer_by_id(streamer_id)
+    return peer.conn if peer is not None and peer.streaming else None
 
 
 def _connect_host(host: str) -> str:
