@@ -133,15 +133,19 @@ class AwsKvsProvider:
         self._expires_at = 0.0
         self._refreshing: asyncio.Task[bool] | None = None
         self._last_attempt = float("-inf")
+        self._lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
 
     # --- the connect path (sync) -----------------------------------------------------
 
     def ice_servers(self, user: str, ttl_s: int) -> IceServers:
-        if self._clock() < self._expires_at - self.refresh_margin_s:
+        if self._fresh():
             return IceServers([self._stun, *self._cached], int(self._expires_at))
         self._refresh_soon()
         return IceServers([self._stun], None)
+
+    def _fresh(self) -> bool:
+        return self._clock() < self._expires_at - self.refresh_margin_s
 
     # --- blocking fetch, run in a thread ----------------------------------------------
 
@@ -169,10 +173,15 @@ class AwsKvsProvider:
 
     # --- background refresh -----------------------------------------------------------
 
-    async def refresh(self) -> None:
-        started = self._clock()
-        servers, ttl = await asyncio.to_thread(self.fetch)
-        self._cached, self._expires_at = servers, started + ttl
+    async def refresh(self, *, only_if_stale: bool = False) -> None:
+        """Fetch now (one fetch at a time; a waiting stale-only refresh is skipped once
+        another one has succeeded)."""
+        async with self._lock:
+            if only_if_stale and self._fresh():
+                return
+            started = self._clock()
+            servers, ttl = await asyncio.to_thread(self.fetch)
+            self._cached, self._expires_at = servers, started + ttl
         log.info("kvs_ice_servers_refreshed", servers=len(servers), ttl_s=ttl)
 
     def _refresh_soon(self) -> None:
@@ -182,12 +191,13 @@ class AwsKvsProvider:
         if self._clock() - self._last_attempt < _KICK_INTERVAL_S:
             return
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_logged())
+            self._refreshing = asyncio.get_running_loop().create_task(
+                self._refresh_logged(only_if_stale=True))
 
-    async def _refresh_logged(self) -> bool:
+    async def _refresh_logged(self, *, only_if_stale: bool = False) -> bool:
         self._last_attempt = self._clock()
         try:
-            await self.refresh()
+            await self.refresh(only_if_stale=only_if_stale)
             return True
         except Exception as exc:  # boto errors, network, bad response: keep STUN, retry later
             log.warning("kvs_ice_servers_failed", error=f"{type(exc).__name__}: {exc}")
