@@ -84,7 +84,10 @@ def _cmd_signaling(args: argparse.Namespace) -> int:
     settings = signaling_settings(args)
     turn = wire_turn(turn_settings(args), base_options=settings.peer_connection_options)
     configure_logging(settings.log_level, settings.log_format)
-    server = SignalingServer(settings, **(turn.server_kwargs() if turn else {}))
+    from signaling.sessions import gate_from_settings
+
+    server = SignalingServer(settings, session_gate=gate_from_settings(settings),
+                             **(turn.server_kwargs() if turn else {}))
 
     async def start() -> None:
         if turn:
@@ -97,6 +100,17 @@ def _cmd_signaling(args: argparse.Namespace) -> int:
             await turn.aclose()
 
     uvloop.run(serve_until_signal(start, stop))
+    return 0
+
+
+def _cmd_matchmaker(args: argparse.Namespace) -> int:
+    from matchmaker.server import MatchmakerServer, load_matchmaker_settings
+
+    settings = load_matchmaker_settings(host=args.host, port=args.port, policy=args.policy,
+                                        records_path=args.records)
+    configure_logging(args.log_level or "info", args.log_format or "auto")
+    server = MatchmakerServer(settings)
+    uvloop.run(serve_until_signal(server.start, server.stop))
     return 0
 
 
@@ -135,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="start a local coturn (127.0.0.1, generated secret) and hand out its credentials")
     p_up.add_argument("--turn-port", type=int, default=3478, help="local coturn port (default 3478, 0 = any free)")
     p_up.set_defaults(func=_cmd_up)
+
+    p_mm = sub.add_parser("matchmaker", help="run one matchmaker replica (state: PIXELFLEET_STATE_URL)")
+    p_mm.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p_mm.add_argument("--port", type=int, help="HTTP port (default 9999)")
+    p_mm.add_argument("--policy", help="placement: spread | pack")
+    p_mm.add_argument("--records", help="append ended-session records (JSON lines) to this file")
+    p_mm.add_argument("--log-level", help="debug | info | warning | error")
+    p_mm.add_argument("--log-format", help="json | console | auto")
+    p_mm.set_defaults(func=_cmd_matchmaker)
 
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")
     sub.add_parser("bench", help="signalling benchmark (see pixelfleet bench --help)")
