@@ -34,6 +34,7 @@ import os
 import resource
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -48,6 +49,9 @@ LIST = b'{"type":"listStreamers"}'
 now = time.monotonic
 
 Handler = Callable[[bytes], None]
+_pack_short = struct.Struct(">BBI").pack
+_pack_mid = struct.Struct(">BBHI").pack
+_pack_long = struct.Struct(">BBQI").pack
 
 
 class Owner(Protocol):
@@ -163,6 +167,16 @@ class RawWs(asyncio.Protocol):
             STATS.closed_by_server += 1
 
     def data_received(self, data: bytes) -> None:
+        if self._up and not self._buf and len(data) >= 4 and data[0] == 0x81:
+            # Fast path: exactly one whole unfragmented text frame (the relay's case).
+            ln = data[1]
+            if ln < 126:
+                if len(data) == ln + 2:
+                    self.handler(data[2:])
+                    return
+            elif ln == 126 and len(data) == 4 + ((data[2] << 8) | data[3]):
+                self.handler(data[4:])
+                return
         if not self._up:
             self._buf += data
             end = self._buf.find(b"\r\n\r\n")
@@ -217,13 +231,14 @@ class RawWs(asyncio.Protocol):
         self._buf = buf[pos:]
 
     def _frame(self, b0: int, payload: bytes) -> None:
+        # Masked (client frames must be), with the all-zero key: no XOR needed.
         n = len(payload)
         if n < 126:
-            hdr = bytes((b0, 0x80 | n, 0, 0, 0, 0))
+            hdr = _pack_short(b0, 0x80 | n, 0)
         elif n < 65536:
-            hdr = bytes((b0, 0xFE)) + n.to_bytes(2, "big") + b"\0\0\0\0"
+            hdr = _pack_mid(b0, 0xFE, n, 0)
         else:
-            hdr = bytes((b0, 0xFF)) + n.to_bytes(8, "big") + b"\0\0\0\0"
+            hdr = _pack_long(b0, 0xFF, n, 0)
         assert self.transport is not None
         self.transport.write(hdr + payload)
 

@@ -25,8 +25,10 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import signal
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ TARGETS = {
     "kb_per_idle": ("pixelfleet RSS per idle connection (KB)", "<", 15.0),
 }
 now = time.monotonic
+NCPU = psutil.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -152,6 +155,7 @@ class Snapshot:
         gens = [a - b for a, b in zip(self.gens, before.gens)]
         total = self.total - before.total
         busy = 1.0 - (self.idle - before.idle) / total if total > 0 else 0.0
+        server, gen = (self.server - before.server) / wall, sum(gens) / wall
         return {
             "wall_s": wall,
             "server_cpu_s": self.server - before.server,
@@ -160,18 +164,25 @@ class Snapshot:
             "gen_cores": sum(gens) / wall,
             "gen_cores_each": [g / wall for g in gens],
             "machine_busy": busy,
+            # CPU neither side used: other processes on the box (the orchestrator sleeps).
+            "other_cores": max(0.0, busy * NCPU - server - gen),
         }
 
 
-def saturation(cpu: dict[str, Any], ncpu: int) -> str:
-    """Which side ran out of CPU: the (single-threaded) server, or the machine."""
-    if cpu["server_cores"] >= 0.9:
-        return "server (its core is busy)"
-    if cpu["machine_busy"] >= 0.9:
-        if cpu["gen_cores"] > cpu["server_cores"]:
-            return f"generators (machine busy; they hold {cpu['gen_cores']:.2f} of {ncpu} cores)"
-        return "machine (all cores busy, server holds the larger share)"
-    return "neither (latency-bound; more in flight would go faster)"
+def saturation(cpu: dict[str, Any]) -> str:
+    """Which side ran out of CPU: the single-threaded server, a generator, or the box."""
+    s, g, o = cpu["server_cores"], cpu["gen_cores"], cpu["other_cores"]
+    if s >= 0.9:
+        verdict = f"server: its one core is busy ({s:.2f} cores; generators {g:.2f})"
+    elif max(cpu["gen_cores_each"], default=0.0) >= 0.9:
+        verdict = f"generators: a generator process holds a full core (server {s:.2f}, generators {g:.2f})"
+    elif cpu["machine_busy"] >= 0.9:
+        verdict = f"machine: all {NCPU} cores busy (server {s:.2f}, generators {g:.2f}, other {o:.2f})"
+    else:
+        verdict = f"neither: latency-bound (server {s:.2f}, generators {g:.2f} cores)"
+    if o >= 0.15:
+        verdict += f"; other processes took {o:.2f} cores, so this run is noisy"
+    return verdict
 
 
 # ----------------------------------------------------------------------------- processes
@@ -275,17 +286,109 @@ def server_command(kind: str, host: str, opts: argparse.Namespace) -> tuple[list
     return [*cmd, *extra], ports
 
 
+async def quiesce(tree: ProcTree, limit_s: float = 30.0, window_s: float = 0.25) -> float:
+    """Wait until the server has finished its backlog (e.g. thousands of closes): its CPU
+    over a short window drops under 5%. Returns the seconds waited (bounded)."""
+    start = now()
+    while now() - start < limit_s:
+        before = tree.cpu()
+        await asyncio.sleep(window_s)
+        if tree.cpu() - before < 0.05 * window_s:
+            break
+    return now() - start
+
+
+async def quiet_machine(limit_s: float) -> float | None:
+    """Wait (bounded) for other processes on the box to go quiet; returns the busy share seen."""
+    if limit_s <= 0:
+        return None
+    deadline = now() + limit_s
+    while True:
+        psutil.cpu_percent(None)  # starts a measurement window
+        await asyncio.sleep(0.5)
+        busy: float = psutil.cpu_percent(None) / 100.0
+        if busy < 0.15 or now() >= deadline:
+            return busy
+
+
+# ----------------------------------------------------------------------------- profiling
+class Profiler:
+    """py-spy attached to the server for one phase (`--profile DIR`).
+
+    Sampling, non-blocking: the server runs at nearly full speed, and py-spy's own CPU
+    is not counted as the server's (it still competes for the box, so figures from a
+    profiled run are for finding hot spots, not for the report)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, out: str) -> None:
+        self.proc, self.out = proc, out
+
+    @classmethod
+    async def start(cls, opts: argparse.Namespace, kind: str, phase: str, server: ProcTree) -> Profiler | None:
+        if not opts.profile:
+            return None
+        exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        os.makedirs(opts.profile, exist_ok=True)
+        out = os.path.join(opts.profile, f"{kind}-{phase}.txt")
+        proc = await asyncio.create_subprocess_exec(
+            exe, "record", "--pid", str(server.proc.pid), "--rate", "250", "--nonblocking", "--function",
+            "--format", "raw", "-o", out, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)  # let it attach
+        return cls(proc, out)
+
+    async def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+        return hot_spots(self.out)
+
+
+def hot_spots(path: str, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            frames = [_short_frame(x) for x in stack.split(";")]
+            total += n
+            self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+            for fr in set(frames):
+                incl_n[fr] = incl_n.get(fr, 0) + n
+
+    def rank(d: dict[str, int]) -> list[list[Any]]:
+        return [[k, round(100.0 * v / total, 1)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]] if total else []
+
+    return {"file": path, "samples": total, "self_pct": rank(self_n), "inclusive_pct": rank(incl_n)}
+
+
+def _short_frame(frame: str) -> str:
+    """'handle (signaling/ws.py:180)' -> 'handle (signaling/ws.py)'."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0].rstrip(')')})" if where else name
+
+
 # ----------------------------------------------------------------------------- one server
 async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict[str, Any]:
     host = opts.host
     cmd, ports = server_command(kind, host, opts)
     server = Server(kind, cmd, ports, host, os.path.join(logdir, f"{kind}.log"))
-    ncpu = os.cpu_count() or 1
     S, P, G = opts.streamers, opts.players, opts.generators
     gens: list[GenProc] = []
     result: dict[str, Any] = {"server": kind, "cmd": " ".join(cmd), "log": server.log}
+    profiles: dict[str, Any] = {}
     try:
+        result["machine_busy_before"] = await quiet_machine(opts.quiet_wait)
         stree = await server.start()
+        if opts.pin and NCPU > 1:  # the server alone on CPU 0, so generators never steal its core
+            stree.proc.cpu_affinity([0])
         # A streamer and its players live on one generator (one clock per handshake).
         for g in range(G):
             streamers = [s for s in range(S) if s % G == g]
@@ -295,6 +398,9 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
             gens.append(await GenProc.start(g, cfg, logdir))
         await asyncio.gather(*(g.call(30, "hello") for g in gens))
         gtrees = [g.tree for g in gens]
+        if opts.pin and NCPU > 1:
+            for t in gtrees:
+                t.proc.cpu_affinity(list(range(1, NCPU)))
 
         # 1. idle connections and RSS
         await asyncio.sleep(opts.settle)
@@ -319,21 +425,27 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
                 "kb_per_idle_marginal": (rss[top] - rss[opts.idle[0]]) / 1024 / (top - opts.idle[0]) if len(opts.idle) > 1 else None,
             }
             await asyncio.gather(*(g.call(30, "close_idle") for g in gens))
-            await asyncio.sleep(opts.settle)
+            result["idle"]["close_s"] = await quiesce(stree)
 
         # 2. streamers
         outs = await asyncio.gather(*(g.call(opts.timeout + 5, "streamers") for g in gens))
         result["streamers"] = sum(len(o["ids"]) for o in outs)
+        await quiesce(stree)
 
         # 3. handshakes
         players_per_gen = [sum(1 for i in range(P) if (i % S) % G == g) for g in range(G)]
         inflight = [max(1, round(opts.inflight * n / P)) if n else 1 for n in players_per_gen]
+        result["busy_before_handshake"] = await quiet_machine(opts.quiet_wait)
+        prof = await Profiler.start(opts, kind, "handshake", stree)
         start_at = now() + 0.2
+        calls = [asyncio.ensure_future(g.call(opts.timeout * 4 + P, "handshake", start_at=start_at, inflight=k))
+                 for g, k in zip(gens, inflight)]  # fmt: skip
+        await asyncio.sleep(max(0.0, start_at - now()))
         before = Snapshot(stree, gtrees)
-        outs = await asyncio.gather(
-            *(g.call(opts.timeout * 4 + P, "handshake", start_at=start_at, inflight=k) for g, k in zip(gens, inflight))
-        )
+        outs = await asyncio.gather(*calls)
         cpu = Snapshot(stree, gtrees).since(before)
+        if prof:
+            profiles["handshake"] = await prof.stop()
         lat = [x for o in outs for x in o["latency"]]
         join = [x for o in outs for x in o["join"]]
         end = max(o["end"] for o in outs)
@@ -352,11 +464,13 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
             "join_p50_ms": _ms(percentile(join, 0.5)),
             "join_p99_ms": _ms(percentile(join, 0.99)),
             "cpu": cpu,
-            "saturated": saturation(cpu, ncpu),
+            "saturated": saturation(cpu),
         }
 
         # 4. closed-loop relay
         warmup, grace = opts.relay_warmup, 1.0
+        result["busy_before_relay"] = await quiet_machine(opts.quiet_wait)
+        prof = await Profiler.start(opts, kind, "relay", stree)
         start_at = now() + warmup + 0.2
         calls = [
             asyncio.ensure_future(g.call(opts.relay_seconds + warmup + grace + 30, "relay", start_at=start_at,
@@ -368,6 +482,8 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
         await asyncio.sleep(max(0.0, start_at + opts.relay_seconds - now()))
         cpu = Snapshot(stree, gtrees).since(before)
         outs = await asyncio.gather(*calls)
+        if prof:
+            profiles["relay"] = await prof.stop()
         relayed = sum(o["hop_to_streamer"] + o["hop_to_player"] for o in outs)
         rtt = [x for o in outs for x in o["rtt"]]
         weights = [float(o["rtt_weight"]) for o in outs for _ in o["rtt"]]
@@ -383,11 +499,13 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
             "server_cpu_per_100k": cpu["server_cpu_s"] / relayed * 1e5 if relayed else None,
             "gen_cpu_per_100k": cpu["gen_cpu_s"] / relayed * 1e5 if relayed else None,
             "cpu": cpu,
-            "saturated": saturation(cpu, ncpu),
+            "saturated": saturation(cpu),
         }
         stats = await asyncio.gather(*(g.call(30, "stats") for g in gens))
         result["client_errors"] = sum(s["errors"] for s in stats)
         result["closed_by_server"] = sum(s["closed_by_server"] for s in stats)
+        if profiles:
+            result["profile"] = profiles
     finally:
         await asyncio.gather(*(g.stop() for g in gens), return_exceptions=True)
         await server.stop()
@@ -434,7 +552,9 @@ def render(report: dict[str, Any]) -> str:
     cfg, m = report["config"], report["machine"]
     lines = [
         f"Signalling benchmark: S={cfg['streamers']} P={cfg['players']} inflight={cfg['inflight']} "
-        f"relay={cfg['relay_seconds']}s K={cfg['k']} generators={cfg['generators']} client={cfg['client']}",
+        f"relay={cfg['relay_seconds']}s K={cfg['k']} generators={cfg['generators']} client={cfg['client']}"
+        f"{' pinned' if cfg.get('pin') else ''}"
+        + (f" — median of {cfg['repeat']} runs per server" if cfg.get("repeat", 1) > 1 else ""),
         f"machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, aiohttp {m.get('aiohttp')}, uvloop {m.get('uvloop')}",
         "",
     ]
@@ -465,12 +585,17 @@ def render(report: dict[str, Any]) -> str:
     row("relay: server cores", "relay", "cpu", "server_cores", fmt="{:.2f}")
     row("relay: generator cores", "relay", "cpu", "gen_cores", fmt="{:.2f}")
     row("relay: machine busy", "relay", "cpu", "machine_busy", fmt="{:.0%}")
+    row("relay: other processes' cores", "relay", "cpu", "other_cores", fmt="{:.2f}")
     for level in ["0", *map(str, cfg["idle"])]:
         rows.append((f"server RSS, {level} idle conns (MB)", *(_mb(_get(res[k], "idle", "rss_bytes", level)) for k in kinds)))
     row("RSS per idle conn (KB, 0→max)", "idle", "kb_per_idle", fmt="{:.1f}")
     row("RSS per idle conn (KB, marginal)", "idle", "kb_per_idle_marginal", fmt="{:.1f}")
     row("idle connects failed", "idle", "failed")
     rows.append(("client errors / closed by server", *(f"{res[k].get('client_errors', '—')} / {res[k].get('closed_by_server', '—')}" for k in kinds)))
+    if cfg.get("repeat", 1) > 1:
+        for label in SPREAD:
+            spreads = [_get(res[k], "spread", label) for k in kinds]
+            rows.append((f"  min–max {label}", *("—" if v is None else _range(v) for v in spreads)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]))
@@ -486,8 +611,23 @@ def render(report: dict[str, Any]) -> str:
         for key, (label, op, target) in TARGETS.items():
             v, met = rat.get(key), rat.get("met", {}).get(key)
             verdict = "n/a" if met is None else ("MET" if met else "MISSED")
-            lines.append(f"  {label:45s} {_f(v, '{:.2f}'):>8s}  target {op} {target:g}  {verdict}")
+            lines.append(f"  {label:45s} {_f(v, '{:.3g}'):>8s}  target {op} {target:g}  {verdict}")
+    for k in kinds:
+        for phase, prof in (res[k].get("profile") or {}).items():
+            lines.append("")
+            lines.append(f"{k} {phase} hot spots (py-spy, {prof['samples']} samples, {prof['file']}):")
+            lines.append(f"  {'self %':>7s}  function")
+            for name, pct in prof["self_pct"][:12]:
+                lines.append(f"  {pct:7.1f}  {name}")
+            lines.append(f"  {'incl %':>7s}  function")
+            for name, pct in prof["inclusive_pct"][:15]:
+                lines.append(f"  {pct:7.1f}  {name}")
     return "\n".join(lines)
+
+
+def _range(v: list[float]) -> str:
+    fmt = "{:,.0f}" if max(v) >= 100 else "{:.2f}"
+    return f"{fmt.format(v[0])}–{fmt.format(v[1])}"
 
 
 def _get(r: Any, *path: str) -> Any:
@@ -519,6 +659,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--connect-concurrency", type=int, default=100, help="idle connects in flight, all generators (default 100)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before reading RSS (default 1)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-connection and per-handshake timeout (default 30)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each server this many times, alternating; report medians")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="pin the server to CPU 0 and the generators to the other CPUs (default on)")
+    ap.add_argument("--profile", metavar="DIR", help="record each server with py-spy per phase into DIR and list hot spots")
+    ap.add_argument("--quiet-wait", type=float, default=20.0,
+                    help="before each measured phase, wait up to this long for the box to be idle (default 20)")
     ap.add_argument("--json", help="also write the full report to this file")
     opts = ap.parse_args(argv)
     opts.idle = sorted({int(x) for x in opts.idle.split(",") if x.strip()})
@@ -534,17 +680,57 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     logdir = tempfile.mkdtemp(prefix="bench-signaling-")
     report: dict[str, Any] = {
-        "config": {k: getattr(opts, k) for k in ("streamers", "players", "inflight", "relay_seconds", "k", "idle", "generators", "client", "servers")},
+        "config": {k: getattr(opts, k) for k in ("streamers", "players", "inflight", "relay_seconds", "k", "idle",
+                                                 "generators", "client", "servers", "repeat", "pin")},
         "machine": machine_info(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "logdir": logdir,
         "servers": {},
     }
-    for kind in opts.servers:
-        print(f"[bench] {kind} …", file=sys.stderr, flush=True)
-        report["servers"][kind] = await bench_server(kind, opts, logdir)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in opts.servers}
+    for r in range(opts.repeat):  # alternate the order so drift in the box hits both alike
+        for kind in opts.servers if r % 2 == 0 else opts.servers[::-1]:
+            print(f"[bench] run {r + 1}/{opts.repeat}: {kind} …", file=sys.stderr, flush=True)
+            runs[kind].append(await bench_server(kind, opts, logdir))
+    report["servers"] = {k: summarize(v) for k, v in runs.items()}
+    if opts.repeat > 1:
+        report["runs"] = runs
     report["ratios"] = ratios(report["servers"])
     return report
+
+
+SPREAD = {
+    "relay msgs/s": ("relay", "per_s"),
+    "server CPU s / 100k": ("relay", "server_cpu_per_100k"),
+    "handshake p99 (ms)": ("handshake", "p99_ms"),
+    "RSS per idle conn (KB)": ("idle", "kb_per_idle"),
+}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run as is; several: the median of every figure, plus min and max of the key ones.
+
+    Text (such as the saturation verdict) comes from the run with the median relay rate."""
+    if len(runs) == 1:
+        return runs[0]
+    by_rate = sorted(runs, key=lambda r: _get(r, "relay", "per_s") or 0.0)
+    out: dict[str, Any] = _median_tree(runs, by_rate[len(by_rate) // 2])
+    out["spread"] = {}
+    for label, path in SPREAD.items():
+        vals = [v for v in (_get(r, *path) for r in runs) if v is not None]
+        out["spread"][label] = [min(vals), max(vals)] if vals else None
+    out["n_runs"] = len(runs)
+    return out
+
+
+def _median_tree(items: list[Any], pick: Any) -> Any:
+    if isinstance(pick, dict):
+        return {k: _median_tree([i.get(k) if isinstance(i, dict) else None for i in items], v) for k, v in pick.items()}
+    if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        return statistics.median_low(items)
+    if items and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+        return statistics.median(items)
+    return pick
 
 
 def main(argv: Sequence[str] | None = None) -> int:
