@@ -1,0 +1,288 @@
+"""TURN through a real coturn (Debian package) on loopback, with credentials from our
+service: a relay-only stream signalled through our own server, rotation, and the
+credentials coturn must refuse.
+
+aioice reports a refused credential in two ways, and both are asserted: an ICE agent
+simply gathers no relay candidate (it never raises), and a bare TURN allocation
+(``create_turn_endpoint``) fails with ``TransactionFailed`` 401.
+
+Every wait is a hang guard, never a performance limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import aioice
+import pytest
+from aioice import stun
+from aioice.turn import create_turn_endpoint
+from aiortc import RTCPeerConnection
+
+from loadtest import input_messages as im
+from loadtest.synthetic_player import SyntheticPlayer
+from loadtest.synthetic_streamer import SyntheticStreamer
+from tests.conftest import StartSignaling, require_binary
+from turn.config import TurnSettings
+from turn.coturn import Coturn, CoturnOptions, free_port, relay_port_range
+from turn.credentials import issue, password_for, verify
+from turn.http import PATH
+from turn.wiring import wire_turn
+
+pytestmark = pytest.mark.integration
+
+WAIT = 30.0
+
+
+@pytest.fixture
+async def coturn() -> AsyncIterator[Coturn]:
+    """coturn on a free loopback port with two generated secrets (newest first)."""
+    binary = require_binary("turnserver")
+    low, high = relay_port_range(40)
+    options = CoturnOptions(secrets=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
+                            port=free_port(), min_port=low, max_port=high, realm="pixel.test")
+    turn = Coturn(options, binary=binary)
+    await turn.start()
+    try:
+        yield turn
+    finally:
+        await turn.stop()
+
+
+def turn_address(turn: Coturn) -> tuple[str, int]:
+    return turn.options.host, turn.options.port
+
+
+async def relay_candidates(turn: Coturn, username: str, password: str,
+                           transport: str = "udp") -> list[aioice.Candidate]:
+    """What a relay-only ICE agent gathers with this credential."""
+    conn = aioice.Connection(ice_controlling=True, turn_server=turn_address(turn),
+                             turn_username=username, turn_password=password,
+                             turn_transport=transport, use_ipv6=False,
+                             transport_policy=aioice.TransportPolicy.RELAY)
+    try:
+        await asyncio.wait_for(conn.gather_candidates(), WAIT)
+        return [c for c in conn.local_candidates if c.type == "relay"]
+    finally:
+        await conn.close()
+
+
+async def allocate(turn: Coturn, username: str, password: str) -> tuple[str, int]:
+    """One TURN allocation; returns the relayed address or raises TransactionFailed."""
+    transport, _ = await asyncio.wait_for(create_turn_endpoint(
+        asyncio.DatagramProtocol, turn_address(turn), username, password), WAIT)
+    try:
+        address = transport.get_extra_info("sockname")
+        assert address is not None
+        return address
+    finally:
+        transport.close()
+
+
+async def assert_refused(turn: Coturn, username: str, password: str, why: str) -> None:
+    assert await relay_candidates(turn, username, password) == [], f"{why}: got a relay candidate"
+    with pytest.raises(stun.TransactionFailed) as info:
+        await allocate(turn, username, password)
+    assert info.value.response.attributes["ERROR-CODE"][0] == 401, why
+    # coturn logs the refused username (never a password)
+    assert password not in turn.log_text()
+
+
+# --- the relay-only stream ------------------------------------------------------------
+
+
+def ice_connection(pc: RTCPeerConnection) -> aioice.Connection:
+    transceivers = pc.getTransceivers()
+    dtls = transceivers[0].receiver.transport if transceivers else pc.sctp.transport  # type: ignore[union-attr]
+    return dtls.transport._connection  # noqa: SLF001 - aiortc has no public accessor
+
+
+def assert_relay_only(pc: RTCPeerConnection, who: str) -> None:
+    conn = ice_connection(pc)
+    local_types = {c.type for c in conn.local_candidates}
+    assert local_types == {"relay"}, f"{who} gathered {local_types}"
+    nominated = list(conn._nominated.values())  # noqa: SLF001
+    assert nominated, f"{who} has no nominated pair"
+    for pair in nominated:
+        assert (pair.local_candidate.type, pair.remote_candidate.type) == ("relay", "relay"), (who, pair)
+
+
+def turn_entry(options: dict[str, Any]) -> dict[str, Any]:
+    return next(s for s in options["iceServers"] if "username" in s)
+
+
+async def test_relay_only_stream_through_coturn(coturn: Coturn, start_signaling: StartSignaling) -> None:
+    settings = TurnSettings(provider="rest-secret", urls=coturn.options.urls,
+                            secrets=coturn.options.secrets, ttl_s=600, force_relay=True)
+    wiring = wire_turn(settings)
+    assert wiring is not None
+    server = await start_signaling(sfu_port=-1, **wiring.server_kwargs())
+    streamer = SyntheticStreamer(f"ws://127.0.0.1:{server.streamer_port}", "Relay", 320, 240, 20)
+    task = asyncio.create_task(streamer.run())
+    try:
+        await streamer.wait_identified(WAIT)
+        async with SyntheticPlayer(f"ws://127.0.0.1:{server.player_port}", "Relay") as player:
+            # video frames, streamer -> player
+            first = await player.wait_frames(5, WAIT)
+            await player.wait_frames(first + 5, WAIT)
+            # data channel both ways: the streamer's protocol and initial settings, our input
+            await player.wait_streamer_message("InitialSettings", WAIT)
+            await player.send_mouse_move(1000, 2000)
+            got = await streamer.wait_input(lambda _, m: isinstance(m, im.MouseMove), WAIT)
+            assert got == (player.player_id, im.MouseMove(1000, 2000, 0, 0))
+
+            # each side used the credentials our server minted for it ...
+            now = time.time()
+            for who, options in (("player", player.peer_options), ("streamer", streamer.peer_options)):
+                assert options["iceTransportPolicy"] == "relay"
+                entry = turn_entry(options)
+                assert entry["urls"] == list(coturn.options.urls[1:])
+                assert verify(coturn.options.secrets[:1], entry["username"], entry["credential"], now), who
+            assert turn_entry(player.peer_options)["username"].endswith(f":{player.player_id}")
+            assert turn_entry(streamer.peer_options)["username"].endswith(":UnknownStreamer")
+            # ... and the media went through coturn: only relay candidates, relay<->relay pairs
+            assert player.pc is not None
+            assert_relay_only(player.pc, "player")
+            assert player.player_id is not None
+            assert_relay_only(streamer.peers[player.player_id].pc, "streamer")
+    finally:
+        await streamer.stop()
+        await asyncio.wait_for(task, WAIT)
+
+
+async def test_credentials_route_on_the_signalling_server(coturn: Coturn,
+                                                          start_signaling: StartSignaling) -> None:
+    settings = TurnSettings(provider="rest-secret", urls=coturn.options.urls,
+                            secrets=coturn.options.secrets)
+    wiring = wire_turn(settings)
+    assert wiring is not None
+    server = await start_signaling(sfu_port=-1, **wiring.server_kwargs())
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{server.player_port}{PATH}") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    entry = turn_entry(body)
+    assert len(await relay_candidates(coturn, entry["username"], entry["credential"])) == 1
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{server.player_port}/api/status") as resp:
+        assert resp.status == 200  # the page's own routes are still there
+
+
+# --- what coturn accepts and refuses ----------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_fresh_credentials_get_a_relay(coturn: Coturn, transport: str) -> None:
+    cred = issue(coturn.options.secrets[0], "Player0", 600, time.time())
+    relays = await relay_candidates(coturn, cred.username, cred.password, transport)
+    assert [(c.host, c.transport) for c in relays] == [("127.0.0.1", "udp")]
+    low, high = coturn.options.min_port, coturn.options.max_port
+    assert low <= relays[0].port <= high
+
+
+async def test_rotation_both_configured_secrets_work(coturn: Coturn) -> None:
+    new, old = coturn.options.secrets
+    for secret in (new, old):
+        cred = issue(secret, "sess-rotation", 600, time.time())
+        assert len(await relay_candidates(coturn, cred.username, cred.password)) == 1
+        host, port = await allocate(coturn, cred.username, cred.password)
+        assert host == "127.0.0.1" and port > 0
+
+
+async def test_expired_credential_is_refused(coturn: Coturn) -> None:
+    cred = issue(coturn.options.secrets[0], "Player0", 60, time.time() - 3600)
+    await assert_refused(coturn, cred.username, cred.password, "expired")
+
+
+async def test_retired_secret_is_refused(coturn: Coturn) -> None:
+    retired = secrets.token_urlsafe(24)  # signed earlier with a secret coturn no longer holds
+    cred = issue(retired, "Player0", 600, time.time())
+    await assert_refused(coturn, cred.username, cred.password, "retired secret")
+
+
+async def test_tampered_password_is_refused(coturn: Coturn) -> None:
+    cred = issue(coturn.options.secrets[0], "Player0", 600, time.time())
+    flipped = ("A" if cred.password[0] != "A" else "B") + cred.password[1:]
+    await assert_refused(coturn, cred.username, flipped, "tampered password")
+
+
+async def test_extended_expiry_is_refused(coturn: Coturn) -> None:
+    """A client that moves its own expiry forward keeps the old password: refused."""
+    cred = issue(coturn.options.secrets[0], "Player0", 600, time.time())
+    later = f"{cred.expires_at + 86400}:Player0"
+    await assert_refused(coturn, later, cred.password, "extended expiry")
+    assert cred.password != password_for(coturn.options.secrets[0], later)
+
+
+# --- pixelfleet up --turn ------------------------------------------------------------------
+
+
+async def test_up_without_turnserver_says_how_to_install(tmp_path: Any) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pixelfleet", "up", "--turn", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode == 2
+    assert "turnserver is not installed" in err.decode() and "apt-get install -y coturn" in err.decode()
+
+
+async def test_up_with_turn_runs_coturn_and_hands_out_its_credentials() -> None:
+    require_binary("turnserver")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pixelfleet", "up", "--turn", "--turn-port", "0", "--streamers", "0",
+        "--player-port", "0", "--streamer-port", "0", "--sfu-port", "-1", "--log-format", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(WAIT):
+            while not any("pixelfleet is up" in line for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "pixelfleet up exited:\n" + "".join(lines)
+                lines.append(line)
+            while not any("relay-only test" in line for line in lines):
+                lines.append((await proc.stdout.readline()).decode())
+        page = next(line.split("open ", 1)[1].strip() for line in lines if "pixelfleet is up" in line)
+        started = next(json.loads(line) for line in lines if '"coturn_started"' in line)
+        async with aiohttp.ClientSession() as http, http.get(f"{page}api/turn-credentials") as resp:
+            body = await resp.json()
+        entry = turn_entry(body)
+        assert entry["urls"][0] == f"turn:127.0.0.1:{started['port']}?transport=udp"
+        # the generated secret stays out of the log and the command line
+        assert entry["credential"] not in "".join(lines)
+        with open(f"/proc/{started['pid']}/cmdline", "rb") as f:
+            assert b"static-auth-secret" not in f.read()
+        probe = Coturn(CoturnOptions(secrets=("unused",), port=started["port"]))
+        assert len(await relay_candidates(probe, entry["username"], entry["credential"])) == 1
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), WAIT)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0
+    with contextlib.suppress(NameError):
+        async with asyncio.timeout(WAIT):  # coturn went with it
+            while os.path.exists(f"/proc/{started['pid']}") and not _is_zombie(started["pid"]):
+                await asyncio.sleep(0.05)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
