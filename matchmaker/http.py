@@ -49,12 +49,16 @@ class DrainBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     draining: bool = True
 
 
-def _error(status: int, code: str, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
-           404: web.HTTPNotFound, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge,
-           429: web.HTTPTooManyRequests, 503: web.HTTPServiceUnavailable}.get(status, web.HTTPBadRequest)
-    return cls(text=msgspec.json.encode({"error": code, "message": message}).decode(),
-               content_type="application/json")
+class ApiError(web.HTTPException):
+    """Any API failure: a status and a JSON body ``{"error", "message"}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status_code = status
+        super().__init__(text=msgspec.json.encode({"error": code, "message": message}).decode(),
+                         content_type="application/json")
+
+
+_error = ApiError
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -177,6 +181,9 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
     finished = False
     try:
         async for status in mm.watch(ticket_id):
+            if status is None:
+                await response.write(b": keepalive\n\n")  # fails once the client has gone
+                continue
             data = ticket_json(status)
             await response.write(b"event: " + data["status"].encode() + b"\ndata: "
                                  + msgspec.json.encode(data) + b"\n\n")

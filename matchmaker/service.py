@@ -154,9 +154,10 @@ class Matchmaker:
         eta = None if position is None else await self._eta(ticket.request, position)
         return TicketStatus(ticket, position, eta, None)
 
-    async def watch(self, ticket_id: str, timeout_s: float = 15.0) -> AsyncIterator[TicketStatus]:
-        """Yield the ticket's status now and whenever it may have changed, until it leaves
-        the queue. Other replicas' changes are picked up by polling at most every second."""
+    async def watch(self, ticket_id: str, period_s: float = 1.0) -> AsyncIterator[TicketStatus | None]:
+        """The ticket's status now and whenever it changes, until it leaves the queue; None
+        every ``period_s`` in between (a heartbeat, so a gone client is noticed).
+        Other replicas' changes are picked up by that same periodic re-read."""
         last: tuple[object, ...] | None = None
         while True:
             status = await self.ticket_status(ticket_id)
@@ -164,11 +165,13 @@ class Matchmaker:
             if key != last:
                 last = key
                 yield status
+            else:
+                yield None
             if status.ticket.state is not TicketState.WAITING:
                 return
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(timeout_s, 1.0))
+                    await asyncio.wait_for(self._changed.wait(), period_s)
 
     async def cancel(self, ticket_id: str) -> bool:
         done = await self.store.finish_ticket(ticket_id, TicketState.CANCELLED, "cancelled by the client")

@@ -1,0 +1,357 @@
+"""The matchmaker over HTTP, on both backends: allocation, queue, lifecycle, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import jwt
+import msgspec
+import orjson
+import pytest
+
+from matchmaker.config import MatchmakerSettings
+from matchmaker.records import MemorySink
+from matchmaker.server import MatchmakerServer, build_matchmaker
+from pixelfleet.tokens import TokenKeys, verify
+from signaling.sessions import HttpReporter, SessionGate
+from tests.conftest import StartSignaling
+
+pytestmark = pytest.mark.integration
+
+AGENT = "agent-token-0123456789"
+ADMIN = "admin-token-0123456789"
+CALLER_SECRET = "caller-secret-" + "x" * 32
+TOKEN_SECRET = "session-secret-" + "y" * 32
+WAIT = 10.0
+
+
+def caller_token(tenant: str = "acme", ttl: int = 300, secret: str = CALLER_SECRET) -> str:
+    return jwt.encode({"tenant": tenant, "exp": int(time.time()) + ttl}, secret, algorithm="HS256")
+
+
+class Api:
+    def __init__(self, http: aiohttp.ClientSession, base: str, sink: MemorySink) -> None:
+        self.http = http
+        self.base = base
+        self.sink = sink
+
+    async def call(self, method: str, path: str, body: Any = None, token: str | None = None,
+                   raw: bytes | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = raw if raw is not None else (None if body is None else orjson.dumps(body))
+        async with self.http.request(method, self.base + path, data=data, headers=headers) as r:
+            text = await r.read()
+            return r.status, (orjson.loads(text) if text else None)
+
+    async def register(self, host: str = "h1", slots: int = 1, boot: str = "b1", tenant: str = "acme",
+                       app: str = "game") -> tuple[int, Any]:
+        return await self.call("POST", "/api/v1/hosts", {
+            "host_id": host, "boot_id": boot, "region": "eu", "gpu_model": "L4",
+            "signaling_url": "ws://127.0.0.1:1",
+            "slots": [{"index": i, "tenant": tenant, "app": app, "streamer_id": f"{host}-{i}"}
+                      for i in range(slots)]}, AGENT)
+
+    async def beat(self, host: str = "h1", states: list[str] | None = None, boot: str = "b1",
+                   reset_for: dict[int, str] | None = None) -> tuple[int, Any]:
+        states = states or ["ready"]
+        return await self.call("POST", f"/api/v1/hosts/{host}/heartbeat", {
+            "boot_id": boot, "slots": [{"index": i, "state": s, "reset_for": (reset_for or {}).get(i)}
+                                       for i, s in enumerate(states)]}, AGENT)
+
+    async def allocate(self, app: str = "game", tenant: str = "acme", **extra: Any) -> tuple[int, Any]:
+        return await self.call("POST", "/api/v1/sessions", {"app": app, **extra}, caller_token(tenant))
+
+    async def event(self, session_id: str, token: str, event: str) -> tuple[int, Any]:
+        return await self.call("POST", f"/api/v1/sessions/{session_id}/events", {"event": event}, token)
+
+
+MakeApi = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_api(request: pytest.FixtureRequest) -> AsyncIterator[MakeApi]:
+    servers: list[MatchmakerServer] = []
+    state_url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    http = aiohttp.ClientSession()
+
+    async def make(**overrides: Any) -> Api:
+        settings = MatchmakerSettings(**{
+            "port": 0, "state_url": state_url, "key_prefix": f"t{uuid.uuid4().hex[:8]}",
+            "token_secret": TOKEN_SECRET, "agent_token": AGENT, "admin_token": ADMIN,
+            "caller_jwt_secret": CALLER_SECRET, "sweep_interval_s": 0.05, **overrides})
+        sink = MemorySink()
+        server = MatchmakerServer(settings, build_matchmaker(settings, sink=sink))
+        await server.start()
+        servers.append(server)
+        return Api(http, f"http://127.0.0.1:{server.port}", sink)
+
+    yield make
+    for server in servers:
+        await server.stop()
+    await http.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+async def test_allocation_mints_a_scoped_session_token(make_api: MakeApi) -> None:
+    api = await make_api()
+    assert (await api.register(slots=2))[0] == 201
+    status, reply = await api.beat(states=["ready", "ready"])
+    assert status == 200 and reply == {"reset": [], "draining": False}
+    status, a = await api.allocate(region="eu")
+    assert status == 201 and a["status"] == "assigned"
+    claims = verify(TokenKeys.hs256(TOKEN_SECRET), a["token"])
+    assert (claims.tenant, claims.session_id, claims.streamer_id) == ("acme", a["session_id"], a["streamer_id"])
+    status, b = await api.allocate()
+    assert status == 201 and b["streamer_id"] != a["streamer_id"]
+
+
+@pytest.mark.parametrize("case", ["no-token", "forged", "expired", "no-tenant"])
+async def test_caller_tokens_are_checked(make_api: MakeApi, case: str) -> None:
+    api = await make_api()
+    await api.register()
+    token = {
+        "no-token": None,
+        "forged": caller_token(secret="not-the-secret-" + "z" * 32),
+        "expired": caller_token(ttl=-60),
+        "no-tenant": jwt.encode({"exp": int(time.time()) + 60}, CALLER_SECRET, algorithm="HS256"),
+    }[case]
+    status, body = await api.call("POST", "/api/v1/sessions", {"app": "game"}, token)
+    assert status == 401 and body["error"] in ("unauthorized", "invalid_token", "token_expired")
+
+
+async def test_bad_input_gets_clear_4xx_and_corrupts_nothing(make_api: MakeApi) -> None:
+    api = await make_api()
+    await api.register()
+    await api.beat()
+    cases: list[tuple[Awaitable[tuple[int, Any]], int, str]] = [
+        (api.allocate(app="nope"), 404, "unknown_app"),
+        (api.allocate(tenant="other"), 404, "unknown_app"),
+        (api.call("POST", "/api/v1/sessions", raw=b"{not json", token=caller_token()), 400, "invalid_body"),
+        (api.call("POST", "/api/v1/sessions", {"app": 5}, caller_token()), 400, "invalid_body"),
+        (api.call("POST", "/api/v1/sessions", {"app": "game", "evil": 1}, caller_token()), 400, "invalid_body"),
+        (api.call("POST", "/api/v1/sessions", raw=b'{"app":"' + b"a" * 70000 + b'"}', token=caller_token()),
+         413, "too_large"),
+        (api.beat(host="never-registered"), 404, "unknown_host"),
+        (api.register(boot="other-boot"), 409, "host_conflict"),
+        (api.beat(boot="other-boot"), 409, "host_conflict"),
+        (api.call("POST", "/api/v1/hosts", {"host_id": "h2"}, AGENT), 400, "invalid_body"),
+        (api.call("POST", "/api/v1/hosts/h1/heartbeat", {"boot_id": "b1", "slots": []}, "wrong"), 401,
+         "unauthorized"),
+        (api.call("GET", "/api/v1/admin/hosts", token=None), 401, "unauthorized"),
+        (api.call("GET", "/api/v1/queue/t-nope"), 404, "unknown_session"),
+    ]
+    for call, status, code in cases:
+        got_status, body = await call
+        assert (got_status, body["error"]) == (status, code), body
+    # Nothing was corrupted: the one slot is still there and still allocatable.
+    status, a = await api.allocate()
+    assert status == 201
+
+
+async def test_registration_is_idempotent_for_the_same_boot(make_api: MakeApi) -> None:
+    api = await make_api()
+    assert (await api.register())[0] == 201
+    assert (await api.register())[0] == 201
+
+
+async def test_queue_position_eta_live_updates_and_service(make_api: MakeApi) -> None:
+    api = await make_api(reconnect_grace_s=0.0)
+    await api.register()
+    await api.beat()
+    _, first = await api.allocate()
+    status, queued = await api.allocate()
+    assert status == 202 and queued["position"] == 1 and queued["eta_s"] > 0
+    _, third = await api.allocate()
+    assert third["position"] == 2
+    events: list[dict[str, Any]] = []
+
+    async def listen() -> None:
+        async with api.http.get(api.base + queued["events"]) as r:
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    events.append(orjson.loads(line[6:]))
+                    if events[-1]["status"] != "waiting":
+                        return
+
+    listener = asyncio.create_task(listen())
+    await eventually(lambda: _async(bool(events)), "the first queue event")
+    assert events[0]["position"] == 1
+    # The first player connects, then leaves; the slot resets and goes to the queue head.
+    assert (await api.event(first["session_id"], first["token"], "connected"))[0] == 200
+    assert (await api.event(first["session_id"], first["token"], "disconnected"))[0] == 200
+    _, reply = await api.beat()
+    assert reply["reset"] == [{"index": 0, "session_id": first["session_id"]}]
+    await api.beat(reset_for={0: first["session_id"]})
+    await asyncio.wait_for(listener, WAIT)
+    assert events[-1]["status"] == "assigned" and events[-1]["token"]
+    _, third_now = await api.call("GET", f"/api/v1/queue/{third['ticket_id']}")
+    assert third_now["position"] == 1
+    [record] = api.sink.records
+    assert (record.session_id, record.end_reason, record.tenant) == (first["session_id"], "player_left", "acme")
+    assert record.connected_at is not None
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_queue_limits(make_api: MakeApi) -> None:
+    api = await make_api(queue_max_length=1, queue_max_wait_s=0.2)
+    await api.register()
+    await api.beat()
+    await api.allocate()
+    status, waiting = await api.allocate()
+    assert status == 202
+    status, body = await api.allocate()
+    assert status == 429 and body["error"] == "queue_full"
+
+    async def expired() -> bool:
+        return (await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "expired"
+
+    await eventually(expired, "the ticket to expire")
+
+
+async def test_closing_the_event_stream_cancels_the_ticket(make_api: MakeApi) -> None:
+    api = await make_api()
+    await api.register()
+    await api.beat()
+    await api.allocate()
+    _, waiting = await api.allocate()
+    async with api.http.get(api.base + waiting["events"]) as r:
+        await r.content.readline()
+
+    async def cancelled() -> bool:
+        return (await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "cancelled"
+
+    await eventually(cancelled, "cancel on disconnect")
+
+
+async def test_reconnect_within_grace_keeps_the_slot(make_api: MakeApi) -> None:
+    api = await make_api(reconnect_grace_s=30.0)
+    await api.register(slots=2)
+    await api.beat(states=["ready", "ready"])
+    _, a = await api.allocate(client_key="alice")
+    await api.event(a["session_id"], a["token"], "connected")
+    await api.event(a["session_id"], a["token"], "disconnected")
+    _, again = await api.allocate(client_key="alice")
+    assert (again["session_id"], again["streamer_id"]) == (a["session_id"], a["streamer_id"])
+    assert again["token"] != a["token"]
+    _, other = await api.allocate(client_key="bob")
+    assert other["streamer_id"] != a["streamer_id"]
+
+
+async def test_never_connected_and_max_length_end_sessions_with_reasons(make_api: MakeApi) -> None:
+    api = await make_api(connect_timeout_s=0.2, max_session_s=0.6)
+    await api.register(slots=2)
+    await api.beat(states=["ready", "ready"])
+    _, lazy = await api.allocate()
+    _, busy = await api.allocate()
+    await api.event(busy["session_id"], busy["token"], "connected")
+    await eventually(lambda: _async(len(api.sink.records) == 2), "both sessions to end")
+    reasons = {r.session_id: r.end_reason for r in api.sink.records}
+    assert reasons == {lazy["session_id"]: "never_connected", busy["session_id"]: "max_session_length"}
+
+
+async def test_dead_host_ends_sessions_and_leaves_the_pool(make_api: MakeApi) -> None:
+    api = await make_api(heartbeat_ttl_s=0.3)
+    await api.register()
+    await api.beat()
+    _, a = await api.allocate()
+    await eventually(lambda: _async(len(api.sink.records) == 1), "the host to die")
+    assert api.sink.records[0].end_reason == "host_dead"
+    status, body = await api.beat()
+    assert status == 404
+    status, queued = await api.allocate()
+    assert status == 202  # the app is still known, but nothing is ready
+
+
+async def test_admin_lists_drains_and_force_ends(make_api: MakeApi) -> None:
+    api = await make_api()
+    await api.register(slots=2)
+    await api.beat(states=["ready", "ready"])
+    _, a = await api.allocate()
+    status, hosts = await api.call("GET", "/api/v1/admin/hosts", token=ADMIN)
+    assert status == 200 and [h["host_id"] for h in hosts] == ["h1"]
+    _, slots = await api.call("GET", "/api/v1/admin/slots", token=ADMIN)
+    assert sorted(s["state"] for s in slots) == ["assigned", "ready"]
+    _, sessions = await api.call("GET", "/api/v1/admin/sessions", token=ADMIN)
+    assert [s["session_id"] for s in sessions] == [a["session_id"]]
+    status, host = await api.call("POST", "/api/v1/admin/hosts/h1/drain", {"draining": True}, ADMIN)
+    assert status == 200 and host["draining"] is True
+    status, queued = await api.allocate()
+    assert status == 202
+    _, queue = await api.call("GET", "/api/v1/admin/queue", token=ADMIN)
+    assert queue[0]["length"] == 1
+    status, ended = await api.call("DELETE", f"/api/v1/admin/sessions/{a['session_id']}", token=ADMIN)
+    assert status == 200 and ended["end_reason"] == "force_ended"
+    assert (await api.call("DELETE", f"/api/v1/admin/sessions/{a['session_id']}", token=ADMIN))[0] == 404
+    assert [r.end_reason for r in api.sink.records] == ["force_ended"]
+    status, _ = await api.call("POST", "/api/v1/admin/hosts/ghost/drain", {}, ADMIN)
+    assert status == 404
+
+
+async def test_session_events_need_that_sessions_token(make_api: MakeApi) -> None:
+    api = await make_api()
+    await api.register(slots=2)
+    await api.beat(states=["ready", "ready"])
+    _, a = await api.allocate()
+    _, b = await api.allocate()
+    assert (await api.event(a["session_id"], b["token"], "connected"))[0] == 403
+    assert (await api.event(a["session_id"], a["token"] + "x", "connected"))[0] == 401
+    assert (await api.event(a["session_id"], a["token"], "dance"))[0] == 400
+
+
+async def test_signalling_admits_by_token_and_reports_to_the_matchmaker(
+        make_api: MakeApi, start_signaling: StartSignaling) -> None:
+    """Signalling and matchmaker as separate services, meeting through the token."""
+    api = await make_api(reconnect_grace_s=0.0)
+    await api.register(slots=1)
+    await api.beat()
+    gate = SessionGate(TokenKeys.hs256(TOKEN_SECRET), required=True, reporter=HttpReporter(api.base))
+    server = await start_signaling(session_gate=gate)
+    http = api.http
+    streamer = await http.ws_connect(f"ws://127.0.0.1:{server.streamer_port}/")
+    await streamer.receive()
+    await streamer.receive()
+    await streamer.send_str('{"type":"endpointId","id":"h1-0"}')
+    await streamer.receive()
+    other = await http.ws_connect(f"ws://127.0.0.1:{server.streamer_port}/")
+    await other.receive()
+    await other.receive()
+    await other.send_str('{"type":"endpointId","id":"someone-else"}')
+    _, a = await api.allocate()
+    url = f"ws://127.0.0.1:{server.player_port}/"
+    for bad in ("", "?token=garbage", "?token=" + a["token"][:-2] + "xx"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url + bad)
+        assert refused.value.status == 401
+    player = await http.ws_connect(url + "?token=" + a["token"])
+    assert msgspec.json.decode((await player.receive()).data)["type"] == "config"
+    await player.send_str('{"type":"subscribe","streamerId":"someone-else"}')
+    assert msgspec.json.decode((await player.receive()).data)["type"] == "subscribeFailed"
+    await player.send_str('{"type":"subscribe","streamerId":"h1-0"}')
+    assert msgspec.json.decode((await streamer.receive()).data)["type"] == "playerConnected"
+
+    async def state_is(state: str) -> bool:
+        _, sessions = await api.call("GET", "/api/v1/admin/sessions", token=ADMIN)
+        return bool(sessions) and sessions[0]["state"] == state
+
+    await eventually(lambda: state_is("connected"), "the connect report")
+    await player.close()
+    await eventually(lambda: _async(len(api.sink.records) == 1), "the disconnect report to end the session")
+    assert api.sink.records[0].end_reason == "player_left"
+    await streamer.close()
+    await other.close()
