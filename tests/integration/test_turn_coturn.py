@@ -17,9 +17,11 @@ import json
 import os
 import secrets
 import signal
+import string
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -222,6 +224,49 @@ async def test_extended_expiry_is_refused(coturn: Coturn) -> None:
     later = f"{cred.expires_at + 86400}:Player0"
     await assert_refused(coturn, later, cred.password, "extended expiry")
     assert cred.password != password_for(coturn.options.secrets[0], later)
+
+
+async def test_deploy_template_accepts_our_credentials(tmp_path: Path) -> None:
+    """coturn run from deploy/coturn/turnserver.conf.template (loopback values, no TLS
+    certificate, so only the TLS listener is off) takes what rest-secret mints."""
+    binary = require_binary("turnserver")
+    new, previous = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    low, high = relay_port_range(40)
+    template = Path(__file__).parents[2] / "deploy" / "coturn" / "turnserver.conf.template"
+    conf = tmp_path / "turnserver.conf"
+    conf.write_text(string.Template(template.read_text()).substitute(
+        TURN_SECRET=new, TURN_SECRET_PREVIOUS=previous, TURN_REALM="pixel.test",
+        PRIVATE_IP="127.0.0.1", PUBLIC_IP="127.0.0.1", TLS_CERT=tmp_path / "absent.crt",
+        TLS_KEY=tmp_path / "absent.key", MIN_PORT=low, MAX_PORT=high,
+        UE_PEER_RANGE="127.0.0.1-127.0.0.1", USER_QUOTA=4, TOTAL_QUOTA=100, MAX_BPS=6250000))
+    conf.chmod(0o600)
+    port = free_port()
+    with open(tmp_path / "log", "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-c", str(conf), f"--listening-port={port}",
+            f"--tls-listening-port={free_port()}", f"--pidfile={tmp_path / 'pid'}",
+            f"--userdb={tmp_path / 'turndb'}", stdout=log, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                assert proc.returncode is None, (tmp_path / "log").read_text()
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                break
+        turn = Coturn(CoturnOptions(secrets=(new, previous), port=port))  # address only
+        for secret in (new, previous):
+            cred = issue(secret, "sess-deploy", 600, time.time())
+            assert len(await relay_candidates(turn, cred.username, cred.password)) == 1
+        cred = issue(secrets.token_urlsafe(24), "sess-deploy", 600, time.time())
+        await assert_refused(turn, cred.username, cred.password, "unknown secret")
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), WAIT)
 
 
 # --- pixelfleet up --turn ------------------------------------------------------------------
