@@ -63,7 +63,7 @@ def mint(keys: TokenKeys, *, tenant: str, session_id: str, streamer_id: str, ttl
         raise ValueError("these keys can only verify")
     issued = int(time.time() if now is None else now)
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": tenant, "sid": session_id,
-              "stid": streamer_id, "iat": issued, "exp": issued + ttl_s,
+              "stid": streamer_id, "iat": issued, "nbf": issued - 5, "exp": issued + ttl_s,
               "jti": secrets.token_urlsafe(12)}
     return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
 

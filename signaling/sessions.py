@@ -12,6 +12,7 @@ signalling server that waited on a down matchmaker would strand its players.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ class SessionGate:
     required: bool = True
     reporter: SessionReporter | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _used: dict[str, int] = field(default_factory=dict)  # token id -> expiry
 
     def admit(self, request: web.Request) -> tuple[SessionClaims, str] | None:
         """Claims of a valid token; None for no token where none is required."""
@@ -92,9 +94,26 @@ class SessionGate:
                 raise _unauthorized("a session token is required (?token= or Authorization: Bearer)")
             return None
         try:
-            return verify(self.keys, token), token
+            claims = verify(self.keys, token)
         except InvalidToken as exc:  # a bad token is refused even where none is required
             raise _unauthorized(str(exc)) from None
+        if not self._first_use(claims):
+            raise _unauthorized("token already used: ask the matchmaker for a fresh one")
+        return claims, token
+
+    def _first_use(self, claims: SessionClaims) -> bool:
+        """Tokens are single-use, so one leaked from a URL cannot open a second socket.
+
+        Kept per node until the token expires; several signalling nodes behind one
+        matchmaker would share this set through the state store.
+        """
+        now = time.time()
+        if len(self._used) > 1024:
+            self._used = {jti: exp for jti, exp in self._used.items() if exp >= now}
+        if claims.token_id in self._used:
+            return False
+        self._used[claims.token_id] = claims.expires_at
+        return True
 
     def report(self, event: str, admitted: tuple[SessionClaims, str] | None) -> None:
         if admitted is None or self.reporter is None:

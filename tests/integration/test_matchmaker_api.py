@@ -340,6 +340,9 @@ async def test_signalling_admits_by_token_and_reports_to_the_matchmaker(
         assert refused.value.status == 401
     player = await http.ws_connect(url + "?token=" + a["token"])
     assert msgspec.json.decode((await player.receive()).data)["type"] == "config"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as replayed:  # tokens are single-use
+        await http.ws_connect(url + "?token=" + a["token"])
+    assert replayed.value.status == 401
     await player.send_str('{"type":"subscribe","streamerId":"someone-else"}')
     assert msgspec.json.decode((await player.receive()).data)["type"] == "subscribeFailed"
     await player.send_str('{"type":"subscribe","streamerId":"h1-0"}')
