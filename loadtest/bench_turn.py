@@ -87,7 +87,7 @@ def _mint(cpu: int | None, seconds: float) -> dict[str, Any]:
 
     issue_rate, issue_us = _rate(issue_n, seconds)
     with_rate, with_us = _rate(config_with_turn, seconds)
-    without_rate, without_us = _rate(config_without, seconds)
+    _, without_us = _rate(config_without, seconds)
     return {
         "cpu": cpu,
         "issue_per_s": round(issue_rate), "issue_us": round(issue_us, 2),
@@ -154,7 +154,7 @@ async def bench_connect(connects: int) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {n: {"total": [], "open": []} for n in servers}
     try:
         async with aiohttp.ClientSession() as session:
-            for name, (_, port) in servers.items():  # warm-up, not measured
+            for _, port in servers.values():  # warm-up, not measured
                 for _ in range(20):
                     await _one_connect(session, f"ws://127.0.0.1:{port}/")
             for i in range(connects * 2):  # alternate so drift hits both equally
@@ -210,11 +210,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor()
 
 

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import structlog
 
@@ -152,7 +153,7 @@ class Coturn:
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(config_file_text(self.options.secrets))
-        with open(workdir / "turnserver.log", "wb") as out:
+        with open(workdir / "turnserver.log", "wb") as out:  # noqa: ASYNC230 - once, at start
             self._proc = await asyncio.create_subprocess_exec(
                 *command_line(binary, self.options, workdir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
@@ -197,7 +198,7 @@ class Coturn:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    async def __aenter__(self) -> Coturn:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -36,7 +36,7 @@ class TurnPeerOptions:
     ``--peer-options``); every other key of ``base`` is kept.
     """
 
-    __slots__ = ("provider", "settings", "_base", "_base_servers", "_user_id")
+    __slots__ = ("_base", "_base_servers", "_user_id", "provider", "settings")
 
     def __init__(self, provider: IceServerProvider, settings: TurnSettings, *,
                  base: Mapping[str, Any] | None = None, user_id: UserId = peer_user_id) -> None:

@@ -84,9 +84,8 @@ async def allocate(turn: Coturn, username: str, password: str) -> tuple[str, int
     transport, _ = await asyncio.wait_for(create_turn_endpoint(
         asyncio.DatagramProtocol, turn_address(turn), username, password), WAIT)
     try:
-        address = transport.get_extra_info("sockname")
-        assert address is not None
-        return address
+        host, port = transport.get_extra_info("sockname")
+        return str(host), int(port)
     finally:
         transport.close()
 
@@ -106,14 +105,14 @@ async def assert_refused(turn: Coturn, username: str, password: str, why: str) -
 def ice_connection(pc: RTCPeerConnection) -> aioice.Connection:
     transceivers = pc.getTransceivers()
     dtls = transceivers[0].receiver.transport if transceivers else pc.sctp.transport  # type: ignore[union-attr]
-    return dtls.transport._connection  # noqa: SLF001 - aiortc has no public accessor
+    return dtls.transport._connection  # aiortc has no public accessor
 
 
 def assert_relay_only(pc: RTCPeerConnection, who: str) -> None:
     conn = ice_connection(pc)
     local_types = {c.type for c in conn.local_candidates}
     assert local_types == {"relay"}, f"{who} gathered {local_types}"
-    nominated = list(conn._nominated.values())  # noqa: SLF001
+    nominated = list(conn._nominated.values())
     assert nominated, f"{who} has no nominated pair"
     for pair in nominated:
         assert (pair.local_candidate.type, pair.remote_candidate.type) == ("relay", "relay"), (who, pair)
@@ -241,7 +240,7 @@ async def test_deploy_template_accepts_our_credentials(tmp_path: Path) -> None:
         UE_PEER_RANGE="127.0.0.1-127.0.0.1", USER_QUOTA=4, TOTAL_QUOTA=100, MAX_BPS=6250000))
     conf.chmod(0o600)
     port = free_port()
-    with open(tmp_path / "log", "wb") as log:
+    with open(tmp_path / "log", "wb") as log:  # noqa: ASYNC230 - once, before the process
         proc = await asyncio.create_subprocess_exec(
             binary, "-c", str(conf), f"--listening-port={port}",
             f"--tls-listening-port={free_port()}", f"--pidfile={tmp_path / 'pid'}",
@@ -277,7 +276,7 @@ async def test_up_without_turnserver_says_how_to_install(tmp_path: Any) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pixelfleet", "up", "--turn", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
     assert proc.returncode == 2
     assert "turnserver is not installed" in err.decode() and "apt-get install -y coturn" in err.decode()
 
@@ -306,8 +305,8 @@ async def test_up_with_turn_runs_coturn_and_hands_out_its_credentials() -> None:
         assert entry["urls"][0] == f"turn:127.0.0.1:{started['port']}?transport=udp"
         # the generated secret stays out of the log and the command line
         assert entry["credential"] not in "".join(lines)
-        with open(f"/proc/{started['pid']}/cmdline", "rb") as f:
-            assert b"static-auth-secret" not in f.read()
+        cmdline = Path(f"/proc/{started['pid']}/cmdline").read_bytes()  # noqa: ASYNC240
+        assert b"static-auth-secret" not in cmdline
         probe = Coturn(CoturnOptions(secrets=("unused",), port=started["port"]))
         assert len(await relay_candidates(probe, entry["username"], entry["credential"])) == 1
     finally:
@@ -321,13 +320,14 @@ async def test_up_with_turn_runs_coturn_and_hands_out_its_credentials() -> None:
     assert proc.returncode == 0
     with contextlib.suppress(NameError):
         async with asyncio.timeout(WAIT):  # coturn went with it
-            while os.path.exists(f"/proc/{started['pid']}") and not _is_zombie(started["pid"]):
+            while not _gone(started["pid"]):  # noqa: ASYNC110 - polling another process
                 await asyncio.sleep(0.05)
 
 
-def _is_zombie(pid: int) -> bool:
+def _gone(pid: int) -> bool:
+    """Exited (or a zombie waiting for its parent to reap it)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1].startswith("Z")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
+    return stat.split(") ", 1)[1].startswith("Z")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import botocore.session
+import botocore.session  # type: ignore[import-untyped]
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import Stubber  # type: ignore[import-untyped]
 
 from turn.config import TurnSettings
 from turn.credentials import verify
@@ -77,6 +77,7 @@ def test_build_provider_by_name() -> None:
                                 aws_region="eu-west-1", aws_channel_arn=ARN)
         provider = build_provider(settings)
         assert isinstance(provider, cls)
+        assert provider is not None
         _: IceServerProvider = provider  # satisfies the Protocol
 
 
