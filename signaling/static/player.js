@@ -8,10 +8,15 @@
  * input protocol (Frontend/library/src/UeInstanceMessage/StreamMessageController.ts).
  *
  * Where the signalling URL comes from is pluggable: set window.pixelfleetOptions before
- * this script loads, e.g. {resolveSignalling: async () => ({url, streamerId})}, to get a
- * slot from a matchmaker first; {autoStart: false} to call pixelfleetPlayer.start() later.
- * Defaults: ?ss=ws://host:port/ or the page's own host and port; ?StreamerId=,
- * ?ForceTURN=1.
+ * this script loads, e.g. {resolveSignalling: async () => ({url, streamerId})};
+ * {autoStart: false} to call pixelfleetPlayer.start() later. The hook is called before
+ * every (re)connect.
+ *
+ * Default: ask the page's server for a slot first (POST /api/v1/sessions, ?app= picks
+ * the app), waiting in its queue if all slots are busy, then connect with the session
+ * token. A server without a matchmaker (a 404/405 that is not a matchmaker's JSON
+ * error) is used directly, as is ?ss=ws://host:port/: ?StreamerId= picks the streamer.
+ * ?ForceTURN=1 forces TURN relay.
  *
  * Tests read window.pixelfleet (plain data, updated in place).
  */
@@ -103,6 +108,15 @@
 
   const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
 
+  /** A wait in words: "under a minute", "about 5 min", "about 1 h 20 min". */
+  function formatEta(s) {
+    if (!(s >= 0)) return 'unknown';
+    if (s < 60) return 'under a minute';
+    const min = Math.round(s / 60);
+    if (min < 60) return 'about ' + min + ' min';
+    return 'about ' + Math.floor(min / 60) + ' h' + (min % 60 ? ' ' + (min % 60) + ' min' : '');
+  }
+
   /**
    * Maps a point on the video element to Epic's 0..65535 range over the picture
    * itself (object-fit: contain letterboxes it), like Epic's InputCoordTranslator.
@@ -168,9 +182,187 @@
     return { url: url, streamerId: params.get('StreamerId') || null };
   }
 
+  const isLoopback = (host) => /^(localhost|127\.\d+\.\d+\.\d+|\[::1\]|::1)$/i.test(host || '');
+
+  /**
+   * The WebSocket URL for a matchmaker session: its signalling URL with the token.
+   * A loopback signalling URL given to a page that did not come from loopback (a
+   * one-box setup serving the network) cannot work from here; use the page's origin.
+   */
+  function sessionSocketUrl(signalingUrl, token, loc) {
+    const url = new URL(signalingUrl);
+    if (isLoopback(url.hostname) && loc.host && !isLoopback(loc.hostname)) {
+      url.protocol = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+      url.host = loc.host;
+    }
+    url.searchParams.set('token', token);
+    return url.href;
+  }
+
   function flag(params, name) {
     const v = params.get(name);
     return v !== null && v !== '0' && v.toLowerCase() !== 'false';
+  }
+
+  // ---- the matchmaker ---------------------------------------------------------
+
+  const CLIENT_KEY = 'pixelfleet.clientKey';
+
+  /**
+   * This tab's key for the matchmaker. sessionStorage keeps it across reloads of the
+   * tab (the matchmaker gives a returning key its slot back within the grace period)
+   * and apart from other tabs.
+   */
+  function tabClientKey() {
+    let key = null;
+    try {
+      key = window.sessionStorage.getItem(CLIENT_KEY);
+    } catch (err) {
+      // storage disabled: a key for this page's lifetime only
+    }
+    if (!key) {
+      const bytes = new Uint8Array(16);
+      window.crypto.getRandomValues(bytes); // also where randomUUID is not (plain http)
+      key = 'tab-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+      try {
+        window.sessionStorage.setItem(CLIENT_KEY, key);
+      } catch (err) {
+        // as above
+      }
+    }
+    return key;
+  }
+
+  /** A matchmaker outcome other than a slot. Not retryable ones are shown and wait for the user. */
+  class MatchmakerError extends Error {
+    constructor(code, message, retryable) {
+      super(message);
+      this.code = code;
+      this.retryable = !!retryable;
+    }
+  }
+
+  /** What the player is told for each matchmaker error code (others: the server's message). */
+  function refusal(status, body, app) {
+    const server = body.message ? ' (' + body.message + ')' : '';
+    switch (body.error) {
+      case 'unknown_app':
+        return new MatchmakerError(body.error, 'There is no app "' + app + '" here. Check the ?app= in the address.', false);
+      case 'queue_full':
+        return new MatchmakerError(body.error, 'All slots are busy and the queue is full. Please try again in a few minutes.', false);
+      case 'unauthorized':
+      case 'invalid_token':
+      case 'token_expired':
+        return new MatchmakerError(body.error, 'The matchmaker did not accept this page' + server + '.', false);
+      default:
+        return new MatchmakerError(body.error, 'The matchmaker refused a slot' + server + '.', status >= 500);
+    }
+  }
+
+  /** Gets this tab a slot from the matchmaker at `base` (an http(s) origin). */
+  class SlotFinder {
+    constructor(player, base, app) {
+      this.player = player;
+      this.base = base.replace(/\/+$/, '');
+      this.app = app;
+      this.clientKey = tabClientKey();
+      this.ticketId = null;
+      this.events = null;
+      this.abandonWait = null;
+    }
+
+    /**
+     * {url, streamerId, sessionId} of a slot, after queueing if need be; null where the
+     * server has no matchmaker. Throws MatchmakerError.
+     */
+    async acquire() {
+      let res;
+      try {
+        res = await fetch(this.base + '/api/v1/sessions', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+          body: JSON.stringify({ app: this.app, client_key: this.clientKey }),
+          cache: 'no-store'
+        });
+      } catch (err) {
+        throw new MatchmakerError('unreachable', 'Cannot reach the server for a slot.', true);
+      }
+      let body = null;
+      if (/json/i.test(res.headers.get('Content-Type') || '')) {
+        try {
+          body = await res.json();
+        } catch (err) {
+          body = null;
+        }
+      }
+      if (!body || typeof body !== 'object') {
+        if (res.status === 404 || res.status === 405) return null; // no matchmaker here
+        throw new MatchmakerError('http_' + res.status, 'The server answered HTTP ' + res.status + ' for a slot.', true);
+      }
+      this.player.setMode('matchmaker');
+      if (body.error) throw refusal(res.status, body, this.app);
+      if (body.status === 'waiting') body = await this.wait(body);
+      if (body.status !== 'assigned' || !body.signaling_url || !body.token) {
+        throw new MatchmakerError('bad_reply', 'Unexpected answer from the matchmaker: ' + JSON.stringify(body), true);
+      }
+      return {
+        url: sessionSocketUrl(body.signaling_url, body.token, window.location),
+        streamerId: body.streamer_id || null,
+        sessionId: body.session_id || null
+      };
+    }
+
+    /** Follows the ticket's event stream until it is assigned (resolves) or not (rejects). */
+    wait(ticket) {
+      this.abandon();
+      return new Promise((resolve, reject) => {
+        const id = ticket.ticket_id;
+        const url = new URL(ticket.events || '/api/v1/queue/' + encodeURIComponent(id) + '/events', this.base + '/');
+        const es = new EventSource(url.href);
+        this.ticketId = id;
+        this.events = es;
+        this.player.queued(ticket);
+        const finish = (settle, value) => {
+          es.close();
+          if (this.events === es) {
+            this.events = null;
+            this.ticketId = null;
+            this.abandonWait = null;
+          }
+          this.player.unqueued();
+          settle(value);
+        };
+        const data = (ev) => {
+          try {
+            return JSON.parse(ev.data);
+          } catch (err) {
+            return {};
+          }
+        };
+        es.addEventListener('waiting', (ev) => {
+          if (this.events === es) this.player.queued(Object.assign({ ticket_id: id }, data(ev)));
+        });
+        es.addEventListener('assigned', (ev) => finish(resolve, data(ev)));
+        es.addEventListener('expired', () =>
+          finish(reject, new MatchmakerError('queue_expired', 'You waited longer than the queue allows, sorry. Please try again.', false)));
+        es.addEventListener('cancelled', () =>
+          finish(reject, new MatchmakerError('queue_cancelled', 'The matchmaker cancelled our place in the queue.', true)));
+        // The server gives up a ticket whose stream drops, so a dropped stream means
+        // queueing again (after the usual reconnect delay), not EventSource's own retry.
+        es.onerror = () => finish(reject, new MatchmakerError('queue_lost', 'Lost the connection to the queue.', true));
+        this.abandonWait = () => finish(reject, new MatchmakerError('left_queue', 'You left the queue.', false));
+      });
+    }
+
+    /** Leaves the queue, if waiting: the ticket is cancelled, the pending acquire rejects. */
+    abandon() {
+      const id = this.ticketId;
+      if (id) {
+        fetch(this.base + '/api/v1/queue/' + encodeURIComponent(id), { method: 'DELETE', keepalive: true })
+          .catch(() => {});
+      }
+      if (this.abandonWait) this.abandonWait();
+    }
   }
 
   // ---- the player -------------------------------------------------------------
@@ -179,12 +371,27 @@
     constructor(options) {
       const opts = options || {};
       const params = new URLSearchParams(window.location.search);
+      this.app = opts.app || params.get('app') || 'default';
+      // Direct mode: a signalling address given (?ss=, options), or nowhere to ask.
+      const base = opts.matchmakerUrl || (window.location.host ? window.location.origin : null);
+      const direct = !!(opts.signallingUrl || params.get('ss')) || opts.matchmaker === false || !base;
+      this.slots = opts.resolveSignalling || direct ? null : new SlotFinder(this, base, this.app);
       this.resolveSignalling =
         opts.resolveSignalling ||
         (async () => {
           const target = signallingFromPage(window.location);
           if (opts.signallingUrl) target.url = opts.signallingUrl;
           if (opts.streamerId) target.streamerId = opts.streamerId;
+          if (this.slots && this.info.mode !== 'direct') {
+            this.setState('matchmaking', 'Getting a slot…');
+            const slot = await this.slots.acquire();
+            if (slot) {
+              this.setMode('matchmaker');
+              return slot;
+            }
+            this.setMode('direct');
+            this.log('No matchmaker on this server: connecting directly');
+          }
           return target;
         });
       this.keepaliveMs = Number(opts.keepaliveMs || params.get('KeepaliveDelay')) || KEEPALIVE_MS;
@@ -198,6 +405,11 @@
       // Everything tests and tooling may look at; plain data only.
       this.info = {
         state: 'idle',
+        mode: opts.resolveSignalling ? 'hook' : this.slots ? null : 'direct', // null: not known yet
+        app: this.slots ? this.app : null,
+        clientKey: this.slots ? this.slots.clientKey : null,
+        sessionId: null,
+        queue: null, // {ticketId, position, etaS} while waiting for a slot
         signallingState: 'idle',
         iceState: 'new',
         peerState: 'new',
@@ -214,12 +426,14 @@
         closeCodes: []
       };
       window.pixelfleet = this.info;
+      if (this.info.mode) this.ui.fact('mode', this.info.mode);
 
       this.ws = null;
       this.pc = null;
       this.channel = null;
       this.stopped = true;
       this.terminal = false;
+      this.attempt = 0;
       this.reconnectDelay = RECONNECT_MIN_MS;
       this.timers = {};
       this.pendingCandidates = [];
@@ -232,6 +446,9 @@
     // -- lifecycle --
 
     async start() {
+      const attempt = ++this.attempt;
+      if (this.slots) this.slots.abandon(); // an earlier start still queueing
+      this.clearTimers();
       this.stopped = false;
       this.terminal = false;
       this.setState('connecting', 'Connecting…');
@@ -239,19 +456,76 @@
       try {
         target = await this.resolveSignalling();
       } catch (err) {
+        if (attempt !== this.attempt || this.stopped) return;
+        if (err instanceof MatchmakerError) {
+          if (err.retryable) {
+            this.recordError(err.message);
+            this.scheduleReconnect(err.code === 'queue_lost' ? 'Lost our place in the queue.' : 'No slot yet.');
+          } else if (err.code === 'left_queue') {
+            this.terminal = true;
+            this.log(err.message);
+            this.setState('stopped', err.message);
+            this.ui.el('overlay-spinner').hidden = true;
+            this.ui.offerRetry('Join the queue again');
+          } else {
+            this.terminal = true;
+            this.fail(err.message);
+            this.ui.offerRetry('Try again');
+          }
+          return;
+        }
         this.recordError('Could not get a signalling address: ' + (err && err.message ? err.message : err));
         this.scheduleReconnect('No signalling address yet.');
         return;
       }
+      if (attempt !== this.attempt || this.stopped) return; // stopped or restarted meanwhile
       if (!target || !target.url) {
         this.fail('No signalling address: open this page from the signalling server or add ?ss=ws://host:port/');
         return;
       }
+      if (target.sessionId !== undefined) {
+        this.info.sessionId = target.sessionId || null;
+        this.ui.fact('session', target.sessionId || '—');
+      }
       this.connect(target.url, target.streamerId || null);
+    }
+
+    /** Leave the queue (the Leave button); the page then offers to join again. */
+    leaveQueue() {
+      if (this.slots) this.slots.abandon();
+    }
+
+    setMode(mode) {
+      if (this.info.mode === mode) return;
+      this.info.mode = mode;
+      this.ui.fact('mode', mode === 'matchmaker' ? 'matchmaker, app ' + this.app : mode);
+    }
+
+    /** A queue update: {ticket_id, position, eta_s}. */
+    queued(t) {
+      const before = this.info.queue;
+      const position = typeof t.position === 'number' ? t.position : null;
+      const etaS = typeof t.eta_s === 'number' ? t.eta_s : null;
+      this.info.queue = { ticketId: t.ticket_id || null, position: position, etaS: etaS };
+      if (!before) this.log('All slots are busy: waiting in the queue');
+      if (!before || before.position !== position || before.etaS !== etaS) {
+        this.log('Queue position ' + (position === null ? '?' : position) + (etaS === null ? '' : ', ETA ' + formatEta(etaS)));
+      }
+      this.info.state = 'queued';
+      document.body.dataset.state = 'queued';
+      this.ui.queue(position, etaS);
+    }
+
+    unqueued() {
+      if (!this.info.queue) return;
+      this.info.queue = null;
+      this.ui.hideQueue();
     }
 
     stop() {
       this.stopped = true;
+      this.attempt += 1;
+      if (this.slots) this.slots.abandon();
       this.clearTimers();
       this.closePeer();
       if (this.ws) {
@@ -840,6 +1114,9 @@
     constructor(player) {
       this.player = player;
       this.el = (id) => document.getElementById(id);
+      this.title = document.title;
+      const leave = this.el('queue-leave');
+      if (leave) leave.addEventListener('click', () => player.leaveQueue());
       const toggle = this.el('toggle-panel');
       if (toggle) {
         toggle.addEventListener('click', () => {
@@ -898,6 +1175,8 @@
     overlay(text, kind) {
       const o = this.el('overlay');
       if (!o) return;
+      const panel = this.el('queue');
+      if (panel && kind !== 'queue') panel.hidden = true;
       o.dataset.visible = 'true';
       o.dataset.kind = kind;
       this.text('overlay-text', text);
@@ -918,12 +1197,32 @@
       b.hidden = false;
     }
 
-    offerRetry() {
+    offerRetry(label) {
       this.retrying = true;
       const b = this.el('overlay-button');
       if (!b) return;
-      b.textContent = 'Try again';
+      b.textContent = label || 'Try again';
       b.hidden = false;
+    }
+
+    /** The queue panel in the overlay: position and ETA; null hides it. */
+    queue(position, etaS) {
+      const panel = this.el('queue');
+      if (!panel) return;
+      this.overlay('All slots are busy. You will be connected as soon as one is free.', 'queue');
+      this.el('overlay-spinner').hidden = true;
+      panel.hidden = false;
+      this.text('queue-position', position === null ? '–' : String(position));
+      this.text('queue-ahead', position === null ? '' : position === 1 ? 'You are next.'
+        : (position - 1) + (position === 2 ? ' player is' : ' players are') + ' ahead of you.');
+      this.text('queue-eta', etaS === null ? 'unknown' : formatEta(etaS));
+      document.title = (position === null ? 'Queued' : '#' + position + ' in queue') + ' · ' + this.title;
+    }
+
+    hideQueue() {
+      const panel = this.el('queue');
+      if (panel) panel.hidden = true;
+      document.title = this.title;
     }
 
     inputCount(n) {
@@ -961,11 +1260,18 @@
   PixelfleetPlayer.encodeMessage = encodeMessage;
   PixelfleetPlayer.TO_STREAMER = TO_STREAMER;
   PixelfleetPlayer.signallingFromPage = signallingFromPage;
+  PixelfleetPlayer.sessionSocketUrl = sessionSocketUrl;
+  PixelfleetPlayer.formatEta = formatEta;
   window.PixelfleetPlayer = PixelfleetPlayer;
 
   const options = window.pixelfleetOptions || {};
   const player = new PixelfleetPlayer(options);
   window.pixelfleetPlayer = player;
+  // Closing or leaving the tab while queued gives the place up at once (the server
+  // would notice the dropped event stream a little later anyway).
+  window.addEventListener('pagehide', () => {
+    if (player.slots) player.slots.abandon();
+  });
   if (options.autoStart !== false) {
     player.start();
   }

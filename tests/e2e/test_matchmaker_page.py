@@ -1,0 +1,241 @@
+"""The player page through the matchmaker, against ``pixelfleet up`` run as a child
+process exactly as a user runs it (embedded matchmaker, synthetic streamers as slots).
+
+Set ``E2E_SCREENSHOTS=/some/dir`` to keep screenshots of the queue panel
+and of a streaming page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.test_player_page import state, wait_for_rising_frames
+
+pytestmark = pytest.mark.e2e
+
+WAIT_MS = 60_000
+UP_READY_S = 90.0
+# Short enough that a closed tab frees its slot quickly, long enough for a reload.
+GRACE_S = 6.0
+SCREENSHOTS = os.environ.get("E2E_SCREENSHOTS")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    player_port: int
+    log_path: Path
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.player_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    async def listed_streamers(self) -> list[str]:
+        async with aiohttp.ClientSession() as http, http.get(f"{self.origin}/api/streamers") as resp:
+            resp.raise_for_status()
+            return sorted(s["streamerId"] for s in await resp.json() if s.get("streaming"))
+
+
+@pytest.fixture
+async def start_up() -> AsyncIterator[Callable[..., Any]]:
+    """``await start_up(streamers=2, **matchmaker_env)``: ``pixelfleet up`` on free ports,
+    returned once it says it is up and signalling lists every streamer. The child and
+    its streamers (its own process group) are always stopped."""
+    running: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    async def start(streamers: int = 2, **matchmaker: Any) -> Up:
+        player_port = _free_port()
+        # Only our settings: up refuses unknown PIXELFLEET_* names (PIXELFLEET_STRICT is the tests').
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIXELFLEET_")},
+               "PIXELFLEET_LOG_FORMAT": "console",
+               **{f"PIXELFLEET_MATCHMAKER__{k.upper()}": str(v) for k, v in matchmaker.items()}}
+        log_file = tempfile.NamedTemporaryFile(prefix="pixelfleet-up-", suffix=".log", delete=False)  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pixelfleet", "up", "--player-port", str(player_port),
+             "--streamer-port", str(_free_port()), "--sfu-port", str(_free_port()),
+             "--streamers", str(streamers), "--width", "320", "--height", "180", "--fps", "15"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=Path(__file__).parents[2])
+        running.append((proc, log_file))
+        up = Up(proc, player_port, Path(log_file.name))
+        want = sorted(f"Streamer{i}" for i in range(1, streamers + 1))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UP_READY_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"pixelfleet up exited with {proc.returncode}:\n{up.log()}", pytrace=False)
+            if loop.time() > deadline:
+                pytest.fail(f"pixelfleet up not ready in {UP_READY_S} s:\n{up.log()}", pytrace=False)
+            # The banner comes after the local fleet has registered its slots.
+            if "pixelfleet is up" in up.log():
+                with contextlib.suppress(aiohttp.ClientError):
+                    if await up.listed_streamers() == want:
+                        return up
+            await asyncio.sleep(0.2)
+
+    try:
+        yield start
+    finally:
+        for proc, log_file in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # up stops its streamers on SIGTERM
+            try:
+                await asyncio.to_thread(proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):  # anything left in its group
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, 5)
+            log_file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(log_file.name)
+
+
+async def screenshot(page: Any, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
+
+
+async def wait_state(page: Any, log: Any, js: str, what: str) -> None:
+    try:
+        await page.wait_for_function(js, timeout=WAIT_MS, polling=100)
+    except Exception as exc:
+        raise AssertionError(f"timed out waiting for {what}: {exc}\nstate={await state(page)}\n"
+                             f"console:\n{log.text()}") from None
+
+
+async def test_slots_then_queue_then_the_freed_slot(start_up, open_page) -> None:
+    """Two slots: two tabs stream, a third waits first in line; a reload within the
+    grace period keeps its slot (and does not let the queue take it); a closed tab's
+    slot is reset and goes to the waiting tab."""
+    up = await start_up(streamers=2, reconnect_grace_s=GRACE_S)
+    try:
+        a, a_log = await open_page(f"{up.origin}/")
+        await wait_for_rising_frames(a, a_log)
+        b, b_log = await open_page(f"{up.origin}/")
+        await wait_for_rising_frames(b, b_log)
+        sa, sb = await state(a), await state(b)
+        for s in (sa, sb):
+            assert s["mode"] == "matchmaker" and s["app"] == "default", s
+            assert s["sessionId"] and s["clientKey"], s
+            assert "token=" in s["signallingUrl"], s["signallingUrl"]
+        assert {sa["streamerId"], sb["streamerId"]} == {"Streamer1", "Streamer2"}
+        assert sa["clientKey"] != sb["clientKey"], "each tab has a key of its own"
+        await screenshot(a, "streaming")
+
+        # All slots taken: the third tab queues, first in line, and shows it.
+        c, c_log = await open_page(f"{up.origin}/")
+        await wait_state(c, c_log, "window.pixelfleet.state === 'queued' && window.pixelfleet.queue"
+                         " && window.pixelfleet.queue.position === 1", "the third tab in the queue")
+        assert await c.locator("#queue").is_visible()
+        assert (await c.locator("#queue-position").inner_text()).strip() == "1"
+        assert (await c.locator("#queue-eta").inner_text()).strip() not in ("", "unknown")
+        await screenshot(c, "queue")
+
+        # A reload within the grace period: same tab key, same session, same streamer.
+        await a.reload()
+        await wait_for_rising_frames(a, a_log)
+        again = await state(a)
+        assert again["clientKey"] == sa["clientKey"]
+        assert again["sessionId"] == sa["sessionId"]
+        assert again["streamerId"] == sa["streamerId"]
+        sc = await state(c)
+        assert sc["state"] == "queued" and sc["queue"]["position"] == 1, sc
+
+        # Tab B goes; after the grace period its slot is reset (streamer restarted) and
+        # handed to the waiting tab, which connects at once and streams.
+        await b.context.close()
+        await wait_state(c, c_log, "window.pixelfleet.queue === null && window.pixelfleet.sessionId",
+                         "the waiting tab to be assigned the freed slot")
+        await wait_for_rising_frames(c, c_log)
+        sc = await state(c)
+        assert sc["streamerId"] == sb["streamerId"], (sc, sb)
+        assert sc["mode"] == "matchmaker"
+        assert await c.locator("#queue").is_hidden()
+        # A keeps streaming throughout.
+        await wait_for_rising_frames(a, a_log)
+        for log in (a_log, c_log):
+            assert "[pageerror]" not in log.text(), log.text()
+    except BaseException:
+        print(f"pixelfleet up log:\n{up.log()}")
+        raise
+
+
+async def test_matchmaker_errors_are_shown(start_up, open_page) -> None:
+    """Unknown app, a full queue and an expired wait each end in a clear message and a
+    Try again button, not in silent retries."""
+    up = await start_up(streamers=1, queue_max_length=1, queue_max_wait_s=8)
+    try:
+        nope, _ = await open_page(f"{up.origin}/?app=nope")
+        await nope.wait_for_function("window.pixelfleet.state === 'error'", timeout=WAIT_MS)
+        assert 'no app "nope"' in await nope.locator("#overlay-text").inner_text()
+        assert await nope.locator("#overlay-button").is_visible()
+
+        first, first_log = await open_page(f"{up.origin}/")
+        await wait_state(first, first_log, "window.pixelfleet.sessionId !== null", "the only slot")
+        waiting, waiting_log = await open_page(f"{up.origin}/")
+        await wait_state(waiting, waiting_log, "window.pixelfleet.state === 'queued'", "a place in the queue")
+
+        full, _ = await open_page(f"{up.origin}/")
+        await full.wait_for_function("window.pixelfleet.state === 'error'", timeout=WAIT_MS)
+        assert "queue is full" in await full.locator("#overlay-text").inner_text()
+        await screenshot(full, "queue-full")
+
+        # The one waiting gives up after queue_max_wait_s.
+        await wait_state(waiting, waiting_log, "window.pixelfleet.state === 'error'", "the queue to expire")
+        text = await waiting.locator("#overlay-text").inner_text()
+        assert "longer than the queue allows" in text, text
+        assert await waiting.locator("#overlay-button").is_visible()
+        assert await waiting.locator("#queue").is_hidden()
+        await screenshot(waiting, "queue-expired")
+
+        # The queue has room again: Try again queues; Leave the queue gives the place
+        # up and offers to join again, which queues once more.
+        await full.locator("#overlay-button").click()
+        await full.wait_for_function("window.pixelfleet.state === 'queued'", timeout=WAIT_MS)
+        await full.locator("#queue-leave").click()
+        await full.wait_for_function("window.pixelfleet.state === 'stopped'", timeout=WAIT_MS)
+        assert await full.locator("#overlay-button").inner_text() == "Join the queue again"
+        assert await full.locator("#queue").is_hidden()
+        await full.locator("#overlay-button").click()
+        await full.wait_for_function("window.pixelfleet.state === 'queued' && window.pixelfleet.queue"
+                                     " && window.pixelfleet.queue.position === 1", timeout=WAIT_MS)
+        assert (await state(first))["state"] == "streaming"
+    except BaseException:
+        print(f"pixelfleet up log:\n{up.log()}")
+        raise
+
+
+async def test_no_matchmaker_means_direct_mode(stack, streamer, open_page) -> None:
+    """A signalling server without a matchmaker answers the slot request 405: the page
+    connects directly, as it always did."""
+    page, log = await open_page(f"{stack.player_origin}/?StreamerId={streamer.streamer_id}")
+    await wait_for_rising_frames(page, log)
+    info = await state(page)
+    assert info["mode"] == "direct" and info["sessionId"] is None
+    assert "token=" not in info["signallingUrl"]
