@@ -1,0 +1,1089 @@
+"""Redis store: any number of matchmaker replicas over one Redis or Redis Cluster.
+
+Same semantics as ``MemoryStore`` (the conformance suite and the stateful test check
+both). Every state transition is one server-side Lua script (``register_script``,
+EVALSHA), so it is atomic on the server whatever the number of replicas.
+
+URL: ``redis://``, ``rediss://`` or ``unix://`` as redis-py reads them. Add the query
+parameter ``cluster=1`` (``redis://node:7000/?cluster=1``) to use
+``redis.asyncio.cluster.RedisCluster``; any node of the cluster will do as the seed.
+
+Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash tag)::
+
+    {P}:hosts            ZSET  host id -> registration order (the host listing)
+    {P}:hseq             STR   counter for that order
+    {P}:hb               ZSET  live host id -> last heartbeat (the expiry scan)
+    {P}:host:<host>      HASH  rec: Host JSON; ver: change counter; inc: ver at which
+                               this incarnation registered; tmap: {tenant: [slot ids]};
+                               specs: {tenant: [Slot JSON]}; old: tenants still holding
+                               an older incarnation's slots
+    {P}:dirty            SET   hosts whose tenant copies may lag their record
+    {P}:tenants          SET   every tenant seen (listings iterate it; never KEYS)
+    {P}:outbox           LIST  ended sessions no caller could return (see below)
+    {P:T}:slots          HASH  slot id -> Slot JSON
+    {P:T}:hosts          HASH  host id -> the tenant's copy of the host's state:
+                               {v: ver, i: inc, d: draining, x: dead, s: [slot ids]}
+    {P:T}:apps           HASH  app -> number of registered slots (``serves``)
+    {P:T}:ready:<app>    SET   claimable slot ids: READY on a live, non-draining host
+    {P:T}:sessions       HASH  session id -> Session JSON (ended ones are deleted)
+    {P:T}:clients        HASH  client key -> session id
+    {P:T}:ticket:<id>    STR   Ticket JSON; expires 1 h after it leaves WAITING
+    {P:T}:queue:<app>    ZSET  waiting ticket id -> arrival number (FIFO, ZRANK = place)
+    {P:T}:qseq           STR   arrival counter
+    {P:T}:queues         SET   apps whose queue is not empty
+    P:sid:<session>      STR   tenant of a live session (deleted when it ends)
+    P:tid:<ticket>       STR   tenant of a ticket (expires with the ticket)
+
+The tenant is escaped in the tag (``%``, ``{``, ``}``), so the layout is injective.
+Records are JSON. Lua re-encodes a record it changes with its own encoder (numbers as
+``%.17g``), because ``cjson.encode`` keeps only 14 digits and would corrupt timestamps
+and loads; msgspec decodes the result exactly.
+
+Cluster safety. Every script touches keys of exactly one hash slot: ``{P}`` for host
+records, ``{P:T}`` for one tenant. ``claim_slot`` (the hot path), ``end_session``,
+the session transitions, the queue operations and ``ready_slots`` are each one script
+in the tenant's slot. Some scripts name per-app keys (``{P:T}:ready:<app>``) that they
+derive inside the script; those share the declared key's hash tag, which Redis Cluster
+allows (Redis >= 7 checks that undeclared keys hash to the same slot).
+
+The ``P:sid`` / ``P:tid`` lookups exist because ``session(id)``, ``end_session(id)``,
+``ticket(id)`` ... carry no tenant. A lookup is immutable, so each replica caches it.
+``claim_slot`` writes it in the same pipeline as the claim script (one round trip) and
+deletes it again when the claim fails.
+
+Host operations touch the host record and the slots of each tenant the host serves, so
+on a cluster they are several scripts, in this order:
+
+1. one script on ``{P}`` checks and updates the host record (UnknownHost,
+   HostConflict, the new boot, draining, death), bumps ``ver`` when the tenants must
+   follow, and adds the host to ``{P}:dirty``;
+2. one script per tenant (pipelined) applies that version of the host to the tenant's
+   copy and slots: create the incarnation's slots, drop an older incarnation's, mark
+   them dead and end their sessions, add or remove them from the ready sets. Applying
+   is idempotent and monotone (a copy never goes back to a lower ``ver``), so any
+   replica may repeat it at any time, in any order with another replica's;
+3. one script on ``{P}`` removes the host from ``{P}:dirty`` if ``ver`` did not move.
+
+Why this is still safe: claims only ever read the tenant's copy, in the same script as
+the slot, so a slot is never given twice. A claim that runs between steps 1 and 2 is
+ordered before the host change: the drain lets it finish like any current session; the
+death ends it in step 2 (HOST_DEAD), exactly as if it had come just before the expiry.
+``set_draining`` returns only after step 2, so no claim succeeds after it. A heartbeat
+applies its slot reports (step 2) only while the tenant's copy is of the same,
+live incarnation; one that lost a race with the host's death or re-registration
+changes nothing there, as if it had come just before. If a replica dies between the
+steps, the host stays in ``{P}:dirty``: the next ``expire_hosts`` (every replica sweeps)
+or heartbeat of that host applies it. Sessions ended while applying a re-registration
+(only possible after such a crash) cannot be returned by ``register_host``; they go to
+``{P}:outbox`` and the next ``expire_hosts`` returns them, so every end is still
+recorded once.
+
+Other multi-command operations: ``enqueue`` writes ``{P}:tenants`` and the ticket
+lookup before the enqueue script; ``end_session`` and the operations that end sessions
+delete the session lookups afterwards (a lookup left by a crash points to a session
+that no longer exists, which reads as "no such session", as it should).
+
+Differences from ``MemoryStore`` a caller can see: finished tickets expire after
+``FINISHED_TICKET_TTL_S`` (memory keeps the last 10,000); listings and ``ready_slots``
+come in no particular order (hosts in registration order); a timeout during
+``claim_slot`` raises BackendUnavailable although the claim may have happened (the
+session then never connects and the sweep ends it, NEVER_CONNECTED).
+
+redis-py's connection and timeout errors become ``BackendUnavailable`` here and
+nowhere else; every operation runs under ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import msgspec
+from redis import exceptions as rx
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from matchmaker.models import (
+    EndReason,
+    Heartbeat,
+    HeartbeatReply,
+    Host,
+    HostRegistration,
+    Session,
+    Slot,
+    SlotReset,
+    Ticket,
+    TicketState,
+    slot_id,
+)
+from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, UnknownHost
+
+FINISHED_TICKET_TTL_S = 3600
+DEFAULT_TIMEOUT_S = 5.0
+_CACHE_MAX = 100_000
+_HB_SLACK_S = 1.0
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.TryAgainError,
+    rx.MasterDownError, rx.ReadOnlyError, rx.ClusterError, rx.RedisClusterException)
+
+_enc = msgspec.json.Encoder()
+_host = msgspec.json.Decoder(Host)
+_hosts = msgspec.json.Decoder(list[Host])
+_slots = msgspec.json.Decoder(list[Slot])
+_session = msgspec.json.Decoder(Session)
+_ticket = msgspec.json.Decoder(Ticket)
+_tickets = msgspec.json.Decoder(list[Ticket])
+_strmap = msgspec.json.Decoder(dict[str, list[str]])
+
+
+# --- Lua ------------------------------------------------------------------------------
+
+# Shared helpers. enc() is a JSON encoder that keeps every double exact (%.17g);
+# cjson.encode is used only for strings. cjson.decode is exact (strtod).
+_PRELUDE = r"""
+local NULL = cjson.null
+local function enc(v)
+  local t = type(v)
+  if t == 'string' then return cjson.encode(v) end
+  if t == 'number' then
+    if v ~= v or v == math.huge or v == -math.huge then return 'null' end
+    return string.format('%.17g', v)
+  end
+  if t == 'boolean' then return v and 'true' or 'false' end
+  if t == 'table' then
+    local parts = {}
+    if v[1] ~= nil or next(v) == nil then
+      for i = 1, #v do parts[i] = enc(v[i]) end
+      return '[' .. table.concat(parts, ',') .. ']'
+    end
+    for k, x in pairs(v) do parts[#parts + 1] = cjson.encode(k) .. ':' .. enc(x) end
+    return '{' .. table.concat(parts, ',') .. '}'
+  end
+  return 'null'
+end
+local function truthy(s) return s ~= nil and s ~= NULL and s ~= false and s ~= '' end
+"""
+
+# Tenant-scoped helpers: tag is '{P:T}'.
+_TENANT = _PRELUDE + r"""
+local function sync_ready(tag, slot, hc)
+  local key = tag .. ':ready:' .. slot.app
+  if slot.state == 'ready' and hc and not hc.d and not hc.x then
+    redis.call('SADD', key, slot.slot_id)
+  else
+    redis.call('SREM', key, slot.slot_id)
+  end
+end
+-- End a live session once: delete it, drop its client index, slot ASSIGNED -> RESETTING.
+local function end_sess(tag, sid, reason, now)
+  local K_sess = tag .. ':sessions'
+  local raw = redis.call('HGET', K_sess, sid)
+  if not raw then return nil end
+  local s = cjson.decode(raw)
+  if s.state == 'ended' then return nil end
+  s.state = 'ended'; s.ended_at = now; s.end_reason = reason
+  redis.call('HDEL', K_sess, sid)
+  if truthy(s.client_key) then
+    local K_cli = tag .. ':clients'
+    if redis.call('HGET', K_cli, s.client_key) == sid then redis.call('HDEL', K_cli, s.client_key) end
+  end
+  local K_slots = tag .. ':slots'
+  local sr = redis.call('HGET', K_slots, s.slot_id)
+  if sr then
+    local slot = cjson.decode(sr)
+    if slot.session_id == sid then
+      slot.session_id = NULL
+      if slot.state == 'assigned' then slot.state = 'resetting'; slot.ended_session = sid end
+      redis.call('HSET', K_slots, s.slot_id, enc(slot))
+    end
+  end
+  return enc(s)
+end
+"""
+
+# {P}: register a host. KEYS: host, hosts, hb, dirty, tenants, hseq.
+# ARGV: host id, boot, now, Host JSON, tmap JSON, specs JSON, tenants JSON.
+_REGISTER = _PRELUDE + r"""
+local cur = redis.call('HGET', KEYS[1], 'rec')
+local old, seen = {}, {}
+if cur then
+  local h = cjson.decode(cur)
+  if not h.dead then
+    if h.boot_id ~= ARGV[2] then return {'conflict'} end
+    h.last_heartbeat = tonumber(ARGV[3])
+    local rec = enc(h)
+    redis.call('HSET', KEYS[1], 'rec', rec)
+    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+    return {'same', rec, redis.call('SISMEMBER', KEYS[4], ARGV[1])}
+  end
+  -- A dead host comes back: the tenants of its old slots must drop them.
+  local prev = redis.call('HGET', KEYS[1], 'old')
+  if prev then
+    for _, t in ipairs(cjson.decode(prev)) do
+      if not seen[t] then seen[t] = true; old[#old + 1] = t end
+    end
+  end
+  local tm = redis.call('HGET', KEYS[1], 'tmap')
+  if tm then
+    for t, _ in pairs(cjson.decode(tm)) do
+      if not seen[t] then seen[t] = true; old[#old + 1] = t end
+    end
+  end
+end
+local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'tmap', ARGV[5], 'specs', ARGV[6], 'inc', ver)
+if #old > 0 then redis.call('HSET', KEYS[1], 'old', cjson.encode(old)) end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[6]), ARGV[1])
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+for _, t in ipairs(cjson.decode(ARGV[7])) do redis.call('SADD', KEYS[5], t) end
+return {'new', ARGV[4], 1}
+"""
+
+# {P}: the host part of a heartbeat. KEYS: host, hb, dirty.
+# ARGV: host id, boot, now, nvenc load, gpu load.
+_HB_HOST = _PRELUDE + r"""
+local cur = redis.call('HGET', KEYS[1], 'rec')
+if not cur then return {'unknown'} end
+local h = cjson.decode(cur)
+if h.dead then return {'unknown'} end
+if h.boot_id ~= ARGV[2] then return {'conflict'} end
+h.last_heartbeat = tonumber(ARGV[3]); h.nvenc_load = tonumber(ARGV[4]); h.gpu_load = tonumber(ARGV[5])
+local rec = enc(h)
+redis.call('HSET', KEYS[1], 'rec', rec)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local m = redis.call('HMGET', KEYS[1], 'tmap', 'inc')
+return {'ok', rec, m[1] or '{}', m[2] or '0', redis.call('SISMEMBER', KEYS[3], ARGV[1])}
+"""
+
+# {P}: drain or undrain a live host. KEYS: host, dirty. ARGV: host id, '1' | '0'.
+_DRAIN = _PRELUDE + r"""
+local cur = redis.call('HGET', KEYS[1], 'rec')
+if not cur then return {'unknown'} end
+local h = cjson.decode(cur)
+if h.dead then return {'unknown'} end
+h.draining = ARGV[2] == '1'
+local rec = enc(h)
+redis.call('HSET', KEYS[1], 'rec', rec)
+redis.call('HINCRBY', KEYS[1], 'ver', 1)
+redis.call('SADD', KEYS[2], ARGV[1])
+return {'ok', rec}
+"""
+
+# {P}: mark silent hosts dead; return every dirty host and the outbox.
+# KEYS: hb, dirty, outbox. ARGV: '{P}', now, ttl, upper bound of candidate scores.
+_EXPIRE = _PRELUDE + r"""
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])) do
+  local hk = ARGV[1] .. ':host:' .. id
+  local cur = redis.call('HGET', hk, 'rec')
+  if not cur then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local h = cjson.decode(cur)
+    if h.dead then
+      redis.call('ZREM', KEYS[1], id)
+    elseif now - h.last_heartbeat > ttl then
+      h.dead = true
+      redis.call('HSET', hk, 'rec', enc(h))
+      redis.call('HINCRBY', hk, 'ver', 1)
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('SADD', KEYS[2], id)
+    end
+  end
+end
+local out = redis.call('LRANGE', KEYS[3], 0, -1)
+redis.call('DEL', KEYS[3])
+return {redis.call('SMEMBERS', KEYS[2]), out}
+"""
+
+# {P}: what the tenants must apply for these hosts. KEYS: hosts. ARGV: '{P}', host ids...
+_META = r"""
+local out = {}
+for i = 2, #ARGV do
+  local m = redis.call('HMGET', ARGV[1] .. ':host:' .. ARGV[i], 'rec', 'ver', 'inc', 'specs', 'old', 'tmap')
+  if m[1] then
+    out[#out + 1] = {ARGV[i], m[1], m[2] or '0', m[3] or '0', m[4] or '{}', m[5] or '[]', m[6] or '{}',
+                     redis.call('ZSCORE', KEYS[1], ARGV[i]) or '0'}
+  end
+end
+return out
+"""
+
+# {P}: the tenants caught up with these versions. KEYS: dirty. ARGV: '{P}', (host, ver)...
+_CLEAN = r"""
+for i = 2, #ARGV, 2 do
+  local hk = ARGV[1] .. ':host:' .. ARGV[i]
+  if redis.call('HGET', hk, 'ver') == ARGV[i + 1] then
+    redis.call('SREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', hk, 'old')
+  end
+end
+return 1
+"""
+
+# {P}: every host record, in registration order. KEYS: hosts. ARGV: '{P}'.
+_LIST_HOSTS = r"""
+local parts = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local rec = redis.call('HGET', ARGV[1] .. ':host:' .. id, 'rec')
+  if rec then parts[#parts + 1] = rec end
+end
+return '[' .. table.concat(parts, ',') .. ']'
+"""
+
+# {P:T}: apply a host version to this tenant. KEYS: {P:T}:hosts.
+# ARGV: tag, host id, inc, ver, draining, dead, [Slot JSON] of this tenant, now.
+_APPLY = _TENANT + r"""
+local tag, host = ARGV[1], ARGV[2]
+local inc, ver, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[8])
+local K_slots, K_apps = tag .. ':slots', tag .. ':apps'
+local raw = redis.call('HGET', KEYS[1], host)
+local hc = raw and cjson.decode(raw)
+if hc and hc.v >= ver then return {} end
+local ended = {}
+local function drop(sid)
+  local sr = redis.call('HGET', K_slots, sid)
+  if not sr then return end
+  local slot = cjson.decode(sr)
+  if truthy(slot.session_id) then
+    local e = end_sess(tag, slot.session_id, 'host_dead', now)
+    if e then ended[#ended + 1] = e end
+  end
+  redis.call('SREM', tag .. ':ready:' .. slot.app, sid)
+  redis.call('HDEL', K_slots, sid)
+  if redis.call('HINCRBY', K_apps, slot.app, -1) <= 0 then redis.call('HDEL', K_apps, slot.app) end
+end
+if hc and hc.i ~= inc then
+  for _, sid in ipairs(hc.s) do drop(sid) end
+  hc = nil
+end
+if not hc then
+  local specs = cjson.decode(ARGV[7])
+  if #specs == 0 then
+    redis.call('HDEL', KEYS[1], host)
+    return ended
+  end
+  hc = {v = ver, i = inc, d = false, x = false, s = {}}
+  for _, spec in ipairs(specs) do
+    drop(spec.slot_id)
+    redis.call('HSET', K_slots, spec.slot_id, enc(spec))
+    redis.call('HINCRBY', K_apps, spec.app, 1)
+    hc.s[#hc.s + 1] = spec.slot_id
+  end
+end
+local dead = ARGV[6] == '1'
+if dead and not hc.x then
+  for _, sid in ipairs(hc.s) do
+    local sr = redis.call('HGET', K_slots, sid)
+    if sr then
+      local slot = cjson.decode(sr)
+      if slot.session_id ~= NULL then
+        local e = end_sess(tag, slot.session_id, 'host_dead', now)
+        if e then ended[#ended + 1] = e end
+        slot = cjson.decode(redis.call('HGET', K_slots, sid))
+      end
+      slot.state = 'dead'
+      redis.call('HSET', K_slots, sid, enc(slot))
+    end
+  end
+end
+hc.x = hc.x or dead
+hc.d = ARGV[5] == '1'
+hc.v = ver
+for _, sid in ipairs(hc.s) do
+  local sr = redis.call('HGET', K_slots, sid)
+  if sr then sync_ready(tag, cjson.decode(sr), hc) end
+end
+redis.call('HSET', KEYS[1], host, enc(hc))
+return ended
+"""
+
+# {P:T}: the slot part of a heartbeat. KEYS: {P:T}:hosts.
+# ARGV: tag, host id, inc, now, [[pos, slot id, state, nvenc, gpu, reset_for], ...].
+_HB_SLOTS = _TENANT + r"""
+local tag, host = ARGV[1], ARGV[2]
+local now = tonumber(ARGV[4])
+local K_slots = tag .. ':slots'
+local raw = redis.call('HGET', KEYS[1], host)
+if not raw then return {0} end
+local hc = cjson.decode(raw)
+if hc.i ~= tonumber(ARGV[3]) or hc.x then return {0} end
+local ended, resets = {}, {}
+for _, r in ipairs(cjson.decode(ARGV[5])) do
+  local sid, st, rf = r[2], r[3], r[6]
+  local sr = redis.call('HGET', K_slots, sid)
+  if sr then
+    local slot = cjson.decode(sr)
+    slot.nvenc_load = r[4]; slot.gpu_load = r[5]
+    if slot.state == 'assigned' then
+      if (st == 'dead' or st == 'starting') and truthy(slot.session_id) then
+        redis.call('HSET', K_slots, sid, enc(slot))
+        local e = end_sess(tag, slot.session_id, 'slot_failed', now)
+        if e then ended[#ended + 1] = tostring(r[1]); ended[#ended + 1] = e end
+        slot = cjson.decode(redis.call('HGET', K_slots, sid))
+        slot.state = st; slot.ended_session = NULL
+      end
+    elseif slot.state == 'resetting' then
+      if st == 'ready' and rf == slot.ended_session then
+        slot.state = 'ready'; slot.ended_session = NULL
+      elseif st == 'dead' then
+        slot.state = 'dead'; slot.ended_session = NULL
+      end
+    elseif st == 'ready' or st == 'starting' or st == 'dead' then
+      slot.state = st
+    end
+    redis.call('HSET', K_slots, sid, enc(slot))
+    sync_ready(tag, slot, hc)
+  end
+end
+for _, sid in ipairs(hc.s) do
+  local sr = redis.call('HGET', K_slots, sid)
+  if sr then
+    local slot = cjson.decode(sr)
+    if slot.state == 'resetting' and truthy(slot.ended_session) then
+      resets[#resets + 1] = sid; resets[#resets + 1] = slot.ended_session
+    end
+  end
+end
+return {1, ended, resets}
+"""
+
+# {P:T}: the compare-and-set. KEYS: slots, hosts, sessions, clients, ready:<app>,
+# ticket:<id>, queue:<app>, queues. ARGV: slot id, session id, Session JSON, client key,
+# app, has ticket, ticket id, finished-ticket TTL.
+_CLAIM = _PRELUDE + r"""
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local slot = cjson.decode(raw)
+if slot.state ~= 'ready' or slot.app ~= ARGV[5] then return 0 end
+local hc = redis.call('HGET', KEYS[2], slot.host_id)
+if not hc then return 0 end
+hc = cjson.decode(hc)
+if hc.d or hc.x then return 0 end
+local t
+if ARGV[6] == '1' then
+  local tr = redis.call('GET', KEYS[6])
+  if not tr then return 0 end
+  t = cjson.decode(tr)
+  if t.state ~= 'waiting' or t.request.app ~= ARGV[5] then return 0 end
+end
+slot.state = 'assigned'; slot.session_id = ARGV[2]
+redis.call('HSET', KEYS[1], ARGV[1], enc(slot))
+redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[2]) end
+if t then
+  t.state = 'served'; t.session_id = ARGV[2]
+  redis.call('SET', KEYS[6], enc(t), 'EX', ARGV[8])
+  redis.call('ZREM', KEYS[7], ARGV[7])
+  if redis.call('ZCARD', KEYS[7]) == 0 then redis.call('SREM', KEYS[8], ARGV[5]) end
+end
+return 1
+"""
+
+# {P:T}: end a session. KEYS: sessions. ARGV: tag, session id, reason, now.
+_END = _TENANT + r"""
+return end_sess(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+"""
+
+# {P:T}: reattach / connect / disconnect / touch. KEYS: sessions. ARGV: op, id, now.
+_SESSION_OP = _PRELUDE + r"""
+local raw = redis.call('HGET', KEYS[1], ARGV[2])
+if not raw then return false end
+local s = cjson.decode(raw)
+if s.state == 'ended' then return false end
+local op, now = ARGV[1], tonumber(ARGV[3])
+if op == 'reattach' then
+  if s.state == 'disconnected' then s.state = 'assigned'; s.disconnected_at = NULL end
+  s.last_activity = now
+elseif op == 'connect' then
+  s.state = 'connected'
+  if s.connected_at == NULL or s.connected_at == 0 then s.connected_at = now end
+  s.disconnected_at = NULL
+  s.last_activity = now
+elseif op == 'disconnect' then
+  if s.state ~= 'connected' then return false end
+  s.state = 'disconnected'; s.disconnected_at = now
+else
+  s.last_activity = now
+end
+local out = enc(s)
+redis.call('HSET', KEYS[1], ARGV[2], out)
+if op == 'touch' then return 1 end
+return out
+"""
+
+# {P:T}: the client's live session. KEYS: clients, sessions. ARGV: client key.
+_FOR_CLIENT = r"""
+local sid = redis.call('HGET', KEYS[1], ARGV[1])
+if not sid then return false end
+return redis.call('HGET', KEYS[2], sid)
+"""
+
+# {P:T}: READY slots of one app as one JSON array. KEYS: ready:<app>, slots.
+_READY = r"""
+local ids = redis.call('SMEMBERS', KEYS[1])
+local parts = {}
+for i = 1, #ids, 1000 do
+  local chunk = {}
+  for j = i, math.min(i + 999, #ids) do chunk[#chunk + 1] = ids[j] end
+  local vals = redis.call('HMGET', KEYS[2], unpack(chunk))
+  for j = 1, #chunk do
+    local v = vals[j]
+    if v and string.find(v, '"state":"ready"', 1, true) then parts[#parts + 1] = v end
+  end
+end
+return '[' .. table.concat(parts, ',') .. ']'
+"""
+
+# {P:T}: append a ticket. KEYS: queue:<app>, ticket:<id>, qseq, queues.
+# ARGV: ticket id, Ticket JSON, max length, app.
+_ENQUEUE = r"""
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return {-1, redis.call('EXISTS', KEYS[2])}
+end
+redis.call('SET', KEYS[2], ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
+end
+redis.call('SADD', KEYS[4], ARGV[4])
+return {redis.call('ZCARD', KEYS[1]), 1}
+"""
+
+# {P:T}: WAITING -> state. KEYS: ticket:<id>. ARGV: tag, ticket id, state, reason, TTL.
+_FINISH = _PRELUDE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local t = cjson.decode(raw)
+if t.state ~= 'waiting' then return 0 end
+t.state = ARGV[3]; t.reason = ARGV[4]
+redis.call('SET', KEYS[1], enc(t), 'EX', ARGV[5])
+local q = ARGV[1] .. ':queue:' .. t.request.app
+redis.call('ZREM', q, ARGV[2])
+if redis.call('ZCARD', q) == 0 then redis.call('SREM', ARGV[1] .. ':queues', t.request.app) end
+return 1
+"""
+
+# {P:T}: 1-based place of a waiting ticket. KEYS: ticket:<id>. ARGV: tag, ticket id.
+_POSITION = r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local t = cjson.decode(raw)
+if t.state ~= 'waiting' then return false end
+local r = redis.call('ZRANK', ARGV[1] .. ':queue:' .. t.request.app, ARGV[2])
+if not r then return false end
+return r + 1
+"""
+
+# {P:T}: the first tickets of a queue. KEYS: queue:<app>. ARGV: tag, limit.
+_WAITING = r"""
+local parts = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  local raw = redis.call('GET', ARGV[1] .. ':ticket:' .. id)
+  if raw then parts[#parts + 1] = raw end
+end
+return '[' .. table.concat(parts, ',') .. ']'
+"""
+
+# {P:T}: non-empty queues of the tenant. KEYS: queues. ARGV: tag.
+_QUEUES = r"""
+local out = {}
+for _, app in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local n = redis.call('ZCARD', ARGV[1] .. ':queue:' .. app)
+  if n > 0 then out[#out + 1] = app; out[#out + 1] = n else redis.call('SREM', KEYS[1], app) end
+end
+return out
+"""
+
+
+# --- the store ---------------------------------------------------------------------------
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(fn: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]
+             ) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]:
+    """Run under the store's timeout; Redis being away becomes BackendUnavailable."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await fn(self, *args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise BackendUnavailable(f"redis is unavailable: {exc}") from exc
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from exc
+
+    return wrapper
+
+
+def _escape(part: str) -> str:
+    if "%" in part or "{" in part or "}" in part:
+        return part.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return part
+
+
+def _num(x: float) -> str:
+    return repr(float(x))
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class _Meta(msgspec.Struct, frozen=True):
+    host_id: str
+    host: Host
+    ver: int
+    inc: int
+    specs: dict[str, list[Slot]]
+    old: list[str]
+    tmap: dict[str, list[str]]
+    order: float
+
+
+class RedisStore:
+    """The Store interface over Redis or Redis Cluster (see the module docstring)."""
+
+    def __init__(self, client: Redis | RedisCluster, *, prefix: str = "pf",
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"the key prefix must be non-empty and have no braces: {prefix!r}")
+        self._r: Any = client
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self._g = "{" + prefix + "}"
+        self._tags: dict[str, str] = {}
+        self._session_tenant: dict[str, str] = {}
+        self._ticket_tenant: dict[str, str] = {}
+        script = self._r.register_script
+        self._register = script(_REGISTER)
+        self._hb_host = script(_HB_HOST)
+        self._drain = script(_DRAIN)
+        self._expire = script(_EXPIRE)
+        self._meta = script(_META)
+        self._clean = script(_CLEAN)
+        self._list_hosts = script(_LIST_HOSTS)
+        self._apply = script(_APPLY)
+        self._hb_slots = script(_HB_SLOTS)
+        self._claim = script(_CLAIM)
+        self._end = script(_END)
+        self._sess_script = script(_SESSION_OP)
+        self._for_client = script(_FOR_CLIENT)
+        self._ready = script(_READY)
+        self._enqueue = script(_ENQUEUE)
+        self._finish = script(_FINISH)
+        self._position = script(_POSITION)
+        self._waiting = script(_WAITING)
+        self._queues = script(_QUEUES)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "pf", timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisStore:
+        """``redis://``, ``rediss://``, ``unix://``; ``?cluster=1`` picks Redis Cluster."""
+        cluster = False
+        if "?" in url:
+            base, query = url.split("?", 1)
+            kept = []
+            for item in query.split("&"):
+                name, _, value = item.partition("=")
+                if name == "cluster":
+                    cluster = value.lower() in ("1", "true", "yes", "on", "")
+                elif item:
+                    kept.append(item)
+            url = base + ("?" + "&".join(kept) if kept else "")
+        if cluster:
+            if url.startswith("unix:"):
+                raise ValueError("Redis Cluster is reached over TCP: use redis:// or rediss:// with cluster=1")
+            return cls(RedisCluster.from_url(url), prefix=prefix, timeout_s=timeout_s)
+        return cls(Redis.from_url(url), prefix=prefix, timeout_s=timeout_s)
+
+    # --- keys -------------------------------------------------------------------------
+
+    def _tag(self, tenant: str) -> str:
+        tag = self._tags.get(tenant)
+        if tag is None:
+            if len(self._tags) > _CACHE_MAX:
+                self._tags.clear()
+            tag = self._tags[tenant] = "{" + self.prefix + ":" + _escape(tenant) + "}"
+        return tag
+
+    def _host_key(self, host_id: str) -> str:
+        return f"{self._g}:host:{host_id}"
+
+    def _sid_key(self, session_id: str) -> str:
+        return f"{self.prefix}:sid:{session_id}"
+
+    def _tid_key(self, ticket_id: str) -> str:
+        return f"{self.prefix}:tid:{ticket_id}"
+
+    @staticmethod
+    def _remember(cache: dict[str, str], key: str, tenant: str) -> None:
+        if len(cache) > _CACHE_MAX:
+            cache.clear()
+        cache[key] = tenant
+
+    async def _session_tag(self, session_id: str) -> str | None:
+        tenant = self._session_tenant.get(session_id)
+        if tenant is None:
+            raw = await self._r.get(self._sid_key(session_id))
+            if raw is None:
+                return None
+            tenant = _text(raw)
+            self._remember(self._session_tenant, session_id, tenant)
+        return self._tag(tenant)
+
+    async def _ticket_tag(self, ticket_id: str) -> str | None:
+        tenant = self._ticket_tenant.get(ticket_id)
+        if tenant is None:
+            raw = await self._r.get(self._tid_key(ticket_id))
+            if raw is None:
+                return None
+            tenant = _text(raw)
+            self._remember(self._ticket_tenant, ticket_id, tenant)
+        return self._tag(tenant)
+
+    async def _tenants(self) -> list[str]:
+        return sorted(_text(t) for t in await self._r.smembers(f"{self._g}:tenants"))
+
+    # --- script plumbing ----------------------------------------------------------------
+
+    async def _batch(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[Any]] | tuple[str, ...]]) -> list[Any]:
+        """One round trip: scripts as (script, keys, args), plain commands as tuples of
+        strings. A script the server does not know (restart, failover, new cluster node)
+        is loaded and that one call is run again; it had no effect the first time."""
+        if not calls:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for call in calls:
+            if isinstance(call[0], str):
+                pipe.execute_command(*call)
+            else:
+                script, keys, args = call  # type: ignore[misc]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, res in enumerate(results):
+            if isinstance(res, rx.NoScriptError):
+                script, keys, args = calls[i]  # type: ignore[misc]
+                results[i] = await script(keys, args)
+            elif isinstance(res, BaseException):
+                raise res
+        return results
+
+    def _forget_sessions(self, ended: Iterable[Session]) -> list[tuple[str, ...]]:
+        dels = []
+        for s in ended:
+            self._session_tenant.pop(s.session_id, None)
+            dels.append(("DEL", self._sid_key(s.session_id)))
+        return dels
+
+    async def _propagate(self, host_ids: Sequence[str], now: float) -> list[Session]:
+        """Bring every tenant's copy of these hosts up to their records (idempotent)."""
+        if not host_ids:
+            return []
+        rows = await self._meta([f"{self._g}:hosts"], [self._g, *host_ids])
+        metas = []
+        for row in rows:
+            hid, rec, ver, inc, specs, old, tmap, order = row
+            metas.append(_Meta(_text(hid), _host.decode(rec), int(ver), int(inc),
+                               msgspec.json.decode(specs, type=dict[str, list[Slot]]),
+                               msgspec.json.decode(old, type=list[str]), _strmap.decode(tmap), float(order)))
+        metas.sort(key=lambda m: m.order)
+        calls: list[tuple[Any, Sequence[str], Sequence[Any]]] = []
+        owners: list[_Meta] = []
+        for m in metas:
+            tenants = list(m.specs) + [t for t in m.old if t not in m.specs]
+            for tenant in tenants:
+                tag = self._tag(tenant)
+                calls.append((self._apply, [f"{tag}:hosts"],
+                              [tag, m.host_id, m.inc, m.ver, "1" if m.host.draining else "0",
+                               "1" if m.host.dead else "0",
+                               _enc.encode(m.specs.get(tenant, [])), _num(now)]))
+                owners.append(m)
+        results = await self._batch(calls)
+        ended: list[tuple[float, int, Session]] = []
+        for m, res in zip(owners, results, strict=True):
+            place = {sid: i for i, sid in reversed(list(enumerate(m.host.slot_ids)))}
+            for raw in res:
+                s = _session.decode(raw)
+                ended.append((m.order, place.get(s.slot_id, len(place)), s))
+        ended.sort(key=lambda e: (e[0], e[1]))
+        sessions = [s for _, _, s in ended]
+        clean: list[str] = [self._g]
+        for m in metas:
+            clean += [m.host_id, str(m.ver)]
+        await self._batch([*self._forget_sessions(sessions),
+                           (self._clean, [f"{self._g}:dirty"], clean)])
+        return sessions
+
+    # --- hosts ------------------------------------------------------------------------
+
+    @_guarded
+    async def register_host(self, reg: HostRegistration, now: float) -> Host:
+        ids = [slot_id(reg.host_id, s.index) for s in reg.slots]
+        host = Host(host_id=reg.host_id, boot_id=reg.boot_id, region=reg.region, az=reg.az,
+                    gpu_model=reg.gpu_model, signaling_url=reg.signaling_url, last_heartbeat=now,
+                    slot_ids=ids)
+        by_index = {s.index: s for s in reg.slots}  # a repeated index: the last spec wins
+        specs: dict[str, list[Slot]] = {}
+        tmap: dict[str, list[str]] = {}
+        for index, spec in by_index.items():
+            sid = slot_id(reg.host_id, index)
+            specs.setdefault(spec.tenant, []).append(Slot(
+                slot_id=sid, host_id=reg.host_id, tenant=spec.tenant, app=spec.app, region=reg.region,
+                gpu_model=reg.gpu_model, streamer_id=spec.streamer_id, signaling_url=reg.signaling_url))
+            tmap.setdefault(spec.tenant, []).append(sid)
+        g = self._g
+        res = await self._register(
+            [self._host_key(reg.host_id), f"{g}:hosts", f"{g}:hb", f"{g}:dirty", f"{g}:tenants", f"{g}:hseq"],
+            [reg.host_id, reg.boot_id, _num(now), _enc.encode(host), _enc.encode(tmap), _enc.encode(specs),
+             _enc.encode(list(specs))])
+        if _text(res[0]) == "conflict":
+            raise HostConflict(f"host {reg.host_id} is registered and alive under another boot id")
+        if int(res[2]):
+            ended = await self._propagate([reg.host_id], now)
+            if ended:  # only after a crash left a dead incarnation's sessions running
+                await self._r.rpush(f"{g}:outbox", *(_enc.encode(s) for s in ended))
+        return _host.decode(res[1])
+
+    @_guarded
+    async def heartbeat(self, host_id: str, hb: Heartbeat, now: float) -> tuple[list[Session], HeartbeatReply]:
+        g = self._g
+        res = await self._hb_host([self._host_key(host_id), f"{g}:hb", f"{g}:dirty"],
+                                  [host_id, hb.boot_id, _num(now), _num(hb.nvenc_load), _num(hb.gpu_load)])
+        status = _text(res[0])
+        if status == "unknown":
+            raise UnknownHost(f"host {host_id} is not registered")
+        if status == "conflict":
+            raise HostConflict(f"host {host_id} is registered under another boot id")
+        host = _host.decode(res[1])
+        tmap = _strmap.decode(res[2])
+        inc = int(res[3])
+        ended: list[tuple[int, Session]] = []
+        if int(res[4]):
+            ended += [(-1, s) for s in await self._propagate([host_id], now)]
+        tenant_of = {sid: tenant for tenant, sids in tmap.items() for sid in sids}
+        reports: dict[str, list[tuple[int, str, str, float, float, str | None]]] = {t: [] for t in tmap}
+        for pos, r in enumerate(hb.slots):
+            sid = slot_id(host_id, r.index)
+            tenant = tenant_of.get(sid)
+            if tenant is not None:
+                reports[tenant].append((pos, sid, r.state.value, float(r.nvenc_load), float(r.gpu_load),
+                                        r.reset_for))
+        calls = []
+        for tenant, rs in reports.items():
+            tag = self._tag(tenant)
+            calls.append((self._hb_slots, [f"{tag}:hosts"], [tag, host_id, inc, _num(now), _enc.encode(rs)]))
+        resets: dict[str, str] = {}
+        for out in await self._batch(calls):
+            if not int(out[0]):
+                continue  # the host died or came back meanwhile: this report came before that
+            flat = out[1]
+            ended += [(int(flat[i]), _session.decode(flat[i + 1])) for i in range(0, len(flat), 2)]
+            flat = out[2]
+            resets.update((_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2))
+        ended.sort(key=lambda e: e[0])
+        sessions = [s for _, s in ended]
+        if sessions:
+            await self._batch(self._forget_sessions(sessions))
+        reply = HeartbeatReply(
+            reset=[SlotReset(index=int(sid.rsplit("/", 1)[1]), session_id=resets[sid])
+                   for sid in host.slot_ids if sid in resets],
+            draining=host.draining)
+        return sessions, reply
+
+    @_guarded
+    async def set_draining(self, host_id: str, draining: bool) -> Host:
+        res = await self._drain([self._host_key(host_id), f"{self._g}:dirty"], [host_id, "1" if draining else "0"])
+        if _text(res[0]) == "unknown":
+            raise UnknownHost(f"host {host_id} is not registered")
+        await self._propagate([host_id], 0.0)  # draining ends no session; the time is unused
+        return _host.decode(res[1])
+
+    @_guarded
+    async def expire_hosts(self, now: float, ttl_s: float) -> list[Session]:
+        g = self._g
+        dirty, outbox = await self._expire(
+            [f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, _num(now), _num(ttl_s), _num(now - ttl_s + _HB_SLACK_S)])
+        ended = [_session.decode(raw) for raw in outbox]
+        return ended + await self._propagate([_text(h) for h in dirty], now)
+
+    # --- pool -------------------------------------------------------------------------
+
+    @_guarded
+    async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
+        tag = self._tag(tenant)
+        return _slots.decode(await self._ready([f"{tag}:ready:{app}", f"{tag}:slots"]))
+
+    @_guarded
+    async def serves(self, tenant: str, app: str) -> bool:
+        n = await self._r.hget(f"{self._tag(tenant)}:apps", app)
+        return n is not None and int(n) > 0
+
+    @_guarded
+    async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
+        tag = self._tag(session.tenant)
+        app = session.app
+        sid = session.session_id
+        mapping = self._sid_key(sid)
+        res = await self._batch([
+            ("SET", mapping, session.tenant),
+            (self._claim,
+             [f"{tag}:slots", f"{tag}:hosts", f"{tag}:sessions", f"{tag}:clients", f"{tag}:ready:{app}",
+              f"{tag}:ticket:{ticket_id or ''}", f"{tag}:queue:{app}", f"{tag}:queues"],
+             [slot_id, sid, _enc.encode(session), session.client_key or "", app,
+              "0" if ticket_id is None else "1", ticket_id or "", FINISHED_TICKET_TTL_S])])
+        if not int(res[1]):
+            await self._r.delete(mapping)
+            return False
+        self._remember(self._session_tenant, sid, session.tenant)
+        if ticket_id is not None:
+            await self._r.expire(self._tid_key(ticket_id), FINISHED_TICKET_TTL_S)
+        return True
+
+    # --- sessions ---------------------------------------------------------------------
+
+    @_guarded
+    async def session(self, session_id: str) -> Session | None:
+        tag = await self._session_tag(session_id)
+        raw = None if tag is None else await self._r.hget(f"{tag}:sessions", session_id)
+        return None if raw is None else _session.decode(raw)
+
+    @_guarded
+    async def session_for_client(self, tenant: str, client_key: str) -> Session | None:
+        tag = self._tag(tenant)
+        raw = await self._for_client([f"{tag}:clients", f"{tag}:sessions"], [client_key])
+        return None if raw is None else _session.decode(raw)
+
+    async def _session_op(self, op: str, session_id: str, now: float) -> Any:
+        tag = await self._session_tag(session_id)
+        if tag is None:
+            return None
+        return await self._sess_script([f"{tag}:sessions"], [op, session_id, _num(now)])
+
+    @_guarded
+    async def reattach(self, session_id: str, now: float) -> Session | None:
+        raw = await self._session_op("reattach", session_id, now)
+        return None if raw is None else _session.decode(raw)
+
+    @_guarded
+    async def mark_connected(self, session_id: str, now: float) -> Session | None:
+        raw = await self._session_op("connect", session_id, now)
+        return None if raw is None else _session.decode(raw)
+
+    @_guarded
+    async def mark_disconnected(self, session_id: str, now: float) -> Session | None:
+        raw = await self._session_op("disconnect", session_id, now)
+        return None if raw is None else _session.decode(raw)
+
+    @_guarded
+    async def touch(self, session_id: str, now: float) -> None:
+        await self._session_op("touch", session_id, now)
+
+    @_guarded
+    async def end_session(self, session_id: str, reason: EndReason, now: float) -> Session | None:
+        tag = await self._session_tag(session_id)
+        if tag is None:
+            return None
+        self._session_tenant.pop(session_id, None)
+        raw, _ = await self._batch([
+            (self._end, [f"{tag}:sessions"], [tag, session_id, EndReason(reason).value, _num(now)]),
+            ("DEL", self._sid_key(session_id))])
+        return None if raw is None else _session.decode(raw)
+
+    # --- queue ------------------------------------------------------------------------
+
+    @_guarded
+    async def enqueue(self, ticket: Ticket, max_length: int) -> int:
+        tenant, app, tid = ticket.request.tenant, ticket.request.app, ticket.ticket_id
+        tag = self._tag(tenant)
+        mapping = self._tid_key(tid)
+        _, _, (n, existed) = await self._batch([
+            ("SADD", f"{self._g}:tenants", tenant),
+            ("SET", mapping, tenant),
+            (self._enqueue, [f"{tag}:queue:{app}", f"{tag}:ticket:{tid}", f"{tag}:qseq", f"{tag}:queues"],
+             [tid, _enc.encode(ticket), int(max_length), app])])
+        if int(n) < 0:
+            if not int(existed):
+                await self._r.delete(mapping)
+            raise QueueFull(f"the queue for {app} is full ({max_length} waiting)")
+        self._remember(self._ticket_tenant, tid, tenant)
+        return int(n)
+
+    @_guarded
+    async def ticket(self, ticket_id: str) -> Ticket | None:
+        tag = await self._ticket_tag(ticket_id)
+        raw = None if tag is None else await self._r.get(f"{tag}:ticket:{ticket_id}")
+        return None if raw is None else _ticket.decode(raw)
+
+    @_guarded
+    async def position(self, ticket_id: str) -> int | None:
+        tag = await self._ticket_tag(ticket_id)
+        if tag is None:
+            return None
+        res = await self._position([f"{tag}:ticket:{ticket_id}"], [tag, ticket_id])
+        return None if res is None else int(res)
+
+    @_guarded
+    async def waiting(self, tenant: str, app: str, limit: int) -> list[Ticket]:
+        if limit <= 0:
+            return []
+        tag = self._tag(tenant)
+        return _tickets.decode(await self._waiting([f"{tag}:queue:{app}"], [tag, int(limit)]))
+
+    @_guarded
+    async def queues(self) -> list[tuple[str, str, int]]:
+        tenants = await self._tenants()
+        results = await self._batch([(self._queues, [f"{self._tag(t)}:queues"], [self._tag(t)]) for t in tenants])
+        out = []
+        for tenant, flat in zip(tenants, results, strict=True):
+            out += [(tenant, _text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return out
+
+    @_guarded
+    async def finish_ticket(self, ticket_id: str, state: str, reason: str) -> bool:
+        try:
+            final = TicketState(state)
+        except ValueError:
+            # As the memory store: an unknown state only fails on a ticket still waiting.
+            if await self.position(ticket_id) is not None:
+                raise
+            return False
+        tag = await self._ticket_tag(ticket_id)
+        if tag is None:
+            return False
+        done, _ = await self._batch([
+            (self._finish, [f"{tag}:ticket:{ticket_id}"],
+             [tag, ticket_id, final.value, reason, FINISHED_TICKET_TTL_S]),
+            ("EXPIRE", self._tid_key(ticket_id), str(FINISHED_TICKET_TTL_S))])
+        return bool(int(done))
+
+    # --- listings ---------------------------------------------------------------------
+
+    @_guarded
+    async def hosts(self) -> list[Host]:
+        return _hosts.decode(await self._list_hosts([f"{self._g}:hosts"], [self._g]))
+
+    @_guarded
+    async def slots(self) -> list[Slot]:
+        out: list[Slot] = []
+        for vals in await self._batch([("HVALS", f"{self._tag(t)}:slots") for t in await self._tenants()]):
+            out += _slots.decode(b"[" + b",".join(vals) + b"]")
+        return out
+
+    @_guarded
+    async def sessions(self) -> list[Session]:
+        out: list[Session] = []
+        for vals in await self._batch([("HVALS", f"{self._tag(t)}:sessions") for t in await self._tenants()]):
+            out += msgspec.json.decode(b"[" + b",".join(vals) + b"]", type=list[Session])
+        return out
+
+    async def aclose(self) -> None:
+        await self._r.aclose()
