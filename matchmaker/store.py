@@ -91,7 +91,8 @@ class Store(Protocol):
 
     async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
         """Atomically: slot READY -> ASSIGNED to ``session`` (stored), and, with a ticket,
-        that ticket WAITING -> SERVED. False, changing nothing, if either precondition fails."""
+        that ticket WAITING -> SERVED. The slot and the ticket must be of the session's
+        tenant and app. False, changing nothing, if any precondition fails."""
 
     # --- sessions ---------------------------------------------------------------------
     async def session(self, session_id: str) -> Session | None:

@@ -143,12 +143,13 @@ class MemoryStore:
 
     async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
         slot = self._slots.get(slot_id)
-        if slot is None or not self._claimable(slot):
+        if slot is None or not self._claimable(slot) or (slot.tenant, slot.app) != (session.tenant, session.app):
             return False
         ticket = None
         if ticket_id is not None:
             ticket = self._tickets.get(ticket_id)
-            if ticket is None or ticket.state is not TicketState.WAITING:
+            if (ticket is None or ticket.state is not TicketState.WAITING
+                    or (ticket.request.tenant, ticket.request.app) != (session.tenant, session.app)):
                 return False
         slot.state = SlotState.ASSIGNED
         slot.session_id = session.session_id
@@ -215,8 +216,8 @@ class MemoryStore:
         s.state = SessionState.ENDED
         s.ended_at = now
         s.end_reason = reason
-        if s.client_key:
-            self._clients.pop((s.tenant, s.client_key), None)
+        if s.client_key and self._clients.get((s.tenant, s.client_key)) == session_id:
+            del self._clients[(s.tenant, s.client_key)]
         slot = self._slots.get(s.slot_id)
         if slot is not None and slot.session_id == session_id:
             slot.session_id = None

@@ -217,3 +217,43 @@ async def test_listings(store: Store) -> None:
     assert [h.host_id for h in await store.hosts()] == ["h1"]
     assert sorted(x.slot_id for x in await store.slots()) == ["h1/0", "h1/1"]
     assert [x.session_id for x in await store.sessions()] == [s.session_id]
+
+
+async def test_claim_refuses_a_session_or_ticket_of_another_tenant_or_app(store: Store) -> None:
+    await ready_host(store)
+    assert not await store.claim_slot("h1/0", new_session("h1/0", tenant="beta"))
+    wrong_app = new_session("h1/0")
+    wrong_app.app = "other"
+    assert not await store.claim_slot("h1/0", wrong_app)
+    for foreign in (ticket(tenant="beta"), ticket(app="other")):
+        await store.enqueue(foreign, 10)
+        assert not await store.claim_slot("h1/0", new_session("h1/0"), foreign.ticket_id)
+        assert await store.position(foreign.ticket_id) == 1
+    assert len(await store.ready_slots("acme", "game")) == 2
+    assert await store.sessions() == []
+
+
+async def test_ending_an_old_session_keeps_the_clients_newer_one(store: Store) -> None:
+    await ready_host(store)
+    old, new = new_session("h1/0", client_key="alice"), new_session("h1/1", client_key="alice")
+    assert await store.claim_slot("h1/0", old)
+    assert await store.claim_slot("h1/1", new)
+    await store.end_session(old.session_id, EndReason.PLAYER_LEFT, 110.0)
+    assert (await store.session_for_client("acme", "alice")).session_id == new.session_id  # type: ignore[union-attr]
+
+
+async def test_times_and_loads_keep_every_digit(store: Store) -> None:
+    await store.register_host(registration(), 1712345678.1234567)
+    _, _ = await store.heartbeat("h1", beat(load=0.123456789012345678), 1712345679.9876543)
+    [slot, _] = sorted(await store.slots(), key=lambda s: s.slot_id)
+    assert slot.nvenc_load == 0.123456789012345678
+    [host] = await store.hosts()
+    assert host.last_heartbeat == 1712345679.9876543
+    s = new_session("h1/0", now=1712345680.000001)
+    assert await store.claim_slot("h1/0", s)
+    connected = await store.mark_connected(s.session_id, 1712345681.1111111)
+    assert connected is not None and connected.connected_at == 1712345681.1111111
+    assert connected.created_at == 1712345680.000001
+    ended = await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 1712345690.3333333)
+    assert ended is not None and ended.ended_at == 1712345690.3333333
+    assert ended.last_activity == 1712345681.1111111
