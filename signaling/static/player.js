@@ -190,10 +190,9 @@
    * one-box setup serving the network) cannot work from here; use the page's origin.
    */
   function sessionSocketUrl(signalingUrl, token, loc) {
-    const url = new URL(signalingUrl);
+    let url = new URL(signalingUrl);
     if (isLoopback(url.hostname) && loc.host && !isLoopback(loc.hostname)) {
-      url.protocol = loc.protocol === 'https:' ? 'wss:' : 'ws:';
-      url.host = loc.host;
+      url = new URL(url.pathname + url.search, (loc.protocol === 'https:' ? 'wss://' : 'ws://') + loc.host);
     }
     url.searchParams.set('token', token);
     return url.href;

@@ -239,3 +239,26 @@ async def test_no_matchmaker_means_direct_mode(stack, streamer, open_page) -> No
     info = await state(page)
     assert info["mode"] == "direct" and info["sessionId"] is None
     assert "token=" not in info["signallingUrl"]
+
+
+async def test_session_socket_url_and_eta_words(stack, open_page) -> None:
+    """The token goes in the query; a loopback signalling URL (``pixelfleet up --host
+    0.0.0.0`` hands out ws://127.0.0.1) becomes the page's own origin for a page that was
+    not loaded from loopback."""
+    page, _ = await open_page(f"{stack.player_origin}/",
+                              init_script="window.pixelfleetOptions = {autoStart: false};")
+    url = "PixelfleetPlayer.sessionSocketUrl"
+    lan = {"host": "192.168.1.5:8080", "hostname": "192.168.1.5", "protocol": "http:"}
+    local = {"host": "127.0.0.1:8080", "hostname": "127.0.0.1", "protocol": "http:"}
+    tls = {"host": "play.example.com", "hostname": "play.example.com", "protocol": "https:"}
+    cases = [
+        (("ws://127.0.0.1:8080", "a.b.c", local), "ws://127.0.0.1:8080/?token=a.b.c"),
+        (("ws://127.0.0.1:8080", "a.b.c", lan), "ws://192.168.1.5:8080/?token=a.b.c"),
+        (("ws://localhost:8080/", "t", tls), "wss://play.example.com/?token=t"),
+        (("wss://sig.example.com/eu/", "t+/=", lan), "wss://sig.example.com/eu/?token=t%2B%2F%3D"),
+    ]
+    for args, want in cases:
+        assert await page.evaluate(f"(a) => {url}(...a)", list(args)) == want, args
+    words = await page.evaluate("[5, 59, 60, 299, 3600, 4800].map(PixelfleetPlayer.formatEta)")
+    assert words == ["under a minute", "under a minute", "about 1 min", "about 5 min", "about 1 h",
+                     "about 1 h 20 min"]
