@@ -96,8 +96,7 @@ nowhere else; every operation runs under ``asyncio.timeout``.
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
@@ -612,8 +611,7 @@ def _guarded(fn: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]
              ) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]:
     """Run under the store's timeout; Redis being away becomes BackendUnavailable."""
 
-    @functools.wraps(fn)
-    async def wrapper(self: RedisStore, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await fn(self, *args, **kwargs)
@@ -622,6 +620,7 @@ def _guarded(fn: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]
         except TimeoutError as exc:
             raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from exc
 
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
     return wrapper
 
 
@@ -637,6 +636,13 @@ def _num(x: float) -> str:
 
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
+
+
+_Call = tuple[Any, Sequence[str], Sequence[Any]]
+
+
+def _cmd(*args: str) -> _Call:
+    return (None, (), args)
 
 
 class _Meta(msgspec.Struct, frozen=True):
@@ -658,6 +664,7 @@ class RedisStore:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"the key prefix must be non-empty and have no braces: {prefix!r}")
         self._r: Any = client
+        self._cluster = isinstance(client, RedisCluster)
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._g = "{" + prefix + "}"
@@ -755,33 +762,52 @@ class RedisStore:
 
     # --- script plumbing ----------------------------------------------------------------
 
-    async def _batch(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[Any]] | tuple[str, ...]]) -> list[Any]:
-        """One round trip: scripts as (script, keys, args), plain commands as tuples of
-        strings. A script the server does not know (restart, failover, new cluster node)
-        is loaded and that one call is run again; it had no effect the first time."""
+    async def _batch(self, calls: Sequence[_Call], *, ordered: bool = False) -> list[Any]:
+        """One round trip. A call is (script, keys, args), or (None, (), command) for a
+        plain command. A script the server does not know (restart, failover, new cluster
+        node) is loaded and that one call is run again: it had no effect the first time.
+
+        redis-py refuses EVALSHA in a cluster pipeline, so on a cluster the calls run
+        concurrently instead; ``ordered`` then runs the plain commands first."""
         if not calls:
             return []
+        if self._cluster:
+            return await self._gather(calls, ordered)
         pipe = self._r.pipeline(transaction=False)
-        for call in calls:
-            if isinstance(call[0], str):
-                pipe.execute_command(*call)
+        for script, keys, args in calls:
+            if script is None:
+                pipe.execute_command(*args)
             else:
-                script, keys, args = call  # type: ignore[misc]
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         for i, res in enumerate(results):
             if isinstance(res, rx.NoScriptError):
-                script, keys, args = calls[i]  # type: ignore[misc]
+                script, keys, args = calls[i]
                 results[i] = await script(keys, args)
             elif isinstance(res, BaseException):
                 raise res
         return results
 
-    def _forget_sessions(self, ended: Iterable[Session]) -> list[tuple[str, ...]]:
-        dels = []
+    async def _gather(self, calls: Sequence[_Call], ordered: bool) -> list[Any]:
+        def run(call: _Call) -> Awaitable[Any]:
+            script, keys, args = call
+            pending: Awaitable[Any] = self._r.execute_command(*args) if script is None else script(keys, args)
+            return pending
+
+        if not ordered:
+            return list(await asyncio.gather(*map(run, calls)))
+        results: list[Any] = [None] * len(calls)
+        for first in (True, False):
+            todo = [i for i, call in enumerate(calls) if (call[0] is None) is first]
+            for i, res in zip(todo, await asyncio.gather(*(run(calls[i]) for i in todo)), strict=True):
+                results[i] = res
+        return results
+
+    def _forget_sessions(self, ended: Iterable[Session]) -> list[_Call]:
+        dels: list[_Call] = []
         for s in ended:
             self._session_tenant.pop(s.session_id, None)
-            dels.append(("DEL", self._sid_key(s.session_id)))
+            dels.append(_cmd("DEL", self._sid_key(s.session_id)))
         return dels
 
     async def _propagate(self, host_ids: Sequence[str], now: float) -> list[Session]:
@@ -796,7 +822,7 @@ class RedisStore:
                                msgspec.json.decode(specs, type=dict[str, list[Slot]]),
                                msgspec.json.decode(old, type=list[str]), _strmap.decode(tmap), float(order)))
         metas.sort(key=lambda m: m.order)
-        calls: list[tuple[Any, Sequence[str], Sequence[Any]]] = []
+        calls: list[_Call] = []
         owners: list[_Meta] = []
         for m in metas:
             tenants = list(m.specs) + [t for t in m.old if t not in m.specs]
@@ -934,7 +960,7 @@ class RedisStore:
         sid = session.session_id
         mapping = self._sid_key(sid)
         res = await self._batch([
-            ("SET", mapping, session.tenant),
+            _cmd("SET", mapping, session.tenant),
             (self._claim,
              [f"{tag}:slots", f"{tag}:hosts", f"{tag}:sessions", f"{tag}:clients", f"{tag}:ready:{app}",
               f"{tag}:ticket:{ticket_id or ''}", f"{tag}:queue:{app}", f"{tag}:queues"],
@@ -995,7 +1021,7 @@ class RedisStore:
         self._session_tenant.pop(session_id, None)
         raw, _ = await self._batch([
             (self._end, [f"{tag}:sessions"], [tag, session_id, EndReason(reason).value, _num(now)]),
-            ("DEL", self._sid_key(session_id))])
+            _cmd("DEL", self._sid_key(session_id))])
         return None if raw is None else _session.decode(raw)
 
     # --- queue ------------------------------------------------------------------------
@@ -1006,10 +1032,10 @@ class RedisStore:
         tag = self._tag(tenant)
         mapping = self._tid_key(tid)
         _, _, (n, existed) = await self._batch([
-            ("SADD", f"{self._g}:tenants", tenant),
-            ("SET", mapping, tenant),
+            _cmd("SADD", f"{self._g}:tenants", tenant),
+            _cmd("SET", mapping, tenant),
             (self._enqueue, [f"{tag}:queue:{app}", f"{tag}:ticket:{tid}", f"{tag}:qseq", f"{tag}:queues"],
-             [tid, _enc.encode(ticket), int(max_length), app])])
+             [tid, _enc.encode(ticket), int(max_length), app])], ordered=True)
         if int(n) < 0:
             if not int(existed):
                 await self._r.delete(mapping)
@@ -1062,7 +1088,7 @@ class RedisStore:
         done, _ = await self._batch([
             (self._finish, [f"{tag}:ticket:{ticket_id}"],
              [tag, ticket_id, final.value, reason, FINISHED_TICKET_TTL_S]),
-            ("EXPIRE", self._tid_key(ticket_id), str(FINISHED_TICKET_TTL_S))])
+            _cmd("EXPIRE", self._tid_key(ticket_id), str(FINISHED_TICKET_TTL_S))])
         return bool(int(done))
 
     # --- listings ---------------------------------------------------------------------
@@ -1074,14 +1100,14 @@ class RedisStore:
     @_guarded
     async def slots(self) -> list[Slot]:
         out: list[Slot] = []
-        for vals in await self._batch([("HVALS", f"{self._tag(t)}:slots") for t in await self._tenants()]):
+        for vals in await self._batch([_cmd("HVALS", f"{self._tag(t)}:slots") for t in await self._tenants()]):
             out += _slots.decode(b"[" + b",".join(vals) + b"]")
         return out
 
     @_guarded
     async def sessions(self) -> list[Session]:
         out: list[Session] = []
-        for vals in await self._batch([("HVALS", f"{self._tag(t)}:sessions") for t in await self._tenants()]):
+        for vals in await self._batch([_cmd("HVALS", f"{self._tag(t)}:sessions") for t in await self._tenants()]):
             out += msgspec.json.decode(b"[" + b",".join(vals) + b"]", type=list[Session])
         return out
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -75,3 +77,70 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _free_cluster_port() -> int:
+    """A loopback port that is free together with its cluster bus port (port + 10000)."""
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-node Redis Cluster (3 primaries, no replicas) for the whole test session;
+    the URL is that of one node with ``?cluster=1``."""
+    binary = require_binary("redis-server")
+    cli = require_binary("redis-cli")
+    import redis
+
+    folder = tmp_path_factory.mktemp("redis-cluster")
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < 3:
+            port = _free_cluster_port()
+            if port in ports:
+                continue
+            node_dir = folder / str(port)
+            node_dir.mkdir()
+            procs.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
+                 "--save", "", "--appendonly", "no", "--dir", str(node_dir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            ports.append(port)
+        clients = [redis.Redis(port=p) for p in ports]
+        for client in clients:
+            for _ in range(200):
+                try:
+                    if client.ping():
+                        break
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.05)
+            else:
+                pytest.fail("a Redis Cluster node did not answer PING")
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        for _ in range(400):
+            if all(c.cluster("info").get("cluster_state") == "ok" for c in clients):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the Redis Cluster did not reach cluster_state:ok")
+        for client in clients:
+            client.close()
+        yield f"redis://127.0.0.1:{ports[0]}/?cluster=1"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)

@@ -26,12 +26,13 @@ from matchmaker.store import HostConflict, QueueFull, Store, UnknownHost, open_s
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         s = open_store("memory://")
     else:
-        s = open_store(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex[:8]}")
+        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+        s = open_store(url, prefix=f"t{uuid.uuid4().hex[:8]}")
     yield s
     await s.aclose()
 
