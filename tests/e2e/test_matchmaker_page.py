@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 @dataclass
 class Up:
-    proc: subprocess.Popen[bytes]
+    proc: asyncio.subprocess.Process
     player_port: int
     log_path: Path
 
@@ -64,7 +64,7 @@ async def start_up() -> AsyncIterator[Callable[..., Any]]:
     """``await start_up(streamers=2, **matchmaker_env)``: ``pixelfleet up`` on free ports,
     returned once it says it is up and signalling lists every streamer. The child and
     its streamers (its own process group) are always stopped."""
-    running: list[tuple[subprocess.Popen[bytes], Any]] = []
+    running: list[tuple[asyncio.subprocess.Process, Any]] = []
 
     async def start(streamers: int = 2, **matchmaker: Any) -> Up:
         player_port = _free_port()
@@ -73,10 +73,10 @@ async def start_up() -> AsyncIterator[Callable[..., Any]]:
                "PIXELFLEET_LOG_FORMAT": "console",
                **{f"PIXELFLEET_MATCHMAKER__{k.upper()}": str(v) for k, v in matchmaker.items()}}
         log_file = tempfile.NamedTemporaryFile(prefix="pixelfleet-up-", suffix=".log", delete=False)  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pixelfleet", "up", "--player-port", str(player_port),
-             "--streamer-port", str(_free_port()), "--sfu-port", str(_free_port()),
-             "--streamers", str(streamers), "--width", "320", "--height", "180", "--fps", "15"],
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pixelfleet", "up", "--player-port", str(player_port),
+            "--streamer-port", str(_free_port()), "--sfu-port", str(_free_port()),
+            "--streamers", str(streamers), "--width", "320", "--height", "180", "--fps", "15",
             stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             cwd=Path(__file__).parents[2])
         running.append((proc, log_file))
@@ -85,7 +85,7 @@ async def start_up() -> AsyncIterator[Callable[..., Any]]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UP_READY_S
         while True:
-            if proc.poll() is not None:
+            if proc.returncode is not None:
                 pytest.fail(f"pixelfleet up exited with {proc.returncode}:\n{up.log()}", pytrace=False)
             if loop.time() > deadline:
                 pytest.fail(f"pixelfleet up not ready in {UP_READY_S} s:\n{up.log()}", pytrace=False)
@@ -102,14 +102,12 @@ async def start_up() -> AsyncIterator[Callable[..., Any]]:
         for proc, log_file in running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # up stops its streamers on SIGTERM
-            try:
-                await asyncio.to_thread(proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 15)
             with contextlib.suppress(ProcessLookupError):  # anything left in its group
                 os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(proc.wait, 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
             log_file.close()
             with contextlib.suppress(OSError):
                 os.unlink(log_file.name)
@@ -124,7 +122,7 @@ async def screenshot(page: Any, name: str) -> None:
 async def wait_state(page: Any, log: Any, js: str, what: str) -> None:
     try:
         await page.wait_for_function(js, timeout=WAIT_MS, polling=100)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - playwright's timeout, reported with the page state
         raise AssertionError(f"timed out waiting for {what}: {exc}\nstate={await state(page)}\n"
                              f"console:\n{log.text()}") from None
 
