@@ -64,21 +64,21 @@ RESET_EXEMPT = {"host_dead", "slot_failed"}
 @dataclass
 class Scenario:
     replicas: int = 4
-    hosts: int = 12
+    hosts: int = 20
     slots_per_host: int = 4
     requests: int = 3000           # session requests by new players (reconnects come on top)
     load_s: float = 28.0           # players arrive during this long
     max_players: int = 320         # players alive at once
     bursts: int = 4                # this many times, `burst` players arrive at once
-    burst: int = 150
+    burst: int = 120
     deaths: int = 7                # host deaths during the load
     permanent_deaths: int = 1      # of which this many never come back
     slot_failures: int = 6
     beat_s: float = 0.2
     seed: int = 0
     env: dict[str, str] = field(default_factory=lambda: {
-        "HEARTBEAT_TTL_S": "1.5", "CONNECT_TIMEOUT_S": "1.5", "RECONNECT_GRACE_S": "0.6",
-        "MAX_SESSION_S": "4.0", "QUEUE_MAX_LENGTH": "25", "QUEUE_MAX_WAIT_S": "3.0",
+        "HEARTBEAT_TTL_S": "2.0", "CONNECT_TIMEOUT_S": "1.0", "RECONNECT_GRACE_S": "0.4",
+        "MAX_SESSION_S": "3.0", "QUEUE_MAX_LENGTH": "30", "QUEUE_MAX_WAIT_S": "2.5",
         "SWEEP_INTERVAL_S": "0.1", "IDLE_TIMEOUT_S": "0"})
 
 
@@ -467,17 +467,20 @@ class Replicas:
         return ""
 
     def stop(self) -> list[int | None]:
+        """SIGINT (graceful: the records are flushed), SIGKILL after 15 s; None = killed."""
+        t0 = time.monotonic()
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        codes = []
+        codes: list[int | None] = []
         for p in self.procs:
             try:
-                codes.append(p.wait(10))
+                codes.append(p.wait(max(0.1, 15 - (time.monotonic() - t0))))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
                 codes.append(None)
+        self.stop_s = time.monotonic() - t0
         return codes
 
     def records(self) -> list[dict[str, Any]]:
@@ -498,6 +501,7 @@ class Driver:
         self.stop_agents = asyncio.Event()
         self.next_req = 0
         self.stats: collections.Counter[str] = collections.Counter()
+        self.playing: collections.Counter[str] = collections.Counter()  # host -> players holding a slot there
 
     def _replica(self) -> int:
         return self.rng.randrange(len(self.bases))
@@ -615,7 +619,9 @@ class Driver:
             alive = [h for h, s in self.agent_state.items() if not s["dead_until"] and s["alive"]]
             if not alive:
                 continue
-            host = self.rng.choice(alive)
+            # Kill where players are (a death with nobody on board proves little).
+            busiest = max(self.playing[h] for h in alive)
+            host = self.rng.choice([h for h in alive if self.playing[h] == busiest])
             if what == "fail":
                 self.fail_slot[host] = True
                 self.stats["slot_failures"] += 1
@@ -643,29 +649,38 @@ class Driver:
         rng = self.rng
         tenant, app = rng.choice(APPS)
         profile = rng.choices(["stay", "reconnect", "ghost", "long", "admin", "unknown"],
-                              [50, 12, 15, 5, 6, 2])[0]
+                              [48, 12, 15, 8, 6, 2])[0]
         if profile == "unknown":
             app = "nope"
         key = f"k{self.next_req + 1}" if profile == "reconnect" or rng.random() < 0.3 else None
         session = await self.allocate(tenant, app, key)
         if session is None:
             return
+        host = session["streamer_id"].rsplit("-", 1)[0]
+        self.playing[host] += 1
+        try:
+            await self.play(session, profile, tenant, app, key)
+        finally:
+            self.playing[host] -= 1
+
+    async def play(self, session: dict[str, Any], profile: str, tenant: str, app: str, key: str | None) -> None:
+        rng = self.rng
         sid, token = session["session_id"], session["token"]
         if profile == "ghost":
             return
         await asyncio.sleep(rng.uniform(0.0, 0.3))
         await self.event(sid, token, "connected")
         if profile == "long":
-            await asyncio.sleep(4.5)
+            await asyncio.sleep(3.5)
         elif profile == "admin":
             await asyncio.sleep(rng.uniform(0.2, 1.0))
             await self.call("admin_end", "DELETE", f"/api/v1/admin/sessions/{sid}", token=ADMIN, session=sid)
             return
         else:
-            await asyncio.sleep(rng.uniform(0.2, 1.5))
+            await asyncio.sleep(rng.uniform(0.1, 1.0))
         await self.event(sid, token, "disconnected")
         if profile == "reconnect":
-            await asyncio.sleep(rng.uniform(0.02, 0.25))   # inside the grace period, mostly
+            await asyncio.sleep(rng.uniform(0.02, 0.2))    # inside the grace period, mostly
             again = await self.allocate(tenant, app, key)
             if again is None:
                 return
@@ -847,7 +862,7 @@ async def run_scenario(sc: Scenario, state_url: str, folder: Path) -> tuple[Chec
         "http_calls": sum(1 for e in driver.history if "replica" in e),
         "call_errors": driver.stats["call_errors"],
         "driver_stats": dict(driver.stats),
-        "replica_exit_codes": codes,
+        "replica_exit_codes": codes, "replica_stop_s": round(replicas.stop_s, 1),
         "load_wall_s": round(out["load_wall_s"], 1), "wall_s": round(time.monotonic() - t0, 1),
     })
     return result, out
