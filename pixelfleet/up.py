@@ -130,12 +130,9 @@ async def _up(args: argparse.Namespace) -> None:
             child.start()
             children.append(child)
         ids = [f"Streamer{i}" for i in range(1, args.streamers + 1)]
-        for _ in range(300):  # wait up to 30 s for every streamer to identify
-            if all(server.core.streamer_by_id(i) for i in ids):
-                break
-            await asyncio.sleep(0.1)
-        page = f"http://{_connect_host(settings.host)}:{server.player_port}/"
         if matchmaker is not None:
+            # Register the slots (starting) before they warm up, so an early player queues
+            # instead of hearing that the app does not exist.
             nonlocal fleet
             matchmaker.start()
             fleet = LocalFleet(matchmaker, list(zip(ids, children, strict=True)),
@@ -144,6 +141,13 @@ async def _up(args: argparse.Namespace) -> None:
                                app=args.app)
             await fleet.beat_ready()
             fleet.start()
+        for _ in range(300):  # wait up to 30 s for every streamer to identify
+            if all(server.core.streamer_by_id(i) for i in ids):
+                break
+            await asyncio.sleep(0.1)
+        if fleet is not None:
+            await fleet.beat_ready()  # READY now, not at the next period
+        page = f"http://{_connect_host(settings.host)}:{server.player_port}/"
         how = (f"each tab gets its own slot through the matchmaker; more tabs than {len(ids)} wait in the queue"
                if matchmaker is not None else f"pick one with {page}?StreamerId=<id>")
         print(f"\npixelfleet is up: open {page}\n"

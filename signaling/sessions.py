@@ -85,6 +85,7 @@ class SessionGate:
     reporter: SessionReporter | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _used: dict[str, int] = field(default_factory=dict)  # token id -> expiry
+    _sockets: dict[str, int] = field(default_factory=dict)  # session id -> open sockets here
 
     def admit(self, request: web.Request) -> tuple[SessionClaims, str] | None:
         """Claims of a valid token; None for no token where none is required."""
@@ -116,7 +117,22 @@ class SessionGate:
         return True
 
     def report(self, event: str, admitted: tuple[SessionClaims, str] | None) -> None:
-        if admitted is None or self.reporter is None:
+        """Report the session's first socket opening and its last one closing.
+
+        One session may hold several sockets on this node (a duplicated browser tab
+        reattaches to the same session): only the edges reach the matchmaker, so closing
+        one tab does not start the reconnect grace under the other.
+        """
+        if admitted is None:
+            return
+        sid = admitted[0].session_id
+        count = self._sockets.get(sid, 0) + (1 if event == "connected" else -1)
+        if count > 0:
+            self._sockets[sid] = count
+        else:
+            self._sockets.pop(sid, None)
+        edge = (event == "connected" and count == 1) or (event == "disconnected" and count <= 0)
+        if not edge or self.reporter is None:
             return
         task = asyncio.create_task(self._report(event, *admitted))
         self._tasks.add(task)

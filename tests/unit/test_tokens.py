@@ -60,3 +60,4 @@ def test_eddsa_verify_only_nodes() -> None:
 def test_short_secret_rejected() -> None:
     with pytest.raises(ValueError):
         TokenKeys.hs256("short")
+
