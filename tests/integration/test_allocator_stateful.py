@@ -1,0 +1,358 @@
+"""Property-based tests of the allocator's state machine, on both stores.
+
+A hypothesis ``RuleBasedStateMachine`` registers hosts (new, repeated, twins, after
+death), heartbeats random slot states (with right, stale and wrong ``reset_for``),
+claims (with and without a queue ticket, right and wrong slots), connects,
+disconnects, reattaches, touches and ends sessions, drains hosts, moves the clock and
+expires silent hosts, and enqueues, serves and finishes tickets.
+
+Each run drives a list of backends in lockstep: every call must give the same answer
+(or raise the same error) on each, the memory store being the reference, and after
+every step the invariants must hold on each:
+
+- no slot has two live sessions; every live session's slot is ASSIGNED to it, and
+  every ASSIGNED slot belongs to a live session;
+- ``ready_slots`` returns exactly the READY slots of live, non-draining hosts;
+- each queue's waiting tickets have positions 1..n, in order.
+
+The stores are async and the machine is not: each machine runs its own event loop and
+creates its Redis client inside it. Each example uses its own key prefix (no FLUSHDB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from collections.abc import Coroutine
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from matchmaker.models import (
+    AllocationRequest,
+    EndReason,
+    Heartbeat,
+    Host,
+    HostRegistration,
+    Session,
+    SessionState,
+    Slot,
+    SlotReport,
+    SlotSpec,
+    SlotState,
+    Ticket,
+    TicketState,
+)
+from matchmaker.store import Store, StoreError, open_store
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+HOSTS = ["h1", "h2", "h3"]
+BOOTS = ["b1", "b2"]
+TENANTS = ["acme", "beta"]
+APPS = ["game", "demo"]
+CLIENTS = [None, "alice", "bob"]
+TTL_S = 10.0
+REPORTED = [SlotState.READY, SlotState.READY, SlotState.STARTING, SlotState.DEAD, SlotState.RESETTING]
+loads = st.floats(min_value=0.0, max_value=1.0)
+
+
+def _key(value: Any) -> Any:
+    """Order-insensitive form of a listing, for comparing backends."""
+    if isinstance(value, list) and value and isinstance(value[0], Slot):
+        return sorted(value, key=lambda s: s.slot_id)
+    if isinstance(value, list) and value and isinstance(value[0], Session):
+        return sorted(value, key=lambda s: s.session_id)
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        return sorted(value)
+    return value
+
+
+class AllocatorMachine(RuleBasedStateMachine):
+    backends: ClassVar[tuple[str, ...]] = ("memory",)
+    urls: ClassVar[dict[str, str]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        prefix = f"sm{uuid.uuid4().hex[:10]}"
+        self.stores: list[Store] = [self._run(self._open(b, prefix)) for b in self.backends]
+        self.now = 1_700_000_000.0
+        self.session_ids: list[str] = []
+        self.tickets: list[Ticket] = []
+        self.pending_reset: dict[str, str] = {}  # slot id -> session the agent was told to reset after
+        self.boots: dict[str, str] = {}  # host -> boot of its latest registration
+        self.n = 0
+
+    async def _open(self, backend: str, prefix: str) -> Store:
+        return open_store("memory://" if backend == "memory" else self.urls[backend], prefix=prefix)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        for store in self.stores:
+            self._run(store.aclose())
+        self.loop.close()
+
+    def _id(self, kind: str) -> str:
+        self.n += 1
+        return f"{kind}-{self.n}"
+
+    def call(self, name: str, *args: Any, ordered: bool = True) -> Any:
+        """The same call on every backend: same answer or same error. Returns the
+        reference's answer, or the error's class."""
+        outcomes = []
+        for store in self.stores:
+            try:
+                outcomes.append(self._run(getattr(store, name)(*args)))
+            except StoreError as exc:
+                outcomes.append(type(exc))
+        first = outcomes[0]
+        for backend, other in zip(self.backends[1:], outcomes[1:], strict=True):
+            if ordered:
+                assert other == first, f"{name}{args}: {backend} gave {other!r}, memory {first!r}"
+            else:
+                assert _key(other) == _key(first), f"{name}{args}: {backend} gave {other!r}, memory {first!r}"
+        return first
+
+    # --- hosts ----------------------------------------------------------------------
+
+    @initialize(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), slots=st.integers(1, 4))
+    def first_host(self, tenant: str, app: str, slots: int) -> None:
+        self.register("h1", "b1", [(i, tenant, app) for i in range(slots)], warm=True)
+
+    @rule(host=st.sampled_from(HOSTS), boot=st.sampled_from(BOOTS),
+          specs=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(TENANTS), st.sampled_from(APPS)),
+                         min_size=1, max_size=4), warm=st.booleans())
+    def register(self, host: str, boot: str, specs: list[tuple[int, str, str]], warm: bool) -> None:
+        reg = HostRegistration(host_id=host, boot_id=boot, region="eu", gpu_model="A10G",
+                               signaling_url=f"ws://{host}:80",
+                               slots=[SlotSpec(index=i, tenant=t, app=a, streamer_id=f"{host}-{i}")
+                                      for i, t, a in specs])
+        out = self.call("register_host", reg, self.now)
+        if isinstance(out, Host):
+            self.boots[host] = out.boot_id
+            if warm:
+                self._healthy(host, 0.5)
+
+    def _beat(self, host: str, boot: str, reports: list[SlotReport], load: float) -> None:
+        hb = Heartbeat(boot_id=boot, slots=reports, nvenc_load=load, gpu_load=load)
+        out = self.call("heartbeat", host, hb, self.now)
+        if isinstance(out, tuple):
+            ended, reply = out
+            assert all(s.state is SessionState.ENDED and s.end_reason is EndReason.SLOT_FAILED for s in ended)
+            if ended:
+                event("heartbeat ended a session")
+            if any(r.reset_for and r.reset_for == self.pending_reset.get(f"{host}/{r.index}")
+                   and r.state is SlotState.READY for r in reports):
+                event("heartbeat reported a reset")
+            for r in reply.reset:
+                self.pending_reset[f"{host}/{r.index}"] = r.session_id
+
+    @precondition(lambda self: self.boots)
+    @rule(data=st.data(), load=loads)
+    def healthy_heartbeat(self, data: st.DataObject, load: float) -> None:
+        """A well-behaved agent: every slot ready, resets reported for the right session."""
+        self._healthy(data.draw(st.sampled_from(sorted(self.boots))), load)
+
+    def _healthy(self, host: str, load: float) -> None:
+        self._beat(host, self.boots[host], [
+            SlotReport(index=i, state=SlotState.READY, nvenc_load=load, gpu_load=load,
+                       reset_for=self.pending_reset.get(f"{host}/{i}")) for i in range(4)], load)
+
+    @rule(host=st.sampled_from([*HOSTS, "ghost"]), boot=st.sampled_from(["live", "live", *BOOTS]),
+          data=st.data(), load=loads,
+          reports=st.lists(st.tuples(st.integers(0, 4), st.sampled_from(REPORTED), loads, loads,
+                                     st.sampled_from(["none", "right", "right", "other"])), max_size=5))
+    def heartbeat(self, host: str, boot: str, data: st.DataObject, load: float,
+                  reports: list[tuple[int, SlotState, float, float, str]]) -> None:
+        """Any agent: random states and loads, stale or wrong ``reset_for``, wrong boots."""
+        slot_reports = []
+        for index, state, nvenc, gpu, which in reports:
+            reset_for = None
+            if which == "right":
+                reset_for = self.pending_reset.get(f"{host}/{index}")
+            elif which == "other" and self.session_ids:
+                reset_for = data.draw(st.sampled_from(self.session_ids))
+            slot_reports.append(SlotReport(index=index, state=state, nvenc_load=nvenc, gpu_load=gpu,
+                                           reset_for=reset_for))
+        self._beat(host, self.boots.get(host, "b1") if boot == "live" else boot, slot_reports, load)
+
+    @rule(host=st.sampled_from([*HOSTS, "ghost"]), draining=st.booleans())
+    def drain(self, host: str, draining: bool) -> None:
+        self.call("set_draining", host, draining)
+
+    @rule(dt=st.floats(min_value=0.0, max_value=4.0))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    @rule()
+    def expire(self) -> None:
+        ended = self.call("expire_hosts", self.now, TTL_S)
+        assert all(s.end_reason is EndReason.HOST_DEAD for s in ended)
+        if ended:
+            event("expiry ended a session")
+
+    @precondition(lambda self: self.boots)
+    @rule(data=st.data(), extra=st.floats(min_value=0.001, max_value=3.0))
+    def host_goes_silent(self, data: st.DataObject, extra: float) -> None:
+        """One host stops heartbeating for longer than the TTL while the others go on."""
+        silent = data.draw(st.sampled_from(sorted(self.boots)))
+        self.now += TTL_S + extra
+        for host in sorted(self.boots):
+            if host != silent:
+                self._healthy(host, 0.25)
+        self.expire()
+
+    # --- the pool -------------------------------------------------------------------
+
+    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), client=st.sampled_from(CLIENTS),
+          pick=st.integers(0, 7), how=st.sampled_from(["ready", "ready", "ready", "any"]), data=st.data())
+    def claim(self, tenant: str, app: str, client: str | None, pick: int, how: str,
+              data: st.DataObject) -> None:
+        """Mostly a READY slot (as the service would pick), sometimes any slot id, with
+        or without a ticket (mostly one of the same queue)."""
+        ready = sorted((s.slot_id, t, a) for t in TENANTS for a in APPS
+                       for s in self.call("ready_slots", t, a, ordered=False))
+        if how == "ready" and ready:
+            sid, tenant, app = ready[pick % len(ready)]
+        else:
+            sid = f"{HOSTS[pick % len(HOSTS)]}/{pick % 4}"
+        ticket_id = None
+        if self.tickets and data.draw(st.booleans()):
+            reference = self.stores[0]
+            same = [t for t in self.tickets if (t.request.tenant, t.request.app) == (tenant, app)
+                    and self._run(reference.position(t.ticket_id)) is not None]
+            use_same: bool = bool(same) and data.draw(st.booleans())
+            ticket_id = data.draw(st.sampled_from(same if use_same else self.tickets)).ticket_id
+        session = Session(session_id=self._id("s"), tenant=tenant, app=app, slot_id=sid,
+                          host_id=sid.split("/")[0], streamer_id="x", signaling_url="ws://", region="eu",
+                          client_key=client, created_at=self.now, last_activity=self.now)
+        if self.call("claim_slot", sid, session, ticket_id):
+            event("claimed with a ticket" if ticket_id else "claimed")
+            self.session_ids.append(session.session_id)
+            assert self.call("session", session.session_id) == session
+            if ticket_id is not None:
+                served = self.call("ticket", ticket_id)
+                assert served.state is TicketState.SERVED and served.session_id == session.session_id
+
+    # --- sessions -------------------------------------------------------------------
+
+    @precondition(lambda self: self.session_ids)
+    @rule(data=st.data(), op=st.sampled_from(["mark_connected", "mark_disconnected", "reattach", "touch",
+                                              "session"]))
+    def session_op(self, data: st.DataObject, op: str) -> None:
+        sid = data.draw(st.sampled_from(self.session_ids))
+        self.call(op, sid) if op == "session" else self.call(op, sid, self.now)
+
+    @precondition(lambda self: self.session_ids)
+    @rule(data=st.data(), reason=st.sampled_from(list(EndReason)))
+    def end(self, data: st.DataObject, reason: EndReason) -> None:
+        sid = data.draw(st.sampled_from(self.session_ids))
+        ended = self.call("end_session", sid, reason, self.now)
+        if ended is not None:
+            event("ended a session")
+            assert ended.state is SessionState.ENDED and ended.ended_at == self.now
+            assert self.call("end_session", sid, reason, self.now) is None
+            assert self.call("session", sid) is None
+
+    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from([*APPS, "nope"]),
+          client=st.sampled_from(["alice", "bob"]), limit=st.integers(-1, 3))
+    def queries(self, tenant: str, app: str, client: str, limit: int) -> None:
+        self.call("serves", tenant, app)
+        self.call("session_for_client", tenant, client)
+        self.call("waiting", tenant, app, limit)
+
+    # --- queue ----------------------------------------------------------------------
+
+    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), max_length=st.integers(0, 3))
+    def enqueue(self, tenant: str, app: str, max_length: int) -> None:
+        ticket = Ticket(ticket_id=self._id("t"), request=AllocationRequest(tenant=tenant, app=app),
+                        enqueued_at=self.now)
+        position = self.call("enqueue", ticket, max_length)
+        if isinstance(position, int):
+            self.tickets.append(ticket)
+            assert self.call("position", ticket.ticket_id) == position
+
+    @precondition(lambda self: self.tickets)
+    @rule(data=st.data(), state=st.sampled_from([TicketState.CANCELLED, TicketState.EXPIRED]))
+    def finish(self, data: st.DataObject, state: TicketState) -> None:
+        ticket = data.draw(st.sampled_from(self.tickets))
+        self.call("finish_ticket", ticket.ticket_id, state, "test")
+        self.call("ticket", ticket.ticket_id)
+        self.call("position", ticket.ticket_id)
+
+    # --- invariants, on each backend --------------------------------------------------
+
+    @invariant()
+    def listings_agree(self) -> None:
+        self.call("hosts")
+        self.call("slots", ordered=False)
+        self.call("sessions", ordered=False)
+        self.call("queues", ordered=False)
+
+    @invariant()
+    def one_live_session_per_slot_and_slots_follow_sessions(self) -> None:
+        for store in self.stores:
+            sessions = self._run(store.sessions())
+            slots = {s.slot_id: s for s in self._run(store.slots())}
+            per_slot = collections.Counter(s.slot_id for s in sessions)
+            assert all(n == 1 for n in per_slot.values()), per_slot
+            for s in sessions:
+                slot = slots.get(s.slot_id)
+                assert slot is not None and slot.state is SlotState.ASSIGNED and slot.session_id == s.session_id
+            live = {s.session_id for s in sessions}
+            for slot in slots.values():
+                if slot.state is SlotState.ASSIGNED:
+                    assert slot.session_id in live
+
+    @invariant()
+    def ready_slots_are_exactly_the_claimable_ones(self) -> None:
+        for store in self.stores:
+            hosts: dict[str, Host] = {h.host_id: h for h in self._run(store.hosts())}
+            slots = self._run(store.slots())
+            for tenant in TENANTS:
+                for app in APPS:
+                    got = {s.slot_id for s in self._run(store.ready_slots(tenant, app))}
+                    want = {s.slot_id for s in slots
+                            if s.tenant == tenant and s.app == app and s.state is SlotState.READY
+                            and not hosts[s.host_id].dead and not hosts[s.host_id].draining}
+                    assert got == want, (tenant, app, got, want)
+
+    @invariant()
+    def queue_positions_are_one_to_n(self) -> None:
+        for store in self.stores:
+            for tenant, app, length in self._run(store.queues()):
+                waiting = self._run(store.waiting(tenant, app, length + 5))
+                assert len(waiting) == length
+                for i, ticket in enumerate(waiting, 1):
+                    assert ticket.state is TicketState.WAITING
+                    assert (ticket.request.tenant, ticket.request.app) == (tenant, app)
+                    assert self._run(store.position(ticket.ticket_id)) == i
+
+
+@pytest.mark.parametrize("backends", [("memory",), ("memory", "redis"), ("memory", "redis-cluster")],
+                         ids=["memory", "memory+redis", "memory+redis-cluster"])
+def test_allocator_state_machine(backends: tuple[str, ...], request: pytest.FixtureRequest) -> None:
+    urls = {"redis": "redis_url", "redis-cluster": "redis_cluster_url"}
+    machine = type("Machine", (AllocatorMachine,), {
+        "backends": backends,
+        "urls": {b: request.getfixturevalue(urls[b]) for b in backends if b in urls}})
+    examples = {"memory": 150, "memory+redis": 60, "memory+redis-cluster": 15}["+".join(backends)]
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=40, deadline=None, derandomize=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
