@@ -233,7 +233,8 @@ class AllocatorMachine(RuleBasedStateMachine):
         else:
             sid = f"{HOSTS[pick % len(HOSTS)]}/{pick % 4}"
         ticket_id = None
-        if self.tickets and data.draw(st.booleans()):
+        with_ticket: bool = data.draw(st.booleans())
+        if self.tickets and with_ticket:
             reference = self.stores[0]
             same = [t for t in self.tickets if (t.request.tenant, t.request.app) == (tenant, app)
                     and self._run(reference.position(t.ticket_id)) is not None]
