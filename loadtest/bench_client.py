@@ -30,6 +30,7 @@ import asyncio
 import base64
 import collections
 import ctypes
+import gc
 import os
 import resource
 import signal
@@ -336,7 +337,10 @@ async def open_aiohttp(host: str, port: int, owner: Owner, timeout: float) -> Ai
 
     if _session is None:
         _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    ws = await _session.ws_connect(f"http://{host}:{port}/", compress=0, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=timeout), max_msg_size=0)
+    ws = await _session.ws_connect(
+        f"http://{host}:{port}/", compress=0, autoping=True, max_msg_size=0, decode_text=False,
+        timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
+    )
     return AioWs(ws, owner)
 
 
@@ -491,11 +495,16 @@ class Idle:
 
 
 # ----------------------------------------------------------------------------- generator
+def _quiet_gc() -> None:
+    """Collect now and move what survives out of the GC's sight, so no full collection of
+    this process stalls a measured phase and shows up as server latency."""
+    gc.collect()
+    gc.freeze()
+
+
 class Generator:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.host: str = cfg["host"]
-        self.player_port: int = cfg["player_port"]
-        self.streamer_port: int = cfg["streamer_port"]
         self.timeout: float = cfg.get("timeout", 30.0)
         self.opener = open_aiohttp if cfg.get("client") == "aiohttp" else open_raw
         self.streamers = {s: Streamer(s) for s in cfg["streamers"]}
@@ -510,27 +519,28 @@ class Generator:
     async def cmd_hello(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "streamers": len(self.streamers), "players": len(self.players)}
 
-    async def cmd_streamers(self) -> dict[str, Any]:
+    async def cmd_streamers(self, port: int) -> dict[str, Any]:
         async def one(s: Streamer) -> str:
-            await self.connect(self.streamer_port, s)
+            await self.connect(port, s)
             return await asyncio.wait_for(s.ready, self.timeout)
 
         ids = await asyncio.gather(*(one(s) for s in self.streamers.values()))
         return {"ids": ids}
 
-    async def cmd_handshake(self, start_at: float, inflight: int) -> dict[str, Any]:
+    async def cmd_handshake(self, port: int, start_at: float, inflight: int) -> dict[str, Any]:
         sem = asyncio.Semaphore(max(1, inflight))
 
         async def one(p: Player) -> None:
             async with sem:
                 p.t_connect = now()
                 try:
-                    conn = await self.connect(self.player_port, p)
+                    conn = await self.connect(port, p)
                     conn.send(LIST)  # the frontend sends it on open, before config
                     await asyncio.wait_for(asyncio.shield(p.done), self.timeout)
                 except Exception as exc:  # counted and reported, the run goes on
                     p.failure = p.failure or f"{type(exc).__name__}: {exc}"
 
+        _quiet_gc()
         await asyncio.sleep(max(0.0, start_at - now()))
         await asyncio.gather(*(one(p) for p in self.players))
         ok = [p for p in self.players if not p.failure]
@@ -552,6 +562,7 @@ class Generator:
         st.rtt = []
         st.win_start, st.win_end = start_at, start_at + seconds
         st.stop_at = st.win_end
+        _quiet_gc()
         await asyncio.sleep(max(0.0, start_at - warmup - now()))
         t0 = now()
         for p in pairs:
@@ -576,14 +587,14 @@ class Generator:
             "rtt_n": len(st.rtt),
         }
 
-    async def cmd_idle(self, count: int, concurrency: int) -> dict[str, Any]:
+    async def cmd_idle(self, port: int, count: int, concurrency: int) -> dict[str, Any]:
         sem = asyncio.Semaphore(max(1, concurrency))
         failures: collections.Counter[str] = collections.Counter()
 
         async def one() -> None:
             async with sem:
                 try:
-                    conn = await self.connect(self.player_port, Idle())
+                    conn = await self.connect(port, Idle())
                 except Exception as exc:
                     failures[f"{type(exc).__name__}: {exc}"] += 1
                     return
@@ -644,7 +655,7 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="signalling benchmark load generator (driven by bench_signaling)")
-    ap.add_argument("--config", required=True, help="JSON: host, ports, streamers, players, client")
+    ap.add_argument("--config", required=True, help="JSON: host, streamers, players, client, timeout")
     ap.add_argument("--max-seconds", type=float, default=1800.0, help="hard lifetime bound")
     args = ap.parse_args(argv)
     _die_with_parent()
