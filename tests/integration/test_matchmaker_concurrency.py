@@ -429,7 +429,7 @@ class Replicas:
     def records_path(self, i: int) -> Path:
         return self.folder / f"records-{i}.jsonl"
 
-    async def start(self, timeout: float = 30.0) -> list[str]:
+    def spawn(self) -> None:
         env = {**os.environ, "PIXELFLEET_STATE_URL": self.state_url,
                "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
                "PIXELFLEET_MATCHMAKER__TOKEN_SECRET": TOKEN_SECRET,
@@ -445,8 +445,11 @@ class Replicas:
                 env=env, stdout=log, stderr=subprocess.STDOUT))
             log.close()
             self.ports.append(port)
+
+    async def start(self, wait_s: float = 30.0) -> list[str]:
+        self.spawn()
         bases = [f"http://127.0.0.1:{p}" for p in self.ports]
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         async with aiohttp.ClientSession() as http:
             for i, base in enumerate(bases):
                 while True:
@@ -484,7 +487,7 @@ class Replicas:
         return codes
 
     def records(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for i in range(self.n):
             path = self.records_path(i)
             if path.exists():
@@ -511,7 +514,7 @@ class Driver:
         return entry
 
     async def call(self, kind: str, method: str, path: str, body: Any = None, token: str | None = None,
-                   *, timeout: float = 15.0, **meta: Any) -> tuple[int | None, Any]:
+                   *, limit_s: float = 15.0, **meta: Any) -> tuple[int | None, Any]:
         replica = self._replica()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         t0 = time.time()
@@ -519,7 +522,7 @@ class Driver:
         try:
             async with self.http.request(method, self.bases[replica] + path,
                                          data=None if body is None else orjson.dumps(body), headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                                         timeout=aiohttp.ClientTimeout(total=limit_s)) as r:
                 raw = await r.read()
                 entry["status"] = r.status
                 entry["body"] = orjson.loads(raw) if raw else None
@@ -774,10 +777,14 @@ class Driver:
             load_start = time.monotonic()
             spawned = 0
 
+            def finished(task: asyncio.Task[None]) -> None:
+                players.discard(task)
+                slots_free.release()
+
             def spawn() -> None:
                 task = asyncio.create_task(self.player())
                 players.add(task)
-                task.add_done_callback(lambda t: (players.discard(t), slots_free.release()))
+                task.add_done_callback(finished)
 
             for i in range(paced):
                 if time.monotonic() - load_start > sc.load_s * 1.3:
@@ -803,9 +810,9 @@ class Driver:
                         self.stats["player_crashed"] += 1
                         self.log(kind="player_crash", t0=time.time(), t1=time.time(), error=repr(t.exception()))
             # Dead hosts that will come back must be back before the end state is read.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(
-                    not s["alive"] and s["dead_until"] != float("inf") for s in self.agent_state.values()):
+            for _ in range(100):
+                if not any(not s["alive"] and s["dead_until"] != float("inf") for s in self.agent_state.values()):
+                    break
                 await asyncio.sleep(0.1)
             # The operator ends whatever is left, then the agents finish their resets.
             for _ in range(20):

@@ -1,0 +1,65 @@
+"""The matchmaker benchmark at toy scale: every figure of the report is produced.
+
+Never how fast anything is (timings belong in docs/benchmarks.md): only that each phase
+ran, allocated what it asked for, and reported throughput, latency, CPU per process,
+saturation, and the ratios against the targets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest.bench_matchmaker import TARGETS, main
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_binary("redis-server")
+    out = tmp_path / "bench.json"
+    rc = main([
+        "--replicas", "1,2", "--allocs", "60", "--warmup", "10", "--conns-per-replica", "2",
+        "--fixed-rate", "40", "--fixed-seconds", "1", "--fixed-replicas", "2", "--fixed-conns", "8",
+        "--raw-claims", "400", "--raw-batch", "16", "--raw-store-claims", "100", "--raw-store-procs", "1",
+        "--raw-store-concurrency", "4", "--slots-per-app", "16", "--quiet-wait", "0", "--json", str(out),
+    ])  # fmt: skip
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["nproc"] and report["machine"]["cpu_model"] is not None
+    phases = {(p["phase"], p.get("replicas")): p for p in report["phases"]}
+    assert set(phases) == {("raw script", None), ("raw store", None), ("http closed", 1), ("http closed", 2),
+                           ("http open", 2)}
+    for key, p in phases.items():
+        cpu = p["cpu"]
+        assert p["per_s"] > 0 and p["wall_s"] > 0, key
+        assert cpu["redis_cores"] >= 0 and cpu["generators_cores"] >= 0 and 0 <= cpu["machine_busy"] <= 1, key
+        assert len(cpu["generator_cores"]) >= 1, key
+        assert set(cpu["cpu_ms_per_op"]) == {"redis", "matchmakers", "generators"}, key
+        assert p["saturated"], key
+    for name in ("raw script", "raw store"):
+        p = phases[(name, None)]
+        assert p["claimed"] == p["claims"] and p["refused"] == 0 and not p["errors"], p
+    assert phases[("raw script", None)]["batch_latency"]["p99_ms"] is not None
+    assert phases[("raw store", None)]["latency"]["p99_ms"] is not None
+    for key in (("http closed", 1), ("http closed", 2), ("http open", 2)):
+        p = phases[key]
+        assert p["allocated"] == p["requests"] and "warning" not in p, p
+        assert len(p["cpu"]["matchmaker_cores"]) == key[1]
+        assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"], p
+        assert p["redis_commands_per_alloc"] and p["live_sessions_end"] >= p["requests"]
+    fixed = phases[("http open", 2)]
+    assert fixed["offered_per_s"] == 40 and fixed["service"]["p99_ms"] is not None
+    assert fixed["max_backlog"] >= 0 and fixed["max_send_lag_ms"] >= 0
+    ratios = report["ratios"]
+    assert ratios["raw_ceiling_per_s"] > 0 and ratios["scaling_1_to_4"] is not None
+    for target in TARGETS:
+        assert ratios[target] is not None, target
+        assert ratios["met"][target] in (True, False)
+    text = capsys.readouterr().out
+    for label in ("allocs/s", "p99 ms", "CPU cores: redis", "raw claim ceiling", "saturated (http closed x2)",
+                  "open loop: offered", "redis per allocation", "targets:"):
+        assert label in text, label
