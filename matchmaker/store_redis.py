@@ -614,6 +614,8 @@ def _guarded(fn: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]
     async def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             async with asyncio.timeout(self.timeout_s):
+                if not self._client_ready:
+                    await self._ready_client()
                 return await fn(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
             raise BackendUnavailable(f"redis is unavailable: {exc}") from exc
@@ -665,6 +667,8 @@ class RedisStore:
             raise ValueError(f"the key prefix must be non-empty and have no braces: {prefix!r}")
         self._r: Any = client
         self._cluster = isinstance(client, RedisCluster)
+        self._client_ready = not self._cluster
+        self._client_lock = asyncio.Lock()
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._g = "{" + prefix + "}"
@@ -711,6 +715,15 @@ class RedisStore:
                 raise ValueError("Redis Cluster is reached over TCP: use redis:// or rediss:// with cluster=1")
             return cls(RedisCluster.from_url(url), prefix=prefix, timeout_s=timeout_s)
         return cls(Redis.from_url(url), prefix=prefix, timeout_s=timeout_s)
+
+    async def _ready_client(self) -> None:
+        """redis-py's asyncio RedisCluster (8.1) races its own first ``initialize()``
+        when a fresh client gets concurrent commands (a connection is used while it is
+        being replaced: AttributeError on ``_writer``). Initialize it once, alone."""
+        async with self._client_lock:
+            if not self._client_ready:
+                await self._r.initialize()
+                self._client_ready = True
 
     # --- keys -------------------------------------------------------------------------
 

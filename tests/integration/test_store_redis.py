@@ -1,0 +1,250 @@
+"""What only the Redis store has: its key layout on a real 3-node Redis Cluster, host
+operations interrupted between their steps, replicas racing across cluster nodes,
+script cache loss, expiry of finished tickets, and Redis errors as BackendUnavailable.
+The shared semantics are in ``test_store_conformance.py`` and the state machine."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from matchmaker.models import EndReason, SessionState, SlotState, TicketState
+from matchmaker.store import BackendUnavailable, open_store
+from matchmaker.store_redis import FINISHED_TICKET_TTL_S, RedisStore
+from tests.integration.test_store_conformance import beat, new_session, ready_host, registration, ticket
+
+pytestmark = pytest.mark.integration
+
+OpenStore = Callable[..., RedisStore]
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def open_redis(request: pytest.FixtureRequest) -> AsyncIterator[OpenStore]:
+    """Opens RedisStores (replicas) on one Redis or one Redis Cluster, sharing a prefix."""
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    opened: list[RedisStore] = []
+
+    def opener(**kw: object) -> RedisStore:
+        store = RedisStore.from_url(url, prefix=prefix, **kw)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        await store.aclose()
+
+
+async def tenants_on_different_nodes(admin: RedisCluster, prefix: str) -> tuple[str, str]:
+    """Two tenant names whose hash tags fall on two different cluster nodes."""
+    await admin.initialize()
+
+    def node(tenant: str) -> str:
+        return str(admin.get_node_from_key("{" + prefix + ":" + tenant + "}").name)
+
+    names = [f"tenant{i}" for i in range(50)]
+    return names[0], next(n for n in names if node(n) != node(names[0]))
+
+
+async def test_from_url_picks_the_client() -> None:
+    store = open_store("redis://127.0.0.1:1/?cluster=1", prefix="x")
+    assert isinstance(store, RedisStore) and isinstance(store._r, RedisCluster)
+    await store.aclose()
+    store = open_store("redis://127.0.0.1:1/0", prefix="x")
+    assert isinstance(store, RedisStore) and isinstance(store._r, Redis)
+    await store.aclose()
+    with pytest.raises(ValueError):
+        RedisStore.from_url("unix:///tmp/x.sock?cluster=1")
+    with pytest.raises(ValueError):
+        RedisStore.from_url("redis://127.0.0.1:1", prefix="bad{prefix}")
+
+
+async def test_cluster_key_layout(redis_cluster_url: str) -> None:
+    """A tenant's keys share one hash slot, the host keys another; tenants spread over nodes."""
+    prefix = f"k{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(redis_cluster_url, prefix=prefix)
+    admin = RedisCluster.from_url(redis_cluster_url.split("?")[0])
+    try:
+        a, b = await tenants_on_different_nodes(admin, prefix)
+        await store.register_host(registration(host="h1", tenant=a), 100.0)
+        await store.register_host(registration(host="h2", tenant=b), 100.0)
+        await store.heartbeat("h1", beat(), 100.0)
+        await store.heartbeat("h2", beat(), 100.0)
+        s = new_session("h1/0", tenant=a, client_key="alice")
+        assert await store.claim_slot("h1/0", s)
+        await store.enqueue(ticket(tenant=b), 10)
+        keys = [k.decode() async for k in admin.scan_iter(match=f"*{prefix}*")]
+        by_group: dict[str, set[int]] = {}
+        for key in keys:
+            if key.startswith("{"):
+                group = key[:key.index("}") + 1]
+                by_group.setdefault(group, set()).add(key_slot(key.encode()))
+        assert set(by_group) == {"{" + prefix + "}", "{" + prefix + ":" + a + "}", "{" + prefix + ":" + b + "}"}
+        assert all(len(slots) == 1 for slots in by_group.values()), by_group
+        assert by_group["{" + prefix + ":" + a + "}"] != by_group["{" + prefix + ":" + b + "}"]
+        assert {f"{prefix}:sid:{s.session_id}"} <= set(keys)  # the session lookup
+    finally:
+        await store.aclose()
+        await admin.aclose()
+
+
+async def test_a_host_serving_tenants_on_two_nodes(redis_cluster_url: str) -> None:
+    """Heartbeat and expiry fan out to both tenants' slots; each end is returned once."""
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(redis_cluster_url, prefix=prefix)
+    admin = RedisCluster.from_url(redis_cluster_url.split("?")[0])
+    try:
+        a, b = await tenants_on_different_nodes(admin, prefix)
+        reg = registration(slots=2)
+        reg.slots[1].tenant = b
+        reg.slots[0].tenant = a
+        await store.register_host(reg, 100.0)
+        _, reply = await store.heartbeat("h1", beat(), 100.0)
+        assert reply.reset == []
+        sa, sb = new_session("h1/0", tenant=a), new_session("h1/1", tenant=b)
+        assert await store.claim_slot("h1/0", sa) and await store.claim_slot("h1/1", sb)
+        ended, reply = await store.heartbeat("h1", beat(states={0: SlotState.READY, 1: SlotState.DEAD}), 101.0)
+        assert [(e.session_id, e.end_reason) for e in ended] == [(sb.session_id, EndReason.SLOT_FAILED)]
+        await store.end_session(sa.session_id, EndReason.PLAYER_LEFT, 102.0)
+        _, reply = await store.heartbeat("h1", beat(), 103.0)
+        assert [(r.index, r.session_id) for r in reply.reset] == [(0, sa.session_id)]
+        await store.heartbeat("h1", beat(reset_for={0: sa.session_id}), 104.0)
+        assert [s.slot_id for s in await store.ready_slots(a, "game")] == ["h1/0"]
+        assert [s.slot_id for s in await store.ready_slots(b, "game")] == ["h1/1"]
+        s2 = new_session("h1/1", tenant=b)
+        assert await store.claim_slot("h1/1", s2)
+        assert [e.session_id for e in await store.expire_hosts(200.0, ttl_s=10.0)] == [s2.session_id]
+        assert await store.expire_hosts(201.0, ttl_s=10.0) == []
+        assert await store.ready_slots(a, "game") == [] and await store.ready_slots(b, "game") == []
+    finally:
+        await store.aclose()
+        await admin.aclose()
+
+
+async def test_replicas_never_share_a_slot(open_redis: OpenStore) -> None:
+    replicas = [open_redis() for _ in range(4)]
+    await ready_host(replicas[0], slots=2)
+    await ready_host(replicas[0], host="h2", boot="c1", slots=2)
+    claims = [(r, slot, new_session(slot)) for r in replicas for slot in ("h1/0", "h1/1", "h2/0", "h2/1")
+              for _ in range(5)]
+    won = await asyncio.gather(*(r.claim_slot(slot, s) for r, slot, s in claims))
+    assert sum(won) == 4
+    winners = {slot: s.session_id for (_, slot, s), ok in zip(claims, won, strict=True) if ok}
+    assert len(winners) == 4
+    for replica in replicas:  # every replica sees the same, whoever claimed
+        assert sorted((s.slot_id, s.session_id) for s in await replica.sessions()) == sorted(winners.items())
+    # Every end is taken by exactly one replica.
+    ends = await asyncio.gather(*(r.end_session(sid, EndReason.PLAYER_LEFT, 110.0)
+                                  for r in replicas for sid in winners.values()))
+    assert sum(e is not None for e in ends) == 4
+
+
+async def test_an_interrupted_drain_is_finished_by_the_next_sweep(open_redis: OpenStore) -> None:
+    store, other = open_redis(), open_redis()
+    await ready_host(store)
+    # Step 1 of set_draining ran, then the replica died before the tenants heard of it.
+    await store._drain([store._host_key("h1"), f"{store._g}:dirty"], ["h1", "1"])
+    assert len(await store.ready_slots("acme", "game")) == 2  # lagging, claimable: ordered before the drain
+    assert await other.expire_hosts(101.0, ttl_s=60.0) == []
+    assert await store.ready_slots("acme", "game") == []
+    assert not await store.claim_slot("h1/0", new_session("h1/0"))
+    assert await store._r.smembers(f"{store._g}:dirty") == set()
+
+
+async def test_an_interrupted_expiry_ends_its_sessions_once(open_redis: OpenStore) -> None:
+    store, other = open_redis(), open_redis()
+    await ready_host(store)
+    s = new_session("h1/0")
+    assert await store.claim_slot("h1/0", s)
+    g = store._g
+    # The host was marked dead, then the replica died before ending its sessions.
+    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, "200.0", "10.0", "191.0"])
+    ended = await other.expire_hosts(201.0, ttl_s=10.0)
+    assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.HOST_DEAD)]
+    assert await store.expire_hosts(202.0, ttl_s=10.0) == []
+    assert await store.session(s.session_id) is None
+
+
+async def test_a_crash_leftover_ended_by_reregistration_is_still_returned(open_redis: OpenStore) -> None:
+    store = open_redis()
+    await ready_host(store)
+    s = new_session("h1/0")
+    assert await store.claim_slot("h1/0", s)
+    g = store._g
+    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, "200.0", "10.0", "191.0"])
+    await store.register_host(registration(boot="b2"), 201.0)  # drops the old incarnation's slots
+    assert await store.session(s.session_id) is None
+    ended = await store.expire_hosts(202.0, ttl_s=10.0)
+    assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.HOST_DEAD)]
+    assert await store.expire_hosts(203.0, ttl_s=10.0) == []
+    assert sorted((x.slot_id, x.state) for x in await store.slots()) == [
+        ("h1/0", SlotState.STARTING), ("h1/1", SlotState.STARTING)]
+
+
+async def test_scripts_are_reloaded_when_the_server_forgets_them(open_redis: OpenStore) -> None:
+    store = open_redis()
+    await ready_host(store)
+    if isinstance(store._r, RedisCluster):
+        await store._r.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.ALL_NODES)
+    else:
+        await store._r.script_flush()
+    assert await store._r.script_exists(store._claim.sha) == [False]
+    s = new_session("h1/0")
+    assert await store.claim_slot("h1/0", s)  # pipelined EVALSHA -> NOSCRIPT -> load and rerun
+    assert (await store.mark_connected(s.session_id, 101.0)).state is SessionState.CONNECTED  # type: ignore[union-attr]
+    _, reply = await store.heartbeat("h1", beat(), 102.0)
+    assert reply.reset == []
+
+
+async def test_lookups_and_finished_tickets_expire(open_redis: OpenStore) -> None:
+    store = open_redis()
+    await ready_host(store)
+    lost = new_session("h1/0")
+    assert await store.claim_slot("h1/0", new_session("h1/0"))
+    assert not await store.claim_slot("h1/0", lost)
+    assert await store._r.exists(store._sid_key(lost.session_id)) == 0  # a lost claim leaves no lookup
+    s = new_session("h1/1")
+    assert await store.claim_slot("h1/1", s)
+    assert await store._r.exists(store._sid_key(s.session_id)) == 1
+    await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 110.0)
+    assert await store._r.exists(store._sid_key(s.session_id)) == 0
+    t = ticket()
+    await store.enqueue(t, 10)
+    assert await store._r.ttl(store._tid_key(t.ticket_id)) == -1  # waiting: kept
+    assert await store.finish_ticket(t.ticket_id, TicketState.CANCELLED, "bye")
+    tag = store._tag("acme")
+    for key in (f"{tag}:ticket:{t.ticket_id}", store._tid_key(t.ticket_id)):
+        assert 0 < await store._r.ttl(key) <= FINISHED_TICKET_TTL_S
+    full = ticket()
+    await store.enqueue(ticket(), 1)
+    with pytest.raises(Exception):  # QueueFull
+        await store.enqueue(full, 1)
+    assert await store._r.exists(store._tid_key(full.ticket_id)) == 0
+
+
+async def test_unreachable_redis_is_backend_unavailable(tmp_path: object) -> None:
+    store = RedisStore.from_url(f"unix://{tmp_path}/nothing.sock", prefix="x", timeout_s=1.0)
+    with pytest.raises(BackendUnavailable):
+        await store.ready_slots("acme", "game")
+    await store.aclose()
+
+
+async def test_a_silent_redis_times_out_as_backend_unavailable() -> None:
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept, read, never reply
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}", prefix="x", timeout_s=0.3)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await store.claim_slot("h1/0", new_session("h1/0"))
+    finally:
+        await store.aclose()
+        server.close()
