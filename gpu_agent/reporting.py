@@ -1,0 +1,131 @@
+"""Register, then heartbeat the slot states and loads, whatever the matchmaker does.
+
+Each heartbeat is a snapshot built when it is sent, so the newest state always
+supersedes what could not be delivered: while the matchmaker is down the reporter
+keeps the latest state (and every slot's ``reset_for``) and retries with backoff up to
+``retry_max_s``; once it answers, that state is delivered. A 404 means the matchmaker
+forgot the host (restarted, or declared it dead): register again, then beat. A slot
+change wakes the reporter at once instead of waiting for the period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gpu_agent.client import HostConflict, MatchmakerClient, MatchmakerError, Rejected, UnknownHost
+from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration
+
+log = structlog.get_logger("gpu_agent.reporting")
+
+
+class Reporter:
+    def __init__(self, client: MatchmakerClient, registration: Callable[[], HostRegistration],
+                 heartbeat: Callable[[], Heartbeat], on_reply: Callable[[HeartbeatReply], None], *,
+                 period_s: float = 2.0, retry_max_s: float = 10.0) -> None:
+        self.client = client
+        self.registration = registration
+        self.heartbeat = heartbeat
+        self.on_reply = on_reply
+        self.period_s = period_s
+        self.retry_max_s = retry_max_s
+        self.registered = False
+        self.registrations = 0
+        self.delivered = 0
+        self.failed = 0
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self.last_delivered: Heartbeat | None = None
+        self.last_delivered_at: float | None = None   # time.monotonic()
+        self._lock = asyncio.Lock()
+        self._poked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def host_id(self) -> str:
+        return self.registration().host_id
+
+    def poke(self) -> None:
+        """Something changed: beat now (ignored while backing off from failures)."""
+        self._poked.set()
+
+    async def beat_now(self) -> bool:
+        """One try: register if needed, heartbeat; True once the matchmaker has the state."""
+        async with self._lock:
+            try:
+                await self._beat()
+            except MatchmakerError as exc:
+                self._failed(exc)
+                return False
+        if self.consecutive_failures:
+            log.info("matchmaker_reachable_again", after_failures=self.consecutive_failures)
+        self.consecutive_failures = 0
+        self.last_error = None
+        return True
+
+    async def _beat(self) -> None:
+        if not self.registered:
+            await self._register()
+        hb = self.heartbeat()
+        try:
+            reply = await self.client.heartbeat(self.host_id, hb)
+        except (UnknownHost, HostConflict) as exc:
+            log.info("host_unknown_to_matchmaker", error=str(exc))
+            self.registered = False
+            await self._register()
+            hb = self.heartbeat()
+            reply = await self.client.heartbeat(self.host_id, hb)
+        self.delivered += 1
+        self.last_delivered, self.last_delivered_at = hb, time.monotonic()
+        self.on_reply(reply)
+
+    async def _register(self) -> None:
+        reg = self.registration()
+        await self.client.register(reg)
+        self.registered = True
+        self.registrations += 1
+        log.info("host_registered", host=reg.host_id, boot=reg.boot_id, slots=len(reg.slots))
+
+    def _failed(self, exc: MatchmakerError) -> None:
+        self.failed += 1
+        self.consecutive_failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.consecutive_failures == 1 or self.consecutive_failures % 30 == 0:  # not once per try
+            level = log.error if isinstance(exc, Rejected) else log.warning
+            level("heartbeat_failed", error=self.last_error, failures=self.consecutive_failures)
+
+    def _retry_in(self) -> float:
+        return min(self.retry_max_s, 0.25 * 2 ** min(self.consecutive_failures, 10))
+
+    async def _run(self) -> None:
+        while True:
+            ok = await self.beat_now()
+            if ok:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), self.period_s)
+                await asyncio.sleep(0.02)  # let simultaneous slot changes land in one beat
+            else:
+                await asyncio.sleep(self._retry_in())
+            self._poked.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reporter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def final(self, tries: int = 3) -> bool:
+        """Deliver the current (last) state before exiting: a few quick tries, no more."""
+        for attempt in range(tries):
+            if await self.beat_now():
+                return True
+            await asyncio.sleep(min(0.5 * 2 ** attempt, 2.0))
+        return False

@@ -1,0 +1,505 @@
+"""Slot supervision: one streamer process per slot, from start to READY and back.
+
+A slot's life (``Phase``; in brackets what the heartbeat reports)::
+
+    STARTING [starting] --streaming in signalling--> READY [ready]
+    READY --matchmaker: reset(session)--> RESETTING [resetting] --streaming again--> READY, reset_for=session
+    any --process exits / never streams in startup_timeout_s / spawn fails--> BACKOFF [dead] --delay--> STARTING
+    any --stop (drain)--> STOPPED [dead] --resume--> STARTING
+
+READY means the streamer has connected and identified to signalling, as its REST API
+shows (``GET /api/streamers/{id}`` on the player port: ``{"streaming": true}``), not
+merely that the process runs. Before a slot's process is started again, the agent
+waits (at most ``release_timeout_s``) for signalling to drop the old streamer's id, so a
+``streaming: true`` seen afterwards belongs to the new process (a second streamer
+asking for a taken id would get a suffixed one and never show under the slot's id).
+
+Each slot runs in its own process group (``start_new_session``): stopping a slot stops
+the UE launcher script and the engine it forks. Cold start is measured from spawn to
+the first poll that sees the streamer streaming (resolution: ``ready_poll_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from gpu_agent.config import AgentSettings
+from gpu_agent.probe import HostSample
+from matchmaker.models import SlotReport, SlotState
+
+log = structlog.get_logger("gpu_agent.slots")
+
+SYNTHETIC_COMMAND = ("{python}", "-m", "pixelfleet", "streamer", "--url", "{streamer_url}", "--id", "{streamer_id}",
+                     "--width", "{res_x}", "--height", "{res_y}", "--fps", "{fps}")
+UE_COMMAND = ("{ue_binary}", "-PixelStreamingURL={streamer_url}", "-PixelStreamingID={streamer_id}",
+              "-RenderOffScreen", "-Unattended", "-ForceRes", "-ResX={res_x}", "-ResY={res_y}",
+              "-PixelStreamingEncoderCodec={codec}", "-graphicsadapter={gpu}")
+# Per-slot GPU: UE renders on -graphicsadapter (Vulkan adapter index; NVML index assumed
+# to match on an NVIDIA-only host, unverified) and its NVENC encoder opens CUDA, which
+# CUDA_VISIBLE_DEVICES=<GPU UUID> pins to the same board whatever CUDA's own ordering.
+# NVIDIA_VISIBLE_DEVICES only acts when a container starts, so it is not set here.
+GPU_ENV = {"CUDA_VISIBLE_DEVICES": "{gpu_uuid}", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+class Phase(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    RESETTING = "resetting"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+REPORTED = {Phase.STARTING: SlotState.STARTING, Phase.READY: SlotState.READY,
+            Phase.RESETTING: SlotState.RESETTING, Phase.BACKOFF: SlotState.DEAD, Phase.STOPPED: SlotState.DEAD}
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPlan:
+    index: int
+    streamer_id: str
+    gpu: int | None = None
+    gpu_uuid: str = ""
+
+
+def plan_slots(s: AgentSettings, sample: HostSample) -> list[SlotPlan]:
+    """How many slots, on which GPU: ``gpu_slots`` per GPU, else ``slots`` spread over the
+    GPUs (or GPU-less), else ``slots_per_gpu`` per GPU (one slot on a host without GPU)."""
+    gpus = [(g.index, g.uuid) for g in sample.gpus]
+    placed: list[tuple[int, str] | None]
+    if s.gpu_slots and gpus:
+        placed = [gpus[g] for g, count in enumerate(s.gpu_slots[:len(gpus)]) for _ in range(count)]
+    elif s.slots:
+        placed = [gpus[i % len(gpus)] if gpus else None for i in range(s.slots)]
+    elif gpus:
+        placed = [g for g in gpus for _ in range(s.slots_per_gpu)]
+    else:
+        placed = [None]
+    return [SlotPlan(index=i, streamer_id=s.streamer_id.format(host=s.host, index=i, n=i + 1),
+                     gpu=None if g is None else g[0], gpu_uuid="" if g is None else g[1])
+            for i, g in enumerate(placed)]
+
+
+def slot_command(s: AgentSettings, plan: SlotPlan) -> tuple[list[str], dict[str, str]]:
+    """The argv and the extra environment of one slot's streamer."""
+    values: dict[str, Any] = {
+        "python": sys.executable, "streamer_url": s.streamer_url, "streamer_id": plan.streamer_id,
+        "res_x": s.res_x, "res_y": s.res_y, "fps": s.fps, "codec": s.codec, "ue_binary": s.ue_binary,
+        "index": plan.index, "n": plan.index + 1, "host": s.host,
+        "gpu": "" if plan.gpu is None else plan.gpu, "gpu_uuid": plan.gpu_uuid,
+    }
+    template = s.command or (UE_COMMAND if s.streamer == "ue" else SYNTHETIC_COMMAND)
+    argv = [a.format(**values) for a in (*template, *s.extra_args)
+            if plan.gpu is not None or "{gpu" not in a]
+    env = {k: v.format(**values) for k, v in GPU_ENV.items()} if plan.gpu is not None else {}
+    env.update({k: v.format(**values) for k, v in s.env.items()})
+    env["PIXELFLEET_SLOT"] = str(plan.index)
+    return argv, env
+
+
+# --- signalling's view -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamerStatus:
+    streaming: bool
+    subscribers: int = 0
+
+
+class SignalingWatch:
+    """Asks signalling's REST API whether a streamer id is connected and streaming."""
+
+    def __init__(self, api_url: str, timeout_s: float = 2.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def status(self, streamer_id: str) -> StreamerStatus | None:
+        """None when signalling cannot be asked (down, or an answer that makes no sense)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        url = f"{self.api_url}/api/streamers/{urllib.parse.quote(streamer_id, safe='')}"
+        try:
+            async with self._http.get(url) as r:
+                if r.status == 404:
+                    return StreamerStatus(streaming=False)
+                if r.status != 200:
+                    return None
+                body = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        subscribers = body.get("subscribers")
+        return StreamerStatus(streaming=body.get("streaming") is True,
+                              subscribers=len(subscribers) if isinstance(subscribers, list) else 0)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
+# --- one slot ----------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    pass
+
+
+class Slot:
+    """Supervises one slot's streamer process (see the module docstring)."""
+
+    def __init__(self, plan: SlotPlan, settings: AgentSettings, watch: SignalingWatch,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.plan = plan
+        self.s = settings
+        self.watch = watch
+        self.on_change = on_change
+        self.phase = Phase.STARTING
+        self.reset_for: str | None = None       # the last session this slot was reset after
+        self.pending_reset: str | None = None   # the session being reset after
+        self.in_session = False                 # a player was subscribed since the last reset
+        self.draining = False                   # stop instead of resetting when a session ends
+        self.starts = 0
+        self.restarts = 0                       # unplanned: crash, startup timeout, lost streamer
+        self.resets = 0
+        self.cold_start_s: float | None = None
+        self.cold_start_total_s = 0.0
+        self.cold_starts = 0
+        self.last_error: str | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self._want_stop = False
+        self._spawned_at = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- commands ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"slot-{self.plan.index}")
+
+    def reset(self, session_id: str) -> None:
+        """The matchmaker says this slot's session ended: reset it (idempotent per session)."""
+        if session_id in (self.reset_for, self.pending_reset):
+            return
+        self.pending_reset = session_id
+        log.info("slot_reset_requested", slot=self.plan.index, session=session_id)
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the streamer and keep it stopped (drain); ``resume()`` undoes it."""
+        self._want_stop = True
+        self._wake.set()
+
+    def resume(self) -> None:
+        self.draining = False
+        if self._want_stop:
+            self._want_stop = False
+            self._wake.set()
+
+    async def stop_if_idle(self) -> bool:
+        """Drain: stop now unless a player is on this slot (asks signalling once more)."""
+        if self.idle:
+            status = await self.watch.status(self.plan.streamer_id)
+            if status is not None and status.subscribers > 0:
+                self.in_session = True
+        if not self.idle:
+            return False
+        self.stop()
+        return True
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_session and self.pending_reset is None
+
+    def report(self, gpu_load: float = 0.0, nvenc_load: float = 0.0) -> SlotReport:
+        return SlotReport(index=self.plan.index, state=REPORTED[self.phase], gpu_load=gpu_load,
+                          nvenc_load=nvenc_load, reset_for=self.reset_for)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._kill()
+
+    # --- supervision ---------------------------------------------------------------------
+
+    def _set(self, phase: Phase) -> None:
+        if phase is not self.phase:
+            self.phase = phase
+            log.info("slot_state", slot=self.plan.index, streamer=self.plan.streamer_id, state=str(phase))
+            self.on_change()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep until the timeout or a command (reset, stop, resume) or the process exit."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _exited(self) -> bool:
+        return self.proc is None or self.proc.returncode is not None
+
+    async def _supervise(self) -> None:
+        delay = self.s.backoff_initial_s
+        while True:
+            if self._want_stop:
+                await self._kill()
+                self._set(Phase.STOPPED)
+                while self._want_stop:
+                    await self._sleep(3600)
+                continue
+            try:
+                await self._launch()
+                await self._until_streaming()
+                delay = self.s.backoff_initial_s
+                await self._serve()
+            except _Failed as exc:
+                self.last_error = str(exc)
+                self.restarts += 1
+                log.warning("slot_failed", slot=self.plan.index, streamer=self.plan.streamer_id,
+                            error=str(exc), retry_in_s=delay)
+                await self._kill()
+                self._set(Phase.BACKOFF)
+                until = time.monotonic() + delay  # commands do not cut the backoff short, stop does
+                while not self._want_stop and (left := until - time.monotonic()) > 0:
+                    await self._sleep(left)
+                delay = min(delay * 2, self.s.backoff_max_s)
+
+    async def _launch(self) -> None:
+        await self._released()
+        self._set(Phase.RESETTING if self.pending_reset else Phase.STARTING)
+        argv, extra_env = slot_command(self.s, self.plan)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, env={**os.environ, **extra_env}, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError as exc:  # no such file, not executable, ...
+            raise _Failed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+        self.starts += 1
+        self._spawned_at = time.monotonic()
+        log.info("slot_spawned", slot=self.plan.index, streamer=self.plan.streamer_id, pid=self.proc.pid,
+                 gpu=self.plan.gpu)
+        asyncio.create_task(self._notice_exit(self.proc))
+
+    async def _notice_exit(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self._wake.set()
+
+    async def _until_streaming(self) -> None:
+        deadline = self._spawned_at + self.s.startup_timeout_s
+        while True:
+            if self._want_stop:
+                return
+            if self._exited():
+                raise _Failed(f"streamer exited with {self.proc.returncode if self.proc else None} before streaming")
+            status = await self.watch.status(self.plan.streamer_id)
+            if status is not None and status.streaming:
+                took = time.monotonic() - self._spawned_at
+                self.cold_start_s, self.cold_starts = took, self.cold_starts + 1
+                self.cold_start_total_s += took
+                log.info("slot_streaming", slot=self.plan.index, streamer=self.plan.streamer_id,
+                         cold_start_s=round(took, 3))
+                self._became_ready()
+                return
+            if time.monotonic() > deadline:
+                raise _Failed(f"not streaming {self.s.startup_timeout_s:g} s after start (startup timeout)")
+            await self._sleep(self.s.ready_poll_s)
+
+    def _became_ready(self) -> None:
+        if self.pending_reset is not None:
+            self.reset_for, self.pending_reset = self.pending_reset, None
+            self.in_session = False
+            self.resets += 1
+            if self.draining:  # the session ended on a draining host: no new one comes
+                self._want_stop = True
+                return
+        self._set(Phase.READY)
+
+    async def _serve(self) -> None:
+        """READY: watch the process and signalling until a reset, a stop or a failure."""
+        lost_since: float | None = None
+        while True:
+            if self._want_stop:
+                return
+            if self.pending_reset is not None:
+                if self.draining:
+                    self._want_stop = True
+                    return
+                await self._reset()
+                lost_since = None
+                continue
+            if self._exited():
+                raise _Failed(f"streamer exited with {self.proc.returncode if self.proc else None}")
+            status = await self.watch.status(self.plan.streamer_id)
+            if self.pending_reset is not None or self._want_stop:
+                continue
+            if status is not None:
+                if status.streaming:
+                    lost_since = None
+                    self.in_session = self.in_session or status.subscribers > 0
+                    self._set(Phase.READY)
+                else:  # the streamer left signalling while its process runs
+                    lost_since = lost_since or time.monotonic()
+                    self._set(Phase.STARTING)
+                    if time.monotonic() - lost_since > self.s.startup_timeout_s:
+                        raise _Failed("streamer left signalling and did not come back")
+            await self._sleep(self.s.health_poll_s if lost_since is None else self.s.ready_poll_s)
+
+    async def _reset(self) -> None:
+        session = self.pending_reset
+        self._set(Phase.RESETTING)
+        if self.s.reset_command and await self._run_reset_command(session or ""):
+            self._spawned_at = time.monotonic()
+            await self._until_streaming()
+            return
+        await self._kill()
+        await self._launch()
+        await self._until_streaming()
+
+    async def _run_reset_command(self, session_id: str) -> bool:
+        values = {"pid": self.proc.pid if self.proc else "", "index": self.plan.index,
+                  "streamer_id": self.plan.streamer_id, "session_id": session_id,
+                  "gpu": "" if self.plan.gpu is None else self.plan.gpu}
+        argv = [a.format(**values) for a in self.s.reset_command]
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
+        except OSError as exc:
+            log.warning("slot_reset_command_failed", slot=self.plan.index, error=str(exc))
+            return False
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.s.reset_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            code = None
+        if code != 0:
+            log.warning("slot_reset_command_failed", slot=self.plan.index, code=code)
+        return code == 0
+
+    async def _released(self) -> None:
+        """Wait (bounded) until signalling no longer lists this slot's streamer id."""
+        deadline = time.monotonic() + self.s.release_timeout_s
+        while time.monotonic() < deadline:
+            status = await self.watch.status(self.plan.streamer_id)
+            if status is not None and not status.streaming:
+                return
+            await asyncio.sleep(self.s.ready_poll_s)
+        log.warning("slot_id_not_released", slot=self.plan.index, streamer=self.plan.streamer_id)
+
+    async def _kill(self) -> None:
+        """SIGTERM to the slot's process group, SIGKILL after ``stop_timeout_s``."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), self.s.stop_timeout_s)
+            except TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # leftovers the launcher forked
+        self.proc = None
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# --- all slots ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SlotGpu:
+    """What NVML says about one slot's processes."""
+
+    memory_bytes: int = 0
+    sm_util: int = 0
+    enc_util: int = 0
+    encoder_sessions: int = 0
+
+
+class SlotSet:
+    def __init__(self, plans: Sequence[SlotPlan], settings: AgentSettings, watch: SignalingWatch,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.slots = [Slot(p, settings, watch, on_change) for p in plans]
+        self.watch = watch
+
+    def __iter__(self) -> Any:
+        return iter(self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def start(self) -> None:
+        for slot in self.slots:
+            slot.start()
+
+    def reset(self, index: int, session_id: str) -> None:
+        if 0 <= index < len(self.slots):
+            self.slots[index].reset(session_id)
+
+    def ready(self) -> bool:
+        return all(s.phase is Phase.READY for s in self.slots)
+
+    def stopped(self) -> bool:
+        return all(s.phase is Phase.STOPPED for s in self.slots)
+
+    def reports(self, sample: HostSample) -> list[SlotReport]:
+        loads = {g.index: (g.utilization_gpu, g.encoder_utilization) for g in sample.gpus}
+        out = []
+        for slot in self.slots:
+            gpu, enc = loads.get(slot.plan.gpu, (None, None)) if slot.plan.gpu is not None else (None, None)
+            out.append(slot.report(gpu_load=(gpu or 0) / 100.0, nvenc_load=(enc or 0) / 100.0))
+        return out
+
+    def attribute(self, sample: HostSample) -> dict[int, SlotGpu]:
+        """GPU memory, SM/NVENC use and encoder sessions per slot, by the slot's process group."""
+        by_group = {s.proc.pid: s.plan.index for s in self.slots if s.proc is not None}
+        out: dict[int, SlotGpu] = {}
+        group_of: dict[int, int | None] = {}
+
+        def slot_of(pid: int) -> int | None:
+            if pid not in group_of:
+                try:
+                    group_of[pid] = by_group.get(os.getpgid(pid))
+                except OSError:  # gone, or another PID namespace
+                    group_of[pid] = by_group.get(pid)
+            return group_of[pid]
+
+        for gpu in sample.gpus:
+            for p in gpu.processes:
+                if (index := slot_of(p.pid)) is not None:
+                    entry = out.setdefault(index, SlotGpu())
+                    entry.memory_bytes += p.used_memory_bytes or 0
+                    entry.sm_util += p.sm_util or 0
+                    entry.enc_util += p.enc_util or 0
+            for e in gpu.encoder_sessions:
+                if (index := slot_of(e.pid)) is not None:
+                    out.setdefault(index, SlotGpu()).encoder_sessions += 1
+        return out
+
+    def summary(self) -> list[Mapping[str, Any]]:
+        return [{"index": s.plan.index, "streamer_id": s.plan.streamer_id, "gpu": s.plan.gpu,
+                 "phase": str(s.phase), "pid": s.proc.pid if s.proc else None, "reset_for": s.reset_for,
+                 "restarts": s.restarts, "resets": s.resets, "cold_start_s": s.cold_start_s,
+                 "last_error": s.last_error} for s in self.slots]
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(s.aclose() for s in self.slots))
+        await self.watch.aclose()
