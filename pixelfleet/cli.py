@@ -123,7 +123,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Programs with their own argument parsers.
-    delegated = {"streamer": "loadtest.synthetic_streamer", "bench": "loadtest.bench_signaling"}
+    delegated = {"streamer": "loadtest.synthetic_streamer", "bench": "loadtest.bench_signaling",
+                 "agent": "gpu_agent.__main__"}
     if argv and argv[0] in delegated:
         import importlib
 
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p_mm.add_argument("--log-format", help="json | console | auto")
     p_mm.set_defaults(func=_cmd_matchmaker)
 
+    sub.add_parser("agent", help="the GPU agent of one host (see pixelfleet agent --help)")
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")
     sub.add_parser("bench", help="signalling benchmark (see pixelfleet bench --help)")
 
