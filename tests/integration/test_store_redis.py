@@ -15,9 +15,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from matchmaker.models import EndReason, SessionState, SlotState, TicketState
-from matchmaker.store import BackendUnavailable, open_store
+from matchmaker.store import BackendUnavailable, QueueFull, open_store
 from matchmaker.store_redis import FINISHED_TICKET_TTL_S, RedisStore
-from tests.integration.test_store_conformance import beat, new_session, ready_host, registration, ticket
+from tests.integration.test_store_conformance import (
+    beat,
+    new_session,
+    ready_host,
+    registration,
+    ticket,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +52,9 @@ async def tenants_on_different_nodes(admin: RedisCluster, prefix: str) -> tuple[
     await admin.initialize()
 
     def node(tenant: str) -> str:
-        return str(admin.get_node_from_key("{" + prefix + ":" + tenant + "}").name)
+        found = admin.get_node_from_key("{" + prefix + ":" + tenant + "}")
+        assert found is not None
+        return str(found.name)
 
     names = [f"tenant{i}" for i in range(50)]
     return names[0], next(n for n in names if node(n) != node(names[0]))
@@ -223,7 +231,7 @@ async def test_lookups_and_finished_tickets_expire(open_redis: OpenStore) -> Non
         assert 0 < await store._r.ttl(key) <= FINISHED_TICKET_TTL_S
     full = ticket()
     await store.enqueue(ticket(), 1)
-    with pytest.raises(Exception):  # QueueFull
+    with pytest.raises(QueueFull):
         await store.enqueue(full, 1)
     assert await store._r.exists(store._tid_key(full.ticket_id)) == 0
 
