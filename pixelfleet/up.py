@@ -1,15 +1,14 @@
 """``pixelfleet up``: the whole platform on one box, with embedded backends.
 
-Signalling runs in this process; each synthetic streamer runs as a child process
-(as a UE build would), restarted with backoff if it dies, so a crashing streamer
-never takes the signalling server with it.
+Signalling runs in this process; the synthetic streamers are the slots of an
+embedded GPU agent (``gpu_agent``, the same code as on a fleet host): each runs as a
+child process (as a UE build would), restarted with backoff if it dies, so a crashing
+streamer never takes the signalling server with it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -18,63 +17,14 @@ import structlog
 from pixelfleet.cli import serve_until_signal, signaling_settings, turn_settings
 from pixelfleet.logs import configure_logging
 
-from pixelfleet.local_fleet import LocalFleet
-
 if TYPE_CHECKING:
+    from gpu_agent.agent import Agent
     from matchmaker.service import Matchmaker
     from signaling.app import SignalingServer
     from turn.config import TurnSettings
     from turn.coturn import Coturn
 
 log = structlog.get_logger("up")
-
-
-class StreamerProcess:
-    """One synthetic streamer child, kept running until ``stop()``."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self._argv = argv
-        self._proc: asyncio.subprocess.Process | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._restarting = False
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise())
-
-    async def _supervise(self) -> None:
-        backoff = 0.5
-        while not self._stopping:
-            self._proc = await asyncio.create_subprocess_exec(*self._argv)
-            code = await self._proc.wait()
-            if self._stopping:
-                return
-            if self._restarting:  # asked for: no backoff
-                self._restarting = False
-                continue
-            log.warning("streamer_exited", code=code, restart_in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
-
-    def restart(self) -> None:
-        """Reset the slot: a fresh streamer process, as an agent resets a UE instance."""
-        if self._proc is not None and self._proc.returncode is None:
-            self._restarting = True
-            self._proc.terminate()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5)
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 def _local_coturn(args: argparse.Namespace) -> tuple[Coturn, TurnSettings]:
@@ -107,8 +57,7 @@ async def _up(args: argparse.Namespace) -> None:
         extra["session_gate"] = SessionGate(matchmaker.keys, required=True, reporter=CallbackReporter(
             {"connected": matchmaker.player_connected, "disconnected": matchmaker.player_disconnected}))
     server = SignalingServer(settings, **extra)
-    children: list[StreamerProcess] = []
-    fleet: LocalFleet | None = None
+    agent: Agent | None = None
 
     async def start() -> None:
         if coturn is not None:
@@ -120,33 +69,20 @@ async def _up(args: argparse.Namespace) -> None:
         except BaseException:
             await stop()
             raise
-        url = f"ws://{_connect_host(settings.host)}:{server.streamer_port}"
-        for i in range(1, args.streamers + 1):
-            child = StreamerProcess([
-                sys.executable, "-m", "pixelfleet", "streamer", "--url", url,
-                "--id", f"Streamer{i}", "--width", str(args.width),
-                "--height", str(args.height), "--fps", str(args.fps),
-            ])
-            child.start()
-            children.append(child)
         ids = [f"Streamer{i}" for i in range(1, args.streamers + 1)]
         if matchmaker is not None:
-            # Register the slots (starting) before they warm up, so an early player queues
-            # instead of hearing that the app does not exist.
-            nonlocal fleet
             matchmaker.start()
-            fleet = LocalFleet(matchmaker, list(zip(ids, children, strict=True)),
-                               connection_of=lambda sid: _identified(server, sid),
-                               signaling_url=f"ws://{_connect_host(settings.host)}:{server.player_port}",
-                               app=args.app)
-            await fleet.beat_ready()
-            fleet.start()
-        for _ in range(300):  # wait up to 30 s for every streamer to identify
-            if all(server.core.streamer_by_id(i) for i in ids):
-                break
-            await asyncio.sleep(0.1)
-        if fleet is not None:
-            await fleet.beat_ready()  # READY now, not at the next period
+        if ids:
+            nonlocal agent
+            agent = _embedded_agent(args, server, settings.host, matchmaker)
+            await agent.start()
+            if agent.reporter is not None:
+                # Register the slots (starting) before they warm up, so an early player queues
+                # instead of hearing that the app does not exist.
+                await agent.reporter.beat_now()
+            await agent.wait_ready(30)  # every streamer streaming in signalling
+            if agent.reporter is not None:
+                await agent.reporter.beat_now()  # READY now, not at the next period
         page = f"http://{_connect_host(settings.host)}:{server.player_port}/"
         how = (f"each tab gets its own slot through the matchmaker; more tabs than {len(ids)} wait in the queue"
                if matchmaker is not None else f"pick one with {page}?StreamerId=<id>")
@@ -157,9 +93,8 @@ async def _up(args: argparse.Namespace) -> None:
               f"  stop with Ctrl+C\n", flush=True)
 
     async def stop() -> None:
-        if fleet is not None:
-            await fleet.stop()
-        await asyncio.gather(*(c.stop() for c in children))
+        if agent is not None:
+            await agent.stop()
         await server.stop()
         if matchmaker is not None:
             await matchmaker.aclose()
@@ -198,9 +133,23 @@ def _embedded_matchmaker(args: argparse.Namespace) -> Matchmaker:
     return Matchmaker(open_store("memory://"), mm, keys, sink)
 
 
-def _identified(server: SignalingServer, streamer_id: str) -> int | None:
-    peer = server.core.streamer_by_id(streamer_id)
-    return peer.conn if peer is not None and peer.streaming else None
+def _embedded_agent(args: argparse.Namespace, server: SignalingServer, bind: str,
+                    matchmaker: Matchmaker | None) -> Agent:
+    """The local synthetic streamers as the slots of one host, ``Streamer1..N``."""
+    import os
+
+    from gpu_agent.agent import Agent
+    from gpu_agent.client import LocalMatchmakerClient
+    from gpu_agent.config import load_agent_settings
+
+    host = _connect_host(bind)
+    metrics = None if "PIXELFLEET_AGENT__METRICS_PORT" in os.environ else -1
+    settings = load_agent_settings(
+        os.environ, host_id="local", streamer="synthetic", slots=args.streamers, streamer_id="Streamer{n}",
+        app=args.app, signaling_url=f"ws://{host}:{server.player_port}",
+        streamer_url=f"ws://{host}:{server.streamer_port}", signaling_api_url=f"http://{host}:{server.player_port}",
+        res_x=args.width, res_y=args.height, fps=args.fps, heartbeat_period_s=1.0, metrics_port=metrics)
+    return Agent(settings, LocalMatchmakerClient(matchmaker) if matchmaker is not None else None)
 
 
 def _connect_host(host: str) -> str:
