@@ -123,6 +123,8 @@ def RecordedSampler(path: str | Path) -> NvmlSampler:  # noqa: N802 - reads as a
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode(errors="replace")
+    if isinstance(value, SimpleNamespace):  # a replayed struct
+        return {k: _plain(v) for k, v in vars(value).items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     fields = getattr(value, "_fields_", None)
