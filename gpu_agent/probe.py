@@ -287,11 +287,16 @@ class Telemetry:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="telemetry")
 
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
+        """Stop the periodic loop (``start()`` again resumes it)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+
+    async def aclose(self) -> None:
+        await self.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self.sampler.close)
         self._pool.shutdown(wait=False)
