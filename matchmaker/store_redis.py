@@ -7,6 +7,8 @@ EVALSHA), so it is atomic on the server whatever the number of replicas.
 URL: ``redis://``, ``rediss://`` or ``unix://`` as redis-py reads them. Add the query
 parameter ``cluster=1`` (``redis://node:7000/?cluster=1``) to use
 ``redis.asyncio.cluster.RedisCluster``; any node of the cluster will do as the seed.
+Without it the client uses a blocking pool of ``max_connections`` (URL parameter,
+default 256): a request waits for a free connection rather than failing.
 
 Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash tag)::
 
@@ -24,7 +26,8 @@ Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash 
     {P:T}:hosts          HASH  host id -> the tenant's copy of the host's state:
                                {v: ver, i: inc, d: draining, x: dead, s: [slot ids]}
     {P:T}:apps           HASH  app -> number of registered slots (``serves``)
-    {P:T}:ready:<app>    SET   claimable slot ids: READY on a live, non-draining host
+    {P:T}:ready:<app>    HASH  slot id -> Slot JSON of the claimable slots (READY on a
+                               live, non-draining host); ``ready_slots`` is one HVALS
     {P:T}:sessions       HASH  session id -> Session JSON (ended ones are deleted)
     {P:T}:clients        HASH  client key -> session id
     {P:T}:ticket:<id>    STR   Ticket JSON; expires 1 h after it leaves WAITING
@@ -41,10 +44,11 @@ and loads; msgspec decodes the result exactly.
 
 Cluster safety. Every script touches keys of exactly one hash slot: ``{P}`` for host
 records, ``{P:T}`` for one tenant. ``claim_slot`` (the hot path), ``end_session``,
-the session transitions, the queue operations and ``ready_slots`` are each one script
-in the tenant's slot. Some scripts name per-app keys (``{P:T}:ready:<app>``) that they
-derive inside the script; those share the declared key's hash tag, which Redis Cluster
-allows (Redis >= 7 checks that undeclared keys hash to the same slot).
+the session transitions and the queue operations are each one script in the tenant's
+slot; ``ready_slots`` is one HVALS there. Some scripts name per-app keys
+(``{P:T}:ready:<app>``, ``{P:T}:queue:<app>``) that they derive inside the script; those
+share the declared key's hash tag, which Redis Cluster allows (Redis >= 7 checks that
+undeclared keys hash to the same slot). The claim script declares all its keys.
 
 The ``P:sid`` / ``P:tid`` lookups exist because ``session(id)``, ``end_session(id)``,
 ``ticket(id)`` ... carry no tenant. A lookup is immutable, so each replica caches it.
@@ -59,7 +63,7 @@ on a cluster they are several scripts, in this order:
    follow, and adds the host to ``{P}:dirty``;
 2. one script per tenant (pipelined) applies that version of the host to the tenant's
    copy and slots: create the incarnation's slots, drop an older incarnation's, mark
-   them dead and end their sessions, add or remove them from the ready sets. Applying
+   them dead and end their sessions, add or remove them from the ready hashes. Applying
    is idempotent and monotone (a copy never goes back to a lower ``ver``), so any
    replica may repeat it at any time, in any order with another replica's;
 3. one script on ``{P}`` removes the host from ``{P}:dirty`` if ``ver`` did not move.
@@ -101,7 +105,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
 from redis import exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from matchmaker.models import (
@@ -121,6 +125,7 @@ from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, Unknow
 
 FINISHED_TICKET_TTL_S = 3600
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 256
 _CACHE_MAX = 100_000
 _HB_SLACK_S = 1.0
 
@@ -168,12 +173,14 @@ local function truthy(s) return s ~= nil and s ~= NULL and s ~= false and s ~= '
 
 # Tenant-scoped helpers: tag is '{P:T}'.
 _TENANT = _PRELUDE + r"""
-local function sync_ready(tag, slot, hc)
+-- Every script that writes a slot calls this: the ready hash holds the current JSON of
+-- exactly the claimable slots.
+local function sync_ready(tag, slot, json, hc)
   local key = tag .. ':ready:' .. slot.app
   if slot.state == 'ready' and hc and not hc.d and not hc.x then
-    redis.call('SADD', key, slot.slot_id)
+    redis.call('HSET', key, slot.slot_id, json)
   else
-    redis.call('SREM', key, slot.slot_id)
+    redis.call('HDEL', key, slot.slot_id)
   end
 end
 -- End a live session once: delete it, drop its client index, slot ASSIGNED -> RESETTING.
@@ -197,6 +204,7 @@ local function end_sess(tag, sid, reason, now)
       slot.session_id = NULL
       if slot.state == 'assigned' then slot.state = 'resetting'; slot.ended_session = sid end
       redis.call('HSET', K_slots, s.slot_id, enc(slot))
+      redis.call('HDEL', tag .. ':ready:' .. slot.app, s.slot_id)
     end
   end
   return enc(s)
@@ -354,7 +362,7 @@ local function drop(sid)
     local e = end_sess(tag, slot.session_id, 'host_dead', now)
     if e then ended[#ended + 1] = e end
   end
-  redis.call('SREM', tag .. ':ready:' .. slot.app, sid)
+  redis.call('HDEL', tag .. ':ready:' .. slot.app, sid)
   redis.call('HDEL', K_slots, sid)
   if redis.call('HINCRBY', K_apps, slot.app, -1) <= 0 then redis.call('HDEL', K_apps, slot.app) end
 end
@@ -397,7 +405,7 @@ hc.d = ARGV[5] == '1'
 hc.v = ver
 for _, sid in ipairs(hc.s) do
   local sr = redis.call('HGET', K_slots, sid)
-  if sr then sync_ready(tag, cjson.decode(sr), hc) end
+  if sr then sync_ready(tag, cjson.decode(sr), sr, hc) end
 end
 redis.call('HSET', KEYS[1], host, enc(hc))
 return ended
@@ -437,8 +445,9 @@ for _, r in ipairs(cjson.decode(ARGV[5])) do
     elseif st == 'ready' or st == 'starting' or st == 'dead' then
       slot.state = st
     end
-    redis.call('HSET', K_slots, sid, enc(slot))
-    sync_ready(tag, slot, hc)
+    local json = enc(slot)
+    redis.call('HSET', K_slots, sid, json)
+    sync_ready(tag, slot, json, hc)
   end
 end
 for _, sid in ipairs(hc.s) do
@@ -474,7 +483,7 @@ if ARGV[6] == '1' then
 end
 slot.state = 'assigned'; slot.session_id = ARGV[2]
 redis.call('HSET', KEYS[1], ARGV[1], enc(slot))
-redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[2]) end
 if t then
@@ -523,22 +532,6 @@ _FOR_CLIENT = r"""
 local sid = redis.call('HGET', KEYS[1], ARGV[1])
 if not sid then return false end
 return redis.call('HGET', KEYS[2], sid)
-"""
-
-# {P:T}: READY slots of one app as one JSON array. KEYS: ready:<app>, slots.
-_READY = r"""
-local ids = redis.call('SMEMBERS', KEYS[1])
-local parts = {}
-for i = 1, #ids, 1000 do
-  local chunk = {}
-  for j = i, math.min(i + 999, #ids) do chunk[#chunk + 1] = ids[j] end
-  local vals = redis.call('HMGET', KEYS[2], unpack(chunk))
-  for j = 1, #chunk do
-    local v = vals[j]
-    if v and string.find(v, '"state":"ready"', 1, true) then parts[#parts + 1] = v end
-  end
-end
-return '[' .. table.concat(parts, ',') .. ']'
 """
 
 # {P:T}: append a ticket. KEYS: queue:<app>, ticket:<id>, qseq, queues.
@@ -689,7 +682,6 @@ class RedisStore:
         self._end = script(_END)
         self._sess_script = script(_SESSION_OP)
         self._for_client = script(_FOR_CLIENT)
-        self._ready = script(_READY)
         self._enqueue = script(_ENQUEUE)
         self._finish = script(_FINISH)
         self._position = script(_POSITION)
@@ -714,7 +706,12 @@ class RedisStore:
             if url.startswith("unix:"):
                 raise ValueError("Redis Cluster is reached over TCP: use redis:// or rediss:// with cluster=1")
             return cls(RedisCluster.from_url(url), prefix=prefix, timeout_s=timeout_s)
-        return cls(Redis.from_url(url), prefix=prefix, timeout_s=timeout_s)
+        # redis-py's default pool fails at 100 connections in use; this one waits for
+        # a free connection instead (within the operation's timeout).
+        kw: dict[str, Any] = {"timeout": None}
+        if "max_connections=" not in url:
+            kw["max_connections"] = DEFAULT_MAX_CONNECTIONS
+        return cls(Redis.from_pool(BlockingConnectionPool.from_url(url, **kw)), prefix=prefix, timeout_s=timeout_s)
 
     async def _ready_client(self) -> None:
         """redis-py's asyncio RedisCluster (8.1) races its own first ``initialize()``
@@ -958,8 +955,7 @@ class RedisStore:
 
     @_guarded
     async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
-        tag = self._tag(tenant)
-        return _slots.decode(await self._ready([f"{tag}:ready:{app}", f"{tag}:slots"]))
+        return _slots.decode(b"[" + b",".join(await self._r.hvals(f"{self._tag(tenant)}:ready:{app}")) + b"]")
 
     @_guarded
     async def serves(self, tenant: str, app: str) -> bool:
