@@ -78,9 +78,10 @@ live incarnation; one that lost a race with the host's death or re-registration
 changes nothing there, as if it had come just before. If a replica dies between the
 steps, the host stays in ``{P}:dirty``: the next ``expire_hosts`` (every replica sweeps)
 or heartbeat of that host applies it. Sessions ended while applying a re-registration
-(only possible after such a crash) cannot be returned by ``register_host``; they go to
-``{P}:outbox`` and the next ``expire_hosts`` returns them, so every end is still
-recorded once.
+(only possible after such a crash) cannot be returned by ``register_host`` or
+``set_draining``; they go to ``{P}:outbox`` and the next ``expire_hosts`` returns them,
+so every end is still recorded once. A death is applied only with the sweep's clock
+(``set_draining`` leaves a host that died meanwhile to the sweep).
 
 Other multi-command operations: ``enqueue`` writes ``{P}:tenants`` and the ticket
 lookup before the enqueue script; ``end_session`` and the operations that end sessions
@@ -820,8 +821,12 @@ class RedisStore:
             dels.append(_cmd("DEL", self._sid_key(s.session_id)))
         return dels
 
-    async def _propagate(self, host_ids: Sequence[str], now: float) -> list[Session]:
-        """Bring every tenant's copy of these hosts up to their records (idempotent)."""
+    async def _propagate(self, host_ids: Sequence[str], now: float | None) -> list[Session]:
+        """Bring every tenant's copy of these hosts up to their records (idempotent).
+
+        Without ``now`` (``set_draining`` has no clock) a dead host is left to the next
+        sweep, which ends its sessions at the sweep's time, and anything else that ends
+        (an older incarnation's leftovers after a crash) ends at the host's last heartbeat."""
         if not host_ids:
             return []
         rows = await self._meta([f"{self._g}:hosts"], [self._g, *host_ids])
@@ -832,6 +837,8 @@ class RedisStore:
                                msgspec.json.decode(specs, type=dict[str, list[Slot]]),
                                msgspec.json.decode(old, type=list[str]), _strmap.decode(tmap), float(order)))
         metas.sort(key=lambda m: m.order)
+        if now is None:
+            metas = [m for m in metas if not m.host.dead]
         calls: list[_Call] = []
         owners: list[_Meta] = []
         for m in metas:
@@ -840,8 +847,8 @@ class RedisStore:
                 tag = self._tag(tenant)
                 calls.append((self._apply, [f"{tag}:hosts"],
                               [tag, m.host_id, m.inc, m.ver, "1" if m.host.draining else "0",
-                               "1" if m.host.dead else "0",
-                               _enc.encode(m.specs.get(tenant, [])), _num(now)]))
+                               "1" if m.host.dead else "0", _enc.encode(m.specs.get(tenant, [])),
+                               _num(m.host.last_heartbeat if now is None else now)]))
                 owners.append(m)
         results = await self._batch(calls)
         ended: list[tuple[float, int, Session]] = []
@@ -940,7 +947,9 @@ class RedisStore:
         res = await self._drain([self._host_key(host_id), f"{self._g}:dirty"], [host_id, "1" if draining else "0"])
         if _text(res[0]) == "unknown":
             raise UnknownHost(f"host {host_id} is not registered")
-        await self._propagate([host_id], 0.0)  # draining ends no session; the time is unused
+        ended = await self._propagate([host_id], None)
+        if ended:  # only after a crash left an older incarnation's sessions running
+            await self._r.rpush(f"{self._g}:outbox", *(_enc.encode(s) for s in ended))
         return _host.decode(res[1])
 
     @_guarded

@@ -256,3 +256,18 @@ async def test_a_silent_redis_times_out_as_backend_unavailable() -> None:
     finally:
         await store.aclose()
         server.close()
+
+
+async def test_a_drain_racing_a_death_leaves_the_death_to_the_sweep(open_redis: OpenStore) -> None:
+    store = open_redis()
+    await ready_host(store)
+    s = new_session("h1/0")
+    assert await store.claim_slot("h1/0", s)
+    g = store._g
+    # set_draining's first step ran, then the host was declared dead before it propagated.
+    await store._drain([store._host_key("h1"), f"{g}:dirty"], ["h1", "1"])
+    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, "200.0", "10.0", "191.0"])
+    assert await store._propagate(["h1"], None) == []  # what set_draining then does
+    assert await store.session(s.session_id) is not None
+    ended = await store.expire_hosts(201.0, ttl_s=10.0)
+    assert [(e.session_id, e.end_reason, e.ended_at) for e in ended] == [(s.session_id, EndReason.HOST_DEAD, 201.0)]
