@@ -132,7 +132,7 @@ _HB_SLACK_S = 1.0
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.TryAgainError,
-    rx.MasterDownError, rx.ReadOnlyError, rx.ClusterError, rx.RedisClusterException)
+    rx.MasterDownError, rx.ReadOnlyError, rx.ClusterError)
 
 _enc = msgspec.json.Encoder()
 _host = msgspec.json.Decoder(Host)
@@ -613,6 +613,10 @@ def _guarded(fn: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]
                 return await fn(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
             raise BackendUnavailable(f"redis is unavailable: {exc}") from exc
+        except rx.RedisClusterException as exc:  # also raised for our own mistakes: only
+            if isinstance(exc.__cause__, _UNAVAILABLE):  # "cannot connect" is the backend's
+                raise BackendUnavailable(f"redis cluster is unavailable: {exc}") from exc
+            raise
         except TimeoutError as exc:
             raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from exc
 

@@ -271,3 +271,10 @@ async def test_a_drain_racing_a_death_leaves_the_death_to_the_sweep(open_redis: 
     assert await store.session(s.session_id) is not None
     ended = await store.expire_hosts(201.0, ttl_s=10.0)
     assert [(e.session_id, e.end_reason, e.ended_at) for e in ended] == [(s.session_id, EndReason.HOST_DEAD, 201.0)]
+
+
+async def test_unreachable_cluster_is_backend_unavailable() -> None:
+    store = RedisStore.from_url("redis://127.0.0.1:1/?cluster=1", prefix="x", timeout_s=2.0)
+    with pytest.raises(BackendUnavailable):
+        await store.ready_slots("acme", "game")
+    await store.aclose()
