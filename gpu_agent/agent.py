@@ -13,7 +13,7 @@ import secrets
 import signal
 import time
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import structlog
 
 from gpu_agent.client import MatchmakerClient
@@ -177,8 +177,8 @@ class Agent:
             return
         first = not self.drain_reasons
         self.drain_reasons.add(reason)
-        log.warning("host_draining", reason=str(reason), mode=s.drain_mode,
-                    deadline_in_s=None if self._drain_deadline is None else round(self._drain_deadline - time.time(), 1))
+        left = None if self._drain_deadline is None else round(self._drain_deadline - time.time(), 1)
+        log.warning("host_draining", reason=str(reason), mode=s.drain_mode, deadline_in_s=left)
         for slot in self.slots:
             slot.draining = True
             if s.drain_mode == "end":

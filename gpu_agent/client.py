@@ -8,7 +8,8 @@ them apart.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -51,6 +52,7 @@ class MatchmakerClient(Protocol):
 
 
 _reply = msgspec.json.Decoder(HeartbeatReply)
+T = TypeVar("T")
 
 
 class HttpMatchmakerClient:
@@ -110,7 +112,7 @@ class LocalMatchmakerClient:
     def __init__(self, matchmaker: Matchmaker) -> None:
         self.mm = matchmaker
 
-    async def _call(self, coro):  # type: ignore[no-untyped-def]
+    async def _call(self, coro: Awaitable[T]) -> T:
         from matchmaker import store
 
         try:
@@ -124,10 +126,10 @@ class LocalMatchmakerClient:
 
     async def register(self, registration: HostRegistration) -> None:
         await self._call(self.mm.register_host(registration))
+        return None
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
-        reply: HeartbeatReply = await self._call(self.mm.heartbeat(host_id, heartbeat))
-        return reply
+        return await self._call(self.mm.heartbeat(host_id, heartbeat))
 
     async def drain(self, host_id: str) -> bool:
         await self._call(self.mm.drain(host_id, True))

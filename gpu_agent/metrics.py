@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 import msgspec
-import psutil
+import psutil  # type: ignore[import-untyped]
 from aiohttp import web
 
 from gpu_agent.probe import CODECS
@@ -143,9 +143,9 @@ class MetricsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        server = site._server  # noqa: SLF001 - read back port 0
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None)  # noqa: SLF001 - read back port 0
+        assert sockets
+        self.port = int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -128,7 +128,7 @@ class NvmlSampler:
         self._opened = True
         if self._nvml is None:
             try:
-                import pynvml
+                import pynvml  # type: ignore[import-untyped]
             except ImportError:
                 self._reason = "nvidia-ml-py is not installed"
                 return
@@ -193,13 +193,14 @@ class NvmlSampler:
         return None
 
     def _sample_gpu(self, gpu: _Gpu) -> GpuSample:
-        n = self._nvml
+        n: Any = self._nvml
         s = GpuSample(index=gpu.index, name=gpu.name, uuid=gpu.uuid, clocks_mhz={}, encoder_capacity={},
                       encoder_sessions=[], processes=[], unsupported=[], errors={})
         if (util := self._call(gpu, s, "utilization", "nvmlDeviceGetUtilizationRates")) is not None:
             s.utilization_gpu, s.utilization_memory = int(util.gpu), int(util.memory)
         if (mem := self._call(gpu, s, "memory", "nvmlDeviceGetMemoryInfo")) is not None:
-            s.memory_total_bytes, s.memory_used_bytes, s.memory_free_bytes = int(mem.total), int(mem.used), int(mem.free)
+            s.memory_total_bytes, s.memory_used_bytes = int(mem.total), int(mem.used)
+            s.memory_free_bytes = int(mem.free)
         temp = self._call(gpu, s, "temperature_v", "nvmlDeviceGetTemperatureV", n.NVML_TEMPERATURE_GPU)
         if temp is None and "temperature_v" in gpu.unsupported:  # drivers before nvmlDeviceGetTemperatureV
             temp = self._call(gpu, s, "temperature", "nvmlDeviceGetTemperature", n.NVML_TEMPERATURE_GPU)

@@ -31,7 +31,7 @@ SYSTEM_CALLS = ("nvmlSystemGetDriverVersion", "nvmlSystemGetNVMLVersion")
 
 
 def _pynvml() -> Any:
-    import pynvml
+    import pynvml  # type: ignore[import-untyped]
 
     return pynvml
 

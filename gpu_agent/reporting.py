@@ -99,14 +99,15 @@ class Reporter:
             level("heartbeat_failed", error=self.last_error, failures=self.consecutive_failures)
 
     def _retry_in(self) -> float:
-        return min(self.retry_max_s, 0.25 * 2 ** min(self.consecutive_failures, 10))
+        return float(min(self.retry_max_s, 0.25 * 2 ** min(self.consecutive_failures, 10)))
 
     async def _run(self) -> None:
         while True:
             ok = await self.beat_now()
             if ok:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poked.wait(), self.period_s)
+                    async with asyncio.timeout(self.period_s):
+                        await self._poked.wait()
                 await asyncio.sleep(0.02)  # let simultaneous slot changes land in one beat
             else:
                 await asyncio.sleep(self._retry_in())

@@ -181,6 +181,7 @@ class Slot:
         self.last_error: str | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self._want_stop = False
+        self._closing = False
         self._spawned_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -229,10 +230,12 @@ class Slot:
                           nvenc_load=nvenc_load, reset_for=self.reset_for)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        self._closing = self._want_stop = True
+        self._wake.set()
+        while task is not None and not task.done():  # cancel until it is done: a cancel can be lost
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         await self._kill()
 
     # --- supervision ---------------------------------------------------------------------
@@ -246,7 +249,8 @@ class Slot:
     async def _sleep(self, seconds: float) -> None:
         """Sleep until the timeout or a command (reset, stop, resume) or the process exit."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     def _exited(self) -> bool:
@@ -254,11 +258,11 @@ class Slot:
 
     async def _supervise(self) -> None:
         delay = self.s.backoff_initial_s
-        while True:
+        while not self._closing:
             if self._want_stop:
                 await self._kill()
                 self._set(Phase.STOPPED)
-                while self._want_stop:
+                while self._want_stop and not self._closing:
                     await self._sleep(3600)
                 continue
             try:
@@ -282,12 +286,16 @@ class Slot:
         await self._released()
         self._set(Phase.RESETTING if self.pending_reset else Phase.STARTING)
         argv, extra_env = slot_command(self.s, self.plan)
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv, env={**os.environ, **extra_env}, stdin=asyncio.subprocess.DEVNULL, start_new_session=True))
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv, env={**os.environ, **extra_env}, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True)
+            self.proc = await asyncio.shield(spawn)
         except OSError as exc:  # no such file, not executable, ...
             raise _Failed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+        except asyncio.CancelledError:  # closing while spawning: do not leave the child behind
+            with contextlib.suppress(Exception):
+                _signal_group((await spawn).pid, signal.SIGKILL)
+            raise
         self.starts += 1
         self._spawned_at = time.monotonic()
         log.info("slot_spawned", slot=self.plan.index, streamer=self.plan.streamer_id, pid=self.proc.pid,
@@ -380,7 +388,8 @@ class Slot:
             log.warning("slot_reset_command_failed", slot=self.plan.index, error=str(exc))
             return False
         try:
-            code = await asyncio.wait_for(proc.wait(), self.s.reset_timeout_s)
+            async with asyncio.timeout(self.s.reset_timeout_s):
+                code = await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -408,7 +417,8 @@ class Slot:
         if proc.returncode is None:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), self.s.stop_timeout_s)
+                async with asyncio.timeout(self.s.stop_timeout_s):
+                    await proc.wait()
             except TimeoutError:
                 _signal_group(proc.pid, signal.SIGKILL)
                 await proc.wait()

@@ -47,8 +47,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_http(url: str, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError, OSError):
@@ -56,7 +56,7 @@ async def _wait_http(url: str, timeout: float = 30.0) -> None:
                     if r.status < 500:
                         return
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer in {timeout} s")
+    raise RuntimeError(f"{url} did not answer in {within_s} s")
 
 
 def _cpu() -> float:

@@ -20,7 +20,7 @@ from gpu_agent.probe import Telemetry
 from gpu_agent.recorded import RecordedSampler
 from gpu_agent.reporting import Reporter
 from gpu_agent.slots import Phase, SignalingWatch, SlotPlan, SlotSet, plan_slots, slot_command
-from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotReset, SlotSpec, SlotState
+from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotSpec, SlotState
 from pixelfleet.settings import ConfigError
 
 DATA = Path(__file__).parents[1] / "data"
