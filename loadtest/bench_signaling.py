@@ -2,12 +2,17 @@
 
 Each server runs as its own child process so its CPU and RSS are read alone
 (psutil); the load comes from separate generator processes (`loadtest.bench_client`)
-driven over stdin/stdout. For each server, in order:
+driven over stdin/stdout. A round, for each server kind:
 
-1. idle: RSS with no connection, then with each `--idle` count of idle player sockets;
-2. streamers: S streamers connect and identify (not timed);
-3. handshake: P players join, at most `--inflight` at a time (split over generators);
-4. relay: a closed loop for `--relay-seconds`, K messages in flight per pair.
+1. streamers: S streamers connect and identify (not timed);
+2. handshake: P players join, at most `--inflight` at a time (split over generators);
+3. relay: closed-loop windows of `--relay-seconds`, K messages in flight per pair; the
+   kinds take turns (A B B A ...) for `--windows` windows each, and the ratios pair each
+   pixelfleet window with its bare neighbour;
+4. idle: on a fresh instance, RSS with no connection and at each `--idle` count of idle
+   player sockets.
+
+`--repeat` runs several rounds (alternating which kind goes first) and reports medians.
 
     python -m loadtest.bench_signaling --streamers 50 --players 500 --inflight 50 \\
         --relay-seconds 10 --idle 2000,5000 --generators 2 --json out.json
@@ -44,8 +49,8 @@ PIXELFLEET_ARGS: tuple[str, ...] = (
     "--streamer-rate", "10000000", "--streamer-burst", "10000000",
 )
 TARGETS = {
-    "relay_ratio": ("relayed msgs/s, pixelfleet / bare", ">=", 0.75),
-    "cpu_ratio": ("server CPU per message, pixelfleet / bare", "<=", 1.3),
+    "relay_ratio": ("relayed msgs/s, pixelfleet / bare (paired windows)", ">=", 0.75),
+    "cpu_ratio": ("server CPU per message, pixelfleet / bare (paired)", "<=", 1.3),
     "handshake_p99_ms": ("pixelfleet handshake p99 (ms)", "<", 10.0),
     "kb_per_idle": ("pixelfleet RSS per idle connection (KB)", "<", 15.0),
 }
@@ -157,6 +162,7 @@ class Snapshot:
         m = psutil.cpu_times()
         self.idle = m.idle + getattr(m, "iowait", 0.0)
         self.irq = getattr(m, "softirq", 0.0) + getattr(m, "irq", 0.0)
+        self.steal = getattr(m, "steal", 0.0)
         self.total = sum(m)
         c0 = psutil.cpu_times(percpu=True)[0]
         self.cpu0_idle = c0.idle + getattr(c0, "iowait", 0.0)
@@ -181,6 +187,8 @@ class Snapshot:
             # Loopback TCP work the kernel does in softirq, charged to no process: it serves
             # both sides. What is left is other processes on the box (the orchestrator sleeps).
             "softirq_cores": irq,
+            # Time the hypervisor gave our vCPUs to someone else (a VM's noisy neighbours).
+            "steal_cores": (self.steal - before.steal) / total * NCPU if total > 0 else 0.0,
             "other_cores": max(0.0, busy * NCPU - server - gen - irq),
             # With --pin the server has CPU 0 to itself; how busy that core was (server plus
             # the kernel work its own syscalls trigger) says whether the server ran out.
@@ -416,54 +424,65 @@ def _short_frame(frame: str) -> str:
 
 
 # ----------------------------------------------------------------------------- one server
-async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict[str, Any]:
-    """All phases against one kind of server: two fresh instances, one for the load phases
-    and one for the idle-RSS phase, so the thousands of closed idle sockets (garbage
-    for the cyclic GC, whose full pass then stalls the loop) never land in the load figures."""
-    S, P, G = opts.streamers, opts.players, opts.generators
-    gens: list[GenProc] = []
-    servers: list[Server] = []
-    result: dict[str, Any] = {"server": kind}
-    profiles: dict[str, Any] = {}
+class KindBench:
+    """Every phase against one kind of server, on fresh instances of it: one for the load
+    phases and one for the idle-RSS phase, so thousands of closed idle sockets (garbage for
+    the cyclic GC, whose full pass stalls the loop) never land in the load figures. Each
+    kind has its own generators, so two kinds can take turns in the relay phase."""
 
-    async def start_server(tag: str) -> tuple[Server, ProcTree]:
-        cmd, ports = server_command(kind, opts.host, opts)
-        server = Server(kind, cmd, ports, opts.host, os.path.join(logdir, f"{kind}-{tag}-{len(os.listdir(logdir))}.log"))
-        servers.append(server)
+    def __init__(self, kind: str, opts: argparse.Namespace, logdir: str) -> None:
+        self.kind, self.opts, self.logdir = kind, opts, logdir
+        self.gens: list[GenProc] = []
+        self.gtrees: list[ProcTree] = []
+        self.servers: list[Server] = []
+        self.server: Server | None = None
+        self.stree: ProcTree | None = None
+        self.result: dict[str, Any] = {"server": kind}
+        self.profiles: dict[str, Any] = {}
+        self.windows: list[dict[str, Any]] = []
+
+    async def _start_server(self, tag: str) -> tuple[Server, ProcTree]:
+        opts = self.opts
+        cmd, ports = server_command(self.kind, opts.host, opts)
+        log = os.path.join(self.logdir, f"{self.kind}-{tag}-{len(os.listdir(self.logdir))}.log")
+        server = Server(self.kind, cmd, ports, opts.host, log)
+        self.servers.append(server)
         tree = await server.start()
         if opts.pin and NCPU > 1:  # the server alone on CPU 0, so generators never steal its core
             tree.proc.cpu_affinity([0])
         _renice(tree, opts.nice)
-        result.setdefault("cmd", " ".join(cmd))
-        result.setdefault("logs", []).append(server.log)
+        self.result.setdefault("cmd", " ".join(cmd))
+        self.result.setdefault("logs", []).append(server.log)
         return server, tree
 
-    try:
+    async def load(self) -> None:
+        """Generators, a fresh server, the streamers, then the (measured) handshakes."""
+        opts, kind = self.opts, self.kind
+        S, P, G = opts.streamers, opts.players, opts.generators
         # A streamer and its players live on one generator (one clock per handshake).
         for g in range(G):
             streamers = [s for s in range(S) if s % G == g]
             players = [[i, i % S] for i in range(P) if (i % S) % G == g]
             cfg = {"host": opts.host, "streamers": streamers, "players": players,
                    "client": opts.client, "timeout": opts.timeout}  # fmt: skip
-            gens.append(await GenProc.start(g, cfg, logdir))
+            self.gens.append(await GenProc.start(g, cfg, self.logdir))
+        gens = self.gens
         await asyncio.gather(*(g.call(30, "hello") for g in gens))
-        gtrees = [g.tree for g in gens]
-        if opts.pin and NCPU > 1:
-            for t in gtrees:
-                t.proc.cpu_affinity(list(range(1, NCPU)))
+        self.gtrees = gtrees = [g.tree for g in gens]
         for t in gtrees:
+            if opts.pin and NCPU > 1:
+                t.proc.cpu_affinity(list(range(1, NCPU)))
             _renice(t, opts.nice)
 
-        # 1. streamers, on a fresh server
-        server, stree = await start_server("load")
+        self.server, stree = server, stree = await self._start_server("load")
+        self.stree = stree
         outs = await asyncio.gather(*(g.call(opts.timeout + 5, "streamers", port=server.ports["streamer"]) for g in gens))
-        result["streamers"] = sum(len(o["ids"]) for o in outs)
+        self.result["streamers"] = sum(len(o["ids"]) for o in outs)
         await quiesce(stree)
 
-        # 2. handshakes
         players_per_gen = [sum(1 for i in range(P) if (i % S) % G == g) for g in range(G)]
         inflight = [max(1, round(opts.inflight * n / P)) if n else 1 for n in players_per_gen]
-        result["busy_before_handshake"] = await quiet_machine(opts.quiet_wait)
+        self.result["busy_before_handshake"] = await quiet_machine(opts.quiet_wait)
         prof = await Profiler.start(opts, kind, "handshake", stree)
         start_at = now() + 0.2
         calls = [asyncio.ensure_future(g.call(opts.timeout * 4 + P, "handshake", port=server.ports["player"],
@@ -474,7 +493,7 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
         outs = await asyncio.gather(*calls)
         cpu = Snapshot(stree, gtrees).since(before)
         if prof:
-            profiles["handshake"] = await prof.stop()
+            self.profiles["handshake"] = await prof.stop()
         lat = [x for o in outs for x in o["latency"]]
         join = [x for o in outs for x in o["join"]]
         end = max(o["end"] for o in outs)
@@ -482,7 +501,7 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
         for o in outs:
             for k, v in o["failures"].items():
                 failures[k] = failures.get(k, 0) + v
-        result["handshake"] = {
+        self.result["handshake"] = {
             "ok": len(lat),
             "failed": sum(o["failed"] for o in outs),
             "failures": failures,
@@ -496,10 +515,13 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
             "saturated": saturation(cpu, opts.pin and NCPU > 1),
         }
 
-        # 3. closed-loop relay
+    async def relay_window(self) -> dict[str, Any]:
+        """One closed-loop relay window of `--relay-seconds` (after a short warm-up)."""
+        opts, gens, stree = self.opts, self.gens, self.stree
+        assert stree is not None
         warmup, grace = opts.relay_warmup, 1.0
-        result["busy_before_relay"] = await quiet_machine(opts.quiet_wait)
-        prof = await Profiler.start(opts, kind, "relay", stree)
+        busy_before = await quiet_machine(opts.quiet_wait)
+        prof = await Profiler.start(opts, self.kind, "relay", stree) if not self.windows else None
         start_at = now() + warmup + 0.2
         calls = [
             asyncio.ensure_future(g.call(opts.relay_seconds + warmup + grace + 30, "relay", start_at=start_at,
@@ -507,69 +529,124 @@ async def bench_server(kind: str, opts: argparse.Namespace, logdir: str) -> dict
             for g in gens
         ]  # fmt: skip
         await asyncio.sleep(max(0.0, start_at - now()))
-        before = Snapshot(stree, gtrees)
+        before = Snapshot(stree, self.gtrees)
         await asyncio.sleep(max(0.0, start_at + opts.relay_seconds - now()))
-        cpu = Snapshot(stree, gtrees).since(before)
+        cpu = Snapshot(stree, self.gtrees).since(before)
         outs = await asyncio.gather(*calls)
         if prof:
-            profiles["relay"] = await prof.stop()
+            self.profiles["relay"] = await prof.stop()
         relayed = sum(o["hop_to_streamer"] + o["hop_to_player"] for o in outs)
-        rtt = [x for o in outs for x in o["rtt"]]
-        weights = [float(o["rtt_weight"]) for o in outs for _ in o["rtt"]]
-        result["relay"] = {
-            "seconds": opts.relay_seconds,
-            "k": opts.k,
-            "pairs": sum(o["pairs"] for o in outs),
+        window = {
             "relayed": relayed,
             "per_s": relayed / opts.relay_seconds,
-            "lost": sum(o["lost"] for o in outs),
-            "rtt_p50_ms": _ms(percentile(rtt, 0.5, weights)),
-            "rtt_p99_ms": _ms(percentile(rtt, 0.99, weights)),
             "server_cpu_per_100k": cpu["server_cpu_s"] / relayed * 1e5 if relayed else None,
-            "gen_cpu_per_100k": cpu["gen_cpu_s"] / relayed * 1e5 if relayed else None,
+            "pairs": sum(o["pairs"] for o in outs),
+            "lost": sum(o["lost"] for o in outs),
+            "rtt": [x for o in outs for x in o["rtt"]],
+            "rtt_w": [float(o["rtt_weight"]) for o in outs for _ in o["rtt"]],
             "cpu": cpu,
-            "saturated": saturation(cpu, opts.pin and NCPU > 1),
+            "busy_before": busy_before,
         }
-        stats = await asyncio.gather(*(g.call(30, "stats") for g in gens))
+        self.windows.append(window)
+        return window
+
+    async def finish_load(self) -> None:
+        """Fold the relay windows into one figure set, read the client counters, stop the server."""
+        opts, ws = self.opts, self.windows
+        if ws:
+            relayed = sum(w["relayed"] for w in ws)
+            secs = opts.relay_seconds * len(ws)
+            cpu = {k: sum(w["cpu"][k] for w in ws) for k in ("wall_s", "server_cpu_s", "gen_cpu_s")}
+            for k in ("server_cores", "gen_cores", "machine_busy", "softirq_cores", "steal_cores", "other_cores",
+                      "cpu0_busy"):
+                cpu[k] = statistics.fmean(w["cpu"][k] for w in ws)
+            cpu["gen_cores_each"] = [statistics.fmean(c) for c in zip(*(w["cpu"]["gen_cores_each"] for w in ws))]
+            rtt = [x for w in ws for x in w["rtt"]]
+            weights = [x for w in ws for x in w["rtt_w"]]
+            self.result["relay"] = {
+                "seconds": secs,
+                "windows": len(ws),
+                "k": opts.k,
+                "pairs": min(w["pairs"] for w in ws),
+                "relayed": relayed,
+                "per_s": relayed / secs,
+                "lost": sum(w["lost"] for w in ws),
+                "rtt_p50_ms": _ms(percentile(rtt, 0.5, weights)),
+                "rtt_p99_ms": _ms(percentile(rtt, 0.99, weights)),
+                "server_cpu_per_100k": cpu["server_cpu_s"] / relayed * 1e5 if relayed else None,
+                "gen_cpu_per_100k": cpu["gen_cpu_s"] / relayed * 1e5 if relayed else None,
+                "cpu": cpu,
+                "saturated": saturation(cpu, opts.pin and NCPU > 1),
+                "per_window": [{k: w[k] for k in ("per_s", "server_cpu_per_100k", "busy_before")} for w in ws],
+            }
+        stats = await asyncio.gather(*(g.call(30, "stats") for g in self.gens))
+        self.result["client_errors"] = sum(s["errors"] for s in stats)
+        self.result["closed_by_server"] = sum(s["closed_by_server"] for s in stats)
+        if self.server is not None:
+            await self.server.stop()
+        if self.profiles:
+            self.result["profile"] = self.profiles
+
+    async def idle(self) -> None:
+        """RSS of a fresh server with 0 and then each `--idle` count of idle player sockets."""
+        opts, gens = self.opts, self.gens
+        if not opts.idle:
+            return
+        server, stree = await self._start_server("idle")
+        await asyncio.sleep(opts.settle)
+        rss = {0: stree.rss()}
+        idle_failed, opened = 0, 0
+        for level in opts.idle:
+            per_gen = _split(level - opened, len(gens))
+            outs = await asyncio.gather(*(
+                g.call(opts.timeout * 10, "idle", port=server.ports["player"], count=n,
+                       concurrency=max(1, opts.connect_concurrency // len(gens)))
+                for g, n in zip(gens, per_gen)
+            ))  # fmt: skip
+            idle_failed += sum(o["failed"] for o in outs)
+            opened = level
+            await asyncio.sleep(opts.settle)
+            rss[level] = stree.rss()
+        top = opts.idle[-1]
+        self.result["idle"] = {
+            "rss_bytes": {str(k): v for k, v in rss.items()},
+            "failed": idle_failed,
+            "kb_per_idle": (rss[top] - rss[0]) / 1024 / top,
+            "kb_per_idle_marginal": (rss[top] - rss[opts.idle[0]]) / 1024 / (top - opts.idle[0]) if len(opts.idle) > 1 else None,
+        }
+        await asyncio.gather(*(g.call(30, "close_idle") for g in gens))
         await server.stop()
 
-        # 4. idle connections and RSS, on another fresh server
-        if opts.idle:
-            server, stree = await start_server("idle")
-            await asyncio.sleep(opts.settle)
-            rss = {0: stree.rss()}
-            idle_failed, opened = 0, 0
-            for level in opts.idle:
-                per_gen = _split(level - opened, G)
-                outs = await asyncio.gather(*(
-                    g.call(opts.timeout * 10, "idle", port=server.ports["player"], count=n,
-                           concurrency=max(1, opts.connect_concurrency // G))
-                    for g, n in zip(gens, per_gen)
-                ))  # fmt: skip
-                idle_failed += sum(o["failed"] for o in outs)
-                opened = level
-                await asyncio.sleep(opts.settle)
-                rss[level] = stree.rss()
-            top = opts.idle[-1]
-            result["idle"] = {
-                "rss_bytes": {str(k): v for k, v in rss.items()},
-                "failed": idle_failed,
-                "kb_per_idle": (rss[top] - rss[0]) / 1024 / top,
-                "kb_per_idle_marginal": (rss[top] - rss[opts.idle[0]]) / 1024 / (top - opts.idle[0]) if len(opts.idle) > 1 else None,
-            }
-            await asyncio.gather(*(g.call(30, "close_idle") for g in gens))
-            result["idle"]["close_s"] = await quiesce(stree)
+    async def close(self) -> None:
+        await asyncio.gather(*(g.stop() for g in self.gens), return_exceptions=True)
+        for server in self.servers:
             await server.stop()
 
-        result["client_errors"] = sum(s["errors"] for s in stats)
-        result["closed_by_server"] = sum(s["closed_by_server"] for s in stats)
-        if profiles:
-            result["profile"] = profiles
+
+async def bench_round(r: int, opts: argparse.Namespace, logdir: str) -> dict[str, dict[str, Any]]:
+    """One round: every kind loads and handshakes, then they take turns in relay windows
+    (A B B A ..., so slow drift in a shared box hits both alike and each window has a
+    neighbour of the other kind to compare with), then each measures idle RSS."""
+    order = opts.servers if r % 2 == 0 else opts.servers[::-1]
+    benches = {k: KindBench(k, opts, logdir) for k in order}
+    try:
+        for k in order:
+            print(f"[bench] round {r + 1}/{opts.repeat}: {k} handshakes …", file=sys.stderr, flush=True)
+            await benches[k].load()
+        for w in range(opts.windows):
+            for k in order if w % 2 == 0 else order[::-1]:
+                print(f"[bench] round {r + 1}/{opts.repeat}: {k} relay window {w + 1}/{opts.windows} …",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                await benches[k].relay_window()
+        for k in order:
+            await benches[k].finish_load()
+        for k in order:
+            print(f"[bench] round {r + 1}/{opts.repeat}: {k} idle connections …", file=sys.stderr, flush=True)
+            await benches[k].idle()
     finally:
-        await asyncio.gather(*(g.stop() for g in gens), return_exceptions=True)
-        for server in servers:
-            await server.stop()
-    return result
+        for b in benches.values():
+            await b.close()
+    return {k: benches[k].result for k in opts.servers}
 
 
 def _ms(x: float | None) -> float | None:
@@ -577,9 +654,18 @@ def _ms(x: float | None) -> float | None:
 
 
 # ----------------------------------------------------------------------------- report
-def ratios(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def ratios(res: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """pixelfleet against the bare relay. The relay ratios are the median over relay windows
+    of each pixelfleet window against its neighbouring bare window (paired in time, so a
+    box whose speed drifts between runs still compares like with like)."""
     pf, bare = res.get("pixelfleet"), res.get("bare")
     out: dict[str, Any] = {}
+    pairs: dict[str, list[float]] = {"per_s": [], "server_cpu_per_100k": []}
+    for a_run, b_run in zip((runs or {}).get("pixelfleet", []), (runs or {}).get("bare", [])):
+        for wa, wb in zip(_get(a_run, "relay", "per_window") or [], _get(b_run, "relay", "per_window") or []):
+            for key, vals in pairs.items():
+                if wa.get(key) and wb.get(key):
+                    vals.append(wa[key] / wb[key])
 
     def get(r: dict[str, Any] | None, *path: str) -> float | None:
         for key in path:
@@ -589,9 +675,14 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return r  # type: ignore[return-value]
 
     a, b = get(pf, "relay", "per_s"), get(bare, "relay", "per_s")
-    out["relay_ratio"] = a / b if a and b else None
+    out["relay_ratio_of_medians"] = a / b if a and b else None
     a, b = get(pf, "relay", "server_cpu_per_100k"), get(bare, "relay", "server_cpu_per_100k")
-    out["cpu_ratio"] = a / b if a and b else None
+    out["cpu_ratio_of_medians"] = a / b if a and b else None
+    out["relay_ratio_windows"] = pairs["per_s"]
+    out["cpu_ratio_windows"] = pairs["server_cpu_per_100k"]
+    out["relay_ratio"] = statistics.median(pairs["per_s"]) if pairs["per_s"] else out["relay_ratio_of_medians"]
+    out["cpu_ratio"] = (statistics.median(pairs["server_cpu_per_100k"]) if pairs["server_cpu_per_100k"]
+                        else out["cpu_ratio_of_medians"])  # fmt: skip
     out["handshake_p99_ms"] = get(pf, "handshake", "p99_ms")
     out["kb_per_idle"] = get(pf, "idle", "kb_per_idle")
     checks = {}
@@ -612,7 +703,7 @@ def render(report: dict[str, Any]) -> str:
     cfg, m = report["config"], report["machine"]
     lines = [
         f"Signalling benchmark: S={cfg['streamers']} P={cfg['players']} inflight={cfg['inflight']} "
-        f"relay={cfg['relay_seconds']}s K={cfg['k']} generators={cfg['generators']} client={cfg['client']}"
+        f"relay={cfg['windows']}x{cfg['relay_seconds']:g}s K={cfg['k']} generators={cfg['generators']} client={cfg['client']}"
         f"{' pinned' if cfg.get('pin') else ''}"
         + (f" — median of {cfg['repeat']} runs per server" if cfg.get("repeat", 1) > 1 else ""),
         f"machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, aiohttp {m.get('aiohttp')}, uvloop {m.get('uvloop')}",
@@ -649,6 +740,7 @@ def render(report: dict[str, Any]) -> str:
         row("relay: CPU 0 (server's) busy", "relay", "cpu", "cpu0_busy", fmt="{:.0%}")
     row("relay: kernel softirq cores", "relay", "cpu", "softirq_cores", fmt="{:.2f}")
     row("relay: other processes' cores", "relay", "cpu", "other_cores", fmt="{:.2f}")
+    row("relay: hypervisor steal (cores)", "relay", "cpu", "steal_cores", fmt="{:.2f}")
     for level in ["0", *map(str, cfg["idle"])]:
         rows.append((f"server RSS, {level} idle conns (MB)", *(_mb(_get(res[k], "idle", "rss_bytes", level)) for k in kinds)))
     row("RSS per idle conn (KB, 0→max)", "idle", "kb_per_idle", fmt="{:.1f}")
@@ -674,7 +766,10 @@ def render(report: dict[str, Any]) -> str:
         for key, (label, op, target) in TARGETS.items():
             v, met = rat.get(key), rat.get("met", {}).get(key)
             verdict = "n/a" if met is None else ("MET" if met else "MISSED")
-            lines.append(f"  {label:45s} {_f(v, '{:.3g}'):>8s}  target {op} {target:g}  {verdict}")
+            lines.append(f"  {label:52s} {_f(v, '{:.3g}'):>8s}  target {op} {target:g}  {verdict}")
+        for key in ("relay_ratio_windows", "cpu_ratio_windows"):
+            if len(rat.get(key) or []) > 1:
+                lines.append(f"  {key.replace('_', ' ')}: " + ", ".join(f"{x:.2f}" for x in rat[key]))
     for k in kinds:
         for phase, prof in (res[k].get("profile") or {}).items():
             lines.append("")
@@ -709,7 +804,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--streamers", type=int, default=50, help="S streamers (default 50)")
     ap.add_argument("--players", type=int, default=500, help="P players, spread round-robin over streamers (default 500)")
     ap.add_argument("--inflight", type=int, default=50, help="handshakes in flight, all generators together (default 50)")
-    ap.add_argument("--relay-seconds", type=float, default=10.0, help="relay phase length (default 10)")
+    ap.add_argument("--relay-seconds", type=float, default=10.0, help="length of one relay window (default 10)")
+    ap.add_argument("--windows", type=int, default=3,
+                    help="relay windows per server per round, servers taking turns (default 3)")
     ap.add_argument("--relay-warmup", type=float, default=0.5, help="relay runs this long before counting (default 0.5)")
     ap.add_argument("-k", "--k", type=int, default=1, help="relay messages in flight per pair (default 1)")
     ap.add_argument("--idle", default="2000,5000", help="idle connection counts to read RSS at, ascending ('' = skip)")
@@ -723,14 +820,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--connect-concurrency", type=int, default=100, help="idle connects in flight, all generators (default 100)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before reading RSS (default 1)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-connection and per-handshake timeout (default 30)")
-    ap.add_argument("--repeat", type=int, default=1, help="run each server this many times, alternating; report medians")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (each: every server, every phase); report medians")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="pin the server to CPU 0 and the generators to the other CPUs (default on)")
     ap.add_argument("--profile", metavar="DIR", help="record each server with py-spy per phase into DIR and list hot spots")
     ap.add_argument("--nice", type=int, default=0,
                     help="nice value for the server and generators; negative (root) shields them from other load")
-    ap.add_argument("--quiet-wait", type=float, default=20.0,
-                    help="before each measured phase, wait up to this long for the box to be idle (default 20)")
+    ap.add_argument("--quiet-wait", type=float, default=10.0,
+                    help="before each measured phase, wait up to this long for the box to be idle (default 10)")
     ap.add_argument("--json", help="also write the full report to this file")
     opts = ap.parse_args(argv)
     opts.idle = sorted({int(x) for x in opts.idle.split(",") if x.strip()})
@@ -746,8 +843,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     logdir = tempfile.mkdtemp(prefix="bench-signaling-")
     report: dict[str, Any] = {
-        "config": {k: getattr(opts, k) for k in ("streamers", "players", "inflight", "relay_seconds", "k", "idle",
-                                                 "generators", "client", "servers", "repeat", "pin", "nice")},
+        "config": {k: getattr(opts, k) for k in ("streamers", "players", "inflight", "relay_seconds", "windows", "k",
+                                                 "idle", "generators", "client", "servers", "repeat", "pin", "nice")},
         "machine": machine_info(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "logdir": logdir,
@@ -755,13 +852,12 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
     }
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in opts.servers}
     for r in range(opts.repeat):  # alternate the order so drift in the box hits both alike
-        for kind in opts.servers if r % 2 == 0 else opts.servers[::-1]:
-            print(f"[bench] run {r + 1}/{opts.repeat}: {kind} …", file=sys.stderr, flush=True)
-            runs[kind].append(await bench_server(kind, opts, logdir))
+        for kind, result in (await bench_round(r, opts, logdir)).items():
+            runs[kind].append(result)
     report["servers"] = {k: summarize(v) for k, v in runs.items()}
     if opts.repeat > 1:
         report["runs"] = runs
-    report["ratios"] = ratios(report["servers"])
+    report["ratios"] = ratios(report["servers"], runs)
     return report
 
 

@@ -23,7 +23,7 @@ def test_bench_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = tmp_path / "bench.json"
     rc = main([
         "--streamers", str(S), "--players", str(P), "--inflight", "2", "--relay-seconds", "1",
-        "--relay-warmup", "0.2", "--idle", ",".join(map(str, IDLE)), "--generators", "2",
+        "--relay-warmup", "0.2", "--windows", "2", "--idle", ",".join(map(str, IDLE)), "--generators", "2",
         "--settle", "0.2", "--quiet-wait", "0", "--json", str(out),
     ])  # fmt: skip
     assert rc == 0
@@ -37,6 +37,7 @@ def test_bench_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert 0 < hs["p50_ms"] <= hs["p95_ms"] <= hs["p99_ms"] <= hs["max_ms"]
         relay = r["relay"]
         assert relay["pairs"] == P and relay["relayed"] > 0 and relay["per_s"] > 0
+        assert [w["per_s"] > 0 for w in relay["per_window"]] == [True, True]
         assert relay["lost"] == 0
         assert relay["rtt_p50_ms"] is not None and relay["rtt_p99_ms"] is not None
         assert relay["server_cpu_per_100k"] > 0 and relay["gen_cpu_per_100k"] > 0
@@ -50,6 +51,7 @@ def test_bench_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert idle["kb_per_idle"] is not None and idle["kb_per_idle_marginal"] is not None
         assert r["client_errors"] == 0 and r["closed_by_server"] == 0
     ratios = report["ratios"]
+    assert len(ratios["relay_ratio_windows"]) == len(ratios["cpu_ratio_windows"]) == 2
     for key in TARGETS:
         assert ratios[key] is not None, key
         assert ratios["met"][key] in (True, False)
