@@ -8,6 +8,7 @@ them apart.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -89,7 +90,8 @@ class HttpMatchmakerClient:
         await self._post("/hosts", msgspec.json.encode(registration), self._agent)
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
-        raw = await self._post(f"/hosts/{host_id}/heartbeat", msgspec.json.encode(heartbeat), self._agent)
+        path = f"/hosts/{urllib.parse.quote(host_id, safe='')}/heartbeat"
+        raw = await self._post(path, msgspec.json.encode(heartbeat), self._agent)
         try:
             return _reply.decode(raw)
         except msgspec.DecodeError as exc:
@@ -98,7 +100,8 @@ class HttpMatchmakerClient:
     async def drain(self, host_id: str) -> bool:
         if self._admin is None:
             return False
-        await self._post(f"/admin/hosts/{host_id}/drain", b'{"draining": true}', self._admin)
+        path = f"/admin/hosts/{urllib.parse.quote(host_id, safe='')}/drain"
+        await self._post(path, b'{"draining": true}', self._admin)
         return True
 
     async def aclose(self) -> None:

@@ -182,6 +182,7 @@ class Slot:
         self.proc: asyncio.subprocess.Process | None = None
         self._want_stop = False
         self._closing = False
+        self._watchers: set[asyncio.Task[None]] = set()
         self._spawned_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -300,7 +301,9 @@ class Slot:
         self._spawned_at = time.monotonic()
         log.info("slot_spawned", slot=self.plan.index, streamer=self.plan.streamer_id, pid=self.proc.pid,
                  gpu=self.plan.gpu)
-        asyncio.create_task(self._notice_exit(self.proc))
+        watcher = asyncio.create_task(self._notice_exit(self.proc))
+        self._watchers.add(watcher)  # keep a reference until it is done
+        watcher.add_done_callback(self._watchers.discard)
 
     async def _notice_exit(self, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()

@@ -255,3 +255,11 @@ def test_cloudwatch_put_metric_data_with_moto(monkeypatch: pytest.MonkeyPatch) -
         assert stats["Datapoints"] and stats["Datapoints"][0]["Maximum"] == 1.0
         pub.client = boto3.client("cloudwatch", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9")
         assert pub.publish(data) == 0 and pub.failures == 1  # a failure is logged, never raised
+
+
+def test_exports() -> None:
+    import gpu_agent
+
+    assert sorted(gpu_agent.__all__) == gpu_agent.__all__
+    for name in gpu_agent.__all__:
+        assert getattr(gpu_agent, name) is not None
