@@ -39,7 +39,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -91,7 +91,10 @@ _SDP_BODY = [
     "a=ice-ufrag:eMe0",
     "a=ice-pwd:9GZ2TNYTSr0qPpXhTAXw3Urd",
     "a=ice-options:trickle",
-    "a=fingerprint:sha-256 5B:0C:8E:34:E5:7B:22:AF:8A:DC:12:05:EA:23:5B:3F:C8:91:4A:0D:9E:7E:A1:55:2B:6E:7F:30:F4:6E:36:2C",
+    (
+        "a=fingerprint:sha-256 5B:0C:8E:34:E5:7B:22:AF:8A:DC:12:05:EA:23:5B:3F:"
+        "C8:91:4A:0D:9E:7E:A1:55:2B:6E:7F:30:F4:6E:36:2C"
+    ),
     "a=setup:actpass",
     "a=mid:0",
     "a=extmap:1 urn:ietf:params:rtp-hdrext:toffset",
@@ -141,7 +144,7 @@ class RawWs(asyncio.Protocol):
     with close. Fragmented messages are not expected (aiohttp never fragments) and
     count as errors."""
 
-    __slots__ = ("transport", "handler", "opened", "closed", "_buf", "_up", "_req")
+    __slots__ = ("_buf", "_req", "_up", "closed", "handler", "opened", "transport")
 
     def __init__(self, request: bytes, owner: Owner, opened: asyncio.Future[None]) -> None:
         self.transport: asyncio.Transport | None = None
@@ -154,11 +157,12 @@ class RawWs(asyncio.Protocol):
         self._req = request
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
-        sock = transport.get_extra_info("socket")
+        t = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+        self.transport = t
+        sock = t.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.write(self._req)
+        t.write(self._req)
 
     def connection_lost(self, exc: Exception | None) -> None:
         ours, self.closed = self.closed, True
@@ -316,7 +320,7 @@ async def _finish(coro: Coroutine[Any, Any, None], fut: Any) -> None:
     while True:
         try:
             await fut
-        except BaseException as exc:  # hand the failure to the coroutine, as a Task would
+        except BaseException as exc:  # noqa: BLE001 - hand the failure to the coroutine, as a Task would
             try:
                 fut = coro.throw(exc)
             except StopIteration:
@@ -428,7 +432,9 @@ class Player:
         self.lists = 0
         self.failure = ""
         self.inflight: collections.deque[float] = collections.deque()
-        self.answer = orjson.dumps({"type": "answer", "sdp": make_sdp(index, ANSWER_SIZE), "minBitrateBps": 0, "maxBitrateBps": 0})
+        self.answer = orjson.dumps(
+            {"type": "answer", "sdp": make_sdp(index, ANSWER_SIZE), "minBitrateBps": 0, "maxBitrateBps": 0}
+        )
 
     def check_done(self) -> None:
         if self.player_done and self.streamer_done and not self.done.done():
@@ -537,7 +543,7 @@ class Generator:
                     conn = await self.connect(port, p)
                     conn.send(LIST)  # the frontend sends it on open, before config
                     await asyncio.wait_for(asyncio.shield(p.done), self.timeout)
-                except Exception as exc:  # counted and reported, the run goes on
+                except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
                     p.failure = p.failure or f"{type(exc).__name__}: {exc}"
 
         _quiet_gc()
@@ -595,13 +601,17 @@ class Generator:
             async with sem:
                 try:
                     conn = await self.connect(port, Idle())
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - counted and reported
                     failures[f"{type(exc).__name__}: {exc}"] += 1
                     return
                 self.idle.append(conn)
 
         await asyncio.gather(*(one() for _ in range(count)))
-        return {"open": sum(1 for c in self.idle if not c.closed), "failed": sum(failures.values()), "failures": dict(failures.most_common(3))}
+        return {
+            "open": sum(1 for c in self.idle if not c.closed),
+            "failed": sum(failures.values()),
+            "failures": dict(failures.most_common(3)),
+        }
 
     async def cmd_close_idle(self) -> dict[str, Any]:
         for c in self.idle:
@@ -637,7 +647,7 @@ class Generator:
             name = req.pop("cmd")
             try:
                 out = {"ok": True, **await getattr(self, f"cmd_{name}")(**req)}
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the orchestrator reports it
                 out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             sys.stdout.buffer.write(orjson.dumps(out) + b"\n")
             sys.stdout.buffer.flush()
@@ -659,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=1800.0, help="hard lifetime bound")
     args = ap.parse_args(argv)
     _die_with_parent()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def run() -> None:

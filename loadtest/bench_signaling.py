@@ -225,9 +225,9 @@ class GenProc:
         self.tree = ProcTree(proc.pid)
 
     @classmethod
-    async def start(cls, index: int, cfg: dict[str, Any], logdir: str) -> GenProc:
-        log = os.path.join(logdir, f"generator{index}.log")
-        with open(log, "wb") as err:
+    async def start(cls, index: int, cfg: dict[str, Any], logdir: str, tag: str) -> GenProc:
+        log = os.path.join(logdir, f"{tag}-generator{index}-{len(os.listdir(logdir))}.log")
+        with open(log, "wb") as err:  # noqa: ASYNC230 - one small local file per child
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "loadtest.bench_client", "--config", json.dumps(cfg),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
@@ -269,19 +269,19 @@ class Server:
         self.kind, self.cmd, self.ports, self.host, self.log = kind, cmd, ports, host, log
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self, timeout: float = 30.0) -> ProcTree:
-        with open(self.log, "wb") as out:
+    async def start(self, limit_s: float = 30.0) -> ProcTree:
+        with open(self.log, "wb") as out:  # noqa: ASYNC230 - one small local file per child
             self.proc = await asyncio.create_subprocess_exec(
                 *self.cmd, stdout=out, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
                 start_new_session=True, cwd=os.path.dirname(self.log), env=_child_env(),
             )  # not our cwd: `python -m` would put it first on sys.path, ahead of PYTHONPATH
-        deadline = now() + timeout
+        deadline = now() + limit_s
         waiting = set(self.ports.values())
         while waiting:
             if self.proc.returncode is not None:
                 raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{_tail(self.log)}")
             if now() > deadline:
-                raise RuntimeError(f"{self.kind} did not listen on {sorted(waiting)} within {timeout}s")
+                raise RuntimeError(f"{self.kind} did not listen on {sorted(waiting)} within {limit_s}s")
             for port in list(waiting):
                 with contextlib.suppress(OSError), socket.create_connection((self.host, port), 0.2):
                     waiting.discard(port)
@@ -310,7 +310,8 @@ def server_command(kind: str, host: str, opts: argparse.Namespace) -> tuple[list
         return cmd, ports
     ports = {"player": player, "streamer": streamer, "sfu": sfu}
     if opts.pixelfleet_cmd:
-        cmd = shlex.split(opts.pixelfleet_cmd.format(host=host, player_port=player, streamer_port=streamer, sfu_port=sfu))
+        template = opts.pixelfleet_cmd
+        cmd = shlex.split(template.format(host=host, player_port=player, streamer_port=streamer, sfu_port=sfu))
     else:
         cmd = [sys.executable, "-m", "signaling", "--host", host, "--player-port", str(player),
                "--streamer-port", str(streamer), "--sfu-port", str(sfu)]  # fmt: skip
@@ -412,7 +413,8 @@ def hot_spots(path: str, top: int = 15) -> dict[str, Any]:
                 incl_n[fr] = incl_n.get(fr, 0) + n
 
     def rank(d: dict[str, int]) -> list[list[Any]]:
-        return [[k, round(100.0 * v / total, 1)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]] if total else []
+        ranked = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        return [[k, round(100.0 * v / total, 1)] for k, v in ranked] if total else []
 
     return {"file": path, "samples": total, "self_pct": rank(self_n), "inclusive_pct": rank(incl_n)}
 
@@ -465,7 +467,7 @@ class KindBench:
             players = [[i, i % S] for i in range(P) if (i % S) % G == g]
             cfg = {"host": opts.host, "streamers": streamers, "players": players,
                    "client": opts.client, "timeout": opts.timeout}  # fmt: skip
-            self.gens.append(await GenProc.start(g, cfg, self.logdir))
+            self.gens.append(await GenProc.start(g, cfg, self.logdir, kind))
         gens = self.gens
         await asyncio.gather(*(g.call(30, "hello") for g in gens))
         self.gtrees = gtrees = [g.tree for g in gens]
@@ -474,9 +476,11 @@ class KindBench:
                 t.proc.cpu_affinity(list(range(1, NCPU)))
             _renice(t, opts.nice)
 
-        self.server, stree = server, stree = await self._start_server("load")
-        self.stree = stree
-        outs = await asyncio.gather(*(g.call(opts.timeout + 5, "streamers", port=server.ports["streamer"]) for g in gens))
+        server, stree = await self._start_server("load")
+        self.server, self.stree = server, stree
+        outs = await asyncio.gather(
+            *(g.call(opts.timeout + 5, "streamers", port=server.ports["streamer"]) for g in gens)
+        )
         self.result["streamers"] = sum(len(o["ids"]) for o in outs)
         await quiesce(stree)
 
@@ -612,7 +616,9 @@ class KindBench:
             "rss_bytes": {str(k): v for k, v in rss.items()},
             "failed": idle_failed,
             "kb_per_idle": (rss[top] - rss[0]) / 1024 / top,
-            "kb_per_idle_marginal": (rss[top] - rss[opts.idle[0]]) / 1024 / (top - opts.idle[0]) if len(opts.idle) > 1 else None,
+            "kb_per_idle_marginal": (
+                (rss[top] - rss[opts.idle[0]]) / 1024 / (top - opts.idle[0]) if len(opts.idle) > 1 else None
+            ),
         }
         await asyncio.gather(*(g.call(30, "close_idle") for g in gens))
         await server.stop()
@@ -701,14 +707,18 @@ def render(report: dict[str, Any]) -> str:
     res: dict[str, dict[str, Any]] = report["servers"]
     kinds = [k for k in SERVERS if k in res]
     cfg, m = report["config"], report["machine"]
-    lines = [
+    title = (
         f"Signalling benchmark: S={cfg['streamers']} P={cfg['players']} inflight={cfg['inflight']} "
-        f"relay={cfg['windows']}x{cfg['relay_seconds']:g}s K={cfg['k']} generators={cfg['generators']} client={cfg['client']}"
-        f"{' pinned' if cfg.get('pin') else ''}"
-        + (f" — median of {cfg['repeat']} runs per server" if cfg.get("repeat", 1) > 1 else ""),
-        f"machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, aiohttp {m.get('aiohttp')}, uvloop {m.get('uvloop')}",
-        "",
-    ]
+        f"relay={cfg['windows']}x{cfg['relay_seconds']:g}s K={cfg['k']} generators={cfg['generators']} "
+        f"client={cfg['client']}{' pinned' if cfg.get('pin') else ''}"
+    )
+    if cfg.get("repeat", 1) > 1:
+        title += f" — median of {cfg['repeat']} rounds"
+    machine = (
+        f"machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, "
+        f"aiohttp {m.get('aiohttp')}, uvloop {m.get('uvloop')}"
+    )
+    lines = [title, machine, ""]
     rows: list[tuple[str, ...]] = [("", *kinds)]
 
     def row(label: str, *path: str, fmt: str = "{:,.0f}") -> None:
@@ -720,7 +730,8 @@ def render(report: dict[str, Any]) -> str:
             vals.append(_f(r, fmt))
         rows.append((label, *vals))
 
-    rows.append(("handshakes ok / failed", *(f"{_get(res[k], 'handshake', 'ok')} / {_get(res[k], 'handshake', 'failed')}" for k in kinds)))
+    rows.append(("handshakes ok / failed",
+                 *(f"{_get(res[k], 'handshake', 'ok')} / {_get(res[k], 'handshake', 'failed')}" for k in kinds)))
     row("handshakes/s", "handshake", "per_s")
     for q in ("p50", "p95", "p99"):
         row(f"handshake latency {q} (ms)", "handshake", f"{q}_ms", fmt="{:.2f}")
@@ -742,11 +753,13 @@ def render(report: dict[str, Any]) -> str:
     row("relay: other processes' cores", "relay", "cpu", "other_cores", fmt="{:.2f}")
     row("relay: hypervisor steal (cores)", "relay", "cpu", "steal_cores", fmt="{:.2f}")
     for level in ["0", *map(str, cfg["idle"])]:
-        rows.append((f"server RSS, {level} idle conns (MB)", *(_mb(_get(res[k], "idle", "rss_bytes", level)) for k in kinds)))
+        rows.append((f"server RSS, {level} idle conns (MB)",
+                     *(_mb(_get(res[k], "idle", "rss_bytes", level)) for k in kinds)))
     row("RSS per idle conn (KB, 0→max)", "idle", "kb_per_idle", fmt="{:.1f}")
     row("RSS per idle conn (KB, marginal)", "idle", "kb_per_idle_marginal", fmt="{:.1f}")
     row("idle connects failed", "idle", "failed")
-    rows.append(("client errors / closed by server", *(f"{res[k].get('client_errors', '—')} / {res[k].get('closed_by_server', '—')}" for k in kinds)))
+    rows.append(("client errors / closed by server",
+                 *(f"{res[k].get('client_errors', '—')} / {res[k].get('closed_by_server', '—')}" for k in kinds)))
     if cfg.get("repeat", 1) > 1:
         for label in SPREAD:
             spreads = [_get(res[k], "spread", label) for k in kinds]
@@ -802,28 +815,37 @@ def _mb(v: Any) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m loadtest.bench_signaling", description=__doc__.splitlines()[0])
     ap.add_argument("--streamers", type=int, default=50, help="S streamers (default 50)")
-    ap.add_argument("--players", type=int, default=500, help="P players, spread round-robin over streamers (default 500)")
-    ap.add_argument("--inflight", type=int, default=50, help="handshakes in flight, all generators together (default 50)")
+    ap.add_argument("--players", type=int, default=500,
+                    help="P players, spread round-robin over streamers (default 500)")
+    ap.add_argument("--inflight", type=int, default=50,
+                    help="handshakes in flight, all generators together (default 50)")
     ap.add_argument("--relay-seconds", type=float, default=10.0, help="length of one relay window (default 10)")
     ap.add_argument("--windows", type=int, default=3,
                     help="relay windows per server per round, servers taking turns (default 3)")
-    ap.add_argument("--relay-warmup", type=float, default=0.5, help="relay runs this long before counting (default 0.5)")
+    ap.add_argument("--relay-warmup", type=float, default=0.5,
+                    help="relay runs this long before counting (default 0.5)")
     ap.add_argument("-k", "--k", type=int, default=1, help="relay messages in flight per pair (default 1)")
     ap.add_argument("--idle", default="2000,5000", help="idle connection counts to read RSS at, ascending ('' = skip)")
     ap.add_argument("--generators", type=int, default=2, help="generator processes (default 2)")
-    ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="generator WebSocket client (default raw)")
-    ap.add_argument("--servers", default=",".join(SERVERS), help="which servers, comma separated (default pixelfleet,bare)")
-    ap.add_argument("--server-arg", action="append", help="extra pixelfleet argument (repeatable; replaces the built-in limits)")
-    ap.add_argument("--pixelfleet-cmd", help="pixelfleet command template with {host} {player_port} {streamer_port} {sfu_port}")
+    ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                    help="generator WebSocket client (default raw)")
+    ap.add_argument("--servers", default=",".join(SERVERS),
+                    help="which servers, comma separated (default pixelfleet,bare)")
+    ap.add_argument("--server-arg", action="append",
+                    help="extra pixelfleet argument (repeatable; replaces the built-in limits)")
+    ap.add_argument("--pixelfleet-cmd",
+                    help="pixelfleet command template with {host} {player_port} {streamer_port} {sfu_port}")
     ap.add_argument("--bare-cmd", help="bare relay command template with {host} {player_port} {streamer_port}")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--connect-concurrency", type=int, default=100, help="idle connects in flight, all generators (default 100)")
+    ap.add_argument("--connect-concurrency", type=int, default=100,
+                    help="idle connects in flight, all generators (default 100)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before reading RSS (default 1)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-connection and per-handshake timeout (default 30)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds (each: every server, every phase); report medians")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="pin the server to CPU 0 and the generators to the other CPUs (default on)")
-    ap.add_argument("--profile", metavar="DIR", help="record each server with py-spy per phase into DIR and list hot spots")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="record each server with py-spy per phase into DIR and list hot spots")
     ap.add_argument("--nice", type=int, default=0,
                     help="nice value for the server and generators; negative (root) shields them from other load")
     ap.add_argument("--quiet-wait", type=float, default=10.0,
