@@ -579,7 +579,9 @@ class Generator:
                 p.conn.send(RELAY_MSG)
             st.sent += k
         await asyncio.sleep(max(0.0, st.win_end - now()))
-        await asyncio.sleep(grace)  # let what is in flight come home, to count losses
+        deadline = now() + grace  # let what is in flight come home (bounded), to count losses
+        while now() < deadline and any(p.inflight for p in pairs):
+            await asyncio.sleep(0.05)
         lost = sum(len(p.inflight) for p in pairs)
         stride = max(1, len(st.rtt) // 5000)
         return {

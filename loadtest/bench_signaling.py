@@ -523,7 +523,7 @@ class KindBench:
         """One closed-loop relay window of `--relay-seconds` (after a short warm-up)."""
         opts, gens, stree = self.opts, self.gens, self.stree
         assert stree is not None
-        warmup, grace = opts.relay_warmup, 1.0
+        warmup, grace = opts.relay_warmup, 5.0
         busy_before = await quiet_machine(opts.quiet_wait)
         prof = await Profiler.start(opts, self.kind, "relay", stree) if not self.windows else None
         start_at = now() + warmup + 0.2
