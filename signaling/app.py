@@ -91,12 +91,14 @@ class SignalingServer:
             server = site._server  # noqa: SLF001 - the only way to read back port 0
             assert server is not None and server.sockets
             self.ports[role] = server.sockets[0].getsockname()[1]
+        self.node.start_keepalive()
         log.info("signaling_listening", host=s.host,
                  **{f"{role.value}_port": port for role, port in self.ports.items()})
 
     async def stop(self) -> None:
         """Stop accepting, tell every peer we are restarting, then release the ports."""
         self.node.accepting = False
+        await self.node.stop_keepalive()
         for runner in self._runners.values():
             for site in list(runner.sites):
                 await site.stop()

@@ -5,9 +5,9 @@ distributed broker, on any node) delivers frames to that id.
 
 Guarantees every implementation keeps:
 - at-most-once delivery; frames from one sender to one endpoint keep their order;
-- ``deliver`` never blocks on a slow reader: the mailbox is bounded, and an
-  overflowing mailbox closes its own connection (slow consumer) instead of
-  holding up the sender;
+- ``deliver`` never blocks, and never waits on a slow reader: the mailbox is
+  bounded, and an overflowing mailbox closes its own connection (slow consumer)
+  instead of holding up the sender;
 - ``deliver`` returns False for an endpoint that is not open.
 """
 
@@ -21,13 +21,13 @@ from signaling.protocol import ConnId
 class Mailbox(Protocol):
     """The receiving end: one per open connection, owned by its adapter."""
 
-    async def push(self, frame: bytes) -> None: ...
+    def push(self, frame: bytes) -> None: ...
 
 
 class Broker(Protocol):
     def open(self, endpoint: ConnId, mailbox: Mailbox) -> None: ...
     def close(self, endpoint: ConnId) -> None: ...
-    async def deliver(self, to: ConnId, frame: bytes) -> bool: ...
+    def deliver(self, to: ConnId, frame: bytes) -> bool: ...
     async def aclose(self) -> None: ...
 
 

@@ -19,11 +19,11 @@ class MemoryBroker:
     def close(self, endpoint: ConnId) -> None:
         self._boxes.pop(endpoint, None)
 
-    async def deliver(self, to: ConnId, frame: bytes) -> bool:
+    def deliver(self, to: ConnId, frame: bytes) -> bool:
         box = self._boxes.get(to)
         if box is None:
             return False
-        await box.push(frame)
+        box.push(frame)
         return True
 
     async def aclose(self) -> None:

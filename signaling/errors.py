@@ -23,6 +23,7 @@ INTERNAL_ERROR = 1011        # also what Epic uses for ``disconnectPlayer``
 TRY_AGAIN_LATER = 1013       # nothing to serve yet (legacy auto-subscribe with no streamer)
 
 # pixelfleet, may reconnect
+KEEPALIVE_TIMEOUT = 4001     # no answer to our ping for a keepalive period
 STREAMER_GONE = 4100         # the streamer (or SFU) this player watched disconnected
 SLOW_CONSUMER = 4408         # send queue overflowed: the peer does not read fast enough
 RATE_LIMITED = 4429          # message flood

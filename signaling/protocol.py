@@ -31,7 +31,7 @@ import enum
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NewType
+from typing import Any, NamedTuple, NewType
 
 from signaling import errors
 from signaling import messages as m
@@ -46,21 +46,18 @@ class Role(enum.Enum):
     SFU = "sfu"
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     to: ConnId
     message: m.Message | Json
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
+class Close(NamedTuple):
     conn: ConnId
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(NamedTuple):
     """Something the adapter should log (once per connection and kind)."""
 
     conn: ConnId

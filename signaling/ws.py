@@ -2,14 +2,21 @@
 
 This is the only place that touches sockets, clocks and logs for signalling, and the
 only place that maps failures to close codes. The hot path per frame is: rate check,
-one ``orjson.loads``, the core's dispatch, one encode, one socket write.
+one ``orjson.loads``, the core's dispatch, one encode, one socket write — all
+synchronous; the only ``await`` is aiohttp handing us the next frame.
+
+Costs measured by ``loadtest/bench_signaling.py`` shaped this file: aiohttp's
+per-socket ``heartbeat=`` re-arms a timer on every received chunk, so keepalive is one
+node-wide sweep instead; frames are written straight to the transport while it keeps
+up, without a coroutine chain; per-socket objects are few and free of reference
+cycles, so a closed socket is freed by reference counting, not by the cyclic GC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+import struct
 from typing import Any
 
 import orjson
@@ -27,48 +34,64 @@ from signaling.sessions import SessionGate
 log = structlog.get_logger("signaling")
 
 _CLOSE_TIMEOUT_S = 2.0
+_TEXT, _BINARY, _PING, _PONG, _ERROR = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING,
+                                        WSMsgType.PONG, WSMsgType.ERROR)
+_MEDIUM = struct.Struct("!BBH").pack
+_LARGE = struct.Struct("!BBQ").pack
+
+
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of an unmasked, final text frame (servers never mask)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return _MEDIUM(0x81, 126, length)
+    return _LARGE(0x81, 127, length)
 
 
 class Outbox:
     """Outgoing frames of one socket.
 
-    While the peer keeps up, a frame is written straight to the socket from the
-    sender's task (no queue, no task switch). Once the kernel buffer backs up,
-    frames queue here and a flusher drains them; past ``limit`` queued frames the
-    peer is a slow consumer and ``on_overflow`` closes it, so it never holds up
-    whoever is sending to it.
+    While the peer keeps up, ``push`` writes the frame to the transport at once, from
+    the sender's task. Once the kernel buffer backs up, frames queue here and a flusher
+    drains them through aiohttp (which waits for the transport); past ``limit`` queued
+    frames the peer is a slow consumer and its connection is closed, so it never holds
+    up whoever is sending to it.
     """
 
-    __slots__ = ("_ws", "_transport", "_low_water", "_limit", "_queue", "_flusher",
-                 "_on_overflow", "closed")
+    __slots__ = ("_ws", "_transport", "_low_water", "_limit", "_queue", "_flusher", "owner", "closed")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport,
-                 limit: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, limit: int) -> None:
         self._ws = ws
         self._transport = transport
         low, _high = transport.get_write_buffer_limits()
         self._low_water = max(low, 1)
         self._limit = limit
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[bytes] | None = None  # only while backed up
         self._flusher: asyncio.Task[None] | None = None
-        self._on_overflow = on_overflow
+        self.owner: Connection | None = None  # told about overflow; unset at teardown
         self.closed = False
 
-    async def push(self, frame: bytes) -> None:
+    def push(self, frame: bytes) -> None:
         if self.closed:
             return
-        if not self._queue and self._transport.get_write_buffer_size() < self._low_water:
-            try:  # the transport is not paused, so this write does not suspend
-                await self._ws.send_frame(frame, WSMsgType.TEXT)
-            except ConnectionError:
-                self.closed = True
-            return
-        if len(self._queue) >= self._limit:
+        queue = self._queue
+        if queue is None:
+            transport = self._transport
+            if transport.get_write_buffer_size() < self._low_water:
+                if transport.is_closing() or self._ws.closed:
+                    self.closed = True
+                    return
+                transport.write(text_frame_header(len(frame)) + frame)
+                return
+            queue = self._queue = collections.deque()
+        if len(queue) >= self._limit:
             self.closed = True
-            self._queue.clear()
-            self._on_overflow()
+            self._queue = None
+            if self.owner is not None:
+                self.owner.close(errors.SLOW_CONSUMER, "send queue overflow")
             return
-        self._queue.append(frame)
+        queue.append(frame)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
 
@@ -80,29 +103,39 @@ class Outbox:
             self.closed = True
         finally:
             self._flusher = None
+            if not self._queue:
+                self._queue = None  # caught up: back to direct writes
 
 
 class Connection:
-    """One open WebSocket: its mailbox, logger, and the problems already logged."""
+    """One open WebSocket: its mailbox, rate limiter, and the problems already logged."""
 
-    __slots__ = ("conn", "role", "ws", "transport", "outbox", "log", "_logged", "_closing")
+    __slots__ = ("conn", "role", "remote", "ws", "transport", "outbox", "bucket", "ping_at",
+                 "_logged", "_closing")
 
-    def __init__(self, conn: ConnId, role: Role, ws: web.WebSocketResponse,
-                 transport: asyncio.Transport, outbox: Outbox, logger: Any) -> None:
+    def __init__(self, conn: ConnId, role: Role, remote: str | None, ws: web.WebSocketResponse,
+                 transport: asyncio.Transport, outbox: Outbox, bucket: TokenBucket) -> None:
         self.conn = conn
         self.role = role
+        self.remote = remote
         self.ws = ws
         self.transport = transport
         self.outbox = outbox
-        self.log = logger
-        self._logged: set[str] = set()
+        self.bucket = bucket      # its ``last`` is when the peer last sent anything
+        self.ping_at = 0.0        # when the keepalive sweep last pinged it
+        self._logged: set[str] | None = None
         self._closing: asyncio.Task[None] | None = None
+
+    def info(self, event: str, **fields: Any) -> None:
+        log.info(event, conn=self.conn, role=self.role.value, remote=self.remote, **fields)
 
     def problem(self, kind: str, detail: str) -> None:
         """Log each kind of problem once per connection: floods must not flood the log."""
+        if self._logged is None:
+            self._logged = set()
         if kind not in self._logged:
             self._logged.add(kind)
-            self.log.info("protocol_problem", kind=kind, detail=detail)
+            self.info("protocol_problem", kind=kind, detail=detail)
 
     def close(self, code: int, reason: str) -> None:
         """Close from any task; never waits on the peer longer than a short timeout."""
@@ -117,7 +150,7 @@ class Connection:
             await self._closing
 
     async def _close(self, code: int, reason: str) -> None:
-        self.log.info("closing", code=code, reason=reason)
+        self.info("closing", code=code, reason=reason)
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await self.ws.close(code=code, message=reason.encode())
@@ -136,6 +169,7 @@ class SignalingNode:
         self.gate = gate
         self.connections: dict[ConnId, Connection] = {}
         self.accepting = True
+        self._keepalive: asyncio.Task[None] | None = None
 
     async def handle(self, request: web.Request, role: Role) -> web.StreamResponse:
         s = self.settings
@@ -144,7 +178,7 @@ class SignalingNode:
         gate = self.gate if role is Role.PLAYER else None
         admitted = gate.admit(request) if gate is not None else None
         ws = web.WebSocketResponse(
-            heartbeat=s.keepalive_s or None,
+            autoping=False,  # pings are answered below; pongs feed the keepalive sweep
             max_msg_size=s.max_message_bytes,
             compress=False,
             protocols=_first_offered_protocol(request),
@@ -155,71 +189,114 @@ class SignalingNode:
         conn, greeting = self.core.connect(
             role, allowed_streamer=None if admitted is None else admitted[0].streamer_id,
             options_key=None if admitted is None else admitted[0].session_id)
-        connection: Connection
-        outbox = Outbox(ws, transport, s.send_queue_frames,
-                        lambda: connection.close(errors.SLOW_CONSUMER, "send queue overflow"))
-        connection = Connection(conn, role, ws, transport, outbox,
-                                log.bind(conn=conn, role=role.value, remote=request.remote))
+        loop_time = asyncio.get_running_loop().time
+        if role is Role.PLAYER:
+            bucket = TokenBucket(s.player_rate, s.player_burst, loop_time())
+        else:
+            bucket = TokenBucket(s.streamer_rate, s.streamer_burst, loop_time())
+        outbox = Outbox(ws, transport, s.send_queue_frames)
+        connection = Connection(conn, role, request.remote, ws, transport, outbox, bucket)
+        outbox.owner = connection
         self.connections[conn] = connection
         self.broker.open(conn, outbox)
-        connection.log.info("connected", session=None if admitted is None else admitted[0].session_id)
+        connection.info("connected", session=None if admitted is None else admitted[0].session_id)
         if gate is not None:
             gate.report("connected", admitted)
-        if role is Role.PLAYER:
-            bucket = TokenBucket(s.player_rate, s.player_burst, _now())
-        else:
-            bucket = TokenBucket(s.streamer_rate, s.streamer_burst, _now())
         run = self.run
         receive = self.core.receive
         loads = orjson.loads
+        take = bucket.take
         try:
-            await run(greeting)
+            run(greeting)
             async for msg in ws:
-                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    if not bucket.take(_now()):
+                kind = msg.type
+                if kind is _TEXT or kind is _BINARY:
+                    if not take(loop_time()):
                         connection.close(errors.RATE_LIMITED, "message rate limit exceeded")
                         break
                     try:
                         obj = loads(msg.data)
                     except orjson.JSONDecodeError:
-                        await run(self.core.reject(conn, "frame is not valid UTF-8 JSON"))
+                        run(self.core.reject(conn, "frame is not valid UTF-8 JSON"))
                         continue
-                    await run(receive(conn, obj))
-                elif msg.type is WSMsgType.ERROR:
-                    connection.log.info("socket_error", error=str(ws.exception()))
+                    run(receive(conn, obj))
+                elif kind is _PING:
+                    if not take(loop_time()):
+                        connection.close(errors.RATE_LIMITED, "message rate limit exceeded")
+                        break
+                    await ws.pong(msg.data)
+                elif kind is _PONG:
+                    bucket.last = loop_time()
+                elif kind is _ERROR:
+                    connection.info("socket_error", error=str(ws.exception()))
         finally:
             self.broker.close(conn)
             del self.connections[conn]
-            await run(self.core.disconnect(conn))
+            run(self.core.disconnect(conn))
             await connection.closed()
+            outbox.closed = True
+            outbox.owner = None  # no cycle left: the socket's objects go by refcount
             if gate is not None:
                 gate.report("disconnected", admitted)
-            connection.log.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
+            connection.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
         return ws
 
-    async def run(self, actions: list[Any]) -> None:
+    def run(self, actions: list[Any]) -> None:
         """Carry out the core's actions. Frames are encoded once per message."""
         for action in actions:
-            if type(action) is Send:
+            kind = type(action)
+            if kind is Send:
                 message = action.message
                 frame = orjson.dumps(message) if type(message) is dict else m.encode(message)
-                await self.broker.deliver(action.to, frame)
-            elif type(action) is Close:
+                self.broker.deliver(action.to, frame)
+            elif kind is Close:
                 target = self.connections.get(action.conn)
                 if target is not None:
                     target.close(action.code, action.reason)
-            elif type(action) is Problem:
+            elif kind is Problem:
                 source = self.connections.get(action.conn)
                 if source is not None:
                     source.problem(action.kind, action.detail)
 
+    # --- keepalive: one sweep for the node, not a timer per socket ---------------------
+
+    def start_keepalive(self) -> None:
+        if self.settings.keepalive_s > 0 and self._keepalive is None:
+            self._keepalive = asyncio.create_task(self._sweep_forever(self.settings.keepalive_s))
+
+    async def stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            try:
+                await self._keepalive
+            except asyncio.CancelledError:
+                pass
+            self._keepalive = None
+
+    async def _sweep_forever(self, period: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period / 2)
+            await self.sweep(loop.time(), period)
+
+    async def sweep(self, now: float, period: float) -> None:
+        """Ping sockets silent for ``period``; close those still silent a ``period`` later."""
+        for connection in list(self.connections.values()):
+            last = connection.bucket.last
+            if now - last < period:
+                continue
+            if connection.ping_at <= last:
+                connection.ping_at = now
+                try:
+                    await connection.ws.ping()
+                except ConnectionError:
+                    pass
+            elif now - connection.ping_at >= period:
+                connection.close(errors.KEEPALIVE_TIMEOUT, "keepalive timeout")
+
     async def close_all(self, code: int, reason: str) -> None:
         for connection in list(self.connections.values()):
             connection.close(code, reason)
-
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()
 
 
 def _first_offered_protocol(request: web.Request) -> tuple[str, ...]:

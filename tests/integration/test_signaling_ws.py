@@ -343,3 +343,46 @@ async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_keepalive_closes_silent_peers_and_keeps_answering_ones(start_signaling: StartSignaling,
+                                                                      http: aiohttp.ClientSession) -> None:
+    server = await start_signaling(keepalive_s=0.3)
+    answering = await http.ws_connect(f"ws://127.0.0.1:{server.player_port}/", autoping=True)
+    received: list[aiohttp.WSMessage] = []
+
+    async def keep_reading() -> None:  # reading is what makes aiohttp's client answer pings
+        while True:
+            received.append(await answering.receive())
+            if received[-1].type is not aiohttp.WSMsgType.TEXT:
+                return
+
+    reading = asyncio.create_task(keep_reading())
+    silent = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.player_port}/", autoping=False))
+    assert (await silent.recv())["type"] == "config"
+    saw_ping = False
+    while True:  # the silent peer gets a ping, does not answer, and is closed
+        msg = await asyncio.wait_for(silent.ws.receive(), WAIT)
+        if msg.type is aiohttp.WSMsgType.PING:
+            saw_ping = True
+            continue
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert (msg.data, msg.extra) == (errors.KEEPALIVE_TIMEOUT, "keepalive timeout")
+        break
+    assert saw_ping
+    await asyncio.sleep(1.0)  # more keepalive periods: the answering peer is pinged, never closed
+    assert not reading.done() and not answering.closed
+    assert [orjson.loads(r.data)["type"] for r in received] == ["config"]
+    reading.cancel()
+
+
+async def test_client_pings_are_answered(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+    server = await start_signaling()
+    ws = await http.ws_connect(f"ws://127.0.0.1:{server.player_port}/", autoping=False)
+    await ws.ping(b"hello")
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), WAIT)
+        if msg.type is aiohttp.WSMsgType.PONG:
+            assert msg.data == b"hello"
+            break
+    await ws.close()
