@@ -82,6 +82,7 @@ class Matchmaker:
         self._changed = asyncio.Condition()
         self._mean_session_s = settings.expected_session_s
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # --- allocation -------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ class Matchmaker:
         await self.dispatch()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self.sweep()
             except StoreError as exc:
@@ -274,6 +275,7 @@ class Matchmaker:
         self._task = asyncio.create_task(self._run())
 
     async def aclose(self) -> None:
+        self._closing = True  # stops the sweep even if a cancellation gets lost on the way
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

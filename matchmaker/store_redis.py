@@ -612,16 +612,31 @@ def _guarded(fn: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]
                     await self._ready_client()
                 return await fn(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
+            _reraise_cancellation(exc)
             raise BackendUnavailable(f"redis is unavailable: {exc}") from exc
         except rx.RedisClusterException as exc:  # also raised for our own mistakes: only
             if isinstance(exc.__cause__, _UNAVAILABLE):  # "cannot connect" is the backend's
                 raise BackendUnavailable(f"redis cluster is unavailable: {exc}") from exc
             raise
         except TimeoutError as exc:
+            _reraise_cancellation(exc)
             raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from exc
 
     wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
     return wrapper
+
+
+def _reraise_cancellation(exc: BaseException) -> None:
+    """A task being cancelled must see CancelledError, not a backend error.
+
+    Cancelling a task inside ``asyncio.timeout()`` (or mid-command, where redis-py
+    drops the connection) can surface as TimeoutError or ConnectionError; turned into
+    BackendUnavailable it would be caught and retried by a loop that was asked to stop,
+    which then never stops (seen: a sweep loop hung in a test's teardown).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def _escape(part: str) -> str:
