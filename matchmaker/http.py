@@ -177,9 +177,11 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
     ticket_id = request.match_info["ticket_id"]
     await mm.ticket_status(ticket_id)  # 404 before the stream starts
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
     finished = False
     try:
+        # Inside the try: a client that hangs up before the headers are out still loses
+        # its place (aiohttp's own finish of this response then fails quietly).
+        await response.prepare(request)
         async for status in mm.watch(ticket_id):
             if status is None:
                 await response.write(b": keepalive\n\n")  # fails once the client has gone

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -358,3 +360,24 @@ async def test_signalling_admits_by_token_and_reports_to_the_matchmaker(
     assert api.sink.records[0].end_reason == "player_left"
     await streamer.close()
     await other.close()
+
+
+async def test_hanging_up_before_the_event_stream_starts_cancels_the_ticket(make_api: MakeApi) -> None:
+    """The client is gone before the SSE headers go out (seen under load): the ticket must
+    still be cancelled, not left waiting until it expires."""
+    api = await make_api()
+    await api.register()
+    await api.beat()
+    await api.allocate()
+    _, waiting = await api.allocate()
+    host, port = api.base.removeprefix("http://").split(":")
+    for _ in range(3):  # whichever way the race goes, the ticket ends cancelled
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        sock.sendall(f"GET {waiting['events']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.close()
+
+    async def cancelled() -> bool:
+        return (await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "cancelled"
+
+    await eventually(cancelled, "cancel on an early hang-up")
