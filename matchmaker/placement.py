@@ -25,10 +25,12 @@ def rank(candidates: list[Slot], request: AllocationRequest, policy: str = "spre
          rng: random.Random | None = None) -> list[Slot]:
     if policy not in POLICIES:
         raise ValueError(f"unknown placement policy {policy!r}; choose from {POLICIES}")
-    rng = rng or random.Random()
+    # The module's generator unless one is given: a fresh Random() per call would seed
+    # itself from os.urandom on every allocation (and random.random is reseeded on fork).
+    rand = random.random if rng is None else rng.random
     pool = [s for s in candidates if not request.gpu_model or s.gpu_model == request.gpu_model]
     free_on_host = collections.Counter(s.host_id for s in pool)
-    jitter = {s.slot_id: rng.random() for s in pool}
+    jitter = {s.slot_id: rand() for s in pool}
 
     def load(s: Slot) -> float:
         return max(s.nvenc_load, s.gpu_load)

@@ -10,6 +10,7 @@ others'. The only per-replica state is the ETA estimate and wake-ups.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
 import time
@@ -39,6 +40,7 @@ from pixelfleet.tokens import TokenKeys, mint
 log = structlog.get_logger("matchmaker")
 
 _CANDIDATES_TRIED = 8
+_SLOT_COUNTS_TTL_S = 1.0  # how stale the slot count behind an ETA may be
 _CLAIM_ROUNDS = 3
 
 
@@ -82,14 +84,13 @@ class Matchmaker:
         self._changed = asyncio.Condition()
         self._mean_session_s = settings.expected_session_s
         self._task: asyncio.Task[None] | None = None
+        self._counts: tuple[float, asyncio.Future[collections.Counter[tuple[str, str]]]] | None = None
         self._closing = False
 
     # --- allocation -------------------------------------------------------------------
 
     async def allocate(self, request: AllocationRequest) -> Allocation | Queued:
         """A READY slot now, the same slot again for a reconnecting client, or a queue ticket."""
-        if not await self.store.serves(request.tenant, request.app):
-            raise UnknownApp(f"no slot serves app {request.app!r} for this tenant")
         now = self.clock()
         if request.client_key:
             existing = await self.store.session_for_client(request.tenant, request.client_key)
@@ -102,6 +103,11 @@ class Matchmaker:
             session = await self._claim(request, None)
             if session is not None:
                 return self._allocation(session)
+        # Whether the app exists at all matters only now: a live session or a READY slot
+        # of it (above) already proves that it does. (One store round trip fewer on the
+        # hot path than asking first.)
+        if not await self.store.serves(request.tenant, request.app):
+            raise UnknownApp(f"no slot serves app {request.app!r} for this tenant")
         ticket = Ticket(ticket_id=_new_id("t"), request=request, enqueued_at=now)
         position = await self.store.enqueue(ticket, self.settings.queue_max_length)
         log.info("queued", ticket=ticket.ticket_id, tenant=request.tenant, app=request.app, position=position)
@@ -138,9 +144,28 @@ class Matchmaker:
         return Allocation(session, token)
 
     async def _eta(self, request: AllocationRequest, position: int) -> float:
-        slots = sum(1 for s in await self.store.slots()
-                    if s.tenant == request.tenant and s.app == request.app and s.state != "dead")
+        slots = (await self._slot_counts())[(request.tenant, request.app)]
         return round(position * self._mean_session_s / max(slots, 1), 1)
+
+    async def _slot_counts(self) -> collections.Counter[tuple[str, str]]:
+        """Slots that are not dead, per (tenant, app), for ETAs. Listing every slot is
+        costly and every waiting client's stream re-reads its ETA on each change, so one
+        listing serves all callers for ``_SLOT_COUNTS_TTL_S`` (concurrent callers share it)."""
+        t = time.monotonic()
+        entry = self._counts
+        if entry is None or t - entry[0] > _SLOT_COUNTS_TTL_S:
+            future = asyncio.ensure_future(self._count_slots())
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if unawaited
+            entry = self._counts = (t, future)
+        try:
+            return await asyncio.shield(entry[1])
+        except StoreError:
+            if self._counts is entry:
+                self._counts = None  # the next caller asks again
+            raise
+
+    async def _count_slots(self) -> collections.Counter[tuple[str, str]]:
+        return collections.Counter((s.tenant, s.app) for s in await self.store.slots() if s.state != "dead")
 
     # --- the queue, seen by a waiting client ---------------------------------------------
 
