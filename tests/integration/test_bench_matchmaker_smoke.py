@@ -25,7 +25,8 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
         "--replicas", "1,2", "--allocs", "60", "--warmup", "10", "--conns-per-replica", "2",
         "--fixed-rate", "40", "--fixed-seconds", "1", "--fixed-replicas", "2", "--fixed-conns", "8",
         "--raw-claims", "400", "--raw-batch", "16", "--raw-store-claims", "100", "--raw-store-procs", "1",
-        "--raw-store-concurrency", "4", "--slots-per-app", "16", "--quiet-wait", "0", "--json", str(out),
+        "--raw-store-concurrency", "4", "--slots-per-app", "16", "--quiet-wait", "0", "--repeat", "2",
+        "--json", str(out),
     ])  # fmt: skip
     assert rc == 0
     report = json.loads(out.read_text())
@@ -40,6 +41,7 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
         assert len(cpu["generator_cores"]) >= 1, key
         assert set(cpu["cpu_ms_per_op"]) == {"redis", "matchmakers", "generators"}, key
         assert p["saturated"], key
+        assert len(p["runs"]) == 2 and sum(r["chosen"] for r in p["runs"]) == 1, key
     for name in ("raw script", "raw store"):
         p = phases[(name, None)]
         assert p["claimed"] == p["claims"] and p["refused"] == 0 and not p["errors"], p
