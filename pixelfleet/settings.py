@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 
 ENV_PREFIX = "PIXELFLEET_"
-SECTIONS = frozenset({"turn", "matchmaker", "agent"})
+SECTIONS = frozenset({"turn", "matchmaker", "agent", "test"})  # "test": the test suite's own switches
 
 T = TypeVar("T", bound=msgspec.Struct)
 

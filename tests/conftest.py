@@ -24,7 +24,7 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         message = f"{name} is not installed (.ci/run installs it)"
-        if os.environ.get("CI") == "true" or os.environ.get("PIXELFLEET_STRICT") == "1":
+        if os.environ.get("CI") == "true" or os.environ.get("PIXELFLEET_TEST__STRICT") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return path

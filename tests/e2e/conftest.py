@@ -15,7 +15,7 @@ Once per session, ``epic_bundles`` builds Epic's frontend library into
 ``tests/e2e/frontend/dist/`` (``npm ci`` when ``node_modules`` is missing).
 
 Missing Chromium, Node or npm packages skip these tests, except under ``CI=true``
-or ``PIXELFLEET_STRICT=1``, where they fail.
+or ``PIXELFLEET_TEST__STRICT=1``, where they fail.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-# CI=true (CI) or PIXELFLEET_STRICT=1 (scripts/test): a missing prerequisite fails.
-STRICT = os.environ.get("CI", "").lower() == "true" or os.environ.get("PIXELFLEET_STRICT") == "1"
+# CI=true (CI) or PIXELFLEET_TEST__STRICT=1 (scripts/test): a missing prerequisite fails.
+STRICT = os.environ.get("CI", "").lower() == "true" or os.environ.get("PIXELFLEET_TEST__STRICT") == "1"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -68,7 +68,7 @@ async def start_up() -> AsyncIterator[Callable[..., Any]]:
 
     async def start(streamers: int = 2, **matchmaker: Any) -> Up:
         player_port = _free_port()
-        # Only our settings: up refuses unknown PIXELFLEET_* names (PIXELFLEET_STRICT is the tests').
+        # Only our settings: up refuses unknown PIXELFLEET_* names (PIXELFLEET_TEST__STRICT is the tests').
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIXELFLEET_")},
                "PIXELFLEET_LOG_FORMAT": "console",
                **{f"PIXELFLEET_MATCHMAKER__{k.upper()}": str(v) for k, v in matchmaker.items()}}

@@ -325,12 +325,18 @@ async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession
         "--player-port", str(ports[0]), "--streamer-port", str(ports[1]), "--sfu-port", str(ports[2]),
         "--log-format", "json", stderr=asyncio.subprocess.PIPE)
     try:
+        ws = None
         for _ in range(100):
             try:
                 ws = await http.ws_connect(f"ws://127.0.0.1:{ports[1]}/")
                 break
             except aiohttp.ClientError:
+                if proc.returncode is not None:
+                    break
                 await asyncio.sleep(0.1)
+        if ws is None:
+            err = (await proc.stderr.read()).decode() if proc.returncode is not None else ""  # type: ignore[union-attr]
+            pytest.fail(f"pixelfleet signaling never accepted a streamer: {err[-500:]}")
         s = Peer(ws)
         assert (await s.recv())["type"] == "identify"
         proc.terminate()
