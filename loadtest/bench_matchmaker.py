@@ -570,7 +570,7 @@ class Bench:
 
     async def run(self) -> dict[str, Any]:
         o = self.opts
-        report: dict[str, Any] = {"machine": machine_info(), "options": vars(o), "phases": []}
+        report: dict[str, Any] = {"machine": machine_info(), "code": code_identity(), "options": vars(o), "phases": []}
         self.url = await asyncio.to_thread(self.redis.start)
         report["redis"] = {"version": self.redis.version, "url": self.url, "own": self.redis.own}
         try:
@@ -587,6 +587,29 @@ class Bench:
             self.redis.stop()
         report["ratios"] = ratios(report["phases"])
         return report
+
+
+def code_identity() -> dict[str, Any]:
+    """Which matchmaker code ran: the commit, and whether matchmaker/ differed from it."""
+    import hashlib
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out: dict[str, Any] = {"root": here}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                       text=True, timeout=10).stdout.strip()
+        out["matchmaker_dirty"] = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--", "matchmaker"], cwd=here, capture_output=True, text=True,
+            timeout=10).stdout.strip())
+    digest = hashlib.sha256()
+    folder = os.path.join(here, "matchmaker")
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+    out["matchmaker_sha256"] = digest.hexdigest()[:12]
+    return out
 
 
 def ratios(phases: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -626,8 +649,11 @@ def _print_phase(p: dict[str, Any]) -> None:
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     where = "unix socket" if report["redis"]["url"].startswith("unix") else report["redis"]["url"]
+    code = report.get("code", {})
     lines = [f"matchmaker benchmark — {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, "
-             f"Redis {report['redis']['version']} ({where})", ""]
+             f"Redis {report['redis']['version']} ({where}); code {code.get('commit')}"
+             f"{' + uncommitted matchmaker/ changes' if code.get('matchmaker_dirty') else ''}"
+             f" (matchmaker/ sha256 {code.get('matchmaker_sha256')})", ""]
     head = (f"{'phase':<26}{'allocs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  "
             f"{'CPU cores: redis':>16}{'mm (each)':>22}{'gen':>6}{'busy':>6}  "
             f"{'CPU ms/alloc redis/mm/gen':>27}")
