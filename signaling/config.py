@@ -36,7 +36,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     shutdown_grace_s: float = 5.0        # how long SIGTERM waits for peers to close
     static_dir: str | None = None        # player page; None = the bundled one
     # Matchmaker sessions: players present the session token the matchmaker minted.
-    session_token_algorithm: str = "HS256"       # HS256 | EdDSA
     session_token_secret: str | None = None      # HS256 secret shared with the matchmaker
     session_token_public_key_file: str | None = None  # EdDSA: verify-only PEM
     require_session_token: bool | None = None    # default: required once a key is configured

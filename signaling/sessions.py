@@ -167,7 +167,7 @@ def gate_from_settings(settings: Settings, *, reporter: SessionReporter | None =
                        keys: TokenKeys | None = None) -> SessionGate | None:
     """The gate the settings ask for, or None when no key is configured (Epic's open mode)."""
     if keys is None:
-        if settings.session_token_algorithm == "EdDSA" and settings.session_token_public_key_file:
+        if settings.session_token_public_key_file:  # a public key can only mean EdDSA
             keys = TokenKeys.eddsa(None, Path(settings.session_token_public_key_file).read_bytes())
         elif settings.session_token_secret:
             keys = TokenKeys.hs256(settings.session_token_secret)
