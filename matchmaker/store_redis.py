@@ -606,37 +606,43 @@ def _guarded(fn: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]
     """Run under the store's timeout; Redis being away becomes BackendUnavailable."""
 
     async def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()
         try:
             async with asyncio.timeout(self.timeout_s):
                 if not self._client_ready:
                     await self._ready_client()
-                return await fn(self, *args, **kwargs)
+                result = await fn(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
-            _reraise_cancellation(exc)
+            _reraise_cancellation(task, cancels, exc)
             raise BackendUnavailable(f"redis is unavailable: {exc}") from exc
         except rx.RedisClusterException as exc:  # also raised for our own mistakes: only
+            _reraise_cancellation(task, cancels, exc)
             if isinstance(exc.__cause__, _UNAVAILABLE):  # "cannot connect" is the backend's
                 raise BackendUnavailable(f"redis cluster is unavailable: {exc}") from exc
             raise
         except TimeoutError as exc:
-            _reraise_cancellation(exc)
+            _reraise_cancellation(task, cancels, exc)
             raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from exc
+        _reraise_cancellation(task, cancels, None)
+        return result
 
     wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
     return wrapper
 
 
-def _reraise_cancellation(exc: BaseException) -> None:
-    """A task being cancelled must see CancelledError, not a backend error.
+def _reraise_cancellation(task: asyncio.Task[Any] | None, cancels: int, cause: BaseException | None) -> None:
+    """A task cancelled during an operation must see CancelledError.
 
-    Cancelling a task inside ``asyncio.timeout()`` (or mid-command, where redis-py
-    drops the connection) can surface as TimeoutError or ConnectionError; turned into
-    BackendUnavailable it would be caught and retried by a loop that was asked to stop,
-    which then never stops (seen: a sweep loop hung in a test's teardown).
+    redis-py 8.1's asyncio client loses cancellations: one that lands while a command
+    is on the wire comes back as ConnectionError or TimeoutError, or the command is
+    retried and simply returns. Turned into BackendUnavailable, or into a normal result,
+    the caller runs on: a loop asked to stop never stops (seen: a sweep loop hung in a
+    test's teardown). ``cancels`` is the task's count on entry, so only a cancellation
+    requested during this operation counts (``asyncio.timeout`` takes back its own).
     """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError() from exc
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError() from cause
 
 
 def _escape(part: str) -> str:

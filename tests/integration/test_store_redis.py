@@ -6,6 +6,7 @@ The shared semantics are in ``test_store_conformance.py`` and the state machine.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -15,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from matchmaker.models import EndReason, SessionState, SlotState, TicketState
-from matchmaker.store import BackendUnavailable, QueueFull, open_store
+from matchmaker.store import BackendUnavailable, QueueFull, StoreError, open_store
 from matchmaker.store_redis import FINISHED_TICKET_TTL_S, RedisStore
 from tests.integration.test_store_conformance import (
     beat,
@@ -278,3 +279,29 @@ async def test_unreachable_cluster_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable):
         await store.ready_slots("acme", "game")
     await store.aclose()
+
+
+async def test_a_cancelled_caller_always_sees_cancelled_error(open_redis: OpenStore) -> None:
+    """redis-py loses cancellations that land mid-command (they come back as connection
+    errors, or the command is retried and returns); the store must not: a loop that
+    swallows StoreError, like the matchmaker's sweep, still stops when cancelled."""
+    store = open_redis()
+    await ready_host(store)
+
+    async def sweep_like() -> None:
+        while True:
+            try:
+                await store.expire_hosts(101.0, ttl_s=1000.0)
+                await store.sessions()
+                await store.ready_slots("acme", "game")
+            except StoreError:
+                pass
+            await asyncio.sleep(0)
+
+    rng = random.Random(7)
+    for _ in range(60):
+        task = asyncio.create_task(sweep_like())
+        await asyncio.sleep(rng.random() * 0.005)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2.0)
+        assert done and task.cancelled(), "a cancelled task ran on"
