@@ -144,3 +144,22 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             proc.terminate()
         for proc in procs:
             proc.wait(10)
+
+
+@pytest.fixture
+async def coturn() -> AsyncIterator[Any]:
+    """A real coturn on a free loopback port with two generated secrets (newest first)."""
+    import secrets
+
+    from turn.coturn import Coturn, CoturnOptions, free_port, relay_port_range
+
+    binary = require_binary("turnserver")
+    low, high = relay_port_range(40)
+    options = CoturnOptions(secrets=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
+                            port=free_port(), min_port=low, max_port=high, realm="pixel.test")
+    turn = Coturn(options, binary=binary)
+    await turn.start()
+    try:
+        yield turn
+    finally:
+        await turn.stop()

@@ -12,15 +12,12 @@ the selected candidate pair from ``getStats()``: the browser's side must be ``re
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import require_binary
-from turn.coturn import Coturn, CoturnOptions, free_port, relay_port_range
+from turn.coturn import Coturn
 from turn.credentials import verify
 from turn.providers import RestSecretProvider
 
@@ -59,18 +56,6 @@ ROUTE_JS = """async () => {
 }"""
 
 
-@pytest.fixture
-async def coturn() -> AsyncIterator[Coturn]:
-    binary = require_binary("turnserver")
-    low, high = relay_port_range(40)
-    options = CoturnOptions(secrets=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
-                            port=free_port(), min_port=low, max_port=high, realm="pixel.test")
-    turn = Coturn(options, binary=binary)
-    await turn.start()
-    try:
-        yield turn
-    finally:
-        await turn.stop()
 
 
 async def route(page: Any) -> dict[str, Any]:

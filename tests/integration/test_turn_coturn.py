@@ -20,7 +20,6 @@ import signal
 import string
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +45,6 @@ pytestmark = pytest.mark.integration
 WAIT = 30.0
 
 
-@pytest.fixture
-async def coturn() -> AsyncIterator[Coturn]:
-    """coturn on a free loopback port with two generated secrets (newest first)."""
-    binary = require_binary("turnserver")
-    low, high = relay_port_range(40)
-    options = CoturnOptions(secrets=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
-                            port=free_port(), min_port=low, max_port=high, realm="pixel.test")
-    turn = Coturn(options, binary=binary)
-    await turn.start()
-    try:
-        yield turn
-    finally:
-        await turn.stop()
 
 
 def turn_address(turn: Coturn) -> tuple[str, int]:
