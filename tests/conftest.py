@@ -50,6 +50,19 @@ async def start_signaling() -> AsyncIterator[StartSignaling]:
         await server.stop()
 
 
+def wait_for_ping(client: Any, what: str) -> None:
+    """Poll PING (no sleeping on a guess) until the server answers, up to 10 s."""
+    import redis
+
+    for _ in range(200):
+        try:
+            if client.ping():
+                return
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    pytest.fail(f"{what} did not answer PING")
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server for the whole test session, on a Unix socket (no port races)."""
@@ -64,14 +77,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         import redis
 
         client = redis.Redis(unix_socket_path=str(sock))
-        for _ in range(200):
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("redis-server did not answer PING")
+        wait_for_ping(client, "redis-server")
         client.close()
         yield f"unix://{sock}"
     finally:
@@ -119,14 +125,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             ports.append(port)
         clients = [redis.Redis(port=p) for p in ports]
         for client in clients:
-            for _ in range(200):
-                try:
-                    if client.ping():
-                        break
-                except redis.exceptions.ConnectionError:
-                    time.sleep(0.05)
-            else:
-                pytest.fail("a Redis Cluster node did not answer PING")
+            wait_for_ping(client, "a Redis Cluster node")
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
                         "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
