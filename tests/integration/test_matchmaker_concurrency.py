@@ -667,11 +667,20 @@ class Driver:
         host = session["streamer_id"].rsplit("-", 1)[0]
         self.playing[host] += 1
         try:
-            await self.play(session, profile, tenant, app, key)
+            await self.play(session, profile, tenant, app, key, host)
         finally:
             self.playing[host] -= 1
 
-    async def play(self, session: dict[str, Any], profile: str, tenant: str, app: str, key: str | None) -> None:
+    async def linger_if_host_dead(self, host: str) -> None:
+        """A player whose host died sees a frozen stream: the matchmaker, not the player,
+        ends that session (HOST_DEAD), so the player does not hang up first (bounded)."""
+        for _ in range(40):
+            if self.agent_state.get(host, {}).get("alive", True):
+                return
+            await asyncio.sleep(0.1)
+
+    async def play(self, session: dict[str, Any], profile: str, tenant: str, app: str, key: str | None,
+                   host: str) -> None:
         rng = self.rng
         sid, token = session["session_id"], session["token"]
         if profile == "ghost":
@@ -686,6 +695,7 @@ class Driver:
             return
         else:
             await asyncio.sleep(rng.uniform(0.1, 1.0))
+        await self.linger_if_host_dead(host)
         await self.event(sid, token, "disconnected")
         if profile == "reconnect":
             await asyncio.sleep(rng.uniform(0.02, 0.2))    # inside the grace period, mostly
