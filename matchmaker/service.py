@@ -278,11 +278,14 @@ class Matchmaker:
         now = self.clock()
         s = self.settings
         ended = await self.store.expire_hosts(now, s.heartbeat_ttl_s)
+        listed = {x.session_id: x for x in await self.store.sessions()}
         for session_id, reason in due_endings(
-                await self.store.sessions(), now, connect_timeout_s=s.connect_timeout_s,
+                listed.values(), now, connect_timeout_s=s.connect_timeout_s,
                 reconnect_grace_s=s.reconnect_grace_s, idle_timeout_s=s.idle_timeout_s,
                 max_session_s=s.max_session_s):
-            done = await self.store.end_session(session_id, reason, now)
+            # The verdict came from the listing: it holds only if the session has not moved on.
+            guard = None if reason is EndReason.MAX_LENGTH else listed[session_id]
+            done = await self.store.end_session(session_id, reason, now, if_unchanged=guard)
             if done is not None:
                 ended.append(done)
         await self._record(ended)

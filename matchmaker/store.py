@@ -110,10 +110,14 @@ class Store(Protocol):
 
     async def touch(self, session_id: str, now: float) -> None: ...
 
-    async def end_session(self, session_id: str, reason: EndReason, now: float) -> Session | None:
+    async def end_session(self, session_id: str, reason: EndReason, now: float, *,
+                          if_unchanged: Session | None = None) -> Session | None:
         """End it once; its slot goes RESETTING (the agent resets it, then reports READY).
 
         Returns the ended session, or None when it was unknown or had already ended.
+        With ``if_unchanged`` (the record a timeout verdict was based on), end it only if
+        its state, ``last_activity`` and ``disconnected_at`` are still those: a player who
+        connected or came back meanwhile is not timed out on a stale listing.
         """
 
     # --- queue ------------------------------------------------------------------------

@@ -206,7 +206,13 @@ class MemoryStore:
         if s is not None and s.state is not SessionState.ENDED:
             s.last_activity = now
 
-    async def end_session(self, session_id: str, reason: EndReason, now: float) -> Session | None:
+    async def end_session(self, session_id: str, reason: EndReason, now: float, *,
+                          if_unchanged: Session | None = None) -> Session | None:
+        if if_unchanged is not None:
+            s = self._sessions.get(session_id)
+            if s is None or (s.state, s.last_activity, s.disconnected_at) != (
+                    if_unchanged.state, if_unchanged.last_activity, if_unchanged.disconnected_at):
+                return None
         return self._end(session_id, reason, now)
 
     def _end(self, session_id: str, reason: EndReason, now: float) -> Session | None:

@@ -498,6 +498,20 @@ return 1
 
 # {P:T}: end a session. KEYS: sessions. ARGV: tag, session id, reason, now.
 _END = _TENANT + r"""
+-- ARGV[5..7], when given: the state, last_activity and disconnected_at the caller's
+-- verdict was based on; end only if the session has not moved on since.
+if ARGV[5] and ARGV[5] ~= '' then
+  local raw = redis.call('HGET', KEYS[1], ARGV[2])
+  if not raw then return false end
+  local s = cjson.decode(raw)
+  local dis = s.disconnected_at
+  if dis == NULL or dis == nil then dis = '' else dis = tostring(dis) end
+  if s.state ~= ARGV[5] or s.last_activity ~= tonumber(ARGV[6])
+     or (ARGV[7] == '' and dis ~= '') or (ARGV[7] ~= '' and dis ~= '' and tonumber(dis) ~= tonumber(ARGV[7]))
+     or (ARGV[7] ~= '' and dis == '') then
+    return false
+  end
+end
 return end_sess(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 """
 
@@ -1057,13 +1071,25 @@ class RedisStore:
         await self._session_op("touch", session_id, now)
 
     @_guarded
-    async def end_session(self, session_id: str, reason: EndReason, now: float) -> Session | None:
+    async def end_session(self, session_id: str, reason: EndReason, now: float, *,
+                          if_unchanged: Session | None = None) -> Session | None:
         tag = await self._session_tag(session_id)
         if tag is None:
             return None
+        args = [tag, session_id, EndReason(reason).value, _num(now)]
+        if if_unchanged is not None:
+            seen = if_unchanged
+            args += [str(seen.state), _num(seen.last_activity),
+                     "" if seen.disconnected_at is None else _num(seen.disconnected_at)]
+            raw = await self._end(keys=[f"{tag}:sessions"], args=args)
+            if not raw:
+                return None
+            self._session_tenant.pop(session_id, None)
+            await self._r.delete(self._sid_key(session_id))
+            return _session.decode(raw)
         self._session_tenant.pop(session_id, None)
         raw, _ = await self._batch([
-            (self._end, [f"{tag}:sessions"], [tag, session_id, EndReason(reason).value, _num(now)]),
+            (self._end, [f"{tag}:sessions"], args),
             _cmd("DEL", self._sid_key(session_id))])
         return None if raw is None else _session.decode(raw)
 

@@ -258,3 +258,22 @@ async def test_times_and_loads_keep_every_digit(store: Store) -> None:
     ended = await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 1712345690.3333333)
     assert ended is not None and ended.ended_at == 1712345690.3333333
     assert ended.last_activity == 1712345681.1111111
+
+
+async def test_a_timeout_verdict_on_a_stale_record_does_not_end_the_session(store: Store) -> None:
+    await ready_host(store)
+    s = new_session("h1/0")
+    await store.claim_slot("h1/0", s)
+    stale = await store.session(s.session_id)
+    assert stale is not None
+    await store.mark_connected(s.session_id, 105.0)  # the player connected after the listing
+    assert await store.end_session(s.session_id, EndReason.NEVER_CONNECTED, 106.0, if_unchanged=stale) is None
+    live = await store.session(s.session_id)
+    assert live is not None and live.state is SessionState.CONNECTED
+    await store.mark_disconnected(s.session_id, 110.0)
+    gone = await store.session(s.session_id)
+    await store.reattach(s.session_id, 111.0)  # came back within grace
+    assert await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 112.0, if_unchanged=gone) is None
+    current = await store.session(s.session_id)
+    ended = await store.end_session(s.session_id, EndReason.NEVER_CONNECTED, 113.0, if_unchanged=current)
+    assert ended is not None and ended.end_reason is EndReason.NEVER_CONNECTED
