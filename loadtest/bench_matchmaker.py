@@ -53,7 +53,14 @@ import jwt
 import psutil
 
 from loadtest.bench_matchmaker_client import pool_layout
-from loadtest.bench_signaling import ProcTree, hot_spots, machine_info, percentile, quiet_machine
+from loadtest.bench_signaling import (
+    ProcTree,
+    hot_spots,
+    machine_info,
+    percentile,
+    quiet_machine,
+)
+from loadtest.children import JsonLineChild, die_with_parent, tail
 
 TARGETS = {
     "ceiling_ratio": ("4 replicas allocations/s / raw claim ceiling", ">=", 0.5),
@@ -69,25 +76,10 @@ RAW_HOST_SLOTS = 250
 now = time.monotonic
 
 
-def _die_with_parent() -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _tail(path: str, n: int = 3000) -> str:
-    with contextlib.suppress(OSError), open(path, errors="replace") as f:
-        return f.read()[-n:]
-    return ""
 
 
 # ----------------------------------------------------------------------------- Redis
@@ -114,7 +106,7 @@ class RedisServer:
                 [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "",
                  "--appendonly", "no", "--dir", self.folder],
                 stdout=open(os.path.join(self.folder, "redis.log"), "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
             self.url = f"unix://{sock}"
         assert self.url is not None
         self.client = redis.Redis.from_url(self.url)
@@ -174,7 +166,13 @@ async def fill_pool(url: str, prefix: str, apps: Sequence[str], slots_per_app: i
                     host_slots: int = 100) -> int:
     """Register READY slots through the store (register + one heartbeat per host, as an
     agent does). Returns how many."""
-    from matchmaker.models import Heartbeat, HostRegistration, SlotReport, SlotSpec, SlotState
+    from matchmaker.models import (
+        Heartbeat,
+        HostRegistration,
+        SlotReport,
+        SlotSpec,
+        SlotState,
+    )
     from matchmaker.store_redis import RedisStore
 
     store = RedisStore.from_url(url, prefix=prefix, timeout_s=60)
@@ -223,7 +221,7 @@ class Matchmakers:
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "pixelfleet", "matchmaker", "--port", str(port),
                      "--log-level", self.opts.mm_log_level, "--log-format", "json"],
-                    env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
+                    env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
             self.ports.append(port)
             self.logs.append(log)
 
@@ -233,11 +231,11 @@ class Matchmakers:
         for i, port in enumerate(self.ports):
             while True:
                 if self.procs[i].poll() is not None:
-                    raise RuntimeError(f"matchmaker {i} exited:\n{_tail(self.logs[i])}")
+                    raise RuntimeError(f"matchmaker {i} exited:\n{tail(self.logs[i])}")
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                     break
                 if now() > deadline:
-                    raise RuntimeError(f"matchmaker {i} is not listening after {wait_s}s:\n{_tail(self.logs[i])}")
+                    raise RuntimeError(f"matchmaker {i} is not listening after {wait_s}s:\n{tail(self.logs[i])}")
                 await asyncio.sleep(0.05)
         return [ProcTree(p.pid) for p in self.procs]
 
@@ -253,46 +251,16 @@ class Matchmakers:
                 p.wait(5)
 
 
-class Generator:
+class Generator(JsonLineChild):
     """One ``loadtest.bench_matchmaker_client`` child, one JSON line each way."""
 
     def __init__(self, proc: asyncio.subprocess.Process, log: str) -> None:
-        self.proc, self.log = proc, log
+        super().__init__("generator", proc, log)
         self.tree = ProcTree(proc.pid)
 
     @classmethod
     async def start(cls, cfg: dict[str, Any], log: str) -> Generator:
-        err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "loadtest.bench_matchmaker_client", "--config", json.dumps(cfg),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                limit=256 << 20, preexec_fn=_die_with_parent)
-        finally:
-            os.close(err)
-        return cls(proc, log)
-
-    async def call(self, wait_s: float, cmd: str, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}).encode() + b"\n")
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), wait_s)
-        if not line:
-            raise RuntimeError(f"generator exited during {cmd}:\n{_tail(self.log)}")
-        out: dict[str, Any] = json.loads(line)
-        if not out.pop("ok"):
-            raise RuntimeError(f"generator failed {cmd}: {out.get('error')}\n{_tail(self.log)}")
-        return out
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call(10, "quit")
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        return cls(await cls.spawn("loadtest.bench_matchmaker_client", cfg, log, limit=256 << 20), log)
 
 
 class Cpu:
@@ -543,7 +511,7 @@ class Bench:
         proc = await asyncio.create_subprocess_exec(
             exe, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--function", "--format", "raw",
             "-o", out, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
+            preexec_fn=die_with_parent)
         await asyncio.sleep(0.5)
         return proc, out
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -42,6 +41,8 @@ from typing import Any
 
 import psutil
 
+from loadtest.children import JsonLineChild, die_with_parent, tail
+
 SERVERS = ("pixelfleet", "bare")
 # Generous per-connection limits so the benchmark measures relaying, not throttling.
 PIXELFLEET_ARGS: tuple[str, ...] = (
@@ -59,14 +60,6 @@ NCPU = psutil.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------- helpers
-def _die_with_parent() -> None:
-    """So a killed orchestrator leaves no child behind (Linux only)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _child_env() -> dict[str, str]:
     """Our environment, with this checkout importable even where it is not installed."""
     env = dict(os.environ)
@@ -215,53 +208,20 @@ def saturation(cpu: dict[str, Any], pinned: bool) -> str:
 
 
 # ----------------------------------------------------------------------------- processes
-class GenProc:
-    """One generator child, spoken to with one JSON line each way."""
+class GenProc(JsonLineChild):
+    """One generator child (``loadtest.bench_client``)."""
 
     def __init__(self, index: int, proc: asyncio.subprocess.Process, log: str) -> None:
+        super().__init__(f"generator {index}", proc, log)
         self.index = index
-        self.proc = proc
-        self.log = log
         self.tree = ProcTree(proc.pid)
 
     @classmethod
     async def start(cls, index: int, cfg: dict[str, Any], logdir: str, tag: str) -> GenProc:
         log = os.path.join(logdir, f"{tag}-generator{index}-{len(os.listdir(logdir))}.log")
-        with open(log, "wb") as err:  # noqa: ASYNC230 - one small local file per child
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "loadtest.bench_client", "--config", json.dumps(cfg),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                limit=64 << 20, preexec_fn=_die_with_parent, start_new_session=True, env=_child_env(),
-            )  # fmt: skip
+        proc = await cls.spawn("loadtest.bench_client", cfg, log, limit=64 << 20, env=_child_env(),
+                               new_session=True)
         return cls(index, proc, log)
-
-    async def call(self, timeout: float, cmd: str, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}).encode() + b"\n")
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"generator {self.index} exited during {cmd}; see {self.log}")
-        out: dict[str, Any] = json.loads(line)
-        if not out.pop("ok"):
-            raise RuntimeError(f"generator {self.index} failed {cmd}: {out.get('error')}")
-        return out
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call(10, "quit")
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-def _tail(path: str, n: int = 20) -> str:
-    with contextlib.suppress(OSError), open(path, errors="replace") as f:
-        return "".join(f.readlines()[-n:])
-    return ""
 
 
 class Server:
@@ -272,14 +232,14 @@ class Server:
     async def start(self, limit_s: float = 30.0) -> ProcTree:
         with open(self.log, "wb") as out:  # noqa: ASYNC230 - one small local file per child
             self.proc = await asyncio.create_subprocess_exec(
-                *self.cmd, stdout=out, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
+                *self.cmd, stdout=out, stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent,
                 start_new_session=True, cwd=os.path.dirname(self.log), env=_child_env(),
             )  # not our cwd: `python -m` would put it first on sys.path, ahead of PYTHONPATH
         deadline = now() + limit_s
         waiting = set(self.ports.values())
         while waiting:
             if self.proc.returncode is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{_tail(self.log)}")
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{tail(self.log)}")
             if now() > deadline:
                 raise RuntimeError(f"{self.kind} did not listen on {sorted(waiting)} within {limit_s}s")
             for port in list(waiting):
@@ -381,7 +341,7 @@ class Profiler:
         proc = await asyncio.create_subprocess_exec(
             exe, "record", "--pid", str(server.proc.pid), "--rate", "250", "--nonblocking", "--function",
             "--format", "raw", "-o", out, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         await asyncio.sleep(0.5)  # let it attach
         return cls(proc, out)
