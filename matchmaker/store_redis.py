@@ -504,11 +504,13 @@ if ARGV[5] and ARGV[5] ~= '' then
   local raw = redis.call('HGET', KEYS[1], ARGV[2])
   if not raw then return false end
   local s = cjson.decode(raw)
+  if s.state ~= ARGV[5] or s.last_activity ~= tonumber(ARGV[6]) then return false end
+  -- Compare as numbers: tostring() would keep only 14 digits of an epoch time.
   local dis = s.disconnected_at
-  if dis == NULL or dis == nil then dis = '' else dis = tostring(dis) end
-  if s.state ~= ARGV[5] or s.last_activity ~= tonumber(ARGV[6])
-     or (ARGV[7] == '' and dis ~= '') or (ARGV[7] ~= '' and dis ~= '' and tonumber(dis) ~= tonumber(ARGV[7]))
-     or (ARGV[7] ~= '' and dis == '') then
+  local has_dis = dis ~= NULL and dis ~= nil
+  if ARGV[7] == '' then
+    if has_dis then return false end
+  elseif not has_dis or dis ~= tonumber(ARGV[7]) then
     return false
   end
 end

@@ -277,3 +277,17 @@ async def test_a_timeout_verdict_on_a_stale_record_does_not_end_the_session(stor
     current = await store.session(s.session_id)
     ended = await store.end_session(s.session_id, EndReason.NEVER_CONNECTED, 113.0, if_unchanged=current)
     assert ended is not None and ended.end_reason is EndReason.NEVER_CONNECTED
+
+
+async def test_an_unchanged_record_at_epoch_times_is_ended(store: Store) -> None:
+    """Real clocks have 16-17 significant digits; the guard must compare them exactly."""
+    t = 1795815312.123456
+    await store.register_host(registration(), t)
+    await store.heartbeat("h1", beat(), t)
+    s = new_session("h1/0", now=t)
+    await store.claim_slot("h1/0", s)
+    await store.mark_connected(s.session_id, t + 1.000001)
+    await store.mark_disconnected(s.session_id, t + 2.000003)
+    seen = await store.session(s.session_id)
+    ended = await store.end_session(s.session_id, EndReason.PLAYER_LEFT, t + 40.5, if_unchanged=seen)
+    assert ended is not None and ended.end_reason is EndReason.PLAYER_LEFT
