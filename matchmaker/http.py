@@ -136,7 +136,8 @@ def ticket_json(status: TicketStatus | Queued) -> dict[str, Any]:
 @web.middleware
 async def _store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except StoreError as exc:
         code = type(exc).__name__[0].lower() + "".join(
             "_" + c.lower() if c.isupper() else c for c in type(exc).__name__[1:])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -70,7 +72,7 @@ class MatchmakerServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
-        server = site._server  # noqa: SLF001 - read back port 0
+        server = cast(asyncio.Server | None, site._server)  # noqa: SLF001 - read back port 0
         assert server is not None and server.sockets
         self.port = server.sockets[0].getsockname()[1]
         self.matchmaker.start()

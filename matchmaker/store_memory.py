@@ -7,6 +7,8 @@ Records are copied on the way out so callers never mutate the store by accident.
 from __future__ import annotations
 
 import collections
+import itertools
+from typing import TypeVar
 
 import msgspec
 
@@ -30,7 +32,10 @@ from matchmaker.store import HostConflict, QueueFull, UnknownHost
 _FINISHED_TICKETS_KEPT = 10_000
 
 
-def _copy(obj):  # type: ignore[no-untyped-def]
+_T = TypeVar("_T", bound=msgspec.Struct)
+
+
+def _copy(obj: _T) -> _T:
     return msgspec.structs.replace(obj)
 
 
@@ -259,13 +264,10 @@ class MemoryStore:
         return None
 
     async def waiting(self, tenant: str, app: str, limit: int) -> list[Ticket]:
-        queue = self._queues.get((tenant, app), {})
-        out = []
-        for tid in queue:
-            if len(out) >= limit:
-                break
-            out.append(_copy(self._tickets[tid]))
-        return out
+        queue = self._queues.get((tenant, app))
+        if not queue:
+            return []
+        return [_copy(self._tickets[tid]) for tid in itertools.islice(queue, limit)]
 
     async def queues(self) -> list[tuple[str, str, int]]:
         return [(t, a, len(q)) for (t, a), q in self._queues.items() if q]

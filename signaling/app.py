@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -88,7 +89,7 @@ class SignalingServer:
             site = web.TCPSite(runner, s.host, port, reuse_address=True)
             await site.start()
             self._runners[role] = runner
-            server = site._server  # noqa: SLF001 - the only way to read back port 0
+            server = cast(asyncio.Server | None, site._server)  # noqa: SLF001 - the only way to read back port 0
             assert server is not None and server.sockets
             self.ports[role] = server.sockets[0].getsockname()[1]
         self.node.start_keepalive()

@@ -145,9 +145,10 @@ class SignalingCore:
         if type(obj) is not dict:
             return self._invalid(peer, "invalid_message", "a message must be a JSON object")
         kind = obj.get("type")
-        handler = _HANDLERS[peer.role].get(kind)  # type: ignore[arg-type]
+        handler = _HANDLERS[peer.role].get(kind) if type(kind) is str else None
         if handler is None:
             return self._unhandled(peer, kind)
+        assert isinstance(kind, str)
         try:
             m.normalise_player_id(obj)
             msg = m.validate(obj, m.MODELS[kind])
