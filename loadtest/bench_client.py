@@ -580,7 +580,7 @@ class Generator:
             st.sent += k
         await asyncio.sleep(max(0.0, st.win_end - now()))
         deadline = now() + grace  # let what is in flight come home (bounded), to count losses
-        while now() < deadline and any(p.inflight for p in pairs):
+        while now() < deadline and any(p.inflight for p in pairs):  # noqa: ASYNC110 - bounded drain
             await asyncio.sleep(0.05)
         lost = sum(len(p.inflight) for p in pairs)
         stride = max(1, len(st.rtt) // 5000)

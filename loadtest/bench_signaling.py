@@ -88,7 +88,7 @@ def percentile(values: Sequence[float], q: float, weights: Sequence[float] | Non
         f = math.floor(k)
         c = min(f + 1, len(s) - 1)
         return s[f] + (s[c] - s[f]) * (k - f)
-    pairs = sorted(zip(values, weights))
+    pairs = sorted(zip(values, weights, strict=False))
     total = sum(weights)
     acc = 0.0
     for v, w in pairs:
@@ -163,7 +163,7 @@ class Snapshot:
 
     def since(self, before: Snapshot) -> dict[str, Any]:
         wall = self.t - before.t
-        gens = [a - b for a, b in zip(self.gens, before.gens)]
+        gens = [a - b for a, b in zip(self.gens, before.gens, strict=False)]
         total = self.total - before.total
         busy = 1.0 - (self.idle - before.idle) / total if total > 0 else 0.0
         server, gen = (self.server - before.server) / wall, sum(gens) / wall
@@ -451,7 +451,7 @@ class KindBench:
         start_at = now() + 0.2
         calls = [asyncio.ensure_future(g.call(opts.timeout * 4 + P, "handshake", port=server.ports["player"],
                                               start_at=start_at, inflight=k))
-                 for g, k in zip(gens, inflight)]  # fmt: skip
+                 for g, k in zip(gens, inflight, strict=False)]  # fmt: skip
         await asyncio.sleep(max(0.0, start_at - now()))
         before = Snapshot(stree, gtrees)
         outs = await asyncio.gather(*calls)
@@ -524,7 +524,8 @@ class KindBench:
             for k in ("server_cores", "gen_cores", "machine_busy", "softirq_cores", "steal_cores", "other_cores",
                       "cpu0_busy"):
                 cpu[k] = statistics.fmean(w["cpu"][k] for w in ws)
-            cpu["gen_cores_each"] = [statistics.fmean(c) for c in zip(*(w["cpu"]["gen_cores_each"] for w in ws))]
+            each = (w["cpu"]["gen_cores_each"] for w in ws)
+            cpu["gen_cores_each"] = [statistics.fmean(c) for c in zip(*each, strict=False)]
             rtt = [x for w in ws for x in w["rtt"]]
             weights = [x for w in ws for x in w["rtt_w"]]
             self.result["relay"] = {
@@ -565,7 +566,7 @@ class KindBench:
             outs = await asyncio.gather(*(
                 g.call(opts.timeout * 10, "idle", port=server.ports["player"], count=n,
                        concurrency=max(1, opts.connect_concurrency // len(gens)))
-                for g, n in zip(gens, per_gen)
+                for g, n in zip(gens, per_gen, strict=False)
             ))  # fmt: skip
             idle_failed += sum(o["failed"] for o in outs)
             opened = level
@@ -627,8 +628,10 @@ def ratios(res: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]
     pf, bare = res.get("pixelfleet"), res.get("bare")
     out: dict[str, Any] = {}
     pairs: dict[str, list[float]] = {"per_s": [], "server_cpu_per_100k": []}
-    for a_run, b_run in zip((runs or {}).get("pixelfleet", []), (runs or {}).get("bare", [])):
-        for wa, wb in zip(_get(a_run, "relay", "per_window") or [], _get(b_run, "relay", "per_window") or []):
+    for a_run, b_run in zip((runs or {}).get("pixelfleet", []), (runs or {}).get("bare", []), strict=False):
+        a_windows = _get(a_run, "relay", "per_window") or []
+        b_windows = _get(b_run, "relay", "per_window") or []
+        for wa, wb in zip(a_windows, b_windows, strict=False):
             for key, vals in pairs.items():
                 if wa.get(key) and wb.get(key):
                     vals.append(wa[key] / wb[key])
@@ -726,7 +729,7 @@ def render(report: dict[str, Any]) -> str:
             rows.append((f"  min–max {label}", *("—" if v is None else _range(v) for v in spreads)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]))
+        lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=False))]))
     lines.append("")
     for k in kinds:
         for phase in ("handshake", "relay"):

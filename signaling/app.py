@@ -106,7 +106,7 @@ class SignalingServer:
         await self.node.close_all(errors.SERVICE_RESTART, "server shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace_s
-        while self.node.connections and loop.time() < deadline:
+        while self.node.connections and loop.time() < deadline:  # noqa: ASYNC110 - bounded, shutdown only
             await asyncio.sleep(0.05)
         for runner in self._runners.values():
             await runner.cleanup()

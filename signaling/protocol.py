@@ -248,7 +248,8 @@ class SignalingCore:
         if failure is not None:
             if peer.role is Role.SFU:  # Epic never sends subscribeFailed to an SFU
                 return [Problem(peer.conn, "subscribe_failed", failure)]
-            return [Problem(peer.conn, "subscribe_failed", failure), Send(peer.conn, m.SubscribeFailed(message=failure))]
+            return [Problem(peer.conn, "subscribe_failed", failure),
+                    Send(peer.conn, m.SubscribeFailed(message=failure))]
         assert target_conn is not None and peer.player_id is not None
         actions = self._unsubscribe(peer)
         self._bind(peer, self._peers[target_conn])
@@ -366,7 +367,8 @@ def _disconnect_player(core: SignalingCore, peer: Peer, obj: Json, msg: m.Discon
     if target is None or target.subscribed_to != peer.conn:
         return [Problem(peer.conn, "unknown_player", f"no player {msg.playerId[:64]} subscribed to this streamer")]
     actions = core._unsubscribe(target)
-    actions.append(Close(target.conn, errors.INTERNAL_ERROR, errors.clip_reason(msg.reason or "disconnected by streamer")))
+    reason = errors.clip_reason(msg.reason or "disconnected by streamer")
+    actions.append(Close(target.conn, errors.INTERNAL_ERROR, reason))
     return actions
 
 
