@@ -265,7 +265,7 @@ class MemoryStore:
 
     async def waiting(self, tenant: str, app: str, limit: int) -> list[Ticket]:
         queue = self._queues.get((tenant, app))
-        if not queue:
+        if not queue or limit <= 0:
             return []
         return [_copy(self._tickets[tid]) for tid in itertools.islice(queue, limit)]
 
