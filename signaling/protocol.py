@@ -230,7 +230,7 @@ class SignalingCore:
             actions.append(Send(peer.conn, m.Error(code="unknown_type", message=detail)))
         return actions
 
-    def _subscribers_list(self, for_peer: Peer) -> list[str]:
+    def _listed_streamer_ids(self, for_peer: Peer) -> list[str]:
         if for_peer.role is Role.SFU:  # an SFU sees every registered streamer, itself included
             return list(self._streamers)
         return [sid for sid, conn in self._streamers.items() if self._peers[conn].streaming]
@@ -316,7 +316,7 @@ def _ignore(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action
 
 
 def _list_streamers(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    return [Send(peer.conn, m.StreamerList(ids=core._subscribers_list(peer)))]
+    return [Send(peer.conn, m.StreamerList(ids=core._listed_streamer_ids(peer)))]
 
 
 def _subscribe(core: SignalingCore, peer: Peer, obj: Json, msg: m.Subscribe) -> list[Action]:
