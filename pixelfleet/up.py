@@ -119,18 +119,15 @@ def _embedded_matchmaker(args: argparse.Namespace) -> Matchmaker:
     import os
     import secrets
 
-    from matchmaker.config import MatchmakerSettings
-    from matchmaker.records import JsonLinesSink, MemorySink
-    from matchmaker.service import Matchmaker
-    from matchmaker.store import open_store
-    from pixelfleet.settings import load_section
-    from pixelfleet.tokens import TokenKeys
+    import msgspec
 
-    mm = load_section(MatchmakerSettings, os.environ, "matchmaker", allow_anonymous=True,
-                      records_path=args.records)
-    keys = TokenKeys.hs256(mm.token_secret or secrets.token_urlsafe(32))
-    sink = JsonLinesSink(mm.records_path) if mm.records_path else MemorySink()
-    return Matchmaker(open_store("memory://"), mm, keys, sink)
+    from matchmaker.server import build_matchmaker, load_matchmaker_settings
+
+    settings = load_matchmaker_settings(os.environ, state_url="memory://", allow_anonymous=True,
+                                        records_path=args.records)
+    if not settings.token_secret:  # one process mints and verifies: any fresh secret will do
+        settings = msgspec.structs.replace(settings, token_secret=secrets.token_urlsafe(32))
+    return build_matchmaker(settings)
 
 
 def _embedded_agent(args: argparse.Namespace, server: SignalingServer, bind: str,
