@@ -13,6 +13,7 @@ asked for. Equal candidates are shuffled so replicas do not all race for one slo
 from __future__ import annotations
 
 import collections
+import math
 import random
 from collections.abc import Callable
 
@@ -32,15 +33,18 @@ def rank(candidates: list[Slot], request: AllocationRequest, policy: str = "spre
     free_on_host = collections.Counter(s.host_id for s in pool)
     jitter = {s.slot_id: rand() for s in pool}
 
-    def load(s: Slot) -> float:
-        return max(s.nvenc_load, s.gpu_load)
-
     key: Callable[[Slot], tuple[float, ...]]
     if policy == "spread":
-        key = lambda s: (_away(s, request), round(load(s), 2), -free_on_host[s.host_id], jitter[s.slot_id])  # noqa: E731
+        key = lambda s: (_away(s, request), load_pct(s), -free_on_host[s.host_id], jitter[s.slot_id])  # noqa: E731
     else:
-        key = lambda s: (_away(s, request), free_on_host[s.host_id], round(load(s), 2), jitter[s.slot_id])  # noqa: E731
+        key = lambda s: (_away(s, request), free_on_host[s.host_id], load_pct(s), jitter[s.slot_id])  # noqa: E731
     return sorted(pool, key=key)
+
+
+def load_pct(slot: Slot) -> int:
+    """The load placement compares: whole percent of the higher of NVENC and GPU load
+    (the Redis store's script rounds exactly so: floor(x * 100 + 0.5))."""
+    return math.floor(max(slot.nvenc_load, slot.gpu_load) * 100 + 0.5)
 
 
 def _away(slot: Slot, request: AllocationRequest) -> int:

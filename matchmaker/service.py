@@ -31,17 +31,15 @@ from matchmaker.models import (
     Ticket,
     TicketState,
 )
-from matchmaker.placement import rank
 from matchmaker.records import RecordSink
-from matchmaker.store import Store, StoreError
+from matchmaker.store import NoClaim, Returning, Store, StoreError
 from matchmaker.timeouts import due_endings
 from pixelfleet.tokens import TokenKeys, mint
 
 log = structlog.get_logger("matchmaker")
 
-_CANDIDATES_TRIED = 8
 _SLOT_COUNTS_TTL_S = 1.0  # how stale the slot count behind an ETA may be
-_CLAIM_ROUNDS = 3
+_REATTACH_ROUNDS = 2
 
 
 class UnknownApp(StoreError):
@@ -90,53 +88,41 @@ class Matchmaker:
     # --- allocation -------------------------------------------------------------------
 
     async def allocate(self, request: AllocationRequest) -> Allocation | Queued:
-        """A READY slot now, the same slot again for a reconnecting client, or a queue ticket."""
-        now = self.clock()
-        if request.client_key:
-            existing = await self.store.session_for_client(request.tenant, request.client_key)
-            if existing is not None and existing.app == request.app:
-                again = await self.store.reattach(existing.session_id, now)
-                if again is not None:
-                    return self._allocation(again)
-        # FIFO: nobody overtakes a waiting player.
-        if not await self.store.waiting(request.tenant, request.app, 1):
-            session = await self._claim(request, None)
-            if session is not None:
-                return self._allocation(session)
-        # Whether the app exists at all matters only now: a live session or a READY slot
-        # of it (above) already proves that it does. (One store round trip fewer on the
-        # hot path than asking first.)
-        if not await self.store.serves(request.tenant, request.app):
+        """A READY slot now, the same slot again for a reconnecting client, or a queue ticket.
+
+        The common case is one store round trip: ``Store.allocate`` checks the client's
+        live session and the queue, places and claims together."""
+        for _ in range(_REATTACH_ROUNDS):
+            outcome = await self.store.allocate(request, _new_id("s"), self.clock(), policy=self.settings.policy)
+            if isinstance(outcome, Session):
+                log.info("assigned", session=outcome.session_id, slot=outcome.slot_id,
+                         tenant=request.tenant, app=request.app, queued=False)
+                return self._allocation(outcome)
+            if not isinstance(outcome, Returning):
+                break
+            again = await self.store.reattach(outcome.session_id, self.clock())
+            if again is not None:
+                return self._allocation(again)
+            # It ended in between: allocate afresh.
+        if outcome is NoClaim.UNKNOWN_APP or (
+                outcome is NoClaim.QUEUE_AHEAD and not await self.store.serves(request.tenant, request.app)):
             raise UnknownApp(f"no slot serves app {request.app!r} for this tenant")
+        now = self.clock()
         ticket = Ticket(ticket_id=_new_id("t"), request=request, enqueued_at=now)
         position = await self.store.enqueue(ticket, self.settings.queue_max_length)
         log.info("queued", ticket=ticket.ticket_id, tenant=request.tenant, app=request.app, position=position)
         await self._notify()
         return Queued(ticket, position, await self._eta(request, position))
 
-    async def _claim(self, request: AllocationRequest, ticket_id: str | None) -> Session | None:
-        """Try the best candidates in order; the store's CAS settles races between replicas."""
-        for _ in range(_CLAIM_ROUNDS):
-            candidates = await self.store.ready_slots(request.tenant, request.app)
-            ranked = rank(candidates, request, self.settings.policy)
-            if not ranked:
-                return None
-            now = self.clock()
-            for slot in ranked[:_CANDIDATES_TRIED]:
-                session = Session(
-                    session_id=_new_id("s"), tenant=request.tenant, app=request.app,
-                    slot_id=slot.slot_id, host_id=slot.host_id, streamer_id=slot.streamer_id,
-                    signaling_url=slot.signaling_url, region=slot.region,
-                    client_key=request.client_key, created_at=now, last_activity=now)
-                if await self.store.claim_slot(slot.slot_id, session, ticket_id):
-                    log.info("assigned", session=session.session_id, slot=slot.slot_id,
-                             tenant=request.tenant, app=request.app, queued=ticket_id is not None)
-                    return session
-                if ticket_id is not None:
-                    ticket = await self.store.ticket(ticket_id)
-                    if ticket is None or ticket.state is not TicketState.WAITING:
-                        return None
-        return None
+    async def _claim(self, request: AllocationRequest, ticket_id: str) -> Session | None:
+        """Serve a waiting ticket with the best claimable slot, if there is one."""
+        outcome = await self.store.allocate(request, _new_id("s"), self.clock(), policy=self.settings.policy,
+                                            ticket_id=ticket_id)
+        if not isinstance(outcome, Session):
+            return None
+        log.info("assigned", session=outcome.session_id, slot=outcome.slot_id,
+                 tenant=request.tenant, app=request.app, queued=True)
+        return outcome
 
     def _allocation(self, session: Session) -> Allocation:
         token = mint(self.keys, tenant=session.tenant, session_id=session.session_id,

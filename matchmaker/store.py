@@ -18,15 +18,20 @@ Guarantees every implementation keeps (the conformance suite in
 - Host and slot records are replaced as a whole by registration and heartbeat; a
   host whose boot id differs from the registered one is refused while it is alive.
 
-Placement (which READY slot to try first) is not the store's business: the service
-reads candidates with ``ready_slots`` and ranks them (``placement.py``), then claims.
+- ``allocate`` places and claims in one atomic step, with the order of
+  ``placement.rank`` (the Redis store evaluates the same order server-side over score
+  indexes, comparing up to 32 equally ranked candidates at a time), so an allocation is
+  one round trip and never decodes the whole pool.
 """
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from typing import Protocol
 
 from matchmaker.models import (
+    AllocationRequest,
     EndReason,
     Heartbeat,
     HeartbeatReply,
@@ -56,6 +61,22 @@ class QueueFull(StoreError):
 
 class BackendUnavailable(StoreError):
     status = 503
+
+
+class NoClaim(enum.Enum):
+    """Why ``allocate`` claimed nothing."""
+
+    QUEUE_AHEAD = "queue_ahead"   # someone already waits for this app: nobody overtakes
+    NO_SLOT = "no_slot"           # the app is served, but no slot is claimable now
+    UNKNOWN_APP = "unknown_app"   # no registered slot serves this tenant and app
+    REFUSED = "refused"           # the given slot or ticket failed its precondition
+
+
+@dataclass(frozen=True, slots=True)
+class Returning:
+    """The client already holds a live session of this app (reconnect within grace)."""
+
+    session_id: str
 
 
 class Store(Protocol):
@@ -93,6 +114,16 @@ class Store(Protocol):
         """Atomically: slot READY -> ASSIGNED to ``session`` (stored), and, with a ticket,
         that ticket WAITING -> SERVED. The slot and the ticket must be of the session's
         tenant and app. False, changing nothing, if any precondition fails."""
+
+    async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
+                       ticket_id: str | None = None) -> Session | Returning | NoClaim:
+        """Atomically: pick the best claimable slot for ``request`` (``placement.rank``
+        order under ``policy``) and claim it for a new session ``session_id``.
+
+        Without a ticket, a client key holding a live session of this app gives
+        ``Returning`` and a non-empty queue gives ``QUEUE_AHEAD``, before any slot is
+        looked at. With one, the ticket must be WAITING (else ``REFUSED``) and is SERVED
+        by the same step."""
 
     # --- sessions ---------------------------------------------------------------------
     async def session(self, session_id: str) -> Session | None:

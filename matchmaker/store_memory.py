@@ -13,6 +13,7 @@ from typing import TypeVar
 import msgspec
 
 from matchmaker.models import (
+    AllocationRequest,
     EndReason,
     Heartbeat,
     HeartbeatReply,
@@ -27,7 +28,8 @@ from matchmaker.models import (
     TicketState,
     slot_id,
 )
-from matchmaker.store import HostConflict, QueueFull, UnknownHost
+from matchmaker.placement import rank
+from matchmaker.store import HostConflict, NoClaim, QueueFull, Returning, UnknownHost
 
 _FINISHED_TICKETS_KEPT = 10_000
 
@@ -146,16 +148,53 @@ class MemoryStore:
     async def serves(self, tenant: str, app: str) -> bool:
         return any(s.tenant == tenant and s.app == app for s in self._slots.values())
 
+    async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
+                       ticket_id: str | None = None) -> Session | Returning | NoClaim:
+        tenant, app = request.tenant, request.app
+        ticket = None
+        if ticket_id is not None:
+            ticket = self._waiting_ticket(ticket_id, tenant, app)
+            if ticket is None:
+                return NoClaim.REFUSED
+        else:
+            if request.client_key:
+                live = self._sessions.get(self._clients.get((tenant, request.client_key), ""))
+                if live is not None and live.state is not SessionState.ENDED and live.app == app:
+                    return Returning(live.session_id)
+            if self._queues.get((tenant, app)):
+                return NoClaim.QUEUE_AHEAD
+        ranked = rank([s for s in self._slots.values() if s.tenant == tenant and s.app == app and self._claimable(s)],
+                      request, policy)
+        if not ranked:
+            return NoClaim.NO_SLOT if await self.serves(tenant, app) else NoClaim.UNKNOWN_APP
+        slot = ranked[0]
+        session = Session(
+            session_id=session_id, tenant=tenant, app=app, slot_id=slot.slot_id, host_id=slot.host_id,
+            streamer_id=slot.streamer_id, signaling_url=slot.signaling_url, region=slot.region,
+            client_key=request.client_key, created_at=now, last_activity=now)
+        self._claim(slot, session, ticket)
+        return _copy(session)
+
     async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
         slot = self._slots.get(slot_id)
         if slot is None or not self._claimable(slot) or (slot.tenant, slot.app) != (session.tenant, session.app):
             return False
         ticket = None
         if ticket_id is not None:
-            ticket = self._tickets.get(ticket_id)
-            if (ticket is None or ticket.state is not TicketState.WAITING
-                    or (ticket.request.tenant, ticket.request.app) != (session.tenant, session.app)):
+            ticket = self._waiting_ticket(ticket_id, session.tenant, session.app)
+            if ticket is None:
                 return False
+        self._claim(slot, session, ticket)
+        return True
+
+    def _waiting_ticket(self, ticket_id: str, tenant: str, app: str) -> Ticket | None:
+        ticket = self._tickets.get(ticket_id)
+        if (ticket is None or ticket.state is not TicketState.WAITING
+                or (ticket.request.tenant, ticket.request.app) != (tenant, app)):
+            return None
+        return ticket
+
+    def _claim(self, slot: Slot, session: Session, ticket: Ticket | None) -> None:
         slot.state = SlotState.ASSIGNED
         slot.session_id = session.session_id
         self._sessions[session.session_id] = _copy(session)
@@ -165,7 +204,6 @@ class MemoryStore:
             ticket.state = TicketState.SERVED
             ticket.session_id = session.session_id
             self._dequeue(ticket)
-        return True
 
     # --- sessions ---------------------------------------------------------------------
 

@@ -28,6 +28,11 @@ Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash 
     {P:T}:apps           HASH  app -> number of registered slots (``serves``)
     {P:T}:ready:<app>    HASH  slot id -> Slot JSON of the claimable slots (READY on a
                                live, non-draining host); ``ready_slots`` is one HVALS
+    {P:T}:rz:<app>       ZSET  claimable slot id -> load in whole percent (placement)
+    {P:T}:rz@<n>:<region>:<app>   the same, one region (n: the region's length)
+    {P:T}:fh:<app>       ZSET  host id -> its claimable slots of the app (ties, pack)
+    {P:T}:fh@<n>:<region>:<app>   the same, one region
+    {P:T}:gpu            HASH  host id -> GPU model (the request's GPU filter)
     {P:T}:sessions       HASH  session id -> Session JSON (ended ones are deleted)
     {P:T}:clients        HASH  client key -> session id
     {P:T}:ticket:<id>    STR   Ticket JSON; expires 1 h after it leaves WAITING
@@ -43,17 +48,23 @@ Records are JSON. Lua re-encodes a record it changes with its own encoder (numbe
 and loads; msgspec decodes the result exactly.
 
 Cluster safety. Every script touches keys of exactly one hash slot: ``{P}`` for host
-records, ``{P:T}`` for one tenant. ``claim_slot`` (the hot path), ``end_session``,
+records, ``{P:T}`` for one tenant. ``allocate`` (the hot path), ``end_session``,
 the session transitions and the queue operations are each one script in the tenant's
 slot; ``ready_slots`` is one HVALS there. Some scripts name per-app keys
 (``{P:T}:ready:<app>``, ``{P:T}:queue:<app>``) that they derive inside the script; those
 share the declared key's hash tag, which Redis Cluster allows (Redis >= 7 checks that
-undeclared keys hash to the same slot). The claim script declares all its keys.
+undeclared keys hash to the same slot); the allocation script derives the placement
+indexes and the ticket key so.
+
+Allocation is one script (``_ALLOCATE``): the client's live session, the queue head, the
+placement and the compare-and-set, in one round trip. Placement reads the score indexes
+(``rz``, ``fh``), which ``sync_ready``/``unready`` keep equal to the ready hash in every
+script that changes a slot, so it costs O(log n + window), never a decode of the pool.
 
 The ``P:sid`` / ``P:tid`` lookups exist because ``session(id)``, ``end_session(id)``,
 ``ticket(id)`` ... carry no tenant. A lookup is immutable, so each replica caches it.
-``claim_slot`` writes it in the same pipeline as the claim script (one round trip) and
-deletes it again when the claim fails.
+An allocation writes it in the same pipeline as the allocation script (one round trip)
+and deletes it again when nothing was claimed.
 
 Host operations touch the host record and the slots of each tenant the host serves, so
 on a cluster they are several scripts, in this order:
@@ -91,7 +102,7 @@ that no longer exists, which reads as "no such session", as it should).
 Differences from ``MemoryStore`` a caller can see: finished tickets expire after
 ``FINISHED_TICKET_TTL_S`` (memory keeps the last 10,000); listings and ``ready_slots``
 come in no particular order (hosts in registration order); a timeout during
-``claim_slot`` raises BackendUnavailable although the claim may have happened (the
+``allocate`` raises BackendUnavailable although the claim may have happened (the
 session then never connects and the sweep ends it, NEVER_CONNECTED).
 
 redis-py's connection and timeout errors become ``BackendUnavailable`` here and
@@ -101,6 +112,7 @@ nowhere else; every operation runs under ``asyncio.timeout``.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -110,6 +122,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from matchmaker.models import (
+    AllocationRequest,
     EndReason,
     Heartbeat,
     HeartbeatReply,
@@ -122,7 +135,7 @@ from matchmaker.models import (
     TicketState,
     slot_id,
 )
-from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, UnknownHost
+from matchmaker.store import BackendUnavailable, HostConflict, NoClaim, QueueFull, Returning, UnknownHost
 
 FINISHED_TICKET_TTL_S = 3600
 DEFAULT_TIMEOUT_S = 5.0
@@ -142,6 +155,8 @@ _session = msgspec.json.Decoder(Session)
 _ticket = msgspec.json.Decoder(Ticket)
 _tickets = msgspec.json.Decoder(list[Ticket])
 _strmap = msgspec.json.Decoder(dict[str, list[str]])
+_NO_CLAIM = {"queued": NoClaim.QUEUE_AHEAD, "none": NoClaim.NO_SLOT, "unknown": NoClaim.UNKNOWN_APP,
+             "refused": NoClaim.REFUSED}
 
 
 # --- Lua ------------------------------------------------------------------------------
@@ -174,14 +189,45 @@ local function truthy(s) return s ~= nil and s ~= NULL and s ~= false and s ~= '
 
 # Tenant-scoped helpers: tag is '{P:T}'.
 _TENANT = _PRELUDE + r"""
+-- The placement indexes of one app's claimable slots (region nil: all regions; the
+-- region is length-prefixed so that no (region, app) pair names another's key).
+local function idx(tag, kind, app, region)
+  if region == nil then return tag .. ':' .. kind .. ':' .. app end
+  return tag .. ':' .. kind .. '@' .. #region .. ':' .. region .. ':' .. app
+end
+-- A slot's load as placement compares it: whole percent of the higher of NVENC and GPU.
+local function load_pct(slot)
+  local l = math.max(tonumber(slot.nvenc_load) or 0, tonumber(slot.gpu_load) or 0)
+  return math.floor(l * 100 + 0.5)
+end
+local function index_ready(tag, slot)
+  local pct = load_pct(slot)
+  local added = redis.call('ZADD', idx(tag, 'rz', slot.app), pct, slot.slot_id)
+  redis.call('ZADD', idx(tag, 'rz', slot.app, slot.region), pct, slot.slot_id)
+  if added == 1 then
+    redis.call('ZINCRBY', idx(tag, 'fh', slot.app), 1, slot.host_id)
+    redis.call('ZINCRBY', idx(tag, 'fh', slot.app, slot.region), 1, slot.host_id)
+    redis.call('HSET', tag .. ':gpu', slot.host_id, slot.gpu_model)
+  end
+end
+-- The slot leaves the ready hash and the indexes (whatever it was before).
+local function unready(tag, slot)
+  redis.call('HDEL', tag .. ':ready:' .. slot.app, slot.slot_id)
+  if redis.call('ZREM', idx(tag, 'rz', slot.app), slot.slot_id) == 1 then
+    redis.call('ZREM', idx(tag, 'rz', slot.app, slot.region), slot.slot_id)
+    for _, k in ipairs({idx(tag, 'fh', slot.app), idx(tag, 'fh', slot.app, slot.region)}) do
+      if tonumber(redis.call('ZINCRBY', k, -1, slot.host_id)) <= 0 then redis.call('ZREM', k, slot.host_id) end
+    end
+  end
+end
 -- Every script that writes a slot calls this: the ready hash holds the current JSON of
--- exactly the claimable slots.
+-- exactly the claimable slots, and the indexes exactly those slots.
 local function sync_ready(tag, slot, json, hc)
-  local key = tag .. ':ready:' .. slot.app
   if slot.state == 'ready' and hc and not hc.d and not hc.x then
-    redis.call('HSET', key, slot.slot_id, json)
+    redis.call('HSET', tag .. ':ready:' .. slot.app, slot.slot_id, json)
+    index_ready(tag, slot)
   else
-    redis.call('HDEL', key, slot.slot_id)
+    unready(tag, slot)
   end
 end
 -- End a live session once: delete it, drop its client index, slot ASSIGNED -> RESETTING.
@@ -205,7 +251,7 @@ local function end_sess(tag, sid, reason, now)
       slot.session_id = NULL
       if slot.state == 'assigned' then slot.state = 'resetting'; slot.ended_session = sid end
       redis.call('HSET', K_slots, s.slot_id, enc(slot))
-      redis.call('HDEL', tag .. ':ready:' .. slot.app, s.slot_id)
+      unready(tag, slot)
     end
   end
   return enc(s)
@@ -363,7 +409,7 @@ local function drop(sid)
     local e = end_sess(tag, slot.session_id, 'host_dead', now)
     if e then ended[#ended + 1] = e end
   end
-  redis.call('HDEL', tag .. ':ready:' .. slot.app, sid)
+  unready(tag, slot)
   redis.call('HDEL', K_slots, sid)
   if redis.call('HINCRBY', K_apps, slot.app, -1) <= 0 then redis.call('HDEL', K_apps, slot.app) end
 end
@@ -375,6 +421,7 @@ if not hc then
   local specs = cjson.decode(ARGV[7])
   if #specs == 0 then
     redis.call('HDEL', KEYS[1], host)
+    redis.call('HDEL', tag .. ':gpu', host)
     return ended
   end
   hc = {v = ver, i = inc, d = false, x = false, s = {}}
@@ -463,37 +510,143 @@ end
 return {1, ended, resets}
 """
 
-# {P:T}: the compare-and-set. KEYS: slots, hosts, sessions, clients, ready:<app>,
-# ticket:<id>, queue:<app>, queues. ARGV: slot id, session id, Session JSON, client key,
-# app, has ticket, ticket id, finished-ticket TTL.
-_CLAIM = _PRELUDE + r"""
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local slot = cjson.decode(raw)
-if slot.state ~= 'ready' or slot.app ~= ARGV[5] then return 0 end
-local hc = redis.call('HGET', KEYS[2], slot.host_id)
-if not hc then return 0 end
-hc = cjson.decode(hc)
-if hc.d or hc.x then return 0 end
-local t
-if ARGV[6] == '1' then
-  local tr = redis.call('GET', KEYS[6])
-  if not tr then return 0 end
+# {P:T}: allocation, one round trip: FIFO check, placement, and the compare-and-set.
+# KEYS: slots, hosts, sessions, clients, queue:<app>, queues, apps.
+# ARGV: 1 tag, 2 session id, 3 tenant, 4 app, 5 client key, 6 region, 7 GPU model,
+# 8 policy, 9 random number in [0, 1), 10 now, 11 slot id ('' = place it here),
+# 12 ticket id ('' = none), 13 finished-ticket TTL, 14 Session JSON ('' = build it here).
+# Replies: {'ok', Session JSON}, {'client', session id} (the client has a live session of
+# this app), {'queued'} (someone waits), {'none'} (no claimable slot), {'unknown'} (no
+# slot serves the app), {'refused'} (the given slot or ticket fails its precondition).
+# The ready-slot indexes it places over are derived from the tag (same hash slot).
+_ALLOCATE = _TENANT + r"""
+local tag, sid, app, ckey = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local K_slots, K_hosts = KEYS[1], KEYS[2]
+local WINDOW = 32  -- equally ranked candidates compared per step (ties beyond it: lexical)
+local function host_of(id) return string.match(id, '^(.*)/') end
+local function gpu_ok(host, gpu) return gpu == '' or redis.call('HGET', tag .. ':gpu', host) == gpu end
+local function one_of(ties, rnd) return ties[math.min(#ties, math.floor(rnd * #ties) + 1)] end
+-- spread: least loaded, then the host with the most claimable slots, then chance.
+local function spread(region, gpu, rnd)
+  local z, fh, off = idx(tag, 'rz', app, region), idx(tag, 'fh', app), 0
+  while true do
+    local w = redis.call('ZRANGE', z, off, off + WINDOW - 1, 'WITHSCORES')
+    if #w == 0 then return nil end
+    local ties, best_pct, best_free = {}, nil, nil
+    for i = 1, #w, 2 do
+      local id, pct = w[i], tonumber(w[i + 1])
+      if best_pct and pct > best_pct then break end
+      local host = host_of(id)
+      if gpu_ok(host, gpu) then
+        local free = tonumber(redis.call('ZSCORE', fh, host)) or 0
+        if not best_pct or free > best_free then ties, best_pct, best_free = {id}, pct, free
+        elseif free == best_free then ties[#ties + 1] = id end
+      end
+    end
+    if best_pct then return one_of(ties, rnd) end
+    off = off + WINDOW
+  end
+end
+-- pack: the host with the fewest claimable slots, then least loaded, then chance.
+local function pack(region, gpu, rnd)
+  local fh, z, off = idx(tag, 'fh', app, region), idx(tag, 'rz', app), 0
+  while true do
+    local w = redis.call('ZRANGE', fh, off, off + WINDOW - 1, 'WITHSCORES')
+    if #w == 0 then return nil end
+    local ties, best_free, best_pct = {}, nil, nil
+    for i = 1, #w, 2 do
+      local host, free = w[i], tonumber(w[i + 1])
+      if best_free and free > best_free then break end
+      local hc = gpu_ok(host, gpu) and redis.call('HGET', K_hosts, host)
+      if hc then
+        for _, id in ipairs(cjson.decode(hc).s) do
+          local pct = redis.call('ZSCORE', z, id)
+          if pct then
+            pct = tonumber(pct)
+            if not best_pct or pct < best_pct then ties, best_pct, best_free = {id}, pct, free
+            elseif pct == best_pct then ties[#ties + 1] = id end
+          end
+        end
+      end
+    end
+    if best_pct then return one_of(ties, rnd) end
+    off = off + WINDOW
+  end
+end
+-- The requested region first (affinity, not a filter), then every region.
+local function place(region, gpu, policy, rnd)
+  local choose = policy == 'pack' and pack or spread
+  if region ~= '' then
+    local id = choose(region, gpu, rnd)
+    if id then return id end
+  end
+  return choose(nil, gpu, rnd)
+end
+local function claimable(slot)
+  if slot.state ~= 'ready' or slot.app ~= app then return false end
+  local hc = redis.call('HGET', K_hosts, slot.host_id)
+  if not hc then return false end
+  hc = cjson.decode(hc)
+  return not hc.d and not hc.x
+end
+
+local t, tkey
+if ARGV[12] ~= '' then
+  tkey = tag .. ':ticket:' .. ARGV[12]
+  local tr = redis.call('GET', tkey)
+  if not tr then return {'refused'} end
   t = cjson.decode(tr)
-  if t.state ~= 'waiting' or t.request.app ~= ARGV[5] then return 0 end
+  if t.state ~= 'waiting' or t.request.app ~= app then return {'refused'} end
+elseif ARGV[11] == '' then
+  if ckey ~= '' then
+    local cur = redis.call('HGET', KEYS[4], ckey)
+    local raw = cur and redis.call('HGET', KEYS[3], cur)
+    if raw and cjson.decode(raw).app == app then return {'client', cur} end
+  end
+  if redis.call('ZCARD', KEYS[5]) > 0 then return {'queued'} end  -- FIFO: nobody overtakes
 end
-slot.state = 'assigned'; slot.session_id = ARGV[2]
-redis.call('HSET', KEYS[1], ARGV[1], enc(slot))
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[2]) end
+local slot
+if ARGV[11] ~= '' then
+  local raw = redis.call('HGET', K_slots, ARGV[11])
+  slot = raw and cjson.decode(raw)
+  if not slot or not claimable(slot) then return {'refused'} end
+else
+  -- The indexes hold exactly the claimable slots; a slot that is not (a bug) is
+  -- dropped from them and placement runs again, so it can never be given twice.
+  for _ = 1, 8 do
+    local id = place(ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]))
+    if not id then break end
+    local raw = redis.call('HGET', K_slots, id)
+    local s = raw and cjson.decode(raw)
+    if s and claimable(s) then slot = s; break end
+    if s then unready(tag, s) else redis.call('ZREM', idx(tag, 'rz', app), id) end
+  end
+  if not slot then
+    if tonumber(redis.call('HGET', KEYS[7], app) or '0') <= 0 then return {'unknown'} end
+    return {'none'}
+  end
+end
+local now = tonumber(ARGV[10])
+local sess = ARGV[14]
+if sess == '' then
+  sess = enc({session_id = sid, tenant = ARGV[3], app = app, slot_id = slot.slot_id, host_id = slot.host_id,
+              streamer_id = slot.streamer_id, signaling_url = slot.signaling_url, region = slot.region,
+              client_key = ckey ~= '' and ckey or NULL, state = 'assigned', created_at = now,
+              connected_at = NULL, last_activity = now, disconnected_at = NULL, ended_at = NULL,
+              end_reason = NULL})
+end
+slot.state = 'assigned'; slot.session_id = sid
+redis.call('HSET', K_slots, slot.slot_id, enc(slot))
+unready(tag, slot)
+redis.call('HSET', KEYS[3], sid, sess)
+if ckey ~= '' then redis.call('HSET', KEYS[4], ckey, sid) end
 if t then
-  t.state = 'served'; t.session_id = ARGV[2]
-  redis.call('SET', KEYS[6], enc(t), 'EX', ARGV[8])
-  redis.call('ZREM', KEYS[7], ARGV[7])
-  if redis.call('ZCARD', KEYS[7]) == 0 then redis.call('SREM', KEYS[8], ARGV[5]) end
+  t.state = 'served'; t.session_id = sid
+  redis.call('SET', tkey, enc(t), 'EX', ARGV[13])
+  redis.call('ZREM', KEYS[5], ARGV[12])
+  if redis.call('ZCARD', KEYS[5]) == 0 then redis.call('SREM', KEYS[6], app) end
 end
-return 1
+return {'ok', sess}
 """
 
 # {P:T}: end a session. KEYS: sessions. ARGV: tag, session id, reason, now.
@@ -720,7 +873,7 @@ class RedisStore:
         self._list_hosts = script(_LIST_HOSTS)
         self._apply = script(_APPLY)
         self._hb_slots = script(_HB_SLOTS)
-        self._claim = script(_CLAIM)
+        self._allocate = script(_ALLOCATE)
         self._end = script(_END)
         self._sess_script = script(_SESSION_OP)
         self._for_client = script(_FOR_CLIENT)
@@ -1012,26 +1165,53 @@ class RedisStore:
         n = await self._r.hget(f"{self._tag(tenant)}:apps", app)
         return n is not None and int(n) > 0
 
-    @_guarded
-    async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
-        tag = self._tag(session.tenant)
-        app = session.app
-        sid = session.session_id
-        mapping = self._sid_key(sid)
-        res = await self._batch([
-            _cmd("SET", mapping, session.tenant),
-            (self._claim,
-             [f"{tag}:slots", f"{tag}:hosts", f"{tag}:sessions", f"{tag}:clients", f"{tag}:ready:{app}",
-              f"{tag}:ticket:{ticket_id or ''}", f"{tag}:queue:{app}", f"{tag}:queues"],
-             [slot_id, sid, _enc.encode(session), session.client_key or "", app,
-              "0" if ticket_id is None else "1", ticket_id or "", FINISHED_TICKET_TTL_S])])
-        if not int(res[1]):
-            await self._r.delete(mapping)
-            return False
-        self._remember(self._session_tenant, sid, session.tenant)
+    def _allocate_calls(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
+                        rnd: float, slot_id: str = "", ticket_id: str | None = None,
+                        session: Session | None = None) -> list[_Call]:
+        """One allocation as sent: the session's tenant lookup, then the allocation script
+        (pipelined, one round trip). The benchmark's ceiling sends exactly these."""
+        tag = self._tag(request.tenant)
+        app = request.app
+        return [
+            _cmd("SET", self._sid_key(session_id), request.tenant),
+            (self._allocate,
+             [f"{tag}:slots", f"{tag}:hosts", f"{tag}:sessions", f"{tag}:clients", f"{tag}:queue:{app}",
+              f"{tag}:queues", f"{tag}:apps"],
+             [tag, session_id, request.tenant, app, request.client_key or "", request.region or "",
+              request.gpu_model or "", policy, repr(rnd), _num(now), slot_id, ticket_id or "",
+              FINISHED_TICKET_TTL_S, "" if session is None else _enc.encode(session)])]
+
+    async def _run_allocate(self, calls: list[_Call], tenant: str, session_id: str,
+                            ticket_id: str | None) -> Any:
+        reply = (await self._batch(calls))[1]
+        if _text(reply[0]) != "ok":
+            await self._r.delete(self._sid_key(session_id))
+            return reply
+        self._remember(self._session_tenant, session_id, tenant)
         if ticket_id is not None:
             await self._r.expire(self._tid_key(ticket_id), FINISHED_TICKET_TTL_S)
-        return True
+        return reply
+
+    @_guarded
+    async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
+                       ticket_id: str | None = None) -> Session | Returning | NoClaim:
+        calls = self._allocate_calls(request, session_id, now, policy=policy, rnd=random.random(),
+                                     ticket_id=ticket_id)
+        reply = await self._run_allocate(calls, request.tenant, session_id, ticket_id)
+        status = _text(reply[0])
+        if status == "ok":
+            return _session.decode(reply[1])
+        if status == "client":
+            return Returning(_text(reply[1]))
+        return _NO_CLAIM[status]
+
+    @_guarded
+    async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
+        request = AllocationRequest(tenant=session.tenant, app=session.app, client_key=session.client_key)
+        calls = self._allocate_calls(request, session.session_id, session.created_at, policy="spread", rnd=0.0,
+                                     slot_id=slot_id, ticket_id=ticket_id, session=session)
+        reply = await self._run_allocate(calls, session.tenant, session.session_id, ticket_id)
+        return _text(reply[0]) == "ok"
 
     # --- sessions ---------------------------------------------------------------------
 

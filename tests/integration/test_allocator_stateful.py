@@ -335,6 +335,31 @@ class AllocatorMachine(RuleBasedStateMachine):
                     assert got == want, (tenant, app, got, want)
 
     @invariant()
+    def redis_placement_indexes_hold_exactly_the_claimable_slots(self) -> None:
+        """The Redis store places over score indexes; a slot missing from them would
+        never be allocated, one too many would be refused at the claim."""
+        from matchmaker.placement import load_pct
+        from matchmaker.store_redis import RedisStore
+
+        for store in self.stores:
+            if not isinstance(store, RedisStore):
+                continue
+            for tenant in TENANTS:
+                tag = store._tag(tenant)
+                for app in APPS:
+                    ready = self._run(store.ready_slots(tenant, app))
+                    want = {s.slot_id: float(load_pct(s)) for s in ready}
+                    got = dict(self._run(store._r.zrange(f"{tag}:rz:{app}", 0, -1, withscores=True)))
+                    assert {k.decode(): v for k, v in got.items()} == want, (tenant, app)
+                    free = collections.Counter(s.host_id for s in ready)
+                    got = dict(self._run(store._r.zrange(f"{tag}:fh:{app}", 0, -1, withscores=True)))
+                    assert {k.decode(): int(v) for k, v in got.items()} == dict(free), (tenant, app)
+                    for region in {s.region for s in ready}:
+                        key = f"{tag}:rz@{len(region)}:{region}:{app}"
+                        members = {m.decode() for m in self._run(store._r.zrange(key, 0, -1))}
+                        assert members == {s.slot_id for s in ready if s.region == region}
+
+    @invariant()
     def queue_positions_are_one_to_n(self) -> None:
         for store in self.stores:
             for tenant, app, length in self._run(store.queues()):

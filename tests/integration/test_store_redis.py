@@ -203,7 +203,7 @@ async def test_scripts_are_reloaded_when_the_server_forgets_them(open_redis: Ope
         await store._r.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.ALL_NODES)
     else:
         await store._r.script_flush()
-    assert await store._r.script_exists(store._claim.sha) == [False]
+    assert await store._r.script_exists(store._allocate.sha) == [False]
     s = new_session("h1/0")
     assert await store.claim_slot("h1/0", s)  # pipelined EVALSHA -> NOSCRIPT -> load and rerun
     assert (await store.mark_connected(s.session_id, 101.0)).state is SessionState.CONNECTED  # type: ignore[union-attr]
