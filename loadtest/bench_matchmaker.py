@@ -1,13 +1,15 @@
-"""Matchmaker benchmark: allocations through the HTTP API against the claim script's ceiling.
+"""Matchmaker benchmark: allocations through the HTTP API against the allocation script's ceiling.
 
 One run, one Redis (started here on a Unix socket unless ``--redis-url``), phases in order:
 
-1. ``raw script``: the ceiling. The claim exactly as ``RedisStore.claim_slot`` sends it
-   (``SET`` of the session's tenant lookup + ``EVALSHA`` of the registered claim script,
-   same keys and arguments), hand-packed and pipelined by lean generator processes, so
-   that Redis, not the client, is the bottleneck;
-2. ``raw store``: ``RedisStore.claim_slot`` itself from generator processes (the store's
-   own redis-py path, one round trip per claim, many in flight);
+1. ``raw script``: the ceiling. An allocation exactly as ``RedisStore.allocate`` sends it
+   (``SET`` of the session's tenant lookup + ``EVALSHA`` of the allocation script, which
+   checks the queue, places and claims; same keys and arguments, built by the store's own
+   ``_allocate_calls``), over the same pool shape as the HTTP phases, hand-packed and
+   pipelined by lean generator processes, so that Redis, not the client, is the
+   bottleneck;
+2. ``raw store``: ``RedisStore.allocate`` itself from generator processes (the store's
+   own redis-py path, one round trip per allocation, many in flight);
 3. ``http closed``: ``POST /api/v1/sessions`` with 1 and with 4 ``pixelfleet matchmaker``
    processes, a closed loop of keep-alive connections spread over the replicas
    (allocations/s at saturation, latency p50/p99);
@@ -20,7 +22,7 @@ reporting every slot ready) that is ``--pool-factor`` times the allocations the 
 makes, in apps of ``--slots-per-app`` slots; requests go round-robin over the apps. So
 the pool never runs dry and no end/reset traffic mixes into the measurement; each app's
 READY set shrinks from ``slots-per-app`` to about ``slots-per-app * (1 - 1/pool-factor)``
-(the allocator reads every READY slot of the app, so this size matters and is reported).
+(reported; placement reads a window of the app's score index, not the whole set).
 Matchmakers run with host TTL and connect timeout of a day (the bench sends no
 heartbeats and never connects) and the production sweep interval.
 
@@ -72,7 +74,6 @@ ADMIN = "bench-admin-token-" + "b" * 16
 CALLER_SECRET = "bench-caller-secret-" + "c" * 32
 TOKEN_SECRET = "bench-session-secret-" + "d" * 32
 NCPU = psutil.cpu_count() or 1
-RAW_HOST_SLOTS = 250
 now = time.monotonic
 
 
@@ -371,21 +372,24 @@ class Bench:
         return gens
 
     async def raw(self, mode: str) -> dict[str, Any]:
-        """The claim without the matchmaker: pipelined script (ceiling) or RedisStore.claim_slot."""
+        """Allocation without the matchmaker: pipelined script (ceiling) or RedisStore.allocate."""
         o = self.opts
         claims = o.raw_claims if mode == "script" else o.raw_store_claims
         procs = o.raw_procs if mode == "script" else o.raw_store_procs
         prefix = self._prefix("raw")
-        apps = [f"app{i}" for i in range(max(1, math.ceil(claims / o.raw_slots_per_app)))]
+        # The HTTP phases' pool shape: apps of --slots-per-app slots, --pool-factor times
+        # the allocations made in each, so the script places over the same READY sets.
+        per_app = max(1, int(o.slots_per_app / o.pool_factor))
+        apps = [f"app{i}" for i in range(max(procs, math.ceil(claims / per_app)))]
         t_fill = now()
-        registered = await fill_pool(self.url, prefix, apps, o.raw_slots_per_app, host_slots=RAW_HOST_SLOTS)
+        registered = await fill_pool(self.url, prefix, apps, o.slots_per_app)
         t_fill = now() - t_fill
         gens: list[Generator] = []
         try:
-            # Each process claims its own slots: a ceiling without CAS conflicts.
+            # Each process allocates in its own apps: a ceiling without competition.
             cfgs = [{"kind": "raw", "mode": mode, "redis_url": self.url, "prefix": prefix, "tenant": TENANT,
-                     "index": i, "procs": procs, "claims": claims, "apps": apps,
-                     "slots_per_app": o.raw_slots_per_app, "host_slots": RAW_HOST_SLOTS, "batch": o.raw_batch,
+                     "index": i, "procs": procs, "apps": apps, "per_app": per_app, "policy": "spread",
+                     "batch": o.raw_batch,
                      "window": o.raw_window, "concurrency": o.raw_store_concurrency} for i in range(procs)]
             gens = await self._gens(cfgs, f"raw-{mode}")
             await asyncio.gather(*(g.call(120, "prepare") for g in gens))
@@ -706,14 +710,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--generators", type=int, default=1, help="HTTP generator processes")
     p.add_argument("--slots-per-app", type=int, default=64, help="READY slots per app at the start of a phase")
     p.add_argument("--pool-factor", type=float, default=2.0, help="registered slots / allocations made")
-    p.add_argument("--raw-claims", type=int, default=150_000, help="pipelined script claims (0 = skip)")
+    p.add_argument("--raw-claims", type=int, default=100_000, help="pipelined script allocations (0 = skip)")
     p.add_argument("--raw-procs", type=int, default=1)
     p.add_argument("--raw-batch", type=int, default=64, help="claims per pipelined round trip")
     p.add_argument("--raw-window", type=int, default=4, help="pipelined batches in flight per process")
-    p.add_argument("--raw-store-claims", type=int, default=30_000, help="RedisStore.claim_slot calls (0 = skip)")
+    p.add_argument("--raw-store-claims", type=int, default=30_000, help="RedisStore.allocate calls (0 = skip)")
     p.add_argument("--raw-store-procs", type=int, default=2)
     p.add_argument("--raw-store-concurrency", type=int, default=32, help="claims in flight per process")
-    p.add_argument("--raw-slots-per-app", type=int, default=1000)
     p.add_argument("--sweep-interval", type=float, default=0.5, help="matchmakers' sweep interval (production 0.5)")
     p.add_argument("--mm-log-level", default="warning", help="matchmakers' log level (info logs every allocation)")
     p.add_argument("--quiet-wait", type=float, default=5.0, help="wait up to this long for an idle machine per phase")

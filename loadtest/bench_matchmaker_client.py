@@ -12,12 +12,13 @@ allocation than what it loads, so it is lean:
   rate (open loop: a slow answer does not delay the next request); a request that finds
   no idle connection waits in a backlog, and its latency then counts from when it was
   due.
-- ``raw``: the matchmaker's claim (``RedisStore.claim_slot``: ``SET`` of the session's
-  tenant lookup + ``EVALSHA`` of the claim script, with the same keys and arguments)
-  sent straight to Redis. ``script`` mode hand-packs RESP and pipelines ``batch`` claims
-  per round trip on one Unix-socket or TCP connection (the script's ceiling: Redis,
-  not the client, should saturate); ``store`` mode calls ``RedisStore.claim_slot`` from
-  ``concurrency`` tasks (the store's own client path).
+- ``raw``: the matchmaker's allocation (``RedisStore.allocate``: ``SET`` of the
+  session's tenant lookup + ``EVALSHA`` of the allocation script, which places and
+  claims, with the same keys and arguments) sent straight to Redis. ``script`` mode
+  hand-packs RESP and pipelines ``batch`` allocations per round trip on one Unix-socket
+  or TCP connection (the script's ceiling: Redis, not the client, should saturate);
+  ``store`` mode calls ``RedisStore.allocate`` from ``concurrency`` tasks (the store's
+  own client path).
 
 Commands: ``prepare`` (connect), ``run`` (answers when done), ``quit``.
 """
@@ -28,6 +29,7 @@ import argparse
 import asyncio
 import collections
 import ctypes
+import random
 import signal
 import sys
 import time
@@ -233,10 +235,6 @@ def pool_layout(apps: list[str], slots_per_app: int, host_slots: int) -> list[tu
     return out
 
 
-def pool_slots(apps: list[str], slots_per_app: int, host_slots: int) -> list[tuple[str, str]]:
-    return [(f"{host}/{i}", app) for host, app, n in pool_layout(apps, slots_per_app, host_slots) for i in range(n)]
-
-
 def _resp(*args: bytes) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
@@ -245,9 +243,13 @@ def _resp(*args: bytes) -> bytes:
 
 
 class RespConn(asyncio.Protocol):
-    """Counts replies; every reply the claim path gets is one line (+OK, :0, :1, -ERR)."""
+    """Counts replies (parsed by hiredis, the C parser redis-py uses): the allocation
+    script answers an array whose first element is ``ok`` when it claimed a slot."""
 
     def __init__(self) -> None:
+        import hiredis
+
+        self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.received = 0
         self.ones = 0
@@ -255,22 +257,22 @@ class RespConn(asyncio.Protocol):
         self.errors: list[bytes] = []
         self.want = 0
         self.waiter: asyncio.Future[None] | None = None
-        self.tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.tail:
-            data = self.tail + data
-        cut = data.rfind(b"\r\n") + 2
-        self.tail = data[cut:]
-        block = data[:cut]
-        self.received += block.count(b"\r\n")
-        self.ones += block.count(b":1\r\n")
-        self.zeros += block.count(b":0\r\n")
-        if b"-" in block and len(self.errors) < 3:
-            self.errors += [line for line in block.split(b"\r\n") if line.startswith(b"-")][:3]
+        reader = self.reader
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            self.received += 1
+            if isinstance(reply, list):
+                if reply and reply[0] == b"ok":
+                    self.ones += 1
+                else:
+                    self.zeros += 1
+            elif isinstance(reply, Exception) and len(self.errors) < 3:
+                self.errors.append(str(reply).encode())
         if self.waiter is not None and self.received >= self.want and not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -288,49 +290,43 @@ class RespConn(asyncio.Protocol):
 
 
 class RawClaims:
-    """Claims the slots ``slot_ids`` (all READY, app ``app``, tenant ``tenant``) directly."""
+    """Allocations straight on Redis: process ``index`` of ``procs`` takes the apps
+    ``apps[index::procs]`` and makes ``per_app`` allocations in each, round-robin over
+    them (as the HTTP phases do), so processes never compete for a slot."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         from matchmaker.store_redis import RedisStore
 
         self.cfg = cfg
         self.store = RedisStore.from_url(cfg["redis_url"], prefix=cfg["prefix"])
-        pool = pool_slots(cfg["apps"], cfg["slots_per_app"], cfg["host_slots"])[:cfg["claims"]]
-        self.slots = pool[cfg["index"]::cfg["procs"]]  # each process claims its own slots
+        mine = cfg["apps"][cfg["index"]::cfg["procs"]]
+        self.apps = [app for _ in range(cfg["per_app"]) for app in mine]
 
-    def _session(self, slot: str, app: str, sid: str, t: float) -> Any:
-        from matchmaker.models import Session
+    def _requests(self) -> list[tuple[Any, str]]:
+        from matchmaker.models import AllocationRequest
 
-        host = slot.rsplit("/", 1)[0]
-        return Session(session_id=sid, tenant=self.cfg["tenant"], app=app, slot_id=slot, host_id=host,
-                       streamer_id=slot.replace("/", "-"), signaling_url="ws://127.0.0.1:1", region="eu",
-                       created_at=t, last_activity=t)
+        return [(AllocationRequest(tenant=self.cfg["tenant"], app=app), f"s-raw{self.cfg['index']}-{n}")
+                for n, app in enumerate(self.apps)]
 
-    def _claims(self) -> list[bytes]:
-        """Per claim, exactly what ``RedisStore.claim_slot`` sends (no ticket)."""
-        from matchmaker.store_redis import _CLAIM, FINISHED_TICKET_TTL_S, _enc
-
+    def _packed(self) -> list[bytes]:
+        """Per allocation, exactly what ``RedisStore.allocate`` sends (its own
+        ``_allocate_calls``: the tenant lookup's SET and the allocation script's EVALSHA)."""
         st = self.store
-        sha = st._claim.sha.encode()  # noqa: SLF001 - the registered claim script itself
-        assert st._claim.script == _CLAIM  # noqa: SLF001
-        tenant = self.cfg["tenant"]
-        tag = st._tag(tenant)  # noqa: SLF001
         t = time.time()
         out = []
-        for n, (slot, app) in enumerate(self.slots):
-            sid = f"s-raw{self.cfg['index']}-{n}"
-            keys = [f"{tag}:slots", f"{tag}:hosts", f"{tag}:sessions", f"{tag}:clients", f"{tag}:ready:{app}",
-                    f"{tag}:ticket:", f"{tag}:queue:{app}", f"{tag}:queues"]
-            args: list[bytes] = [slot.encode(), sid.encode(), _enc.encode(self._session(slot, app, sid, t)), b"",
-                                 app.encode(), b"0", b"", str(FINISHED_TICKET_TTL_S).encode()]
-            out.append(_resp(b"SET", st._sid_key(sid).encode(), tenant.encode())  # noqa: SLF001
-                       + _resp(b"EVALSHA", sha, str(len(keys)).encode(), *(k.encode() for k in keys), *args))
+        for request, sid in self._requests():
+            (_, _, set_args), (script, keys, args) = st._allocate_calls(  # noqa: SLF001
+                request, sid, t, policy=self.cfg["policy"], rnd=random.random())
+            out.append(_resp(*(str(a).encode() for a in set_args))
+                       + _resp(b"EVALSHA", script.sha.encode(), str(len(keys)).encode(),
+                               *(str(k).encode() for k in keys), *(a if isinstance(a, bytes) else str(a).encode()
+                                                                  for a in args)))
         return out
 
     async def prepare(self) -> None:
-        await self.store._r.script_load(self.store._claim.script)  # noqa: SLF001
+        await self.store._r.script_load(self.store._allocate.script)  # noqa: SLF001
         if self.cfg["mode"] == "script":
-            self.packed = self._claims()
+            self.packed = self._packed()
             url = urlparse(self.cfg["redis_url"])
             loop = asyncio.get_running_loop()
             if url.scheme == "unix":
@@ -368,25 +364,25 @@ class RawClaims:
                 "batch_ms": [round(x * 1e3, 3) for x in lat]}
 
     async def _store(self) -> dict[str, Any]:
-        slots = self.slots
+        from matchmaker.models import Session
+
+        requests = self._requests()
         conc = self.cfg.get("concurrency", 32)
-        t = time.time()
-        sessions = [self._session(slot, app, f"s-rst{self.cfg['index']}-{n}", t)
-                    for n, (slot, app) in enumerate(slots)]
         lat: list[float] = []
         results = collections.Counter[bool]()
 
         async def worker(k: int) -> None:
-            for n in range(k, len(sessions), conc):
-                s = sessions[n]
+            for n in range(k, len(requests), conc):
+                request, sid = requests[n]
                 t1 = now()
-                results[await self.store.claim_slot(s.slot_id, s)] += 1
+                out = await self.store.allocate(request, sid, time.time(), policy=self.cfg["policy"])
+                results[isinstance(out, Session)] += 1
                 lat.append(now() - t1)
 
         t0 = now()
         await asyncio.gather(*(worker(k) for k in range(conc)))
         t1 = now()
-        return {"wall_s": t1 - t0, "claims": len(sessions), "claimed": results[True], "refused": results[False],
+        return {"wall_s": t1 - t0, "claims": len(requests), "claimed": results[True], "refused": results[False],
                 "errors": [], "lat_ms": [round(x * 1e3, 3) for x in lat]}
 
     async def close(self) -> None:

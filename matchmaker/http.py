@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import time
 from typing import Any
 
 import jwt
@@ -92,6 +93,14 @@ def _require_secret(request: web.Request, expected: str | None, what: str) -> No
         raise _error(401, "unauthorized", f"a valid {what} token is required")
 
 
+# Verified caller tokens, per API app: token -> (tenant, exp). A caller (a game backend,
+# the page's server) presents the same token on every request; checking its signature
+# again costs more than a tenth of an allocation. Only time can change a verdict (the
+# secret is fixed for the app's life), so a hit is checked against ``exp`` again.
+_VERIFIED = web.AppKey("verified_caller_tokens", dict)
+_VERIFIED_MAX = 4096
+
+
 def _tenant(request: web.Request, mm: Matchmaker) -> str:
     s = mm.settings
     token = _bearer(request)
@@ -101,6 +110,12 @@ def _tenant(request: web.Request, mm: Matchmaker) -> str:
         raise _error(401, "unauthorized", "a caller token is required")
     if s.caller_jwt_secret is None:
         raise _error(401, "unauthorized", "caller tokens are not configured on this matchmaker")
+    verified: dict[str, tuple[str, float]] = request.app[_VERIFIED]
+    known = verified.get(token)
+    if known is not None:
+        if time.time() < known[1]:
+            return known[0]
+        del verified[token]
     try:
         claims = jwt.decode(token, s.caller_jwt_secret, algorithms=["HS256"],
                             options={"require": ["exp", s.caller_tenant_claim]})
@@ -111,6 +126,10 @@ def _tenant(request: web.Request, mm: Matchmaker) -> str:
     tenant = claims[s.caller_tenant_claim]
     if not isinstance(tenant, str) or not tenant:
         raise _error(401, "invalid_token", "the caller token names no tenant")
+    if "nbf" not in claims and isinstance(claims["exp"], int | float):
+        if len(verified) >= _VERIFIED_MAX:
+            verified.clear()
+        verified[token] = (tenant, float(claims["exp"]))
     return tenant
 
 
@@ -294,6 +313,7 @@ def create_app(matchmaker: Matchmaker) -> web.Application:
     """The API as an app to mount at ``/api/v1`` (standalone, or on the player port)."""
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_store_errors])
     app[MATCHMAKER] = matchmaker
+    app[_VERIFIED] = {}
     r = app.router
     r.add_post("/sessions", create_session)
     r.add_post("/sessions/{session_id}/events", session_event)

@@ -514,7 +514,8 @@ return {1, ended, resets}
 # KEYS: slots, hosts, sessions, clients, queue:<app>, queues, apps.
 # ARGV: 1 tag, 2 session id, 3 tenant, 4 app, 5 client key, 6 region, 7 GPU model,
 # 8 policy, 9 random number in [0, 1), 10 now, 11 slot id ('' = place it here),
-# 12 ticket id ('' = none), 13 finished-ticket TTL, 14 Session JSON ('' = build it here).
+# 12 ticket id ('' = none), 13 finished-ticket TTL, 14 the Session JSON (given slot), or
+# its own fields as an unclosed object the script completes with the slot's.
 # Replies: {'ok', Session JSON}, {'client', session id} (the client has a live session of
 # this app), {'queued'} (someone waits), {'none'} (no claimable slot), {'unknown'} (no
 # slot serves the app), {'refused'} (the given slot or ticket fails its precondition).
@@ -528,7 +529,7 @@ local function gpu_ok(host, gpu) return gpu == '' or redis.call('HGET', tag .. '
 local function one_of(ties, rnd) return ties[math.min(#ties, math.floor(rnd * #ties) + 1)] end
 -- spread: least loaded, then the host with the most claimable slots, then chance.
 local function spread(region, gpu, rnd)
-  local z, fh, off = idx(tag, 'rz', app, region), idx(tag, 'fh', app), 0
+  local z, fh, off, free_of = idx(tag, 'rz', app, region), idx(tag, 'fh', app), 0, {}
   while true do
     local w = redis.call('ZRANGE', z, off, off + WINDOW - 1, 'WITHSCORES')
     if #w == 0 then return nil end
@@ -537,8 +538,12 @@ local function spread(region, gpu, rnd)
       local id, pct = w[i], tonumber(w[i + 1])
       if best_pct and pct > best_pct then break end
       local host = host_of(id)
-      if gpu_ok(host, gpu) then
-        local free = tonumber(redis.call('ZSCORE', fh, host)) or 0
+      local free = free_of[host]
+      if free == nil then  -- one lookup per host (false: filtered out by GPU model)
+        free = gpu_ok(host, gpu) and (tonumber(redis.call('ZSCORE', fh, host)) or 0)
+        free_of[host] = free
+      end
+      if free then
         if not best_pct or free > best_free then ties, best_pct, best_free = {id}, pct, free
         elseif free == best_free then ties[#ties + 1] = id end
       end
@@ -628,12 +633,10 @@ else
 end
 local now = tonumber(ARGV[10])
 local sess = ARGV[14]
-if sess == '' then
-  sess = enc({session_id = sid, tenant = ARGV[3], app = app, slot_id = slot.slot_id, host_id = slot.host_id,
-              streamer_id = slot.streamer_id, signaling_url = slot.signaling_url, region = slot.region,
-              client_key = ckey ~= '' and ckey or NULL, state = 'assigned', created_at = now,
-              connected_at = NULL, last_activity = now, disconnected_at = NULL, ended_at = NULL,
-              end_reason = NULL})
+if ARGV[11] == '' then  -- ARGV[14] is the session's own fields, '{...,': add the slot's
+  local E = cjson.encode
+  sess = sess .. '"slot_id":' .. E(slot.slot_id) .. ',"host_id":' .. E(slot.host_id) .. ',"streamer_id":'
+    .. E(slot.streamer_id) .. ',"signaling_url":' .. E(slot.signaling_url) .. ',"region":' .. E(slot.region) .. '}'
 end
 slot.state = 'assigned'; slot.session_id = sid
 redis.call('HSET', K_slots, slot.slot_id, enc(slot))
@@ -833,6 +836,17 @@ _Call = tuple[Any, Sequence[str], Sequence[Any]]
 
 def _cmd(*args: str) -> _Call:
     return (None, (), args)
+
+
+def _session_head(request: AllocationRequest, session_id: str, now: float) -> bytes:
+    """A new session's own fields as an unclosed JSON object; the allocation script adds
+    the placed slot's fields and closes it (cheaper than encoding a table in Lua)."""
+    t = _num(now).encode()
+    return b"".join((
+        b'{"session_id":', _enc.encode(session_id), b',"tenant":', _enc.encode(request.tenant),
+        b',"app":', _enc.encode(request.app), b',"client_key":', _enc.encode(request.client_key),
+        b',"state":"assigned","created_at":', t, b',"last_activity":', t,
+        b',"connected_at":null,"disconnected_at":null,"ended_at":null,"end_reason":null,'))
 
 
 class _Meta(msgspec.Struct, frozen=True):
@@ -1179,7 +1193,8 @@ class RedisStore:
               f"{tag}:queues", f"{tag}:apps"],
              [tag, session_id, request.tenant, app, request.client_key or "", request.region or "",
               request.gpu_model or "", policy, repr(rnd), _num(now), slot_id, ticket_id or "",
-              FINISHED_TICKET_TTL_S, "" if session is None else _enc.encode(session)])]
+              FINISHED_TICKET_TTL_S,
+              _enc.encode(session) if session is not None else _session_head(request, session_id, now)])]
 
     async def _run_allocate(self, calls: list[_Call], tenant: str, session_id: str,
                             ticket_id: str | None) -> Any:

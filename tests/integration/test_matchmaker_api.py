@@ -134,6 +134,27 @@ async def test_caller_tokens_are_checked(make_api: MakeApi, case: str) -> None:
     assert status == 401 and body["error"] in ("unauthorized", "invalid_token", "token_expired")
 
 
+async def test_a_remembered_caller_token_still_expires(make_api: MakeApi) -> None:
+    """Verified caller tokens are cached; a hit must still honour ``exp``, and a token
+    signed with another secret must not pass through another app's cache."""
+    api = await make_api()
+    await api.register()
+    await api.beat(states=["dead"])  # served but nothing READY: requests queue, nothing is used up
+    exp = int(time.time()) + 2
+    token = jwt.encode({"tenant": "acme", "exp": exp}, CALLER_SECRET, algorithm="HS256")
+    for _ in range(2):
+        status, body = await api.call("POST", "/api/v1/sessions", {"app": "game"}, token)
+        assert status == 202, body
+    other = await make_api(caller_jwt_secret="another-secret-" + "q" * 32)
+    await other.register()
+    status, body = await other.call("POST", "/api/v1/sessions", {"app": "game"}, token)
+    assert status == 401 and body["error"] == "invalid_token"
+    while time.time() <= exp + 0.05:  # past exp for pyjwt and the cache alike
+        await asyncio.sleep(0.1)
+    status, body = await api.call("POST", "/api/v1/sessions", {"app": "game"}, token)
+    assert status == 401 and body["error"] == "token_expired"
+
+
 async def test_bad_input_gets_clear_4xx_and_corrupts_nothing(make_api: MakeApi) -> None:
     api = await make_api()
     await api.register()
