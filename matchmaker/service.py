@@ -40,6 +40,9 @@ log = structlog.get_logger("matchmaker")
 
 _SLOT_COUNTS_TTL_S = 1.0  # how stale the slot count behind an ETA may be
 _REATTACH_ROUNDS = 2
+_RECORD_LEASE_S = 30.0  # a record taken but not acknowledged within this is taken again
+_RECORD_BATCH = 500
+_RECORD_ROUNDS = 20
 
 
 class UnknownApp(StoreError):
@@ -84,6 +87,8 @@ class Matchmaker:
         self._task: asyncio.Task[None] | None = None
         self._counts: tuple[float, asyncio.Future[collections.Counter[tuple[str, str]]]] | None = None
         self._closing = False
+        self._flushing: asyncio.Task[None] | None = None
+        self._flush_again = False
 
     # --- allocation -------------------------------------------------------------------
 
@@ -219,8 +224,37 @@ class Matchmaker:
             log.info("session_ended", session=s.session_id, reason=str(s.end_reason), slot=s.slot_id)
             if s.ended_at is not None:
                 self._mean_session_s = 0.9 * self._mean_session_s + 0.1 * (s.ended_at - s.created_at)
-        await self.sink.write(ended)
+        self._kick_records()
         await self._notify()
+
+    def _kick_records(self) -> None:
+        """Flush due records soon, in the background: ends that come close together share
+        one take/write/ack, and no caller waits for the sink."""
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_records())
+            self._flushing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
+            self._flush_again = True
+
+    async def _flush_records(self) -> None:
+        """Write the due records and acknowledge them: at least once. Ending a session
+        queues its record in the store in the same step, so a replica that dies before
+        writing it, or a sink that fails, leaves it to a later flush (any replica's,
+        after the lease runs out); the record's session id tells a repeat."""
+        rounds = 0
+        while True:
+            self._flush_again = False
+            batch = await self.store.take_records(self.clock(), _RECORD_LEASE_S, _RECORD_BATCH)
+            if batch:
+                try:
+                    await self.sink.write(batch)
+                except Exception as exc:  # noqa: BLE001 - any sink failure: retried after the lease
+                    log.warning("record_sink_failed", error=repr(exc), records=len(batch))
+                    return
+                await self.store.ack_records(batch)
+            rounds += 1
+            if not (self._flush_again or len(batch) == _RECORD_BATCH) or rounds >= _RECORD_ROUNDS:
+                return
 
     # --- agents ---------------------------------------------------------------------------
 
@@ -275,6 +309,7 @@ class Matchmaker:
             if done is not None:
                 ended.append(done)
         await self._record(ended)
+        await self._flush_records()  # also what other replicas left behind
         await self.dispatch()
 
     async def _run(self) -> None:
@@ -294,6 +329,11 @@ class Matchmaker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing
+        with contextlib.suppress(StoreError):
+            await self._flush_records()  # what this replica ended last
         await self.store.aclose()
 
     async def _notify(self) -> None:

@@ -13,7 +13,8 @@ Guarantees every implementation keeps (the conformance suite in
 - Session transitions are idempotent and only move forward
   (``assigned -> connected -> disconnected -> ended``; a reconnect may take a
   disconnected session back to ``assigned``). Ending an ended session is a no-op that
-  returns None, so an end is recorded exactly once.
+  returns None. The end also queues the session's record (``take_records``), in the
+  same atomic step.
 - A ticket leaves WAITING exactly once (served, cancelled or expired).
 - Host and slot records are replaced as a whole by registration and heartbeat; a
   host whose boot id differs from the registered one is refused while it is alive.
@@ -27,6 +28,7 @@ Guarantees every implementation keeps (the conformance suite in
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -170,6 +172,18 @@ class Store(Protocol):
 
     async def finish_ticket(self, ticket_id: str, state: str, reason: str) -> bool:
         """WAITING -> CANCELLED or EXPIRED; False if it had already left WAITING."""
+
+    # --- records (each ended session reaches the sink at least once) -------------------
+    async def take_records(self, now: float, lease_s: float, limit: int) -> list[Session]:
+        """Ended sessions whose record is due, leased to the caller until ``now + lease_s``.
+
+        Ending a session makes its record due in the same atomic step, so a replica dying
+        between the end and the sink write loses nothing: the record is taken by the
+        next caller, or again once the lease runs out unacknowledged. Concurrent callers
+        get disjoint records."""
+
+    async def ack_records(self, sessions: Sequence[Session]) -> None:
+        """These records are in the sink: never take them again."""
 
     # --- listings (admin API, sweeps) ---------------------------------------------------
     async def hosts(self) -> list[Host]: ...

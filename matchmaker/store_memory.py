@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Sequence
 from typing import TypeVar
 
 import msgspec
@@ -50,6 +51,7 @@ class MemoryStore:
         self._tickets: dict[str, Ticket] = {}
         self._queues: dict[tuple[str, str], collections.OrderedDict[str, None]] = {}
         self._finished: collections.deque[str] = collections.deque()
+        self._records: dict[str, tuple[float, Session]] = {}  # session id -> (due, ended session)
 
     # --- hosts ------------------------------------------------------------------------
 
@@ -275,7 +277,23 @@ class MemoryStore:
                 slot.ended_session = session_id
         ended = _copy(s)
         del self._sessions[session_id]  # ended sessions live on in the record sink
+        self._records[session_id] = (now, _copy(s))
         return ended
+
+    # --- records ----------------------------------------------------------------------
+
+    async def take_records(self, now: float, lease_s: float, limit: int) -> list[Session]:
+        due = sorted((at, sid) for sid, (at, _) in self._records.items() if at <= now)[:max(limit, 0)]
+        out = []
+        for _, sid in due:
+            session = self._records[sid][1]
+            self._records[sid] = (now + lease_s, session)
+            out.append(_copy(session))
+        return out
+
+    async def ack_records(self, sessions: Sequence[Session]) -> None:
+        for s in sessions:
+            self._records.pop(s.session_id, None)
 
     # --- queue ------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash 
     {P:T}:gpu            HASH  host id -> GPU model (the request's GPU filter)
     {P:T}:sessions       HASH  session id -> Session JSON (ended ones are deleted)
     {P:T}:clients        HASH  client key -> session id
+    {P:T}:rec            HASH  session id -> ended Session JSON, until its record is written
+    {P:T}:recq           ZSET  session id -> when its record is due (end, or lease end)
     {P:T}:ticket:<id>    STR   Ticket JSON; expires 1 h after it leaves WAITING
     {P:T}:queue:<app>    ZSET  waiting ticket id -> arrival number (FIFO, ZRANK = place)
     {P:T}:qseq           STR   arrival counter
@@ -254,7 +256,11 @@ local function end_sess(tag, sid, reason, now)
       unready(tag, slot)
     end
   end
-  return enc(s)
+  local out = enc(s)
+  -- The record waits here until a replica has written it to the sink (take/ack_records).
+  redis.call('HSET', tag .. ':rec', sid, out)
+  redis.call('ZADD', tag .. ':recq', now, sid)
+  return out
 end
 """
 
@@ -457,6 +463,33 @@ for _, sid in ipairs(hc.s) do
 end
 redis.call('HSET', KEYS[1], host, enc(hc))
 return ended
+"""
+
+# {P:T}: lease the records due for the sink. KEYS: recq. ARGV: tag, now, lease end, limit.
+# A record is due from its end, and again when a lease runs out unacknowledged (the
+# replica that took it died before writing it).
+_TAKE_RECORDS = r"""
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, id in ipairs(ids) do
+  local rec = redis.call('HGET', ARGV[1] .. ':rec', id)
+  if rec then
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    out[#out + 1] = rec
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# {P:T}: records written to the sink. KEYS: recq. ARGV: tag, session ids...
+_ACK_RECORDS = r"""
+for i = 2, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('HDEL', ARGV[1] .. ':rec', ARGV[i])
+end
+return 1
 """
 
 # {P:T}: the slot part of a heartbeat. KEYS: {P:T}:hosts.
@@ -896,6 +929,8 @@ class RedisStore:
         self._position = script(_POSITION)
         self._waiting = script(_WAITING)
         self._queues = script(_QUEUES)
+        self._take_records = script(_TAKE_RECORDS)
+        self._ack_records = script(_ACK_RECORDS)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "pf", timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisStore:
@@ -1356,6 +1391,26 @@ class RedisStore:
              [tag, ticket_id, final.value, reason, FINISHED_TICKET_TTL_S]),
             _cmd("EXPIRE", self._tid_key(ticket_id), str(FINISHED_TICKET_TTL_S))])
         return bool(int(done))
+
+    # --- records ----------------------------------------------------------------------
+
+    @_guarded
+    async def take_records(self, now: float, lease_s: float, limit: int) -> list[Session]:
+        tenants = await self._tenants()
+        calls: list[_Call] = [(self._take_records, [f"{self._tag(t)}:recq"],
+                               [self._tag(t), _num(now), _num(now + lease_s), int(limit)]) for t in tenants]
+        out: list[Session] = []
+        for raws in await self._batch(calls):
+            out += [_session.decode(raw) for raw in raws]
+        return out
+
+    @_guarded
+    async def ack_records(self, sessions: Sequence[Session]) -> None:
+        by_tenant: dict[str, list[str]] = {}
+        for s in sessions:
+            by_tenant.setdefault(s.tenant, []).append(s.session_id)
+        await self._batch([(self._ack_records, [f"{self._tag(t)}:recq"], [self._tag(t), *ids])
+                           for t, ids in by_tenant.items()])
 
     # --- listings ---------------------------------------------------------------------
 

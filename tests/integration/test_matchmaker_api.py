@@ -222,6 +222,7 @@ async def test_queue_position_eta_live_updates_and_service(make_api: MakeApi) ->
     assert events[-1]["status"] == "assigned" and events[-1]["token"]
     _, third_now = await api.call("GET", f"/api/v1/queue/{third['ticket_id']}")
     assert third_now["position"] == 1
+    await eventually(lambda: _async(len(api.sink.records) == 1), "the record to be written")
     [record] = api.sink.records
     assert (record.session_id, record.end_reason, record.tenant) == (first["session_id"], "player_left", "acme")
     assert record.connected_at is not None
@@ -321,6 +322,7 @@ async def test_admin_lists_drains_and_force_ends(make_api: MakeApi) -> None:
     status, ended = await api.call("DELETE", f"/api/v1/admin/sessions/{a['session_id']}", token=ADMIN)
     assert status == 200 and ended["end_reason"] == "force_ended"
     assert (await api.call("DELETE", f"/api/v1/admin/sessions/{a['session_id']}", token=ADMIN))[0] == 404
+    await eventually(lambda: _async(len(api.sink.records) == 1), "the record to be written")
     assert [r.end_reason for r in api.sink.records] == ["force_ended"]
     status, _ = await api.call("POST", "/api/v1/admin/hosts/ghost/drain", {}, ADMIN)
     assert status == 404

@@ -240,3 +240,41 @@ async def test_concurrent_allocations_never_share_a_slot(store: Store) -> None:
     sessions = [o for o in outs if isinstance(o, Session)]
     assert len(sessions) == 12 and len({s.slot_id for s in sessions}) == 12
     assert outs.count(NoClaim.NO_SLOT) == 8
+
+
+# --- records ---------------------------------------------------------------------------
+
+
+async def test_every_end_queues_its_record_until_acknowledged(store: Store) -> None:
+    await host(store, "h1", slots=3)
+    by_slot = {s.slot_id: s for s in [await take(store) for _ in range(3)]}
+    a, b, c = by_slot["h1/0"], by_slot["h1/1"], by_slot["h1/2"]
+    await store.end_session(a.session_id, EndReason.FORCE_ENDED, 300.0)
+    await beat(store, "h1", slots=3, states={2: SlotState.DEAD}, now=301.0)  # c's slot fails
+    assert await store.take_records(299.0, 30.0, 10) == []  # not due before its end
+    first = await store.take_records(302.0, 30.0, 10)
+    assert sorted((s.session_id, s.end_reason) for s in first) == sorted(
+        [(a.session_id, EndReason.FORCE_ENDED), (c.session_id, EndReason.SLOT_FAILED)])
+    assert all(s.ended_at is not None for s in first)
+    assert await store.take_records(303.0, 30.0, 10) == []  # leased: another taker gets none
+    assert await store.expire_hosts(310.0, 5.0)  # b: host_dead
+    [dead] = await store.take_records(311.0, 30.0, 10)
+    assert (dead.session_id, dead.end_reason) == (b.session_id, EndReason.HOST_DEAD)
+    await store.ack_records([dead])
+    # The first batch was never acknowledged (its taker "died"): due again after the lease.
+    again = await store.take_records(333.0, 30.0, 10)
+    assert sorted(s.session_id for s in again) == sorted(s.session_id for s in first)
+    await store.ack_records(again)
+    assert await store.take_records(10_000.0, 30.0, 10) == []
+
+
+async def test_records_are_taken_in_batches_by_disjoint_takers(store: Store) -> None:
+    import asyncio
+
+    await host(store, "h1", slots=6)
+    for _ in range(6):
+        s = await take(store)
+        await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 300.0)
+    batches = await asyncio.gather(*(store.take_records(301.0, 30.0, 2) for _ in range(4)))
+    ids = [s.session_id for batch in batches for s in batch]
+    assert len(ids) == len(set(ids)) >= 2 and all(len(b) <= 2 for b in batches)
