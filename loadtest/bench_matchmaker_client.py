@@ -320,7 +320,8 @@ class RawClaims:
         for n, (slot, app) in enumerate(self.slots):
             sid = f"s-raw{self.cfg['index']}-{n}"
             keys = [f"{tag}:slots", f"{tag}:hosts", f"{tag}:sessions", f"{tag}:clients", f"{tag}:ready:{app}",
-                    f"{tag}:ticket:", f"{tag}:queue:{app}", f"{tag}:queues"]
+                    f"{tag}:ticket:", f"{tag}:queue:{app}", f"{tag}:queues",
+                    f"{tag}:qclients:{app}"]
             args: list[bytes] = [slot.encode(), sid.encode(), _enc.encode(self._session(slot, app, sid, t)), b"",
                                  app.encode(), b"0", b"", str(FINISHED_TICKET_TTL_S).encode()]
             out.append(_resp(b"SET", st._sid_key(sid).encode(), tenant.encode())  # noqa: SLF001
