@@ -86,9 +86,12 @@ so every end is still recorded once. A death is applied only with the sweep's cl
 (``set_draining`` leaves a host that died meanwhile to the sweep).
 
 Other multi-command operations: ``enqueue`` writes ``{P}:tenants`` and the ticket
-lookup before the enqueue script; ``end_session`` and the operations that end sessions
-delete the session lookups afterwards (a lookup left by a crash points to a session
-that no longer exists, which reads as "no such session", as it should).
+lookup before the enqueue script (and deletes the lookup again when the queue is full
+or the client's own waiting ticket came back instead); a guarded ``finish_ticket``
+starts the lookup's expiry only once its script has finished the ticket; ``end_session``
+and the operations that end sessions delete the session lookups afterwards (a lookup
+left by a crash points to a session that no longer exists, which reads as "no such
+session", as it should).
 
 Differences from ``MemoryStore`` a caller can see: finished tickets expire after
 ``FINISHED_TICKET_TTL_S`` (memory keeps the last 10,000); listings and ``ready_slots``
