@@ -34,6 +34,8 @@ class MatchmakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     # Queue.
     queue_max_length: int = 200            # per tenant and app
     queue_max_wait_s: float = 900.0
+    queue_client_ttl_s: float = 15.0       # a waiting client not heard this long is gone; 0 = off
+    queue_rejoin_grace_s: float = 5.0      # a keyed client's place kept after its stream closed; 0 = none
     expected_session_s: float = 600.0      # ETA before any session has ended here
     sweep_interval_s: float = 0.5
     records_path: str | None = None        # JSON-lines session records; None = kept in memory

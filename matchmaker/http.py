@@ -178,7 +178,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def ticket_status(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    return _json(ticket_json(await mm.ticket_status(request.match_info["ticket_id"])))
+    return _json(ticket_json(await mm.ticket_status(request.match_info["ticket_id"], heard=True)))
 
 
 async def cancel_ticket(request: web.Request) -> web.Response:
@@ -191,11 +191,13 @@ async def cancel_ticket(request: web.Request) -> web.Response:
 async def ticket_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the ticket's position and ETA, live, until it is served.
 
-    A client that goes away while still waiting loses its place (cancel on disconnect).
+    A client that goes away while still waiting loses its place: at once without a client
+    key, after the rejoin grace with one (a reload posts again with the key and gets the
+    same ticket back). Opening the stream again also takes the place back.
     """
     mm = request.app[MATCHMAKER]
     ticket_id = request.match_info["ticket_id"]
-    await mm.ticket_status(ticket_id)  # 404 before the stream starts
+    await mm.ticket_status(ticket_id, heard=True)  # 404 before the stream starts
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     finished = False
     try:
@@ -215,7 +217,7 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
     finally:
         if not finished:
             with contextlib.suppress(StoreError):
-                await mm.cancel(ticket_id)
+                await mm.stream_closed(ticket_id)
     return response
 
 

@@ -169,6 +169,12 @@ class Ticket(Struct, kw_only=True):
     state: TicketState = TicketState.WAITING
     session_id: str | None = None
     reason: str | None = None
+    # Liveness of a waiting ticket's client. ``seen_at``: when it was last heard (enqueue,
+    # its event stream, its status reads; None reads as ``enqueued_at``), so a client that
+    # vanished does not hold its place or get a slot nobody uses. ``left_at``: when its
+    # event stream closed, if it has not come back since (a page reload keeps the place).
+    seen_at: float | None = None
+    left_at: float | None = None
 
 
 def slot_id(host_id: str, index: int) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -45,10 +46,12 @@ def token_keys(s: MatchmakerSettings) -> TokenKeys:
         raise ConfigError(str(exc)) from None
 
 
-def build_matchmaker(s: MatchmakerSettings, *, sink: RecordSink | None = None) -> Matchmaker:
+def build_matchmaker(s: MatchmakerSettings, *, sink: RecordSink | None = None,
+                     clock: Callable[[], float] = time.time) -> Matchmaker:
+    """``clock``: tests move time on by hand rather than sleeping through timeouts."""
     if sink is None:
         sink = JsonLinesSink(s.records_path) if s.records_path else MemorySink()
-    return Matchmaker(open_store(s.state_url, prefix=s.key_prefix), s, token_keys(s), sink)
+    return Matchmaker(open_store(s.state_url, prefix=s.key_prefix), s, token_keys(s), sink, clock=clock)
 
 
 class MatchmakerServer:

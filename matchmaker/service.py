@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import msgspec
 import structlog
 
 from matchmaker.config import MatchmakerSettings
@@ -113,21 +114,28 @@ class Matchmaker:
                 outcome is NoClaim.QUEUE_AHEAD and not await self.store.serves(request.tenant, request.app)):
             raise UnknownApp(f"no slot serves app {request.app!r} for this tenant")
         now = self.clock()
-        ticket = Ticket(ticket_id=_new_id("t"), request=request, enqueued_at=now)
-        position = await self.store.enqueue(ticket, self.settings.queue_max_length)
-        log.info("queued", ticket=ticket.ticket_id, tenant=request.tenant, app=request.app, position=position)
+        new = Ticket(ticket_id=_new_id("t"), request=request, enqueued_at=now, seen_at=now)
+        # A client that already waits here (a page reload) gets its own ticket back, in place.
+        ticket, position = await self.store.enqueue(new, self.settings.queue_max_length)
+        if ticket.ticket_id == new.ticket_id:
+            log.info("queued", ticket=ticket.ticket_id, tenant=request.tenant, app=request.app, position=position)
+        else:
+            log.info("rejoined", ticket=ticket.ticket_id, tenant=request.tenant, app=request.app, position=position)
         await self._notify()
         return Queued(ticket, position, await self._eta(request, position))
 
-    async def _claim(self, request: AllocationRequest, ticket_id: str) -> Session | None:
-        """Serve a waiting ticket with the best claimable slot, if there is one."""
+    async def _claim(self, request: AllocationRequest, ticket_id: str) -> tuple[Session | None, bool]:
+        """Serve a waiting ticket with the best claimable slot, if there is one.
+
+        Returns the session, or None and whether that was the ticket's doing (it left
+        the queue, or its client left meanwhile) rather than a lack of claimable slots."""
         outcome = await self.store.allocate(request, _new_id("s"), self.clock(), policy=self.settings.policy,
                                             ticket_id=ticket_id)
         if not isinstance(outcome, Session):
-            return None
+            return None, outcome is NoClaim.REFUSED
         log.info("assigned", session=outcome.session_id, slot=outcome.slot_id,
                  tenant=request.tenant, app=request.app, queued=True)
-        return outcome
+        return outcome, False
 
     def _allocation(self, session: Session) -> Allocation:
         token = mint(self.keys, tenant=session.tenant, session_id=session.session_id,
@@ -160,10 +168,19 @@ class Matchmaker:
 
     # --- the queue, seen by a waiting client ---------------------------------------------
 
-    async def ticket_status(self, ticket_id: str) -> TicketStatus:
+    async def ticket_status(self, ticket_id: str, *, heard: bool = False) -> TicketStatus:
+        """``heard``: the ticket's own client asks (a status read, its event stream), so it
+        is still there: recorded when it had left, or when its last record is a third of
+        ``queue_client_ttl_s`` old (so a stream does not write every second)."""
         ticket = await self.store.ticket(ticket_id)
         if ticket is None:
             raise UnknownSession(f"no ticket {ticket_id}")
+        if heard and ticket.state is TicketState.WAITING:
+            now = self.clock()
+            ttl = self.settings.queue_client_ttl_s
+            if (ticket.left_at is not None or (ttl > 0 and now - _heard_at(ticket) >= ttl / 3)) \
+                    and await self.store.ticket_heard(ticket_id, now):
+                ticket = msgspec.structs.replace(ticket, seen_at=now, left_at=None)
         if ticket.state is TicketState.SERVED and ticket.session_id:
             session = await self.store.session(ticket.session_id)
             return TicketStatus(ticket, None, None, None if session is None else self._allocation(session))
@@ -177,7 +194,9 @@ class Matchmaker:
         Other replicas' changes are picked up by that same periodic re-read."""
         last: tuple[object, ...] | None = None
         while True:
-            status = await self.ticket_status(ticket_id)
+            # Each re-read also says that the client is there (it takes back a place that
+            # another stream of the same client, closed during a reload, marked as left).
+            status = await self.ticket_status(ticket_id, heard=True)
             key = (status.ticket.state, status.position, status.eta_s)
             if key != last:
                 last = key
@@ -195,6 +214,22 @@ class Matchmaker:
         if done:
             await self._notify()
         return done
+
+    async def stream_closed(self, ticket_id: str) -> None:
+        """The event stream of a still-waiting ticket closed.
+
+        A client with a key may be reloading its page and will ask again with that key:
+        its ticket is only marked left (skipped, not served) and ``dispatch`` cancels it
+        if nobody comes back within ``queue_rejoin_grace_s``. A client without a key can
+        never find its ticket again, so it is cancelled at once."""
+        ticket = await self.store.ticket(ticket_id)
+        if ticket is None or ticket.state is not TicketState.WAITING:
+            return
+        if ticket.request.client_key and self.settings.queue_rejoin_grace_s > 0:
+            if await self.store.ticket_left(ticket_id, self.clock()):
+                log.info("ticket_left", ticket=ticket_id)
+            return
+        await self.cancel(ticket_id)
 
     # --- session lifecycle (signalling and operators) ------------------------------------
 
@@ -278,21 +313,43 @@ class Matchmaker:
     # --- the sweep ------------------------------------------------------------------------
 
     async def dispatch(self) -> int:
-        """Serve queue heads while READY slots exist; expire tickets that waited too long."""
-        served = 0
+        """Serve queue heads while READY slots exist; expire tickets that waited too long
+        and cancel those whose client is gone (not heard for ``queue_client_ttl_s``, or
+        left and not back within ``queue_rejoin_grace_s``), so no slot goes to nobody."""
+        served = finished = 0
         now = self.clock()
         for tenant, app, length in await self.store.queues():
             for ticket in await self.store.waiting(tenant, app, length):
-                if now - ticket.enqueued_at > self.settings.queue_max_wait_s:
-                    await self.store.finish_ticket(ticket.ticket_id, TicketState.EXPIRED,
-                                                   "waited longer than the queue allows")
+                verdict = self._ticket_verdict(ticket, now)
+                if verdict is not None:
+                    state, reason = verdict
+                    # A liveness verdict holds only if the client was not heard since the listing.
+                    guard = None if state is TicketState.EXPIRED else ticket
+                    if await self.store.finish_ticket(ticket.ticket_id, state, reason, if_unchanged=guard):
+                        log.info("ticket_finished", ticket=ticket.ticket_id, state=str(state), reason=reason)
+                        finished += 1
                     continue
-                if await self._claim(ticket.request, ticket.ticket_id) is None:
+                if ticket.left_at is not None:
+                    continue  # its client is reloading: it keeps its place but takes no slot now
+                session, ticket_gone = await self._claim(ticket.request, ticket.ticket_id)
+                if session is None:
+                    if ticket_gone:
+                        continue
                     break  # no READY slot for this queue: later tickets cannot do better
                 served += 1
-        if served:
+        if served or finished:
             await self._notify()
         return served
+
+    def _ticket_verdict(self, ticket: Ticket, now: float) -> tuple[TicketState, str] | None:
+        s = self.settings
+        if now - ticket.enqueued_at > s.queue_max_wait_s:
+            return TicketState.EXPIRED, "waited longer than the queue allows"
+        if ticket.left_at is not None and now - ticket.left_at > s.queue_rejoin_grace_s:
+            return TicketState.CANCELLED, "client gone: it left the queue and did not come back"
+        if s.queue_client_ttl_s > 0 and now - _heard_at(ticket) > s.queue_client_ttl_s:
+            return TicketState.CANCELLED, "client gone: not heard from while waiting"
+        return None
 
     async def sweep(self) -> None:
         now = self.clock()
@@ -339,6 +396,10 @@ class Matchmaker:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+
+def _heard_at(ticket: Ticket) -> float:
+    return ticket.enqueued_at if ticket.seen_at is None else ticket.seen_at
 
 
 def _new_id(prefix: str) -> str:

@@ -15,7 +15,10 @@ Guarantees every implementation keeps (the conformance suite in
   disconnected session back to ``assigned``). Ending an ended session is a no-op that
   returns None. The end also queues the session's record (``take_records``), in the
   same atomic step.
-- A ticket leaves WAITING exactly once (served, cancelled or expired).
+- A ticket leaves WAITING exactly once (served, cancelled or expired). A client key
+  has at most one waiting ticket per tenant and app: enqueueing again with that key
+  returns that ticket, in its place, rather than a second one.
+- A ticket whose client left (``left_at`` set) is never served until it is heard again.
 - Host and slot records are replaced as a whole by registration and heartbeat; a
   host whose boot id differs from the registered one is refused while it is alive.
 
@@ -114,7 +117,7 @@ class Store(Protocol):
 
     async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
         """Atomically: slot READY -> ASSIGNED to ``session`` (stored), and, with a ticket,
-        that ticket WAITING -> SERVED. The slot and the ticket must be of the session's
+        that ticket WAITING (and not left) -> SERVED. The slot and the ticket must be of the session's
         tenant and app. False, changing nothing, if any precondition fails."""
 
     async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
@@ -154,12 +157,22 @@ class Store(Protocol):
         """
 
     # --- queue ------------------------------------------------------------------------
-    async def enqueue(self, ticket: Ticket, max_length: int) -> int:
-        """Append to the FIFO of (tenant, app); returns the 1-based position.
+    async def enqueue(self, ticket: Ticket, max_length: int) -> tuple[Ticket, int]:
+        """Append to the FIFO of (tenant, app); returns the ticket and its 1-based position.
 
-        Raises QueueFull when that queue already holds ``max_length`` tickets."""
+        When the ticket's client key already has a WAITING ticket of this tenant and app
+        (a page reload), that ticket is returned instead, in its place, heard at
+        ``ticket.enqueued_at`` and no longer left; nothing is appended. Otherwise raises
+        QueueFull when that queue already holds ``max_length`` tickets."""
 
     async def ticket(self, ticket_id: str) -> Ticket | None: ...
+
+    async def ticket_heard(self, ticket_id: str, now: float) -> bool:
+        """Its client is there: ``seen_at = now``, ``left_at`` cleared. False if not WAITING."""
+
+    async def ticket_left(self, ticket_id: str, now: float) -> bool:
+        """Its client's event stream closed: ``left_at = now`` unless already left.
+        False if not WAITING."""
 
     async def position(self, ticket_id: str) -> int | None:
         """1-based place in its queue, or None once it is no longer waiting."""
@@ -170,8 +183,12 @@ class Store(Protocol):
     async def queues(self) -> list[tuple[str, str, int]]:
         """Every non-empty queue: (tenant, app, length)."""
 
-    async def finish_ticket(self, ticket_id: str, state: str, reason: str) -> bool:
-        """WAITING -> CANCELLED or EXPIRED; False if it had already left WAITING."""
+    async def finish_ticket(self, ticket_id: str, state: str, reason: str, *,
+                            if_unchanged: Ticket | None = None) -> bool:
+        """WAITING -> CANCELLED or EXPIRED; False if it had already left WAITING.
+
+        With ``if_unchanged`` (the record a liveness verdict was based on), only if its
+        ``seen_at`` and ``left_at`` are still those: a client heard meanwhile stays."""
 
     # --- records (each ended session reaches the sink at least once) -------------------
     async def take_records(self, now: float, lease_s: float, limit: int) -> list[Session]:

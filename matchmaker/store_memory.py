@@ -50,6 +50,7 @@ class MemoryStore:
         self._clients: dict[tuple[str, str], str] = {}  # (tenant, client_key) -> session id
         self._tickets: dict[str, Ticket] = {}
         self._queues: dict[tuple[str, str], collections.OrderedDict[str, None]] = {}
+        self._qclients: dict[tuple[str, str, str], str] = {}  # (tenant, app, client_key) -> waiting ticket
         self._finished: collections.deque[str] = collections.deque()
         self._records: dict[str, tuple[float, Session]] = {}  # session id -> (due, ended session)
 
@@ -191,7 +192,7 @@ class MemoryStore:
 
     def _waiting_ticket(self, ticket_id: str, tenant: str, app: str) -> Ticket | None:
         ticket = self._tickets.get(ticket_id)
-        if (ticket is None or ticket.state is not TicketState.WAITING
+        if (ticket is None or ticket.state is not TicketState.WAITING or ticket.left_at is not None
                 or (ticket.request.tenant, ticket.request.app) != (tenant, app)):
             return None
         return ticket
@@ -297,18 +298,40 @@ class MemoryStore:
 
     # --- queue ------------------------------------------------------------------------
 
-    async def enqueue(self, ticket: Ticket, max_length: int) -> int:
-        key = (ticket.request.tenant, ticket.request.app)
-        queue = self._queues.setdefault(key, collections.OrderedDict())
+    async def enqueue(self, ticket: Ticket, max_length: int) -> tuple[Ticket, int]:
+        tenant, app, client = ticket.request.tenant, ticket.request.app, ticket.request.client_key
+        if client:
+            mine = self._tickets.get(self._qclients.get((tenant, app, client), ""))
+            if mine is not None and mine.state is TicketState.WAITING:
+                mine.seen_at, mine.left_at = ticket.enqueued_at, None
+                return _copy(mine), list(self._queues[(tenant, app)]).index(mine.ticket_id) + 1
+        queue = self._queues.setdefault((tenant, app), collections.OrderedDict())
         if len(queue) >= max_length:
-            raise QueueFull(f"the queue for {key[1]} is full ({max_length} waiting)")
+            raise QueueFull(f"the queue for {app} is full ({max_length} waiting)")
         self._tickets[ticket.ticket_id] = _copy(ticket)
         queue[ticket.ticket_id] = None
-        return len(queue)
+        if client:
+            self._qclients[(tenant, app, client)] = ticket.ticket_id
+        return _copy(ticket), len(queue)
 
     async def ticket(self, ticket_id: str) -> Ticket | None:
         t = self._tickets.get(ticket_id)
         return None if t is None else _copy(t)
+
+    async def ticket_heard(self, ticket_id: str, now: float) -> bool:
+        t = self._tickets.get(ticket_id)
+        if t is None or t.state is not TicketState.WAITING:
+            return False
+        t.seen_at, t.left_at = now, None
+        return True
+
+    async def ticket_left(self, ticket_id: str, now: float) -> bool:
+        t = self._tickets.get(ticket_id)
+        if t is None or t.state is not TicketState.WAITING:
+            return False
+        if t.left_at is None:
+            t.left_at = now
+        return True
 
     async def position(self, ticket_id: str) -> int | None:
         t = self._tickets.get(ticket_id)
@@ -328,11 +351,15 @@ class MemoryStore:
     async def queues(self) -> list[tuple[str, str, int]]:
         return [(t, a, len(q)) for (t, a), q in self._queues.items() if q]
 
-    async def finish_ticket(self, ticket_id: str, state: str, reason: str) -> bool:
+    async def finish_ticket(self, ticket_id: str, state: str, reason: str, *,
+                            if_unchanged: Ticket | None = None) -> bool:
         t = self._tickets.get(ticket_id)
         if t is None or t.state is not TicketState.WAITING:
             return False
-        t.state = TicketState(state)
+        final = TicketState(state)
+        if if_unchanged is not None and (t.seen_at, t.left_at) != (if_unchanged.seen_at, if_unchanged.left_at):
+            return False
+        t.state = final
         t.reason = reason
         self._dequeue(t)
         return True
@@ -341,6 +368,9 @@ class MemoryStore:
         queue = self._queues.get((ticket.request.tenant, ticket.request.app))
         if queue is not None:
             queue.pop(ticket.ticket_id, None)
+        client = (ticket.request.tenant, ticket.request.app, ticket.request.client_key or "")
+        if self._qclients.get(client) == ticket.ticket_id:
+            del self._qclients[client]
         self._finished.append(ticket.ticket_id)
         if len(self._finished) > _FINISHED_TICKETS_KEPT:
             self._tickets.pop(self._finished.popleft(), None)

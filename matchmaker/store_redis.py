@@ -41,6 +41,8 @@ Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash 
     {P:T}:queue:<app>    ZSET  waiting ticket id -> arrival number (FIFO, ZRANK = place)
     {P:T}:qseq           STR   arrival counter
     {P:T}:queues         SET   apps whose queue is not empty
+    {P:T}:qclients:<app> HASH  client key -> its waiting ticket id (a reload rejoins it);
+                               the entry goes when that ticket leaves WAITING
     P:sid:<session>      STR   tenant of a live session (deleted when it ends)
     P:tid:<ticket>       STR   tenant of a ticket (expires with the ticket)
 
@@ -97,9 +99,12 @@ so every end is still recorded once. A death is applied only with the sweep's cl
 (``set_draining`` leaves a host that died meanwhile to the sweep).
 
 Other multi-command operations: ``enqueue`` writes ``{P}:tenants`` and the ticket
-lookup before the enqueue script; ``end_session`` and the operations that end sessions
-delete the session lookups afterwards (a lookup left by a crash points to a session
-that no longer exists, which reads as "no such session", as it should).
+lookup before the enqueue script (and deletes the lookup again when the queue is full
+or the client's own waiting ticket came back instead); a guarded ``finish_ticket``
+starts the lookup's expiry only once its script has finished the ticket; ``end_session``
+and the operations that end sessions delete the session lookups afterwards (a lookup
+left by a crash points to a session that no longer exists, which reads as "no such
+session", as it should).
 
 Differences from ``MemoryStore`` a caller can see: finished tickets expire after
 ``FINISHED_TICKET_TTL_S`` (memory keeps the last 10,000); listings and ``ready_slots``
@@ -634,7 +639,7 @@ if ARGV[12] ~= '' then
   local tr = redis.call('GET', tkey)
   if not tr then return {'refused'} end
   t = cjson.decode(tr)
-  if t.state ~= 'waiting' or t.request.app ~= app then return {'refused'} end
+  if t.state ~= 'waiting' or t.request.app ~= app or truthy(t.left_at) then return {'refused'} end
 elseif ARGV[11] == '' then
   if ckey ~= '' then
     local cur = redis.call('HGET', KEYS[4], ckey)
@@ -681,6 +686,9 @@ if t then
   redis.call('SET', tkey, enc(t), 'EX', ARGV[13])
   redis.call('ZREM', KEYS[5], ARGV[12])
   if redis.call('ZCARD', KEYS[5]) == 0 then redis.call('SREM', KEYS[6], app) end
+  local ck = t.request.client_key
+  local K_qcli = tag .. ':qclients:' .. app
+  if truthy(ck) and redis.call('HGET', K_qcli, ck) == ARGV[12] then redis.call('HDEL', K_qcli, ck) end
 end
 return {'ok', sess}
 """
@@ -740,31 +748,79 @@ if not sid then return false end
 return redis.call('HGET', KEYS[2], sid)
 """
 
-# {P:T}: append a ticket. KEYS: queue:<app>, ticket:<id>, qseq, queues.
-# ARGV: ticket id, Ticket JSON, max length, app.
-_ENQUEUE = r"""
+# {P:T}: append a ticket, or give its client's waiting ticket back (heard, not left).
+# KEYS: queue:<app>, ticket:<id>, qseq, queues, qclients:<app>.
+# ARGV: ticket id, Ticket JSON, max length, app, client key, now, tag.
+# Returns {place or -1 (full), whether the ticket key exists, the rejoined Ticket JSON or ''}.
+_ENQUEUE = _PRELUDE + r"""
+if ARGV[5] ~= '' then
+  local mine = redis.call('HGET', KEYS[5], ARGV[5])
+  local raw = mine and redis.call('GET', ARGV[7] .. ':ticket:' .. mine)
+  if raw then
+    local t = cjson.decode(raw)
+    local r = redis.call('ZRANK', KEYS[1], mine)
+    if t.state == 'waiting' and r then
+      t.seen_at = tonumber(ARGV[6]); t.left_at = NULL
+      local out = enc(t)
+      redis.call('SET', ARGV[7] .. ':ticket:' .. mine, out)
+      return {r + 1, 0, out}
+    end
+  end
+end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return {-1, redis.call('EXISTS', KEYS[2])}
+  return {-1, redis.call('EXISTS', KEYS[2]), ''}
 end
 redis.call('SET', KEYS[2], ARGV[2])
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
 end
 redis.call('SADD', KEYS[4], ARGV[4])
-return {redis.call('ZCARD', KEYS[1]), 1}
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[5], ARGV[1]) end
+return {redis.call('ZCARD', KEYS[1]), 1, ''}
 """
 
-# {P:T}: WAITING -> state. KEYS: ticket:<id>. ARGV: tag, ticket id, state, reason, TTL.
+# {P:T}: a waiting ticket's client was heard / hung up its stream. KEYS: ticket:<id>.
+# ARGV: 'heard' | 'left', now.
+_TICKET_MARK = _PRELUDE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local t = cjson.decode(raw)
+if t.state ~= 'waiting' then return 0 end
+if ARGV[1] == 'heard' then
+  t.seen_at = tonumber(ARGV[2]); t.left_at = NULL
+elseif truthy(t.left_at) then
+  return 1
+else
+  t.left_at = tonumber(ARGV[2])
+end
+redis.call('SET', KEYS[1], enc(t))
+return 1
+"""
+
+# {P:T}: WAITING -> state. KEYS: ticket:<id>. ARGV: tag, ticket id, state, reason, TTL,
+# and, when ARGV[6] is '1', the seen_at and left_at ('' = none) the verdict was based on.
 _FINISH = _PRELUDE + r"""
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local t = cjson.decode(raw)
 if t.state ~= 'waiting' then return 0 end
+if ARGV[6] == '1' then
+  -- Compare as numbers: tostring() would keep only 14 digits of an epoch time.
+  local function same(v, arg)
+    local has = v ~= nil and v ~= NULL
+    if arg == '' then return not has end
+    return has and v == tonumber(arg)
+  end
+  if not same(t.seen_at, ARGV[7]) or not same(t.left_at, ARGV[8]) then return 0 end
+end
 t.state = ARGV[3]; t.reason = ARGV[4]
 redis.call('SET', KEYS[1], enc(t), 'EX', ARGV[5])
 local q = ARGV[1] .. ':queue:' .. t.request.app
 redis.call('ZREM', q, ARGV[2])
 if redis.call('ZCARD', q) == 0 then redis.call('SREM', ARGV[1] .. ':queues', t.request.app) end
+local ck = t.request.client_key
+local K_qcli = ARGV[1] .. ':qclients:' .. t.request.app
+if truthy(ck) and redis.call('HGET', K_qcli, ck) == ARGV[2] then redis.call('HDEL', K_qcli, ck) end
 return 1
 """
 
@@ -925,6 +981,7 @@ class RedisStore:
         self._sess_script = script(_SESSION_OP)
         self._for_client = script(_FOR_CLIENT)
         self._enqueue = script(_ENQUEUE)
+        self._ticket_mark = script(_TICKET_MARK)
         self._finish = script(_FINISH)
         self._position = script(_POSITION)
         self._waiting = script(_WAITING)
@@ -1328,27 +1385,45 @@ class RedisStore:
     # --- queue ------------------------------------------------------------------------
 
     @_guarded
-    async def enqueue(self, ticket: Ticket, max_length: int) -> int:
+    async def enqueue(self, ticket: Ticket, max_length: int) -> tuple[Ticket, int]:
         tenant, app, tid = ticket.request.tenant, ticket.request.app, ticket.ticket_id
         tag = self._tag(tenant)
         mapping = self._tid_key(tid)
-        _, _, (n, existed) = await self._batch([
+        _, _, (n, existed, mine) = await self._batch([
             _cmd("SADD", f"{self._g}:tenants", tenant),
             _cmd("SET", mapping, tenant),
-            (self._enqueue, [f"{tag}:queue:{app}", f"{tag}:ticket:{tid}", f"{tag}:qseq", f"{tag}:queues"],
-             [tid, _enc.encode(ticket), int(max_length), app])], ordered=True)
-        if int(n) < 0:
+            (self._enqueue,
+             [f"{tag}:queue:{app}", f"{tag}:ticket:{tid}", f"{tag}:qseq", f"{tag}:queues", f"{tag}:qclients:{app}"],
+             [tid, _enc.encode(ticket), int(max_length), app, ticket.request.client_key or "",
+              _num(ticket.enqueued_at), tag])], ordered=True)
+        if int(n) < 0 or mine:
             if not int(existed):
                 await self._r.delete(mapping)
+            if mine:  # the client's own waiting ticket came back; the new id was never used
+                return _ticket.decode(mine), int(n)
             raise QueueFull(f"the queue for {app} is full ({max_length} waiting)")
         self._remember(self._ticket_tenant, tid, tenant)
-        return int(n)
+        return ticket, int(n)
 
     @_guarded
     async def ticket(self, ticket_id: str) -> Ticket | None:
         tag = await self._ticket_tag(ticket_id)
         raw = None if tag is None else await self._r.get(f"{tag}:ticket:{ticket_id}")
         return None if raw is None else _ticket.decode(raw)
+
+    async def _mark_ticket(self, op: str, ticket_id: str, now: float) -> bool:
+        tag = await self._ticket_tag(ticket_id)
+        if tag is None:
+            return False
+        return bool(int(await self._ticket_mark([f"{tag}:ticket:{ticket_id}"], [op, _num(now)])))
+
+    @_guarded
+    async def ticket_heard(self, ticket_id: str, now: float) -> bool:
+        return await self._mark_ticket("heard", ticket_id, now)
+
+    @_guarded
+    async def ticket_left(self, ticket_id: str, now: float) -> bool:
+        return await self._mark_ticket("left", ticket_id, now)
 
     @_guarded
     async def position(self, ticket_id: str) -> int | None:
@@ -1375,7 +1450,8 @@ class RedisStore:
         return out
 
     @_guarded
-    async def finish_ticket(self, ticket_id: str, state: str, reason: str) -> bool:
+    async def finish_ticket(self, ticket_id: str, state: str, reason: str, *,
+                            if_unchanged: Ticket | None = None) -> bool:
         try:
             final = TicketState(state)
         except ValueError:
@@ -1386,9 +1462,17 @@ class RedisStore:
         tag = await self._ticket_tag(ticket_id)
         if tag is None:
             return False
+        args = [tag, ticket_id, final.value, reason, FINISHED_TICKET_TTL_S]
+        if if_unchanged is not None:
+            # The lookup may only start to expire once the ticket has surely left WAITING.
+            seen, left = if_unchanged.seen_at, if_unchanged.left_at
+            args += ["1", "" if seen is None else _num(seen), "" if left is None else _num(left)]
+            if not int(await self._finish([f"{tag}:ticket:{ticket_id}"], args)):
+                return False
+            await self._r.expire(self._tid_key(ticket_id), FINISHED_TICKET_TTL_S)
+            return True
         done, _ = await self._batch([
-            (self._finish, [f"{tag}:ticket:{ticket_id}"],
-             [tag, ticket_id, final.value, reason, FINISHED_TICKET_TTL_S]),
+            (self._finish, [f"{tag}:ticket:{ticket_id}"], args),
             _cmd("EXPIRE", self._tid_key(ticket_id), str(FINISHED_TICKET_TTL_S))])
         return bool(int(done))
 

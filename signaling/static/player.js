@@ -268,6 +268,7 @@
       this.ticketId = null;
       this.events = null;
       this.abandonWait = null;
+      this.detachWait = null;
     }
 
     /**
@@ -327,6 +328,7 @@
             this.events = null;
             this.ticketId = null;
             this.abandonWait = null;
+            this.detachWait = null;
           }
           this.player.unqueued();
           settle(value);
@@ -346,11 +348,22 @@
           finish(reject, new MatchmakerError('queue_expired', 'You waited longer than the queue allows, sorry. Please try again.', false)));
         es.addEventListener('cancelled', () =>
           finish(reject, new MatchmakerError('queue_cancelled', 'The matchmaker cancelled our place in the queue.', true)));
-        // The server gives up a ticket whose stream drops, so a dropped stream means
-        // queueing again (after the usual reconnect delay), not EventSource's own retry.
-        es.onerror = () => finish(reject, new MatchmakerError('queue_lost', 'Lost the connection to the queue.', true));
+        // A dropped stream means queueing again (after the usual reconnect delay), not
+        // EventSource's own retry: posting again with this tab's client key gets the same
+        // ticket and place back while the server still keeps it (its rejoin grace).
+        const lost = () => finish(reject, new MatchmakerError('queue_lost', 'Lost the connection to the queue.', true));
+        es.onerror = lost;
+        this.detachWait = lost;
         this.abandonWait = () => finish(reject, new MatchmakerError('left_queue', 'You left the queue.', false));
       });
+    }
+
+    /**
+     * Stops following the queue but keeps the ticket (the page is going away): a reload
+     * of this tab posts again with the same client key and gets the same place back.
+     */
+    detach() {
+      if (this.detachWait) this.detachWait();
     }
 
     /** Leaves the queue, if waiting: the ticket is cancelled, the pending acquire rejects. */
@@ -1266,10 +1279,11 @@
   const options = window.pixelfleetOptions || {};
   const player = new PixelfleetPlayer(options);
   window.pixelfleetPlayer = player;
-  // Closing or leaving the tab while queued gives the place up at once (the server
-  // would notice the dropped event stream a little later anyway).
+  // Leaving the page while queued only closes the event stream: a reload of this tab
+  // takes the same place back, and the server gives the place up within a few seconds
+  // (its rejoin grace) when nobody comes back. The Leave button cancels at once.
   window.addEventListener('pagehide', () => {
-    if (player.slots) player.slots.abandon();
+    if (player.slots) player.slots.detach();
   });
   if (options.autoStart !== false) {
     player.start();

@@ -4,7 +4,8 @@ A hypothesis ``RuleBasedStateMachine`` registers hosts (new, repeated, twins, af
 death), heartbeats random slot states (with right, stale and wrong ``reset_for``),
 claims (with and without a queue ticket, right and wrong slots), connects,
 disconnects, reattaches, touches and ends sessions, drains hosts, moves the clock and
-expires silent hosts, and enqueues, serves and finishes tickets.
+expires silent hosts, and enqueues (with and without client keys: rejoins), marks
+heard and left, serves and finishes (guarded or not) tickets.
 
 Each run drives a list of backends in lockstep: every call must give the same answer
 (or raise the same error) on each, the memory store being the reference, and after
@@ -13,7 +14,9 @@ every step the invariants must hold on each:
 - no slot has two live sessions; every live session's slot is ASSIGNED to it, and
   every ASSIGNED slot belongs to a live session;
 - ``ready_slots`` returns exactly the READY slots of live, non-draining hosts;
-- each queue's waiting tickets have positions 1..n, in order.
+- each queue's waiting tickets have positions 1..n, in order;
+- a client key has at most one waiting ticket per tenant and app;
+- a ticket marked left is never served.
 
 The stores are async and the machine is not: each machine runs its own event loop and
 creates its Redis client inside it. Each example uses its own key prefix (no FLUSHDB).
@@ -27,6 +30,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any, ClassVar, TypeVar
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -112,13 +116,13 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.n += 1
         return f"{kind}-{self.n}"
 
-    def call(self, name: str, *args: Any, ordered: bool = True) -> Any:
+    def call(self, name: str, *args: Any, ordered: bool = True, **kwargs: Any) -> Any:
         """The same call on every backend: same answer or same error. Returns the
         reference's answer, or the error's class."""
         outcomes = []
         for store in self.stores:
             try:
-                outcomes.append(self._run(getattr(store, name)(*args)))
+                outcomes.append(self._run(getattr(store, name)(*args, **kwargs)))
             except StoreError as exc:
                 outcomes.append(type(exc))
         first = outcomes[0]
@@ -243,13 +247,17 @@ class AllocatorMachine(RuleBasedStateMachine):
         session = Session(session_id=self._id("s"), tenant=tenant, app=app, slot_id=sid,
                           host_id=sid.split("/")[0], streamer_id="x", signaling_url="ws://", region="eu",
                           client_key=client, created_at=self.now, last_activity=self.now)
+        left = ticket_id is not None and getattr(self.call("ticket", ticket_id), "left_at", None) is not None
         if self.call("claim_slot", sid, session, ticket_id):
+            assert not left, "a ticket marked left was served"
             event("claimed with a ticket" if ticket_id else "claimed")
             self.session_ids.append(session.session_id)
             assert self.call("session", session.session_id) == session
             if ticket_id is not None:
                 served = self.call("ticket", ticket_id)
                 assert served.state is TicketState.SERVED and served.session_id == session.session_id
+        elif left:
+            event("a ticket marked left got no slot")
 
     # --- sessions -------------------------------------------------------------------
 
@@ -280,20 +288,51 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     # --- queue ----------------------------------------------------------------------
 
-    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), max_length=st.integers(0, 3))
-    def enqueue(self, tenant: str, app: str, max_length: int) -> None:
-        ticket = Ticket(ticket_id=self._id("t"), request=AllocationRequest(tenant=tenant, app=app),
-                        enqueued_at=self.now)
-        position = self.call("enqueue", ticket, max_length)
-        if isinstance(position, int):
-            self.tickets.append(ticket)
-            assert self.call("position", ticket.ticket_id) == position
+    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), max_length=st.integers(0, 3),
+          client=st.sampled_from(CLIENTS))
+    def enqueue(self, tenant: str, app: str, max_length: int, client: str | None) -> None:
+        ticket = Ticket(ticket_id=self._id("t"),
+                        request=AllocationRequest(tenant=tenant, app=app, client_key=client),
+                        enqueued_at=self.now, seen_at=self.now)
+        out = self.call("enqueue", ticket, max_length)
+        if isinstance(out, tuple):
+            got, position = out
+            if got.ticket_id == ticket.ticket_id:
+                self.tickets.append(ticket)
+            else:
+                event("a client key rejoined its ticket")
+                assert client is not None and got.request == ticket.request
+                assert (got.state, got.seen_at, got.left_at) == (TicketState.WAITING, self.now, None)
+                assert self.call("ticket", ticket.ticket_id) is None
+            assert self.call("position", got.ticket_id) == position
 
     @precondition(lambda self: self.tickets)
-    @rule(data=st.data(), state=st.sampled_from([TicketState.CANCELLED, TicketState.EXPIRED]))
-    def finish(self, data: st.DataObject, state: TicketState) -> None:
+    @rule(data=st.data(), op=st.sampled_from(["ticket_heard", "ticket_left"]))
+    def mark_ticket(self, data: st.DataObject, op: str) -> None:
         ticket = data.draw(st.sampled_from(self.tickets))
-        self.call("finish_ticket", ticket.ticket_id, state, "test")
+        if self.call(op, ticket.ticket_id, self.now):
+            event(f"{op} a waiting ticket")
+            now = self.call("ticket", ticket.ticket_id)
+            assert now.state is TicketState.WAITING
+            assert (now.left_at is None) if op == "ticket_heard" else (now.left_at is not None)
+
+    @precondition(lambda self: self.tickets)
+    @rule(data=st.data(), state=st.sampled_from([TicketState.CANCELLED, TicketState.EXPIRED]),
+          guard=st.sampled_from(["none", "current", "stale"]))
+    def finish(self, data: st.DataObject, state: TicketState, guard: str) -> None:
+        """Unguarded, or guarded by the current record or one from before a heard/left."""
+        ticket = data.draw(st.sampled_from(self.tickets))
+        seen = self.call("ticket", ticket.ticket_id)
+        if guard == "none" or seen is None:
+            done = self.call("finish_ticket", ticket.ticket_id, state, "test")
+        else:
+            if guard == "stale":
+                seen = msgspec.structs.replace(seen, seen_at=(seen.seen_at or 0.0) - 1.0)
+            done = self.call("finish_ticket", ticket.ticket_id, state, "test", if_unchanged=seen)
+            if guard == "stale":
+                assert not done
+        if done:
+            event("finished a ticket")
         self.call("ticket", ticket.ticket_id)
         self.call("position", ticket.ticket_id)
 
@@ -358,6 +397,15 @@ class AllocatorMachine(RuleBasedStateMachine):
                         key = f"{tag}:rz@{len(region)}:{region}:{app}"
                         members = {m.decode() for m in self._run(store._r.zrange(key, 0, -1))}
                         assert members == {s.slot_id for s in ready if s.region == region}
+
+    @invariant()
+    def one_waiting_ticket_per_client_key(self) -> None:
+        for store in self.stores:
+            keys = collections.Counter(
+                (t.request.tenant, t.request.app, t.request.client_key)
+                for tenant, app, length in self._run(store.queues())
+                for t in self._run(store.waiting(tenant, app, length)) if t.request.client_key)
+            assert all(n == 1 for n in keys.values()), keys
 
     @invariant()
     def queue_positions_are_one_to_n(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import time
@@ -17,8 +18,10 @@ import orjson
 import pytest
 
 from matchmaker.config import MatchmakerSettings
+from matchmaker.models import Ticket, TicketState
 from matchmaker.records import MemorySink
 from matchmaker.server import MatchmakerServer, build_matchmaker
+from matchmaker.service import Matchmaker
 from pixelfleet.tokens import TokenKeys, verify
 from signaling.sessions import HttpReporter, SessionGate
 from tests.conftest import StartSignaling
@@ -36,11 +39,22 @@ def caller_token(tenant: str = "acme", ttl: int = 300, secret: str = CALLER_SECR
     return jwt.encode({"tenant": tenant, "exp": int(time.time()) + ttl}, secret, algorithm="HS256")
 
 
+class Clock:
+    """The matchmaker's clock, moved on by the test instead of sleeping through timeouts."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Api:
-    def __init__(self, http: aiohttp.ClientSession, base: str, sink: MemorySink) -> None:
+    def __init__(self, http: aiohttp.ClientSession, base: str, sink: MemorySink, mm: Matchmaker) -> None:
         self.http = http
         self.base = base
         self.sink = sink
+        self.mm = mm
 
     async def call(self, method: str, path: str, body: Any = None, token: str | None = None,
                    raw: bytes | None = None) -> tuple[int, Any]:
@@ -81,16 +95,16 @@ async def make_api(request: pytest.FixtureRequest) -> AsyncIterator[MakeApi]:
     state_url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
     http = aiohttp.ClientSession()
 
-    async def make(**overrides: Any) -> Api:
+    async def make(clock: Callable[[], float] = time.time, **overrides: Any) -> Api:
         settings = MatchmakerSettings(**{
             "port": 0, "state_url": state_url, "key_prefix": f"t{uuid.uuid4().hex[:8]}",
             "token_secret": TOKEN_SECRET, "agent_token": AGENT, "admin_token": ADMIN,
             "caller_jwt_secret": CALLER_SECRET, "sweep_interval_s": 0.05, **overrides})
         sink = MemorySink()
-        server = MatchmakerServer(settings, build_matchmaker(settings, sink=sink))
+        server = MatchmakerServer(settings, build_matchmaker(settings, sink=sink, clock=clock))
         await server.start()
         servers.append(server)
-        return Api(http, f"http://127.0.0.1:{server.port}", sink)
+        return Api(http, f"http://127.0.0.1:{server.port}", sink, server.matchmaker)
 
     yield make
     for server in servers:
@@ -249,6 +263,7 @@ async def test_queue_limits(make_api: MakeApi) -> None:
 
 
 async def test_closing_the_event_stream_cancels_the_ticket(make_api: MakeApi) -> None:
+    """Without a client key nobody can take the place back, so it goes at hang-up."""
     api = await make_api()
     await api.register()
     await api.beat()
@@ -404,3 +419,155 @@ async def test_hanging_up_before_the_event_stream_starts_cancels_the_ticket(make
         return (await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "cancelled"
 
     await eventually(cancelled, "cancel on an early hang-up")
+
+
+# --- queue liveness: gone clients, reloads ---------------------------------------------
+
+
+async def _stored(api: Api, ticket_id: str) -> Ticket:
+    """The ticket as stored (reading it over HTTP would count as hearing its client)."""
+    ticket = await api.mm.store.ticket(ticket_id)
+    assert ticket is not None
+    return ticket
+
+
+async def _free_the_slot(api: Api, session: dict[str, Any]) -> None:
+    """The player on the only slot leaves (no reconnect grace); the agent resets the slot."""
+    await api.event(session["session_id"], session["token"], "connected")
+    await api.event(session["session_id"], session["token"], "disconnected")
+    await api.beat()
+    await api.beat(reset_for={0: session["session_id"]})
+
+
+async def _open_and_close_the_stream(api: Api, events: str) -> None:
+    async with api.http.get(api.base + events) as r:
+        assert (await r.content.readline()).startswith(b"event: waiting")
+
+
+async def test_a_client_never_heard_after_queueing_is_cancelled_and_the_next_served(make_api: MakeApi) -> None:
+    clock = Clock()
+    api = await make_api(clock=clock, queue_client_ttl_s=3.0, reconnect_grace_s=0.0)
+    await api.register()
+    await api.beat()
+    _, first = await api.allocate()
+    _, silent = await api.allocate()   # never opens its stream nor asks again
+    _, polling = await api.allocate()  # reads its status now and then
+    assert (silent["position"], polling["position"]) == (1, 2)
+    clock.now += 2.5
+    _, status = await api.call("GET", f"/api/v1/queue/{polling['ticket_id']}")
+    assert (status["status"], status["position"]) == ("waiting", 2)
+    clock.now += 1.0  # silent: 3.5 s unheard; polling: 1 s
+
+    async def silent_cancelled() -> bool:
+        return (await _stored(api, silent["ticket_id"])).state is TicketState.CANCELLED
+
+    await eventually(silent_cancelled, "the silent client's ticket to be cancelled")
+    assert "client gone" in ((await _stored(api, silent["ticket_id"])).reason or "")
+    await _free_the_slot(api, first)
+
+    async def polling_served() -> bool:
+        return (await api.call("GET", f"/api/v1/queue/{polling['ticket_id']}"))[1]["status"] == "assigned"
+
+    await eventually(polling_served, "the next ticket to be served instead")
+    _, gone = await api.call("GET", f"/api/v1/queue/{silent['ticket_id']}")
+    assert gone["status"] == "cancelled" and "client gone" in gone["reason"]
+
+
+async def test_an_open_event_stream_keeps_its_client_heard(make_api: MakeApi) -> None:
+    clock = Clock()
+    api = await make_api(clock=clock, queue_client_ttl_s=3.0)
+    await api.register()
+    await api.beat()
+    await api.allocate()
+    _, me = await api.allocate()
+    opened = asyncio.Event()
+
+    async def listen() -> None:
+        async with api.http.get(api.base + me["events"]) as r:
+            async for _ in r.content:
+                opened.set()
+
+    listener = asyncio.create_task(listen())
+    await asyncio.wait_for(opened.wait(), WAIT)
+    clock.now += 1.5  # past a third of the TTL: the stream's next heartbeat records the client
+    heard_at = clock.now
+
+    async def heard() -> bool:
+        return (await _stored(api, me["ticket_id"])).seen_at == heard_at
+
+    await eventually(heard, "the stream to record its client")
+    clock.now += 2.0  # 3.5 s since the POST, 2 s since the stream last said so
+    await api.mm.dispatch()
+    assert (await _stored(api, me["ticket_id"])).state is TicketState.WAITING
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+
+
+async def test_a_reload_keeps_the_ticket_and_its_place(make_api: MakeApi) -> None:
+    clock = Clock()
+    api = await make_api(clock=clock, queue_rejoin_grace_s=2.0, queue_client_ttl_s=60.0)
+    await api.register()
+    await api.beat()
+    await api.allocate()
+    _, ahead = await api.allocate(client_key="tab-ahead")
+    _, me = await api.allocate(client_key="tab-me")
+    assert me["position"] == 2
+
+    async def left() -> bool:
+        return (await _stored(api, me["ticket_id"])).left_at is not None
+
+    # The reload: the page's stream closes, then the new page posts again with its key.
+    await _open_and_close_the_stream(api, me["events"])
+    await eventually(left, "the closed stream to mark the ticket left")
+    assert (await _stored(api, me["ticket_id"])).state is TicketState.WAITING
+    status, again = await api.allocate(client_key="tab-me")
+    assert status == 202 and (again["ticket_id"], again["position"]) == (me["ticket_id"], 2)
+    assert again["events"] == me["events"]
+    assert (await _stored(api, me["ticket_id"])).left_at is None
+    clock.now += 5.0  # well past the grace: a client that came back keeps its place
+    await api.mm.dispatch()
+    assert await api.mm.store.position(me["ticket_id"]) == 2
+    # Opening the stream again also takes the place back.
+    await _open_and_close_the_stream(api, me["events"])
+    await eventually(left, "the closed stream to mark the ticket left")
+    async with api.http.get(api.base + me["events"]) as r:
+        assert (await r.content.readline()).startswith(b"event: waiting")
+        assert (await _stored(api, me["ticket_id"])).left_at is None
+    _, still = await api.call("GET", f"/api/v1/queue/{ahead['ticket_id']}")
+    assert still["position"] == 1
+
+
+async def test_a_left_ticket_is_skipped_then_cancelled_after_the_grace(make_api: MakeApi) -> None:
+    clock = Clock()
+    api = await make_api(clock=clock, queue_rejoin_grace_s=2.0, queue_client_ttl_s=60.0, reconnect_grace_s=0.0)
+    await api.register()
+    await api.beat()
+    _, first = await api.allocate()
+    _, gone = await api.allocate(client_key="tab-gone")
+    _, behind = await api.allocate()
+    await _open_and_close_the_stream(api, gone["events"])
+
+    async def left() -> bool:
+        return (await _stored(api, gone["ticket_id"])).left_at is not None
+
+    await eventually(left, "the closed stream to mark the ticket left")
+    # A slot frees while the head of the queue is away: the ticket behind it gets it.
+    await _free_the_slot(api, first)
+
+    async def behind_served() -> bool:
+        return (await api.call("GET", f"/api/v1/queue/{behind['ticket_id']}"))[1]["status"] == "assigned"
+
+    await eventually(behind_served, "the ticket behind the left one to be served")
+    assert await api.mm.store.position(gone["ticket_id"]) == 1
+    clock.now += 2.5  # nobody came back within the grace
+
+    async def cancelled() -> bool:
+        return (await _stored(api, gone["ticket_id"])).state is TicketState.CANCELLED
+
+    await eventually(cancelled, "the left ticket to be cancelled after the grace")
+    _, body = await api.call("GET", f"/api/v1/queue/{gone['ticket_id']}")
+    assert body["status"] == "cancelled" and "client gone" in body["reason"]
+    # Coming back now is a new ticket.
+    status, fresh = await api.allocate(client_key="tab-gone")
+    assert status == 202 and fresh["ticket_id"] != gone["ticket_id"]

@@ -200,7 +200,7 @@ async def test_draining_dead_and_failed_slots_leave_the_index(store: Store) -> N
 async def test_a_waiting_ticket_blocks_newcomers_and_is_served_by_its_own_allocation(store: Store) -> None:
     await host(store, "h1", slots=1, states={0: SlotState.STARTING})
     ticket = Ticket(ticket_id="t-1", request=req(), enqueued_at=150.0)
-    assert await store.enqueue(ticket, 10) == 1
+    assert (await store.enqueue(ticket, 10))[1] == 1
     await beat(store, "h1", slots=1)
     assert await store.allocate(req(), "s-new", 200.0, policy="spread") is NoClaim.QUEUE_AHEAD
     served = await store.allocate(req(), "s-t", 200.0, policy="spread", ticket_id="t-1")

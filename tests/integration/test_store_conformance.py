@@ -175,18 +175,18 @@ async def test_draining_host_takes_no_new_sessions(store: Store) -> None:
     assert len(await store.ready_slots("acme", "game")) == 2
 
 
-def ticket(tenant: str = "acme", app: str = "game", at: float = 100.0) -> Ticket:
-    return Ticket(ticket_id=f"t-{uuid.uuid4().hex[:8]}", request=AllocationRequest(tenant=tenant, app=app),
-                  enqueued_at=at)
+def ticket(tenant: str = "acme", app: str = "game", at: float = 100.0, client: str | None = None) -> Ticket:
+    return Ticket(ticket_id=f"t-{uuid.uuid4().hex[:8]}",
+                  request=AllocationRequest(tenant=tenant, app=app, client_key=client), enqueued_at=at, seen_at=at)
 
 
 async def test_queue_is_fifo_per_tenant_and_app_with_a_limit(store: Store) -> None:
     a, b, c = ticket(), ticket(), ticket()
     other = ticket(tenant="beta")
-    assert [await store.enqueue(t, max_length=2) for t in (a, b)] == [1, 2]
+    assert [await store.enqueue(t, max_length=2) for t in (a, b)] == [(a, 1), (b, 2)]
     with pytest.raises(QueueFull):
         await store.enqueue(c, max_length=2)
-    assert await store.enqueue(other, max_length=2) == 1
+    assert await store.enqueue(other, max_length=2) == (other, 1)
     assert [t.ticket_id for t in await store.waiting("acme", "game", 10)] == [a.ticket_id, b.ticket_id]
     assert sorted(await store.queues()) == [("acme", "game", 2), ("beta", "game", 1)]
     assert await store.position(b.ticket_id) == 2
@@ -195,6 +195,89 @@ async def test_queue_is_fifo_per_tenant_and_app_with_a_limit(store: Store) -> No
     assert await store.position(b.ticket_id) == 1
     assert await store.position(a.ticket_id) is None
     assert (await store.ticket(a.ticket_id)).state is TicketState.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_a_client_key_gets_its_waiting_ticket_back_in_place(store: Store) -> None:
+    a, b = ticket(client="alice"), ticket(client="bob", at=101.0)
+    await store.enqueue(a, 2)
+    await store.enqueue(b, 2)
+    assert await store.ticket_left(a.ticket_id, 105.0)
+    # A reload: the same key asks again (the queue is full, yet nothing is appended).
+    again = ticket(client="alice", at=107.25)
+    mine, place = await store.enqueue(again, 2)
+    assert (mine.ticket_id, place) == (a.ticket_id, 1)
+    assert (mine.seen_at, mine.left_at, mine.enqueued_at) == (107.25, None, 100.0)
+    assert await store.ticket(a.ticket_id) == mine
+    assert await store.ticket(again.ticket_id) is None
+    assert [t.ticket_id for t in await store.waiting("acme", "game", 10)] == [a.ticket_id, b.ticket_id]
+    # The key is per tenant and app: elsewhere it is a new ticket, and each comes back.
+    for elsewhere in (ticket(tenant="beta", client="alice"), ticket(app="other", client="alice")):
+        assert await store.enqueue(elsewhere, 2) == (elsewhere, 1)
+    mine, place = await store.enqueue(ticket(client="alice", at=108.0), 2)
+    assert (mine.ticket_id, place, mine.seen_at) == (a.ticket_id, 1, 108.0)
+    mine, place = await store.enqueue(ticket(app="other", client="alice", at=109.0), 2)
+    assert (mine.request.app, place, mine.seen_at) == ("other", 1, 109.0)
+    # Without a key, every ticket is a new one.
+    x, y = ticket(tenant="gamma"), ticket(tenant="gamma")
+    assert [(await store.enqueue(t, 5))[1] for t in (x, y)] == [1, 2]
+
+
+async def test_a_ticket_that_left_the_queue_frees_its_key(store: Store) -> None:
+    await ready_host(store)
+    served, cancelled = ticket(client="alice"), ticket(client="bob")
+    await store.enqueue(served, 10)
+    await store.enqueue(cancelled, 10)
+    assert await store.claim_slot("h1/0", new_session("h1/0"), served.ticket_id)
+    assert await store.finish_ticket(cancelled.ticket_id, TicketState.CANCELLED, "bye")
+    for key in ("alice", "bob"):
+        fresh = ticket(client=key, at=120.0)
+        assert await store.enqueue(fresh, 10) == (fresh, 1 if key == "alice" else 2)
+
+
+async def test_heard_and_left_mark_only_waiting_tickets(store: Store) -> None:
+    t = ticket(client="alice", at=1712345678.1234567)
+    await store.enqueue(t, 10)
+    assert await store.ticket_left(t.ticket_id, 1712345680.5000001)
+    assert await store.ticket_left(t.ticket_id, 1712345681.0)  # still left since the first time
+    got = await store.ticket(t.ticket_id)
+    assert got is not None and (got.seen_at, got.left_at) == (1712345678.1234567, 1712345680.5000001)
+    assert await store.ticket_heard(t.ticket_id, 1712345682.7777777)
+    got = await store.ticket(t.ticket_id)
+    assert got is not None and (got.seen_at, got.left_at) == (1712345682.7777777, None)
+    assert await store.position(t.ticket_id) == 1
+    assert await store.finish_ticket(t.ticket_id, TicketState.CANCELLED, "bye")
+    assert not await store.ticket_heard(t.ticket_id, 1712345690.0)
+    assert not await store.ticket_left(t.ticket_id, 1712345690.0)
+    assert not await store.ticket_heard("t-nope", 1.0) and not await store.ticket_left("t-nope", 1.0)
+    assert (await store.ticket(t.ticket_id)).seen_at == 1712345682.7777777  # type: ignore[union-attr]
+
+
+async def test_a_left_ticket_takes_no_slot_until_heard_again(store: Store) -> None:
+    await ready_host(store)
+    t = ticket(client="alice")
+    await store.enqueue(t, 10)
+    await store.ticket_left(t.ticket_id, 101.0)
+    assert not await store.claim_slot("h1/0", new_session("h1/0"), t.ticket_id)
+    assert len(await store.ready_slots("acme", "game")) == 2 and await store.sessions() == []
+    await store.ticket_heard(t.ticket_id, 102.0)
+    assert await store.claim_slot("h1/0", new_session("h1/0"), t.ticket_id)
+
+
+async def test_finish_if_unchanged_spares_a_client_heard_since(store: Store) -> None:
+    t = ticket(client="alice", at=1712345678.1234567)
+    await store.enqueue(t, 10)
+    [listed] = await store.waiting("acme", "game", 10)
+    await store.ticket_heard(t.ticket_id, 1712345679.0000001)
+    assert not await store.finish_ticket(t.ticket_id, TicketState.CANCELLED, "gone", if_unchanged=listed)
+    [listed] = await store.waiting("acme", "game", 10)
+    await store.ticket_left(t.ticket_id, 1712345680.0)
+    assert not await store.finish_ticket(t.ticket_id, TicketState.CANCELLED, "gone", if_unchanged=listed)
+    assert await store.position(t.ticket_id) == 1
+    [listed] = await store.waiting("acme", "game", 10)
+    assert await store.finish_ticket(t.ticket_id, TicketState.CANCELLED, "gone", if_unchanged=listed)
+    done = await store.ticket(t.ticket_id)
+    assert done is not None and (done.state, done.reason) == (TicketState.CANCELLED, "gone")
+    assert not await store.finish_ticket(t.ticket_id, TicketState.CANCELLED, "again", if_unchanged=done)
 
 
 async def test_claim_with_ticket_serves_it_atomically(store: Store) -> None:
