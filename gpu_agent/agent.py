@@ -13,7 +13,7 @@ import secrets
 import signal
 import time
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import structlog
 
 from gpu_agent.client import MatchmakerClient

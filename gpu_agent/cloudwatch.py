@@ -103,7 +103,7 @@ class CloudWatchPublisher:
 
 
 def make_publisher(namespace: str, region: str = "") -> CloudWatchPublisher:
-    import boto3  # type: ignore[import-untyped]
+    import boto3
 
     return CloudWatchPublisher(boto3.client("cloudwatch", **({"region_name": region} if region else {})), namespace)
 

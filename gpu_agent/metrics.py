@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 import msgspec
-import psutil  # type: ignore[import-untyped]
+import psutil
 from aiohttp import web
 
 from gpu_agent.probe import CODECS

@@ -128,7 +128,7 @@ class NvmlSampler:
         self._opened = True
         if self._nvml is None:
             try:
-                import pynvml  # type: ignore[import-untyped]
+                import pynvml
             except ImportError:
                 self._reason = "nvidia-ml-py is not installed"
                 return

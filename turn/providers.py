@@ -226,7 +226,7 @@ class AwsKvsProvider:
 
 
 def _boto3_client(service: str, **kwargs: Any) -> Any:
-    import boto3  # type: ignore[import-untyped]
+    import boto3
 
     return boto3.client(service, **kwargs)
 
