@@ -135,7 +135,8 @@ def _tenant(request: web.Request, mm: Matchmaker) -> str:
 
 def allocation_json(a: Allocation) -> dict[str, Any]:
     return {"status": "assigned", "session_id": a.session.session_id, "streamer_id": a.session.streamer_id,
-            "signaling_url": a.session.signaling_url, "token": a.token, "region": a.session.region}
+            "signaling_url": a.session.signaling_url, "token": a.token, "region": a.session.region,
+            "idle_timeout_s": a.idle_timeout_s}
 
 
 def ticket_json(status: TicketStatus | Queued) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class UnknownSession(StoreError):
 class Allocation:
     session: Session
     token: str
+    idle_timeout_s: float = 0.0  # the client reports input activity when this is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ class Matchmaker:
     def _allocation(self, session: Session) -> Allocation:
         token = mint(self.keys, tenant=session.tenant, session_id=session.session_id,
                      streamer_id=session.streamer_id, ttl_s=self.settings.token_ttl_s, now=self.clock())
-        return Allocation(session, token)
+        return Allocation(session, token, self.settings.idle_timeout_s)
 
     async def _eta(self, request: AllocationRequest, position: int) -> float:
         slots = (await self._slot_counts())[(request.tenant, request.app)]

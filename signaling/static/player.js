@@ -269,6 +269,7 @@
       this.events = null;
       this.abandonWait = null;
       this.detachWait = null;
+      this.activity = null; // {sessionId, token, periodMs, lastMs} of the current slot
     }
 
     /**
@@ -305,11 +306,39 @@
       if (body.status !== 'assigned' || !body.signaling_url || !body.token) {
         throw new MatchmakerError('bad_reply', 'Unexpected answer from the matchmaker: ' + JSON.stringify(body), true);
       }
+      this.activity = {
+        sessionId: body.session_id || null,
+        token: body.token,
+        // Report at least three times per idle timeout (the matchmaker ends a session
+        // whose player sent no input for that long); nothing when the timeout is off.
+        periodMs: body.idle_timeout_s > 0 ? Math.min(60000, Math.max(1000, (body.idle_timeout_s * 1000) / 3)) : 0,
+        lastMs: Date.now() // allocating counts as activity
+      };
       return {
         url: sessionSocketUrl(body.signaling_url, body.token, window.location),
         streamerId: body.streamer_id || null,
         sessionId: body.session_id || null
       };
+    }
+
+    /** The player sent input: tell the matchmaker, at most once per period. */
+    noteActivity() {
+      const a = this.activity;
+      if (!a || !a.periodMs || !a.sessionId) return;
+      const now = Date.now();
+      if (now - a.lastMs < a.periodMs) return;
+      a.lastMs = now;
+      fetch(this.base + '/api/v1/sessions/' + encodeURIComponent(a.sessionId) + '/events', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + a.token },
+        body: JSON.stringify({ event: 'activity' }),
+        cache: 'no-store'
+      })
+        .then((res) => {
+          this.player.info.activityReports += 1;
+          if (!res.ok) this.player.log('Activity report refused: HTTP ' + res.status, 'error');
+        })
+        .catch(() => this.player.log('Could not report activity to the matchmaker', 'error'));
     }
 
     /** Follows the ticket's event stream until it is assigned (resolves) or not (rejects). */
@@ -421,6 +450,7 @@
         app: this.slots ? this.app : null,
         clientKey: this.slots ? this.slots.clientKey : null,
         sessionId: null,
+        activityReports: 0, // input activity reported to the matchmaker (idle timeout)
         queue: null, // {ticketId, position, etaS} while waiting for a slot
         signallingState: 'idle',
         iceState: 'new',
@@ -954,6 +984,7 @@
       }
       this.info.inputSent += 1;
       this.ui.inputCount(this.info.inputSent);
+      if (this.slots) this.slots.noteActivity();
       return true;
     }
 

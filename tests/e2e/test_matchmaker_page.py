@@ -184,6 +184,38 @@ async def test_slots_then_queue_then_the_freed_slot(start_up, open_page) -> None
         raise
 
 
+async def test_input_keeps_the_session_and_idling_ends_it(start_up, open_page) -> None:
+    """With ``IDLE_TIMEOUT_S`` on, the page reports its input to the matchmaker: a player
+    who keeps moving the mouse keeps the slot past several timeouts; one who stops loses
+    it (the session ends IDLE, the slot is reset, and the page gets a new session)."""
+    idle_s = 6.0
+    up = await start_up(streamers=1, idle_timeout_s=idle_s)
+    try:
+        page, log = await open_page(f"{up.origin}/")
+        await wait_for_rising_frames(page, log)
+        first = await state(page)
+        assert first["sessionId"], first
+        box = await page.locator("#video").bounding_box()
+        assert box is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.5 * idle_s
+        step = 0
+        while loop.time() < end:  # active: input all along, for more than two timeouts
+            step += 1
+            await page.mouse.move(box["x"] + 10 + step % 50, box["y"] + 10 + step % 30)
+            await asyncio.sleep(0.25)
+        now = await state(page)
+        assert now["sessionId"] == first["sessionId"], (first, now)
+        assert now["activityReports"] >= 2, now
+        # Idle: no input. The session ends and the page comes back on a new one.
+        await wait_state(page, log, f"window.pixelfleet.sessionId && window.pixelfleet.sessionId !== "
+                         f"'{first['sessionId']}'", "the idle session to end and a new one to start")
+        assert "[pageerror]" not in log.text(), log.text()
+    except BaseException:
+        print(f"pixelfleet up log:\n{up.log()}")
+        raise
+
+
 async def test_matchmaker_errors_are_shown(start_up, open_page) -> None:
     """Unknown app, a full queue and an expired wait each end in a clear message and a
     Try again button, not in silent retries."""
