@@ -502,6 +502,9 @@
         if (err instanceof MatchmakerError) {
           if (err.retryable) {
             this.recordError(err.message);
+            // The server keeps a dropped place for its rejoin grace (5 s by default): come
+            // back within it, whatever the backoff of earlier failures.
+            if (err.code === 'queue_lost') this.reconnectDelay = RECONNECT_MIN_MS;
             this.scheduleReconnect(err.code === 'queue_lost' ? 'Lost our place in the queue.' : 'No slot yet.');
           } else if (err.code === 'left_queue') {
             this.terminal = true;
