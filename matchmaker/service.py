@@ -42,6 +42,8 @@ log = structlog.get_logger("matchmaker")
 _CANDIDATES_TRIED = 8
 _SLOT_COUNTS_TTL_S = 1.0  # how stale the slot count behind an ETA may be
 _CLAIM_ROUNDS = 3
+_DUE_BATCH = 500  # sessions a sweep reads and ends per round
+_DUE_ROUNDS = 8   # rounds per sweep at most; the next sweep goes on
 
 
 class UnknownApp(StoreError):
@@ -278,16 +280,18 @@ class Matchmaker:
         now = self.clock()
         s = self.settings
         ended = await self.store.expire_hosts(now, s.heartbeat_ttl_s)
-        listed = {x.session_id: x for x in await self.store.sessions()}
-        for session_id, reason in due_endings(
-                listed.values(), now, connect_timeout_s=s.connect_timeout_s,
-                reconnect_grace_s=s.reconnect_grace_s, idle_timeout_s=s.idle_timeout_s,
-                max_session_s=s.max_session_s):
-            # The verdict came from the listing: it holds only if the session has not moved on.
-            guard = None if reason is EndReason.MAX_LENGTH else listed[session_id]
-            done = await self.store.end_session(session_id, reason, now, if_unchanged=guard)
-            if done is not None:
-                ended.append(done)
+        rules = {"connect_timeout_s": s.connect_timeout_s, "reconnect_grace_s": s.reconnect_grace_s,
+                 "idle_timeout_s": s.idle_timeout_s, "max_session_s": s.max_session_s}
+        for _ in range(_DUE_ROUNDS):  # only the due sessions: a sweep costs what ends
+            listed = {x.session_id: x for x in await self.store.due_sessions(now, limit=_DUE_BATCH, **rules)}
+            for session_id, reason in due_endings(listed.values(), now, **rules):
+                # The verdict came from the listing: it holds only if the session has not moved on.
+                guard = None if reason is EndReason.MAX_LENGTH else listed[session_id]
+                done = await self.store.end_session(session_id, reason, now, if_unchanged=guard)
+                if done is not None:
+                    ended.append(done)
+            if len(listed) < _DUE_BATCH:
+                break
         await self._record(ended)
         await self.dispatch()
 

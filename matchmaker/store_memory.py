@@ -28,6 +28,7 @@ from matchmaker.models import (
     slot_id,
 )
 from matchmaker.store import HostConflict, QueueFull, UnknownHost
+from matchmaker.timeouts import due_endings, overdue_by
 
 _FINISHED_TICKETS_KEPT = 10_000
 
@@ -238,6 +239,15 @@ class MemoryStore:
         ended = _copy(s)
         del self._sessions[session_id]  # ended sessions live on in the record sink
         return ended
+
+    async def due_sessions(self, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
+                           idle_timeout_s: float, max_session_s: float, limit: int) -> list[Session]:
+        """A scan of every live session: fine in one process, and exact by construction."""
+        rules = {"connect_timeout_s": connect_timeout_s, "reconnect_grace_s": reconnect_grace_s,
+                 "idle_timeout_s": idle_timeout_s, "max_session_s": max_session_s}
+        due = [self._sessions[sid] for sid, _ in due_endings(self._sessions.values(), now, **rules)]
+        due.sort(key=lambda s: (-overdue_by(s, now, **rules), s.session_id))
+        return [_copy(s) for s in due[:max(limit, 0)]]
 
     # --- queue ------------------------------------------------------------------------
 
