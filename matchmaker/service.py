@@ -44,6 +44,8 @@ _REATTACH_ROUNDS = 2
 _RECORD_LEASE_S = 30.0  # a record taken but not acknowledged within this is taken again
 _RECORD_BATCH = 500
 _RECORD_ROUNDS = 20
+_DUE_BATCH = 500  # sessions a sweep reads and ends per round
+_DUE_ROUNDS = 8   # rounds per sweep at most; the next sweep goes on
 
 
 class UnknownApp(StoreError):
@@ -356,16 +358,18 @@ class Matchmaker:
         now = self.clock()
         s = self.settings
         ended = await self.store.expire_hosts(now, s.heartbeat_ttl_s)
-        listed = {x.session_id: x for x in await self.store.sessions()}
-        for session_id, reason in due_endings(
-                listed.values(), now, connect_timeout_s=s.connect_timeout_s,
-                reconnect_grace_s=s.reconnect_grace_s, idle_timeout_s=s.idle_timeout_s,
-                max_session_s=s.max_session_s):
-            # The verdict came from the listing: it holds only if the session has not moved on.
-            guard = None if reason is EndReason.MAX_LENGTH else listed[session_id]
-            done = await self.store.end_session(session_id, reason, now, if_unchanged=guard)
-            if done is not None:
-                ended.append(done)
+        rules = {"connect_timeout_s": s.connect_timeout_s, "reconnect_grace_s": s.reconnect_grace_s,
+                 "idle_timeout_s": s.idle_timeout_s, "max_session_s": s.max_session_s}
+        for _ in range(_DUE_ROUNDS):  # only the due sessions: a sweep costs what ends
+            listed = {x.session_id: x for x in await self.store.due_sessions(now, limit=_DUE_BATCH, **rules)}
+            for session_id, reason in due_endings(listed.values(), now, **rules):
+                # The verdict came from the listing: it holds only if the session has not moved on.
+                guard = None if reason is EndReason.MAX_LENGTH else listed[session_id]
+                done = await self.store.end_session(session_id, reason, now, if_unchanged=guard)
+                if done is not None:
+                    ended.append(done)
+            if len(listed) < _DUE_BATCH:
+                break
         await self._record(ended)
         await self._flush_records()  # also what other replicas left behind
         await self.dispatch()

@@ -156,6 +156,17 @@ class Store(Protocol):
         connected or came back meanwhile is not timed out on a stale listing.
         """
 
+    async def due_sessions(self, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
+                           idle_timeout_s: float, max_session_s: float, limit: int) -> list[Session]:
+        """The live sessions that ``timeouts.due_endings`` would end at ``now`` (a timeout
+        of 0 is off; the reconnect grace applies even when 0): exactly those, at most
+        ``limit``, the most overdue first (``timeouts.overdue_by``; best effort).
+
+        The sweep's read: it costs what is due, not what is live, so a sweep of a big
+        fleet does not block the event loop. The verdict still comes from the returned
+        records, which may be stale by the time they are acted on (``if_unchanged``).
+        """
+
     # --- queue ------------------------------------------------------------------------
     async def enqueue(self, ticket: Ticket, max_length: int) -> tuple[Ticket, int]:
         """Append to the FIFO of (tenant, app); returns the ticket and its 1-based position.
@@ -202,7 +213,7 @@ class Store(Protocol):
     async def ack_records(self, sessions: Sequence[Session]) -> None:
         """These records are in the sink: never take them again."""
 
-    # --- listings (admin API, sweeps) ---------------------------------------------------
+    # --- listings (admin API) ---------------------------------------------------------
     async def hosts(self) -> list[Host]: ...
 
     async def slots(self) -> list[Slot]: ...

@@ -31,6 +31,7 @@ from matchmaker.models import (
 )
 from matchmaker.placement import rank
 from matchmaker.store import HostConflict, NoClaim, QueueFull, Returning, UnknownHost
+from matchmaker.timeouts import due_endings, overdue_by
 
 _FINISHED_TICKETS_KEPT = 10_000
 
@@ -295,6 +296,15 @@ class MemoryStore:
     async def ack_records(self, sessions: Sequence[Session]) -> None:
         for s in sessions:
             self._records.pop(s.session_id, None)
+
+    async def due_sessions(self, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
+                           idle_timeout_s: float, max_session_s: float, limit: int) -> list[Session]:
+        """A scan of every live session: fine in one process, and exact by construction."""
+        rules = {"connect_timeout_s": connect_timeout_s, "reconnect_grace_s": reconnect_grace_s,
+                 "idle_timeout_s": idle_timeout_s, "max_session_s": max_session_s}
+        due = [self._sessions[sid] for sid, _ in due_endings(self._sessions.values(), now, **rules)]
+        due.sort(key=lambda s: (-overdue_by(s, now, **rules), s.session_id))
+        return [_copy(s) for s in due[:max(limit, 0)]]
 
     # --- queue ------------------------------------------------------------------------
 

@@ -37,6 +37,10 @@ Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash 
     {P:T}:clients        HASH  client key -> session id
     {P:T}:rec            HASH  session id -> ended Session JSON, until its record is written
     {P:T}:recq           ZSET  session id -> when its record is due (end, or lease end)
+    {P:T}:created        ZSET  live session id -> created_at (``due_sessions``)
+    {P:T}:since:<state>  ZSET  live session id of that state (assigned, connected,
+                               disconnected) -> when its timeout started: last_activity,
+                               or disconnected_at; a live session is in exactly one
     {P:T}:ticket:<id>    STR   Ticket JSON; expires 1 h after it leaves WAITING
     {P:T}:queue:<app>    ZSET  waiting ticket id -> arrival number (FIFO, ZRANK = place)
     {P:T}:qseq           STR   arrival counter
@@ -64,6 +68,12 @@ Allocation is one script (``_ALLOCATE``): the client's live session, the queue h
 placement and the compare-and-set, in one round trip. Placement reads the score indexes
 (``rz``, ``fh``), which ``sync_ready``/``unready`` keep equal to the ready hash in every
 script that changes a slot, so it costs O(log n + window), never a decode of the pool.
+
+Sweeps read deadline indexes that every script touching a session keeps (derived from
+its tag): ``due_sessions`` is one script per tenant, pipelined, reading those indexes up
+to each deadline and returning only the due sessions, so a sweep costs what is due, not
+what is live. A tenant whose indexes lack sessions (written before the indexes existed)
+has them rebuilt by its next ``due_sessions``.
 
 The ``P:sid`` / ``P:tid`` lookups exist because ``session(id)``, ``end_session(id)``,
 ``ticket(id)`` ... carry no tenant. A lookup is immutable, so each replica caches it.
@@ -159,6 +169,7 @@ _host = msgspec.json.Decoder(Host)
 _hosts = msgspec.json.Decoder(list[Host])
 _slots = msgspec.json.Decoder(list[Slot])
 _session = msgspec.json.Decoder(Session)
+_sessions = msgspec.json.Decoder(list[Session])
 _ticket = msgspec.json.Decoder(Ticket)
 _tickets = msgspec.json.Decoder(list[Ticket])
 _strmap = msgspec.json.Decoder(dict[str, list[str]])
@@ -192,6 +203,27 @@ local function enc(v)
   return 'null'
 end
 local function truthy(s) return s ~= nil and s ~= NULL and s ~= false and s ~= '' end
+-- '{P:T}' of a tenant key (the tenant is escaped: no braces inside).
+local function tag_of(key) return string.match(key, '^{[^}]*}') end
+-- The deadline indexes (due_sessions): a live session is in {P:T}:created (created_at)
+-- and in the since:<state> set of its state (what that state's timeout counts from).
+-- Every script that creates, changes or ends a session calls these. Scores are exact:
+-- enc() writes %.17g (tostring would keep 14 digits).
+local SINCE = {assigned = 'last_activity', connected = 'last_activity', disconnected = 'disconnected_at'}
+local function index_session(tag, s, was)  -- was: the state before the change; nil for new
+  local sid = s.session_id
+  if was == nil then
+    redis.call('ZADD', tag .. ':created', enc(s.created_at), sid)
+  elseif was ~= s.state and SINCE[was] then
+    redis.call('ZREM', tag .. ':since:' .. was, sid)
+  end
+  local at = SINCE[s.state] and s[SINCE[s.state]]
+  if type(at) == 'number' then redis.call('ZADD', tag .. ':since:' .. s.state, enc(at), sid) end
+end
+local function unindex_session(tag, s)
+  if SINCE[s.state] then redis.call('ZREM', tag .. ':since:' .. s.state, s.session_id) end
+  redis.call('ZREM', tag .. ':created', s.session_id)
+end
 """
 
 # Tenant-scoped helpers: tag is '{P:T}'.
@@ -244,6 +276,7 @@ local function end_sess(tag, sid, reason, now)
   if not raw then return nil end
   local s = cjson.decode(raw)
   if s.state == 'ended' then return nil end
+  unindex_session(tag, s)
   s.state = 'ended'; s.ended_at = now; s.end_reason = reason
   redis.call('HDEL', K_sess, sid)
   if truthy(s.client_key) then
@@ -680,6 +713,11 @@ slot.state = 'assigned'; slot.session_id = sid
 redis.call('HSET', K_slots, slot.slot_id, enc(slot))
 unready(tag, slot)
 redis.call('HSET', KEYS[3], sid, sess)
+if ARGV[11] == '' then
+  index_session(tag, {session_id = sid, state = 'assigned', created_at = now, last_activity = now})
+else
+  index_session(tag, cjson.decode(sess))
+end
 if ckey ~= '' then redis.call('HSET', KEYS[4], ckey, sid) end
 if t then
   t.state = 'served'; t.session_id = sid
@@ -720,7 +758,7 @@ local raw = redis.call('HGET', KEYS[1], ARGV[2])
 if not raw then return false end
 local s = cjson.decode(raw)
 if s.state == 'ended' then return false end
-local op, now = ARGV[1], tonumber(ARGV[3])
+local op, now, was = ARGV[1], tonumber(ARGV[3]), s.state
 if op == 'reattach' then
   if s.state == 'disconnected' then s.state = 'assigned'; s.disconnected_at = NULL end
   s.last_activity = now
@@ -737,7 +775,53 @@ else
 end
 local out = enc(s)
 redis.call('HSET', KEYS[1], ARGV[2], out)
+index_session(tag_of(KEYS[1]), s, was)
 if op == 'touch' then return 1 end
+return out
+"""
+
+# {P:T}: the live sessions whose timeout is due, most overdue first, with how long.
+# KEYS: sessions. ARGV: tag, now, connect timeout, reconnect grace, idle timeout,
+# max length, limit. A timeout of 0 is off, except the grace (as in due_endings).
+_DUE = _PRELUDE + r"""
+local tag, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[7])
+-- The counts differ only where sessions predate the indexes (an upgrade): rebuild once.
+if redis.call('HLEN', KEYS[1]) ~= redis.call('ZCARD', tag .. ':created') then
+  for _, k in ipairs({'created', 'since:assigned', 'since:connected', 'since:disconnected'}) do
+    redis.call('DEL', tag .. ':' .. k)
+  end
+  for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do index_session(tag, cjson.decode(raw)) end
+end
+local late, ids = {}, {}
+-- One rule of due_endings per index: due when now - score > timeout, in doubles as
+-- Python computes it. The range bound is a hair above now - timeout (rounding); the
+-- exact test decides, and as the scores rise the due ones come first.
+local function scan(index, timeout)
+  local bound = now - timeout + (math.abs(now) + math.abs(timeout)) * 1e-14
+  local r = redis.call('ZRANGEBYSCORE', tag .. index, '-inf', string.format('%.17g', bound),
+                       'WITHSCORES', 'LIMIT', 0, limit)
+  for i = 1, #r, 2 do
+    local age = now - tonumber(r[i + 1])
+    if not (age > timeout) then break end
+    local sid = r[i]
+    if late[sid] == nil then ids[#ids + 1] = sid end
+    if late[sid] == nil or age - timeout > late[sid] then late[sid] = age - timeout end
+  end
+end
+local connect, grace, idle, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if max ~= 0 then scan(':created', max) end
+if connect ~= 0 then scan(':since:assigned', connect) end
+scan(':since:disconnected', grace)
+if idle ~= 0 then scan(':since:connected', idle) end
+table.sort(ids, function(a, b)
+  if late[a] ~= late[b] then return late[a] > late[b] end
+  return a < b
+end)
+local out = {}
+for i = 1, math.min(#ids, limit) do
+  local raw = redis.call('HGET', KEYS[1], ids[i])
+  if raw then out[#out + 1] = enc(late[ids[i]]); out[#out + 1] = raw end
+end
 return out
 """
 
@@ -979,6 +1063,7 @@ class RedisStore:
         self._allocate = script(_ALLOCATE)
         self._end = script(_END)
         self._sess_script = script(_SESSION_OP)
+        self._due = script(_DUE)
         self._for_client = script(_FOR_CLIENT)
         self._enqueue = script(_ENQUEUE)
         self._ticket_mark = script(_TICKET_MARK)
@@ -1381,6 +1466,23 @@ class RedisStore:
             (self._end, [f"{tag}:sessions"], args),
             _cmd("DEL", self._sid_key(session_id))])
         return None if raw is None else _session.decode(raw)
+
+    @_guarded
+    async def due_sessions(self, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
+                           idle_timeout_s: float, max_session_s: float, limit: int) -> list[Session]:
+        if limit <= 0:
+            return []
+        args = [_num(now), _num(connect_timeout_s), _num(reconnect_grace_s), _num(idle_timeout_s),
+                _num(max_session_s), int(limit)]
+        calls: list[_Call] = []
+        for tenant in await self._tenants():
+            tag = self._tag(tenant)
+            calls.append((self._due, [f"{tag}:sessions"], [tag, *args]))
+        found: list[tuple[float, bytes]] = []
+        for flat in await self._batch(calls):
+            found += [(float(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        found.sort(key=lambda f: -f[0])  # the most overdue of all tenants; decode only those
+        return _sessions.decode(b"[" + b",".join(raw for _, raw in found[:limit]) + b"]")
 
     # --- queue ------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ every step the invariants must hold on each:
 - each queue's waiting tickets have positions 1..n, in order;
 - a client key has at most one waiting ticket per tenant and app;
 - a ticket marked left is never served.
+- at a few clock points and timeout settings, ``due_sessions`` returns exactly the
+  sessions ``due_endings`` ends among all live ones (the sweep reads only those).
 
 The stores are async and the machine is not: each machine runs its own event loop and
 creates its Redis client inside it. Each example uses its own key prefix (no FLUSHDB).
@@ -59,6 +61,7 @@ from matchmaker.models import (
     TicketState,
 )
 from matchmaker.store import Store, StoreError, open_store
+from matchmaker.timeouts import due_endings
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +75,10 @@ CLIENTS = [None, "alice", "bob"]
 TTL_S = 10.0
 REPORTED = [SlotState.READY, SlotState.READY, SlotState.STARTING, SlotState.DEAD, SlotState.RESETTING]
 loads = st.floats(min_value=0.0, max_value=1.0)
+# Timeouts a few steps long (the clock moves up to 4 s a step), and all off but the grace.
+DUE_RULES = [{"connect_timeout_s": 5.0, "reconnect_grace_s": 2.0, "idle_timeout_s": 8.0, "max_session_s": 30.0},
+             {"connect_timeout_s": 0.0, "reconnect_grace_s": 0.0, "idle_timeout_s": 0.0, "max_session_s": 0.0}]
+DUE_AT = [0.0, 2.5, 7.25, 31.0]  # seconds after the machine's clock
 
 
 def _key(value: Any) -> Any:
@@ -406,6 +413,21 @@ class AllocatorMachine(RuleBasedStateMachine):
                 for tenant, app, length in self._run(store.queues())
                 for t in self._run(store.waiting(tenant, app, length)) if t.request.client_key)
             assert all(n == 1 for n in keys.values()), keys
+
+    @invariant()
+    def due_sessions_are_exactly_the_due_endings(self) -> None:
+        for store in self.stores:
+            sessions = self._run(store.sessions())
+            for rules in DUE_RULES:
+                for dt in DUE_AT:
+                    now = self.now + dt
+                    want = {sid for sid, _ in due_endings(sessions, now, **rules)}
+                    got = [s.session_id for s in self._run(store.due_sessions(now, limit=50, **rules))]
+                    assert len(got) == len(want) and set(got) == want, (now, rules, got, want)
+                    if len(want) > 1:
+                        event("several sessions due")
+            few = self._run(store.due_sessions(self.now + DUE_AT[-1], limit=1, **DUE_RULES[0]))
+            assert len(few) == min(1, len(sessions))  # everything is past its max length then
 
     @invariant()
     def queue_positions_are_one_to_n(self) -> None:

@@ -17,8 +17,19 @@ import msgspec
 import orjson
 import pytest
 
+from matchmaker import service
 from matchmaker.config import MatchmakerSettings
-from matchmaker.models import Ticket, TicketState
+from matchmaker.models import (
+    EndReason,
+    Heartbeat,
+    HostRegistration,
+    Session,
+    SlotReport,
+    SlotSpec,
+    SlotState,
+    Ticket,
+    TicketState,
+)
 from matchmaker.records import MemorySink
 from matchmaker.server import MatchmakerServer, build_matchmaker
 from matchmaker.service import Matchmaker
@@ -302,6 +313,40 @@ async def test_never_connected_and_max_length_end_sessions_with_reasons(make_api
     await eventually(lambda: _async(len(api.sink.records) == 2), "both sessions to end")
     reasons = {r.session_id: r.end_reason for r in api.sink.records}
     assert reasons == {lazy["session_id"]: "never_connected", busy["session_id"]: "max_session_length"}
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """The sweep reads due sessions in bounded rounds and goes on while rounds come back full."""
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    settings = MatchmakerSettings(state_url=url, key_prefix=f"t{uuid.uuid4().hex[:8]}", token_secret=TOKEN_SECRET,
+                                  heartbeat_ttl_s=1e9, connect_timeout_s=60.0)
+    sink = MemorySink()
+    mm = build_matchmaker(settings, sink=sink)
+    t = 1_800_000_000.25
+    n = 2 * service._DUE_BATCH + 34
+    try:
+        await mm.store.register_host(HostRegistration(
+            host_id="h1", boot_id="b1", signaling_url="ws://127.0.0.1:1",
+            slots=[SlotSpec(index=i, tenant="acme", app="game", streamer_id=f"h1-{i}") for i in range(n + 1)]), t)
+        await mm.store.heartbeat("h1", Heartbeat(boot_id="b1", slots=[
+            SlotReport(index=i, state=SlotState.READY) for i in range(n + 1)]), t)
+        ids = []
+        for i in range(n + 1):
+            s = Session(session_id=f"s-{i}", tenant="acme", app="game", slot_id=f"h1/{i}", host_id="h1",
+                        streamer_id=f"h1-{i}", signaling_url="ws://", region="local", created_at=t + i / 1000,
+                        last_activity=t + i / 1000)
+            assert await mm.store.claim_slot(s.slot_id, s)
+            ids.append(s.session_id)
+        await mm.store.mark_connected(ids[-1], t + 30.0)  # not due
+        mm.clock = lambda: t + 61.0 + n / 1000
+        await mm.sweep()
+        assert sorted(r.session_id for r in sink.records) == sorted(ids[:-1])
+        assert {r.end_reason for r in sink.records} == {EndReason.NEVER_CONNECTED}
+        assert [s.session_id for s in await mm.store.sessions()] == [ids[-1]]
+    finally:
+        await mm.aclose()
 
 
 async def test_dead_host_ends_sessions_and_leaves_the_pool(make_api: MakeApi) -> None:

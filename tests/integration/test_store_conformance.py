@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,7 @@ from matchmaker.models import (
     TicketState,
 )
 from matchmaker.store import HostConflict, QueueFull, Store, UnknownHost, open_store
+from matchmaker.timeouts import due_endings
 
 pytestmark = pytest.mark.integration
 
@@ -374,3 +376,124 @@ async def test_an_unchanged_record_at_epoch_times_is_ended(store: Store) -> None
     seen = await store.session(s.session_id)
     ended = await store.end_session(s.session_id, EndReason.PLAYER_LEFT, t + 40.5, if_unchanged=seen)
     assert ended is not None and ended.end_reason is EndReason.PLAYER_LEFT
+
+
+# --- due_sessions: the sweep's read, checked against due_endings on the same records -----
+
+EPOCH = 1_800_000_000.123456
+RULES = {"connect_timeout_s": 60.0, "reconnect_grace_s": 30.0, "idle_timeout_s": 300.0, "max_session_s": 3600.0}
+OFF = {"connect_timeout_s": 0.0, "reconnect_grace_s": 0.0, "idle_timeout_s": 0.0, "max_session_s": 0.0}
+
+
+async def due(store: Store, now: float, limit: int = 100, rules: dict[str, float] | None = None
+              ) -> dict[str, EndReason]:
+    """The ids due_sessions returns (RULES, changed by ``rules``), with due_endings' verdict
+    on each; asserts that they are exactly the ids due_endings finds among all live sessions."""
+    rules = {**RULES, **(rules or {})}
+    got = await store.due_sessions(now, limit=limit, **rules)
+    want = dict(due_endings(await store.sessions(), now, **rules))
+    ids = [s.session_id for s in got]
+    assert len(ids) == len(set(ids)) == min(limit, len(want)), (ids, want)
+    assert set(ids) <= set(want), (ids, want)
+    return {sid: want[sid] for sid in ids}
+
+
+async def test_due_sessions_follow_each_rule_and_transition(store: Store) -> None:
+    t = EPOCH
+    await store.register_host(registration(slots=4), t)
+    await store.heartbeat("h1", beat(states={i: SlotState.READY for i in range(4)}), t)
+    a, b, c = (new_session(f"h1/{i}", now=t + i * 0.01) for i in range(3))
+    for s in (a, b, c):
+        assert await store.claim_slot(s.slot_id, s)
+    assert await due(store, t + 60.0) == {}
+    assert await due(store, t + 60.005) == {a.session_id: EndReason.NEVER_CONNECTED}
+    await store.mark_connected(a.session_id, t + 10.25)  # a: idle counts from here
+    await store.mark_connected(b.session_id, t + 10.5)
+    await store.mark_disconnected(b.session_id, t + 20.75)  # b: the grace counts from here
+    await store.touch(c.session_id, t + 30.125)  # c: still never connected, later
+    assert await due(store, t + 50.75) == {}
+    assert await due(store, t + 50.76) == {b.session_id: EndReason.PLAYER_LEFT}
+    assert await due(store, t + 90.2) == {b.session_id: EndReason.PLAYER_LEFT,
+                                          c.session_id: EndReason.NEVER_CONNECTED}
+    await store.reattach(b.session_id, t + 45.0)  # b is back: assigned, connect timeout from here
+    assert await due(store, t + 105.0) == {c.session_id: EndReason.NEVER_CONNECTED}
+    assert await due(store, t + 105.1) == {b.session_id: EndReason.NEVER_CONNECTED,
+                                           c.session_id: EndReason.NEVER_CONNECTED}
+    await store.touch(a.session_id, t + 200.0)
+    assert set(await due(store, t + 500.0)) == {b.session_id, c.session_id}
+    assert await due(store, t + 500.1) == {a.session_id: EndReason.IDLE, b.session_id: EndReason.NEVER_CONNECTED,
+                                           c.session_id: EndReason.NEVER_CONNECTED}
+    # Timeouts of 0 are off; a grace of 0 is not: a disconnected player is due at once.
+    assert await due(store, t + 500.1, rules=OFF) == {}
+    await store.mark_connected(c.session_id, t + 501.0)
+    await store.mark_disconnected(c.session_id, t + 502.0)
+    assert await due(store, t + 502.0, rules=OFF) == {}
+    assert await due(store, t + 502.000001, rules=OFF) == {c.session_id: EndReason.PLAYER_LEFT}
+    only_max = {"connect_timeout_s": 0.0, "reconnect_grace_s": 1e9, "idle_timeout_s": 0.0}
+    assert await due(store, t + 3600.0, rules=only_max) == {}
+    assert set(await due(store, t + 3600.025, rules=only_max)) == {a.session_id, b.session_id, c.session_id}
+    # Ended sessions are never due, however they ended.
+    await store.end_session(a.session_id, EndReason.FORCE_ENDED, t + 600.0)
+    assert set(await due(store, t + 5000.0)) == {b.session_id, c.session_id}
+
+
+async def test_due_sessions_drop_sessions_ended_by_host_death_and_slot_failure(store: Store) -> None:
+    t = EPOCH
+    await ready_host(store, slots=2)
+    await ready_host(store, host="h2", boot="c1")
+    await store.heartbeat("h1", beat(), t)
+    await store.heartbeat("h2", beat(boot="c1"), t)
+    sessions = [new_session(slot, now=t) for slot in ("h1/0", "h1/1", "h2/0", "h2/1")]
+    for s in sessions:
+        assert await store.claim_slot(s.slot_id, s)
+    assert len(await due(store, t + 61.0)) == 4
+    failed, _ = await store.heartbeat("h1", beat(states={0: SlotState.DEAD, 1: SlotState.READY}), t + 1.0)
+    assert [x.session_id for x in failed] == [sessions[0].session_id]
+    await store.heartbeat("h1", beat(states={0: SlotState.DEAD, 1: SlotState.READY}), t + 20.0)
+    gone = await store.expire_hosts(t + 20.0, ttl_s=10.0)  # h2 is silent
+    assert {x.session_id for x in gone} == {sessions[2].session_id, sessions[3].session_id}
+    assert set(await due(store, t + 61.0)) == {sessions[1].session_id}
+
+
+async def test_due_sessions_respect_the_limit_most_overdue_first(store: Store) -> None:
+    t = EPOCH
+    await store.register_host(registration(slots=6), t)
+    await store.heartbeat("h1", beat(states={i: SlotState.READY for i in range(6)}), t)
+    await ready_host(store, host="h2", boot="c1", tenant="beta")
+    await store.heartbeat("h2", beat(boot="c1"), t)
+    older = [new_session(f"h1/{i}", now=t + i) for i in range(6)]
+    beta = new_session("h2/0", tenant="beta", now=t + 2.5)
+    for s in [*older, beta]:
+        assert await store.claim_slot(s.slot_id, s)
+    now = t + 70.0  # h1/0..5 are 10..5 s overdue, beta 7.5 s
+    assert await store.due_sessions(now, limit=0, **RULES) == []
+    first = [s.session_id for s in await store.due_sessions(now, limit=3, **RULES)]
+    assert first == [older[0].session_id, older[1].session_id, older[2].session_id]
+    assert list(await due(store, now, limit=4)) == [*first, beta.session_id]
+    assert len(await due(store, now, limit=7)) == 7
+    for sid in first:  # the sweep ends what it got; the next round gets the next ones
+        await store.end_session(sid, EndReason.NEVER_CONNECTED, now)
+    assert list(await due(store, now, limit=2)) == [beta.session_id, older[3].session_id]
+
+
+async def test_due_sessions_at_the_deadline_to_the_last_bit(store: Store) -> None:
+    """Epoch times have 17 significant digits: each due_sessions answer, one double apart
+    around each deadline, is exactly due_endings' (a score kept to 14 digits is not)."""
+    t = 1_800_000_000.0 + 0.7654321
+    await store.register_host(registration(), t)
+    await store.heartbeat("h1", beat(), t)
+    s, r = new_session("h1/0", now=t), new_session("h1/1", now=t + 0.1)
+    for x in (s, r):
+        assert await store.claim_slot(x.slot_id, x)
+    await store.mark_connected(r.session_id, t + 1.1)
+    await store.mark_disconnected(r.session_id, t + 2.3456789)
+    rules = {"connect_timeout_s": 7.3, "reconnect_grace_s": 0.1, "idle_timeout_s": 0.0, "max_session_s": 0.0}
+    for deadline, who in ((t + 7.3, s), (t + 2.3456789 + 0.1, r)):
+        now = math.nextafter(deadline, 0.0)
+        for _ in range(8):
+            now = math.nextafter(now, 0.0)
+        seen = []
+        for _ in range(16):
+            seen.append(who.session_id in await due(store, now, rules=rules))
+            now = math.nextafter(now, math.inf)
+        assert seen[0] is False and seen[-1] is True and seen == sorted(seen), seen

@@ -154,6 +154,55 @@ async def test_replicas_never_share_a_slot(open_redis: OpenStore) -> None:
     assert sum(e is not None for e in ends) == 4
 
 
+INDEXES = ("created", "since:assigned", "since:connected", "since:disconnected")
+
+
+async def deadline_index(store: RedisStore, tenant: str = "acme") -> dict[str, dict[str, float]]:
+    tag = store._tag(tenant)
+    return {name: {m.decode(): score for m, score in await store._r.zrange(f"{tag}:{name}", 0, -1, withscores=True)}
+            for name in INDEXES}
+
+
+async def test_the_deadline_indexes_follow_every_transition_exactly(open_redis: OpenStore) -> None:
+    store = open_redis()
+    t = 1_800_000_000.0 + 0.1234567
+    await store.register_host(registration(slots=2), t)
+    await store.heartbeat("h1", beat(), t)
+    a, b = new_session("h1/0", now=t), new_session("h1/1", now=t + 0.1)
+    assert await store.claim_slot("h1/0", a) and await store.claim_slot("h1/1", b)
+    a_, b_ = a.session_id, b.session_id
+    assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {a_: t, b_: t + 0.1},
+                                           "since:connected": {}, "since:disconnected": {}}
+    await store.mark_connected(a_, t + 1.1)
+    await store.mark_disconnected(a_, t + 2.2)
+    await store.touch(b_, t + 3.3)
+    assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {b_: t + 3.3},
+                                           "since:connected": {}, "since:disconnected": {a_: t + 2.2}}
+    await store.reattach(a_, t + 4.4)
+    await store.mark_connected(b_, t + 5.5)
+    await store.touch(b_, t + 6.6)
+    assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {a_: t + 4.4},
+                                           "since:connected": {b_: t + 6.6}, "since:disconnected": {}}
+    await store.end_session(b_, EndReason.PLAYER_LEFT, t + 7.0)
+    await store.heartbeat("h1", beat(states={0: SlotState.DEAD}), t + 8.0)  # a's slot fails
+    assert await deadline_index(store) == {name: {} for name in INDEXES}
+
+
+async def test_sessions_written_before_the_indexes_are_indexed_by_the_next_due_read(open_redis: OpenStore) -> None:
+    """An upgrade finds live sessions without index entries: they must still time out."""
+    store = open_redis()
+    await ready_host(store)
+    a, b = new_session("h1/0", now=100.0), new_session("h1/1", now=130.0)
+    assert await store.claim_slot("h1/0", a) and await store.claim_slot("h1/1", b)
+    await store.mark_connected(b.session_id, 131.0)
+    before = await deadline_index(store)
+    for name in INDEXES:
+        await store._r.delete(f"{store._tag('acme')}:{name}")
+    rules = {"connect_timeout_s": 60.0, "reconnect_grace_s": 30.0, "idle_timeout_s": 0.0, "max_session_s": 0.0}
+    assert [s.session_id for s in await store.due_sessions(161.0, limit=10, **rules)] == [a.session_id]
+    assert await deadline_index(store) == before
+
+
 async def test_an_interrupted_drain_is_finished_by_the_next_sweep(open_redis: OpenStore) -> None:
     store, other = open_redis(), open_redis()
     await ready_host(store)
