@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
+from matchmaker.placement import POLICIES
+
 
 class MatchmakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
@@ -39,3 +41,8 @@ class MatchmakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     expected_session_s: float = 600.0      # ETA before any session has ended here
     sweep_interval_s: float = 0.5
     records_path: str | None = None        # JSON-lines session records; None = kept in memory
+
+    def __post_init__(self) -> None:
+        # The Redis store's script would read an unknown policy as spread: refuse it here.
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown placement policy {self.policy!r}; choose from {', '.join(POLICIES)}")

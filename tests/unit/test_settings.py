@@ -46,3 +46,11 @@ def test_sections_read_only_their_variables() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Settings().host = "x"  # type: ignore[misc]
+
+
+def test_an_unknown_placement_policy_is_refused_at_load() -> None:
+    from matchmaker.server import load_matchmaker_settings
+
+    assert load_matchmaker_settings({"PIXELFLEET_MATCHMAKER__POLICY": "pack"}).policy == "pack"
+    with pytest.raises(ConfigError, match="unknown placement policy 'nope'"):
+        load_matchmaker_settings({"PIXELFLEET_MATCHMAKER__POLICY": "nope"})
