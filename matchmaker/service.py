@@ -10,7 +10,6 @@ others'. The only per-replica state is the ETA estimate and wake-ups.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import secrets
 import time
@@ -89,7 +88,7 @@ class Matchmaker:
         self._changed = asyncio.Condition()
         self._mean_session_s = settings.expected_session_s
         self._task: asyncio.Task[None] | None = None
-        self._counts: tuple[float, asyncio.Future[collections.Counter[tuple[str, str]]]] | None = None
+        self._counts: dict[tuple[str, str], tuple[float, int]] = {}  # (tenant, app) -> (read at, slots)
         self._closing = False
         self._flushing: asyncio.Task[None] | None = None
         self._flush_again = False
@@ -146,28 +145,22 @@ class Matchmaker:
         return Allocation(session, token, self.settings.idle_timeout_s)
 
     async def _eta(self, request: AllocationRequest, position: int) -> float:
-        slots = (await self._slot_counts())[(request.tenant, request.app)]
+        slots = await self._slot_count(request.tenant, request.app)
         return round(position * self._mean_session_s / max(slots, 1), 1)
 
-    async def _slot_counts(self) -> collections.Counter[tuple[str, str]]:
-        """Slots that are not dead, per (tenant, app), for ETAs. Listing every slot is
-        costly and every waiting client's stream re-reads its ETA on each change, so one
-        listing serves all callers for ``_SLOT_COUNTS_TTL_S`` (concurrent callers share it)."""
+    async def _slot_count(self, tenant: str, app: str) -> int:
+        """Registered slots of (tenant, app), for ETAs: one store read per queue and
+        ``_SLOT_COUNTS_TTL_S`` (every waiting client's stream re-reads its ETA)."""
         t = time.monotonic()
-        entry = self._counts
-        if entry is None or t - entry[0] > _SLOT_COUNTS_TTL_S:
-            future = asyncio.ensure_future(self._count_slots())
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if unawaited
-            entry = self._counts = (t, future)
-        try:
-            return await asyncio.shield(entry[1])
-        except StoreError:
-            if self._counts is entry:
-                self._counts = None  # the next caller asks again
-            raise
-
-    async def _count_slots(self) -> collections.Counter[tuple[str, str]]:
-        return collections.Counter((s.tenant, s.app) for s in await self.store.slots() if s.state != "dead")
+        key = (tenant, app)
+        known = self._counts.get(key)
+        if known is not None and t - known[0] <= _SLOT_COUNTS_TTL_S:
+            return known[1]
+        n = await self.store.slot_count(tenant, app)
+        if len(self._counts) > 10_000:
+            self._counts.clear()
+        self._counts[key] = (t, n)
+        return n
 
     # --- the queue, seen by a waiting client ---------------------------------------------
 

@@ -115,6 +115,10 @@ class Store(Protocol):
     async def serves(self, tenant: str, app: str) -> bool:
         """Whether any registered slot (whatever its state) serves this tenant and app."""
 
+    async def slot_count(self, tenant: str, app: str) -> int:
+        """How many registered slots (whatever their state) serve this tenant and app; an
+        O(1) read, for queue ETAs."""
+
     async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
         """Atomically: slot READY -> ASSIGNED to ``session`` (stored), and, with a ticket,
         that ticket WAITING (and not left) -> SERVED. The slot and the ticket must be of the session's

@@ -152,6 +152,9 @@ class MemoryStore:
     async def serves(self, tenant: str, app: str) -> bool:
         return any(s.tenant == tenant and s.app == app for s in self._slots.values())
 
+    async def slot_count(self, tenant: str, app: str) -> int:
+        return sum(s.tenant == tenant and s.app == app for s in self._slots.values())
+
     async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
                        ticket_id: str | None = None) -> Session | Returning | NoClaim:
         tenant, app = request.tenant, request.app

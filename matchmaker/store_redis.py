@@ -1356,6 +1356,11 @@ class RedisStore:
         n = await self._r.hget(f"{self._tag(tenant)}:apps", app)
         return n is not None and int(n) > 0
 
+    @_guarded
+    async def slot_count(self, tenant: str, app: str) -> int:
+        n = await self._r.hget(f"{self._tag(tenant)}:apps", app)
+        return 0 if n is None else max(int(n), 0)
+
     def _allocate_calls(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
                         rnd: float, slot_id: str = "", ticket_id: str | None = None,
                         session: Session | None = None) -> list[_Call]:
