@@ -116,8 +116,8 @@ class Store(Protocol):
         """Whether any registered slot (whatever its state) serves this tenant and app."""
 
     async def slot_count(self, tenant: str, app: str) -> int:
-        """How many registered slots (whatever their state) serve this tenant and app; an
-        O(1) read, for queue ETAs."""
+        """How many slots of live hosts (whatever the slot's state) serve this tenant and
+        app; an O(1) read on Redis, for queue ETAs."""
 
     async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
         """Atomically: slot READY -> ASSIGNED to ``session`` (stored), and, with a ticket,

@@ -153,7 +153,8 @@ class MemoryStore:
         return any(s.tenant == tenant and s.app == app for s in self._slots.values())
 
     async def slot_count(self, tenant: str, app: str) -> int:
-        return sum(s.tenant == tenant and s.app == app for s in self._slots.values())
+        return sum(s.tenant == tenant and s.app == app and not self._hosts[s.host_id].dead
+                   for s in self._slots.values())
 
     async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
                        ticket_id: str | None = None) -> Session | Returning | NoClaim:

@@ -26,6 +26,7 @@ Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash 
     {P:T}:hosts          HASH  host id -> the tenant's copy of the host's state:
                                {v: ver, i: inc, d: draining, x: dead, s: [slot ids]}
     {P:T}:apps           HASH  app -> number of registered slots (``serves``)
+    {P:T}:live           HASH  app -> its slots on live hosts (``slot_count``, ETAs)
     {P:T}:ready:<app>    HASH  slot id -> Slot JSON of the claimable slots (READY on a
                                live, non-draining host); ``ready_slots`` is one HVALS
     {P:T}:rz:<app>       ZSET  claimable slot id -> load in whole percent (placement)
@@ -445,10 +446,16 @@ local raw = redis.call('HGET', KEYS[1], host)
 local hc = raw and cjson.decode(raw)
 if hc and hc.v >= ver then return {} end
 local ended = {}
-local function drop(sid)
+-- {P:T}:live counts each app's slots on live hosts (queue ETAs): +1 when a live host's
+-- slot is created, -1 when it is dropped or its host dies.
+local function live(app, n)
+  if redis.call('HINCRBY', tag .. ':live', app, n) <= 0 then redis.call('HDEL', tag .. ':live', app) end
+end
+local function drop(sid, alive)
   local sr = redis.call('HGET', K_slots, sid)
   if not sr then return end
   local slot = cjson.decode(sr)
+  if alive then live(slot.app, -1) end
   if truthy(slot.session_id) then
     local e = end_sess(tag, slot.session_id, 'host_dead', now)
     if e then ended[#ended + 1] = e end
@@ -458,7 +465,7 @@ local function drop(sid)
   if redis.call('HINCRBY', K_apps, slot.app, -1) <= 0 then redis.call('HDEL', K_apps, slot.app) end
 end
 if hc and hc.i ~= inc then
-  for _, sid in ipairs(hc.s) do drop(sid) end
+  for _, sid in ipairs(hc.s) do drop(sid, not hc.x) end
   hc = nil
 end
 if not hc then
@@ -470,9 +477,10 @@ if not hc then
   end
   hc = {v = ver, i = inc, d = false, x = false, s = {}}
   for _, spec in ipairs(specs) do
-    drop(spec.slot_id)
+    drop(spec.slot_id, false)
     redis.call('HSET', K_slots, spec.slot_id, enc(spec))
     redis.call('HINCRBY', K_apps, spec.app, 1)
+    live(spec.app, 1)
     hc.s[#hc.s + 1] = spec.slot_id
   end
 end
@@ -482,6 +490,7 @@ if dead and not hc.x then
     local sr = redis.call('HGET', K_slots, sid)
     if sr then
       local slot = cjson.decode(sr)
+      live(slot.app, -1)
       if slot.session_id ~= NULL then
         local e = end_sess(tag, slot.session_id, 'host_dead', now)
         if e then ended[#ended + 1] = e end
@@ -1358,7 +1367,7 @@ class RedisStore:
 
     @_guarded
     async def slot_count(self, tenant: str, app: str) -> int:
-        n = await self._r.hget(f"{self._tag(tenant)}:apps", app)
+        n = await self._r.hget(f"{self._tag(tenant)}:live", app)
         return 0 if n is None else max(int(n), 0)
 
     def _allocate_calls(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,

@@ -381,6 +381,16 @@ class AllocatorMachine(RuleBasedStateMachine):
                     assert got == want, (tenant, app, got, want)
 
     @invariant()
+    def slot_count_is_the_slots_of_live_hosts(self) -> None:
+        for store in self.stores:
+            hosts: dict[str, Host] = {h.host_id: h for h in self._run(store.hosts())}
+            slots = self._run(store.slots())
+            for tenant in TENANTS:
+                for app in APPS:
+                    want = sum(s.tenant == tenant and s.app == app and not hosts[s.host_id].dead for s in slots)
+                    assert self._run(store.slot_count(tenant, app)) == want, (tenant, app)
+
+    @invariant()
     def redis_placement_indexes_hold_exactly_the_claimable_slots(self) -> None:
         """The Redis store places over score indexes; a slot missing from them would
         never be allocated, one too many would be refused at the claim."""

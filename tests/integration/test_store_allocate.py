@@ -280,7 +280,7 @@ async def test_records_are_taken_in_batches_by_disjoint_takers(store: Store) -> 
     assert len(ids) == len(set(ids)) >= 2 and all(len(b) <= 2 for b in batches)
 
 
-async def test_slot_count_counts_registered_slots_whatever_their_state(store: Store) -> None:
+async def test_slot_count_counts_the_slots_of_live_hosts(store: Store) -> None:
     assert await store.slot_count("acme", "game") == 0
     await host(store, "h1", slots=3, states={1: SlotState.DEAD})
     await host(store, "h2", slots=2, app="other")
@@ -288,8 +288,10 @@ async def test_slot_count_counts_registered_slots_whatever_their_state(store: St
     assert await store.slot_count("acme", "game") == 3
     assert await store.slot_count("acme", "other") == 2
     assert await store.slot_count("someone-else", "game") == 0
-    assert await store.expire_hosts(1000.0, 60.0)  # h1 dies: its slots are still registered
-    assert await store.slot_count("acme", "game") == 3
+    await beat(store, "h2", now=990.0)
+    assert await store.expire_hosts(1000.0, 60.0)  # h1 dies (its session ends), h2 lives
+    assert await store.slot_count("acme", "game") == 0
+    assert await store.slot_count("acme", "other") == 2
     await store.register_host(HostRegistration(  # back, smaller
         host_id="h1", boot_id="b2", region="eu", gpu_model="A10G", signaling_url="ws://127.0.0.1:80",
         slots=[SlotSpec(index=0, tenant="acme", app="game", streamer_id="h1-0")]), 1001.0)
