@@ -62,6 +62,7 @@ from matchmaker.models import (
 )
 from matchmaker.store import Store, StoreError, open_store
 from matchmaker.timeouts import due_endings
+from tests.integration.test_store_allocate import best_slots
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +73,8 @@ BOOTS = ["b1", "b2"]
 TENANTS = ["acme", "beta"]
 APPS = ["game", "demo"]
 CLIENTS = [None, "alice", "bob"]
+REGION = {"h1": "eu", "h2": "us", "h3": "eu"}
+GPU = {"h1": "A10G", "h2": "A10G", "h3": "L4"}
 TTL_S = 10.0
 REPORTED = [SlotState.READY, SlotState.READY, SlotState.STARTING, SlotState.DEAD, SlotState.RESETTING]
 loads = st.floats(min_value=0.0, max_value=1.0)
@@ -150,7 +153,7 @@ class AllocatorMachine(RuleBasedStateMachine):
           specs=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(TENANTS), st.sampled_from(APPS)),
                          min_size=1, max_size=4), warm=st.booleans())
     def register(self, host: str, boot: str, specs: list[tuple[int, str, str]], warm: bool) -> None:
-        reg = HostRegistration(host_id=host, boot_id=boot, region="eu", gpu_model="A10G",
+        reg = HostRegistration(host_id=host, boot_id=boot, region=REGION[host], gpu_model=GPU[host],
                                signaling_url=f"ws://{host}:80",
                                slots=[SlotSpec(index=i, tenant=t, app=a, streamer_id=f"{host}-{i}")
                                       for i, t, a in specs])
@@ -265,6 +268,31 @@ class AllocatorMachine(RuleBasedStateMachine):
                 assert served.state is TicketState.SERVED and served.session_id == session.session_id
         elif left:
             event("a ticket marked left got no slot")
+
+    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), client=st.sampled_from(CLIENTS),
+          policy=st.sampled_from(["spread", "pack"]), region=st.sampled_from([None, "eu", "us"]),
+          gpu=st.sampled_from([None, "A10G", "L4"]), data=st.data())
+    def allocate(self, tenant: str, app: str, client: str | None, policy: str, region: str | None,
+                 gpu: str | None, data: st.DataObject) -> None:
+        """Placement and claim in one step, in lockstep on every store. Placement breaks
+        exact ties by chance, so a request is only made when its best slot is unique."""
+        request = AllocationRequest(tenant=tenant, app=app, client_key=client, region=region, gpu_model=gpu)
+        ticket_id = None
+        if self.tickets and data.draw(st.booleans()):
+            ticket_id = data.draw(st.sampled_from(self.tickets)).ticket_id
+        pool = self._run(self.stores[0].ready_slots(tenant, app))
+        best = best_slots(pool, request, policy) if pool else set()
+        if len(best) > 1:
+            event("allocate: tied best slots, not asked")
+            return
+        sid = self._id("s")
+        out = self.call("allocate", request, sid, self.now, policy=policy, ticket_id=ticket_id)
+        if isinstance(out, Session):
+            assert out.slot_id in best and out.session_id == sid, (out, best)
+            event("allocated with a ticket" if ticket_id else "allocated")
+            self.session_ids.append(sid)
+        else:
+            event(f"allocate: {out}")
 
     # --- sessions -------------------------------------------------------------------
 

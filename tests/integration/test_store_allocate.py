@@ -156,7 +156,7 @@ async def test_the_order_matches_placement_rank(store: Store) -> None:
         for shape in ({}, {"region": "us"}, {"gpu_model": "A10G"}, {"region": "us", "gpu_model": "A10G"}):
             request = req(**shape)
             pool = await store.ready_slots("acme", "game")
-            best = _best(pool, request, policy)
+            best = best_slots(pool, request, policy)
             got = await store.allocate(request, f"s-{uuid.uuid4().hex[:6]}", 200.0, policy=policy)
             assert isinstance(got, Session) and got.slot_id in best, (policy, shape, got, best)
             # Give the slot back (end, then the agent's reset report) for the next shape.
@@ -168,7 +168,7 @@ async def test_the_order_matches_placement_rank(store: Store) -> None:
             assert len(await store.ready_slots("acme", "game")) == 9
 
 
-def _best(pool: list[Slot], request: AllocationRequest, policy: str) -> set[str]:
+def best_slots(pool: list[Slot], request: AllocationRequest, policy: str) -> set[str]:
     """Every slot ``rank`` could put first (it breaks exact ties by chance)."""
     pool = [s for s in pool if not request.gpu_model or s.gpu_model == request.gpu_model]
     free = collections.Counter(s.host_id for s in pool)
@@ -296,3 +296,33 @@ async def test_slot_count_counts_the_slots_of_live_hosts(store: Store) -> None:
         host_id="h1", boot_id="b2", region="eu", gpu_model="A10G", signaling_url="ws://127.0.0.1:80",
         slots=[SlotSpec(index=0, tenant="acme", app="game", streamer_id="h1-0")]), 1001.0)
     assert await store.slot_count("acme", "game") == 1
+
+
+async def test_random_pools_always_get_a_best_slot(store: Store) -> None:
+    """Differential: random pools (regions, GPU models, loads with many ties, hosts of
+    different sizes) and random requests; every allocation must be one of the slots
+    ``placement.rank`` puts first. Each allocation shrinks the pool, so host fill keeps
+    changing (the spread tie-break and pack order)."""
+    import random
+
+    rng = random.Random(20261127)
+    for round_ in range(6):
+        hosts = [f"r{round_}h{i}" for i in range(rng.randint(2, 6))]
+        for h in hosts:
+            n = rng.randint(1, 5)
+            await host(store, h, slots=n, region=rng.choice(["eu", "us", "ap"]), gpu=rng.choice(["A10G", "L4"]),
+                       loads={k: rng.choice([0.0, 0.25, 0.5, 0.5, 0.75]) for k in range(n)}, app=f"app{round_}")
+        while True:
+            request = req(app=f"app{round_}", **{k: v for k, v in (
+                ("region", rng.choice(["", "eu", "us", "ap"])), ("gpu_model", rng.choice(["", "", "A10G", "L4"])))
+                if v})
+            policy = rng.choice(["spread", "pack"])
+            pool = await store.ready_slots("acme", request.app)
+            if not pool:
+                break
+            best = best_slots(pool, request, policy)
+            got = await store.allocate(request, f"s-{uuid.uuid4().hex[:8]}", 200.0, policy=policy)
+            if not best:
+                assert got is NoClaim.NO_SLOT, (request, got)
+                continue
+            assert isinstance(got, Session) and got.slot_id in best, (policy, request, got, best, pool)
