@@ -65,3 +65,16 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
     for label in ("allocs/s", "p99 ms", "CPU cores: redis", "raw claim ceiling", "saturated (http closed x2)",
                   "open loop: offered", "redis per allocation", "targets:"):
         assert label in text, label
+
+
+def test_bench_sweep_reads_the_same_sessions_both_ways(tmp_path: Path) -> None:
+    """The sweep benchmark at toy scale: both reads see the sessions it made, and the
+    deadline read finds exactly the ones made overdue."""
+    from loadtest.bench_sweep import main as sweep_main
+
+    require_binary("redis-server")
+    out = tmp_path / "sweep.json"
+    assert sweep_main(["--sessions", "60", "--due", "0,7", "--repeat", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["live"], r["due_made"], r["listed"], r["due"]) for r in rows] == [(60, 0, 60, 0), (60, 7, 60, 7)]
+    assert all(r["sessions_ms"] > 0 and r["due_sessions_ms"] > 0 for r in rows)
