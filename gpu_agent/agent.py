@@ -146,7 +146,8 @@ class Agent:
         sample = self.telemetry.latest
         gpu = max((g.utilization_gpu or 0 for g in sample.gpus), default=0) / 100.0
         enc = max((g.encoder_utilization or 0 for g in sample.gpus), default=0) / 100.0
-        return Heartbeat(boot_id=self.boot_id, slots=self.slots.reports(sample), gpu_load=gpu, nvenc_load=enc)
+        return Heartbeat(boot_id=self.boot_id, slots=self.slots.reports(sample), gpu_load=gpu, nvenc_load=enc,
+                         draining=bool(self.drain_reasons - {DrainReason.ADMIN}))
 
     def _changed(self) -> None:
         if self.reporter is not None:

@@ -25,7 +25,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # The matchmaker's agent API.
     matchmaker_url: str = "http://127.0.0.1:9999"
     agent_token: str | None = None          # bearer token of agents (PIXELFLEET_MATCHMAKER__AGENT_TOKEN there)
-    admin_token: str | None = None          # optional: lets a draining agent mark its host draining first
+    admin_token: str | None = None          # optional: marks the host draining before the next heartbeat does
     heartbeat_period_s: float = 2.0         # the matchmaker declares a host dead after heartbeat_ttl_s (10 s)
     request_timeout_s: float = 5.0
     retry_max_s: float = 10.0               # longest wait between tries while the matchmaker is down

@@ -86,6 +86,9 @@ class Heartbeat(Struct, kw_only=True):
     slots: list[SlotReport]
     nvenc_load: float = 0.0
     gpu_load: float = 0.0
+    # The agent drains its host (SIGTERM, Spot notice): no new sessions there. Only ever
+    # sets draining, so an agent's heartbeat never undoes an operator's drain.
+    draining: bool = False
 
 
 class SlotReset(Struct, kw_only=True):

@@ -297,6 +297,9 @@ class Matchmaker:
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
         ended, reply = await self.store.heartbeat(host_id, heartbeat, self.clock())
         await self._record(ended)
+        if heartbeat.draining and not reply.draining:  # the agent's own drain, with its own token
+            await self.drain(host_id, True)
+            reply = msgspec.structs.replace(reply, draining=True)
         if any(r.state == "ready" for r in heartbeat.slots):
             await self.dispatch()
         return reply

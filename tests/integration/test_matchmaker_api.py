@@ -362,6 +362,31 @@ async def test_dead_host_ends_sessions_and_leaves_the_pool(make_api: MakeApi) ->
     assert status == 202  # the app is still known, but nothing is ready
 
 
+async def test_an_agent_drains_its_own_host_with_its_heartbeat(make_api: MakeApi) -> None:
+    """An agent shutting down (SIGTERM, Spot notice) says so in its heartbeat, with the
+    agent token: the host takes no new sessions. A heartbeat never undoes a drain."""
+    api = await make_api()
+    await api.register(slots=2)
+    await api.beat(states=["ready", "ready"])
+    status, first = await api.allocate()
+    assert status == 201
+    beat = {"boot_id": "b1", "slots": [{"index": 0, "state": "ready"}, {"index": 1, "state": "ready"}]}
+    status, reply = await api.call("POST", "/api/v1/hosts/h1/heartbeat", {**beat, "draining": True}, AGENT)
+    assert status == 200 and reply["draining"] is True
+    _, hosts = await api.call("GET", "/api/v1/admin/hosts", token=ADMIN)
+    assert hosts[0]["draining"] is True
+    status, queued = await api.allocate()
+    assert status == 202, queued  # the free slot is on a draining host
+    status, reply = await api.call("POST", "/api/v1/hosts/h1/heartbeat", beat, AGENT)
+    assert status == 200 and reply["draining"] is True  # still draining
+    assert (await api.call("POST", "/api/v1/admin/hosts/h1/drain", {"draining": False}, ADMIN))[0] == 200
+    await eventually(lambda: _async_status(api, queued["ticket_id"], "assigned"), "the queued player to be served")
+
+
+async def _async_status(api: Api, ticket_id: str, want: str) -> bool:
+    return (await api.call("GET", f"/api/v1/queue/{ticket_id}"))[1]["status"] == want
+
+
 async def test_admin_lists_drains_and_force_ends(make_api: MakeApi) -> None:
     api = await make_api()
     await api.register(slots=2)
