@@ -29,6 +29,7 @@ class MatchmakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     anonymous_tenant: str = "default"
     # Lifecycle.
     heartbeat_ttl_s: float = 10.0          # a host silent this long is dead
+    dead_host_retention_s: float = 3600.0  # a dead host is listed this long, then forgotten; 0 = never
     connect_timeout_s: float = 60.0        # assigned but never connected
     reconnect_grace_s: float = 30.0        # a player who reconnects within it keeps the slot
     idle_timeout_s: float = 0.0            # connected, no activity reported; 0 = off

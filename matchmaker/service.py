@@ -354,6 +354,9 @@ class Matchmaker:
         now = self.clock()
         s = self.settings
         ended = await self.store.expire_hosts(now, s.heartbeat_ttl_s)
+        if s.dead_host_retention_s > 0:
+            for host_id in await self.store.forget_hosts(now, s.dead_host_retention_s):
+                log.info("host_forgotten", host=host_id)
         rules = {"connect_timeout_s": s.connect_timeout_s, "reconnect_grace_s": s.reconnect_grace_s,
                  "idle_timeout_s": s.idle_timeout_s, "max_session_s": s.max_session_s}
         for _ in range(_DUE_ROUNDS):  # only the due sessions: a sweep costs what ends

@@ -108,6 +108,12 @@ class Store(Protocol):
     async def expire_hosts(self, now: float, ttl_s: float) -> list[Session]:
         """Hosts silent for ``ttl_s`` are dead: slots DEAD, sessions ended (HOST_DEAD)."""
 
+    async def forget_hosts(self, now: float, retention_s: float) -> list[str]:
+        """Remove hosts dead for longer than ``retention_s`` (by their last heartbeat)
+        from the registry: record, slots, listings. Returns their ids, sorted. Under
+        autoscaling hosts come and go with new ids; without this the registry grows
+        forever. A forgotten host that registers again is simply new."""
+
     # --- the pool ---------------------------------------------------------------------
     async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
         """READY slots of live, non-draining hosts that serve this tenant and app."""

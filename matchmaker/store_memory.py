@@ -139,6 +139,13 @@ class MemoryStore:
                 slot.state = SlotState.DEAD
         return ended
 
+    async def forget_hosts(self, now: float, retention_s: float) -> list[str]:
+        gone = sorted(h.host_id for h in self._hosts.values() if h.dead and now - h.last_heartbeat > retention_s)
+        for host_id in gone:
+            for sid in self._hosts.pop(host_id).slot_ids:
+                self._slots.pop(sid, None)
+        return gone
+
     # --- pool -------------------------------------------------------------------------
 
     def _claimable(self, slot: Slot) -> bool:

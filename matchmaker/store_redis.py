@@ -20,6 +20,7 @@ Key layout (``P`` is the prefix, ``T`` a tenant; the part in braces is the hash 
                                specs: {tenant: [Slot JSON]}; old: tenants still holding
                                an older incarnation's slots
     {P}:dirty            SET   hosts whose tenant copies may lag their record
+    {P}:dead             ZSET  dead host id -> its last heartbeat (``forget_hosts``)
     {P}:tenants          SET   every tenant seen (listings iterate it; never KEYS)
     {P}:outbox           LIST  ended sessions no caller could return (see below)
     {P:T}:slots          HASH  slot id -> Slot JSON
@@ -303,7 +304,7 @@ local function end_sess(tag, sid, reason, now)
 end
 """
 
-# {P}: register a host. KEYS: host, hosts, hb, dirty, tenants, hseq.
+# {P}: register a host. KEYS: host, hosts, hb, dirty, tenants, hseq, dead.
 # ARGV: host id, boot, now, Host JSON, tmap JSON, specs JSON, tenants JSON.
 _REGISTER = _PRELUDE + r"""
 local cur = redis.call('HGET', KEYS[1], 'rec')
@@ -334,6 +335,8 @@ if cur then
 end
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'tmap', ARGV[5], 'specs', ARGV[6], 'inc', ver)
+redis.call('HDEL', KEYS[1], 'gone')
+redis.call('ZREM', KEYS[7], ARGV[1])
 if #old > 0 then redis.call('HSET', KEYS[1], 'old', cjson.encode(old)) end
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[6]), ARGV[1])
@@ -375,7 +378,7 @@ return {'ok', rec}
 """
 
 # {P}: mark silent hosts dead; return every dirty host and the outbox.
-# KEYS: hb, dirty, outbox. ARGV: '{P}', now, ttl, upper bound of candidate scores.
+# KEYS: hb, dirty, outbox, dead. ARGV: '{P}', now, ttl, upper bound of candidate scores.
 _EXPIRE = _PRELUDE + r"""
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])) do
@@ -393,12 +396,63 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])) do
       redis.call('HINCRBY', hk, 'ver', 1)
       redis.call('ZREM', KEYS[1], id)
       redis.call('SADD', KEYS[2], id)
+      redis.call('ZADD', KEYS[4], enc(h.last_heartbeat), id)
     end
   end
 end
 local out = redis.call('LRANGE', KEYS[3], 0, -1)
 redis.call('DEL', KEYS[3])
 return {redis.call('SMEMBERS', KEYS[2]), out}
+"""
+
+# {P}: hosts dead for longer than the retention (now - last heartbeat > retention, in
+# doubles as Python computes it) start to be forgotten: each becomes an empty incarnation
+# ('gone'), so the tenants drop its slots when it is applied. KEYS: dead, dirty.
+# ARGV: '{P}', now, retention. A host that came back meanwhile only leaves the index.
+_FORGET = r"""
+local now, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+local bound = string.format('%.17g', now - keep + (math.abs(now) + math.abs(keep)) * 1e-14)
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', bound, 'LIMIT', 0, 100)) do
+  local hk = ARGV[1] .. ':host:' .. id
+  local cur = redis.call('HGET', hk, 'rec')
+  local h = cur and cjson.decode(cur)
+  if not h or not h.dead then
+    redis.call('ZREM', KEYS[1], id)
+  elseif now - h.last_heartbeat > keep then
+    local old, seen = {}, {}
+    local prev = redis.call('HGET', hk, 'old')
+    for _, t in ipairs(prev and cjson.decode(prev) or {}) do
+      if not seen[t] then seen[t] = true; old[#old + 1] = t end
+    end
+    local tm = redis.call('HGET', hk, 'tmap')
+    for t, _ in pairs(tm and cjson.decode(tm) or {}) do
+      if not seen[t] then seen[t] = true; old[#old + 1] = t end
+    end
+    local ver = redis.call('HINCRBY', hk, 'ver', 1)
+    redis.call('HSET', hk, 'tmap', '{}', 'specs', '{}', 'inc', ver, 'gone', '1')
+    if #old > 0 then redis.call('HSET', hk, 'old', cjson.encode(old)) end
+    redis.call('SADD', KEYS[2], id)
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+# {P}: forgotten hosts whose tenants have caught up are deleted. KEYS: dead, dirty,
+# hosts. ARGV: '{P}', host ids...
+_DROP_HOSTS = r"""
+local out = {}
+for i = 2, #ARGV do
+  local hk = ARGV[1] .. ':host:' .. ARGV[i]
+  if redis.call('HGET', hk, 'gone') == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then
+    redis.call('DEL', hk)
+    redis.call('ZREM', KEYS[3], ARGV[i])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
 """
 
 # {P}: what the tenants must apply for these hosts. KEYS: hosts. ARGV: '{P}', host ids...
@@ -1080,6 +1134,8 @@ class RedisStore:
         self._position = script(_POSITION)
         self._waiting = script(_WAITING)
         self._queues = script(_QUEUES)
+        self._forget = script(_FORGET)
+        self._drop_hosts = script(_DROP_HOSTS)
         self._take_records = script(_TAKE_RECORDS)
         self._ack_records = script(_ACK_RECORDS)
 
@@ -1279,7 +1335,8 @@ class RedisStore:
             tmap.setdefault(spec.tenant, []).append(sid)
         g = self._g
         res = await self._register(
-            [self._host_key(reg.host_id), f"{g}:hosts", f"{g}:hb", f"{g}:dirty", f"{g}:tenants", f"{g}:hseq"],
+            [self._host_key(reg.host_id), f"{g}:hosts", f"{g}:hb", f"{g}:dirty", f"{g}:tenants", f"{g}:hseq",
+             f"{g}:dead"],
             [reg.host_id, reg.boot_id, _num(now), _enc.encode(host), _enc.encode(tmap), _enc.encode(specs),
              _enc.encode(list(specs))])
         if _text(res[0]) == "conflict":
@@ -1350,9 +1407,22 @@ class RedisStore:
     async def expire_hosts(self, now: float, ttl_s: float) -> list[Session]:
         g = self._g
         dirty, outbox = await self._expire(
-            [f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, _num(now), _num(ttl_s), _num(now - ttl_s + _HB_SLACK_S)])
+            [f"{g}:hb", f"{g}:dirty", f"{g}:outbox", f"{g}:dead"],
+            [g, _num(now), _num(ttl_s), _num(now - ttl_s + _HB_SLACK_S)])
         ended = [_session.decode(raw) for raw in outbox]
         return ended + await self._propagate([_text(h) for h in dirty], now)
+
+    @_guarded
+    async def forget_hosts(self, now: float, retention_s: float) -> list[str]:
+        g = self._g
+        ids = [_text(h) for h in await self._forget([f"{g}:dead", f"{g}:dirty"], [g, _num(now), _num(retention_s)])]
+        if not ids:
+            return []
+        ended = await self._propagate(ids, now)
+        if ended:  # only after a crash left a dead incarnation's sessions running
+            await self._r.rpush(f"{g}:outbox", *(_enc.encode(s) for s in ended))
+        dropped = await self._drop_hosts([f"{g}:dead", f"{g}:dirty", f"{g}:hosts"], [g, *ids])
+        return sorted(_text(h) for h in dropped)
 
     # --- pool -------------------------------------------------------------------------
 

@@ -221,6 +221,15 @@ class AllocatorMachine(RuleBasedStateMachine):
         if ended:
             event("expiry ended a session")
 
+    @rule(retention=st.sampled_from([0.5, 5.0, 20.0]))
+    def forget(self, retention: float) -> None:
+        """Dead hosts past the retention leave the registry (with their slots)."""
+        gone = self.call("forget_hosts", self.now, retention)
+        for host in gone:
+            event("a dead host was forgotten")
+            assert host not in {h.host_id for h in self.call("hosts")}
+            self.boots.pop(host, None)
+
     @precondition(lambda self: self.boots)
     @rule(data=st.data(), extra=st.floats(min_value=0.001, max_value=3.0))
     def host_goes_silent(self, data: st.DataObject, extra: float) -> None:

@@ -326,3 +326,37 @@ async def test_random_pools_always_get_a_best_slot(store: Store) -> None:
                 assert got is NoClaim.NO_SLOT, (request, got)
                 continue
             assert isinstance(got, Session) and got.slot_id in best, (policy, request, got, best, pool)
+
+
+# --- registry retention -----------------------------------------------------------------
+
+
+async def test_dead_hosts_are_forgotten_after_the_retention(store: Store) -> None:
+    await host(store, "h1", slots=2, now=100.0)
+    await host(store, "h2", slots=1, app="other", now=100.0)
+    session = await take(store, now=101.0)
+    await beat(store, "h2", slots=1, now=150.0)
+    ended = await store.expire_hosts(170.0, 60.0)  # h1 (last heard at 100) dies, h2 lives
+    assert [s.session_id for s in ended] == [session.session_id]
+    assert await store.forget_hosts(170.0, 3600.0) == []  # dead, but not for long
+    assert {h.host_id for h in await store.hosts()} == {"h1", "h2"}
+    assert await store.forget_hosts(3700.0, 3600.0) == []  # 3,600 s exactly: not longer
+    assert await store.forget_hosts(3700.5, 3600.0) == ["h1"]
+    assert [h.host_id for h in await store.hosts()] == ["h2"]
+    assert {s.slot_id for s in await store.slots()} == {"h2/0"}
+    assert not await store.serves("acme", "game") and await store.slot_count("acme", "game") == 0
+    assert await store.forget_hosts(9999.0, 3600.0) == []  # h2 is alive, however long ago it beat
+    # The same id later is a new host.
+    await host(store, "h1", slots=1, now=4000.0)
+    assert [s.slot_id for s in await store.ready_slots("acme", "game")] == ["h1/0"]
+    assert (await take(store, now=4001.0)).slot_id == "h1/0"
+
+
+async def test_a_host_back_before_the_retention_is_not_forgotten(store: Store) -> None:
+    await host(store, "h1", slots=1, now=100.0)
+    assert await store.expire_hosts(200.0, 60.0) == []
+    await store.register_host(HostRegistration(
+        host_id="h1", boot_id="b2", region="eu", gpu_model="A10G", signaling_url="ws://127.0.0.1:80",
+        slots=[SlotSpec(index=0, tenant="acme", app="game", streamer_id="h1-0")]), 300.0)
+    assert await store.forget_hosts(100_000.0, 3600.0) == []  # alive again: never forgotten
+    assert [h.host_id for h in await store.hosts()] == ["h1"]

@@ -222,7 +222,7 @@ async def test_an_interrupted_expiry_ends_its_sessions_once(open_redis: OpenStor
     assert await store.claim_slot("h1/0", s)
     g = store._g
     # The host was marked dead, then the replica died before ending its sessions.
-    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, "200.0", "10.0", "191.0"])
+    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox", f"{g}:dead"], [g, "200.0", "10.0", "191.0"])
     ended = await other.expire_hosts(201.0, ttl_s=10.0)
     assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.HOST_DEAD)]
     assert await store.expire_hosts(202.0, ttl_s=10.0) == []
@@ -235,7 +235,7 @@ async def test_a_crash_leftover_ended_by_reregistration_is_still_returned(open_r
     s = new_session("h1/0")
     assert await store.claim_slot("h1/0", s)
     g = store._g
-    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, "200.0", "10.0", "191.0"])
+    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox", f"{g}:dead"], [g, "200.0", "10.0", "191.0"])
     await store.register_host(registration(boot="b2"), 201.0)  # drops the old incarnation's slots
     assert await store.session(s.session_id) is None
     ended = await store.expire_hosts(202.0, ttl_s=10.0)
@@ -316,7 +316,7 @@ async def test_a_drain_racing_a_death_leaves_the_death_to_the_sweep(open_redis: 
     g = store._g
     # set_draining's first step ran, then the host was declared dead before it propagated.
     await store._drain([store._host_key("h1"), f"{g}:dirty"], ["h1", "1"])
-    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox"], [g, "200.0", "10.0", "191.0"])
+    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox", f"{g}:dead"], [g, "200.0", "10.0", "191.0"])
     assert await store._propagate(["h1"], None) == []  # what set_draining then does
     assert await store.session(s.session_id) is not None
     ended = await store.expire_hosts(201.0, ttl_s=10.0)
@@ -354,3 +354,19 @@ async def test_a_cancelled_caller_always_sees_cancelled_error(open_redis: OpenSt
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=2.0)
         assert done and task.cancelled(), "a cancelled task ran on"
+
+
+async def test_an_interrupted_forget_is_finished_by_the_next(open_redis: OpenStore) -> None:
+    """A replica that dies between marking a dead host forgotten and deleting it leaves
+    the host to the next forget_hosts (any replica's); the tenant copy goes either way."""
+    store, other = open_redis(), open_redis()
+    await ready_host(store)
+    assert await store.expire_hosts(200.0, ttl_s=10.0) == []
+    g = store._g
+    assert await store._forget([f"{g}:dead", f"{g}:dirty"], [g, "5000.0", "3600.0"]) == [b"h1"]
+    assert [h.host_id for h in await store.hosts()] == ["h1"]  # not deleted yet
+    assert await other.expire_hosts(5001.0, ttl_s=10.0) == []  # applies the dirty host: slots go
+    assert await store.slots() == []
+    assert await other.forget_hosts(5002.0, 3600.0) == ["h1"]
+    assert await store.hosts() == [] and await store._r.smembers(f"{g}:dirty") == set()
+    assert await store._r.zcard(f"{g}:dead") == 0
