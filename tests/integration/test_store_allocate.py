@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -27,20 +26,9 @@ from matchmaker.models import (
     TicketState,
 )
 from matchmaker.placement import load_pct, rank
-from matchmaker.store import NoClaim, Returning, Store, open_store
+from matchmaker.store import NoClaim, Returning, Store
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        s = open_store("memory://")
-    else:
-        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
-        s = open_store(url, prefix=f"t{uuid.uuid4().hex[:8]}")
-    yield s
-    await s.aclose()
 
 
 async def host(store: Store, host_id: str, *, slots: int = 2, region: str = "eu", gpu: str = "A10G",

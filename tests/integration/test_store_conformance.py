@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,21 +21,10 @@ from matchmaker.models import (
     Ticket,
     TicketState,
 )
-from matchmaker.store import HostConflict, QueueFull, Store, UnknownHost, open_store
+from matchmaker.store import HostConflict, QueueFull, Store, UnknownHost
 from matchmaker.timeouts import due_endings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        s = open_store("memory://")
-    else:
-        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
-        s = open_store(url, prefix=f"t{uuid.uuid4().hex[:8]}")
-    yield s
-    await s.aclose()
 
 
 def registration(host: str = "h1", boot: str = "b1", slots: int = 2, tenant: str = "acme",
