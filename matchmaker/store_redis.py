@@ -1199,23 +1199,20 @@ class RedisStore:
         cache[key] = tenant
 
     async def _session_tag(self, session_id: str) -> str | None:
-        tenant = self._session_tenant.get(session_id)
-        if tenant is None:
-            raw = await self._r.get(self._sid_key(session_id))
-            if raw is None:
-                return None
-            tenant = _text(raw)
-            self._remember(self._session_tenant, session_id, tenant)
-        return self._tag(tenant)
+        return await self._looked_up_tag(self._session_tenant, session_id, self._sid_key)
 
     async def _ticket_tag(self, ticket_id: str) -> str | None:
-        tenant = self._ticket_tenant.get(ticket_id)
+        return await self._looked_up_tag(self._ticket_tenant, ticket_id, self._tid_key)
+
+    async def _looked_up_tag(self, cache: dict[str, str], id_: str, key: Callable[[str], str]) -> str | None:
+        """The tag of the tenant a session or ticket lookup names (immutable: cached)."""
+        tenant = cache.get(id_)
         if tenant is None:
-            raw = await self._r.get(self._tid_key(ticket_id))
+            raw = await self._r.get(key(id_))
             if raw is None:
                 return None
             tenant = _text(raw)
-            self._remember(self._ticket_tenant, ticket_id, tenant)
+            self._remember(cache, id_, tenant)
         return self._tag(tenant)
 
     async def _tenants(self) -> list[str]:
