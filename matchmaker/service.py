@@ -149,8 +149,8 @@ class Matchmaker:
         return round(position * self._mean_session_s / max(slots, 1), 1)
 
     async def _slot_count(self, tenant: str, app: str) -> int:
-        """Registered slots of (tenant, app), for ETAs: one store read per queue and
-        ``_SLOT_COUNTS_TTL_S`` (every waiting client's stream re-reads its ETA)."""
+        """Slots of live hosts serving (tenant, app), for ETAs: one store read per queue
+        and ``_SLOT_COUNTS_TTL_S`` (every waiting client's stream re-reads its ETA)."""
         t = time.monotonic()
         key = (tenant, app)
         known = self._counts.get(key)
