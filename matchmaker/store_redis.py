@@ -1113,6 +1113,8 @@ class RedisStore:
         self._tags: dict[str, str] = {}
         self._session_tenant: dict[str, str] = {}
         self._ticket_tenant: dict[str, str] = {}
+        self._queued: list[tuple[Sequence[_Call], asyncio.Future[list[Any]]]] = []  # next round trip's
+        self._sending: set[asyncio.Future[None]] = set()
         script = self._r.register_script
         self._register = script(_REGISTER)
         self._hb_host = script(_HB_HOST)
@@ -1225,26 +1227,64 @@ class RedisStore:
         plain command. A script the server does not know (restart, failover, new cluster
         node) is loaded and that one call is run again: it had no effect the first time.
 
+        Batches asked for in the same event-loop turn share one pipeline (callers still
+        get only their own results or error): under load, concurrent allocations cost
+        one write and one read instead of one each; alone, a batch leaves at once.
+
         redis-py refuses EVALSHA in a cluster pipeline, so on a cluster the calls run
         concurrently instead; ``ordered`` then runs the plain commands first."""
         if not calls:
             return []
         if self._cluster:
             return await self._gather(calls, ordered)
-        pipe = self._r.pipeline(transaction=False)
-        for script, keys, args in calls:
-            if script is None:
-                pipe.execute_command(*args)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        self._queued.append((calls, done))
+        if len(self._queued) == 1:
+            loop.call_soon(self._send_queued)
+        return await done
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        task = asyncio.ensure_future(self._send(queued))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, queued: list[tuple[Sequence[_Call], asyncio.Future[list[Any]]]]) -> None:
+        calls = [call for batch, _ in queued for call in batch]
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for script, keys, args in calls:
+                if script is None:
+                    pipe.execute_command(*args)
+                else:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            for i, res in enumerate(results):
+                if isinstance(res, rx.NoScriptError):
+                    script, keys, args = calls[i]
+                    try:
+                        results[i] = await script(keys, args)
+                    except Exception as exc:  # noqa: BLE001 - that caller's error
+                        results[i] = exc
+        except BaseException as exc:  # the round trip failed: every caller in it hears why
+            for _, done in queued:
+                if not done.done():
+                    done.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for batch, done in queued:
+            mine = results[start:start + len(batch)]
+            start += len(batch)
+            if done.done():  # its caller gave up (timeout, cancellation)
+                continue
+            error = next((r for r in mine if isinstance(r, BaseException)), None)
+            if error is None:
+                done.set_result(mine)
             else:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, res in enumerate(results):
-            if isinstance(res, rx.NoScriptError):
-                script, keys, args = calls[i]
-                results[i] = await script(keys, args)
-            elif isinstance(res, BaseException):
-                raise res
-        return results
+                done.set_exception(error)
 
     async def _gather(self, calls: Sequence[_Call], ordered: bool) -> list[Any]:
         def run(call: _Call) -> Awaitable[Any]:
@@ -1700,4 +1740,6 @@ class RedisStore:
         return out
 
     async def aclose(self) -> None:
+        if self._sending:  # round trips in flight finish (their callers may still wait)
+            await asyncio.gather(*self._sending, return_exceptions=True)
         await self._r.aclose()

@@ -370,3 +370,40 @@ async def test_an_interrupted_forget_is_finished_by_the_next(open_redis: OpenSto
     assert await other.forget_hosts(5002.0, 3600.0) == ["h1"]
     assert await store.hosts() == [] and await store._r.smembers(f"{g}:dirty") == set()
     assert await store._r.zcard(f"{g}:dead") == 0
+
+
+async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(redis_url: str) -> None:
+    """Batches asked for in one event-loop turn go out as one pipeline; each caller gets
+    only its own replies, or its own error, and a caller that gives up spoils nothing."""
+    from matchmaker.store_redis import _cmd
+
+    store = RedisStore.from_url(redis_url, prefix=f"b{uuid.uuid4().hex[:8]}")
+    pipelines = 0
+    real = store._r.pipeline
+
+    def counting(*args: object, **kw: object) -> object:
+        nonlocal pipelines
+        pipelines += 1
+        return real(*args, **kw)
+
+    store._r.pipeline = counting
+    key = f"{store.prefix}:k"
+    try:
+        first, second, bad, third = await asyncio.gather(
+            store._batch([_cmd("SET", key, "1"), _cmd("GET", key)]),
+            store._batch([_cmd("INCR", key)]),
+            store._batch([_cmd("NOSUCHCOMMAND", key)]),
+            store._batch([_cmd("GET", key)]),
+            return_exceptions=True)
+        assert pipelines == 1
+        assert first == [True, b"1"] and second == [2] and third == [b"2"]
+        assert isinstance(bad, Exception) and "NOSUCHCOMMAND" in str(bad).upper()
+        # A caller that gives up (its timeout) leaves the round trip to the others.
+        slow = asyncio.ensure_future(store._batch([_cmd("INCR", key)]))
+        fine = asyncio.ensure_future(store._batch([_cmd("INCR", key)]))
+        slow.cancel()
+        assert await fine in ([3], [4])
+        assert await store._batch([_cmd("GET", key)]) in ([b"3"], [b"4"])
+    finally:
+        await store._r.delete(key)
+        await store.aclose()
