@@ -61,3 +61,25 @@ def test_short_secret_rejected() -> None:
     with pytest.raises(ValueError):
         TokenKeys.hs256("short")
 
+
+
+def test_hs256_tokens_are_what_pyjwt_writes_and_reads() -> None:
+    """Minting HS256 is done by hand (speed); pyjwt must read every field back (UTF-8
+    and quotes included), with the header it writes itself, and a changed signature
+    must be refused."""
+    import jwt as pyjwt
+
+    keys = TokenKeys.hs256("k" * 40)
+    token = mint(keys, tenant='ac"me/ü', session_id="s-1", streamer_id="h1-0", ttl_s=120, now=1_800_000_000.7)
+    assert pyjwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    claims = pyjwt.decode(token, "k" * 40, algorithms=["HS256"], audience="pixelfleet-signaling",
+                          issuer="pixelfleet", options={"verify_exp": False, "verify_nbf": False,
+                                                        "verify_iat": False})
+    assert (claims["sub"], claims["sid"], claims["stid"]) == ('ac"me/ü', "s-1", "h1-0")
+    assert (claims["iat"], claims["nbf"], claims["exp"]) == (1_800_000_000, 1_799_999_995, 1_800_000_120)
+    assert len(claims["jti"]) == 16
+    head, body, sig = token.split(".")
+    assert "=" not in token  # unpadded base64url, as RFC 7515 wants
+    with pytest.raises(pyjwt.InvalidSignatureError):
+        pyjwt.decode(f"{head}.{body}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}", "k" * 40, algorithms=["HS256"],
+                     options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False})
