@@ -645,18 +645,22 @@ return {1, ended, resets}
 """
 
 # {P:T}: allocation, one round trip: FIFO check, placement, and the compare-and-set.
-# KEYS: slots, hosts, sessions, clients, queue:<app>, queues, apps.
-# ARGV: 1 tag, 2 session id, 3 tenant, 4 app, 5 client key, 6 region, 7 GPU model,
-# 8 policy, 9 random number in [0, 1), 10 now, 11 slot id ('' = place it here),
-# 12 ticket id ('' = none), 13 finished-ticket TTL, 14 the Session JSON (given slot), or
-# its own fields as an unclosed object the script completes with the slot's.
+# KEYS: slots (the tenant's other keys share its tag and are derived from it: few
+# arguments, because packing them is most of what a replica spends sending this).
+# ARGV: 1 session id, 2 app, 3 client key, 4 region, 5 GPU model, 6 policy, 7 random
+# number in [0, 1), 8 now, 9 slot id ('' = place it here), 10 ticket id ('' = none),
+# 11 finished-ticket TTL, 12 the Session JSON (given slot), or its own fields as an
+# unclosed object the script completes with the slot's.
 # Replies: {'ok', Session JSON}, {'client', session id} (the client has a live session of
 # this app), {'queued'} (someone waits), {'none'} (no claimable slot), {'unknown'} (no
 # slot serves the app), {'refused'} (the given slot or ticket fails its precondition).
 # The ready-slot indexes it places over are derived from the tag (same hash slot).
 _ALLOCATE = _TENANT + r"""
-local tag, sid, app, ckey = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
-local K_slots, K_hosts = KEYS[1], KEYS[2]
+local sid, app, ckey = ARGV[1], ARGV[2], ARGV[3]
+local K_slots = KEYS[1]
+local tag = tag_of(K_slots)
+local K_hosts, K_sess, K_cli = tag .. ':hosts', tag .. ':sessions', tag .. ':clients'
+local K_queue, K_queues = tag .. ':queue:' .. app, tag .. ':queues'
 local WINDOW = 32  -- equally ranked candidates compared per step (ties beyond it: lexical)
 local function host_of(id) return string.match(id, '^(.*)/') end
 local function gpu_ok(host, gpu) return gpu == '' or redis.call('HGET', tag .. ':gpu', host) == gpu end
@@ -730,30 +734,30 @@ local function claimable(slot)
 end
 
 local t, tkey
-if ARGV[12] ~= '' then
-  tkey = tag .. ':ticket:' .. ARGV[12]
+if ARGV[10] ~= '' then
+  tkey = tag .. ':ticket:' .. ARGV[10]
   local tr = redis.call('GET', tkey)
   if not tr then return {'refused'} end
   t = cjson.decode(tr)
   if t.state ~= 'waiting' or t.request.app ~= app or truthy(t.left_at) then return {'refused'} end
-elseif ARGV[11] == '' then
+elseif ARGV[9] == '' then
   if ckey ~= '' then
-    local cur = redis.call('HGET', KEYS[4], ckey)
-    local raw = cur and redis.call('HGET', KEYS[3], cur)
+    local cur = redis.call('HGET', K_cli, ckey)
+    local raw = cur and redis.call('HGET', K_sess, cur)
     if raw and cjson.decode(raw).app == app then return {'client', cur} end
   end
-  if redis.call('ZCARD', KEYS[5]) > 0 then return {'queued'} end  -- FIFO: nobody overtakes
+  if redis.call('ZCARD', K_queue) > 0 then return {'queued'} end  -- FIFO: nobody overtakes
 end
 local slot
-if ARGV[11] ~= '' then
-  local raw = redis.call('HGET', K_slots, ARGV[11])
+if ARGV[9] ~= '' then
+  local raw = redis.call('HGET', K_slots, ARGV[9])
   slot = raw and cjson.decode(raw)
   if not slot or not claimable(slot) then return {'refused'} end
 else
   -- The indexes hold exactly the claimable slots; a slot that is not (a bug) is
   -- dropped from them and placement runs again, so it can never be given twice.
   for _ = 1, 8 do
-    local id = place(ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]))
+    local id = place(ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
     if not id then break end
     local raw = redis.call('HGET', K_slots, id)
     local s = raw and cjson.decode(raw)
@@ -761,13 +765,13 @@ else
     if s then unready(tag, s) else redis.call('ZREM', idx(tag, 'rz', app), id) end
   end
   if not slot then
-    if tonumber(redis.call('HGET', KEYS[7], app) or '0') <= 0 then return {'unknown'} end
+    if tonumber(redis.call('HGET', tag .. ':apps', app) or '0') <= 0 then return {'unknown'} end
     return {'none'}
   end
 end
-local now = tonumber(ARGV[10])
-local sess = ARGV[14]
-if ARGV[11] == '' then  -- ARGV[14] is the session's own fields, '{...,': add the slot's
+local now = tonumber(ARGV[8])
+local sess = ARGV[12]
+if ARGV[9] == '' then  -- ARGV[12] is the session's own fields, '{...,': add the slot's
   local E = cjson.encode
   sess = sess .. '"slot_id":' .. E(slot.slot_id) .. ',"host_id":' .. E(slot.host_id) .. ',"streamer_id":'
     .. E(slot.streamer_id) .. ',"signaling_url":' .. E(slot.signaling_url) .. ',"region":' .. E(slot.region) .. '}'
@@ -775,21 +779,21 @@ end
 slot.state = 'assigned'; slot.session_id = sid
 redis.call('HSET', K_slots, slot.slot_id, enc(slot))
 unready(tag, slot)
-redis.call('HSET', KEYS[3], sid, sess)
-if ARGV[11] == '' then
+redis.call('HSET', K_sess, sid, sess)
+if ARGV[9] == '' then
   index_session(tag, {session_id = sid, state = 'assigned', created_at = now, last_activity = now})
 else
   index_session(tag, cjson.decode(sess))
 end
-if ckey ~= '' then redis.call('HSET', KEYS[4], ckey, sid) end
+if ckey ~= '' then redis.call('HSET', K_cli, ckey, sid) end
 if t then
   t.state = 'served'; t.session_id = sid
-  redis.call('SET', tkey, enc(t), 'EX', ARGV[13])
-  redis.call('ZREM', KEYS[5], ARGV[12])
-  if redis.call('ZCARD', KEYS[5]) == 0 then redis.call('SREM', KEYS[6], app) end
+  redis.call('SET', tkey, enc(t), 'EX', ARGV[11])
+  redis.call('ZREM', K_queue, ARGV[10])
+  if redis.call('ZCARD', K_queue) == 0 then redis.call('SREM', K_queues, app) end
   local ck = t.request.client_key
   local K_qcli = tag .. ':qclients:' .. app
-  if truthy(ck) and redis.call('HGET', K_qcli, ck) == ARGV[12] then redis.call('HDEL', K_qcli, ck) end
+  if truthy(ck) and redis.call('HGET', K_qcli, ck) == ARGV[10] then redis.call('HDEL', K_qcli, ck) end
 end
 return {'ok', sess}
 """
@@ -1486,12 +1490,9 @@ class RedisStore:
         app = request.app
         return [
             _cmd("SET", self._sid_key(session_id), request.tenant),
-            (self._allocate,
-             [f"{tag}:slots", f"{tag}:hosts", f"{tag}:sessions", f"{tag}:clients", f"{tag}:queue:{app}",
-              f"{tag}:queues", f"{tag}:apps"],
-             [tag, session_id, request.tenant, app, request.client_key or "", request.region or "",
-              request.gpu_model or "", policy, repr(rnd), _num(now), slot_id, ticket_id or "",
-              FINISHED_TICKET_TTL_S,
+            (self._allocate, [f"{tag}:slots"],
+             [session_id, app, request.client_key or "", request.region or "", request.gpu_model or "", policy,
+              repr(rnd), _num(now), slot_id, ticket_id or "", FINISHED_TICKET_TTL_S,
               _enc.encode(session) if session is not None else _session_head(request, session_id, now)])]
 
     async def _run_allocate(self, calls: list[_Call], tenant: str, session_id: str,
