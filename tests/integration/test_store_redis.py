@@ -398,12 +398,17 @@ async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(
         assert pipelines == 1
         assert first == [True, b"1"] and second == [2] and third == [b"2"]
         assert isinstance(bad, Exception) and "NOSUCHCOMMAND" in str(bad).upper()
-        # A caller that gives up (its timeout) leaves the round trip to the others.
+        # A caller that gives up (its timeout) after queueing its call: the round trip
+        # still carries it (it was on its way), and the others get their own replies.
         slow = asyncio.ensure_future(store._batch([_cmd("INCR", key)]))
         fine = asyncio.ensure_future(store._batch([_cmd("INCR", key)]))
+        await asyncio.sleep(0)  # both have queued their calls; the round trip has not left
+        assert len(store._queued) == 2
         slow.cancel()
-        assert await fine in ([3], [4])
-        assert await store._batch([_cmd("GET", key)]) in ([b"3"], [b"4"])
+        assert await fine == [4]
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert await store._batch([_cmd("GET", key)]) == [b"4"] and pipelines == 3
     finally:
         await store._r.delete(key)
         await store.aclose()
