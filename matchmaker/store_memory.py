@@ -152,9 +152,11 @@ class MemoryStore:
         host = self._hosts[slot.host_id]
         return slot.state is SlotState.READY and not host.dead and not host.draining
 
+    def _ready(self, tenant: str, app: str) -> list[Slot]:
+        return [s for s in self._slots.values() if s.tenant == tenant and s.app == app and self._claimable(s)]
+
     async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
-        return [_copy(s) for s in self._slots.values()
-                if s.tenant == tenant and s.app == app and self._claimable(s)]
+        return [_copy(s) for s in self._ready(tenant, app)]
 
     async def serves(self, tenant: str, app: str) -> bool:
         return any(s.tenant == tenant and s.app == app for s in self._slots.values())
@@ -178,8 +180,7 @@ class MemoryStore:
                     return Returning(live.session_id)
             if self._queues.get((tenant, app)):
                 return NoClaim.QUEUE_AHEAD
-        ranked = rank([s for s in self._slots.values() if s.tenant == tenant and s.app == app and self._claimable(s)],
-                      request, policy)
+        ranked = rank(self._ready(tenant, app), request, policy)
         if not ranked:
             return NoClaim.NO_SLOT if await self.serves(tenant, app) else NoClaim.UNKNOWN_APP
         slot = ranked[0]

@@ -664,13 +664,23 @@ local K_queue, K_queues = tag .. ':queue:' .. app, tag .. ':queues'
 local WINDOW = 32  -- equally ranked candidates compared per step (ties beyond it: lexical)
 local function host_of(id) return string.match(id, '^(.*)/') end
 local function gpu_ok(host, gpu) return gpu == '' or redis.call('HGET', tag .. ':gpu', host) == gpu end
-local function one_of(ties, rnd) return ties[math.min(#ties, math.floor(rnd * #ties) + 1)] end
+-- Walks a score index a window at a time. `best(w)` gives the tied best candidates of
+-- one window (ZRANGE WITHSCORES), or nil when the filter left none there; one of the
+-- ties is taken by chance.
+local function first_best(key, best, rnd)
+  local off = 0
+  while true do
+    local w = redis.call('ZRANGE', key, off, off + WINDOW - 1, 'WITHSCORES')
+    if #w == 0 then return nil end
+    local ties = best(w)
+    if ties then return ties[math.min(#ties, math.floor(rnd * #ties) + 1)] end
+    off = off + WINDOW
+  end
+end
 -- spread: least loaded, then the host with the most claimable slots, then chance.
 local function spread(region, gpu, rnd)
-  local z, fh, off, free_of = idx(tag, 'rz', app, region), idx(tag, 'fh', app), 0, {}
-  while true do
-    local w = redis.call('ZRANGE', z, off, off + WINDOW - 1, 'WITHSCORES')
-    if #w == 0 then return nil end
+  local fh, free_of = idx(tag, 'fh', app), {}
+  return first_best(idx(tag, 'rz', app, region), function(w)
     local ties, best_pct, best_free = {}, nil, nil
     for i = 1, #w, 2 do
       local id, pct = w[i], tonumber(w[i + 1])
@@ -686,16 +696,13 @@ local function spread(region, gpu, rnd)
         elseif free == best_free then ties[#ties + 1] = id end
       end
     end
-    if best_pct then return one_of(ties, rnd) end
-    off = off + WINDOW
-  end
+    return best_pct and ties
+  end, rnd)
 end
 -- pack: the host with the fewest claimable slots, then least loaded, then chance.
 local function pack(region, gpu, rnd)
-  local fh, z, off = idx(tag, 'fh', app, region), idx(tag, 'rz', app), 0
-  while true do
-    local w = redis.call('ZRANGE', fh, off, off + WINDOW - 1, 'WITHSCORES')
-    if #w == 0 then return nil end
+  local z = idx(tag, 'rz', app)
+  return first_best(idx(tag, 'fh', app, region), function(w)
     local ties, best_free, best_pct = {}, nil, nil
     for i = 1, #w, 2 do
       local host, free = w[i], tonumber(w[i + 1])
@@ -712,9 +719,8 @@ local function pack(region, gpu, rnd)
         end
       end
     end
-    if best_pct then return one_of(ties, rnd) end
-    off = off + WINDOW
-  end
+    return best_pct and ties
+  end, rnd)
 end
 -- The requested region first (affinity, not a filter), then every region.
 local function place(region, gpu, policy, rnd)
