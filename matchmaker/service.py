@@ -1,10 +1,11 @@
 """The matchmaker service: allocation, the queue, and the session lifecycle.
 
 Any number of replicas may run this over one store. Correctness never depends on a
-replica's memory: slots are taken only through the store's compare-and-set
-(``claim_slot``), each session end is taken by exactly one replica, and each replica's
-sweep (host expiry, timeouts, queue dispatch) is safe to run concurrently with the
-others'. The only per-replica state is the ETA estimate and wake-ups.
+replica's memory: slots are taken only by the store's atomic place-and-claim
+(``Store.allocate``), each session end is taken by exactly one replica, records are
+leased from the store, and each replica's sweep (host expiry and retention, timeouts,
+record flush, queue dispatch) is safe to run concurrently with the others'. The only
+per-replica state is the ETA estimate, cached slot counts and wake-ups.
 """
 
 from __future__ import annotations
