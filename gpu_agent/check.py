@@ -2,7 +2,7 @@
 
 Exit status 0 whenever the check ran, GPU or not: a host without GPU, driver or
 library prints ``"gpus": []`` with the reason. ``--record FILE`` also writes what NVML
-returned as a replay fixture (``gpu_agent.recorded``) for the tests.
+returned as a replay fixture (``gpu_agent.recording``) for the tests.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def run(samples: int = 3, record: str | None = None) -> dict[str, Any]:
 
         nvml = pynvml
         if record:
-            from gpu_agent.recorded import RecordingNvml
+            from gpu_agent.recording import RecordingNvml
 
             nvml = recorder = RecordingNvml(pynvml)
     except ImportError:

@@ -82,7 +82,7 @@ async def bench(slots: int, period: float, seconds: float, iterations: int, repe
     from gpu_agent.agent import Agent
     from gpu_agent.client import HttpMatchmakerClient
     from gpu_agent.config import AgentSettings
-    from gpu_agent.recorded import RecordedSampler
+    from tests.support.nvml_replay import RecordedSampler
 
     mm_port, player_port, streamer_port = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "PIXELFLEET_MATCHMAKER__AGENT_TOKEN": AGENT_TOKEN,

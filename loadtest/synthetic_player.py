@@ -27,8 +27,8 @@ import structlog
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from loadtest import input_messages as im
-from loadtest.ice import candidate_from_message, configuration_from_options, split_candidates
+from streamer import input_messages as im
+from streamer.ice import candidate_from_message, configuration_from_options, split_candidates
 
 log = structlog.get_logger(__name__)
 

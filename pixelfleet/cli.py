@@ -128,7 +128,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Programs with their own argument parsers.
-    delegated = {"streamer": "loadtest.synthetic_streamer", "bench": "loadtest.bench_signaling",
+    delegated = {"streamer": "streamer.synthetic", "bench": "loadtest.bench_signaling",
                  "agent": "gpu_agent.__main__"}
     if argv and argv[0] in delegated:
         import importlib

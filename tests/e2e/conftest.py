@@ -199,12 +199,12 @@ async def stack(start_stack: Callable[..., Any]) -> Stack:
 
 @dataclass
 class RunningStreamer:
-    streamer: Any  # loadtest.synthetic_streamer.SyntheticStreamer
+    streamer: Any  # streamer.synthetic.SyntheticStreamer
     streamer_id: str
     task: asyncio.Task[Any]
 
     def inputs(self, player_id: str | None = None) -> list[Any]:
-        """Decoded input messages received so far (``loadtest.input_messages`` types)."""
+        """Decoded input messages received so far (``streamer.input_messages`` types)."""
         return [m for p, m in list(self.streamer.input_events) if player_id in (None, p)]
 
     def input_names(self, player_id: str | None = None) -> list[str]:
@@ -218,7 +218,7 @@ class RunningStreamer:
 async def start_streamer(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
     """``await start_streamer(id=None, stack=None)``: a synthetic streamer on ``stack``
     (the ``stack`` fixture by default), returned once the server lists it."""
-    from loadtest.synthetic_streamer import SyntheticStreamer
+    from streamer.synthetic import SyntheticStreamer
 
     running: list[RunningStreamer] = []
 

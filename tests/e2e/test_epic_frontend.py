@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import input_messages as im
+from streamer import input_messages as im
 
 pytestmark = pytest.mark.e2e
 

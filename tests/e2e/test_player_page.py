@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import input_messages as im
+from streamer import input_messages as im
 
 pytestmark = pytest.mark.e2e
 
@@ -140,7 +140,7 @@ async def test_shows_subscribe_failed(start_stack, start_streamer, open_page) ->
 
 
 async def test_input_encoding_matches_epic_layouts(stack, open_page) -> None:
-    """Byte layouts of the page's encoder, decoded by loadtest.input_messages (both
+    """Byte layouts of the page's encoder, decoded by streamer.input_messages (both
     written from Epic's StreamMessageController.ts)."""
     page, _ = await open_page(f"{stack.player_origin}/",
                               init_script="window.pixelfleetOptions = {autoStart: false};")

@@ -25,7 +25,7 @@ from gpu_agent.agent import Agent
 from gpu_agent.client import HttpMatchmakerClient
 from gpu_agent.config import AgentSettings
 from gpu_agent.drain import DrainReason
-from gpu_agent.recorded import RecordedSampler
+from tests.support.nvml_replay import RecordedSampler
 from gpu_agent.slots import Phase
 from matchmaker.config import MatchmakerSettings
 from matchmaker.models import Heartbeat, HeartbeatReply

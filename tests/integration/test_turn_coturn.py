@@ -30,9 +30,9 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 from aiortc import RTCPeerConnection
 
-from loadtest import input_messages as im
+from streamer import input_messages as im
 from loadtest.synthetic_player import SyntheticPlayer
-from loadtest.synthetic_streamer import SyntheticStreamer
+from streamer.synthetic import SyntheticStreamer
 from tests.conftest import StartSignaling, require_binary
 from turn.config import TurnSettings
 from turn.coturn import Coturn, CoturnOptions, free_port, relay_port_range

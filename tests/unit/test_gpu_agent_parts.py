@@ -17,7 +17,7 @@ from gpu_agent.cloudwatch import MAX_DATUMS, CloudWatchPublisher, batches, metri
 from gpu_agent.config import AgentSettings, load_agent_settings
 from gpu_agent.metrics import render
 from gpu_agent.probe import Telemetry
-from gpu_agent.recorded import RecordedSampler
+from tests.support.nvml_replay import RecordedSampler
 from gpu_agent.reporting import Reporter
 from gpu_agent.slots import Phase, SignalingWatch, SlotPlan, SlotSet, plan_slots, slot_command
 from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotSpec, SlotState

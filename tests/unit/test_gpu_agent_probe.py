@@ -11,7 +11,8 @@ import pynvml
 import pytest
 
 from gpu_agent.probe import HostSample, NvmlSampler, Telemetry
-from gpu_agent.recorded import RecordedNvml, RecordedSampler, RecordingNvml
+from gpu_agent.recording import RecordingNvml
+from tests.support.nvml_replay import RecordedNvml, RecordedSampler
 
 DATA = Path(__file__).parents[1] / "data"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.ice import candidate_from_message, configuration_from_options, split_candidates
+from streamer.ice import candidate_from_message, configuration_from_options, split_candidates
 
 OFFER = "\r\n".join([
     "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0 1",

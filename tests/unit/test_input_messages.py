@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from loadtest import input_messages as im
+from streamer import input_messages as im
 
 SAMPLES: list[im.InputMessage] = [
     im.IFrameRequest(),

@@ -26,9 +26,9 @@ import orjson
 import structlog
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-from loadtest import input_messages as im
-from loadtest.ice import candidate_from_message, configuration_from_options, split_candidates
-from loadtest.test_pattern import TestPatternSource
+from streamer import input_messages as im
+from streamer.ice import candidate_from_message, configuration_from_options, split_candidates
+from streamer.pattern import TestPatternSource
 
 log = structlog.get_logger(__name__)
 

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from loadtest import input_messages as im
-from loadtest.test_pattern import WHITE, InputOverlay, TestPattern, TestPatternSource
+from streamer import input_messages as im
+from streamer.pattern import WHITE, InputOverlay, TestPattern, TestPatternSource
 
 NOW = 1_800_000_000.25
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from loadtest import input_messages as im
+from streamer import input_messages as im
 from loadtest.synthetic_player import SyntheticPlayer
-from loadtest.synthetic_streamer import SyntheticStreamer
+from streamer.synthetic import SyntheticStreamer
 from signaling.app import SignalingServer
 from tests.conftest import StartSignaling
 
@@ -205,7 +205,7 @@ async def test_ice_servers_from_config_are_used(start_signaling: StartSignaling)
 
 async def test_cli_streamer_runs_until_sigterm(server: SignalingServer) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest.synthetic_streamer",
+        sys.executable, "-m", "streamer.synthetic",
         "--url", f"ws://127.0.0.1:{server.streamer_port}", "--id", "FromCli",
         "--width", "160", "--height", "120", "--fps", "10", "--log-format", "json",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -222,7 +222,7 @@ async def test_cli_streamer_runs_until_sigterm(server: SignalingServer) -> None:
 
 
 def test_cli_help() -> None:
-    from loadtest.synthetic_streamer import main
+    from streamer.synthetic import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from loadtest.input_messages import (
+from streamer.input_messages import (
     InputMessage,
     KeyDown,
     MouseDouble,
