@@ -1,6 +1,6 @@
 """Optional CloudWatch metrics: ``put_metric_data`` in batches within the API limits.
 
-Limits (platform-notes §3.11): at most 1,000 datums per request, 1 MB per POST, 30
+Limits (CloudWatch's PutMetricData documentation): at most 1,000 datums per request, 1 MB per POST, 30
 dimensions per datum, finite values only. The agent sends one batch set every
 ``cloudwatch_period_s`` (60 s by default: the request rate is an account quota), from
 a worker thread, since boto3 blocks.

@@ -13,7 +13,7 @@ so fields this server does not know are forwarded untouched; only ``playerId`` (
 ``sfuId``) is edited, as Epic's Wilbur does. Everything the server acts on is checked
 against its typed model in ``messages``.
 
-Compatibility choices (see shared/docs/pixel-streaming-protocol.md):
+Compatibility choices (docs/protocol.md explains each):
 - streamers and SFUs are never sent a type they might not know (UE 4.27 closes on
   one), so their bad messages are dropped and logged; players get an ``error``
   message, which browsers ignore if they do not know it;

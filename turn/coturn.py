@@ -1,6 +1,6 @@
 """A local coturn process for ``pixelfleet up --turn`` and for tests.
 
-The command line is the loopback one verified in platform-notes 1.3, with one change:
+The command line is coturn 4.6's loopback set-up (``-n``, one listening and relay IP), with one change:
 the secrets go into a private config file (``-c``, mode 0600 in a 0700 directory)
 instead of ``--static-auth-secret`` flags, which every user could read in ``ps``.
 ``--allow-loopback-peers`` is on because both WebRTC peers of a one-box setup are on

@@ -112,7 +112,7 @@ ClientFactory = Callable[..., Any]  # boto3.client-like: (service_name, region_n
 class AwsKvsProvider:
     """TURN servers from KVS ``GetIceServerConfig``, shared by every peer and cached.
 
-    Two calls (platform-notes 1.5): ``kinesisvideo.get_signaling_channel_endpoint`` for
+    Two calls (botocore's service models): ``kinesisvideo.get_signaling_channel_endpoint`` for
     the channel's HTTPS endpoint (fetched once), then ``kinesis-video-signaling
     .get_ice_server_config`` on it. The answer is handed out until ``refresh_margin_s``
     before it expires, and refetched in the background before then.

@@ -1,8 +1,8 @@
 /*
  * pixelfleet player page: a small, dependency-free Pixel Streaming client.
  *
- * Signalling follows Epic's frontend (UE5.5+, see shared/docs/pixel-streaming-protocol.md
- * §4.2): on open send listStreamers, subscribe to the wanted (or only) streamer, answer
+ * Signalling follows Epic's frontend (UE5.5+, see docs/protocol.md in the repository):
+ * on open send listStreamers, subscribe to the wanted (or only) streamer, answer
  * the streamer's offer, trickle ICE both ways, answer pings and ping every 30 s.
  * Input goes over the data channel the streamer creates, encoded with Epic's binary
  * input protocol (Frontend/library/src/UeInstanceMessage/StreamMessageController.ts).

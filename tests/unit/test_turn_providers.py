@@ -4,7 +4,7 @@ The aws-kvs provider is tested with botocore's ``Stubber`` against real botocore
 clients (so requests and responses are checked against the service models) and the
 documented response shapes of ``GetSignalingChannelEndpoint`` and
 ``GetIceServerConfig``: moto does not implement Kinesis Video signalling channels or
-``kinesis-video-signaling`` at all (platform-notes 1.5, 3.12), so it cannot be used.
+``kinesis-video-signaling`` at all (moto 5.2 answers 404), so it cannot be used.
 """
 
 from __future__ import annotations
