@@ -25,8 +25,8 @@ import msgspec
 from aiohttp import web
 
 from matchmaker.models import AllocationRequest, EndReason, Heartbeat, HostRegistration
-from matchmaker.service import Allocation, Matchmaker, Queued, TicketStatus
-from matchmaker.store import StoreError
+from matchmaker.service import Allocation, Matchmaker, Queued, TicketStatus, UnknownApp, UnknownSession
+from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, StoreError, UnknownHost
 from pixelfleet.tokens import InvalidToken, verify
 
 MATCHMAKER = web.AppKey("matchmaker", Matchmaker)
@@ -153,15 +153,36 @@ def ticket_json(status: TicketStatus | Queued) -> dict[str, Any]:
     return out
 
 
+# Every store failure a client can see: (HTTP status, error code). The codes are part of
+# the API (clients branch on them), so they are written out, never derived from class
+# names; a unit test checks that every StoreError subclass is listed.
+STORE_ERRORS: dict[type[StoreError], tuple[int, str]] = {
+    StoreError: (400, "store_error"),
+    UnknownHost: (404, "unknown_host"),
+    UnknownApp: (404, "unknown_app"),
+    UnknownSession: (404, "unknown_session"),
+    HostConflict: (409, "host_conflict"),
+    QueueFull: (429, "queue_full"),
+    BackendUnavailable: (503, "backend_unavailable"),
+}
+
+
+def store_error_reply(exc: StoreError) -> tuple[int, str]:
+    """The nearest listed class wins, so an unlisted subclass still answers sensibly."""
+    for cls in type(exc).__mro__:
+        if issubclass(cls, StoreError) and cls in STORE_ERRORS:
+            return STORE_ERRORS[cls]
+    return STORE_ERRORS[StoreError]
+
+
 @web.middleware
 async def _store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except StoreError as exc:
-        code = type(exc).__name__[0].lower() + "".join(
-            "_" + c.lower() if c.isupper() else c for c in type(exc).__name__[1:])
-        raise _error(exc.status, code, str(exc)) from None
+        status, code = store_error_reply(exc)
+        raise _error(status, code, str(exc)) from None
 
 
 # --- players ----------------------------------------------------------------------------

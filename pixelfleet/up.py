@@ -31,10 +31,11 @@ def _local_coturn(args: argparse.Namespace) -> tuple[Coturn, TurnSettings]:
     """``--turn``: a coturn on loopback with a fresh secret, and settings that use it."""
     import secrets
 
-    from turn.coturn import Coturn, CoturnOptions, free_port
+    from pixelfleet.net import free_port
+    from turn.coturn import Coturn, CoturnOptions
 
     options = CoturnOptions(secrets=(secrets.token_urlsafe(32),),
-                            port=args.turn_port or free_port())
+                            port=args.turn_port or free_port(udp=True))
     turn = turn_settings(args, provider="rest-secret", urls=list(options.urls),
                          secrets=list(options.secrets))
     return Coturn(options), turn

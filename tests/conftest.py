@@ -9,14 +9,17 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from signaling.app import SignalingServer
 from signaling.config import Settings
+from tests.support.processes import Child, start_child
 
 StartSignaling = Callable[..., Awaitable[SignalingServer]]
+StartProcess = Callable[..., Awaitable[Child]]
 
 
 def require_binary(name: str) -> str:
@@ -48,6 +51,26 @@ async def start_signaling() -> AsyncIterator[StartSignaling]:
     yield start
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+async def start_process(tmp_path: Path) -> AsyncIterator[StartProcess]:
+    """``await start_process(*args, env=None, module="pixelfleet", new_session=False)``:
+    ``python -m pixelfleet <args>`` (or ``-m <module>``), its output in ``tmp_path``;
+    whatever is still running afterwards gets SIGTERM, then SIGKILL."""
+    children: list[Child] = []
+
+    async def start(*args: str, module: str = "pixelfleet", env: dict[str, str] | None = None,
+                    new_session: bool = False) -> Child:
+        name = " ".join((module, *args[:1]))
+        log_path = tmp_path / f"{name.replace(' ', '-').replace('.', '-')}-{len(children)}.log"
+        child = await start_child(name, *args, module=module, env=env, log_path=log_path, new_session=new_session)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        await child.stop()
 
 
 def wait_for_ping(client: Any, what: str) -> None:
@@ -150,12 +173,13 @@ async def coturn() -> AsyncIterator[Any]:
     """A real coturn on a free loopback port with two generated secrets (newest first)."""
     import secrets
 
-    from turn.coturn import Coturn, CoturnOptions, free_port, relay_port_range
+    from pixelfleet.net import free_port
+    from turn.coturn import Coturn, CoturnOptions, relay_port_range
 
     binary = require_binary("turnserver")
     low, high = relay_port_range(40)
     options = CoturnOptions(secrets=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
-                            port=free_port(), min_port=low, max_port=high, realm="pixel.test")
+                            port=free_port(udp=True), min_port=low, max_port=high, realm="pixel.test")
     turn = Coturn(options, binary=binary)
     await turn.start()
     try:

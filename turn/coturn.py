@@ -11,7 +11,6 @@ instead of ``--static-auth-secret`` flags, which every user could read in ``ps``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import shutil
@@ -24,8 +23,10 @@ from typing import Self
 
 import structlog
 
+from pixelfleet.net import NotListening, wait_for_port
+
 __all__ = ["Coturn", "CoturnError", "CoturnOptions", "command_line", "find_turnserver",
-           "free_port", "port_is_free", "relay_port_range"]
+           "port_is_free", "relay_port_range"]
 
 log = structlog.get_logger("turn")
 
@@ -103,21 +104,6 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1", attempts: int = 50) -> int:
-    """A port free for both UDP and TCP right now (coturn listens on both)."""
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return int(port)
-    raise CoturnError("no free UDP+TCP port found")
-
-
 def relay_port_range(width: int = 40) -> tuple[int, int]:
     """A random relay range, so parallel instances rarely share one (coturn skips busy ports)."""
     low = random.randrange(49152, 65535 - width)
@@ -166,24 +152,13 @@ class Coturn:
                  relay_ports=f"{self.options.min_port}-{self.options.max_port}")
 
     async def _wait_listening(self, timeout_s: float) -> None:
-        assert self._proc is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            if self._proc.returncode is not None:
-                raise CoturnError(f"turnserver exited with {self._proc.returncode}:\n{self.log_text()}")
-            try:
-                _, writer = await asyncio.open_connection(self.options.host, self.options.port)
-            except OSError:
-                if loop.time() > deadline:
-                    raise CoturnError(f"turnserver not listening on {self.options.host}:"
-                                      f"{self.options.port} after {timeout_s} s:\n{self.log_text()}") from None
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
+        proc = self._proc
+        assert proc is not None
+        try:
+            await wait_for_port(self.options.host, self.options.port, timeout_s,
+                                exited=lambda: proc.returncode is not None)
+        except NotListening as exc:
+            raise CoturnError(f"turnserver: {exc} (exit code {proc.returncode}):\n{self.log_text()}") from None
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -12,13 +12,11 @@ Every wait is a hang guard, never a performance limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
 import signal
 import string
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,13 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 from aiortc import RTCPeerConnection
 
-from streamer import input_messages as im
 from loadtest.synthetic_player import SyntheticPlayer
+from pixelfleet.net import NotListening, free_port, wait_for_port
+from streamer import input_messages as im
 from streamer.synthetic import SyntheticStreamer
-from tests.conftest import StartSignaling, require_binary
+from tests.conftest import StartProcess, StartSignaling, require_binary
 from turn.config import TurnSettings
-from turn.coturn import Coturn, CoturnOptions, free_port, relay_port_range
+from turn.coturn import Coturn, CoturnOptions, relay_port_range
 from turn.credentials import issue, password_for, verify
 from turn.http import PATH
 from turn.wiring import wire_turn
@@ -225,23 +224,17 @@ async def test_deploy_template_accepts_our_credentials(tmp_path: Path) -> None:
         TLS_KEY=tmp_path / "absent.key", MIN_PORT=low, MAX_PORT=high,
         UE_PEER_RANGE="127.0.0.1-127.0.0.1", USER_QUOTA=4, TOTAL_QUOTA=100, MAX_BPS=6250000))
     conf.chmod(0o600)
-    port = free_port()
+    port = free_port(udp=True)
     with open(tmp_path / "log", "wb") as log:  # noqa: ASYNC230 - once, before the process
         proc = await asyncio.create_subprocess_exec(
             binary, "-c", str(conf), f"--listening-port={port}",
-            f"--tls-listening-port={free_port()}", f"--pidfile={tmp_path / 'pid'}",
+            f"--tls-listening-port={free_port(udp=True)}", f"--pidfile={tmp_path / 'pid'}",
             f"--userdb={tmp_path / 'turndb'}", stdout=log, stderr=asyncio.subprocess.STDOUT)
     try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                assert proc.returncode is None, (tmp_path / "log").read_text()
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                except OSError:
-                    await asyncio.sleep(0.05)
-                    continue
-                writer.close()
-                break
+        try:
+            await wait_for_port("127.0.0.1", port, WAIT, exited=lambda: proc.returncode is not None)
+        except NotListening as exc:
+            pytest.fail(f"turnserver: {exc}:\n{(tmp_path / 'log').read_text()}")
         turn = Coturn(CoturnOptions(secrets=(new, previous), port=port))  # address only
         for secret in (new, previous):
             cred = issue(secret, "sess-deploy", 600, time.time())
@@ -257,57 +250,36 @@ async def test_deploy_template_accepts_our_credentials(tmp_path: Path) -> None:
 # --- pixelfleet up --turn ------------------------------------------------------------------
 
 
-async def test_up_without_turnserver_says_how_to_install(tmp_path: Any) -> None:
-    env = {**os.environ, "PATH": str(tmp_path)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pixelfleet", "up", "--turn", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
-    assert proc.returncode == 2
-    assert "turnserver is not installed" in err.decode() and "apt-get install -y coturn" in err.decode()
+async def test_up_without_turnserver_says_how_to_install(tmp_path: Any, start_process: StartProcess) -> None:
+    up = await start_process("up", "--turn", env={**os.environ, "PATH": str(tmp_path)})
+    assert await up.wait(WAIT) == 2
+    err = up.output(None)
+    assert "turnserver is not installed" in err and "apt-get install -y coturn" in err
 
 
-async def test_up_with_turn_runs_coturn_and_hands_out_its_credentials() -> None:
+async def test_up_with_turn_runs_coturn_and_hands_out_its_credentials(start_process: StartProcess) -> None:
     require_binary("turnserver")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pixelfleet", "up", "--turn", "--turn-port", "0", "--streamers", "0",
-        "--player-port", "0", "--streamer-port", "0", "--sfu-port", "-1", "--log-format", "json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    assert proc.stdout is not None
-    lines: list[str] = []
-    try:
-        async with asyncio.timeout(WAIT):
-            while not any("pixelfleet is up" in line for line in lines):
-                line = (await proc.stdout.readline()).decode()
-                assert line, "pixelfleet up exited:\n" + "".join(lines)
-                lines.append(line)
-            while not any("relay-only test" in line for line in lines):
-                lines.append((await proc.stdout.readline()).decode())
-        page = next(line.split("open ", 1)[1].strip() for line in lines if "pixelfleet is up" in line)
-        started = next(json.loads(line) for line in lines if '"coturn_started"' in line)
-        async with aiohttp.ClientSession() as http, http.get(f"{page}api/turn-credentials") as resp:
-            body = await resp.json()
-        entry = turn_entry(body)
-        assert entry["urls"][0] == f"turn:127.0.0.1:{started['port']}?transport=udp"
-        # the generated secret stays out of the log and the command line
-        assert entry["credential"] not in "".join(lines)
-        cmdline = Path(f"/proc/{started['pid']}/cmdline").read_bytes()  # noqa: ASYNC240
-        assert b"static-auth-secret" not in cmdline
-        probe = Coturn(CoturnOptions(secrets=("unused",), port=started["port"]))
-        assert len(await relay_candidates(probe, entry["username"], entry["credential"])) == 1
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), WAIT)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert proc.returncode == 0
-    with contextlib.suppress(NameError):
-        async with asyncio.timeout(WAIT):  # coturn went with it
-            while not _gone(started["pid"]):  # noqa: ASYNC110 - polling another process
-                await asyncio.sleep(0.05)
+    up = await start_process("up", "--turn", "--turn-port", "0", "--streamers", "0", "--player-port", "0",
+                             "--streamer-port", "0", "--sfu-port", "-1", "--log-format", "json")
+    banner = await up.wait_for_line("pixelfleet is up", WAIT)
+    await up.wait_for_line("relay-only test", WAIT)
+    output = up.output(None)
+    page = banner.split("open ", 1)[1].strip()
+    started = next(json.loads(line) for line in output.splitlines() if '"coturn_started"' in line)
+    async with aiohttp.ClientSession() as http, http.get(f"{page}api/turn-credentials") as resp:
+        body = await resp.json()
+    entry = turn_entry(body)
+    assert entry["urls"][0] == f"turn:127.0.0.1:{started['port']}?transport=udp"
+    # the generated secret stays out of the log and the command line
+    assert entry["credential"] not in output
+    cmdline = Path(f"/proc/{started['pid']}/cmdline").read_bytes()  # noqa: ASYNC240
+    assert b"static-auth-secret" not in cmdline
+    probe = Coturn(CoturnOptions(secrets=("unused",), port=started["port"]))
+    assert len(await relay_candidates(probe, entry["username"], entry["credential"])) == 1
+    assert await up.stop(signal.SIGINT, WAIT) == 0
+    async with asyncio.timeout(WAIT):  # coturn went with it
+        while not _gone(started["pid"]):  # noqa: ASYNC110 - polling another process
+            await asyncio.sleep(0.05)
 
 
 def _gone(pid: int) -> bool:

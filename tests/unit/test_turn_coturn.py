@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from pixelfleet.net import free_port
 from turn.coturn import (
     CoturnOptions,
     command_line,
     config_file_text,
-    free_port,
     port_is_free,
     relay_port_range,
 )
@@ -49,7 +49,7 @@ def test_urls_and_repr() -> None:
 
 
 def test_ports() -> None:
-    port = free_port()
+    port = free_port(udp=True)
     assert port_is_free("127.0.0.1", port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.bind(("127.0.0.1", port))
