@@ -82,8 +82,13 @@ def test_layout_table_names_only_existing_paths() -> None:
 
 def test_layout_table_lists_every_top_level_package() -> None:
     listed = {p.rstrip("/") for p in _layout_paths()}
-    packages = sorted({path.relative_to(ROOT).parts[0] for path in _tracked_files()
-                       if len(path.relative_to(ROOT).parts) == 2 and path.name == "__init__.py"})
+    packages = sorted(
+        {
+            path.relative_to(ROOT).parts[0]
+            for path in _tracked_files()
+            if len(path.relative_to(ROOT).parts) == 2 and path.name == "__init__.py"
+        }
+    )
     assert "signaling" in packages, "package discovery found nothing"
     unlisted = [p for p in packages if p not in listed]
     assert not unlisted, f"top-level packages missing from docs/architecture.md's layout table: {unlisted}"
