@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,13 +23,15 @@ from aiohttp import web
 from gpu_agent.agent import Agent
 from gpu_agent.client import HttpMatchmakerClient
 from gpu_agent.config import AgentSettings
+from pixelfleet.settings import env_name
 from gpu_agent.drain import DrainReason
-from tests.support.nvml_replay import RecordedSampler
 from gpu_agent.slots import Phase
 from matchmaker.config import MatchmakerSettings
 from matchmaker.models import Heartbeat, HeartbeatReply
 from matchmaker.server import MatchmakerServer
-from tests.conftest import StartSignaling
+from pixelfleet.net import free_port
+from tests.conftest import StartProcess, StartSignaling
+from tests.support.nvml_replay import RecordedSampler
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +52,6 @@ async def eventually(check: Callable[[], Any], what: str, within_s: float = WAIT
             return result
         await asyncio.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RecordingClient(HttpMatchmakerClient):
@@ -89,7 +84,7 @@ class Stack:
         return f"http://127.0.0.1:{self.mm_port}"
 
     async def start_matchmaker(self) -> MatchmakerServer:
-        settings = MatchmakerSettings(port=self.mm_port, token_secret=TOKEN_SECRET, agent_token=AGENT,
+        settings = MatchmakerSettings(port=self.mm_port, session_token_secret=TOKEN_SECRET, agent_token=AGENT,
                                       admin_token=ADMIN, allow_anonymous=True, sweep_interval_s=0.05,
                                       heartbeat_ttl_s=30.0)
         server = MatchmakerServer(settings)
@@ -276,19 +271,18 @@ async def test_admin_drain_keeps_sessions_stops_slots_as_they_end_and_undrain_re
                      "the matchmaker using both slots again")
 
 
-async def test_sigterm_drains_waits_for_the_session_then_exits(stack: Stack) -> None:
+async def test_sigterm_drains_waits_for_the_session_then_exits(stack: Stack, start_process: StartProcess) -> None:
     """``pixelfleet agent`` as a real process: SIGTERM stops the idle slot at once, lets
     the player's session run until drain_timeout_s, then ends it and exits 0."""
     await stack.start_matchmaker()
     s = stack.settings(metrics_port=free_port())
-    env = {**os.environ, **{f"PIXELFLEET_AGENT__{k.upper()}": str(v) for k, v in {
+    env = {**os.environ, **{env_name("agent", k): str(v) for k, v in {
         "host_id": s.host_id, "app": s.app, "matchmaker_url": s.matchmaker_url, "agent_token": AGENT,
         "signaling_url": s.signaling_url, "streamer_url": s.streamer_url,
         "signaling_api_url": s.signaling_api_url, "slots": 2, "res_x": 320, "res_y": 240, "fps": 10,
         "heartbeat_period_s": 0.2, "ready_poll_s": 0.1, "health_poll_s": 0.2, "metrics_port": s.metrics_port,
         "drain_timeout_s": 5.0, "log_format": "json"}.items()}}  # no admin token: the heartbeat tells
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "pixelfleet", "agent", env=env,
-                                                stderr=asyncio.subprocess.PIPE)
+    agent = await start_process("agent", env=env)
     slot_pids: list[int] = []
     try:
         await eventually(lambda: stack.states_are(s0="ready", s1="ready"), "both slots READY")
@@ -299,21 +293,19 @@ async def test_sigterm_drains_waits_for_the_session_then_exits(stack: Stack) -> 
         index = await busy_slot(stack)
         busy, idle = f"gpu-1/{index}", f"gpu-1/{1 - index}"
         async with player_on(stack, f"gpu-1-{index}"):
-            proc.send_signal(signal.SIGTERM)
+            agent.send(signal.SIGTERM)
             await eventually(lambda: _state_is(stack, idle, "dead"), "the idle slot stopped and reported dead")
             status, hosts = await stack.call("GET", "/admin/hosts")
             assert hosts[0]["draining"] is True  # told by its heartbeat (the agent has no admin token)
             assert (await stack.slot_states())[busy] == "assigned"  # the session goes on
-            code = await asyncio.wait_for(proc.wait(), WAIT)
-        assert code == 0
+            code = await agent.wait(WAIT)
+        assert code == 0, agent.output()
         await eventually(lambda: _state_is(stack, busy, "dead"), "the last slot reported dead")
         status, live = await stack.call("GET", "/admin/sessions")
         assert session["session_id"] not in [x["session_id"] for x in live]  # ended at the deadline
         await eventually(lambda: not any(alive(p) for p in slot_pids), "every streamer process gone")
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await agent.stop(signal.SIGKILL)
         for pid in slot_pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)

@@ -31,9 +31,6 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -45,6 +42,10 @@ import aiohttp
 import jwt
 import orjson
 import pytest
+
+from pixelfleet.net import free_port
+from tests.support.hosts import registration_body
+from tests.support.processes import Child, start_child
 
 pytestmark = pytest.mark.integration
 
@@ -417,79 +418,50 @@ def caller_token(tenant: str) -> str:
     return jwt.encode({"tenant": tenant, "exp": int(time.time()) + 3600}, CALLER_SECRET, algorithm="HS256")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Replicas:
-    """``python -m pixelfleet matchmaker`` child processes; always stopped (finally)."""
+    """``pixelfleet matchmaker`` child processes; always stopped (finally)."""
 
     def __init__(self, n: int, state_url: str, prefix: str, folder: Path, env: dict[str, str]) -> None:
         self.n, self.state_url, self.prefix, self.folder, self.extra = n, state_url, prefix, folder, env
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.ports: list[int] = []
+        self.children: list[Child] = []
+        self.stop_s = 0.0
 
     def records_path(self, i: int) -> Path:
         return self.folder / f"records-{i}.jsonl"
 
-    def spawn(self) -> None:
+    async def start(self, wait_s: float = 30.0) -> list[str]:
         env = {**os.environ, "PIXELFLEET_STATE_URL": self.state_url,
                "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
-               "PIXELFLEET_MATCHMAKER__TOKEN_SECRET": TOKEN_SECRET,
-               "PIXELFLEET_MATCHMAKER__AGENT_TOKEN": AGENT, "PIXELFLEET_MATCHMAKER__ADMIN_TOKEN": ADMIN,
+               "PIXELFLEET_SESSION_TOKEN_SECRET": TOKEN_SECRET,
+               "PIXELFLEET_AGENT_TOKEN": AGENT, "PIXELFLEET_ADMIN_TOKEN": ADMIN,
                "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": CALLER_SECRET,
                **{f"PIXELFLEET_MATCHMAKER__{k}": v for k, v in self.extra.items()}}
+        bases = []
         for i in range(self.n):
-            port = _free_port()
-            log = open(self.folder / f"matchmaker-{i}.log", "wb")  # noqa: SIM115 - closed with the process
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "pixelfleet", "matchmaker", "--port", str(port),
-                 "--records", str(self.records_path(i)), "--log-level", "warning", "--log-format", "json"],
-                env=env, stdout=log, stderr=subprocess.STDOUT))
-            log.close()
-            self.ports.append(port)
-
-    async def start(self, wait_s: float = 30.0) -> list[str]:
-        self.spawn()
-        bases = [f"http://127.0.0.1:{p}" for p in self.ports]
-        deadline = time.monotonic() + wait_s
+            port = free_port()
+            self.children.append(await start_child(
+                f"matchmaker {i}", "matchmaker", "--port", str(port), "--records", str(self.records_path(i)),
+                "--log-level", "warning", "--log-format", "json", env=env,
+                log_path=self.folder / f"matchmaker-{i}.log"))
+            bases.append(f"http://127.0.0.1:{port}")
         async with aiohttp.ClientSession() as http:
-            for i, base in enumerate(bases):
-                while True:
-                    if self.procs[i].poll() is not None:
-                        raise RuntimeError(f"matchmaker {i} exited: {self.tail(i)}")
+            for child, base in zip(self.children, bases, strict=True):
+
+                async def healthy(base: str = base) -> bool:
                     with contextlib.suppress(aiohttp.ClientError):
                         async with http.get(base + "/healthz") as r:
-                            if r.status == 200:
-                                break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"matchmaker {i} did not come up: {self.tail(i)}")
-                    await asyncio.sleep(0.1)
+                            return r.status == 200
+                    return False
+
+                await child.wait_until(healthy, "a healthy /healthz", wait_s, period_s=0.1)
         return bases
 
-    def tail(self, i: int) -> str:
-        with contextlib.suppress(OSError):
-            return (self.folder / f"matchmaker-{i}.log").read_text(errors="replace")[-3000:]
-        return ""
-
-    def stop(self) -> list[int | None]:
+    async def stop(self) -> list[int | None]:
         """SIGINT (graceful: the records are flushed), SIGKILL after 15 s; None = killed."""
         t0 = time.monotonic()
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        codes: list[int | None] = []
-        for p in self.procs:
-            try:
-                codes.append(p.wait(max(0.1, 15 - (time.monotonic() - t0))))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-                codes.append(None)
+        codes = await asyncio.gather(*(child.stop(signal.SIGINT, 15.0) for child in self.children))
         self.stop_s = time.monotonic() - t0
-        return codes
+        return list(codes)
 
     def records(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -557,8 +529,7 @@ class Driver:
                 del pending[index]
                 self.log(kind="reset_done", slot=f"{host}/{index}", session=session, t0=time.time(), t1=time.time())
 
-        spec = [{"index": i, "tenant": APPS[(h + i) % len(APPS)][0], "app": APPS[(h + i) % len(APPS)][1],
-                 "streamer_id": f"{host}-{i}"} for i in range(n)]
+        served = [APPS[(h + i) % len(APPS)] for i in range(n)]
         while not self.stop_agents.is_set():
             if state["dead_until"]:
                 # Dead: silent until the killer's time is up (forever for a permanent death).
@@ -573,9 +544,9 @@ class Driver:
                 failing.clear()
                 reset_for = [None] * n
             if not registered:
-                status, _ = await self.call("register", "POST", "/api/v1/hosts", {
-                    "host_id": host, "boot_id": boot, "region": "eu", "gpu_model": "L4",
-                    "signaling_url": "ws://127.0.0.1:1", "slots": spec}, AGENT, host=host, boot=boot)
+                status, _ = await self.call("register", "POST", "/api/v1/hosts",
+                                            registration_body(host, boot=boot, slots=served), AGENT,
+                                            host=host, boot=boot)
                 if status == 201:
                     registered = True
                     state["alive"] = True
@@ -869,7 +840,7 @@ async def run_scenario(sc: Scenario, state_url: str, folder: Path) -> tuple[Chec
             driver = Driver(sc, bases, http)
             out = await driver.run()
     finally:
-        codes = replicas.stop()
+        codes = await replicas.stop()
     records = replicas.records()
     (folder / "history.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in driver.history))
     slot_ids = {f"h{h}/{i}" for h in range(sc.hosts) for i in range(sc.slots_per_host)}

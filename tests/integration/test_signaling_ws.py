@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,9 +14,10 @@ import aiohttp
 import orjson
 import pytest
 
+from pixelfleet.net import free_port
 from signaling import errors
 from signaling.app import SignalingServer
-from tests.conftest import StartSignaling
+from tests.conftest import StartProcess, StartSignaling
 
 pytestmark = pytest.mark.integration
 
@@ -318,37 +319,19 @@ async def test_rest_api_and_player_page(start_signaling: StartSignaling, http: a
 
 
 async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession,
-                                                     unused_tcp_port_factory: Any) -> None:
-    ports = [unused_tcp_port_factory() for _ in range(3)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pixelfleet", "signaling", "--host", "127.0.0.1",
-        "--player-port", str(ports[0]), "--streamer-port", str(ports[1]), "--sfu-port", str(ports[2]),
-        "--log-format", "json", stderr=asyncio.subprocess.PIPE)
-    try:
-        ws = None
-        for _ in range(100):
-            try:
-                ws = await http.ws_connect(f"ws://127.0.0.1:{ports[1]}/")
-                break
-            except aiohttp.ClientError:
-                if proc.returncode is not None:
-                    break
-                await asyncio.sleep(0.1)
-        if ws is None:
-            err = (await proc.stderr.read()).decode() if proc.returncode is not None else ""  # type: ignore[union-attr]
-            pytest.fail(f"pixelfleet signaling never accepted a streamer: {err[-500:]}")
-        s = Peer(ws)
-        assert (await s.recv())["type"] == "identify"
-        proc.terminate()
-        code, reason = await s.closed()
-        assert code == errors.SERVICE_RESTART and "shutting down" in reason
-        assert await asyncio.wait_for(proc.wait(), WAIT) == 0
-        log = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
-        assert '"event":"signaling_stopped"' in log
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+                                                     start_process: StartProcess) -> None:
+    ports = [free_port() for _ in range(3)]
+    server = await start_process(
+        "signaling", "--host", "127.0.0.1", "--player-port", str(ports[0]), "--streamer-port", str(ports[1]),
+        "--sfu-port", str(ports[2]), "--log-format", "json")
+    await server.wait_for_port(ports[1], WAIT)
+    s = Peer(await http.ws_connect(f"ws://127.0.0.1:{ports[1]}/"))
+    assert (await s.recv())["type"] == "identify"
+    server.send(signal.SIGTERM)
+    code, reason = await s.closed()
+    assert code == errors.SERVICE_RESTART and "shutting down" in reason
+    assert await server.wait(WAIT) == 0
+    assert '"event":"signaling_stopped"' in server.output(None)
 
 
 async def test_keepalive_closes_silent_peers_and_keeps_answering_ones(start_signaling: StartSignaling,

@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from streamer import input_messages as im
 from loadtest.synthetic_player import SyntheticPlayer
-from streamer.synthetic import SyntheticStreamer
 from signaling.app import SignalingServer
-from tests.conftest import StartSignaling
+from streamer import input_messages as im
+from streamer.synthetic import SyntheticStreamer
+from tests.conftest import StartProcess, StartSignaling
 
 pytestmark = pytest.mark.integration
 
@@ -203,22 +202,15 @@ async def test_ice_servers_from_config_are_used(start_signaling: StartSignaling)
         await asyncio.wait_for(task, WAIT)
 
 
-async def test_cli_streamer_runs_until_sigterm(server: SignalingServer) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamer.synthetic",
+async def test_cli_streamer_runs_until_sigterm(server: SignalingServer, start_process: StartProcess) -> None:
+    streamer = await start_process(
         "--url", f"ws://127.0.0.1:{server.streamer_port}", "--id", "FromCli",
         "--width", "160", "--height", "120", "--fps", "10", "--log-format", "json",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        await wait_until(lambda: server.core.streamer_by_id("FromCli") is not None, "the CLI streamer")
-        async with SyntheticPlayer(player_url(server), "FromCli") as player:
-            await player.wait_frames(3, WAIT)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(proc.communicate(), WAIT)
-    assert proc.returncode == 0, stderr.decode(errors="replace")[-2000:]
+        module="streamer.synthetic", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    await streamer.wait_until(lambda: server.core.streamer_by_id("FromCli") is not None, "the CLI streamer", WAIT)
+    async with SyntheticPlayer(player_url(server), "FromCli") as player:
+        await player.wait_frames(3, WAIT)
+    assert await streamer.stop(signal.SIGTERM, WAIT) == 0, streamer.output(2000)
 
 
 def test_cli_help() -> None:
