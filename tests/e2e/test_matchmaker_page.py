@@ -10,11 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from pixelfleet.net import free_port
+from tests.conftest import StartProcess
 from tests.e2e.test_player_page import state, wait_for_rising_frames
+from tests.support.processes import Child
 
 pytestmark = pytest.mark.e2e
 
@@ -34,24 +32,17 @@ GRACE_S = 6.0
 SCREENSHOTS = os.environ.get("E2E_SCREENSHOTS")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Up:
-    proc: asyncio.subprocess.Process
+    child: Child
     player_port: int
-    log_path: Path
 
     @property
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.player_port}"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        return self.child.output(6000)
 
     async def listed_streamers(self) -> list[str]:
         async with aiohttp.ClientSession() as http, http.get(f"{self.origin}/api/streamers") as resp:
@@ -60,57 +51,37 @@ class Up:
 
 
 @pytest.fixture
-async def start_up() -> AsyncIterator[Callable[..., Any]]:
+async def start_up(start_process: StartProcess) -> AsyncIterator[Callable[..., Any]]:
     """``await start_up(streamers=2, **matchmaker_env)``: ``pixelfleet up`` on free ports,
     returned once it says it is up and signalling lists every streamer. The child and
-    its streamers (its own process group) are always stopped."""
-    running: list[tuple[asyncio.subprocess.Process, Any]] = []
+    its streamers (its own process group) are always stopped (SIGTERM: up stops its
+    streamers; then SIGKILL for anything left in the group)."""
 
     async def start(streamers: int = 2, **matchmaker: Any) -> Up:
-        player_port = _free_port()
+        player_port = free_port()
         # Only our settings: up refuses unknown PIXELFLEET_* names (PIXELFLEET_TEST__STRICT is the tests').
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIXELFLEET_")},
                "PIXELFLEET_LOG_FORMAT": "console",
                **{f"PIXELFLEET_MATCHMAKER__{k.upper()}": str(v) for k, v in matchmaker.items()}}
-        log_file = tempfile.NamedTemporaryFile(prefix="pixelfleet-up-", suffix=".log", delete=False)  # noqa: SIM115
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pixelfleet", "up", "--player-port", str(player_port),
-            "--streamer-port", str(_free_port()), "--sfu-port", str(_free_port()),
-            "--streamers", str(streamers), "--width", "320", "--height", "180", "--fps", "15",
-            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            cwd=Path(__file__).parents[2])
-        running.append((proc, log_file))
-        up = Up(proc, player_port, Path(log_file.name))
+        child = await start_process(
+            "up", "--player-port", str(player_port), "--streamer-port", str(free_port()),
+            "--sfu-port", str(free_port()), "--streamers", str(streamers), "--width", "320", "--height", "180",
+            "--fps", "15", env=env, new_session=True)
+        up = Up(child, player_port)
         want = sorted(f"Streamer{i}" for i in range(1, streamers + 1))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + UP_READY_S
-        while True:
-            if proc.returncode is not None:
-                pytest.fail(f"pixelfleet up exited with {proc.returncode}:\n{up.log()}", pytrace=False)
-            if loop.time() > deadline:
-                pytest.fail(f"pixelfleet up not ready in {UP_READY_S} s:\n{up.log()}", pytrace=False)
-            # The banner comes after the local fleet has registered its slots.
-            if "pixelfleet is up" in up.log():
-                with contextlib.suppress(aiohttp.ClientError):
-                    if await up.listed_streamers() == want:
-                        return up
-            await asyncio.sleep(0.2)
 
-    try:
-        yield start
-    finally:
-        for proc, log_file in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # up stops its streamers on SIGTERM
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 15)
-            with contextlib.suppress(ProcessLookupError):  # anything left in its group
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
-            log_file.close()
-            with contextlib.suppress(OSError):
-                os.unlink(log_file.name)
+        async def ready() -> bool:
+            # The banner comes after the local fleet has registered its slots.
+            if "pixelfleet is up" not in child.output(None):
+                return False
+            with contextlib.suppress(aiohttp.ClientError):
+                return await up.listed_streamers() == want
+            return False
+
+        await child.wait_until(ready, "'pixelfleet is up' with every streamer listed", UP_READY_S, period_s=0.2)
+        return up
+
+    yield start
 
 
 async def screenshot(page: Any, name: str) -> None:

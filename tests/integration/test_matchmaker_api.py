@@ -36,6 +36,7 @@ from matchmaker.service import Matchmaker
 from pixelfleet.tokens import TokenKeys, verify
 from signaling.sessions import HttpReporter, SessionGate
 from tests.conftest import StartSignaling
+from tests.support.hosts import heartbeat_body, register_host
 
 pytestmark = pytest.mark.integration
 
@@ -77,18 +78,13 @@ class Api:
 
     async def register(self, host: str = "h1", slots: int = 1, boot: str = "b1", tenant: str = "acme",
                        app: str = "game") -> tuple[int, Any]:
-        return await self.call("POST", "/api/v1/hosts", {
-            "host_id": host, "boot_id": boot, "region": "eu", "gpu_model": "L4",
-            "signaling_url": "ws://127.0.0.1:1",
-            "slots": [{"index": i, "tenant": tenant, "app": app, "streamer_id": f"{host}-{i}"}
-                      for i in range(slots)]}, AGENT)
+        return await register_host(self.http, self.base + "/api/v1", AGENT, host, boot=boot, slots=slots,
+                                   tenant=tenant, app=app)
 
     async def beat(self, host: str = "h1", states: list[str] | None = None, boot: str = "b1",
                    reset_for: dict[int, str] | None = None) -> tuple[int, Any]:
-        states = states or ["ready"]
-        return await self.call("POST", f"/api/v1/hosts/{host}/heartbeat", {
-            "boot_id": boot, "slots": [{"index": i, "state": s, "reset_for": (reset_for or {}).get(i)}
-                                       for i, s in enumerate(states)]}, AGENT)
+        return await self.call("POST", f"/api/v1/hosts/{host}/heartbeat",
+                               heartbeat_body(states or ["ready"], boot=boot, reset_for=reset_for), AGENT)
 
     async def allocate(self, app: str = "game", tenant: str = "acme", **extra: Any) -> tuple[int, Any]:
         return await self.call("POST", "/api/v1/sessions", {"app": app, **extra}, caller_token(tenant))
@@ -109,7 +105,7 @@ async def make_api(request: pytest.FixtureRequest) -> AsyncIterator[MakeApi]:
     async def make(clock: Callable[[], float] = time.time, **overrides: Any) -> Api:
         settings = MatchmakerSettings(**{
             "port": 0, "state_url": state_url, "key_prefix": f"t{uuid.uuid4().hex[:8]}",
-            "token_secret": TOKEN_SECRET, "agent_token": AGENT, "admin_token": ADMIN,
+            "session_token_secret": TOKEN_SECRET, "agent_token": AGENT, "admin_token": ADMIN,
             "caller_jwt_secret": CALLER_SECRET, "sweep_interval_s": 0.05, **overrides})
         sink = MemorySink()
         server = MatchmakerServer(settings, build_matchmaker(settings, sink=sink, clock=clock))
@@ -320,7 +316,7 @@ async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
         backend: str, request: pytest.FixtureRequest) -> None:
     """The sweep reads due sessions in bounded rounds and goes on while rounds come back full."""
     url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
-    settings = MatchmakerSettings(state_url=url, key_prefix=f"t{uuid.uuid4().hex[:8]}", token_secret=TOKEN_SECRET,
+    settings = MatchmakerSettings(state_url=url, key_prefix=f"t{uuid.uuid4().hex[:8]}", session_token_secret=TOKEN_SECRET,
                                   heartbeat_ttl_s=1e9, connect_timeout_s=60.0)
     sink = MemorySink()
     mm = build_matchmaker(settings, sink=sink)
