@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -35,16 +34,12 @@ from typing import Any
 
 import aiohttp
 
+from pixelfleet.net import free_port
+
 ROOT = Path(__file__).parents[1]
 FIXTURE = ROOT / "tests" / "data" / "nvml_l4x4.json"
 AGENT_TOKEN = "bench-agent-token-0123456789"
 TARGET_PCT = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _wait_http(url: str, within_s: float = 30.0) -> None:
@@ -84,10 +79,10 @@ async def bench(slots: int, period: float, seconds: float, iterations: int, repe
     from gpu_agent.config import AgentSettings
     from tests.support.nvml_replay import RecordedSampler
 
-    mm_port, player_port, streamer_port = _free_port(), _free_port(), _free_port()
-    env = {**os.environ, "PIXELFLEET_MATCHMAKER__AGENT_TOKEN": AGENT_TOKEN,
-           "PIXELFLEET_MATCHMAKER__TOKEN_SECRET": "bench-secret-" + "x" * 32}
-    quiet = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
+    mm_port, player_port, streamer_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "PIXELFLEET_AGENT_TOKEN": AGENT_TOKEN,
+           "PIXELFLEET_SESSION_TOKEN_SECRET": "bench-secret-" + "x" * 32}
+    quiet: dict[str, Any] = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
     children = [
         await asyncio.create_subprocess_exec(sys.executable, "-m", "pixelfleet", "matchmaker", "--port",
                                              str(mm_port), "--log-level", "warning", env=env, **quiet),

@@ -42,7 +42,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,7 @@ from loadtest.bench_signaling import (
     quiet_machine,
 )
 from loadtest.children import JsonLineChild, die_with_parent, tail
+from pixelfleet.net import NotListening, free_port, wait_for_port
 
 TARGETS = {
     "ceiling_ratio": ("4 replicas allocations/s / raw claim ceiling", ">=", 0.5),
@@ -75,12 +75,6 @@ CALLER_SECRET = "bench-caller-secret-" + "c" * 32
 TOKEN_SECRET = "bench-session-secret-" + "d" * 32
 NCPU = psutil.cpu_count() or 1
 now = time.monotonic
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------- Redis
@@ -198,6 +192,10 @@ async def fill_pool(url: str, prefix: str, apps: Sequence[str], slots_per_app: i
 # ----------------------------------------------------------------------------- processes
 
 
+def _has_exited(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: proc.poll() is not None
+
+
 class Matchmakers:
     def __init__(self, n: int, url: str, prefix: str, folder: str, opts: argparse.Namespace) -> None:
         self.n, self.url, self.prefix, self.folder, self.opts = n, url, prefix, folder, opts
@@ -208,15 +206,15 @@ class Matchmakers:
     def spawn(self) -> None:
         env = {**os.environ, "PIXELFLEET_STATE_URL": self.url,
                "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
-               "PIXELFLEET_MATCHMAKER__TOKEN_SECRET": TOKEN_SECRET,
-               "PIXELFLEET_MATCHMAKER__AGENT_TOKEN": AGENT, "PIXELFLEET_MATCHMAKER__ADMIN_TOKEN": ADMIN,
+               "PIXELFLEET_SESSION_TOKEN_SECRET": TOKEN_SECRET,
+               "PIXELFLEET_AGENT_TOKEN": AGENT, "PIXELFLEET_ADMIN_TOKEN": ADMIN,
                "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": CALLER_SECRET,
                "PIXELFLEET_MATCHMAKER__HEARTBEAT_TTL_S": "86400",
                "PIXELFLEET_MATCHMAKER__CONNECT_TIMEOUT_S": "86400",
                "PIXELFLEET_MATCHMAKER__MAX_SESSION_S": "86400",
                "PIXELFLEET_MATCHMAKER__SWEEP_INTERVAL_S": str(self.opts.sweep_interval)}
         for i in range(self.n):
-            port = _free_port()
+            port = free_port()
             log = os.path.join(self.folder, f"{self.prefix}-mm{i}.log")
             with open(log, "wb") as out:
                 self.procs.append(subprocess.Popen(
@@ -229,15 +227,12 @@ class Matchmakers:
     async def start(self, wait_s: float = 30.0) -> list[ProcTree]:
         self.spawn()
         deadline = now() + wait_s
-        for i, port in enumerate(self.ports):
-            while True:
-                if self.procs[i].poll() is not None:
-                    raise RuntimeError(f"matchmaker {i} exited:\n{tail(self.logs[i])}")
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                    break
-                if now() > deadline:
-                    raise RuntimeError(f"matchmaker {i} is not listening after {wait_s}s:\n{tail(self.logs[i])}")
-                await asyncio.sleep(0.05)
+        for i, (proc, port) in enumerate(zip(self.procs, self.ports, strict=True)):
+            try:
+                await wait_for_port("127.0.0.1", port, max(0.0, deadline - now()),
+                                    exited=_has_exited(proc))
+            except NotListening as exc:
+                raise RuntimeError(f"matchmaker {i}: {exc}:\n{tail(self.logs[i])}") from None
         return [ProcTree(p.pid) for p in self.procs]
 
     def stop(self) -> None:

@@ -31,7 +31,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from typing import Any
 import psutil
 
 from loadtest.children import JsonLineChild, die_with_parent, tail
+from pixelfleet.net import NotListening, free_port, wait_for_port
 
 SERVERS = ("pixelfleet", "bare")
 # Generous per-connection limits so the benchmark measures relaying, not throttling.
@@ -66,12 +66,6 @@ def _child_env() -> dict[str, str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
     return env
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _split(n: int, parts: int) -> list[int]:
@@ -235,18 +229,14 @@ class Server:
                 *self.cmd, stdout=out, stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent,
                 start_new_session=True, cwd=os.path.dirname(self.log), env=_child_env(),
             )  # not our cwd: `python -m` would put it first on sys.path, ahead of PYTHONPATH
-        deadline = now() + limit_s
-        waiting = set(self.ports.values())
-        while waiting:
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{tail(self.log)}")
-            if now() > deadline:
-                raise RuntimeError(f"{self.kind} did not listen on {sorted(waiting)} within {limit_s}s")
-            for port in list(waiting):
-                with contextlib.suppress(OSError), socket.create_connection((self.host, port), 0.2):
-                    waiting.discard(port)
-            await asyncio.sleep(0.1)
-        return ProcTree(self.proc.pid)
+        proc, deadline = self.proc, now() + limit_s
+        try:
+            for port in self.ports.values():
+                await wait_for_port(self.host, port, max(0.0, deadline - now()),
+                                    exited=lambda: proc.returncode is not None)
+        except NotListening as exc:
+            raise RuntimeError(f"{self.kind}: {exc} (exit code {proc.returncode}):\n{tail(self.log)}") from None
+        return ProcTree(proc.pid)
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -260,7 +250,7 @@ class Server:
 
 
 def server_command(kind: str, host: str, opts: argparse.Namespace) -> tuple[list[str], dict[str, int]]:
-    player, streamer, sfu = _free_port(host), _free_port(host), _free_port(host)
+    player, streamer, sfu = free_port(host), free_port(host), free_port(host)
     if kind == "bare":
         ports = {"player": player, "streamer": streamer}
         if opts.bare_cmd:

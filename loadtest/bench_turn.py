@@ -27,6 +27,8 @@ from typing import Any
 
 import aiohttp
 
+from pixelfleet.net import free_port, wait_for_port
+
 TARGET_PER_S = 50_000
 SECRET = "bench-secret-0123456789abcdef"
 URLS = ("stun:turn.example.com:3478", "turn:turn.example.com:3478?transport=udp",
@@ -99,34 +101,19 @@ def _mint(cpu: int | None, seconds: float) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- connecting
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _start_server(turn: bool) -> tuple[asyncio.subprocess.Process, int]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELFLEET_")}
     if turn:
         env.update({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__SECRETS": SECRET,
                     "PIXELFLEET_TURN__URLS": ",".join(URLS)})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pixelfleet", "signaling", "--host", "127.0.0.1",
-        "--player-port", str(port), "--streamer-port", str(_free_port()), "--sfu-port", "-1",
+        "--player-port", str(port), "--streamer-port", str(free_port()), "--sfu-port", "-1",
         "--player-rate", "1000000", "--player-burst", "1000000", "--log-level", "warning",
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return proc, port
+    await wait_for_port("127.0.0.1", port, 30.0, exited=lambda: proc.returncode is not None)
+    return proc, port
 
 
 async def _one_connect(session: aiohttp.ClientSession, url: str) -> tuple[float, float, bool]:
