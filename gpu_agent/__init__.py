@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gpu_agent.agent import Agent
     from gpu_agent.client import HttpMatchmakerClient, LocalMatchmakerClient, MatchmakerClient
-    from gpu_agent.config import AgentSettings, load_agent_settings
+    from gpu_agent.config import AgentSettings
     from gpu_agent.probe import GpuSampler, HostSample, NvmlSampler
 
 __all__ = ["Agent", "AgentSettings", "GpuSampler", "HostSample", "HttpMatchmakerClient", "LocalMatchmakerClient",
-           "MatchmakerClient", "NvmlSampler", "load_agent_settings"]
+           "MatchmakerClient", "NvmlSampler"]
 
-_WHERE = {"Agent": "agent", "AgentSettings": "config", "load_agent_settings": "config", "GpuSampler": "probe",
+_WHERE = {"Agent": "agent", "AgentSettings": "config", "GpuSampler": "probe",
           "HostSample": "probe", "NvmlSampler": "probe", "HttpMatchmakerClient": "client",
           "LocalMatchmakerClient": "client", "MatchmakerClient": "client"}
 

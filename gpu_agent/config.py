@@ -1,20 +1,17 @@
-"""The agent's one settings object: ``PIXELFLEET_AGENT__*`` (``load_agent_settings``)."""
+"""The agent's settings: ``PIXELFLEET_AGENT__*``, loaded by ``pixelfleet.settings.load_settings``.
+The agent and admin tokens and the log settings are shared (``SharedSettings``)."""
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Mapping
 
-import msgspec
-
-from pixelfleet.settings import ConfigError, load_section
+from pixelfleet.shared_settings import ConfigError, SharedSettings
 
 STREAMER_KINDS = ("synthetic", "ue")
 DRAIN_MODES = ("wait", "end")
 
 
-class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Who this host is (HostRegistration).
     host_id: str = ""                       # "" = this machine's hostname
     region: str = "local"
@@ -24,8 +21,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     app: str = "default"
     # The matchmaker's agent API.
     matchmaker_url: str = "http://127.0.0.1:9999"
-    agent_token: str | None = None          # bearer token of agents (PIXELFLEET_MATCHMAKER__AGENT_TOKEN there)
-    admin_token: str | None = None          # optional: marks the host draining before the next heartbeat does
+    # (agent_token, shared: the matchmaker's agent API; admin_token, optional: marks the
+    # host draining before the next heartbeat does)
     heartbeat_period_s: float = 2.0         # the matchmaker declares a host dead after heartbeat_ttl_s (10 s)
     request_timeout_s: float = 5.0
     retry_max_s: float = 10.0               # longest wait between tries while the matchmaker is down
@@ -71,8 +68,6 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     imds_url: str = "http://169.254.169.254"
     spot_poll_s: float = 5.0
     spot_margin_s: float = 15.0             # end sessions this long before the interruption
-    log_level: str = "info"
-    log_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.streamer not in STREAMER_KINDS:
@@ -88,9 +83,3 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     def host(self) -> str:
         return self.host_id or socket.gethostname()
 
-
-def load_agent_settings(environ: Mapping[str, str] = os.environ, **overrides: object) -> AgentSettings:
-    try:
-        return load_section(AgentSettings, environ, "agent", **overrides)
-    except msgspec.ValidationError as exc:  # raised from __post_init__
-        raise ConfigError(str(exc)) from None

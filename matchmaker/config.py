@@ -1,28 +1,20 @@
-"""Matchmaker settings (``PIXELFLEET_MATCHMAKER__*``); the backend is the platform-wide
-``PIXELFLEET_STATE_URL``."""
+"""Matchmaker settings (``PIXELFLEET_MATCHMAKER__*``). The backend (``PIXELFLEET_STATE_URL``),
+the session-token keys and the agent and admin tokens are shared: see ``SharedSettings``."""
 
 from __future__ import annotations
 
-import msgspec
-
 from matchmaker.placement import POLICIES
+from pixelfleet.shared_settings import SharedSettings
+
+RECORDS_MEMORY_MAX = 10_000
 
 
-class MatchmakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 9999
-    state_url: str = "memory://"          # set from PIXELFLEET_STATE_URL by the CLI
     key_prefix: str = "pf"                 # Redis key prefix; keys carry the tenant
     policy: str = "spread"                 # spread | pack
-    # Session tokens (minted here, verified by signalling).
-    token_algorithm: str = "HS256"         # HS256 | EdDSA
-    token_secret: str | None = None        # HS256; shared with signalling
-    token_private_key_file: str | None = None  # EdDSA (PEM)
-    token_public_key_file: str | None = None   # EdDSA (PEM)
-    token_ttl_s: int = 120                 # how long a player has to open signalling with it
-    # Who may call what.
-    agent_token: str | None = None         # bearer token of GPU agents
-    admin_token: str | None = None         # bearer token of operators
+    # Who may call what (agents and operators: the shared agent_token and admin_token).
     caller_jwt_secret: str | None = None   # HS256 key of callers' JWTs (tenant claim)
     caller_tenant_claim: str = "tenant"
     allow_anonymous: bool = False          # dev: callers without a JWT are anonymous_tenant
@@ -41,9 +33,14 @@ class MatchmakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     queue_rejoin_grace_s: float = 5.0      # a keyed client's place kept after its stream closed; 0 = none
     expected_session_s: float = 600.0      # ETA before any session has ended here
     sweep_interval_s: float = 0.5
-    records_path: str | None = None        # JSON-lines session records; None = kept in memory
+    # Ended-session records: appended to this JSON-lines file; None = only the last
+    # records_memory_max kept in memory (lost on exit; the count of dropped ones is logged).
+    records_path: str | None = None
+    records_memory_max: int = RECORDS_MEMORY_MAX
 
     def __post_init__(self) -> None:
         # The Redis store's script would read an unknown policy as spread: refuse it here.
         if self.policy not in POLICIES:
             raise ValueError(f"unknown placement policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        if self.records_memory_max < 1:
+            raise ValueError("records_memory_max must be at least 1")

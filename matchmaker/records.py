@@ -7,12 +7,17 @@ Each ended session reaches exactly one sink write, because only the replica whos
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
+import structlog
 
+from matchmaker.config import RECORDS_MEMORY_MAX
 from matchmaker.models import Session
+
+log = structlog.get_logger("matchmaker")
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
@@ -63,10 +68,23 @@ class JsonLinesSink:
 
 
 class MemorySink:
-    """Keeps records in a list (tests, and ``pixelfleet up`` without a records file)."""
+    """The last ``max_records`` records, in memory (``pixelfleet up``, tests, and a replica
+    without ``--records``): bounded, so a long-running replica does not grow forever.
+    Older records are dropped and counted in ``dropped``."""
 
-    def __init__(self) -> None:
-        self.records: list[SessionRecord] = []
+    def __init__(self, max_records: int = RECORDS_MEMORY_MAX) -> None:
+        self.records: deque[SessionRecord] = deque(maxlen=max_records)
+        self.dropped = 0
 
     async def write(self, sessions: list[Session]) -> None:
+        overflow = max(0, len(self.records) + len(sessions) - (self.records.maxlen or 0))
+        if overflow and not self.dropped:
+            log.warning("records_dropped", kept=self.records.maxlen,
+                        hint="in-memory records keep only the last ones: use --records FILE to keep all")
+        self.dropped += overflow
         self.records.extend(record_of(s) for s in sessions)
+
+
+def open_sink(path: str | None, memory_max: int = RECORDS_MEMORY_MAX) -> RecordSink:
+    """The sink the settings name: a JSON-lines file, or the bounded in-memory ring."""
+    return JsonLinesSink(path) if path else MemorySink(memory_max)

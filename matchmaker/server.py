@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -14,44 +13,43 @@ from aiohttp import web
 
 from matchmaker.config import MatchmakerSettings
 from matchmaker.http import API_PREFIX, create_app
-from matchmaker.records import JsonLinesSink, MemorySink, RecordSink
+from matchmaker.records import RecordSink, open_sink
 from matchmaker.service import Matchmaker
 from matchmaker.store import open_store
-from pixelfleet.settings import ConfigError, load_section
+from pixelfleet.shared_settings import ConfigError
 from pixelfleet.tokens import TokenKeys
 
 log = structlog.get_logger("matchmaker")
 
 
-def load_matchmaker_settings(environ: Mapping[str, str] = os.environ, **overrides: object) -> MatchmakerSettings:
-    state_url = environ.get("PIXELFLEET_STATE_URL")
-    if state_url and "state_url" not in overrides:
-        overrides["state_url"] = state_url
-    return load_section(MatchmakerSettings, environ, "matchmaker", **overrides)
-
-
 def token_keys(s: MatchmakerSettings) -> TokenKeys:
-    if s.token_algorithm == "EdDSA":
-        if not (s.token_private_key_file and s.token_public_key_file):
-            raise ConfigError("EdDSA session tokens need token_private_key_file and token_public_key_file")
-        return TokenKeys.eddsa(Path(s.token_private_key_file).read_bytes(),
-                               Path(s.token_public_key_file).read_bytes())
-    if s.token_algorithm != "HS256":
-        raise ConfigError(f"token_algorithm must be HS256 or EdDSA, not {s.token_algorithm!r}")
-    if not s.token_secret:
-        raise ConfigError("set PIXELFLEET_MATCHMAKER__TOKEN_SECRET (shared with signalling, >= 32 bytes)")
+    """The keys session tokens are minted with (signalling verifies with the same settings)."""
+    if s.session_token_algorithm == "EdDSA":
+        if not (s.session_token_private_key_file and s.session_token_public_key_file):
+            raise ConfigError("EdDSA session tokens need PIXELFLEET_SESSION_TOKEN_PRIVATE_KEY_FILE and "
+                              "PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE")
+        try:
+            return TokenKeys.eddsa(Path(s.session_token_private_key_file).read_bytes(),
+                                   Path(s.session_token_public_key_file).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"session token key files: {exc}") from None
+    if not s.session_token_secret:
+        raise ConfigError("set PIXELFLEET_SESSION_TOKEN_SECRET (shared with signalling, >= 32 bytes)")
     try:
-        return TokenKeys.hs256(s.token_secret)
+        return TokenKeys.hs256(s.session_token_secret)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"PIXELFLEET_SESSION_TOKEN_SECRET: {exc}") from None
 
 
 def build_matchmaker(s: MatchmakerSettings, *, sink: RecordSink | None = None,
                      clock: Callable[[], float] = time.time) -> Matchmaker:
     """``clock``: tests move time on by hand rather than sleeping through timeouts."""
-    if sink is None:
-        sink = JsonLinesSink(s.records_path) if s.records_path else MemorySink()
-    return Matchmaker(open_store(s.state_url, prefix=s.key_prefix), s, token_keys(s), sink, clock=clock)
+    keys = token_keys(s)
+    try:
+        store = open_store(s.state_url, prefix=s.key_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"PIXELFLEET_STATE_URL: {exc}") from None
+    return Matchmaker(store, s, keys, sink or open_sink(s.records_path, s.records_memory_max), clock=clock)
 
 
 class MatchmakerServer:
@@ -80,7 +78,8 @@ class MatchmakerServer:
         self.port = server.sockets[0].getsockname()[1]
         self.matchmaker.start()
         log.info("matchmaker_listening", host=self.settings.host, port=self.port,
-                 backend=self.settings.state_url.split(":", 1)[0])
+                 backend=self.settings.state_url.split(":", 1)[0],
+                 records=self.settings.records_path or f"memory (last {self.settings.records_memory_max})")
 
     async def stop(self) -> None:
         if self._runner is not None:

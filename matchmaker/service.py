@@ -142,7 +142,7 @@ class Matchmaker:
 
     def _allocation(self, session: Session) -> Allocation:
         token = mint(self.keys, tenant=session.tenant, session_id=session.session_id,
-                     streamer_id=session.streamer_id, ttl_s=self.settings.token_ttl_s, now=self.clock())
+                     streamer_id=session.streamer_id, ttl_s=self.settings.session_token_ttl_s, now=self.clock())
         return Allocation(session, token, self.settings.idle_timeout_s)
 
     async def _eta(self, request: AllocationRequest, position: int) -> float:

@@ -1,4 +1,10 @@
-"""The ``pixelfleet`` command: runs one service, or the whole platform with ``up``."""
+"""The ``pixelfleet`` command: runs one service, or the whole platform with ``up``.
+
+Settings are loaded here, once, from the environment and the flags
+(``pixelfleet.settings``); each command gets the result. A flag's ``dest`` is the
+setting it sets (``signaling.player_port``, ``matchmaker.policy``, ``log_level``).
+Secrets have no flags: ``ps`` shows every process's arguments.
+"""
 
 from __future__ import annotations
 
@@ -9,59 +15,62 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-import uvloop
+from pixelfleet import __version__
 
-from pixelfleet.logs import configure_logging
+if TYPE_CHECKING:
+    from pixelfleet.settings import PixelfleetSettings
 
 
-def _add_signaling_flags(p: argparse.ArgumentParser, *, player_port_default: int | None = None) -> None:
+def _add_logging_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", dest="log_level", help="debug | info | warning | error (default info)")
+    p.add_argument("--log-format", dest="log_format", help="json | console | auto (default auto)")
+
+
+def _add_signaling_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("signalling")
-    g.add_argument("--host", help="bind address (default 127.0.0.1)")
-    g.add_argument("--player-port", type=int, default=player_port_default,
-                   help="HTTP port: player page and player WebSocket (default 80)")
-    g.add_argument("--streamer-port", type=int, help="streamer WebSocket port (default 8888)")
-    g.add_argument("--sfu-port", type=int, help="SFU WebSocket port (default 8889, -1 = off)")
-    g.add_argument("--max-players", dest="max_players_per_streamer", type=int,
+    g.add_argument("--host", dest="signaling.host", help="bind address (default 127.0.0.1)")
+    g.add_argument("--player-port", dest="signaling.player_port", type=int,
+                   help="HTTP port: player page and player WebSocket (default 80; up: 8080)")
+    g.add_argument("--streamer-port", dest="signaling.streamer_port", type=int,
+                   help="streamer WebSocket port (default 8888)")
+    g.add_argument("--sfu-port", dest="signaling.sfu_port", type=int,
+                   help="SFU WebSocket port (default 8889, -1 = off)")
+    g.add_argument("--max-players", dest="signaling.max_players_per_streamer", type=int,
                    help="subscribers allowed per streamer (0 = unlimited)")
-    g.add_argument("--max-message-bytes", type=int, help="largest frame accepted (default 65536)")
-    g.add_argument("--player-rate", type=float, help="messages/s per player (average)")
-    g.add_argument("--player-burst", type=float, help="message burst per player")
-    g.add_argument("--streamer-rate", type=float, help="messages/s per streamer or SFU (average)")
-    g.add_argument("--streamer-burst", type=float, help="message burst per streamer or SFU")
-    g.add_argument("--peer-options", dest="peer_connection_options", type=json.loads,
+    g.add_argument("--max-message-bytes", dest="signaling.max_message_bytes", type=int,
+                   help="largest frame accepted (default 65536)")
+    g.add_argument("--player-rate", dest="signaling.player_rate", type=float, help="messages/s per player (average)")
+    g.add_argument("--player-burst", dest="signaling.player_burst", type=float, help="message burst per player")
+    g.add_argument("--streamer-rate", dest="signaling.streamer_rate", type=float,
+                   help="messages/s per streamer or SFU (average)")
+    g.add_argument("--streamer-burst", dest="signaling.streamer_burst", type=float,
+                   help="message burst per streamer or SFU")
+    g.add_argument("--peer-options", dest="signaling.peer_connection_options", type=json.loads,
                    help="JSON object sent as config.peerConnectionOptions (e.g. iceServers)")
-    g.add_argument("--keepalive", dest="keepalive_s", type=float, help="WebSocket ping interval, s")
-    g.add_argument("--log-level", help="debug | info | warning | error")
-    g.add_argument("--log-format", help="json | console | auto")
+    g.add_argument("--keepalive", dest="signaling.keepalive_s", type=float, help="WebSocket ping interval, s")
+    g.add_argument("--shutdown-grace", dest="signaling.shutdown_grace_s", type=float,
+                   help="how long SIGTERM waits for peers to close, s (default 5)")
+    g.add_argument("--static-dir", dest="signaling.static_dir", help="serve this player page (default: bundled)")
+    g.add_argument("--matchmaker-url", dest="signaling.matchmaker_url",
+                   help="report players' connects and leaves to this matchmaker (session tokens)")
+    _add_logging_flags(p)
     t = p.add_argument_group("TURN (secrets only from PIXELFLEET_TURN__SECRETS, never a flag)")
-    t.add_argument("--turn-provider", help="none | static | rest-secret | aws-kvs (default none)")
-    t.add_argument("--turn-url", dest="turn_urls", action="append",
+    t.add_argument("--turn-provider", dest="turn.provider", help="none | static | rest-secret | aws-kvs (default none)")
+    t.add_argument("--turn-url", dest="turn.urls", action="append",
                    help="stun:/turn:/turns: URL given to peers (repeat; default none)")
-    t.add_argument("--turn-ttl", dest="turn_ttl_s", type=int, help="player credential lifetime, s (default 3600)")
-    t.add_argument("--turn-force-relay", action="store_const", const=True,
+    t.add_argument("--turn-ttl", dest="turn.ttl_s", type=int, help="player credential lifetime, s (default 3600)")
+    t.add_argument("--turn-force-relay", dest="turn.force_relay", action="store_const", const=True,
                    help="testing: tell peers iceTransportPolicy=relay")
 
 
-_SIGNALING_KEYS = ("host", "player_port", "streamer_port", "sfu_port", "max_players_per_streamer",
-                   "max_message_bytes", "player_rate", "player_burst", "streamer_rate",
-                   "streamer_burst", "peer_connection_options", "keepalive_s", "log_level",
-                   "log_format")
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags set: every dest that names one (unset flags are None)."""
+    from pixelfleet.shared_settings import SharedSettings
 
-
-def signaling_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from signaling.config import load_settings
-
-    return load_settings(os.environ, **{k: getattr(args, k, None) for k in _SIGNALING_KEYS})
-
-
-def turn_settings(args: argparse.Namespace, **overrides: object):  # type: ignore[no-untyped-def]
-    from turn.config import load_turn_settings
-
-    flags = {"provider": args.turn_provider, "urls": args.turn_urls, "ttl_s": args.turn_ttl_s,
-             "force_relay": args.turn_force_relay}
-    return load_turn_settings(os.environ, **{**flags, **overrides})
+    return {k: v for k, v in vars(args).items() if "." in k or k in SharedSettings.__struct_fields__}
 
 
 async def serve_until_signal(start: Callable[[], Awaitable[None]],
@@ -82,17 +91,18 @@ async def serve_until_signal(start: Callable[[], Awaitable[None]],
         await stop()
 
 
-def _cmd_signaling(args: argparse.Namespace) -> int:
+def _cmd_signaling(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
+    import uvloop
+
     from signaling.app import SignalingServer
+    from signaling.config import require_single_node
+    from signaling.sessions import gate_from_settings
     from turn.wiring import wire_turn
 
-    settings = signaling_settings(args)
-    turn = wire_turn(turn_settings(args), base_options=settings.peer_connection_options)
-    configure_logging(settings.log_level, settings.log_format)
-    from signaling.sessions import gate_from_settings
-
-    server = SignalingServer(settings, session_gate=gate_from_settings(settings),
-                             **(turn.server_kwargs() if turn else {}))
+    s = settings.signaling
+    require_single_node(s)
+    turn = wire_turn(settings.turn, base_options=s.peer_connection_options)
+    server = SignalingServer(s, session_gate=gate_from_settings(s), **(turn.server_kwargs() if turn else {}))
 
     async def start() -> None:
         if turn:
@@ -108,41 +118,41 @@ def _cmd_signaling(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_matchmaker(args: argparse.Namespace) -> int:
-    from matchmaker.server import MatchmakerServer, load_matchmaker_settings
+def _cmd_matchmaker(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
+    import uvloop
 
-    settings = load_matchmaker_settings(host=args.host, port=args.port, policy=args.policy,
-                                        records_path=args.records)
-    configure_logging(args.log_level or "info", args.log_format or "auto")
-    server = MatchmakerServer(settings)
+    from matchmaker.server import MatchmakerServer
+
+    server = MatchmakerServer(settings.matchmaker)
     uvloop.run(serve_until_signal(server.start, server.stop))
     return 0
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
+def _cmd_up(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     from pixelfleet.up import run_up
 
-    return run_up(args)
+    return run_up(args, settings)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    # Programs with their own argument parsers.
-    delegated = {"streamer": "streamer.synthetic", "bench": "loadtest.bench_signaling",
-                 "agent": "gpu_agent.__main__"}
-    if argv and argv[0] in delegated:
-        import importlib
+def _cmd_agent(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
+    from gpu_agent.__main__ import run
 
-        return int(importlib.import_module(delegated[argv[0]]).main(argv[1:]) or 0)
+    return run(settings.agent)
 
-    parser = argparse.ArgumentParser(prog="pixelfleet", description=__doc__)
+
+def _parser() -> argparse.ArgumentParser:
+    from gpu_agent.__main__ import add_agent_flags
+
+    parser = argparse.ArgumentParser(prog="pixelfleet", description=__doc__.split("\n")[0],
+                                     epilog="Every setting and its PIXELFLEET_* variable: docs/configuration.md")
+    parser.add_argument("--version", action="version", version=f"pixelfleet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_sig = sub.add_parser("signaling", help="run the signalling server")
     _add_signaling_flags(p_sig)
-    p_sig.set_defaults(func=_cmd_signaling)
+    p_sig.set_defaults(func=_cmd_signaling, defaults={})
 
     p_up = sub.add_parser("up", help="the whole platform on this box: signalling + synthetic streamers")
-    _add_signaling_flags(p_up, player_port_default=8080)
+    _add_signaling_flags(p_up)
     p_up.add_argument("--streamers", type=int, default=2, help="synthetic streamers to run")
     p_up.add_argument("--width", type=int, default=1280)
     p_up.add_argument("--height", type=int, default=720)
@@ -150,32 +160,64 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--no-matchmaker", action="store_true",
                       help="open signalling only: players pick streamers themselves, no session tokens")
     p_up.add_argument("--app", default="default", help="app id the local slots serve (default 'default')")
-    p_up.add_argument("--records", help="append ended-session records (JSON lines) to this file")
+    p_up.add_argument("--records", dest="matchmaker.records_path",
+                      help="append ended-session records (JSON lines) to this file (default: the last "
+                           "10,000 in memory)")
     p_up.add_argument("--turn", action="store_true",
                       help="start a local coturn (127.0.0.1, generated secret) and hand out its credentials")
     p_up.add_argument("--turn-port", type=int, default=3478, help="local coturn port (default 3478, 0 = any free)")
-    p_up.set_defaults(func=_cmd_up)
+    # up's own defaults: below the environment and flags. The agent's metrics port is off
+    # unless asked for (one box already has signalling's status API).
+    p_up.set_defaults(func=_cmd_up, defaults={"signaling.player_port": 8080, "agent.metrics_port": -1})
 
     p_mm = sub.add_parser("matchmaker", help="run one matchmaker replica (state: PIXELFLEET_STATE_URL)")
-    p_mm.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p_mm.add_argument("--port", type=int, help="HTTP port (default 9999)")
-    p_mm.add_argument("--policy", help="placement: spread | pack")
-    p_mm.add_argument("--records", help="append ended-session records (JSON lines) to this file")
-    p_mm.add_argument("--log-level", help="debug | info | warning | error")
-    p_mm.add_argument("--log-format", help="json | console | auto")
-    p_mm.set_defaults(func=_cmd_matchmaker)
+    p_mm.add_argument("--host", dest="matchmaker.host", help="bind address (default 127.0.0.1)")
+    p_mm.add_argument("--port", dest="matchmaker.port", type=int, help="HTTP port (default 9999)")
+    p_mm.add_argument("--policy", dest="matchmaker.policy", help="placement: spread | pack (default spread)")
+    p_mm.add_argument("--key-prefix", dest="matchmaker.key_prefix", help="Redis key prefix (default pf)")
+    p_mm.add_argument("--records", dest="matchmaker.records_path",
+                      help="append ended-session records (JSON lines) to this file (default: only the last "
+                           "--records-memory-max kept in memory)")
+    p_mm.add_argument("--records-memory-max", dest="matchmaker.records_memory_max", type=int,
+                      help="without --records: how many ended-session records memory keeps (default 10000)")
+    _add_logging_flags(p_mm)
+    p_mm.set_defaults(func=_cmd_matchmaker, defaults={})
 
-    sub.add_parser("agent", help="the GPU agent of one host (see pixelfleet agent --help)")
+    p_agent = sub.add_parser("agent", help="the GPU agent of one host",
+                             epilog="Every setting is also PIXELFLEET_AGENT__<NAME>; tokens only from the "
+                                    "environment (PIXELFLEET_AGENT_TOKEN, PIXELFLEET_ADMIN_TOKEN).")
+    add_agent_flags(p_agent)
+    _add_logging_flags(p_agent)
+    p_agent.set_defaults(func=_cmd_agent, defaults={})
+
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")
     sub.add_parser("bench", help="signalling benchmark (see pixelfleet bench --help)")
+    for command in sub.choices.values():  # --player-port PLAYER_PORT, not SIGNALING.PLAYER_PORT
+        for action in command._actions:  # noqa: SLF001 - argparse keeps them only here
+            if action.metavar is None and action.nargs != 0 and "." in action.dest:
+                action.metavar = action.dest.rpartition(".")[2].upper()
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """``environ``: the environment to read settings from (tests pass their own)."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Programs with their own argument parsers and no platform settings.
+    delegated = {"streamer": "streamer.synthetic", "bench": "loadtest.bench_signaling"}
+    if argv and argv[0] in delegated:
+        import importlib
+
+        return int(importlib.import_module(delegated[argv[0]]).main(argv[1:]) or 0)
+
+    from pixelfleet.logs import configure_logging
+    from pixelfleet.settings import ConfigError, load_settings
+
+    args = _parser().parse_args(argv)
     try:
-        return int(args.func(args))
-    except Exception as exc:  # configuration errors: one clear line, non-zero exit
-        from signaling.config import ConfigError
-
-        if isinstance(exc, ConfigError):
-            print(f"pixelfleet: {exc}", file=sys.stderr)
-            return 2
-        raise
+        settings = load_settings(os.environ if environ is None else environ, defaults=args.defaults,
+                                 flags=_flags(args))
+        configure_logging(settings.log_level, settings.log_format)
+        return int(args.func(args, settings))
+    except ConfigError as exc:  # a bad setting: one clear line, exit 2, no traceback
+        print(f"pixelfleet {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -12,14 +12,15 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
-from pixelfleet.cli import serve_until_signal, signaling_settings, turn_settings
-from pixelfleet.logs import configure_logging
+from pixelfleet.cli import serve_until_signal
 
 if TYPE_CHECKING:
     from gpu_agent.agent import Agent
     from matchmaker.service import Matchmaker
+    from pixelfleet.settings import PixelfleetSettings
     from signaling.app import SignalingServer
     from turn.config import TurnSettings
     from turn.coturn import Coturn
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("up")
 
 
-def _local_coturn(args: argparse.Namespace) -> tuple[Coturn, TurnSettings]:
+def _local_coturn(args: argparse.Namespace, turn: TurnSettings) -> tuple[Coturn, TurnSettings]:
     """``--turn``: a coturn on loopback with a fresh secret, and settings that use it."""
     import secrets
 
@@ -36,19 +37,19 @@ def _local_coturn(args: argparse.Namespace) -> tuple[Coturn, TurnSettings]:
 
     options = CoturnOptions(secrets=(secrets.token_urlsafe(32),),
                             port=args.turn_port or free_port(udp=True))
-    turn = turn_settings(args, provider="rest-secret", urls=list(options.urls),
-                         secrets=list(options.secrets))
+    turn = msgspec.structs.replace(turn, provider="rest-secret", urls=tuple(options.urls),
+                                   secrets=tuple(options.secrets))
     return Coturn(options), turn
 
 
-async def _up(args: argparse.Namespace) -> None:
+async def _up(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
     from signaling.app import SignalingServer
     from turn.wiring import wire_turn
 
-    settings = signaling_settings(args)
-    coturn, turn_config = _local_coturn(args) if args.turn else (None, turn_settings(args))
+    settings = platform.signaling
+    coturn, turn_config = _local_coturn(args, platform.turn) if args.turn else (None, platform.turn)
     turn = wire_turn(turn_config, base_options=settings.peer_connection_options)
-    matchmaker = None if args.no_matchmaker else _embedded_matchmaker(args)
+    matchmaker = None if args.no_matchmaker else _embedded_matchmaker(platform)
     extra: dict[str, Any] = dict(turn.server_kwargs()) if turn else {}
     if matchmaker is not None:
         from matchmaker.http import API_PREFIX, create_app
@@ -75,7 +76,7 @@ async def _up(args: argparse.Namespace) -> None:
             matchmaker.start()
         if ids:
             nonlocal agent
-            agent = _embedded_agent(args, server, settings.host, matchmaker)
+            agent = _embedded_agent(args, platform, server, matchmaker)
             await agent.start()
             if agent.reporter is not None:
                 # Register the slots (starting) before they warm up, so an early player queues
@@ -115,38 +116,30 @@ def _turn_banner(coturn: Coturn | None, page: str) -> str:
             f"        relay-only test: {page}?ForceTURN=1\n")
 
 
-def _embedded_matchmaker(args: argparse.Namespace) -> Matchmaker:
+def _embedded_matchmaker(platform: PixelfleetSettings) -> Matchmaker:
     """In-memory matchmaker; anonymous players are tenant ``default`` (one box, one owner)."""
-    import os
     import secrets
 
-    import msgspec
+    from matchmaker.server import build_matchmaker
 
-    from matchmaker.server import build_matchmaker, load_matchmaker_settings
-
-    settings = load_matchmaker_settings(os.environ, state_url="memory://", allow_anonymous=True,
-                                        records_path=args.records)
-    if not settings.token_secret:  # one process mints and verifies: any fresh secret will do
-        settings = msgspec.structs.replace(settings, token_secret=secrets.token_urlsafe(32))
+    settings = msgspec.structs.replace(platform.matchmaker, state_url="memory://", allow_anonymous=True)
+    if not settings.session_token_secret:  # one process mints and verifies: any fresh secret will do
+        settings = msgspec.structs.replace(settings, session_token_secret=secrets.token_urlsafe(32))
     return build_matchmaker(settings)
 
 
-def _embedded_agent(args: argparse.Namespace, server: SignalingServer, bind: str,
+def _embedded_agent(args: argparse.Namespace, platform: PixelfleetSettings, server: SignalingServer,
                     matchmaker: Matchmaker | None) -> Agent:
     """The local synthetic streamers as the slots of one host, ``Streamer1..N``."""
-    import os
-
     from gpu_agent.agent import Agent
     from gpu_agent.client import LocalMatchmakerClient
-    from gpu_agent.config import load_agent_settings
 
-    host = _connect_host(bind)
-    metrics = None if "PIXELFLEET_AGENT__METRICS_PORT" in os.environ else -1
-    settings = load_agent_settings(
-        os.environ, host_id="local", streamer="synthetic", slots=args.streamers, streamer_id="Streamer{n}",
+    host = _connect_host(platform.signaling.host)
+    settings = msgspec.structs.replace(
+        platform.agent, host_id="local", streamer="synthetic", slots=args.streamers, streamer_id="Streamer{n}",
         app=args.app, signaling_url=f"ws://{host}:{server.player_port}",
         streamer_url=f"ws://{host}:{server.streamer_port}", signaling_api_url=f"http://{host}:{server.player_port}",
-        res_x=args.width, res_y=args.height, fps=args.fps, heartbeat_period_s=1.0, metrics_port=metrics)
+        res_x=args.width, res_y=args.height, fps=args.fps, heartbeat_period_s=1.0)
     return Agent(settings, LocalMatchmakerClient(matchmaker) if matchmaker is not None else None)
 
 
@@ -154,11 +147,12 @@ def _connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
 
 
-def run_up(args: argparse.Namespace) -> int:
+def run_up(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     import uvloop
 
-    settings = signaling_settings(args)
-    configure_logging(settings.log_level, settings.log_format)
+    from signaling.config import require_single_node
+
+    require_single_node(settings.signaling)
     if args.turn:
         from turn.coturn import CoturnError, find_turnserver
 
@@ -168,7 +162,7 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"pixelfleet up --turn: {exc}", file=sys.stderr)
             return 2
     try:
-        uvloop.run(_up(args))
+        uvloop.run(_up(args, settings))
     except Exception as exc:
         from turn.coturn import CoturnError
 

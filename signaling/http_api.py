@@ -11,10 +11,9 @@ from typing import Any
 
 from aiohttp import web, web_urldispatcher
 
+from pixelfleet import __version__
 from signaling.protocol import Peer, Role
 from signaling.ws import SignalingNode
-
-VERSION = "pixelfleet-0.1.0"
 
 
 def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> None:
@@ -41,7 +40,7 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
             "uptime": int((time.monotonic() - started) * 1000),
             "streamer_count": sum(p.streamer_id is not None for p in peers),
             "player_count": sum(p.player_id is not None for p in peers),
-            "version": VERSION,
+            "version": __version__,  # the same as pixelfleet --version
         })
 
     async def streamers(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 
 from pixelfleet.tokens import InvalidToken, SessionClaims, TokenKeys, verify
-from signaling.config import Settings
+from signaling.config import ConfigError, Settings
 
 log = structlog.get_logger("signaling")
 
@@ -167,13 +167,23 @@ def gate_from_settings(settings: Settings, *, reporter: SessionReporter | None =
                        keys: TokenKeys | None = None) -> SessionGate | None:
     """The gate the settings ask for, or None when no key is configured (Epic's open mode)."""
     if keys is None:
-        if settings.session_token_public_key_file:  # a public key can only mean EdDSA
-            keys = TokenKeys.eddsa(None, Path(settings.session_token_public_key_file).read_bytes())
-        elif settings.session_token_secret:
-            keys = TokenKeys.hs256(settings.session_token_secret)
-        else:
+        keys = _verify_keys(settings)
+        if keys is None:
             return None
     if reporter is None and settings.matchmaker_url:
         reporter = HttpReporter(settings.matchmaker_url)
     required = True if settings.require_session_token is None else settings.require_session_token
     return SessionGate(keys, required=required, reporter=reporter)
+
+
+def _verify_keys(settings: Settings) -> TokenKeys | None:
+    """A public key file means EdDSA (signalling never holds the private key); else the HS256 secret."""
+    public, secret = settings.session_token_public_key_file, settings.session_token_secret
+    if settings.session_token_algorithm == "EdDSA" and not public:
+        raise ConfigError("EdDSA session tokens need PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE on signalling")
+    try:
+        if public:
+            return TokenKeys.eddsa(None, Path(public).read_bytes())
+        return TokenKeys.hs256(secret) if secret else None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"session token key: {exc}") from None

@@ -1,4 +1,5 @@
-"""TURN settings: the ``turn`` section of the environment (``PIXELFLEET_TURN__*``).
+"""TURN settings: the ``turn`` section (``PIXELFLEET_TURN__*``), loaded by
+``pixelfleet.settings.load_settings``.
 
     PIXELFLEET_TURN__PROVIDER=rest-secret
     PIXELFLEET_TURN__URLS=stun:turn.example.com:3478,turn:turn.example.com:3478?transport=udp,turns:turn.example.com:443?transport=tcp
@@ -11,15 +12,13 @@ command-line flag: flags are visible to every user in ``ps``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
-from pixelfleet.settings import ConfigError, load_section
 from turn.credentials import split_urls
 
-__all__ = ["Provider", "TurnSettings", "load_turn_settings"]
+__all__ = ["Provider", "TurnSettings"]
 
 Provider = Literal["none", "static", "rest-secret", "aws-kvs"]
 
@@ -71,10 +70,3 @@ class TurnSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return (f"TurnSettings(provider={self.provider!r}, urls={self.urls!r}, "
                 f"secrets=<{len(self.secrets)} hidden>, ttl_s={self.ttl_s})")
 
-
-def load_turn_settings(environ: Mapping[str, str], **overrides: Any) -> TurnSettings:
-    """``PIXELFLEET_TURN__*`` plus explicit overrides (CLI flags; None means unset)."""
-    try:
-        return load_section(TurnSettings, environ, "turn", **overrides)
-    except msgspec.ValidationError as exc:  # from __post_init__ on direct construction
-        raise ConfigError(f"invalid setting (PIXELFLEET_TURN__*): {exc}") from None

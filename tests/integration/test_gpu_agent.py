@@ -23,13 +23,13 @@ from aiohttp import web
 from gpu_agent.agent import Agent
 from gpu_agent.client import HttpMatchmakerClient
 from gpu_agent.config import AgentSettings
-from pixelfleet.settings import env_name
 from gpu_agent.drain import DrainReason
 from gpu_agent.slots import Phase
 from matchmaker.config import MatchmakerSettings
 from matchmaker.models import Heartbeat, HeartbeatReply
 from matchmaker.server import MatchmakerServer
 from pixelfleet.net import free_port
+from pixelfleet.settings import env_name
 from tests.conftest import StartProcess, StartSignaling
 from tests.support.nvml_replay import RecordedSampler
 

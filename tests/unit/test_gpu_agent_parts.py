@@ -14,14 +14,14 @@ import pytest
 
 from gpu_agent.client import LocalMatchmakerClient, Rejected, Unavailable, UnknownHost
 from gpu_agent.cloudwatch import MAX_DATUMS, CloudWatchPublisher, batches, metric_data
-from gpu_agent.config import AgentSettings, load_agent_settings
+from gpu_agent.config import AgentSettings
 from gpu_agent.metrics import render
 from gpu_agent.probe import Telemetry
 from tests.support.nvml_replay import RecordedSampler
 from gpu_agent.reporting import Reporter
 from gpu_agent.slots import Phase, SignalingWatch, SlotPlan, SlotSet, plan_slots, slot_command
 from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotSpec, SlotState
-from pixelfleet.settings import ConfigError
+from pixelfleet.settings import ConfigError, load_settings
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -34,9 +34,9 @@ def host_sample(name: str):  # type: ignore[no-untyped-def]
 
 
 def test_settings_from_the_environment() -> None:
-    s = load_agent_settings({"PIXELFLEET_AGENT__SLOTS_PER_GPU": "2", "PIXELFLEET_AGENT__GPU_SLOTS": "1,3",
+    s = load_settings({"PIXELFLEET_AGENT__SLOTS_PER_GPU": "2", "PIXELFLEET_AGENT__GPU_SLOTS": "1,3",
                              "PIXELFLEET_AGENT__ENV": '{"SDL_VIDEODRIVER": "offscreen"}',
-                             "PIXELFLEET_AGENT__SPOT": "true", "PIXELFLEET_TURN__TTL_S": "5"})
+                             "PIXELFLEET_AGENT__SPOT": "true", "PIXELFLEET_TURN__TTL_S": "5"}).agent
     assert s.slots_per_gpu == 2 and s.gpu_slots == [1, 3] and s.env == {"SDL_VIDEODRIVER": "offscreen"} and s.spot
 
 
@@ -45,7 +45,7 @@ def test_settings_from_the_environment() -> None:
                                  {"PIXELFLEET_AGENT__SLOTS": "many"}])
 def test_bad_settings_are_config_errors(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        load_agent_settings(env)
+        load_settings(env)
 
 
 def test_slot_plans() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pixelfleet.settings import ConfigError
-from turn.config import TurnSettings, load_turn_settings
+from pixelfleet.settings import ConfigError, load_settings
+from turn.config import TurnSettings
 
 ENV = {
     "PIXELFLEET_TURN__PROVIDER": "rest-secret",
@@ -17,6 +17,10 @@ ENV = {
     "PIXELFLEET_TURN__FORCE_RELAY": "true",
     "PIXELFLEET_PLAYER_PORT": "80",  # another section: ignored here
 }
+
+
+def load_turn_settings(environ: dict[str, str], **flags: object) -> TurnSettings:
+    return load_settings(environ, flags={f"turn.{k}": v for k, v in flags.items()}).turn
 
 
 def test_defaults() -> None:
@@ -47,10 +51,10 @@ def test_aws_kvs() -> None:
 
 
 @pytest.mark.parametrize("env,needle", [
-    ({"PIXELFLEET_TURN__TTL_S": "ten"}, r"\$.ttl_s"),
+    ({"PIXELFLEET_TURN__TTL_S": "ten"}, "PIXELFLEET_TURN__TTL_S: Expected `int`"),
     ({"PIXELFLEET_TURN__TTL_S": "0"}, "positive"),
-    ({"PIXELFLEET_TURN__PROVIDER": "coturn"}, r"\$.provider"),
-    ({"PIXELFLEET_TURN__SECRET": "x"}, "secret"),
+    ({"PIXELFLEET_TURN__PROVIDER": "coturn"}, r"PIXELFLEET_TURN__PROVIDER: .*\(one of none, static, rest-secret, aws-kvs\)"),
+    ({"PIXELFLEET_TURN__SECRET": "x"}, "unknown setting PIXELFLEET_TURN__SECRET"),
     ({"PIXELFLEET_TURN__URLS": "http://t.example"}, "not a stun"),
     ({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__URLS": "turn:t"}, "needs secrets"),
     ({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__SECRETS": "s"}, "needs urls"),
