@@ -17,11 +17,11 @@ from gpu_agent.cloudwatch import MAX_DATUMS, CloudWatchPublisher, batches, metri
 from gpu_agent.config import AgentSettings
 from gpu_agent.metrics import render
 from gpu_agent.probe import Telemetry
-from tests.support.nvml_replay import RecordedSampler
 from gpu_agent.reporting import Reporter
 from gpu_agent.slots import Phase, SignalingWatch, SlotPlan, SlotSet, plan_slots, slot_command
 from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotSpec, SlotState
 from pixelfleet.settings import ConfigError, load_settings
+from tests.support.nvml_replay import RecordedSampler
 
 DATA = Path(__file__).parents[1] / "data"
 
