@@ -97,11 +97,11 @@ class RedisServer:
             if binary is None:
                 raise RuntimeError("redis-server is not installed (apt-get install redis-server), or pass --redis-url")
             sock = os.path.join(self.folder, "redis.sock")
-            self.proc = subprocess.Popen(
-                [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "",
-                 "--appendonly", "no", "--dir", self.folder],
-                stdout=open(os.path.join(self.folder, "redis.log"), "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                preexec_fn=die_with_parent)
+            with open(os.path.join(self.folder, "redis.log"), "wb") as log:  # the child keeps its own copy
+                self.proc = subprocess.Popen(
+                    [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "",
+                     "--appendonly", "no", "--dir", self.folder],
+                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
             self.url = f"unix://{sock}"
         assert self.url is not None
         self.client = redis.Redis.from_url(self.url)
