@@ -324,7 +324,7 @@ class RawClaims:
         return out
 
     async def prepare(self) -> None:
-        await self.store._r.script_load(self.store._allocate.script)  # noqa: SLF001
+        await self.store._r.script_load(self.store._scripts.allocate.script)  # noqa: SLF001
         if self.cfg["mode"] == "script":
             self.packed = self._packed()
             url = urlparse(self.cfg["redis_url"])

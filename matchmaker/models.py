@@ -146,6 +146,11 @@ class Slot(Struct, kw_only=True):
     gpu_load: float = 0.0
 
 
+# The fields a session copies from the slot it is placed on (same names on both models):
+# the Redis allocation script fills exactly these into the session the model encodes.
+SESSION_FROM_SLOT = ("slot_id", "host_id", "streamer_id", "signaling_url", "region")
+
+
 class Session(Struct, kw_only=True):
     session_id: str
     tenant: str

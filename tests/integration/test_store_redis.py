@@ -207,12 +207,12 @@ async def test_an_interrupted_drain_is_finished_by_the_next_sweep(open_redis: Op
     store, other = open_redis(), open_redis()
     await ready_host(store)
     # Step 1 of set_draining ran, then the replica died before the tenants heard of it.
-    await store._drain([store._host_key("h1"), f"{store._g}:dirty"], ["h1", "1"])
+    await store._scripts.set_draining([store._g.host("h1"), store._g.dirty], ["h1", "1"])
     assert len(await store.ready_slots("acme", "game")) == 2  # lagging, claimable: ordered before the drain
     assert await other.expire_hosts(101.0, ttl_s=60.0) == []
     assert await store.ready_slots("acme", "game") == []
     assert not await store.claim_slot("h1/0", new_session("h1/0"))
-    assert await store._r.smembers(f"{store._g}:dirty") == set()
+    assert await store._r.smembers(store._g.dirty) == set()
 
 
 async def test_an_interrupted_expiry_ends_its_sessions_once(open_redis: OpenStore) -> None:
@@ -222,7 +222,7 @@ async def test_an_interrupted_expiry_ends_its_sessions_once(open_redis: OpenStor
     assert await store.claim_slot("h1/0", s)
     g = store._g
     # The host was marked dead, then the replica died before ending its sessions.
-    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox", f"{g}:dead"], [g, "200.0", "10.0", "191.0"])
+    await store._scripts.expire_hosts([g.hb, g.dirty, g.outbox, g.dead, g.host("h1")], ["200.0", "10.0", "h1"])
     ended = await other.expire_hosts(201.0, ttl_s=10.0)
     assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.HOST_DEAD)]
     assert await store.expire_hosts(202.0, ttl_s=10.0) == []
@@ -235,7 +235,7 @@ async def test_a_crash_leftover_ended_by_reregistration_is_still_returned(open_r
     s = new_session("h1/0")
     assert await store.claim_slot("h1/0", s)
     g = store._g
-    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox", f"{g}:dead"], [g, "200.0", "10.0", "191.0"])
+    await store._scripts.expire_hosts([g.hb, g.dirty, g.outbox, g.dead, g.host("h1")], ["200.0", "10.0", "h1"])
     await store.register_host(registration(boot="b2"), 201.0)  # drops the old incarnation's slots
     assert await store.session(s.session_id) is None
     ended = await store.expire_hosts(202.0, ttl_s=10.0)
@@ -252,7 +252,7 @@ async def test_scripts_are_reloaded_when_the_server_forgets_them(open_redis: Ope
         await store._r.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.ALL_NODES)
     else:
         await store._r.script_flush()
-    assert await store._r.script_exists(store._allocate.sha) == [False]
+    assert await store._r.script_exists(store._scripts.allocate.sha) == [False]
     s = new_session("h1/0")
     assert await store.claim_slot("h1/0", s)  # pipelined EVALSHA -> NOSCRIPT -> load and rerun
     assert (await store.mark_connected(s.session_id, 101.0)).state is SessionState.CONNECTED  # type: ignore[union-attr]
@@ -266,24 +266,24 @@ async def test_lookups_and_finished_tickets_expire(open_redis: OpenStore) -> Non
     lost = new_session("h1/0")
     assert await store.claim_slot("h1/0", new_session("h1/0"))
     assert not await store.claim_slot("h1/0", lost)
-    assert await store._r.exists(store._sid_key(lost.session_id)) == 0  # a lost claim leaves no lookup
+    assert await store._r.exists(store._g.session_tenant(lost.session_id)) == 0  # a lost claim leaves no lookup
     s = new_session("h1/1")
     assert await store.claim_slot("h1/1", s)
-    assert await store._r.exists(store._sid_key(s.session_id)) == 1
+    assert await store._r.exists(store._g.session_tenant(s.session_id)) == 1
     await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 110.0)
-    assert await store._r.exists(store._sid_key(s.session_id)) == 0
+    assert await store._r.exists(store._g.session_tenant(s.session_id)) == 0
     t = ticket()
     await store.enqueue(t, 10)
-    assert await store._r.ttl(store._tid_key(t.ticket_id)) == -1  # waiting: kept
+    assert await store._r.ttl(store._g.ticket_tenant(t.ticket_id)) == -1  # waiting: kept
     assert await store.finish_ticket(t.ticket_id, TicketState.CANCELLED, "bye")
     tag = store._tag("acme")
-    for key in (f"{tag}:ticket:{t.ticket_id}", store._tid_key(t.ticket_id)):
+    for key in (f"{tag}:ticket:{t.ticket_id}", store._g.ticket_tenant(t.ticket_id)):
         assert 0 < await store._r.ttl(key) <= FINISHED_TICKET_TTL_S
     full = ticket()
     await store.enqueue(ticket(), 1)
     with pytest.raises(QueueFull):
         await store.enqueue(full, 1)
-    assert await store._r.exists(store._tid_key(full.ticket_id)) == 0
+    assert await store._r.exists(store._g.ticket_tenant(full.ticket_id)) == 0
 
 
 async def test_unreachable_redis_is_backend_unavailable(tmp_path: object) -> None:
@@ -315,8 +315,8 @@ async def test_a_drain_racing_a_death_leaves_the_death_to_the_sweep(open_redis: 
     assert await store.claim_slot("h1/0", s)
     g = store._g
     # set_draining's first step ran, then the host was declared dead before it propagated.
-    await store._drain([store._host_key("h1"), f"{g}:dirty"], ["h1", "1"])
-    await store._expire([f"{g}:hb", f"{g}:dirty", f"{g}:outbox", f"{g}:dead"], [g, "200.0", "10.0", "191.0"])
+    await store._scripts.set_draining([g.host("h1"), g.dirty], ["h1", "1"])
+    await store._scripts.expire_hosts([g.hb, g.dirty, g.outbox, g.dead, g.host("h1")], ["200.0", "10.0", "h1"])
     assert await store._propagate(["h1"], None) == []  # what set_draining then does
     assert await store.session(s.session_id) is not None
     ended = await store.expire_hosts(201.0, ttl_s=10.0)
@@ -363,13 +363,13 @@ async def test_an_interrupted_forget_is_finished_by_the_next(open_redis: OpenSto
     await ready_host(store)
     assert await store.expire_hosts(200.0, ttl_s=10.0) == []
     g = store._g
-    assert await store._forget([f"{g}:dead", f"{g}:dirty"], [g, "5000.0", "3600.0"]) == [b"h1"]
+    assert await store._scripts.forget_hosts([g.dead, g.dirty, g.host("h1")], ["5000.0", "3600.0", "h1"]) == [b"h1"]
     assert [h.host_id for h in await store.hosts()] == ["h1"]  # not deleted yet
     assert await other.expire_hosts(5001.0, ttl_s=10.0) == []  # applies the dirty host: slots go
     assert await store.slots() == []
     assert await other.forget_hosts(5002.0, 3600.0) == ["h1"]
-    assert await store.hosts() == [] and await store._r.smembers(f"{g}:dirty") == set()
-    assert await store._r.zcard(f"{g}:dead") == 0
+    assert await store.hosts() == [] and await store._r.smembers(g.dirty) == set()
+    assert await store._r.zcard(g.dead) == 0
 
 
 async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(redis_url: str) -> None:

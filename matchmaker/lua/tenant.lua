@@ -1,0 +1,97 @@
+-- Shared by the scripts that change a tenant's slots and sessions (included after
+-- prelude.lua). K is the script's table of declared keys, built from KEYS by
+-- tenant_keys(): every key these helpers touch is in it, except the placement indexes
+-- of a slot whose app and region only its stored record names (see idx()).
+local function tenant_keys(first)
+  return {slots = KEYS[first], hosts = KEYS[first + 1], apps = KEYS[first + 2], live = KEYS[first + 3],
+          gpu = KEYS[first + 4], sessions = KEYS[first + 5], clients = KEYS[first + 6], rec = KEYS[first + 7],
+          recq = KEYS[first + 8], created = KEYS[first + 9],
+          since = {assigned = KEYS[first + 10], connected = KEYS[first + 11], disconnected = KEYS[first + 12]}}
+end
+-- The deadline indexes (due_sessions): a live session is in K.created (created_at) and in
+-- the since set of its state (what that state's timeout counts from). Scores are exact.
+local SINCE = {assigned = 'last_activity', connected = 'last_activity', disconnected = 'disconnected_at'}
+local function index_session(K, s, was)  -- was: the state before the change; nil for new
+  local sid = s.session_id
+  if was == nil then
+    redis.call('ZADD', K.created, enc(s.created_at), sid)
+  elseif was ~= s.state and SINCE[was] then
+    redis.call('ZREM', K.since[was], sid)
+  end
+  local at = SINCE[s.state] and s[SINCE[s.state]]
+  if type(at) == 'number' then redis.call('ZADD', K.since[s.state], enc(at), sid) end
+end
+local function unindex_session(K, s)
+  if SINCE[s.state] then redis.call('ZREM', K.since[s.state], s.session_id) end
+  redis.call('ZREM', K.created, s.session_id)
+end
+-- The placement index of one app's claimable slots (region nil: all regions; the region
+-- is length-prefixed so that no (region, app) pair names another's key). The one key
+-- name built here: a slot's app and region are known only from its stored record. It
+-- shares K.slots' hash tag (Cluster-safe); matchmaker/redis_keys.py builds the same name.
+local function idx(K, kind, app, region)
+  local tag = string.match(K.slots, '^{[^}]*}')
+  if region == nil then return tag .. ':' .. kind .. ':' .. app end
+  return tag .. ':' .. kind .. '@' .. #region .. ':' .. region .. ':' .. app
+end
+-- A slot's load as placement compares it: whole percent of the higher of NVENC and GPU.
+local function load_pct(slot)
+  local l = math.max(tonumber(slot.nvenc_load) or 0, tonumber(slot.gpu_load) or 0)
+  return math.floor(l * 100 + 0.5)
+end
+local function index_ready(K, slot)
+  local pct = load_pct(slot)
+  local added = redis.call('ZADD', idx(K, 'rz', slot.app), pct, slot.slot_id)
+  redis.call('ZADD', idx(K, 'rz', slot.app, slot.region), pct, slot.slot_id)
+  if added == 1 then
+    redis.call('ZINCRBY', idx(K, 'fh', slot.app), 1, slot.host_id)
+    redis.call('ZINCRBY', idx(K, 'fh', slot.app, slot.region), 1, slot.host_id)
+    redis.call('HSET', K.gpu, slot.host_id, slot.gpu_model)
+  end
+end
+-- The slot leaves the placement indexes (whatever it was before).
+local function unready(K, slot)
+  if redis.call('ZREM', idx(K, 'rz', slot.app), slot.slot_id) == 1 then
+    redis.call('ZREM', idx(K, 'rz', slot.app, slot.region), slot.slot_id)
+    for _, k in ipairs({idx(K, 'fh', slot.app), idx(K, 'fh', slot.app, slot.region)}) do
+      if tonumber(redis.call('ZINCRBY', k, -1, slot.host_id)) <= 0 then redis.call('ZREM', k, slot.host_id) end
+    end
+  end
+end
+-- Every script that writes a slot calls this: the indexes hold exactly the claimable
+-- slots (READY on a live, non-draining host; hc is the tenant's copy of the host).
+local function sync_ready(K, slot, hc)
+  if slot.state == 'ready' and hc and not hc.d and not hc.x then
+    index_ready(K, slot)
+  else
+    unready(K, slot)
+  end
+end
+-- End a live session once: delete it, drop its client index, slot ASSIGNED -> RESETTING.
+local function end_sess(K, sid, reason, now)
+  local raw = redis.call('HGET', K.sessions, sid)
+  if not raw then return nil end
+  local s = cjson.decode(raw)
+  if s.state == 'ended' then return nil end
+  unindex_session(K, s)
+  s.state = 'ended'; s.ended_at = now; s.end_reason = reason
+  redis.call('HDEL', K.sessions, sid)
+  if truthy(s.client_key) and redis.call('HGET', K.clients, s.client_key) == sid then
+    redis.call('HDEL', K.clients, s.client_key)
+  end
+  local sr = redis.call('HGET', K.slots, s.slot_id)
+  if sr then
+    local slot = cjson.decode(sr)
+    if slot.session_id == sid then
+      slot.session_id = NULL
+      if slot.state == 'assigned' then slot.state = 'resetting'; slot.ended_session = sid end
+      redis.call('HSET', K.slots, s.slot_id, enc(slot))
+      unready(K, slot)
+    end
+  end
+  local out = enc(s)
+  -- The record waits here until a replica has written it to the sink (take/ack_records).
+  redis.call('HSET', K.rec, sid, out)
+  redis.call('ZADD', K.recq, now, sid)
+  return out
+end

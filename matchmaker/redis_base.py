@@ -1,0 +1,266 @@
+"""What every Redis store operation rests on: the client, its timeout and error mapping,
+the shared round trips, and the tenant lookups (see docs/matchmaker-store.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import msgspec
+from redis import exceptions as rx
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
+from matchmaker.redis_keys import HostKeys, TenantKeys
+from matchmaker.redis_scripts import RedisClient, Scripts
+from matchmaker.store import BackendUnavailable
+
+DEFAULT_TIMEOUT_S = 5.0
+CACHE_MAX = 100_000
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.TryAgainError,
+    rx.MasterDownError, rx.ReadOnlyError, rx.ClusterError)
+
+_lookup = msgspec.json.Decoder(tuple[str, str])
+
+# One call of a round trip: (script, keys, args), or (None, (), command) for a command.
+Call = tuple[AsyncScript | None, Sequence[str | bytes], Sequence[Any]]
+
+
+def cmd(*args: str | bytes) -> Call:
+    return (None, (), args)
+
+
+def text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def names(raw: Iterable[Any]) -> list[str]:
+    """Members of a reply (redis-py types them as a union of every reply shape)."""
+    return [text(m) for m in raw]
+
+
+def num(x: float) -> str:
+    return repr(float(x))
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="RedisBase")
+
+
+Op = Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
+
+
+def guarded(fn: Op[S, P, R]) -> Op[S, P, R]:
+    """Run under the store's timeout; Redis being away becomes BackendUnavailable."""
+
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if not self._client_ready:
+                    await self._ready_client()
+                result = await fn(self, *args, **kwargs)
+        except _UNAVAILABLE as exc:
+            _reraise_cancellation(task, cancels, exc)
+            raise BackendUnavailable(f"redis is unavailable: {exc}") from exc
+        except rx.RedisClusterException as exc:  # also raised for our own mistakes: only
+            _reraise_cancellation(task, cancels, exc)
+            if isinstance(exc.__cause__, _UNAVAILABLE):  # "cannot connect" is the backend's
+                raise BackendUnavailable(f"redis cluster is unavailable: {exc}") from exc
+            raise
+        except TimeoutError as exc:
+            _reraise_cancellation(task, cancels, exc)
+            raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from exc
+        except rx.ResponseError as exc:  # a script error: name the script file's line
+            _reraise_cancellation(task, cancels, exc)
+            explained = self._scripts.explain(str(exc))
+            if explained == str(exc):
+                raise
+            raise rx.ResponseError(explained) from exc
+        _reraise_cancellation(task, cancels, None)
+        return result
+
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    return wrapper
+
+
+def _reraise_cancellation(task: asyncio.Task[Any] | None, cancels: int, cause: BaseException | None) -> None:
+    """A task cancelled during an operation must see CancelledError.
+
+    redis-py 8.1's asyncio client loses cancellations: one that lands while a command
+    is on the wire comes back as ConnectionError or TimeoutError, or the command is
+    retried and simply returns. Turned into BackendUnavailable, or into a normal result,
+    the caller runs on: a loop asked to stop never stops (seen: a sweep loop hung in a
+    test's teardown). ``cancels`` is the task's count on entry, so only a cancellation
+    requested during this operation counts (``asyncio.timeout`` takes back its own).
+    """
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError() from cause
+
+
+class RedisBase:
+    """The client, the scripts, the key names and the round trips the operations share."""
+
+    def __init__(self, client: RedisClient, *, prefix: str = "pf", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"the key prefix must be non-empty and have no braces: {prefix!r}")
+        self._r: RedisClient = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._client_ready = not self._cluster
+        self._client_lock = asyncio.Lock()
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self._g = HostKeys(prefix)
+        self._tenant_keys: dict[str, TenantKeys] = {}
+        self._session_tenant: dict[str, str] = {}
+        self._ticket_tenant: dict[str, tuple[str, str]] = {}
+        self._queued: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]] = []  # next round trip's
+        self._sending: set[asyncio.Future[None]] = set()
+        self._scripts = Scripts(client)
+
+    async def _ready_client(self) -> None:
+        """redis-py's asyncio RedisCluster (8.1) races its own first ``initialize()``
+        when a fresh client gets concurrent commands (a connection is used while it is
+        being replaced: AttributeError on ``_writer``). Initialize it once, alone."""
+        async with self._client_lock:
+            if not self._client_ready:
+                assert isinstance(self._r, RedisCluster)
+                await self._r.initialize()
+                self._client_ready = True
+
+    # --- keys and lookups ---------------------------------------------------------------
+
+    def _keys(self, tenant: str) -> TenantKeys:
+        keys = self._tenant_keys.get(tenant)
+        if keys is None:
+            if len(self._tenant_keys) > CACHE_MAX:
+                self._tenant_keys.clear()
+            keys = self._tenant_keys[tenant] = TenantKeys(self.prefix, tenant)
+        return keys
+
+    def _tag(self, tenant: str) -> str:
+        return self._keys(tenant).tag
+
+    @staticmethod
+    def _remember(cache: dict[str, R], key: str, value: R) -> None:
+        if len(cache) > CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+
+    async def _session_keys(self, session_id: str) -> TenantKeys | None:
+        """The keys of the tenant a session lookup names (immutable: cached)."""
+        tenant = self._session_tenant.get(session_id)
+        if tenant is None:
+            raw = await self._r.get(self._g.session_tenant(session_id))
+            if raw is None:
+                return None
+            tenant = text(raw)
+            self._remember(self._session_tenant, session_id, tenant)
+        return self._keys(tenant)
+
+    async def _ticket_keys(self, ticket_id: str) -> tuple[TenantKeys, str] | None:
+        """The tenant's keys and the app of a ticket, from its lookup (cached)."""
+        found = self._ticket_tenant.get(ticket_id)
+        if found is None:
+            raw = await self._r.get(self._g.ticket_tenant(ticket_id))
+            if raw is None:
+                return None
+            found = _lookup.decode(raw)
+            self._remember(self._ticket_tenant, ticket_id, found)
+        return self._keys(found[0]), found[1]
+
+    async def _tenants(self) -> list[str]:
+        return sorted(text(t) for t in await self._r.smembers(self._g.tenants))
+
+    # --- round trips ----------------------------------------------------------------------
+
+    async def _batch(self, calls: Sequence[Call], *, ordered: bool = False) -> list[Any]:
+        """One round trip. A script the server does not know (restart, failover, new cluster
+        node) is loaded and that one call is run again: it had no effect the first time.
+
+        Batches asked for in the same event-loop turn share one pipeline (callers still
+        get only their own results or error): under load, concurrent allocations cost
+        one write and one read instead of one each; alone, a batch leaves at once.
+
+        redis-py refuses EVALSHA in a cluster pipeline, so on a cluster the calls run
+        concurrently instead; ``ordered`` then runs the plain commands first."""
+        if not calls:
+            return []
+        if self._cluster:
+            return await self._gather(calls, ordered)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        self._queued.append((calls, done))
+        if len(self._queued) == 1:
+            loop.call_soon(self._send_queued)
+        return await done
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        task = asyncio.ensure_future(self._send(queued))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, queued: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]]) -> None:
+        calls = [call for batch, _ in queued for call in batch]
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for script, keys, args in calls:
+                if script is None:
+                    pipe.execute_command(*args)
+                else:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            for i, res in enumerate(results):
+                if isinstance(res, rx.NoScriptError):
+                    script, keys, args = calls[i]
+                    assert script is not None
+                    try:
+                        results[i] = await script(list(keys), list(args))
+                    except Exception as exc:  # noqa: BLE001 - that caller's error
+                        results[i] = exc
+        except BaseException as exc:  # the round trip failed: every caller in it hears why
+            for _, done in queued:
+                if not done.done():
+                    done.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for batch, done in queued:
+            mine = results[start:start + len(batch)]
+            start += len(batch)
+            if done.done():  # its caller gave up (timeout, cancellation)
+                continue
+            error = next((r for r in mine if isinstance(r, BaseException)), None)
+            if error is None:
+                done.set_result(mine)
+            else:
+                done.set_exception(error)
+
+    async def _gather(self, calls: Sequence[Call], ordered: bool) -> list[Any]:
+        def run(call: Call) -> Awaitable[Any]:
+            script, keys, args = call
+            if script is None:
+                pending: Awaitable[Any] = self._r.execute_command(*args)
+                return pending
+            return script(list(keys), list(args))
+
+        if not ordered:
+            return list(await asyncio.gather(*map(run, calls)))
+        results: list[Any] = [None] * len(calls)
+        for first in (True, False):
+            todo = [i for i, call in enumerate(calls) if (call[0] is None) is first]
+            for i, res in zip(todo, await asyncio.gather(*(run(calls[i]) for i in todo)), strict=True):
+                results[i] = res
+        return results
+
+    async def aclose(self) -> None:
+        if self._sending:  # round trips in flight finish (their callers may still wait)
+            await asyncio.gather(*self._sending, return_exceptions=True)
+        await self._r.aclose()

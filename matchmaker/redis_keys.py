@@ -1,0 +1,110 @@
+"""Every Redis key name the matchmaker uses, built in one place (layout: docs/matchmaker-store.md).
+
+Scripts receive these names in ``KEYS``; the one name a script builds itself (a slot's
+placement index, ``matchmaker/lua/tenant.lua`` ``idx()``) follows ``TenantKeys.index``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from matchmaker.models import SESSION_FROM_SLOT, AllocationRequest, Session
+
+
+def escape(part: str) -> str:
+    """Braces and ``%`` escaped, so a tenant can neither close a hash tag nor collide."""
+    if "%" in part or "{" in part or "}" in part:
+        return part.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return part
+
+
+class HostKeys:
+    """The host registry's keys: one hash tag, ``{P}``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        g = self.tag = "{" + prefix + "}"
+        self.hosts, self.hseq, self.hb, self.dirty = f"{g}:hosts", f"{g}:hseq", f"{g}:hb", f"{g}:dirty"
+        self.dead, self.tenants, self.outbox = f"{g}:dead", f"{g}:tenants", f"{g}:outbox"
+
+    def host(self, host_id: str) -> str:
+        return f"{self.tag}:host:{host_id}"
+
+    def session_tenant(self, session_id: str) -> str:
+        """``P:sid:<id>``: the tenant of a live session (no hash tag: looked up alone)."""
+        return f"{self.prefix}:sid:{session_id}"
+
+    def ticket_tenant(self, ticket_id: str) -> str:
+        """``P:tid:<id>``: the tenant and app of a ticket."""
+        return f"{self.prefix}:tid:{ticket_id}"
+
+
+class TenantKeys:
+    """One tenant's keys: one hash tag, ``{P:T}``."""
+
+    def __init__(self, prefix: str, tenant: str) -> None:
+        t = self.tag = "{" + prefix + ":" + escape(tenant) + "}"
+        self.slots, self.hosts, self.apps, self.live = f"{t}:slots", f"{t}:hosts", f"{t}:apps", f"{t}:live"
+        self.gpu, self.sessions, self.clients = f"{t}:gpu", f"{t}:sessions", f"{t}:clients"
+        self.rec, self.recq, self.created = f"{t}:rec", f"{t}:recq", f"{t}:created"
+        self.qseq, self.queues = f"{t}:qseq", f"{t}:queues"
+        self.since = {state: f"{t}:since:{state}" for state in ("assigned", "connected", "disconnected")}
+        # KEYS[1..13] of the scripts that change slots and sessions (tenant.lua tenant_keys).
+        self.block = (self.slots, self.hosts, self.apps, self.live, self.gpu, self.sessions, self.clients,
+                      self.rec, self.recq, self.created, *self.since.values())
+        self.session_index = (self.sessions, self.created, *self.since.values())
+        self._allocate: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def ticket(self, ticket_id: str) -> str:
+        return f"{self.tag}:ticket:{ticket_id}"
+
+    def queue(self, app: str) -> str:
+        return f"{self.tag}:queue:{app}"
+
+    def qclients(self, app: str) -> str:
+        return f"{self.tag}:qclients:{app}"
+
+    def index(self, kind: str, app: str, region: str | None = None) -> str:
+        """A placement index (kind ``rz``: slot -> load; ``fh``: host -> claimable slots);
+        the region is length-prefixed so that no (region, app) pair names another's key."""
+        if region is None:
+            return f"{self.tag}:{kind}:{app}"
+        return f"{self.tag}:{kind}@{len(region)}:{region}:{app}"
+
+    def claim(self, app: str) -> tuple[str, ...]:
+        """KEYS[1..11] of allocate.lua and claim_slot.lua."""
+        return (self.slots, self.hosts, self.apps, self.gpu, self.sessions, self.clients, self.created,
+                self.since["assigned"], self.queues, self.queue(app), self.qclients(app))
+
+    def allocate(self, app: str, region: str) -> tuple[str, ...]:
+        """KEYS[1..15] of allocate.lua (cached: the hot path sends them on every call)."""
+        keys = self._allocate.get((app, region))
+        if keys is None:
+            if len(self._allocate) > 10_000:
+                self._allocate.clear()
+            rz, fh = self.index("rz", app), self.index("fh", app)
+            regional = (self.index("rz", app, region), self.index("fh", app, region)) if region else (rz, fh)
+            keys = self._allocate[(app, region)] = (*self.claim(app), rz, fh, *regional)
+        return keys
+
+
+_enc = msgspec.json.Encoder()
+_MARK = "\x00slot\x00"
+
+
+def session_template(request: AllocationRequest, session_id: str, now: float) -> list[bytes]:
+    """A new session's JSON (msgspec, from ``models.Session``) in pieces around the
+    fields it takes from the slot, for allocate.lua to fill: piece, field, piece, ...
+    The model is the one definition of the record; Lua only inserts the slot's values."""
+    raw = _enc.encode(Session(
+        session_id=session_id, tenant=request.tenant, app=request.app, client_key=request.client_key,
+        created_at=now, last_activity=now, slot_id=_MARK, host_id=_MARK, streamer_id=_MARK, signaling_url=_MARK,
+        region=_MARK))
+    pieces = raw.split(_enc.encode(_MARK))
+    out = [pieces[0]]
+    for field, piece in zip(_FIELD_ORDER, pieces[1:], strict=True):
+        out += [field, piece]
+    return out
+
+
+_FIELD_ORDER = tuple(f.encode() for f in Session.__struct_fields__ if f in SESSION_FROM_SLOT)
