@@ -71,11 +71,6 @@ class TenantKeys:
             return f"{self.tag}:{kind}:{app}"
         return f"{self.tag}:{kind}@{len(region)}:{region}:{app}"
 
-    def claim(self, app: str) -> tuple[str, ...]:
-        """KEYS[1..11] of allocate.lua and claim_slot.lua."""
-        return (self.slots, self.hosts, self.apps, self.gpu, self.sessions, self.clients, self.created,
-                self.since["assigned"], self.queues, self.queue(app), self.qclients(app))
-
     def allocate(self, app: str, region: str) -> tuple[str, ...]:
         """KEYS[1..15] of allocate.lua (cached: the hot path sends them on every call)."""
         keys = self._allocate.get((app, region))
@@ -84,7 +79,9 @@ class TenantKeys:
                 self._allocate.clear()
             rz, fh = self.index("rz", app), self.index("fh", app)
             regional = (self.index("rz", app, region), self.index("fh", app, region)) if region else (rz, fh)
-            keys = self._allocate[(app, region)] = (*self.claim(app), rz, fh, *regional)
+            keys = self._allocate[(app, region)] = (
+                self.slots, self.hosts, self.apps, self.gpu, self.sessions, self.clients, self.created,
+                self.since["assigned"], self.queues, self.queue(app), self.qclients(app), rz, fh, *regional)
         return keys
 
 

@@ -59,9 +59,9 @@ class Scripts:
     """Every script, registered with one client (EVALSHA; reloaded on NOSCRIPT by redis-py)."""
 
     NAMES = ("register_host", "heartbeat_host", "set_draining", "expire_hosts", "forget_hosts", "drop_hosts",
-             "host_meta", "mark_clean", "apply_host", "heartbeat_slots", "allocate", "claim_slot", "end_session",
-             "session_op", "due_sessions", "session_for_client", "enqueue", "ticket_mark", "finish_ticket",
-             "position", "queue_lengths", "take_records", "ack_records")
+             "host_meta", "mark_clean", "apply_host", "heartbeat_slots", "allocate", "end_session", "session_op",
+             "due_sessions", "enqueue", "ticket_mark", "finish_ticket", "position", "queue_lengths", "take_records",
+             "ack_records")
 
     def __init__(self, client: RedisClient) -> None:
         self._sources = {name: load_source(name) for name in self.NAMES}
@@ -76,9 +76,8 @@ class Scripts:
             s["set_draining"]
         self.expire_hosts, self.forget_hosts, self.drop_hosts = s["expire_hosts"], s["forget_hosts"], s["drop_hosts"]
         self.host_meta, self.mark_clean, self.apply_host = s["host_meta"], s["mark_clean"], s["apply_host"]
-        self.heartbeat_slots, self.allocate, self.claim_slot = s["heartbeat_slots"], s["allocate"], s["claim_slot"]
-        self.end_session, self.session_op, self.due_sessions = s["end_session"], s["session_op"], s["due_sessions"]
-        self.session_for_client, self.enqueue = s["session_for_client"], s["enqueue"]
+        self.heartbeat_slots, self.allocate, self.end_session = s["heartbeat_slots"], s["allocate"], s["end_session"]
+        self.session_op, self.due_sessions, self.enqueue = s["session_op"], s["due_sessions"], s["enqueue"]
         self.ticket_mark, self.finish_ticket, self.position = s["ticket_mark"], s["finish_ticket"], s["position"]
         self.queue_lengths, self.take_records, self.ack_records = s["queue_lengths"], s["take_records"], \
             s["ack_records"]

@@ -49,11 +49,11 @@ _DUE_ROUNDS = 8   # rounds per sweep at most; the next sweep goes on
 
 
 class UnknownApp(StoreError):
-    status = 404
+    """No registered slot serves this tenant and app."""
 
 
 class UnknownSession(StoreError):
-    status = 404
+    """No such ticket (or session) is known."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,9 @@ matchmaker replicas share one Redis (or Redis Cluster).
 Guarantees every implementation keeps (the conformance suite in
 ``tests/integration/test_store_conformance.py`` checks them on both):
 
-- ``claim_slot`` is a compare-and-set: it succeeds only while the slot is READY on a
-  live, non-draining host, and then the slot is ASSIGNED to exactly that session. No
-  sequence of calls from any number of processes gives one slot to two sessions.
+- ``allocate`` claims only a slot that is READY on a live, non-draining host, and then
+  the slot is ASSIGNED to exactly that session (a compare-and-set). No sequence of calls
+  from any number of processes gives one slot to two sessions.
 - Session transitions are idempotent and only move forward
   (``assigned -> connected -> disconnected -> ended``; a reconnect may take a
   disconnected session back to ``assigned``). Ending an ended session is a no-op that
@@ -21,7 +21,6 @@ Guarantees every implementation keeps (the conformance suite in
 - A ticket whose client left (``left_at`` set) is never served until it is heard again.
 - Host and slot records are replaced as a whole by registration and heartbeat; a
   host whose boot id differs from the registered one is refused while it is alive.
-
 - ``allocate`` places and claims in one atomic step, with the order of
   ``placement.rank`` (the Redis store evaluates the same order server-side over score
   indexes, comparing up to 32 equally ranked candidates at a time), so an allocation is
@@ -49,23 +48,23 @@ from matchmaker.models import (
 
 
 class StoreError(Exception):
-    status = 400
+    """A store operation refused (matchmaker/http.py STORE_ERRORS maps each to an HTTP answer)."""
 
 
 class UnknownHost(StoreError):
-    status = 404
+    """No live host has this id."""
 
 
 class HostConflict(StoreError):
-    status = 409
+    """A live host has this id under another boot id."""
 
 
 class QueueFull(StoreError):
-    status = 429
+    """The queue of this tenant and app is at its limit."""
 
 
 class BackendUnavailable(StoreError):
-    status = 503
+    """The shared store did not answer (Redis away or too slow)."""
 
 
 class NoClaim(enum.Enum):
@@ -74,7 +73,7 @@ class NoClaim(enum.Enum):
     QUEUE_AHEAD = "queue_ahead"   # someone already waits for this app: nobody overtakes
     NO_SLOT = "no_slot"           # the app is served, but no slot is claimable now
     UNKNOWN_APP = "unknown_app"   # no registered slot serves this tenant and app
-    REFUSED = "refused"           # the given slot or ticket failed its precondition
+    REFUSED = "refused"           # the given ticket failed its precondition
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,20 +114,12 @@ class Store(Protocol):
         forever. A forgotten host that registers again is simply new."""
 
     # --- the pool ---------------------------------------------------------------------
-    async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
-        """READY slots of live, non-draining hosts that serve this tenant and app."""
-
     async def serves(self, tenant: str, app: str) -> bool:
         """Whether any registered slot (whatever its state) serves this tenant and app."""
 
     async def slot_count(self, tenant: str, app: str) -> int:
         """How many slots of live hosts (whatever the slot's state) serve this tenant and
         app; an O(1) read on Redis, for queue ETAs."""
-
-    async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
-        """Atomically: slot READY -> ASSIGNED to ``session`` (stored), and, with a ticket,
-        that ticket WAITING (and not left) -> SERVED. The slot and the ticket must be of the session's
-        tenant and app. False, changing nothing, if any precondition fails."""
 
     async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
                        ticket_id: str | None = None) -> Session | Returning | NoClaim:
@@ -143,9 +134,6 @@ class Store(Protocol):
     # --- sessions ---------------------------------------------------------------------
     async def session(self, session_id: str) -> Session | None:
         """A session that has not ended (ended ones live on in the record sink)."""
-
-    async def session_for_client(self, tenant: str, client_key: str) -> Session | None:
-        """The client's session that has not ended, if any (reconnect within grace)."""
 
     async def reattach(self, session_id: str, now: float) -> Session | None:
         """A reconnecting client takes its not-yet-ended session back: -> ASSIGNED."""

@@ -155,9 +155,6 @@ class MemoryStore:
     def _ready(self, tenant: str, app: str) -> list[Slot]:
         return [s for s in self._slots.values() if s.tenant == tenant and s.app == app and self._claimable(s)]
 
-    async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
-        return [_copy(s) for s in self._ready(tenant, app)]
-
     async def serves(self, tenant: str, app: str) -> bool:
         return any(s.tenant == tenant and s.app == app for s in self._slots.values())
 
@@ -191,18 +188,6 @@ class MemoryStore:
         self._claim(slot, session, ticket)
         return _copy(session)
 
-    async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
-        slot = self._slots.get(slot_id)
-        if slot is None or not self._claimable(slot) or (slot.tenant, slot.app) != (session.tenant, session.app):
-            return False
-        ticket = None
-        if ticket_id is not None:
-            ticket = self._waiting_ticket(ticket_id, session.tenant, session.app)
-            if ticket is None:
-                return False
-        self._claim(slot, session, ticket)
-        return True
-
     def _waiting_ticket(self, ticket_id: str, tenant: str, app: str) -> Ticket | None:
         ticket = self._tickets.get(ticket_id)
         if (ticket is None or ticket.state is not TicketState.WAITING or ticket.left_at is not None
@@ -226,11 +211,6 @@ class MemoryStore:
     async def session(self, session_id: str) -> Session | None:
         s = self._sessions.get(session_id)
         return None if s is None else _copy(s)
-
-    async def session_for_client(self, tenant: str, client_key: str) -> Session | None:
-        sid = self._clients.get((tenant, client_key))
-        s = None if sid is None else self._sessions.get(sid)
-        return None if s is None or s.state is SessionState.ENDED else _copy(s)
 
     async def reattach(self, session_id: str, now: float) -> Session | None:
         s = self._sessions.get(session_id)

@@ -21,7 +21,7 @@ from matchmaker.redis_hosts import RedisHosts
 from matchmaker.redis_keys import session_template
 from matchmaker.store import NoClaim, QueueFull, Returning
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "FINISHED_TICKET_TTL_S", "RedisStore", "cmd"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "FINISHED_TICKET_TTL_S", "RedisStore"]
 
 FINISHED_TICKET_TTL_S = 3600
 DEFAULT_MAX_CONNECTIONS = 256
@@ -33,9 +33,6 @@ _sessions = msgspec.json.Decoder(list[Session])
 _ticket = msgspec.json.Decoder(Ticket)
 _NO_CLAIM = {"queued": NoClaim.QUEUE_AHEAD, "none": NoClaim.NO_SLOT, "unknown": NoClaim.UNKNOWN_APP,
              "refused": NoClaim.REFUSED}
-
-_cmd = cmd  # the name the tests use for a plain command in a batch
-
 
 def _joined(vals: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(vals) + b"]"
@@ -70,15 +67,6 @@ class RedisStore(RedisHosts):
         return cls(Redis.from_pool(BlockingConnectionPool.from_url(url, **kw)), prefix=prefix, timeout_s=timeout_s)
 
     # --- pool -------------------------------------------------------------------------
-
-    @guarded
-    async def ready_slots(self, tenant: str, app: str) -> list[Slot]:
-        keys = self._keys(tenant)
-        ids = names(await self._r.zrange(keys.index("rz", app), 0, -1))
-        if not ids:
-            return []
-        vals: list[Any] = await self._r.hmget(keys.slots, ids)
-        return _slots.decode(_joined([v for v in vals if v is not None]))
 
     @guarded
     async def serves(self, tenant: str, app: str) -> bool:
@@ -128,30 +116,12 @@ class RedisStore(RedisHosts):
             return Returning(text(reply[1]))
         return _NO_CLAIM[status]
 
-    @guarded
-    async def claim_slot(self, slot_id: str, session: Session, ticket_id: str | None = None) -> bool:
-        keys = self._keys(session.tenant)
-        kl: tuple[str, ...] = keys.claim(session.app)
-        if ticket_id:
-            kl = (*kl, keys.ticket(ticket_id))
-        _, ok = await self._batch([
-            cmd("SET", self._g.session_tenant(session.session_id), session.tenant),
-            (self._scripts.claim_slot, kl, [slot_id, _enc.encode(session), ticket_id or "", FINISHED_TICKET_TTL_S])])
-        await self._after_claim(bool(int(ok)), session.tenant, session.session_id, ticket_id)
-        return bool(int(ok))
-
     # --- sessions ---------------------------------------------------------------------
 
     @guarded
     async def session(self, session_id: str) -> Session | None:
         keys = await self._session_keys(session_id)
         raw = None if keys is None else await self._r.hget(keys.sessions, session_id)
-        return None if raw is None else _session.decode(raw)
-
-    @guarded
-    async def session_for_client(self, tenant: str, client_key: str) -> Session | None:
-        keys = self._keys(tenant)
-        raw = await self._scripts.session_for_client([keys.clients, keys.sessions], [client_key])
         return None if raw is None else _session.decode(raw)
 
     async def _session_op(self, op: str, session_id: str, now: float) -> Any:

@@ -21,8 +21,10 @@ from matchmaker.models import (
     Ticket,
     TicketState,
 )
-from matchmaker.store import HostConflict, QueueFull, Store, UnknownHost
+from matchmaker.store import HostConflict, NoClaim, QueueFull, Returning, Store, UnknownHost
+from matchmaker.store_redis import RedisStore
 from matchmaker.timeouts import due_endings
+from tests.support.redis_peek import indexed_slots
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +45,39 @@ def beat(boot: str = "b1", states: dict[int, SlotState] | None = None,
         for i, st in states.items()])
 
 
-def new_session(slot_id: str, sid: str | None = None, client_key: str | None = None,
-                tenant: str = "acme", now: float = 100.0) -> Session:
-    host = slot_id.split("/")[0]
-    return Session(session_id=sid or f"s-{uuid.uuid4().hex[:8]}", tenant=tenant, app="game",
-                   slot_id=slot_id, host_id=host, streamer_id="x", signaling_url="ws://", region="eu",
-                   client_key=client_key, created_at=now, last_activity=now)
+def new_id() -> str:
+    return f"s-{uuid.uuid4().hex[:8]}"
+
+
+async def try_claim(store: Store, *, client_key: str | None = None, tenant: str = "acme", app: str = "game",
+                    now: float = 100.0, ticket_id: str | None = None, sid: str | None = None
+                    ) -> Session | Returning | NoClaim:
+    """A new session through the public place-and-claim (``allocate``)."""
+    request = AllocationRequest(tenant=tenant, app=app, client_key=client_key)
+    return await store.allocate(request, sid or new_id(), now, policy="spread", ticket_id=ticket_id)
+
+
+async def claim(store: Store, **kw: object) -> Session:
+    """``try_claim`` that must claim a slot."""
+    got = await try_claim(store, **kw)  # type: ignore[arg-type]
+    assert isinstance(got, Session), got
+    return got
+
+
+async def claimable(store: Store, tenant: str = "acme", app: str = "game") -> list[str]:
+    """The sorted ids of the slots ``allocate`` may claim: READY on a live, non-draining
+    host, from the listings; on Redis the placement index allocate reads must hold exactly those."""
+    hosts = {h.host_id: h for h in await store.hosts()}
+    ids = sorted(s.slot_id for s in await store.slots()
+                 if s.tenant == tenant and s.app == app and s.state is SlotState.READY
+                 and not hosts[s.host_id].dead and not hosts[s.host_id].draining)
+    if isinstance(store, RedisStore):
+        assert await indexed_slots(store, tenant, app) == ids
+    return ids
+
+
+def index_of(session: Session) -> int:
+    return int(session.slot_id.rsplit("/", 1)[1])
 
 
 async def ready_host(store: Store, **kw: object) -> None:
@@ -59,11 +88,13 @@ async def ready_host(store: Store, **kw: object) -> None:
 async def test_registered_slots_start_cold_and_warm_on_heartbeat(store: Store) -> None:
     host = await store.register_host(registration(), 100.0)
     assert host.slot_ids == ["h1/0", "h1/1"]
-    assert await store.ready_slots("acme", "game") == []
+    assert await claimable(store) == []
+    assert await try_claim(store) is NoClaim.NO_SLOT
     assert await store.serves("acme", "game") and not await store.serves("acme", "other")
     await store.heartbeat("h1", beat(), 101.0)
-    assert sorted(s.slot_id for s in await store.ready_slots("acme", "game")) == ["h1/0", "h1/1"]
-    assert await store.ready_slots("other-tenant", "game") == []
+    assert await claimable(store) == ["h1/0", "h1/1"]
+    assert await claimable(store, tenant="other-tenant") == []
+    assert await try_claim(store, tenant="other-tenant") is NoClaim.UNKNOWN_APP
 
 
 async def test_registration_is_idempotent_and_refuses_twins(store: Store) -> None:
@@ -82,87 +113,111 @@ async def test_heartbeat_for_unknown_host(store: Store) -> None:
         await store.set_draining("ghost", True)
 
 
-async def test_claim_is_compare_and_set(store: Store) -> None:
+async def test_a_claimed_slot_is_never_claimed_again(store: Store) -> None:
     await ready_host(store)
-    first = new_session("h1/0")
-    assert await store.claim_slot("h1/0", first)
-    assert not await store.claim_slot("h1/0", new_session("h1/0"))
-    assert not await store.claim_slot("h9/0", new_session("h9/0"))
-    [slot] = [s for s in await store.slots() if s.slot_id == "h1/0"]
-    assert slot.state is SlotState.ASSIGNED and slot.session_id == first.session_id
-    assert [s.slot_id for s in await store.ready_slots("acme", "game")] == ["h1/1"]
+    first = await claim(store)
+    assert await claimable(store) == sorted({"h1/0", "h1/1"} - {first.slot_id})
+    second = await claim(store, now=101.0)
+    assert {first.slot_id, second.slot_id} == {"h1/0", "h1/1"}
+    lost = new_id()
+    assert await try_claim(store, sid=lost, now=102.0) is NoClaim.NO_SLOT
+    assert await store.session(lost) is None
+    slots = {s.slot_id: s for s in await store.slots()}
+    for s in (first, second):
+        assert slots[s.slot_id].state is SlotState.ASSIGNED and slots[s.slot_id].session_id == s.session_id
+        assert (s.tenant, s.app, s.host_id, s.region, s.streamer_id) == ("acme", "game", "h1", "eu",
+                                                                         s.slot_id.replace("/", "-"))
+    assert await claimable(store) == []
     assert (await store.session(first.session_id)) == first
+    assert sorted(x.session_id for x in await store.sessions()) == sorted([first.session_id, second.session_id])
 
 
 async def test_concurrent_claims_give_a_slot_to_one_session(store: Store) -> None:
     await ready_host(store, slots=1)
     await store.heartbeat("h1", beat(states={0: SlotState.READY}), 100.0)
-    results = await asyncio.gather(*(store.claim_slot("h1/0", new_session("h1/0")) for _ in range(50)))
-    assert sum(results) == 1
+    results = await asyncio.gather(*(try_claim(store) for _ in range(50)))
+    won = [r for r in results if isinstance(r, Session)]
+    assert len(won) == 1 and won[0].slot_id == "h1/0"
+    assert results.count(NoClaim.NO_SLOT) == 49
+    assert [s.session_id for s in await store.sessions()] == [won[0].session_id]
+
+
+async def test_concurrent_claims_give_each_slot_to_one_session(store: Store) -> None:
+    await store.register_host(registration(slots=4), 100.0)
+    await store.heartbeat("h1", beat(states={i: SlotState.READY for i in range(4)}), 100.0)
+    results = await asyncio.gather(*(try_claim(store) for _ in range(30)))
+    won = [r for r in results if isinstance(r, Session)]
+    assert sorted(s.slot_id for s in won) == ["h1/0", "h1/1", "h1/2", "h1/3"]
+    assert results.count(NoClaim.NO_SLOT) == 26
+    assert sorted((s.slot_id, s.session_id) for s in await store.sessions()) == sorted(
+        (s.slot_id, s.session_id) for s in won)
 
 
 async def test_session_lifecycle_and_reset_handshake(store: Store) -> None:
     await ready_host(store)
-    s = new_session("h1/0", client_key="alice")
-    assert await store.claim_slot("h1/0", s)
+    s = await claim(store, client_key="alice")
+    other = "h1/1" if s.slot_id == "h1/0" else "h1/0"
     assert (await store.mark_connected(s.session_id, 110.0)).state is SessionState.CONNECTED  # type: ignore[union-attr]
     assert (await store.mark_disconnected(s.session_id, 120.0)).state is SessionState.DISCONNECTED  # type: ignore[union-attr]
-    assert (await store.session_for_client("acme", "alice")).session_id == s.session_id  # type: ignore[union-attr]
+    assert await try_claim(store, client_key="alice", now=121.0) == Returning(s.session_id)  # its live session
     assert (await store.reattach(s.session_id, 125.0)).state is SessionState.ASSIGNED  # type: ignore[union-attr]
     ended = await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 130.0)
     assert ended is not None and ended.state is SessionState.ENDED and ended.end_reason is EndReason.PLAYER_LEFT
     assert ended.ended_at == 130.0 and ended.connected_at == 110.0
     assert await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 131.0) is None  # exactly once
     assert await store.session(s.session_id) is None
-    assert await store.session_for_client("acme", "alice") is None
     assert await store.mark_connected(s.session_id, 132.0) is None
     # The slot is resetting; a stale READY report does not bring it back ...
     _, reply = await store.heartbeat("h1", beat(), 133.0)
-    assert [(r.index, r.session_id) for r in reply.reset] == [(0, s.session_id)]
-    assert [x.slot_id for x in await store.ready_slots("acme", "game")] == ["h1/1"]
+    assert [(r.index, r.session_id) for r in reply.reset] == [(index_of(s), s.session_id)]
+    assert await claimable(store) == [other]
     # ... the agent's report of the reset for that session does.
-    _, reply = await store.heartbeat("h1", beat(reset_for={0: s.session_id}), 134.0)
+    _, reply = await store.heartbeat("h1", beat(reset_for={index_of(s): s.session_id}), 134.0)
     assert reply.reset == []
-    assert sorted(x.slot_id for x in await store.ready_slots("acme", "game")) == ["h1/0", "h1/1"]
+    assert await claimable(store) == ["h1/0", "h1/1"]
+    # The ended session no longer answers for its client: the key gets a new session.
+    again = await claim(store, client_key="alice", now=135.0)
+    assert again.session_id != s.session_id
 
 
 async def test_slot_failure_ends_its_session(store: Store) -> None:
     await ready_host(store)
-    s = new_session("h1/0")
-    await store.claim_slot("h1/0", s)
-    ended, _ = await store.heartbeat("h1", beat(states={0: SlotState.DEAD, 1: SlotState.READY}), 110.0)
+    s = await claim(store)
+    i = index_of(s)
+    ended, _ = await store.heartbeat("h1", beat(states={i: SlotState.DEAD, 1 - i: SlotState.READY}), 110.0)
     assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.SLOT_FAILED)]
-    assert [x.slot_id for x in await store.ready_slots("acme", "game")] == ["h1/1"]
+    assert await claimable(store) == [f"h1/{1 - i}"]
 
 
 async def test_dead_host_leaves_pool_and_ends_sessions(store: Store) -> None:
     await ready_host(store)
+    s = await claim(store)  # on h1: the only host yet
     await ready_host(store, host="h2", boot="c1")
-    s = new_session("h1/0")
-    await store.claim_slot("h1/0", s)
     await store.heartbeat("h2", beat(boot="c1"), 120.0)
     ended = await store.expire_hosts(121.0, ttl_s=10.0)
     assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.HOST_DEAD)]
-    assert {x.host_id for x in await store.ready_slots("acme", "game")} == {"h2"}
+    assert await claimable(store) == ["h2/0", "h2/1"]
     assert await store.expire_hosts(122.0, ttl_s=10.0) == []
     with pytest.raises(UnknownHost):
         await store.heartbeat("h1", beat(), 123.0)
     # The agent comes back with a new boot: fresh, cold slots.
     await store.register_host(registration(boot="b2"), 124.0)
     await store.heartbeat("h1", beat(boot="b2"), 125.0)
-    assert {x.host_id for x in await store.ready_slots("acme", "game")} == {"h1", "h2"}
+    assert await claimable(store) == ["h1/0", "h1/1", "h2/0", "h2/1"]
 
 
 async def test_draining_host_takes_no_new_sessions(store: Store) -> None:
     await ready_host(store)
     host = await store.set_draining("h1", True)
     assert host.draining
-    assert await store.ready_slots("acme", "game") == []
-    assert not await store.claim_slot("h1/0", new_session("h1/0"))
+    assert await claimable(store) == []
+    assert await try_claim(store) is NoClaim.NO_SLOT
     _, reply = await store.heartbeat("h1", beat(), 101.0)
     assert reply.draining
+    assert await try_claim(store) is NoClaim.NO_SLOT
     await store.set_draining("h1", False)
-    assert len(await store.ready_slots("acme", "game")) == 2
+    assert await claimable(store) == ["h1/0", "h1/1"]
+    assert isinstance(await try_claim(store), Session)
 
 
 def ticket(tenant: str = "acme", app: str = "game", at: float = 100.0, client: str | None = None) -> Ticket:
@@ -217,7 +272,7 @@ async def test_a_ticket_that_left_the_queue_frees_its_key(store: Store) -> None:
     served, cancelled = ticket(client="alice"), ticket(client="bob")
     await store.enqueue(served, 10)
     await store.enqueue(cancelled, 10)
-    assert await store.claim_slot("h1/0", new_session("h1/0"), served.ticket_id)
+    await claim(store, ticket_id=served.ticket_id)
     assert await store.finish_ticket(cancelled.ticket_id, TicketState.CANCELLED, "bye")
     for key in ("alice", "bob"):
         fresh = ticket(client=key, at=120.0)
@@ -247,10 +302,12 @@ async def test_a_left_ticket_takes_no_slot_until_heard_again(store: Store) -> No
     t = ticket(client="alice")
     await store.enqueue(t, 10)
     await store.ticket_left(t.ticket_id, 101.0)
-    assert not await store.claim_slot("h1/0", new_session("h1/0"), t.ticket_id)
-    assert len(await store.ready_slots("acme", "game")) == 2 and await store.sessions() == []
+    assert await try_claim(store, ticket_id=t.ticket_id) is NoClaim.REFUSED
+    assert await claimable(store) == ["h1/0", "h1/1"] and await store.sessions() == []
+    assert await store.position(t.ticket_id) == 1
     await store.ticket_heard(t.ticket_id, 102.0)
-    assert await store.claim_slot("h1/0", new_session("h1/0"), t.ticket_id)
+    s = await claim(store, ticket_id=t.ticket_id)
+    assert (await store.ticket(t.ticket_id)).session_id == s.session_id  # type: ignore[union-attr]
 
 
 async def test_finish_if_unchanged_spares_a_client_heard_since(store: Store) -> None:
@@ -274,20 +331,19 @@ async def test_claim_with_ticket_serves_it_atomically(store: Store) -> None:
     await ready_host(store)
     t = ticket()
     await store.enqueue(t, 10)
-    s = new_session("h1/0")
-    assert await store.claim_slot("h1/0", s, t.ticket_id)
+    s = await claim(store, ticket_id=t.ticket_id)
     served = await store.ticket(t.ticket_id)
     assert served is not None and served.state is TicketState.SERVED and served.session_id == s.session_id
-    assert await store.waiting("acme", "game", 10) == []
+    assert await store.waiting("acme", "game", 10) == [] and await store.queues() == []
     # A ticket that already left the queue cannot take a slot.
-    assert not await store.claim_slot("h1/1", new_session("h1/1"), t.ticket_id)
-    assert len(await store.ready_slots("acme", "game")) == 1
+    assert await try_claim(store, ticket_id=t.ticket_id) is NoClaim.REFUSED
+    assert len(await claimable(store)) == 1
+    assert [x.session_id for x in await store.sessions()] == [s.session_id]
 
 
 async def test_listings(store: Store) -> None:
     await ready_host(store)
-    s = new_session("h1/1")
-    await store.claim_slot("h1/1", s)
+    s = await claim(store)
     assert [h.host_id for h in await store.hosts()] == ["h1"]
     assert sorted(x.slot_id for x in await store.slots()) == ["h1/0", "h1/1"]
     assert [x.session_id for x in await store.sessions()] == [s.session_id]
@@ -295,25 +351,27 @@ async def test_listings(store: Store) -> None:
 
 async def test_claim_refuses_a_session_or_ticket_of_another_tenant_or_app(store: Store) -> None:
     await ready_host(store)
-    assert not await store.claim_slot("h1/0", new_session("h1/0", tenant="beta"))
-    wrong_app = new_session("h1/0")
-    wrong_app.app = "other"
-    assert not await store.claim_slot("h1/0", wrong_app)
+    assert await try_claim(store, tenant="beta") is NoClaim.UNKNOWN_APP
+    assert await try_claim(store, app="other") is NoClaim.UNKNOWN_APP
     for foreign in (ticket(tenant="beta"), ticket(app="other")):
         await store.enqueue(foreign, 10)
-        assert not await store.claim_slot("h1/0", new_session("h1/0"), foreign.ticket_id)
+        assert await try_claim(store, ticket_id=foreign.ticket_id) is NoClaim.REFUSED
         assert await store.position(foreign.ticket_id) == 1
-    assert len(await store.ready_slots("acme", "game")) == 2
+    assert await claimable(store) == ["h1/0", "h1/1"]
     assert await store.sessions() == []
 
 
 async def test_ending_an_old_session_keeps_the_clients_newer_one(store: Store) -> None:
     await ready_host(store)
-    old, new = new_session("h1/0", client_key="alice"), new_session("h1/1", client_key="alice")
-    assert await store.claim_slot("h1/0", old)
-    assert await store.claim_slot("h1/1", new)
+    old = await claim(store, client_key="alice")
+    # A second session for the same key: served from the queue (a ticket's claim does not
+    # look for the client's live session).
+    queued = ticket(client="alice")
+    await store.enqueue(queued, 10)
+    new = await claim(store, client_key="alice", ticket_id=queued.ticket_id)
+    assert await try_claim(store, client_key="alice") == Returning(new.session_id)
     await store.end_session(old.session_id, EndReason.PLAYER_LEFT, 110.0)
-    assert (await store.session_for_client("acme", "alice")).session_id == new.session_id  # type: ignore[union-attr]
+    assert await try_claim(store, client_key="alice") == Returning(new.session_id)
 
 
 async def test_times_and_loads_keep_every_digit(store: Store) -> None:
@@ -323,8 +381,7 @@ async def test_times_and_loads_keep_every_digit(store: Store) -> None:
     assert slot.nvenc_load == 0.123456789012345678
     [host] = await store.hosts()
     assert host.last_heartbeat == 1712345679.9876543
-    s = new_session("h1/0", now=1712345680.000001)
-    assert await store.claim_slot("h1/0", s)
+    s = await claim(store, now=1712345680.000001)
     connected = await store.mark_connected(s.session_id, 1712345681.1111111)
     assert connected is not None and connected.connected_at == 1712345681.1111111
     assert connected.created_at == 1712345680.000001
@@ -335,8 +392,7 @@ async def test_times_and_loads_keep_every_digit(store: Store) -> None:
 
 async def test_a_timeout_verdict_on_a_stale_record_does_not_end_the_session(store: Store) -> None:
     await ready_host(store)
-    s = new_session("h1/0")
-    await store.claim_slot("h1/0", s)
+    s = await claim(store)
     stale = await store.session(s.session_id)
     assert stale is not None
     await store.mark_connected(s.session_id, 105.0)  # the player connected after the listing
@@ -357,8 +413,7 @@ async def test_an_unchanged_record_at_epoch_times_is_ended(store: Store) -> None
     t = 1795815312.123456
     await store.register_host(registration(), t)
     await store.heartbeat("h1", beat(), t)
-    s = new_session("h1/0", now=t)
-    await store.claim_slot("h1/0", s)
+    s = await claim(store, now=t)
     await store.mark_connected(s.session_id, t + 1.000001)
     await store.mark_disconnected(s.session_id, t + 2.000003)
     seen = await store.session(s.session_id)
@@ -390,9 +445,7 @@ async def test_due_sessions_follow_each_rule_and_transition(store: Store) -> Non
     t = EPOCH
     await store.register_host(registration(slots=4), t)
     await store.heartbeat("h1", beat(states={i: SlotState.READY for i in range(4)}), t)
-    a, b, c = (new_session(f"h1/{i}", now=t + i * 0.01) for i in range(3))
-    for s in (a, b, c):
-        assert await store.claim_slot(s.slot_id, s)
+    a, b, c = [await claim(store, now=t + i * 0.01) for i in range(3)]
     assert await due(store, t + 60.0) == {}
     assert await due(store, t + 60.005) == {a.session_id: EndReason.NEVER_CONNECTED}
     await store.mark_connected(a.session_id, t + 10.25)  # a: idle counts from here
@@ -431,9 +484,8 @@ async def test_due_sessions_drop_sessions_ended_by_host_death_and_slot_failure(s
     await ready_host(store, host="h2", boot="c1")
     await store.heartbeat("h1", beat(), t)
     await store.heartbeat("h2", beat(boot="c1"), t)
-    sessions = [new_session(slot, now=t) for slot in ("h1/0", "h1/1", "h2/0", "h2/1")]
-    for s in sessions:
-        assert await store.claim_slot(s.slot_id, s)
+    on = {s.slot_id: s for s in [await claim(store, now=t) for _ in range(4)]}
+    sessions = [on[slot] for slot in ("h1/0", "h1/1", "h2/0", "h2/1")]
     assert len(await due(store, t + 61.0)) == 4
     failed, _ = await store.heartbeat("h1", beat(states={0: SlotState.DEAD, 1: SlotState.READY}), t + 1.0)
     assert [x.session_id for x in failed] == [sessions[0].session_id]
@@ -449,10 +501,8 @@ async def test_due_sessions_respect_the_limit_most_overdue_first(store: Store) -
     await store.heartbeat("h1", beat(states={i: SlotState.READY for i in range(6)}), t)
     await ready_host(store, host="h2", boot="c1", tenant="beta")
     await store.heartbeat("h2", beat(boot="c1"), t)
-    older = [new_session(f"h1/{i}", now=t + i) for i in range(6)]
-    beta = new_session("h2/0", tenant="beta", now=t + 2.5)
-    for s in [*older, beta]:
-        assert await store.claim_slot(s.slot_id, s)
+    older = [await claim(store, now=t + i) for i in range(6)]
+    beta = await claim(store, tenant="beta", now=t + 2.5)
     now = t + 70.0  # h1/0..5 are 10..5 s overdue, beta 7.5 s
     assert await store.due_sessions(now, limit=0, **RULES) == []
     first = [s.session_id for s in await store.due_sessions(now, limit=3, **RULES)]
@@ -470,9 +520,7 @@ async def test_due_sessions_at_the_deadline_to_the_last_bit(store: Store) -> Non
     t = 1_800_000_000.0 + 0.7654321
     await store.register_host(registration(), t)
     await store.heartbeat("h1", beat(), t)
-    s, r = new_session("h1/0", now=t), new_session("h1/1", now=t + 0.1)
-    for x in (s, r):
-        assert await store.claim_slot(x.slot_id, x)
+    s, r = await claim(store, now=t), await claim(store, now=t + 0.1)
     await store.mark_connected(r.session_id, t + 1.1)
     await store.mark_disconnected(r.session_id, t + 2.3456789)
     rules = {"connect_timeout_s": 7.3, "reconnect_grace_s": 0.1, "idle_timeout_s": 0.0, "max_session_s": 0.0}

@@ -15,16 +15,21 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from matchmaker.models import EndReason, SessionState, SlotState, TicketState
-from matchmaker.store import BackendUnavailable, QueueFull, StoreError, open_store
+from matchmaker.models import EndReason, Session, SessionState, SlotState, TicketState
+from matchmaker.store import BackendUnavailable, NoClaim, QueueFull, StoreError, open_store
 from matchmaker.store_redis import FINISHED_TICKET_TTL_S, RedisStore
 from tests.integration.test_store_conformance import (
     beat,
-    new_session,
+    claim,
+    claimable,
+    index_of,
+    new_id,
     ready_host,
     registration,
     ticket,
+    try_claim,
 )
+from tests.support.redis_peek import indexed_slots
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +90,7 @@ async def test_cluster_key_layout(redis_cluster_url: str) -> None:
         await store.register_host(registration(host="h2", tenant=b), 100.0)
         await store.heartbeat("h1", beat(), 100.0)
         await store.heartbeat("h2", beat(), 100.0)
-        s = new_session("h1/0", tenant=a, client_key="alice")
-        assert await store.claim_slot("h1/0", s)
+        s = await claim(store, tenant=a, client_key="alice")
         await store.enqueue(ticket(tenant=b), 10)
         keys = [k.decode() async for k in admin.scan_iter(match=f"*{prefix}*")]
         by_group: dict[str, set[int]] = {}
@@ -116,21 +120,21 @@ async def test_a_host_serving_tenants_on_two_nodes(redis_cluster_url: str) -> No
         await store.register_host(reg, 100.0)
         _, reply = await store.heartbeat("h1", beat(), 100.0)
         assert reply.reset == []
-        sa, sb = new_session("h1/0", tenant=a), new_session("h1/1", tenant=b)
-        assert await store.claim_slot("h1/0", sa) and await store.claim_slot("h1/1", sb)
+        sa, sb = await claim(store, tenant=a), await claim(store, tenant=b)
+        assert (sa.slot_id, sb.slot_id) == ("h1/0", "h1/1")
         ended, reply = await store.heartbeat("h1", beat(states={0: SlotState.READY, 1: SlotState.DEAD}), 101.0)
         assert [(e.session_id, e.end_reason) for e in ended] == [(sb.session_id, EndReason.SLOT_FAILED)]
         await store.end_session(sa.session_id, EndReason.PLAYER_LEFT, 102.0)
         _, reply = await store.heartbeat("h1", beat(), 103.0)
         assert [(r.index, r.session_id) for r in reply.reset] == [(0, sa.session_id)]
         await store.heartbeat("h1", beat(reset_for={0: sa.session_id}), 104.0)
-        assert [s.slot_id for s in await store.ready_slots(a, "game")] == ["h1/0"]
-        assert [s.slot_id for s in await store.ready_slots(b, "game")] == ["h1/1"]
-        s2 = new_session("h1/1", tenant=b)
-        assert await store.claim_slot("h1/1", s2)
+        assert await claimable(store, tenant=a) == ["h1/0"]
+        assert await claimable(store, tenant=b) == ["h1/1"]
+        s2 = await claim(store, tenant=b)
+        assert s2.slot_id == "h1/1"
         assert [e.session_id for e in await store.expire_hosts(200.0, ttl_s=10.0)] == [s2.session_id]
         assert await store.expire_hosts(201.0, ttl_s=10.0) == []
-        assert await store.ready_slots(a, "game") == [] and await store.ready_slots(b, "game") == []
+        assert await claimable(store, tenant=a) == [] and await claimable(store, tenant=b) == []
     finally:
         await store.aclose()
         await admin.aclose()
@@ -140,12 +144,11 @@ async def test_replicas_never_share_a_slot(open_redis: OpenStore) -> None:
     replicas = [open_redis() for _ in range(4)]
     await ready_host(replicas[0], slots=2)
     await ready_host(replicas[0], host="h2", boot="c1", slots=2)
-    claims = [(r, slot, new_session(slot)) for r in replicas for slot in ("h1/0", "h1/1", "h2/0", "h2/1")
-              for _ in range(5)]
-    won = await asyncio.gather(*(r.claim_slot(slot, s) for r, slot, s in claims))
-    assert sum(won) == 4
-    winners = {slot: s.session_id for (_, slot, s), ok in zip(claims, won, strict=True) if ok}
-    assert len(winners) == 4
+    results = await asyncio.gather(*(try_claim(r) for r in replicas for _ in range(20)))
+    won = [s for s in results if isinstance(s, Session)]
+    assert results.count(NoClaim.NO_SLOT) == len(results) - 4
+    winners = {s.slot_id: s.session_id for s in won}
+    assert sorted(winners) == ["h1/0", "h1/1", "h2/0", "h2/1"]
     for replica in replicas:  # every replica sees the same, whoever claimed
         assert sorted((s.slot_id, s.session_id) for s in await replica.sessions()) == sorted(winners.items())
     # Every end is taken by exactly one replica.
@@ -168,8 +171,7 @@ async def test_the_deadline_indexes_follow_every_transition_exactly(open_redis: 
     t = 1_800_000_000.0 + 0.1234567
     await store.register_host(registration(slots=2), t)
     await store.heartbeat("h1", beat(), t)
-    a, b = new_session("h1/0", now=t), new_session("h1/1", now=t + 0.1)
-    assert await store.claim_slot("h1/0", a) and await store.claim_slot("h1/1", b)
+    a, b = await claim(store, now=t), await claim(store, now=t + 0.1)
     a_, b_ = a.session_id, b.session_id
     assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {a_: t, b_: t + 0.1},
                                            "since:connected": {}, "since:disconnected": {}}
@@ -184,7 +186,7 @@ async def test_the_deadline_indexes_follow_every_transition_exactly(open_redis: 
     assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {a_: t + 4.4},
                                            "since:connected": {b_: t + 6.6}, "since:disconnected": {}}
     await store.end_session(b_, EndReason.PLAYER_LEFT, t + 7.0)
-    await store.heartbeat("h1", beat(states={0: SlotState.DEAD}), t + 8.0)  # a's slot fails
+    await store.heartbeat("h1", beat(states={index_of(a): SlotState.DEAD}), t + 8.0)  # a's slot fails
     assert await deadline_index(store) == {name: {} for name in INDEXES}
 
 
@@ -192,8 +194,7 @@ async def test_sessions_written_before_the_indexes_are_indexed_by_the_next_due_r
     """An upgrade finds live sessions without index entries: they must still time out."""
     store = open_redis()
     await ready_host(store)
-    a, b = new_session("h1/0", now=100.0), new_session("h1/1", now=130.0)
-    assert await store.claim_slot("h1/0", a) and await store.claim_slot("h1/1", b)
+    a, b = await claim(store, now=100.0), await claim(store, now=130.0)
     await store.mark_connected(b.session_id, 131.0)
     before = await deadline_index(store)
     for name in INDEXES:
@@ -208,18 +209,17 @@ async def test_an_interrupted_drain_is_finished_by_the_next_sweep(open_redis: Op
     await ready_host(store)
     # Step 1 of set_draining ran, then the replica died before the tenants heard of it.
     await store._scripts.set_draining([store._g.host("h1"), store._g.dirty], ["h1", "1"])
-    assert len(await store.ready_slots("acme", "game")) == 2  # lagging, claimable: ordered before the drain
+    assert len(await indexed_slots(store, "acme", "game")) == 2  # lagging, claimable: ordered before the drain
     assert await other.expire_hosts(101.0, ttl_s=60.0) == []
-    assert await store.ready_slots("acme", "game") == []
-    assert not await store.claim_slot("h1/0", new_session("h1/0"))
+    assert await indexed_slots(store, "acme", "game") == []
+    assert await try_claim(store) is NoClaim.NO_SLOT
     assert await store._r.smembers(store._g.dirty) == set()
 
 
 async def test_an_interrupted_expiry_ends_its_sessions_once(open_redis: OpenStore) -> None:
     store, other = open_redis(), open_redis()
     await ready_host(store)
-    s = new_session("h1/0")
-    assert await store.claim_slot("h1/0", s)
+    s = await claim(store)
     g = store._g
     # The host was marked dead, then the replica died before ending its sessions.
     await store._scripts.expire_hosts([g.hb, g.dirty, g.outbox, g.dead, g.host("h1")], ["200.0", "10.0", "h1"])
@@ -232,8 +232,7 @@ async def test_an_interrupted_expiry_ends_its_sessions_once(open_redis: OpenStor
 async def test_a_crash_leftover_ended_by_reregistration_is_still_returned(open_redis: OpenStore) -> None:
     store = open_redis()
     await ready_host(store)
-    s = new_session("h1/0")
-    assert await store.claim_slot("h1/0", s)
+    s = await claim(store)
     g = store._g
     await store._scripts.expire_hosts([g.hb, g.dirty, g.outbox, g.dead, g.host("h1")], ["200.0", "10.0", "h1"])
     await store.register_host(registration(boot="b2"), 201.0)  # drops the old incarnation's slots
@@ -253,8 +252,7 @@ async def test_scripts_are_reloaded_when_the_server_forgets_them(open_redis: Ope
     else:
         await store._r.script_flush()
     assert await store._r.script_exists(store._scripts.allocate.sha) == [False]
-    s = new_session("h1/0")
-    assert await store.claim_slot("h1/0", s)  # pipelined EVALSHA -> NOSCRIPT -> load and rerun
+    s = await claim(store)  # pipelined EVALSHA -> NOSCRIPT -> load and rerun
     assert (await store.mark_connected(s.session_id, 101.0)).state is SessionState.CONNECTED  # type: ignore[union-attr]
     _, reply = await store.heartbeat("h1", beat(), 102.0)
     assert reply.reset == []
@@ -263,12 +261,11 @@ async def test_scripts_are_reloaded_when_the_server_forgets_them(open_redis: Ope
 async def test_lookups_and_finished_tickets_expire(open_redis: OpenStore) -> None:
     store = open_redis()
     await ready_host(store)
-    lost = new_session("h1/0")
-    assert await store.claim_slot("h1/0", new_session("h1/0"))
-    assert not await store.claim_slot("h1/0", lost)
-    assert await store._r.exists(store._g.session_tenant(lost.session_id)) == 0  # a lost claim leaves no lookup
-    s = new_session("h1/1")
-    assert await store.claim_slot("h1/1", s)
+    await claim(store)
+    s = await claim(store)
+    lost = new_id()
+    assert await try_claim(store, sid=lost) is NoClaim.NO_SLOT
+    assert await store._r.exists(store._g.session_tenant(lost)) == 0  # a lost claim leaves no lookup
     assert await store._r.exists(store._g.session_tenant(s.session_id)) == 1
     await store.end_session(s.session_id, EndReason.PLAYER_LEFT, 110.0)
     assert await store._r.exists(store._g.session_tenant(s.session_id)) == 0
@@ -289,20 +286,21 @@ async def test_lookups_and_finished_tickets_expire(open_redis: OpenStore) -> Non
 async def test_unreachable_redis_is_backend_unavailable(tmp_path: object) -> None:
     store = RedisStore.from_url(f"unix://{tmp_path}/nothing.sock", prefix="x", timeout_s=1.0)
     with pytest.raises(BackendUnavailable):
-        await store.ready_slots("acme", "game")
+        await store.serves("acme", "game")
     await store.aclose()
 
 
 async def test_a_silent_redis_times_out_as_backend_unavailable() -> None:
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # accept, read, never reply
+        writer.close()  # once the client is gone (an unclosed socket is a ResourceWarning later)
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     store = RedisStore.from_url(f"redis://127.0.0.1:{port}", prefix="x", timeout_s=0.3)
     try:
         with pytest.raises(BackendUnavailable):
-            await store.claim_slot("h1/0", new_session("h1/0"))
+            await try_claim(store)
     finally:
         await store.aclose()
         server.close()
@@ -311,8 +309,7 @@ async def test_a_silent_redis_times_out_as_backend_unavailable() -> None:
 async def test_a_drain_racing_a_death_leaves_the_death_to_the_sweep(open_redis: OpenStore) -> None:
     store = open_redis()
     await ready_host(store)
-    s = new_session("h1/0")
-    assert await store.claim_slot("h1/0", s)
+    s = await claim(store)
     g = store._g
     # set_draining's first step ran, then the host was declared dead before it propagated.
     await store._scripts.set_draining([g.host("h1"), g.dirty], ["h1", "1"])
@@ -326,7 +323,7 @@ async def test_a_drain_racing_a_death_leaves_the_death_to_the_sweep(open_redis: 
 async def test_unreachable_cluster_is_backend_unavailable() -> None:
     store = RedisStore.from_url("redis://127.0.0.1:1/?cluster=1", prefix="x", timeout_s=2.0)
     with pytest.raises(BackendUnavailable):
-        await store.ready_slots("acme", "game")
+        await store.serves("acme", "game")
     await store.aclose()
 
 
@@ -342,7 +339,7 @@ async def test_a_cancelled_caller_always_sees_cancelled_error(open_redis: OpenSt
             try:
                 await store.expire_hosts(101.0, ttl_s=1000.0)
                 await store.sessions()
-                await store.ready_slots("acme", "game")
+                await store.slots()
             except StoreError:
                 pass
             await asyncio.sleep(0)
@@ -375,7 +372,7 @@ async def test_an_interrupted_forget_is_finished_by_the_next(open_redis: OpenSto
 async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(redis_url: str) -> None:
     """Batches asked for in one event-loop turn go out as one pipeline; each caller gets
     only its own replies, or its own error, and a caller that gives up spoils nothing."""
-    from matchmaker.store_redis import _cmd
+    from matchmaker.redis_base import cmd as _cmd
 
     store = RedisStore.from_url(redis_url, prefix=f"b{uuid.uuid4().hex[:8]}")
     pipelines = 0
