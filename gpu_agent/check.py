@@ -24,7 +24,7 @@ def run(samples: int = 3, record: str | None = None) -> dict[str, Any]:
     recorder = None
     nvml: Any = None
     try:
-        import pynvml  # type: ignore[import-untyped]
+        import pynvml
 
         nvml = pynvml
         if record:

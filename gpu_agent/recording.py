@@ -27,7 +27,7 @@ SYSTEM_CALLS = ("nvmlSystemGetDriverVersion", "nvmlSystemGetNVMLVersion")
 
 
 def pynvml_module() -> Any:
-    import pynvml  # type: ignore[import-untyped]
+    import pynvml
 
     return pynvml
 

@@ -24,7 +24,8 @@ import tempfile
 import time
 from typing import Any
 
-from loadtest.bench_matchmaker import TENANT, RedisServer, fill_pool, machine_info
+from loadtest.bench_matchmaker import TENANT, RedisServer, fill_pool
+from loadtest.bench_signaling import machine_info
 
 CONNECT_TIMEOUT_S = 60.0
 RULES = {"connect_timeout_s": CONNECT_TIMEOUT_S, "reconnect_grace_s": 30.0, "idle_timeout_s": 0.0,
