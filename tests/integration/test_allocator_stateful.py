@@ -2,7 +2,7 @@
 
 A hypothesis ``RuleBasedStateMachine`` registers hosts (new, repeated, twins, after
 death), heartbeats random slot states (with right, stale and wrong ``reset_for``),
-claims (with and without a queue ticket, right and wrong slots), connects,
+allocates (with and without a queue ticket, one at a time and racing), connects,
 disconnects, reattaches, touches and ends sessions, drains hosts, moves the clock and
 expires silent hosts, and enqueues (with and without client keys: rejoins), marks
 heard and left, serves and finishes (guarded or not) tickets.
@@ -13,7 +13,8 @@ every step the invariants must hold on each:
 
 - no slot has two live sessions; every live session's slot is ASSIGNED to it, and
   every ASSIGNED slot belongs to a live session;
-- ``ready_slots`` returns exactly the READY slots of live, non-draining hosts;
+- on Redis, the placement indexes hold exactly the READY slots of live, non-draining hosts;
+- racing allocations never give one slot to two sessions;
 - each queue's waiting tickets have positions 1..n, in order;
 - a client key has at most one waiting ticket per tenant and app;
 - a ticket marked left is never served.
@@ -60,9 +61,10 @@ from matchmaker.models import (
     Ticket,
     TicketState,
 )
-from matchmaker.store import Store, StoreError, open_store
+from matchmaker.store import NoClaim, Store, StoreError, open_store
 from matchmaker.timeouts import due_endings
 from tests.integration.test_store_allocate import best_slots
+from tests.support.redis_peek import placement_index
 
 pytestmark = pytest.mark.integration
 
@@ -243,40 +245,54 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     # --- the pool -------------------------------------------------------------------
 
-    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), client=st.sampled_from(CLIENTS),
-          pick=st.integers(0, 7), how=st.sampled_from(["ready", "ready", "ready", "any"]), data=st.data())
-    def claim(self, tenant: str, app: str, client: str | None, pick: int, how: str,
-              data: st.DataObject) -> None:
-        """Mostly a READY slot (as the service would pick), sometimes any slot id, with
-        or without a ticket (mostly one of the same queue)."""
-        ready = sorted((s.slot_id, t, a) for t in TENANTS for a in APPS
-                       for s in self.call("ready_slots", t, a, ordered=False))
-        if how == "ready" and ready:
-            sid, tenant, app = ready[pick % len(ready)]
-        else:
-            sid = f"{HOSTS[pick % len(HOSTS)]}/{pick % 4}"
-        ticket_id = None
-        with_ticket: bool = data.draw(st.booleans())
-        if self.tickets and with_ticket:
-            reference = self.stores[0]
-            same = [t for t in self.tickets if (t.request.tenant, t.request.app) == (tenant, app)
-                    and self._run(reference.position(t.ticket_id)) is not None]
-            use_same: bool = bool(same) and data.draw(st.booleans())
-            ticket_id = data.draw(st.sampled_from(same if use_same else self.tickets)).ticket_id
-        session = Session(session_id=self._id("s"), tenant=tenant, app=app, slot_id=sid,
-                          host_id=sid.split("/")[0], streamer_id="x", signaling_url="ws://", region="eu",
-                          client_key=client, created_at=self.now, last_activity=self.now)
-        left = ticket_id is not None and getattr(self.call("ticket", ticket_id), "left_at", None) is not None
-        if self.call("claim_slot", sid, session, ticket_id):
-            assert not left, "a ticket marked left was served"
-            event("claimed with a ticket" if ticket_id else "claimed")
-            self.session_ids.append(session.session_id)
-            assert self.call("session", session.session_id) == session
-            if ticket_id is not None:
-                served = self.call("ticket", ticket_id)
-                assert served.state is TicketState.SERVED and served.session_id == session.session_id
-        elif left:
-            event("a ticket marked left got no slot")
+    def _claimable(self, store: Store, tenant: str, app: str) -> list[Slot]:
+        """READY slots of live, non-draining hosts: what allocate may claim (from the listings)."""
+        hosts: dict[str, Host] = {h.host_id: h for h in self._run(store.hosts())}
+        return [s for s in self._run(store.slots()) if s.tenant == tenant and s.app == app
+                and s.state is SlotState.READY and not hosts[s.host_id].dead and not hosts[s.host_id].draining]
+
+    async def _race(self, store: Store, request: AllocationRequest, ids: list[str], policy: str) -> list[Any]:
+        return list(await asyncio.gather(*(store.allocate(request, sid, self.now, policy=policy) for sid in ids)))
+
+    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), racers=st.integers(2, 6),
+          policy=st.sampled_from(["spread", "pack"]))
+    def race(self, tenant: str, app: str, racers: int, policy: str) -> None:
+        """Concurrent allocations on each store: each claimable slot goes to one of them at
+        most. Which racer wins which slot is up to the interleaving, so the winners are
+        ended and their slots fail and come back READY, leaving every store as before."""
+        request = AllocationRequest(tenant=tenant, app=app)
+        queued = any((t, a) == (tenant, app) for t, a, _ in self.call("queues"))
+        serves = self.call("serves", tenant, app)
+        pool = {s.slot_id: s for s in self._claimable(self.stores[0], tenant, app)}
+        claimed: list[set[str]] = []
+        for store in self.stores:
+            ids = [self._id("r") for _ in range(racers)]
+            out = self._run(self._race(store, request, ids, policy))
+            won = [o for o in out if isinstance(o, Session)]
+            if queued:
+                assert out == [NoClaim.QUEUE_AHEAD] * racers, out
+            else:
+                lost = NoClaim.NO_SLOT if serves else NoClaim.UNKNOWN_APP
+                assert len(won) == min(racers, len(pool)) and out.count(lost) == racers - len(won), (out, pool)
+            slots = {w.slot_id for w in won}
+            assert len(slots) == len(won) and slots <= set(pool), (won, pool)
+            live = {x.session_id: x.slot_id for x in self._run(store.sessions())}
+            assert all(live.get(w.session_id) == w.slot_id for w in won)
+            claimed.append(slots)
+            for w in won:
+                self._run(store.end_session(w.session_id, EndReason.PLAYER_LEFT, self.now))
+        if claimed and claimed[0]:
+            event("racing allocations claimed slots")
+        assert all(len(c) == len(claimed[0]) for c in claimed), claimed
+        # The agent reports each raced slot failed and then up again: READY, as before, on every store.
+        for slot_id in sorted(set().union(*claimed)):
+            slot = pool[slot_id]
+            host = next(h for h in self.call("hosts") if h.host_id == slot.host_id)
+            index = int(slot_id.rsplit("/", 1)[1])
+            for state in (SlotState.DEAD, SlotState.READY):
+                self._beat(host.host_id, host.boot_id, [SlotReport(
+                    index=index, state=state, nvenc_load=slot.nvenc_load, gpu_load=slot.gpu_load)], host.nvenc_load)
+        assert [len(self._claimable(store, tenant, app)) for store in self.stores] == [len(pool)] * len(self.stores)
 
     @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), client=st.sampled_from(CLIENTS),
           policy=st.sampled_from(["spread", "pack"]), region=st.sampled_from([None, "eu", "us"]),
@@ -289,17 +305,25 @@ class AllocatorMachine(RuleBasedStateMachine):
         ticket_id = None
         if self.tickets and data.draw(st.booleans()):
             ticket_id = data.draw(st.sampled_from(self.tickets)).ticket_id
-        pool = self._run(self.stores[0].ready_slots(tenant, app))
+        pool = self._claimable(self.stores[0], tenant, app)
         best = best_slots(pool, request, policy) if pool else set()
         if len(best) > 1:
             event("allocate: tied best slots, not asked")
             return
         sid = self._id("s")
+        left = ticket_id is not None and getattr(self.call("ticket", ticket_id), "left_at", None) is not None
         out = self.call("allocate", request, sid, self.now, policy=policy, ticket_id=ticket_id)
         if isinstance(out, Session):
             assert out.slot_id in best and out.session_id == sid, (out, best)
+            assert not left, "a ticket marked left was served"
             event("allocated with a ticket" if ticket_id else "allocated")
             self.session_ids.append(sid)
+            assert self.call("session", sid) == out
+            if ticket_id is not None:
+                served = self.call("ticket", ticket_id)
+                assert served.state is TicketState.SERVED and served.session_id == sid
+        elif left:
+            event("a ticket marked left got no slot")
         else:
             event(f"allocate: {out}")
 
@@ -327,7 +351,6 @@ class AllocatorMachine(RuleBasedStateMachine):
           client=st.sampled_from(["alice", "bob"]), limit=st.integers(-1, 3))
     def queries(self, tenant: str, app: str, client: str, limit: int) -> None:
         self.call("serves", tenant, app)
-        self.call("session_for_client", tenant, client)
         self.call("waiting", tenant, app, limit)
 
     # --- queue ----------------------------------------------------------------------
@@ -405,19 +428,6 @@ class AllocatorMachine(RuleBasedStateMachine):
                     assert slot.session_id in live
 
     @invariant()
-    def ready_slots_are_exactly_the_claimable_ones(self) -> None:
-        for store in self.stores:
-            hosts: dict[str, Host] = {h.host_id: h for h in self._run(store.hosts())}
-            slots = self._run(store.slots())
-            for tenant in TENANTS:
-                for app in APPS:
-                    got = {s.slot_id for s in self._run(store.ready_slots(tenant, app))}
-                    want = {s.slot_id for s in slots
-                            if s.tenant == tenant and s.app == app and s.state is SlotState.READY
-                            and not hosts[s.host_id].dead and not hosts[s.host_id].draining}
-                    assert got == want, (tenant, app, got, want)
-
-    @invariant()
     def slot_count_is_the_slots_of_live_hosts(self) -> None:
         for store in self.stores:
             hosts: dict[str, Host] = {h.host_id: h for h in self._run(store.hosts())}
@@ -438,18 +448,15 @@ class AllocatorMachine(RuleBasedStateMachine):
             if not isinstance(store, RedisStore):
                 continue
             for tenant in TENANTS:
-                tag = store._tag(tenant)
                 for app in APPS:
-                    ready = self._run(store.ready_slots(tenant, app))
+                    ready = self._claimable(store, tenant, app)
                     want = {s.slot_id: float(load_pct(s)) for s in ready}
-                    got = dict(self._run(store._r.zrange(f"{tag}:rz:{app}", 0, -1, withscores=True)))
-                    assert {k.decode(): v for k, v in got.items()} == want, (tenant, app)
+                    assert self._run(placement_index(store, tenant, app)) == want, (tenant, app)
                     free = collections.Counter(s.host_id for s in ready)
-                    got = dict(self._run(store._r.zrange(f"{tag}:fh:{app}", 0, -1, withscores=True)))
-                    assert {k.decode(): int(v) for k, v in got.items()} == dict(free), (tenant, app)
+                    got = self._run(placement_index(store, tenant, app, "fh"))
+                    assert got == {h: float(n) for h, n in free.items()}, (tenant, app)
                     for region in {s.region for s in ready}:
-                        key = f"{tag}:rz@{len(region)}:{region}:{app}"
-                        members = {m.decode() for m in self._run(store._r.zrange(key, 0, -1))}
+                        members = set(self._run(placement_index(store, tenant, app, "rz", region)))
                         assert members == {s.slot_id for s in ready if s.region == region}
 
     @invariant()

@@ -20,6 +20,7 @@ import pytest
 from matchmaker import service
 from matchmaker.config import MatchmakerSettings
 from matchmaker.models import (
+    AllocationRequest,
     EndReason,
     Heartbeat,
     HostRegistration,
@@ -330,10 +331,9 @@ async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
             SlotReport(index=i, state=SlotState.READY) for i in range(n + 1)]), t)
         ids = []
         for i in range(n + 1):
-            s = Session(session_id=f"s-{i}", tenant="acme", app="game", slot_id=f"h1/{i}", host_id="h1",
-                        streamer_id=f"h1-{i}", signaling_url="ws://", region="local", created_at=t + i / 1000,
-                        last_activity=t + i / 1000)
-            assert await mm.store.claim_slot(s.slot_id, s)
+            s = await mm.store.allocate(AllocationRequest(tenant="acme", app="game"), f"s-{i}", t + i / 1000,
+                                        policy="spread")
+            assert isinstance(s, Session)
             ids.append(s.session_id)
         await mm.store.mark_connected(ids[-1], t + 30.0)  # not due
         mm.clock = lambda: t + 61.0 + n / 1000

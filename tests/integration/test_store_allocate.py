@@ -27,6 +27,7 @@ from matchmaker.models import (
 )
 from matchmaker.placement import load_pct, rank
 from matchmaker.store import NoClaim, Returning, Store
+from tests.integration.test_store_conformance import claimable, claimable_slots
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,7 @@ async def test_allocation_builds_the_session_from_the_slot(store: Store) -> None
     assert s.client_key == "c1" and s.created_at == s.last_activity == 1.8e9 + 0.123456
     assert await store.session(s.session_id) == s
     assert [x.state for x in await store.slots()] == [SlotState.ASSIGNED]
-    assert await store.ready_slots("acme", "game") == []
+    assert await claimable(store) == []
     assert await store.allocate(req(), "s-2", 201.0, policy="spread") is NoClaim.NO_SLOT
 
 
@@ -133,7 +134,7 @@ async def test_gpu_model_is_a_filter(store: Store) -> None:
 
 
 async def test_the_order_matches_placement_rank(store: Store) -> None:
-    """Against the pure ranking over ``ready_slots``, for every policy and request shape."""
+    """Against the pure ranking over the claimable slots, for every policy and request shape."""
     loads = [0.05, 0.5, 0.25, 0.5, 0.95, 0.25, 0.5, 0.05, 0.25]
     load_of = {}
     for i, (region, gpu, n) in enumerate([("eu", "A10G", 2), ("us", "L4", 3), ("eu", "A10G", 4)]):
@@ -143,7 +144,7 @@ async def test_the_order_matches_placement_rank(store: Store) -> None:
     for policy in ("spread", "pack"):
         for shape in ({}, {"region": "us"}, {"gpu_model": "A10G"}, {"region": "us", "gpu_model": "A10G"}):
             request = req(**shape)
-            pool = await store.ready_slots("acme", "game")
+            pool = await claimable_slots(store)
             best = best_slots(pool, request, policy)
             got = await store.allocate(request, f"s-{uuid.uuid4().hex[:6]}", 200.0, policy=policy)
             assert isinstance(got, Session) and got.slot_id in best, (policy, shape, got, best)
@@ -153,7 +154,7 @@ async def test_the_order_matches_placement_rank(store: Store) -> None:
             await store.heartbeat(got.host_id, Heartbeat(boot_id="b1", slots=[SlotReport(
                 index=index, state=SlotState.READY, reset_for=got.session_id,
                 nvenc_load=load_of[got.slot_id])]), 202.0)
-            assert len(await store.ready_slots("acme", "game")) == 9
+            assert len(await claimable(store)) == 9
 
 
 def best_slots(pool: list[Slot], request: AllocationRequest, policy: str) -> set[str]:
@@ -305,7 +306,7 @@ async def test_random_pools_always_get_a_best_slot(store: Store) -> None:
                 ("region", rng.choice(["", "eu", "us", "ap"])), ("gpu_model", rng.choice(["", "", "A10G", "L4"])))
                 if v})
             policy = rng.choice(["spread", "pack"])
-            pool = await store.ready_slots("acme", request.app)
+            pool = await claimable_slots(store, app=request.app)
             if not pool:
                 break
             best = best_slots(pool, request, policy)
@@ -336,7 +337,7 @@ async def test_dead_hosts_are_forgotten_after_the_retention(store: Store) -> Non
     assert await store.forget_hosts(9999.0, 3600.0) == []  # h2 is alive, however long ago it beat
     # The same id later is a new host.
     await host(store, "h1", slots=1, now=4000.0)
-    assert [s.slot_id for s in await store.ready_slots("acme", "game")] == ["h1/0"]
+    assert await claimable(store) == ["h1/0"]
     assert (await take(store, now=4001.0)).slot_id == "h1/0"
 
 

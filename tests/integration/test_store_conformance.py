@@ -15,6 +15,7 @@ from matchmaker.models import (
     HostRegistration,
     Session,
     SessionState,
+    Slot,
     SlotReport,
     SlotSpec,
     SlotState,
@@ -64,13 +65,18 @@ async def claim(store: Store, **kw: object) -> Session:
     return got
 
 
-async def claimable(store: Store, tenant: str = "acme", app: str = "game") -> list[str]:
-    """The sorted ids of the slots ``allocate`` may claim: READY on a live, non-draining
-    host, from the listings; on Redis the placement index allocate reads must hold exactly those."""
+async def claimable_slots(store: Store, tenant: str = "acme", app: str = "game") -> list[Slot]:
+    """The slots ``allocate`` may claim, by slot id: READY on a live, non-draining host (from the listings)."""
     hosts = {h.host_id: h for h in await store.hosts()}
-    ids = sorted(s.slot_id for s in await store.slots()
-                 if s.tenant == tenant and s.app == app and s.state is SlotState.READY
-                 and not hosts[s.host_id].dead and not hosts[s.host_id].draining)
+    return sorted((s for s in await store.slots()
+                   if s.tenant == tenant and s.app == app and s.state is SlotState.READY
+                   and not hosts[s.host_id].dead and not hosts[s.host_id].draining), key=lambda s: s.slot_id)
+
+
+async def claimable(store: Store, tenant: str = "acme", app: str = "game") -> list[str]:
+    """The sorted ids of ``claimable_slots``; on Redis the placement index allocate reads
+    must hold exactly those."""
+    ids = [s.slot_id for s in await claimable_slots(store, tenant, app)]
     if isinstance(store, RedisStore):
         assert await indexed_slots(store, tenant, app) == ids
     return ids
