@@ -33,7 +33,8 @@ import random
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import orjson
@@ -50,13 +51,19 @@ def _die_with_parent() -> None:
 
 # ----------------------------------------------------------------------------- HTTP
 
+OnDone = Callable[["HttpConn", int], None]
+
+
+def _no_run(conn: HttpConn, status: int) -> None:  # replaced per run
+    raise AssertionError("no run in progress")
+
 
 class HttpConn(asyncio.Protocol):
     """One keep-alive connection, one request at a time."""
 
     __slots__ = ("transport", "buf", "need", "status", "t_sent", "t_due", "on_done", "lost", "busy")
 
-    def __init__(self, on_done: Any) -> None:
+    def __init__(self, on_done: OnDone) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.need = -1
@@ -68,7 +75,7 @@ class HttpConn(asyncio.Protocol):
         self.busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's transport is a full Transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -116,6 +123,7 @@ class HttpLoad:
                 + str(len(body)).encode() + b"\r\n\r\n" + body)
         self.app_index: int = cfg.get("app_offset", 0)
         self.app_step: int = cfg.get("app_step", 1)
+        self._on_done: OnDone = _no_run
 
     def next_request(self) -> bytes:
         r = self.requests[self.app_index % len(self.requests)]
@@ -129,9 +137,6 @@ class HttpLoad:
             _, conn = await loop.create_connection(lambda: HttpConn(self._on_done), "127.0.0.1",
                                                    ports[i % len(ports)])
             self.conns.append(conn)
-
-    def _on_done(self, conn: HttpConn, status: int) -> None:  # replaced per run
-        raise AssertionError("no run in progress")
 
     async def closed(self, count: int) -> dict[str, Any]:
         """Closed loop over every prepared connection until ``count`` answers."""
@@ -151,7 +156,7 @@ class HttpLoad:
             elif len(lat) >= count and not finished.done():
                 finished.set_result(None)
 
-        self._on_done = on_done  # type: ignore[method-assign]
+        self._on_done = on_done
         for c in self.conns:
             c.on_done = on_done
         t0 = now()
@@ -259,7 +264,7 @@ class RespConn(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's transport is a full Transport
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -317,6 +322,7 @@ class RawClaims:
         for request, sid in self._requests():
             (_, _, set_args), (script, keys, args) = st._allocate_calls(  # noqa: SLF001
                 request, sid, t, policy=self.cfg["policy"], rnd=random.random())
+            assert script is not None, "the second call of an allocation is its script"
             out.append(_resp(*(str(a).encode() for a in set_args))
                        + _resp(b"EVALSHA", script.sha.encode(), str(len(keys)).encode(),
                                *(str(k).encode() for k in keys), *(a if isinstance(a, bytes) else str(a).encode()

@@ -29,11 +29,18 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import aiohttp
 import pytest
 from aiohttp import web
+
+if TYPE_CHECKING:  # the modules themselves are imported where used: playwright may be missing
+    from playwright.async_api import Browser, BrowserContext, Page, ViewportSize
+
+    from signaling.app import SignalingServer
+    from streamer import input_messages as im
+    from streamer.synthetic import SyntheticStreamer
 
 # CI=true (CI) or PIXELFLEET_TEST__STRICT=1 (scripts/test): a missing prerequisite fails.
 STRICT = os.environ.get("CI", "").lower() == "true" or os.environ.get("PIXELFLEET_TEST__STRICT") == "1"
@@ -70,7 +77,7 @@ EPIC_PAGE = """<!doctype html>
 """
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip locally; fail under CI, where everything must be installed."""
     if STRICT:
         pytest.fail(f"e2e prerequisite missing under CI: {reason}", pytrace=False)
@@ -86,7 +93,6 @@ def epic_bundles() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         unavailable("node and npm are needed to bundle Epic's frontend")
-    assert node is not None and npm is not None
     if not (FRONTEND_DIR / "node_modules" / "esbuild").is_dir():
         proc = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--omit-lockfile-registry-resolved"],
@@ -110,9 +116,8 @@ def epic_bundles() -> Path:
 class Stack:
     """What a test talks to. URLs are all on 127.0.0.1."""
 
-    server: Any  # signaling.app.SignalingServer
+    server: SignalingServer
     frontend_port: int
-    streamers: list[Any] = field(default_factory=list)
 
     @property
     def player_origin(self) -> str:
@@ -138,7 +143,7 @@ class Stack:
         async with aiohttp.ClientSession() as http, \
                 http.get(f"{self.player_origin}/api/streamers") as resp:
             resp.raise_for_status()
-            body = await resp.json()
+            body: list[dict[str, Any]] = await resp.json()
         return [s["streamerId"] for s in body if s.get("streaming")]
 
 
@@ -158,8 +163,12 @@ def _frontend_app() -> web.Application:
     return app
 
 
+class StartStack(Protocol):
+    async def __call__(self, **overrides: Any) -> Stack: ...
+
+
 @pytest.fixture
-async def start_stack() -> AsyncIterator[Callable[..., Any]]:
+async def start_stack() -> AsyncIterator[StartStack]:
     """``await start_stack(**settings)``: a signalling server (with these Settings
     overrides) plus the static server for the Epic test pages."""
     from signaling.app import SignalingServer
@@ -178,7 +187,7 @@ async def start_stack() -> AsyncIterator[Callable[..., Any]]:
         cleanups.append(runner.cleanup)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        port: int = runner.addresses[0][1]
         return Stack(server=server, frontend_port=port)
 
     try:
@@ -190,7 +199,7 @@ async def start_stack() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def stack(start_stack: Callable[..., Any]) -> Stack:
+async def stack(start_stack: StartStack) -> Stack:
     return await start_stack()
 
 
@@ -199,11 +208,11 @@ async def stack(start_stack: Callable[..., Any]) -> Stack:
 
 @dataclass
 class RunningStreamer:
-    streamer: Any  # streamer.synthetic.SyntheticStreamer
+    streamer: SyntheticStreamer
     streamer_id: str
-    task: asyncio.Task[Any]
+    task: asyncio.Task[None]
 
-    def inputs(self, player_id: str | None = None) -> list[Any]:
+    def inputs(self, player_id: str | None = None) -> list[im.InputMessage]:
         """Decoded input messages received so far (``streamer.input_messages`` types)."""
         return [m for p, m in list(self.streamer.input_events) if player_id in (None, p)]
 
@@ -214,8 +223,13 @@ class RunningStreamer:
         return {p for p, _ in list(self.streamer.input_events)}
 
 
+class StartStreamer(Protocol):
+    async def __call__(self, streamer_id: str | None = None, *, stack: Stack | None = None, width: int = 640,
+                       height: int = 360, fps: int = 30) -> RunningStreamer: ...
+
+
 @pytest.fixture
-async def start_streamer(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+async def start_streamer(request: pytest.FixtureRequest) -> AsyncIterator[StartStreamer]:
     """``await start_streamer(id=None, stack=None)``: a synthetic streamer on ``stack``
     (the ``stack`` fixture by default), returned once the server lists it."""
     from streamer.synthetic import SyntheticStreamer
@@ -250,7 +264,7 @@ async def start_streamer(request: pytest.FixtureRequest) -> AsyncIterator[Callab
 
 
 @pytest.fixture
-async def streamer(start_streamer: Callable[..., Any]) -> RunningStreamer:
+async def streamer(start_streamer: StartStreamer) -> RunningStreamer:
     return await start_streamer()
 
 
@@ -258,7 +272,7 @@ async def streamer(start_streamer: Callable[..., Any]) -> RunningStreamer:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+async def browser() -> AsyncIterator[Browser]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
@@ -283,15 +297,20 @@ class PageLog:
         return "\n".join(self.lines[-60:])
 
 
+class OpenPage(Protocol):
+    async def __call__(self, url: str, *, viewport: ViewportSize | None = None,
+                       init_script: str | None = None) -> tuple[Page, PageLog]: ...
+
+
 @pytest.fixture
-async def open_page(browser: Any) -> AsyncIterator[Callable[..., Any]]:
+async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
     """``await open_page(url)`` -> (page, log) in a fresh context with camera and
     microphone granted to the page's origin (without that grant Chromium gathers no
     ICE candidates on a loopback-only host)."""
-    contexts: list[Any] = []
+    contexts: list[BrowserContext] = []
 
-    async def open_(url: str, *, viewport: dict[str, int] | None = None,
-                    init_script: str | None = None) -> tuple[Any, PageLog]:
+    async def open_(url: str, *, viewport: ViewportSize | None = None,
+                    init_script: str | None = None) -> tuple[Page, PageLog]:
         origin = "/".join(url.split("/", 3)[:3])
         context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 720})
         contexts.append(context)
@@ -323,8 +342,13 @@ async def _wait_until(predicate: Callable[[], bool], what: str, timeout_s: float
         await asyncio.sleep(0.1)
 
 
+class WaitUntil(Protocol):
+    async def __call__(self, predicate: Callable[[], bool], what: str, timeout_s: float = ...,
+                       detail: Callable[[], str] = ...) -> None: ...
+
+
 @pytest.fixture
-def wait_until() -> Callable[..., Any]:
+def wait_until() -> WaitUntil:
     """``await wait_until(predicate, what, detail=...)``: polls a Python-side condition
     (such as the streamer's recorded input) with a generous deadline."""
     return _wait_until

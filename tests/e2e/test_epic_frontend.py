@@ -10,11 +10,16 @@ pong is missing, so a passing test proves we answer pings.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from streamer import input_messages as im
+from tests.e2e.conftest import OpenPage, PageLog, RunningStreamer, Stack, StartStack, StartStreamer, WaitUntil
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 pytestmark = pytest.mark.e2e
 
@@ -23,11 +28,12 @@ WAIT_MS = 60_000
 STATE_JS = "(() => { const s = Object.assign({}, window.epic); delete s.ps; return s; })()"
 
 
-async def epic_state(page: Any) -> dict[str, Any]:
-    return await page.evaluate(STATE_JS)
+async def epic_state(page: Page) -> dict[str, Any]:
+    state: dict[str, Any] = await page.evaluate(STATE_JS)
+    return state
 
 
-async def wait_js(page: Any, expression: str, log: Any) -> None:
+async def wait_js(page: Page, expression: str, log: PageLog) -> None:
     try:
         await page.wait_for_function(expression, timeout=WAIT_MS, polling=200)
     except Exception as exc:
@@ -36,8 +42,9 @@ async def wait_js(page: Any, expression: str, log: Any) -> None:
 
 
 @pytest.mark.parametrize("version", ["5.7", "5.5"])
-async def test_epic_frontend_streams_and_sends_input(version, epic_bundles, stack, streamer,
-                                                     open_page, wait_until) -> None:
+async def test_epic_frontend_streams_and_sends_input(version: str, epic_bundles: Path, stack: Stack,
+                                                     streamer: RunningStreamer, open_page: OpenPage,
+                                                     wait_until: WaitUntil) -> None:
     page, log = await open_page(stack.epic_page(version, StreamerId=streamer.streamer_id,
                                                 KeepaliveDelay="1000"))
 
@@ -84,8 +91,8 @@ async def test_epic_frontend_streams_and_sends_input(version, epic_bundles, stac
     assert "[pageerror]" not in log.text(), log.text()
 
 
-async def test_epic_frontend_hears_subscribe_failed(epic_bundles, start_stack, start_streamer,
-                                                    open_page) -> None:
+async def test_epic_frontend_hears_subscribe_failed(epic_bundles: Path, start_stack: StartStack,
+                                                    start_streamer: StartStreamer, open_page: OpenPage) -> None:
     """A full streamer: the second Epic player gets subscribeFailed (and the library
     stops trying)."""
     stack = await start_stack(max_players_per_streamer=1)

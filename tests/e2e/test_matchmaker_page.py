@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import pytest
 
 from pixelfleet.net import free_port
 from tests.conftest import StartProcess
+from tests.e2e.conftest import OpenPage, PageLog, RunningStreamer, Stack
 from tests.e2e.test_player_page import state, wait_for_rising_frames
 from tests.support.processes import Child
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 pytestmark = pytest.mark.e2e
 
@@ -47,11 +51,16 @@ class Up:
     async def listed_streamers(self) -> list[str]:
         async with aiohttp.ClientSession() as http, http.get(f"{self.origin}/api/streamers") as resp:
             resp.raise_for_status()
-            return sorted(s["streamerId"] for s in await resp.json() if s.get("streaming"))
+            body: list[dict[str, Any]] = await resp.json()
+            return sorted(s["streamerId"] for s in body if s.get("streaming"))
+
+
+class StartUp(Protocol):
+    async def __call__(self, streamers: int = 2, **matchmaker: Any) -> Up: ...
 
 
 @pytest.fixture
-async def start_up(start_process: StartProcess) -> AsyncIterator[Callable[..., Any]]:
+async def start_up(start_process: StartProcess) -> AsyncIterator[StartUp]:
     """``await start_up(streamers=2, **matchmaker_env)``: ``pixelfleet up`` on free ports,
     returned once it says it is up and signalling lists every streamer. The child and
     its streamers (its own process group) are always stopped (SIGTERM: up stops its
@@ -84,13 +93,13 @@ async def start_up(start_process: StartProcess) -> AsyncIterator[Callable[..., A
     yield start
 
 
-async def screenshot(page: Any, name: str) -> None:
+async def screenshot(page: Page, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
 
 
-async def wait_state(page: Any, log: Any, js: str, what: str) -> None:
+async def wait_state(page: Page, log: PageLog, js: str, what: str) -> None:
     try:
         await page.wait_for_function(js, timeout=WAIT_MS, polling=100)
     except Exception as exc:  # noqa: BLE001 - playwright's timeout, reported with the page state
@@ -98,7 +107,7 @@ async def wait_state(page: Any, log: Any, js: str, what: str) -> None:
                              f"console:\n{log.text()}") from None
 
 
-async def test_slots_then_queue_then_the_freed_slot(start_up, open_page) -> None:
+async def test_slots_then_queue_then_the_freed_slot(start_up: StartUp, open_page: OpenPage) -> None:
     """Two slots: two tabs stream, a third waits first in line; a reload within the
     grace period keeps its slot (and does not let the queue take it); a closed tab's
     slot is reset and goes to the waiting tab."""
@@ -155,7 +164,7 @@ async def test_slots_then_queue_then_the_freed_slot(start_up, open_page) -> None
         raise
 
 
-async def test_input_keeps_the_session_and_idling_ends_it(start_up, open_page) -> None:
+async def test_input_keeps_the_session_and_idling_ends_it(start_up: StartUp, open_page: OpenPage) -> None:
     """With ``IDLE_TIMEOUT_S`` on, the page reports its input to the matchmaker: a player
     who keeps moving the mouse keeps the slot past several timeouts; one who stops loses
     it (the session ends IDLE, the slot is reset, and the page gets a new session)."""
@@ -187,7 +196,7 @@ async def test_input_keeps_the_session_and_idling_ends_it(start_up, open_page) -
         raise
 
 
-async def test_matchmaker_errors_are_shown(start_up, open_page) -> None:
+async def test_matchmaker_errors_are_shown(start_up: StartUp, open_page: OpenPage) -> None:
     """Unknown app, a full queue and an expired wait each end in a clear message and a
     Try again button, not in silent retries."""
     up = await start_up(streamers=1, queue_max_length=1, queue_max_wait_s=8)
@@ -232,7 +241,7 @@ async def test_matchmaker_errors_are_shown(start_up, open_page) -> None:
         raise
 
 
-async def test_no_matchmaker_means_direct_mode(stack, streamer, open_page) -> None:
+async def test_no_matchmaker_means_direct_mode(stack: Stack, streamer: RunningStreamer, open_page: OpenPage) -> None:
     """A signalling server without a matchmaker answers the slot request 405: the page
     connects directly, as it always did."""
     page, log = await open_page(f"{stack.player_origin}/?StreamerId={streamer.streamer_id}")
@@ -242,7 +251,7 @@ async def test_no_matchmaker_means_direct_mode(stack, streamer, open_page) -> No
     assert "token=" not in info["signallingUrl"]
 
 
-async def test_session_socket_url_and_eta_words(stack, open_page) -> None:
+async def test_session_socket_url_and_eta_words(stack: Stack, open_page: OpenPage) -> None:
     """The token goes in the query; a loopback signalling URL (``pixelfleet up --host
     0.0.0.0`` hands out ws://127.0.0.1) becomes the page's own origin for a page that was
     not loaded from loopback."""

@@ -4,22 +4,28 @@ signalling server itself, against synthetic streamers."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from streamer import input_messages as im
+from tests.e2e.conftest import OpenPage, PageLog, RunningStreamer, Stack, StartStack, StartStreamer, WaitUntil
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 pytestmark = pytest.mark.e2e
 
 WAIT_MS = 60_000
 
 
-async def state(page: Any) -> dict[str, Any]:
-    return await page.evaluate("JSON.parse(JSON.stringify(window.pixelfleet || null))")
+async def state(page: Page) -> dict[str, Any]:
+    """``window.pixelfleet`` as plain JSON; empty before the page's script has set it."""
+    info: dict[str, Any] | None = await page.evaluate("JSON.parse(JSON.stringify(window.pixelfleet || null))")
+    return info or {}
 
 
-async def wait_for_rising_frames(page: Any, log: Any) -> None:
+async def wait_for_rising_frames(page: Page, log: PageLog) -> None:
     """framesDecoded (from getStats, polled by the page every second) goes above 0 and
     then rises again: video is being decoded, not just one frame."""
     try:
@@ -33,10 +39,10 @@ async def wait_for_rising_frames(page: Any, log: Any) -> None:
                              f"console:\n{log.text()}") from None
 
 
-async def picture_point(page: Any, fx: float, fy: float) -> tuple[float, float, int, int]:
+async def picture_point(page: Page, fx: float, fy: float) -> tuple[float, float, int, int]:
     """A point at (fx, fy) of the displayed picture (the video is letterboxed) and the
     coordinates Epic's protocol should carry for it."""
-    box = await page.evaluate("""() => {
+    box: dict[str, float] = await page.evaluate("""() => {
         const v = document.getElementById('video');
         const r = v.getBoundingClientRect();
         return {left: r.left, top: r.top, width: r.width, height: r.height,
@@ -50,7 +56,8 @@ async def picture_point(page: Any, fx: float, fy: float) -> tuple[float, float, 
     return x, y, math.floor(fx * 65536), math.floor(fy * 65536)
 
 
-async def test_plays_video_and_sends_input(stack, streamer, open_page, wait_until) -> None:
+async def test_plays_video_and_sends_input(stack: Stack, streamer: RunningStreamer, open_page: OpenPage,
+                                           wait_until: WaitUntil) -> None:
     page, log = await open_page(f"{stack.player_origin}/?StreamerId={streamer.streamer_id}")
     await wait_for_rising_frames(page, log)
     await page.wait_for_function("window.pixelfleet.dataChannelOpen === true", timeout=WAIT_MS)
@@ -94,7 +101,8 @@ async def test_plays_video_and_sends_input(stack, streamer, open_page, wait_unti
     assert not log.text().count("[pageerror]"), log.text()
 
 
-async def test_waits_for_a_streamer_then_joins_the_only_one(stack, start_streamer, open_page) -> None:
+async def test_waits_for_a_streamer_then_joins_the_only_one(stack: Stack, start_streamer: StartStreamer,
+                                                            open_page: OpenPage) -> None:
     """No StreamerId and no streamer yet: the page keeps listing (every 2 s), then
     subscribes to the one that appears."""
     page, log = await open_page(f"{stack.player_origin}/")
@@ -104,7 +112,8 @@ async def test_waits_for_a_streamer_then_joins_the_only_one(stack, start_streame
     assert (await state(page))["streamerId"] == late.streamer_id
 
 
-async def test_answers_server_pings_and_keeps_its_own(stack, streamer, open_page) -> None:
+async def test_answers_server_pings_and_keeps_its_own(stack: Stack, streamer: RunningStreamer,
+                                                      open_page: OpenPage) -> None:
     """The page pings (here every 300 ms instead of 30 s) and the server's pongs
     come back; the socket stays open."""
     page, log = await open_page(
@@ -115,7 +124,7 @@ async def test_answers_server_pings_and_keeps_its_own(stack, streamer, open_page
     assert info["closeCodes"] == []
 
 
-async def test_signalling_address_from_a_hook(stack, streamer, open_page) -> None:
+async def test_signalling_address_from_a_hook(stack: Stack, streamer: RunningStreamer, open_page: OpenPage) -> None:
     """pixelfleetOptions.resolveSignalling (where a matchmaker will plug in) decides
     where to connect; here the page comes from another origin than the server."""
     hook = ("window.pixelfleetOptions = {resolveSignalling: async () => "
@@ -125,7 +134,8 @@ async def test_signalling_address_from_a_hook(stack, streamer, open_page) -> Non
     assert (await state(page))["signallingUrl"] == f"{stack.signalling_url}/"
 
 
-async def test_shows_subscribe_failed(start_stack, start_streamer, open_page) -> None:
+async def test_shows_subscribe_failed(start_stack: StartStack, start_streamer: StartStreamer,
+                                      open_page: OpenPage) -> None:
     """A streamer that is full answers subscribeFailed; the page says so and stops."""
     stack = await start_stack(max_players_per_streamer=1)
     only = await start_streamer(stack=stack)
@@ -139,7 +149,7 @@ async def test_shows_subscribe_failed(start_stack, start_streamer, open_page) ->
     assert "full" in await second.locator("#overlay-text").inner_text()
 
 
-async def test_input_encoding_matches_epic_layouts(stack, open_page) -> None:
+async def test_input_encoding_matches_epic_layouts(stack: Stack, open_page: OpenPage) -> None:
     """Byte layouts of the page's encoder, decoded by streamer.input_messages (both
     written from Epic's StreamMessageController.ts)."""
     page, _ = await open_page(f"{stack.player_origin}/",
@@ -165,7 +175,8 @@ async def test_input_encoding_matches_epic_layouts(stack, open_page) -> None:
         assert im.message_from_bytes(bytes(raw)) == expected, (name, raw)
 
 
-async def test_rejoins_when_the_streamer_comes_back(stack, start_streamer, open_page) -> None:
+async def test_rejoins_when_the_streamer_comes_back(stack: Stack, start_streamer: StartStreamer,
+                                                    open_page: OpenPage) -> None:
     """The server closes a player's socket when its streamer leaves; the page
     reconnects, waits, and plays again once a streamer with that id is back."""
     first = await start_streamer()

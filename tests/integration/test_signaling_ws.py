@@ -36,7 +36,8 @@ class Peer:
     async def recv(self) -> dict[str, Any]:
         msg = await asyncio.wait_for(self.ws.receive(), WAIT)
         assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
-        return orjson.loads(msg.data)
+        decoded: dict[str, Any] = orjson.loads(msg.data)
+        return decoded
 
     async def recv_type(self, kind: str) -> dict[str, Any]:
         while True:

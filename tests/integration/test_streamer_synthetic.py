@@ -68,7 +68,8 @@ async def test_player_receives_video_and_streamer_decodes_input(
         first = await player.wait_frames(5, WAIT)
         await player.wait_frames(first + 10, WAIT)  # keeps rising: the stream is live
         assert player.subscribed_to == "Cam"
-        assert (player.last_frame.width, player.last_frame.height) == (320, 240)
+        frame = player.last_frame
+        assert frame is not None and (frame.width, frame.height) == (320, 240)
 
         x, y = im.quantize(100, 320), im.quantize(50, 240)
         await player.send_mouse_move(x, y, 3, -2)
@@ -139,7 +140,9 @@ async def test_clicks_show_up_in_the_decoded_video(
         await player.send_mouse_down(0, im.quantize(x, 640), im.quantize(y, 360))  # held: a white box
         await streamer.wait_input(lambda _, m: isinstance(m, im.MouseDown), WAIT)
         await player.wait_frames(player.frames_received + 20, WAIT)
-        luma = player.last_frame.to_ndarray(format="yuv420p")[:360]
+        frame = player.last_frame
+        assert frame is not None
+        luma = frame.to_ndarray(format="yuv420p")[:360]
         patch = luma[y - 2 : y + 3, x - 2 : x + 3].astype(int)
         assert patch.mean() > 200  # the colour bars never exceed 180
 

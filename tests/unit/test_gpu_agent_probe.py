@@ -78,7 +78,7 @@ def test_real_sampler_on_this_machine_never_raises() -> None:
 
 
 def _record(**device: Any) -> dict[str, Any]:
-    base = json.loads((DATA / "nvml_a10g.json").read_text())
+    base: dict[str, Any] = json.loads((DATA / "nvml_a10g.json").read_text())
     base["devices"][0].update(device)
     return base
 

@@ -25,4 +25,5 @@ def test_the_settings_pick_the_sink() -> None:
     assert isinstance(open_sink("/tmp/records.jsonl"), JsonLinesSink)
     memory = open_sink(None, 5)
     assert isinstance(memory, MemorySink) and memory.records.maxlen == 5
-    assert isinstance(open_sink(None), MemorySink) and open_sink(None).records.maxlen == 10_000  # type: ignore[union-attr]
+    default = open_sink(None)
+    assert isinstance(default, MemorySink) and default.records.maxlen == 10_000

@@ -85,9 +85,9 @@ async def test_source_feeds_every_track_the_same_frames() -> None:
         fa = await asyncio.wait_for(a.recv(), 10)
         fb = await asyncio.wait_for(b.recv(), 10)
         assert (fa.width, fa.height, fa.format.name) == (160, 120, "yuv420p")
-        assert fb.pts in (fa.pts, fa.pts + 3000)  # one clock: 90 kHz at 30 fps
+        assert fa.pts is not None and fb.pts in (fa.pts, fa.pts + 3000)  # one clock: 90 kHz at 30 fps
         later = await asyncio.wait_for(a.recv(), 10)
-        assert later.pts > fa.pts
+        assert later.pts is not None and later.pts > fa.pts
     finally:
         a.stop()
         b.stop()
@@ -106,7 +106,7 @@ async def test_source_renders_only_while_watched() -> None:
     rendered = source.frames_rendered
     late = source.track()  # a later viewer restarts it, and the counter goes on
     frame = await asyncio.wait_for(late.recv(), 10)
-    assert frame.pts >= rendered * 1500
+    assert frame.pts is not None and frame.pts >= rendered * 1500
     late.stop()
     await source.aclose()
 

@@ -32,7 +32,7 @@ def test_forgeries_refused(forge: str) -> None:
     claims = jwt.decode(good, options={"verify_signature": False})
     token = {
         "other-key": mint(TokenKeys.hs256("z" * 32), tenant="acme", session_id="s", streamer_id="x", ttl_s=60),
-        "alg-none": jwt.encode(claims, None, algorithm="none"),
+        "alg-none": jwt.encode(claims, "", algorithm="none"),  # PyJWT takes "" as the none-algorithm key
         "tampered": jwt.encode({**claims, "stid": "someone-else"}, "k" * 31 + "x", algorithm="HS256"),
         "garbage": "not.a.token",
         "wrong-audience": jwt.encode({**claims, "aud": "elsewhere"}, "k" * 32, algorithm="HS256"),

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import botocore.session  # type: ignore[import-untyped]
+import botocore.session  # type: ignore[import-untyped]  # botocore ships no annotations
 import pytest
-from botocore.stub import Stubber  # type: ignore[import-untyped]
+from botocore.stub import Stubber  # type: ignore[import-untyped]  # botocore ships no annotations
 
-from turn.config import TurnSettings
+from turn.config import Provider, TurnSettings
 from turn.credentials import verify
 from turn.providers import (
     AwsKvsProvider,
@@ -71,9 +71,10 @@ def test_static_provider() -> None:
 
 def test_build_provider_by_name() -> None:
     assert build_provider(TurnSettings()) is None
-    kinds = {"static": StaticProvider, "rest-secret": RestSecretProvider, "aws-kvs": AwsKvsProvider}
+    kinds: dict[Provider, type[IceServerProvider]] = {
+        "static": StaticProvider, "rest-secret": RestSecretProvider, "aws-kvs": AwsKvsProvider}
     for name, cls in kinds.items():
-        settings = TurnSettings(provider=name, urls=URLS, secrets=("s",),  # type: ignore[arg-type]
+        settings = TurnSettings(provider=name, urls=URLS, secrets=("s",),
                                 aws_region="eu-west-1", aws_channel_arn=ARN)
         provider = build_provider(settings)
         assert isinstance(provider, cls)
