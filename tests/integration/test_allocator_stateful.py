@@ -284,14 +284,16 @@ class AllocatorMachine(RuleBasedStateMachine):
         if claimed and claimed[0]:
             event("racing allocations claimed slots")
         assert all(len(c) == len(claimed[0]) for c in claimed), claimed
-        # The agent reports each raced slot failed and then up again: READY, as before, on every store.
-        for slot_id in sorted(set().union(*claimed)):
-            slot = pool[slot_id]
-            host = next(h for h in self.call("hosts") if h.host_id == slot.host_id)
-            index = int(slot_id.rsplit("/", 1)[1])
-            for state in (SlotState.DEAD, SlotState.READY):
+        # Each host reports its raced slots failed (all in one heartbeat: a reply lists the
+        # slots still resetting, named by each store's own racer) and then up again: READY,
+        # as before, on every store.
+        raced = [pool[sid] for sid in sorted(set().union(*claimed))]
+        for host in self.call("hosts"):
+            mine = [slot for slot in raced if slot.host_id == host.host_id]
+            for state in (SlotState.DEAD, SlotState.READY) if mine else ():
                 self._beat(host.host_id, host.boot_id, [SlotReport(
-                    index=index, state=state, nvenc_load=slot.nvenc_load, gpu_load=slot.gpu_load)], host.nvenc_load)
+                    index=int(slot.slot_id.rsplit("/", 1)[1]), state=state, nvenc_load=slot.nvenc_load,
+                    gpu_load=slot.gpu_load) for slot in mine], host.nvenc_load)
         assert [len(self._claimable(store, tenant, app)) for store in self.stores] == [len(pool)] * len(self.stores)
 
     @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), client=st.sampled_from(CLIENTS),
