@@ -9,8 +9,8 @@ from matchmaker.redis_keys import TenantKeys
 from matchmaker.store_redis import RedisStore
 
 
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
+def _text(raw: object) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 async def placement_index(store: RedisStore, tenant: str, app: str, kind: str = "rz",
@@ -18,7 +18,8 @@ async def placement_index(store: RedisStore, tenant: str, app: str, kind: str = 
     """One placement index of a tenant and app (``rz``: claimable slot -> load percent;
     ``fh``: host -> its claimable slots), all regions' or one region's: what allocate reads."""
     key = TenantKeys(store.prefix, tenant).index(kind, app, region)
-    return {_text(m): float(score) for m, score in await store._r.zrange(key, 0, -1, withscores=True)}
+    pairs: list[tuple[bytes | str, float]] = await store._r.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+    return {_text(m): float(score) for m, score in pairs}
 
 
 async def indexed_slots(store: RedisStore, tenant: str, app: str) -> list[str]:
