@@ -261,7 +261,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         most. Which racer wins which slot is up to the interleaving, so the winners are
         ended and their slots fail and come back READY, leaving every store as before."""
         request = AllocationRequest(tenant=tenant, app=app)
-        queued = any((t, a) == (tenant, app) for t, a, _ in self.call("queues"))
+        queued = any((t, a) == (tenant, app) for t, a, _ in self.call("queues", ordered=False))
         serves = self.call("serves", tenant, app)
         pool = {s.slot_id: s for s in self._claimable(self.stores[0], tenant, app)}
         claimed: list[set[str]] = []
