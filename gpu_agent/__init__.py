@@ -15,12 +15,27 @@ if TYPE_CHECKING:
     from gpu_agent.config import AgentSettings
     from gpu_agent.probe import GpuSampler, HostSample, NvmlSampler
 
-__all__ = ["Agent", "AgentSettings", "GpuSampler", "HostSample", "HttpMatchmakerClient", "LocalMatchmakerClient",
-           "MatchmakerClient", "NvmlSampler"]
+__all__ = [
+    "Agent",
+    "AgentSettings",
+    "GpuSampler",
+    "HostSample",
+    "HttpMatchmakerClient",
+    "LocalMatchmakerClient",
+    "MatchmakerClient",
+    "NvmlSampler",
+]
 
-_WHERE = {"Agent": "agent", "AgentSettings": "config", "GpuSampler": "probe",
-          "HostSample": "probe", "NvmlSampler": "probe", "HttpMatchmakerClient": "client",
-          "LocalMatchmakerClient": "client", "MatchmakerClient": "client"}
+_WHERE = {
+    "Agent": "agent",
+    "AgentSettings": "config",
+    "GpuSampler": "probe",
+    "HostSample": "probe",
+    "NvmlSampler": "probe",
+    "HttpMatchmakerClient": "client",
+    "LocalMatchmakerClient": "client",
+    "MatchmakerClient": "client",
+}
 
 
 def __getattr__(name: str) -> Any:

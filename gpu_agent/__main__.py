@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 def add_agent_flags(p: argparse.ArgumentParser) -> None:
     """Each flag's dest is the setting it sets; the rest are PIXELFLEET_AGENT__<NAME> only."""
-    p.add_argument("--matchmaker-url", dest="agent.matchmaker_url",
-                   help="matchmaker base URL (default http://127.0.0.1:9999)")
+    p.add_argument(
+        "--matchmaker-url", dest="agent.matchmaker_url", help="matchmaker base URL (default http://127.0.0.1:9999)"
+    )
     p.add_argument("--host-id", dest="agent.host_id", help="this host's id (default: hostname)")
     p.add_argument("--region", dest="agent.region", help="region reported to the matchmaker (default local)")
     p.add_argument("--slots", dest="agent.slots", type=int, help="slots on this host (default: slots_per_gpu per GPU)")
@@ -26,15 +27,23 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ue-binary", dest="agent.ue_binary", help="UE build launcher (streamer=ue)")
     p.add_argument("--streamer-url", dest="agent.streamer_url", help="signalling streamer URL given to the streamers")
     p.add_argument("--signaling-url", dest="agent.signaling_url", help="signalling URL players connect to")
-    p.add_argument("--signaling-api-url", dest="agent.signaling_api_url",
-                   help="signalling player-port base URL (REST readiness checks)")
+    p.add_argument(
+        "--signaling-api-url",
+        dest="agent.signaling_api_url",
+        help="signalling player-port base URL (REST readiness checks)",
+    )
     p.add_argument("--app", dest="agent.app", help="app id the slots serve (default default)")
     p.add_argument("--tenant", dest="agent.tenant", help="tenant the slots serve (default default)")
-    p.add_argument("--metrics-port", dest="agent.metrics_port", type=int,
-                   help="Prometheus /metrics and /healthz port (default 9102, -1 = off)")
+    p.add_argument(
+        "--metrics-port",
+        dest="agent.metrics_port",
+        type=int,
+        help="Prometheus /metrics and /healthz port (default 9102, -1 = off)",
+    )
     p.add_argument("--drain-mode", dest="agent.drain_mode", help="wait | end (default wait)")
-    p.add_argument("--spot", dest="agent.spot", action="store_const", const=True,
-                   help="poll EC2 metadata for Spot interruptions")
+    p.add_argument(
+        "--spot", dest="agent.spot", action="store_const", const=True, help="poll EC2 metadata for Spot interruptions"
+    )
 
 
 def run(s: AgentSettings) -> int:
@@ -45,8 +54,9 @@ def run(s: AgentSettings) -> int:
     from gpu_agent.cloudwatch import make_publisher
 
     async def serve() -> None:
-        client = HttpMatchmakerClient(s.matchmaker_url, s.agent_token, admin_token=s.admin_token,
-                                      timeout_s=s.request_timeout_s)
+        client = HttpMatchmakerClient(
+            s.matchmaker_url, s.agent_token, admin_token=s.admin_token, timeout_s=s.request_timeout_s
+        )
         cloudwatch = make_publisher(s.cloudwatch_namespace, s.cloudwatch_region) if s.cloudwatch_namespace else None
         await Agent(s, client, cloudwatch=cloudwatch).run_until_signal()
 

@@ -30,8 +30,14 @@ log = structlog.get_logger("gpu_agent")
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, client: MatchmakerClient | None, *,
-                 sampler: GpuSampler | None = None, cloudwatch: CloudWatchPublisher | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        client: MatchmakerClient | None,
+        *,
+        sampler: GpuSampler | None = None,
+        cloudwatch: CloudWatchPublisher | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.telemetry = Telemetry(sampler or NvmlSampler(), settings.sample_period_s)
@@ -42,7 +48,7 @@ class Agent:
         self.spot: SpotWatcher | None = None
         self.cloudwatch = cloudwatch
         self.drain_reasons: set[DrainReason] = set()
-        self.finished = asyncio.Event()   # a SIGTERM drain has completed: the process may exit
+        self.finished = asyncio.Event()  # a SIGTERM drain has completed: the process may exit
         self.process = psutil.Process()
         self._drain_deadline: float | None = None  # time.time()
         self._tasks: list[asyncio.Task[None]] = []
@@ -57,12 +63,23 @@ class Agent:
         sample = await self.telemetry.sample_once()
         if not self._gpu_model:
             self._gpu_model = sample.gpus[0].name if sample.gpus else "none"
-        log.info("gpus_found", count=len(sample.gpus), names=[g.name for g in sample.gpus],
-                 no_nvenc=[g.index for g in sample.gpus if g.has_nvenc is False], reason=sample.reason)
+        log.info(
+            "gpus_found",
+            count=len(sample.gpus),
+            names=[g.name for g in sample.gpus],
+            no_nvenc=[g.index for g in sample.gpus if g.has_nvenc is False],
+            reason=sample.reason,
+        )
         self.slots = SlotSet(plan_slots(s, sample), s, self.slots.watch, self._changed)
         if self.client is not None:
-            self.reporter = Reporter(self.client, self.registration, self.heartbeat, self._on_reply,
-                                     period_s=s.heartbeat_period_s, retry_max_s=s.retry_max_s)
+            self.reporter = Reporter(
+                self.client,
+                self.registration,
+                self.heartbeat,
+                self._on_reply,
+                period_s=s.heartbeat_period_s,
+                retry_max_s=s.retry_max_s,
+            )
         if s.metrics_port >= 0:
             self.metrics = MetricsServer(self, s.metrics_host, s.metrics_port)
             await self.metrics.start()
@@ -76,8 +93,14 @@ class Agent:
             self.spot.start()
         if self.cloudwatch is not None:
             self._tasks.append(asyncio.create_task(self.cloudwatch.run(self, s.cloudwatch_period_s)))
-        log.info("agent_started", host=s.host, boot=self.boot_id, slots=len(self.slots),
-                 streamer=s.streamer, matchmaker=self.client is not None)
+        log.info(
+            "agent_started",
+            host=s.host,
+            boot=self.boot_id,
+            slots=len(self.slots),
+            streamer=s.streamer,
+            matchmaker=self.client is not None,
+        )
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """True once every slot is READY (bounded: False after ``timeout_s``)."""
@@ -136,18 +159,30 @@ class Agent:
         if self._registration is None:
             s = self.settings
             self._registration = HostRegistration(
-                host_id=s.host, boot_id=self.boot_id, region=s.region, az=s.az, gpu_model=self._gpu_model,
+                host_id=s.host,
+                boot_id=self.boot_id,
+                region=s.region,
+                az=s.az,
+                gpu_model=self._gpu_model,
                 signaling_url=s.signaling_url,
-                slots=[SlotSpec(index=slot.plan.index, tenant=s.tenant, app=s.app, streamer_id=slot.plan.streamer_id)
-                       for slot in self.slots])
+                slots=[
+                    SlotSpec(index=slot.plan.index, tenant=s.tenant, app=s.app, streamer_id=slot.plan.streamer_id)
+                    for slot in self.slots
+                ],
+            )
         return self._registration
 
     def heartbeat(self) -> Heartbeat:
         sample = self.telemetry.latest
         gpu = max((g.utilization_gpu or 0 for g in sample.gpus), default=0) / 100.0
         enc = max((g.encoder_utilization or 0 for g in sample.gpus), default=0) / 100.0
-        return Heartbeat(boot_id=self.boot_id, slots=self.slots.reports(sample), gpu_load=gpu, nvenc_load=enc,
-                         draining=bool(self.drain_reasons - {DrainReason.ADMIN}))
+        return Heartbeat(
+            boot_id=self.boot_id,
+            slots=self.slots.reports(sample),
+            gpu_load=gpu,
+            nvenc_load=enc,
+            draining=bool(self.drain_reasons - {DrainReason.ADMIN}),
+        )
 
     def _changed(self) -> None:
         if self.reporter is not None:

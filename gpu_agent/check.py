@@ -54,8 +54,11 @@ def run(samples: int = 3, record: str | None = None) -> dict[str, Any]:
         "gpu_count": len(sample.gpus),
         "reason": sample.reason,
         "open_ms": round(open_s * 1e3, 3),
-        "sample_ms": {"samples": len(durations), "median": round(statistics.median(durations) * 1e3, 3),
-                      "max": round(max(durations) * 1e3, 3)},
+        "sample_ms": {
+            "samples": len(durations),
+            "median": round(statistics.median(durations) * 1e3, 3),
+            "max": round(max(durations) * 1e3, 3),
+        },
         "unsupported": {str(g.index): g.unsupported for g in sample.gpus},
         "errors": {str(g.index): g.errors for g in sample.gpus if g.errors},
         "has_nvenc": {str(g.index): g.has_nvenc for g in sample.gpus},

@@ -57,8 +57,9 @@ T = TypeVar("T")
 
 
 class HttpMatchmakerClient:
-    def __init__(self, base_url: str, agent_token: str | None, *, admin_token: str | None = None,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, base_url: str, agent_token: str | None, *, admin_token: str | None = None, timeout_s: float = 5.0
+    ) -> None:
         self.base = base_url.rstrip("/") + "/api/v1"
         self._agent = {"Authorization": f"Bearer {agent_token}"} if agent_token else {}
         self._admin = {"Authorization": f"Bearer {admin_token}"} if admin_token else None
@@ -69,8 +70,9 @@ class HttpMatchmakerClient:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
         try:
-            async with self._http.post(self.base + path, data=body,
-                                       headers={**headers, "Content-Type": "application/json"}) as r:
+            async with self._http.post(
+                self.base + path, data=body, headers={**headers, "Content-Type": "application/json"}
+            ) as r:
                 text = await r.read()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gpu_agent.cloudwatch")
 
 MAX_DATUMS = 1000
-MAX_BYTES = 900_000   # under the 1 MB POST limit, leaving room for the query encoding's overhead
+MAX_BYTES = 900_000  # under the 1 MB POST limit, leaving room for the query encoding's overhead
 MAX_DIMENSIONS = 30
 
 
@@ -59,8 +59,9 @@ def metric_data(agent: Agent) -> list[dict[str, Any]]:
     return data
 
 
-def batches(data: list[dict[str, Any]], *, max_datums: int = MAX_DATUMS,
-            max_bytes: int = MAX_BYTES) -> Iterator[list[dict[str, Any]]]:
+def batches(
+    data: list[dict[str, Any]], *, max_datums: int = MAX_DATUMS, max_bytes: int = MAX_BYTES
+) -> Iterator[list[dict[str, Any]]]:
     """Split into requests of at most ``max_datums`` datums and about ``max_bytes`` (JSON size)."""
     batch: list[dict[str, Any]] = []
     size = 0

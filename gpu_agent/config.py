@@ -13,61 +13,61 @@ DRAIN_MODES = ("wait", "end")
 
 class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Who this host is (HostRegistration).
-    host_id: str = ""                       # "" = this machine's hostname
+    host_id: str = ""  # "" = this machine's hostname
     region: str = "local"
     az: str = ""
-    gpu_model: str = ""                     # "" = the first GPU's NVML name ("none" without a GPU)
+    gpu_model: str = ""  # "" = the first GPU's NVML name ("none" without a GPU)
     tenant: str = "default"
     app: str = "default"
     # The matchmaker's agent API.
     matchmaker_url: str = "http://127.0.0.1:9999"
     # (agent_token, shared: the matchmaker's agent API; admin_token, optional: marks the
     # host draining before the next heartbeat does)
-    heartbeat_period_s: float = 2.0         # the matchmaker declares a host dead after heartbeat_ttl_s (10 s)
+    heartbeat_period_s: float = 2.0  # the matchmaker declares a host dead after heartbeat_ttl_s (10 s)
     request_timeout_s: float = 5.0
-    retry_max_s: float = 10.0               # longest wait between tries while the matchmaker is down
+    retry_max_s: float = 10.0  # longest wait between tries while the matchmaker is down
     # Signalling: where players go, where streamers connect, and its REST API (readiness).
     signaling_url: str = "ws://127.0.0.1:80"
     streamer_url: str = "ws://127.0.0.1:8888"
-    signaling_api_url: str = "http://127.0.0.1:80"   # GET /api/streamers/{id} -> {"streaming": true}
+    signaling_api_url: str = "http://127.0.0.1:80"  # GET /api/streamers/{id} -> {"streaming": true}
     # Slots: one streamer process each.
-    streamer: str = "synthetic"             # synthetic | ue
-    slots: int = 0                          # 0 = slots_per_gpu per GPU (1 on a host without GPU)
+    streamer: str = "synthetic"  # synthetic | ue
+    slots: int = 0  # 0 = slots_per_gpu per GPU (1 on a host without GPU)
     slots_per_gpu: int = 1
-    gpu_slots: list[int] = []               # slots on GPU 0, 1, ... (overrides slots_per_gpu)
-    streamer_id: str = "{host}-{index}"     # template; {index} from 0, {n} from 1
-    command: list[str] = []                 # template; [] = the default command of `streamer`
-    extra_args: list[str] = []              # appended to the command
-    env: dict[str, str] = {}                # added to each slot's environment
-    ue_binary: str = ""                     # UE: the packaged build's launcher (e.g. /opt/game/Game.sh)
-    codec: str = "H264"                     # UE: -PixelStreamingEncoderCodec= (H264 | AV1 | VP8 | VP9)
+    gpu_slots: list[int] = []  # slots on GPU 0, 1, ... (overrides slots_per_gpu)
+    streamer_id: str = "{host}-{index}"  # template; {index} from 0, {n} from 1
+    command: list[str] = []  # template; [] = the default command of `streamer`
+    extra_args: list[str] = []  # appended to the command
+    env: dict[str, str] = {}  # added to each slot's environment
+    ue_binary: str = ""  # UE: the packaged build's launcher (e.g. /opt/game/Game.sh)
+    codec: str = "H264"  # UE: -PixelStreamingEncoderCodec= (H264 | AV1 | VP8 | VP9)
     res_x: int = 1920
     res_y: int = 1080
     fps: int = 60
-    reset_command: list[str] = []           # template; [] = reset by restarting the streamer
+    reset_command: list[str] = []  # template; [] = reset by restarting the streamer
     reset_timeout_s: float = 30.0
-    startup_timeout_s: float = 120.0        # started but not streaming by then: killed, restarted
-    ready_poll_s: float = 0.25              # readiness polls while a slot starts
-    health_poll_s: float = 2.0              # checks of a READY slot
-    release_timeout_s: float = 5.0          # wait for signalling to drop a dead streamer's id
-    stop_timeout_s: float = 10.0            # SIGTERM, then SIGKILL to the slot's process group
+    startup_timeout_s: float = 120.0  # started but not streaming by then: killed, restarted
+    ready_poll_s: float = 0.25  # readiness polls while a slot starts
+    health_poll_s: float = 2.0  # checks of a READY slot
+    release_timeout_s: float = 5.0  # wait for signalling to drop a dead streamer's id
+    stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL to the slot's process group
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     # Telemetry.
     sample_period_s: float = 1.0
     # Exposition.
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9102                # -1 = off, 0 = any free port
-    cloudwatch_namespace: str = ""          # "" = off
+    metrics_port: int = 9102  # -1 = off, 0 = any free port
+    cloudwatch_namespace: str = ""  # "" = off
     cloudwatch_region: str = ""
     cloudwatch_period_s: float = 60.0
     # Draining.
-    drain_mode: str = "wait"                # wait: sessions end on their own; end: end them now
-    drain_timeout_s: float = 600.0          # SIGTERM: sessions still running then are ended
-    spot: bool = False                      # poll EC2 instance metadata for a Spot interruption
+    drain_mode: str = "wait"  # wait: sessions end on their own; end: end them now
+    drain_timeout_s: float = 600.0  # SIGTERM: sessions still running then are ended
+    spot: bool = False  # poll EC2 instance metadata for a Spot interruption
     imds_url: str = "http://169.254.169.254"
     spot_poll_s: float = 5.0
-    spot_margin_s: float = 15.0             # end sessions this long before the interruption
+    spot_margin_s: float = 15.0  # end sessions this long before the interruption
 
     def __post_init__(self) -> None:
         if self.streamer not in STREAMER_KINDS:
@@ -82,4 +82,3 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
     @property
     def host(self) -> str:
         return self.host_id or socket.gethostname()
-

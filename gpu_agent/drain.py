@@ -71,8 +71,9 @@ def parse_instance_action(body: bytes) -> SpotNotice:
 class SpotWatcher:
     """Polls IMDS until a valid notice arrives, then calls ``on_notice`` once and stops."""
 
-    def __init__(self, imds_url: str, on_notice: Callable[[SpotNotice], None], *, poll_s: float = 5.0,
-                 timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, imds_url: str, on_notice: Callable[[SpotNotice], None], *, poll_s: float = 5.0, timeout_s: float = 2.0
+    ) -> None:
         self.base = imds_url.rstrip("/")
         self.on_notice = on_notice
         self.poll_s = poll_s
@@ -89,8 +90,9 @@ class SpotWatcher:
     async def _get_token(self) -> str:
         if self._token is None or time.monotonic() > self._token_until:
             assert self._http is not None
-            async with self._http.put(self.base + TOKEN_PATH,
-                                      headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)}) as r:
+            async with self._http.put(
+                self.base + TOKEN_PATH, headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)}
+            ) as r:
                 if r.status != 200:
                     raise ValueError(f"token request answered {r.status}")
                 token = (await r.text()).strip()
@@ -107,8 +109,7 @@ class SpotWatcher:
         try:
             for _ in range(2):  # a 401 means the token expired early: fetch one more
                 token = await self._get_token()
-                async with self._http.get(self.base + ACTION_PATH,
-                                          headers={"X-aws-ec2-metadata-token": token}) as r:
+                async with self._http.get(self.base + ACTION_PATH, headers={"X-aws-ec2-metadata-token": token}) as r:
                     status, body = r.status, await r.content.read(64 * 1024)
                 if status != 401:
                     break
@@ -140,8 +141,12 @@ class SpotWatcher:
             notice = await self.poll()
             if notice is not None:
                 self.notice = notice
-                log.warning("spot_interruption_notice", action=notice.action, time=notice.time.isoformat(),
-                            seconds_left=round(notice.seconds_left(), 1))
+                log.warning(
+                    "spot_interruption_notice",
+                    action=notice.action,
+                    time=notice.time.isoformat(),
+                    seconds_left=round(notice.seconds_left(), 1),
+                )
                 self.on_notice(notice)
                 return
             await asyncio.sleep(self.poll_s)

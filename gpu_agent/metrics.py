@@ -52,8 +52,13 @@ def render(agent: Agent) -> str:
     w.metric("nvml_samples_total", "counter", "NVML samples taken", agent.telemetry.samples)
     for g in sample.gpus:
         lab = {"gpu": g.index, "name": g.name}
-        w.metric("gpu_utilization_ratio", "gauge", "GPU busy, 0..1", None if g.utilization_gpu is None
-                 else g.utilization_gpu / 100, **lab)
+        w.metric(
+            "gpu_utilization_ratio",
+            "gauge",
+            "GPU busy, 0..1",
+            None if g.utilization_gpu is None else g.utilization_gpu / 100,
+            **lab,
+        )
         w.metric("gpu_memory_used_bytes", "gauge", "framebuffer used", g.memory_used_bytes, **lab)
         w.metric("gpu_memory_total_bytes", "gauge", "framebuffer size", g.memory_total_bytes, **lab)
         w.metric("gpu_temperature_celsius", "gauge", "GPU temperature", g.temperature_c, **lab)
@@ -61,19 +66,45 @@ def render(agent: Agent) -> str:
         w.metric("gpu_power_limit_watts", "gauge", "enforced power limit", g.power_limit_w, **lab)
         for clock, mhz in g.clocks_mhz.items():
             w.metric("gpu_clock_mhz", "gauge", "current clocks (video = NVENC/NVDEC)", mhz, clock=clock, **lab)
-        w.metric("gpu_encoder_utilization_ratio", "gauge", "NVENC busy, 0..1", None if g.encoder_utilization is None
-                 else g.encoder_utilization / 100, **lab)
-        w.metric("gpu_decoder_utilization_ratio", "gauge", "NVDEC busy, 0..1", None if g.decoder_utilization is None
-                 else g.decoder_utilization / 100, **lab)
+        w.metric(
+            "gpu_encoder_utilization_ratio",
+            "gauge",
+            "NVENC busy, 0..1",
+            None if g.encoder_utilization is None else g.encoder_utilization / 100,
+            **lab,
+        )
+        w.metric(
+            "gpu_decoder_utilization_ratio",
+            "gauge",
+            "NVDEC busy, 0..1",
+            None if g.decoder_utilization is None else g.decoder_utilization / 100,
+            **lab,
+        )
         w.metric("gpu_encoder_sessions", "gauge", "active NVENC sessions", g.encoder_session_count, **lab)
         w.metric("gpu_encoder_average_fps", "gauge", "NVENC average fps over sessions", g.encoder_average_fps, **lab)
-        w.metric("gpu_encoder_average_latency_seconds", "gauge", "NVENC average latency", None
-                 if g.encoder_average_latency_us is None else g.encoder_average_latency_us / 1e6, **lab)
+        w.metric(
+            "gpu_encoder_average_latency_seconds",
+            "gauge",
+            "NVENC average latency",
+            None if g.encoder_average_latency_us is None else g.encoder_average_latency_us / 1e6,
+            **lab,
+        )
         for codec in CODECS:
-            w.metric("gpu_encoder_capacity_ratio", "gauge", "NVENC capacity per codec, 0..1",
-                     None if codec not in g.encoder_capacity else g.encoder_capacity[codec] / 100, codec=codec, **lab)
-        w.metric("gpu_has_nvenc", "gauge", "1 if the GPU has a video encoder", None if g.has_nvenc is None
-                 else int(g.has_nvenc), **lab)
+            w.metric(
+                "gpu_encoder_capacity_ratio",
+                "gauge",
+                "NVENC capacity per codec, 0..1",
+                None if codec not in g.encoder_capacity else g.encoder_capacity[codec] / 100,
+                codec=codec,
+                **lab,
+            )
+        w.metric(
+            "gpu_has_nvenc",
+            "gauge",
+            "1 if the GPU has a video encoder",
+            None if g.has_nvenc is None else int(g.has_nvenc),
+            **lab,
+        )
         for query in g.unsupported:
             w.metric("gpu_query_unsupported", "gauge", "NVML query this GPU does not support", 1, query=query, **lab)
         w.metric("gpu_query_errors", "gauge", "NVML queries that failed in the last sample", len(g.errors), **lab)
@@ -81,28 +112,44 @@ def render(agent: Agent) -> str:
     for slot in agent.slots:
         lab = {"slot": slot.plan.index, "streamer_id": slot.plan.streamer_id}
         for phase in Phase:
-            w.metric("slot_phase", "gauge", "1 for the slot's current phase", int(slot.phase is phase),
-                     phase=str(phase), **lab)
+            w.metric(
+                "slot_phase",
+                "gauge",
+                "1 for the slot's current phase",
+                int(slot.phase is phase),
+                phase=str(phase),
+                **lab,
+            )
         w.metric("slot_starts_total", "counter", "streamer processes started", slot.starts, **lab)
         w.metric("slot_restarts_total", "counter", "unplanned restarts (crash, startup timeout)", slot.restarts, **lab)
         w.metric("slot_resets_total", "counter", "resets after a session", slot.resets, **lab)
         w.metric("slot_cold_start_seconds", "gauge", "spawn to streaming, last start", slot.cold_start_s, **lab)
-        w.metric("slot_cold_start_seconds_sum", "counter", "spawn to streaming, all starts",
-                 round(slot.cold_start_total_s, 6), **lab)
+        w.metric(
+            "slot_cold_start_seconds_sum",
+            "counter",
+            "spawn to streaming, all starts",
+            round(slot.cold_start_total_s, 6),
+            **lab,
+        )
         w.metric("slot_cold_start_seconds_count", "counter", "starts that reached streaming", slot.cold_starts, **lab)
         use = attribution.get(slot.plan.index)
         if use is not None:
             w.metric("slot_gpu_memory_bytes", "gauge", "GPU memory of the slot's processes", use.memory_bytes, **lab)
-            w.metric("slot_encoder_sessions", "gauge", "NVENC sessions of the slot's processes",
-                     use.encoder_sessions, **lab)
+            w.metric(
+                "slot_encoder_sessions", "gauge", "NVENC sessions of the slot's processes", use.encoder_sessions, **lab
+            )
     r = agent.reporter
     if r is not None:
         w.metric("registered", "gauge", "1 once the matchmaker knows this host", int(r.registered))
         w.metric("heartbeats_total", "counter", "heartbeats delivered", r.delivered, result="ok")
         w.metric("heartbeats_total", "counter", "heartbeats delivered", r.failed, result="failed")
         if r.last_delivered_at is not None:
-            w.metric("heartbeat_age_seconds", "gauge", "since the last delivered heartbeat",
-                     round(time.monotonic() - r.last_delivered_at, 3))
+            w.metric(
+                "heartbeat_age_seconds",
+                "gauge",
+                "since the last delivered heartbeat",
+                round(time.monotonic() - r.last_delivered_at, 3),
+            )
     for reason in agent.drain_reasons:
         w.metric("draining", "gauge", "1 while draining, by reason", 1, reason=str(reason))
     cpu = agent.process.cpu_times()
@@ -113,12 +160,19 @@ def render(agent: Agent) -> str:
 def health(agent: Agent) -> dict[str, object]:
     sample = agent.telemetry.latest
     r = agent.reporter
-    return {"ok": True, "host_id": agent.settings.host, "draining": sorted(map(str, agent.drain_reasons)),
-            "registered": None if r is None else r.registered,
-            "matchmaker_error": None if r is None else r.last_error,
-            "gpus": [{"index": g.index, "name": g.name, "has_nvenc": g.has_nvenc, "unsupported": g.unsupported}
-                     for g in sample.gpus],
-            "no_gpu_reason": sample.reason, "slots": agent.slots.summary()}
+    return {
+        "ok": True,
+        "host_id": agent.settings.host,
+        "draining": sorted(map(str, agent.drain_reasons)),
+        "registered": None if r is None else r.registered,
+        "matchmaker_error": None if r is None else r.last_error,
+        "gpus": [
+            {"index": g.index, "name": g.name, "has_nvenc": g.has_nvenc, "unsupported": g.unsupported}
+            for g in sample.gpus
+        ],
+        "no_gpu_reason": sample.reason,
+        "slots": agent.slots.summary(),
+    }
 
 
 class MetricsServer:
@@ -130,8 +184,12 @@ class MetricsServer:
 
     async def start(self) -> None:
         async def metrics(request: web.Request) -> web.Response:
-            return web.Response(text=render(self.agent), content_type="text/plain",
-                                headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+            return web.Response(
+                text=render(self.agent),
+                content_type="text/plain",
+                headers={"X-Content-Type-Options": "nosniff"},
+                charset="utf-8",
+            )
 
         async def healthz(request: web.Request) -> web.Response:
             return web.Response(body=msgspec.json.encode(health(self.agent)), content_type="application/json")

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-CODECS = ("h264", "hevc", "av1")           # NVML_ENCODER_QUERY_* 0, 1, 2 and codecType 0, 1, 2
+CODECS = ("h264", "hevc", "av1")  # NVML_ENCODER_QUERY_* 0, 1, 2 and codecType 0, 1, 2
 CLOCKS = ("graphics", "sm", "mem", "video")  # NVML_CLOCK_* 0..3; video = the NVENC/NVDEC clock
 
 
@@ -35,8 +35,8 @@ class EncoderSession(msgspec.Struct, kw_only=True):
 
 class GpuProcess(msgspec.Struct, kw_only=True):
     pid: int
-    used_memory_bytes: int | None = None   # None: NVML cannot tell (e.g. no permission, WDDM)
-    sm_util: int | None = None             # % from nvmlDeviceGetProcessUtilization
+    used_memory_bytes: int | None = None  # None: NVML cannot tell (e.g. no permission, WDDM)
+    sm_util: int | None = None  # % from nvmlDeviceGetProcessUtilization
     enc_util: int | None = None
     dec_util: int | None = None
 
@@ -45,7 +45,7 @@ class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     index: int
     name: str
     uuid: str = ""
-    utilization_gpu: int | None = None      # % of time a kernel or graphics work ran
+    utilization_gpu: int | None = None  # % of time a kernel or graphics work ran
     utilization_memory: int | None = None
     memory_total_bytes: int | None = None
     memory_used_bytes: int | None = None
@@ -59,21 +59,21 @@ class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     encoder_session_count: int | None = None
     encoder_average_fps: int | None = None
     encoder_average_latency_us: int | None = None
-    encoder_capacity: dict[str, int] = {}   # codec -> 0..100, only codecs the card encodes
-    has_nvenc: bool | None = None           # None: could not tell
+    encoder_capacity: dict[str, int] = {}  # codec -> 0..100, only codecs the card encodes
+    has_nvenc: bool | None = None  # None: could not tell
     encoder_sessions: list[EncoderSession] = []
     processes: list[GpuProcess] = []
-    unsupported: list[str] = []             # queries this card answers NotSupported / FunctionNotFound
-    errors: dict[str, str] = {}             # other failures in this sample
+    unsupported: list[str] = []  # queries this card answers NotSupported / FunctionNotFound
+    errors: dict[str, str] = {}  # other failures in this sample
 
 
 class HostSample(msgspec.Struct, kw_only=True):
     gpus: list[GpuSample]
     driver: str | None = None
     nvml_version: str | None = None
-    reason: str | None = None               # why there are no GPUs (no library, no driver, none found)
-    sampled_at: float = 0.0                 # time.time()
-    duration_s: float = 0.0                 # how long the NVML calls took
+    reason: str | None = None  # why there are no GPUs (no library, no driver, none found)
+    sampled_at: float = 0.0  # time.time()
+    duration_s: float = 0.0  # how long the NVML calls took
 
 
 class GpuSampler(Protocol):
@@ -170,9 +170,14 @@ class NvmlSampler:
         self.open()
         started = time.perf_counter()
         gpus = [self._sample_gpu(g) for g in self._gpus] if self._nvml is not None else []
-        return HostSample(gpus=gpus, driver=self._driver, nvml_version=self._nvml_version,
-                          reason=None if gpus else (self._reason or "no GPU found"),
-                          sampled_at=time.time(), duration_s=time.perf_counter() - started)
+        return HostSample(
+            gpus=gpus,
+            driver=self._driver,
+            nvml_version=self._nvml_version,
+            reason=None if gpus else (self._reason or "no GPU found"),
+            sampled_at=time.time(),
+            duration_s=time.perf_counter() - started,
+        )
 
     # --- one GPU -----------------------------------------------------------------------
 
@@ -194,8 +199,17 @@ class NvmlSampler:
 
     def _sample_gpu(self, gpu: _Gpu) -> GpuSample:
         n: Any = self._nvml
-        s = GpuSample(index=gpu.index, name=gpu.name, uuid=gpu.uuid, clocks_mhz={}, encoder_capacity={},
-                      encoder_sessions=[], processes=[], unsupported=[], errors={})
+        s = GpuSample(
+            index=gpu.index,
+            name=gpu.name,
+            uuid=gpu.uuid,
+            clocks_mhz={},
+            encoder_capacity={},
+            encoder_sessions=[],
+            processes=[],
+            unsupported=[],
+            errors={},
+        )
         if (util := self._call(gpu, s, "utilization", "nvmlDeviceGetUtilizationRates")) is not None:
             s.utilization_gpu, s.utilization_memory = int(util.gpu), int(util.memory)
         if (mem := self._call(gpu, s, "memory", "nvmlDeviceGetMemoryInfo")) is not None:
@@ -224,11 +238,18 @@ class NvmlSampler:
                 s.encoder_capacity[codec] = int(cap)
         if "encoder_capacity_h264" not in gpu.unsupported:
             sessions = self._call(gpu, s, "encoder_sessions", "nvmlDeviceGetEncoderSessions") or []
-            s.encoder_sessions = [EncoderSession(
-                session_id=int(e.sessionId), pid=int(e.pid),
-                codec=CODECS[e.codecType] if 0 <= e.codecType < len(CODECS) else f"type{e.codecType}",
-                width=int(e.hResolution), height=int(e.vResolution), average_fps=int(e.averageFps),
-                latency_us=int(e.encodeLatency)) for e in sessions]
+            s.encoder_sessions = [
+                EncoderSession(
+                    session_id=int(e.sessionId),
+                    pid=int(e.pid),
+                    codec=CODECS[e.codecType] if 0 <= e.codecType < len(CODECS) else f"type{e.codecType}",
+                    width=int(e.hResolution),
+                    height=int(e.vResolution),
+                    average_fps=int(e.averageFps),
+                    latency_us=int(e.encodeLatency),
+                )
+                for e in sessions
+            ]
         # NVENC is there when any codec's capacity answers; the name table backs it up
         # because EncoderStats may succeed with 0 sessions on an encoder-less card.
         if s.encoder_capacity:
@@ -241,15 +262,18 @@ class NvmlSampler:
 
     def _processes(self, gpu: _Gpu, s: GpuSample) -> list[GpuProcess]:
         procs: dict[int, GpuProcess] = {}
-        for label, fn in (("graphics_processes", "nvmlDeviceGetGraphicsRunningProcesses"),
-                          ("compute_processes", "nvmlDeviceGetComputeRunningProcesses")):
+        for label, fn in (
+            ("graphics_processes", "nvmlDeviceGetGraphicsRunningProcesses"),
+            ("compute_processes", "nvmlDeviceGetComputeRunningProcesses"),
+        ):
             for p in self._call(gpu, s, label, fn) or []:
                 mem = p.usedGpuMemory
                 entry = procs.setdefault(int(p.pid), GpuProcess(pid=int(p.pid)))
                 if mem is not None:
                     entry.used_memory_bytes = max(entry.used_memory_bytes or 0, int(mem))
-        samples = self._call(gpu, s, "process_utilization", "nvmlDeviceGetProcessUtilization",
-                             gpu.last_process_ts) or []
+        samples = (
+            self._call(gpu, s, "process_utilization", "nvmlDeviceGetProcessUtilization", gpu.last_process_ts) or []
+        )
         for u in samples:
             gpu.last_process_ts = max(gpu.last_process_ts, int(u.timeStamp))
             entry = procs.setdefault(int(u.pid), GpuProcess(pid=int(u.pid)))

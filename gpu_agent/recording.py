@@ -21,8 +21,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-KEYED_BY_ARG = frozenset({"nvmlDeviceGetClockInfo", "nvmlDeviceGetEncoderCapacity",
-                          "nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"})
+KEYED_BY_ARG = frozenset(
+    {"nvmlDeviceGetClockInfo", "nvmlDeviceGetEncoderCapacity", "nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"}
+)
 SYSTEM_CALLS = ("nvmlSystemGetDriverVersion", "nvmlSystemGetNVMLVersion")
 
 
@@ -30,7 +31,6 @@ def pynvml_module() -> Any:
     import pynvml
 
     return pynvml
-
 
 
 def _plain(value: Any) -> Any:

@@ -24,9 +24,16 @@ log = structlog.get_logger("gpu_agent.reporting")
 
 
 class Reporter:
-    def __init__(self, client: MatchmakerClient, registration: Callable[[], HostRegistration],
-                 heartbeat: Callable[[], Heartbeat], on_reply: Callable[[HeartbeatReply], None], *,
-                 period_s: float = 2.0, retry_max_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        client: MatchmakerClient,
+        registration: Callable[[], HostRegistration],
+        heartbeat: Callable[[], Heartbeat],
+        on_reply: Callable[[HeartbeatReply], None],
+        *,
+        period_s: float = 2.0,
+        retry_max_s: float = 10.0,
+    ) -> None:
         self.client = client
         self.registration = registration
         self.heartbeat = heartbeat
@@ -40,7 +47,7 @@ class Reporter:
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.last_delivered: Heartbeat | None = None
-        self.last_delivered_at: float | None = None   # time.monotonic()
+        self.last_delivered_at: float | None = None  # time.monotonic()
         self._lock = asyncio.Lock()
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -128,5 +135,5 @@ class Reporter:
         for attempt in range(tries):
             if await self.beat_now():
                 return True
-            await asyncio.sleep(min(0.5 * 2 ** attempt, 2.0))
+            await asyncio.sleep(min(0.5 * 2**attempt, 2.0))
         return False

@@ -42,11 +42,34 @@ from matchmaker.models import SlotReport, SlotState
 
 log = structlog.get_logger("gpu_agent.slots")
 
-SYNTHETIC_COMMAND = ("{python}", "-m", "pixelfleet", "streamer", "--url", "{streamer_url}", "--id", "{streamer_id}",
-                     "--width", "{res_x}", "--height", "{res_y}", "--fps", "{fps}")
-UE_COMMAND = ("{ue_binary}", "-PixelStreamingURL={streamer_url}", "-PixelStreamingID={streamer_id}",
-              "-RenderOffScreen", "-Unattended", "-ForceRes", "-ResX={res_x}", "-ResY={res_y}",
-              "-PixelStreamingEncoderCodec={codec}", "-graphicsadapter={gpu}")
+SYNTHETIC_COMMAND = (
+    "{python}",
+    "-m",
+    "pixelfleet",
+    "streamer",
+    "--url",
+    "{streamer_url}",
+    "--id",
+    "{streamer_id}",
+    "--width",
+    "{res_x}",
+    "--height",
+    "{res_y}",
+    "--fps",
+    "{fps}",
+)
+UE_COMMAND = (
+    "{ue_binary}",
+    "-PixelStreamingURL={streamer_url}",
+    "-PixelStreamingID={streamer_id}",
+    "-RenderOffScreen",
+    "-Unattended",
+    "-ForceRes",
+    "-ResX={res_x}",
+    "-ResY={res_y}",
+    "-PixelStreamingEncoderCodec={codec}",
+    "-graphicsadapter={gpu}",
+)
 # Per-slot GPU: UE renders on -graphicsadapter (Vulkan adapter index; NVML index assumed
 # to match on an NVIDIA-only host, unverified) and its NVENC encoder opens CUDA, which
 # CUDA_VISIBLE_DEVICES=<GPU UUID> pins to the same board whatever CUDA's own ordering.
@@ -62,8 +85,13 @@ class Phase(enum.StrEnum):
     STOPPED = "stopped"
 
 
-REPORTED = {Phase.STARTING: SlotState.STARTING, Phase.READY: SlotState.READY,
-            Phase.RESETTING: SlotState.RESETTING, Phase.BACKOFF: SlotState.DEAD, Phase.STOPPED: SlotState.DEAD}
+REPORTED = {
+    Phase.STARTING: SlotState.STARTING,
+    Phase.READY: SlotState.READY,
+    Phase.RESETTING: SlotState.RESETTING,
+    Phase.BACKOFF: SlotState.DEAD,
+    Phase.STOPPED: SlotState.DEAD,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,29 +108,43 @@ def plan_slots(s: AgentSettings, sample: HostSample) -> list[SlotPlan]:
     gpus = [(g.index, g.uuid) for g in sample.gpus]
     placed: list[tuple[int, str] | None]
     if s.gpu_slots and gpus:
-        placed = [gpus[g] for g, count in enumerate(s.gpu_slots[:len(gpus)]) for _ in range(count)]
+        placed = [gpus[g] for g, count in enumerate(s.gpu_slots[: len(gpus)]) for _ in range(count)]
     elif s.slots:
         placed = [gpus[i % len(gpus)] if gpus else None for i in range(s.slots)]
     elif gpus:
         placed = [g for g in gpus for _ in range(s.slots_per_gpu)]
     else:
         placed = [None]
-    return [SlotPlan(index=i, streamer_id=s.streamer_id.format(host=s.host, index=i, n=i + 1),
-                     gpu=None if g is None else g[0], gpu_uuid="" if g is None else g[1])
-            for i, g in enumerate(placed)]
+    return [
+        SlotPlan(
+            index=i,
+            streamer_id=s.streamer_id.format(host=s.host, index=i, n=i + 1),
+            gpu=None if g is None else g[0],
+            gpu_uuid="" if g is None else g[1],
+        )
+        for i, g in enumerate(placed)
+    ]
 
 
 def slot_command(s: AgentSettings, plan: SlotPlan) -> tuple[list[str], dict[str, str]]:
     """The argv and the extra environment of one slot's streamer."""
     values: dict[str, Any] = {
-        "python": sys.executable, "streamer_url": s.streamer_url, "streamer_id": plan.streamer_id,
-        "res_x": s.res_x, "res_y": s.res_y, "fps": s.fps, "codec": s.codec, "ue_binary": s.ue_binary,
-        "index": plan.index, "n": plan.index + 1, "host": s.host,
-        "gpu": "" if plan.gpu is None else plan.gpu, "gpu_uuid": plan.gpu_uuid,
+        "python": sys.executable,
+        "streamer_url": s.streamer_url,
+        "streamer_id": plan.streamer_id,
+        "res_x": s.res_x,
+        "res_y": s.res_y,
+        "fps": s.fps,
+        "codec": s.codec,
+        "ue_binary": s.ue_binary,
+        "index": plan.index,
+        "n": plan.index + 1,
+        "host": s.host,
+        "gpu": "" if plan.gpu is None else plan.gpu,
+        "gpu_uuid": plan.gpu_uuid,
     }
     template = s.command or (UE_COMMAND if s.streamer == "ue" else SYNTHETIC_COMMAND)
-    argv = [a.format(**values) for a in (*template, *s.extra_args)
-            if plan.gpu is not None or "{gpu" not in a]
+    argv = [a.format(**values) for a in (*template, *s.extra_args) if plan.gpu is not None or "{gpu" not in a]
     env = {k: v.format(**values) for k, v in GPU_ENV.items()} if plan.gpu is not None else {}
     env.update({k: v.format(**values) for k, v in s.env.items()})
     env["PIXELFLEET_SLOT"] = str(plan.index)
@@ -143,8 +185,10 @@ class SignalingWatch:
         if not isinstance(body, dict):
             return None
         subscribers = body.get("subscribers")
-        return StreamerStatus(streaming=body.get("streaming") is True,
-                              subscribers=len(subscribers) if isinstance(subscribers, list) else 0)
+        return StreamerStatus(
+            streaming=body.get("streaming") is True,
+            subscribers=len(subscribers) if isinstance(subscribers, list) else 0,
+        )
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -161,19 +205,24 @@ class _Failed(Exception):
 class Slot:
     """Supervises one slot's streamer process (see the module docstring)."""
 
-    def __init__(self, plan: SlotPlan, settings: AgentSettings, watch: SignalingWatch,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        plan: SlotPlan,
+        settings: AgentSettings,
+        watch: SignalingWatch,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.plan = plan
         self.s = settings
         self.watch = watch
         self.on_change = on_change
         self.phase = Phase.STARTING
-        self.reset_for: str | None = None       # the last session this slot was reset after
-        self.pending_reset: str | None = None   # the session being reset after
-        self.in_session = False                 # a player was subscribed since the last reset
-        self.draining = False                   # stop instead of resetting when a session ends
+        self.reset_for: str | None = None  # the last session this slot was reset after
+        self.pending_reset: str | None = None  # the session being reset after
+        self.in_session = False  # a player was subscribed since the last reset
+        self.draining = False  # stop instead of resetting when a session ends
         self.starts = 0
-        self.restarts = 0                       # unplanned: crash, startup timeout, lost streamer
+        self.restarts = 0  # unplanned: crash, startup timeout, lost streamer
         self.resets = 0
         self.cold_start_s: float | None = None
         self.cold_start_total_s = 0.0
@@ -227,8 +276,13 @@ class Slot:
         return not self.in_session and self.pending_reset is None
 
     def report(self, gpu_load: float = 0.0, nvenc_load: float = 0.0) -> SlotReport:
-        return SlotReport(index=self.plan.index, state=REPORTED[self.phase], gpu_load=gpu_load,
-                          nvenc_load=nvenc_load, reset_for=self.reset_for)
+        return SlotReport(
+            index=self.plan.index,
+            state=REPORTED[self.phase],
+            gpu_load=gpu_load,
+            nvenc_load=nvenc_load,
+            reset_for=self.reset_for,
+        )
 
     async def aclose(self) -> None:
         task = self._task
@@ -274,8 +328,13 @@ class Slot:
             except _Failed as exc:
                 self.last_error = str(exc)
                 self.restarts += 1
-                log.warning("slot_failed", slot=self.plan.index, streamer=self.plan.streamer_id,
-                            error=str(exc), retry_in_s=delay)
+                log.warning(
+                    "slot_failed",
+                    slot=self.plan.index,
+                    streamer=self.plan.streamer_id,
+                    error=str(exc),
+                    retry_in_s=delay,
+                )
                 await self._kill()
                 self._set(Phase.BACKOFF)
                 until = time.monotonic() + delay  # commands do not cut the backoff short, stop does
@@ -287,8 +346,11 @@ class Slot:
         await self._released()
         self._set(Phase.RESETTING if self.pending_reset else Phase.STARTING)
         argv, extra_env = slot_command(self.s, self.plan)
-        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
-            *argv, env={**os.environ, **extra_env}, stdin=asyncio.subprocess.DEVNULL, start_new_session=True))
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *argv, env={**os.environ, **extra_env}, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            )
+        )
         try:
             self.proc = await asyncio.shield(spawn)
         except OSError as exc:  # no such file, not executable, ...
@@ -299,8 +361,9 @@ class Slot:
             raise
         self.starts += 1
         self._spawned_at = time.monotonic()
-        log.info("slot_spawned", slot=self.plan.index, streamer=self.plan.streamer_id, pid=self.proc.pid,
-                 gpu=self.plan.gpu)
+        log.info(
+            "slot_spawned", slot=self.plan.index, streamer=self.plan.streamer_id, pid=self.proc.pid, gpu=self.plan.gpu
+        )
         watcher = asyncio.create_task(self._notice_exit(self.proc))
         self._watchers.add(watcher)  # keep a reference until it is done
         watcher.add_done_callback(self._watchers.discard)
@@ -321,8 +384,9 @@ class Slot:
                 took = time.monotonic() - self._spawned_at
                 self.cold_start_s, self.cold_starts = took, self.cold_starts + 1
                 self.cold_start_total_s += took
-                log.info("slot_streaming", slot=self.plan.index, streamer=self.plan.streamer_id,
-                         cold_start_s=round(took, 3))
+                log.info(
+                    "slot_streaming", slot=self.plan.index, streamer=self.plan.streamer_id, cold_start_s=round(took, 3)
+                )
                 self._became_ready()
                 return
             if time.monotonic() > deadline:
@@ -381,9 +445,13 @@ class Slot:
         await self._until_streaming()
 
     async def _run_reset_command(self, session_id: str) -> bool:
-        values = {"pid": self.proc.pid if self.proc else "", "index": self.plan.index,
-                  "streamer_id": self.plan.streamer_id, "session_id": session_id,
-                  "gpu": "" if self.plan.gpu is None else self.plan.gpu}
+        values = {
+            "pid": self.proc.pid if self.proc else "",
+            "index": self.plan.index,
+            "streamer_id": self.plan.streamer_id,
+            "session_id": session_id,
+            "gpu": "" if self.plan.gpu is None else self.plan.gpu,
+        }
         argv = [a.format(**values) for a in self.s.reset_command]
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
@@ -448,8 +516,13 @@ class SlotGpu:
 
 
 class SlotSet:
-    def __init__(self, plans: Sequence[SlotPlan], settings: AgentSettings, watch: SignalingWatch,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        plans: Sequence[SlotPlan],
+        settings: AgentSettings,
+        watch: SignalingWatch,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.slots = [Slot(p, settings, watch, on_change) for p in plans]
         self.watch = watch
 
@@ -508,10 +581,21 @@ class SlotSet:
         return out
 
     def summary(self) -> list[Mapping[str, Any]]:
-        return [{"index": s.plan.index, "streamer_id": s.plan.streamer_id, "gpu": s.plan.gpu,
-                 "phase": str(s.phase), "pid": s.proc.pid if s.proc else None, "reset_for": s.reset_for,
-                 "restarts": s.restarts, "resets": s.resets, "cold_start_s": s.cold_start_s,
-                 "last_error": s.last_error} for s in self.slots]
+        return [
+            {
+                "index": s.plan.index,
+                "streamer_id": s.plan.streamer_id,
+                "gpu": s.plan.gpu,
+                "phase": str(s.phase),
+                "pid": s.proc.pid if s.proc else None,
+                "reset_for": s.reset_for,
+                "restarts": s.restarts,
+                "resets": s.resets,
+                "cold_start_s": s.cold_start_s,
+                "last_error": s.last_error,
+            }
+            for s in self.slots
+        ]
 
     async def aclose(self) -> None:
         await asyncio.gather(*(s.aclose() for s in self.slots))

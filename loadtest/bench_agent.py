@@ -80,27 +80,66 @@ async def bench(slots: int, period: float, seconds: float, iterations: int, repe
     from tests.support.nvml_replay import RecordedSampler
 
     mm_port, player_port, streamer_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "PIXELFLEET_AGENT_TOKEN": AGENT_TOKEN,
-           "PIXELFLEET_SESSION_TOKEN_SECRET": "bench-secret-" + "x" * 32}
+    env = {
+        **os.environ,
+        "PIXELFLEET_AGENT_TOKEN": AGENT_TOKEN,
+        "PIXELFLEET_SESSION_TOKEN_SECRET": "bench-secret-" + "x" * 32,
+    }
     quiet: dict[str, Any] = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
     children = [
-        await asyncio.create_subprocess_exec(sys.executable, "-m", "pixelfleet", "matchmaker", "--port",
-                                             str(mm_port), "--log-level", "warning", env=env, **quiet),
-        await asyncio.create_subprocess_exec(sys.executable, "-m", "pixelfleet", "signaling", "--host", "127.0.0.1",
-                                             "--player-port", str(player_port), "--streamer-port",
-                                             str(streamer_port), "--sfu-port", "-1", "--log-level", "warning",
-                                             **quiet),
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pixelfleet",
+            "matchmaker",
+            "--port",
+            str(mm_port),
+            "--log-level",
+            "warning",
+            env=env,
+            **quiet,
+        ),
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pixelfleet",
+            "signaling",
+            "--host",
+            "127.0.0.1",
+            "--player-port",
+            str(player_port),
+            "--streamer-port",
+            str(streamer_port),
+            "--sfu-port",
+            "-1",
+            "--log-level",
+            "warning",
+            **quiet,
+        ),
     ]
     agent: Agent | None = None
     try:
         await _wait_http(f"http://127.0.0.1:{mm_port}/healthz")
         await _wait_http(f"http://127.0.0.1:{player_port}/healthz")
         settings = AgentSettings(
-            host_id="bench", app="bench", matchmaker_url=f"http://127.0.0.1:{mm_port}", agent_token=AGENT_TOKEN,
-            signaling_url=f"ws://127.0.0.1:{player_port}", streamer_url=f"ws://127.0.0.1:{streamer_port}",
-            signaling_api_url=f"http://127.0.0.1:{player_port}", slots=slots, res_x=320, res_y=240, fps=10,
-            heartbeat_period_s=period, sample_period_s=period, health_poll_s=2.0, metrics_port=0,
-            log_level="warning", startup_timeout_s=120.0)
+            host_id="bench",
+            app="bench",
+            matchmaker_url=f"http://127.0.0.1:{mm_port}",
+            agent_token=AGENT_TOKEN,
+            signaling_url=f"ws://127.0.0.1:{player_port}",
+            streamer_url=f"ws://127.0.0.1:{streamer_port}",
+            signaling_api_url=f"http://127.0.0.1:{player_port}",
+            slots=slots,
+            res_x=320,
+            res_y=240,
+            fps=10,
+            heartbeat_period_s=period,
+            sample_period_s=period,
+            health_poll_s=2.0,
+            metrics_port=0,
+            log_level="warning",
+            startup_timeout_s=120.0,
+        )
         client = HttpMatchmakerClient(settings.matchmaker_url, AGENT_TOKEN)
         agent = Agent(settings, client, sampler=RecordedSampler(FIXTURE))
         await agent.start()
@@ -132,16 +171,32 @@ async def bench(slots: int, period: float, seconds: float, iterations: int, repe
         beats, cycles = agent.reporter.delivered - delivered, agent.telemetry.samples - samples
         pct = 100 * cpu / wall
         return {
-            "slots": slots, "gpus": gpus, "period_s": period,
-            "sample_cycle": sample, "heartbeat": heartbeat, "readiness_poll": poll,
-            "steady": {"seconds": round(wall, 2), "cpu_s": round(cpu, 4), "cpu_pct_of_one_core": round(pct, 3),
-                       "heartbeats": beats, "sample_cycles": cycles,
-                       "target_pct": TARGET_PCT, "pass": pct < TARGET_PCT},
+            "slots": slots,
+            "gpus": gpus,
+            "period_s": period,
+            "sample_cycle": sample,
+            "heartbeat": heartbeat,
+            "readiness_poll": poll,
+            "steady": {
+                "seconds": round(wall, 2),
+                "cpu_s": round(cpu, 4),
+                "cpu_pct_of_one_core": round(pct, 3),
+                "heartbeats": beats,
+                "sample_cycles": cycles,
+                "target_pct": TARGET_PCT,
+                "pass": pct < TARGET_PCT,
+            },
             "ready_slots": sum(s.phase.value == "ready" for s in agent.slots),
-            "cold_start_s": {"median": round(statistics.median(
-                [s.cold_start_s for s in agent.slots if s.cold_start_s is not None]), 3)},
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "processor": platform.processor() or platform.machine()},
+            "cold_start_s": {
+                "median": round(
+                    statistics.median([s.cold_start_s for s in agent.slots if s.cold_start_s is not None]), 3
+                )
+            },
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+            },
         }
     finally:
         if agent is not None:
@@ -158,20 +213,22 @@ async def bench(slots: int, period: float, seconds: float, iterations: int, repe
 
 def _report(r: dict[str, Any]) -> str:
     st = r["steady"]
-    return "\n".join([
-        f"GPU agent, {r['slots']} slots on {r['gpus']} recorded GPUs, period {r['period_s']:g} s "
-        f"({r['machine']['cpus']} CPUs, Python {r['machine']['python']})",
-        f"  sample cycle (NVML parse, recorded)   {r['sample_cycle']['median_us']:>9.1f} µs CPU "
-        f"(worst run {r['sample_cycle']['max_us']:.1f})",
-        f"  heartbeat (build + POST + reply)      {r['heartbeat']['median_us']:>9.1f} µs CPU "
-        f"(worst run {r['heartbeat']['max_us']:.1f})",
-        f"  readiness poll (GET /api/streamers)   {r['readiness_poll']['median_us']:>9.1f} µs CPU "
-        f"(worst run {r['readiness_poll']['max_us']:.1f})",
-        f"  steady state: {st['cpu_s']:.3f} CPU s in {st['seconds']:.1f} s = {st['cpu_pct_of_one_core']:.3f} % "
-        f"of one core ({st['heartbeats']} heartbeats, {st['sample_cycles']} samples); target < {TARGET_PCT:g} %: "
-        f"{'PASS' if st['pass'] else 'FAIL'}",
-        f"  slot cold start (synthetic streamer, median): {r['cold_start_s']['median']} s",
-    ])
+    return "\n".join(
+        [
+            f"GPU agent, {r['slots']} slots on {r['gpus']} recorded GPUs, period {r['period_s']:g} s "
+            f"({r['machine']['cpus']} CPUs, Python {r['machine']['python']})",
+            f"  sample cycle (NVML parse, recorded)   {r['sample_cycle']['median_us']:>9.1f} µs CPU "
+            f"(worst run {r['sample_cycle']['max_us']:.1f})",
+            f"  heartbeat (build + POST + reply)      {r['heartbeat']['median_us']:>9.1f} µs CPU "
+            f"(worst run {r['heartbeat']['max_us']:.1f})",
+            f"  readiness poll (GET /api/streamers)   {r['readiness_poll']['median_us']:>9.1f} µs CPU "
+            f"(worst run {r['readiness_poll']['max_us']:.1f})",
+            f"  steady state: {st['cpu_s']:.3f} CPU s in {st['seconds']:.1f} s = {st['cpu_pct_of_one_core']:.3f} % "
+            f"of one core ({st['heartbeats']} heartbeats, {st['sample_cycles']} samples); target < {TARGET_PCT:g} %: "
+            f"{'PASS' if st['pass'] else 'FAIL'}",
+            f"  slot cold start (synthetic streamer, median): {r['cold_start_s']['median']} s",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

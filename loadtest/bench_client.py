@@ -342,7 +342,11 @@ async def open_aiohttp(host: str, port: int, owner: Owner, timeout: float) -> Ai
     if _session is None:
         _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     ws = await _session.ws_connect(
-        f"http://{host}:{port}/", compress=0, autoping=True, max_msg_size=0, decode_text=False,
+        f"http://{host}:{port}/",
+        compress=0,
+        autoping=True,
+        max_msg_size=0,
+        decode_text=False,
         timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
     )
     return AioWs(ws, owner)

@@ -99,9 +99,25 @@ class RedisServer:
             sock = os.path.join(self.folder, "redis.sock")
             with open(os.path.join(self.folder, "redis.log"), "wb") as log:  # the child keeps its own copy
                 self.proc = subprocess.Popen(
-                    [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "",
-                     "--appendonly", "no", "--dir", self.folder],
-                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+                    [
+                        binary,
+                        "--port",
+                        "0",
+                        "--unixsocket",
+                        sock,
+                        "--unixsocketperm",
+                        "700",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        self.folder,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                )
             self.url = f"unix://{sock}"
         assert self.url is not None
         self.client = redis.Redis.from_url(self.url)
@@ -157,8 +173,7 @@ class RedisServer:
                 self.proc.wait(5)
 
 
-async def fill_pool(url: str, prefix: str, apps: Sequence[str], slots_per_app: int,
-                    host_slots: int = 100) -> int:
+async def fill_pool(url: str, prefix: str, apps: Sequence[str], slots_per_app: int, host_slots: int = 100) -> int:
     """Register READY slots through the store (register + one heartbeat per host, as an
     agent does). Returns how many."""
     from matchmaker.models import (
@@ -175,15 +190,24 @@ async def fill_pool(url: str, prefix: str, apps: Sequence[str], slots_per_app: i
 
     async def one(host: str, app: str, n: int) -> None:
         t = time.time()
-        await store.register_host(HostRegistration(
-            host_id=host, boot_id="b1", region="eu", gpu_model="L4", signaling_url="ws://127.0.0.1:1",
-            slots=[SlotSpec(index=i, tenant=TENANT, app=app, streamer_id=f"{host}-{i}") for i in range(n)]), t)
-        await store.heartbeat(host, Heartbeat(boot_id="b1", slots=[
-            SlotReport(index=i, state=SlotState.READY) for i in range(n)]), t)
+        await store.register_host(
+            HostRegistration(
+                host_id=host,
+                boot_id="b1",
+                region="eu",
+                gpu_model="L4",
+                signaling_url="ws://127.0.0.1:1",
+                slots=[SlotSpec(index=i, tenant=TENANT, app=app, streamer_id=f"{host}-{i}") for i in range(n)],
+            ),
+            t,
+        )
+        await store.heartbeat(
+            host, Heartbeat(boot_id="b1", slots=[SlotReport(index=i, state=SlotState.READY) for i in range(n)]), t
+        )
 
     try:
         for i in range(0, len(jobs), 16):
-            await asyncio.gather(*(one(*j) for j in jobs[i:i + 16]))
+            await asyncio.gather(*(one(*j) for j in jobs[i : i + 16]))
     finally:
         await store.aclose()
     return sum(n for _, _, n in jobs)
@@ -204,23 +228,43 @@ class Matchmakers:
         self.logs: list[str] = []
 
     def spawn(self) -> None:
-        env = {**os.environ, "PIXELFLEET_STATE_URL": self.url,
-               "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
-               "PIXELFLEET_SESSION_TOKEN_SECRET": TOKEN_SECRET,
-               "PIXELFLEET_AGENT_TOKEN": AGENT, "PIXELFLEET_ADMIN_TOKEN": ADMIN,
-               "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": CALLER_SECRET,
-               "PIXELFLEET_MATCHMAKER__HEARTBEAT_TTL_S": "86400",
-               "PIXELFLEET_MATCHMAKER__CONNECT_TIMEOUT_S": "86400",
-               "PIXELFLEET_MATCHMAKER__MAX_SESSION_S": "86400",
-               "PIXELFLEET_MATCHMAKER__SWEEP_INTERVAL_S": str(self.opts.sweep_interval)}
+        env = {
+            **os.environ,
+            "PIXELFLEET_STATE_URL": self.url,
+            "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
+            "PIXELFLEET_SESSION_TOKEN_SECRET": TOKEN_SECRET,
+            "PIXELFLEET_AGENT_TOKEN": AGENT,
+            "PIXELFLEET_ADMIN_TOKEN": ADMIN,
+            "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": CALLER_SECRET,
+            "PIXELFLEET_MATCHMAKER__HEARTBEAT_TTL_S": "86400",
+            "PIXELFLEET_MATCHMAKER__CONNECT_TIMEOUT_S": "86400",
+            "PIXELFLEET_MATCHMAKER__MAX_SESSION_S": "86400",
+            "PIXELFLEET_MATCHMAKER__SWEEP_INTERVAL_S": str(self.opts.sweep_interval),
+        }
         for i in range(self.n):
             port = free_port()
             log = os.path.join(self.folder, f"{self.prefix}-mm{i}.log")
             with open(log, "wb") as out:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "pixelfleet", "matchmaker", "--port", str(port),
-                     "--log-level", self.opts.mm_log_level, "--log-format", "json"],
-                    env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "pixelfleet",
+                            "matchmaker",
+                            "--port",
+                            str(port),
+                            "--log-level",
+                            self.opts.mm_log_level,
+                            "--log-format",
+                            "json",
+                        ],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        preexec_fn=die_with_parent,
+                    )
+                )
             self.ports.append(port)
             self.logs.append(log)
 
@@ -229,8 +273,7 @@ class Matchmakers:
         deadline = now() + wait_s
         for i, (proc, port) in enumerate(zip(self.procs, self.ports, strict=True)):
             try:
-                await wait_for_port("127.0.0.1", port, max(0.0, deadline - now()),
-                                    exited=_has_exited(proc))
+                await wait_for_port("127.0.0.1", port, max(0.0, deadline - now()), exited=_has_exited(proc))
             except NotListening as exc:
                 raise RuntimeError(f"matchmaker {i}: {exc}:\n{tail(self.logs[i])}") from None
         return [ProcTree(p.pid) for p in self.procs]
@@ -267,9 +310,14 @@ class Cpu:
 
     def snap(self) -> dict[str, Any]:
         m = psutil.cpu_times()
-        return {"t": now(), "redis": self.redis.cpu(), "mms": [p.cpu() for p in self.mms],
-                "gens": [g.cpu() for g in self.gens], "idle": m.idle + getattr(m, "iowait", 0.0),
-                "total": sum(m)}
+        return {
+            "t": now(),
+            "redis": self.redis.cpu(),
+            "mms": [p.cpu() for p in self.mms],
+            "gens": [g.cpu() for g in self.gens],
+            "idle": m.idle + getattr(m, "iowait", 0.0),
+            "total": sum(m),
+        }
 
     @staticmethod
     def since(a: dict[str, Any], b: dict[str, Any], ops: int) -> dict[str, Any]:
@@ -293,17 +341,18 @@ class Cpu:
             "generators_cores": round(sum(gens) / wall, 3),
             "machine_busy": round(busy, 3),
             "other_cores": round(max(0.0, busy * NCPU - ours / wall), 3),
-            "cpu_ms_per_op": {"redis": per_op(redis), "matchmakers": per_op(sum(mms)),
-                              "generators": per_op(sum(gens))},
+            "cpu_ms_per_op": {"redis": per_op(redis), "matchmakers": per_op(sum(mms)), "generators": per_op(sum(gens))},
         }
 
 
 def saturation(cpu: dict[str, Any]) -> str:
     """Which side ran out of CPU."""
     r, mm, g = cpu["redis_cores"], cpu["matchmaker_cores"], cpu["generator_cores"]
-    shares = (f"redis {r:.2f}, matchmakers {cpu['matchmakers_cores']:.2f}"
-              f"{' (' + ' '.join(f'{x:.2f}' for x in mm) + ')' if len(mm) > 1 else ''}, "
-              f"generators {cpu['generators_cores']:.2f}, other {cpu['other_cores']:.2f} cores")
+    shares = (
+        f"redis {r:.2f}, matchmakers {cpu['matchmakers_cores']:.2f}"
+        f"{' (' + ' '.join(f'{x:.2f}' for x in mm) + ')' if len(mm) > 1 else ''}, "
+        f"generators {cpu['generators_cores']:.2f}, other {cpu['other_cores']:.2f} cores"
+    )
     if max(g, default=0.0) >= 0.9:
         return f"generator: a generator holds a full core, the figure is the client's ({shares})"
     if r >= 0.9:
@@ -311,8 +360,10 @@ def saturation(cpu: dict[str, Any]) -> str:
     if mm and max(mm) >= 0.9:
         return f"matchmaker: {sum(x >= 0.9 for x in mm)} of {len(mm)} replicas hold a full core ({shares})"
     if cpu["machine_busy"] >= 0.9:
-        top = max([("redis", r), ("matchmakers", cpu["matchmakers_cores"]), ("generators", cpu["generators_cores"])],
-                  key=lambda kv: kv[1])[0]
+        top = max(
+            [("redis", r), ("matchmakers", cpu["matchmakers_cores"]), ("generators", cpu["generators_cores"])],
+            key=lambda kv: kv[1],
+        )[0]
         return f"machine: all {NCPU} cores busy, mostly {top} ({shares})"
     return f"neither: latency-bound ({shares})"
 
@@ -325,15 +376,15 @@ def latency_summary(ms: Sequence[float]) -> dict[str, float | None]:
     return {"p50_ms": p(0.50), "p90_ms": p(0.90), "p99_ms": p(0.99), "max_ms": round(max(ms), 3) if ms else None}
 
 
-def _per_alloc(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]],
-               ops: int, top: int = 10) -> list[dict[str, Any]]:
+def _per_alloc(
+    before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]], ops: int, top: int = 10
+) -> list[dict[str, Any]]:
     """Redis commands per allocation and their Redis-side microseconds, biggest first."""
     rows: list[dict[str, Any]] = []
     for name, (calls, usec) in after.items():
         c0, u0 = before.get(name, (0, 0.0))
         if calls > c0 and ops:
-            rows.append({"command": name, "calls": round((calls - c0) / ops, 2),
-                         "usec": round((usec - u0) / ops, 1)})
+            rows.append({"command": name, "calls": round((calls - c0) / ops, 2), "usec": round((usec - u0) / ops, 1)})
     rows.sort(key=lambda r: -r["usec"])
     return rows[:top]
 
@@ -382,10 +433,24 @@ class Bench:
         gens: list[Generator] = []
         try:
             # Each process allocates in its own apps: a ceiling without competition.
-            cfgs = [{"kind": "raw", "mode": mode, "redis_url": self.url, "prefix": prefix, "tenant": TENANT,
-                     "index": i, "procs": procs, "apps": apps, "per_app": per_app, "policy": "spread",
-                     "batch": o.raw_batch,
-                     "window": o.raw_window, "concurrency": o.raw_store_concurrency} for i in range(procs)]
+            cfgs = [
+                {
+                    "kind": "raw",
+                    "mode": mode,
+                    "redis_url": self.url,
+                    "prefix": prefix,
+                    "tenant": TENANT,
+                    "index": i,
+                    "procs": procs,
+                    "apps": apps,
+                    "per_app": per_app,
+                    "policy": "spread",
+                    "batch": o.raw_batch,
+                    "window": o.raw_window,
+                    "concurrency": o.raw_store_concurrency,
+                }
+                for i in range(procs)
+            ]
             gens = await self._gens(cfgs, f"raw-{mode}")
             await asyncio.gather(*(g.call(120, "prepare") for g in gens))
             busy = await quiet_machine(o.quiet_wait)
@@ -400,19 +465,30 @@ class Bench:
         wall = max(r["wall_s"] for r in results)
         usage = Cpu.since(before, after, claimed)
         out: dict[str, Any] = {
-            "phase": f"raw {mode}", "processes": procs, "claims": sum(r["claims"] for r in results),
-            "claimed": claimed, "refused": sum(r["refused"] for r in results),
+            "phase": f"raw {mode}",
+            "processes": procs,
+            "claims": sum(r["claims"] for r in results),
+            "claimed": claimed,
+            "refused": sum(r["refused"] for r in results),
             "errors": [e for r in results for e in r["errors"]][:3],
-            "per_s": round(claimed / wall, 1) if wall else None, "wall_s": round(wall, 3),
-            "pool_slots": registered, "fill_s": round(t_fill, 2), "machine_busy_before": busy,
-            "cpu": usage, "saturated": saturation(usage),
+            "per_s": round(claimed / wall, 1) if wall else None,
+            "wall_s": round(wall, 3),
+            "pool_slots": registered,
+            "fill_s": round(t_fill, 2),
+            "machine_busy_before": busy,
+            "cpu": usage,
+            "saturated": saturation(usage),
         }
         if mode == "script":
-            out.update(batch=o.raw_batch, window=o.raw_window,
-                       batch_latency=latency_summary([x for r in results for x in r["batch_ms"]]))
+            out.update(
+                batch=o.raw_batch,
+                window=o.raw_window,
+                batch_latency=latency_summary([x for r in results for x in r["batch_ms"]]),
+            )
         else:
-            out.update(concurrency=o.raw_store_concurrency,
-                       latency=latency_summary([x for r in results for x in r["lat_ms"]]))
+            out.update(
+                concurrency=o.raw_store_concurrency, latency=latency_summary([x for r in results for x in r["lat_ms"]])
+            )
         self.redis.clear(prefix)
         return out
 
@@ -437,9 +513,18 @@ class Bench:
         profile: dict[str, Any] | None = None
         try:
             trees = await mms.start()
-            cfgs = [{"kind": "http", "ports": mms.ports[g % replicas:] + mms.ports[:g % replicas],
-                     "token": self.token, "apps": apps, "app_offset": g, "app_step": G, "timeout": 300}
-                    for g in range(G)]
+            cfgs = [
+                {
+                    "kind": "http",
+                    "ports": mms.ports[g % replicas :] + mms.ports[: g % replicas],
+                    "token": self.token,
+                    "apps": apps,
+                    "app_offset": g,
+                    "app_step": G,
+                    "timeout": 300,
+                }
+                for g in range(G)
+            ]
             gens = await self._gens(cfgs, f"http{replicas}{mode}")
             per_gen = [max(1, connections // G + (1 if g < connections % G else 0)) for g in range(G)]
             await asyncio.gather(*(g.call(60, "prepare", connections=n) for g, n in zip(gens, per_gen, strict=True)))
@@ -452,11 +537,16 @@ class Bench:
             before = cpu.snap()
             counts = [measured // G + (1 if g < measured % G else 0) for g in range(G)]
             if mode == "closed":
-                results = await asyncio.gather(*(g.call(600, "run", mode="closed", count=n)
-                                                 for g, n in zip(gens, counts, strict=True)))
+                results = await asyncio.gather(
+                    *(g.call(600, "run", mode="closed", count=n) for g, n in zip(gens, counts, strict=True))
+                )
             else:
-                results = await asyncio.gather(*(g.call(600, "run", mode="open", rate=o.fixed_rate / G, count=n)
-                                                 for g, n in zip(gens, counts, strict=True)))
+                results = await asyncio.gather(
+                    *(
+                        g.call(600, "run", mode="open", rate=o.fixed_rate / G, count=n)
+                        for g, n in zip(gens, counts, strict=True)
+                    )
+                )
             after = cpu.snap()
             stats_after = self.redis.commandstats()
             if spy is not None:
@@ -471,20 +561,33 @@ class Bench:
         wall = max(r["wall_s"] for r in results)
         usage = Cpu.since(before, after, ok)
         out: dict[str, Any] = {
-            "phase": f"http {mode}", "replicas": replicas, "connections": sum(per_gen), "generators": G,
-            "requests": sum(counts), "allocated": ok, "statuses": statuses,
-            "per_s": round(ok / wall, 1) if wall else None, "wall_s": round(wall, 3),
+            "phase": f"http {mode}",
+            "replicas": replicas,
+            "connections": sum(per_gen),
+            "generators": G,
+            "requests": sum(counts),
+            "allocated": ok,
+            "statuses": statuses,
+            "per_s": round(ok / wall, 1) if wall else None,
+            "wall_s": round(wall, 3),
             **latency_summary([x for r in results for x in r["lat_ms"]]),
-            "apps": napps, "slots_per_app": o.slots_per_app,
+            "apps": napps,
+            "slots_per_app": o.slots_per_app,
             "ready_per_app_end": round(o.slots_per_app - total / napps, 1),
-            "live_sessions_end": live, "fill_s": round(t_fill, 2), "machine_busy_before": busy,
-            "cpu": usage, "saturated": saturation(usage),
+            "live_sessions_end": live,
+            "fill_s": round(t_fill, 2),
+            "machine_busy_before": busy,
+            "cpu": usage,
+            "saturated": saturation(usage),
             "redis_commands_per_alloc": _per_alloc(stats_before, stats_after, ok),
         }
         if mode == "open":
-            out.update(offered_per_s=o.fixed_rate, max_backlog=max(r["max_backlog"] for r in results),
-                       max_send_lag_ms=max(r["max_send_lag_ms"] for r in results),
-                       service=latency_summary([x for r in results for x in r["service_ms"]]))
+            out.update(
+                offered_per_s=o.fixed_rate,
+                max_backlog=max(r["max_backlog"] for r in results),
+                max_send_lag_ms=max(r["max_send_lag_ms"] for r in results),
+                service=latency_summary([x for r in results for x in r["service_ms"]]),
+            )
         if profile is not None:
             out["profile"] = profile
         if ok != sum(counts):
@@ -508,9 +611,22 @@ class Bench:
         os.makedirs(self.opts.profile, exist_ok=True)
         out = os.path.join(self.opts.profile, f"matchmaker-{name}.txt")
         proc = await asyncio.create_subprocess_exec(
-            exe, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--function", "--format", "raw",
-            "-o", out, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=die_with_parent)
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--function",
+            "--format",
+            "raw",
+            "-o",
+            out,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
         await asyncio.sleep(0.5)
         return proc, out
 
@@ -531,8 +647,15 @@ class Bench:
             runs.append(await phase())
             _print_phase(runs[-1])
         best = min(runs, key=lambda r: r["cpu"]["other_cores"])
-        best["runs"] = [{"per_s": r["per_s"], "p99_ms": r.get("p99_ms"), "other_cores": r["cpu"]["other_cores"],
-                         "chosen": r is best} for r in runs]
+        best["runs"] = [
+            {
+                "per_s": r["per_s"],
+                "p99_ms": r.get("p99_ms"),
+                "other_cores": r["cpu"]["other_cores"],
+                "chosen": r is best,
+            }
+            for r in runs
+        ]
         return best
 
     async def run(self) -> dict[str, Any]:
@@ -563,11 +686,18 @@ def code_identity() -> dict[str, Any]:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out: dict[str, Any] = {"root": here}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                                       text=True, timeout=10).stdout.strip()
-        out["matchmaker_dirty"] = bool(subprocess.run(
-            ["git", "status", "--porcelain", "--", "matchmaker"], cwd=here, capture_output=True, text=True,
-            timeout=10).stdout.strip())
+        out["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        out["matchmaker_dirty"] = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--", "matchmaker"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     digest = hashlib.sha256()
     folder = os.path.join(here, "matchmaker")
     with contextlib.suppress(OSError):
@@ -617,13 +747,18 @@ def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     where = "unix socket" if report["redis"]["url"].startswith("unix") else report["redis"]["url"]
     code = report.get("code", {})
-    lines = [f"matchmaker benchmark — {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, "
-             f"Redis {report['redis']['version']} ({where}); code {code.get('commit')}"
-             f"{' + uncommitted matchmaker/ changes' if code.get('matchmaker_dirty') else ''}"
-             f" (matchmaker/ sha256 {code.get('matchmaker_sha256')})", ""]
-    head = (f"{'phase':<26}{'allocs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  "
-            f"{'CPU cores: redis':>16}{'mm (each)':>22}{'gen':>6}{'busy':>6}  "
-            f"{'CPU ms/alloc redis/mm/gen':>27}")
+    lines = [
+        f"matchmaker benchmark — {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, "
+        f"Redis {report['redis']['version']} ({where}); code {code.get('commit')}"
+        f"{' + uncommitted matchmaker/ changes' if code.get('matchmaker_dirty') else ''}"
+        f" (matchmaker/ sha256 {code.get('matchmaker_sha256')})",
+        "",
+    ]
+    head = (
+        f"{'phase':<26}{'allocs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  "
+        f"{'CPU cores: redis':>16}{'mm (each)':>22}{'gen':>6}{'busy':>6}  "
+        f"{'CPU ms/alloc redis/mm/gen':>27}"
+    )
     lines += [head, "-" * len(head)]
     for p in report["phases"]:
         c = p["cpu"]
@@ -635,36 +770,53 @@ def render(report: dict[str, Any]) -> str:
             name = f"{p['phase']} x{p['replicas']}" + (f" @{p['offered_per_s']:g}/s" if "offered_per_s" in p else "")
             p50, p99, mx = p["p50_ms"], p["p99_ms"], p["max_ms"]
         mm = c["matchmaker_cores"]
-        mm_s = (f"{c['matchmakers_cores']:.2f}" + (f" ({' '.join(f'{x:.2f}' for x in mm)})" if len(mm) > 1 else "")
-                if mm else "-")
+        mm_s = (
+            f"{c['matchmakers_cores']:.2f}" + (f" ({' '.join(f'{x:.2f}' for x in mm)})" if len(mm) > 1 else "")
+            if mm
+            else "-"
+        )
         per = c["cpu_ms_per_op"]
 
         def f(x: float | None, spec: str = ".2f") -> str:
             return "-" if x is None else format(x, spec)
 
-        lines.append(f"{name:<26}{f(p['per_s'], '.0f'):>10}{f(p50):>9}{f(p99):>9}{f(mx):>9}  "
-                     f"{c['redis_cores']:>16.2f}{mm_s:>22}{c['generators_cores']:>6.2f}{c['machine_busy']:>6.2f}  "
-                     f"{f(per['redis'], '.3f'):>9}/{f(per['matchmakers'], '.3f')}/{f(per['generators'], '.3f')}")
+        lines.append(
+            f"{name:<26}{f(p['per_s'], '.0f'):>10}{f(p50):>9}{f(p99):>9}{f(mx):>9}  "
+            f"{c['redis_cores']:>16.2f}{mm_s:>22}{c['generators_cores']:>6.2f}{c['machine_busy']:>6.2f}  "
+            f"{f(per['redis'], '.3f'):>9}/{f(per['matchmakers'], '.3f')}/{f(per['generators'], '.3f')}"
+        )
     lines.append("")
     for p in report["phases"]:
         name = p["phase"] + (f" x{p['replicas']}" if "replicas" in p else "")
         lines.append(f"saturated ({name}): {p['saturated']}")
         if len(p.get("runs", [])) > 1:
-            lines.append("  runs (allocs/s, p99 ms, other cores): " + "; ".join(
-                f"{r['per_s']}, {r['p99_ms']}, {r['other_cores']}{' <- reported' if r['chosen'] else ''}"
-                for r in p["runs"]))
+            lines.append(
+                "  runs (allocs/s, p99 ms, other cores): "
+                + "; ".join(
+                    f"{r['per_s']}, {r['p99_ms']}, {r['other_cores']}{' <- reported' if r['chosen'] else ''}"
+                    for r in p["runs"]
+                )
+            )
         if p.get("warning"):
             lines.append(f"  WARNING: {p['warning']}")
         if "offered_per_s" in p:
             s = p["service"]
-            lines.append(f"  open loop: offered {p['offered_per_s']:g}/s, achieved {p['per_s']}/s, latency from due "
-                         f"time p50 {p['p50_ms']} / p99 {p['p99_ms']} ms, from send p99 {s['p99_ms']} ms; "
-                         f"max backlog {p['max_backlog']}, max send lag {p['max_send_lag_ms']} ms")
+            lines.append(
+                f"  open loop: offered {p['offered_per_s']:g}/s, achieved {p['per_s']}/s, latency from due "
+                f"time p50 {p['p50_ms']} / p99 {p['p99_ms']} ms, from send p99 {s['p99_ms']} ms; "
+                f"max backlog {p['max_backlog']}, max send lag {p['max_send_lag_ms']} ms"
+            )
         if p["phase"].startswith("http"):
-            lines.append(f"  pool: {p['apps']} apps x {p['slots_per_app']} READY slots, about "
-                         f"{p['ready_per_app_end']} left per app at the end; {p['live_sessions_end']} live sessions")
-            lines.append("  redis per allocation (calls, us inside redis): " + ", ".join(
-                f"{r['command']} {r['calls']:g}x {r['usec']:g}us" for r in p["redis_commands_per_alloc"][:8]))
+            lines.append(
+                f"  pool: {p['apps']} apps x {p['slots_per_app']} READY slots, about "
+                f"{p['ready_per_app_end']} left per app at the end; {p['live_sessions_end']} live sessions"
+            )
+            lines.append(
+                "  redis per allocation (calls, us inside redis): "
+                + ", ".join(
+                    f"{r['command']} {r['calls']:g}x {r['usec']:g}us" for r in p["redis_commands_per_alloc"][:8]
+                )
+            )
     r = report["ratios"]
     lines.append("")
     lines.append(f"raw claim ceiling: {r['raw_ceiling_per_s']}/s")
@@ -678,8 +830,10 @@ def render(report: dict[str, Any]) -> str:
     for p in report["phases"]:
         prof = p.get("profile")
         if prof and prof.get("samples"):
-            lines.append(f"hot spots, one matchmaker during {p['phase']} x{p['replicas']} "
-                         f"({prof['samples']} samples), inclusive %:")
+            lines.append(
+                f"hot spots, one matchmaker during {p['phase']} x{p['replicas']} "
+                f"({prof['samples']} samples), inclusive %:"
+            )
             lines += [f"  {pct:5.1f}  {fn}" for fn, pct in prof["inclusive_pct"]]
             lines.append("  self %:")
             lines += [f"  {pct:5.1f}  {fn}" for fn, pct in prof["self_pct"][:12]]
@@ -691,8 +845,11 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_matchmaker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench_matchmaker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--redis-url", help="use this Redis (default: start redis-server on a Unix socket)")
     p.add_argument("--replicas", type=_ints, default=[1, 4], help="closed-loop phases (default 1,4)")
     p.add_argument("--allocs", type=int, default=6000, help="measured allocations per closed-loop phase")
@@ -715,8 +872,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep-interval", type=float, default=0.5, help="matchmakers' sweep interval (production 0.5)")
     p.add_argument("--mm-log-level", default="warning", help="matchmakers' log level (info logs every allocation)")
     p.add_argument("--quiet-wait", type=float, default=5.0, help="wait up to this long for an idle machine per phase")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run each phase this many times; report the run least disturbed by other processes")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each phase this many times; report the run least disturbed by other processes",
+    )
     p.add_argument("--profile", metavar="DIR", help="py-spy one matchmaker in each HTTP phase (figures then noisy)")
     p.add_argument("--json", metavar="FILE", help="write the whole report here")
     return p.parse_args(argv)

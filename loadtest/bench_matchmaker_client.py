@@ -99,10 +99,10 @@ class HttpConn(asyncio.Protocol):
                 return
             self.status = int(buf[9:12])
             at = buf.find(b"Content-Length: ", 0, end)
-            length = int(buf[at + 16:buf.find(b"\r\n", at)]) if at >= 0 else 0
+            length = int(buf[at + 16 : buf.find(b"\r\n", at)]) if at >= 0 else 0
             self.need = end + 4 + length
         if len(buf) >= self.need:
-            del buf[:self.need]
+            del buf[: self.need]
             self.need = -1
             self.busy = False
             self.on_done(self, self.status)
@@ -119,8 +119,12 @@ class HttpLoad:
             body = orjson.dumps({"app": app})
             self.requests.append(
                 b"POST /api/v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
-                + token.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body)
+                + token.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
         self.app_index: int = cfg.get("app_offset", 0)
         self.app_step: int = cfg.get("app_step", 1)
         self._on_done: OnDone = _no_run
@@ -134,8 +138,7 @@ class HttpLoad:
         loop = asyncio.get_running_loop()
         ports = self.cfg["ports"]
         for i in range(connections):
-            _, conn = await loop.create_connection(lambda: HttpConn(self._on_done), "127.0.0.1",
-                                                   ports[i % len(ports)])
+            _, conn = await loop.create_connection(lambda: HttpConn(self._on_done), "127.0.0.1", ports[i % len(ports)])
             self.conns.append(conn)
 
     async def closed(self, count: int) -> dict[str, Any]:
@@ -165,8 +168,11 @@ class HttpLoad:
             c.send(self.next_request(), t0)
         await asyncio.wait_for(finished, self.cfg.get("timeout", 120))
         t1 = now()
-        return {"wall_s": t1 - t0, "lat_ms": [round(x * 1e3, 3) for x in lat],
-                "statuses": {str(k): v for k, v in statuses.items()}}
+        return {
+            "wall_s": t1 - t0,
+            "lat_ms": [round(x * 1e3, 3) for x in lat],
+            "statuses": {str(k): v for k, v in statuses.items()},
+        }
 
     async def open(self, rate: float, count: int) -> dict[str, Any]:
         """Open loop: request i is due at t0 + i / rate, sent on an idle connection."""
@@ -216,10 +222,14 @@ class HttpLoad:
             await asyncio.sleep(max(0.0, next_due - now()))
         await asyncio.wait_for(finished, self.cfg.get("timeout", 120))
         t1 = now()
-        return {"wall_s": t1 - t0, "lat_ms": [round(x * 1e3, 3) for x in lat],
-                "service_ms": [round(x * 1e3, 3) for x in service],
-                "statuses": {str(k): v for k, v in statuses.items()}, "max_backlog": max_backlog,
-                "max_send_lag_ms": round(lag_max * 1e3, 3)}
+        return {
+            "wall_s": t1 - t0,
+            "lat_ms": [round(x * 1e3, 3) for x in lat],
+            "service_ms": [round(x * 1e3, 3) for x in service],
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "max_backlog": max_backlog,
+            "max_send_lag_ms": round(lag_max * 1e3, 3),
+        }
 
     def close(self) -> None:
         for c in self.conns:
@@ -304,14 +314,16 @@ class RawClaims:
 
         self.cfg = cfg
         self.store = RedisStore.from_url(cfg["redis_url"], prefix=cfg["prefix"])
-        mine = cfg["apps"][cfg["index"]::cfg["procs"]]
+        mine = cfg["apps"][cfg["index"] :: cfg["procs"]]
         self.apps = [app for _ in range(cfg["per_app"]) for app in mine]
 
     def _requests(self) -> list[tuple[Any, str]]:
         from matchmaker.models import AllocationRequest
 
-        return [(AllocationRequest(tenant=self.cfg["tenant"], app=app), f"s-raw{self.cfg['index']}-{n}")
-                for n, app in enumerate(self.apps)]
+        return [
+            (AllocationRequest(tenant=self.cfg["tenant"], app=app), f"s-raw{self.cfg['index']}-{n}")
+            for n, app in enumerate(self.apps)
+        ]
 
     def _packed(self) -> list[bytes]:
         """Per allocation, exactly what ``RedisStore.allocate`` sends (its own
@@ -321,12 +333,19 @@ class RawClaims:
         out = []
         for request, sid in self._requests():
             (_, _, set_args), (script, keys, args) = st._allocate_calls(  # noqa: SLF001
-                request, sid, t, policy=self.cfg["policy"], rnd=random.random())
+                request, sid, t, policy=self.cfg["policy"], rnd=random.random()
+            )
             assert script is not None, "the second call of an allocation is its script"
-            out.append(_resp(*(str(a).encode() for a in set_args))
-                       + _resp(b"EVALSHA", script.sha.encode(), str(len(keys)).encode(),
-                               *(str(k).encode() for k in keys), *(a if isinstance(a, bytes) else str(a).encode()
-                                                                  for a in args)))
+            out.append(
+                _resp(*(str(a).encode() for a in set_args))
+                + _resp(
+                    b"EVALSHA",
+                    script.sha.encode(),
+                    str(len(keys)).encode(),
+                    *(str(k).encode() for k in keys),
+                    *(a if isinstance(a, bytes) else str(a).encode() for a in args),
+                )
+            )
         return out
 
     async def prepare(self) -> None:
@@ -347,7 +366,9 @@ class RawClaims:
         conn, batch, window = self.conn, self.cfg["batch"], self.cfg.get("window", 2)
         assert conn.transport is not None
         packed = self.packed
-        batches = [(b"".join(packed[i:i + batch]), 2 * len(packed[i:i + batch])) for i in range(0, len(packed), batch)]
+        batches = [
+            (b"".join(packed[i : i + batch]), 2 * len(packed[i : i + batch])) for i in range(0, len(packed), batch)
+        ]
         lat: list[float] = []
         inflight: collections.deque[tuple[float, int]] = collections.deque()  # (sent, replies due by then)
         expected = 0
@@ -365,9 +386,14 @@ class RawClaims:
             await conn.until(target)
             lat.append(now() - sent)
         t1 = now()
-        return {"wall_s": t1 - t0, "claims": len(packed), "claimed": conn.ones, "refused": conn.zeros,
-                "errors": [e.decode(errors="replace") for e in conn.errors[:3]],
-                "batch_ms": [round(x * 1e3, 3) for x in lat]}
+        return {
+            "wall_s": t1 - t0,
+            "claims": len(packed),
+            "claimed": conn.ones,
+            "refused": conn.zeros,
+            "errors": [e.decode(errors="replace") for e in conn.errors[:3]],
+            "batch_ms": [round(x * 1e3, 3) for x in lat],
+        }
 
     async def _store(self) -> dict[str, Any]:
         from matchmaker.models import Session
@@ -388,8 +414,14 @@ class RawClaims:
         t0 = now()
         await asyncio.gather(*(worker(k) for k in range(conc)))
         t1 = now()
-        return {"wall_s": t1 - t0, "claims": len(requests), "claimed": results[True], "refused": results[False],
-                "errors": [], "lat_ms": [round(x * 1e3, 3) for x in lat]}
+        return {
+            "wall_s": t1 - t0,
+            "claims": len(requests),
+            "claimed": results[True],
+            "refused": results[False],
+            "errors": [],
+            "lat_ms": [round(x * 1e3, 3) for x in lat],
+        }
 
     async def close(self) -> None:
         if self.cfg["mode"] == "script" and self.conn.transport is not None:
@@ -425,8 +457,11 @@ async def serve(cfg: dict[str, Any]) -> None:
                 answer({"ok": True})
             elif cmd["cmd"] == "run":
                 if cfg["kind"] == "http":
-                    res = await (worker.closed(cmd["count"]) if cmd["mode"] == "closed"
-                                 else worker.open(cmd["rate"], cmd["count"]))
+                    res = await (
+                        worker.closed(cmd["count"])
+                        if cmd["mode"] == "closed"
+                        else worker.open(cmd["rate"], cmd["count"])
+                    )
                 else:
                     res = await worker.run()
                 answer({"ok": True, **res})

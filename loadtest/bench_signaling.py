@@ -46,8 +46,14 @@ from pixelfleet.net import NotListening, free_port, wait_for_port
 SERVERS = ("pixelfleet", "bare")
 # Generous per-connection limits so the benchmark measures relaying, not throttling.
 PIXELFLEET_ARGS: tuple[str, ...] = (
-    "--player-rate", "1000000", "--player-burst", "1000000",
-    "--streamer-rate", "10000000", "--streamer-burst", "10000000",
+    "--player-rate",
+    "1000000",
+    "--player-burst",
+    "1000000",
+    "--streamer-rate",
+    "10000000",
+    "--streamer-burst",
+    "10000000",
 )
 TARGETS = {
     "relay_ratio": ("relayed msgs/s, pixelfleet / bare (paired windows)", ">=", 0.75),
@@ -213,8 +219,7 @@ class GenProc(JsonLineChild):
     @classmethod
     async def start(cls, index: int, cfg: dict[str, Any], logdir: str, tag: str) -> GenProc:
         log = os.path.join(logdir, f"{tag}-generator{index}-{len(os.listdir(logdir))}.log")
-        proc = await cls.spawn("loadtest.bench_client", cfg, log, limit=64 << 20, env=_child_env(),
-                               new_session=True)
+        proc = await cls.spawn("loadtest.bench_client", cfg, log, limit=64 << 20, env=_child_env(), new_session=True)
         return cls(index, proc, log)
 
 
@@ -226,14 +231,20 @@ class Server:
     async def start(self, limit_s: float = 30.0) -> ProcTree:
         with open(self.log, "wb") as out:  # noqa: ASYNC230 - one small local file per child
             self.proc = await asyncio.create_subprocess_exec(
-                *self.cmd, stdout=out, stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent,
-                start_new_session=True, cwd=os.path.dirname(self.log), env=_child_env(),
+                *self.cmd,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
+                cwd=os.path.dirname(self.log),
+                env=_child_env(),
             )  # not our cwd: `python -m` would put it first on sys.path, ahead of PYTHONPATH
         proc, deadline = self.proc, now() + limit_s
         try:
             for port in self.ports.values():
-                await wait_for_port(self.host, port, max(0.0, deadline - now()),
-                                    exited=lambda: proc.returncode is not None)
+                await wait_for_port(
+                    self.host, port, max(0.0, deadline - now()), exited=lambda: proc.returncode is not None
+                )
         except NotListening as exc:
             raise RuntimeError(f"{self.kind}: {exc} (exit code {proc.returncode}):\n{tail(self.log)}") from None
         return ProcTree(proc.pid)
@@ -511,8 +522,15 @@ class KindBench:
             relayed = sum(w["relayed"] for w in ws)
             secs = opts.relay_seconds * len(ws)
             cpu = {k: sum(w["cpu"][k] for w in ws) for k in ("wall_s", "server_cpu_s", "gen_cpu_s")}
-            for k in ("server_cores", "gen_cores", "machine_busy", "softirq_cores", "steal_cores", "other_cores",
-                      "cpu0_busy"):
+            for k in (
+                "server_cores",
+                "gen_cores",
+                "machine_busy",
+                "softirq_cores",
+                "steal_cores",
+                "other_cores",
+                "cpu0_busy",
+            ):
                 cpu[k] = statistics.fmean(w["cpu"][k] for w in ws)
             each = (w["cpu"]["gen_cores_each"] for w in ws)
             cpu["gen_cores_each"] = [statistics.fmean(c) for c in zip(*each, strict=False)]
@@ -683,8 +701,12 @@ def render(report: dict[str, Any]) -> str:
             vals.append(_f(r, fmt))
         rows.append((label, *vals))
 
-    rows.append(("handshakes ok / failed",
-                 *(f"{_get(res[k], 'handshake', 'ok')} / {_get(res[k], 'handshake', 'failed')}" for k in kinds)))
+    rows.append(
+        (
+            "handshakes ok / failed",
+            *(f"{_get(res[k], 'handshake', 'ok')} / {_get(res[k], 'handshake', 'failed')}" for k in kinds),
+        )
+    )
     row("handshakes/s", "handshake", "per_s")
     for q in ("p50", "p95", "p99"):
         row(f"handshake latency {q} (ms)", "handshake", f"{q}_ms", fmt="{:.2f}")
@@ -706,13 +728,18 @@ def render(report: dict[str, Any]) -> str:
     row("relay: other processes' cores", "relay", "cpu", "other_cores", fmt="{:.2f}")
     row("relay: hypervisor steal (cores)", "relay", "cpu", "steal_cores", fmt="{:.2f}")
     for level in ["0", *map(str, cfg["idle"])]:
-        rows.append((f"server RSS, {level} idle conns (MB)",
-                     *(_mb(_get(res[k], "idle", "rss_bytes", level)) for k in kinds)))
+        rows.append(
+            (f"server RSS, {level} idle conns (MB)", *(_mb(_get(res[k], "idle", "rss_bytes", level)) for k in kinds))
+        )
     row("RSS per idle conn (KB, 0→max)", "idle", "kb_per_idle", fmt="{:.1f}")
     row("RSS per idle conn (KB, marginal)", "idle", "kb_per_idle_marginal", fmt="{:.1f}")
     row("idle connects failed", "idle", "failed")
-    rows.append(("client errors / closed by server",
-                 *(f"{res[k].get('client_errors', '—')} / {res[k].get('closed_by_server', '—')}" for k in kinds)))
+    rows.append(
+        (
+            "client errors / closed by server",
+            *(f"{res[k].get('client_errors', '—')} / {res[k].get('closed_by_server', '—')}" for k in kinds),
+        )
+    )
     if cfg.get("repeat", 1) > 1:
         for label in SPREAD:
             spreads = [_get(res[k], "spread", label) for k in kinds]
@@ -768,41 +795,63 @@ def _mb(v: Any) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m loadtest.bench_signaling", description=__doc__.splitlines()[0])
     ap.add_argument("--streamers", type=int, default=50, help="S streamers (default 50)")
-    ap.add_argument("--players", type=int, default=500,
-                    help="P players, spread round-robin over streamers (default 500)")
-    ap.add_argument("--inflight", type=int, default=50,
-                    help="handshakes in flight, all generators together (default 50)")
+    ap.add_argument(
+        "--players", type=int, default=500, help="P players, spread round-robin over streamers (default 500)"
+    )
+    ap.add_argument(
+        "--inflight", type=int, default=50, help="handshakes in flight, all generators together (default 50)"
+    )
     ap.add_argument("--relay-seconds", type=float, default=10.0, help="length of one relay window (default 10)")
-    ap.add_argument("--windows", type=int, default=3,
-                    help="relay windows per server per round, servers taking turns (default 3)")
-    ap.add_argument("--relay-warmup", type=float, default=0.5,
-                    help="relay runs this long before counting (default 0.5)")
+    ap.add_argument(
+        "--windows", type=int, default=3, help="relay windows per server per round, servers taking turns (default 3)"
+    )
+    ap.add_argument(
+        "--relay-warmup", type=float, default=0.5, help="relay runs this long before counting (default 0.5)"
+    )
     ap.add_argument("-k", "--k", type=int, default=1, help="relay messages in flight per pair (default 1)")
     ap.add_argument("--idle", default="2000,5000", help="idle connection counts to read RSS at, ascending ('' = skip)")
     ap.add_argument("--generators", type=int, default=2, help="generator processes (default 2)")
-    ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
-                    help="generator WebSocket client (default raw)")
-    ap.add_argument("--servers", default=",".join(SERVERS),
-                    help="which servers, comma separated (default pixelfleet,bare)")
-    ap.add_argument("--server-arg", action="append",
-                    help="extra pixelfleet argument (repeatable; replaces the built-in limits)")
-    ap.add_argument("--pixelfleet-cmd",
-                    help="pixelfleet command template with {host} {player_port} {streamer_port} {sfu_port}")
+    ap.add_argument(
+        "--client", choices=("raw", "aiohttp"), default="raw", help="generator WebSocket client (default raw)"
+    )
+    ap.add_argument(
+        "--servers", default=",".join(SERVERS), help="which servers, comma separated (default pixelfleet,bare)"
+    )
+    ap.add_argument(
+        "--server-arg", action="append", help="extra pixelfleet argument (repeatable; replaces the built-in limits)"
+    )
+    ap.add_argument(
+        "--pixelfleet-cmd", help="pixelfleet command template with {host} {player_port} {streamer_port} {sfu_port}"
+    )
     ap.add_argument("--bare-cmd", help="bare relay command template with {host} {player_port} {streamer_port}")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--connect-concurrency", type=int, default=100,
-                    help="idle connects in flight, all generators (default 100)")
+    ap.add_argument(
+        "--connect-concurrency", type=int, default=100, help="idle connects in flight, all generators (default 100)"
+    )
     ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before reading RSS (default 1)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-connection and per-handshake timeout (default 30)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds (each: every server, every phase); report medians")
-    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
-                    help="pin the server to CPU 0 and the generators to the other CPUs (default on)")
-    ap.add_argument("--profile", metavar="DIR",
-                    help="record each server with py-spy per phase into DIR and list hot spots")
-    ap.add_argument("--nice", type=int, default=0,
-                    help="nice value for the server and generators; negative (root) shields them from other load")
-    ap.add_argument("--quiet-wait", type=float, default=10.0,
-                    help="before each measured phase, wait up to this long for the box to be idle (default 10)")
+    ap.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the server to CPU 0 and the generators to the other CPUs (default on)",
+    )
+    ap.add_argument(
+        "--profile", metavar="DIR", help="record each server with py-spy per phase into DIR and list hot spots"
+    )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="nice value for the server and generators; negative (root) shields them from other load",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each measured phase, wait up to this long for the box to be idle (default 10)",
+    )
     ap.add_argument("--json", help="also write the full report to this file")
     opts = ap.parse_args(argv)
     opts.idle = sorted({int(x) for x in opts.idle.split(",") if x.strip()})
@@ -818,8 +867,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     logdir = tempfile.mkdtemp(prefix="bench-signaling-")
     report: dict[str, Any] = {
-        "config": {k: getattr(opts, k) for k in ("streamers", "players", "inflight", "relay_seconds", "windows", "k",
-                                                 "idle", "generators", "client", "servers", "repeat", "pin", "nice")},
+        "config": {
+            k: getattr(opts, k)
+            for k in (
+                "streamers",
+                "players",
+                "inflight",
+                "relay_seconds",
+                "windows",
+                "k",
+                "idle",
+                "generators",
+                "client",
+                "servers",
+                "repeat",
+                "pin",
+                "nice",
+            )
+        },
         "machine": machine_info(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "logdir": logdir,

@@ -28,8 +28,12 @@ from loadtest.bench_matchmaker import TENANT, RedisServer, fill_pool
 from loadtest.bench_signaling import machine_info
 
 CONNECT_TIMEOUT_S = 60.0
-RULES = {"connect_timeout_s": CONNECT_TIMEOUT_S, "reconnect_grace_s": 30.0, "idle_timeout_s": 0.0,
-         "max_session_s": 4 * 3600.0}
+RULES = {
+    "connect_timeout_s": CONNECT_TIMEOUT_S,
+    "reconnect_grace_s": 30.0,
+    "idle_timeout_s": 0.0,
+    "max_session_s": 4 * 3600.0,
+}
 
 
 async def _make_sessions(url: str, prefix: str, live: int, due: int, t0: float) -> None:
@@ -40,10 +44,12 @@ async def _make_sessions(url: str, prefix: str, live: int, due: int, t0: float) 
     await fill_pool(url, prefix, apps, 64)
     store = RedisStore.from_url(url, prefix=prefix, timeout_s=60)
     try:
+
         async def one(n: int) -> None:
             at = t0 - CONNECT_TIMEOUT_S - 5 if n < due else t0  # the first `due` are overdue
-            out = await store.allocate(AllocationRequest(tenant=TENANT, app=apps[n % len(apps)]),
-                                       f"s-{n}", at, policy="spread")
+            out = await store.allocate(
+                AllocationRequest(tenant=TENANT, app=apps[n % len(apps)]), f"s-{n}", at, policy="spread"
+            )
             assert isinstance(out, Session), out
 
         for i in range(0, live + due, 256):
@@ -67,9 +73,12 @@ async def _measure(url: str, prefix: str, now: float, repeat: int) -> dict[str, 
             t = time.perf_counter()
             n_due = len(await store.due_sessions(now, limit=500, **RULES))
             due.append(time.perf_counter() - t)
-        return {"listed": n_listed, "due": n_due,
-                "sessions_ms": round(statistics.median(listed) * 1e3, 3),
-                "due_sessions_ms": round(statistics.median(due) * 1e3, 3)}
+        return {
+            "listed": n_listed,
+            "due": n_due,
+            "sessions_ms": round(statistics.median(listed) * 1e3, 3),
+            "due_sessions_ms": round(statistics.median(due) * 1e3, 3),
+        }
     finally:
         await store.aclose()
 
@@ -86,9 +95,12 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.time()
                 await _make_sessions(url, prefix, live - due, due, t0)
                 row = {"live": live, "due_made": due, **await _measure(url, prefix, t0 + 1, opts.repeat)}
-                print(f"{live:>7} live, {due:>4} due: sessions() {row['sessions_ms']:>8.2f} ms "
-                      f"({row['listed']} listed)   due_sessions() {row['due_sessions_ms']:>6.2f} ms "
-                      f"({row['due']} due)", flush=True)
+                print(
+                    f"{live:>7} live, {due:>4} due: sessions() {row['sessions_ms']:>8.2f} ms "
+                    f"({row['listed']} listed)   due_sessions() {row['due_sessions_ms']:>6.2f} ms "
+                    f"({row['due']} due)",
+                    flush=True,
+                )
                 rows.append(row)
                 redis.clear(prefix)
     finally:

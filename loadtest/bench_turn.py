@@ -31,8 +31,12 @@ from pixelfleet.net import free_port, wait_for_port
 
 TARGET_PER_S = 50_000
 SECRET = "bench-secret-0123456789abcdef"
-URLS = ("stun:turn.example.com:3478", "turn:turn.example.com:3478?transport=udp",
-        "turn:turn.example.com:3478?transport=tcp", "turns:turn.example.com:443?transport=tcp")
+URLS = (
+    "stun:turn.example.com:3478",
+    "turn:turn.example.com:3478?transport=udp",
+    "turn:turn.example.com:3478?transport=tcp",
+    "turns:turn.example.com:443?transport=tcp",
+)
 
 
 # --------------------------------------------------------------------------- minting
@@ -80,8 +84,9 @@ def _mint(cpu: int | None, seconds: float) -> dict[str, Any]:
 
     def config_with_turn(n: int) -> None:  # what the server does per connect, with TURN
         for _ in range(n):
-            m.encode(m.Config(peerConnectionOptions=options(Role.PLAYER, "Player0"),
-                              protocolVersion=m.PROTOCOL_VERSION))
+            m.encode(
+                m.Config(peerConnectionOptions=options(Role.PLAYER, "Player0"), protocolVersion=m.PROTOCOL_VERSION)
+            )
 
     def config_without(n: int) -> None:  # ... and without
         for _ in range(n):
@@ -92,11 +97,14 @@ def _mint(cpu: int | None, seconds: float) -> dict[str, Any]:
     _, without_us = _rate(config_without, seconds)
     return {
         "cpu": cpu,
-        "issue_per_s": round(issue_rate), "issue_us": round(issue_us, 2),
-        "config_with_turn_per_s": round(with_rate), "config_with_turn_us": round(with_us, 2),
+        "issue_per_s": round(issue_rate),
+        "issue_us": round(issue_us, 2),
+        "config_with_turn_per_s": round(with_rate),
+        "config_with_turn_us": round(with_us, 2),
         "config_without_us": round(without_us, 2),
         "added_us_per_connect": round(with_us - without_us, 2),
-        "target_per_s": TARGET_PER_S, "meets_target": issue_rate > TARGET_PER_S,
+        "target_per_s": TARGET_PER_S,
+        "meets_target": issue_rate > TARGET_PER_S,
     }
 
 
@@ -105,13 +113,36 @@ async def _start_server(turn: bool) -> tuple[asyncio.subprocess.Process, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELFLEET_")}
     if turn:
-        env.update({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__SECRETS": SECRET,
-                    "PIXELFLEET_TURN__URLS": ",".join(URLS)})
+        env.update(
+            {
+                "PIXELFLEET_TURN__PROVIDER": "rest-secret",
+                "PIXELFLEET_TURN__SECRETS": SECRET,
+                "PIXELFLEET_TURN__URLS": ",".join(URLS),
+            }
+        )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pixelfleet", "signaling", "--host", "127.0.0.1",
-        "--player-port", str(port), "--streamer-port", str(free_port()), "--sfu-port", "-1",
-        "--player-rate", "1000000", "--player-burst", "1000000", "--log-level", "warning",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "pixelfleet",
+        "signaling",
+        "--host",
+        "127.0.0.1",
+        "--player-port",
+        str(port),
+        "--streamer-port",
+        str(free_port()),
+        "--sfu-port",
+        "-1",
+        "--player-rate",
+        "1000000",
+        "--player-burst",
+        "1000000",
+        "--log-level",
+        "warning",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     await wait_for_port("127.0.0.1", port, 30.0, exited=lambda: proc.returncode is not None)
     return proc, port
 
@@ -131,9 +162,11 @@ async def _one_connect(session: aiohttp.ClientSession, url: str) -> tuple[float,
 
 def _summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-    return {"p50": round(statistics.median(ordered), 3),
-            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
-            "mean": round(statistics.fmean(ordered), 3)}
+    return {
+        "p50": round(statistics.median(ordered), 3),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+        "mean": round(statistics.fmean(ordered), 3),
+    }
 
 
 async def bench_connect(connects: int) -> dict[str, Any]:
@@ -157,8 +190,7 @@ async def bench_connect(connects: int) -> dict[str, Any]:
             await proc.wait()
     out: dict[str, Any] = {"connects_each": connects}
     for name, series in results.items():
-        out[name] = {"connect_to_config_ms": _summary(series["total"]),
-                     "open_to_config_ms": _summary(series["open"])}
+        out[name] = {"connect_to_config_ms": _summary(series["total"]), "open_to_config_ms": _summary(series["open"])}
     for key in ("connect_to_config_ms", "open_to_config_ms"):
         out[f"added_{key}_p50"] = round(out["turn"][key]["p50"] - out["plain"][key]["p50"], 3)
     return out
@@ -166,8 +198,9 @@ async def bench_connect(connects: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_turn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench_turn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="per minting measurement")
     parser.add_argument("--connects", type=int, default=1000, help="player connects per server")
     parser.add_argument("--json", help="also write the results here")
@@ -175,21 +208,34 @@ def main(argv: list[str] | None = None) -> int:
 
     mint = bench_mint(args.seconds)
     connect = asyncio.run(bench_connect(args.connects))
-    report = {"python": platform.python_version(), "machine": platform.machine(),
-              "cpu_model": _cpu_model(), "mint": mint, "connect": connect}
+    report = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "mint": mint,
+        "connect": connect,
+    }
     print(f"minting on one core (cpu {mint['cpu']}):")
-    print(f"  issue():                      {mint['issue_per_s']:>10,} credentials/s  "
-          f"({mint['issue_us']} us)  target > {TARGET_PER_S:,}: {'met' if mint['meets_target'] else 'MISSED'}")
-    print(f"  peer options + config encode: {mint['config_with_turn_per_s']:>10,} /s  "
-          f"({mint['config_with_turn_us']} us; without TURN {mint['config_without_us']} us; "
-          f"added {mint['added_us_per_connect']} us per connect)")
+    print(
+        f"  issue():                      {mint['issue_per_s']:>10,} credentials/s  "
+        f"({mint['issue_us']} us)  target > {TARGET_PER_S:,}: {'met' if mint['meets_target'] else 'MISSED'}"
+    )
+    print(
+        f"  peer options + config encode: {mint['config_with_turn_per_s']:>10,} /s  "
+        f"({mint['config_with_turn_us']} us; without TURN {mint['config_without_us']} us; "
+        f"added {mint['added_us_per_connect']} us per connect)"
+    )
     print(f"player connect against pixelfleet signaling ({connect['connects_each']} each, alternating):")
-    for key, label in (("open_to_config_ms", "socket open -> config"),
-                       ("connect_to_config_ms", "connect start -> config")):
+    for key, label in (
+        ("open_to_config_ms", "socket open -> config"),
+        ("connect_to_config_ms", "connect start -> config"),
+    ):
         plain, turn = connect["plain"][key], connect["turn"][key]
-        print(f"  {label:<24} plain p50 {plain['p50']:.3f} ms p99 {plain['p99']:.3f} ms | "
-              f"TURN p50 {turn['p50']:.3f} ms p99 {turn['p99']:.3f} ms | "
-              f"added p50 {connect[f'added_{key}_p50']:+.3f} ms")
+        print(
+            f"  {label:<24} plain p50 {plain['p50']:.3f} ms p99 {plain['p99']:.3f} ms | "
+            f"TURN p50 {turn['p50']:.3f} ms p99 {turn['p99']:.3f} ms | "
+            f"added p50 {connect[f'added_{key}_p50']:+.3f} ms"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -33,13 +33,30 @@ class JsonLineChild:
         self.name, self.proc, self.log = name, proc, log
 
     @staticmethod
-    async def spawn(module: str, cfg: dict[str, Any], log: str, *, limit: int,
-                    env: dict[str, str] | None = None, new_session: bool = False) -> asyncio.subprocess.Process:
+    async def spawn(
+        module: str,
+        cfg: dict[str, Any],
+        log: str,
+        *,
+        limit: int,
+        env: dict[str, str] | None = None,
+        new_session: bool = False,
+    ) -> asyncio.subprocess.Process:
         with open(log, "wb") as err:  # noqa: ASYNC230 - one small local file per child
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module, "--config", json.dumps(cfg),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                limit=limit, preexec_fn=die_with_parent, start_new_session=new_session, env=env)
+                sys.executable,
+                "-m",
+                module,
+                "--config",
+                json.dumps(cfg),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                limit=limit,
+                preexec_fn=die_with_parent,
+                start_new_session=new_session,
+                env=env,
+            )
 
     async def call(self, timeout: float, cmd: str, **kw: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -55,8 +55,9 @@ class ApiError(web.HTTPException):
 
     def __init__(self, status: int, code: str, message: str) -> None:
         self.status_code = status
-        super().__init__(text=msgspec.json.encode({"error": code, "message": message}).decode(),
-                         content_type="application/json")
+        super().__init__(
+            text=msgspec.json.encode({"error": code, "message": message}).decode(), content_type="application/json"
+        )
 
 
 _error = ApiError
@@ -117,8 +118,9 @@ def _tenant(request: web.Request, mm: Matchmaker) -> str:
             return known[0]
         del verified[token]
     try:
-        claims = jwt.decode(token, s.caller_jwt_secret, algorithms=["HS256"],
-                            options={"require": ["exp", s.caller_tenant_claim]})
+        claims = jwt.decode(
+            token, s.caller_jwt_secret, algorithms=["HS256"], options={"require": ["exp", s.caller_tenant_claim]}
+        )
     except jwt.ExpiredSignatureError:
         raise _error(401, "token_expired", "the caller token has expired") from None
     except jwt.InvalidTokenError as exc:
@@ -134,15 +136,25 @@ def _tenant(request: web.Request, mm: Matchmaker) -> str:
 
 
 def allocation_json(a: Allocation) -> dict[str, Any]:
-    return {"status": "assigned", "session_id": a.session.session_id, "streamer_id": a.session.streamer_id,
-            "signaling_url": a.session.signaling_url, "token": a.token, "region": a.session.region,
-            "idle_timeout_s": a.idle_timeout_s}
+    return {
+        "status": "assigned",
+        "session_id": a.session.session_id,
+        "streamer_id": a.session.streamer_id,
+        "signaling_url": a.session.signaling_url,
+        "token": a.token,
+        "region": a.session.region,
+        "idle_timeout_s": a.idle_timeout_s,
+    }
 
 
 def ticket_json(status: TicketStatus | Queued) -> dict[str, Any]:
     if isinstance(status, Queued):
-        return {"status": "waiting", "ticket_id": status.ticket.ticket_id, "position": status.position,
-                "eta_s": status.eta_s}
+        return {
+            "status": "waiting",
+            "ticket_id": status.ticket.ticket_id,
+            "position": status.position,
+            "eta_s": status.eta_s,
+        }
     if status.allocation is not None:
         return {**allocation_json(status.allocation), "ticket_id": status.ticket.ticket_id}
     out: dict[str, Any] = {"status": str(status.ticket.state), "ticket_id": status.ticket.ticket_id}
@@ -231,8 +243,9 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": keepalive\n\n")  # fails once the client has gone
                 continue
             data = ticket_json(status)
-            await response.write(b"event: " + data["status"].encode() + b"\ndata: "
-                                 + msgspec.json.encode(data) + b"\n\n")
+            await response.write(
+                b"event: " + data["status"].encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+            )
             finished = data["status"] != "waiting"
     except (ConnectionError, StoreError):
         pass
@@ -259,8 +272,7 @@ async def session_event(request: web.Request) -> web.Response:
     if claims.session_id != session_id:
         raise _error(403, "wrong_session", "the token is for another session")
     body: SessionEvent = await _body(request, SessionEvent)
-    handlers = {"connected": mm.player_connected, "disconnected": mm.player_disconnected,
-                "activity": mm.activity}
+    handlers = {"connected": mm.player_connected, "disconnected": mm.player_disconnected, "activity": mm.activity}
     handler = handlers.get(body.event)
     if handler is None:
         raise _error(400, "invalid_body", f"event must be one of {sorted(handlers)}")
@@ -314,8 +326,14 @@ async def admin_queue(request: web.Request) -> web.Response:
     out = []
     for tenant, app, length in await mm.store.queues():
         tickets = await mm.store.waiting(tenant, app, length)
-        out.append({"tenant": tenant, "app": app, "length": length,
-                    "tickets": [{"ticket_id": t.ticket_id, "enqueued_at": t.enqueued_at} for t in tickets]})
+        out.append(
+            {
+                "tenant": tenant,
+                "app": app,
+                "length": length,
+                "tickets": [{"ticket_id": t.ticket_id, "enqueued_at": t.enqueued_at} for t in tickets],
+            }
+        )
     return _json(out)
 
 

@@ -23,8 +23,8 @@ class SlotState(enum.StrEnum):
 
 
 class SessionState(enum.StrEnum):
-    ASSIGNED = "assigned"          # slot claimed, player not connected yet
-    CONNECTED = "connected"        # player's signalling socket is open
+    ASSIGNED = "assigned"  # slot claimed, player not connected yet
+    CONNECTED = "connected"  # player's signalling socket is open
     DISCONNECTED = "disconnected"  # socket gone; slot kept for the reconnect grace period
     ENDED = "ended"
 
@@ -62,19 +62,19 @@ class SlotSpec(Struct, kw_only=True):
 
 class HostRegistration(Struct, kw_only=True):
     host_id: str
-    boot_id: str                  # changes when the agent restarts; tells a restart from a twin
+    boot_id: str  # changes when the agent restarts; tells a restart from a twin
     region: str = "local"
     az: str = ""
     gpu_model: str = ""
-    signaling_url: str            # where this host's streamers' players connect
+    signaling_url: str  # where this host's streamers' players connect
     slots: list[SlotSpec]
 
 
 class SlotReport(Struct, kw_only=True):
     index: int
-    state: SlotState              # the agent's view: starting, ready, resetting, dead
-    nvenc_load: float = 0.0       # 0..1
-    gpu_load: float = 0.0         # 0..1
+    state: SlotState  # the agent's view: starting, ready, resetting, dead
+    nvenc_load: float = 0.0  # 0..1
+    gpu_load: float = 0.0  # 0..1
     # The session the agent last reset this slot after. A slot whose session ended only
     # becomes READY again once the agent reports the reset for that very session, so a
     # heartbeat sent before the agent heard of the end cannot skip the reset.
@@ -131,7 +131,7 @@ class Host(Struct, kw_only=True):
 
 
 class Slot(Struct, kw_only=True):
-    slot_id: str                   # "<host_id>/<index>"
+    slot_id: str  # "<host_id>/<index>"
     host_id: str
     tenant: str
     app: str

@@ -22,8 +22,9 @@ from matchmaker.models import AllocationRequest, Slot
 POLICIES = ("spread", "pack")
 
 
-def rank(candidates: list[Slot], request: AllocationRequest, policy: str = "spread",
-         rng: random.Random | None = None) -> list[Slot]:
+def rank(
+    candidates: list[Slot], request: AllocationRequest, policy: str = "spread", rng: random.Random | None = None
+) -> list[Slot]:
     if policy not in POLICIES:
         raise ValueError(f"unknown placement policy {policy!r}; choose from {POLICIES}")
     # The module's generator unless one is given: a fresh Random() per call would seed

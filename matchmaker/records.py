@@ -36,10 +36,19 @@ class SessionRecord(msgspec.Struct, kw_only=True):
 
 def record_of(s: Session) -> SessionRecord:
     assert s.ended_at is not None and s.end_reason is not None
-    return SessionRecord(session_id=s.session_id, tenant=s.tenant, app=s.app, slot_id=s.slot_id,
-                         host_id=s.host_id, region=s.region, created_at=s.created_at,
-                         connected_at=s.connected_at, ended_at=s.ended_at,
-                         end_reason=str(s.end_reason), duration_s=round(s.ended_at - s.created_at, 3))
+    return SessionRecord(
+        session_id=s.session_id,
+        tenant=s.tenant,
+        app=s.app,
+        slot_id=s.slot_id,
+        host_id=s.host_id,
+        region=s.region,
+        created_at=s.created_at,
+        connected_at=s.connected_at,
+        ended_at=s.ended_at,
+        end_reason=str(s.end_reason),
+        duration_s=round(s.ended_at - s.created_at, 3),
+    )
 
 
 class RecordSink(Protocol):
@@ -79,8 +88,11 @@ class MemorySink:
     async def write(self, sessions: list[Session]) -> None:
         overflow = max(0, len(self.records) + len(sessions) - (self.records.maxlen or 0))
         if overflow and not self.dropped:
-            log.warning("records_dropped", kept=self.records.maxlen,
-                        hint="in-memory records keep only the last ones: use --records FILE to keep all")
+            log.warning(
+                "records_dropped",
+                kept=self.records.maxlen,
+                hint="in-memory records keep only the last ones: use --records FILE to keep all",
+            )
         self.dropped += overflow
         self.records.extend(record_of(s) for s in sessions)
 

@@ -20,8 +20,14 @@ DEFAULT_TIMEOUT_S = 5.0
 CACHE_MAX = 100_000
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
-    rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.TryAgainError,
-    rx.MasterDownError, rx.ReadOnlyError, rx.ClusterError)
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.ClusterDownError,
+    rx.TryAgainError,
+    rx.MasterDownError,
+    rx.ReadOnlyError,
+    rx.ClusterError,
+)
 
 _lookup = msgspec.json.Decoder(tuple[str, str])
 
@@ -233,7 +239,7 @@ class RedisBase:
             return
         start = 0
         for batch, done in queued:
-            mine = results[start:start + len(batch)]
+            mine = results[start : start + len(batch)]
             start += len(batch)
             if done.done():  # its caller gave up (timeout, cancellation)
                 continue

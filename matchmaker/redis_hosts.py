@@ -61,9 +61,12 @@ class RedisHosts(RedisBase):
             return []
         g, sc = self._g, self._scripts
         rows = await sc.host_meta([g.hosts, *map(g.host, host_ids)], list(host_ids))
-        metas = [_Meta(text(hid), _host.decode(rec), int(ver), int(inc), _specs.decode(specs), _strs.decode(old),
-                       float(order))
-                 for hid, rec, ver, inc, specs, old, _tmap, order in rows]
+        metas = [
+            _Meta(
+                text(hid), _host.decode(rec), int(ver), int(inc), _specs.decode(specs), _strs.decode(old), float(order)
+            )
+            for hid, rec, ver, inc, specs, old, _tmap, order in rows
+        ]
         metas.sort(key=lambda m: m.order)
         if now is None:
             metas = [m for m in metas if not m.host.dead]
@@ -71,10 +74,21 @@ class RedisHosts(RedisBase):
         owners: list[_Meta] = []
         for m in metas:
             for tenant in list(m.specs) + [t for t in m.old if t not in m.specs]:
-                calls.append((sc.apply_host, self._keys(tenant).block,
-                              [m.host_id, m.inc, m.ver, "1" if m.host.draining else "0", "1" if m.host.dead else "0",
-                               _enc.encode(m.specs.get(tenant, [])),
-                               num(m.host.last_heartbeat if now is None else now)]))
+                calls.append(
+                    (
+                        sc.apply_host,
+                        self._keys(tenant).block,
+                        [
+                            m.host_id,
+                            m.inc,
+                            m.ver,
+                            "1" if m.host.draining else "0",
+                            "1" if m.host.dead else "0",
+                            _enc.encode(m.specs.get(tenant, [])),
+                            num(m.host.last_heartbeat if now is None else now),
+                        ],
+                    )
+                )
                 owners.append(m)
         ended: list[tuple[float, int, Session]] = []
         for m, res in zip(owners, await self._batch(calls), strict=True):
@@ -87,30 +101,55 @@ class RedisHosts(RedisBase):
         clean: list[str] = []
         for m in metas:
             clean += [m.host_id, str(m.ver)]
-        await self._batch([*self._forget_sessions(sessions),
-                           (sc.mark_clean, [g.dirty, *(g.host(m.host_id) for m in metas)], clean)])
+        await self._batch(
+            [*self._forget_sessions(sessions), (sc.mark_clean, [g.dirty, *(g.host(m.host_id) for m in metas)], clean)]
+        )
         return sessions
 
     @guarded
     async def register_host(self, reg: HostRegistration, now: float) -> Host:
         ids = [slot_id(reg.host_id, s.index) for s in reg.slots]
-        host = Host(host_id=reg.host_id, boot_id=reg.boot_id, region=reg.region, az=reg.az,
-                    gpu_model=reg.gpu_model, signaling_url=reg.signaling_url, last_heartbeat=now,
-                    slot_ids=ids)
+        host = Host(
+            host_id=reg.host_id,
+            boot_id=reg.boot_id,
+            region=reg.region,
+            az=reg.az,
+            gpu_model=reg.gpu_model,
+            signaling_url=reg.signaling_url,
+            last_heartbeat=now,
+            slot_ids=ids,
+        )
         by_index = {s.index: s for s in reg.slots}  # a repeated index: the last spec wins
         specs: dict[str, list[Slot]] = {}
         tmap: dict[str, list[str]] = {}
         for index, spec in by_index.items():
             sid = slot_id(reg.host_id, index)
-            specs.setdefault(spec.tenant, []).append(Slot(
-                slot_id=sid, host_id=reg.host_id, tenant=spec.tenant, app=spec.app, region=reg.region,
-                gpu_model=reg.gpu_model, streamer_id=spec.streamer_id, signaling_url=reg.signaling_url))
+            specs.setdefault(spec.tenant, []).append(
+                Slot(
+                    slot_id=sid,
+                    host_id=reg.host_id,
+                    tenant=spec.tenant,
+                    app=spec.app,
+                    region=reg.region,
+                    gpu_model=reg.gpu_model,
+                    streamer_id=spec.streamer_id,
+                    signaling_url=reg.signaling_url,
+                )
+            )
             tmap.setdefault(spec.tenant, []).append(sid)
         g = self._g
         res = await self._scripts.register_host(
             [g.host(reg.host_id), g.hosts, g.hb, g.dirty, g.tenants, g.hseq, g.dead],
-            [reg.host_id, reg.boot_id, num(now), _enc.encode(host), _enc.encode(tmap), _enc.encode(specs),
-             _enc.encode(list(specs))])
+            [
+                reg.host_id,
+                reg.boot_id,
+                num(now),
+                _enc.encode(host),
+                _enc.encode(tmap),
+                _enc.encode(specs),
+                _enc.encode(list(specs)),
+            ],
+        )
         if text(res[0]) == "conflict":
             raise HostConflict(f"host {reg.host_id} is registered and alive under another boot id")
         if int(res[2]):
@@ -120,8 +159,9 @@ class RedisHosts(RedisBase):
     @guarded
     async def heartbeat(self, host_id: str, hb: Heartbeat, now: float) -> tuple[list[Session], HeartbeatReply]:
         g, sc = self._g, self._scripts
-        res = await sc.heartbeat_host([g.host(host_id), g.hb, g.dirty],
-                                      [host_id, hb.boot_id, num(now), num(hb.nvenc_load), num(hb.gpu_load)])
+        res = await sc.heartbeat_host(
+            [g.host(host_id), g.hb, g.dirty], [host_id, hb.boot_id, num(now), num(hb.nvenc_load), num(hb.gpu_load)]
+        )
         status = text(res[0])
         if status == "unknown":
             raise UnknownHost(f"host {host_id} is not registered")
@@ -139,10 +179,11 @@ class RedisHosts(RedisBase):
             sid = slot_id(host_id, r.index)
             tenant = tenant_of.get(sid)
             if tenant is not None:
-                reports[tenant].append((pos, sid, r.state.value, float(r.nvenc_load), float(r.gpu_load),
-                                        r.reset_for))
-        calls: list[Call] = [(sc.heartbeat_slots, self._keys(tenant).block,
-                              [host_id, inc, num(now), _enc.encode(rs)]) for tenant, rs in reports.items()]
+                reports[tenant].append((pos, sid, r.state.value, float(r.nvenc_load), float(r.gpu_load), r.reset_for))
+        calls: list[Call] = [
+            (sc.heartbeat_slots, self._keys(tenant).block, [host_id, inc, num(now), _enc.encode(rs)])
+            for tenant, rs in reports.items()
+        ]
         resets: dict[str, str] = {}
         for out in await self._batch(calls):
             if not int(out[0]):
@@ -156,15 +197,20 @@ class RedisHosts(RedisBase):
         if sessions:
             await self._batch(self._forget_sessions(sessions))
         reply = HeartbeatReply(
-            reset=[SlotReset(index=int(sid.rsplit("/", 1)[1]), session_id=resets[sid])
-                   for sid in host.slot_ids if sid in resets],
-            draining=host.draining)
+            reset=[
+                SlotReset(index=int(sid.rsplit("/", 1)[1]), session_id=resets[sid])
+                for sid in host.slot_ids
+                if sid in resets
+            ],
+            draining=host.draining,
+        )
         return sessions, reply
 
     @guarded
     async def set_draining(self, host_id: str, draining: bool) -> Host:
-        res = await self._scripts.set_draining([self._g.host(host_id), self._g.dirty],
-                                               [host_id, "1" if draining else "0"])
+        res = await self._scripts.set_draining(
+            [self._g.host(host_id), self._g.dirty], [host_id, "1" if draining else "0"]
+        )
         if text(res[0]) == "unknown":
             raise UnknownHost(f"host {host_id} is not registered")
         await self._to_outbox(await self._propagate([host_id], None))
@@ -175,7 +221,8 @@ class RedisHosts(RedisBase):
         g = self._g
         candidates = names(await self._r.zrangebyscore(g.hb, "-inf", num(now - ttl_s + _HB_SLACK_S)))
         dirty, outbox = await self._scripts.expire_hosts(
-            [g.hb, g.dirty, g.outbox, g.dead, *map(g.host, candidates)], [num(now), num(ttl_s), *candidates])
+            [g.hb, g.dirty, g.outbox, g.dead, *map(g.host, candidates)], [num(now), num(ttl_s), *candidates]
+        )
         ended = [_session.decode(raw) for raw in outbox]
         return ended + await self._propagate([text(h) for h in dirty], now)
 
@@ -185,8 +232,12 @@ class RedisHosts(RedisBase):
         candidates = names(await self._r.zrangebyscore(g.dead, "-inf", _bound(now, retention_s), start=0, num=100))
         if not candidates:
             return []
-        ids = [text(h) for h in await self._scripts.forget_hosts(
-            [g.dead, g.dirty, *map(g.host, candidates)], [num(now), num(retention_s), *candidates])]
+        ids = [
+            text(h)
+            for h in await self._scripts.forget_hosts(
+                [g.dead, g.dirty, *map(g.host, candidates)], [num(now), num(retention_s), *candidates]
+            )
+        ]
         if not ids:
             return []
         await self._to_outbox(await self._propagate(ids, now))

@@ -50,8 +50,19 @@ class TenantKeys:
         self.qseq, self.queues = f"{t}:qseq", f"{t}:queues"
         self.since = {state: f"{t}:since:{state}" for state in ("assigned", "connected", "disconnected")}
         # KEYS[1..13] of the scripts that change slots and sessions (tenant.lua tenant_keys).
-        self.block = (self.slots, self.hosts, self.apps, self.live, self.gpu, self.sessions, self.clients,
-                      self.rec, self.recq, self.created, *self.since.values())
+        self.block = (
+            self.slots,
+            self.hosts,
+            self.apps,
+            self.live,
+            self.gpu,
+            self.sessions,
+            self.clients,
+            self.rec,
+            self.recq,
+            self.created,
+            *self.since.values(),
+        )
         self.session_index = (self.sessions, self.created, *self.since.values())
         self._allocate: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -80,8 +91,21 @@ class TenantKeys:
             rz, fh = self.index("rz", app), self.index("fh", app)
             regional = (self.index("rz", app, region), self.index("fh", app, region)) if region else (rz, fh)
             keys = self._allocate[(app, region)] = (
-                self.slots, self.hosts, self.apps, self.gpu, self.sessions, self.clients, self.created,
-                self.since["assigned"], self.queues, self.queue(app), self.qclients(app), rz, fh, *regional)
+                self.slots,
+                self.hosts,
+                self.apps,
+                self.gpu,
+                self.sessions,
+                self.clients,
+                self.created,
+                self.since["assigned"],
+                self.queues,
+                self.queue(app),
+                self.qclients(app),
+                rz,
+                fh,
+                *regional,
+            )
         return keys
 
 
@@ -93,10 +117,21 @@ def session_template(request: AllocationRequest, session_id: str, now: float) ->
     """A new session's JSON (msgspec, from ``models.Session``) in pieces around the
     fields it takes from the slot, for allocate.lua to fill: piece, field, piece, ...
     The model is the one definition of the record; Lua only inserts the slot's values."""
-    raw = _enc.encode(Session(
-        session_id=session_id, tenant=request.tenant, app=request.app, client_key=request.client_key,
-        created_at=now, last_activity=now, slot_id=_MARK, host_id=_MARK, streamer_id=_MARK, signaling_url=_MARK,
-        region=_MARK))
+    raw = _enc.encode(
+        Session(
+            session_id=session_id,
+            tenant=request.tenant,
+            app=request.app,
+            client_key=request.client_key,
+            created_at=now,
+            last_activity=now,
+            slot_id=_MARK,
+            host_id=_MARK,
+            streamer_id=_MARK,
+            signaling_url=_MARK,
+            region=_MARK,
+        )
+    )
     pieces = raw.split(_enc.encode(_MARK))
     out = [pieces[0]]
     for field, piece in zip(_FIELD_ORDER, pieces[1:], strict=True):

@@ -49,7 +49,7 @@ class Source:
 def load_source(name: str) -> Source:
     body = _read(name)
     first = body.split("\n", 1)[0]
-    includes = first[len(_INCLUDE):].split() if first.startswith(_INCLUDE) else []
+    includes = first[len(_INCLUDE) :].split() if first.startswith(_INCLUDE) else []
     texts = [_read(n) for n in includes]
     parts = [(n, t.count("\n")) for n, t in zip(includes, texts, strict=True)]
     return Source(name, "".join(texts) + body, (*parts, (name, body.count("\n") + 1)))
@@ -58,10 +58,29 @@ def load_source(name: str) -> Source:
 class Scripts:
     """Every script, registered with one client (EVALSHA; reloaded on NOSCRIPT by redis-py)."""
 
-    NAMES = ("register_host", "heartbeat_host", "set_draining", "expire_hosts", "forget_hosts", "drop_hosts",
-             "host_meta", "mark_clean", "apply_host", "heartbeat_slots", "allocate", "end_session", "session_op",
-             "due_sessions", "enqueue", "ticket_mark", "finish_ticket", "position", "queue_lengths", "take_records",
-             "ack_records")
+    NAMES = (
+        "register_host",
+        "heartbeat_host",
+        "set_draining",
+        "expire_hosts",
+        "forget_hosts",
+        "drop_hosts",
+        "host_meta",
+        "mark_clean",
+        "apply_host",
+        "heartbeat_slots",
+        "allocate",
+        "end_session",
+        "session_op",
+        "due_sessions",
+        "enqueue",
+        "ticket_mark",
+        "finish_ticket",
+        "position",
+        "queue_lengths",
+        "take_records",
+        "ack_records",
+    )
 
     def __init__(self, client: RedisClient) -> None:
         self._sources = {name: load_source(name) for name in self.NAMES}
@@ -72,15 +91,21 @@ class Scripts:
             self._scripts[name] = script
             self._by_sha[str(script.sha)] = src
         s = self._scripts
-        self.register_host, self.heartbeat_host, self.set_draining = s["register_host"], s["heartbeat_host"], \
-            s["set_draining"]
+        self.register_host, self.heartbeat_host, self.set_draining = (
+            s["register_host"],
+            s["heartbeat_host"],
+            s["set_draining"],
+        )
         self.expire_hosts, self.forget_hosts, self.drop_hosts = s["expire_hosts"], s["forget_hosts"], s["drop_hosts"]
         self.host_meta, self.mark_clean, self.apply_host = s["host_meta"], s["mark_clean"], s["apply_host"]
         self.heartbeat_slots, self.allocate, self.end_session = s["heartbeat_slots"], s["allocate"], s["end_session"]
         self.session_op, self.due_sessions, self.enqueue = s["session_op"], s["due_sessions"], s["enqueue"]
         self.ticket_mark, self.finish_ticket, self.position = s["ticket_mark"], s["finish_ticket"], s["position"]
-        self.queue_lengths, self.take_records, self.ack_records = s["queue_lengths"], s["take_records"], \
-            s["ack_records"]
+        self.queue_lengths, self.take_records, self.ack_records = (
+            s["queue_lengths"],
+            s["take_records"],
+            s["ack_records"],
+        )
 
     def explain(self, message: str) -> str:
         """A Redis script error with its line numbers translated to the script files'."""

@@ -26,11 +26,14 @@ def token_keys(s: MatchmakerSettings) -> TokenKeys:
     """The keys session tokens are minted with (signalling verifies with the same settings)."""
     if s.session_token_algorithm == "EdDSA":
         if not (s.session_token_private_key_file and s.session_token_public_key_file):
-            raise ConfigError("EdDSA session tokens need PIXELFLEET_SESSION_TOKEN_PRIVATE_KEY_FILE and "
-                              "PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE")
+            raise ConfigError(
+                "EdDSA session tokens need PIXELFLEET_SESSION_TOKEN_PRIVATE_KEY_FILE and "
+                "PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE"
+            )
         try:
-            return TokenKeys.eddsa(Path(s.session_token_private_key_file).read_bytes(),
-                                   Path(s.session_token_public_key_file).read_bytes())
+            return TokenKeys.eddsa(
+                Path(s.session_token_private_key_file).read_bytes(), Path(s.session_token_public_key_file).read_bytes()
+            )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"session token key files: {exc}") from None
     if not s.session_token_secret:
@@ -41,8 +44,9 @@ def token_keys(s: MatchmakerSettings) -> TokenKeys:
         raise ConfigError(f"PIXELFLEET_SESSION_TOKEN_SECRET: {exc}") from None
 
 
-def build_matchmaker(s: MatchmakerSettings, *, sink: RecordSink | None = None,
-                     clock: Callable[[], float] = time.time) -> Matchmaker:
+def build_matchmaker(
+    s: MatchmakerSettings, *, sink: RecordSink | None = None, clock: Callable[[], float] = time.time
+) -> Matchmaker:
     """``clock``: tests move time on by hand rather than sleeping through timeouts."""
     keys = token_keys(s)
     try:
@@ -77,9 +81,13 @@ class MatchmakerServer:
         assert server is not None and server.sockets
         self.port = server.sockets[0].getsockname()[1]
         self.matchmaker.start()
-        log.info("matchmaker_listening", host=self.settings.host, port=self.port,
-                 backend=self.settings.state_url.split(":", 1)[0],
-                 records=self.settings.records_path or f"memory (last {self.settings.records_memory_max})")
+        log.info(
+            "matchmaker_listening",
+            host=self.settings.host,
+            port=self.port,
+            backend=self.settings.state_url.split(":", 1)[0],
+            records=self.settings.records_path or f"memory (last {self.settings.records_memory_max})",
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -45,7 +45,7 @@ _RECORD_LEASE_S = 30.0  # a record taken but not acknowledged within this is tak
 _RECORD_BATCH = 500
 _RECORD_ROUNDS = 20
 _DUE_BATCH = 500  # sessions a sweep reads and ends per round
-_DUE_ROUNDS = 8   # rounds per sweep at most; the next sweep goes on
+_DUE_ROUNDS = 8  # rounds per sweep at most; the next sweep goes on
 
 
 class UnknownApp(StoreError):
@@ -79,8 +79,15 @@ class TicketStatus:
 
 
 class Matchmaker:
-    def __init__(self, store: Store, settings: MatchmakerSettings, keys: TokenKeys, sink: RecordSink,
-                 *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: MatchmakerSettings,
+        keys: TokenKeys,
+        sink: RecordSink,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.keys = keys
@@ -104,8 +111,14 @@ class Matchmaker:
         for _ in range(_REATTACH_ROUNDS):
             outcome = await self.store.allocate(request, _new_id("s"), self.clock(), policy=self.settings.policy)
             if isinstance(outcome, Session):
-                log.info("assigned", session=outcome.session_id, slot=outcome.slot_id,
-                         tenant=request.tenant, app=request.app, queued=False)
+                log.info(
+                    "assigned",
+                    session=outcome.session_id,
+                    slot=outcome.slot_id,
+                    tenant=request.tenant,
+                    app=request.app,
+                    queued=False,
+                )
                 return self._allocation(outcome)
             if not isinstance(outcome, Returning):
                 break
@@ -114,7 +127,8 @@ class Matchmaker:
                 return self._allocation(again)
             # It ended in between: allocate afresh.
         if outcome is NoClaim.UNKNOWN_APP or (
-                outcome is NoClaim.QUEUE_AHEAD and not await self.store.serves(request.tenant, request.app)):
+            outcome is NoClaim.QUEUE_AHEAD and not await self.store.serves(request.tenant, request.app)
+        ):
             raise UnknownApp(f"no slot serves app {request.app!r} for this tenant")
         now = self.clock()
         new = Ticket(ticket_id=_new_id("t"), request=request, enqueued_at=now, seen_at=now)
@@ -132,17 +146,30 @@ class Matchmaker:
 
         Returns the session, or None and whether that was the ticket's doing (it left
         the queue, or its client left meanwhile) rather than a lack of claimable slots."""
-        outcome = await self.store.allocate(request, _new_id("s"), self.clock(), policy=self.settings.policy,
-                                            ticket_id=ticket_id)
+        outcome = await self.store.allocate(
+            request, _new_id("s"), self.clock(), policy=self.settings.policy, ticket_id=ticket_id
+        )
         if not isinstance(outcome, Session):
             return None, outcome is NoClaim.REFUSED
-        log.info("assigned", session=outcome.session_id, slot=outcome.slot_id,
-                 tenant=request.tenant, app=request.app, queued=True)
+        log.info(
+            "assigned",
+            session=outcome.session_id,
+            slot=outcome.slot_id,
+            tenant=request.tenant,
+            app=request.app,
+            queued=True,
+        )
         return outcome, False
 
     def _allocation(self, session: Session) -> Allocation:
-        token = mint(self.keys, tenant=session.tenant, session_id=session.session_id,
-                     streamer_id=session.streamer_id, ttl_s=self.settings.session_token_ttl_s, now=self.clock())
+        token = mint(
+            self.keys,
+            tenant=session.tenant,
+            session_id=session.session_id,
+            streamer_id=session.streamer_id,
+            ttl_s=self.settings.session_token_ttl_s,
+            now=self.clock(),
+        )
         return Allocation(session, token, self.settings.idle_timeout_s)
 
     async def _eta(self, request: AllocationRequest, position: int) -> float:
@@ -175,8 +202,9 @@ class Matchmaker:
         if heard and ticket.state is TicketState.WAITING:
             now = self.clock()
             ttl = self.settings.queue_client_ttl_s
-            if (ticket.left_at is not None or (ttl > 0 and now - _heard_at(ticket) >= ttl / 3)) \
-                    and await self.store.ticket_heard(ticket_id, now):
+            if (
+                ticket.left_at is not None or (ttl > 0 and now - _heard_at(ticket) >= ttl / 3)
+            ) and await self.store.ticket_heard(ticket_id, now):
                 ticket = msgspec.structs.replace(ticket, seen_at=now, left_at=None)
         if ticket.state is TicketState.SERVED and ticket.session_id:
             session = await self.store.session(ticket.session_id)
@@ -358,8 +386,12 @@ class Matchmaker:
         if s.dead_host_retention_s > 0:
             for host_id in await self.store.forget_hosts(now, s.dead_host_retention_s):
                 log.info("host_forgotten", host=host_id)
-        rules = {"connect_timeout_s": s.connect_timeout_s, "reconnect_grace_s": s.reconnect_grace_s,
-                 "idle_timeout_s": s.idle_timeout_s, "max_session_s": s.max_session_s}
+        rules = {
+            "connect_timeout_s": s.connect_timeout_s,
+            "reconnect_grace_s": s.reconnect_grace_s,
+            "idle_timeout_s": s.idle_timeout_s,
+            "max_session_s": s.max_session_s,
+        }
         for _ in range(_DUE_ROUNDS):  # only the due sessions: a sweep costs what ends
             listed = {x.session_id: x for x in await self.store.due_sessions(now, limit=_DUE_BATCH, **rules)}
             for session_id, reason in due_endings(listed.values(), now, **rules):
@@ -409,4 +441,3 @@ def _heard_at(ticket: Ticket) -> float:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
-

@@ -70,10 +70,10 @@ class BackendUnavailable(StoreError):
 class NoClaim(enum.Enum):
     """Why ``allocate`` claimed nothing."""
 
-    QUEUE_AHEAD = "queue_ahead"   # someone already waits for this app: nobody overtakes
-    NO_SLOT = "no_slot"           # the app is served, but no slot is claimable now
-    UNKNOWN_APP = "unknown_app"   # no registered slot serves this tenant and app
-    REFUSED = "refused"           # the given ticket failed its precondition
+    QUEUE_AHEAD = "queue_ahead"  # someone already waits for this app: nobody overtakes
+    NO_SLOT = "no_slot"  # the app is served, but no slot is claimable now
+    UNKNOWN_APP = "unknown_app"  # no registered slot serves this tenant and app
+    REFUSED = "refused"  # the given ticket failed its precondition
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +121,9 @@ class Store(Protocol):
         """How many slots of live hosts (whatever the slot's state) serve this tenant and
         app; an O(1) read on Redis, for queue ETAs."""
 
-    async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
-                       ticket_id: str | None = None) -> Session | Returning | NoClaim:
+    async def allocate(
+        self, request: AllocationRequest, session_id: str, now: float, *, policy: str, ticket_id: str | None = None
+    ) -> Session | Returning | NoClaim:
         """Atomically: pick the best claimable slot for ``request`` (``placement.rank``
         order under ``policy``) and claim it for a new session ``session_id``.
 
@@ -144,8 +145,9 @@ class Store(Protocol):
 
     async def touch(self, session_id: str, now: float) -> None: ...
 
-    async def end_session(self, session_id: str, reason: EndReason, now: float, *,
-                          if_unchanged: Session | None = None) -> Session | None:
+    async def end_session(
+        self, session_id: str, reason: EndReason, now: float, *, if_unchanged: Session | None = None
+    ) -> Session | None:
         """End it once; its slot goes RESETTING (the agent resets it, then reports READY).
 
         Returns the ended session, or None when it was unknown or had already ended.
@@ -154,8 +156,16 @@ class Store(Protocol):
         connected or came back meanwhile is not timed out on a stale listing.
         """
 
-    async def due_sessions(self, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
-                           idle_timeout_s: float, max_session_s: float, limit: int) -> list[Session]:
+    async def due_sessions(
+        self,
+        now: float,
+        *,
+        connect_timeout_s: float,
+        reconnect_grace_s: float,
+        idle_timeout_s: float,
+        max_session_s: float,
+        limit: int,
+    ) -> list[Session]:
         """The live sessions that ``timeouts.due_endings`` would end at ``now`` (a timeout
         of 0 is off; the reconnect grace applies even when 0): exactly those, at most
         ``limit``, the most overdue first (``timeouts.overdue_by``; best effort).
@@ -192,8 +202,9 @@ class Store(Protocol):
     async def queues(self) -> list[tuple[str, str, int]]:
         """Every non-empty queue: (tenant, app, length)."""
 
-    async def finish_ticket(self, ticket_id: str, state: str, reason: str, *,
-                            if_unchanged: Ticket | None = None) -> bool:
+    async def finish_ticket(
+        self, ticket_id: str, state: str, reason: str, *, if_unchanged: Ticket | None = None
+    ) -> bool:
         """WAITING -> CANCELLED or EXPIRED; False if it had already left WAITING.
 
         With ``if_unchanged`` (the record a liveness verdict was based on), only if its

@@ -67,15 +67,29 @@ class MemoryStore:
         if old is not None:  # a dead host coming back: forget its old slots
             for sid in old.slot_ids:
                 self._slots.pop(sid, None)
-        host = Host(host_id=reg.host_id, boot_id=reg.boot_id, region=reg.region, az=reg.az,
-                    gpu_model=reg.gpu_model, signaling_url=reg.signaling_url, last_heartbeat=now,
-                    slot_ids=[slot_id(reg.host_id, s.index) for s in reg.slots])
+        host = Host(
+            host_id=reg.host_id,
+            boot_id=reg.boot_id,
+            region=reg.region,
+            az=reg.az,
+            gpu_model=reg.gpu_model,
+            signaling_url=reg.signaling_url,
+            last_heartbeat=now,
+            slot_ids=[slot_id(reg.host_id, s.index) for s in reg.slots],
+        )
         self._hosts[host.host_id] = host
         for spec in reg.slots:
             sid = slot_id(reg.host_id, spec.index)
-            self._slots[sid] = Slot(slot_id=sid, host_id=reg.host_id, tenant=spec.tenant, app=spec.app,
-                                    region=reg.region, gpu_model=reg.gpu_model,
-                                    streamer_id=spec.streamer_id, signaling_url=reg.signaling_url)
+            self._slots[sid] = Slot(
+                slot_id=sid,
+                host_id=reg.host_id,
+                tenant=spec.tenant,
+                app=spec.app,
+                region=reg.region,
+                gpu_model=reg.gpu_model,
+                streamer_id=spec.streamer_id,
+                signaling_url=reg.signaling_url,
+            )
         return _copy(host)
 
     def _live_host(self, host_id: str, boot_id: str | None = None) -> Host:
@@ -113,10 +127,13 @@ class MemoryStore:
             if report.state in (SlotState.READY, SlotState.STARTING, SlotState.DEAD):
                 slot.state = report.state
         reply = HeartbeatReply(
-            reset=[SlotReset(index=int(sid.rsplit("/", 1)[1]), session_id=slot.ended_session)
-                   for sid in host.slot_ids
-                   if (slot := self._slots[sid]).state is SlotState.RESETTING and slot.ended_session],
-            draining=host.draining)
+            reset=[
+                SlotReset(index=int(sid.rsplit("/", 1)[1]), session_id=slot.ended_session)
+                for sid in host.slot_ids
+                if (slot := self._slots[sid]).state is SlotState.RESETTING and slot.ended_session
+            ],
+            draining=host.draining,
+        )
         return ended, reply
 
     async def set_draining(self, host_id: str, draining: bool) -> Host:
@@ -159,11 +176,13 @@ class MemoryStore:
         return any(s.tenant == tenant and s.app == app for s in self._slots.values())
 
     async def slot_count(self, tenant: str, app: str) -> int:
-        return sum(s.tenant == tenant and s.app == app and not self._hosts[s.host_id].dead
-                   for s in self._slots.values())
+        return sum(
+            s.tenant == tenant and s.app == app and not self._hosts[s.host_id].dead for s in self._slots.values()
+        )
 
-    async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
-                       ticket_id: str | None = None) -> Session | Returning | NoClaim:
+    async def allocate(
+        self, request: AllocationRequest, session_id: str, now: float, *, policy: str, ticket_id: str | None = None
+    ) -> Session | Returning | NoClaim:
         tenant, app = request.tenant, request.app
         ticket = None
         if ticket_id is not None:
@@ -182,16 +201,29 @@ class MemoryStore:
             return NoClaim.NO_SLOT if await self.serves(tenant, app) else NoClaim.UNKNOWN_APP
         slot = ranked[0]
         session = Session(
-            session_id=session_id, tenant=tenant, app=app, slot_id=slot.slot_id, host_id=slot.host_id,
-            streamer_id=slot.streamer_id, signaling_url=slot.signaling_url, region=slot.region,
-            client_key=request.client_key, created_at=now, last_activity=now)
+            session_id=session_id,
+            tenant=tenant,
+            app=app,
+            slot_id=slot.slot_id,
+            host_id=slot.host_id,
+            streamer_id=slot.streamer_id,
+            signaling_url=slot.signaling_url,
+            region=slot.region,
+            client_key=request.client_key,
+            created_at=now,
+            last_activity=now,
+        )
         self._claim(slot, session, ticket)
         return _copy(session)
 
     def _waiting_ticket(self, ticket_id: str, tenant: str, app: str) -> Ticket | None:
         ticket = self._tickets.get(ticket_id)
-        if (ticket is None or ticket.state is not TicketState.WAITING or ticket.left_at is not None
-                or (ticket.request.tenant, ticket.request.app) != (tenant, app)):
+        if (
+            ticket is None
+            or ticket.state is not TicketState.WAITING
+            or ticket.left_at is not None
+            or (ticket.request.tenant, ticket.request.app) != (tenant, app)
+        ):
             return None
         return ticket
 
@@ -245,12 +277,16 @@ class MemoryStore:
         if s is not None and s.state is not SessionState.ENDED:
             s.last_activity = now
 
-    async def end_session(self, session_id: str, reason: EndReason, now: float, *,
-                          if_unchanged: Session | None = None) -> Session | None:
+    async def end_session(
+        self, session_id: str, reason: EndReason, now: float, *, if_unchanged: Session | None = None
+    ) -> Session | None:
         if if_unchanged is not None:
             s = self._sessions.get(session_id)
             if s is None or (s.state, s.last_activity, s.disconnected_at) != (
-                    if_unchanged.state, if_unchanged.last_activity, if_unchanged.disconnected_at):
+                if_unchanged.state,
+                if_unchanged.last_activity,
+                if_unchanged.disconnected_at,
+            ):
                 return None
         return self._end(session_id, reason, now)
 
@@ -277,7 +313,7 @@ class MemoryStore:
     # --- records ----------------------------------------------------------------------
 
     async def take_records(self, now: float, lease_s: float, limit: int) -> list[Session]:
-        due = sorted((at, sid) for sid, (at, _) in self._records.items() if at <= now)[:max(limit, 0)]
+        due = sorted((at, sid) for sid, (at, _) in self._records.items() if at <= now)[: max(limit, 0)]
         out = []
         for _, sid in due:
             session = self._records[sid][1]
@@ -289,14 +325,26 @@ class MemoryStore:
         for s in sessions:
             self._records.pop(s.session_id, None)
 
-    async def due_sessions(self, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
-                           idle_timeout_s: float, max_session_s: float, limit: int) -> list[Session]:
+    async def due_sessions(
+        self,
+        now: float,
+        *,
+        connect_timeout_s: float,
+        reconnect_grace_s: float,
+        idle_timeout_s: float,
+        max_session_s: float,
+        limit: int,
+    ) -> list[Session]:
         """A scan of every live session: fine in one process, and exact by construction."""
-        rules = {"connect_timeout_s": connect_timeout_s, "reconnect_grace_s": reconnect_grace_s,
-                 "idle_timeout_s": idle_timeout_s, "max_session_s": max_session_s}
+        rules = {
+            "connect_timeout_s": connect_timeout_s,
+            "reconnect_grace_s": reconnect_grace_s,
+            "idle_timeout_s": idle_timeout_s,
+            "max_session_s": max_session_s,
+        }
         due = [self._sessions[sid] for sid, _ in due_endings(self._sessions.values(), now, **rules)]
         due.sort(key=lambda s: (-overdue_by(s, now, **rules), s.session_id))
-        return [_copy(s) for s in due[:max(limit, 0)]]
+        return [_copy(s) for s in due[: max(limit, 0)]]
 
     # --- queue ------------------------------------------------------------------------
 
@@ -353,8 +401,9 @@ class MemoryStore:
     async def queues(self) -> list[tuple[str, str, int]]:
         return [(t, a, len(q)) for (t, a), q in self._queues.items() if q]
 
-    async def finish_ticket(self, ticket_id: str, state: str, reason: str, *,
-                            if_unchanged: Ticket | None = None) -> bool:
+    async def finish_ticket(
+        self, ticket_id: str, state: str, reason: str, *, if_unchanged: Ticket | None = None
+    ) -> bool:
         t = self._tickets.get(ticket_id)
         if t is None or t.state is not TicketState.WAITING:
             return False

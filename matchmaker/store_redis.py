@@ -31,8 +31,13 @@ _slots = msgspec.json.Decoder(list[Slot])
 _session = msgspec.json.Decoder(Session)
 _sessions = msgspec.json.Decoder(list[Session])
 _ticket = msgspec.json.Decoder(Ticket)
-_NO_CLAIM = {"queued": NoClaim.QUEUE_AHEAD, "none": NoClaim.NO_SLOT, "unknown": NoClaim.UNKNOWN_APP,
-             "refused": NoClaim.REFUSED}
+_NO_CLAIM = {
+    "queued": NoClaim.QUEUE_AHEAD,
+    "none": NoClaim.NO_SLOT,
+    "unknown": NoClaim.UNKNOWN_APP,
+    "refused": NoClaim.REFUSED,
+}
+
 
 def _joined(vals: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(vals) + b"]"
@@ -78,8 +83,16 @@ class RedisStore(RedisHosts):
         n = await self._r.hget(self._keys(tenant).live, app)
         return 0 if n is None else max(int(n), 0)
 
-    def _allocate_calls(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
-                        rnd: float, ticket_id: str | None = None) -> list[Call]:
+    def _allocate_calls(
+        self,
+        request: AllocationRequest,
+        session_id: str,
+        now: float,
+        *,
+        policy: str,
+        rnd: float,
+        ticket_id: str | None = None,
+    ) -> list[Call]:
         """One allocation as sent: the session's tenant lookup, then the allocation script
         (pipelined, one round trip). The benchmark's ceiling sends exactly these."""
         keys = self._keys(request.tenant)
@@ -89,10 +102,24 @@ class RedisStore(RedisHosts):
             kl = (*kl, keys.ticket(ticket_id))
         return [
             cmd("SET", self._g.session_tenant(session_id), request.tenant),
-            (self._scripts.allocate, kl,
-             [session_id, request.app, request.client_key or "", region, request.gpu_model or "", policy,
-              repr(rnd), num(now), ticket_id or "", FINISHED_TICKET_TTL_S,
-              *session_template(request, session_id, now)])]
+            (
+                self._scripts.allocate,
+                kl,
+                [
+                    session_id,
+                    request.app,
+                    request.client_key or "",
+                    region,
+                    request.gpu_model or "",
+                    policy,
+                    repr(rnd),
+                    num(now),
+                    ticket_id or "",
+                    FINISHED_TICKET_TTL_S,
+                    *session_template(request, session_id, now),
+                ],
+            ),
+        ]
 
     async def _after_claim(self, claimed: bool, tenant: str, session_id: str, ticket_id: str | None) -> None:
         if not claimed:
@@ -103,10 +130,10 @@ class RedisStore(RedisHosts):
             await self._r.expire(self._g.ticket_tenant(ticket_id), FINISHED_TICKET_TTL_S)
 
     @guarded
-    async def allocate(self, request: AllocationRequest, session_id: str, now: float, *, policy: str,
-                       ticket_id: str | None = None) -> Session | Returning | NoClaim:
-        calls = self._allocate_calls(request, session_id, now, policy=policy, rnd=random.random(),
-                                     ticket_id=ticket_id)
+    async def allocate(
+        self, request: AllocationRequest, session_id: str, now: float, *, policy: str, ticket_id: str | None = None
+    ) -> Session | Returning | NoClaim:
+        calls = self._allocate_calls(request, session_id, now, policy=policy, rnd=random.random(), ticket_id=ticket_id)
         reply = (await self._batch(calls))[1]
         status = text(reply[0])
         await self._after_claim(status == "ok", request.tenant, session_id, ticket_id)
@@ -150,16 +177,20 @@ class RedisStore(RedisHosts):
         await self._session_op("touch", session_id, now)
 
     @guarded
-    async def end_session(self, session_id: str, reason: EndReason, now: float, *,
-                          if_unchanged: Session | None = None) -> Session | None:
+    async def end_session(
+        self, session_id: str, reason: EndReason, now: float, *, if_unchanged: Session | None = None
+    ) -> Session | None:
         keys = await self._session_keys(session_id)
         if keys is None:
             return None
         args: list[str] = [session_id, EndReason(reason).value, num(now)]
         if if_unchanged is not None:
             seen = if_unchanged
-            args += [str(seen.state), num(seen.last_activity),
-                     "" if seen.disconnected_at is None else num(seen.disconnected_at)]
+            args += [
+                str(seen.state),
+                num(seen.last_activity),
+                "" if seen.disconnected_at is None else num(seen.disconnected_at),
+            ]
             raw = await self._scripts.end_session(list(keys.block), args)
             if not raw:
                 return None
@@ -167,19 +198,35 @@ class RedisStore(RedisHosts):
             await self._r.delete(self._g.session_tenant(session_id))
             return _session.decode(raw)
         self._session_tenant.pop(session_id, None)
-        raw, _ = await self._batch([(self._scripts.end_session, keys.block, args),
-                                    cmd("DEL", self._g.session_tenant(session_id))])
+        raw, _ = await self._batch(
+            [(self._scripts.end_session, keys.block, args), cmd("DEL", self._g.session_tenant(session_id))]
+        )
         return None if raw is None else _session.decode(raw)
 
     @guarded
-    async def due_sessions(self, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
-                           idle_timeout_s: float, max_session_s: float, limit: int) -> list[Session]:
+    async def due_sessions(
+        self,
+        now: float,
+        *,
+        connect_timeout_s: float,
+        reconnect_grace_s: float,
+        idle_timeout_s: float,
+        max_session_s: float,
+        limit: int,
+    ) -> list[Session]:
         if limit <= 0:
             return []
-        args = [num(now), num(connect_timeout_s), num(reconnect_grace_s), num(idle_timeout_s),
-                num(max_session_s), int(limit)]
-        calls: list[Call] = [(self._scripts.due_sessions, self._keys(t).session_index, args)
-                             for t in await self._tenants()]
+        args = [
+            num(now),
+            num(connect_timeout_s),
+            num(reconnect_grace_s),
+            num(idle_timeout_s),
+            num(max_session_s),
+            int(limit),
+        ]
+        calls: list[Call] = [
+            (self._scripts.due_sessions, self._keys(t).session_index, args) for t in await self._tenants()
+        ]
         found: list[tuple[float, bytes]] = []
         for flat in await self._batch(calls):
             found += [(float(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
@@ -193,13 +240,25 @@ class RedisStore(RedisHosts):
         tenant, app, tid = ticket.request.tenant, ticket.request.app, ticket.ticket_id
         keys = self._keys(tenant)
         lookup = self._g.ticket_tenant(tid)
-        _, _, (n, existed, mine) = await self._batch([
-            cmd("SADD", self._g.tenants, tenant),
-            cmd("SET", lookup, _enc.encode((tenant, app))),
-            (self._scripts.enqueue,
-             [keys.queue(app), keys.ticket(tid), keys.qseq, keys.queues, keys.qclients(app)],
-             [tid, _enc.encode(ticket), int(max_length), app, ticket.request.client_key or "",
-              num(ticket.enqueued_at)])], ordered=True)
+        _, _, (n, existed, mine) = await self._batch(
+            [
+                cmd("SADD", self._g.tenants, tenant),
+                cmd("SET", lookup, _enc.encode((tenant, app))),
+                (
+                    self._scripts.enqueue,
+                    [keys.queue(app), keys.ticket(tid), keys.qseq, keys.queues, keys.qclients(app)],
+                    [
+                        tid,
+                        _enc.encode(ticket),
+                        int(max_length),
+                        app,
+                        ticket.request.client_key or "",
+                        num(ticket.enqueued_at),
+                    ],
+                ),
+            ],
+            ordered=True,
+        )
         if int(n) < 0 or mine:
             if not int(existed):
                 await self._r.delete(lookup)
@@ -261,8 +320,9 @@ class RedisStore(RedisHosts):
         return out
 
     @guarded
-    async def finish_ticket(self, ticket_id: str, state: str, reason: str, *,
-                            if_unchanged: Ticket | None = None) -> bool:
+    async def finish_ticket(
+        self, ticket_id: str, state: str, reason: str, *, if_unchanged: Ticket | None = None
+    ) -> bool:
         try:
             final = TicketState(state)
         except ValueError:
@@ -284,16 +344,26 @@ class RedisStore(RedisHosts):
                 return False
             await self._r.expire(self._g.ticket_tenant(ticket_id), FINISHED_TICKET_TTL_S)
             return True
-        done, _ = await self._batch([(self._scripts.finish_ticket, kl, args),
-                                     cmd("EXPIRE", self._g.ticket_tenant(ticket_id), str(FINISHED_TICKET_TTL_S))])
+        done, _ = await self._batch(
+            [
+                (self._scripts.finish_ticket, kl, args),
+                cmd("EXPIRE", self._g.ticket_tenant(ticket_id), str(FINISHED_TICKET_TTL_S)),
+            ]
+        )
         return bool(int(done))
 
     # --- records ----------------------------------------------------------------------
 
     @guarded
     async def take_records(self, now: float, lease_s: float, limit: int) -> list[Session]:
-        calls: list[Call] = [(self._scripts.take_records, [self._keys(t).recq, self._keys(t).rec],
-                              [num(now), num(now + lease_s), int(limit)]) for t in await self._tenants()]
+        calls: list[Call] = [
+            (
+                self._scripts.take_records,
+                [self._keys(t).recq, self._keys(t).rec],
+                [num(now), num(now + lease_s), int(limit)],
+            )
+            for t in await self._tenants()
+        ]
         out: list[Session] = []
         for raws in await self._batch(calls):
             out += [_session.decode(raw) for raw in raws]
@@ -304,8 +374,9 @@ class RedisStore(RedisHosts):
         by_tenant: dict[str, list[str]] = {}
         for s in sessions:
             by_tenant.setdefault(s.tenant, []).append(s.session_id)
-        await self._batch([(self._scripts.ack_records, [self._keys(t).recq, self._keys(t).rec], ids)
-                           for t, ids in by_tenant.items()])
+        await self._batch(
+            [(self._scripts.ack_records, [self._keys(t).recq, self._keys(t).rec], ids) for t, ids in by_tenant.items()]
+        )
 
     # --- listings ---------------------------------------------------------------------
 

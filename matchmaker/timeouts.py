@@ -7,9 +7,15 @@ from collections.abc import Iterable
 from matchmaker.models import EndReason, Session, SessionState
 
 
-def due_endings(sessions: Iterable[Session], now: float, *, connect_timeout_s: float,
-                reconnect_grace_s: float, idle_timeout_s: float,
-                max_session_s: float) -> list[tuple[str, EndReason]]:
+def due_endings(
+    sessions: Iterable[Session],
+    now: float,
+    *,
+    connect_timeout_s: float,
+    reconnect_grace_s: float,
+    idle_timeout_s: float,
+    max_session_s: float,
+) -> list[tuple[str, EndReason]]:
     """Timeouts of 0 are off."""
     out: list[tuple[str, EndReason]] = []
     for s in sessions:
@@ -17,16 +23,26 @@ def due_endings(sessions: Iterable[Session], now: float, *, connect_timeout_s: f
             out.append((s.session_id, EndReason.MAX_LENGTH))
         elif s.state is SessionState.ASSIGNED and connect_timeout_s and now - s.last_activity > connect_timeout_s:
             out.append((s.session_id, EndReason.NEVER_CONNECTED))
-        elif (s.state is SessionState.DISCONNECTED and s.disconnected_at is not None
-              and now - s.disconnected_at > reconnect_grace_s):
+        elif (
+            s.state is SessionState.DISCONNECTED
+            and s.disconnected_at is not None
+            and now - s.disconnected_at > reconnect_grace_s
+        ):
             out.append((s.session_id, EndReason.PLAYER_LEFT))
         elif s.state is SessionState.CONNECTED and idle_timeout_s and now - s.last_activity > idle_timeout_s:
             out.append((s.session_id, EndReason.IDLE))
     return out
 
 
-def overdue_by(s: Session, now: float, *, connect_timeout_s: float, reconnect_grace_s: float,
-               idle_timeout_s: float, max_session_s: float) -> float:
+def overdue_by(
+    s: Session,
+    now: float,
+    *,
+    connect_timeout_s: float,
+    reconnect_grace_s: float,
+    idle_timeout_s: float,
+    max_session_s: float,
+) -> float:
     """How long ago the earliest of its passed deadlines was (-inf if none has passed), by
     ``due_endings``' rules: the stores hand the sweep the most overdue sessions first."""
     rules: list[tuple[float, float]] = []  # (timeout, since) of the rules that are on

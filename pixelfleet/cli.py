@@ -32,38 +32,74 @@ def _add_logging_flags(p: argparse.ArgumentParser) -> None:
 def _add_signaling_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("signalling")
     g.add_argument("--host", dest="signaling.host", help="bind address (default 127.0.0.1)")
-    g.add_argument("--player-port", dest="signaling.player_port", type=int,
-                   help="HTTP port: player page and player WebSocket (default 80; up: 8080)")
-    g.add_argument("--streamer-port", dest="signaling.streamer_port", type=int,
-                   help="streamer WebSocket port (default 8888)")
-    g.add_argument("--sfu-port", dest="signaling.sfu_port", type=int,
-                   help="SFU WebSocket port (default 8889, -1 = off)")
-    g.add_argument("--max-players", dest="signaling.max_players_per_streamer", type=int,
-                   help="subscribers allowed per streamer (0 = unlimited)")
-    g.add_argument("--max-message-bytes", dest="signaling.max_message_bytes", type=int,
-                   help="largest frame accepted (default 65536)")
+    g.add_argument(
+        "--player-port",
+        dest="signaling.player_port",
+        type=int,
+        help="HTTP port: player page and player WebSocket (default 80; up: 8080)",
+    )
+    g.add_argument(
+        "--streamer-port", dest="signaling.streamer_port", type=int, help="streamer WebSocket port (default 8888)"
+    )
+    g.add_argument(
+        "--sfu-port", dest="signaling.sfu_port", type=int, help="SFU WebSocket port (default 8889, -1 = off)"
+    )
+    g.add_argument(
+        "--max-players",
+        dest="signaling.max_players_per_streamer",
+        type=int,
+        help="subscribers allowed per streamer (0 = unlimited)",
+    )
+    g.add_argument(
+        "--max-message-bytes",
+        dest="signaling.max_message_bytes",
+        type=int,
+        help="largest frame accepted (default 65536)",
+    )
     g.add_argument("--player-rate", dest="signaling.player_rate", type=float, help="messages/s per player (average)")
     g.add_argument("--player-burst", dest="signaling.player_burst", type=float, help="message burst per player")
-    g.add_argument("--streamer-rate", dest="signaling.streamer_rate", type=float,
-                   help="messages/s per streamer or SFU (average)")
-    g.add_argument("--streamer-burst", dest="signaling.streamer_burst", type=float,
-                   help="message burst per streamer or SFU")
-    g.add_argument("--peer-options", dest="signaling.peer_connection_options", type=json.loads,
-                   help="JSON object sent as config.peerConnectionOptions (e.g. iceServers)")
+    g.add_argument(
+        "--streamer-rate", dest="signaling.streamer_rate", type=float, help="messages/s per streamer or SFU (average)"
+    )
+    g.add_argument(
+        "--streamer-burst", dest="signaling.streamer_burst", type=float, help="message burst per streamer or SFU"
+    )
+    g.add_argument(
+        "--peer-options",
+        dest="signaling.peer_connection_options",
+        type=json.loads,
+        help="JSON object sent as config.peerConnectionOptions (e.g. iceServers)",
+    )
     g.add_argument("--keepalive", dest="signaling.keepalive_s", type=float, help="WebSocket ping interval, s")
-    g.add_argument("--shutdown-grace", dest="signaling.shutdown_grace_s", type=float,
-                   help="how long SIGTERM waits for peers to close, s (default 5)")
+    g.add_argument(
+        "--shutdown-grace",
+        dest="signaling.shutdown_grace_s",
+        type=float,
+        help="how long SIGTERM waits for peers to close, s (default 5)",
+    )
     g.add_argument("--static-dir", dest="signaling.static_dir", help="serve this player page (default: bundled)")
-    g.add_argument("--matchmaker-url", dest="signaling.matchmaker_url",
-                   help="report players' connects and leaves to this matchmaker (session tokens)")
+    g.add_argument(
+        "--matchmaker-url",
+        dest="signaling.matchmaker_url",
+        help="report players' connects and leaves to this matchmaker (session tokens)",
+    )
     _add_logging_flags(p)
     t = p.add_argument_group("TURN (secrets only from PIXELFLEET_TURN__SECRETS, never a flag)")
     t.add_argument("--turn-provider", dest="turn.provider", help="none | static | rest-secret | aws-kvs (default none)")
-    t.add_argument("--turn-url", dest="turn.urls", action="append",
-                   help="stun:/turn:/turns: URL given to peers (repeat; default none)")
+    t.add_argument(
+        "--turn-url",
+        dest="turn.urls",
+        action="append",
+        help="stun:/turn:/turns: URL given to peers (repeat; default none)",
+    )
     t.add_argument("--turn-ttl", dest="turn.ttl_s", type=int, help="player credential lifetime, s (default 3600)")
-    t.add_argument("--turn-force-relay", dest="turn.force_relay", action="store_const", const=True,
-                   help="testing: tell peers iceTransportPolicy=relay")
+    t.add_argument(
+        "--turn-force-relay",
+        dest="turn.force_relay",
+        action="store_const",
+        const=True,
+        help="testing: tell peers iceTransportPolicy=relay",
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,8 +109,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if "." in k or k in SharedSettings.__struct_fields__}
 
 
-async def serve_until_signal(start: Callable[[], Awaitable[None]],
-                             stop: Callable[[], Awaitable[None]]) -> None:
+async def serve_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
     """Start, wait for SIGTERM or SIGINT, stop gracefully."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,8 +178,11 @@ def _cmd_agent(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
 def _parser() -> argparse.ArgumentParser:
     from gpu_agent.__main__ import add_agent_flags
 
-    parser = argparse.ArgumentParser(prog="pixelfleet", description=__doc__.split("\n")[0],
-                                     epilog="Every setting and its PIXELFLEET_* variable: docs/configuration.md")
+    parser = argparse.ArgumentParser(
+        prog="pixelfleet",
+        description=__doc__.split("\n")[0],
+        epilog="Every setting and its PIXELFLEET_* variable: docs/configuration.md",
+    )
     parser.add_argument("--version", action="version", version=f"pixelfleet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_sig = sub.add_parser("signaling", help="run the signalling server")
@@ -157,14 +195,22 @@ def _parser() -> argparse.ArgumentParser:
     p_up.add_argument("--width", type=int, default=1280)
     p_up.add_argument("--height", type=int, default=720)
     p_up.add_argument("--fps", type=int, default=30)
-    p_up.add_argument("--no-matchmaker", action="store_true",
-                      help="open signalling only: players pick streamers themselves, no session tokens")
+    p_up.add_argument(
+        "--no-matchmaker",
+        action="store_true",
+        help="open signalling only: players pick streamers themselves, no session tokens",
+    )
     p_up.add_argument("--app", default="default", help="app id the local slots serve (default 'default')")
-    p_up.add_argument("--records", dest="matchmaker.records_path",
-                      help="append ended-session records (JSON lines) to this file (default: the last "
-                           "10,000 in memory)")
-    p_up.add_argument("--turn", action="store_true",
-                      help="start a local coturn (127.0.0.1, generated secret) and hand out its credentials")
+    p_up.add_argument(
+        "--records",
+        dest="matchmaker.records_path",
+        help="append ended-session records (JSON lines) to this file (default: the last 10,000 in memory)",
+    )
+    p_up.add_argument(
+        "--turn",
+        action="store_true",
+        help="start a local coturn (127.0.0.1, generated secret) and hand out its credentials",
+    )
     p_up.add_argument("--turn-port", type=int, default=3478, help="local coturn port (default 3478, 0 = any free)")
     # up's own defaults: below the environment and flags. The agent's metrics port is off
     # unless asked for (one box already has signalling's status API).
@@ -175,17 +221,27 @@ def _parser() -> argparse.ArgumentParser:
     p_mm.add_argument("--port", dest="matchmaker.port", type=int, help="HTTP port (default 9999)")
     p_mm.add_argument("--policy", dest="matchmaker.policy", help="placement: spread | pack (default spread)")
     p_mm.add_argument("--key-prefix", dest="matchmaker.key_prefix", help="Redis key prefix (default pf)")
-    p_mm.add_argument("--records", dest="matchmaker.records_path",
-                      help="append ended-session records (JSON lines) to this file (default: only the last "
-                           "--records-memory-max kept in memory)")
-    p_mm.add_argument("--records-memory-max", dest="matchmaker.records_memory_max", type=int,
-                      help="without --records: how many ended-session records memory keeps (default 10000)")
+    p_mm.add_argument(
+        "--records",
+        dest="matchmaker.records_path",
+        help="append ended-session records (JSON lines) to this file (default: only the last "
+        "--records-memory-max kept in memory)",
+    )
+    p_mm.add_argument(
+        "--records-memory-max",
+        dest="matchmaker.records_memory_max",
+        type=int,
+        help="without --records: how many ended-session records memory keeps (default 10000)",
+    )
     _add_logging_flags(p_mm)
     p_mm.set_defaults(func=_cmd_matchmaker, defaults={})
 
-    p_agent = sub.add_parser("agent", help="the GPU agent of one host",
-                             epilog="Every setting is also PIXELFLEET_AGENT__<NAME>; tokens only from the "
-                                    "environment (PIXELFLEET_AGENT_TOKEN, PIXELFLEET_ADMIN_TOKEN).")
+    p_agent = sub.add_parser(
+        "agent",
+        help="the GPU agent of one host",
+        epilog="Every setting is also PIXELFLEET_AGENT__<NAME>; tokens only from the "
+        "environment (PIXELFLEET_AGENT_TOKEN, PIXELFLEET_ADMIN_TOKEN).",
+    )
     add_agent_flags(p_agent)
     _add_logging_flags(p_agent)
     p_agent.set_defaults(func=_cmd_agent, defaults={})
@@ -214,8 +270,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
 
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(os.environ if environ is None else environ, defaults=args.defaults,
-                                 flags=_flags(args))
+        settings = load_settings(os.environ if environ is None else environ, defaults=args.defaults, flags=_flags(args))
         configure_logging(settings.log_level, settings.log_format)
         return int(args.func(args, settings))
     except ConfigError as exc:  # a bad setting: one clear line, exit 2, no traceback

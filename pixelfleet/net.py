@@ -40,8 +40,9 @@ def free_port(host: str = "127.0.0.1", *, udp: bool = False, attempts: int = 50)
     raise NotListening(f"no port free for both TCP and UDP on {host} after {attempts} tries")
 
 
-async def wait_for_port(host: str, port: int, timeout_s: float = 10.0, *,
-                        exited: Callable[[], bool] | None = None, period_s: float = 0.05) -> None:
+async def wait_for_port(
+    host: str, port: int, timeout_s: float = 10.0, *, exited: Callable[[], bool] | None = None, period_s: float = 0.05
+) -> None:
     """Return once a TCP connection to ``host:port`` succeeds.
 
     ``exited`` is polled between tries, so a child that dies at start-up fails the wait

@@ -27,8 +27,16 @@ from pixelfleet.shared_settings import ConfigError, SharedSettings
 from signaling.config import Settings as SignalingSettings
 from turn.config import TurnSettings
 
-__all__ = ["ENV_PREFIX", "RENAMED", "SECTIONS", "ConfigError", "Overrides", "PixelfleetSettings", "env_name",
-           "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "RENAMED",
+    "SECTIONS",
+    "ConfigError",
+    "Overrides",
+    "PixelfleetSettings",
+    "env_name",
+    "load_settings",
+]
 
 ENV_PREFIX = "PIXELFLEET_"
 IGNORED_SECTIONS = frozenset({"test"})  # PIXELFLEET_TEST__*: the test suite's own switches
@@ -46,8 +54,12 @@ class PixelfleetSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
     turn: TurnSettings = msgspec.field(default_factory=TurnSettings)
 
 
-SECTIONS: dict[str, type[msgspec.Struct]] = {"signaling": SignalingSettings, "matchmaker": MatchmakerSettings,
-                                             "agent": AgentSettings, "turn": TurnSettings}
+SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "signaling": SignalingSettings,
+    "matchmaker": MatchmakerSettings,
+    "agent": AgentSettings,
+    "turn": TurnSettings,
+}
 _SHARED = frozenset(SharedSettings.__struct_fields__)
 
 # Names that went away, and what replaced them: refused with that hint, never ignored.
@@ -58,8 +70,11 @@ RENAMED = {
     "PIXELFLEET_MATCHMAKER__TOKEN_PUBLIC_KEY_FILE": "PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE",
     "PIXELFLEET_MATCHMAKER__TOKEN_TTL_S": "PIXELFLEET_SESSION_TOKEN_TTL_S",
     # Shared fields under a section prefix (PIXELFLEET_AGENT__AGENT_TOKEN, ...).
-    **{f"PIXELFLEET_{section.upper()}__{name.upper()}": f"PIXELFLEET_{name.upper()}"
-       for section in ("matchmaker", "agent") for name in sorted(_SHARED)},
+    **{
+        f"PIXELFLEET_{section.upper()}__{name.upper()}": f"PIXELFLEET_{name.upper()}"
+        for section in ("matchmaker", "agent")
+        for name in sorted(_SHARED)
+    },
 }
 
 
@@ -70,8 +85,9 @@ def env_name(section: str, field: str) -> str:
     return f"{ENV_PREFIX}{section.upper()}__{field.upper()}"
 
 
-def load_settings(environ: Mapping[str, str], *, defaults: Overrides | None = None,
-                  flags: Overrides | None = None) -> PixelfleetSettings:
+def load_settings(
+    environ: Mapping[str, str], *, defaults: Overrides | None = None, flags: Overrides | None = None
+) -> PixelfleetSettings:
     """Everything every command needs, checked at once: a bad setting fails here."""
     data: dict[str, dict[str, Any]] = {"": {}, **{name: {} for name in SECTIONS}}
     _apply(data, defaults or {})
@@ -93,7 +109,7 @@ def _locate(key: str) -> tuple[str | None, str]:
     """(section, field) a variable sets; section None for a name to skip."""
     if key in RENAMED:
         raise ConfigError(f"{key} is now {RENAMED[key]} (one name for every service): set that instead")
-    name = key[len(ENV_PREFIX):].lower()
+    name = key[len(ENV_PREFIX) :].lower()
     head, sep, rest = name.partition("__")
     if not sep:
         if name in _SHARED:
@@ -112,8 +128,9 @@ def _apply(data: dict[str, dict[str, Any]], overrides: Overrides) -> None:
         if value is None:
             continue
         section, _, field = dotted.rpartition(".")
-        if section not in data or field not in (SECTIONS[section].__struct_fields__ if section
-                                                else SharedSettings.__struct_fields__):
+        if section not in data or field not in (
+            SECTIONS[section].__struct_fields__ if section else SharedSettings.__struct_fields__
+        ):
             raise ValueError(f"no setting {dotted!r}")  # a programming error, not the user's
         if field in _SHARED:
             section = ""
@@ -134,9 +151,12 @@ def _convert(cls: type[Any], values: dict[str, Any], section: str) -> Any:
         if at:
             field = at.group(1)
             kind = _field_type(section, field) if field in values else None
-            choices = (f" (one of {', '.join(map(str, typing.get_args(kind)))})"
-                       if typing.get_origin(kind) is typing.Literal else "")
-            raise ConfigError(f"invalid {env_name(section, field)}: {message[:at.start()]}{choices}") from None
+            choices = (
+                f" (one of {', '.join(map(str, typing.get_args(kind)))})"
+                if typing.get_origin(kind) is typing.Literal
+                else ""
+            )
+            raise ConfigError(f"invalid {env_name(section, field)}: {message[: at.start()]}{choices}") from None
         where = f"PIXELFLEET_{section.upper()}__*" if section not in ("", "signaling") else "PIXELFLEET_*"
         raise ConfigError(f"invalid setting ({where}): {message}") from None
 

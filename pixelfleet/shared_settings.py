@@ -19,8 +19,9 @@ LogFormat = Literal["json", "console", "auto"]
 TokenAlgorithm = Literal["HS256", "EdDSA"]
 
 # Never printed: repr() shows whether they are set, not their value.
-SECRET_FIELDS = frozenset({"session_token_secret", "agent_token", "admin_token", "caller_jwt_secret",
-                           "secrets", "credential"})
+SECRET_FIELDS = frozenset(
+    {"session_token_secret", "agent_token", "admin_token", "caller_jwt_secret", "secrets", "credential"}
+)
 
 
 class ConfigError(ValueError):
@@ -32,15 +33,15 @@ class SharedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     state_url: str = "memory://"
     # Session tokens: the matchmaker mints them, signalling verifies them.
     session_token_algorithm: TokenAlgorithm = "HS256"
-    session_token_secret: str | None = None            # HS256, >= 32 bytes
+    session_token_secret: str | None = None  # HS256, >= 32 bytes
     session_token_private_key_file: str | None = None  # EdDSA PEM: the matchmaker signs with it
-    session_token_public_key_file: str | None = None   # EdDSA PEM: signalling verifies with it
-    session_token_ttl_s: int = 120                     # how long a player has to open signalling with it
+    session_token_public_key_file: str | None = None  # EdDSA PEM: signalling verifies with it
+    session_token_ttl_s: int = 120  # how long a player has to open signalling with it
     # Bearer tokens of the matchmaker's agent and admin APIs (the agent presents them).
     agent_token: str | None = None
     admin_token: str | None = None
     log_level: LogLevel = "info"
-    log_format: LogFormat = "auto"                     # auto: console on a TTY, JSON lines otherwise
+    log_format: LogFormat = "auto"  # auto: console on a TTY, JSON lines otherwise
 
     def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
         parts = []

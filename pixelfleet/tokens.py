@@ -39,8 +39,8 @@ class SessionClaims:
 class TokenKeys:
     """Signing and verification keys. For HS256 both are the shared secret."""
 
-    algorithm: str              # "HS256" or "EdDSA"
-    signing_key: Any | None     # None on nodes that only verify
+    algorithm: str  # "HS256" or "EdDSA"
+    signing_key: Any | None  # None on nodes that only verify
     verify_key: Any
 
     @classmethod
@@ -60,14 +60,23 @@ class TokenKeys:
         return cls("EdDSA", private, load_pem_public_key(public_pem))
 
 
-def mint(keys: TokenKeys, *, tenant: str, session_id: str, streamer_id: str, ttl_s: int,
-         now: float | None = None) -> str:
+def mint(
+    keys: TokenKeys, *, tenant: str, session_id: str, streamer_id: str, ttl_s: int, now: float | None = None
+) -> str:
     if keys.signing_key is None:
         raise ValueError("these keys can only verify")
     issued = int(time.time() if now is None else now)
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": tenant, "sid": session_id,
-              "stid": streamer_id, "iat": issued, "nbf": issued - 5, "exp": issued + ttl_s,
-              "jti": secrets.token_urlsafe(12)}
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": tenant,
+        "sid": session_id,
+        "stid": streamer_id,
+        "iat": issued,
+        "nbf": issued - 5,
+        "exp": issued + ttl_s,
+        "jti": secrets.token_urlsafe(12),
+    }
     if keys.algorithm == "HS256":
         return _hs256(claims, keys.signing_key)
     return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
@@ -86,23 +95,29 @@ def _hs256(claims: dict[str, Any], secret: str | bytes) -> str:
     return (signed + b"." + signature).decode()
 
 
-def verify(keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5,
-           allow_expired: bool = False) -> SessionClaims:
+def verify(
+    keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5, allow_expired: bool = False
+) -> SessionClaims:
     """Check signature, algorithm, issuer, audience and (unless ``allow_expired``) expiry.
 
     ``allow_expired`` is for events about a session that was admitted with this token
     while it was valid (a disconnect hours later still names its session).
     """
     try:
-        claims = jwt.decode(token, keys.verify_key, algorithms=[keys.algorithm], audience=AUDIENCE,
-                            issuer=ISSUER, options={"verify_exp": False, "require": _REQUIRED})
+        claims = jwt.decode(
+            token,
+            keys.verify_key,
+            algorithms=[keys.algorithm],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"verify_exp": False, "require": _REQUIRED},
+        )
         expires_at = int(claims["exp"])
     except (jwt.InvalidTokenError, TypeError, ValueError) as exc:
         raise InvalidToken(f"invalid token: {exc}") from None
     if not allow_expired and expires_at + leeway_s < (time.time() if now is None else now):
         raise InvalidToken("token expired")
-    return SessionClaims(str(claims["sub"]), str(claims["sid"]), str(claims["stid"]), expires_at,
-                         str(claims["jti"]))
+    return SessionClaims(str(claims["sub"]), str(claims["sid"]), str(claims["stid"]), expires_at, str(claims["jti"]))
 
 
 _REQUIRED = ["exp", "iat", "sub", "sid", "stid", "jti"]

@@ -35,10 +35,10 @@ def _local_coturn(args: argparse.Namespace, turn: TurnSettings) -> tuple[Coturn,
     from pixelfleet.net import free_port
     from turn.coturn import Coturn, CoturnOptions
 
-    options = CoturnOptions(secrets=(secrets.token_urlsafe(32),),
-                            port=args.turn_port or free_port(udp=True))
-    turn = msgspec.structs.replace(turn, provider="rest-secret", urls=tuple(options.urls),
-                                   secrets=tuple(options.secrets))
+    options = CoturnOptions(secrets=(secrets.token_urlsafe(32),), port=args.turn_port or free_port(udp=True))
+    turn = msgspec.structs.replace(
+        turn, provider="rest-secret", urls=tuple(options.urls), secrets=tuple(options.secrets)
+    )
     return Coturn(options), turn
 
 
@@ -56,8 +56,13 @@ async def _up(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
         from signaling.sessions import CallbackReporter, SessionGate
 
         extra["player_subapps"] = [(API_PREFIX, create_app(matchmaker))]
-        extra["session_gate"] = SessionGate(matchmaker.keys, required=True, reporter=CallbackReporter(
-            {"connected": matchmaker.player_connected, "disconnected": matchmaker.player_disconnected}))
+        extra["session_gate"] = SessionGate(
+            matchmaker.keys,
+            required=True,
+            reporter=CallbackReporter(
+                {"connected": matchmaker.player_connected, "disconnected": matchmaker.player_disconnected}
+            ),
+        )
     server = SignalingServer(settings, **extra)
     agent: Agent | None = None
 
@@ -86,13 +91,19 @@ async def _up(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
             if agent.reporter is not None:
                 await agent.reporter.beat_now()  # READY now, not at the next period
         page = f"http://{_connect_host(settings.host)}:{server.player_port}/"
-        how = (f"each tab gets its own slot through the matchmaker; more tabs than {len(ids)} wait in the queue"
-               if matchmaker is not None else f"pick one with {page}?StreamerId=<id>")
-        print(f"\npixelfleet is up: open {page}\n"
-              f"  streamers: {', '.join(ids) or 'none'} ({how})\n"
-              f"  UE builds: -PixelStreamingURL=ws://{_connect_host(settings.host)}:{server.streamer_port}\n"
-              f"{_turn_banner(coturn, page)}"
-              f"  stop with Ctrl+C\n", flush=True)
+        how = (
+            f"each tab gets its own slot through the matchmaker; more tabs than {len(ids)} wait in the queue"
+            if matchmaker is not None
+            else f"pick one with {page}?StreamerId=<id>"
+        )
+        print(
+            f"\npixelfleet is up: open {page}\n"
+            f"  streamers: {', '.join(ids) or 'none'} ({how})\n"
+            f"  UE builds: -PixelStreamingURL=ws://{_connect_host(settings.host)}:{server.streamer_port}\n"
+            f"{_turn_banner(coturn, page)}"
+            f"  stop with Ctrl+C\n",
+            flush=True,
+        )
 
     async def stop() -> None:
         if agent is not None:
@@ -112,8 +123,10 @@ def _turn_banner(coturn: Coturn | None, page: str) -> str:
     if coturn is None:
         return ""
     o = coturn.options
-    return (f"  TURN: coturn on {o.host}:{o.port} (this box only), credentials at {page}api/turn-credentials\n"
-            f"        relay-only test: {page}?ForceTURN=1\n")
+    return (
+        f"  TURN: coturn on {o.host}:{o.port} (this box only), credentials at {page}api/turn-credentials\n"
+        f"        relay-only test: {page}?ForceTURN=1\n"
+    )
 
 
 def _embedded_matchmaker(platform: PixelfleetSettings) -> Matchmaker:
@@ -128,18 +141,29 @@ def _embedded_matchmaker(platform: PixelfleetSettings) -> Matchmaker:
     return build_matchmaker(settings)
 
 
-def _embedded_agent(args: argparse.Namespace, platform: PixelfleetSettings, server: SignalingServer,
-                    matchmaker: Matchmaker | None) -> Agent:
+def _embedded_agent(
+    args: argparse.Namespace, platform: PixelfleetSettings, server: SignalingServer, matchmaker: Matchmaker | None
+) -> Agent:
     """The local synthetic streamers as the slots of one host, ``Streamer1..N``."""
     from gpu_agent.agent import Agent
     from gpu_agent.client import LocalMatchmakerClient
 
     host = _connect_host(platform.signaling.host)
     settings = msgspec.structs.replace(
-        platform.agent, host_id="local", streamer="synthetic", slots=args.streamers, streamer_id="Streamer{n}",
-        app=args.app, signaling_url=f"ws://{host}:{server.player_port}",
-        streamer_url=f"ws://{host}:{server.streamer_port}", signaling_api_url=f"http://{host}:{server.player_port}",
-        res_x=args.width, res_y=args.height, fps=args.fps, heartbeat_period_s=1.0)
+        platform.agent,
+        host_id="local",
+        streamer="synthetic",
+        slots=args.streamers,
+        streamer_id="Streamer{n}",
+        app=args.app,
+        signaling_url=f"ws://{host}:{server.player_port}",
+        streamer_url=f"ws://{host}:{server.streamer_port}",
+        signaling_api_url=f"http://{host}:{server.player_port}",
+        res_x=args.width,
+        res_y=args.height,
+        fps=args.fps,
+        heartbeat_period_s=1.0,
+    )
     return Agent(settings, LocalMatchmakerClient(matchmaker) if matchmaker is not None else None)
 
 

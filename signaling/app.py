@@ -31,10 +31,15 @@ STATIC_DIR = Path(__file__).parent / "static"
 class SignalingServer:
     """Owns the listeners. ``start()`` binds; ports given as 0 are read back afterwards."""
 
-    def __init__(self, settings: Settings, *, peer_options: PeerOptions | None = None,
-                 player_routes: Sequence[web.AbstractRouteDef] = (),
-                 player_subapps: Sequence[tuple[str, web.Application]] = (),
-                 session_gate: SessionGate | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        peer_options: PeerOptions | None = None,
+        player_routes: Sequence[web.AbstractRouteDef] = (),
+        player_subapps: Sequence[tuple[str, web.Application]] = (),
+        session_gate: SessionGate | None = None,
+    ) -> None:
         self.settings = settings
         self.player_routes = tuple(player_routes)  # extra routes on the player port (e.g. TURN)
         self.player_subapps = tuple(player_subapps)  # e.g. the matchmaker API under /api/v1
@@ -78,13 +83,14 @@ class SignalingServer:
 
     async def start(self) -> None:
         s = self.settings
-        apps = {Role.PLAYER: (self.player_app(), s.player_port),
-                Role.STREAMER: (self._ws_only_app(Role.STREAMER), s.streamer_port)}
+        apps = {
+            Role.PLAYER: (self.player_app(), s.player_port),
+            Role.STREAMER: (self._ws_only_app(Role.STREAMER), s.streamer_port),
+        }
         if s.sfu_port >= 0:
             apps[Role.SFU] = (self._ws_only_app(Role.SFU), s.sfu_port)
         for role, (app, port) in apps.items():
-            runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                   shutdown_timeout=s.shutdown_grace_s)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.shutdown_grace_s)
             await runner.setup()
             site = web.TCPSite(runner, s.host, port, reuse_address=True)
             await site.start()
@@ -93,8 +99,9 @@ class SignalingServer:
             assert server is not None and server.sockets
             self.ports[role] = server.sockets[0].getsockname()[1]
         self.node.start_keepalive()
-        log.info("signaling_listening", host=s.host,
-                 **{f"{role.value}_port": port for role, port in self.ports.items()})
+        log.info(
+            "signaling_listening", host=s.host, **{f"{role.value}_port": port for role, port in self.ports.items()}
+        )
 
     async def stop(self) -> None:
         """Stop accepting, tell every peer we are restarting, then release the ports."""

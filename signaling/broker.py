@@ -38,6 +38,4 @@ def open_broker(state_url: str) -> Broker:
         from signaling.broker_memory import MemoryBroker
 
         return MemoryBroker()
-    raise ValueError(
-        f"state URL scheme {scheme!r} is not supported by signalling yet (use memory://)"
-    )
+    raise ValueError(f"state URL scheme {scheme!r} is not supported by signalling yet (use memory://)")

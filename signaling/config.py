@@ -16,31 +16,33 @@ __all__ = ["ConfigError", "Settings", "require_single_node"]
 
 
 class Settings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"              # bind address; "0.0.0.0" or "::" to serve a network
-    player_port: int = 80                # HTTP: player page + player WebSocket (Epic default 80)
+    host: str = "127.0.0.1"  # bind address; "0.0.0.0" or "::" to serve a network
+    player_port: int = 80  # HTTP: player page + player WebSocket (Epic default 80)
     streamer_port: int = 8888
-    sfu_port: int = 8889                 # -1 disables the SFU listener; 0 = any free port
+    sfu_port: int = 8889  # -1 disables the SFU listener; 0 = any free port
     peer_connection_options: dict[str, Any] = msgspec.field(default_factory=dict)
-    max_players_per_streamer: int = 0    # 0 = unlimited (Epic's --max_players)
-    max_message_bytes: int = 64 * 1024   # larger frames: close 1009
-    player_rate: float = 50.0            # messages/s allowed per player on average ...
-    player_burst: float = 200.0          # ... with bursts up to this (ICE trickle)
-    streamer_rate: float = 2000.0        # streamers serve many players
+    max_players_per_streamer: int = 0  # 0 = unlimited (Epic's --max_players)
+    max_message_bytes: int = 64 * 1024  # larger frames: close 1009
+    player_rate: float = 50.0  # messages/s allowed per player on average ...
+    player_burst: float = 200.0  # ... with bursts up to this (ICE trickle)
+    streamer_rate: float = 2000.0  # streamers serve many players
     streamer_burst: float = 5000.0
-    max_protocol_errors: int = 20        # bad messages tolerated before close 1008
-    send_queue_frames: int = 512         # frames queued for a slow reader before close 4408
-    keepalive_s: float = 30.0            # WebSocket ping interval; 0 = off
-    shutdown_grace_s: float = 5.0        # how long SIGTERM waits for peers to close
-    static_dir: str | None = None        # player page; None = the bundled one
+    max_protocol_errors: int = 20  # bad messages tolerated before close 1008
+    send_queue_frames: int = 512  # frames queued for a slow reader before close 4408
+    keepalive_s: float = 30.0  # WebSocket ping interval; 0 = off
+    shutdown_grace_s: float = 5.0  # how long SIGTERM waits for peers to close
+    static_dir: str | None = None  # player page; None = the bundled one
     # Matchmaker sessions: the key is the shared session_token_* (secret or public key file).
-    require_session_token: bool | None = None    # default: required once a key is configured
-    matchmaker_url: str | None = None            # where connect/disconnect reports go (HTTP)
+    require_session_token: bool | None = None  # default: required once a key is configured
+    matchmaker_url: str | None = None  # where connect/disconnect reports go (HTTP)
 
 
 def require_single_node(settings: Settings) -> None:
     """Signalling has only its in-memory broker so far: refuse a shared backend at start-up
     rather than fail later (several signalling nodes would not see each other's peers)."""
     if settings.state_url.split(":", 1)[0] != "memory":
-        raise ConfigError(f"PIXELFLEET_STATE_URL={settings.state_url.split('://', 1)[0]}://...: signalling runs "
-                          "on one node for now and keeps its state in memory; unset PIXELFLEET_STATE_URL for "
-                          "signalling (the matchmaker is the service that uses Redis)")
+        raise ConfigError(
+            f"PIXELFLEET_STATE_URL={settings.state_url.split('://', 1)[0]}://...: signalling runs "
+            "on one node for now and keeps its state in memory; unset PIXELFLEET_STATE_URL for "
+            "signalling (the matchmaker is the service that uses Redis)"
+        )

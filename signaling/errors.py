@@ -11,19 +11,19 @@ means the client may reconnect, 4500-4999 that it should not (none used yet).
 from __future__ import annotations
 
 # RFC 6455
-POLICY_VIOLATION = 1008      # too many protocol errors
-MESSAGE_TOO_BIG = 1009       # frame over the size limit (aiohttp sends it)
-INTERNAL_ERROR = 1011        # also what Epic uses for ``disconnectPlayer``
-SERVICE_RESTART = 1012       # server shutting down: clients reconnect (elsewhere, or after restart)
-TRY_AGAIN_LATER = 1013       # nothing to serve yet (legacy auto-subscribe with no streamer)
+POLICY_VIOLATION = 1008  # too many protocol errors
+MESSAGE_TOO_BIG = 1009  # frame over the size limit (aiohttp sends it)
+INTERNAL_ERROR = 1011  # also what Epic uses for ``disconnectPlayer``
+SERVICE_RESTART = 1012  # server shutting down: clients reconnect (elsewhere, or after restart)
+TRY_AGAIN_LATER = 1013  # nothing to serve yet (legacy auto-subscribe with no streamer)
 
 # pixelfleet, may reconnect
-KEEPALIVE_TIMEOUT = 4001     # no answer to our ping for a keepalive period
-STREAMER_GONE = 4100         # the streamer (or SFU) this player watched disconnected
-SLOW_CONSUMER = 4408         # send queue overflowed: the peer does not read fast enough
-RATE_LIMITED = 4429          # message flood
+KEEPALIVE_TIMEOUT = 4001  # no answer to our ping for a keepalive period
+STREAMER_GONE = 4100  # the streamer (or SFU) this player watched disconnected
+SLOW_CONSUMER = 4408  # send queue overflowed: the peer does not read fast enough
+RATE_LIMITED = 4429  # message flood
 
-CLOSE_REASON_LIMIT = 123     # bytes a close frame can carry as its reason
+CLOSE_REASON_LIMIT = 123  # bytes a close frame can carry as its reason
 
 
 def clip_reason(reason: str) -> str:

@@ -22,26 +22,29 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     root = static_dir.resolve()
 
     def player_info(peer: Peer) -> dict[str, Any]:
-        info: dict[str, Any] = {"playerId": peer.player_id,
-                                "type": "SFU" if peer.role is Role.SFU else "Player"}
+        info: dict[str, Any] = {"playerId": peer.player_id, "type": "SFU" if peer.role is Role.SFU else "Player"}
         if peer.subscribed_to is not None:
             info["subscribedTo"] = core.peer(peer.subscribed_to).streamer_id
         return info
 
     def streamer_info(peer: Peer) -> dict[str, Any]:
-        return {"streamerId": peer.streamer_id,
-                "type": "SFU" if peer.role is Role.SFU else "Streamer",
-                "streaming": peer.streaming,
-                "subscribers": [player_info(core.peer(c)) for c in peer.subscribers]}
+        return {
+            "streamerId": peer.streamer_id,
+            "type": "SFU" if peer.role is Role.SFU else "Streamer",
+            "streaming": peer.streaming,
+            "subscribers": [player_info(core.peer(c)) for c in peer.subscribers],
+        }
 
     async def status(request: web.Request) -> web.Response:
         peers = list(core.peers())
-        return web.json_response({
-            "uptime": int((time.monotonic() - started) * 1000),
-            "streamer_count": sum(p.streamer_id is not None for p in peers),
-            "player_count": sum(p.player_id is not None for p in peers),
-            "version": __version__,  # the same as pixelfleet --version
-        })
+        return web.json_response(
+            {
+                "uptime": int((time.monotonic() - started) * 1000),
+                "streamer_count": sum(p.streamer_id is not None for p in peers),
+                "player_count": sum(p.player_id is not None for p in peers),
+                "version": __version__,  # the same as pixelfleet --version
+            }
+        )
 
     async def streamers(request: web.Request) -> web.Response:
         return web.json_response([streamer_info(p) for p in core.peers() if p.streamer_id is not None])

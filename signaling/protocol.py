@@ -73,9 +73,9 @@ PeerOptions = Callable[[Role, str], Json]
 class Peer:
     conn: ConnId
     role: Role
-    player_id: str | None = None      # players, and SFUs in their downstream role
-    streamer_id: str | None = None    # streamers and SFUs
-    streaming: bool = False           # listed in streamerList
+    player_id: str | None = None  # players, and SFUs in their downstream role
+    streamer_id: str | None = None  # streamers and SFUs
+    streaming: bool = False  # listed in streamerList
     subscribed_to: ConnId | None = None
     subscribers: dict[ConnId, None] = field(default_factory=dict)  # ordered set
     allowed_streamer: str | None = None  # session-token scope; None = any
@@ -105,15 +105,16 @@ class SignalingCore:
         self.max_errors = max_protocol_errors
         self._player_prefix = player_id_prefix
         self._peers: dict[ConnId, Peer] = {}
-        self._streamers: dict[str, ConnId] = {}   # registration order = listing order
+        self._streamers: dict[str, ConnId] = {}  # registration order = listing order
         self._players: dict[str, ConnId] = {}
         self._next_conn = 0
         self._next_player = 0
 
     # --- events -------------------------------------------------------------------
 
-    def connect(self, role: Role, *, allowed_streamer: str | None = None,
-                options_key: str | None = None) -> tuple[ConnId, list[Action]]:
+    def connect(
+        self, role: Role, *, allowed_streamer: str | None = None, options_key: str | None = None
+    ) -> tuple[ConnId, list[Action]]:
         """A socket opened. Returns its id and the greeting to send.
 
         ``allowed_streamer`` scopes a player to the one streamer its session token names;
@@ -248,13 +249,16 @@ class SignalingCore:
         if failure is not None:
             if peer.role is Role.SFU:  # Epic never sends subscribeFailed to an SFU
                 return [Problem(peer.conn, "subscribe_failed", failure)]
-            return [Problem(peer.conn, "subscribe_failed", failure),
-                    Send(peer.conn, m.SubscribeFailed(message=failure))]
+            return [
+                Problem(peer.conn, "subscribe_failed", failure),
+                Send(peer.conn, m.SubscribeFailed(message=failure)),
+            ]
         assert target_conn is not None and peer.player_id is not None
         actions = self._unsubscribe(peer)
         self._bind(peer, self._peers[target_conn])
-        actions.append(Send(target_conn, m.PlayerConnected(
-            playerId=peer.player_id, dataChannel=True, sfu=peer.role is Role.SFU)))
+        actions.append(
+            Send(target_conn, m.PlayerConnected(playerId=peer.player_id, dataChannel=True, sfu=peer.role is Role.SFU))
+        )
         return actions
 
     def _bind(self, peer: Peer, streamer: Peer) -> None:

@@ -59,9 +59,11 @@ class HttpReporter:
         url = f"{self._base}/api/v1/sessions/{claims.session_id}/events"
         for attempt in range(self._attempts):
             try:
-                async with self._http.post(url, data=msgspec.json.encode({"event": event}),
-                                           headers={"Authorization": f"Bearer {token}",
-                                                    "Content-Type": "application/json"}) as r:
+                async with self._http.post(
+                    url,
+                    data=msgspec.json.encode({"event": event}),
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                ) as r:
                     if r.status < 500:
                         if r.status >= 400:
                             log.warning("session_report_refused", status=r.status, session=claims.session_id)
@@ -159,12 +161,15 @@ def _bearer(request: web.Request) -> str | None:
 
 
 def _unauthorized(message: str) -> web.HTTPUnauthorized:
-    return web.HTTPUnauthorized(text=msgspec.json.encode({"error": "unauthorized", "message": message}).decode(),
-                                content_type="application/json")
+    return web.HTTPUnauthorized(
+        text=msgspec.json.encode({"error": "unauthorized", "message": message}).decode(),
+        content_type="application/json",
+    )
 
 
-def gate_from_settings(settings: Settings, *, reporter: SessionReporter | None = None,
-                       keys: TokenKeys | None = None) -> SessionGate | None:
+def gate_from_settings(
+    settings: Settings, *, reporter: SessionReporter | None = None, keys: TokenKeys | None = None
+) -> SessionGate | None:
     """The gate the settings ask for, or None when no key is configured (Epic's open mode)."""
     if keys is None:
         keys = _verify_keys(settings)

@@ -34,8 +34,13 @@ from signaling.sessions import SessionGate
 log = structlog.get_logger("signaling")
 
 _CLOSE_TIMEOUT_S = 2.0
-_TEXT, _BINARY, _PING, _PONG, _ERROR = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING,
-                                        WSMsgType.PONG, WSMsgType.ERROR)
+_TEXT, _BINARY, _PING, _PONG, _ERROR = (
+    WSMsgType.TEXT,
+    WSMsgType.BINARY,
+    WSMsgType.PING,
+    WSMsgType.PONG,
+    WSMsgType.ERROR,
+)
 _MEDIUM = struct.Struct("!BBH").pack
 _LARGE = struct.Struct("!BBQ").pack
 
@@ -110,19 +115,26 @@ class Outbox:
 class Connection:
     """One open WebSocket: its mailbox, rate limiter, and the problems already logged."""
 
-    __slots__ = ("conn", "role", "remote", "ws", "transport", "outbox", "bucket", "ping_at",
-                 "_logged", "_closing")
+    __slots__ = ("conn", "role", "remote", "ws", "transport", "outbox", "bucket", "ping_at", "_logged", "_closing")
 
-    def __init__(self, conn: ConnId, role: Role, remote: str | None, ws: web.WebSocketResponse,
-                 transport: asyncio.Transport, outbox: Outbox, bucket: TokenBucket) -> None:
+    def __init__(
+        self,
+        conn: ConnId,
+        role: Role,
+        remote: str | None,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        outbox: Outbox,
+        bucket: TokenBucket,
+    ) -> None:
         self.conn = conn
         self.role = role
         self.remote = remote
         self.ws = ws
         self.transport = transport
         self.outbox = outbox
-        self.bucket = bucket      # its ``last`` is when the peer last sent anything
-        self.ping_at = 0.0        # when the keepalive sweep last pinged it
+        self.bucket = bucket  # its ``last`` is when the peer last sent anything
+        self.ping_at = 0.0  # when the keepalive sweep last pinged it
         self._logged: set[str] | None = None
         self._closing: asyncio.Task[None] | None = None
 
@@ -161,8 +173,9 @@ class Connection:
 class SignalingNode:
     """Glue between the sockets of one process, the core and the broker."""
 
-    def __init__(self, settings: Settings, core: SignalingCore, broker: Broker,
-                 gate: SessionGate | None = None) -> None:
+    def __init__(
+        self, settings: Settings, core: SignalingCore, broker: Broker, gate: SessionGate | None = None
+    ) -> None:
         self.settings = settings
         self.core = core
         self.broker = broker
@@ -187,8 +200,10 @@ class SignalingNode:
         transport = request.transport
         assert transport is not None
         conn, greeting = self.core.connect(
-            role, allowed_streamer=None if admitted is None else admitted[0].streamer_id,
-            options_key=None if admitted is None else admitted[0].session_id)
+            role,
+            allowed_streamer=None if admitted is None else admitted[0].streamer_id,
+            options_key=None if admitted is None else admitted[0].session_id,
+        )
         loop_time = asyncio.get_running_loop().time
         if role is Role.PLAYER:
             bucket = TokenBucket(s.player_rate, s.player_burst, loop_time())

@@ -50,8 +50,9 @@ def configuration_from_options(options: dict[str, Any] | None) -> RTCConfigurati
             )
         )
     relay = (options or {}).get("iceTransportPolicy") == "relay"
-    return RTCConfiguration(iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY
-                            if relay else RTCIceTransportPolicy.ALL)
+    return RTCConfiguration(
+        iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay else RTCIceTransportPolicy.ALL
+    )
 
 
 def split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:

@@ -302,9 +302,7 @@ _ALL: tuple[type[_Msg], ...] = (
     GamepadDisconnected,
 )  # fmt: skip
 _BY_ID: dict[int, type[_Msg]] = {cls.ID: cls for cls in _ALL}
-_STRUCTS: dict[type[_Msg], struct.Struct] = {
-    cls: struct.Struct("<" + cls.LAYOUT) for cls in _ALL if cls.LAYOUT
-}
+_STRUCTS: dict[type[_Msg], struct.Struct] = {cls: struct.Struct("<" + cls.LAYOUT) for cls in _ALL if cls.LAYOUT}
 _STRING_REQUIRED = (LatencyTest, UIInteraction, Command, TextboxEntry)
 _STRING_OPTIONAL = (TestEcho, DataChannelLatencyTest)
 _TOUCHES = (TouchStart, TouchEnd, TouchMove)
@@ -420,9 +418,7 @@ def message_to_bytes(message: InputMessage) -> bytes:
     try:
         if isinstance(message, _TOUCHES):
             touches = message.touches
-            body = b"".join(
-                _TOUCH.pack(t.x, t.y, t.idx, t.force, int(t.valid)) for t in touches
-            )
+            body = b"".join(_TOUCH.pack(t.x, t.y, t.idx, t.force, int(t.valid)) for t in touches)
             return head + bytes([len(touches)]) + body
         layout = _STRUCTS.get(type(message))
         if layout is None:

@@ -354,9 +354,7 @@ class PlayerPeer:
         sdp, candidates = split_candidates(pc.localDescription.sdp)
         await self.streamer.send({"type": "offer", "playerId": self.player_id, "sdp": sdp})
         for candidate in candidates:
-            await self.streamer.send(
-                {"type": "iceCandidate", "playerId": self.player_id, "candidate": candidate}
-            )
+            await self.streamer.send({"type": "iceCandidate", "playerId": self.player_id, "candidate": candidate})
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

@@ -38,12 +38,15 @@ async def start_signaling() -> AsyncIterator[StartSignaling]:
     """Start in-process signalling servers on free ports; all are stopped afterwards."""
     servers: list[SignalingServer] = []
 
-    async def start(*, peer_options: Any = None, player_routes: Any = (), session_gate: Any = None,
-                    **overrides: Any) -> SignalingServer:
-        settings = Settings(**{"player_port": 0, "streamer_port": 0, "sfu_port": 0,
-                               "shutdown_grace_s": 1.0, **overrides})
-        server = SignalingServer(settings, peer_options=peer_options, player_routes=player_routes,
-                                 session_gate=session_gate)
+    async def start(
+        *, peer_options: Any = None, player_routes: Any = (), session_gate: Any = None, **overrides: Any
+    ) -> SignalingServer:
+        settings = Settings(
+            **{"player_port": 0, "streamer_port": 0, "sfu_port": 0, "shutdown_grace_s": 1.0, **overrides}
+        )
+        server = SignalingServer(
+            settings, peer_options=peer_options, player_routes=player_routes, session_gate=session_gate
+        )
         await server.start()
         servers.append(server)
         return server
@@ -60,8 +63,9 @@ async def start_process(tmp_path: Path) -> AsyncIterator[StartProcess]:
     whatever is still running afterwards gets SIGTERM, then SIGKILL."""
     children: list[Child] = []
 
-    async def start(*args: str, module: str = "pixelfleet", env: dict[str, str] | None = None,
-                    new_session: bool = False) -> Child:
+    async def start(
+        *args: str, module: str = "pixelfleet", env: dict[str, str] | None = None, new_session: bool = False
+    ) -> Child:
         name = " ".join((module, *args[:1]))
         log_path = tmp_path / f"{name.replace(' ', '-').replace('.', '-')}-{len(children)}.log"
         child = await start_child(name, *args, module=module, env=env, log_path=log_path, new_session=new_session)
@@ -93,9 +97,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("redis")
     sock = folder / "redis.sock"
     proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         import redis
 
@@ -140,18 +159,49 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                 continue
             node_dir = folder / str(port)
             node_dir.mkdir()
-            procs.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
-                 "--save", "", "--appendonly", "no", "--dir", str(node_dir)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(node_dir),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             ports.append(port)
         clients = [redis.Redis(port=p) for p in ports]
         for client in clients:
             wait_for_ping(client, "a Redis Cluster node")
-        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         for _ in range(400):
             if all(c.cluster("info").get("cluster_state") == "ok" for c in clients):
                 break
@@ -178,8 +228,13 @@ async def coturn() -> AsyncIterator[Any]:
 
     binary = require_binary("turnserver")
     low, high = relay_port_range(40)
-    options = CoturnOptions(secrets=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
-                            port=free_port(udp=True), min_port=low, max_port=high, realm="pixel.test")
+    options = CoturnOptions(
+        secrets=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
+        port=free_port(udp=True),
+        min_port=low,
+        max_port=high,
+        realm="pixel.test",
+    )
     turn = Coturn(options, binary=binary)
     await turn.start()
     try:

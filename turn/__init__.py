@@ -9,5 +9,13 @@ from turn.credentials import Credential, issue, verify
 from turn.peer_options import TurnPeerOptions
 from turn.providers import IceServerProvider, IceServers, build_provider
 
-__all__ = ["Credential", "IceServerProvider", "IceServers", "TurnPeerOptions", "TurnSettings",
-           "build_provider", "issue", "verify"]
+__all__ = [
+    "Credential",
+    "IceServerProvider",
+    "IceServers",
+    "TurnPeerOptions",
+    "TurnSettings",
+    "build_provider",
+    "issue",
+    "verify",
+]

@@ -39,7 +39,7 @@ class TurnSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # new player means a new TURN allocation, so this must outlast the connection.
     # Epic uses ten years; 30 days, and retiring a secret ends them sooner anyway.
     streamer_ttl_s: int = 30 * DAY_S
-    realm: str = "pixelfleet"             # coturn --realm (clients learn it from the 401)
+    realm: str = "pixelfleet"  # coturn --realm (clients learn it from the 401)
     # static: one fixed username/credential pair for every TURN url (development only)
     username: str | None = None
     credential: str | None = None
@@ -47,7 +47,7 @@ class TurnSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     aws_region: str | None = None
     aws_channel_arn: str | None = None
     aws_client_id: str = "pixelfleet"
-    aws_refresh_margin_s: int = 60        # refetch this long before the credentials expire
+    aws_refresh_margin_s: int = 60  # refetch this long before the credentials expire
     # testing relay paths only: adds iceTransportPolicy "relay" (browsers and our aiortc
     # peers honour it, UE ignores it)
     force_relay: bool = False
@@ -67,6 +67,7 @@ class TurnSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise msgspec.ValidationError("provider aws-kvs needs aws_region and aws_channel_arn")
 
     def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
-        return (f"TurnSettings(provider={self.provider!r}, urls={self.urls!r}, "
-                f"secrets=<{len(self.secrets)} hidden>, ttl_s={self.ttl_s})")
-
+        return (
+            f"TurnSettings(provider={self.provider!r}, urls={self.urls!r}, "
+            f"secrets=<{len(self.secrets)} hidden>, ttl_s={self.ttl_s})"
+        )

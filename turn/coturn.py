@@ -25,8 +25,15 @@ import structlog
 
 from pixelfleet.net import NotListening, wait_for_port
 
-__all__ = ["Coturn", "CoturnError", "CoturnOptions", "command_line", "find_turnserver",
-           "port_is_free", "relay_port_range"]
+__all__ = [
+    "Coturn",
+    "CoturnError",
+    "CoturnOptions",
+    "command_line",
+    "find_turnserver",
+    "port_is_free",
+    "relay_port_range",
+]
 
 log = structlog.get_logger("turn")
 
@@ -37,18 +44,20 @@ class CoturnError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class CoturnOptions:
-    secrets: tuple[str, ...]          # newest first; coturn accepts any of them
+    secrets: tuple[str, ...]  # newest first; coturn accepts any of them
     host: str = "127.0.0.1"
-    port: int = 3478                  # UDP and TCP listener
-    min_port: int = 49160             # relay ports, one per allocation
+    port: int = 3478  # UDP and TCP listener
+    min_port: int = 49160  # relay ports, one per allocation
     max_port: int = 49260
     realm: str = "pixelfleet"
     allow_loopback_peers: bool = True
-    verbose: bool = False             # -v: log every allocation, not only auth failures
+    verbose: bool = False  # -v: log every allocation, not only auth failures
 
     def __repr__(self) -> str:
-        return (f"CoturnOptions(host={self.host!r}, port={self.port}, "
-                f"relay={self.min_port}-{self.max_port}, secrets=<{len(self.secrets)} hidden>)")
+        return (
+            f"CoturnOptions(host={self.host!r}, port={self.port}, "
+            f"relay={self.min_port}-{self.max_port}, secrets=<{len(self.secrets)} hidden>)"
+        )
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -60,22 +69,32 @@ class CoturnOptions:
 def find_turnserver() -> str:
     path = shutil.which("turnserver")
     if path is None:
-        raise CoturnError("coturn's turnserver is not installed "
-                          "(Debian/Ubuntu: sudo apt-get install -y coturn)")
+        raise CoturnError("coturn's turnserver is not installed (Debian/Ubuntu: sudo apt-get install -y coturn)")
     return path
 
 
 def command_line(binary: str, options: CoturnOptions, workdir: Path) -> list[str]:
     """The turnserver argv (no secrets in it; see ``config_file_text``)."""
     argv = [
-        binary, "-c", str(workdir / "secrets.conf"),
-        f"--listening-ip={options.host}", f"--relay-ip={options.host}",
+        binary,
+        "-c",
+        str(workdir / "secrets.conf"),
+        f"--listening-ip={options.host}",
+        f"--relay-ip={options.host}",
         f"--listening-port={options.port}",
-        f"--min-port={options.min_port}", f"--max-port={options.max_port}",
-        f"--realm={options.realm}", "--use-auth-secret",
-        "--fingerprint", "--no-tls", "--no-dtls", "--no-cli",
-        "--log-file=stdout", "--simple-log", "--no-software-attribute",
-        f"--userdb={workdir / 'turndb'}", f"--pidfile={workdir / 'turnserver.pid'}",
+        f"--min-port={options.min_port}",
+        f"--max-port={options.max_port}",
+        f"--realm={options.realm}",
+        "--use-auth-secret",
+        "--fingerprint",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--log-file=stdout",
+        "--simple-log",
+        "--no-software-attribute",
+        f"--userdb={workdir / 'turndb'}",
+        f"--pidfile={workdir / 'turnserver.pid'}",
     ]
     if options.allow_loopback_peers:
         argv.append("--allow-loopback-peers")
@@ -95,8 +114,10 @@ def port_is_free(host: str, port: int) -> bool:
     """Both UDP and TCP ``port`` can be bound now (else coturn would half-start, or a
     readiness probe would find somebody else's server)."""
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
             tcp.bind((host, port))
             udp.bind((host, port))
     except OSError:
@@ -132,8 +153,10 @@ class Coturn:
     async def start(self, timeout_s: float = 10.0) -> None:
         binary = self._binary or find_turnserver()
         if not port_is_free(self.options.host, self.options.port):
-            raise CoturnError(f"{self.options.host}:{self.options.port} is already in use "
-                              "(another TURN server?); pick another port (pixelfleet up --turn-port 0: any free one)")
+            raise CoturnError(
+                f"{self.options.host}:{self.options.port} is already in use "
+                "(another TURN server?); pick another port (pixelfleet up --turn-port 0: any free one)"
+            )
         workdir = self._workdir = Path(tempfile.mkdtemp(prefix="pixelfleet-coturn-"))  # 0700
         conf = workdir / "secrets.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -142,21 +165,30 @@ class Coturn:
         with open(workdir / "turnserver.log", "wb") as out:  # noqa: ASYNC230 - once, at start
             self._proc = await asyncio.create_subprocess_exec(
                 *command_line(binary, self.options, workdir),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
         try:
             await self._wait_listening(timeout_s)
         except BaseException:
             await self.stop()
             raise
-        log.info("coturn_started", pid=self._proc.pid, host=self.options.host, port=self.options.port,
-                 relay_ports=f"{self.options.min_port}-{self.options.max_port}")
+        log.info(
+            "coturn_started",
+            pid=self._proc.pid,
+            host=self.options.host,
+            port=self.options.port,
+            relay_ports=f"{self.options.min_port}-{self.options.max_port}",
+        )
 
     async def _wait_listening(self, timeout_s: float) -> None:
         proc = self._proc
         assert proc is not None
         try:
-            await wait_for_port(self.options.host, self.options.port, timeout_s,
-                                exited=lambda: proc.returncode is not None)
+            await wait_for_port(
+                self.options.host, self.options.port, timeout_s, exited=lambda: proc.returncode is not None
+            )
         except NotListening as exc:
             raise CoturnError(f"turnserver: {exc} (exit code {proc.returncode}):\n{self.log_text()}") from None
 

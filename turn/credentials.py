@@ -18,8 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SEPARATOR", "Credential", "expiry_of", "ice_servers", "issue", "password_for",
-           "split_urls", "verify"]
+__all__ = ["SEPARATOR", "Credential", "expiry_of", "ice_servers", "issue", "password_for", "split_urls", "verify"]
 
 SEPARATOR = ":"  # coturn's default --rest-api-separator
 _STUN = ("stun:", "stuns:")
@@ -89,8 +88,9 @@ def split_urls(urls: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(stun), tuple(turn)
 
 
-def ice_servers(stun_urls: Sequence[str], turn_urls: Sequence[str],
-                credential: Credential | None) -> list[dict[str, Any]]:
+def ice_servers(
+    stun_urls: Sequence[str], turn_urls: Sequence[str], credential: Credential | None
+) -> list[dict[str, Any]]:
     """The ``RTCConfiguration.iceServers`` list: one STUN entry (no credentials), one TURN
     entry carrying the credential. ``urls`` is always an array: Epic's frontend ForceTURN
     check iterates it and misreads a plain string."""
@@ -98,6 +98,5 @@ def ice_servers(stun_urls: Sequence[str], turn_urls: Sequence[str],
     if stun_urls:
         servers.append({"urls": list(stun_urls)})
     if turn_urls and credential is not None:
-        servers.append({"urls": list(turn_urls), "username": credential.username,
-                        "credential": credential.password})
+        servers.append({"urls": list(turn_urls), "username": credential.username, "credential": credential.password})
     return servers

@@ -36,9 +36,14 @@ def anonymous_user(request: web.Request) -> str:
     return f"http-{secrets.token_hex(4)}"
 
 
-def credentials_route(provider: IceServerProvider, settings: TurnSettings, *, path: str = PATH,
-                      user_for: RequestUser = anonymous_user,
-                      clock: Callable[[], float] = time.time) -> web.RouteDef:
+def credentials_route(
+    provider: IceServerProvider,
+    settings: TurnSettings,
+    *,
+    path: str = PATH,
+    user_for: RequestUser = anonymous_user,
+    clock: Callable[[], float] = time.time,
+) -> web.RouteDef:
     async def handler(request: web.Request) -> web.Response:
         grant = provider.ice_servers(user_for(request), settings.ttl_s)
         ttl = None if grant.expires_at is None else max(grant.expires_at - int(clock()), 0)

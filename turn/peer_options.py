@@ -38,8 +38,14 @@ class TurnPeerOptions:
 
     __slots__ = ("_base", "_base_servers", "_user_id", "provider", "settings")
 
-    def __init__(self, provider: IceServerProvider, settings: TurnSettings, *,
-                 base: Mapping[str, Any] | None = None, user_id: UserId = peer_user_id) -> None:
+    def __init__(
+        self,
+        provider: IceServerProvider,
+        settings: TurnSettings,
+        *,
+        base: Mapping[str, Any] | None = None,
+        user_id: UserId = peer_user_id,
+    ) -> None:
         self.provider = provider
         self.settings = settings
         base = dict(base or {})

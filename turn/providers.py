@@ -29,8 +29,14 @@ import structlog
 from turn.config import TurnSettings
 from turn.credentials import SEPARATOR, Credential, ice_servers, issue, split_urls
 
-__all__ = ["AwsKvsProvider", "IceServerProvider", "IceServers", "RestSecretProvider",
-           "StaticProvider", "build_provider"]
+__all__ = [
+    "AwsKvsProvider",
+    "IceServerProvider",
+    "IceServers",
+    "RestSecretProvider",
+    "StaticProvider",
+    "build_provider",
+]
 
 log = structlog.get_logger("turn")
 
@@ -40,8 +46,8 @@ IceServerList = list[dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class IceServers:
-    servers: IceServerList      # RTCConfiguration.iceServers
-    expires_at: int | None      # unix seconds when the TURN credentials stop working; None = never
+    servers: IceServerList  # RTCConfiguration.iceServers
+    expires_at: int | None  # unix seconds when the TURN credentials stop working; None = never
 
 
 class IceServerProvider(Protocol):
@@ -118,9 +124,16 @@ class AwsKvsProvider:
     before it expires, and refetched in the background before then.
     """
 
-    def __init__(self, region: str, channel_arn: str, *, client_id: str = "pixelfleet",
-                 refresh_margin_s: int = 60, client_factory: ClientFactory | None = None,
-                 clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        region: str,
+        channel_arn: str,
+        *,
+        client_id: str = "pixelfleet",
+        refresh_margin_s: int = 60,
+        client_factory: ClientFactory | None = None,
+        clock: Clock = time.time,
+    ) -> None:
         self.region = region
         self.channel_arn = channel_arn
         self.client_id = client_id
@@ -159,15 +172,14 @@ class AwsKvsProvider:
                 SingleMasterChannelEndpointConfiguration={"Protocols": ["HTTPS"], "Role": "VIEWER"},
             )["ResourceEndpointList"]
             https = next(e["ResourceEndpoint"] for e in endpoints if e["Protocol"] == "HTTPS")
-            self._signaling = factory("kinesis-video-signaling", region_name=self.region,
-                                      endpoint_url=https)
+            self._signaling = factory("kinesis-video-signaling", region_name=self.region, endpoint_url=https)
         resp = self._signaling.get_ice_server_config(
-            ChannelARN=self.channel_arn, ClientId=self.client_id, Service="TURN")
+            ChannelARN=self.channel_arn, ClientId=self.client_id, Service="TURN"
+        )
         entries = resp.get("IceServerList") or []
         if not entries:
             raise ValueError("GetIceServerConfig returned no ICE servers")
-        servers = [{"urls": list(e["Uris"]), "username": e["Username"], "credential": e["Password"]}
-                   for e in entries]
+        servers = [{"urls": list(e["Uris"]), "username": e["Username"], "credential": e["Password"]} for e in entries]
         ttl = min((int(e.get("Ttl", 300)) for e in entries), default=0)
         return servers, float(ttl)
 
@@ -191,8 +203,7 @@ class AwsKvsProvider:
         if self._clock() - self._last_attempt < _KICK_INTERVAL_S:
             return
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
-            self._refreshing = asyncio.get_running_loop().create_task(
-                self._refresh_logged(only_if_stale=True))
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_logged(only_if_stale=True))
 
     async def _refresh_logged(self, *, only_if_stale: bool = False) -> bool:
         self._last_attempt = self._clock()
@@ -231,8 +242,9 @@ def _boto3_client(service: str, **kwargs: Any) -> Any:
     return boto3.client(service, **kwargs)
 
 
-def build_provider(settings: TurnSettings, *, clock: Clock = time.time,
-                   client_factory: ClientFactory | None = None) -> IceServerProvider | None:
+def build_provider(
+    settings: TurnSettings, *, clock: Clock = time.time, client_factory: ClientFactory | None = None
+) -> IceServerProvider | None:
     """The provider the settings name; None for ``none``."""
     match settings.provider:
         case "none":
@@ -243,8 +255,12 @@ def build_provider(settings: TurnSettings, *, clock: Clock = time.time,
             return RestSecretProvider(settings.urls, settings.secrets, clock=clock)
         case "aws-kvs":
             assert settings.aws_region and settings.aws_channel_arn  # checked by TurnSettings
-            return AwsKvsProvider(settings.aws_region, settings.aws_channel_arn,
-                                  client_id=settings.aws_client_id,
-                                  refresh_margin_s=settings.aws_refresh_margin_s,
-                                  client_factory=client_factory, clock=clock)
+            return AwsKvsProvider(
+                settings.aws_region,
+                settings.aws_channel_arn,
+                client_id=settings.aws_client_id,
+                refresh_margin_s=settings.aws_refresh_margin_s,
+                client_factory=client_factory,
+                clock=clock,
+            )
     raise AssertionError(settings.provider)

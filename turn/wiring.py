@@ -40,9 +40,13 @@ class TurnWiring:
         await self.provider.aclose()
 
 
-def wire_turn(settings: TurnSettings, *, base_options: Mapping[str, Any] | None = None,
-              user_id: UserId = peer_user_id,
-              client_factory: ClientFactory | None = None) -> TurnWiring | None:
+def wire_turn(
+    settings: TurnSettings,
+    *,
+    base_options: Mapping[str, Any] | None = None,
+    user_id: UserId = peer_user_id,
+    client_factory: ClientFactory | None = None,
+) -> TurnWiring | None:
     """None when the provider is ``none`` (peers then get ``base_options`` unchanged)."""
     provider = build_provider(settings, client_factory=client_factory)
     if provider is None:

@@ -96,12 +96,14 @@ def epic_bundles() -> Path:
     if not (FRONTEND_DIR / "node_modules" / "esbuild").is_dir():
         proc = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--omit-lockfile-registry-resolved"],
-            cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=600,
+            cwd=FRONTEND_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if proc.returncode != 0:
             unavailable(f"npm ci failed in {FRONTEND_DIR}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    proc = subprocess.run([node, "build.js"], cwd=FRONTEND_DIR, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([node, "build.js"], cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"bundling Epic's frontend failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
     for version in EPIC_VERSIONS:
@@ -140,8 +142,7 @@ class Stack:
         return f"{self.frontend_origin}/epic-ue{version}.html?{params}"
 
     async def listed_streamers(self) -> list[str]:
-        async with aiohttp.ClientSession() as http, \
-                http.get(f"{self.player_origin}/api/streamers") as resp:
+        async with aiohttp.ClientSession() as http, http.get(f"{self.player_origin}/api/streamers") as resp:
             resp.raise_for_status()
             body: list[dict[str, Any]] = await resp.json()
         return [s["streamerId"] for s in body if s.get("streaming")]
@@ -177,8 +178,16 @@ async def start_stack() -> AsyncIterator[StartStack]:
     cleanups: list[Callable[[], Any]] = []
 
     async def start(**overrides: Any) -> Stack:
-        settings = Settings(**{"host": "127.0.0.1", "player_port": 0, "streamer_port": 0,
-                               "sfu_port": -1, "shutdown_grace_s": 1.0, **overrides})
+        settings = Settings(
+            **{
+                "host": "127.0.0.1",
+                "player_port": 0,
+                "streamer_port": 0,
+                "sfu_port": -1,
+                "shutdown_grace_s": 1.0,
+                **overrides,
+            }
+        )
         server = SignalingServer(settings)
         await server.start()
         cleanups.append(server.stop)
@@ -224,8 +233,15 @@ class RunningStreamer:
 
 
 class StartStreamer(Protocol):
-    async def __call__(self, streamer_id: str | None = None, *, stack: Stack | None = None, width: int = 640,
-                       height: int = 360, fps: int = 30) -> RunningStreamer: ...
+    async def __call__(
+        self,
+        streamer_id: str | None = None,
+        *,
+        stack: Stack | None = None,
+        width: int = 640,
+        height: int = 360,
+        fps: int = 30,
+    ) -> RunningStreamer: ...
 
 
 @pytest.fixture
@@ -236,8 +252,14 @@ async def start_streamer(request: pytest.FixtureRequest) -> AsyncIterator[StartS
 
     running: list[RunningStreamer] = []
 
-    async def start(streamer_id: str | None = None, *, stack: Stack | None = None, width: int = 640,
-                    height: int = 360, fps: int = 30) -> RunningStreamer:
+    async def start(
+        streamer_id: str | None = None,
+        *,
+        stack: Stack | None = None,
+        width: int = 640,
+        height: int = 360,
+        fps: int = 30,
+    ) -> RunningStreamer:
         if stack is None:
             stack = request.getfixturevalue("stack")
         assert stack is not None
@@ -298,8 +320,9 @@ class PageLog:
 
 
 class OpenPage(Protocol):
-    async def __call__(self, url: str, *, viewport: ViewportSize | None = None,
-                       init_script: str | None = None) -> tuple[Page, PageLog]: ...
+    async def __call__(
+        self, url: str, *, viewport: ViewportSize | None = None, init_script: str | None = None
+    ) -> tuple[Page, PageLog]: ...
 
 
 @pytest.fixture
@@ -309,8 +332,9 @@ async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
     ICE candidates on a loopback-only host)."""
     contexts: list[BrowserContext] = []
 
-    async def open_(url: str, *, viewport: ViewportSize | None = None,
-                    init_script: str | None = None) -> tuple[Page, PageLog]:
+    async def open_(
+        url: str, *, viewport: ViewportSize | None = None, init_script: str | None = None
+    ) -> tuple[Page, PageLog]:
         origin = "/".join(url.split("/", 3)[:3])
         context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 720})
         contexts.append(context)
@@ -332,8 +356,9 @@ async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
                 await context.close()
 
 
-async def _wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_MS / 1000,
-                      detail: Callable[[], str] = lambda: "") -> None:
+async def _wait_until(
+    predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_MS / 1000, detail: Callable[[], str] = lambda: ""
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not predicate():
@@ -343,8 +368,9 @@ async def _wait_until(predicate: Callable[[], bool], what: str, timeout_s: float
 
 
 class WaitUntil(Protocol):
-    async def __call__(self, predicate: Callable[[], bool], what: str, timeout_s: float = ...,
-                       detail: Callable[[], str] = ...) -> None: ...
+    async def __call__(
+        self, predicate: Callable[[], bool], what: str, timeout_s: float = ..., detail: Callable[[], str] = ...
+    ) -> None: ...
 
 
 @pytest.fixture

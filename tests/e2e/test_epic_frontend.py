@@ -37,16 +37,19 @@ async def wait_js(page: Page, expression: str, log: PageLog) -> None:
     try:
         await page.wait_for_function(expression, timeout=WAIT_MS, polling=200)
     except Exception as exc:
-        raise AssertionError(f"{expression}: {exc}\nepic={await epic_state(page)}\n"
-                             f"console:\n{log.text()}") from None
+        raise AssertionError(f"{expression}: {exc}\nepic={await epic_state(page)}\nconsole:\n{log.text()}") from None
 
 
 @pytest.mark.parametrize("version", ["5.7", "5.5"])
-async def test_epic_frontend_streams_and_sends_input(version: str, epic_bundles: Path, stack: Stack,
-                                                     streamer: RunningStreamer, open_page: OpenPage,
-                                                     wait_until: WaitUntil) -> None:
-    page, log = await open_page(stack.epic_page(version, StreamerId=streamer.streamer_id,
-                                                KeepaliveDelay="1000"))
+async def test_epic_frontend_streams_and_sends_input(
+    version: str,
+    epic_bundles: Path,
+    stack: Stack,
+    streamer: RunningStreamer,
+    open_page: OpenPage,
+    wait_until: WaitUntil,
+) -> None:
+    page, log = await open_page(stack.epic_page(version, StreamerId=streamer.streamer_id, KeepaliveDelay="1000"))
 
     # Signalling and media: the library's own events, then frames from its stats
     # (statsReceived, once a second), rising.
@@ -55,8 +58,11 @@ async def test_epic_frontend_streams_and_sends_input(version: str, epic_bundles:
     await wait_js(page, "window.epic.framesDecoded > 0", log)
     first = await page.evaluate("window.epic.framesDecoded")
     await wait_js(page, f"window.epic.framesDecoded > {first}", log)
-    await wait_js(page, "(() => { const v = document.querySelector('video');"
-                        " return v && v.videoWidth > 0 && v.currentTime > 0; })()", log)
+    await wait_js(
+        page,
+        "(() => { const v = document.querySelector('video'); return v && v.videoWidth > 0 && v.currentTime > 0; })()",
+        log,
+    )
 
     # Input through Epic's own controllers (hovering mouse; keyboard on document).
     video = page.locator("video")
@@ -69,9 +75,11 @@ async def test_epic_frontend_streams_and_sends_input(version: str, epic_bundles:
     await page.keyboard.press("a")
 
     wanted = {"MouseMove", "MouseDown", "MouseUp", "KeyDown", "KeyUp"}
-    await wait_until(lambda: wanted <= set(streamer.input_names()),
-                     "Epic frontend input at the streamer",
-                     detail=lambda: f"received {streamer.input_names()}\n{log.text()}")
+    await wait_until(
+        lambda: wanted <= set(streamer.input_names()),
+        "Epic frontend input at the streamer",
+        detail=lambda: f"received {streamer.input_names()}\n{log.text()}",
+    )
     assert len(streamer.input_players()) == 1
     inputs = streamer.inputs()
     assert im.KeyDown(key_code=65, is_repeat=False) in inputs
@@ -91,8 +99,9 @@ async def test_epic_frontend_streams_and_sends_input(version: str, epic_bundles:
     assert "[pageerror]" not in log.text(), log.text()
 
 
-async def test_epic_frontend_hears_subscribe_failed(epic_bundles: Path, start_stack: StartStack,
-                                                    start_streamer: StartStreamer, open_page: OpenPage) -> None:
+async def test_epic_frontend_hears_subscribe_failed(
+    epic_bundles: Path, start_stack: StartStack, start_streamer: StartStreamer, open_page: OpenPage
+) -> None:
     """A full streamer: the second Epic player gets subscribeFailed (and the library
     stops trying)."""
     stack = await start_stack(max_players_per_streamer=1)

@@ -69,13 +69,30 @@ async def start_up(start_process: StartProcess) -> AsyncIterator[StartUp]:
     async def start(streamers: int = 2, **matchmaker: Any) -> Up:
         player_port = free_port()
         # Only our settings: up refuses unknown PIXELFLEET_* names (PIXELFLEET_TEST__STRICT is the tests').
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIXELFLEET_")},
-               "PIXELFLEET_LOG_FORMAT": "console",
-               **{f"PIXELFLEET_MATCHMAKER__{k.upper()}": str(v) for k, v in matchmaker.items()}}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PIXELFLEET_")},
+            "PIXELFLEET_LOG_FORMAT": "console",
+            **{f"PIXELFLEET_MATCHMAKER__{k.upper()}": str(v) for k, v in matchmaker.items()},
+        }
         child = await start_process(
-            "up", "--player-port", str(player_port), "--streamer-port", str(free_port()),
-            "--sfu-port", str(free_port()), "--streamers", str(streamers), "--width", "320", "--height", "180",
-            "--fps", "15", env=env, new_session=True)
+            "up",
+            "--player-port",
+            str(player_port),
+            "--streamer-port",
+            str(free_port()),
+            "--sfu-port",
+            str(free_port()),
+            "--streamers",
+            str(streamers),
+            "--width",
+            "320",
+            "--height",
+            "180",
+            "--fps",
+            "15",
+            env=env,
+            new_session=True,
+        )
         up = Up(child, player_port)
         want = sorted(f"Streamer{i}" for i in range(1, streamers + 1))
 
@@ -103,8 +120,9 @@ async def wait_state(page: Page, log: PageLog, js: str, what: str) -> None:
     try:
         await page.wait_for_function(js, timeout=WAIT_MS, polling=100)
     except Exception as exc:  # noqa: BLE001 - playwright's timeout, reported with the page state
-        raise AssertionError(f"timed out waiting for {what}: {exc}\nstate={await state(page)}\n"
-                             f"console:\n{log.text()}") from None
+        raise AssertionError(
+            f"timed out waiting for {what}: {exc}\nstate={await state(page)}\nconsole:\n{log.text()}"
+        ) from None
 
 
 async def test_slots_then_queue_then_the_freed_slot(start_up: StartUp, open_page: OpenPage) -> None:
@@ -128,8 +146,12 @@ async def test_slots_then_queue_then_the_freed_slot(start_up: StartUp, open_page
 
         # All slots taken: the third tab queues, first in line, and shows it.
         c, c_log = await open_page(f"{up.origin}/")
-        await wait_state(c, c_log, "window.pixelfleet.state === 'queued' && window.pixelfleet.queue"
-                         " && window.pixelfleet.queue.position === 1", "the third tab in the queue")
+        await wait_state(
+            c,
+            c_log,
+            "window.pixelfleet.state === 'queued' && window.pixelfleet.queue && window.pixelfleet.queue.position === 1",
+            "the third tab in the queue",
+        )
         assert await c.locator("#queue").is_visible()
         assert (await c.locator("#queue-position").inner_text()).strip() == "1"
         assert (await c.locator("#queue-eta").inner_text()).strip() not in ("", "unknown")
@@ -148,8 +170,12 @@ async def test_slots_then_queue_then_the_freed_slot(start_up: StartUp, open_page
         # Tab B goes; after the grace period its slot is reset (streamer restarted) and
         # handed to the waiting tab, which connects at once and streams.
         await b.context.close()
-        await wait_state(c, c_log, "window.pixelfleet.queue === null && window.pixelfleet.sessionId",
-                         "the waiting tab to be assigned the freed slot")
+        await wait_state(
+            c,
+            c_log,
+            "window.pixelfleet.queue === null && window.pixelfleet.sessionId",
+            "the waiting tab to be assigned the freed slot",
+        )
         await wait_for_rising_frames(c, c_log)
         sc = await state(c)
         assert sc["streamerId"] == sb["streamerId"], (sc, sb)
@@ -188,8 +214,12 @@ async def test_input_keeps_the_session_and_idling_ends_it(start_up: StartUp, ope
         assert now["sessionId"] == first["sessionId"], (first, now)
         assert now["activityReports"] >= 2, now
         # Idle: no input. The session ends and the page comes back on a new one.
-        await wait_state(page, log, f"window.pixelfleet.sessionId && window.pixelfleet.sessionId !== "
-                         f"'{first['sessionId']}'", "the idle session to end and a new one to start")
+        await wait_state(
+            page,
+            log,
+            f"window.pixelfleet.sessionId && window.pixelfleet.sessionId !== '{first['sessionId']}'",
+            "the idle session to end and a new one to start",
+        )
         assert "[pageerror]" not in log.text(), log.text()
     except BaseException:
         print(f"pixelfleet up log:\n{up.log()}")
@@ -233,8 +263,10 @@ async def test_matchmaker_errors_are_shown(start_up: StartUp, open_page: OpenPag
         assert await full.locator("#overlay-button").inner_text() == "Join the queue again"
         assert await full.locator("#queue").is_hidden()
         await full.locator("#overlay-button").click()
-        await full.wait_for_function("window.pixelfleet.state === 'queued' && window.pixelfleet.queue"
-                                     " && window.pixelfleet.queue.position === 1", timeout=WAIT_MS)
+        await full.wait_for_function(
+            "window.pixelfleet.state === 'queued' && window.pixelfleet.queue && window.pixelfleet.queue.position === 1",
+            timeout=WAIT_MS,
+        )
         assert (await state(first))["state"] == "streaming"
     except BaseException:
         print(f"pixelfleet up log:\n{up.log()}")
@@ -255,8 +287,7 @@ async def test_session_socket_url_and_eta_words(stack: Stack, open_page: OpenPag
     """The token goes in the query; a loopback signalling URL (``pixelfleet up --host
     0.0.0.0`` hands out ws://127.0.0.1) becomes the page's own origin for a page that was
     not loaded from loopback."""
-    page, _ = await open_page(f"{stack.player_origin}/",
-                              init_script="window.pixelfleetOptions = {autoStart: false};")
+    page, _ = await open_page(f"{stack.player_origin}/", init_script="window.pixelfleetOptions = {autoStart: false};")
     url = "PixelfleetPlayer.sessionSocketUrl"
     lan = {"host": "192.168.1.5:8080", "hostname": "192.168.1.5", "protocol": "http:"}
     local = {"host": "127.0.0.1:8080", "hostname": "127.0.0.1", "protocol": "http:"}
@@ -270,5 +301,4 @@ async def test_session_socket_url_and_eta_words(stack: Stack, open_page: OpenPag
     for args, want in cases:
         assert await page.evaluate(f"(a) => {url}(...a)", list(args)) == want, args
     words = await page.evaluate("[5, 59, 60, 299, 3600, 4800].map(PixelfleetPlayer.formatEta)")
-    assert words == ["under a minute", "under a minute", "about 1 min", "about 5 min", "about 1 h",
-                     "about 1 h 20 min"]
+    assert words == ["under a minute", "under a minute", "about 1 min", "about 5 min", "about 1 h", "about 1 h 20 min"]

@@ -29,14 +29,15 @@ async def wait_for_rising_frames(page: Page, log: PageLog) -> None:
     """framesDecoded (from getStats, polled by the page every second) goes above 0 and
     then rises again: video is being decoded, not just one frame."""
     try:
-        await page.wait_for_function("window.pixelfleet && window.pixelfleet.framesDecoded > 0",
-                                     timeout=WAIT_MS, polling=200)
+        await page.wait_for_function(
+            "window.pixelfleet && window.pixelfleet.framesDecoded > 0", timeout=WAIT_MS, polling=200
+        )
         first = await page.evaluate("window.pixelfleet.framesDecoded")
-        await page.wait_for_function(f"window.pixelfleet.framesDecoded > {first}",
-                                     timeout=WAIT_MS, polling=200)
+        await page.wait_for_function(f"window.pixelfleet.framesDecoded > {first}", timeout=WAIT_MS, polling=200)
     except Exception as exc:
-        raise AssertionError(f"no rising framesDecoded: {exc}\nstate={await state(page)}\n"
-                             f"console:\n{log.text()}") from None
+        raise AssertionError(
+            f"no rising framesDecoded: {exc}\nstate={await state(page)}\nconsole:\n{log.text()}"
+        ) from None
 
 
 async def picture_point(page: Page, fx: float, fy: float) -> tuple[float, float, int, int]:
@@ -56,8 +57,9 @@ async def picture_point(page: Page, fx: float, fy: float) -> tuple[float, float,
     return x, y, math.floor(fx * 65536), math.floor(fy * 65536)
 
 
-async def test_plays_video_and_sends_input(stack: Stack, streamer: RunningStreamer, open_page: OpenPage,
-                                           wait_until: WaitUntil) -> None:
+async def test_plays_video_and_sends_input(
+    stack: Stack, streamer: RunningStreamer, open_page: OpenPage, wait_until: WaitUntil
+) -> None:
     page, log = await open_page(f"{stack.player_origin}/?StreamerId={streamer.streamer_id}")
     await wait_for_rising_frames(page, log)
     await page.wait_for_function("window.pixelfleet.dataChannelOpen === true", timeout=WAIT_MS)
@@ -84,9 +86,11 @@ async def test_plays_video_and_sends_input(stack: Stack, streamer: RunningStream
     def names() -> list[str]:
         return streamer.input_names(player_id)
 
-    await wait_until(lambda: {"MouseMove", "MouseDown", "MouseUp", "KeyDown", "KeyUp"} <= set(names()),
-                     "mouse and keyboard input at the streamer",
-                     detail=lambda: f"received {names()}; page {log.text()}")
+    await wait_until(
+        lambda: {"MouseMove", "MouseDown", "MouseUp", "KeyDown", "KeyUp"} <= set(names()),
+        "mouse and keyboard input at the streamer",
+        detail=lambda: f"received {names()}; page {log.text()}",
+    )
 
     inputs = streamer.inputs(player_id)
     down = next(m for m in inputs if isinstance(m, im.MouseDown))
@@ -101,8 +105,9 @@ async def test_plays_video_and_sends_input(stack: Stack, streamer: RunningStream
     assert not log.text().count("[pageerror]"), log.text()
 
 
-async def test_waits_for_a_streamer_then_joins_the_only_one(stack: Stack, start_streamer: StartStreamer,
-                                                            open_page: OpenPage) -> None:
+async def test_waits_for_a_streamer_then_joins_the_only_one(
+    stack: Stack, start_streamer: StartStreamer, open_page: OpenPage
+) -> None:
     """No StreamerId and no streamer yet: the page keeps listing (every 2 s), then
     subscribes to the one that appears."""
     page, log = await open_page(f"{stack.player_origin}/")
@@ -112,12 +117,12 @@ async def test_waits_for_a_streamer_then_joins_the_only_one(stack: Stack, start_
     assert (await state(page))["streamerId"] == late.streamer_id
 
 
-async def test_answers_server_pings_and_keeps_its_own(stack: Stack, streamer: RunningStreamer,
-                                                      open_page: OpenPage) -> None:
+async def test_answers_server_pings_and_keeps_its_own(
+    stack: Stack, streamer: RunningStreamer, open_page: OpenPage
+) -> None:
     """The page pings (here every 300 ms instead of 30 s) and the server's pongs
     come back; the socket stays open."""
-    page, log = await open_page(
-        f"{stack.player_origin}/?StreamerId={streamer.streamer_id}&KeepaliveDelay=300")
+    page, log = await open_page(f"{stack.player_origin}/?StreamerId={streamer.streamer_id}&KeepaliveDelay=300")
     await page.wait_for_function("window.pixelfleet.pongs >= 3", timeout=WAIT_MS)
     info = await state(page)
     assert info["signallingState"] == "open"
@@ -127,15 +132,18 @@ async def test_answers_server_pings_and_keeps_its_own(stack: Stack, streamer: Ru
 async def test_signalling_address_from_a_hook(stack: Stack, streamer: RunningStreamer, open_page: OpenPage) -> None:
     """pixelfleetOptions.resolveSignalling (where a matchmaker will plug in) decides
     where to connect; here the page comes from another origin than the server."""
-    hook = ("window.pixelfleetOptions = {resolveSignalling: async () => "
-            f"({{url: '{stack.signalling_url}/', streamerId: '{streamer.streamer_id}'}})}};")
+    hook = (
+        "window.pixelfleetOptions = {resolveSignalling: async () => "
+        f"({{url: '{stack.signalling_url}/', streamerId: '{streamer.streamer_id}'}})}};"
+    )
     page, log = await open_page(f"{stack.frontend_origin}/player/player.html", init_script=hook)
     await wait_for_rising_frames(page, log)
     assert (await state(page))["signallingUrl"] == f"{stack.signalling_url}/"
 
 
-async def test_shows_subscribe_failed(start_stack: StartStack, start_streamer: StartStreamer,
-                                      open_page: OpenPage) -> None:
+async def test_shows_subscribe_failed(
+    start_stack: StartStack, start_streamer: StartStreamer, open_page: OpenPage
+) -> None:
     """A streamer that is full answers subscribeFailed; the page says so and stops."""
     stack = await start_stack(max_players_per_streamer=1)
     only = await start_streamer(stack=stack)
@@ -152,8 +160,7 @@ async def test_shows_subscribe_failed(start_stack: StartStack, start_streamer: S
 async def test_input_encoding_matches_epic_layouts(stack: Stack, open_page: OpenPage) -> None:
     """Byte layouts of the page's encoder, decoded by streamer.input_messages (both
     written from Epic's StreamMessageController.ts)."""
-    page, _ = await open_page(f"{stack.player_origin}/",
-                              init_script="window.pixelfleetOptions = {autoStart: false};")
+    page, _ = await open_page(f"{stack.player_origin}/", init_script="window.pixelfleetOptions = {autoStart: false};")
     assert (await state(page))["signallingState"] == "idle"
     cases: list[tuple[str, list[Any], Any]] = [
         ("MouseMove", [65535, 0, -32768, 32767], im.MouseMove(65535, 0, -32768, 32767)),
@@ -171,12 +178,14 @@ async def test_input_encoding_matches_epic_layouts(stack: Stack, open_page: Open
         raw = await page.evaluate(
             """([name, values]) => Array.from(new Uint8Array(
                 PixelfleetPlayer.encodeMessage(PixelfleetPlayer.TO_STREAMER[name], values)))""",
-            [name, values])
+            [name, values],
+        )
         assert im.message_from_bytes(bytes(raw)) == expected, (name, raw)
 
 
-async def test_rejoins_when_the_streamer_comes_back(stack: Stack, start_streamer: StartStreamer,
-                                                    open_page: OpenPage) -> None:
+async def test_rejoins_when_the_streamer_comes_back(
+    stack: Stack, start_streamer: StartStreamer, open_page: OpenPage
+) -> None:
     """The server closes a player's socket when its streamer leaves; the page
     reconnects, waits, and plays again once a streamer with that id is back."""
     first = await start_streamer()
@@ -185,8 +194,9 @@ async def test_rejoins_when_the_streamer_comes_back(stack: Stack, start_streamer
     await wait_for_rising_frames(page, log)
 
     await first.streamer.stop()
-    await page.wait_for_function("['reconnecting', 'waiting'].includes(window.pixelfleet.state)",
-                                 timeout=WAIT_MS, polling=100)
+    await page.wait_for_function(
+        "['reconnecting', 'waiting'].includes(window.pixelfleet.state)", timeout=WAIT_MS, polling=100
+    )
     await start_streamer(sid)
     await page.wait_for_function("window.pixelfleet.state === 'streaming'", timeout=WAIT_MS)
     await wait_for_rising_frames(page, log)

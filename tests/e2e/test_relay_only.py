@@ -56,16 +56,14 @@ ROUTE_JS = """async () => {
 }"""
 
 
-
-
 async def route(page: Any) -> dict[str, Any]:
     return await page.evaluate(ROUTE_JS)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("client", ["player-page", "epic-5.7"])
-async def test_relay_only_chromium_decodes_frames(client: str, coturn: Coturn, start_stack: Any,
-                                                  start_streamer: Any, open_page: Any,
-                                                  request: pytest.FixtureRequest) -> None:
+async def test_relay_only_chromium_decodes_frames(
+    client: str, coturn: Coturn, start_stack: Any, start_streamer: Any, open_page: Any, request: pytest.FixtureRequest
+) -> None:
     grant = RestSecretProvider(coturn.options.urls, coturn.options.secrets).ice_servers("e2e-relay", 600)
     stack = await start_stack(peer_connection_options={"iceServers": grant.servers})
     streamer = await start_streamer(stack=stack)
@@ -91,8 +89,8 @@ async def test_relay_only_chromium_decodes_frames(client: str, coturn: Coturn, s
     await frames_above(await frames_above(0))
 
     info = await route(page)
-    assert info["policy"] == "relay", await why()         # the client forced relay ...
-    assert info["localTypes"] == ["relay"], await why()   # ... gathered only relay candidates
+    assert info["policy"] == "relay", await why()  # the client forced relay ...
+    assert info["localTypes"] == ["relay"], await why()  # ... gathered only relay candidates
     assert info["selectedLocal"] == "relay", await why()  # ... and streams over one
     entry = grant.servers[1]
     assert entry["urls"] == list(coturn.options.urls[1:])

@@ -81,8 +81,10 @@ TTL_S = 10.0
 REPORTED = [SlotState.READY, SlotState.READY, SlotState.STARTING, SlotState.DEAD, SlotState.RESETTING]
 loads = st.floats(min_value=0.0, max_value=1.0)
 # Timeouts a few steps long (the clock moves up to 4 s a step), and all off but the grace.
-DUE_RULES = [{"connect_timeout_s": 5.0, "reconnect_grace_s": 2.0, "idle_timeout_s": 8.0, "max_session_s": 30.0},
-             {"connect_timeout_s": 0.0, "reconnect_grace_s": 0.0, "idle_timeout_s": 0.0, "max_session_s": 0.0}]
+DUE_RULES = [
+    {"connect_timeout_s": 5.0, "reconnect_grace_s": 2.0, "idle_timeout_s": 8.0, "max_session_s": 30.0},
+    {"connect_timeout_s": 0.0, "reconnect_grace_s": 0.0, "idle_timeout_s": 0.0, "max_session_s": 0.0},
+]
 DUE_AT = [0.0, 2.5, 7.25, 31.0]  # seconds after the machine's clock
 
 
@@ -151,14 +153,23 @@ class AllocatorMachine(RuleBasedStateMachine):
     def first_host(self, tenant: str, app: str, slots: int) -> None:
         self.register("h1", "b1", [(i, tenant, app) for i in range(slots)], warm=True)
 
-    @rule(host=st.sampled_from(HOSTS), boot=st.sampled_from(BOOTS),
-          specs=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(TENANTS), st.sampled_from(APPS)),
-                         min_size=1, max_size=4), warm=st.booleans())
+    @rule(
+        host=st.sampled_from(HOSTS),
+        boot=st.sampled_from(BOOTS),
+        specs=st.lists(
+            st.tuples(st.integers(0, 3), st.sampled_from(TENANTS), st.sampled_from(APPS)), min_size=1, max_size=4
+        ),
+        warm=st.booleans(),
+    )
     def register(self, host: str, boot: str, specs: list[tuple[int, str, str]], warm: bool) -> None:
-        reg = HostRegistration(host_id=host, boot_id=boot, region=REGION[host], gpu_model=GPU[host],
-                               signaling_url=f"ws://{host}:80",
-                               slots=[SlotSpec(index=i, tenant=t, app=a, streamer_id=f"{host}-{i}")
-                                      for i, t, a in specs])
+        reg = HostRegistration(
+            host_id=host,
+            boot_id=boot,
+            region=REGION[host],
+            gpu_model=GPU[host],
+            signaling_url=f"ws://{host}:80",
+            slots=[SlotSpec(index=i, tenant=t, app=a, streamer_id=f"{host}-{i}") for i, t, a in specs],
+        )
         out = self.call("register_host", reg, self.now)
         if isinstance(out, Host):
             self.boots[host] = out.boot_id
@@ -173,8 +184,12 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert all(s.state is SessionState.ENDED and s.end_reason is EndReason.SLOT_FAILED for s in ended)
             if ended:
                 event("heartbeat ended a session")
-            if any(r.reset_for and r.reset_for == self.pending_reset.get(f"{host}/{r.index}")
-                   and r.state is SlotState.READY for r in reports):
+            if any(
+                r.reset_for
+                and r.reset_for == self.pending_reset.get(f"{host}/{r.index}")
+                and r.state is SlotState.READY
+                for r in reports
+            ):
                 event("heartbeat reported a reset")
             for r in reply.reset:
                 self.pending_reset[f"{host}/{r.index}"] = r.session_id
@@ -186,16 +201,46 @@ class AllocatorMachine(RuleBasedStateMachine):
         self._healthy(data.draw(st.sampled_from(sorted(self.boots))), load)
 
     def _healthy(self, host: str, load: float) -> None:
-        self._beat(host, self.boots[host], [
-            SlotReport(index=i, state=SlotState.READY, nvenc_load=load, gpu_load=load,
-                       reset_for=self.pending_reset.get(f"{host}/{i}")) for i in range(4)], load)
+        self._beat(
+            host,
+            self.boots[host],
+            [
+                SlotReport(
+                    index=i,
+                    state=SlotState.READY,
+                    nvenc_load=load,
+                    gpu_load=load,
+                    reset_for=self.pending_reset.get(f"{host}/{i}"),
+                )
+                for i in range(4)
+            ],
+            load,
+        )
 
-    @rule(host=st.sampled_from([*HOSTS, "ghost"]), boot=st.sampled_from(["live", "live", *BOOTS]),
-          data=st.data(), load=loads,
-          reports=st.lists(st.tuples(st.integers(0, 4), st.sampled_from(REPORTED), loads, loads,
-                                     st.sampled_from(["none", "right", "right", "other"])), max_size=5))
-    def heartbeat(self, host: str, boot: str, data: st.DataObject, load: float,
-                  reports: list[tuple[int, SlotState, float, float, str]]) -> None:
+    @rule(
+        host=st.sampled_from([*HOSTS, "ghost"]),
+        boot=st.sampled_from(["live", "live", *BOOTS]),
+        data=st.data(),
+        load=loads,
+        reports=st.lists(
+            st.tuples(
+                st.integers(0, 4),
+                st.sampled_from(REPORTED),
+                loads,
+                loads,
+                st.sampled_from(["none", "right", "right", "other"]),
+            ),
+            max_size=5,
+        ),
+    )
+    def heartbeat(
+        self,
+        host: str,
+        boot: str,
+        data: st.DataObject,
+        load: float,
+        reports: list[tuple[int, SlotState, float, float, str]],
+    ) -> None:
         """Any agent: random states and loads, stale or wrong ``reset_for``, wrong boots."""
         slot_reports = []
         for index, state, nvenc, gpu, which in reports:
@@ -204,8 +249,9 @@ class AllocatorMachine(RuleBasedStateMachine):
                 reset_for = self.pending_reset.get(f"{host}/{index}")
             elif which == "other" and self.session_ids:
                 reset_for = data.draw(st.sampled_from(self.session_ids))
-            slot_reports.append(SlotReport(index=index, state=state, nvenc_load=nvenc, gpu_load=gpu,
-                                           reset_for=reset_for))
+            slot_reports.append(
+                SlotReport(index=index, state=state, nvenc_load=nvenc, gpu_load=gpu, reset_for=reset_for)
+            )
         self._beat(host, self.boots.get(host, "b1") if boot == "live" else boot, slot_reports, load)
 
     @rule(host=st.sampled_from([*HOSTS, "ghost"]), draining=st.booleans())
@@ -248,14 +294,25 @@ class AllocatorMachine(RuleBasedStateMachine):
     def _claimable(self, store: Store, tenant: str, app: str) -> list[Slot]:
         """READY slots of live, non-draining hosts: what allocate may claim (from the listings)."""
         hosts: dict[str, Host] = {h.host_id: h for h in self._run(store.hosts())}
-        return [s for s in self._run(store.slots()) if s.tenant == tenant and s.app == app
-                and s.state is SlotState.READY and not hosts[s.host_id].dead and not hosts[s.host_id].draining]
+        return [
+            s
+            for s in self._run(store.slots())
+            if s.tenant == tenant
+            and s.app == app
+            and s.state is SlotState.READY
+            and not hosts[s.host_id].dead
+            and not hosts[s.host_id].draining
+        ]
 
     async def _race(self, store: Store, request: AllocationRequest, ids: list[str], policy: str) -> list[Any]:
         return list(await asyncio.gather(*(store.allocate(request, sid, self.now, policy=policy) for sid in ids)))
 
-    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), racers=st.integers(2, 6),
-          policy=st.sampled_from(["spread", "pack"]))
+    @rule(
+        tenant=st.sampled_from(TENANTS),
+        app=st.sampled_from(APPS),
+        racers=st.integers(2, 6),
+        policy=st.sampled_from(["spread", "pack"]),
+    )
     def race(self, tenant: str, app: str, racers: int, policy: str) -> None:
         """Concurrent allocations on each store: each claimable slot goes to one of them at
         most. Which racer wins which slot is up to the interleaving, so the winners are
@@ -291,21 +348,46 @@ class AllocatorMachine(RuleBasedStateMachine):
         for host in self.call("hosts"):
             mine = [slot for slot in raced if slot.host_id == host.host_id]
             for state in (SlotState.DEAD, SlotState.READY) if mine else ():
-                self._beat(host.host_id, host.boot_id, [SlotReport(
-                    index=int(slot.slot_id.rsplit("/", 1)[1]), state=state, nvenc_load=slot.nvenc_load,
-                    gpu_load=slot.gpu_load) for slot in mine], host.nvenc_load)
+                self._beat(
+                    host.host_id,
+                    host.boot_id,
+                    [
+                        SlotReport(
+                            index=int(slot.slot_id.rsplit("/", 1)[1]),
+                            state=state,
+                            nvenc_load=slot.nvenc_load,
+                            gpu_load=slot.gpu_load,
+                        )
+                        for slot in mine
+                    ],
+                    host.nvenc_load,
+                )
         assert [len(self._claimable(store, tenant, app)) for store in self.stores] == [len(pool)] * len(self.stores)
 
-    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), client=st.sampled_from(CLIENTS),
-          policy=st.sampled_from(["spread", "pack"]), region=st.sampled_from([None, "eu", "us"]),
-          gpu=st.sampled_from([None, "A10G", "L4"]), data=st.data())
-    def allocate(self, tenant: str, app: str, client: str | None, policy: str, region: str | None,
-                 gpu: str | None, data: st.DataObject) -> None:
+    @rule(
+        tenant=st.sampled_from(TENANTS),
+        app=st.sampled_from(APPS),
+        client=st.sampled_from(CLIENTS),
+        policy=st.sampled_from(["spread", "pack"]),
+        region=st.sampled_from([None, "eu", "us"]),
+        gpu=st.sampled_from([None, "A10G", "L4"]),
+        data=st.data(),
+    )
+    def allocate(
+        self,
+        tenant: str,
+        app: str,
+        client: str | None,
+        policy: str,
+        region: str | None,
+        gpu: str | None,
+        data: st.DataObject,
+    ) -> None:
         """Placement and claim in one step, in lockstep on every store. Placement breaks
         exact ties by chance, so a request is only made when its best slot is unique."""
         request = AllocationRequest(tenant=tenant, app=app, client_key=client, region=region, gpu_model=gpu)
         ticket_id = None
-        if self.tickets and data.draw(st.booleans()):
+        if len(self.tickets) > 0 and data.draw(st.booleans()):
             ticket_id = data.draw(st.sampled_from(self.tickets)).ticket_id
         pool = self._claimable(self.stores[0], tenant, app)
         best = best_slots(pool, request, policy) if pool else set()
@@ -332,8 +414,7 @@ class AllocatorMachine(RuleBasedStateMachine):
     # --- sessions -------------------------------------------------------------------
 
     @precondition(lambda self: self.session_ids)
-    @rule(data=st.data(), op=st.sampled_from(["mark_connected", "mark_disconnected", "reattach", "touch",
-                                              "session"]))
+    @rule(data=st.data(), op=st.sampled_from(["mark_connected", "mark_disconnected", "reattach", "touch", "session"]))
     def session_op(self, data: st.DataObject, op: str) -> None:
         sid = data.draw(st.sampled_from(self.session_ids))
         self.call(op, sid) if op == "session" else self.call(op, sid, self.now)
@@ -349,20 +430,31 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert self.call("end_session", sid, reason, self.now) is None
             assert self.call("session", sid) is None
 
-    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from([*APPS, "nope"]),
-          client=st.sampled_from(["alice", "bob"]), limit=st.integers(-1, 3))
+    @rule(
+        tenant=st.sampled_from(TENANTS),
+        app=st.sampled_from([*APPS, "nope"]),
+        client=st.sampled_from(["alice", "bob"]),
+        limit=st.integers(-1, 3),
+    )
     def queries(self, tenant: str, app: str, client: str, limit: int) -> None:
         self.call("serves", tenant, app)
         self.call("waiting", tenant, app, limit)
 
     # --- queue ----------------------------------------------------------------------
 
-    @rule(tenant=st.sampled_from(TENANTS), app=st.sampled_from(APPS), max_length=st.integers(0, 3),
-          client=st.sampled_from(CLIENTS))
+    @rule(
+        tenant=st.sampled_from(TENANTS),
+        app=st.sampled_from(APPS),
+        max_length=st.integers(0, 3),
+        client=st.sampled_from(CLIENTS),
+    )
     def enqueue(self, tenant: str, app: str, max_length: int, client: str | None) -> None:
-        ticket = Ticket(ticket_id=self._id("t"),
-                        request=AllocationRequest(tenant=tenant, app=app, client_key=client),
-                        enqueued_at=self.now, seen_at=self.now)
+        ticket = Ticket(
+            ticket_id=self._id("t"),
+            request=AllocationRequest(tenant=tenant, app=app, client_key=client),
+            enqueued_at=self.now,
+            seen_at=self.now,
+        )
         out = self.call("enqueue", ticket, max_length)
         if isinstance(out, tuple):
             got, position = out
@@ -386,8 +478,11 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert (now.left_at is None) if op == "ticket_heard" else (now.left_at is not None)
 
     @precondition(lambda self: self.tickets)
-    @rule(data=st.data(), state=st.sampled_from([TicketState.CANCELLED, TicketState.EXPIRED]),
-          guard=st.sampled_from(["none", "current", "stale"]))
+    @rule(
+        data=st.data(),
+        state=st.sampled_from([TicketState.CANCELLED, TicketState.EXPIRED]),
+        guard=st.sampled_from(["none", "current", "stale"]),
+    )
     def finish(self, data: st.DataObject, state: TicketState, guard: str) -> None:
         """Unguarded, or guarded by the current record or one from before a heard/left."""
         ticket = data.draw(st.sampled_from(self.tickets))
@@ -467,7 +562,9 @@ class AllocatorMachine(RuleBasedStateMachine):
             keys = collections.Counter(
                 (t.request.tenant, t.request.app, t.request.client_key)
                 for tenant, app, length in self._run(store.queues())
-                for t in self._run(store.waiting(tenant, app, length)) if t.request.client_key)
+                for t in self._run(store.waiting(tenant, app, length))
+                if t.request.client_key
+            )
             assert all(n == 1 for n in keys.values()), keys
 
     @invariant()
@@ -497,14 +594,26 @@ class AllocatorMachine(RuleBasedStateMachine):
                     assert self._run(store.position(ticket.ticket_id)) == i
 
 
-@pytest.mark.parametrize("backends", [("memory",), ("memory", "redis"), ("memory", "redis-cluster")],
-                         ids=["memory", "memory+redis", "memory+redis-cluster"])
+@pytest.mark.parametrize(
+    "backends",
+    [("memory",), ("memory", "redis"), ("memory", "redis-cluster")],
+    ids=["memory", "memory+redis", "memory+redis-cluster"],
+)
 def test_allocator_state_machine(backends: tuple[str, ...], request: pytest.FixtureRequest) -> None:
     urls = {"redis": "redis_url", "redis-cluster": "redis_cluster_url"}
-    machine = type("Machine", (AllocatorMachine,), {
-        "backends": backends,
-        "urls": {b: request.getfixturevalue(urls[b]) for b in backends if b in urls}})
+    machine = type(
+        "Machine",
+        (AllocatorMachine,),
+        {"backends": backends, "urls": {b: request.getfixturevalue(urls[b]) for b in backends if b in urls}},
+    )
     examples = {"memory": 150, "memory+redis": 60, "memory+redis-cluster": 15}["+".join(backends)]
-    run_state_machine_as_test(machine, settings=settings(
-        max_examples=examples, stateful_step_count=40, deadline=None, derandomize=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=40,
+            deadline=None,
+            derandomize=False,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )

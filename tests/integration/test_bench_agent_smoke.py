@@ -14,9 +14,26 @@ pytestmark = pytest.mark.integration
 
 def test_bench_agent_smoke(tmp_path: Path) -> None:
     out = tmp_path / "agent.json"
-    proc = subprocess.run([sys.executable, "-m", "loadtest.bench_agent", "--slots", "1", "--seconds", "1",
-                           "--iterations", "5", "--repeats", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.bench_agent",
+            "--slots",
+            "1",
+            "--seconds",
+            "1",
+            "--iterations",
+            "5",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["slots"] == 1 and report["gpus"] == 4 and report["ready_slots"] == 1

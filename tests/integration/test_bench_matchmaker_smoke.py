@@ -32,8 +32,13 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
     report = json.loads(out.read_text())
     assert report["machine"]["nproc"] and report["machine"]["cpu_model"] is not None
     phases = {(p["phase"], p.get("replicas")): p for p in report["phases"]}
-    assert set(phases) == {("raw script", None), ("raw store", None), ("http closed", 1), ("http closed", 2),
-                           ("http open", 2)}
+    assert set(phases) == {
+        ("raw script", None),
+        ("raw store", None),
+        ("http closed", 1),
+        ("http closed", 2),
+        ("http open", 2),
+    }
     for key, p in phases.items():
         cpu = p["cpu"]
         assert p["per_s"] > 0 and p["wall_s"] > 0, key
@@ -62,8 +67,16 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
         assert ratios[target] is not None, target
         assert ratios["met"][target] in (True, False)
     text = capsys.readouterr().out
-    for label in ("allocs/s", "p99 ms", "CPU cores: redis", "raw claim ceiling", "saturated (http closed x2)",
-                  "open loop: offered", "redis per allocation", "targets:"):
+    for label in (
+        "allocs/s",
+        "p99 ms",
+        "CPU cores: redis",
+        "raw claim ceiling",
+        "saturated (http closed x2)",
+        "open loop: offered",
+        "redis per allocation",
+        "targets:",
+    ):
         assert label in text, label
 
 

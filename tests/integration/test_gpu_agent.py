@@ -67,8 +67,11 @@ class RecordingClient(HttpMatchmakerClient):
         return reply
 
     def saw(self, index: int, state: str, reset_for: str | None = None) -> bool:
-        return any(r.index == index and r.state == state and (reset_for is None or r.reset_for == reset_for)
-                   for hb in self.delivered for r in hb.slots)
+        return any(
+            r.index == index and r.state == state and (reset_for is None or r.reset_for == reset_for)
+            for hb in self.delivered
+            for r in hb.slots
+        )
 
 
 @dataclass
@@ -84,9 +87,15 @@ class Stack:
         return f"http://127.0.0.1:{self.mm_port}"
 
     async def start_matchmaker(self) -> MatchmakerServer:
-        settings = MatchmakerSettings(port=self.mm_port, session_token_secret=TOKEN_SECRET, agent_token=AGENT,
-                                      admin_token=ADMIN, allow_anonymous=True, sweep_interval_s=0.05,
-                                      heartbeat_ttl_s=30.0)
+        settings = MatchmakerSettings(
+            port=self.mm_port,
+            session_token_secret=TOKEN_SECRET,
+            agent_token=AGENT,
+            admin_token=ADMIN,
+            allow_anonymous=True,
+            sweep_interval_s=0.05,
+            heartbeat_ttl_s=30.0,
+        )
         server = MatchmakerServer(settings)
         await server.start()
         self.servers.append(server)
@@ -94,15 +103,34 @@ class Stack:
 
     def settings(self, **overrides: Any) -> AgentSettings:
         sig = self.signaling
-        return AgentSettings(**{
-            "host_id": "gpu-1", "app": "game", "matchmaker_url": self.mm_url, "agent_token": AGENT,
-            "signaling_url": f"ws://127.0.0.1:{sig.player_port}",
-            "streamer_url": f"ws://127.0.0.1:{sig.streamer_port}",
-            "signaling_api_url": f"http://127.0.0.1:{sig.player_port}",
-            "slots": 2, "res_x": 320, "res_y": 240, "fps": 10, "heartbeat_period_s": 0.2,
-            "ready_poll_s": 0.1, "health_poll_s": 0.2, "backoff_initial_s": 0.2, "backoff_max_s": 1.0,
-            "release_timeout_s": 5.0, "stop_timeout_s": 5.0, "startup_timeout_s": 45.0, "sample_period_s": 0.2,
-            "metrics_port": 0, "retry_max_s": 0.5, "log_level": "warning", **overrides})
+        return AgentSettings(
+            **{
+                "host_id": "gpu-1",
+                "app": "game",
+                "matchmaker_url": self.mm_url,
+                "agent_token": AGENT,
+                "signaling_url": f"ws://127.0.0.1:{sig.player_port}",
+                "streamer_url": f"ws://127.0.0.1:{sig.streamer_port}",
+                "signaling_api_url": f"http://127.0.0.1:{sig.player_port}",
+                "slots": 2,
+                "res_x": 320,
+                "res_y": 240,
+                "fps": 10,
+                "heartbeat_period_s": 0.2,
+                "ready_poll_s": 0.1,
+                "health_poll_s": 0.2,
+                "backoff_initial_s": 0.2,
+                "backoff_max_s": 1.0,
+                "release_timeout_s": 5.0,
+                "stop_timeout_s": 5.0,
+                "startup_timeout_s": 45.0,
+                "sample_period_s": 0.2,
+                "metrics_port": 0,
+                "retry_max_s": 0.5,
+                "log_level": "warning",
+                **overrides,
+            }
+        )
 
     async def start_agent(self, **overrides: Any) -> tuple[Agent, RecordingClient]:
         s = self.settings(**overrides)
@@ -114,8 +142,9 @@ class Stack:
 
     async def call(self, method: str, path: str, body: Any = None, token: str | None = ADMIN) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.request(method, self.mm_url + "/api/v1" + path, headers=headers,
-                                     data=None if body is None else orjson.dumps(body)) as r:
+        async with self.http.request(
+            method, self.mm_url + "/api/v1" + path, headers=headers, data=None if body is None else orjson.dumps(body)
+        ) as r:
             text = await r.read()
             return r.status, (orjson.loads(text) if text else None)
 
@@ -208,8 +237,10 @@ async def test_a_killed_slot_is_reported_dead_restarted_and_ready_again(stack: S
     old_pid = victim.proc.pid if victim.proc else 0
     os.killpg(old_pid, signal.SIGKILL)
     await eventually(lambda: client.saw(1, "dead"), "the crash reported to the matchmaker")
-    await eventually(lambda: victim.phase is Phase.READY and victim.proc is not None and victim.proc.pid != old_pid,
-                     "slot 1 restarted")
+    await eventually(
+        lambda: victim.phase is Phase.READY and victim.proc is not None and victim.proc.pid != old_pid,
+        "slot 1 restarted",
+    )
     await eventually(lambda: stack.states_are(s0="ready", s1="ready"), "slot 1 READY again in the matchmaker")
     assert victim.restarts == 1 and "exited" in (victim.last_error or "")
     assert agent.slots.slots[0].restarts == 0 and not alive(old_pid)
@@ -221,9 +252,13 @@ async def test_session_end_resets_the_slot_then_ready_with_reset_for(stack: Stac
     marker = tmp_path / "reset.log"
     extra: dict[str, Any] = {"slots": 1}
     if how == "reset-command":
-        extra["reset_command"] = [sys.executable, "-c",
-                                  f"import sys; open({str(marker)!r}, 'a').write(' '.join(sys.argv[1:]))",
-                                  "{index}", "{session_id}"]
+        extra["reset_command"] = [
+            sys.executable,
+            "-c",
+            f"import sys; open({str(marker)!r}, 'a').write(' '.join(sys.argv[1:]))",
+            "{index}",
+            "{session_id}",
+        ]
     agent, client = await stack.start_agent(**extra)
     await eventually(lambda: stack.states_are(s0="ready"), "the slot READY")
     status, session = await stack.call("POST", "/sessions", {"app": "game"}, token=None)
@@ -267,8 +302,10 @@ async def test_admin_drain_keeps_sessions_stops_slots_as_they_end_and_undrain_re
     assert (await stack.call("POST", "/admin/hosts/gpu-1/drain", {"draining": False}))[0] == 200
     await eventually(lambda: not agent.drain_reasons and agent.slots.ready(), "undrained: both slots READY again")
     # The queued player gets the warm slot; the restarted one is READY again.
-    await eventually(lambda: stack.states_are(**{f"s{idle}": "assigned", f"s{busy}": "ready"}),
-                     "the matchmaker using both slots again")
+    await eventually(
+        lambda: stack.states_are(**{f"s{idle}": "assigned", f"s{busy}": "ready"}),
+        "the matchmaker using both slots again",
+    )
 
 
 async def test_sigterm_drains_waits_for_the_session_then_exits(stack: Stack, start_process: StartProcess) -> None:
@@ -276,12 +313,31 @@ async def test_sigterm_drains_waits_for_the_session_then_exits(stack: Stack, sta
     the player's session run until drain_timeout_s, then ends it and exits 0."""
     await stack.start_matchmaker()
     s = stack.settings(metrics_port=free_port())
-    env = {**os.environ, **{env_name("agent", k): str(v) for k, v in {
-        "host_id": s.host_id, "app": s.app, "matchmaker_url": s.matchmaker_url, "agent_token": AGENT,
-        "signaling_url": s.signaling_url, "streamer_url": s.streamer_url,
-        "signaling_api_url": s.signaling_api_url, "slots": 2, "res_x": 320, "res_y": 240, "fps": 10,
-        "heartbeat_period_s": 0.2, "ready_poll_s": 0.1, "health_poll_s": 0.2, "metrics_port": s.metrics_port,
-        "drain_timeout_s": 5.0, "log_format": "json"}.items()}}  # no admin token: the heartbeat tells
+    env = {
+        **os.environ,
+        **{
+            env_name("agent", k): str(v)
+            for k, v in {
+                "host_id": s.host_id,
+                "app": s.app,
+                "matchmaker_url": s.matchmaker_url,
+                "agent_token": AGENT,
+                "signaling_url": s.signaling_url,
+                "streamer_url": s.streamer_url,
+                "signaling_api_url": s.signaling_api_url,
+                "slots": 2,
+                "res_x": 320,
+                "res_y": 240,
+                "fps": 10,
+                "heartbeat_period_s": 0.2,
+                "ready_poll_s": 0.1,
+                "health_poll_s": 0.2,
+                "metrics_port": s.metrics_port,
+                "drain_timeout_s": 5.0,
+                "log_format": "json",
+            }.items()
+        },
+    }  # no admin token: the heartbeat tells
     agent = await start_process("agent", env=env)
     slot_pids: list[int] = []
     try:
@@ -362,8 +418,9 @@ async def imds() -> AsyncIterator[StandInImds]:
 
 async def test_spot_notice_drains_the_host(stack: Stack, imds: StandInImds) -> None:
     await stack.start_matchmaker()
-    agent, client = await stack.start_agent(spot=True, imds_url=f"http://127.0.0.1:{imds.port}", spot_poll_s=0.1,
-                                            spot_margin_s=2.0)
+    agent, client = await stack.start_agent(
+        spot=True, imds_url=f"http://127.0.0.1:{imds.port}", spot_poll_s=0.1, spot_margin_s=2.0
+    )
     await eventually(lambda: stack.states_are(s0="ready", s1="ready"), "both slots READY")
     status, session = await stack.call("POST", "/sessions", {"app": "game"}, token=None)
     assert status == 201
@@ -404,7 +461,8 @@ async def test_a_slot_command_that_does_not_exist_is_dead_and_retried(stack: Sta
 async def test_a_streamer_that_never_connects_hits_the_startup_timeout(stack: Stack) -> None:
     await stack.start_matchmaker()
     agent, client = await stack.start_agent(
-        slots=1, command=[sys.executable, "-c", "import time; time.sleep(120)"], startup_timeout_s=1.0)
+        slots=1, command=[sys.executable, "-c", "import time; time.sleep(120)"], startup_timeout_s=1.0
+    )
     slot = agent.slots.slots[0]
     await eventually(lambda: slot.proc is not None, "the process to start")
     first = slot.proc.pid if slot.proc else 0
@@ -438,5 +496,3 @@ async def test_wrong_agent_token_is_rejected_and_reported_not_fatal(stack: Stack
     await eventually(lambda: agent.reporter is not None and agent.reporter.failed >= 2, "rejected tries")
     assert agent.reporter is not None and "Rejected" in (agent.reporter.last_error or "")
     await eventually(lambda: agent.slots.ready(), "the slot still supervised")
-
-

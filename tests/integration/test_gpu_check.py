@@ -15,8 +15,9 @@ SCRIPT = Path(__file__).parents[2] / "scripts" / "gpu-check"
 
 def test_gpu_check_prints_json_and_exits_0(tmp_path: Path) -> None:
     record = tmp_path / "nvml.json"
-    proc = subprocess.run([str(SCRIPT), "--samples", "2", "--record", str(record)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(SCRIPT), "--samples", "2", "--record", str(record)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["gpu_count"] == len(out["gpus"]) and out["nvidia_ml_py"]

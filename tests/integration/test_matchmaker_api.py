@@ -69,23 +69,35 @@ class Api:
         self.sink = sink
         self.mm = mm
 
-    async def call(self, method: str, path: str, body: Any = None, token: str | None = None,
-                   raw: bytes | None = None) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, body: Any = None, token: str | None = None, raw: bytes | None = None
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         data = raw if raw is not None else (None if body is None else orjson.dumps(body))
         async with self.http.request(method, self.base + path, data=data, headers=headers) as r:
             text = await r.read()
             return r.status, (orjson.loads(text) if text else None)
 
-    async def register(self, host: str = "h1", slots: int = 1, boot: str = "b1", tenant: str = "acme",
-                       app: str = "game") -> tuple[int, Any]:
-        return await register_host(self.http, self.base + "/api/v1", AGENT, host, boot=boot, slots=slots,
-                                   tenant=tenant, app=app)
+    async def register(
+        self, host: str = "h1", slots: int = 1, boot: str = "b1", tenant: str = "acme", app: str = "game"
+    ) -> tuple[int, Any]:
+        return await register_host(
+            self.http, self.base + "/api/v1", AGENT, host, boot=boot, slots=slots, tenant=tenant, app=app
+        )
 
-    async def beat(self, host: str = "h1", states: list[str] | None = None, boot: str = "b1",
-                   reset_for: dict[int, str] | None = None) -> tuple[int, Any]:
-        return await self.call("POST", f"/api/v1/hosts/{host}/heartbeat",
-                               heartbeat_body(states or ["ready"], boot=boot, reset_for=reset_for), AGENT)
+    async def beat(
+        self,
+        host: str = "h1",
+        states: list[str] | None = None,
+        boot: str = "b1",
+        reset_for: dict[int, str] | None = None,
+    ) -> tuple[int, Any]:
+        return await self.call(
+            "POST",
+            f"/api/v1/hosts/{host}/heartbeat",
+            heartbeat_body(states or ["ready"], boot=boot, reset_for=reset_for),
+            AGENT,
+        )
 
     async def allocate(self, app: str = "game", tenant: str = "acme", **extra: Any) -> tuple[int, Any]:
         return await self.call("POST", "/api/v1/sessions", {"app": app, **extra}, caller_token(tenant))
@@ -104,10 +116,19 @@ async def make_api(request: pytest.FixtureRequest) -> AsyncIterator[MakeApi]:
     http = aiohttp.ClientSession()
 
     async def make(clock: Callable[[], float] = time.time, **overrides: Any) -> Api:
-        settings = MatchmakerSettings(**{
-            "port": 0, "state_url": state_url, "key_prefix": f"t{uuid.uuid4().hex[:8]}",
-            "session_token_secret": TOKEN_SECRET, "agent_token": AGENT, "admin_token": ADMIN,
-            "caller_jwt_secret": CALLER_SECRET, "sweep_interval_s": 0.05, **overrides})
+        settings = MatchmakerSettings(
+            **{
+                "port": 0,
+                "state_url": state_url,
+                "key_prefix": f"t{uuid.uuid4().hex[:8]}",
+                "session_token_secret": TOKEN_SECRET,
+                "agent_token": AGENT,
+                "admin_token": ADMIN,
+                "caller_jwt_secret": CALLER_SECRET,
+                "sweep_interval_s": 0.05,
+                **overrides,
+            }
+        )
         sink = MemorySink()
         server = MatchmakerServer(settings, build_matchmaker(settings, sink=sink, clock=clock))
         await server.start()
@@ -187,14 +208,16 @@ async def test_bad_input_gets_clear_4xx_and_corrupts_nothing(make_api: MakeApi) 
         (api.call("POST", "/api/v1/sessions", raw=b"{not json", token=caller_token()), 400, "invalid_body"),
         (api.call("POST", "/api/v1/sessions", {"app": 5}, caller_token()), 400, "invalid_body"),
         (api.call("POST", "/api/v1/sessions", {"app": "game", "evil": 1}, caller_token()), 400, "invalid_body"),
-        (api.call("POST", "/api/v1/sessions", raw=b'{"app":"' + b"a" * 70000 + b'"}', token=caller_token()),
-         413, "too_large"),
+        (
+            api.call("POST", "/api/v1/sessions", raw=b'{"app":"' + b"a" * 70000 + b'"}', token=caller_token()),
+            413,
+            "too_large",
+        ),
         (api.beat(host="never-registered"), 404, "unknown_host"),
         (api.register(boot="other-boot"), 409, "host_conflict"),
         (api.beat(boot="other-boot"), 409, "host_conflict"),
         (api.call("POST", "/api/v1/hosts", {"host_id": "h2"}, AGENT), 400, "invalid_body"),
-        (api.call("POST", "/api/v1/hosts/h1/heartbeat", {"boot_id": "b1", "slots": []}, "wrong"), 401,
-         "unauthorized"),
+        (api.call("POST", "/api/v1/hosts/h1/heartbeat", {"boot_id": "b1", "slots": []}, "wrong"), 401, "unauthorized"),
         (api.call("GET", "/api/v1/admin/hosts", token=None), 401, "unauthorized"),
         (api.call("GET", "/api/v1/queue/t-nope"), 404, "unknown_session"),
     ]
@@ -265,7 +288,7 @@ async def test_queue_limits(make_api: MakeApi) -> None:
     assert status == 429 and body["error"] == "queue_full"
 
     async def expired() -> bool:
-        return (await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "expired"
+        return bool((await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "expired")
 
     await eventually(expired, "the ticket to expire")
 
@@ -281,7 +304,7 @@ async def test_closing_the_event_stream_cancels_the_ticket(make_api: MakeApi) ->
         await r.content.readline()
 
     async def cancelled() -> bool:
-        return (await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "cancelled"
+        return bool((await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "cancelled")
 
     await eventually(cancelled, "cancel on disconnect")
 
@@ -314,25 +337,39 @@ async def test_never_connected_and_max_length_end_sessions_with_reasons(make_api
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
-        backend: str, request: pytest.FixtureRequest) -> None:
+    backend: str, request: pytest.FixtureRequest
+) -> None:
     """The sweep reads due sessions in bounded rounds and goes on while rounds come back full."""
     url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
-    settings = MatchmakerSettings(state_url=url, key_prefix=f"t{uuid.uuid4().hex[:8]}", session_token_secret=TOKEN_SECRET,
-                                  heartbeat_ttl_s=1e9, connect_timeout_s=60.0)
+    settings = MatchmakerSettings(
+        state_url=url,
+        key_prefix=f"t{uuid.uuid4().hex[:8]}",
+        session_token_secret=TOKEN_SECRET,
+        heartbeat_ttl_s=1e9,
+        connect_timeout_s=60.0,
+    )
     sink = MemorySink()
     mm = build_matchmaker(settings, sink=sink)
     t = 1_800_000_000.25
     n = 2 * service._DUE_BATCH + 34
     try:
-        await mm.store.register_host(HostRegistration(
-            host_id="h1", boot_id="b1", signaling_url="ws://127.0.0.1:1",
-            slots=[SlotSpec(index=i, tenant="acme", app="game", streamer_id=f"h1-{i}") for i in range(n + 1)]), t)
-        await mm.store.heartbeat("h1", Heartbeat(boot_id="b1", slots=[
-            SlotReport(index=i, state=SlotState.READY) for i in range(n + 1)]), t)
+        await mm.store.register_host(
+            HostRegistration(
+                host_id="h1",
+                boot_id="b1",
+                signaling_url="ws://127.0.0.1:1",
+                slots=[SlotSpec(index=i, tenant="acme", app="game", streamer_id=f"h1-{i}") for i in range(n + 1)],
+            ),
+            t,
+        )
+        await mm.store.heartbeat(
+            "h1", Heartbeat(boot_id="b1", slots=[SlotReport(index=i, state=SlotState.READY) for i in range(n + 1)]), t
+        )
         ids = []
         for i in range(n + 1):
-            s = await mm.store.allocate(AllocationRequest(tenant="acme", app="game"), f"s-{i}", t + i / 1000,
-                                        policy="spread")
+            s = await mm.store.allocate(
+                AllocationRequest(tenant="acme", app="game"), f"s-{i}", t + i / 1000, policy="spread"
+            )
             assert isinstance(s, Session)
             ids.append(s.session_id)
         await mm.store.mark_connected(ids[-1], t + 30.0)  # not due
@@ -380,7 +417,7 @@ async def test_an_agent_drains_its_own_host_with_its_heartbeat(make_api: MakeApi
 
 
 async def _async_status(api: Api, ticket_id: str, want: str) -> bool:
-    return (await api.call("GET", f"/api/v1/queue/{ticket_id}"))[1]["status"] == want
+    return bool((await api.call("GET", f"/api/v1/queue/{ticket_id}"))[1]["status"] == want)
 
 
 async def test_admin_lists_drains_and_force_ends(make_api: MakeApi) -> None:
@@ -421,7 +458,8 @@ async def test_session_events_need_that_sessions_token(make_api: MakeApi) -> Non
 
 
 async def test_signalling_admits_by_token_and_reports_to_the_matchmaker(
-        make_api: MakeApi, start_signaling: StartSignaling) -> None:
+    make_api: MakeApi, start_signaling: StartSignaling
+) -> None:
     """Signalling and matchmaker as separate services, meeting through the token."""
     api = await make_api(reconnect_grace_s=0.0)
     await api.register(slots=1)
@@ -482,7 +520,7 @@ async def test_hanging_up_before_the_event_stream_starts_cancels_the_ticket(make
         sock.close()
 
     async def cancelled() -> bool:
-        return (await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "cancelled"
+        return bool((await api.call("GET", f"/api/v1/queue/{waiting['ticket_id']}"))[1]["status"] == "cancelled")
 
     await eventually(cancelled, "cancel on an early hang-up")
 
@@ -516,7 +554,7 @@ async def test_a_client_never_heard_after_queueing_is_cancelled_and_the_next_ser
     await api.register()
     await api.beat()
     _, first = await api.allocate()
-    _, silent = await api.allocate()   # never opens its stream nor asks again
+    _, silent = await api.allocate()  # never opens its stream nor asks again
     _, polling = await api.allocate()  # reads its status now and then
     assert (silent["position"], polling["position"]) == (1, 2)
     clock.now += 2.5
@@ -532,7 +570,7 @@ async def test_a_client_never_heard_after_queueing_is_cancelled_and_the_next_ser
     await _free_the_slot(api, first)
 
     async def polling_served() -> bool:
-        return (await api.call("GET", f"/api/v1/queue/{polling['ticket_id']}"))[1]["status"] == "assigned"
+        return bool((await api.call("GET", f"/api/v1/queue/{polling['ticket_id']}"))[1]["status"] == "assigned")
 
     await eventually(polling_served, "the next ticket to be served instead")
     _, gone = await api.call("GET", f"/api/v1/queue/{silent['ticket_id']}")
@@ -622,7 +660,7 @@ async def test_a_left_ticket_is_skipped_then_cancelled_after_the_grace(make_api:
     await _free_the_slot(api, first)
 
     async def behind_served() -> bool:
-        return (await api.call("GET", f"/api/v1/queue/{behind['ticket_id']}"))[1]["status"] == "assigned"
+        return bool((await api.call("GET", f"/api/v1/queue/{behind['ticket_id']}"))[1]["status"] == "assigned")
 
     await eventually(behind_served, "the ticket behind the left one to be served")
     assert await api.mm.store.position(gone["ticket_id"]) == 1

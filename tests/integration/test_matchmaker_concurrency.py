@@ -55,8 +55,15 @@ CALLER_SECRET = "caller-secret-" + "c" * 32
 TOKEN_SECRET = "session-secret-" + "d" * 32
 
 APPS = (("acme", "game"), ("acme", "maze"), ("beta", "game"))
-END_REASONS = {"player_left", "never_connected", "idle_timeout", "max_session_length", "host_dead",
-               "slot_failed", "force_ended"}
+END_REASONS = {
+    "player_left",
+    "never_connected",
+    "idle_timeout",
+    "max_session_length",
+    "host_dead",
+    "slot_failed",
+    "force_ended",
+}
 # A slot handed to a new session without a reset in between is only fine when the old
 # session ended because the slot (or its host) died: those come back fresh.
 RESET_EXEMPT = {"host_dead", "slot_failed"}
@@ -67,20 +74,28 @@ class Scenario:
     replicas: int = 4
     hosts: int = 20
     slots_per_host: int = 4
-    requests: int = 3000           # session requests by new players (reconnects come on top)
-    load_s: float = 28.0           # players arrive during this long
-    max_players: int = 320         # players alive at once
-    bursts: int = 4                # this many times, `burst` players arrive at once
+    requests: int = 3000  # session requests by new players (reconnects come on top)
+    load_s: float = 28.0  # players arrive during this long
+    max_players: int = 320  # players alive at once
+    bursts: int = 4  # this many times, `burst` players arrive at once
     burst: int = 120
-    deaths: int = 7                # host deaths during the load
-    permanent_deaths: int = 1      # of which this many never come back
+    deaths: int = 7  # host deaths during the load
+    permanent_deaths: int = 1  # of which this many never come back
     slot_failures: int = 6
     beat_s: float = 0.2
     seed: int = 0
-    env: dict[str, str] = field(default_factory=lambda: {
-        "HEARTBEAT_TTL_S": "2.0", "CONNECT_TIMEOUT_S": "1.0", "RECONNECT_GRACE_S": "0.4",
-        "MAX_SESSION_S": "3.0", "QUEUE_MAX_LENGTH": "30", "QUEUE_MAX_WAIT_S": "2.5",
-        "SWEEP_INTERVAL_S": "0.1", "IDLE_TIMEOUT_S": "0"})
+    env: dict[str, str] = field(
+        default_factory=lambda: {
+            "HEARTBEAT_TTL_S": "2.0",
+            "CONNECT_TIMEOUT_S": "1.0",
+            "RECONNECT_GRACE_S": "0.4",
+            "MAX_SESSION_S": "3.0",
+            "QUEUE_MAX_LENGTH": "30",
+            "QUEUE_MAX_WAIT_S": "2.5",
+            "SWEEP_INTERVAL_S": "0.1",
+            "IDLE_TIMEOUT_S": "0",
+        }
+    )
 
 
 # ================================================================================ checker
@@ -89,7 +104,7 @@ class Scenario:
 @dataclass
 class Outcome:
     req: int
-    kind: str                       # served | queued_served | refused | cancelled | expired | served_gone | lost
+    kind: str  # served | queued_served | refused | cancelled | expired | served_gone | lost
     reason: str | None = None
     session_id: str | None = None
     streamer_id: str | None = None
@@ -122,18 +137,19 @@ def _final_ticket_outcomes(entries: list[dict[str, Any]]) -> list[tuple[str, dic
     return exits
 
 
-def check_history(history: Iterable[dict[str, Any]], records: list[dict[str, Any]],
-                  final: dict[str, Any], *, slot_ids: set[str]) -> CheckResult:
+def check_history(
+    history: Iterable[dict[str, Any]], records: list[dict[str, Any]], final: dict[str, Any], *, slot_ids: set[str]
+) -> CheckResult:
     """Every invariant over one run. ``history``: the driver's log (dicts with ``kind``,
     ``req``, ``t0``, ``t1``, ``status``, ``body`` and kind-specific fields); ``records``:
     the ended-session records of every replica; ``final``: admin listings taken at the end
     (``slots``, ``sessions``, ``queue``)."""
     errors: list[str] = []
     by_req: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
-    resets_asked: list[tuple[str, str, float]] = []     # (slot, session, time)
-    resets_done: dict[tuple[str, str], float] = {}       # (slot, session) -> when the agent finished
-    registered: dict[str, list[float]] = collections.defaultdict(list)   # host -> (re)registrations
-    failed: dict[str, list[float]] = collections.defaultdict(list)       # slot -> reported dead
+    resets_asked: list[tuple[str, str, float]] = []  # (slot, session, time)
+    resets_done: dict[tuple[str, str], float] = {}  # (slot, session) -> when the agent finished
+    registered: dict[str, list[float]] = collections.defaultdict(list)  # host -> (re)registrations
+    failed: dict[str, list[float]] = collections.defaultdict(list)  # slot -> reported dead
     for e in history:
         kind = e["kind"]
         if e.get("req") is not None:
@@ -158,12 +174,14 @@ def check_history(history: Iterable[dict[str, Any]], records: list[dict[str, Any
         a = allocs[0]
         status, body, key = a.get("status"), a.get("body"), a.get("client_key")
         if status == 201:
-            if not (isinstance(body, dict) and body.get("session_id") and body.get("token")
-                    and body.get("streamer_id")):
+            if not (
+                isinstance(body, dict) and body.get("session_id") and body.get("token") and body.get("streamer_id")
+            ):
                 errors.append(f"request {req}: 201 without a session, token and streamer: {body!r}")
                 continue
-            outcomes[req] = Outcome(req, "served", session_id=body["session_id"],
-                                    streamer_id=body["streamer_id"], client_key=key)
+            outcomes[req] = Outcome(
+                req, "served", session_id=body["session_id"], streamer_id=body["streamer_id"], client_key=key
+            )
         elif status == 202:
             if not (isinstance(body, dict) and body.get("status") == "waiting" and body.get("ticket_id")):
                 errors.append(f"request {req}: 202 without a waiting ticket: {body!r}")
@@ -180,8 +198,13 @@ def check_history(history: Iterable[dict[str, Any]], records: list[dict[str, Any
                 if how.startswith("assigned:"):
                     if not (b.get("token") and b.get("streamer_id")):
                         errors.append(f"request {req}: served ticket without token or streamer: {b!r}")
-                    outcomes[req] = Outcome(req, "queued_served", session_id=b["session_id"],
-                                            streamer_id=b.get("streamer_id"), client_key=key)
+                    outcomes[req] = Outcome(
+                        req,
+                        "queued_served",
+                        session_id=b["session_id"],
+                        streamer_id=b.get("streamer_id"),
+                        client_key=key,
+                    )
                 elif how == "served":
                     outcomes[req] = Outcome(req, "served_gone", client_key=key)
                 else:
@@ -202,13 +225,16 @@ def check_history(history: Iterable[dict[str, Any]], records: list[dict[str, Any
             served[o.session_id].append(o)
     for sid, holders in served.items():
         if len({o.streamer_id for o in holders}) > 1:
-            errors.append(f"session {sid} was given out with different streamers: "
-                          f"{sorted({str(o.streamer_id) for o in holders})}")
+            errors.append(
+                f"session {sid} was given out with different streamers: {sorted({str(o.streamer_id) for o in holders})}"
+            )
         if len(holders) > 1:
             keys = {o.client_key for o in holders}
             if None in keys or len(keys) > 1:
-                errors.append(f"session {sid} was given to requests {[o.req for o in holders]} "
-                              f"of different clients {sorted(map(str, keys))}")
+                errors.append(
+                    f"session {sid} was given to requests {[o.req for o in holders]} "
+                    f"of different clients {sorted(map(str, keys))}"
+                )
             for o in sorted(holders, key=lambda o: o.req)[1:]:
                 o.reattached = True
     seen: collections.Counter[str] = collections.Counter(r["session_id"] for r in records)
@@ -227,8 +253,10 @@ def check_history(history: Iterable[dict[str, Any]], records: list[dict[str, Any
     phantoms = sorted(set(by_id) - set(served))
     served_gone = sum(1 for o in outcomes.values() if o.kind == "served_gone")
     if len(phantoms) > served_gone:
-        errors.append(f"{len(phantoms)} recorded sessions were never given to a client "
-                      f"(only {served_gone} tickets were served after their session ended): {phantoms[:5]}")
+        errors.append(
+            f"{len(phantoms)} recorded sessions were never given to a client "
+            f"(only {served_gone} tickets were served after their session ended): {phantoms[:5]}"
+        )
     for r in records:
         if r["end_reason"] not in END_REASONS:
             errors.append(f"session {r['session_id']}: unknown end reason {r['end_reason']!r}")
@@ -248,40 +276,53 @@ def check_history(history: Iterable[dict[str, Any]], records: list[dict[str, Any
         for r in rs[1:]:
             if r["created_at"] < holder["ended_at"]:
                 double += 1
-                errors.append(f"slot {slot} held by two sessions at once: {holder['session_id']} "
-                              f"[{holder['created_at']:.3f}, {holder['ended_at']:.3f}] and {r['session_id']} "
-                              f"[{r['created_at']:.3f}, {r['ended_at']:.3f}]")
+                errors.append(
+                    f"slot {slot} held by two sessions at once: {holder['session_id']} "
+                    f"[{holder['created_at']:.3f}, {holder['ended_at']:.3f}] and {r['session_id']} "
+                    f"[{r['created_at']:.3f}, {r['ended_at']:.3f}]"
+                )
             elif holder["end_reason"] not in RESET_EXEMPT:
                 done = resets_done.get((slot, holder["session_id"]))
                 host = slot.rsplit("/", 1)[0]
                 # A host that registered again, or a slot its agent reported dead, comes back fresh.
-                fresh = (any(holder["ended_at"] <= t <= r["created_at"] for t in registered.get(host, ()))
-                         or any(holder["created_at"] <= t <= r["created_at"] for t in failed.get(slot, ())))
+                fresh = any(holder["ended_at"] <= t <= r["created_at"] for t in registered.get(host, ())) or any(
+                    holder["created_at"] <= t <= r["created_at"] for t in failed.get(slot, ())
+                )
                 if (done is None or done > r["created_at"]) and not fresh:
-                    errors.append(f"slot {slot} went to {r['session_id']} at {r['created_at']:.3f} without the "
-                                  f"reset after {holder['session_id']} (agent finished it at {done})")
+                    errors.append(
+                        f"slot {slot} went to {r['session_id']} at {r['created_at']:.3f} without the "
+                        f"reset after {holder['session_id']} (agent finished it at {done})"
+                    )
             if r["ended_at"] > holder["ended_at"]:
                 holder = r
     for slot, sid, _t in resets_asked:
         r = by_id.get(sid)
         if r is None or r["slot_id"] != slot:
-            errors.append(f"agent was asked to reset slot {slot} after session {sid}, "
-                          f"which {'ended on ' + r['slot_id'] if r else 'was never recorded'}")
+            errors.append(
+                f"agent was asked to reset slot {slot} after session {sid}, "
+                f"which {'ended on ' + r['slot_id'] if r else 'was never recorded'}"
+            )
 
     # --- the end state: every slot ready, dead, or resetting with a pending reset -----------
     final_slots = {s["slot_id"]: s for s in final.get("slots", [])}
     if set(final_slots) != slot_ids:
-        errors.append(f"final slots differ: missing {sorted(slot_ids - set(final_slots))[:5]}, "
-                      f"extra {sorted(set(final_slots) - slot_ids)[:5]}")
+        errors.append(
+            f"final slots differ: missing {sorted(slot_ids - set(final_slots))[:5]}, "
+            f"extra {sorted(set(final_slots) - slot_ids)[:5]}"
+        )
     for sid, s in sorted(final_slots.items()):
         if s["state"] == "resetting" and s.get("ended_session"):
             continue
         if s["state"] not in ("ready", "dead") or s.get("session_id"):
-            errors.append(f"slot {sid} ended the run {s['state']} (session {s.get('session_id')}, "
-                          f"pending reset {s.get('ended_session')})")
+            errors.append(
+                f"slot {sid} ended the run {s['state']} (session {s.get('session_id')}, "
+                f"pending reset {s.get('ended_session')})"
+            )
     if final.get("sessions"):
-        errors.append(f"{len(final['sessions'])} sessions still live at the end: "
-                      f"{[s['session_id'] for s in final['sessions']][:5]}")
+        errors.append(
+            f"{len(final['sessions'])} sessions still live at the end: "
+            f"{[s['session_id'] for s in final['sessions']][:5]}"
+        )
     if final.get("queue"):
         errors.append(f"tickets still waiting at the end: {final['queue']}")
 
@@ -304,7 +345,8 @@ def check_history(history: Iterable[dict[str, Any]], records: list[dict[str, Any
         # listing and ends unconditionally, so a session that connected meanwhile is ended
         # as never_connected (sometimes with ended_at before connected_at).
         "ended_never_connected_after_connecting": sum(
-            1 for r in records if r["end_reason"] == "never_connected" and r.get("connected_at") is not None),
+            1 for r in records if r["end_reason"] == "never_connected" and r.get("connected_at") is not None
+        ),
         "final_slot_states": dict(collections.Counter(s["state"] for s in final_slots.values())),
     }
     return CheckResult(errors, outcomes, counts)
@@ -318,8 +360,15 @@ def _rec(sid: str, slot: str, created: float, ended: float, reason: str = "playe
 
 
 def _alloc(req: int, sid: str, streamer: str, t: float, key: str | None = None) -> dict[str, Any]:
-    return {"kind": "allocate", "req": req, "t0": t, "t1": t, "status": 201, "client_key": key,
-            "body": {"status": "assigned", "session_id": sid, "streamer_id": streamer, "token": "x"}}
+    return {
+        "kind": "allocate",
+        "req": req,
+        "t0": t,
+        "t1": t,
+        "status": 201,
+        "client_key": key,
+        "body": {"status": "assigned", "session_id": sid, "streamer_id": streamer, "token": "x"},
+    }
 
 
 def _clean_history() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
@@ -327,23 +376,62 @@ def _clean_history() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[s
     served later; one refused. The checker must find nothing wrong."""
     history = [
         _alloc(1, "s-a", "h1-0", 10.0),
-        {"kind": "heartbeat", "host": "h1", "t0": 12.0, "t1": 12.0, "status": 200,
-         "body": {"reset": [{"index": 0, "session_id": "s-a"}], "draining": False}},
+        {
+            "kind": "heartbeat",
+            "host": "h1",
+            "t0": 12.0,
+            "t1": 12.0,
+            "status": 200,
+            "body": {"reset": [{"index": 0, "session_id": "s-a"}], "draining": False},
+        },
         {"kind": "reset_done", "slot": "h1/0", "session": "s-a", "t0": 12.1, "t1": 12.1},
         _alloc(2, "s-b", "h1-0", 12.5),
-        {"kind": "allocate", "req": 3, "t0": 11.0, "t1": 11.0, "status": 202, "client_key": None,
-         "body": {"status": "waiting", "ticket_id": "t-1", "position": 1, "eta_s": 1.0}},
-        {"kind": "ticket_event", "req": 3, "t0": 14.0, "t1": 14.0, "status": 200,
-         "body": {"status": "assigned", "ticket_id": "t-1", "session_id": "s-c", "streamer_id": "h1-1",
-                  "token": "x"}},
-        {"kind": "allocate", "req": 4, "t0": 11.0, "t1": 11.0, "status": 429, "client_key": None,
-         "body": {"error": "queue_full", "message": "full"}},
+        {
+            "kind": "allocate",
+            "req": 3,
+            "t0": 11.0,
+            "t1": 11.0,
+            "status": 202,
+            "client_key": None,
+            "body": {"status": "waiting", "ticket_id": "t-1", "position": 1, "eta_s": 1.0},
+        },
+        {
+            "kind": "ticket_event",
+            "req": 3,
+            "t0": 14.0,
+            "t1": 14.0,
+            "status": 200,
+            "body": {
+                "status": "assigned",
+                "ticket_id": "t-1",
+                "session_id": "s-c",
+                "streamer_id": "h1-1",
+                "token": "x",
+            },
+        },
+        {
+            "kind": "allocate",
+            "req": 4,
+            "t0": 11.0,
+            "t1": 11.0,
+            "status": 429,
+            "client_key": None,
+            "body": {"error": "queue_full", "message": "full"},
+        },
     ]
-    records = [_rec("s-a", "h1/0", 10.0, 11.9), _rec("s-b", "h1/0", 12.4, 13.0),
-               _rec("s-c", "h1/1", 13.9, 15.0, "never_connected")]
-    final = {"slots": [{"slot_id": "h1/0", "state": "ready"},
-                       {"slot_id": "h1/1", "state": "resetting", "ended_session": "s-c"}],
-             "sessions": [], "queue": []}
+    records = [
+        _rec("s-a", "h1/0", 10.0, 11.9),
+        _rec("s-b", "h1/0", 12.4, 13.0),
+        _rec("s-c", "h1/1", 13.9, 15.0, "never_connected"),
+    ]
+    final = {
+        "slots": [
+            {"slot_id": "h1/0", "state": "ready"},
+            {"slot_id": "h1/1", "state": "resetting", "ended_session": "s-c"},
+        ],
+        "sessions": [],
+        "queue": [],
+    }
     return history, records, final
 
 
@@ -373,34 +461,70 @@ def test_checker_catches_a_skipped_reset() -> None:
 
 def test_checker_catches_lost_requests_and_records() -> None:
     history, records, final = _clean_history()
-    history.append({"kind": "allocate", "req": 6, "t0": 1, "t1": 2, "status": None, "client_key": None,
-                    "body": None, "error": "ServerDisconnectedError"})
-    history.append({"kind": "allocate", "req": 7, "t0": 1, "t1": 2, "status": 202, "client_key": None,
-                    "body": {"status": "waiting", "ticket_id": "t-7"}})
-    history.append({"kind": "allocate", "req": 8, "t0": 1, "t1": 2, "status": 503, "client_key": None,
-                    "body": {"error": "backend_unavailable"}})
-    records.append(dict(records[0]))          # recorded twice
+    history.append(
+        {
+            "kind": "allocate",
+            "req": 6,
+            "t0": 1,
+            "t1": 2,
+            "status": None,
+            "client_key": None,
+            "body": None,
+            "error": "ServerDisconnectedError",
+        }
+    )
+    history.append(
+        {
+            "kind": "allocate",
+            "req": 7,
+            "t0": 1,
+            "t1": 2,
+            "status": 202,
+            "client_key": None,
+            "body": {"status": "waiting", "ticket_id": "t-7"},
+        }
+    )
+    history.append(
+        {
+            "kind": "allocate",
+            "req": 8,
+            "t0": 1,
+            "t1": 2,
+            "status": 503,
+            "client_key": None,
+            "body": {"error": "backend_unavailable"},
+        }
+    )
+    records.append(dict(records[0]))  # recorded twice
     records.append(_rec("s-ghost", "h1/1", 20.0, 21.0))  # nobody was given this session
-    history.append(_alloc(9, "s-never", "h1-1", 30.0))   # served, never recorded
+    history.append(_alloc(9, "s-never", "h1-1", 30.0))  # served, never recorded
     errors = check_history(history, records, final, slot_ids={"h1/0", "h1/1"}).errors
     joined = "\n".join(errors)
-    for needle in ("request 6: no outcome", "ticket t-7 never left the queue", "request 8: no outcome",
-                   "session s-a recorded 2 times", "never given to a client",
-                   "session s-never (request 9) was served but never recorded"):
+    for needle in (
+        "request 6: no outcome",
+        "ticket t-7 never left the queue",
+        "request 8: no outcome",
+        "session s-a recorded 2 times",
+        "never given to a client",
+        "session s-never (request 9) was served but never recorded",
+    ):
         assert needle in joined, (needle, errors)
 
 
 def test_checker_catches_a_ticket_leaving_twice_and_a_bad_end_state() -> None:
     history, records, final = _clean_history()
-    history.append({"kind": "cancel", "req": 3, "t0": 13.0, "t1": 13.0, "status": 200,
-                    "body": {"status": "cancelled"}})
+    history.append({"kind": "cancel", "req": 3, "t0": 13.0, "t1": 13.0, "status": 200, "body": {"status": "cancelled"}})
     final["slots"][0] = {"slot_id": "h1/0", "state": "assigned", "session_id": "s-b"}
     final["slots"][1] = {"slot_id": "h1/1", "state": "resetting", "ended_session": None}
     final["sessions"] = [{"session_id": "s-b"}]
     errors = check_history(history, records, final, slot_ids={"h1/0", "h1/1"}).errors
     joined = "\n".join(errors)
-    for needle in ("left WAITING more than once", "slot h1/0 ended the run assigned",
-                   "slot h1/1 ended the run resetting", "sessions still live at the end"):
+    for needle in (
+        "left WAITING more than once",
+        "slot h1/0 ended the run assigned",
+        "slot h1/1 ended the run resetting",
+        "sessions still live at the end",
+    ):
         assert needle in joined, (needle, errors)
 
 
@@ -430,19 +554,35 @@ class Replicas:
         return self.folder / f"records-{i}.jsonl"
 
     async def start(self, wait_s: float = 30.0) -> list[str]:
-        env = {**os.environ, "PIXELFLEET_STATE_URL": self.state_url,
-               "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
-               "PIXELFLEET_SESSION_TOKEN_SECRET": TOKEN_SECRET,
-               "PIXELFLEET_AGENT_TOKEN": AGENT, "PIXELFLEET_ADMIN_TOKEN": ADMIN,
-               "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": CALLER_SECRET,
-               **{f"PIXELFLEET_MATCHMAKER__{k}": v for k, v in self.extra.items()}}
+        env = {
+            **os.environ,
+            "PIXELFLEET_STATE_URL": self.state_url,
+            "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
+            "PIXELFLEET_SESSION_TOKEN_SECRET": TOKEN_SECRET,
+            "PIXELFLEET_AGENT_TOKEN": AGENT,
+            "PIXELFLEET_ADMIN_TOKEN": ADMIN,
+            "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": CALLER_SECRET,
+            **{f"PIXELFLEET_MATCHMAKER__{k}": v for k, v in self.extra.items()},
+        }
         bases = []
         for i in range(self.n):
             port = free_port()
-            self.children.append(await start_child(
-                f"matchmaker {i}", "matchmaker", "--port", str(port), "--records", str(self.records_path(i)),
-                "--log-level", "warning", "--log-format", "json", env=env,
-                log_path=self.folder / f"matchmaker-{i}.log"))
+            self.children.append(
+                await start_child(
+                    f"matchmaker {i}",
+                    "matchmaker",
+                    "--port",
+                    str(port),
+                    "--records",
+                    str(self.records_path(i)),
+                    "--log-level",
+                    "warning",
+                    "--log-format",
+                    "json",
+                    env=env,
+                    log_path=self.folder / f"matchmaker-{i}.log",
+                )
+            )
             bases.append(f"http://127.0.0.1:{port}")
         async with aiohttp.ClientSession() as http:
             for child, base in zip(self.children, bases, strict=True):
@@ -490,16 +630,29 @@ class Driver:
         self.history.append(entry)
         return entry
 
-    async def call(self, kind: str, method: str, path: str, body: Any = None, token: str | None = None,
-                   *, limit_s: float = 15.0, **meta: Any) -> tuple[int | None, Any]:
+    async def call(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        *,
+        limit_s: float = 15.0,
+        **meta: Any,
+    ) -> tuple[int | None, Any]:
         replica = self._replica()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         t0 = time.time()
         entry = self.log(kind=kind, t0=t0, replica=replica, method=method, path=path, **meta)
         try:
-            async with self.http.request(method, self.bases[replica] + path,
-                                         data=None if body is None else orjson.dumps(body), headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=limit_s)) as r:
+            async with self.http.request(
+                method,
+                self.bases[replica] + path,
+                data=None if body is None else orjson.dumps(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=limit_s),
+            ) as r:
                 raw = await r.read()
                 entry["status"] = r.status
                 entry["body"] = orjson.loads(raw) if raw else None
@@ -518,8 +671,8 @@ class Driver:
         boots = 0
         registered = False
         reset_for: list[str | None] = [None] * n
-        pending: dict[int, str] = {}       # slot index -> session being reset
-        failing: dict[int, int] = {}       # slot index -> beats left reporting dead
+        pending: dict[int, str] = {}  # slot index -> session being reset
+        failing: dict[int, int] = {}  # slot index -> beats left reporting dead
         self.agent_state[host] = state = {"dead_until": 0.0, "restart": False, "alive": True}
 
         async def reset(index: int, session: str) -> None:
@@ -544,9 +697,15 @@ class Driver:
                 failing.clear()
                 reset_for = [None] * n
             if not registered:
-                status, _ = await self.call("register", "POST", "/api/v1/hosts",
-                                            registration_body(host, boot=boot, slots=served), AGENT,
-                                            host=host, boot=boot)
+                status, _ = await self.call(
+                    "register",
+                    "POST",
+                    "/api/v1/hosts",
+                    registration_body(host, boot=boot, slots=served),
+                    AGENT,
+                    host=host,
+                    boot=boot,
+                )
                 if status == 201:
                     registered = True
                     state["alive"] = True
@@ -563,15 +722,28 @@ class Driver:
                 if i in failing:
                     slots.append({"index": i, "state": "dead"})
                 else:
-                    slots.append({"index": i, "state": "resetting" if i in pending else "ready",
-                                  "reset_for": reset_for[i], "nvenc_load": round(self.rng.random(), 2)})
+                    slots.append(
+                        {
+                            "index": i,
+                            "state": "resetting" if i in pending else "ready",
+                            "reset_for": reset_for[i],
+                            "nvenc_load": round(self.rng.random(), 2),
+                        }
+                    )
             for i in list(failing):
                 failing[i] -= 1
                 if failing[i] <= 0:
                     del failing[i]
                     pending.pop(i, None)
-            status, reply = await self.call("heartbeat", "POST", f"/api/v1/hosts/{host}/heartbeat",
-                                            {"boot_id": boot, "slots": slots}, AGENT, host=host, boot=boot)
+            status, reply = await self.call(
+                "heartbeat",
+                "POST",
+                f"/api/v1/hosts/{host}/heartbeat",
+                {"boot_id": boot, "slots": slots},
+                AGENT,
+                host=host,
+                boot=boot,
+            )
             if status == 200:
                 for r in reply["reset"]:
                     if pending.get(r["index"]) != r["session_id"] and reset_for[r["index"]] != r["session_id"]:
@@ -588,9 +760,11 @@ class Driver:
     async def killer(self, load_s: float) -> None:
         """Host deaths (and slot failures) spread over the load phase."""
         sc = self.sc
-        events = sorted([("death", self.rng.uniform(0.15, 0.7) * load_s) for _ in range(sc.deaths)]
-                        + [("fail", self.rng.uniform(0.1, 0.8) * load_s) for _ in range(sc.slot_failures)],
-                        key=lambda x: x[1])
+        events = sorted(
+            [("death", self.rng.uniform(0.15, 0.7) * load_s) for _ in range(sc.deaths)]
+            + [("fail", self.rng.uniform(0.1, 0.8) * load_s) for _ in range(sc.slot_failures)],
+            key=lambda x: x[1],
+        )
         start = time.monotonic()
         permanent = sc.permanent_deaths
         for what, at in events:
@@ -627,8 +801,7 @@ class Driver:
     async def player(self) -> None:
         rng = self.rng
         tenant, app = rng.choice(APPS)
-        profile = rng.choices(["stay", "reconnect", "ghost", "long", "admin", "unknown"],
-                              [48, 12, 15, 8, 6, 2])[0]
+        profile = rng.choices(["stay", "reconnect", "ghost", "long", "admin", "unknown"], [48, 12, 15, 8, 6, 2])[0]
         if profile == "unknown":
             app = "nope"
         key = f"k{self.next_req + 1}" if profile == "reconnect" or rng.random() < 0.3 else None
@@ -650,8 +823,9 @@ class Driver:
                 return
             await asyncio.sleep(0.1)
 
-    async def play(self, session: dict[str, Any], profile: str, tenant: str, app: str, key: str | None,
-                   host: str) -> None:
+    async def play(
+        self, session: dict[str, Any], profile: str, tenant: str, app: str, key: str | None, host: str
+    ) -> None:
         rng = self.rng
         sid, token = session["session_id"], session["token"]
         if profile == "ghost":
@@ -669,7 +843,7 @@ class Driver:
         await self.linger_if_host_dead(host)
         await self.event(sid, token, "disconnected")
         if profile == "reconnect":
-            await asyncio.sleep(rng.uniform(0.02, 0.2))    # inside the grace period, mostly
+            await asyncio.sleep(rng.uniform(0.02, 0.2))  # inside the grace period, mostly
             again = await self.allocate(tenant, app, key)
             if again is None:
                 return
@@ -680,8 +854,9 @@ class Driver:
             await self.event(again["session_id"], again["token"], "disconnected")
 
     async def event(self, sid: str, token: str, event: str) -> None:
-        status, _ = await self.call("session_event", "POST", f"/api/v1/sessions/{sid}/events",
-                                    {"event": event}, token, session=sid, event=event)
+        status, _ = await self.call(
+            "session_event", "POST", f"/api/v1/sessions/{sid}/events", {"event": event}, token, session=sid, event=event
+        )
         if status != 200:
             self.stats[f"session_event_{status}"] += 1
 
@@ -690,8 +865,17 @@ class Driver:
         body: dict[str, Any] = {"app": app, "region": "eu"}
         if key:
             body["client_key"] = key
-        status, reply = await self.call("allocate", "POST", "/api/v1/sessions", body, self.tokens[tenant],
-                                        req=req, client_key=key, tenant=tenant, app=app)
+        status, reply = await self.call(
+            "allocate",
+            "POST",
+            "/api/v1/sessions",
+            body,
+            self.tokens[tenant],
+            req=req,
+            client_key=key,
+            tenant=tenant,
+            app=app,
+        )
         if status == 201:
             return reply  # type: ignore[no-any-return]
         if status == 202:
@@ -708,14 +892,22 @@ class Driver:
             replica = self._replica()
             entry = self.log(kind="sse_open", req=req, t0=time.time(), replica=replica)
             try:
-                async with self.http.get(self.bases[replica] + f"/api/v1/queue/{tid}/events",
-                                         timeout=aiohttp.ClientTimeout(total=patience)) as r:
+                async with self.http.get(
+                    self.bases[replica] + f"/api/v1/queue/{tid}/events", timeout=aiohttp.ClientTimeout(total=patience)
+                ) as r:
                     entry["status"] = r.status
                     async for line in r.content:
                         if line.startswith(b"data: "):
                             data = orjson.loads(line[6:])
-                            self.log(kind="ticket_event", req=req, t0=time.time(), t1=time.time(), status=200,
-                                     body=data, replica=replica)
+                            self.log(
+                                kind="ticket_event",
+                                req=req,
+                                t0=time.time(),
+                                t1=time.time(),
+                                status=200,
+                                body=data,
+                                replica=replica,
+                            )
                             if data["status"] == "assigned":
                                 return data  # type: ignore[no-any-return]
                             if data["status"] != "waiting":
@@ -806,8 +998,13 @@ class Driver:
                 if status == 200 and not sessions:
                     break
                 for s in sessions or []:
-                    await self.call("admin_end", "DELETE", f"/api/v1/admin/sessions/{s['session_id']}",
-                                    token=ADMIN, session=s["session_id"])
+                    await self.call(
+                        "admin_end",
+                        "DELETE",
+                        f"/api/v1/admin/sessions/{s['session_id']}",
+                        token=ADMIN,
+                        session=s["session_id"],
+                    )
                 await asyncio.sleep(0.1)
             for _ in range(40):
                 status, slots = await self.call("admin_slots", "GET", "/api/v1/admin/slots", token=ADMIN)
@@ -825,8 +1022,7 @@ class Driver:
             status, body = await self.call(f"admin_{name}", "GET", f"/api/v1/admin/{name}", token=ADMIN)
             assert status == 200, (name, status, body)
             final[name] = body
-        return {"final": final, "spawned": spawned, "load_wall_s": load_wall,
-                "wall_s": time.monotonic() - t_start}
+        return {"final": final, "spawned": spawned, "load_wall_s": load_wall, "wall_s": time.monotonic() - t_start}
 
 
 async def run_scenario(sc: Scenario, state_url: str, folder: Path) -> tuple[CheckResult, dict[str, Any]]:
@@ -845,19 +1041,24 @@ async def run_scenario(sc: Scenario, state_url: str, folder: Path) -> tuple[Chec
     (folder / "history.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in driver.history))
     slot_ids = {f"h{h}/{i}" for h in range(sc.hosts) for i in range(sc.slots_per_host)}
     result = check_history(driver.history, records, out["final"], slot_ids=slot_ids)
-    result.counts.update({
-        "spawned_players": out["spawned"], "host_deaths": driver.stats["host_deaths"]
-        + driver.stats["host_deaths_permanent"], "host_deaths_permanent": driver.stats["host_deaths_permanent"],
-        "declared_dead_while_beating": driver.stats["declared_dead_while_beating"],
-        "slot_failures": driver.stats["slot_failures"],
-        "reconnected_same_session": driver.stats["reconnected_same_session"],
-        "heartbeats": sum(1 for e in driver.history if e["kind"] == "heartbeat"),
-        "http_calls": sum(1 for e in driver.history if "replica" in e),
-        "call_errors": driver.stats["call_errors"],
-        "driver_stats": dict(driver.stats),
-        "replica_exit_codes": codes, "replica_stop_s": round(replicas.stop_s, 1),
-        "load_wall_s": round(out["load_wall_s"], 1), "wall_s": round(time.monotonic() - t0, 1),
-    })
+    result.counts.update(
+        {
+            "spawned_players": out["spawned"],
+            "host_deaths": driver.stats["host_deaths"] + driver.stats["host_deaths_permanent"],
+            "host_deaths_permanent": driver.stats["host_deaths_permanent"],
+            "declared_dead_while_beating": driver.stats["declared_dead_while_beating"],
+            "slot_failures": driver.stats["slot_failures"],
+            "reconnected_same_session": driver.stats["reconnected_same_session"],
+            "heartbeats": sum(1 for e in driver.history if e["kind"] == "heartbeat"),
+            "http_calls": sum(1 for e in driver.history if "replica" in e),
+            "call_errors": driver.stats["call_errors"],
+            "driver_stats": dict(driver.stats),
+            "replica_exit_codes": codes,
+            "replica_stop_s": round(replicas.stop_s, 1),
+            "load_wall_s": round(out["load_wall_s"], 1),
+            "wall_s": round(time.monotonic() - t0, 1),
+        }
+    )
     return result, out
 
 

@@ -26,8 +26,12 @@ pytestmark = pytest.mark.integration
 async def test_aclose_stops_the_sweep_whenever_it_lands(redis_url: str) -> None:
     rng = random.Random(7)
     for _ in range(40):
-        settings = MatchmakerSettings(state_url=redis_url, key_prefix=f"t{uuid.uuid4().hex[:8]}",
-                                      session_token_secret="s" * 40, sweep_interval_s=0.002)
+        settings = MatchmakerSettings(
+            state_url=redis_url,
+            key_prefix=f"t{uuid.uuid4().hex[:8]}",
+            session_token_secret="s" * 40,
+            sweep_interval_s=0.002,
+        )
         mm = build_matchmaker(settings, sink=MemorySink())
         mm.start()
         task = mm._task  # noqa: SLF001 - the sweep task itself

@@ -76,8 +76,13 @@ async def connect_streamer(http: aiohttp.ClientSession, server: SignalingServer,
     return s
 
 
-async def connect_player(http: aiohttp.ClientSession, server: SignalingServer, streamer: Peer | None = None,
-                         name: str = "Cam", path: str = "/") -> tuple[Peer, str]:
+async def connect_player(
+    http: aiohttp.ClientSession,
+    server: SignalingServer,
+    streamer: Peer | None = None,
+    name: str = "Cam",
+    path: str = "/",
+) -> tuple[Peer, str]:
     p = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.player_port}{path}"))
     await p.send(type="listStreamers")  # Epic's frontend sends before config arrives
     assert (await p.recv())["type"] == "config"
@@ -96,8 +101,13 @@ async def test_full_handshake_over_sockets(start_signaling: StartSignaling, http
     await s.send(type="offer", playerId=pid, sdp="v=0 offer")
     assert await p.recv() == {"type": "offer", "playerId": pid, "sdp": "v=0 offer"}
     await p.send(type="answer", sdp="v=0 answer", minBitrateBps=0, maxBitrateBps=0)
-    assert await s.recv() == {"type": "answer", "sdp": "v=0 answer", "minBitrateBps": 0, "maxBitrateBps": 0,
-                              "playerId": pid}
+    assert await s.recv() == {
+        "type": "answer",
+        "sdp": "v=0 answer",
+        "minBitrateBps": 0,
+        "maxBitrateBps": 0,
+        "playerId": pid,
+    }
     cand = {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
     for _ in range(3):
         await s.send(type="iceCandidate", playerId=pid, candidate=cand)
@@ -109,8 +119,9 @@ async def test_full_handshake_over_sockets(start_signaling: StartSignaling, http
     assert await s.recv_type("playerDisconnected") == {"type": "playerDisconnected", "playerId": pid}
 
 
-async def test_two_players_on_one_streamer_and_two_streamers(start_signaling: StartSignaling,
-                                                             http: aiohttp.ClientSession) -> None:
+async def test_two_players_on_one_streamer_and_two_streamers(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
     server = await start_signaling()
     a = await connect_streamer(http, server, "A")
     b = await connect_streamer(http, server, "B")
@@ -128,8 +139,9 @@ async def test_two_players_on_one_streamer_and_two_streamers(start_signaling: St
 
 async def test_any_path_and_first_subprotocol(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling()
-    ws = await http.ws_connect(f"ws://127.0.0.1:{server.player_port}/some/path?StreamerId=x",
-                               protocols=("first", "second"))
+    ws = await http.ws_connect(
+        f"ws://127.0.0.1:{server.player_port}/some/path?StreamerId=x", protocols=("first", "second")
+    )
     assert ws.protocol == "first"
     assert orjson.loads((await ws.receive()).data)["type"] == "config"
     await ws.close()
@@ -142,18 +154,21 @@ async def test_binary_json_frames_are_accepted(start_signaling: StartSignaling, 
     assert await p.recv() == {"type": "pong", "time": 7}
 
 
-@pytest.mark.parametrize("frame,code", [
-    ("{not json", "invalid_json"),
-    (b"\xff\xfe\x00binary", "invalid_json"),
-    ("[1,2,3]", "invalid_message"),
-    ('{"type":"subscribe"}', "invalid_message"),
-    ('{"type":"subscribe","streamerId":5}', "invalid_message"),
-    ('{"type":"noSuchType"}', "unknown_type"),
-    ('{"type":"playerConnected","playerId":"Player0"}', "not_allowed"),
-])
-async def test_bad_input_gets_error_and_others_are_unaffected(start_signaling: StartSignaling,
-                                                              http: aiohttp.ClientSession,
-                                                              frame: str | bytes, code: str) -> None:
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        ("{not json", "invalid_json"),
+        (b"\xff\xfe\x00binary", "invalid_json"),
+        ("[1,2,3]", "invalid_message"),
+        ('{"type":"subscribe"}', "invalid_message"),
+        ('{"type":"subscribe","streamerId":5}', "invalid_message"),
+        ('{"type":"noSuchType"}', "unknown_type"),
+        ('{"type":"playerConnected","playerId":"Player0"}', "not_allowed"),
+    ],
+)
+async def test_bad_input_gets_error_and_others_are_unaffected(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession, frame: str | bytes, code: str
+) -> None:
     server = await start_signaling()
     s = await connect_streamer(http, server)
     good, good_id = await connect_player(http, server, s)
@@ -166,8 +181,9 @@ async def test_bad_input_gets_error_and_others_are_unaffected(start_signaling: S
     assert (await good.recv())["sdp"] == "still routed"
 
 
-async def test_bad_streamer_input_is_dropped_without_an_error_message(start_signaling: StartSignaling,
-                                                                      http: aiohttp.ClientSession) -> None:
+async def test_bad_streamer_input_is_dropped_without_an_error_message(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
     server = await start_signaling()
     s = await connect_streamer(http, server)
     await s.ws.send_str("{garbage")
@@ -177,8 +193,9 @@ async def test_bad_streamer_input_is_dropped_without_an_error_message(start_sign
     assert await s.recv() == {"type": "pong", "time": 1}  # nothing else was sent first
 
 
-async def test_protocol_error_budget_closes_with_1008(start_signaling: StartSignaling,
-                                                      http: aiohttp.ClientSession) -> None:
+async def test_protocol_error_budget_closes_with_1008(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
     server = await start_signaling(max_protocol_errors=3)
     s = await connect_streamer(http, server)
     bystander, bid = await connect_player(http, server, s)
@@ -225,8 +242,10 @@ async def _raw_player_that_never_reads(port: int) -> socket.socket:
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, ("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    request = (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     await loop.sock_sendall(sock, request.encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -239,8 +258,9 @@ async def _raw_player_that_never_reads(port: int) -> socket.socket:
     return sock
 
 
-async def test_slow_reader_is_closed_and_does_not_stall_the_streamer(start_signaling: StartSignaling,
-                                                                     http: aiohttp.ClientSession) -> None:
+async def test_slow_reader_is_closed_and_does_not_stall_the_streamer(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
     server = await start_signaling(send_queue_frames=8)
     s = await connect_streamer(http, server)
     fast, fast_id = await connect_player(http, server, s)
@@ -273,7 +293,9 @@ async def test_disconnect_player_closes_with_1011(start_signaling: StartSignalin
     assert await s.recv_type("playerDisconnected") == {"type": "playerDisconnected", "playerId": pid}
 
 
-async def test_streamer_leaving_closes_its_players(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
+async def test_streamer_leaving_closes_its_players(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
     server = await start_signaling()
     a = await connect_streamer(http, server, "A")
     b = await connect_streamer(http, server, "B")
@@ -319,12 +341,21 @@ async def test_rest_api_and_player_page(start_signaling: StartSignaling, http: a
         assert r.status == 404
 
 
-async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession,
-                                                     start_process: StartProcess) -> None:
+async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession, start_process: StartProcess) -> None:
     ports = [free_port() for _ in range(3)]
     server = await start_process(
-        "signaling", "--host", "127.0.0.1", "--player-port", str(ports[0]), "--streamer-port", str(ports[1]),
-        "--sfu-port", str(ports[2]), "--log-format", "json")
+        "signaling",
+        "--host",
+        "127.0.0.1",
+        "--player-port",
+        str(ports[0]),
+        "--streamer-port",
+        str(ports[1]),
+        "--sfu-port",
+        str(ports[2]),
+        "--log-format",
+        "json",
+    )
     await server.wait_for_port(ports[1], WAIT)
     s = Peer(await http.ws_connect(f"ws://127.0.0.1:{ports[1]}/"))
     assert (await s.recv())["type"] == "identify"
@@ -335,8 +366,9 @@ async def test_sigterm_tells_peers_and_exits_cleanly(http: aiohttp.ClientSession
     assert '"event":"signaling_stopped"' in server.output(None)
 
 
-async def test_keepalive_closes_silent_peers_and_keeps_answering_ones(start_signaling: StartSignaling,
-                                                                      http: aiohttp.ClientSession) -> None:
+async def test_keepalive_closes_silent_peers_and_keeps_answering_ones(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
     server = await start_signaling(keepalive_s=0.3)
     answering = await http.ws_connect(f"ws://127.0.0.1:{server.player_port}/", autoping=True)
     received: list[aiohttp.WSMessage] = []

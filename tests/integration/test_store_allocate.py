@@ -32,30 +32,64 @@ from tests.integration.test_store_conformance import claimable, claimable_slots
 pytestmark = pytest.mark.integration
 
 
-async def host(store: Store, host_id: str, *, slots: int = 2, region: str = "eu", gpu: str = "A10G",
-               loads: dict[int, float] | None = None, app: str = "game", tenant: str = "acme",
-               states: dict[int, SlotState] | None = None, now: float = 100.0) -> None:
-    await store.register_host(HostRegistration(
-        host_id=host_id, boot_id="b1", region=region, gpu_model=gpu, signaling_url="ws://127.0.0.1:80",
-        slots=[SlotSpec(index=i, tenant=tenant, app=app, streamer_id=f"{host_id}-{i}") for i in range(slots)]), now)
+async def host(
+    store: Store,
+    host_id: str,
+    *,
+    slots: int = 2,
+    region: str = "eu",
+    gpu: str = "A10G",
+    loads: dict[int, float] | None = None,
+    app: str = "game",
+    tenant: str = "acme",
+    states: dict[int, SlotState] | None = None,
+    now: float = 100.0,
+) -> None:
+    await store.register_host(
+        HostRegistration(
+            host_id=host_id,
+            boot_id="b1",
+            region=region,
+            gpu_model=gpu,
+            signaling_url="ws://127.0.0.1:80",
+            slots=[SlotSpec(index=i, tenant=tenant, app=app, streamer_id=f"{host_id}-{i}") for i in range(slots)],
+        ),
+        now,
+    )
     await beat(store, host_id, slots=slots, loads=loads, states=states, now=now)
 
 
-async def beat(store: Store, host_id: str, *, slots: int = 2, loads: dict[int, float] | None = None,
-               states: dict[int, SlotState] | None = None, now: float = 100.0) -> None:
+async def beat(
+    store: Store,
+    host_id: str,
+    *,
+    slots: int = 2,
+    loads: dict[int, float] | None = None,
+    states: dict[int, SlotState] | None = None,
+    now: float = 100.0,
+) -> None:
     states = states or {}
     loads = loads or {}
-    await store.heartbeat(host_id, Heartbeat(boot_id="b1", slots=[
-        SlotReport(index=i, state=states.get(i, SlotState.READY), nvenc_load=loads.get(i, 0.0))
-        for i in range(slots)]), now)
+    await store.heartbeat(
+        host_id,
+        Heartbeat(
+            boot_id="b1",
+            slots=[
+                SlotReport(index=i, state=states.get(i, SlotState.READY), nvenc_load=loads.get(i, 0.0))
+                for i in range(slots)
+            ],
+        ),
+        now,
+    )
 
 
 def req(**kw: str) -> AllocationRequest:
     return AllocationRequest(tenant=kw.pop("tenant", "acme"), app=kw.pop("app", "game"), **kw)
 
 
-async def take(store: Store, request: AllocationRequest | None = None, policy: str = "spread",
-               now: float = 200.0) -> Session:
+async def take(
+    store: Store, request: AllocationRequest | None = None, policy: str = "spread", now: float = 200.0
+) -> Session:
     out = await store.allocate(request or req(), f"s-{uuid.uuid4().hex[:8]}", now, policy=policy)
     assert isinstance(out, Session), out
     return out
@@ -64,8 +98,14 @@ async def take(store: Store, request: AllocationRequest | None = None, policy: s
 async def test_allocation_builds_the_session_from_the_slot(store: Store) -> None:
     await host(store, "h1", slots=1)
     s = await take(store, req(client_key="c1"), now=1.8e9 + 0.123456)
-    assert (s.slot_id, s.host_id, s.streamer_id, s.region, s.tenant, s.app) == ("h1/0", "h1", "h1-0", "eu",
-                                                                                 "acme", "game")
+    assert (s.slot_id, s.host_id, s.streamer_id, s.region, s.tenant, s.app) == (
+        "h1/0",
+        "h1",
+        "h1-0",
+        "eu",
+        "acme",
+        "game",
+    )
     assert s.client_key == "c1" and s.created_at == s.last_activity == 1.8e9 + 0.123456
     assert await store.session(s.session_id) == s
     assert [x.state for x in await store.slots()] == [SlotState.ASSIGNED]
@@ -136,7 +176,7 @@ async def test_gpu_model_is_a_filter(store: Store) -> None:
 async def test_the_order_matches_placement_rank(store: Store) -> None:
     """Against the pure ranking over the claimable slots, for every policy and request shape."""
     loads = [0.05, 0.5, 0.25, 0.5, 0.95, 0.25, 0.5, 0.05, 0.25]
-    load_of = {}
+    load_of: dict[str, float] = {}
     for i, (region, gpu, n) in enumerate([("eu", "A10G", 2), ("us", "L4", 3), ("eu", "A10G", 4)]):
         mine = {k: loads[len(load_of) + k] for k in range(n)}
         load_of.update({f"h{i}/{k}": v for k, v in mine.items()})
@@ -151,9 +191,21 @@ async def test_the_order_matches_placement_rank(store: Store) -> None:
             # Give the slot back (end, then the agent's reset report) for the next shape.
             assert await store.end_session(got.session_id, EndReason.FORCE_ENDED, 201.0) is not None
             index = int(got.slot_id.rsplit("/", 1)[1])
-            await store.heartbeat(got.host_id, Heartbeat(boot_id="b1", slots=[SlotReport(
-                index=index, state=SlotState.READY, reset_for=got.session_id,
-                nvenc_load=load_of[got.slot_id])]), 202.0)
+            await store.heartbeat(
+                got.host_id,
+                Heartbeat(
+                    boot_id="b1",
+                    slots=[
+                        SlotReport(
+                            index=index,
+                            state=SlotState.READY,
+                            reset_for=got.session_id,
+                            nvenc_load=load_of[got.slot_id],
+                        )
+                    ],
+                ),
+                202.0,
+            )
             assert len(await claimable(store)) == 9
 
 
@@ -224,8 +276,9 @@ async def test_concurrent_allocations_never_share_a_slot(store: Store) -> None:
 
     for i in range(4):
         await host(store, f"h{i}", slots=3)
-    outs = await asyncio.gather(*(store.allocate(req(), f"s-{k}", 200.0, policy=p)
-                                  for k in range(20) for p in ("spread",)))
+    outs = await asyncio.gather(
+        *(store.allocate(req(), f"s-{k}", 200.0, policy=p) for k in range(20) for p in ("spread",))
+    )
     sessions = [o for o in outs if isinstance(o, Session)]
     assert len(sessions) == 12 and len({s.slot_id for s in sessions}) == 12
     assert outs.count(NoClaim.NO_SLOT) == 8
@@ -243,7 +296,8 @@ async def test_every_end_queues_its_record_until_acknowledged(store: Store) -> N
     assert await store.take_records(299.0, 30.0, 10) == []  # not due before its end
     first = await store.take_records(302.0, 30.0, 10)
     assert sorted((s.session_id, s.end_reason) for s in first) == sorted(
-        [(a.session_id, EndReason.FORCE_ENDED), (c.session_id, EndReason.SLOT_FAILED)])
+        [(a.session_id, EndReason.FORCE_ENDED), (c.session_id, EndReason.SLOT_FAILED)]
+    )
     assert all(s.ended_at is not None for s in first)
     assert await store.take_records(303.0, 30.0, 10) == []  # leased: another taker gets none
     assert await store.expire_hosts(310.0, 5.0)  # b: host_dead
@@ -281,9 +335,17 @@ async def test_slot_count_counts_the_slots_of_live_hosts(store: Store) -> None:
     assert await store.expire_hosts(1000.0, 60.0)  # h1 dies (its session ends), h2 lives
     assert await store.slot_count("acme", "game") == 0
     assert await store.slot_count("acme", "other") == 2
-    await store.register_host(HostRegistration(  # back, smaller
-        host_id="h1", boot_id="b2", region="eu", gpu_model="A10G", signaling_url="ws://127.0.0.1:80",
-        slots=[SlotSpec(index=0, tenant="acme", app="game", streamer_id="h1-0")]), 1001.0)
+    await store.register_host(
+        HostRegistration(  # back, smaller
+            host_id="h1",
+            boot_id="b2",
+            region="eu",
+            gpu_model="A10G",
+            signaling_url="ws://127.0.0.1:80",
+            slots=[SlotSpec(index=0, tenant="acme", app="game", streamer_id="h1-0")],
+        ),
+        1001.0,
+    )
     assert await store.slot_count("acme", "game") == 1
 
 
@@ -299,12 +361,27 @@ async def test_random_pools_always_get_a_best_slot(store: Store) -> None:
         hosts = [f"r{round_}h{i}" for i in range(rng.randint(2, 6))]
         for h in hosts:
             n = rng.randint(1, 5)
-            await host(store, h, slots=n, region=rng.choice(["eu", "us", "ap"]), gpu=rng.choice(["A10G", "L4"]),
-                       loads={k: rng.choice([0.0, 0.25, 0.5, 0.5, 0.75]) for k in range(n)}, app=f"app{round_}")
+            await host(
+                store,
+                h,
+                slots=n,
+                region=rng.choice(["eu", "us", "ap"]),
+                gpu=rng.choice(["A10G", "L4"]),
+                loads={k: rng.choice([0.0, 0.25, 0.5, 0.5, 0.75]) for k in range(n)},
+                app=f"app{round_}",
+            )
         while True:
-            request = req(app=f"app{round_}", **{k: v for k, v in (
-                ("region", rng.choice(["", "eu", "us", "ap"])), ("gpu_model", rng.choice(["", "", "A10G", "L4"])))
-                if v})
+            request = req(
+                app=f"app{round_}",
+                **{
+                    k: v
+                    for k, v in (
+                        ("region", rng.choice(["", "eu", "us", "ap"])),
+                        ("gpu_model", rng.choice(["", "", "A10G", "L4"])),
+                    )
+                    if v
+                },
+            )
             policy = rng.choice(["spread", "pack"])
             pool = await claimable_slots(store, app=request.app)
             if not pool:
@@ -344,8 +421,16 @@ async def test_dead_hosts_are_forgotten_after_the_retention(store: Store) -> Non
 async def test_a_host_back_before_the_retention_is_not_forgotten(store: Store) -> None:
     await host(store, "h1", slots=1, now=100.0)
     assert await store.expire_hosts(200.0, 60.0) == []
-    await store.register_host(HostRegistration(
-        host_id="h1", boot_id="b2", region="eu", gpu_model="A10G", signaling_url="ws://127.0.0.1:80",
-        slots=[SlotSpec(index=0, tenant="acme", app="game", streamer_id="h1-0")]), 300.0)
+    await store.register_host(
+        HostRegistration(
+            host_id="h1",
+            boot_id="b2",
+            region="eu",
+            gpu_model="A10G",
+            signaling_url="ws://127.0.0.1:80",
+            slots=[SlotSpec(index=0, tenant="acme", app="game", streamer_id="h1-0")],
+        ),
+        300.0,
+    )
     assert await store.forget_hosts(100_000.0, 3600.0) == []  # alive again: never forgotten
     assert [h.host_id for h in await store.hosts()] == ["h1"]

@@ -30,29 +30,49 @@ from tests.support.redis_peek import indexed_slots
 pytestmark = pytest.mark.integration
 
 
-def registration(host: str = "h1", boot: str = "b1", slots: int = 2, tenant: str = "acme",
-                 app: str = "game", region: str = "eu") -> HostRegistration:
-    return HostRegistration(host_id=host, boot_id=boot, region=region, gpu_model="A10G",
-                            signaling_url="ws://127.0.0.1:80",
-                            slots=[SlotSpec(index=i, tenant=tenant, app=app, streamer_id=f"{host}-{i}")
-                                   for i in range(slots)])
+def registration(
+    host: str = "h1", boot: str = "b1", slots: int = 2, tenant: str = "acme", app: str = "game", region: str = "eu"
+) -> HostRegistration:
+    return HostRegistration(
+        host_id=host,
+        boot_id=boot,
+        region=region,
+        gpu_model="A10G",
+        signaling_url="ws://127.0.0.1:80",
+        slots=[SlotSpec(index=i, tenant=tenant, app=app, streamer_id=f"{host}-{i}") for i in range(slots)],
+    )
 
 
-def beat(boot: str = "b1", states: dict[int, SlotState] | None = None,
-         reset_for: dict[int, str] | None = None, load: float = 0.0) -> Heartbeat:
+def beat(
+    boot: str = "b1",
+    states: dict[int, SlotState] | None = None,
+    reset_for: dict[int, str] | None = None,
+    load: float = 0.0,
+) -> Heartbeat:
     states = states or {0: SlotState.READY, 1: SlotState.READY}
-    return Heartbeat(boot_id=boot, slots=[
-        SlotReport(index=i, state=st, nvenc_load=load, reset_for=(reset_for or {}).get(i))
-        for i, st in states.items()])
+    return Heartbeat(
+        boot_id=boot,
+        slots=[
+            SlotReport(index=i, state=st, nvenc_load=load, reset_for=(reset_for or {}).get(i))
+            for i, st in states.items()
+        ],
+    )
 
 
 def new_id() -> str:
     return f"s-{uuid.uuid4().hex[:8]}"
 
 
-async def try_claim(store: Store, *, client_key: str | None = None, tenant: str = "acme", app: str = "game",
-                    now: float = 100.0, ticket_id: str | None = None, sid: str | None = None
-                    ) -> Session | Returning | NoClaim:
+async def try_claim(
+    store: Store,
+    *,
+    client_key: str | None = None,
+    tenant: str = "acme",
+    app: str = "game",
+    now: float = 100.0,
+    ticket_id: str | None = None,
+    sid: str | None = None,
+) -> Session | Returning | NoClaim:
     """A new session through the public place-and-claim (``allocate``)."""
     request = AllocationRequest(tenant=tenant, app=app, client_key=client_key)
     return await store.allocate(request, sid or new_id(), now, policy="spread", ticket_id=ticket_id)
@@ -68,9 +88,18 @@ async def claim(store: Store, **kw: object) -> Session:
 async def claimable_slots(store: Store, tenant: str = "acme", app: str = "game") -> list[Slot]:
     """The slots ``allocate`` may claim, by slot id: READY on a live, non-draining host (from the listings)."""
     hosts = {h.host_id: h for h in await store.hosts()}
-    return sorted((s for s in await store.slots()
-                   if s.tenant == tenant and s.app == app and s.state is SlotState.READY
-                   and not hosts[s.host_id].dead and not hosts[s.host_id].draining), key=lambda s: s.slot_id)
+    return sorted(
+        (
+            s
+            for s in await store.slots()
+            if s.tenant == tenant
+            and s.app == app
+            and s.state is SlotState.READY
+            and not hosts[s.host_id].dead
+            and not hosts[s.host_id].draining
+        ),
+        key=lambda s: s.slot_id,
+    )
 
 
 async def claimable(store: Store, tenant: str = "acme", app: str = "game") -> list[str]:
@@ -131,8 +160,13 @@ async def test_a_claimed_slot_is_never_claimed_again(store: Store) -> None:
     slots = {s.slot_id: s for s in await store.slots()}
     for s in (first, second):
         assert slots[s.slot_id].state is SlotState.ASSIGNED and slots[s.slot_id].session_id == s.session_id
-        assert (s.tenant, s.app, s.host_id, s.region, s.streamer_id) == ("acme", "game", "h1", "eu",
-                                                                         s.slot_id.replace("/", "-"))
+        assert (s.tenant, s.app, s.host_id, s.region, s.streamer_id) == (
+            "acme",
+            "game",
+            "h1",
+            "eu",
+            s.slot_id.replace("/", "-"),
+        )
     assert await claimable(store) == []
     assert (await store.session(first.session_id)) == first
     assert sorted(x.session_id for x in await store.sessions()) == sorted([first.session_id, second.session_id])
@@ -156,7 +190,8 @@ async def test_concurrent_claims_give_each_slot_to_one_session(store: Store) -> 
     assert sorted(s.slot_id for s in won) == ["h1/0", "h1/1", "h1/2", "h1/3"]
     assert results.count(NoClaim.NO_SLOT) == 26
     assert sorted((s.slot_id, s.session_id) for s in await store.sessions()) == sorted(
-        (s.slot_id, s.session_id) for s in won)
+        (s.slot_id, s.session_id) for s in won
+    )
 
 
 async def test_session_lifecycle_and_reset_handshake(store: Store) -> None:
@@ -227,8 +262,12 @@ async def test_draining_host_takes_no_new_sessions(store: Store) -> None:
 
 
 def ticket(tenant: str = "acme", app: str = "game", at: float = 100.0, client: str | None = None) -> Ticket:
-    return Ticket(ticket_id=f"t-{uuid.uuid4().hex[:8]}",
-                  request=AllocationRequest(tenant=tenant, app=app, client_key=client), enqueued_at=at, seen_at=at)
+    return Ticket(
+        ticket_id=f"t-{uuid.uuid4().hex[:8]}",
+        request=AllocationRequest(tenant=tenant, app=app, client_key=client),
+        enqueued_at=at,
+        seen_at=at,
+    )
 
 
 async def test_queue_is_fifo_per_tenant_and_app_with_a_limit(store: Store) -> None:
@@ -434,8 +473,9 @@ RULES = {"connect_timeout_s": 60.0, "reconnect_grace_s": 30.0, "idle_timeout_s":
 OFF = {"connect_timeout_s": 0.0, "reconnect_grace_s": 0.0, "idle_timeout_s": 0.0, "max_session_s": 0.0}
 
 
-async def due(store: Store, now: float, limit: int = 100, rules: dict[str, float] | None = None
-              ) -> dict[str, EndReason]:
+async def due(
+    store: Store, now: float, limit: int = 100, rules: dict[str, float] | None = None
+) -> dict[str, EndReason]:
     """The ids due_sessions returns (RULES, changed by ``rules``), with due_endings' verdict
     on each; asserts that they are exactly the ids due_endings finds among all live sessions."""
     rules = {**RULES, **(rules or {})}
@@ -460,16 +500,20 @@ async def test_due_sessions_follow_each_rule_and_transition(store: Store) -> Non
     await store.touch(c.session_id, t + 30.125)  # c: still never connected, later
     assert await due(store, t + 50.75) == {}
     assert await due(store, t + 50.76) == {b.session_id: EndReason.PLAYER_LEFT}
-    assert await due(store, t + 90.2) == {b.session_id: EndReason.PLAYER_LEFT,
-                                          c.session_id: EndReason.NEVER_CONNECTED}
+    assert await due(store, t + 90.2) == {b.session_id: EndReason.PLAYER_LEFT, c.session_id: EndReason.NEVER_CONNECTED}
     await store.reattach(b.session_id, t + 45.0)  # b is back: assigned, connect timeout from here
     assert await due(store, t + 105.0) == {c.session_id: EndReason.NEVER_CONNECTED}
-    assert await due(store, t + 105.1) == {b.session_id: EndReason.NEVER_CONNECTED,
-                                           c.session_id: EndReason.NEVER_CONNECTED}
+    assert await due(store, t + 105.1) == {
+        b.session_id: EndReason.NEVER_CONNECTED,
+        c.session_id: EndReason.NEVER_CONNECTED,
+    }
     await store.touch(a.session_id, t + 200.0)
     assert set(await due(store, t + 500.0)) == {b.session_id, c.session_id}
-    assert await due(store, t + 500.1) == {a.session_id: EndReason.IDLE, b.session_id: EndReason.NEVER_CONNECTED,
-                                           c.session_id: EndReason.NEVER_CONNECTED}
+    assert await due(store, t + 500.1) == {
+        a.session_id: EndReason.IDLE,
+        b.session_id: EndReason.NEVER_CONNECTED,
+        c.session_id: EndReason.NEVER_CONNECTED,
+    }
     # Timeouts of 0 are off; a grace of 0 is not: a disconnected player is due at once.
     assert await due(store, t + 500.1, rules=OFF) == {}
     await store.mark_connected(c.session_id, t + 501.0)

@@ -9,6 +9,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -96,7 +97,7 @@ async def test_cluster_key_layout(redis_cluster_url: str) -> None:
         by_group: dict[str, set[int]] = {}
         for key in keys:
             if key.startswith("{"):
-                group = key[:key.index("}") + 1]
+                group = key[: key.index("}") + 1]
                 by_group.setdefault(group, set()).add(key_slot(key.encode()))
         assert set(by_group) == {"{" + prefix + "}", "{" + prefix + ":" + a + "}", "{" + prefix + ":" + b + "}"}
         assert all(len(slots) == 1 for slots in by_group.values()), by_group
@@ -152,8 +153,9 @@ async def test_replicas_never_share_a_slot(open_redis: OpenStore) -> None:
     for replica in replicas:  # every replica sees the same, whoever claimed
         assert sorted((s.slot_id, s.session_id) for s in await replica.sessions()) == sorted(winners.items())
     # Every end is taken by exactly one replica.
-    ends = await asyncio.gather(*(r.end_session(sid, EndReason.PLAYER_LEFT, 110.0)
-                                  for r in replicas for sid in winners.values()))
+    ends = await asyncio.gather(
+        *(r.end_session(sid, EndReason.PLAYER_LEFT, 110.0) for r in replicas for sid in winners.values())
+    )
     assert sum(e is not None for e in ends) == 4
 
 
@@ -162,8 +164,11 @@ INDEXES = ("created", "since:assigned", "since:connected", "since:disconnected")
 
 async def deadline_index(store: RedisStore, tenant: str = "acme") -> dict[str, dict[str, float]]:
     tag = store._tag(tenant)
-    return {name: {m.decode(): score for m, score in await store._r.zrange(f"{tag}:{name}", 0, -1, withscores=True)}
-            for name in INDEXES}
+    out: dict[str, dict[str, float]] = {}
+    for name in INDEXES:
+        pairs = cast(list[tuple[bytes, float]], await store._r.zrange(f"{tag}:{name}", 0, -1, withscores=True))
+        out[name] = {m.decode(): score for m, score in pairs}
+    return out
 
 
 async def test_the_deadline_indexes_follow_every_transition_exactly(open_redis: OpenStore) -> None:
@@ -173,18 +178,30 @@ async def test_the_deadline_indexes_follow_every_transition_exactly(open_redis: 
     await store.heartbeat("h1", beat(), t)
     a, b = await claim(store, now=t), await claim(store, now=t + 0.1)
     a_, b_ = a.session_id, b.session_id
-    assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {a_: t, b_: t + 0.1},
-                                           "since:connected": {}, "since:disconnected": {}}
+    assert await deadline_index(store) == {
+        "created": {a_: t, b_: t + 0.1},
+        "since:assigned": {a_: t, b_: t + 0.1},
+        "since:connected": {},
+        "since:disconnected": {},
+    }
     await store.mark_connected(a_, t + 1.1)
     await store.mark_disconnected(a_, t + 2.2)
     await store.touch(b_, t + 3.3)
-    assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {b_: t + 3.3},
-                                           "since:connected": {}, "since:disconnected": {a_: t + 2.2}}
+    assert await deadline_index(store) == {
+        "created": {a_: t, b_: t + 0.1},
+        "since:assigned": {b_: t + 3.3},
+        "since:connected": {},
+        "since:disconnected": {a_: t + 2.2},
+    }
     await store.reattach(a_, t + 4.4)
     await store.mark_connected(b_, t + 5.5)
     await store.touch(b_, t + 6.6)
-    assert await deadline_index(store) == {"created": {a_: t, b_: t + 0.1}, "since:assigned": {a_: t + 4.4},
-                                           "since:connected": {b_: t + 6.6}, "since:disconnected": {}}
+    assert await deadline_index(store) == {
+        "created": {a_: t, b_: t + 0.1},
+        "since:assigned": {a_: t + 4.4},
+        "since:connected": {b_: t + 6.6},
+        "since:disconnected": {},
+    }
     await store.end_session(b_, EndReason.PLAYER_LEFT, t + 7.0)
     await store.heartbeat("h1", beat(states={index_of(a): SlotState.DEAD}), t + 8.0)  # a's slot fails
     assert await deadline_index(store) == {name: {} for name in INDEXES}
@@ -241,7 +258,9 @@ async def test_a_crash_leftover_ended_by_reregistration_is_still_returned(open_r
     assert [(e.session_id, e.end_reason) for e in ended] == [(s.session_id, EndReason.HOST_DEAD)]
     assert await store.expire_hosts(203.0, ttl_s=10.0) == []
     assert sorted((x.slot_id, x.state) for x in await store.slots()) == [
-        ("h1/0", SlotState.STARTING), ("h1/1", SlotState.STARTING)]
+        ("h1/0", SlotState.STARTING),
+        ("h1/1", SlotState.STARTING),
+    ]
 
 
 async def test_scripts_are_reloaded_when_the_server_forgets_them(open_redis: OpenStore) -> None:
@@ -378,20 +397,22 @@ async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(
     pipelines = 0
     real = store._r.pipeline
 
-    def counting(*args: object, **kw: object) -> object:
+    def counting(*args: Any, **kw: Any) -> Any:
         nonlocal pipelines
         pipelines += 1
         return real(*args, **kw)
 
-    store._r.pipeline = counting
+    setattr(store._r, "pipeline", counting)  # noqa: B010 - mypy forbids assigning to a method
     key = f"{store.prefix}:k"
     try:
-        first, second, bad, third = await asyncio.gather(
+        replies: list[Any] = await asyncio.gather(
             store._batch([_cmd("SET", key, "1"), _cmd("GET", key)]),
             store._batch([_cmd("INCR", key)]),
             store._batch([_cmd("NOSUCHCOMMAND", key)]),
             store._batch([_cmd("GET", key)]),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
+        first, second, bad, third = replies
         assert pipelines == 1
         assert first == [True, b"1"] and second == [2] and third == [b"2"]
         assert isinstance(bad, Exception) and "NOSUCHCOMMAND" in str(bad).upper()

@@ -82,9 +82,7 @@ async def test_player_receives_video_and_streamer_decodes_input(
         assert im.MouseDown(0, x, y) in events
 
 
-async def test_data_channel_handshake_like_ue(
-    server: SignalingServer, start_streamer: StartStreamer
-) -> None:
+async def test_data_channel_handshake_like_ue(server: SignalingServer, start_streamer: StartStreamer) -> None:
     await start_streamer()
     async with SyntheticPlayer(player_url(server)) as player:
         protocol = await player.wait_streamer_message("Protocol", WAIT)
@@ -100,9 +98,7 @@ async def test_data_channel_handshake_like_ue(
         assert owner.flag is True
 
 
-async def test_two_players_watch_one_streamer(
-    server: SignalingServer, start_streamer: StartStreamer
-) -> None:
+async def test_two_players_watch_one_streamer(server: SignalingServer, start_streamer: StartStreamer) -> None:
     streamer = await start_streamer("Shared")
     url = player_url(server)
     async with SyntheticPlayer(url, "Shared") as one, SyntheticPlayer(url, "Shared") as two:
@@ -130,9 +126,7 @@ async def test_two_players_watch_one_streamer(
     await wait_until(lambda: not streamer.peers, "peers torn down after players left")
 
 
-async def test_clicks_show_up_in_the_decoded_video(
-    server: SignalingServer, start_streamer: StartStreamer
-) -> None:
+async def test_clicks_show_up_in_the_decoded_video(server: SignalingServer, start_streamer: StartStreamer) -> None:
     streamer = await start_streamer(width=640, height=360)
     async with SyntheticPlayer(player_url(server)) as player:
         await player.wait_frames(5, WAIT)
@@ -171,8 +165,9 @@ async def test_player_waits_for_a_streamer_that_comes_later(
 async def test_streamer_reconnects_after_server_restart(start_signaling: StartSignaling) -> None:
     first = await start_signaling(sfu_port=-1)
     ports = {"player_port": first.player_port, "streamer_port": first.streamer_port}
-    streamer = SyntheticStreamer(f"ws://127.0.0.1:{first.streamer_port}", "Phoenix", 160, 120, 10,
-                                 reconnect_min_s=0.1, reconnect_max_s=0.5)
+    streamer = SyntheticStreamer(
+        f"ws://127.0.0.1:{first.streamer_port}", "Phoenix", 160, 120, 10, reconnect_min_s=0.1, reconnect_max_s=0.5
+    )
     task = asyncio.create_task(streamer.run())
     try:
         await streamer.wait_identified(WAIT)
@@ -190,8 +185,7 @@ async def test_streamer_reconnects_after_server_restart(start_signaling: StartSi
 async def test_ice_servers_from_config_are_used(start_signaling: StartSignaling) -> None:
     # A TURN URL with an unsupported transport is skipped, so no network is needed,
     # but the conversion must not reject the string form of ``urls``.
-    options = {"iceServers": [{"urls": "turn:127.0.0.1:9?transport=sctp", "username": "u",
-                               "credential": "c"}]}
+    options = {"iceServers": [{"urls": "turn:127.0.0.1:9?transport=sctp", "username": "u", "credential": "c"}]}
     server = await start_signaling(sfu_port=-1, peer_connection_options=options)
     streamer = SyntheticStreamer(f"ws://127.0.0.1:{server.streamer_port}", "Cfg", 160, 120, 10)
     task = asyncio.create_task(streamer.run())
@@ -207,9 +201,21 @@ async def test_ice_servers_from_config_are_used(start_signaling: StartSignaling)
 
 async def test_cli_streamer_runs_until_sigterm(server: SignalingServer, start_process: StartProcess) -> None:
     streamer = await start_process(
-        "--url", f"ws://127.0.0.1:{server.streamer_port}", "--id", "FromCli",
-        "--width", "160", "--height", "120", "--fps", "10", "--log-format", "json",
-        module="streamer.synthetic", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        "--url",
+        f"ws://127.0.0.1:{server.streamer_port}",
+        "--id",
+        "FromCli",
+        "--width",
+        "160",
+        "--height",
+        "120",
+        "--fps",
+        "10",
+        "--log-format",
+        "json",
+        module="streamer.synthetic",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     await streamer.wait_until(lambda: server.core.streamer_by_id("FromCli") is not None, "the CLI streamer", WAIT)
     async with SyntheticPlayer(player_url(server), "FromCli") as player:
         await player.wait_frames(3, WAIT)
@@ -222,7 +228,6 @@ def test_cli_help() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
-
 
 
 async def test_stop_during_a_handshake_that_never_finishes() -> None:

@@ -44,19 +44,23 @@ pytestmark = pytest.mark.integration
 WAIT = 30.0
 
 
-
-
 def turn_address(turn: Coturn) -> tuple[str, int]:
     return turn.options.host, turn.options.port
 
 
-async def relay_candidates(turn: Coturn, username: str, password: str,
-                           transport: str = "udp") -> list[aioice.Candidate]:
+async def relay_candidates(
+    turn: Coturn, username: str, password: str, transport: str = "udp"
+) -> list[aioice.Candidate]:
     """What a relay-only ICE agent gathers with this credential."""
-    conn = aioice.Connection(ice_controlling=True, turn_server=turn_address(turn),
-                             turn_username=username, turn_password=password,
-                             turn_transport=transport, use_ipv6=False,
-                             transport_policy=aioice.TransportPolicy.RELAY)
+    conn = aioice.Connection(
+        ice_controlling=True,
+        turn_server=turn_address(turn),
+        turn_username=username,
+        turn_password=password,
+        turn_transport=transport,
+        use_ipv6=False,
+        transport_policy=aioice.TransportPolicy.RELAY,
+    )
     try:
         await asyncio.wait_for(conn.gather_candidates(), WAIT)
         return [c for c in conn.local_candidates if c.type == "relay"]
@@ -66,8 +70,9 @@ async def relay_candidates(turn: Coturn, username: str, password: str,
 
 async def allocate(turn: Coturn, username: str, password: str) -> tuple[str, int]:
     """One TURN allocation; returns the relayed address or raises TransactionFailed."""
-    transport, _ = await asyncio.wait_for(create_turn_endpoint(
-        asyncio.DatagramProtocol, turn_address(turn), username, password), WAIT)
+    transport, _ = await asyncio.wait_for(
+        create_turn_endpoint(asyncio.DatagramProtocol, turn_address(turn), username, password), WAIT
+    )
     try:
         host, port = transport.get_extra_info("sockname")
         return str(host), int(port)
@@ -108,8 +113,9 @@ def turn_entry(options: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_relay_only_stream_through_coturn(coturn: Coturn, start_signaling: StartSignaling) -> None:
-    settings = TurnSettings(provider="rest-secret", urls=coturn.options.urls,
-                            secrets=coturn.options.secrets, ttl_s=600, force_relay=True)
+    settings = TurnSettings(
+        provider="rest-secret", urls=coturn.options.urls, secrets=coturn.options.secrets, ttl_s=600, force_relay=True
+    )
     wiring = wire_turn(settings)
     assert wiring is not None
     server = await start_signaling(sfu_port=-1, **wiring.server_kwargs())
@@ -146,21 +152,17 @@ async def test_relay_only_stream_through_coturn(coturn: Coturn, start_signaling:
         await asyncio.wait_for(task, WAIT)
 
 
-async def test_credentials_route_on_the_signalling_server(coturn: Coturn,
-                                                          start_signaling: StartSignaling) -> None:
-    settings = TurnSettings(provider="rest-secret", urls=coturn.options.urls,
-                            secrets=coturn.options.secrets)
+async def test_credentials_route_on_the_signalling_server(coturn: Coturn, start_signaling: StartSignaling) -> None:
+    settings = TurnSettings(provider="rest-secret", urls=coturn.options.urls, secrets=coturn.options.secrets)
     wiring = wire_turn(settings)
     assert wiring is not None
     server = await start_signaling(sfu_port=-1, **wiring.server_kwargs())
-    async with aiohttp.ClientSession() as http, \
-            http.get(f"http://127.0.0.1:{server.player_port}{PATH}") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{server.player_port}{PATH}") as resp:
         assert resp.status == 200
         body = await resp.json()
     entry = turn_entry(body)
     assert len(await relay_candidates(coturn, entry["username"], entry["credential"])) == 1
-    async with aiohttp.ClientSession() as http, \
-            http.get(f"http://127.0.0.1:{server.player_port}/api/status") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{server.player_port}/api/status") as resp:
         assert resp.status == 200  # the page's own routes are still there
 
 
@@ -218,18 +220,37 @@ async def test_deploy_template_accepts_our_credentials(tmp_path: Path) -> None:
     low, high = relay_port_range(40)
     template = Path(__file__).parents[2] / "deploy" / "coturn" / "turnserver.conf.template"
     conf = tmp_path / "turnserver.conf"
-    conf.write_text(string.Template(template.read_text()).substitute(
-        TURN_SECRET=new, TURN_SECRET_PREVIOUS=previous, TURN_REALM="pixel.test",
-        PRIVATE_IP="127.0.0.1", PUBLIC_IP="127.0.0.1", TLS_CERT=tmp_path / "absent.crt",
-        TLS_KEY=tmp_path / "absent.key", MIN_PORT=low, MAX_PORT=high,
-        UE_PEER_RANGE="127.0.0.1-127.0.0.1", USER_QUOTA=4, TOTAL_QUOTA=100, MAX_BPS=6250000))
+    conf.write_text(
+        string.Template(template.read_text()).substitute(
+            TURN_SECRET=new,
+            TURN_SECRET_PREVIOUS=previous,
+            TURN_REALM="pixel.test",
+            PRIVATE_IP="127.0.0.1",
+            PUBLIC_IP="127.0.0.1",
+            TLS_CERT=tmp_path / "absent.crt",
+            TLS_KEY=tmp_path / "absent.key",
+            MIN_PORT=low,
+            MAX_PORT=high,
+            UE_PEER_RANGE="127.0.0.1-127.0.0.1",
+            USER_QUOTA=4,
+            TOTAL_QUOTA=100,
+            MAX_BPS=6250000,
+        )
+    )
     conf.chmod(0o600)
     port = free_port(udp=True)
     with open(tmp_path / "log", "wb") as log:  # noqa: ASYNC230 - once, before the process
         proc = await asyncio.create_subprocess_exec(
-            binary, "-c", str(conf), f"--listening-port={port}",
-            f"--tls-listening-port={free_port(udp=True)}", f"--pidfile={tmp_path / 'pid'}",
-            f"--userdb={tmp_path / 'turndb'}", stdout=log, stderr=asyncio.subprocess.STDOUT)
+            binary,
+            "-c",
+            str(conf),
+            f"--listening-port={port}",
+            f"--tls-listening-port={free_port(udp=True)}",
+            f"--pidfile={tmp_path / 'pid'}",
+            f"--userdb={tmp_path / 'turndb'}",
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     try:
         try:
             await wait_for_port("127.0.0.1", port, WAIT, exited=lambda: proc.returncode is not None)
@@ -259,8 +280,22 @@ async def test_up_without_turnserver_says_how_to_install(tmp_path: Any, start_pr
 
 async def test_up_with_turn_runs_coturn_and_hands_out_its_credentials(start_process: StartProcess) -> None:
     require_binary("turnserver")
-    up = await start_process("up", "--turn", "--turn-port", "0", "--streamers", "0", "--player-port", "0",
-                             "--streamer-port", "0", "--sfu-port", "-1", "--log-format", "json")
+    up = await start_process(
+        "up",
+        "--turn",
+        "--turn-port",
+        "0",
+        "--streamers",
+        "0",
+        "--player-port",
+        "0",
+        "--streamer-port",
+        "0",
+        "--sfu-port",
+        "-1",
+        "--log-format",
+        "json",
+    )
     banner = await up.wait_for_line("pixelfleet is up", WAIT)
     await up.wait_for_line("relay-only test", WAIT)
     output = up.output(None)

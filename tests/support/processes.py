@@ -57,8 +57,9 @@ class Child:
         except NotListening as exc:
             self.fail(f"is not serving ({exc}; exit code {self.returncode})")
 
-    async def wait_until(self, check: Callable[[], Awaitable[bool] | bool], what: str,
-                         timeout_s: float = 30.0, period_s: float = 0.05) -> None:
+    async def wait_until(
+        self, check: Callable[[], Awaitable[bool] | bool], what: str, timeout_s: float = 30.0, period_s: float = 0.05
+    ) -> None:
         """Until ``check()`` is true (an ``OSError`` from it counts as not yet), failing
         at once if the child exits."""
         loop = asyncio.get_running_loop()
@@ -115,14 +116,28 @@ class Child:
         return code
 
 
-async def start_child(name: str, *args: str, log_path: Path, module: str = "pixelfleet",
-                      env: Mapping[str, str] | None = None, new_session: bool = False) -> Child:
+async def start_child(
+    name: str,
+    *args: str,
+    log_path: Path,
+    module: str = "pixelfleet",
+    env: Mapping[str, str] | None = None,
+    new_session: bool = False,
+) -> Child:
     """``python -m <module> <args>`` (``pixelfleet <args>`` by default) from the repository
     root, output to ``log_path``. ``new_session`` puts it in its own process group, so
     ``stop`` also ends the children it started."""
     with open(log_path, "wb") as out:  # noqa: ASYNC230 - once, before the process
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, *args, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-            stderr=asyncio.subprocess.STDOUT, env=dict(os.environ if env is None else env),
-            start_new_session=new_session, cwd=ROOT)
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=dict(os.environ if env is None else env),
+            start_new_session=new_session,
+            cwd=ROOT,
+        )
     return Child(name, proc, log_path, group=new_session)

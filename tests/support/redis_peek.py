@@ -13,8 +13,9 @@ def _text(raw: object) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-async def placement_index(store: RedisStore, tenant: str, app: str, kind: str = "rz",
-                          region: str | None = None) -> dict[str, float]:
+async def placement_index(
+    store: RedisStore, tenant: str, app: str, kind: str = "rz", region: str | None = None
+) -> dict[str, float]:
     """One placement index of a tenant and app (``rz``: claimable slot -> load percent;
     ``fh``: host -> its claimable slots), all regions' or one region's: what allocate reads."""
     key = TenantKeys(store.prefix, tenant).index(kind, app, region)

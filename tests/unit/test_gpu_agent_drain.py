@@ -18,10 +18,20 @@ def test_documented_notice() -> None:
     assert n.seconds_left(now=n.time.timestamp() - 120) == 120
 
 
-@pytest.mark.parametrize("body", [b"", b"<html>proxy error</html>", b"\xff\xfe", b"[]", b'"terminate"',
-                                  b'{"action": "explode", "time": "2026-11-27T08:22:00Z"}',
-                                  b'{"action": "stop"}', b'{"action": "stop", "time": 5}',
-                                  b'{"action": "stop", "time": "soon"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<html>proxy error</html>",
+        b"\xff\xfe",
+        b"[]",
+        b'"terminate"',
+        b'{"action": "explode", "time": "2026-11-27T08:22:00Z"}',
+        b'{"action": "stop"}',
+        b'{"action": "stop", "time": 5}',
+        b'{"action": "stop", "time": "soon"}',
+    ],
+)
 def test_garbage_is_refused(body: bytes) -> None:
     with pytest.raises(ValueError):
         parse_instance_action(body)

@@ -34,15 +34,28 @@ def host_sample(name: str):  # type: ignore[no-untyped-def]
 
 
 def test_settings_from_the_environment() -> None:
-    s = load_settings({"PIXELFLEET_AGENT__SLOTS_PER_GPU": "2", "PIXELFLEET_AGENT__GPU_SLOTS": "1,3",
-                             "PIXELFLEET_AGENT__ENV": '{"SDL_VIDEODRIVER": "offscreen"}',
-                             "PIXELFLEET_AGENT__SPOT": "true", "PIXELFLEET_TURN__TTL_S": "5"}).agent
+    s = load_settings(
+        {
+            "PIXELFLEET_AGENT__SLOTS_PER_GPU": "2",
+            "PIXELFLEET_AGENT__GPU_SLOTS": "1,3",
+            "PIXELFLEET_AGENT__ENV": '{"SDL_VIDEODRIVER": "offscreen"}',
+            "PIXELFLEET_AGENT__SPOT": "true",
+            "PIXELFLEET_TURN__TTL_S": "5",
+        }
+    ).agent
     assert s.slots_per_gpu == 2 and s.gpu_slots == [1, 3] and s.env == {"SDL_VIDEODRIVER": "offscreen"} and s.spot
 
 
-@pytest.mark.parametrize("env", [{"PIXELFLEET_AGENT__STREAMER": "unreal"}, {"PIXELFLEET_AGENT__DRAIN_MODE": "now"},
-                                 {"PIXELFLEET_AGENT__STREAMER": "ue"}, {"PIXELFLEET_AGENT__SLOTZ": "1"},
-                                 {"PIXELFLEET_AGENT__SLOTS": "many"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PIXELFLEET_AGENT__STREAMER": "unreal"},
+        {"PIXELFLEET_AGENT__DRAIN_MODE": "now"},
+        {"PIXELFLEET_AGENT__STREAMER": "ue"},
+        {"PIXELFLEET_AGENT__SLOTZ": "1"},
+        {"PIXELFLEET_AGENT__SLOTS": "many"},
+    ],
+)
 def test_bad_settings_are_config_errors(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_settings(env)
@@ -63,16 +76,38 @@ def test_slot_plans() -> None:
 
 
 def test_ue_command_line_and_gpu_pinning() -> None:
-    s = AgentSettings(host_id="g5", streamer="ue", ue_binary="/opt/game/Game.sh", streamer_url="ws://10.0.0.5:8888",
-                      codec="AV1", res_x=1280, res_y=720, extra_args=["-Log=slot{index}.log"],
-                      env={"GAME_SLOT": "{n}"})
+    s = AgentSettings(
+        host_id="g5",
+        streamer="ue",
+        ue_binary="/opt/game/Game.sh",
+        streamer_url="ws://10.0.0.5:8888",
+        codec="AV1",
+        res_x=1280,
+        res_y=720,
+        extra_args=["-Log=slot{index}.log"],
+        env={"GAME_SLOT": "{n}"},
+    )
     plan = SlotPlan(index=1, streamer_id="g5-1", gpu=2, gpu_uuid="GPU-abc")
     argv, env = slot_command(s, plan)
-    assert argv == ["/opt/game/Game.sh", "-PixelStreamingURL=ws://10.0.0.5:8888", "-PixelStreamingID=g5-1",
-                    "-RenderOffScreen", "-Unattended", "-ForceRes", "-ResX=1280", "-ResY=720",
-                    "-PixelStreamingEncoderCodec=AV1", "-graphicsadapter=2", "-Log=slot1.log"]
-    assert env == {"CUDA_VISIBLE_DEVICES": "GPU-abc", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "GAME_SLOT": "2",
-                   "PIXELFLEET_SLOT": "1"}
+    assert argv == [
+        "/opt/game/Game.sh",
+        "-PixelStreamingURL=ws://10.0.0.5:8888",
+        "-PixelStreamingID=g5-1",
+        "-RenderOffScreen",
+        "-Unattended",
+        "-ForceRes",
+        "-ResX=1280",
+        "-ResY=720",
+        "-PixelStreamingEncoderCodec=AV1",
+        "-graphicsadapter=2",
+        "-Log=slot1.log",
+    ]
+    assert env == {
+        "CUDA_VISIBLE_DEVICES": "GPU-abc",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "GAME_SLOT": "2",
+        "PIXELFLEET_SLOT": "1",
+    }
     argv, env = slot_command(s, SlotPlan(index=0, streamer_id="g5-0"))  # no GPU: no adapter, no pinning
     assert not any("graphicsadapter" in a for a in argv) and "CUDA_VISIBLE_DEVICES" not in env
 
@@ -80,8 +115,22 @@ def test_ue_command_line_and_gpu_pinning() -> None:
 def test_synthetic_command_line() -> None:
     s = AgentSettings(streamer_url="ws://127.0.0.1:9", res_x=640, res_y=360, fps=15)
     argv, _ = slot_command(s, SlotPlan(index=0, streamer_id="Streamer1"))
-    assert argv == [sys.executable, "-m", "pixelfleet", "streamer", "--url", "ws://127.0.0.1:9", "--id", "Streamer1",
-                    "--width", "640", "--height", "360", "--fps", "15"]
+    assert argv == [
+        sys.executable,
+        "-m",
+        "pixelfleet",
+        "streamer",
+        "--url",
+        "ws://127.0.0.1:9",
+        "--id",
+        "Streamer1",
+        "--width",
+        "640",
+        "--height",
+        "360",
+        "--fps",
+        "15",
+    ]
 
 
 # --- reporter -------------------------------------------------------------------------------
@@ -123,16 +172,23 @@ class FlakyClient:
         pass
 
 
-REG = HostRegistration(host_id="h", boot_id="b", signaling_url="ws://x",
-                       slots=[SlotSpec(index=0, tenant="t", app="a", streamer_id="h-0")])
+REG = HostRegistration(
+    host_id="h", boot_id="b", signaling_url="ws://x", slots=[SlotSpec(index=0, tenant="t", app="a", streamer_id="h-0")]
+)
 
 
 async def test_reporter_keeps_the_latest_state_until_the_matchmaker_is_back() -> None:
     client = FlakyClient(down=3)
     state = {"value": SlotState.STARTING}
     replies: list[HeartbeatReply] = []
-    r = Reporter(client, lambda: REG, lambda: Heartbeat(boot_id="b", slots=[SlotReport(index=0, state=state["value"])]),
-                 replies.append, period_s=0.01, retry_max_s=0.01)
+    r = Reporter(
+        client,
+        lambda: REG,
+        lambda: Heartbeat(boot_id="b", slots=[SlotReport(index=0, state=state["value"])]),
+        replies.append,
+        period_s=0.01,
+        retry_max_s=0.01,
+    )
     for _ in range(3):
         assert not await r.beat_now()
     assert r.failed == 3 and r.consecutive_failures == 3 and not r.registered
@@ -151,8 +207,9 @@ async def test_reporter_registers_again_on_404() -> None:
 
 async def test_reporter_loop_retries_with_backoff_and_stops() -> None:
     client = FlakyClient(down=4)
-    r = Reporter(client, lambda: REG, lambda: Heartbeat(boot_id="b", slots=[]), lambda _: None,
-                 period_s=0.01, retry_max_s=0.05)
+    r = Reporter(
+        client, lambda: REG, lambda: Heartbeat(boot_id="b", slots=[]), lambda _: None, period_s=0.01, retry_max_s=0.05
+    )
     r.start()
     for _ in range(400):
         if client.beats:
@@ -192,8 +249,14 @@ def fake_agent(sample_name: str = "l4x4", slots: int = 8) -> Any:
     slot_set.slots[0].phase = Phase.READY
     slot_set.slots[0].cold_start_s, slot_set.slots[0].cold_starts = 1.5, 1
     slot_set.slots[0].cold_start_total_s = 1.5
-    return SimpleNamespace(settings=s, telemetry=t, slots=slot_set, reporter=None, drain_reasons=set(),
-                           process=__import__("psutil").Process())
+    return SimpleNamespace(
+        settings=s,
+        telemetry=t,
+        slots=slot_set,
+        reporter=None,
+        drain_reasons=set(),
+        process=__import__("psutil").Process(),
+    )
 
 
 def test_prometheus_text() -> None:
@@ -240,8 +303,10 @@ def test_cloudwatch_put_metric_data_with_moto(monkeypatch: pytest.MonkeyPatch) -
     with mock_aws():
         client = boto3.client("cloudwatch", region_name="eu-west-1")
         calls: list[int] = []
-        client.meta.events.register("provide-client-params.cloudwatch.PutMetricData",
-                                    lambda params, **_: calls.append(len(params["MetricData"])))
+        client.meta.events.register(
+            "provide-client-params.cloudwatch.PutMetricData",
+            lambda params, **_: calls.append(len(params["MetricData"])),
+        )
         pub = CloudWatchPublisher(client, "PixelStreaming/Test")
         data = metric_data(fake_agent())
         many = data * (1 + 2 * MAX_DATUMS // len(data))
@@ -249,9 +314,14 @@ def test_cloudwatch_put_metric_data_with_moto(monkeypatch: pytest.MonkeyPatch) -
         metrics = client.list_metrics(Namespace="PixelStreaming/Test")["Metrics"]
         assert {m["MetricName"] for m in metrics} >= {"FreeSlots", "Slots", "GpuUtilization", "EncoderSessions"}
         stats = client.get_metric_statistics(
-            Namespace="PixelStreaming/Test", MetricName="FreeSlots", Statistics=["Maximum"], Period=60,
+            Namespace="PixelStreaming/Test",
+            MetricName="FreeSlots",
+            Statistics=["Maximum"],
+            Period=60,
             Dimensions=[{"Name": "Host", "Value": "g6"}, {"Name": "App", "Value": "game"}],
-            StartTime=__import__("datetime").datetime(2000, 1, 1), EndTime=__import__("datetime").datetime(2100, 1, 1))
+            StartTime=__import__("datetime").datetime(2000, 1, 1),
+            EndTime=__import__("datetime").datetime(2100, 1, 1),
+        )
         assert stats["Datapoints"] and stats["Datapoints"][0]["Maximum"] == 1.0
         pub.client = boto3.client("cloudwatch", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9")
         assert pub.publish(data) == 0 and pub.failures == 1  # a failure is logged, never raised

@@ -51,8 +51,12 @@ def test_h100_encoder_queries_are_unsupported_not_errors() -> None:
     s = sample("h100")
     g = s.gpus[0]
     assert g.has_nvenc is False and g.encoder_capacity == {} and g.encoder_utilization is None
-    assert g.unsupported == ["encoder_capacity_av1", "encoder_capacity_h264", "encoder_capacity_hevc",
-                             "encoder_utilization"]
+    assert g.unsupported == [
+        "encoder_capacity_av1",
+        "encoder_capacity_h264",
+        "encoder_capacity_hevc",
+        "encoder_utilization",
+    ]
     assert g.decoder_utilization == 0 and g.encoder_session_count == 0  # NVDEC exists; stats answer zeros
     assert g.processes == [] and g.errors == {}  # process utilisation NotFound = no sample, not an error
     assert g.utilization_gpu == 0 and g.memory_total_bytes == 81559 * 1024**2

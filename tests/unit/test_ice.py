@@ -23,28 +23,34 @@ def test_split_candidates_strips_and_returns_the_bundle_transport() -> None:
     assert "a=candidate" not in sdp and "end-of-candidates" not in sdp
     assert "a=ice-ufrag:u" in sdp and sdp.endswith("\r\n") and "\r\n\r\n" not in sdp
     assert candidates == [
-        {"candidate": "candidate:abc 1 udp 2130706431 192.0.2.2 40000 typ host",
-         "sdpMid": "0", "sdpMLineIndex": 0},
-        {"candidate": "candidate:def 1 udp 1694498815 203.0.113.9 40001 typ srflx "
-                      "raddr 192.0.2.2 rport 40000",
-         "sdpMid": "0", "sdpMLineIndex": 0},
+        {"candidate": "candidate:abc 1 udp 2130706431 192.0.2.2 40000 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
+        {
+            "candidate": "candidate:def 1 udp 1694498815 203.0.113.9 40001 typ srflx raddr 192.0.2.2 rport 40000",
+            "sdpMid": "0",
+            "sdpMLineIndex": 0,
+        },
     ]
 
 
 def test_candidate_from_browser_message() -> None:
-    candidate = candidate_from_message({
-        "candidate": "candidate:2285834943 1 udp 2122260223 127.0.0.1 34557 typ host "
-                     "generation 0 ufrag Z9hb network-id 1 network-cost 50",
-        "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "Z9hb",
-    })
+    candidate = candidate_from_message(
+        {
+            "candidate": "candidate:2285834943 1 udp 2122260223 127.0.0.1 34557 typ host "
+            "generation 0 ufrag Z9hb network-id 1 network-cost 50",
+            "sdpMid": "0",
+            "sdpMLineIndex": 0,
+            "usernameFragment": "Z9hb",
+        }
+    )
     assert candidate is not None
     assert (candidate.ip, candidate.port, candidate.type) == ("127.0.0.1", 34557, "host")
     assert (candidate.sdpMid, candidate.sdpMLineIndex) == ("0", 0)
 
 
 def test_candidate_related_address_and_defaults() -> None:
-    candidate = candidate_from_message({"candidate": "candidate:def 1 udp 1 203.0.113.9 5 typ srflx "
-                                                     "raddr 192.0.2.2 rport 40000"})
+    candidate = candidate_from_message(
+        {"candidate": "candidate:def 1 udp 1 203.0.113.9 5 typ srflx raddr 192.0.2.2 rport 40000"}
+    )
     assert candidate is not None
     assert (candidate.relatedAddress, candidate.relatedPort) == ("192.0.2.2", 40000)
     assert candidate.sdpMLineIndex == 0  # neither mid nor index given: bundle's first line
@@ -62,13 +68,21 @@ def test_malformed_candidate_is_a_value_error(raw: object) -> None:
 
 
 def test_ice_servers_from_peer_connection_options() -> None:
-    config = configuration_from_options({"iceServers": [
-        {"urls": "stun:stun.example.org:3478"},
-        {"urls": ["turn:203.0.113.10:3478?transport=udp", "https://not-ice.example"],
-         "username": "1795809272:Player0", "credential": "c2VjcmV0"},
-        {"urls": []},
-        "garbage",
-    ], "iceTransportPolicy": "relay"})
+    config = configuration_from_options(
+        {
+            "iceServers": [
+                {"urls": "stun:stun.example.org:3478"},
+                {
+                    "urls": ["turn:203.0.113.10:3478?transport=udp", "https://not-ice.example"],
+                    "username": "1795809272:Player0",
+                    "credential": "c2VjcmV0",
+                },
+                {"urls": []},
+                "garbage",
+            ],
+            "iceTransportPolicy": "relay",
+        }
+    )
     assert config.iceServers is not None
     assert [(s.urls, s.username, s.credential) for s in config.iceServers] == [
         (["stun:stun.example.org:3478"], None, None),

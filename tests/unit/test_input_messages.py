@@ -55,17 +55,17 @@ def test_round_trip(message: im.InputMessage) -> None:
     ("message", "wire"),
     [
         # id, then little-endian fields exactly as SendMessageController packs them
-        (im.MouseMove(100, 200, -3, 4), "4a" "6400" "c800" "fdff" "0400"),
-        (im.MouseDown(1, 0x1234, 0xABCD), "48" "01" "3412" "cdab"),
-        (im.MouseUp(0, 1, 2), "49" "00" "0100" "0200"),
-        (im.MouseWheel(-1, 3, 4), "4b" "ffff" "0300" "0400"),
-        (im.KeyDown(65, True), "3c" "41" "01"),
-        (im.KeyUp(66), "3d" "42"),
-        (im.KeyPress(0x20AC), "3e" "ac20"),
+        (im.MouseMove(100, 200, -3, 4), "4a6400c800fdff0400"),
+        (im.MouseDown(1, 0x1234, 0xABCD), "48013412cdab"),
+        (im.MouseUp(0, 1, 2), "490001000200"),
+        (im.MouseWheel(-1, 3, 4), "4bffff03000400"),
+        (im.KeyDown(65, True), "3c4101"),
+        (im.KeyUp(66), "3d42"),
+        (im.KeyPress(0x20AC), "3eac20"),
         (im.MouseEnter(), "46"),
-        (im.UIInteraction("hi"), "32" "0200" "6800" "6900"),  # uint16 length in UTF-16 units
-        (im.TouchStart((im.TouchPoint(1, 2, 3, 255, True),)), "50" "01" "0100" "0200" "03" "ff" "01"),
-        (im.GamepadAnalog(1, 2, 0.5), "5c" "01" "02" + struct.pack("<d", 0.5).hex()),
+        (im.UIInteraction("hi"), "32020068006900"),  # uint16 length in UTF-16 units
+        (im.TouchStart((im.TouchPoint(1, 2, 3, 255, True),)), "50010100020003ff01"),
+        (im.GamepadAnalog(1, 2, 0.5), "5c0102" + struct.pack("<d", 0.5).hex()),
     ],
 )
 def test_golden_bytes(message: im.InputMessage, wire: str) -> None:
@@ -75,8 +75,13 @@ def test_golden_bytes(message: im.InputMessage, wire: str) -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [m for m in SAMPLES if len(im.message_to_bytes(m)) > 1 and not isinstance(m, im.Unknown)
-     and not isinstance(m, (im.TestEcho, im.DataChannelLatencyTest))],
+    [
+        m
+        for m in SAMPLES
+        if len(im.message_to_bytes(m)) > 1
+        and not isinstance(m, im.Unknown)
+        and not isinstance(m, (im.TestEcho, im.DataChannelLatencyTest))
+    ],
     ids=lambda m: type(m).__name__,
 )
 def test_truncated_payload_is_a_value_error(message: im.InputMessage) -> None:
@@ -87,11 +92,11 @@ def test_truncated_payload_is_a_value_error(message: im.InputMessage) -> None:
 
 def test_string_longer_than_announced_payload_is_a_value_error() -> None:
     with pytest.raises(ValueError):
-        im.message_from_bytes(bytes.fromhex("32" "0500" "6800"))
+        im.message_from_bytes(bytes.fromhex("3205006800"))
 
 
 def test_trailing_bytes_are_ignored() -> None:
-    assert im.message_from_bytes(bytes.fromhex("3d" "42" "ffff")) == im.KeyUp(66)
+    assert im.message_from_bytes(bytes.fromhex("3d42ffff")) == im.KeyUp(66)
 
 
 def test_unknown_id_keeps_its_payload() -> None:

@@ -7,10 +7,21 @@ from matchmaker.records import JsonLinesSink, MemorySink, open_sink
 
 
 def ended(i: int) -> Session:
-    return Session(session_id=f"s{i}", tenant="t", app="a", slot_id="h/0", host_id="h", region="r",
-                   streamer_id="h-0", signaling_url="ws://s", created_at=0.0, connected_at=1.0, last_activity=1.0,
-                   ended_at=2.0 + i,
-                   end_reason=EndReason.PLAYER_LEFT)
+    return Session(
+        session_id=f"s{i}",
+        tenant="t",
+        app="a",
+        slot_id="h/0",
+        host_id="h",
+        region="r",
+        streamer_id="h-0",
+        signaling_url="ws://s",
+        created_at=0.0,
+        connected_at=1.0,
+        last_activity=1.0,
+        ended_at=2.0 + i,
+        end_reason=EndReason.PLAYER_LEFT,
+    )
 
 
 async def test_memory_sink_keeps_the_last_records_and_counts_the_dropped() -> None:

@@ -146,15 +146,20 @@ def test_unsubscribe_keeps_socket(h: Harness) -> None:
     assert h.send(p, type="unsubscribe") == []
 
 
-@pytest.mark.parametrize("kind,body", [
-    ("offer", {"sdp": "v=0"}),
-    ("answer", {"sdp": "v=0", "minBitrateBps": 0, "maxBitrateBps": 0}),
-    ("iceCandidate", {"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host",
-                                    "sdpMid": "0", "sdpMLineIndex": 0}}),
-    ("layerPreference", {"spatialLayer": 0, "temporalLayer": 0, "playerId": ""}),
-    ("dataChannelRequest", {}),
-    ("peerDataChannelsReady", {}),
-])
+@pytest.mark.parametrize(
+    "kind,body",
+    [
+        ("offer", {"sdp": "v=0"}),
+        ("answer", {"sdp": "v=0", "minBitrateBps": 0, "maxBitrateBps": 0}),
+        (
+            "iceCandidate",
+            {"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0}},
+        ),
+        ("layerPreference", {"spatialLayer": 0, "temporalLayer": 0, "playerId": ""}),
+        ("dataChannelRequest", {}),
+        ("peerDataChannelsReady", {}),
+    ],
+)
 def test_player_messages_reach_streamer_with_player_id_overwritten(h: Harness, kind: str, body: dict[str, Any]) -> None:
     s = h.streamer()
     p = h.player("Cam")
@@ -162,11 +167,14 @@ def test_player_messages_reach_streamer_with_player_id_overwritten(h: Harness, k
     assert sends(out, s) == [{"type": kind, **body, "playerId": "Player0", "extraField": [1]}]
 
 
-@pytest.mark.parametrize("kind,body", [
-    ("offer", {"sdp": "v=0"}),
-    ("answer", {"sdp": "v=0"}),
-    ("iceCandidate", {"candidate": {"candidate": "c", "sdpMid": "0", "sdpMLineIndex": 0}}),
-])
+@pytest.mark.parametrize(
+    "kind,body",
+    [
+        ("offer", {"sdp": "v=0"}),
+        ("answer", {"sdp": "v=0"}),
+        ("iceCandidate", {"candidate": {"candidate": "c", "sdpMid": "0", "sdpMLineIndex": 0}}),
+    ],
+)
 def test_streamer_messages_reach_their_player_with_player_id_kept(h: Harness, kind: str, body: dict[str, Any]) -> None:
     s = h.streamer()
     p = h.player("Cam")
@@ -262,8 +270,10 @@ def test_streamer_id_change_reaches_subscribers_in_both_spellings(h: Harness) ->
     s = h.streamer("Cam")
     p = h.player("Cam")
     out = h.send(s, type="endpointId", id="Cam2")
-    assert sends(out, p) == [{"type": "streamerIdChanged", "newID": "Cam2"},
-                             {"type": "streamerIDChanged", "newID": "Cam2"}]
+    assert sends(out, p) == [
+        {"type": "streamerIdChanged", "newID": "Cam2"},
+        {"type": "streamerIDChanged", "newID": "Cam2"},
+    ]
 
 
 def test_legacy_auto_subscribe_to_first_registered_streamer(h: Harness) -> None:
@@ -326,8 +336,15 @@ def test_sfu_flow_matches_epic(h: Harness) -> None:
     out = h.send(sfu, type="peerDataChannels", playerId="Player1", sendStreamId=1, recvStreamId=2)
     assert sends(out, p) == [{"type": "peerDataChannels", "sendStreamId": 1, "recvStreamId": 2}]
     out = h.send(sfu, type="streamerDataChannels", playerId="Player1", sendStreamId=1, recvStreamId=2)
-    assert sends(out, s) == [{"type": "streamerDataChannels", "playerId": "Player1", "sendStreamId": 1,
-                              "recvStreamId": 2, "sfuId": "Player0"}]
+    assert sends(out, s) == [
+        {
+            "type": "streamerDataChannels",
+            "playerId": "Player1",
+            "sendStreamId": 1,
+            "recvStreamId": 2,
+            "sfuId": "Player0",
+        }
+    ]
     out = h.send(s, type="layerPreference", spatialLayer=1, temporalLayer=1)
     assert sends(out, sfu)[0]["type"] == "layerPreference"
 
@@ -361,18 +378,21 @@ def test_sfu_never_gets_subscribe_failed(h: Harness) -> None:
 # --- bad input ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("obj,kind", [
-    ([1, 2], "invalid_message"),
-    ("text", "invalid_message"),
-    ({"no": "type"}, "invalid_message"),
-    ({"type": 5}, "invalid_message"),
-    ({"type": "subscribe"}, "invalid_message"),                       # missing field
-    ({"type": "subscribe", "streamerId": 7}, "invalid_message"),      # wrong type
-    ({"type": "iceCandidate", "candidate": "x"}, "invalid_message"),
-    ({"type": "playerConnected", "playerId": "P"}, "not_allowed"),    # out of role
-    ({"type": "endpointId", "id": "x"}, "not_allowed"),
-    ({"type": "offer", "sdp": "v", "playerId": 1.5}, "invalid_message"),
-])
+@pytest.mark.parametrize(
+    "obj,kind",
+    [
+        ([1, 2], "invalid_message"),
+        ("text", "invalid_message"),
+        ({"no": "type"}, "invalid_message"),
+        ({"type": 5}, "invalid_message"),
+        ({"type": "subscribe"}, "invalid_message"),  # missing field
+        ({"type": "subscribe", "streamerId": 7}, "invalid_message"),  # wrong type
+        ({"type": "iceCandidate", "candidate": "x"}, "invalid_message"),
+        ({"type": "playerConnected", "playerId": "P"}, "not_allowed"),  # out of role
+        ({"type": "endpointId", "id": "x"}, "not_allowed"),
+        ({"type": "offer", "sdp": "v", "playerId": 1.5}, "invalid_message"),
+    ],
+)
 def test_bad_player_messages_get_an_error_and_nothing_else(h: Harness, obj: Any, kind: str) -> None:
     s = h.streamer()
     p = h.player("Cam")

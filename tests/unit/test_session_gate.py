@@ -44,7 +44,8 @@ def test_gate_from_settings(tmp_path: object) -> None:
     assert optional is not None and not optional.required
     private = Ed25519PrivateKey.generate()
     pem = Path(str(tmp_path)) / "pub.pem"
-    pem.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     ed = gate_from_settings(Settings(session_token_public_key_file=str(pem)))
     assert ed is not None and ed.keys.algorithm == "EdDSA" and ed.keys.signing_key is None

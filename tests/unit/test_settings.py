@@ -23,9 +23,14 @@ def test_defaults_follow_epic() -> None:
 
 
 def test_environment_then_flags() -> None:
-    env = {"PIXELFLEET_PLAYER_PORT": "8080", "PIXELFLEET_HOST": "::1",
-           "PIXELFLEET_PEER_CONNECTION_OPTIONS": '{"iceServers":[{"urls":["stun:x"]}]}',
-           "PIXELFLEET_TURN__SECRETS": "a,b", "OTHER": "ignored", "PIXELFLEET_TEST__STRICT": "1"}
+    env = {
+        "PIXELFLEET_PLAYER_PORT": "8080",
+        "PIXELFLEET_HOST": "::1",
+        "PIXELFLEET_PEER_CONNECTION_OPTIONS": '{"iceServers":[{"urls":["stun:x"]}]}',
+        "PIXELFLEET_TURN__SECRETS": "a,b",
+        "OTHER": "ignored",
+        "PIXELFLEET_TEST__STRICT": "1",
+    }
     s = load_settings(env, flags={"signaling.host": "0.0.0.0", "signaling.streamer_port": None}).signaling
     assert s.player_port == 8080 and s.host == "0.0.0.0" and s.streamer_port == 8888
     assert s.peer_connection_options == {"iceServers": [{"urls": ["stun:x"]}]}
@@ -38,8 +43,14 @@ def test_a_commands_defaults_sit_below_the_environment() -> None:
 
 
 def test_shared_settings_are_one_variable_seen_by_every_service() -> None:
-    s = load_settings({"PIXELFLEET_AGENT_TOKEN": "agent-t", "PIXELFLEET_SESSION_TOKEN_SECRET": "k" * 32,
-                       "PIXELFLEET_STATE_URL": "redis://db:6379", "PIXELFLEET_LOG_LEVEL": "debug"})
+    s = load_settings(
+        {
+            "PIXELFLEET_AGENT_TOKEN": "agent-t",
+            "PIXELFLEET_SESSION_TOKEN_SECRET": "k" * 32,
+            "PIXELFLEET_STATE_URL": "redis://db:6379",
+            "PIXELFLEET_LOG_LEVEL": "debug",
+        }
+    )
     for section in (s, s.signaling, s.matchmaker, s.agent):
         assert section.agent_token == "agent-t" and section.session_token_secret == "k" * 32
         assert section.state_url == "redis://db:6379" and section.log_level == "debug"
@@ -47,38 +58,52 @@ def test_shared_settings_are_one_variable_seen_by_every_service() -> None:
 
 
 def test_secrets_stay_out_of_repr() -> None:
-    s = load_settings({"PIXELFLEET_AGENT_TOKEN": "agent-t", "PIXELFLEET_SESSION_TOKEN_SECRET": "k" * 32,
-                       "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": "caller-s"})
+    s = load_settings(
+        {
+            "PIXELFLEET_AGENT_TOKEN": "agent-t",
+            "PIXELFLEET_SESSION_TOKEN_SECRET": "k" * 32,
+            "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": "caller-s",
+        }
+    )
     assert not {"agent-t", "k" * 32, "caller-s"} & set(re.findall(r"[\w-]+", repr(s) + repr(s.matchmaker)))
 
 
-@pytest.mark.parametrize("old,new", [
-    ("PIXELFLEET_MATCHMAKER__TOKEN_SECRET", "PIXELFLEET_SESSION_TOKEN_SECRET"),
-    ("PIXELFLEET_MATCHMAKER__TOKEN_TTL_S", "PIXELFLEET_SESSION_TOKEN_TTL_S"),
-    ("PIXELFLEET_MATCHMAKER__AGENT_TOKEN", "PIXELFLEET_AGENT_TOKEN"),
-    ("PIXELFLEET_AGENT__AGENT_TOKEN", "PIXELFLEET_AGENT_TOKEN"),
-    ("PIXELFLEET_AGENT__ADMIN_TOKEN", "PIXELFLEET_ADMIN_TOKEN"),
-    ("PIXELFLEET_MATCHMAKER__STATE_URL", "PIXELFLEET_STATE_URL"),
-    ("PIXELFLEET_AGENT__LOG_LEVEL", "PIXELFLEET_LOG_LEVEL"),
-])
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("PIXELFLEET_MATCHMAKER__TOKEN_SECRET", "PIXELFLEET_SESSION_TOKEN_SECRET"),
+        ("PIXELFLEET_MATCHMAKER__TOKEN_TTL_S", "PIXELFLEET_SESSION_TOKEN_TTL_S"),
+        ("PIXELFLEET_MATCHMAKER__AGENT_TOKEN", "PIXELFLEET_AGENT_TOKEN"),
+        ("PIXELFLEET_AGENT__AGENT_TOKEN", "PIXELFLEET_AGENT_TOKEN"),
+        ("PIXELFLEET_AGENT__ADMIN_TOKEN", "PIXELFLEET_ADMIN_TOKEN"),
+        ("PIXELFLEET_MATCHMAKER__STATE_URL", "PIXELFLEET_STATE_URL"),
+        ("PIXELFLEET_AGENT__LOG_LEVEL", "PIXELFLEET_LOG_LEVEL"),
+    ],
+)
 def test_an_old_name_is_refused_naming_its_replacement(old: str, new: str) -> None:
     assert RENAMED[old] == new
     with pytest.raises(ConfigError, match=f"^{old} is now {new}"):
         load_settings({old: "x"})
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"PIXELFLEET_PLAYER_PORT": "ten"}, "invalid PIXELFLEET_PLAYER_PORT: Expected `int`"),
-    ({"PIXELFLEET_PALYER_PORT": "80"}, "unknown setting PIXELFLEET_PALYER_PORT"),
-    ({"PIXELFLEET_SIGNALING__HOST": "x"}, "unknown setting PIXELFLEET_SIGNALING__HOST"),
-    ({"PIXELFLEET_LOG_LEVEL": "verbose"}, r"invalid PIXELFLEET_LOG_LEVEL: .*\(one of debug, info, warning, error\)"),
-    ({"PIXELFLEET_SESSION_TOKEN_ALGORITHM": "RS256"}, "invalid PIXELFLEET_SESSION_TOKEN_ALGORITHM"),
-    ({"PIXELFLEET_PEER_CONNECTION_OPTIONS": "{"}, "invalid PIXELFLEET_PEER_CONNECTION_OPTIONS: not JSON"),
-    ({"PIXELFLEET_MATCHMAKER__PORT": "x"}, "invalid PIXELFLEET_MATCHMAKER__PORT"),
-    ({"PIXELFLEET_MATCHMAKER__POLICY": "nope"}, "unknown placement policy 'nope'"),
-    ({"PIXELFLEET_MATCHMAKER__RECORDS_MEMORY_MAX": "0"}, "records_memory_max must be at least 1"),
-    ({"PIXELFLEET_AGENT__SLOTS": "many"}, "invalid PIXELFLEET_AGENT__SLOTS"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"PIXELFLEET_PLAYER_PORT": "ten"}, "invalid PIXELFLEET_PLAYER_PORT: Expected `int`"),
+        ({"PIXELFLEET_PALYER_PORT": "80"}, "unknown setting PIXELFLEET_PALYER_PORT"),
+        ({"PIXELFLEET_SIGNALING__HOST": "x"}, "unknown setting PIXELFLEET_SIGNALING__HOST"),
+        (
+            {"PIXELFLEET_LOG_LEVEL": "verbose"},
+            r"invalid PIXELFLEET_LOG_LEVEL: .*\(one of debug, info, warning, error\)",
+        ),
+        ({"PIXELFLEET_SESSION_TOKEN_ALGORITHM": "RS256"}, "invalid PIXELFLEET_SESSION_TOKEN_ALGORITHM"),
+        ({"PIXELFLEET_PEER_CONNECTION_OPTIONS": "{"}, "invalid PIXELFLEET_PEER_CONNECTION_OPTIONS: not JSON"),
+        ({"PIXELFLEET_MATCHMAKER__PORT": "x"}, "invalid PIXELFLEET_MATCHMAKER__PORT"),
+        ({"PIXELFLEET_MATCHMAKER__POLICY": "nope"}, "unknown placement policy 'nope'"),
+        ({"PIXELFLEET_MATCHMAKER__RECORDS_MEMORY_MAX": "0"}, "records_memory_max must be at least 1"),
+        ({"PIXELFLEET_AGENT__SLOTS": "many"}, "invalid PIXELFLEET_AGENT__SLOTS"),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle) as info:
         load_settings(env)
@@ -103,21 +128,28 @@ def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, 
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,env,needle", [
-    (["signaling"], {"PIXELFLEET_STATE_URL": "redis://127.0.0.1:6379"}, "signalling runs on one node for now"),
-    (["up"], {"PIXELFLEET_STATE_URL": "redis://127.0.0.1:6379"}, "signalling runs on one node for now"),
-    (["matchmaker"], {"PIXELFLEET_MATCHMAKER__TOKEN_SECRET": "s" * 32}, "is now PIXELFLEET_SESSION_TOKEN_SECRET"),
-    (["matchmaker", "--policy", "nope"], {}, "unknown placement policy 'nope'"),
-    (["matchmaker"], {}, "set PIXELFLEET_SESSION_TOKEN_SECRET"),
-    (["matchmaker"], {"PIXELFLEET_SESSION_TOKEN_SECRET": "short"}, "at least 32 bytes"),
-    (["matchmaker"], {"PIXELFLEET_SESSION_TOKEN_SECRET": "s" * 32, "PIXELFLEET_STATE_URL": "mongo://x"},
-     "PIXELFLEET_STATE_URL: unsupported state URL scheme 'mongo'"),
-    (["signaling"], {"PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE": "/nonexistent.pem"}, "session token key"),
-    (["signaling", "--player-port", "0"], {"PIXELFLEET_TURN__PROVIDER": "static"}, "needs urls"),
-    (["agent", "--streamer", "ue"], {}, "needs PIXELFLEET_AGENT__UE_BINARY"),
-])
+@pytest.mark.parametrize(
+    "argv,env,needle",
+    [
+        (["signaling"], {"PIXELFLEET_STATE_URL": "redis://127.0.0.1:6379"}, "signalling runs on one node for now"),
+        (["up"], {"PIXELFLEET_STATE_URL": "redis://127.0.0.1:6379"}, "signalling runs on one node for now"),
+        (["matchmaker"], {"PIXELFLEET_MATCHMAKER__TOKEN_SECRET": "s" * 32}, "is now PIXELFLEET_SESSION_TOKEN_SECRET"),
+        (["matchmaker", "--policy", "nope"], {}, "unknown placement policy 'nope'"),
+        (["matchmaker"], {}, "set PIXELFLEET_SESSION_TOKEN_SECRET"),
+        (["matchmaker"], {"PIXELFLEET_SESSION_TOKEN_SECRET": "short"}, "at least 32 bytes"),
+        (
+            ["matchmaker"],
+            {"PIXELFLEET_SESSION_TOKEN_SECRET": "s" * 32, "PIXELFLEET_STATE_URL": "mongo://x"},
+            "PIXELFLEET_STATE_URL: unsupported state URL scheme 'mongo'",
+        ),
+        (["signaling"], {"PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE": "/nonexistent.pem"}, "session token key"),
+        (["signaling", "--player-port", "0"], {"PIXELFLEET_TURN__PROVIDER": "static"}, "needs urls"),
+        (["agent", "--streamer", "ue"], {}, "needs PIXELFLEET_AGENT__UE_BINARY"),
+    ],
+)
 def test_the_cli_stops_on_a_bad_setting_with_one_line_and_exit_2(
-        capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str], needle: str) -> None:
+    capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str], needle: str
+) -> None:
     code, err = run_cli(capsys, argv, env)
     assert code == 2
     assert re.search(needle, err), err

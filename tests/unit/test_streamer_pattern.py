@@ -13,8 +13,10 @@ from streamer.pattern import WHITE, InputOverlay, TestPattern, TestPatternSource
 NOW = 1_800_000_000.25
 
 
-@pytest.mark.parametrize(("size", "expected"), [((1280, 720), (1280, 720)), ((320, 240), (320, 240)),
-                                                 ((641, 361), (640, 360)), ((8, 8), (32, 32))])
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((1280, 720), (1280, 720)), ((320, 240), (320, 240)), ((641, 361), (640, 360)), ((8, 8), (32, 32))],
+)
 def test_frame_size(size: tuple[int, int], expected: tuple[int, int]) -> None:
     pattern = TestPattern(*size)
     buf = pattern.render(0, NOW)

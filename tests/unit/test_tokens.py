@@ -43,10 +43,12 @@ def test_forgeries_refused(forge: str) -> None:
 
 def test_eddsa_verify_only_nodes() -> None:
     private = Ed25519PrivateKey.generate()
-    priv_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
-    pub_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    priv_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     signer = TokenKeys.eddsa(priv_pem, pub_pem)
     verifier = TokenKeys.eddsa(None, pub_pem)
     token = mint(signer, tenant="t", session_id="s", streamer_id="x", ttl_s=60)
@@ -62,7 +64,6 @@ def test_short_secret_rejected() -> None:
         TokenKeys.hs256("short")
 
 
-
 def test_hs256_tokens_are_what_pyjwt_writes_and_reads() -> None:
     """Minting HS256 is done by hand (speed); pyjwt must read every field back (UTF-8
     and quotes included), with the header it writes itself, and a changed signature
@@ -72,14 +73,23 @@ def test_hs256_tokens_are_what_pyjwt_writes_and_reads() -> None:
     keys = TokenKeys.hs256("k" * 40)
     token = mint(keys, tenant='ac"me/ü', session_id="s-1", streamer_id="h1-0", ttl_s=120, now=1_800_000_000.7)
     assert pyjwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
-    claims = pyjwt.decode(token, "k" * 40, algorithms=["HS256"], audience="pixelfleet-signaling",
-                          issuer="pixelfleet", options={"verify_exp": False, "verify_nbf": False,
-                                                        "verify_iat": False})
+    claims = pyjwt.decode(
+        token,
+        "k" * 40,
+        algorithms=["HS256"],
+        audience="pixelfleet-signaling",
+        issuer="pixelfleet",
+        options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+    )
     assert (claims["sub"], claims["sid"], claims["stid"]) == ('ac"me/ü', "s-1", "h1-0")
     assert (claims["iat"], claims["nbf"], claims["exp"]) == (1_800_000_000, 1_799_999_995, 1_800_000_120)
     assert len(claims["jti"]) == 16
     head, body, sig = token.split(".")
     assert "=" not in token  # unpadded base64url, as RFC 7515 wants
     with pytest.raises(pyjwt.InvalidSignatureError):
-        pyjwt.decode(f"{head}.{body}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}", "k" * 40, algorithms=["HS256"],
-                     options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False})
+        pyjwt.decode(
+            f"{head}.{body}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}",
+            "k" * 40,
+            algorithms=["HS256"],
+            options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+        )

@@ -9,8 +9,7 @@ from turn.config import TurnSettings
 
 ENV = {
     "PIXELFLEET_TURN__PROVIDER": "rest-secret",
-    "PIXELFLEET_TURN__URLS": "stun:t.example:3478, turn:t.example:3478?transport=udp,"
-                             "turns:t.example:443?transport=tcp",
+    "PIXELFLEET_TURN__URLS": "stun:t.example:3478, turn:t.example:3478?transport=udp,turns:t.example:443?transport=tcp",
     "PIXELFLEET_TURN__SECRETS": "new-secret,old-secret",
     "PIXELFLEET_TURN__TTL_S": "900",
     "PIXELFLEET_TURN__STREAMER_TTL_S": "86400",
@@ -32,8 +31,7 @@ def test_defaults() -> None:
 def test_environment() -> None:
     s = load_turn_settings(ENV)
     assert s.provider == "rest-secret"
-    assert s.urls == ("stun:t.example:3478", "turn:t.example:3478?transport=udp",
-                      "turns:t.example:443?transport=tcp")
+    assert s.urls == ("stun:t.example:3478", "turn:t.example:3478?transport=udp", "turns:t.example:443?transport=tcp")
     assert s.secrets == ("new-secret", "old-secret")  # newest first
     assert (s.ttl_s, s.streamer_ttl_s, s.force_relay) == (900, 86400, True)
 
@@ -44,23 +42,33 @@ def test_flags_win_and_none_means_unset() -> None:
 
 
 def test_aws_kvs() -> None:
-    s = load_turn_settings({"PIXELFLEET_TURN__PROVIDER": "aws-kvs",
-                            "PIXELFLEET_TURN__AWS_REGION": "eu-west-1",
-                            "PIXELFLEET_TURN__AWS_CHANNEL_ARN": "arn:aws:kinesisvideo:x"})
+    s = load_turn_settings(
+        {
+            "PIXELFLEET_TURN__PROVIDER": "aws-kvs",
+            "PIXELFLEET_TURN__AWS_REGION": "eu-west-1",
+            "PIXELFLEET_TURN__AWS_CHANNEL_ARN": "arn:aws:kinesisvideo:x",
+        }
+    )
     assert s.aws_region == "eu-west-1" and s.aws_refresh_margin_s == 60
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"PIXELFLEET_TURN__TTL_S": "ten"}, "PIXELFLEET_TURN__TTL_S: Expected `int`"),
-    ({"PIXELFLEET_TURN__TTL_S": "0"}, "positive"),
-    ({"PIXELFLEET_TURN__PROVIDER": "coturn"}, r"PIXELFLEET_TURN__PROVIDER: .*\(one of none, static, rest-secret, aws-kvs\)"),
-    ({"PIXELFLEET_TURN__SECRET": "x"}, "unknown setting PIXELFLEET_TURN__SECRET"),
-    ({"PIXELFLEET_TURN__URLS": "http://t.example"}, "not a stun"),
-    ({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__URLS": "turn:t"}, "needs secrets"),
-    ({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__SECRETS": "s"}, "needs urls"),
-    ({"PIXELFLEET_TURN__PROVIDER": "static"}, "needs urls"),
-    ({"PIXELFLEET_TURN__PROVIDER": "aws-kvs"}, "aws_region"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"PIXELFLEET_TURN__TTL_S": "ten"}, "PIXELFLEET_TURN__TTL_S: Expected `int`"),
+        ({"PIXELFLEET_TURN__TTL_S": "0"}, "positive"),
+        (
+            {"PIXELFLEET_TURN__PROVIDER": "coturn"},
+            r"PIXELFLEET_TURN__PROVIDER: .*\(one of none, static, rest-secret, aws-kvs\)",
+        ),
+        ({"PIXELFLEET_TURN__SECRET": "x"}, "unknown setting PIXELFLEET_TURN__SECRET"),
+        ({"PIXELFLEET_TURN__URLS": "http://t.example"}, "not a stun"),
+        ({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__URLS": "turn:t"}, "needs secrets"),
+        ({"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__SECRETS": "s"}, "needs urls"),
+        ({"PIXELFLEET_TURN__PROVIDER": "static"}, "needs urls"),
+        ({"PIXELFLEET_TURN__PROVIDER": "aws-kvs"}, "aws_region"),
+    ],
+)
 def test_bad_settings_fail_with_one_clear_line(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle) as info:
         load_turn_settings(env)

@@ -19,19 +19,33 @@ from turn.coturn import (
 
 
 def test_command_line_is_the_verified_loopback_one_without_secrets() -> None:
-    options = CoturnOptions(secrets=("very-secret",), port=3479, min_port=50000, max_port=50039,
-                            realm="pixel.test")
+    options = CoturnOptions(secrets=("very-secret",), port=3479, min_port=50000, max_port=50039, realm="pixel.test")
     argv = command_line("/usr/bin/turnserver", options, Path("/tmp/w"))
     assert argv[:3] == ["/usr/bin/turnserver", "-c", "/tmp/w/secrets.conf"]
-    for flag in ("--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--listening-port=3479",
-                 "--min-port=50000", "--max-port=50039", "--realm=pixel.test", "--use-auth-secret",
-                 "--fingerprint", "--no-tls", "--no-dtls", "--no-cli", "--log-file=stdout",
-                 "--simple-log", "--no-software-attribute", "--allow-loopback-peers",
-                 "--userdb=/tmp/w/turndb", "--pidfile=/tmp/w/turnserver.pid"):
+    for flag in (
+        "--listening-ip=127.0.0.1",
+        "--relay-ip=127.0.0.1",
+        "--listening-port=3479",
+        "--min-port=50000",
+        "--max-port=50039",
+        "--realm=pixel.test",
+        "--use-auth-secret",
+        "--fingerprint",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--log-file=stdout",
+        "--simple-log",
+        "--no-software-attribute",
+        "--allow-loopback-peers",
+        "--userdb=/tmp/w/turndb",
+        "--pidfile=/tmp/w/turnserver.pid",
+    ):
         assert flag in argv
     assert not any("very-secret" in a or "static-auth-secret" in a for a in argv)  # not in `ps`
     assert "--allow-loopback-peers" not in command_line(
-        "t", CoturnOptions(secrets=("s",), allow_loopback_peers=False), Path("/w"))
+        "t", CoturnOptions(secrets=("s",), allow_loopback_peers=False), Path("/w")
+    )
 
 
 def test_config_file_holds_every_secret() -> None:
@@ -43,8 +57,11 @@ def test_config_file_holds_every_secret() -> None:
 
 def test_urls_and_repr() -> None:
     options = CoturnOptions(secrets=("hidden-one",), port=3479)
-    assert options.urls == ("stun:127.0.0.1:3479", "turn:127.0.0.1:3479?transport=udp",
-                            "turn:127.0.0.1:3479?transport=tcp")
+    assert options.urls == (
+        "stun:127.0.0.1:3479",
+        "turn:127.0.0.1:3479?transport=udp",
+        "turn:127.0.0.1:3479?transport=tcp",
+    )
     assert "hidden-one" not in repr(options)
 
 

@@ -47,10 +47,17 @@ def test_repr_hides_the_password() -> None:
     assert cred.password not in repr(cred)
 
 
-@pytest.mark.parametrize("username,expiry", [
-    ("1795809272:Player0", 1795809272), ("Player0:1795809272", 1795809272),
-    ("1795809272", 1795809272), ("Player0", None), ("a:b", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "username,expiry",
+    [
+        ("1795809272:Player0", 1795809272),
+        ("Player0:1795809272", 1795809272),
+        ("1795809272", 1795809272),
+        ("Player0", None),
+        ("a:b", None),
+        ("", None),
+    ],
+)
 def test_expiry_is_read_like_coturn(username: str, expiry: int | None) -> None:
     assert expiry_of(username) == expiry
 
@@ -58,18 +65,17 @@ def test_expiry_is_read_like_coturn(username: str, expiry: int | None) -> None:
 def test_verify_follows_coturn_rules() -> None:
     cred = issue("new", "p", 60, NOW)
     assert verify(["new", "old"], cred.username, cred.password, NOW)
-    assert verify(["new", "old"], cred.username, cred.password, NOW + 60)       # expiry >= now
-    assert not verify(["new", "old"], cred.username, cred.password, NOW + 61)   # expired
+    assert verify(["new", "old"], cred.username, cred.password, NOW + 60)  # expiry >= now
+    assert not verify(["new", "old"], cred.username, cred.password, NOW + 61)  # expired
     old = issue("old", "p", 60, NOW)
-    assert verify(["new", "old"], old.username, old.password, NOW)              # rotation
-    assert not verify(["new"], old.username, old.password, NOW)                 # retired
+    assert verify(["new", "old"], old.username, old.password, NOW)  # rotation
+    assert not verify(["new"], old.username, old.password, NOW)  # retired
     tampered = cred.password[:-2] + ("A=" if cred.password[-2] != "A" else "B=")
     assert not verify(["new"], cred.username, tampered, NOW)
     assert not verify(["new"], cred.username.replace(":p", ":q"), cred.password, NOW)
 
 
-@given(secret=st.text(min_size=1), user=st.text().filter(lambda u: ":" not in u),
-       ttl=st.integers(1, 10 * 365 * 86400))
+@given(secret=st.text(min_size=1), user=st.text().filter(lambda u: ":" not in u), ttl=st.integers(1, 10 * 365 * 86400))
 def test_issued_credentials_verify(secret: str, user: str, ttl: int) -> None:
     cred = issue(secret, user, ttl, NOW)
     assert verify([secret], cred.username, cred.password, NOW)
@@ -88,8 +94,7 @@ def test_ice_servers_shape() -> None:
     cred = issue("s", "p", 60, NOW)
     assert ice_servers(["stun:h"], ["turn:h", "turns:h:443?transport=tcp"], cred) == [
         {"urls": ["stun:h"]},
-        {"urls": ["turn:h", "turns:h:443?transport=tcp"], "username": cred.username,
-         "credential": cred.password},
+        {"urls": ["turn:h", "turns:h:443?transport=tcp"], "username": cred.username, "credential": cred.password},
     ]
     assert ice_servers([], ["turn:h"], None) == []
     assert ice_servers(["stun:h"], [], cred) == [{"urls": ["stun:h"]}]

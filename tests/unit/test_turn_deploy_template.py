@@ -16,28 +16,39 @@ def template() -> string.Template:
 
 def placeholders() -> set[str]:
     t = template()
-    return {m.group("braced") or m.group("named") for m in t.pattern.finditer(t.template)
-            if m.group("braced") or m.group("named")}
+    return {
+        m.group("braced") or m.group("named")
+        for m in t.pattern.finditer(t.template)
+        if m.group("braced") or m.group("named")
+    }
 
 
 def active_lines() -> list[str]:
-    return [line.strip() for line in template().template.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.strip() for line in template().template.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_matches_the_rest_secret_scheme() -> None:
     lines = active_lines()
     assert "use-auth-secret" in lines
     assert [line for line in lines if line.startswith("static-auth-secret=")] == [
-        "static-auth-secret=${TURN_SECRET}", "static-auth-secret=${TURN_SECRET_PREVIOUS}"]
+        "static-auth-secret=${TURN_SECRET}",
+        "static-auth-secret=${TURN_SECRET_PREVIOUS}",
+    ]
     assert "realm=${TURN_REALM}" in lines and "fingerprint" in lines
 
 
 def test_production_safety() -> None:
     lines = active_lines()
     assert not any("allow-loopback-peers" in line for line in lines)
-    for needed in ("no-cli", "no-multicast-peers", "denied-peer-ip=169.254.0.0-169.254.255.255",
-                   "denied-peer-ip=10.0.0.0-10.255.255.255", "no-software-attribute"):
+    for needed in (
+        "no-cli",
+        "no-multicast-peers",
+        "denied-peer-ip=169.254.0.0-169.254.255.255",
+        "denied-peer-ip=10.0.0.0-10.255.255.255",
+        "no-software-attribute",
+    ):
         assert needed in lines
 
 

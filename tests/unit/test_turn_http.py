@@ -39,8 +39,9 @@ async def test_fresh_rest_credentials(aiohttp_client: Any) -> None:
 
 
 async def test_user_hook_and_static_provider(aiohttp_client: Any) -> None:
-    route = credentials_route(StaticProvider(URLS, "dev", "pw"), SETTINGS, path="/ice",
-                              user_for=lambda request: "ignored")
+    route = credentials_route(
+        StaticProvider(URLS, "dev", "pw"), SETTINGS, path="/ice", user_for=lambda request: "ignored"
+    )
     client = await aiohttp_client(app_with(route))
     body = await (await client.get("/ice")).json()
     assert body["ttl"] is None and body["expiresAt"] is None

@@ -12,8 +12,7 @@ from turn.wiring import wire_turn
 
 NOW = 1_795_809_212.0
 URLS = ("stun:t:3478", "turn:t:3478?transport=udp")
-SETTINGS = TurnSettings(provider="rest-secret", urls=URLS, secrets=("new", "old"), ttl_s=600,
-                        streamer_ttl_s=7 * 86400)
+SETTINGS = TurnSettings(provider="rest-secret", urls=URLS, secrets=("new", "old"), ttl_s=600, streamer_ttl_s=7 * 86400)
 
 
 def options(**kwargs: object) -> TurnPeerOptions:
@@ -56,8 +55,11 @@ def test_base_options_are_kept_and_force_relay() -> None:
     make = TurnPeerOptions(RestSecretProvider(URLS, ["s"]), relay, base=base)
     opts = make(Role.PLAYER, "Player0")
     assert opts["bundlePolicy"] == "max-bundle" and opts["iceTransportPolicy"] == "relay"
-    assert [s["urls"] for s in opts["iceServers"]] == [["stun:t:3478"], ["turn:t:3478?transport=udp"],
-                                                       ["stun:public:19302"]]
+    assert [s["urls"] for s in opts["iceServers"]] == [
+        ["stun:t:3478"],
+        ["turn:t:3478?transport=udp"],
+        ["stun:public:19302"],
+    ]
     assert base["iceServers"] == [{"urls": ["stun:public:19302"]}]  # caller's dict untouched
 
 

@@ -27,8 +27,7 @@ from turn.providers import (
 )
 
 NOW = 1_795_809_212.0
-URLS = ("stun:turn.example:3478", "turn:turn.example:3478?transport=udp",
-        "turns:turn.example:443?transport=tcp")
+URLS = ("stun:turn.example:3478", "turn:turn.example:3478?transport=udp", "turns:turn.example:443?transport=tcp")
 ARN = "arn:aws:kinesisvideo:eu-west-1:123456789012:channel/ps-relay/1700000000000"
 HTTPS = "https://r-0a1b2c3d.kinesisvideo.eu-west-1.amazonaws.com"
 
@@ -72,10 +71,12 @@ def test_static_provider() -> None:
 def test_build_provider_by_name() -> None:
     assert build_provider(TurnSettings()) is None
     kinds: dict[Provider, type[IceServerProvider]] = {
-        "static": StaticProvider, "rest-secret": RestSecretProvider, "aws-kvs": AwsKvsProvider}
+        "static": StaticProvider,
+        "rest-secret": RestSecretProvider,
+        "aws-kvs": AwsKvsProvider,
+    }
     for name, cls in kinds.items():
-        settings = TurnSettings(provider=name, urls=URLS, secrets=("s",),
-                                aws_region="eu-west-1", aws_channel_arn=ARN)
+        settings = TurnSettings(provider=name, urls=URLS, secrets=("s",), aws_region="eu-west-1", aws_channel_arn=ARN)
         provider = build_provider(settings)
         assert isinstance(provider, cls)
         assert provider is not None
@@ -84,22 +85,36 @@ def test_build_provider_by_name() -> None:
 
 # --- aws-kvs with botocore's Stubber ---------------------------------------------------
 
-ENDPOINT_RESPONSE = {"ResourceEndpointList": [
-    {"Protocol": "WSS", "ResourceEndpoint": "wss://m-0a1b2c3d.kinesisvideo.eu-west-1.amazonaws.com"},
-    {"Protocol": "HTTPS", "ResourceEndpoint": HTTPS},
-]}
+ENDPOINT_RESPONSE = {
+    "ResourceEndpointList": [
+        {"Protocol": "WSS", "ResourceEndpoint": "wss://m-0a1b2c3d.kinesisvideo.eu-west-1.amazonaws.com"},
+        {"Protocol": "HTTPS", "ResourceEndpoint": HTTPS},
+    ]
+}
 
 
 def ice_response(tag: str, ttl: int = 300) -> dict[str, Any]:
     """The documented GetIceServerConfig output: IceServerList of {Uris, Username, Password, Ttl}."""
-    return {"IceServerList": [
-        {"Uris": [f"turn:35-1-2-3.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=udp",
-                  f"turns:35-1-2-3.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=udp",
-                  f"turns:35-1-2-3.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=tcp"],
-         "Username": f"1795809512:{tag}-user", "Password": f"{tag}-pass", "Ttl": ttl},
-        {"Uris": [f"turn:35-4-5-6.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=udp"],
-         "Username": f"1795809512:{tag}-user2", "Password": f"{tag}-pass2", "Ttl": ttl},
-    ]}
+    return {
+        "IceServerList": [
+            {
+                "Uris": [
+                    f"turn:35-1-2-3.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=udp",
+                    f"turns:35-1-2-3.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=udp",
+                    f"turns:35-1-2-3.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=tcp",
+                ],
+                "Username": f"1795809512:{tag}-user",
+                "Password": f"{tag}-pass",
+                "Ttl": ttl,
+            },
+            {
+                "Uris": [f"turn:35-4-5-6.t-{tag}.kinesisvideo.eu-west-1.amazonaws.com:443?transport=udp"],
+                "Username": f"1795809512:{tag}-user2",
+                "Password": f"{tag}-pass2",
+                "Ttl": ttl,
+            },
+        ]
+    }
 
 
 ICE_PARAMS = {"ChannelARN": ARN, "ClientId": "pixelfleet", "Service": "TURN"}
@@ -110,23 +125,26 @@ class StubbedAws:
 
     def __init__(self) -> None:
         self.plans: dict[str, list[tuple[str, Any, dict[str, Any] | None]]] = {
-            "kinesisvideo": [], "kinesis-video-signaling": []}
+            "kinesisvideo": [],
+            "kinesis-video-signaling": [],
+        }
         self.created: list[tuple[str, dict[str, Any]]] = []
         self.stubbers: list[Stubber] = []
 
-    def expect(self, service: str, operation: str, response: Any,
-               params: dict[str, Any] | None = None) -> None:
+    def expect(self, service: str, operation: str, response: Any, params: dict[str, Any] | None = None) -> None:
         self.plans[service].append((operation, response, params))
 
     def __call__(self, service: str, **kwargs: Any) -> Any:
         self.created.append((service, kwargs))
         client = botocore.session.get_session().create_client(
-            service, aws_access_key_id="testing", aws_secret_access_key="testing", **kwargs)
+            service, aws_access_key_id="testing", aws_secret_access_key="testing", **kwargs
+        )
         stubber = Stubber(client)
         for operation, response, params in self.plans[service]:
             if isinstance(response, Exception):
-                stubber.add_client_error(operation, service_error_code=str(response),
-                                         http_status_code=403, expected_params=params)
+                stubber.add_client_error(
+                    operation, service_error_code=str(response), http_status_code=403, expected_params=params
+                )
             else:
                 stubber.add_response(operation, response, params)
         stubber.activate()
@@ -141,9 +159,12 @@ class StubbedAws:
 @pytest.fixture
 def aws() -> StubbedAws:
     stub = StubbedAws()
-    stub.expect("kinesisvideo", "get_signaling_channel_endpoint", ENDPOINT_RESPONSE, {
-        "ChannelARN": ARN,
-        "SingleMasterChannelEndpointConfiguration": {"Protocols": ["HTTPS"], "Role": "VIEWER"}})
+    stub.expect(
+        "kinesisvideo",
+        "get_signaling_channel_endpoint",
+        ENDPOINT_RESPONSE,
+        {"ChannelARN": ARN, "SingleMasterChannelEndpointConfiguration": {"Protocols": ["HTTPS"], "Role": "VIEWER"}},
+    )
     return stub
 
 
@@ -162,12 +183,17 @@ async def test_kvs_fetches_the_channel_endpoint_then_ice_servers(aws: StubbedAws
     await provider.refresh()
     grant = provider.ice_servers("Player0", 600)
     assert grant.servers[0] == STUN
-    assert grant.servers[1] == {"urls": ice_response("a")["IceServerList"][0]["Uris"],
-                                "username": "1795809512:a-user", "credential": "a-pass"}
+    assert grant.servers[1] == {
+        "urls": ice_response("a")["IceServerList"][0]["Uris"],
+        "username": "1795809512:a-user",
+        "credential": "a-pass",
+    }
     assert len(grant.servers) == 3 and grant.expires_at == int(NOW) + 300
     # the signalling client talks to the channel's own HTTPS endpoint
-    assert aws.created == [("kinesisvideo", {"region_name": "eu-west-1"}),
-                           ("kinesis-video-signaling", {"region_name": "eu-west-1", "endpoint_url": HTTPS})]
+    assert aws.created == [
+        ("kinesisvideo", {"region_name": "eu-west-1"}),
+        ("kinesis-video-signaling", {"region_name": "eu-west-1", "endpoint_url": HTTPS}),
+    ]
     aws.assert_done()
 
 
@@ -190,8 +216,7 @@ async def test_kvs_caches_until_shortly_before_expiry_then_refetches(aws: Stubbe
 
 
 async def test_kvs_failure_leaves_stun_only_and_is_retried(aws: StubbedAws) -> None:
-    aws.expect("kinesis-video-signaling", "get_ice_server_config",
-               Exception("AccessDeniedException"), ICE_PARAMS)
+    aws.expect("kinesis-video-signaling", "get_ice_server_config", Exception("AccessDeniedException"), ICE_PARAMS)
     aws.expect("kinesis-video-signaling", "get_ice_server_config", ice_response("c"), ICE_PARAMS)
     clock = Clock()
     provider = kvs(aws, clock)
