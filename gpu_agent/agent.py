@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
 import signal
@@ -158,6 +159,7 @@ class Agent:
     def registration(self) -> HostRegistration:
         if self._registration is None:
             s = self.settings
+            on_gpu = collections.Counter(slot.plan.gpu for slot in self.slots)  # slots sharing each GPU
             self._registration = HostRegistration(
                 host_id=s.host,
                 boot_id=self.boot_id,
@@ -166,7 +168,13 @@ class Agent:
                 gpu_model=self._gpu_model,
                 signaling_url=s.signaling_url,
                 slots=[
-                    SlotSpec(index=slot.plan.index, tenant=s.tenant, app=s.app, streamer_id=slot.plan.streamer_id)
+                    SlotSpec(
+                        index=slot.plan.index,
+                        tenant=s.tenant,
+                        app=s.app,
+                        streamer_id=slot.plan.streamer_id,
+                        gpu_share=0.0 if slot.plan.gpu is None else 1.0 / on_gpu[slot.plan.gpu],
+                    )
                     for slot in self.slots
                 ],
             )

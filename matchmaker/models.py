@@ -9,6 +9,7 @@ thing and the conformance suite can compare them.
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
 import msgspec
 
@@ -30,6 +31,8 @@ class SessionState(enum.StrEnum):
 
 
 class EndReason(enum.StrEnum):
+    """Why a session ended; each value is described in docs/records.md (a test compares)."""
+
     PLAYER_LEFT = "player_left"
     NEVER_CONNECTED = "never_connected"
     IDLE = "idle_timeout"
@@ -58,6 +61,9 @@ class SlotSpec(Struct, kw_only=True):
     tenant: str
     app: str
     streamer_id: str
+    # The part of one GPU this slot holds while it runs (1/n when n slots share a GPU,
+    # 0 for a slot without a GPU): a session's record bills its held time times this.
+    gpu_share: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
 
 
 class HostRegistration(Struct, kw_only=True):
@@ -144,11 +150,12 @@ class Slot(Struct, kw_only=True):
     ended_session: str | None = None  # set while RESETTING: the session to reset after
     nvenc_load: float = 0.0
     gpu_load: float = 0.0
+    gpu_share: float = 1.0  # from its SlotSpec
 
 
 # The fields a session copies from the slot it is placed on (same names on both models):
 # the Redis allocation script fills exactly these into the session the model encodes.
-SESSION_FROM_SLOT = ("slot_id", "host_id", "streamer_id", "signaling_url", "region")
+SESSION_FROM_SLOT = ("slot_id", "host_id", "streamer_id", "signaling_url", "region", "gpu_share")
 
 
 class Session(Struct, kw_only=True):
@@ -168,6 +175,39 @@ class Session(Struct, kw_only=True):
     disconnected_at: float | None = None
     ended_at: float | None = None
     end_reason: EndReason | None = None
+    # The slot's GPU share (SlotSpec.gpu_share). None only for a session placed on a slot
+    # stored before the field existed (the Redis script copies what the slot holds): 1.0.
+    gpu_share: float | None = None
+
+
+# --- records ----------------------------------------------------------------------
+
+RECORD_FORMAT_VERSION = 1
+Seconds = Annotated[float, msgspec.Meta(ge=0.0)]  # a record's figures never go below 0
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    """One ended session, as written to the records file (docs/records.md): the basis of
+    usage billing. Unknown fields are allowed on reading, so adding one is not a new
+    format; a change of meaning is, and bumps ``format_version``."""
+
+    format_version: int  # RECORD_FORMAT_VERSION; required, so an older record is told apart
+    session_id: str
+    tenant: str
+    app: str
+    region: str
+    host_id: str
+    slot_id: str
+    streamer_id: str
+    client_key: str | None = None
+    created_at: float  # allocated: the slot is held for the session from here
+    connected_at: float | None  # the player's first connect; None: never connected
+    ended_at: float
+    end_reason: EndReason
+    duration_s: Seconds  # billable: ended_at - connected_at (0 if never connected)
+    held_s: Seconds  # the slot held: ended_at - created_at
+    gpu_share: Annotated[float, msgspec.Meta(ge=0.0)]  # the part of a GPU the slot holds
+    gpu_seconds: Seconds  # held_s * gpu_share
 
 
 class Ticket(Struct, kw_only=True):

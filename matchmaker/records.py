@@ -1,7 +1,9 @@
 """Where ended sessions are written: one JSON line per session, for billing and analytics.
 
-Each ended session reaches exactly one sink write, because only the replica whose
-``end_session`` call ended it gets the session back.
+The record format (``models.SessionRecord``) and its end reasons are documented in
+docs/records.md. Records are written at least once: a record is taken from the store
+under a lease and acknowledged after the write, so a replica that dies in between leaves
+it to another, and a repeat carries the same ``session_id`` (the summary counts it once).
 """
 
 from __future__ import annotations
@@ -15,40 +17,72 @@ import msgspec
 import structlog
 
 from matchmaker.config import RECORDS_MEMORY_MAX
-from matchmaker.models import Session
+from matchmaker.models import RECORD_FORMAT_VERSION, Session, SessionRecord
+
+__all__ = [
+    "JsonLinesSink",
+    "MemorySink",
+    "RecordSink",
+    "open_sink",
+    "record_of",
+    "times_ordered",
+]
 
 log = structlog.get_logger("matchmaker")
 
 
-class SessionRecord(msgspec.Struct, kw_only=True):
-    session_id: str
-    tenant: str
-    app: str
-    slot_id: str
-    host_id: str
-    region: str
-    created_at: float
-    connected_at: float | None
-    ended_at: float
-    end_reason: str
-    duration_s: float
-
-
 def record_of(s: Session) -> SessionRecord:
-    assert s.ended_at is not None and s.end_reason is not None
+    """The record of an ended session. Durations never go below 0, so a record whose times
+    are out of order (``times_ordered``) bills nothing for the missing span, not a credit."""
+    if s.ended_at is None or s.end_reason is None:
+        raise ValueError(f"session {s.session_id} has not ended: no record")
+    held = max(0.0, s.ended_at - s.created_at)
+    connected = 0.0 if s.connected_at is None else max(0.0, s.ended_at - s.connected_at)
+    share = 1.0 if s.gpu_share is None else s.gpu_share
     return SessionRecord(
+        format_version=RECORD_FORMAT_VERSION,
         session_id=s.session_id,
         tenant=s.tenant,
         app=s.app,
-        slot_id=s.slot_id,
-        host_id=s.host_id,
         region=s.region,
+        host_id=s.host_id,
+        slot_id=s.slot_id,
+        streamer_id=s.streamer_id,
+        client_key=s.client_key,
         created_at=s.created_at,
         connected_at=s.connected_at,
         ended_at=s.ended_at,
-        end_reason=str(s.end_reason),
-        duration_s=round(s.ended_at - s.created_at, 3),
+        end_reason=s.end_reason,
+        duration_s=round(connected, 3),
+        held_s=round(held, 3),
+        gpu_share=share,
+        gpu_seconds=round(held * share, 3),
     )
+
+
+def times_ordered(r: SessionRecord) -> bool:
+    """``created_at <= connected_at <= ended_at`` (the connect only when there was one)."""
+    if r.connected_at is None:
+        return r.created_at <= r.ended_at
+    return r.created_at <= r.connected_at <= r.ended_at
+
+
+def _records(sessions: list[Session]) -> list[SessionRecord]:
+    """The sessions' records. One whose times are out of order (a store bug) is still
+    written, as it is: dropping it would lose billing data, and the times as they came are
+    what tells the bug; a warning names it."""
+    out = [record_of(s) for s in sessions]
+    for r in out:
+        if not times_ordered(r):
+            log.warning(
+                "record_times_out_of_order",
+                session=r.session_id,
+                created_at=r.created_at,
+                connected_at=r.connected_at,
+                ended_at=r.ended_at,
+                reason=str(r.end_reason),
+            )
+    return out
 
 
 class RecordSink(Protocol):
@@ -56,7 +90,9 @@ class RecordSink(Protocol):
 
 
 class JsonLinesSink:
-    """Appends to a file; the write runs in a thread so the event loop never blocks on disk."""
+    """Appends to a file, one record per line; the write runs in a thread so the event
+    loop never blocks on disk. A batch is one ``write`` call, so a crash leaves at most
+    the last line cut short (``pixelfleet records summary`` names it)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -66,7 +102,7 @@ class JsonLinesSink:
     async def write(self, sessions: list[Session]) -> None:
         if not sessions:
             return
-        data = b"".join(self._encoder.encode(record_of(s)) + b"\n" for s in sessions)
+        data = b"".join(self._encoder.encode(r) + b"\n" for r in _records(sessions))
         async with self._lock:
             await asyncio.to_thread(self._append, data)
 
@@ -94,7 +130,7 @@ class MemorySink:
                 hint="in-memory records keep only the last ones: use --records FILE to keep all",
             )
         self.dropped += overflow
-        self.records.extend(record_of(s) for s in sessions)
+        self.records.extend(_records(sessions))
 
 
 def open_sink(path: str | None, memory_max: int = RECORDS_MEMORY_MAX) -> RecordSink:

@@ -134,6 +134,7 @@ class RedisHosts(RedisBase):
                     gpu_model=reg.gpu_model,
                     streamer_id=spec.streamer_id,
                     signaling_url=reg.signaling_url,
+                    gpu_share=spec.gpu_share,
                 )
             )
             tmap.setdefault(spec.tenant, []).append(sid)

@@ -6,6 +6,8 @@ placement index, ``matchmaker/lua/tenant.lua`` ``idx()``) follows ``TenantKeys.i
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
 
 from matchmaker.models import SESSION_FROM_SLOT, AllocationRequest, Session
@@ -130,6 +132,7 @@ def session_template(request: AllocationRequest, session_id: str, now: float) ->
             streamer_id=_MARK,
             signaling_url=_MARK,
             region=_MARK,
+            gpu_share=cast("float", _MARK),  # a placeholder like the others: Lua fills the slot's
         )
     )
     pieces = raw.split(_enc.encode(_MARK))

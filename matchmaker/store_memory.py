@@ -89,6 +89,7 @@ class MemoryStore:
                 gpu_model=reg.gpu_model,
                 streamer_id=spec.streamer_id,
                 signaling_url=reg.signaling_url,
+                gpu_share=spec.gpu_share,
             )
         return _copy(host)
 
@@ -209,6 +210,7 @@ class MemoryStore:
             streamer_id=slot.streamer_id,
             signaling_url=slot.signaling_url,
             region=slot.region,
+            gpu_share=slot.gpu_share,
             client_key=request.client_key,
             created_at=now,
             last_activity=now,

@@ -175,6 +175,33 @@ def _cmd_agent(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     return run(settings.agent)
 
 
+def _cmd_records_summary(args: argparse.Namespace) -> int:
+    from matchmaker.records_summary import run_summary
+
+    return run_summary(args.files, as_json=args.json, skip_invalid=args.skip_invalid)
+
+
+def _add_records_command(sub: Any) -> None:
+    """``pixelfleet records summary FILE...``: reads records files, needs no settings."""
+    p_rec = sub.add_parser("records", help="ended-session records (docs/records.md)")
+    rec = p_rec.add_subparsers(dest="records_command", required=True)
+    p_sum = rec.add_parser(
+        "summary",
+        help="sessions, minutes and GPU-hours per tenant, app and end reason",
+        description="Sessions, connected minutes and GPU-hours per tenant, app and end reason, from "
+        "records files (each session counted once, however often it was written). An invalid line "
+        "is an error naming its file and line (exit 2) unless --skip-invalid.",
+    )
+    p_sum.add_argument("files", nargs="+", metavar="FILE", help="a records file (--records FILE), one or more")
+    p_sum.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_sum.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip invalid lines (each named on stderr, counted in the output) instead of failing",
+    )
+    p_sum.set_defaults(run=_cmd_records_summary)
+
+
 def _parser() -> argparse.ArgumentParser:
     from gpu_agent.__main__ import add_agent_flags
 
@@ -246,6 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_logging_flags(p_agent)
     p_agent.set_defaults(func=_cmd_agent, defaults={})
 
+    _add_records_command(sub)
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")
     sub.add_parser("bench", help="signalling benchmark (see pixelfleet bench --help)")
     for command in sub.choices.values():  # --player-port PLAYER_PORT, not SIGNALING.PLAYER_PORT
@@ -269,6 +297,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     from pixelfleet.settings import ConfigError, load_settings
 
     args = _parser().parse_args(argv)
+    if args.command == "records":  # reads files only: no platform settings to load
+        return int(args.run(args))
     try:
         settings = load_settings(os.environ if environ is None else environ, defaults=args.defaults, flags=_flags(args))
         configure_logging(settings.log_level, settings.log_format)

@@ -214,6 +214,7 @@ async def test_slots_start_connect_and_register_ready(stack: Stack) -> None:
     for slot in agent.slots:
         assert slot.phase is Phase.READY and slot.cold_start_s is not None and slot.cold_start_s > 0
         assert slot.plan.gpu == 0 and slot.plan.streamer_id == f"gpu-1-{slot.plan.index}"
+    assert [s.gpu_share for s in agent.registration().slots] == [0.5, 0.5]  # two slots on one GPU
     status, hosts = await stack.call("GET", "/admin/hosts")
     assert hosts[0]["gpu_model"] == "NVIDIA A10G" and hosts[0]["gpu_load"] == pytest.approx(0.58)
     assert agent.metrics is not None
