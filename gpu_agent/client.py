@@ -1,20 +1,17 @@
 """How the agent talks to the matchmaker: one small interface, two implementations.
 
-``HttpMatchmakerClient`` is a fleet host's (the agent API over HTTP, agent bearer
-token); ``LocalMatchmakerClient`` calls a ``matchmaker.service.Matchmaker`` in the same
-process (``pixelfleet up``). Both raise the same errors, so the reporter cannot tell
-them apart.
+``HttpMatchmakerClient`` is a fleet host's (the agent API over HTTP through
+``matchmaker.client``, agent bearer token); ``LocalMatchmakerClient`` calls a
+``matchmaker.service.Matchmaker`` in the same process (``pixelfleet up``).
+Both raise the same errors, so the reporter cannot tell them apart.
 """
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import aiohttp
-import msgspec
-
+from matchmaker.client import ApiError, MatchmakerApi, Unreachable
 from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration
 
 if TYPE_CHECKING:
@@ -52,63 +49,47 @@ class MatchmakerClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-_reply = msgspec.json.Decoder(HeartbeatReply)
 T = TypeVar("T")
 
 
 class HttpMatchmakerClient:
+    """The agent API through ``matchmaker.client.MatchmakerApi`` (the typed client),
+    its errors turned into this module's."""
+
     def __init__(
         self, base_url: str, agent_token: str | None, *, admin_token: str | None = None, timeout_s: float = 5.0
     ) -> None:
-        self.base = base_url.rstrip("/") + "/api/v1"
-        self._agent = {"Authorization": f"Bearer {agent_token}"} if agent_token else {}
-        self._admin = {"Authorization": f"Bearer {admin_token}"} if admin_token else None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._http: aiohttp.ClientSession | None = None
+        self.api = MatchmakerApi(base_url, agent_token=agent_token, admin_token=admin_token, timeout_s=timeout_s)
 
-    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
+    async def _call(self, coro: Awaitable[T]) -> T:
         try:
-            async with self._http.post(
-                self.base + path, data=body, headers={**headers, "Content-Type": "application/json"}
-            ) as r:
-                text = await r.read()
-                status = r.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unavailable(f"{type(exc).__name__}: {exc}") from None
-        if status < 300:
-            return text
-        detail = f"{status} {text[:200].decode(errors='replace')}"
-        if status == 404:
-            raise UnknownHost(detail)
-        if status == 409:
-            raise HostConflict(detail)
-        if status in (400, 401, 403, 413):
-            raise Rejected(detail)
-        raise Unavailable(detail)
+            return await coro
+        except Unreachable as exc:
+            raise Unavailable(str(exc)) from None
+        except ApiError as exc:
+            detail = f"{exc.status} {exc.code}: {exc.message}"
+            if exc.status == 404:
+                raise UnknownHost(detail) from None
+            if exc.status == 409:
+                raise HostConflict(detail) from None
+            if exc.status in (400, 401, 403, 413):
+                raise Rejected(detail) from None
+            raise Unavailable(detail) from None  # 5xx, and a reply that does not read
 
     async def register(self, registration: HostRegistration) -> None:
-        await self._post("/hosts", msgspec.json.encode(registration), self._agent)
+        await self._call(self.api.register_host(registration))
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
-        path = f"/hosts/{urllib.parse.quote(host_id, safe='')}/heartbeat"
-        raw = await self._post(path, msgspec.json.encode(heartbeat), self._agent)
-        try:
-            return _reply.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise Unavailable(f"unreadable heartbeat reply: {exc}") from None
+        return await self._call(self.api.heartbeat(host_id, heartbeat))
 
     async def drain(self, host_id: str) -> bool:
-        if self._admin is None:
+        if self.api.admin_token is None:
             return False
-        path = f"/admin/hosts/{urllib.parse.quote(host_id, safe='')}/drain"
-        await self._post(path, b'{"draining": true}', self._admin)
+        await self._call(self.api.drain(host_id, True))
         return True
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self.api.aclose()
 
 
 class LocalMatchmakerClient:

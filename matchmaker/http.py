@@ -9,8 +9,10 @@ Who may call what:
 - GPU agents: register and heartbeat with the agent token;
 - operators: ``/api/v1/admin/*`` with the admin token.
 
-Every failure is a JSON body ``{"error": <code>, "message": <text>}`` with a 4xx/5xx
-status; nothing reaches the store before the body has been validated.
+Every failure is an ``ErrorBody`` (``{"error": <code>, "message": <text>}``; a 410 adds
+``end_reason``) with a 4xx/5xx status; nothing reaches the store before the body has
+been validated. The routes are ``matchmaker.openapi.ROUTES``; every body is a model of
+``matchmaker.models``, which the OpenAPI document is built from (docs/matchmaker-api.md).
 """
 
 from __future__ import annotations
@@ -18,46 +20,60 @@ from __future__ import annotations
 import contextlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
 import msgspec
 from aiohttp import web
 
-from matchmaker.models import AllocationRequest, EndReason, Heartbeat, HostRegistration
-from matchmaker.service import Allocation, Matchmaker, Queued, TicketStatus, UnknownApp, UnknownSession
+from matchmaker.models import (
+    AllocationRequest,
+    Assigned,
+    DrainRequest,
+    EndReason,
+    ErrorBody,
+    ErrorCode,
+    EventAccepted,
+    Heartbeat,
+    HostRegistration,
+    QueuedTicket,
+    QueueListing,
+    SessionEvent,
+    SessionRequest,
+    TicketCancelled,
+    TicketExpired,
+    TicketReply,
+    TicketServed,
+    TicketState,
+    Waiting,
+)
+from matchmaker.openapi import ROUTES, build_document
+from matchmaker.service import (
+    Allocation,
+    Matchmaker,
+    Queued,
+    SessionEnded,
+    TicketStatus,
+    UnknownApp,
+    UnknownSession,
+)
 from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, StoreError, UnknownHost
 from pixelfleet.tokens import InvalidToken, verify
 
 MATCHMAKER = web.AppKey("matchmaker", Matchmaker)
 
 _MAX_BODY = 64 * 1024
-
-
-class SessionBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    app: str
-    region: str | None = None
-    gpu_model: str | None = None
-    resolution: str | None = None
-    client_key: str | None = None
-
-
-class SessionEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    event: str  # connected | disconnected | activity
-
-
-class DrainBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    draining: bool = True
+API_PREFIX = "/api/v1"
 
 
 class ApiError(web.HTTPException):
-    """Any API failure: a status and a JSON body ``{"error", "message"}``."""
+    """Any API failure: a status and an ``ErrorBody``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: ErrorCode, message: str, *, end_reason: EndReason | None = None) -> None:
         self.status_code = status
-        super().__init__(
-            text=msgspec.json.encode({"error": code, "message": message}).decode(), content_type="application/json"
-        )
+        body = ErrorBody(error=code, message=message, end_reason=end_reason)
+        super().__init__(text=msgspec.json.encode(body).decode(), content_type="application/json")
 
 
 _error = ApiError
@@ -135,51 +151,58 @@ def _tenant(request: web.Request, mm: Matchmaker) -> str:
     return tenant
 
 
-def allocation_json(a: Allocation) -> dict[str, Any]:
-    return {
-        "status": "assigned",
-        "session_id": a.session.session_id,
-        "streamer_id": a.session.streamer_id,
-        "signaling_url": a.session.signaling_url,
-        "token": a.token,
-        "region": a.session.region,
-        "idle_timeout_s": a.idle_timeout_s,
-    }
+def assigned(a: Allocation, ticket_id: str | None = None) -> Assigned:
+    return Assigned(
+        session_id=a.session.session_id,
+        streamer_id=a.session.streamer_id,
+        signaling_url=a.session.signaling_url,
+        token=a.token,
+        region=a.session.region,
+        idle_timeout_s=a.idle_timeout_s,
+        ticket_id=ticket_id,
+    )
 
 
-def ticket_json(status: TicketStatus | Queued) -> dict[str, Any]:
+def _events_path(ticket_id: str) -> str:
+    return f"{API_PREFIX}/queue/{ticket_id}/events"
+
+
+def ticket_reply(status: TicketStatus | Queued) -> TicketReply:
+    ticket_id = status.ticket.ticket_id
     if isinstance(status, Queued):
-        return {
-            "status": "waiting",
-            "ticket_id": status.ticket.ticket_id,
-            "position": status.position,
-            "eta_s": status.eta_s,
-        }
+        return Waiting(
+            ticket_id=ticket_id, events=_events_path(ticket_id), position=status.position, eta_s=status.eta_s
+        )
     if status.allocation is not None:
-        return {**allocation_json(status.allocation), "ticket_id": status.ticket.ticket_id}
-    out: dict[str, Any] = {"status": str(status.ticket.state), "ticket_id": status.ticket.ticket_id}
-    if status.position is not None:
-        out.update(position=status.position, eta_s=status.eta_s)
-    if status.ticket.reason:
-        out["reason"] = status.ticket.reason
-    return out
+        return assigned(status.allocation, ticket_id)
+    state, reason = status.ticket.state, status.ticket.reason
+    if state is TicketState.WAITING:
+        return Waiting(
+            ticket_id=ticket_id, events=_events_path(ticket_id), position=status.position, eta_s=status.eta_s
+        )
+    if state is TicketState.SERVED:
+        return TicketServed(ticket_id=ticket_id, reason=reason)
+    if state is TicketState.CANCELLED:
+        return TicketCancelled(ticket_id=ticket_id, reason=reason)
+    return TicketExpired(ticket_id=ticket_id, reason=reason)
 
 
 # Every store failure a client can see: (HTTP status, error code). The codes are part of
 # the API (clients branch on them), so they are written out, never derived from class
 # names; a unit test checks that every StoreError subclass is listed.
-STORE_ERRORS: dict[type[StoreError], tuple[int, str]] = {
+STORE_ERRORS: dict[type[StoreError], tuple[int, ErrorCode]] = {
     StoreError: (400, "store_error"),
     UnknownHost: (404, "unknown_host"),
     UnknownApp: (404, "unknown_app"),
     UnknownSession: (404, "unknown_session"),
+    SessionEnded: (410, "session_ended"),
     HostConflict: (409, "host_conflict"),
     QueueFull: (429, "queue_full"),
     BackendUnavailable: (503, "backend_unavailable"),
 }
 
 
-def store_error_reply(exc: StoreError) -> tuple[int, str]:
+def store_error_reply(exc: StoreError) -> tuple[int, ErrorCode]:
     """The nearest listed class wins, so an unlisted subclass still answers sensibly."""
     for cls in type(exc).__mro__:
         if issubclass(cls, StoreError) and cls in STORE_ERRORS:
@@ -194,7 +217,7 @@ async def _store_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return response
     except StoreError as exc:
         status, code = store_error_reply(exc)
-        raise _error(status, code, str(exc)) from None
+        raise _error(status, code, str(exc), end_reason=exc.reason if isinstance(exc, SessionEnded) else None) from None
 
 
 # --- players ----------------------------------------------------------------------------
@@ -203,23 +226,24 @@ async def _store_errors(request: web.Request, handler: Any) -> web.StreamRespons
 async def create_session(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
     tenant = _tenant(request, mm)
-    body: SessionBody = await _body(request, SessionBody)
+    body: SessionRequest = await _body(request, SessionRequest)
     result = await mm.allocate(AllocationRequest(tenant=tenant, **msgspec.structs.asdict(body)))
     if isinstance(result, Allocation):
-        return _json(allocation_json(result), 201)
-    return _json({**ticket_json(result), "events": f"/api/v1/queue/{result.ticket.ticket_id}/events"}, 202)
+        return _json(assigned(result), 201)
+    return _json(ticket_reply(result), 202)
 
 
 async def ticket_status(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    return _json(ticket_json(await mm.ticket_status(request.match_info["ticket_id"], heard=True)))
+    return _json(ticket_reply(await mm.ticket_status(request.match_info["ticket_id"], heard=True)))
 
 
 async def cancel_ticket(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    if not await mm.cancel(request.match_info["ticket_id"]):
+    ticket_id = request.match_info["ticket_id"]
+    if not await mm.cancel(ticket_id):
         raise _error(404, "not_waiting", "no waiting ticket with that id")
-    return _json({"status": "cancelled"})
+    return _json(TicketCancelled(ticket_id=ticket_id, reason="cancelled by the client"))
 
 
 async def ticket_events(request: web.Request) -> web.StreamResponse:
@@ -242,11 +266,11 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
             if status is None:
                 await response.write(b": keepalive\n\n")  # fails once the client has gone
                 continue
-            data = ticket_json(status)
-            await response.write(
-                b"event: " + data["status"].encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
-            )
-            finished = data["status"] != "waiting"
+            reply = ticket_reply(status)
+            name = type(reply).__struct_config__.tag
+            assert isinstance(name, str)
+            await response.write(b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(reply) + b"\n\n")
+            finished = not isinstance(reply, Waiting)
     except (ConnectionError, StoreError):
         pass
     finally:
@@ -272,12 +296,8 @@ async def session_event(request: web.Request) -> web.Response:
     if claims.session_id != session_id:
         raise _error(403, "wrong_session", "the token is for another session")
     body: SessionEvent = await _body(request, SessionEvent)
-    handlers = {"connected": mm.player_connected, "disconnected": mm.player_disconnected, "activity": mm.activity}
-    handler = handlers.get(body.event)
-    if handler is None:
-        raise _error(400, "invalid_body", f"event must be one of {sorted(handlers)}")
-    await handler(session_id)
-    return _json({"ok": True})
+    await mm.session_event(claims.tenant, session_id, body.event)  # SessionEnded: 410
+    return _json(EventAccepted(ok=True))
 
 
 # --- agents -----------------------------------------------------------------------------
@@ -326,20 +346,14 @@ async def admin_queue(request: web.Request) -> web.Response:
     out = []
     for tenant, app, length in await mm.store.queues():
         tickets = await mm.store.waiting(tenant, app, length)
-        out.append(
-            {
-                "tenant": tenant,
-                "app": app,
-                "length": length,
-                "tickets": [{"ticket_id": t.ticket_id, "enqueued_at": t.enqueued_at} for t in tickets],
-            }
-        )
+        listed = [QueuedTicket(ticket_id=t.ticket_id, enqueued_at=t.enqueued_at) for t in tickets]
+        out.append(QueueListing(tenant=tenant, app=app, length=length, tickets=listed))
     return _json(out)
 
 
 async def admin_drain(request: web.Request) -> web.Response:
     mm = _admin(request)
-    body: DrainBody = await _body(request, DrainBody)
+    body: DrainRequest = await _body(request, DrainRequest)
     return _json(await mm.drain(request.match_info["host_id"], body.draining))
 
 
@@ -351,26 +365,44 @@ async def admin_end_session(request: web.Request) -> web.Response:
     return _json(ended)
 
 
+_DOCUMENT = web.AppKey("openapi_document", bytes)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_DOCUMENT], content_type="application/json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HANDLERS: dict[str, Handler] = {
+    h.__name__: h
+    for h in (
+        create_session,
+        session_event,
+        ticket_status,
+        cancel_ticket,
+        ticket_events,
+        register_host,
+        heartbeat,
+        admin_hosts,
+        admin_slots,
+        admin_sessions,
+        admin_queue,
+        admin_drain,
+        admin_end_session,
+        openapi_document,
+    )
+}
+
+
 def create_app(matchmaker: Matchmaker) -> web.Application:
-    """The API as an app to mount at ``/api/v1`` (standalone, or on the player port)."""
+    """The API as an app to mount at ``/api/v1`` (standalone, or on the player port):
+    exactly the routes of ``matchmaker.openapi.ROUTES``."""
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_store_errors])
     app[MATCHMAKER] = matchmaker
     app[_VERIFIED] = {}
-    r = app.router
-    r.add_post("/sessions", create_session)
-    r.add_post("/sessions/{session_id}/events", session_event)
-    r.add_get("/queue/{ticket_id}", ticket_status)
-    r.add_delete("/queue/{ticket_id}", cancel_ticket)
-    r.add_get("/queue/{ticket_id}/events", ticket_events)
-    r.add_post("/hosts", register_host)
-    r.add_post("/hosts/{host_id}/heartbeat", heartbeat)
-    r.add_get("/admin/hosts", admin_hosts)
-    r.add_get("/admin/slots", admin_slots)
-    r.add_get("/admin/sessions", admin_sessions)
-    r.add_get("/admin/queue", admin_queue)
-    r.add_post("/admin/hosts/{host_id}/drain", admin_drain)
-    r.add_delete("/admin/sessions/{session_id}", admin_end_session)
+    app[_DOCUMENT] = msgspec.json.encode(build_document())
+    if {route.operation for route in ROUTES} != set(HANDLERS):
+        raise RuntimeError("matchmaker.openapi.ROUTES and matchmaker.http.HANDLERS name different operations")
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, HANDLERS[route.operation])
     return app
-
-
-API_PREFIX = "/api/v1"

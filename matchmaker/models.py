@@ -9,7 +9,7 @@ thing and the conformance suite can compare them.
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -227,3 +227,124 @@ class Ticket(Struct, kw_only=True):
 
 def slot_id(host_id: str, index: int) -> str:
     return f"{host_id}/{index}"
+
+
+# --- the HTTP API's bodies ---------------------------------------------------------------
+# matchmaker/http.py decodes and encodes exactly these (with the agent and state models
+# above), matchmaker/openapi.py generates the OpenAPI document from them, and
+# matchmaker/client.py decodes with them: the published schema is the code's own.
+
+
+class SessionRequest(Struct, kw_only=True):
+    """``POST /sessions``. The tenant comes from the caller's JWT, never from the body."""
+
+    app: str
+    region: str | None = None  # preferred, not required
+    gpu_model: str | None = None  # required when given
+    resolution: str | None = None
+    client_key: str | None = None  # stable per player: a reconnect or reload gets its slot or ticket back
+
+
+SessionEventName = Literal["connected", "disconnected", "activity"]
+
+
+class SessionEvent(Struct, kw_only=True):
+    """``POST /sessions/{id}/events``: signalling reports connects and leaves, the player
+    page its input activity (while ``idle_timeout_s`` is on)."""
+
+    event: SessionEventName
+
+
+class EventAccepted(Struct, kw_only=True):
+    ok: bool
+
+
+class DrainRequest(Struct, kw_only=True):
+    draining: bool = True  # false takes the host back into service
+
+
+class _StatusReply(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="status"):
+    """A reply about a slot or a ticket; ``status`` tells which (a tagged union)."""
+
+
+class Assigned(_StatusReply, tag="assigned"):
+    """A slot: open ``signaling_url`` with ``token`` (single-use, short-lived)."""
+
+    session_id: str
+    streamer_id: str
+    signaling_url: str
+    token: str
+    region: str
+    idle_timeout_s: float  # > 0: report input activity at least every third of it
+    ticket_id: str | None = None  # set when the slot was reached through the queue
+
+
+class Waiting(_StatusReply, tag="waiting"):
+    """A place in the queue; ``events`` is the ticket's event stream (path under the host)."""
+
+    ticket_id: str
+    events: str
+    position: int | None = None  # 1-based; absent only in a race with the ticket leaving
+    eta_s: float | None = None
+
+
+class TicketServed(_StatusReply, tag="served"):
+    """Served, but its session has ended since (the assignment is no longer available)."""
+
+    ticket_id: str
+    reason: str | None = None
+
+
+class TicketCancelled(_StatusReply, tag="cancelled"):
+    ticket_id: str
+    reason: str | None = None  # "cancelled by the client", "client gone: ..."
+
+
+class TicketExpired(_StatusReply, tag="expired"):
+    ticket_id: str
+    reason: str | None = None  # waited longer than QUEUE_MAX_WAIT_S
+
+
+TicketReply = Assigned | Waiting | TicketServed | TicketCancelled | TicketExpired
+"""``GET /queue/{id}`` and each event of its stream (the SSE ``event:`` is ``status``)."""
+
+ErrorCode = Literal[
+    "invalid_body",
+    "too_large",
+    "unauthorized",
+    "invalid_token",
+    "token_expired",
+    "disabled",
+    "wrong_session",
+    "not_waiting",
+    "session_ended",
+    "store_error",
+    "unknown_host",
+    "unknown_app",
+    "unknown_session",
+    "host_conflict",
+    "queue_full",
+    "backend_unavailable",
+]
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every 4xx/5xx the API itself answers."""
+
+    error: ErrorCode
+    message: str
+    end_reason: EndReason | None = None  # 410 session_ended: why it ended, while the store remembers
+
+
+class QueuedTicket(msgspec.Struct, kw_only=True):
+    ticket_id: str
+    enqueued_at: float
+
+
+class QueueListing(msgspec.Struct, kw_only=True):
+    """``GET /admin/queue``: one entry per non-empty queue (tenant and app), oldest ticket first."""
+
+    tenant: str
+    app: str
+    length: int
+    tickets: list[QueuedTicket]

@@ -71,6 +71,10 @@ class TenantKeys:
     def ticket(self, ticket_id: str) -> str:
         return f"{self.tag}:ticket:{ticket_id}"
 
+    def ended(self, session_id: str) -> str:
+        """An ended session's reason, kept ``store.ENDED_REASON_TTL_S`` (set by tenant.lua end_sess)."""
+        return f"{self.sessions}:ended:{session_id}"
+
     def queue(self, app: str) -> str:
         return f"{self.tag}:queue:{app}"
 

@@ -56,6 +56,15 @@ class UnknownSession(StoreError):
     """No such ticket (or session) is known."""
 
 
+class SessionEnded(StoreError):
+    """An event for a session that has ended (HTTP 410): final, the reporter stops there.
+    ``reason`` is None once the store no longer remembers it (``ENDED_REASON_TTL_S``)."""
+
+    def __init__(self, session_id: str, reason: EndReason | None) -> None:
+        super().__init__(f"session {session_id} has ended" + (f" ({reason})" if reason else ""))
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Allocation:
     session: Session
@@ -259,17 +268,41 @@ class Matchmaker:
     # --- session lifecycle (signalling and operators) ------------------------------------
 
     async def player_connected(self, session_id: str) -> None:
-        if await self.store.mark_connected(session_id, self.clock()) is not None:
-            log.info("player_connected", session=session_id)
+        await self._connected(session_id)
 
     async def player_disconnected(self, session_id: str) -> None:
-        if await self.store.mark_disconnected(session_id, self.clock()) is not None:
-            log.info("player_disconnected", session=session_id)
-            if not self.settings.reconnect_grace_s:
-                await self.end(session_id, EndReason.PLAYER_LEFT)
+        await self._disconnected(session_id)
+
+    async def _connected(self, session_id: str) -> bool:
+        if await self.store.mark_connected(session_id, self.clock()) is None:
+            return False
+        log.info("player_connected", session=session_id)
+        return True
+
+    async def _disconnected(self, session_id: str) -> bool:
+        if await self.store.mark_disconnected(session_id, self.clock()) is None:
+            return False
+        log.info("player_disconnected", session=session_id)
+        if not self.settings.reconnect_grace_s:
+            await self.end(session_id, EndReason.PLAYER_LEFT)
+        return True
 
     async def activity(self, session_id: str) -> None:
         await self.store.touch(session_id, self.clock())
+
+    async def session_event(self, tenant: str, session_id: str, event: str) -> None:
+        """A report over the API (signalling, the player page), from the session's own
+        token. Raises SessionEnded when the session is no longer live: the token proves
+        it existed, so it has ended, and a retry can never succeed."""
+        if event == "connected":
+            changed = await self._connected(session_id)
+        elif event == "disconnected":
+            changed = await self._disconnected(session_id)
+        else:
+            await self.store.touch(session_id, self.clock())
+            changed = False
+        if not changed and await self.store.session(session_id) is None:
+            raise SessionEnded(session_id, await self.store.end_reason(tenant, session_id))
 
     async def end(self, session_id: str, reason: EndReason) -> Session | None:
         ended = await self.store.end_session(session_id, reason, self.clock())

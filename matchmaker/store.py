@@ -67,6 +67,11 @@ class BackendUnavailable(StoreError):
     """The shared store did not answer (Redis away or too slow)."""
 
 
+ENDED_REASON_TTL_S = 300
+"""How long a store remembers why a session ended, so that a late event (signalling's
+disconnect, the page's activity) is answered 410 with the reason."""
+
+
 class NoClaim(enum.Enum):
     """Why ``allocate`` claimed nothing."""
 
@@ -144,6 +149,10 @@ class Store(Protocol):
     async def mark_disconnected(self, session_id: str, now: float) -> Session | None: ...
 
     async def touch(self, session_id: str, now: float) -> None: ...
+
+    async def end_reason(self, tenant: str, session_id: str) -> EndReason | None:
+        """Why this session of ``tenant`` ended, for ``ENDED_REASON_TTL_S`` after its end;
+        None for a live, unknown or long-ended session."""
 
     async def end_session(
         self, session_id: str, reason: EndReason, now: float, *, if_unchanged: Session | None = None

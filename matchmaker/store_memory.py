@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -30,7 +31,7 @@ from matchmaker.models import (
     slot_id,
 )
 from matchmaker.placement import rank
-from matchmaker.store import HostConflict, NoClaim, QueueFull, Returning, UnknownHost
+from matchmaker.store import ENDED_REASON_TTL_S, HostConflict, NoClaim, QueueFull, Returning, UnknownHost
 from matchmaker.timeouts import due_endings, overdue_by
 
 _FINISHED_TICKETS_KEPT = 10_000
@@ -54,6 +55,7 @@ class MemoryStore:
         self._qclients: dict[tuple[str, str, str], str] = {}  # (tenant, app, client_key) -> waiting ticket
         self._finished: collections.deque[str] = collections.deque()
         self._records: dict[str, tuple[float, Session]] = {}  # session id -> (due, ended session)
+        self._ended: collections.OrderedDict[str, tuple[float, EndReason]] = collections.OrderedDict()
 
     # --- hosts ------------------------------------------------------------------------
 
@@ -279,6 +281,10 @@ class MemoryStore:
         if s is not None and s.state is not SessionState.ENDED:
             s.last_activity = now
 
+    async def end_reason(self, tenant: str, session_id: str) -> EndReason | None:
+        known = self._ended.get(session_id)
+        return None if known is None or known[0] < time.time() - ENDED_REASON_TTL_S else known[1]
+
     async def end_session(
         self, session_id: str, reason: EndReason, now: float, *, if_unchanged: Session | None = None
     ) -> Session | None:
@@ -310,6 +316,11 @@ class MemoryStore:
         ended = _copy(s)
         del self._sessions[session_id]  # ended sessions live on in the record sink
         self._records[session_id] = (now, _copy(s))
+        # Kept by wall time (the caller's clock may be a test's): oldest first, pruned here.
+        t = time.time()
+        self._ended[session_id] = (t, reason)
+        while self._ended and next(iter(self._ended.values()))[0] < t - ENDED_REASON_TTL_S:
+            self._ended.popitem(last=False)
         return ended
 
     # --- records ----------------------------------------------------------------------

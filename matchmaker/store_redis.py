@@ -177,6 +177,11 @@ class RedisStore(RedisHosts):
         await self._session_op("touch", session_id, now)
 
     @guarded
+    async def end_reason(self, tenant: str, session_id: str) -> EndReason | None:
+        raw = await self._r.get(self._keys(tenant).ended(session_id))
+        return None if raw is None else EndReason(text(raw))
+
+    @guarded
     async def end_session(
         self, session_id: str, reason: EndReason, now: float, *, if_unchanged: Session | None = None
     ) -> Session | None:

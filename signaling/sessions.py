@@ -45,7 +45,10 @@ class CallbackReporter:
 
 
 class HttpReporter:
-    """POST ``/api/v1/sessions/{id}/events`` on the matchmaker, authenticated by the token."""
+    """POST ``/api/v1/sessions/{id}/events`` on the matchmaker, authenticated by the token.
+
+    Only a 5xx or no answer is retried: a 410 (the session ended, e.g. its host died or an
+    operator ended it) is final, like any other answer."""
 
     def __init__(self, base_url: str, *, attempts: int = 3, timeout_s: float = 2.0) -> None:
         self._base = base_url.rstrip("/")
@@ -64,8 +67,15 @@ class HttpReporter:
                     data=msgspec.json.encode({"event": event}),
                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
                 ) as r:
-                    if r.status < 500:
-                        if r.status >= 400:
+                    if r.status < 500:  # an answer: final, 410 (the session has ended) included
+                        if r.status == 410:
+                            log.info(
+                                "session_report_after_end",
+                                report=event,
+                                session=claims.session_id,
+                                end_reason=_end_reason(await r.read()),
+                            )
+                        elif r.status >= 400:
                             log.warning("session_report_refused", status=r.status, session=claims.session_id)
                         return
             except (aiohttp.ClientError, TimeoutError):
@@ -153,6 +163,18 @@ class SessionGate:
         closer = getattr(self.reporter, "aclose", None)
         if closer is not None:
             await closer()
+
+
+class _Ended(msgspec.Struct):
+    end_reason: str | None = None
+
+
+def _end_reason(raw: bytes) -> str | None:
+    """The ``end_reason`` of the matchmaker's 410 body (signalling does not import its models)."""
+    try:
+        return msgspec.json.decode(raw, type=_Ended).end_reason
+    except msgspec.DecodeError:
+        return None
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -93,5 +93,7 @@ local function end_sess(K, sid, reason, now)
   -- The record waits here until a replica has written it to the sink (take/ack_records).
   redis.call('HSET', K.rec, sid, out)
   redis.call('ZADD', K.recq, now, sid)
+  -- Why it ended, for a late event's 410 (store.ENDED_REASON_TTL_S; TenantKeys.ended names it).
+  redis.call('SET', K.sessions .. ':ended:' .. sid, reason, 'EX', 300)
   return out
 end

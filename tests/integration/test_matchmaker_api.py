@@ -18,14 +18,19 @@ import orjson
 import pytest
 
 from matchmaker import service
+from matchmaker.client import ApiError, MatchmakerApi
 from matchmaker.config import MatchmakerSettings
 from matchmaker.models import (
     AllocationRequest,
     EndReason,
     Heartbeat,
+    HeartbeatReply,
+    Host,
     HostRegistration,
     Session,
+    SessionEventName,
     SlotReport,
+    SlotReset,
     SlotSpec,
     SlotState,
     Ticket,
@@ -37,7 +42,7 @@ from matchmaker.service import Matchmaker
 from pixelfleet.tokens import TokenKeys, verify
 from signaling.sessions import HttpReporter, SessionGate
 from tests.conftest import StartSignaling
-from tests.support.hosts import heartbeat_body, register_host
+from tests.support.hosts import heartbeat, register_host
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +68,15 @@ class Clock:
 
 
 class Api:
+    """The server under test: ``client`` (the typed client, agent and admin tokens) for
+    agents and operators; ``call`` for raw requests (bad bodies, statuses read as such)."""
+
     def __init__(self, http: aiohttp.ClientSession, base: str, sink: MemorySink, mm: Matchmaker) -> None:
         self.http = http
         self.base = base
         self.sink = sink
         self.mm = mm
+        self.client = MatchmakerApi(base, agent_token=AGENT, admin_token=ADMIN, http=http)
 
     async def call(
         self, method: str, path: str, body: Any = None, token: str | None = None, raw: bytes | None = None
@@ -80,10 +89,8 @@ class Api:
 
     async def register(
         self, host: str = "h1", slots: int = 1, boot: str = "b1", tenant: str = "acme", app: str = "game"
-    ) -> tuple[int, Any]:
-        return await register_host(
-            self.http, self.base + "/api/v1", AGENT, host, boot=boot, slots=slots, tenant=tenant, app=app
-        )
+    ) -> Host:
+        return await register_host(self.client, host, boot=boot, slots=slots, tenant=tenant, app=app)
 
     async def beat(
         self,
@@ -91,13 +98,8 @@ class Api:
         states: list[str] | None = None,
         boot: str = "b1",
         reset_for: dict[int, str] | None = None,
-    ) -> tuple[int, Any]:
-        return await self.call(
-            "POST",
-            f"/api/v1/hosts/{host}/heartbeat",
-            heartbeat_body(states or ["ready"], boot=boot, reset_for=reset_for),
-            AGENT,
-        )
+    ) -> HeartbeatReply:
+        return await self.client.heartbeat(host, heartbeat(states or ["ready"], boot=boot, reset_for=reset_for))
 
     async def allocate(self, app: str = "game", tenant: str = "acme", **extra: Any) -> tuple[int, Any]:
         return await self.call("POST", "/api/v1/sessions", {"app": app, **extra}, caller_token(tenant))
@@ -152,9 +154,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 async def test_allocation_mints_a_scoped_session_token(make_api: MakeApi) -> None:
     api = await make_api()
-    assert (await api.register(slots=2))[0] == 201
-    status, reply = await api.beat(states=["ready", "ready"])
-    assert status == 200 and reply == {"reset": [], "draining": False}
+    assert (await api.register(slots=2)).slot_ids == ["h1/0", "h1/1"]
+    assert await api.beat(states=["ready", "ready"]) == HeartbeatReply(reset=[], draining=False)
     status, a = await api.allocate(region="eu")
     assert status == 201 and a["status"] == "assigned"
     claims = verify(TokenKeys.hs256(TOKEN_SECRET), a["token"])
@@ -202,37 +203,53 @@ async def test_bad_input_gets_clear_4xx_and_corrupts_nothing(make_api: MakeApi) 
     api = await make_api()
     await api.register()
     await api.beat()
-    cases: list[tuple[Awaitable[tuple[int, Any]], int, str]] = [
-        (api.allocate(app="nope"), 404, "unknown_app"),
-        (api.allocate(tenant="other"), 404, "unknown_app"),
-        (api.call("POST", "/api/v1/sessions", raw=b"{not json", token=caller_token()), 400, "invalid_body"),
-        (api.call("POST", "/api/v1/sessions", {"app": 5}, caller_token()), 400, "invalid_body"),
-        (api.call("POST", "/api/v1/sessions", {"app": "game", "evil": 1}, caller_token()), 400, "invalid_body"),
+    cases: list[tuple[Awaitable[tuple[int, str]], int, str]] = [
+        (_code(api.allocate(app="nope")), 404, "unknown_app"),
+        (_code(api.allocate(tenant="other")), 404, "unknown_app"),
+        (_code(api.call("POST", "/api/v1/sessions", raw=b"{not json", token=caller_token())), 400, "invalid_body"),
+        (_code(api.call("POST", "/api/v1/sessions", {"app": 5}, caller_token())), 400, "invalid_body"),
+        (_code(api.call("POST", "/api/v1/sessions", {"app": "game", "evil": 1}, caller_token())), 400, "invalid_body"),
         (
-            api.call("POST", "/api/v1/sessions", raw=b'{"app":"' + b"a" * 70000 + b'"}', token=caller_token()),
+            _code(api.call("POST", "/api/v1/sessions", raw=b'{"app":"' + b"a" * 70000 + b'"}', token=caller_token())),
             413,
             "too_large",
         ),
-        (api.beat(host="never-registered"), 404, "unknown_host"),
-        (api.register(boot="other-boot"), 409, "host_conflict"),
-        (api.beat(boot="other-boot"), 409, "host_conflict"),
-        (api.call("POST", "/api/v1/hosts", {"host_id": "h2"}, AGENT), 400, "invalid_body"),
-        (api.call("POST", "/api/v1/hosts/h1/heartbeat", {"boot_id": "b1", "slots": []}, "wrong"), 401, "unauthorized"),
-        (api.call("GET", "/api/v1/admin/hosts", token=None), 401, "unauthorized"),
-        (api.call("GET", "/api/v1/queue/t-nope"), 404, "unknown_session"),
+        (_failure(api.beat(host="never-registered")), 404, "unknown_host"),
+        (_failure(api.register(boot="other-boot")), 409, "host_conflict"),
+        (_failure(api.beat(boot="other-boot")), 409, "host_conflict"),
+        (_code(api.call("POST", "/api/v1/hosts", {"host_id": "h2"}, AGENT)), 400, "invalid_body"),
+        (
+            _code(api.call("POST", "/api/v1/hosts/h1/heartbeat", {"boot_id": "b1", "slots": []}, "wrong")),
+            401,
+            "unauthorized",
+        ),
+        (_code(api.call("GET", "/api/v1/admin/hosts", token=None)), 401, "unauthorized"),
+        (_failure(api.client.ticket("t-nope")), 404, "unknown_session"),
     ]
     for call, status, code in cases:
-        got_status, body = await call
-        assert (got_status, body["error"]) == (status, code), body
+        assert await call == (status, code)
     # Nothing was corrupted: the one slot is still there and still allocatable.
     status, a = await api.allocate()
     assert status == 201
 
 
+async def _code(call: Awaitable[tuple[int, Any]]) -> tuple[int, str]:
+    """A raw request's status and error code."""
+    status, body = await call
+    return status, body["error"]
+
+
+async def _failure(call: Awaitable[object]) -> tuple[int, str]:
+    """The typed client's ApiError, as (status, code)."""
+    with pytest.raises(ApiError) as failed:
+        await call
+    return failed.value.status, failed.value.code
+
+
 async def test_registration_is_idempotent_for_the_same_boot(make_api: MakeApi) -> None:
     api = await make_api()
-    assert (await api.register())[0] == 201
-    assert (await api.register())[0] == 201
+    first, again = await api.register(), await api.register()
+    assert again == msgspec.structs.replace(first, last_heartbeat=again.last_heartbeat)
 
 
 async def test_queue_position_eta_live_updates_and_service(make_api: MakeApi) -> None:
@@ -260,8 +277,8 @@ async def test_queue_position_eta_live_updates_and_service(make_api: MakeApi) ->
     # The first player connects, then leaves; the slot resets and goes to the queue head.
     assert (await api.event(first["session_id"], first["token"], "connected"))[0] == 200
     assert (await api.event(first["session_id"], first["token"], "disconnected"))[0] == 200
-    _, reply = await api.beat()
-    assert reply["reset"] == [{"index": 0, "session_id": first["session_id"]}]
+    reply = await api.beat()
+    assert reply.reset == [SlotReset(index=0, session_id=first["session_id"])]
     await api.beat(reset_for={0: first["session_id"]})
     await asyncio.wait_for(listener, WAIT)
     assert events[-1]["status"] == "assigned" and events[-1]["token"]
@@ -389,8 +406,7 @@ async def test_dead_host_ends_sessions_and_leaves_the_pool(make_api: MakeApi) ->
     _, a = await api.allocate()
     await eventually(lambda: _async(len(api.sink.records) == 1), "the host to die")
     assert api.sink.records[0].end_reason == "host_dead"
-    status, body = await api.beat()
-    assert status == 404
+    assert await _failure(api.beat()) == (404, "unknown_host")
     status, queued = await api.allocate()
     assert status == 202  # the app is still known, but nothing is ready
 
@@ -403,16 +419,14 @@ async def test_an_agent_drains_its_own_host_with_its_heartbeat(make_api: MakeApi
     await api.beat(states=["ready", "ready"])
     status, first = await api.allocate()
     assert status == 201
-    beat = {"boot_id": "b1", "slots": [{"index": 0, "state": "ready"}, {"index": 1, "state": "ready"}]}
-    status, reply = await api.call("POST", "/api/v1/hosts/h1/heartbeat", {**beat, "draining": True}, AGENT)
-    assert status == 200 and reply["draining"] is True
-    _, hosts = await api.call("GET", "/api/v1/admin/hosts", token=ADMIN)
-    assert hosts[0]["draining"] is True
+    beat = heartbeat(["ready", "ready"])
+    reply = await api.client.heartbeat("h1", msgspec.structs.replace(beat, draining=True))
+    assert reply.draining is True
+    assert [h.draining for h in await api.client.hosts()] == [True]
     status, queued = await api.allocate()
     assert status == 202, queued  # the free slot is on a draining host
-    status, reply = await api.call("POST", "/api/v1/hosts/h1/heartbeat", beat, AGENT)
-    assert status == 200 and reply["draining"] is True  # still draining
-    assert (await api.call("POST", "/api/v1/admin/hosts/h1/drain", {"draining": False}, ADMIN))[0] == 200
+    assert (await api.client.heartbeat("h1", beat)).draining is True  # still draining
+    assert (await api.client.drain("h1", False)).draining is False
     await eventually(lambda: _async_status(api, queued["ticket_id"], "assigned"), "the queued player to be served")
 
 
@@ -425,25 +439,21 @@ async def test_admin_lists_drains_and_force_ends(make_api: MakeApi) -> None:
     await api.register(slots=2)
     await api.beat(states=["ready", "ready"])
     _, a = await api.allocate()
-    status, hosts = await api.call("GET", "/api/v1/admin/hosts", token=ADMIN)
-    assert status == 200 and [h["host_id"] for h in hosts] == ["h1"]
-    _, slots = await api.call("GET", "/api/v1/admin/slots", token=ADMIN)
-    assert sorted(s["state"] for s in slots) == ["assigned", "ready"]
-    _, sessions = await api.call("GET", "/api/v1/admin/sessions", token=ADMIN)
-    assert [s["session_id"] for s in sessions] == [a["session_id"]]
-    status, host = await api.call("POST", "/api/v1/admin/hosts/h1/drain", {"draining": True}, ADMIN)
-    assert status == 200 and host["draining"] is True
+    assert [h.host_id for h in await api.client.hosts()] == ["h1"]
+    assert sorted(s.state for s in await api.client.slots()) == ["assigned", "ready"]
+    assert [s.session_id for s in await api.client.sessions()] == [a["session_id"]]
+    assert (await api.client.drain("h1")).draining is True
     status, queued = await api.allocate()
     assert status == 202
-    _, queue = await api.call("GET", "/api/v1/admin/queue", token=ADMIN)
-    assert queue[0]["length"] == 1
-    status, ended = await api.call("DELETE", f"/api/v1/admin/sessions/{a['session_id']}", token=ADMIN)
-    assert status == 200 and ended["end_reason"] == "force_ended"
-    assert (await api.call("DELETE", f"/api/v1/admin/sessions/{a['session_id']}", token=ADMIN))[0] == 404
+    [queue] = await api.client.queues()
+    assert (queue.tenant, queue.app, queue.length) == ("acme", "game", 1)
+    assert [t.ticket_id for t in queue.tickets] == [queued["ticket_id"]]
+    ended = await api.client.end_session(a["session_id"])
+    assert ended.end_reason is EndReason.FORCE_ENDED
+    assert await _failure(api.client.end_session(a["session_id"])) == (404, "unknown_session")
     await eventually(lambda: _async(len(api.sink.records) == 1), "the record to be written")
     assert [r.end_reason for r in api.sink.records] == ["force_ended"]
-    status, _ = await api.call("POST", "/api/v1/admin/hosts/ghost/drain", {}, ADMIN)
-    assert status == 404
+    assert await _failure(api.client.drain("ghost")) == (404, "unknown_host")
 
 
 async def test_session_events_need_that_sessions_token(make_api: MakeApi) -> None:
@@ -455,6 +465,34 @@ async def test_session_events_need_that_sessions_token(make_api: MakeApi) -> Non
     assert (await api.event(a["session_id"], b["token"], "connected"))[0] == 403
     assert (await api.event(a["session_id"], a["token"] + "x", "connected"))[0] == 401
     assert (await api.event(a["session_id"], a["token"], "dance"))[0] == 400
+
+
+@pytest.mark.parametrize("reconnect_grace_s", [0.0, 30.0])
+async def test_an_event_for_an_ended_session_answers_410_with_the_reason(
+    make_api: MakeApi, reconnect_grace_s: float
+) -> None:
+    """Final, not 200: the reporter stops, and learns why the session went."""
+    api = await make_api(reconnect_grace_s=reconnect_grace_s)
+    await api.register(slots=2)
+    await api.beat(states=["ready", "ready"])
+    _, a = await api.allocate()
+    _, b = await api.allocate()
+    await api.client.session_event(a["session_id"], a["token"], "connected")
+    await api.client.end_session(a["session_id"])
+    events: tuple[SessionEventName, ...] = ("disconnected", "activity", "connected")
+    for event in events:
+        with pytest.raises(ApiError) as refused:
+            await api.client.session_event(a["session_id"], a["token"], event)
+        assert (refused.value.status, refused.value.code, refused.value.end_reason) == (
+            410,
+            "session_ended",
+            "force_ended",
+        )
+    status, body = await api.event(a["session_id"], a["token"], "activity")
+    assert status == 410 and body["end_reason"] == "force_ended" and body["message"]
+    # A live session that is not connected takes a disconnect or activity as before.
+    assert (await api.client.session_event(b["session_id"], b["token"], "disconnected")).ok
+    assert (await api.client.session_event(b["session_id"], b["token"], "activity")).ok
 
 
 async def test_signalling_admits_by_token_and_reports_to_the_matchmaker(

@@ -33,6 +33,7 @@ def test_the_codes_clients_already_see_are_kept() -> None:
         "UnknownHost": (404, "unknown_host"),
         "UnknownApp": (404, "unknown_app"),
         "UnknownSession": (404, "unknown_session"),
+        "SessionEnded": (410, "session_ended"),
         "HostConflict": (409, "host_conflict"),
         "QueueFull": (429, "queue_full"),
         "BackendUnavailable": (503, "backend_unavailable"),
