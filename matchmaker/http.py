@@ -330,7 +330,7 @@ def _admin(request: web.Request) -> Matchmaker:
 
 
 async def admin_hosts(request: web.Request) -> web.Response:
-    return _json(await _admin(request).store.hosts())
+    return _json(await _admin(request).hosts())  # dead from the heartbeat deadline on, as allocation
 
 
 async def admin_slots(request: web.Request) -> web.Response:

@@ -86,6 +86,7 @@ class RedisHosts(RedisBase):
                             "1" if m.host.dead else "0",
                             _enc.encode(m.specs.get(tenant, [])),
                             num(m.host.last_heartbeat if now is None else now),
+                            num(m.host.last_heartbeat),
                         ],
                     )
                 )
@@ -106,8 +107,26 @@ class RedisHosts(RedisBase):
         )
         return sessions
 
+    def _beats(
+        self, host_id: str, tmap: dict[str, list[str]], inc: int, now: float, hb: Heartbeat | None
+    ) -> list[Call]:
+        """The tenant part of a heartbeat: one script per tenant of the host, each with that
+        tenant's slot reports (none is fine): every tenant's copy of the host must learn
+        the new heartbeat deadline, which allocation checks."""
+        tenant_of = {sid: tenant for tenant, sids in tmap.items() for sid in sids}
+        reports: dict[str, list[tuple[int, str, str, float, float, str | None]]] = {t: [] for t in tmap}
+        for pos, r in enumerate(hb.slots if hb is not None else ()):
+            sid = slot_id(host_id, r.index)
+            tenant = tenant_of.get(sid)
+            if tenant is not None:
+                reports[tenant].append((pos, sid, r.state.value, float(r.nvenc_load), float(r.gpu_load), r.reset_for))
+        return [
+            (self._scripts.heartbeat_slots, self._keys(tenant).block, [host_id, inc, num(now), _enc.encode(rs)])
+            for tenant, rs in reports.items()
+        ]
+
     @guarded
-    async def register_host(self, reg: HostRegistration, now: float) -> Host:
+    async def register_host(self, reg: HostRegistration, now: float, *, heartbeat_ttl_s: float | None = None) -> Host:
         ids = [slot_id(reg.host_id, s.index) for s in reg.slots]
         host = Host(
             host_id=reg.host_id,
@@ -149,21 +168,38 @@ class RedisHosts(RedisBase):
                 _enc.encode(tmap),
                 _enc.encode(specs),
                 _enc.encode(list(specs)),
+                "" if heartbeat_ttl_s is None else num(heartbeat_ttl_s),
             ],
         )
-        if text(res[0]) == "conflict":
+        status = text(res[0])
+        if status == "conflict":
             raise HostConflict(f"host {reg.host_id} is registered and alive under another boot id")
         if int(res[2]):
             await self._to_outbox(await self._propagate([reg.host_id], now))
+        if status == "same":  # moves the tenants' deadlines, as a heartbeat does
+            await self._batch(self._beats(reg.host_id, _strmap.decode(res[3]), int(res[4]), now, None))
         return _host.decode(res[1])
 
     @guarded
-    async def heartbeat(self, host_id: str, hb: Heartbeat, now: float) -> tuple[list[Session], HeartbeatReply]:
+    async def heartbeat(
+        self, host_id: str, hb: Heartbeat, now: float, *, heartbeat_ttl_s: float | None = None
+    ) -> tuple[list[Session], HeartbeatReply]:
         g, sc = self._g, self._scripts
         res = await sc.heartbeat_host(
-            [g.host(host_id), g.hb, g.dirty], [host_id, hb.boot_id, num(now), num(hb.nvenc_load), num(hb.gpu_load)]
+            [g.host(host_id), g.hb, g.dirty, g.dead],
+            [
+                host_id,
+                hb.boot_id,
+                num(now),
+                num(hb.nvenc_load),
+                num(hb.gpu_load),
+                "" if heartbeat_ttl_s is None else num(heartbeat_ttl_s),
+            ],
         )
         status = text(res[0])
+        if status == "expired":  # its sessions end now; the next sweep returns them
+            await self._to_outbox(await self._propagate([host_id], now))
+            raise UnknownHost(f"host {host_id} missed its heartbeat deadline and is dead: register again")
         if status == "unknown":
             raise UnknownHost(f"host {host_id} is not registered")
         if status == "conflict":
@@ -174,17 +210,7 @@ class RedisHosts(RedisBase):
         ended: list[tuple[int, Session]] = []
         if int(res[4]):
             ended += [(-1, s) for s in await self._propagate([host_id], now)]
-        tenant_of = {sid: tenant for tenant, sids in tmap.items() for sid in sids}
-        reports: dict[str, list[tuple[int, str, str, float, float, str | None]]] = {t: [] for t in tmap}
-        for pos, r in enumerate(hb.slots):
-            sid = slot_id(host_id, r.index)
-            tenant = tenant_of.get(sid)
-            if tenant is not None:
-                reports[tenant].append((pos, sid, r.state.value, float(r.nvenc_load), float(r.gpu_load), r.reset_for))
-        calls: list[Call] = [
-            (sc.heartbeat_slots, self._keys(tenant).block, [host_id, inc, num(now), _enc.encode(rs)])
-            for tenant, rs in reports.items()
-        ]
+        calls = self._beats(host_id, tmap, inc, now, hb)
         resets: dict[str, str] = {}
         for out in await self._batch(calls):
             if not int(out[0]):

@@ -51,7 +51,8 @@ class TenantKeys:
         self.rec, self.recq, self.created = f"{t}:rec", f"{t}:recq", f"{t}:created"
         self.qseq, self.queues = f"{t}:qseq", f"{t}:queues"
         self.since = {state: f"{t}:since:{state}" for state in ("assigned", "connected", "disconnected")}
-        # KEYS[1..13] of the scripts that change slots and sessions (tenant.lua tenant_keys).
+        self.beat = f"{t}:beat"
+        # KEYS[1..14] of the scripts that change slots and sessions (tenant.lua tenant_keys).
         self.block = (
             self.slots,
             self.hosts,
@@ -64,6 +65,7 @@ class TenantKeys:
             self.recq,
             self.created,
             *self.since.values(),
+            self.beat,
         )
         self.session_index = (self.sessions, self.created, *self.since.values())
         self._allocate: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -89,7 +91,7 @@ class TenantKeys:
         return f"{self.tag}:{kind}@{len(region)}:{region}:{app}"
 
     def allocate(self, app: str, region: str) -> tuple[str, ...]:
-        """KEYS[1..15] of allocate.lua (cached: the hot path sends them on every call)."""
+        """KEYS[1..16] of allocate.lua (cached: the hot path sends them on every call)."""
         keys = self._allocate.get((app, region))
         if keys is None:
             if len(self._allocate) > 10_000:
@@ -111,6 +113,7 @@ class TenantKeys:
                 rz,
                 fh,
                 *regional,
+                self.beat,
             )
         return keys
 

@@ -118,7 +118,13 @@ class Matchmaker:
         The common case is one store round trip: ``Store.allocate`` checks the client's
         live session and the queue, places and claims together."""
         for _ in range(_REATTACH_ROUNDS):
-            outcome = await self.store.allocate(request, _new_id("s"), self.clock(), policy=self.settings.policy)
+            outcome = await self.store.allocate(
+                request,
+                _new_id("s"),
+                self.clock(),
+                policy=self.settings.policy,
+                heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+            )
             if isinstance(outcome, Session):
                 log.info(
                     "assigned",
@@ -156,7 +162,12 @@ class Matchmaker:
         Returns the session, or None and whether that was the ticket's doing (it left
         the queue, or its client left meanwhile) rather than a lack of claimable slots."""
         outcome = await self.store.allocate(
-            request, _new_id("s"), self.clock(), policy=self.settings.policy, ticket_id=ticket_id
+            request,
+            _new_id("s"),
+            self.clock(),
+            policy=self.settings.policy,
+            ticket_id=ticket_id,
+            heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
         )
         if not isinstance(outcome, Session):
             return None, outcome is NoClaim.REFUSED
@@ -352,12 +363,14 @@ class Matchmaker:
     # --- agents ---------------------------------------------------------------------------
 
     async def register_host(self, registration: HostRegistration) -> Host:
-        host = await self.store.register_host(registration, self.clock())
+        host = await self.store.register_host(registration, self.clock(), heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
         log.info("host_registered", host=host.host_id, slots=len(host.slot_ids), region=host.region)
         return host
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
-        ended, reply = await self.store.heartbeat(host_id, heartbeat, self.clock())
+        ended, reply = await self.store.heartbeat(
+            host_id, heartbeat, self.clock(), heartbeat_ttl_s=self.settings.heartbeat_ttl_s
+        )
         await self._record(ended)
         if heartbeat.draining and not reply.draining:  # the agent's own drain, with its own token
             await self.drain(host_id, True)
@@ -365,6 +378,16 @@ class Matchmaker:
         if any(r.state == "ready" for r in heartbeat.slots):
             await self.dispatch()
         return reply
+
+    async def hosts(self) -> list[Host]:
+        """The admin listing. A host is listed dead from its heartbeat deadline on (``now -
+        last_heartbeat > heartbeat_ttl_s``), before any sweep marks it: the rule and the
+        clock allocation uses, so no session is created on a host after it is listed dead."""
+        now, ttl = self.clock(), self.settings.heartbeat_ttl_s
+        return [
+            h if h.dead or now - h.last_heartbeat <= ttl else msgspec.structs.replace(h, dead=True)
+            for h in await self.store.hosts()
+        ]
 
     async def drain(self, host_id: str, draining: bool = True) -> Host:
         host = await self.store.set_draining(host_id, draining)

@@ -10,6 +10,16 @@ Guarantees every implementation keeps (the conformance suite in
 - ``allocate`` claims only a slot that is READY on a live, non-draining host, and then
   the slot is ASSIGNED to exactly that session (a compare-and-set). No sequence of calls
   from any number of processes gives one slot to two sessions.
+- A host is dead from its heartbeat deadline on: at any ``now`` with ``now -
+  last_heartbeat > heartbeat_ttl_s`` (those doubles, exactly), whether or not
+  ``expire_hosts`` has marked it yet. With ``heartbeat_ttl_s``, ``allocate`` never
+  returns its slots, a late ``heartbeat`` raises UnknownHost (its sessions end; the next
+  ``expire_hosts`` returns them) and ``register_host`` starts a new incarnation. The
+  admin listing applies the same rule (``Matchmaker.hosts``), so no session is created
+  on a host after the moment it is listed dead.
+- A session's times are ordered whatever clock each step read: ``created_at <=
+  connected_at <= disconnected_at`` and each ``<= ended_at`` (a later step's time is
+  raised to an earlier one's when a replica's clock lags).
 - Session transitions are idempotent and only move forward
   (``assigned -> connected -> disconnected -> ended``; a reconnect may take a
   disconnected session back to ``assigned``). Ending an ended session is a no-op that
@@ -90,14 +100,22 @@ class Returning:
 
 class Store(Protocol):
     # --- hosts (from agents) -----------------------------------------------------------
-    async def register_host(self, reg: HostRegistration, now: float) -> Host:
+    async def register_host(self, reg: HostRegistration, now: float, *, heartbeat_ttl_s: float | None = None) -> Host:
         """New host, a restarted agent (new boot id after death), or an idempotent repeat.
 
-        Raises HostConflict when a live host has the id under another boot id.
+        Raises HostConflict when a live host has the id under another boot id. A host
+        past its heartbeat deadline (``heartbeat_ttl_s``; None: none) is dead: it comes
+        back as a new incarnation.
         """
 
-    async def heartbeat(self, host_id: str, hb: Heartbeat, now: float) -> tuple[list[Session], HeartbeatReply]:
+    async def heartbeat(
+        self, host_id: str, hb: Heartbeat, now: float, *, heartbeat_ttl_s: float | None = None
+    ) -> tuple[list[Session], HeartbeatReply]:
         """Apply the agent's slot states and loads.
+
+        A host past its heartbeat deadline is dead now (UnknownHost; its sessions end and
+        the next ``expire_hosts`` returns them); the agent registers again, and that new
+        incarnation's first heartbeat's reports apply at once.
 
         A slot the agent reports ``ready`` becomes READY from STARTING or DEAD, and from
         RESETTING only when the report's ``reset_for`` names the session that ended
@@ -110,7 +128,8 @@ class Store(Protocol):
         """A draining host takes no new sessions; current ones finish."""
 
     async def expire_hosts(self, now: float, ttl_s: float) -> list[Session]:
-        """Hosts silent for ``ttl_s`` are dead: slots DEAD, sessions ended (HOST_DEAD)."""
+        """Hosts silent for ``ttl_s`` are dead: slots DEAD, sessions ended (HOST_DEAD).
+        Also returns the sessions a late heartbeat or registration ended."""
 
     async def forget_hosts(self, now: float, retention_s: float) -> list[str]:
         """Remove hosts dead for longer than ``retention_s`` (by their last heartbeat)
@@ -127,10 +146,19 @@ class Store(Protocol):
         app; an O(1) read on Redis, for queue ETAs."""
 
     async def allocate(
-        self, request: AllocationRequest, session_id: str, now: float, *, policy: str, ticket_id: str | None = None
+        self,
+        request: AllocationRequest,
+        session_id: str,
+        now: float,
+        *,
+        policy: str,
+        ticket_id: str | None = None,
+        heartbeat_ttl_s: float | None = None,
     ) -> Session | Returning | NoClaim:
         """Atomically: pick the best claimable slot for ``request`` (``placement.rank``
-        order under ``policy``) and claim it for a new session ``session_id``.
+        order under ``policy``) and claim it for a new session ``session_id``. With
+        ``heartbeat_ttl_s``, a slot of a host past its heartbeat deadline at ``now`` is
+        not claimable (the check is in the same atomic step).
 
         Without a ticket, a client key holding a live session of this app gives
         ``Returning`` and a non-empty queue gives ``QUEUE_AHEAD``, before any slot is

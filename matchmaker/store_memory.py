@@ -44,6 +44,12 @@ def _copy(obj: _T) -> _T:
     return msgspec.structs.replace(obj)
 
 
+def _overdue(host: Host, now: float, ttl_s: float | None) -> bool:
+    """Past its heartbeat deadline: dead from then on, whether or not a sweep saw it
+    (the rule of ``expire_hosts`` and the admin listing; None: no deadline)."""
+    return ttl_s is not None and now - host.last_heartbeat > ttl_s
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self._hosts: dict[str, Host] = {}
@@ -55,12 +61,17 @@ class MemoryStore:
         self._qclients: dict[tuple[str, str, str], str] = {}  # (tenant, app, client_key) -> waiting ticket
         self._finished: collections.deque[str] = collections.deque()
         self._records: dict[str, tuple[float, Session]] = {}  # session id -> (due, ended session)
+        # Sessions ended by a host death that a heartbeat or registration found (past its
+        # deadline): those calls return no sessions, so the next expire_hosts does.
+        self._outbox: list[Session] = []
         self._ended: collections.OrderedDict[str, tuple[float, EndReason]] = collections.OrderedDict()
 
     # --- hosts ------------------------------------------------------------------------
 
-    async def register_host(self, reg: HostRegistration, now: float) -> Host:
+    async def register_host(self, reg: HostRegistration, now: float, *, heartbeat_ttl_s: float | None = None) -> Host:
         old = self._hosts.get(reg.host_id)
+        if old is not None and not old.dead and _overdue(old, now, heartbeat_ttl_s):
+            self._outbox += self._kill(old, now)  # dead since its deadline: it comes back anew
         if old is not None and not old.dead:
             if old.boot_id != reg.boot_id:
                 raise HostConflict(f"host {reg.host_id} is registered and alive under another boot id")
@@ -103,7 +114,13 @@ class MemoryStore:
             raise HostConflict(f"host {host_id} is registered under another boot id")
         return host
 
-    async def heartbeat(self, host_id: str, hb: Heartbeat, now: float) -> tuple[list[Session], HeartbeatReply]:
+    async def heartbeat(
+        self, host_id: str, hb: Heartbeat, now: float, *, heartbeat_ttl_s: float | None = None
+    ) -> tuple[list[Session], HeartbeatReply]:
+        host = self._live_host(host_id)
+        if _overdue(host, now, heartbeat_ttl_s):  # dead since its deadline: a late beat does not revive it
+            self._outbox += self._kill(host, now)
+            raise UnknownHost(f"host {host_id} missed its heartbeat deadline and is dead: register again")
         host = self._live_host(host_id, hb.boot_id)
         host.last_heartbeat = now
         host.nvenc_load, host.gpu_load = hb.nvenc_load, hb.gpu_load
@@ -145,18 +162,23 @@ class MemoryStore:
         return _copy(host)
 
     async def expire_hosts(self, now: float, ttl_s: float) -> list[Session]:
-        ended: list[Session] = []
+        ended, self._outbox = self._outbox, []
         for host in self._hosts.values():
-            if host.dead or now - host.last_heartbeat <= ttl_s:
-                continue
-            host.dead = True
-            for sid in host.slot_ids:
-                slot = self._slots[sid]
-                if slot.session_id is not None:
-                    done = self._end(slot.session_id, EndReason.HOST_DEAD, now)
-                    if done is not None:
-                        ended.append(done)
-                slot.state = SlotState.DEAD
+            if not host.dead and _overdue(host, now, ttl_s):
+                ended += self._kill(host, now)
+        return ended
+
+    def _kill(self, host: Host, now: float) -> list[Session]:
+        """The host is dead: its slots DEAD, their sessions ended (HOST_DEAD)."""
+        host.dead = True
+        ended: list[Session] = []
+        for sid in host.slot_ids:
+            slot = self._slots[sid]
+            if slot.session_id is not None:
+                done = self._end(slot.session_id, EndReason.HOST_DEAD, now)
+                if done is not None:
+                    ended.append(done)
+            slot.state = SlotState.DEAD
         return ended
 
     async def forget_hosts(self, now: float, retention_s: float) -> list[str]:
@@ -168,12 +190,14 @@ class MemoryStore:
 
     # --- pool -------------------------------------------------------------------------
 
-    def _claimable(self, slot: Slot) -> bool:
+    def _claimable(self, slot: Slot, now: float, ttl_s: float | None) -> bool:
         host = self._hosts[slot.host_id]
-        return slot.state is SlotState.READY and not host.dead and not host.draining
+        return slot.state is SlotState.READY and not host.dead and not host.draining and not _overdue(host, now, ttl_s)
 
-    def _ready(self, tenant: str, app: str) -> list[Slot]:
-        return [s for s in self._slots.values() if s.tenant == tenant and s.app == app and self._claimable(s)]
+    def _ready(self, tenant: str, app: str, now: float, ttl_s: float | None) -> list[Slot]:
+        return [
+            s for s in self._slots.values() if s.tenant == tenant and s.app == app and self._claimable(s, now, ttl_s)
+        ]
 
     async def serves(self, tenant: str, app: str) -> bool:
         return any(s.tenant == tenant and s.app == app for s in self._slots.values())
@@ -184,7 +208,14 @@ class MemoryStore:
         )
 
     async def allocate(
-        self, request: AllocationRequest, session_id: str, now: float, *, policy: str, ticket_id: str | None = None
+        self,
+        request: AllocationRequest,
+        session_id: str,
+        now: float,
+        *,
+        policy: str,
+        ticket_id: str | None = None,
+        heartbeat_ttl_s: float | None = None,
     ) -> Session | Returning | NoClaim:
         tenant, app = request.tenant, request.app
         ticket = None
@@ -199,7 +230,7 @@ class MemoryStore:
                     return Returning(live.session_id)
             if self._queues.get((tenant, app)):
                 return NoClaim.QUEUE_AHEAD
-        ranked = rank(self._ready(tenant, app), request, policy)
+        ranked = rank(self._ready(tenant, app, now, heartbeat_ttl_s), request, policy)
         if not ranked:
             return NoClaim.NO_SLOT if await self.serves(tenant, app) else NoClaim.UNKNOWN_APP
         slot = ranked[0]
@@ -263,7 +294,7 @@ class MemoryStore:
         if s is None or s.state is SessionState.ENDED:
             return None
         s.state = SessionState.CONNECTED
-        s.connected_at = s.connected_at or now
+        s.connected_at = s.connected_at or max(now, s.created_at)  # ordered whatever clock reports it
         s.disconnected_at = None
         s.last_activity = now
         return _copy(s)
@@ -273,7 +304,7 @@ class MemoryStore:
         if s is None or s.state is not SessionState.CONNECTED:
             return None
         s.state = SessionState.DISCONNECTED
-        s.disconnected_at = now
+        s.disconnected_at = max(now, s.connected_at or now)
         return _copy(s)
 
     async def touch(self, session_id: str, now: float) -> None:
@@ -302,6 +333,9 @@ class MemoryStore:
         s = self._sessions.get(session_id)
         if s is None or s.state is SessionState.ENDED:
             return None
+        # Never before it began, whatever clock ends it (a sweep's clock may be read before
+        # another caller created or connected it): created_at <= connected_at <= ended_at.
+        now = max(now, s.created_at, s.connected_at or now, s.disconnected_at or now)
         s.state = SessionState.ENDED
         s.ended_at = now
         s.end_reason = reason

@@ -92,6 +92,7 @@ class RedisStore(RedisHosts):
         policy: str,
         rnd: float,
         ticket_id: str | None = None,
+        heartbeat_ttl_s: float | None = None,
     ) -> list[Call]:
         """One allocation as sent: the session's tenant lookup, then the allocation script
         (pipelined, one round trip). The benchmark's ceiling sends exactly these."""
@@ -116,6 +117,7 @@ class RedisStore(RedisHosts):
                     num(now),
                     ticket_id or "",
                     FINISHED_TICKET_TTL_S,
+                    "" if heartbeat_ttl_s is None else num(heartbeat_ttl_s),
                     *session_template(request, session_id, now),
                 ],
             ),
@@ -131,9 +133,24 @@ class RedisStore(RedisHosts):
 
     @guarded
     async def allocate(
-        self, request: AllocationRequest, session_id: str, now: float, *, policy: str, ticket_id: str | None = None
+        self,
+        request: AllocationRequest,
+        session_id: str,
+        now: float,
+        *,
+        policy: str,
+        ticket_id: str | None = None,
+        heartbeat_ttl_s: float | None = None,
     ) -> Session | Returning | NoClaim:
-        calls = self._allocate_calls(request, session_id, now, policy=policy, rnd=random.random(), ticket_id=ticket_id)
+        calls = self._allocate_calls(
+            request,
+            session_id,
+            now,
+            policy=policy,
+            rnd=random.random(),
+            ticket_id=ticket_id,
+            heartbeat_ttl_s=heartbeat_ttl_s,
+        )
         reply = (await self._batch(calls))[1]
         status = text(reply[0])
         await self._after_claim(status == "ok", request.tenant, session_id, ticket_id)

@@ -16,14 +16,16 @@
 -- KEYS[13] {P:T}:fh:<app>            host id -> its claimable slots of the app
 -- KEYS[14] {P:T}:rz@<n>:<region>:<app>   the same, the request's region (KEYS[12] if none)
 -- KEYS[15] {P:T}:fh@<n>:<region>:<app>   the same, the request's region (KEYS[13] if none)
--- KEYS[16] {P:T}:ticket:<ARGV[9]>    the ticket served, only when ARGV[9] is not ''
+-- KEYS[16] {P:T}:beat                host id -> its last heartbeat (the deadline check)
+-- KEYS[17] {P:T}:ticket:<ARGV[9]>    the ticket served, only when ARGV[9] is not ''
 -- Undeclared: the regional indexes of the claimed slot when its region is not the
 -- request's (idx() in tenant.lua): placement knows that region only once it has chosen.
 -- ARGV[1] session id; ARGV[2] app; ARGV[3] client key ('' = none); ARGV[4] region
 -- ('' = any); ARGV[5] GPU model ('' = any); ARGV[6] policy 'spread' | 'pack';
 -- ARGV[7] a random number in [0, 1) (ties); ARGV[8] now; ARGV[9] ticket id ('' = none);
--- ARGV[10] finished-ticket TTL in seconds;
--- ARGV[11..] the Session JSON in pieces: piece, field, piece, ..., field, piece. Each
+-- ARGV[10] finished-ticket TTL in seconds; ARGV[11] the heartbeat TTL ('' = no deadline:
+-- only a host the sweep marked dead is dead);
+-- ARGV[12..] the Session JSON in pieces: piece, field, piece, ..., field, piece. Each
 -- field is one the session takes from the placed slot (models.SESSION_FROM_SLOT); its
 -- JSON value goes between the pieces around it (redis_keys.session_template).
 -- Returns {'ok', Session JSON}, {'client', session id} (the client has a live session of
@@ -32,7 +34,8 @@
 local K = {slots = KEYS[1], gpu = KEYS[4], created = KEYS[7], since = {assigned = KEYS[8]}}
 local sid, app, ckey = ARGV[1], ARGV[2], ARGV[3]
 local K_hosts, K_sess, K_cli, K_queues, K_queue, K_qcli = KEYS[2], KEYS[5], KEYS[6], KEYS[9], KEYS[10], KEYS[11]
-local RZ, FH, RZ_REGION, FH_REGION = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local RZ, FH, RZ_REGION, FH_REGION, K_beat = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local now, ttl = tonumber(ARGV[8]), tonumber(ARGV[11])
 local WINDOW = 32  -- equally ranked candidates compared per step (ties beyond it: lexical)
 local function host_of(id) return string.match(id, '^(.*)/') end
 local function gpu_ok(host, gpu) return gpu == '' or redis.call('HGET', K.gpu, host) == gpu end
@@ -103,17 +106,26 @@ local function place(region, gpu, policy, rnd)
   if region ~= '' then id = spread(RZ_REGION, gpu, rnd) end
   return id or spread(RZ, gpu, rnd)
 end
-local function claimable(slot)
-  if slot.state ~= 'ready' or slot.app ~= app then return false end
-  local hc = redis.call('HGET', K_hosts, slot.host_id)
-  if not hc then return false end
-  hc = cjson.decode(hc)
-  return not hc.d and not hc.x
+-- Past its heartbeat deadline at `now`, by the rule of expire_hosts and the admin listing
+-- (now - last heartbeat > TTL, in the same doubles), whether or not a sweep has seen it yet.
+local function overdue(host)
+  local beat = ttl and tonumber(redis.call('HGET', K_beat, host))
+  return beat ~= nil and now - beat > ttl
+end
+-- Such a host's slots leave the placement indexes at once (hc.o) and come back with its
+-- next heartbeat (heartbeat_slots.lua), or leave for good when its death is applied.
+local function take_out(host, hc)
+  hc.o = true
+  redis.call('HSET', K_hosts, host, enc(hc))
+  for _, id in ipairs(hc.s) do
+    local raw = redis.call('HGET', K.slots, id)
+    if raw then unready(K, cjson.decode(raw)) end
+  end
 end
 
 local t, tkey
 if ARGV[9] ~= '' then
-  tkey = KEYS[16]
+  tkey = KEYS[17]
   local tr = redis.call('GET', tkey)
   if not tr then return {'refused'} end
   t = cjson.decode(tr)
@@ -126,24 +138,37 @@ else
   end
   if redis.call('ZCARD', K_queue) > 0 then return {'queued'} end  -- FIFO: nobody overtakes
 end
--- The indexes hold exactly the claimable slots; a slot that is not (a bug) is dropped
--- from them and placement runs again, so it can never be given twice.
+-- The indexes hold the claimable slots, except those of a host whose heartbeat deadline
+-- passed since its last heartbeat: the placed slot's host is checked here, and a host past
+-- it leaves the indexes whole before placement runs again (each round removes at least
+-- the placed slot; 256 rounds at most, hosts past their deadline in one tenant at once).
+-- A slot that is not claimable otherwise (a bug) is dropped from them the same way, so it
+-- can never be given twice.
 local slot
-for _ = 1, 8 do
+local strays, rounds = 0, 0
+while strays < 8 and rounds < 256 do
+  rounds = rounds + 1
   local id = place(ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
   if not id then break end
   local raw = redis.call('HGET', K.slots, id)
   local s = raw and cjson.decode(raw)
-  if s and claimable(s) then slot = s; break end
-  if s then unready(K, s) else redis.call('ZREM', RZ, id) end
+  local hc = s and redis.call('HGET', K_hosts, s.host_id)
+  hc = hc and cjson.decode(hc)
+  if s and s.state == 'ready' and s.app == app and hc and not hc.d and not hc.x and not hc.o then
+    if not overdue(s.host_id) then slot = s; break end
+    take_out(s.host_id, hc)
+    unready(K, s)
+  else
+    strays = strays + 1
+    if s then unready(K, s) else redis.call('ZREM', RZ, id) end
+  end
 end
 if not slot then
   if tonumber(redis.call('HGET', KEYS[3], app) or '0') <= 0 then return {'unknown'} end
   return {'none'}
 end
-local now = tonumber(ARGV[8])
-local parts = {ARGV[11]}
-for i = 12, #ARGV, 2 do
+local parts = {ARGV[12]}
+for i = 13, #ARGV, 2 do
   parts[#parts + 1] = cjson.encode(slot[ARGV[i]]); parts[#parts + 1] = ARGV[i + 1]
 end
 local sess = table.concat(parts)

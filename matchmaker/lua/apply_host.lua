@@ -2,12 +2,13 @@
 -- Apply a version of a host's record to this tenant's copy and slots ({P:T}): create the
 -- incarnation's slots, drop an older incarnation's, mark them dead and end their
 -- sessions, add or remove them from the placement indexes. Idempotent and monotone.
--- KEYS[1..13] the tenant block (matchmaker/redis_keys.py TenantKeys.block): {P:T}:slots,
+-- KEYS[1..14] the tenant block (matchmaker/redis_keys.py TenantKeys.block): {P:T}:slots,
 -- :hosts, :apps, :live, :gpu, :sessions, :clients, :rec, :recq, :created,
--- :since:assigned, :since:connected, :since:disconnected
+-- :since:assigned, :since:connected, :since:disconnected, :beat
 -- Undeclared: the placement indexes of each slot changed (idx() in tenant.lua).
 -- ARGV[1] host id; ARGV[2] incarnation; ARGV[3] version; ARGV[4] draining '1'|'0';
--- ARGV[5] dead '1'|'0'; ARGV[6] [Slot JSON] of this tenant; ARGV[7] now (ends)
+-- ARGV[5] dead '1'|'0'; ARGV[6] [Slot JSON] of this tenant; ARGV[7] now (ends);
+-- ARGV[8] the host's last heartbeat (its deadline, as allocation checks it; never moved back)
 -- Returns the Session JSONs ended (HOST_DEAD).
 local K = tenant_keys(1)
 local host = ARGV[1]
@@ -43,6 +44,7 @@ if not hc then
   if #specs == 0 then
     redis.call('HDEL', K.hosts, host)
     redis.call('HDEL', K.gpu, host)
+    redis.call('HDEL', K.beat, host)
     return ended
   end
   hc = {v = ver, i = inc, d = false, x = false, s = {}}
@@ -74,6 +76,11 @@ end
 hc.x = hc.x or dead
 hc.d = ARGV[4] == '1'
 hc.v = ver
+local beat = tonumber(redis.call('HGET', K.beat, host))
+if not beat or tonumber(ARGV[8]) > beat then
+  redis.call('HSET', K.beat, host, ARGV[8])
+  hc.o = nil  -- a later heartbeat than the one allocation found overdue
+end
 for _, sid in ipairs(hc.s) do
   local sr = redis.call('HGET', K.slots, sid)
   if sr then sync_ready(K, cjson.decode(sr), hc) end

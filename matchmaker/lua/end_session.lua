@@ -1,8 +1,8 @@
 --! include: prelude tenant
 -- End a live session once ({P:T}): its slot goes RESETTING, its record is queued.
--- KEYS[1..13] the tenant block (matchmaker/redis_keys.py TenantKeys.block): {P:T}:slots,
+-- KEYS[1..14] the tenant block (matchmaker/redis_keys.py TenantKeys.block): {P:T}:slots,
 -- :hosts, :apps, :live, :gpu, :sessions, :clients, :rec, :recq, :created,
--- :since:assigned, :since:connected, :since:disconnected
+-- :since:assigned, :since:connected, :since:disconnected, :beat
 -- Undeclared: the placement indexes of the session's slot (idx() in tenant.lua; an
 -- ASSIGNED slot is in none, so this only repairs).
 -- ARGV[1] session id; ARGV[2] end reason; ARGV[3] now;

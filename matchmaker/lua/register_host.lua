@@ -9,20 +9,25 @@
 -- KEYS[7] {P}:dead          dead host id -> its last heartbeat
 -- ARGV[1] host id; ARGV[2] boot id; ARGV[3] now; ARGV[4] Host JSON;
 -- ARGV[5] tmap JSON {tenant: [slot id]}; ARGV[6] specs JSON {tenant: [Slot]};
--- ARGV[7] tenants JSON [tenant]
--- Returns {'conflict'} (alive under another boot), {'same', Host JSON, dirty 0|1} (an
--- idempotent repeat), or {'new', Host JSON, 1} (a new incarnation: the tenants must apply it).
+-- ARGV[7] tenants JSON [tenant]; ARGV[8] heartbeat TTL ('' = no deadline)
+-- Returns {'conflict'} (alive under another boot), {'same', Host JSON, dirty 0|1, tmap
+-- JSON, incarnation} (an idempotent repeat: the tenants' deadlines move as on a
+-- heartbeat), or {'new', Host JSON, 1} (a new incarnation: the tenants must apply it).
+-- A host past its heartbeat deadline is dead (the rule of expire_hosts) even before a
+-- sweep marked it: it comes back as a new incarnation, whatever its boot id.
 local cur = redis.call('HGET', KEYS[1], 'rec')
 local old, seen = {}, {}
 if cur then
   local h = cjson.decode(cur)
-  if not h.dead then
+  local ttl = tonumber(ARGV[8])
+  if not h.dead and not (ttl and tonumber(ARGV[3]) - h.last_heartbeat > ttl) then
     if h.boot_id ~= ARGV[2] then return {'conflict'} end
     h.last_heartbeat = tonumber(ARGV[3])
     local rec = enc(h)
     redis.call('HSET', KEYS[1], 'rec', rec)
     redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-    return {'same', rec, redis.call('SISMEMBER', KEYS[4], ARGV[1])}
+    local m = redis.call('HMGET', KEYS[1], 'tmap', 'inc')
+    return {'same', rec, redis.call('SISMEMBER', KEYS[4], ARGV[1]), m[1] or '{}', m[2] or '0'}
   end
   -- A dead host comes back: the tenants of its old slots must drop them.
   local prev = redis.call('HGET', KEYS[1], 'old')

@@ -17,12 +17,14 @@ if op == 'reattach' then
   s.last_activity = now
 elseif op == 'connect' then
   s.state = 'connected'
-  if s.connected_at == NULL or s.connected_at == 0 then s.connected_at = now end
+  -- Never before it was created (another replica's clock may lag): times stay ordered.
+  if s.connected_at == NULL or s.connected_at == 0 then s.connected_at = math.max(now, s.created_at) end
   s.disconnected_at = NULL
   s.last_activity = now
 elseif op == 'disconnect' then
   if s.state ~= 'connected' then return false end
-  s.state = 'disconnected'; s.disconnected_at = now
+  local since = type(s.connected_at) == 'number' and s.connected_at or now
+  s.state = 'disconnected'; s.disconnected_at = math.max(now, since)
 else
   s.last_activity = now
 end

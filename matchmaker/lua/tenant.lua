@@ -6,7 +6,8 @@ local function tenant_keys(first)
   return {slots = KEYS[first], hosts = KEYS[first + 1], apps = KEYS[first + 2], live = KEYS[first + 3],
           gpu = KEYS[first + 4], sessions = KEYS[first + 5], clients = KEYS[first + 6], rec = KEYS[first + 7],
           recq = KEYS[first + 8], created = KEYS[first + 9],
-          since = {assigned = KEYS[first + 10], connected = KEYS[first + 11], disconnected = KEYS[first + 12]}}
+          since = {assigned = KEYS[first + 10], connected = KEYS[first + 11], disconnected = KEYS[first + 12]},
+          beat = KEYS[first + 13]}
 end
 -- The deadline indexes (due_sessions): a live session is in K.created (created_at) and in
 -- the since set of its state (what that state's timeout counts from). Scores are exact.
@@ -59,9 +60,11 @@ local function unready(K, slot)
   end
 end
 -- Every script that writes a slot calls this: the indexes hold exactly the claimable
--- slots (READY on a live, non-draining host; hc is the tenant's copy of the host).
+-- slots (READY on a live, non-draining host; hc is the tenant's copy of the host; hc.o:
+-- allocation took the host's slots out when it found it past its heartbeat deadline,
+-- until its next heartbeat, see allocate.lua).
 local function sync_ready(K, slot, hc)
-  if slot.state == 'ready' and hc and not hc.d and not hc.x then
+  if slot.state == 'ready' and hc and not hc.d and not hc.x and not hc.o then
     index_ready(K, slot)
   else
     unready(K, slot)
@@ -74,6 +77,13 @@ local function end_sess(K, sid, reason, now)
   local s = cjson.decode(raw)
   if s.state == 'ended' then return nil end
   unindex_session(K, s)
+  -- Its times stay ordered whatever clock ended it (the sweep of one replica may read its
+  -- clock before another replica created or connected the session): created_at <=
+  -- connected_at (<= disconnected_at) <= ended_at.
+  for _, f in ipairs({'created_at', 'connected_at', 'disconnected_at'}) do
+    local at = s[f]
+    if type(at) == 'number' and at > now then now = at end
+  end
   s.state = 'ended'; s.ended_at = now; s.end_reason = reason
   redis.call('HDEL', K.sessions, sid)
   if truthy(s.client_key) and redis.call('HGET', K.clients, s.client_key) == sid then
