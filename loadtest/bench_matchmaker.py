@@ -1,33 +1,36 @@
-"""Matchmaker benchmark: allocations through the HTTP API against the allocation script's ceiling.
+"""Matchmaker benchmark: allocations through the HTTP API, with a fleet at work, against
+the allocation script's ceiling measured under the same heartbeat load.
 
 One run, one Redis (started here on a Unix socket unless ``--redis-url``), phases in order:
 
 1. ``raw script``: the ceiling. An allocation exactly as ``RedisStore.allocate`` sends it
    (``SET`` of the session's tenant lookup + ``EVALSHA`` of the allocation script, which
-   checks the queue, places and claims; same keys and arguments, built by the store's own
-   ``_allocate_calls``), over the same pool shape as the HTTP phases, hand-packed and
-   pipelined by lean generator processes, so that Redis, not the client, is the
+   checks the queue and the hosts' heartbeat deadline, places and claims; built by the
+   store's own ``_allocate_calls``, ``heartbeat_ttl_s`` included), hand-packed and
+   pipelined by a lean generator process, so that Redis, not the client, is the
    bottleneck;
-2. ``raw store``: ``RedisStore.allocate`` itself from generator processes (the store's
-   own redis-py path, one round trip per allocation, many in flight);
+2. ``raw store``: ``RedisStore.allocate`` itself from generator processes;
 3. ``http closed``: ``POST /api/v1/sessions`` with 1 and with 4 ``pixelfleet matchmaker``
-   processes, a closed loop of keep-alive connections spread over the replicas
-   (allocations/s at saturation, latency p50/p99);
-4. ``http open``: a fixed offered load (default 1,000 allocations/s, open loop: each
-   request is due at its time whatever the answers before it) against 4 replicas; p99.
+   processes, a closed loop of keep-alive connections spread over the replicas;
+4. ``http open``: a fixed offered load (default 1,000 allocations/s, open loop) against
+   4 replicas; p99.
 
-How allocations stay sustainable: every phase runs on a fresh key prefix with a pool
-registered beforehand (through the store, as agents would: register + a heartbeat
-reporting every slot ready) that is ``--pool-factor`` times the allocations the phase
-makes, in apps of ``--slots-per-app`` slots; requests go round-robin over the apps. So
-the pool never runs dry and no end/reset traffic mixes into the measurement; each app's
-READY set shrinks from ``slots-per-app`` to about ``slots-per-app * (1 - 1/pool-factor)``
-(reported; placement reads a window of the app's score index, not the whole set).
-Matchmakers run with host TTL and connect timeout of a day (the bench sends no
-heartbeats and never connects) and the production sweep interval.
+The fleet at work (default ``--fleet 96x500``; ``--fleet none`` gives the allocation-only
+figures of before): every phase runs on a fresh key prefix with its own replicas (the
+raw phases: ``--fleet-replicas``, which only take heartbeats) and its own simulated
+fleet (``loadtest.fleet_sim``): hosts registered through the API, heartbeating over HTTP
+on the agent's period and schedule with the agent's body, resetting the slots the
+replies ask for; a small app with fewer slots than players, so a queue forms and is
+served. Allocated sessions are reported connected and, after an exponential time,
+disconnected by the HTTP generators (the signalling side's events), so they end after
+the replicas' reconnect grace and their slots go through the agent's reset.
 
-CPU of the Redis server (``INFO cpu``), each matchmaker and each generator (psutil) is
-read around every measured window, so the report says which side saturated.
+CPU per heartbeat and per allocation, separately for Redis and the replicas: each
+phase first runs ``--hb-seconds`` with the fleet alone (no allocations); its CPU over
+the heartbeats applied is the cost per heartbeat (everything the idle fleet costs: its
+beats, the sweeps, the queue app). The measured window's CPU less that cost times the
+heartbeats applied in the window, over the allocations made, is the cost per
+allocation (its whole life: allocation, the two events, the end and the slot's reset).
 
     python -m loadtest.bench_matchmaker --json out.json
 """
@@ -36,13 +39,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,350 +52,104 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
-import psutil
 
-from loadtest.bench_matchmaker_client import pool_layout
-from loadtest.bench_signaling import (
-    ProcTree,
-    hot_spots,
-    machine_info,
-    percentile,
-    quiet_machine,
+from gpu_agent.config import AgentSettings
+from loadtest.bench_fleet import FleetRun, FleetShape, parse_fleet, summary
+from loadtest.bench_matchmaker_procs import (
+    AGENT,
+    CALLER_SECRET,
+    TENANT,
+    Cpu,
+    Generator,
+    Matchmakers,
+    RedisServer,
+    _merge_statuses,
+    _per_alloc,
+    code_identity,
+    fill_pool,
+    heartbeat_ttl,
+    latency_summary,
+    saturation,
 )
-from loadtest.children import JsonLineChild, die_with_parent, tail
-from pixelfleet.net import NotListening, free_port, wait_for_port
+from loadtest.bench_matchmaker_report import TARGETS, _print_phase, ratios, render
+from loadtest.bench_signaling import ProcTree, hot_spots, machine_info, quiet_machine
+from loadtest.children import die_with_parent
+from loadtest.fleet_sim import heartbeat_mode
 
-TARGETS = {
-    "ceiling_ratio": ("4 replicas allocations/s / raw claim ceiling", ">=", 0.5),
-    "fixed_p99_ms": ("p99 allocation latency at the fixed offered load (ms)", "<", 10.0),
-}
-TENANT = "bench"
-AGENT = "bench-agent-token-" + "a" * 16
-ADMIN = "bench-admin-token-" + "b" * 16
-CALLER_SECRET = "bench-caller-secret-" + "c" * 32
-TOKEN_SECRET = "bench-session-secret-" + "d" * 32
-NCPU = psutil.cpu_count() or 1
+__all__ = ["TARGETS", "main"]
 now = time.monotonic
 
 
-# ----------------------------------------------------------------------------- Redis
+class World:
+    """A phase's replicas and fleet, started on its key prefix."""
 
+    def __init__(self, bench: Bench, prefix: str, replicas: int) -> None:
+        self.bench, self.prefix, self.replicas = bench, prefix, replicas
+        self.mms = Matchmakers(replicas, bench.url, prefix, bench.folder, bench.opts)
+        self.fleet: FleetRun | None = None
+        self.trees: list[ProcTree] = []
+        self.hb: dict[str, Any] | None = None
 
-class RedisServer:
-    """Ours (started here, stopped in ``finally``) or someone else's (``--redis-url``)."""
-
-    def __init__(self, url: str | None, folder: str) -> None:
-        self.url = url
-        self.own = url is None
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        import redis
-
-        if self.own:
-            binary = shutil.which("redis-server")
-            if binary is None:
-                raise RuntimeError("redis-server is not installed (apt-get install redis-server), or pass --redis-url")
-            sock = os.path.join(self.folder, "redis.sock")
-            with open(os.path.join(self.folder, "redis.log"), "wb") as log:  # the child keeps its own copy
-                self.proc = subprocess.Popen(
-                    [
-                        binary,
-                        "--port",
-                        "0",
-                        "--unixsocket",
-                        sock,
-                        "--unixsocketperm",
-                        "700",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        self.folder,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=die_with_parent,
-                )
-            self.url = f"unix://{sock}"
-        assert self.url is not None
-        self.client = redis.Redis.from_url(self.url)
-        for _ in range(200):
-            with contextlib.suppress(redis.exceptions.ConnectionError):
-                if self.client.ping():
-                    break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"redis at {self.url} does not answer PING")
-        info = self.client.info("server")
-        self.version, self.pid = info["redis_version"], int(info["process_id"])
-        return self.url
-
-    def cpu(self) -> float:
-        info = self.client.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-    def clear(self, prefix: str) -> None:
-        """Forget a phase's keys: FLUSHALL on our own server, by prefix on another."""
-        if self.own:
-            self.client.flushall()
+    async def start(self) -> None:
+        b = self.bench
+        self.trees = await self.mms.start()
+        if b.shape is None:
             return
-        for pattern in (f"{{{prefix}}}*", f"{{{prefix}:*", f"{prefix}:*"):
-            batch = []
-            for key in self.client.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    self.client.unlink(*batch)
-                    batch = []
-            if batch:
-                self.client.unlink(*batch)
+        tokens = {"agent": AGENT, "caller": b.token, "tenant": TENANT}
+        self.fleet = FleetRun(b.opts, b.shape, self.mms.ports, tokens)
+        await self.fleet.start(b.folder, self.prefix, b.mode)
+        await asyncio.sleep(b.opts.heartbeat_period + 0.5)  # every host has beaten since
+        self.hb = await self._heartbeats_only()
 
-    def commandstats(self) -> dict[str, tuple[int, float]]:
-        """Calls and microseconds per command (commands run by scripts count too)."""
-        out = {}
-        for name, st in self.client.info("commandstats").items():
-            out[name.removeprefix("cmdstat_")] = (int(st["calls"]), float(st["usec"]))
-        return out
+    async def _heartbeats_only(self) -> dict[str, Any]:
+        assert self.fleet is not None
+        o = self.bench.opts
+        cpu = Cpu(self.bench.redis, self.trees, [], self.fleet.trees)
+        await self.fleet.stats()
+        before = cpu.snap()
+        await asyncio.sleep(o.hb_seconds)
+        after = cpu.snap()
+        stats = summary(await self.fleet.stats(), after["t"] - before["t"])
+        usage = Cpu.since(before, after, stats["heartbeats"])
+        return {"cpu": usage, "fleet": stats}
 
-    def used_memory(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
+    def cpu(self, gens: Sequence[ProcTree]) -> Cpu:
+        return Cpu(self.bench.redis, self.trees, gens, self.fleet.trees if self.fleet else ())
 
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    async def fleet_figures(self, usage: dict[str, Any], stats: dict[str, Any], allocs: int) -> dict[str, Any] | None:
+        """The window's fleet figures and the CPU split (see the module's docstring)."""
+        if self.fleet is None or self.hb is None:
+            return None
+        o, b = self.bench.opts, self.bench
+        win = summary(stats, usage["wall_s"])
+        hb_cpu = self.hb["cpu"]
+        beats_hb = self.hb["fleet"]["heartbeats"]
 
+        def seconds(c: dict[str, Any], key: str) -> float:
+            return float(c[key]) * float(c["wall_s"])
 
-async def fill_pool(url: str, prefix: str, apps: Sequence[str], slots_per_app: int, host_slots: int = 100) -> int:
-    """Register READY slots through the store (register + one heartbeat per host, as an
-    agent does). Returns how many."""
-    from matchmaker.models import (
-        Heartbeat,
-        HostRegistration,
-        SlotReport,
-        SlotSpec,
-        SlotState,
-    )
-    from matchmaker.store_redis import RedisStore
-
-    store = RedisStore.from_url(url, prefix=prefix, timeout_s=60)
-    jobs = pool_layout(list(apps), slots_per_app, host_slots)
-
-    async def one(host: str, app: str, n: int) -> None:
-        t = time.time()
-        await store.register_host(
-            HostRegistration(
-                host_id=host,
-                boot_id="b1",
-                region="eu",
-                gpu_model="L4",
-                signaling_url="ws://127.0.0.1:1",
-                slots=[SlotSpec(index=i, tenant=TENANT, app=app, streamer_id=f"{host}-{i}") for i in range(n)],
-            ),
-            t,
-        )
-        await store.heartbeat(
-            host, Heartbeat(boot_id="b1", slots=[SlotReport(index=i, state=SlotState.READY) for i in range(n)]), t
-        )
-
-    try:
-        for i in range(0, len(jobs), 16):
-            await asyncio.gather(*(one(*j) for j in jobs[i : i + 16]))
-    finally:
-        await store.aclose()
-    return sum(n for _, _, n in jobs)
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def _has_exited(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
-    return lambda: proc.poll() is not None
-
-
-class Matchmakers:
-    def __init__(self, n: int, url: str, prefix: str, folder: str, opts: argparse.Namespace) -> None:
-        self.n, self.url, self.prefix, self.folder, self.opts = n, url, prefix, folder, opts
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.ports: list[int] = []
-        self.logs: list[str] = []
-
-    def spawn(self) -> None:
-        env = {
-            **os.environ,
-            "PIXELFLEET_STATE_URL": self.url,
-            "PIXELFLEET_MATCHMAKER__KEY_PREFIX": self.prefix,
-            "PIXELFLEET_SESSION_TOKEN_SECRET": TOKEN_SECRET,
-            "PIXELFLEET_AGENT_TOKEN": AGENT,
-            "PIXELFLEET_ADMIN_TOKEN": ADMIN,
-            "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET": CALLER_SECRET,
-            "PIXELFLEET_MATCHMAKER__HEARTBEAT_TTL_S": "86400",
-            "PIXELFLEET_MATCHMAKER__CONNECT_TIMEOUT_S": "86400",
-            "PIXELFLEET_MATCHMAKER__MAX_SESSION_S": "86400",
-            "PIXELFLEET_MATCHMAKER__SWEEP_INTERVAL_S": str(self.opts.sweep_interval),
-        }
-        for i in range(self.n):
-            port = free_port()
-            log = os.path.join(self.folder, f"{self.prefix}-mm{i}.log")
-            with open(log, "wb") as out:
-                self.procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "pixelfleet",
-                            "matchmaker",
-                            "--port",
-                            str(port),
-                            "--log-level",
-                            self.opts.mm_log_level,
-                            "--log-format",
-                            "json",
-                        ],
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        preexec_fn=die_with_parent,
-                    )
-                )
-            self.ports.append(port)
-            self.logs.append(log)
-
-    async def start(self, wait_s: float = 30.0) -> list[ProcTree]:
-        self.spawn()
-        deadline = now() + wait_s
-        for i, (proc, port) in enumerate(zip(self.procs, self.ports, strict=True)):
-            try:
-                await wait_for_port("127.0.0.1", port, max(0.0, deadline - now()), exited=_has_exited(proc))
-            except NotListening as exc:
-                raise RuntimeError(f"matchmaker {i}: {exc}:\n{tail(self.logs[i])}") from None
-        return [ProcTree(p.pid) for p in self.procs]
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-
-class Generator(JsonLineChild):
-    """One ``loadtest.bench_matchmaker_client`` child, one JSON line each way."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, log: str) -> None:
-        super().__init__("generator", proc, log)
-        self.tree = ProcTree(proc.pid)
-
-    @classmethod
-    async def start(cls, cfg: dict[str, Any], log: str) -> Generator:
-        return cls(await cls.spawn("loadtest.bench_matchmaker_client", cfg, log, limit=256 << 20), log)
-
-
-class Cpu:
-    """CPU seconds of Redis, each matchmaker, each generator, and the machine."""
-
-    def __init__(self, redis: RedisServer, mms: Sequence[ProcTree], gens: Sequence[ProcTree]) -> None:
-        self.redis, self.mms, self.gens = redis, mms, gens
-
-    def snap(self) -> dict[str, Any]:
-        m = psutil.cpu_times()
+        per_hb = {k: (seconds(hb_cpu, f"{k}_cores") / beats_hb if beats_hb else None) for k in ("redis", "matchmakers")}
+        per_alloc: dict[str, float | None] = {}
+        for k, v in per_hb.items():
+            rest = seconds(usage, f"{k}_cores") - (v or 0.0) * win["heartbeats"]
+            per_alloc[k] = round(rest / allocs * 1e3, 4) if allocs else None
+        assert b.shape is not None
         return {
-            "t": now(),
-            "redis": self.redis.cpu(),
-            "mms": [p.cpu() for p in self.mms],
-            "gens": [g.cpu() for g in self.gens],
-            "idle": m.idle + getattr(m, "iowait", 0.0),
-            "total": sum(m),
+            "shape": str(b.shape),
+            "mode": b.mode,
+            "period_s": o.heartbeat_period,
+            "heartbeats_only": {**self.hb["fleet"], "cpu": hb_cpu},
+            "window": win,
+            "cost": {
+                "per_heartbeat_ms": {k: None if v is None else round(v * 1e3, 4) for k, v in per_hb.items()},
+                "per_alloc_ms": per_alloc,
+            },
         }
 
-    @staticmethod
-    def since(a: dict[str, Any], b: dict[str, Any], ops: int) -> dict[str, Any]:
-        wall = b["t"] - a["t"]
-        redis = b["redis"] - a["redis"]
-        mms = [y - x for x, y in zip(a["mms"], b["mms"], strict=True)]
-        gens = [y - x for x, y in zip(a["gens"], b["gens"], strict=True)]
-        total = b["total"] - a["total"]
-        busy = 1.0 - (b["idle"] - a["idle"]) / total if total > 0 else 0.0
-        ours = redis + sum(mms) + sum(gens)
-
-        def per_op(x: float) -> float | None:
-            return round(x / ops * 1e3, 4) if ops else None
-
-        return {
-            "wall_s": round(wall, 3),
-            "redis_cores": round(redis / wall, 3),
-            "matchmaker_cores": [round(x / wall, 3) for x in mms],
-            "matchmakers_cores": round(sum(mms) / wall, 3),
-            "generator_cores": [round(x / wall, 3) for x in gens],
-            "generators_cores": round(sum(gens) / wall, 3),
-            "machine_busy": round(busy, 3),
-            "other_cores": round(max(0.0, busy * NCPU - ours / wall), 3),
-            "cpu_ms_per_op": {"redis": per_op(redis), "matchmakers": per_op(sum(mms)), "generators": per_op(sum(gens))},
-        }
-
-
-def saturation(cpu: dict[str, Any]) -> str:
-    """Which side ran out of CPU."""
-    r, mm, g = cpu["redis_cores"], cpu["matchmaker_cores"], cpu["generator_cores"]
-    shares = (
-        f"redis {r:.2f}, matchmakers {cpu['matchmakers_cores']:.2f}"
-        f"{' (' + ' '.join(f'{x:.2f}' for x in mm) + ')' if len(mm) > 1 else ''}, "
-        f"generators {cpu['generators_cores']:.2f}, other {cpu['other_cores']:.2f} cores"
-    )
-    if max(g, default=0.0) >= 0.9:
-        return f"generator: a generator holds a full core, the figure is the client's ({shares})"
-    if r >= 0.9:
-        return f"redis: its one core is busy ({shares})"
-    if mm and max(mm) >= 0.9:
-        return f"matchmaker: {sum(x >= 0.9 for x in mm)} of {len(mm)} replicas hold a full core ({shares})"
-    if cpu["machine_busy"] >= 0.9:
-        top = max(
-            [("redis", r), ("matchmakers", cpu["matchmakers_cores"]), ("generators", cpu["generators_cores"])],
-            key=lambda kv: kv[1],
-        )[0]
-        return f"machine: all {NCPU} cores busy, mostly {top} ({shares})"
-    return f"neither: latency-bound ({shares})"
-
-
-def latency_summary(ms: Sequence[float]) -> dict[str, float | None]:
-    def p(q: float) -> float | None:
-        v = percentile(ms, q)
-        return None if v is None else round(v, 3)
-
-    return {"p50_ms": p(0.50), "p90_ms": p(0.90), "p99_ms": p(0.99), "max_ms": round(max(ms), 3) if ms else None}
-
-
-def _per_alloc(
-    before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]], ops: int, top: int = 10
-) -> list[dict[str, Any]]:
-    """Redis commands per allocation and their Redis-side microseconds, biggest first."""
-    rows: list[dict[str, Any]] = []
-    for name, (calls, usec) in after.items():
-        c0, u0 = before.get(name, (0, 0.0))
-        if calls > c0 and ops:
-            rows.append({"command": name, "calls": round((calls - c0) / ops, 2), "usec": round((usec - u0) / ops, 1)})
-    rows.sort(key=lambda r: -r["usec"])
-    return rows[:top]
-
-
-def _merge_statuses(results: Sequence[dict[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in results:
-        for k, v in r.get("statuses", {}).items():
-            out[k] = out.get(k, 0) + v
-    return out
+    async def stop(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
+        self.mms.stop()
 
 
 # ----------------------------------------------------------------------------- phases
@@ -407,6 +162,10 @@ class Bench:
         self.redis = RedisServer(opts.redis_url, folder)
         self.url = ""
         self.token = jwt.encode({"tenant": TENANT, "exp": int(time.time()) + 86400}, CALLER_SECRET, algorithm="HS256")
+        self.shape: FleetShape | None = opts.fleet
+        if self.shape is not None:
+            self.shape.napps = max(1, min(opts.fleet_apps, self.shape.hosts))
+        self.mode = heartbeat_mode(opts.heartbeats) if self.shape is not None else "none"
 
     def _prefix(self, name: str) -> str:
         return f"bmm{uuid.uuid4().hex[:6]}{name}"
@@ -418,21 +177,31 @@ class Bench:
         return gens
 
     async def raw(self, mode: str) -> dict[str, Any]:
-        """Allocation without the matchmaker: pipelined script (ceiling) or RedisStore.allocate."""
+        """Allocation without the matchmaker: pipelined script (ceiling) or RedisStore.allocate;
+        with the fleet heartbeating through ``--fleet-replicas`` replicas meanwhile."""
         o = self.opts
         claims = o.raw_claims if mode == "script" else o.raw_store_claims
         procs = o.raw_procs if mode == "script" else o.raw_store_procs
         prefix = self._prefix("raw")
-        # The HTTP phases' pool shape: apps of --slots-per-app slots, --pool-factor times
-        # the allocations made in each, so the script places over the same READY sets.
-        per_app = max(1, int(o.slots_per_app / o.pool_factor))
-        apps = [f"app{i}" for i in range(max(procs, math.ceil(claims / per_app)))]
+        world: World | None = None
         t_fill = now()
-        registered = await fill_pool(self.url, prefix, apps, o.slots_per_app)
+        if self.shape is None:
+            # The HTTP phases' pool shape: apps of --slots-per-app slots, --pool-factor times
+            # the allocations made in each, so the script places over the same READY sets.
+            per_app = max(1, int(o.slots_per_app / o.pool_factor))
+            apps = [f"app{i}" for i in range(max(procs, math.ceil(claims / per_app)))]
+            registered = await fill_pool(self.url, prefix, apps, o.slots_per_app)
+        else:
+            # The fleet's own slots; raw sessions never end, so claim at most 60 % of them.
+            registered = self.shape.hosts * self.shape.slots
+            claims = min(claims, int(registered * 0.6))
+            apps = self.shape.apps
+            per_app = max(1, claims // len(apps))
+            world = World(self, prefix, o.fleet_replicas)
+            await world.start()
         t_fill = now() - t_fill
         gens: list[Generator] = []
         try:
-            # Each process allocates in its own apps: a ceiling without competition.
             cfgs = [
                 {
                     "kind": "raw",
@@ -445,6 +214,7 @@ class Bench:
                     "apps": apps,
                     "per_app": per_app,
                     "policy": "spread",
+                    "heartbeat_ttl_s": heartbeat_ttl(o),
                     "batch": o.raw_batch,
                     "window": o.raw_window,
                     "concurrency": o.raw_store_concurrency,
@@ -454,13 +224,18 @@ class Bench:
             gens = await self._gens(cfgs, f"raw-{mode}")
             await asyncio.gather(*(g.call(120, "prepare") for g in gens))
             busy = await quiet_machine(o.quiet_wait)
-            cpu = Cpu(self.redis, [], [g.tree for g in gens])
+            cpu = world.cpu([g.tree for g in gens]) if world else Cpu(self.redis, [], [g.tree for g in gens])
+            if world and world.fleet:
+                await world.fleet.stats()
             before = cpu.snap()
             results = await asyncio.gather(*(g.call(600, "run") for g in gens))
             after = cpu.snap()
+            fleet_stats = await world.fleet.stats() if world and world.fleet else {}
         finally:
             for g in gens:
                 await g.stop()
+            if world is not None:
+                await world.stop()
         claimed = sum(r["claimed"] for r in results)
         wall = max(r["wall_s"] for r in results)
         usage = Cpu.since(before, after, claimed)
@@ -479,6 +254,9 @@ class Bench:
             "cpu": usage,
             "saturated": saturation(usage),
         }
+        if world is not None:
+            out["fleet_replicas"] = o.fleet_replicas
+            out["fleet"] = await world.fleet_figures(usage, fleet_stats, claimed)
         if mode == "script":
             out.update(
                 batch=o.raw_batch,
@@ -502,26 +280,35 @@ class Bench:
             measured = int(o.fixed_rate * o.fixed_seconds)
             connections = o.fixed_conns
         total = measured + o.warmup
-        napps = max(1, math.ceil(total * o.pool_factor / o.slots_per_app))
-        apps = [f"app{i}" for i in range(napps)]
         prefix = self._prefix(f"h{replicas}{mode[0]}")
         t_fill = now()
-        await fill_pool(self.url, prefix, apps, o.slots_per_app)
-        t_fill = now() - t_fill
-        mms = Matchmakers(replicas, self.url, prefix, self.folder, o)
+        if self.shape is None:
+            napps = max(1, math.ceil(total * o.pool_factor / o.slots_per_app))
+            apps = [f"app{i}" for i in range(napps)]
+            await fill_pool(self.url, prefix, apps, o.slots_per_app)
+        else:
+            apps = self.shape.apps
+        world = World(self, prefix, replicas)
         gens: list[Generator] = []
         profile: dict[str, Any] | None = None
+        fleet_stats: dict[str, Any] = {}
         try:
-            trees = await mms.start()
+            await world.start()
+            t_fill = now() - t_fill
+            ports = world.mms.ports
+            ends = None
+            if self.shape is not None:
+                ends = {"connections": o.end_conns, "mean_s": o.session_mean, "connect_s": o.connect_after}
             cfgs = [
                 {
                     "kind": "http",
-                    "ports": mms.ports[g % replicas :] + mms.ports[: g % replicas],
+                    "ports": ports[g % replicas :] + ports[: g % replicas],
                     "token": self.token,
                     "apps": apps,
                     "app_offset": g,
                     "app_step": G,
                     "timeout": 300,
+                    "ends": ends,
                 }
                 for g in range(G)
             ]
@@ -531,8 +318,10 @@ class Bench:
             if o.warmup:
                 await asyncio.gather(*(g.call(300, "run", mode="closed", count=max(1, o.warmup // G)) for g in gens))
             busy = await quiet_machine(o.quiet_wait)
-            spy = await self._profile_start(trees[0].proc.pid, f"http{replicas}-{mode}")
-            cpu = Cpu(self.redis, trees, [g.tree for g in gens])
+            spy = await self._profile_start(world.trees[0].proc.pid, f"http{replicas}-{mode}")
+            cpu = world.cpu([g.tree for g in gens])
+            if world.fleet is not None:
+                await world.fleet.stats()
             stats_before = self.redis.commandstats()
             before = cpu.snap()
             counts = [measured // G + (1 if g < measured % G else 0) for g in range(G)]
@@ -549,13 +338,15 @@ class Bench:
                 )
             after = cpu.snap()
             stats_after = self.redis.commandstats()
+            if world.fleet is not None:
+                fleet_stats = await world.fleet.stats()
             if spy is not None:
                 profile = await self._profile_stop(spy)
             live = await self._live_sessions(prefix)
         finally:
             for g in gens:
                 await g.stop()
-            mms.stop()
+            await world.stop()
         statuses = _merge_statuses(results)
         ok = statuses.get("201", 0)
         wall = max(r["wall_s"] for r in results)
@@ -571,9 +362,7 @@ class Bench:
             "per_s": round(ok / wall, 1) if wall else None,
             "wall_s": round(wall, 3),
             **latency_summary([x for r in results for x in r["lat_ms"]]),
-            "apps": napps,
-            "slots_per_app": o.slots_per_app,
-            "ready_per_app_end": round(o.slots_per_app - total / napps, 1),
+            "apps": len(apps),
             "live_sessions_end": live,
             "fill_s": round(t_fill, 2),
             "machine_busy_before": busy,
@@ -581,6 +370,11 @@ class Bench:
             "saturated": saturation(usage),
             "redis_commands_per_alloc": _per_alloc(stats_before, stats_after, ok),
         }
+        if self.shape is None:
+            out.update(slots_per_app=o.slots_per_app, ready_per_app_end=round(o.slots_per_app - total / len(apps), 1))
+        else:
+            out["ends"] = _merge_ends([r.get("ends", {}) for r in results])
+            out["fleet"] = await world.fleet_figures(usage, fleet_stats, ok)
         if mode == "open":
             out.update(
                 offered_per_s=o.fixed_rate,
@@ -660,9 +454,20 @@ class Bench:
 
     async def run(self) -> dict[str, Any]:
         o = self.opts
-        report: dict[str, Any] = {"machine": machine_info(), "code": code_identity(), "options": vars(o), "phases": []}
+        options = {k: (str(v) if isinstance(v, FleetShape) else v) for k, v in vars(o).items()}
+        report: dict[str, Any] = {"machine": machine_info(), "code": code_identity(), "options": options, "phases": []}
         self.url = await asyncio.to_thread(self.redis.start)
         report["redis"] = {"version": self.redis.version, "url": self.url, "own": self.redis.own}
+        report["fleet"] = (
+            None
+            if self.shape is None
+            else {
+                "shape": str(self.shape),
+                "apps": self.shape.napps,
+                "heartbeats": self.mode,
+                "period_s": o.heartbeat_period,
+            }
+        )
         try:
             phases = report["phases"]
             if o.raw_claims:
@@ -679,165 +484,12 @@ class Bench:
         return report
 
 
-def code_identity() -> dict[str, Any]:
-    """Which matchmaker code ran: the commit, and whether matchmaker/ differed from it."""
-    import hashlib
-
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out: dict[str, Any] = {"root": here}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        out["matchmaker_dirty"] = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "matchmaker"],
-                cwd=here,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        )
-    digest = hashlib.sha256()
-    folder = os.path.join(here, "matchmaker")
-    with contextlib.suppress(OSError):
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), "rb") as f:
-                    digest.update(name.encode() + b"\0" + f.read())
-    out["matchmaker_sha256"] = digest.hexdigest()[:12]
-    return out
-
-
-def ratios(phases: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    raw = [p for p in phases if p["phase"].startswith("raw")]
-    ceiling = max((p["per_s"] or 0.0 for p in raw), default=None)
-    closed = {p["replicas"]: p for p in phases if p["phase"] == "http closed"}
-    fixed = [p for p in phases if p["phase"] == "http open"]
-    four = closed.get(4) or (closed[max(closed)] if closed else None)
-    out: dict[str, Any] = {"raw_ceiling_per_s": ceiling}
-    out["ceiling_ratio"] = round(four["per_s"] / ceiling, 4) if four and ceiling else None
-    out["ceiling_ratio_replicas"] = four["replicas"] if four else None
-    if 1 in closed and four is not None and four is not closed[1] and closed[1]["per_s"]:
-        out["scaling_1_to_4"] = round(four["per_s"] / closed[1]["per_s"], 3)
-    if fixed:
-        f = max(fixed, key=lambda p: p["replicas"])
-        out["fixed_p99_ms"] = f["p99_ms"]
-        out["fixed_replicas"] = f["replicas"]
-        out["fixed_achieved_per_s"] = f["per_s"]
-    else:
-        out["fixed_p99_ms"] = None
-    met = {}
-    for key, (_, op, target) in TARGETS.items():
-        v = out.get(key)
-        met[key] = None if v is None else (v >= target if op == ">=" else v < target)
-    out["met"] = met
-    return out
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _print_phase(p: dict[str, Any]) -> None:
-    name = p["phase"] + (f" x{p['replicas']}" if "replicas" in p else f" ({p['processes']} procs)")
-    print(f"  done: {name}: {p['per_s']}/s; {p['saturated']}", file=sys.stderr, flush=True)
-
-
-def render(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    where = "unix socket" if report["redis"]["url"].startswith("unix") else report["redis"]["url"]
-    code = report.get("code", {})
-    lines = [
-        f"matchmaker benchmark — {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, "
-        f"Redis {report['redis']['version']} ({where}); code {code.get('commit')}"
-        f"{' + uncommitted matchmaker/ changes' if code.get('matchmaker_dirty') else ''}"
-        f" (matchmaker/ sha256 {code.get('matchmaker_sha256')})",
-        "",
-    ]
-    head = (
-        f"{'phase':<26}{'allocs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  "
-        f"{'CPU cores: redis':>16}{'mm (each)':>22}{'gen':>6}{'busy':>6}  "
-        f"{'CPU ms/alloc redis/mm/gen':>27}"
-    )
-    lines += [head, "-" * len(head)]
-    for p in report["phases"]:
-        c = p["cpu"]
-        if p["phase"].startswith("raw"):
-            name = f"{p['phase']} ({p['processes']} proc)"
-            lat = p.get("latency") or {}
-            p50, p99, mx = lat.get("p50_ms"), lat.get("p99_ms"), lat.get("max_ms")
-        else:
-            name = f"{p['phase']} x{p['replicas']}" + (f" @{p['offered_per_s']:g}/s" if "offered_per_s" in p else "")
-            p50, p99, mx = p["p50_ms"], p["p99_ms"], p["max_ms"]
-        mm = c["matchmaker_cores"]
-        mm_s = (
-            f"{c['matchmakers_cores']:.2f}" + (f" ({' '.join(f'{x:.2f}' for x in mm)})" if len(mm) > 1 else "")
-            if mm
-            else "-"
-        )
-        per = c["cpu_ms_per_op"]
-
-        def f(x: float | None, spec: str = ".2f") -> str:
-            return "-" if x is None else format(x, spec)
-
-        lines.append(
-            f"{name:<26}{f(p['per_s'], '.0f'):>10}{f(p50):>9}{f(p99):>9}{f(mx):>9}  "
-            f"{c['redis_cores']:>16.2f}{mm_s:>22}{c['generators_cores']:>6.2f}{c['machine_busy']:>6.2f}  "
-            f"{f(per['redis'], '.3f'):>9}/{f(per['matchmakers'], '.3f')}/{f(per['generators'], '.3f')}"
-        )
-    lines.append("")
-    for p in report["phases"]:
-        name = p["phase"] + (f" x{p['replicas']}" if "replicas" in p else "")
-        lines.append(f"saturated ({name}): {p['saturated']}")
-        if len(p.get("runs", [])) > 1:
-            lines.append(
-                "  runs (allocs/s, p99 ms, other cores): "
-                + "; ".join(
-                    f"{r['per_s']}, {r['p99_ms']}, {r['other_cores']}{' <- reported' if r['chosen'] else ''}"
-                    for r in p["runs"]
-                )
-            )
-        if p.get("warning"):
-            lines.append(f"  WARNING: {p['warning']}")
-        if "offered_per_s" in p:
-            s = p["service"]
-            lines.append(
-                f"  open loop: offered {p['offered_per_s']:g}/s, achieved {p['per_s']}/s, latency from due "
-                f"time p50 {p['p50_ms']} / p99 {p['p99_ms']} ms, from send p99 {s['p99_ms']} ms; "
-                f"max backlog {p['max_backlog']}, max send lag {p['max_send_lag_ms']} ms"
-            )
-        if p["phase"].startswith("http"):
-            lines.append(
-                f"  pool: {p['apps']} apps x {p['slots_per_app']} READY slots, about "
-                f"{p['ready_per_app_end']} left per app at the end; {p['live_sessions_end']} live sessions"
-            )
-            lines.append(
-                "  redis per allocation (calls, us inside redis): "
-                + ", ".join(
-                    f"{r['command']} {r['calls']:g}x {r['usec']:g}us" for r in p["redis_commands_per_alloc"][:8]
-                )
-            )
-    r = report["ratios"]
-    lines.append("")
-    lines.append(f"raw claim ceiling: {r['raw_ceiling_per_s']}/s")
-    if r.get("scaling_1_to_4") is not None:
-        lines.append(f"scaling 1 -> {r['ceiling_ratio_replicas']} replicas: x{r['scaling_1_to_4']}")
-    lines.append("targets:")
-    for key, (label, op, target) in TARGETS.items():
-        v, met = r.get(key), r["met"].get(key)
-        verdict = "n/a" if met is None else ("met" if met else "MISSED")
-        lines.append(f"  {label}: {v} (target {op} {target}) -> {verdict}")
-    for p in report["phases"]:
-        prof = p.get("profile")
-        if prof and prof.get("samples"):
-            lines.append(
-                f"hot spots, one matchmaker during {p['phase']} x{p['replicas']} "
-                f"({prof['samples']} samples), inclusive %:"
-            )
-            lines += [f"  {pct:5.1f}  {fn}" for fn, pct in prof["inclusive_pct"]]
-            lines.append("  self %:")
-            lines += [f"  {pct:5.1f}  {fn}" for fn, pct in prof["self_pct"][:12]]
-    return "\n".join(lines)
+def _merge_ends(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    statuses: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.get("statuses", {}).items():
+            statuses[k] = statuses.get(k, 0) + v
+    return {"sent": sum(p.get("sent", 0) for p in parts), "statuses": statuses}
 
 
 def _ints(text: str) -> list[int]:
@@ -851,6 +503,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--redis-url", help="use this Redis (default: start redis-server on a Unix socket)")
+    fleet = p.add_argument_group("the fleet at work")
+    fleet.add_argument(
+        "--fleet",
+        type=parse_fleet,
+        default=parse_fleet("96x500"),
+        help="simulated hosts x slots heartbeating through the API (default 96x500); none: allocations alone",
+    )
+    fleet.add_argument("--fleet-apps", type=int, default=12, help="apps the fleet's hosts are shared among")
+    fleet.add_argument("--fleet-procs", type=int, default=1, help="fleet simulator processes")
+    fleet.add_argument("--fleet-replicas", type=int, default=4, help="replicas taking heartbeats in the raw phases")
+    fleet.add_argument(
+        "--heartbeat-period",
+        type=float,
+        default=AgentSettings().heartbeat_period_s,
+        help="seconds between an agent's beats (default: the agent's own, PIXELFLEET_AGENT__HEARTBEAT_PERIOD_S)",
+    )
+    fleet.add_argument(
+        "--heartbeats",
+        choices=("auto", "full", "delta"),
+        default="auto",
+        help="full: every slot in every beat; delta: changes only (auto: delta where the protocol has it)",
+    )
+    fleet.add_argument(
+        "--full-heartbeat-every",
+        type=int,
+        default=getattr(AgentSettings(), "full_heartbeat_every", 30),
+        help="a delta agent's full beat every N beats (default: the agent's own)",
+    )
+    fleet.add_argument("--gpus-per-host", type=int, default=8)
+    fleet.add_argument(
+        "--load-churn", type=float, default=0.1, help="chance per beat that a GPU's load moves by a few percent"
+    )
+    fleet.add_argument("--reset-s", type=float, default=0.5, help="time a simulated slot takes to reset")
+    fleet.add_argument("--session-mean", type=float, default=3.0, help="mean session length in seconds (exponential)")
+    fleet.add_argument("--connect-after", type=float, default=0.1, help="seconds from allocation to 'connected'")
+    fleet.add_argument("--reconnect-grace", type=float, default=1.0, help="the replicas' reconnect grace (s)")
+    fleet.add_argument("--heartbeat-ttl", type=float, default=10.0, help="the replicas' heartbeat TTL (production)")
+    fleet.add_argument("--queue-slots", type=int, default=16, help="slots of the queue app (its own host)")
+    fleet.add_argument("--queue-players", type=int, default=24, help="players of the queue app (0 = no queue)")
+    fleet.add_argument("--end-conns", type=int, default=16, help="connections per generator for session events")
+    fleet.add_argument("--hb-seconds", type=float, default=6.0, help="heartbeats-only window per phase (CPU split)")
     p.add_argument("--replicas", type=_ints, default=[1, 4], help="closed-loop phases (default 1,4)")
     p.add_argument("--allocs", type=int, default=6000, help="measured allocations per closed-loop phase")
     p.add_argument("--warmup", type=int, default=400, help="allocations before each HTTP measurement")
@@ -862,7 +555,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--generators", type=int, default=1, help="HTTP generator processes")
     p.add_argument("--slots-per-app", type=int, default=64, help="READY slots per app at the start of a phase")
     p.add_argument("--pool-factor", type=float, default=2.0, help="registered slots / allocations made")
-    p.add_argument("--raw-claims", type=int, default=100_000, help="pipelined script allocations (0 = skip)")
+    p.add_argument(
+        "--raw-claims",
+        type=int,
+        default=100_000,
+        help="pipelined script allocations (0 = skip; with a fleet at most 60%% of its slots)",
+    )
     p.add_argument("--raw-procs", type=int, default=1)
     p.add_argument("--raw-batch", type=int, default=64, help="claims per pipelined round trip")
     p.add_argument("--raw-window", type=int, default=4, help="pipelined batches in flight per process")

@@ -14,13 +14,12 @@ allocation than what it loads, so it is lean:
   rate (open loop: a slow answer does not delay the next request); a request that finds
   no idle connection waits in a backlog, and its latency then counts from when it was
   due.
-- ``raw``: the matchmaker's allocation (``RedisStore.allocate``: ``SET`` of the
-  session's tenant lookup + ``EVALSHA`` of the allocation script, which places and
-  claims, with the same keys and arguments) sent straight to Redis. ``script`` mode
-  hand-packs RESP and pipelines ``batch`` allocations per round trip on one Unix-socket
-  or TCP connection (the script's ceiling: Redis, not the client, should saturate);
-  ``store`` mode calls ``RedisStore.allocate`` from ``concurrency`` tasks (the store's
-  own client path).
+  With ``ends`` (the fleet at work), each allocated session then lives as a player's
+  does: the signalling side reports it ``connected`` shortly after, and ``disconnected``
+  after an exponential time (``POST /api/v1/sessions/{id}/events`` with the session's
+  token, on connections of their own); the matchmaker ends it after its reconnect grace
+  and the simulated agent resets the slot.
+- ``raw``: allocations straight on Redis (``loadtest.bench_matchmaker_raw``).
 
 Commands: ``prepare`` (connect), ``run`` (answers when done), ``quit``.
 """
@@ -31,15 +30,17 @@ import argparse
 import asyncio
 import collections
 import ctypes
+import heapq
 import random
 import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, cast
-from urllib.parse import urlparse
 
 import orjson
+
+from loadtest.bench_matchmaker_raw import RawClaims
 
 now = time.perf_counter
 
@@ -63,9 +64,25 @@ def _no_run(conn: HttpConn, status: int) -> None:  # replaced per run
 class HttpConn(asyncio.Protocol):
     """One keep-alive connection, one request at a time."""
 
-    __slots__ = ("transport", "buf", "need", "status", "t_sent", "t_due", "on_done", "lost", "busy")
+    __slots__ = (
+        "transport",
+        "buf",
+        "need",
+        "status",
+        "t_sent",
+        "t_due",
+        "on_done",
+        "lost",
+        "busy",
+        "keep",
+        "body",
+        "body_at",
+    )
 
-    def __init__(self, on_done: OnDone) -> None:
+    def __init__(self, on_done: OnDone, keep: bool = False) -> None:
+        self.keep = keep  # keep a 201's body (``body``) for the session's ends
+        self.body = b""
+        self.body_at = 0
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.need = -1
@@ -103,11 +120,99 @@ class HttpConn(asyncio.Protocol):
             at = buf.find(b"Content-Length: ", 0, end)
             length = int(buf[at + 16 : buf.find(b"\r\n", at)]) if at >= 0 else 0
             self.need = end + 4 + length
+            self.body_at = end + 4
         if len(buf) >= self.need:
+            if self.keep and self.status == 201:
+                self.body = bytes(buf[self.body_at : self.need])
             del buf[: self.need]
             self.need = -1
             self.busy = False
             self.on_done(self, self.status)
+
+
+class SessionEnds:
+    """The signalling side of allocated sessions: ``connected`` after ``connect_s``,
+    ``disconnected`` after an exponential time of mean ``mean_s`` (the matchmaker then
+    ends the session after its reconnect grace), each on an idle connection of its own."""
+
+    def __init__(self, cfg: dict[str, Any], seed: int) -> None:
+        self.cfg = cfg
+        self.rnd = random.Random(seed)
+        self.due: list[tuple[float, int, bytes]] = []  # (time, tie-break, request)
+        self.backlog: collections.deque[bytes] = collections.deque()
+        self.idle: collections.deque[HttpConn] = collections.deque()
+        self.n = 0
+        self.sent = 0
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.task: asyncio.Task[None] | None = None
+
+    async def prepare(self, ports: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(self.cfg["connections"]):
+            _, conn = await loop.create_connection(lambda: HttpConn(self._done), "127.0.0.1", ports[i % len(ports)])
+            self.idle.append(conn)
+        self.task = asyncio.create_task(self._pump())
+
+    @staticmethod
+    def _event(session_id: str, token: str, event: bytes) -> bytes:
+        body = b'{"event":"' + event + b'"}'
+        return (
+            b"POST /api/v1/sessions/"
+            + session_id.encode()
+            + b"/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + token.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+
+    def schedule(self, assigned: bytes) -> None:
+        """A 201's body: the session's id and token."""
+        d = orjson.loads(assigned)
+        sid, token = d["session_id"], d["token"]
+        t = now() + self.cfg["connect_s"]
+        end = t + self.rnd.expovariate(1.0 / self.cfg["mean_s"])
+        self.n += 2
+        heapq.heappush(self.due, (t, self.n - 1, self._event(sid, token, b"connected")))
+        heapq.heappush(self.due, (end, self.n, self._event(sid, token, b"disconnected")))
+
+    def _send(self, request: bytes) -> None:
+        if self.idle:
+            self.sent += 1
+            self.idle.popleft().send(request, now())
+        else:
+            self.backlog.append(request)
+
+    def _done(self, conn: HttpConn, status: int) -> None:
+        self.statuses[status] += 1
+        if conn.lost:
+            return
+        if self.backlog:
+            self.sent += 1
+            conn.send(self.backlog.popleft(), now())
+        else:
+            self.idle.append(conn)
+
+    async def _pump(self) -> None:
+        while True:
+            t = now()
+            while self.due and self.due[0][0] <= t:
+                self._send(heapq.heappop(self.due)[2])
+            await asyncio.sleep(0.005)
+
+    def take(self) -> dict[str, Any]:
+        out = {"sent": self.sent, "statuses": {str(k): v for k, v in self.statuses.items()}, "pending": len(self.due)}
+        self.sent = 0
+        self.statuses.clear()
+        return out
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for c in self.idle:
+            if c.transport is not None:
+                c.transport.close()
 
 
 class HttpLoad:
@@ -130,6 +235,11 @@ class HttpLoad:
         self.app_index: int = cfg.get("app_offset", 0)
         self.app_step: int = cfg.get("app_step", 1)
         self._on_done: OnDone = _no_run
+        ends = cfg.get("ends")
+        self.ends = SessionEnds(ends, cfg.get("app_offset", 0)) if ends else None
+
+    def _ended(self) -> dict[str, Any]:
+        return {"ends": self.ends.take()} if self.ends is not None else {}
 
     def next_request(self) -> bytes:
         r = self.requests[self.app_index % len(self.requests)]
@@ -140,8 +250,12 @@ class HttpLoad:
         loop = asyncio.get_running_loop()
         ports = self.cfg["ports"]
         for i in range(connections):
-            _, conn = await loop.create_connection(lambda: HttpConn(self._on_done), "127.0.0.1", ports[i % len(ports)])
+            _, conn = await loop.create_connection(
+                lambda: HttpConn(self._on_done, keep=self.ends is not None), "127.0.0.1", ports[i % len(ports)]
+            )
             self.conns.append(conn)
+        if self.ends is not None:
+            await self.ends.prepare(ports)
 
     async def closed(self, count: int) -> dict[str, Any]:
         """Closed loop over every prepared connection until ``count`` answers."""
@@ -155,6 +269,8 @@ class HttpLoad:
             t = now()
             lat.append(t - conn.t_due)
             statuses[status] += 1
+            if status == 201 and self.ends is not None:
+                self.ends.schedule(conn.body)
             if issued < count and not conn.lost:
                 issued += 1
                 conn.send(self.next_request(), t)
@@ -174,6 +290,7 @@ class HttpLoad:
             "wall_s": t1 - t0,
             "lat_ms": [round(x * 1e3, 3) for x in lat],
             "statuses": {str(k): v for k, v in statuses.items()},
+            **self._ended(),
         }
 
     async def open(self, rate: float, count: int) -> dict[str, Any]:
@@ -192,6 +309,8 @@ class HttpLoad:
             lat.append(t - conn.t_due)
             service.append(t - conn.t_sent)
             statuses[status] += 1
+            if status == 201 and self.ends is not None:
+                self.ends.schedule(conn.body)
             if len(lat) >= count:
                 if not finished.done():
                     finished.set_result(None)
@@ -231,204 +350,15 @@ class HttpLoad:
             "statuses": {str(k): v for k, v in statuses.items()},
             "max_backlog": max_backlog,
             "max_send_lag_ms": round(lag_max * 1e3, 3),
+            **self._ended(),
         }
 
     def close(self) -> None:
+        if self.ends is not None:
+            self.ends.close()
         for c in self.conns:
             if c.transport is not None:
                 c.transport.close()
-
-
-# ----------------------------------------------------------------------------- raw Redis
-
-
-def pool_layout(apps: list[str], slots_per_app: int, host_slots: int) -> list[tuple[str, str, int]]:
-    """The benchmark pool's hosts: (host id, app, slots). Shared by the orchestrator
-    (which registers them) and the raw generators (which claim them)."""
-    out = []
-    for app in apps:
-        for h in range(-(-slots_per_app // host_slots)):
-            out.append((f"{app}-h{h}", app, min(host_slots, slots_per_app - h * host_slots)))
-    return out
-
-
-def _resp(*args: bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        out += (b"$%d\r\n" % len(a), a, b"\r\n")
-    return b"".join(out)
-
-
-class RespConn(asyncio.Protocol):
-    """Counts replies (parsed by hiredis, the C parser redis-py uses): the allocation
-    script answers an array whose first element is ``ok`` when it claimed a slot."""
-
-    def __init__(self) -> None:
-        import hiredis
-
-        self.reader = hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
-        self.received = 0
-        self.ones = 0
-        self.zeros = 0
-        self.errors: list[bytes] = []
-        self.want = 0
-        self.waiter: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's transport is a full Transport
-
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        reader.feed(data)
-        while (reply := reader.gets()) is not False:
-            self.received += 1
-            if isinstance(reply, list):
-                if reply and reply[0] == b"ok":
-                    self.ones += 1
-                else:
-                    self.zeros += 1
-            elif isinstance(reply, Exception) and len(self.errors) < 3:
-                self.errors.append(str(reply).encode())
-        if self.waiter is not None and self.received >= self.want and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError(f"redis closed the connection: {exc}"))
-
-    async def until(self, n: int) -> None:
-        """Wait until ``n`` replies in all have arrived."""
-        if self.received >= n:
-            return
-        self.want = n
-        self.waiter = asyncio.get_running_loop().create_future()
-        await self.waiter
-
-
-class RawClaims:
-    """Allocations straight on Redis: process ``index`` of ``procs`` takes the apps
-    ``apps[index::procs]`` and makes ``per_app`` allocations in each, round-robin over
-    them (as the HTTP phases do), so processes never compete for a slot."""
-
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        from matchmaker.store_redis import RedisStore
-
-        self.cfg = cfg
-        self.store = RedisStore.from_url(cfg["redis_url"], prefix=cfg["prefix"])
-        mine = cfg["apps"][cfg["index"] :: cfg["procs"]]
-        self.apps = [app for _ in range(cfg["per_app"]) for app in mine]
-
-    def _requests(self) -> list[tuple[Any, str]]:
-        from matchmaker.models import AllocationRequest
-
-        return [
-            (AllocationRequest(tenant=self.cfg["tenant"], app=app), f"s-raw{self.cfg['index']}-{n}")
-            for n, app in enumerate(self.apps)
-        ]
-
-    def _packed(self) -> list[bytes]:
-        """Per allocation, exactly what ``RedisStore.allocate`` sends (its own
-        ``_allocate_calls``: the tenant lookup's SET and the allocation script's EVALSHA)."""
-        st = self.store
-        t = time.time()
-        out = []
-        for request, sid in self._requests():
-            (_, _, set_args), (script, keys, args) = st._allocate_calls(  # noqa: SLF001
-                request, sid, t, policy=self.cfg["policy"], rnd=random.random()
-            )
-            assert script is not None, "the second call of an allocation is its script"
-            out.append(
-                _resp(*(str(a).encode() for a in set_args))
-                + _resp(
-                    b"EVALSHA",
-                    script.sha.encode(),
-                    str(len(keys)).encode(),
-                    *(str(k).encode() for k in keys),
-                    *(a if isinstance(a, bytes) else str(a).encode() for a in args),
-                )
-            )
-        return out
-
-    async def prepare(self) -> None:
-        await self.store._r.script_load(self.store._scripts.allocate.script)  # noqa: SLF001
-        if self.cfg["mode"] == "script":
-            self.packed = self._packed()
-            url = urlparse(self.cfg["redis_url"])
-            loop = asyncio.get_running_loop()
-            if url.scheme == "unix":
-                _, self.conn = await loop.create_unix_connection(RespConn, url.path)
-            else:
-                _, self.conn = await loop.create_connection(RespConn, url.hostname or "127.0.0.1", url.port or 6379)
-
-    async def run(self) -> dict[str, Any]:
-        return await (self._script() if self.cfg["mode"] == "script" else self._store())
-
-    async def _script(self) -> dict[str, Any]:
-        conn, batch, window = self.conn, self.cfg["batch"], self.cfg.get("window", 2)
-        assert conn.transport is not None
-        packed = self.packed
-        batches = [
-            (b"".join(packed[i : i + batch]), 2 * len(packed[i : i + batch])) for i in range(0, len(packed), batch)
-        ]
-        lat: list[float] = []
-        inflight: collections.deque[tuple[float, int]] = collections.deque()  # (sent, replies due by then)
-        expected = 0
-        t0 = now()
-        for data, replies in batches:
-            if len(inflight) >= window:
-                sent, target = inflight.popleft()
-                await conn.until(target)
-                lat.append(now() - sent)
-            expected += replies
-            inflight.append((now(), expected))
-            conn.transport.write(data)
-        while inflight:
-            sent, target = inflight.popleft()
-            await conn.until(target)
-            lat.append(now() - sent)
-        t1 = now()
-        return {
-            "wall_s": t1 - t0,
-            "claims": len(packed),
-            "claimed": conn.ones,
-            "refused": conn.zeros,
-            "errors": [e.decode(errors="replace") for e in conn.errors[:3]],
-            "batch_ms": [round(x * 1e3, 3) for x in lat],
-        }
-
-    async def _store(self) -> dict[str, Any]:
-        from matchmaker.models import Session
-
-        requests = self._requests()
-        conc = self.cfg.get("concurrency", 32)
-        lat: list[float] = []
-        results = collections.Counter[bool]()
-
-        async def worker(k: int) -> None:
-            for n in range(k, len(requests), conc):
-                request, sid = requests[n]
-                t1 = now()
-                out = await self.store.allocate(request, sid, time.time(), policy=self.cfg["policy"])
-                results[isinstance(out, Session)] += 1
-                lat.append(now() - t1)
-
-        t0 = now()
-        await asyncio.gather(*(worker(k) for k in range(conc)))
-        t1 = now()
-        return {
-            "wall_s": t1 - t0,
-            "claims": len(requests),
-            "claimed": results[True],
-            "refused": results[False],
-            "errors": [],
-            "lat_ms": [round(x * 1e3, 3) for x in lat],
-        }
-
-    async def close(self) -> None:
-        if self.cfg["mode"] == "script" and self.conn.transport is not None:
-            self.conn.transport.close()
-        await self.store.aclose()
 
 
 # ----------------------------------------------------------------------------- main

@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Any
 
-from loadtest.bench_matchmaker import TENANT, RedisServer, fill_pool
+from loadtest.bench_matchmaker_procs import TENANT, RedisServer, fill_pool
 from loadtest.bench_signaling import machine_info
 
 CONNECT_TIMEOUT_S = 60.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,18 +19,20 @@ from tests.conftest import require_binary
 pytestmark = pytest.mark.integration
 
 
-def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    require_binary("redis-server")
-    out = tmp_path / "bench.json"
-    rc = main([
-        "--replicas", "1,2", "--allocs", "60", "--warmup", "10", "--conns-per-replica", "2",
-        "--fixed-rate", "40", "--fixed-seconds", "1", "--fixed-replicas", "2", "--fixed-conns", "8",
-        "--raw-claims", "400", "--raw-batch", "16", "--raw-store-claims", "100", "--raw-store-procs", "1",
-        "--raw-store-concurrency", "4", "--slots-per-app", "16", "--quiet-wait", "0", "--repeat", "2",
-        "--json", str(out),
-    ])  # fmt: skip
-    assert rc == 0
-    report = json.loads(out.read_text())
+SMALL = [
+    "--replicas", "1,2", "--allocs", "60", "--warmup", "10", "--conns-per-replica", "2",
+    "--fixed-rate", "40", "--fixed-seconds", "1", "--fixed-replicas", "2", "--fixed-conns", "8",
+    "--raw-claims", "200", "--raw-batch", "16", "--raw-store-claims", "60", "--raw-store-procs", "1",
+    "--raw-store-concurrency", "4", "--slots-per-app", "16", "--quiet-wait", "0",
+]  # fmt: skip
+FLEET = [
+    "--fleet", "6x40", "--fleet-apps", "3", "--fleet-replicas", "2", "--heartbeat-period", "0.5",
+    "--hb-seconds", "1", "--queue-slots", "1", "--queue-players", "3", "--session-mean", "0.5",
+    "--reconnect-grace", "0.2", "--reset-s", "0.1", "--end-conns", "2",
+]  # fmt: skip
+
+
+def _phases(report: dict[str, Any], repeat: int) -> dict[tuple[str, int | None], dict[str, Any]]:
     assert report["machine"]["nproc"] and report["machine"]["cpu_model"] is not None
     phases = {(p["phase"], p.get("replicas")): p for p in report["phases"]}
     assert set(phases) == {
@@ -43,10 +46,10 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
         cpu = p["cpu"]
         assert p["per_s"] > 0 and p["wall_s"] > 0, key
         assert cpu["redis_cores"] >= 0 and cpu["generators_cores"] >= 0 and 0 <= cpu["machine_busy"] <= 1, key
-        assert len(cpu["generator_cores"]) >= 1, key
+        assert len(cpu["generator_cores"]) >= 1 and cpu["fleet_cores"] >= 0, key
         assert set(cpu["cpu_ms_per_op"]) == {"redis", "matchmakers", "generators"}, key
         assert p["saturated"], key
-        assert len(p["runs"]) == 2 and sum(r["chosen"] for r in p["runs"]) == 1, key
+        assert len(p["runs"]) == repeat and sum(r["chosen"] for r in p["runs"]) == 1, key
     for name in ("raw script", "raw store"):
         p = phases[(name, None)]
         assert p["claimed"] == p["claims"] and p["refused"] == 0 and not p["errors"], p
@@ -57,7 +60,7 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
         assert p["allocated"] == p["requests"] and "warning" not in p, p
         assert len(p["cpu"]["matchmaker_cores"]) == key[1]
         assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"], p
-        assert p["redis_commands_per_alloc"] and p["live_sessions_end"] >= p["requests"]
+        assert p["redis_commands_per_alloc"] and p["live_sessions_end"] > 0
     fixed = phases[("http open", 2)]
     assert fixed["offered_per_s"] == 40 and fixed["service"]["p99_ms"] is not None
     assert fixed["max_backlog"] >= 0 and fixed["max_send_lag_ms"] >= 0
@@ -66,7 +69,10 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
     for target in TARGETS:
         assert ratios[target] is not None, target
         assert ratios["met"][target] in (True, False)
-    text = capsys.readouterr().out
+    return phases
+
+
+def _printed(text: str, *labels: str) -> None:
     for label in (
         "allocs/s",
         "p99 ms",
@@ -76,8 +82,56 @@ def test_bench_matchmaker_reports_every_figure(tmp_path: Path, capsys: pytest.Ca
         "open loop: offered",
         "redis per allocation",
         "targets:",
+        *labels,
     ):
         assert label in text, label
+
+
+def test_bench_matchmaker_with_a_fleet_at_work_reports_every_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default shape, small: hosts heartbeating through the API, sessions ending and
+    slots resetting, a queue served; CPU per heartbeat and per allocation apart."""
+    require_binary("redis-server")
+    out = tmp_path / "bench.json"
+    assert main([*SMALL, *FLEET, "--repeat", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    phases = _phases(report, repeat=1)
+    assert report["fleet"]["shape"] == "6x40" and report["fleet"]["heartbeats"] in ("full", "delta")
+    for key, p in phases.items():
+        fl = p["fleet"]
+        assert fl["shape"] == "6x40" and fl["period_s"] == 0.5, key
+        idle = fl["heartbeats_only"]
+        assert idle["heartbeats"] > 0 and idle["heartbeats_failed"] == 0 and not idle["errors"], (key, idle)
+        assert idle["slot_reports_per_beat"] is not None and idle["heartbeat_p99_ms"] is not None, key
+        cost = fl["cost"]
+        for side in ("redis", "matchmakers"):
+            assert cost["per_heartbeat_ms"][side] > 0, (key, cost)
+            assert cost["per_alloc_ms"][side] is not None, (key, cost)
+        assert fl["window"]["heartbeats_failed"] == 0 and not fl["window"]["errors"], (key, fl["window"])
+    # Raw phases place on the fleet's slots, with the deadline check of production.
+    assert phases[("raw script", None)]["pool_slots"] == 6 * 40
+    # Sessions end (events accepted; the closed phases may be over before the first is
+    # due) and the agents reset their slots; the queue is used.
+    for key in (("http closed", 1), ("http closed", 2), ("http open", 2)):
+        assert set(phases[key]["ends"]) == {"sent", "statuses"}, key
+    ends = phases[("http open", 2)]["ends"]
+    assert ends["sent"] > 0 and ends["statuses"].get("200", 0) > 0, ends
+    everything = [p["fleet"][w] for p in phases.values() for w in ("heartbeats_only", "window")]
+    assert sum(w["resets"] for w in everything) > 0
+    assert sum(w["queue"]["asked"] for w in everything) > 0
+    _printed(capsys.readouterr().out, "CPU ms per heartbeat", "heartbeats/s applied", "queue app:")
+
+
+def test_bench_matchmaker_allocations_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--fleet none``: the allocation-only figures of before, every phase twice."""
+    require_binary("redis-server")
+    out = tmp_path / "bench.json"
+    assert main([*SMALL, "--fleet", "none", "--repeat", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    phases = _phases(report, repeat=2)
+    assert report["fleet"] is None and all("fleet" not in p for p in phases.values())
+    _printed(capsys.readouterr().out, "pool:")
 
 
 def test_bench_sweep_reads_the_same_sessions_both_ways(tmp_path: Path) -> None:
