@@ -60,7 +60,7 @@ def render(report: dict[str, Any]) -> str:
     ]
     head = (
         f"{'phase':<26}{'allocs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  "
-        f"{'CPU cores: redis':>16}{'mm (each)':>22}{'gen':>6}{'busy':>6}  "
+        f"{'CPU cores: redis':>16} {'mm (each)':>26}{'gen':>6}{'busy':>6}  "
         f"{'CPU ms/alloc redis/mm/gen':>27}"
     )
     lines += [head, "-" * len(head)]
@@ -86,7 +86,7 @@ def render(report: dict[str, Any]) -> str:
 
         lines.append(
             f"{name:<26}{f(p['per_s'], '.0f'):>10}{f(p50):>9}{f(p99):>9}{f(mx):>9}  "
-            f"{c['redis_cores']:>16.2f}{mm_s:>22}{c['generators_cores']:>6.2f}{c['machine_busy']:>6.2f}  "
+            f"{c['redis_cores']:>16.2f} {mm_s:>26}{c['generators_cores']:>6.2f}{c['machine_busy']:>6.2f}  "
             f"{f(per['redis'], '.3f'):>9}/{f(per['matchmakers'], '.3f')}/{f(per['generators'], '.3f')}"
         )
     lines.append("")
