@@ -31,7 +31,7 @@ from matchmaker.models import (
     SlotSpec,
     SlotState,
 )
-from matchmaker.service import Allocation, Matchmaker
+from matchmaker.service import Allocation, Matchmaker, UnknownApp
 from matchmaker.store import NoClaim, Store, UnknownHost, open_store
 from pixelfleet.tokens import TokenKeys
 
@@ -285,7 +285,7 @@ class Agent:
             await asyncio.sleep(period_s)
 
 
-RACK_TTL = 0.6
+RACK_TTL = 1.5  # far above the 0.05 s beat period: a loaded CI box stalls the loop for tenths of a second
 
 
 class ListingClock:
@@ -335,7 +335,11 @@ async def test_a_rack_stopping_under_load_takes_no_session_after_it_is_listed_de
 
     async def player(mm: Matchmaker, rng: random.Random) -> None:
         while not stop.is_set():
-            out = await mm.allocate(REQUEST)
+            try:
+                out = await mm.allocate(REQUEST)
+            except UnknownApp:  # the box stalled every live host past its deadline: they come back
+                await asyncio.sleep(0.05)
+                continue
             if isinstance(out, Allocation):
                 sid = out.session.session_id
                 if rng.random() < 0.7:
