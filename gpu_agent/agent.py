@@ -80,6 +80,7 @@ class Agent:
                 self._on_reply,
                 period_s=s.heartbeat_period_s,
                 retry_max_s=s.retry_max_s,
+                full_every=s.full_heartbeat_every,
             )
         if s.metrics_port >= 0:
             self.metrics = MetricsServer(self, s.metrics_host, s.metrics_port)

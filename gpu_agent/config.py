@@ -24,6 +24,7 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
     # (agent_token, shared: the matchmaker's agent API; admin_token, optional: marks the
     # host draining before the next heartbeat does)
     heartbeat_period_s: float = 2.0  # the matchmaker declares a host dead after heartbeat_ttl_s (10 s)
+    full_heartbeat_every: int = 30  # a full heartbeat at least every this many; deltas between
     request_timeout_s: float = 5.0
     retry_max_s: float = 10.0  # longest wait between tries while the matchmaker is down
     # Signalling: where players go, where streamers connect, and its REST API (readiness).
@@ -76,6 +77,8 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
             raise ConfigError(f"agent.drain_mode must be one of {DRAIN_MODES}, not {self.drain_mode!r}")
         if self.streamer == "ue" and not (self.ue_binary or self.command):
             raise ConfigError("agent.streamer=ue needs PIXELFLEET_AGENT__UE_BINARY (or a full COMMAND)")
+        if self.full_heartbeat_every < 1:
+            raise ConfigError("agent.full_heartbeat_every must be 1 or more (1: every heartbeat full)")
         if self.slots < 0 or self.slots_per_gpu < 0 or any(n < 0 for n in self.gpu_slots):
             raise ConfigError("slot counts cannot be negative")
 

@@ -1,26 +1,47 @@
 """Register, then heartbeat the slot states and loads, whatever the matchmaker does.
 
-Each heartbeat is a snapshot built when it is sent, so the newest state always
+Each heartbeat is built from the state when it is sent, so the newest state always
 supersedes what could not be delivered: while the matchmaker is down the reporter
 keeps the latest state (and every slot's ``reset_for``) and retries with backoff up to
 ``retry_max_s``; once it answers, that state is delivered. A 404 means the matchmaker
 forgot the host (restarted, or declared it dead): register again, then beat. A slot
 change wakes the reporter at once instead of waiting for the period.
+
+A heartbeat is full (every slot) or a delta (only the slots whose report changed since
+the last one the matchmaker acknowledged: state, ``reset_for``, or a load's whole
+percent, what placement compares). Full: the first after a registration, the next after
+any failed or unanswered one or a reply asking for a snapshot, and at least every
+``full_every``; numbered ``seq`` from 1 per registration, so the matchmaker can tell a
+delta it cannot apply (docs/matchmaker-api.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 
+import msgspec
 import structlog
 
 from gpu_agent.client import HostConflict, MatchmakerClient, MatchmakerError, Rejected, UnknownHost
-from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration
+from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport
 
 log = structlog.get_logger("gpu_agent.reporting")
+
+ReportKey = tuple[str, str | None, int, int]
+
+
+def _pct(load: float) -> int:
+    """Whole percent, as the matchmaker's placement rounds it (tenant.lua load_pct)."""
+    return math.floor(load * 100 + 0.5)
+
+
+def report_key(r: SlotReport) -> ReportKey:
+    """What a delta compares: a slot is sent again when any of these changed."""
+    return (r.state.value, r.reset_for, _pct(r.nvenc_load), _pct(r.gpu_load))
 
 
 class Reporter:
@@ -33,6 +54,7 @@ class Reporter:
         *,
         period_s: float = 2.0,
         retry_max_s: float = 10.0,
+        full_every: int = 30,
     ) -> None:
         self.client = client
         self.registration = registration
@@ -40,6 +62,13 @@ class Reporter:
         self.on_reply = on_reply
         self.period_s = period_s
         self.retry_max_s = retry_max_s
+        self.full_every = full_every
+        self.seq = 0  # the last heartbeat's number in this registration
+        self.full_sent = 0  # full heartbeats sent (the rest were deltas)
+        # Each slot's report key as the matchmaker holds it after the last acknowledged
+        # heartbeat; None: it may hold anything, so the next heartbeat is full.
+        self._acked: dict[int, ReportKey] | None = None
+        self._deltas = 0  # deltas sent since the last full heartbeat
         self.registered = False
         self.registrations = 0
         self.delivered = 0
@@ -66,6 +95,7 @@ class Reporter:
             try:
                 await self._beat()
             except MatchmakerError as exc:
+                self._acked = None  # it may or may not have been applied: full next
                 self._failed(exc)
                 return False
         if self.consecutive_failures:
@@ -77,24 +107,44 @@ class Reporter:
     async def _beat(self) -> None:
         if not self.registered:
             await self._register()
-        hb = self.heartbeat()
+        state = self.heartbeat()
+        hb = self._next(state)
         try:
             reply = await self.client.heartbeat(self.host_id, hb)
         except (UnknownHost, HostConflict) as exc:
             log.info("host_unknown_to_matchmaker", error=str(exc))
             self.registered = False
             await self._register()
-            hb = self.heartbeat()
+            state = self.heartbeat()
+            hb = self._next(state)
             reply = await self.client.heartbeat(self.host_id, hb)
         self.delivered += 1
         self.last_delivered, self.last_delivered_at = hb, time.monotonic()
+        if reply.snapshot is True:
+            self._acked = None
+            log.info("matchmaker_asked_full_heartbeat", seq=hb.seq, full=hb.full)
+        else:
+            self._acked = {r.index: report_key(r) for r in state.slots}
         self.on_reply(reply)
+
+    def _next(self, state: Heartbeat) -> Heartbeat:
+        """The heartbeat to send for ``state`` (every slot's report): full or a delta."""
+        self.seq += 1
+        acked = self._acked
+        if acked is None or self._deltas + 1 >= self.full_every:
+            self._deltas = 0
+            self.full_sent += 1
+            return msgspec.structs.replace(state, seq=self.seq, full=True)
+        self._deltas += 1
+        changed = [r for r in state.slots if acked.get(r.index) != report_key(r)]
+        return msgspec.structs.replace(state, slots=changed, seq=self.seq, full=False)
 
     async def _register(self) -> None:
         reg = self.registration()
         await self.client.register(reg)
         self.registered = True
         self.registrations += 1
+        self.seq, self._acked = 0, None  # the matchmaker holds no report of this registration yet
         log.info("host_registered", host=reg.host_id, boot=reg.boot_id, slots=len(reg.slots))
 
     def _failed(self, exc: MatchmakerError) -> None:

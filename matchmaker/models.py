@@ -88,8 +88,25 @@ class SlotReport(Struct, kw_only=True):
 
 
 class Heartbeat(Struct, kw_only=True):
+    """The agent's slot reports (docs/matchmaker-api.md, "Heartbeats: full and delta").
+
+    ``full``: ``slots`` lists every slot of the host. A delta (``full=False``) lists only
+    the slots whose state, ``reset_for`` or whole-percent loads changed since the previous
+    heartbeat the matchmaker acknowledged; it applies only when ``seq`` is exactly the
+    last applied one + 1, else the reply asks for a snapshot. An agent that sends neither
+    field (``seq`` 0) is heard exactly as before deltas existed."""
+
     boot_id: str
     slots: list[SlotReport]
+    # The agent's heartbeat counter for this registration: 1 for the first heartbeat after
+    # each (re-)registration, +1 per heartbeat sent; 0: an agent without deltas.
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    full: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.full and self.seq == 0:
+            raise ValueError("a delta heartbeat (full: false) needs its seq (1 and up)")
+
     nvenc_load: float = 0.0
     gpu_load: float = 0.0
     # The agent drains its host (SIGTERM, Spot notice): no new sessions there. Only ever
@@ -103,10 +120,16 @@ class SlotReset(Struct, kw_only=True):
 
 
 class HeartbeatReply(Struct, kw_only=True):
-    """What the agent must do: reset these slots (their sessions ended)."""
+    """What the agent must do: reset these slots (their sessions ended); send a full
+    heartbeat next (``snapshot``)."""
 
     reset: list[SlotReset] = []
     draining: bool = False
+    # True: the slot reports were not applied (a delta out of sequence, or no record of
+    # the host's previous report); the next heartbeat must be full. Only ever sent to an
+    # agent that numbers its heartbeats (seq > 0), and left out unless true, so an agent
+    # older than the field (it refuses unknown fields) reads every reply.
+    snapshot: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class AllocationRequest(Struct, kw_only=True):

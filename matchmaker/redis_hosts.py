@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from matchmaker.models import Heartbeat, HeartbeatReply, Host, HostRegistration, Session, Slot, SlotReset, slot_id
-from matchmaker.redis_base import Call, RedisBase, cmd, guarded, names, num, text
+from matchmaker.redis_base import CACHE_MAX, Call, RedisBase, cmd, guarded, names, num, text
 from matchmaker.store import HostConflict, UnknownHost
 
 _HB_SLACK_S = 1.0
@@ -31,6 +31,24 @@ class _Meta(msgspec.Struct, frozen=True):
     order: float
 
 
+class _SlotMap(msgspec.Struct, frozen=True):
+    """One incarnation's slots as a heartbeat needs them (fixed until it registers anew)."""
+
+    mark: str  # heartbeat_host.lua: never the same for two incarnations of a host
+    tenants: list[str]
+    tenant_of: dict[str, str]  # slot id -> tenant
+    place: dict[str, int]  # slot id -> its position in Host.slot_ids (the reply's order)
+
+    @classmethod
+    def of(cls, mark: str, tmap: dict[str, list[str]], host: Host) -> _SlotMap:
+        return cls(
+            mark,
+            list(tmap),
+            {sid: tenant for tenant, sids in tmap.items() for sid in sids},
+            {sid: i for i, sid in reversed(list(enumerate(host.slot_ids)))},
+        )
+
+
 def _bound(now: float, span: float) -> str:
     """A hair above ``now - span`` (rounding): the script's exact test decides."""
     return repr(now - span + (abs(now) + abs(span)) * 1e-14)
@@ -38,6 +56,22 @@ def _bound(now: float, span: float) -> str:
 
 class RedisHosts(RedisBase):
     """register, heartbeat, drain, expire and forget hosts; list them."""
+
+    # host id -> its current incarnation's slot map: a heartbeat gets the map from Redis
+    # only when this replica does not hold that incarnation's already.
+    _slot_maps: dict[str, _SlotMap]
+
+    def _slot_map(self, host_id: str) -> _SlotMap | None:
+        try:
+            return self._slot_maps.get(host_id)
+        except AttributeError:
+            self._slot_maps = {}
+            return None
+
+    def _keep_slot_map(self, host_id: str, m: _SlotMap) -> None:
+        if len(self._slot_maps) > CACHE_MAX:
+            self._slot_maps.clear()
+        self._slot_maps[host_id] = m
 
     def _forget_sessions(self, ended: Iterable[Session]) -> list[Call]:
         dels: list[Call] = []
@@ -77,7 +111,7 @@ class RedisHosts(RedisBase):
                 calls.append(
                     (
                         sc.apply_host,
-                        self._keys(tenant).block,
+                        self._keys(tenant).host_block(m.host_id),
                         [
                             m.host_id,
                             m.inc,
@@ -108,20 +142,31 @@ class RedisHosts(RedisBase):
         return sessions
 
     def _beats(
-        self, host_id: str, tmap: dict[str, list[str]], inc: int, now: float, hb: Heartbeat | None
+        self,
+        host_id: str,
+        tenants: Sequence[str],
+        tenant_of: dict[str, str],
+        inc: str,
+        now: float,
+        hb: Heartbeat | None,
     ) -> list[Call]:
         """The tenant part of a heartbeat: one script per tenant of the host, each with that
         tenant's slot reports (none is fine): every tenant's copy of the host must learn
-        the new heartbeat deadline, which allocation checks."""
-        tenant_of = {sid: tenant for tenant, sids in tmap.items() for sid in sids}
-        reports: dict[str, list[tuple[int, str, str, float, float, str | None]]] = {t: [] for t in tmap}
+        the new heartbeat deadline, which allocation checks. Without ``hb`` (a repeated
+        registration) no report, and the heartbeat sequence starts again."""
+        reports: dict[str, list[tuple[int, str, str, float, float, str | None]]] = {t: [] for t in tenants}
         for pos, r in enumerate(hb.slots if hb is not None else ()):
             sid = slot_id(host_id, r.index)
             tenant = tenant_of.get(sid)
             if tenant is not None:
                 reports[tenant].append((pos, sid, r.state.value, float(r.nvenc_load), float(r.gpu_load), r.reset_for))
+        seq, full = (hb.seq, hb.full) if hb is not None else (0, True)
         return [
-            (self._scripts.heartbeat_slots, self._keys(tenant).block, [host_id, inc, num(now), _enc.encode(rs)])
+            (
+                self._scripts.heartbeat_slots,
+                self._keys(tenant).host_block(host_id),
+                [host_id, inc, num(now), _enc.encode(rs), seq, "1" if full else "0"],
+            )
             for tenant, rs in reports.items()
         ]
 
@@ -177,7 +222,9 @@ class RedisHosts(RedisBase):
         if int(res[2]):
             await self._to_outbox(await self._propagate([reg.host_id], now))
         if status == "same":  # moves the tenants' deadlines, as a heartbeat does
-            await self._batch(self._beats(reg.host_id, _strmap.decode(res[3]), int(res[4]), now, None))
+            tmap = _strmap.decode(res[3])
+            tenant_of = {sid: tenant for tenant, sids in tmap.items() for sid in sids}
+            await self._batch(self._beats(reg.host_id, list(tmap), tenant_of, text(res[4]), now, None))
         return _host.decode(res[1])
 
     @guarded
@@ -185,8 +232,9 @@ class RedisHosts(RedisBase):
         self, host_id: str, hb: Heartbeat, now: float, *, heartbeat_ttl_s: float | None = None
     ) -> tuple[list[Session], HeartbeatReply]:
         g, sc = self._g, self._scripts
+        known = self._slot_map(host_id)
         res = await sc.heartbeat_host(
-            [g.host(host_id), g.hb, g.dirty, g.dead],
+            [g.host(host_id), g.hb, g.dirty, g.dead, g.hosts],
             [
                 host_id,
                 hb.boot_id,
@@ -194,6 +242,7 @@ class RedisHosts(RedisBase):
                 num(hb.nvenc_load),
                 num(hb.gpu_load),
                 "" if heartbeat_ttl_s is None else num(heartbeat_ttl_s),
+                "" if known is None else known.mark,
             ],
         )
         status = text(res[0])
@@ -204,33 +253,40 @@ class RedisHosts(RedisBase):
             raise UnknownHost(f"host {host_id} is not registered")
         if status == "conflict":
             raise HostConflict(f"host {host_id} is registered under another boot id")
-        host = _host.decode(res[1])
-        tmap = _strmap.decode(res[2])
-        inc = int(res[3])
+        draining, inc = bool(int(res[1])), text(res[2])
+        mark = text(res[6])
+        if known is None or known.mark != mark:
+            known = _SlotMap.of(mark, _strmap.decode(res[4]), _host.decode(res[5]))
+            self._keep_slot_map(host_id, known)
         ended: list[tuple[int, Session]] = []
-        if int(res[4]):
+        if int(res[3]):
             ended += [(-1, s) for s in await self._propagate([host_id], now)]
-        calls = self._beats(host_id, tmap, inc, now, hb)
+        calls = self._beats(host_id, known.tenants, known.tenant_of, inc, now, hb)
         resets: dict[str, str] = {}
+        applied = True
         for out in await self._batch(calls):
             if not int(out[0]):
-                continue  # the host died or came back meanwhile: this report came before that
+                applied = False  # the host died or came back meanwhile: this report came before that
+                continue
             flat = out[1]
             ended += [(int(flat[i]), _session.decode(flat[i + 1])) for i in range(0, len(flat), 2)]
             flat = out[2]
             resets.update((text(flat[i]), text(flat[i + 1])) for i in range(0, len(flat), 2))
+            applied = applied and bool(int(out[3]))
         ended.sort(key=lambda e: e[0])
         sessions = [s for _, s in ended]
         if sessions:
             await self._batch(self._forget_sessions(sessions))
+        last = len(known.place)
         reply = HeartbeatReply(
             reset=[
                 SlotReset(index=int(sid.rsplit("/", 1)[1]), session_id=resets[sid])
-                for sid in host.slot_ids
-                if sid in resets
+                for sid in sorted(resets, key=lambda sid: known.place.get(sid, last))
             ],
-            draining=host.draining,
+            draining=draining,
         )
+        if hb.seq > 0 and not applied:
+            reply.snapshot = True
         return sessions, reply
 
     @guarded

@@ -52,6 +52,7 @@ class TenantKeys:
         self.qseq, self.queues = f"{t}:qseq", f"{t}:queues"
         self.since = {state: f"{t}:since:{state}" for state in ("assigned", "connected", "disconnected")}
         self.beat = f"{t}:beat"
+        self.hbseq = f"{t}:hbseq"
         # KEYS[1..14] of the scripts that change slots and sessions (tenant.lua tenant_keys).
         self.block = (
             self.slots,
@@ -69,6 +70,15 @@ class TenantKeys:
         )
         self.session_index = (self.sessions, self.created, *self.since.values())
         self._allocate: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def resets(self, host_id: str) -> str:
+        """A host's resetting slots (slot id -> ended session; tenant.lua ``resets_key``)."""
+        return f"{self.tag}:rs:{host_id}"
+
+    def host_block(self, host_id: str) -> tuple[str, ...]:
+        """KEYS[1..16] of heartbeat_slots.lua and apply_host.lua: the block, then the
+        heartbeat sequence hash and the host's resetting slots."""
+        return (*self.block, self.hbseq, self.resets(host_id))
 
     def ticket(self, ticket_id: str) -> str:
         return f"{self.tag}:ticket:{ticket_id}"

@@ -82,6 +82,18 @@ ENDED_REASON_TTL_S = 300
 disconnect, the page's activity) is answered 410 with the reason."""
 
 
+def in_sequence(hb: Heartbeat, last: int | None) -> bool:
+    """Whether a heartbeat's slot reports apply, given the seq of the last numbered one
+    applied to this incarnation (None: no record). heartbeat_slots.lua has the same rule.
+
+    A full heartbeat applies unless it is numbered and not above ``last`` (an older one,
+    reordered); a delta only as exactly the next one, since it lists only what changed
+    since that. One that does not apply changes no slot; the agent is asked for a full one."""
+    if hb.full:
+        return hb.seq == 0 or last is None or hb.seq > last
+    return last is not None and hb.seq == last + 1
+
+
 class NoClaim(enum.Enum):
     """Why ``allocate`` claimed nothing."""
 
@@ -112,6 +124,13 @@ class Store(Protocol):
         self, host_id: str, hb: Heartbeat, now: float, *, heartbeat_ttl_s: float | None = None
     ) -> tuple[list[Session], HeartbeatReply]:
         """Apply the agent's slot states and loads.
+
+        A full heartbeat lists every slot; a delta (``hb.full`` false) only those that
+        changed, and applies only in sequence (``in_sequence``, with the seq of the last
+        numbered heartbeat applied to this incarnation; a registration forgets it). One
+        out of sequence changes no slot but still keeps the host alive (its deadline and
+        host loads move), and the reply says ``snapshot``. Applying is atomic with that
+        check.
 
         A host past its heartbeat deadline is dead now (UnknownHost; its sessions end and
         the next ``expire_hosts`` returns them); the agent registers again, and that new

@@ -31,7 +31,15 @@ from matchmaker.models import (
     slot_id,
 )
 from matchmaker.placement import rank
-from matchmaker.store import ENDED_REASON_TTL_S, HostConflict, NoClaim, QueueFull, Returning, UnknownHost
+from matchmaker.store import (
+    ENDED_REASON_TTL_S,
+    HostConflict,
+    NoClaim,
+    QueueFull,
+    Returning,
+    UnknownHost,
+    in_sequence,
+)
 from matchmaker.timeouts import due_endings, overdue_by
 
 _FINISHED_TICKETS_KEPT = 10_000
@@ -65,6 +73,9 @@ class MemoryStore:
         # deadline): those calls return no sessions, so the next expire_hosts does.
         self._outbox: list[Session] = []
         self._ended: collections.OrderedDict[str, tuple[float, EndReason]] = collections.OrderedDict()
+        # host id -> the seq of the last numbered heartbeat applied to its live incarnation
+        # (none after a registration, a death, or a beat without seq): the delta rule.
+        self._seqs: dict[str, int] = {}
 
     # --- hosts ------------------------------------------------------------------------
 
@@ -76,7 +87,9 @@ class MemoryStore:
             if old.boot_id != reg.boot_id:
                 raise HostConflict(f"host {reg.host_id} is registered and alive under another boot id")
             old.last_heartbeat = now
+            self._seqs.pop(reg.host_id, None)  # the agent numbers its heartbeats from 1 again
             return _copy(old)
+        self._seqs.pop(reg.host_id, None)
         if old is not None:  # a dead host coming back: forget its old slots
             for sid in old.slot_ids:
                 self._slots.pop(sid, None)
@@ -124,8 +137,13 @@ class MemoryStore:
         host = self._live_host(host_id, hb.boot_id)
         host.last_heartbeat = now
         host.nvenc_load, host.gpu_load = hb.nvenc_load, hb.gpu_load
+        applies = in_sequence(hb, self._seqs.get(host_id))
+        if applies and hb.seq > 0:
+            self._seqs[host_id] = hb.seq
+        elif applies:
+            self._seqs.pop(host_id, None)
         ended: list[Session] = []
-        for report in hb.slots:
+        for report in hb.slots if applies else ():
             slot = self._slots.get(slot_id(host_id, report.index))
             if slot is None:
                 continue
@@ -154,6 +172,8 @@ class MemoryStore:
             ],
             draining=host.draining,
         )
+        if hb.seq > 0 and not applies:
+            reply.snapshot = True
         return ended, reply
 
     async def set_draining(self, host_id: str, draining: bool) -> Host:
@@ -171,6 +191,7 @@ class MemoryStore:
     def _kill(self, host: Host, now: float) -> list[Session]:
         """The host is dead: its slots DEAD, their sessions ended (HOST_DEAD)."""
         host.dead = True
+        self._seqs.pop(host.host_id, None)
         ended: list[Session] = []
         for sid in host.slot_ids:
             slot = self._slots[sid]

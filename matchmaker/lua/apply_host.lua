@@ -5,6 +5,8 @@
 -- KEYS[1..14] the tenant block (matchmaker/redis_keys.py TenantKeys.block): {P:T}:slots,
 -- :hosts, :apps, :live, :gpu, :sessions, :clients, :rec, :recq, :created,
 -- :since:assigned, :since:connected, :since:disconnected, :beat
+-- KEYS[15] {P:T}:hbseq      host id -> '<incarnation>:<seq>' of the last heartbeat applied
+-- KEYS[16] {P:T}:rs:<host>  the host's resetting slots (emptied with the incarnation)
 -- Undeclared: the placement indexes of each slot changed (idx() in tenant.lua).
 -- ARGV[1] host id; ARGV[2] incarnation; ARGV[3] version; ARGV[4] draining '1'|'0';
 -- ARGV[5] dead '1'|'0'; ARGV[6] [Slot JSON] of this tenant; ARGV[7] now (ends);
@@ -40,6 +42,8 @@ if hc and hc.i ~= inc then
   hc = nil
 end
 if not hc then
+  redis.call('DEL', KEYS[16])
+  redis.call('HDEL', KEYS[15], host)
   local specs = cjson.decode(ARGV[6])
   if #specs == 0 then
     redis.call('HDEL', K.hosts, host)
@@ -72,6 +76,7 @@ if dead and not hc.x then
       redis.call('HSET', K.slots, sid, enc(slot))
     end
   end
+  redis.call('DEL', KEYS[16])
 end
 hc.x = hc.x or dead
 hc.d = ARGV[4] == '1'

@@ -4,12 +4,17 @@
 -- KEYS[2] {P}:hb            live host id -> last heartbeat
 -- KEYS[3] {P}:dirty         hosts whose tenant copies may lag their record
 -- KEYS[4] {P}:dead          dead host id -> its last heartbeat
+-- KEYS[5] {P}:hosts         host id -> registration order (new when a forgotten host returns)
 -- ARGV[1] host id; ARGV[2] boot id; ARGV[3] now; ARGV[4] NVENC load; ARGV[5] GPU load;
--- ARGV[6] heartbeat TTL ('' = no deadline)
+-- ARGV[6] heartbeat TTL ('' = no deadline); ARGV[7] the mark of the incarnation whose
+-- slot map the caller already holds ('' = none)
 -- Returns {'unknown'} (never registered, or dead), {'conflict'} (another boot),
 -- {'expired'} (past its deadline: it died now, as expire_hosts would have marked it; the
--- tenants must apply that), or {'ok', Host JSON, tmap JSON {tenant: [slot id]},
--- incarnation, dirty 0|1}.
+-- tenants must apply that), or {'ok', draining 0|1, incarnation, dirty 0|1, tmap JSON
+-- {tenant: [slot id]}, Host JSON, mark}, tmap and Host '' when the caller holds that
+-- incarnation's map already (they do not change within an incarnation). The mark,
+-- '<registration order>:<incarnation>', is never reused: the incarnation counter starts
+-- again when a forgotten host's record is deleted, its registration order does not.
 local cur = redis.call('HGET', KEYS[1], 'rec')
 if not cur then return {'unknown'} end
 local h = cjson.decode(cur)
@@ -28,8 +33,20 @@ if ttl and now - h.last_heartbeat > ttl then
 end
 if h.boot_id ~= ARGV[2] then return {'conflict'} end
 h.last_heartbeat = now; h.nvenc_load = tonumber(ARGV[4]); h.gpu_load = tonumber(ARGV[5])
-local rec = enc(h)
+-- Only three numbers change: write them into the record's JSON in place rather than
+-- encode it again (its slot_ids make that the bulk of a small heartbeat's cost). A key
+-- can only match unescaped, where the record has it; anything unexpected encodes anew.
+local rec = cur
+for _, f in ipairs({'last_heartbeat', 'nvenc_load', 'gpu_load'}) do
+  local n
+  rec, n = string.gsub(rec, '"' .. f .. '":[-+%d%.eE]+', '"' .. f .. '":' .. enc(h[f]), 1)
+  if n ~= 1 then rec = enc(h); break end
+end
 redis.call('HSET', KEYS[1], 'rec', rec)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-local m = redis.call('HMGET', KEYS[1], 'tmap', 'inc')
-return {'ok', rec, m[1] or '{}', m[2] or '0', redis.call('SISMEMBER', KEYS[3], ARGV[1])}
+local inc = redis.call('HGET', KEYS[1], 'inc') or '0'
+local dirty = redis.call('SISMEMBER', KEYS[3], ARGV[1])
+local draining = h.draining and 1 or 0
+local mark = (redis.call('ZSCORE', KEYS[5], ARGV[1]) or '') .. ':' .. inc
+if mark == ARGV[7] then return {'ok', draining, inc, dirty, '', '', mark} end
+return {'ok', draining, inc, dirty, redis.call('HGET', KEYS[1], 'tmap') or '{}', rec, mark}

@@ -35,6 +35,12 @@ local function idx(K, kind, app, region)
   if region == nil then return tag .. ':' .. kind .. ':' .. app end
   return tag .. ':' .. kind .. '@' .. #region .. ':' .. region .. ':' .. app
 end
+-- A host's resetting slots of this tenant (slot id -> the session ended there): what a
+-- heartbeat's reply lists without reading the host's other slots. Named from the slot's
+-- host (end_sess); TenantKeys.resets builds the same name.
+local function resets_key(K, host)
+  return string.match(K.slots, '^{[^}]*}') .. ':rs:' .. host
+end
 -- A slot's load as placement compares it: whole percent of the higher of NVENC and GPU.
 local function load_pct(slot)
   local l = math.max(tonumber(slot.nvenc_load) or 0, tonumber(slot.gpu_load) or 0)
@@ -94,7 +100,10 @@ local function end_sess(K, sid, reason, now)
     local slot = cjson.decode(sr)
     if slot.session_id == sid then
       slot.session_id = NULL
-      if slot.state == 'assigned' then slot.state = 'resetting'; slot.ended_session = sid end
+      if slot.state == 'assigned' then
+        slot.state = 'resetting'; slot.ended_session = sid
+        redis.call('HSET', resets_key(K, slot.host_id), s.slot_id, sid)
+      end
       redis.call('HSET', K.slots, s.slot_id, enc(slot))
       unready(K, slot)
     end

@@ -26,7 +26,7 @@ from gpu_agent.config import AgentSettings
 from gpu_agent.drain import DrainReason
 from gpu_agent.slots import Phase
 from matchmaker.config import MatchmakerSettings
-from matchmaker.models import Heartbeat, HeartbeatReply
+from matchmaker.models import Heartbeat, HeartbeatReply, SlotReport
 from matchmaker.server import MatchmakerServer
 from pixelfleet.net import free_port
 from pixelfleet.settings import env_name
@@ -55,15 +55,22 @@ async def eventually(check: Callable[[], Any], what: str, within_s: float = WAIT
 
 
 class RecordingClient(HttpMatchmakerClient):
-    """The real HTTP client, keeping every heartbeat the matchmaker accepted."""
+    """The real HTTP client, keeping every heartbeat the matchmaker accepted, and each
+    slot's report as the agent's full and delta heartbeats told it (``latest``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.delivered: list[Heartbeat] = []
+        self.latest: dict[int, SlotReport] = {}
+        self.snapshots_asked = 0
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
         reply = await super().heartbeat(host_id, heartbeat)
         self.delivered.append(heartbeat)
+        if heartbeat.full:
+            self.latest = {}
+        self.latest.update((r.index, r) for r in heartbeat.slots)
+        self.snapshots_asked += reply.snapshot is True
         return reply
 
     def saw(self, index: int, state: str, reset_for: str | None = None) -> bool:
@@ -211,6 +218,13 @@ async def test_slots_start_connect_and_register_ready(stack: Stack) -> None:
     agent, client = await stack.start_agent()
     await eventually(lambda: stack.states_are(s0="ready", s1="ready"), "both slots READY in the matchmaker")
     assert client.saw(0, "starting") or client.saw(0, "ready")
+    # Full heartbeat first, then deltas of what changed, each applied (no snapshot asked).
+    await eventually(lambda: len(client.delivered) >= 4, "a few heartbeats")
+    first = client.delivered[0]
+    assert first.full and len(first.slots) == 2
+    assert not all(hb.full for hb in client.delivered) and client.snapshots_asked == 0
+    seqs = [hb.seq for hb in client.delivered]
+    assert seqs == sorted(set(seqs))
     for slot in agent.slots:
         assert slot.phase is Phase.READY and slot.cold_start_s is not None and slot.cold_start_s > 0
         assert slot.plan.gpu == 0 and slot.plan.streamer_id == f"gpu-1-{slot.plan.index}"
@@ -437,7 +451,7 @@ async def test_spot_notice_drains_the_host(stack: Stack, imds: StandInImds) -> N
         await eventually(lambda: agent.slots.slots[idle].phase is Phase.STOPPED, "the idle slot stopped")
         await eventually(lambda: client.saw(idle, "dead"), "the idle slot reported dead")
         # The busy slot keeps its player until the notice time less the margin.
-        assert any(r.index == busy and r.state == "ready" for hb in client.delivered[-1:] for r in hb.slots)
+        assert client.latest[busy].state == "ready"
         await eventually(lambda: agent.slots.stopped(), "the busy slot stopped at notice time - margin")
     await eventually(lambda: stack.states_are(s0="dead", s1="dead"), "both slots dead in the matchmaker")
     status, live = await stack.call("GET", "/admin/sessions")
