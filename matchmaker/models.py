@@ -252,6 +252,22 @@ def slot_id(host_id: str, index: int) -> str:
     return f"{host_id}/{index}"
 
 
+def registered_slot(reg: HostRegistration, spec: SlotSpec) -> Slot:
+    """A slot as its host's registration declares it (STARTING until a heartbeat says more):
+    the one place both stores build it."""
+    return Slot(
+        slot_id=slot_id(reg.host_id, spec.index),
+        host_id=reg.host_id,
+        tenant=spec.tenant,
+        app=spec.app,
+        region=reg.region,
+        gpu_model=reg.gpu_model,
+        streamer_id=spec.streamer_id,
+        signaling_url=reg.signaling_url,
+        gpu_share=spec.gpu_share,
+    )
+
+
 # --- the HTTP API's bodies ---------------------------------------------------------------
 # matchmaker/http.py decodes and encodes exactly these (with the agent and state models
 # above), matchmaker/openapi.py generates the OpenAPI document from them, and

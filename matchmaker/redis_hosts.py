@@ -7,7 +7,17 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from matchmaker.models import Heartbeat, HeartbeatReply, Host, HostRegistration, Session, Slot, SlotReset, slot_id
+from matchmaker.models import (
+    Heartbeat,
+    HeartbeatReply,
+    Host,
+    HostRegistration,
+    Session,
+    Slot,
+    SlotReset,
+    registered_slot,
+    slot_id,
+)
 from matchmaker.redis_base import CACHE_MAX, Call, RedisBase, cmd, guarded, names, num, text
 from matchmaker.store import HostConflict, UnknownHost
 
@@ -188,19 +198,7 @@ class RedisHosts(RedisBase):
         tmap: dict[str, list[str]] = {}
         for index, spec in by_index.items():
             sid = slot_id(reg.host_id, index)
-            specs.setdefault(spec.tenant, []).append(
-                Slot(
-                    slot_id=sid,
-                    host_id=reg.host_id,
-                    tenant=spec.tenant,
-                    app=spec.app,
-                    region=reg.region,
-                    gpu_model=reg.gpu_model,
-                    streamer_id=spec.streamer_id,
-                    signaling_url=reg.signaling_url,
-                    gpu_share=spec.gpu_share,
-                )
-            )
+            specs.setdefault(spec.tenant, []).append(registered_slot(reg, spec))
             tmap.setdefault(spec.tenant, []).append(sid)
         g = self._g
         res = await self._scripts.register_host(

@@ -28,6 +28,7 @@ from matchmaker.models import (
     SlotState,
     Ticket,
     TicketState,
+    registered_slot,
     slot_id,
 )
 from matchmaker.placement import rank
@@ -105,18 +106,7 @@ class MemoryStore:
         )
         self._hosts[host.host_id] = host
         for spec in reg.slots:
-            sid = slot_id(reg.host_id, spec.index)
-            self._slots[sid] = Slot(
-                slot_id=sid,
-                host_id=reg.host_id,
-                tenant=spec.tenant,
-                app=spec.app,
-                region=reg.region,
-                gpu_model=reg.gpu_model,
-                streamer_id=spec.streamer_id,
-                signaling_url=reg.signaling_url,
-                gpu_share=spec.gpu_share,
-            )
+            self._slots[slot_id(reg.host_id, spec.index)] = registered_slot(reg, spec)
         return _copy(host)
 
     def _live_host(self, host_id: str, boot_id: str | None = None) -> Host:
