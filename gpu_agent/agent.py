@@ -24,7 +24,8 @@ from gpu_agent.drain import DrainReason, SpotNotice, SpotWatcher
 from gpu_agent.metrics import MetricsServer
 from gpu_agent.probe import GpuSampler, NvmlSampler, Telemetry
 from gpu_agent.reporting import Reporter
-from gpu_agent.slots import Phase, SignalingWatch, SlotSet, plan_slots
+from gpu_agent.slot_plan import plan_slots
+from gpu_agent.slots import Phase, SignalingWatch, SlotSet
 from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotSpec
 
 log = structlog.get_logger("gpu_agent")

@@ -18,7 +18,8 @@ from gpu_agent.config import AgentSettings
 from gpu_agent.metrics import render
 from gpu_agent.probe import Telemetry
 from gpu_agent.reporting import Reporter
-from gpu_agent.slots import Phase, SignalingWatch, SlotPlan, SlotSet, plan_slots, slot_command
+from gpu_agent.slot_plan import SlotPlan, plan_slots, slot_command
+from gpu_agent.slots import Phase, SignalingWatch, SlotSet
 from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotSpec, SlotState
 from pixelfleet.settings import ConfigError, load_settings
 from tests.support.nvml_replay import RecordedSampler
