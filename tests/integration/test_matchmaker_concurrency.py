@@ -110,6 +110,7 @@ class Outcome:
     streamer_id: str | None = None
     client_key: str | None = None
     reattached: bool = False
+    learned_at: float | None = None  # when the driver got the reply naming the session
 
 
 @dataclass
@@ -180,7 +181,12 @@ def check_history(
                 errors.append(f"request {req}: 201 without a session, token and streamer: {body!r}")
                 continue
             outcomes[req] = Outcome(
-                req, "served", session_id=body["session_id"], streamer_id=body["streamer_id"], client_key=key
+                req,
+                "served",
+                session_id=body["session_id"],
+                streamer_id=body["streamer_id"],
+                client_key=key,
+                learned_at=a.get("t1"),
             )
         elif status == 202:
             if not (isinstance(body, dict) and body.get("status") == "waiting" and body.get("ticket_id")):
@@ -204,6 +210,13 @@ def check_history(
                         session_id=b["session_id"],
                         streamer_id=b.get("streamer_id"),
                         client_key=key,
+                        learned_at=min(
+                            e["t1"]
+                            for e in entries
+                            if e["kind"] in ("ticket", "ticket_event")
+                            and isinstance(e.get("body"), dict)
+                            and e["body"].get("status") == "assigned"
+                        ),
                     )
                 elif how == "served":
                     outcomes[req] = Outcome(req, "served_gone", client_key=key)
@@ -266,6 +279,14 @@ def check_history(
             errors.append(f"session {r['session_id']}: unknown slot {r['slot_id']}")
 
     # --- no slot ever held by two sessions at once; no slot handed on without its reset ---
+    # A record's created_at is the replica's clock read before its store call, which can wait
+    # on a busy Redis while the agent's reset is reported: it may precede the reset by a few
+    # ms with the order still right. The sound bound is causal: the reset must be finished
+    # (logged before the heartbeat that reports it) before the client is told of the session.
+    learned: dict[str, float] = {}
+    for o in outcomes.values():
+        if o.session_id and o.learned_at is not None:
+            learned[o.session_id] = min(o.learned_at, learned.get(o.session_id, o.learned_at))
     per_slot: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for r in records:
         per_slot[r["slot_id"]].append(r)
@@ -288,10 +309,12 @@ def check_history(
                 fresh = any(holder["ended_at"] <= t <= r["created_at"] for t in registered.get(host, ())) or any(
                     holder["created_at"] <= t <= r["created_at"] for t in failed.get(slot, ())
                 )
-                if (done is None or done > r["created_at"]) and not fresh:
+                given = learned.get(r["session_id"], r["created_at"])
+                if (done is None or done > given) and not fresh:
                     errors.append(
-                        f"slot {slot} went to {r['session_id']} at {r['created_at']:.3f} without the "
-                        f"reset after {holder['session_id']} (agent finished it at {done})"
+                        f"slot {slot} went to {r['session_id']} (created {r['created_at']:.4f}, client "
+                        f"told at {given:.4f}) without the reset after {holder['session_id']} "
+                        f"(agent finished it at {done})"
                     )
             if r["ended_at"] > holder["ended_at"]:
                 holder = r
@@ -457,6 +480,22 @@ def test_checker_catches_a_skipped_reset() -> None:
     history = [e for e in history if e["kind"] != "reset_done"]
     errors = check_history(history, records, final, slot_ids={"h1/0", "h1/1"}).errors
     assert any("without the reset after s-a" in e for e in errors), errors
+
+
+def _with_reset_done_at(t: float) -> list[str]:
+    history, records, final = _clean_history()
+    for e in history:
+        if e["kind"] == "reset_done":
+            e["t0"] = e["t1"] = t
+    return check_history(history, records, final, slot_ids={"h1/0", "h1/1"}).errors
+
+
+def test_checker_judges_a_reset_by_when_the_client_was_told() -> None:
+    # s-b's record says 12.4 (the replica's clock before its store call); the client was
+    # told at 12.5. A reset finished in between was reported before the claim could run.
+    assert _with_reset_done_at(12.45) == []
+    errors = _with_reset_done_at(12.6)
+    assert any("without the reset after s-a" in e and "12.6" in e for e in errors), errors
 
 
 def test_checker_catches_lost_requests_and_records() -> None:
