@@ -276,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_records_command(sub)
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")
     sub.add_parser("bench", help="signalling benchmark (see pixelfleet bench --help)")
+    sub.add_parser("simulate", help="autoscaling simulator (see pixelfleet simulate --help)")
     for command in sub.choices.values():  # --player-port PLAYER_PORT, not SIGNALING.PLAYER_PORT
         for action in command._actions:  # noqa: SLF001 - argparse keeps them only here
             if action.metavar is None and action.nargs != 0 and "." in action.dest:
@@ -287,7 +288,11 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     """``environ``: the environment to read settings from (tests pass their own)."""
     argv = sys.argv[1:] if argv is None else argv
     # Programs with their own argument parsers and no platform settings.
-    delegated = {"streamer": "streamer.synthetic", "bench": "loadtest.bench_signaling"}
+    delegated = {
+        "streamer": "streamer.synthetic",
+        "bench": "loadtest.bench_signaling",
+        "simulate": "autoscale.simulate.cli",  # autoscaling simulator (docs/autoscaling.md)
+    }
     if argv and argv[0] in delegated:
         import importlib
 

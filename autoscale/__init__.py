@@ -1,0 +1,2 @@
+"""Predictive autoscaling of the hot pool: forecast, policy, fleet providers, simulator
+(docs/autoscaling.md)."""
