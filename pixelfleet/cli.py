@@ -79,6 +79,11 @@ def _add_signaling_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--static-dir", dest="signaling.static_dir", help="serve this player page (default: bundled)")
     g.add_argument(
+        "--state-url",
+        dest="state_url",
+        help="shared state: memory:// (one node, default) or redis://... (a node of a cluster)",
+    )
+    g.add_argument(
         "--matchmaker-url",
         dest="signaling.matchmaker_url",
         help="report players' connects and leaves to this matchmaker (session tokens)",
@@ -228,6 +233,12 @@ def _parser() -> argparse.ArgumentParser:
         help="open signalling only: players pick streamers themselves, no session tokens",
     )
     p_up.add_argument("--app", default="default", help="app id the local slots serve (default 'default')")
+    p_up.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="signalling nodes (default 1); more: a local Redis, N node processes, a TCP balancer on the usual ports",
+    )
     p_up.add_argument(
         "--records",
         dest="matchmaker.records_path",

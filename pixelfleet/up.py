@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import structlog
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from gpu_agent.agent import Agent
     from matchmaker.service import Matchmaker
     from pixelfleet.settings import PixelfleetSettings
-    from signaling.app import SignalingServer
     from turn.config import TurnSettings
     from turn.coturn import Coturn
 
@@ -141,8 +140,17 @@ def _embedded_matchmaker(platform: PixelfleetSettings) -> Matchmaker:
     return build_matchmaker(settings)
 
 
+class _Ports(Protocol):
+    """Where the streamers connect: the signalling server, or ``up --nodes``' balancer."""
+
+    @property
+    def player_port(self) -> int: ...
+    @property
+    def streamer_port(self) -> int: ...
+
+
 def _embedded_agent(
-    args: argparse.Namespace, platform: PixelfleetSettings, server: SignalingServer, matchmaker: Matchmaker | None
+    args: argparse.Namespace, platform: PixelfleetSettings, server: _Ports, matchmaker: Matchmaker | None
 ) -> Agent:
     """The local synthetic streamers as the slots of one host, ``Streamer1..N``."""
     from gpu_agent.agent import Agent
@@ -176,6 +184,10 @@ def run_up(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
 
     from signaling.config import require_single_node
 
+    if args.nodes != 1:  # a cluster on this box: pixelfleet/up_cluster.py
+        from pixelfleet.up_cluster import run_cluster
+
+        return run_cluster(args, settings)
     require_single_node(settings.signaling)
     if args.turn:
         from turn.coturn import CoturnError, find_turnserver

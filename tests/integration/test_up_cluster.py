@@ -1,0 +1,71 @@
+"""``pixelfleet up --nodes N`` and its parts with real processes: node children behind the
+local balancer, a node killed, a clean stop, and a player reaching a streamer that is
+connected to another node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from pixelfleet.up_cluster import Cluster
+from signaling.config import Settings
+from tests.conftest import StartProcess
+
+WAIT = 60.0
+
+
+def _gone(pid: int) -> bool:
+    """Exited (or a zombie waiting for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def _until_gone(pids: list[int]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not all(_gone(pid) for pid in pids):  # noqa: ASYNC110 - polling other processes
+            await asyncio.sleep(0.05)
+
+
+async def test_up_nodes_without_redis_server_says_how_to_install(tmp_path: Path, start_process: StartProcess) -> None:
+    up = await start_process("up", "--nodes", "2", "--streamers", "0", env={**os.environ, "PATH": str(tmp_path)})
+    assert await up.wait(WAIT) == 2
+    err = up.output(None)
+    assert "redis-server is not installed" in err and "--state-url redis://" in err
+
+
+async def test_nodes_behind_the_balancer_share_the_load_survive_a_kill_and_stop_cleanly(tmp_path: Path) -> None:
+    # memory:// state: each node alone, enough for the process and balancing side
+    settings = Settings(player_port=0, streamer_port=0, sfu_port=0, shutdown_grace_s=1.0)
+    cluster = Cluster(settings, 2, state_url="memory://", workdir=tmp_path)
+    await cluster.start()
+    try:
+        assert cluster.balancer is not None
+        pids = [child.proc.pid for child, _ in cluster.nodes]
+        backends = cluster.balancer.nodes
+        url = f"ws://127.0.0.1:{cluster.port('player')}/"
+        async with aiohttp.ClientSession() as http:
+            first = await http.ws_connect(url)
+            second = await http.ws_connect(url)
+            assert [n.connections for n in backends] == [1, 1]  # one player on each node
+            for ws in (first, second):  # both reached a signalling node through the balancer
+                assert (await ws.receive_json(timeout=WAIT))["type"] == "config"
+            os.kill(pids[0], signal.SIGKILL)
+            async with asyncio.timeout(WAIT):
+                while backends[0].healthy:  # noqa: ASYNC110 - the balancer's own health loop
+                    await asyncio.sleep(0.05)
+            third = await http.ws_connect(url)
+            assert (await third.receive_json(timeout=WAIT))["type"] == "config"
+            assert backends[1].forwarded["player"] == 2
+            for ws in (first, second, third):
+                await ws.close()
+    finally:
+        await cluster.stop()
+    await _until_gone(pids)
+    assert cluster.nodes == [] and cluster.balancer is None
