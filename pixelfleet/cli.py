@@ -287,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_records_command(sub)
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")
     sub.add_parser("bench", help="signalling benchmark (see pixelfleet bench --help)")
+    sub.add_parser("loadtest", help="load test the platform from a scenario file (docs/loadtest.md)")
     sub.add_parser("simulate", help="autoscaling simulator (see pixelfleet simulate --help)")
     for command in sub.choices.values():  # --player-port PLAYER_PORT, not SIGNALING.PLAYER_PORT
         for action in command._actions:  # noqa: SLF001 - argparse keeps them only here
@@ -302,6 +303,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     delegated = {
         "streamer": "streamer.synthetic",
         "bench": "loadtest.bench_signaling",
+        "loadtest": "loadtest.engine",  # load tester (docs/loadtest.md)
         "simulate": "autoscale.simulate.cli",  # autoscaling simulator (docs/autoscaling.md)
     }
     if argv and argv[0] in delegated:
