@@ -20,6 +20,7 @@ from matchmaker.redis_base import DEFAULT_TIMEOUT_S, Call, cmd, guarded, names, 
 from matchmaker.redis_hosts import RedisHosts
 from matchmaker.redis_keys import session_template
 from matchmaker.store import NoClaim, QueueFull, Returning
+from pixelfleet.redis_url import split_cluster_flag
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "FINISHED_TICKET_TTL_S", "RedisStore"]
 
@@ -49,20 +50,8 @@ class RedisStore(RedisHosts):
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "pf", timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisStore:
         """``redis://``, ``rediss://``, ``unix://``; ``?cluster=1`` picks Redis Cluster."""
-        cluster = False
-        if "?" in url:
-            base, query = url.split("?", 1)
-            kept = []
-            for item in query.split("&"):
-                name, _, value = item.partition("=")
-                if name == "cluster":
-                    cluster = value.lower() in ("1", "true", "yes", "on", "")
-                elif item:
-                    kept.append(item)
-            url = base + ("?" + "&".join(kept) if kept else "")
+        url, cluster = split_cluster_flag(url)
         if cluster:
-            if url.startswith("unix:"):
-                raise ValueError("Redis Cluster is reached over TCP: use redis:// or rediss:// with cluster=1")
             return cls(RedisCluster.from_url(url), prefix=prefix, timeout_s=timeout_s)
         # redis-py's default pool fails at 100 connections in use; this one waits for
         # a free connection instead (within the operation's timeout).

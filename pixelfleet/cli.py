@@ -45,6 +45,9 @@ def _add_signaling_flags(p: argparse.ArgumentParser) -> None:
         "--sfu-port", dest="signaling.sfu_port", type=int, help="SFU WebSocket port (default 8889, -1 = off)"
     )
     g.add_argument(
+        "--node-id", dest="signaling.node_id", help="this node's name in a signalling cluster (default random)"
+    )
+    g.add_argument(
         "--max-players",
         dest="signaling.max_players_per_streamer",
         type=int,
@@ -135,12 +138,10 @@ def _cmd_signaling(args: argparse.Namespace, settings: PixelfleetSettings) -> in
     import uvloop
 
     from signaling.app import SignalingServer
-    from signaling.config import require_single_node
     from signaling.sessions import gate_from_settings
     from turn.wiring import wire_turn
 
     s = settings.signaling
-    require_single_node(s)
     turn = wire_turn(settings.turn, base_options=s.peer_connection_options)
     server = SignalingServer(s, session_gate=gate_from_settings(s), **(turn.server_kwargs() if turn else {}))
 
@@ -233,6 +234,13 @@ def _parser() -> argparse.ArgumentParser:
         help="open signalling only: players pick streamers themselves, no session tokens",
     )
     p_up.add_argument("--app", default="default", help="app id the local slots serve (default 'default')")
+    p_up.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="size the local fleet with the forecast autoscaler instead of --streamers (docs/autoscaling.md)",
+    )
+    p_up.add_argument("--autoscale-config", metavar="FILE", help="--autoscale settings, JSON (docs/autoscaling.md)")
+    p_up.add_argument("--autoscale-log", metavar="FILE", help="--autoscale: append every decision to FILE (JSON lines)")
     p_up.add_argument(
         "--nodes",
         type=int,

@@ -64,6 +64,7 @@ async def _up(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
         )
     server = SignalingServer(settings, **extra)
     agent: Agent | None = None
+    autoscaler: Any = None  # --autoscale: the controller (autoscale/controller.py) sizing the local fleet
 
     async def start() -> None:
         if coturn is not None:
@@ -75,9 +76,14 @@ async def _up(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
         except BaseException:
             await stop()
             raise
-        ids = [f"Streamer{i}" for i in range(1, args.streamers + 1)]
+        ids = [] if args.autoscale else [f"Streamer{i}" for i in range(1, args.streamers + 1)]
         if matchmaker is not None:
             matchmaker.start()
+            if args.autoscale:  # hosts come and go with demand (docs/autoscaling.md)
+                from autoscale.local_up import start_autoscaler
+
+                nonlocal autoscaler
+                autoscaler = await start_autoscaler(args, platform, server, matchmaker)
         if ids:
             nonlocal agent
             agent = _embedded_agent(args, platform, server, matchmaker)
@@ -105,6 +111,8 @@ async def _up(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
         )
 
     async def stop() -> None:
+        if autoscaler is not None:
+            await autoscaler.aclose()
         if agent is not None:
             await agent.stop()
         await server.stop()
@@ -182,13 +190,14 @@ def _connect_host(host: str) -> str:
 def run_up(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     import uvloop
 
-    from signaling.config import require_single_node
+    if args.autoscale and (args.no_matchmaker or args.nodes != 1):
+        print("pixelfleet up: --autoscale needs the embedded matchmaker on one node", file=sys.stderr)
+        return 2
 
     if args.nodes != 1:  # a cluster on this box: pixelfleet/up_cluster.py
         from pixelfleet.up_cluster import run_cluster
 
         return run_cluster(args, settings)
-    require_single_node(settings.signaling)
     if args.turn:
         from turn.coturn import CoturnError, find_turnserver
 

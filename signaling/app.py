@@ -1,8 +1,9 @@
 """The signalling server: three listeners (players + page, streamers, SFU) around one core.
 
-Shutdown is graceful: stop accepting, close every peer with 1012 (service restart: unlike
-1001, Epic's frontend reconnects after it, so a rolling restart loses nobody), wait
-up to ``shutdown_grace_s`` for them to go, then release the ports.
+Shutdown is graceful: stop accepting (``/readyz`` turns 503), wait ``drain_delay_s`` for
+the load balancer to notice, close every peer with 1012 (service restart: unlike 1001,
+Epic's frontend reconnects after it, so a rolling restart loses nobody), wait up to
+``shutdown_grace_s`` for them to go, then release the ports and leave the cluster.
 """
 
 from __future__ import annotations
@@ -44,12 +45,19 @@ class SignalingServer:
         self.player_routes = tuple(player_routes)  # extra routes on the player port (e.g. TURN)
         self.player_subapps = tuple(player_subapps)  # e.g. the matchmaker API under /api/v1
         options = peer_options or (lambda role, peer_id: dict(settings.peer_connection_options))
+        broker = open_broker(settings.state_url, node_id=settings.node_id, node_ttl_s=settings.node_ttl_s)
         self.core = SignalingCore(
+            node=broker.node_id,
+            cluster=broker.distributed,
             peer_options=options,
             max_players_per_streamer=settings.max_players_per_streamer,
             max_protocol_errors=settings.max_protocol_errors,
+            # Player ids are unique in the cluster: a node's players carry its id.
+            player_id_prefix=f"Player{broker.node_id}-" if broker.distributed else "Player",
         )
-        self.node = SignalingNode(settings, self.core, open_broker(settings.state_url), session_gate)
+        if session_gate is not None:
+            session_gate.first_use = broker.first_use
+        self.node = SignalingNode(settings, self.core, broker, session_gate)
         self._runners: dict[Role, web.AppRunner] = {}
         self.ports: dict[Role, int] = {}
 
@@ -83,6 +91,7 @@ class SignalingServer:
 
     async def start(self) -> None:
         s = self.settings
+        await self.node.broker.start(self.node)  # in a cluster: joined before the first socket
         apps = {
             Role.PLAYER: (self.player_app(), s.player_port),
             Role.STREAMER: (self._ws_only_app(Role.STREAMER), s.streamer_port),
@@ -100,12 +109,21 @@ class SignalingServer:
             self.ports[role] = server.sockets[0].getsockname()[1]
         self.node.start_keepalive()
         log.info(
-            "signaling_listening", host=s.host, **{f"{role.value}_port": port for role, port in self.ports.items()}
+            "signaling_listening",
+            host=s.host,
+            node=self.node.broker.node_id,
+            **{f"{role.value}_port": port for role, port in self.ports.items()},
         )
 
     async def stop(self) -> None:
-        """Stop accepting, tell every peer we are restarting, then release the ports."""
+        """Drain: refuse new sockets and answer /readyz 503 for ``drain_delay_s`` (so a load
+        balancer stops sending), tell every peer we are restarting (1012: Epic's frontend
+        reconnects, through the balancer, to another node), then release the ports and
+        leave the cluster."""
         self.node.accepting = False
+        if self.settings.drain_delay_s > 0 and self._runners:
+            log.info("signaling_draining", node=self.node.broker.node_id, delay_s=self.settings.drain_delay_s)
+            await asyncio.sleep(self.settings.drain_delay_s)
         await self.node.stop_keepalive()
         for runner in self._runners.values():
             for site in list(runner.sites):

@@ -1,21 +1,26 @@
-"""The broker carries encoded frames to connections, wherever they live.
+"""The broker carries frames and link messages to connections, wherever they live, and
+keeps the cluster's streamer directory and single-use token ledger.
 
-A connection opens a mailbox under its id; anyone on the node (or, with a
-distributed broker, on any node) delivers frames to that id.
+A connection opens a mailbox under its address; anyone on the node (or, with a
+distributed broker, on any node) delivers frames to that address.
 
 Guarantees every implementation keeps:
 - at-most-once delivery; frames from one sender to one endpoint keep their order;
 - ``deliver`` never blocks, and never waits on a slow reader: the mailbox is
   bounded, and an overflowing mailbox closes its own connection (slow consumer)
   instead of holding up the sender;
-- ``deliver`` returns False for an endpoint that is not open.
+- ``deliver`` returns False for an endpoint it knows cannot be reached now; a frame
+  that turns out undeliverable later (its node is gone, Redis failed) is reported to
+  the node through ``NodeEvents.on_undeliverable`` with the sender's address, so no
+  routed message is dropped silently.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
-from signaling.protocol import ConnId
+from signaling.peer_links import Address, AnyLink
 
 
 class Mailbox(Protocol):
@@ -24,18 +29,55 @@ class Mailbox(Protocol):
     def push(self, frame: bytes) -> None: ...
 
 
+class NodeEvents(Protocol):
+    """What a distributed broker tells its node (``ws.SignalingNode`` implements it)."""
+
+    def on_link(self, link: AnyLink) -> None: ...
+    def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None) -> None: ...  # None: unlisted
+    def on_directory(self, listings: list[tuple[str, Address, bool]]) -> None: ...  # a full snapshot
+    def on_node_lost(self, node: str) -> None: ...
+    def on_cut_off(self) -> None: ...
+    def on_undeliverable(self, origin: Address, to: Address, reason: str) -> None: ...
+    def local_listings(self) -> Iterable[tuple[str, Address, bool]]: ...  # to list again after a loss
+
+
+class BrokerUnavailable(Exception):
+    """The shared state cannot be reached right now."""
+
+
 class Broker(Protocol):
-    def open(self, endpoint: ConnId, mailbox: Mailbox) -> None: ...
-    def close(self, endpoint: ConnId) -> None: ...
-    def deliver(self, to: ConnId, frame: bytes) -> bool: ...
+    node_id: str
+    distributed: bool  # peers on other nodes exist: ids are claimed, links relayed
+
+    @property
+    def ready(self) -> bool:
+        """Whether the node can serve cluster traffic now (readiness checks)."""
+        ...
+
+    async def start(self, events: NodeEvents) -> None: ...
+    def open(self, endpoint: Address, mailbox: Mailbox) -> None: ...
+    def close(self, endpoint: Address) -> None: ...
+    def deliver(self, to: Address, frame: bytes, origin: Address | None = None) -> bool: ...
+    def relay(self, link: AnyLink) -> bool: ...
+    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool) -> str:
+        """Commit ``wanted`` (or Epic's rename of it) for ``conn``, releasing ``old``."""
+        ...
+
+    def announce(self, streamer_id: str, conn: Address, streaming: bool) -> None: ...
+    def withdraw(self, streamer_id: str, conn: Address) -> None: ...
+    async def first_use(self, token_id: str, expires_at: int) -> bool: ...
     async def aclose(self) -> None: ...
 
 
-def open_broker(state_url: str) -> Broker:
+def open_broker(state_url: str, *, node_id: str | None = None, node_ttl_s: float = 5.0) -> Broker:
     """Pick the implementation from the URL scheme (one setting chooses the backend)."""
     scheme = state_url.split(":", 1)[0]
     if scheme == "memory":
         from signaling.broker_memory import MemoryBroker
 
         return MemoryBroker()
-    raise ValueError(f"state URL scheme {scheme!r} is not supported by signalling yet (use memory://)")
+    if scheme in ("redis", "rediss", "unix"):
+        from signaling.broker_redis import RedisBroker
+
+        return RedisBroker.from_url(state_url, node_id=node_id, node_ttl_s=node_ttl_s)
+    raise ValueError(f"state URL scheme {scheme!r} is not supported (use memory://, redis:// or rediss://)")

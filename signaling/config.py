@@ -12,7 +12,7 @@ import msgspec
 
 from pixelfleet.shared_settings import ConfigError, SharedSettings
 
-__all__ = ["ConfigError", "Settings", "require_single_node"]
+__all__ = ["ConfigError", "Settings"]
 
 
 class Settings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -35,14 +35,7 @@ class Settings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=
     # Matchmaker sessions: the key is the shared session_token_* (secret or public key file).
     require_session_token: bool | None = None  # default: required once a key is configured
     matchmaker_url: str | None = None  # where connect/disconnect reports go (HTTP)
-
-
-def require_single_node(settings: Settings) -> None:
-    """Signalling has only its in-memory broker so far: refuse a shared backend at start-up
-    rather than fail later (several signalling nodes would not see each other's peers)."""
-    if settings.state_url.split(":", 1)[0] != "memory":
-        raise ConfigError(
-            f"PIXELFLEET_STATE_URL={settings.state_url.split('://', 1)[0]}://...: signalling runs "
-            "on one node for now and keeps its state in memory; unset PIXELFLEET_STATE_URL for "
-            "signalling (the matchmaker is the service that uses Redis)"
-        )
+    # A cluster (PIXELFLEET_STATE_URL=redis://...): how this node is named and found dead.
+    node_id: str | None = None  # unique per process; None = a random one at start
+    node_ttl_s: float = 5.0  # a node silent this long is dead; its peers' partners are told
+    drain_delay_s: float = 0.0  # SIGTERM: time /readyz answers 503 before sockets are closed

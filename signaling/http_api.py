@@ -24,15 +24,19 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     def player_info(peer: Peer) -> dict[str, Any]:
         info: dict[str, Any] = {"playerId": peer.player_id, "type": "SFU" if peer.role is Role.SFU else "Player"}
         if peer.subscribed_to is not None:
-            info["subscribedTo"] = core.peer(peer.subscribed_to).streamer_id
+            info["subscribedTo"] = peer.subscribed_name
         return info
 
     def streamer_info(peer: Peer) -> dict[str, Any]:
+        # Subscribers may be on other nodes: listed by id and kind, with the streamer's id.
         return {
             "streamerId": peer.streamer_id,
             "type": "SFU" if peer.role is Role.SFU else "Streamer",
             "streaming": peer.streaming,
-            "subscribers": [player_info(core.peer(c)) for c in peer.subscribers],
+            "subscribers": [
+                {"playerId": pid, "type": "SFU" if sub.sfu else "Player", "subscribedTo": peer.streamer_id}
+                for pid, sub in peer.subscribers.items()
+            ],
         }
 
     async def status(request: web.Request) -> web.Response:
@@ -69,6 +73,16 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": node.accepting})
 
+    async def livez(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        """503 while draining, or while a cluster node is out of touch with Redis."""
+        reasons = [] if node.accepting else ["draining"]
+        if not node.broker.ready:
+            reasons.append("cluster state unreachable")
+        return web.json_response({"ok": not reasons, "reasons": reasons}, status=503 if reasons else 200)
+
     async def page(request: web.Request) -> web.StreamResponse:
         name = request.match_info["tail"] or "player.html"
         path = (root / name).resolve()
@@ -82,6 +96,8 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     app.router.add_get("/api/players", players)
     app.router.add_get("/api/players/{player_id}", player)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
     upgrades = _WebSocketUpgrade("/{tail:.*}", name="player-socket")  # Epic's clients use any path
     app.router.register_resource(upgrades)
     upgrades.add_route("GET", functools.partial(node.handle, role=Role.PLAYER))

@@ -1,17 +1,21 @@
 """The signalling protocol as a sans-I/O state machine.
 
-Theory of operation: one ``SignalingCore`` holds every connection of a node (streamers,
-players, SFUs) and the bindings between them. The adapter feeds it events —
-``connect``, ``receive`` (a parsed JSON value), ``reject`` (a frame that could not be
-parsed), ``disconnect`` — and gets back a list of actions to carry out: ``Send`` a
-message to a connection, ``Close`` a connection, or log a ``Problem``. The core never
+Theory of operation: one ``SignalingCore`` holds the connections of a node (streamers,
+players, SFUs), its half of every link between peers, and a view of the cluster's
+streamer directory. The adapter feeds it events — ``connect``, ``receive`` (a parsed
+JSON value), ``reject`` (a frame that could not be parsed), ``disconnect``, and from
+the broker ``link`` (another node changed a link), ``claimed`` (the directory answered
+a streamer-id claim), ``listed``/``unlisted`` (the directory changed) and ``node_lost``
+— and gets back actions to carry out: ``Send`` a message to an address (on any node),
+``Close`` a connection, ``Relay`` a link message to another node, ``Claim`` an id,
+``Announce``/``Withdraw`` a directory entry, or log a ``Problem``. The core never
 awaits, reads a clock or touches a socket, so each event is atomic and the whole
-protocol is tested with plain calls.
+protocol is tested with plain calls. Handlers, one per (role, message type), are in
+``handlers``; links between peers are explained in ``peer_links``.
 
-Routed messages (offer, answer, ICE, data-channel set-up) travel as the parsed dict,
-so fields this server does not know are forwarded untouched; only ``playerId`` (and
-``sfuId``) is edited, as Epic's Wilbur does. Everything the server acts on is checked
-against its typed model in ``messages``.
+On one node (``cluster=False``) ids are claimed at once and nothing is announced:
+the core behaves as a single server. In a cluster a streamer's id is committed only
+when the directory (Redis) confirms it, so ids are unique across the cluster.
 
 Compatibility choices (docs/protocol.md explains each):
 - streamers and SFUs are never sent a type they might not know (UE 4.27 closes on
@@ -29,15 +33,19 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, NewType
+from typing import Any, NamedTuple
 
 from signaling import errors
 from signaling import messages as m
+from signaling import peer_links as links
+from signaling.peer_links import Address, node_of
 
-ConnId = NewType("ConnId", int)
+__all__ = ["Address", "SignalingCore", "Role", "Send", "Close", "Problem", "Relay", "Claim", "Announce", "Withdraw"]
+
 Json = dict[str, Any]
+UNKNOWN_STREAMER = "UnknownStreamer"
 
 
 class Role(enum.Enum):
@@ -46,13 +54,22 @@ class Role(enum.Enum):
     SFU = "sfu"
 
 
+class Phase(enum.Enum):
+    """Where a connection stands. Players are ``READY`` at once; a streamer (or SFU) is
+    ``CLAIMING`` until the directory commits its id (at once on one node)."""
+
+    CLAIMING = "claiming"
+    READY = "ready"
+
+
 class Send(NamedTuple):
-    to: ConnId
+    to: Address
     message: m.Message | Json
+    origin: Address | None = None  # the peer a routed message came from (told if it cannot arrive)
 
 
 class Close(NamedTuple):
-    conn: ConnId
+    conn: Address
     code: int
     reason: str
 
@@ -60,24 +77,64 @@ class Close(NamedTuple):
 class Problem(NamedTuple):
     """Something the adapter should log (once per connection and kind)."""
 
-    conn: ConnId
+    conn: Address
     kind: str
     detail: str
 
 
-Action = Send | Close | Problem
+class Relay(NamedTuple):
+    """A link message for a peer on another node."""
+
+    link: links.Link
+
+
+class Claim(NamedTuple):
+    """Ask the directory for ``wanted`` (renamed by Epic's rule if taken); the answer
+    comes back as ``claimed``. Only in a cluster."""
+
+    conn: Address
+    wanted: str
+
+
+class Announce(NamedTuple):
+    streamer_id: str
+    conn: Address
+    streaming: bool
+
+
+class Withdraw(NamedTuple):
+    streamer_id: str
+    conn: Address
+
+
+Action = Send | Close | Problem | Relay | Claim | Announce | Withdraw
 PeerOptions = Callable[[Role, str], Json]
+
+
+class Subscriber(NamedTuple):
+    address: Address
+    sfu: bool
+
+
+@dataclass(slots=True)
+class Listing:
+    """A streamer in the directory (this node's and, in a cluster, every node's)."""
+
+    address: Address
+    streaming: bool
 
 
 @dataclass(slots=True, eq=False)
 class Peer:
-    conn: ConnId
+    conn: Address
     role: Role
+    phase: Phase = Phase.READY
     player_id: str | None = None  # players, and SFUs in their downstream role
-    streamer_id: str | None = None  # streamers and SFUs
+    streamer_id: str | None = None  # streamers and SFUs, once claimed
     streaming: bool = False  # listed in streamerList
-    subscribed_to: ConnId | None = None
-    subscribers: dict[ConnId, None] = field(default_factory=dict)  # ordered set
+    subscribed_to: Address | None = None
+    subscribed_name: str | None = None  # the streamer id it subscribed with
+    subscribers: dict[str, Subscriber] = field(default_factory=dict)  # player id -> where (ordered)
     allowed_streamer: str | None = None  # session-token scope; None = any
     errors: int = 0
 
@@ -86,42 +143,46 @@ def _no_options(role: Role, peer_id: str) -> Json:
     return {}
 
 
-_Handler = Callable[["SignalingCore", Peer, Json, Any], list[Action]]
-
-
 class SignalingCore:
     """All signalling state of one node. Not thread-safe; every method is atomic."""
 
     def __init__(
         self,
         *,
+        node: str = "local",
+        cluster: bool = False,
         peer_options: PeerOptions = _no_options,
         max_players_per_streamer: int = 0,
         max_protocol_errors: int = 20,
         player_id_prefix: str = "Player",
     ) -> None:
+        if "/" in node:
+            raise ValueError("a node id cannot contain '/'")
+        self.node = node
+        self.cluster = cluster
         self._peer_options = peer_options
         self.max_players = max_players_per_streamer
         self.max_errors = max_protocol_errors
         self._player_prefix = player_id_prefix
-        self._peers: dict[ConnId, Peer] = {}
-        self._streamers: dict[str, ConnId] = {}  # registration order = listing order
-        self._players: dict[str, ConnId] = {}
+        self._peers: dict[Address, Peer] = {}
+        self._listings: dict[str, Listing] = {}  # streamer id -> where; registration order = listing order
+        self._players: dict[str, Address] = {}  # this node's players by id
+        self._wanted: dict[Address, str] = {}  # ids asked for in a claim still in flight
         self._next_conn = 0
         self._next_player = 0
 
-    # --- events -------------------------------------------------------------------
+    # --- events from this node's sockets ----------------------------------------------
 
     def connect(
         self, role: Role, *, allowed_streamer: str | None = None, options_key: str | None = None
-    ) -> tuple[ConnId, list[Action]]:
-        """A socket opened. Returns its id and the greeting to send.
+    ) -> tuple[Address, list[Action]]:
+        """A socket opened. Returns its address and the greeting to send.
 
         ``allowed_streamer`` scopes a player to the one streamer its session token names;
         ``options_key`` (the session id) replaces the peer id as the key for its
         ``peerConnectionOptions`` (e.g. the TURN username's user part).
         """
-        conn = ConnId(self._next_conn)
+        conn = Address(f"{self.node}/{self._next_conn}")
         self._next_conn += 1
         peer = Peer(conn, role, allowed_streamer=allowed_streamer)
         self._peers[conn] = peer
@@ -133,20 +194,27 @@ class SignalingCore:
         if role is Role.PLAYER:
             assert peer.player_id is not None
             actions.append(Send(conn, self._config(role, options_key or peer.player_id)))
+            return conn, actions
+        actions.append(Send(conn, m.Identify()))
+        if self.cluster:
+            peer.phase = Phase.CLAIMING
+            actions.append(Send(conn, self._config(role, UNKNOWN_STREAMER)))
+            actions.append(Claim(conn, UNKNOWN_STREAMER))
         else:
-            peer.streamer_id = self._unique_streamer_id("UnknownStreamer", peer)
-            self._streamers[peer.streamer_id] = conn
-            actions.append(Send(conn, m.Identify()))
+            self._commit_id(peer, self.unique_streamer_id(UNKNOWN_STREAMER, conn), [])
+            assert peer.streamer_id is not None
             actions.append(Send(conn, self._config(role, peer.streamer_id)))
         return conn, actions
 
-    def receive(self, conn: ConnId, obj: Any) -> list[Action]:
+    def receive(self, conn: Address, obj: Any) -> list[Action]:
         """A parsed JSON value arrived on ``conn``."""
+        from signaling.handlers import HANDLERS
+
         peer = self._peers[conn]
         if type(obj) is not dict:
-            return self._invalid(peer, "invalid_message", "a message must be a JSON object")
+            return self.invalid(peer, "invalid_message", "a message must be a JSON object")
         kind = obj.get("type")
-        handler = _HANDLERS[peer.role].get(kind) if type(kind) is str else None
+        handler = HANDLERS[peer.role].get(kind) if type(kind) is str else None
         if handler is None:
             return self._unhandled(peer, kind)
         assert isinstance(kind, str)
@@ -154,64 +222,171 @@ class SignalingCore:
             m.normalise_player_id(obj)
             msg = m.validate(obj, m.MODELS[kind])
         except m.InvalidFields as exc:
-            return self._invalid(peer, "invalid_message", str(exc))
+            return self.invalid(peer, "invalid_message", str(exc))
         return handler(self, peer, obj, msg)
 
-    def reject(self, conn: ConnId, detail: str) -> list[Action]:
+    def reject(self, conn: Address, detail: str) -> list[Action]:
         """A frame arrived that is not JSON at all."""
-        return self._invalid(self._peers[conn], "invalid_json", detail)
+        return self.invalid(self._peers[conn], "invalid_json", detail)
 
-    def disconnect(self, conn: ConnId) -> list[Action]:
-        """The socket closed, for whatever reason. Unknown ids are ignored."""
+    def disconnect(self, conn: Address) -> list[Action]:
+        """The socket closed, for whatever reason. Unknown addresses are ignored."""
         peer = self._peers.pop(conn, None)
         if peer is None:
             return []
         actions: list[Action] = []
         if peer.player_id is not None:
             self._players.pop(peer.player_id, None)
-            actions += self._unsubscribe(peer)
+            actions += self.unsubscribe(peer)
         if peer.streamer_id is not None:
-            if self._streamers.get(peer.streamer_id) == conn:
-                del self._streamers[peer.streamer_id]
-            for sub_conn in list(peer.subscribers):
-                actions += self._drop_subscriber(peer, self._peers[sub_conn])
+            self._unlist(peer, actions)
+            for pid, sub in list(peer.subscribers.items()):
+                actions += self._drop_subscriber(peer, pid, sub)
         return actions
 
-    # --- queries (REST API, metrics) ------------------------------------------------
+    # --- events from the broker (other nodes, the directory) ---------------------------
+
+    def claimed(self, conn: Address, committed: str | None) -> list[Action]:
+        """The directory's answer to ``Claim``; ``None`` when it could not be asked
+        (Redis down): the id is then chosen by this node's view and announced later."""
+        peer = self._peers.get(conn)
+        wanted = self._wanted.pop(conn, UNKNOWN_STREAMER)
+        if peer is None:  # left while the claim was in flight: give the id back
+            return [] if committed is None else [Withdraw(committed, conn)]
+        if committed is None:
+            committed = self.unique_streamer_id(wanted, conn)
+        first = peer.phase is Phase.CLAIMING
+        peer.phase = Phase.READY
+        actions: list[Action] = []
+        if committed != peer.streamer_id:
+            self._commit_id(peer, committed, actions)
+        if not first:
+            self._confirm_id(peer, actions)
+        return actions
+
+    def link(self, link: links.AnyLink) -> list[Action]:
+        """A link message for a peer of this node (from another node, or from this one)."""
+        peer = self._peers.get(Address(link.to))
+        if isinstance(link, links.Subscribe):
+            return self._on_subscribe(peer, link)
+        if peer is None:
+            return []  # gone meanwhile: its own disconnect told the other side
+        if isinstance(link, links.Unsubscribe):
+            sub = peer.subscribers.pop(link.player_id, None)
+            return [] if sub is None else [Send(peer.conn, m.PlayerDisconnected(playerId=link.player_id))]
+        if peer.subscribed_to != link.streamer:
+            return []  # an old link: the peer has moved on
+        if type(link) is links.SubscribeRefused:
+            peer.subscribed_to = peer.subscribed_name = None
+            refused: list[Action] = [Problem(peer.conn, "subscribe_failed", link.message)]
+            if peer.role is not Role.SFU:  # Epic never sends subscribeFailed to an SFU
+                refused.append(Send(peer.conn, m.SubscribeFailed(message=link.message)))
+            return refused
+        if type(link) is links.Kick:
+            peer.subscribed_to = peer.subscribed_name = None
+            return [Close(peer.conn, link.code, link.reason)]
+        return self._streamer_gone(peer)
+
+    def listed(self, streamer_id: str, conn: Address, streaming: bool) -> None:
+        """The directory says ``streamer_id`` lives at ``conn`` (another node's streamer)."""
+        if node_of(conn) != self.node:
+            listing = self._listings.get(streamer_id)
+            if listing is None or listing.address != conn or listing.streaming != streaming:
+                self._listings[streamer_id] = Listing(conn, streaming)
+
+    def unlisted(self, streamer_id: str, conn: Address) -> None:
+        listing = self._listings.get(streamer_id)
+        if listing is not None and listing.address == conn and node_of(conn) != self.node:
+            del self._listings[streamer_id]
+
+    def replace_directory(self, listings: Iterable[tuple[str, Address, bool]]) -> None:
+        """A full snapshot of the directory: other nodes' entries are replaced by it."""
+        for sid, listing in list(self._listings.items()):
+            if node_of(listing.address) != self.node:
+                del self._listings[sid]
+        for sid, conn, streaming in listings:
+            if node_of(conn) != self.node and sid not in self._listings:
+                self._listings[sid] = Listing(conn, streaming)
+
+    def node_lost(self, node: str) -> list[Action]:
+        """``node`` died (or this node lost touch with the cluster, for every other node):
+        its streamers leave the directory, and every link to its peers is cut."""
+        return self._cut(lambda other: other == node)
+
+    def cut_off(self) -> list[Action]:
+        """This node was declared dead by the others: every cross-node link is gone."""
+        return self._cut(lambda other: other != self.node)
+
+    def local_listings(self) -> Iterator[tuple[str, Address, bool]]:
+        """This node's streamers, to announce again after the directory was lost."""
+        for sid, listing in self._listings.items():
+            if node_of(listing.address) == self.node:
+                yield sid, listing.address, listing.streaming
+
+    # --- queries (REST API, metrics) ----------------------------------------------------
 
     def peers(self) -> Iterator[Peer]:
         return iter(self._peers.values())
 
-    def peer(self, conn: ConnId) -> Peer:
+    def peer(self, conn: Address) -> Peer:
         return self._peers[conn]
 
     def streamer_by_id(self, streamer_id: str) -> Peer | None:
-        conn = self._streamers.get(streamer_id)
-        return None if conn is None else self._peers[conn]
+        listing = self._listings.get(streamer_id)
+        return None if listing is None else self._peers.get(listing.address)
 
     def player_by_id(self, player_id: str) -> Peer | None:
         conn = self._players.get(player_id)
         return None if conn is None else self._peers[conn]
 
-    # --- helpers --------------------------------------------------------------------
+    def listings(self) -> Iterable[tuple[str, Listing]]:
+        return self._listings.items()
 
-    def _config(self, role: Role, peer_id: str) -> m.Config:
-        return m.Config(
-            peerConnectionOptions=self._peer_options(role, peer_id),
-            protocolVersion=m.PROTOCOL_VERSION,
-        )
+    def listed_streamer_ids(self, for_peer: Peer) -> list[str]:
+        if for_peer.role is Role.SFU:  # an SFU sees every registered streamer, itself included
+            return list(self._listings)
+        return [sid for sid, listing in self._listings.items() if listing.streaming]
 
-    def _unique_streamer_id(self, wanted: str, peer: Peer) -> str:
+    # --- helpers for the handlers -----------------------------------------------------
+
+    def unique_streamer_id(self, wanted: str, conn: Address) -> str:
         """Epic's rule: ``Cam`` taken -> ``Cam1``; ``Cam`` and ``Cam1`` taken -> ``Cam2``."""
         pattern = re.compile(re.escape(wanted) + r"(\d*)")
         suffixes = [
             int(match.group(1) or 0)
-            for sid, conn in self._streamers.items()
-            if conn != peer.conn and (match := pattern.fullmatch(sid))
+            for sid, listing in self._listings.items()
+            if listing.address != conn and (match := pattern.fullmatch(sid))
         ]
         return wanted if not suffixes else f"{wanted}{max(suffixes) + 1}"
 
-    def _invalid(self, peer: Peer, kind: str, detail: str) -> list[Action]:
+    def rename(self, peer: Peer, wanted: str) -> list[Action]:
+        """``endpointId``: keep the id it holds, or claim the wanted one."""
+        if wanted == peer.streamer_id:
+            actions: list[Action] = []
+            self._confirm_id(peer, actions)
+            return actions
+        if self.cluster:
+            self._wanted[peer.conn] = wanted
+            return [Claim(peer.conn, wanted)]
+        return self.claimed(peer.conn, self.unique_streamer_id(wanted, peer.conn))
+
+    def set_streaming(self, peer: Peer, streaming: bool) -> list[Action]:
+        peer.streaming = streaming
+        listing = self._listings.get(peer.streamer_id or "")
+        actions: list[Action] = []
+        if listing is not None and listing.address == peer.conn and listing.streaming != streaming:
+            listing.streaming = streaming
+            if self.cluster:
+                actions.append(Announce(peer.streamer_id or "", peer.conn, streaming))
+        return actions
+
+    def send_link(self, link: links.AnyLink) -> list[Action]:
+        """Deliver a link message: at once on this node, through the broker otherwise."""
+        if node_of(link.to) == self.node:
+            return self.link(link)
+        return [Relay(link)]
+
+    def invalid(self, peer: Peer, kind: str, detail: str) -> list[Action]:
         actions: list[Action] = [Problem(peer.conn, kind, detail)]
         if peer.role is Role.PLAYER:
             actions.append(Send(peer.conn, m.Error(code=kind, message=detail)))
@@ -220,31 +395,16 @@ class SignalingCore:
             actions.append(Close(peer.conn, errors.POLICY_VIOLATION, "too many protocol errors"))
         return actions
 
-    def _unhandled(self, peer: Peer, kind: object) -> list[Action]:
-        if not isinstance(kind, str):
-            return self._invalid(peer, "invalid_message", "a message needs a string 'type'")
-        if kind in m.MODELS:
-            return self._invalid(peer, "not_allowed", f"'{kind}' may not be sent by a {peer.role.value}")
-        detail = f"unknown message type '{kind[:64]}'"
-        actions: list[Action] = [Problem(peer.conn, "unknown_type", detail)]
-        if peer.role is Role.PLAYER:
-            actions.append(Send(peer.conn, m.Error(code="unknown_type", message=detail)))
-        return actions
-
-    def _listed_streamer_ids(self, for_peer: Peer) -> list[str]:
-        if for_peer.role is Role.SFU:  # an SFU sees every registered streamer, itself included
-            return list(self._streamers)
-        return [sid for sid, conn in self._streamers.items() if self._peers[conn].streaming]
-
-    def _subscribe(self, peer: Peer, streamer_id: str) -> list[Action]:
-        target_conn = self._streamers.get(streamer_id)
+    def subscribe(self, peer: Peer, streamer_id: str) -> list[Action]:
+        listing = self._listings.get(streamer_id)
         failure: str | None = None
         if peer.allowed_streamer is not None and streamer_id != peer.allowed_streamer:
             failure = f"Streamer {streamer_id} is not available to this session."
-        elif target_conn is None or target_conn == peer.conn:
+        elif listing is None or listing.address == peer.conn:
             failure = f"Streamer {streamer_id} does not exist."
-        elif self.max_players and len(self._peers[target_conn].subscribers) >= self.max_players:
-            if peer.subscribed_to != target_conn:
+        else:
+            target = self._peers.get(listing.address)  # None: on another node, which decides
+            if target is not None and self._full(target, peer):
                 failure = f"Streamer {streamer_id} is full. Max players = {self.max_players}."
         if failure is not None:
             if peer.role is Role.SFU:  # Epic never sends subscribeFailed to an SFU
@@ -253,206 +413,153 @@ class SignalingCore:
                 Problem(peer.conn, "subscribe_failed", failure),
                 Send(peer.conn, m.SubscribeFailed(message=failure)),
             ]
-        assert target_conn is not None and peer.player_id is not None
-        actions = self._unsubscribe(peer)
-        self._bind(peer, self._peers[target_conn])
-        actions.append(
-            Send(target_conn, m.PlayerConnected(playerId=peer.player_id, dataChannel=True, sfu=peer.role is Role.SFU))
+        assert listing is not None and peer.player_id is not None
+        actions = self.unsubscribe(peer)
+        peer.subscribed_to, peer.subscribed_name = listing.address, streamer_id
+        sub = links.Subscribe(
+            to=listing.address,
+            player=peer.conn,
+            player_id=peer.player_id,
+            sfu=peer.role is Role.SFU,
+            streamer_id=streamer_id,
         )
-        return actions
+        return actions + self.send_link(sub)
 
-    def _bind(self, peer: Peer, streamer: Peer) -> None:
-        peer.subscribed_to = streamer.conn
-        streamer.subscribers[peer.conn] = None
-
-    def _unsubscribe(self, peer: Peer) -> list[Action]:
+    def unsubscribe(self, peer: Peer) -> list[Action]:
         if peer.subscribed_to is None:
             return []
-        streamer = self._peers[peer.subscribed_to]
-        streamer.subscribers.pop(peer.conn, None)
-        peer.subscribed_to = None
+        target = peer.subscribed_to
+        peer.subscribed_to = peer.subscribed_name = None
         assert peer.player_id is not None
-        return [Send(streamer.conn, m.PlayerDisconnected(playerId=peer.player_id))]
+        return self.send_link(links.Unsubscribe(to=target, player_id=peer.player_id))
 
-    def _drop_subscriber(self, streamer: Peer, sub: Peer) -> list[Action]:
-        """The streamer (or SFU) ``sub`` watched is gone."""
-        streamer.subscribers.pop(sub.conn, None)
-        sub.subscribed_to = None
-        if sub.role is Role.SFU:
-            return [Send(sub.conn, m.StreamerDisconnected())]
-        return [Close(sub.conn, errors.STREAMER_GONE, "streamer disconnected")]
-
-    def _auto_subscribe(self, peer: Peer) -> list[Action] | None:
+    def auto_subscribe(self, peer: Peer) -> list[Action] | None:
         """Legacy path: a player sent a routed message before subscribing.
 
         Epic subscribes it to the first registered streamer (identified or not).
         Returns None when that is impossible and the player has been closed.
         """
-        wanted = peer.allowed_streamer or next(iter(self._streamers), None)
+        wanted = peer.allowed_streamer or next(iter(self._listings), None)
         if wanted is None:
             return None
-        actions = self._subscribe(peer, wanted)
+        actions = self.subscribe(peer, wanted)
         return actions if peer.subscribed_to is not None else None
 
-    def _to_player(self, source: Peer, obj: Json, *, strip: bool) -> list[Action]:
+    def to_player(self, source: Peer, obj: Json, *, strip: bool) -> list[Action]:
         """Route a message a streamer or SFU addressed to one of its players."""
         pid = obj.get("playerId")
         if not pid:
-            return self._invalid(source, "invalid_message", f"'{obj['type']}' needs a playerId")
-        target = self._players.get(pid)
-        if target is None or self._peers[target].subscribed_to != source.conn:
+            return self.invalid(source, "invalid_message", f"'{obj['type']}' needs a playerId")
+        sub = source.subscribers.get(pid)
+        if sub is None:
             # Not counted as an error: the player may have left a moment ago.
             return [Problem(source.conn, "unknown_player", f"no player {pid[:64]} subscribed to this streamer")]
         if strip:
             del obj["playerId"]
-        return [Send(target, obj)]
+        return [Send(sub.address, obj, source.conn)]
 
+    def kick(self, streamer: Peer, player_id: str, reason: str) -> list[Action]:
+        sub = streamer.subscribers.pop(player_id, None)
+        if sub is None:
+            return [Problem(streamer.conn, "unknown_player", f"no player {player_id[:64]} subscribed to this streamer")]
+        actions: list[Action] = [Send(streamer.conn, m.PlayerDisconnected(playerId=player_id))]
+        kick = links.Kick(to=sub.address, streamer=streamer.conn, code=errors.INTERNAL_ERROR, reason=reason)
+        return actions + self.send_link(kick)
 
-# --- handlers: one function per (role, message type) --------------------------------
-
-
-def _ping(core: SignalingCore, peer: Peer, obj: Json, msg: m.Ping) -> list[Action]:
-    return [Send(peer.conn, m.Pong(time=msg.time))]
-
-
-def _ignore(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    return []
-
-
-def _list_streamers(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    return [Send(peer.conn, m.StreamerList(ids=core._listed_streamer_ids(peer)))]
-
-
-def _subscribe(core: SignalingCore, peer: Peer, obj: Json, msg: m.Subscribe) -> list[Action]:
-    return core._subscribe(peer, msg.streamerId)
-
-
-def _unsubscribe(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    return core._unsubscribe(peer)
-
-
-def _player_forward(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    """Player -> its streamer (or SFU); ``playerId`` is always overwritten with the sender's."""
-    target = peer.subscribed_to
-    if target is None:
-        actions = core._auto_subscribe(peer)
-        if actions is None:
-            return [Close(peer.conn, errors.TRY_AGAIN_LATER, "no streamer to subscribe to")]
-        obj["playerId"] = peer.player_id
-        actions.append(Send(peer.subscribed_to, obj))  # type: ignore[arg-type]
+    def drop_all_subscribers(self, streamer: Peer) -> list[Action]:
+        actions: list[Action] = []
+        for pid, sub in list(streamer.subscribers.items()):
+            actions += self._drop_subscriber(streamer, pid, sub)
         return actions
-    obj["playerId"] = peer.player_id
-    return [Send(target, obj)]
 
+    # --- internals ----------------------------------------------------------------------
 
-def _endpoint_id(core: SignalingCore, peer: Peer, obj: Json, msg: m.EndpointId) -> list[Action]:
-    old = peer.streamer_id
-    assert old is not None
-    new = core._unique_streamer_id(msg.id or "UnknownStreamer", peer) if msg.id != old else old
-    if new != old:
-        del core._streamers[old]
-        core._streamers[new] = peer.conn
+    def _config(self, role: Role, peer_id: str) -> m.Config:
+        return m.Config(peerConnectionOptions=self._peer_options(role, peer_id), protocolVersion=m.PROTOCOL_VERSION)
+
+    def _full(self, streamer: Peer, peer: Peer) -> bool:
+        return (
+            bool(self.max_players)
+            and len(streamer.subscribers) >= self.max_players
+            and (peer.player_id not in streamer.subscribers)
+        )
+
+    def _commit_id(self, peer: Peer, new: str, actions: list[Action]) -> None:
+        old = peer.streamer_id
+        if old is not None:
+            self._unlist(peer, actions, announce=False)
         peer.streamer_id = new
-    peer.streaming = True
-    actions: list[Action] = [Send(peer.conn, m.EndpointIdConfirm(committedId=new))]
-    for sub_conn in peer.subscribers:
-        actions.append(Send(sub_conn, m.StreamerIdChanged(newID=new)))
-        if core._peers[sub_conn].role is Role.PLAYER:
-            actions.append(Send(sub_conn, m.LegacyStreamerIdChanged(newID=new)))
-    return actions
+        self._listings[new] = Listing(peer.conn, peer.streaming)  # the claim announced it
 
+    def _unlist(self, peer: Peer, actions: list[Action], *, announce: bool = True) -> None:
+        sid = peer.streamer_id
+        listing = self._listings.get(sid or "")
+        if sid is not None and listing is not None and listing.address == peer.conn:
+            del self._listings[sid]
+            if self.cluster and announce:
+                actions.append(Withdraw(sid, peer.conn))
 
-def _streamer_to_player(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    return core._to_player(peer, obj, strip=False)
+    def _confirm_id(self, peer: Peer, actions: list[Action]) -> None:
+        new = peer.streamer_id
+        assert new is not None
+        actions += self.set_streaming(peer, True)
+        actions.append(Send(peer.conn, m.EndpointIdConfirm(committedId=new)))
+        for sub in peer.subscribers.values():
+            actions.append(Send(sub.address, m.StreamerIdChanged(newID=new)))
+            if not sub.sfu:
+                actions.append(Send(sub.address, m.LegacyStreamerIdChanged(newID=new)))
 
+    def _on_subscribe(self, streamer: Peer | None, link: links.Subscribe) -> list[Action]:
+        """The streamer's side of a subscription: its node holds the limit."""
+        failure: str | None = None
+        if streamer is None or streamer.streamer_id is None:
+            failure = f"Streamer {link.streamer_id} does not exist."
+        elif (
+            self.max_players
+            and link.player_id not in streamer.subscribers
+            and (len(streamer.subscribers) >= self.max_players)
+        ):
+            failure = f"Streamer {link.streamer_id} is full. Max players = {self.max_players}."
+        if failure is not None:
+            return self.send_link(links.SubscribeRefused(to=link.player, streamer=link.to, message=failure))
+        assert streamer is not None
+        streamer.subscribers[link.player_id] = Subscriber(Address(link.player), link.sfu)
+        return [Send(streamer.conn, m.PlayerConnected(playerId=link.player_id, dataChannel=True, sfu=link.sfu))]
 
-def _disconnect_player(core: SignalingCore, peer: Peer, obj: Json, msg: m.DisconnectPlayer) -> list[Action]:
-    target = core.player_by_id(msg.playerId)
-    if target is None or target.subscribed_to != peer.conn:
-        return [Problem(peer.conn, "unknown_player", f"no player {msg.playerId[:64]} subscribed to this streamer")]
-    actions = core._unsubscribe(target)
-    reason = errors.clip_reason(msg.reason or "disconnected by streamer")
-    actions.append(Close(target.conn, errors.INTERNAL_ERROR, reason))
-    return actions
+    def _drop_subscriber(self, streamer: Peer, player_id: str, sub: Subscriber) -> list[Action]:
+        """The streamer (or SFU) that ``player_id`` watched is gone or stopped streaming."""
+        streamer.subscribers.pop(player_id, None)
+        return self.send_link(links.StreamerGone(to=sub.address, streamer=streamer.conn))
 
+    def _streamer_gone(self, peer: Peer) -> list[Action]:
+        """A player is closed; an SFU is told, stays connected, and closes its own players
+        (they watched the streamer through it), as Epic's server does."""
+        peer.subscribed_to = peer.subscribed_name = None
+        if peer.role is not Role.SFU:
+            return [Close(peer.conn, errors.STREAMER_GONE, "streamer disconnected")]
+        return [Send(peer.conn, m.StreamerDisconnected()), *self.drop_all_subscribers(peer)]
 
-def _streamer_layer_preference(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    """PS1 blueprint API: a streamer's layer preference goes to the SFU watching it."""
-    return [Send(c, obj) for c in peer.subscribers if core._peers[c].role is Role.SFU]
+    def _cut(self, lost: Callable[[str], bool]) -> list[Action]:
+        for sid, listing in list(self._listings.items()):
+            if lost(node_of(listing.address)):
+                del self._listings[sid]
+        actions: list[Action] = []
+        for peer in list(self._peers.values()):
+            for pid, sub in list(peer.subscribers.items()):
+                if lost(node_of(sub.address)):
+                    del peer.subscribers[pid]
+                    actions.append(Send(peer.conn, m.PlayerDisconnected(playerId=pid)))
+            if peer.subscribed_to is not None and lost(node_of(peer.subscribed_to)):
+                actions += self._streamer_gone(peer)
+        return actions
 
-
-def _sfu_to_player(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    return core._to_player(peer, obj, strip=True)
-
-
-def _sfu_upstream(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    """SFU -> the streamer it takes media from; ``playerId`` defaults to the SFU's own."""
-    if peer.subscribed_to is None:
-        return [Problem(peer.conn, "not_subscribed", f"SFU sent '{obj['type']}' before subscribing")]
-    if not obj.get("playerId"):
-        obj["playerId"] = peer.player_id
-    if obj["type"] == "streamerDataChannels":
-        obj["sfuId"] = peer.player_id
-    return [Send(peer.subscribed_to, obj)]
-
-
-def _sfu_ice(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    target = core._players.get(obj.get("playerId") or "")
-    if target is not None and core._peers[target].subscribed_to == peer.conn:
-        return core._to_player(peer, obj, strip=True)
-    return _sfu_upstream(core, peer, obj, msg)
-
-
-def _start_streaming(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    peer.streaming = True
-    return []
-
-
-def _stop_streaming(core: SignalingCore, peer: Peer, obj: Json, msg: Any) -> list[Action]:
-    peer.streaming = False
-    actions: list[Action] = []
-    for sub_conn in list(peer.subscribers):
-        actions += core._drop_subscriber(peer, core._peers[sub_conn])
-    return actions
-
-
-_COMMON: dict[str, _Handler] = {"ping": _ping, "pong": _ignore}
-
-_HANDLERS: dict[Role, dict[str, _Handler]] = {
-    Role.PLAYER: {
-        **_COMMON,
-        "listStreamers": _list_streamers,
-        "subscribe": _subscribe,
-        "unsubscribe": _unsubscribe,
-        "offer": _player_forward,
-        "answer": _player_forward,
-        "iceCandidate": _player_forward,
-        "layerPreference": _player_forward,
-        "dataChannelRequest": _player_forward,
-        "peerDataChannelsReady": _player_forward,
-        "stats": _ignore,  # deprecated; Wilbur ignores it too
-    },
-    Role.STREAMER: {
-        **_COMMON,
-        "endpointId": _endpoint_id,
-        "offer": _streamer_to_player,
-        "answer": _streamer_to_player,
-        "iceCandidate": _streamer_to_player,
-        "disconnectPlayer": _disconnect_player,
-        "layerPreference": _streamer_layer_preference,
-    },
-    Role.SFU: {
-        **_COMMON,
-        "endpointId": _endpoint_id,
-        "listStreamers": _list_streamers,
-        "subscribe": _subscribe,
-        "unsubscribe": _unsubscribe,
-        "offer": _sfu_to_player,
-        "peerDataChannels": _sfu_to_player,
-        "answer": _sfu_upstream,
-        "streamerDataChannels": _sfu_upstream,
-        "iceCandidate": _sfu_ice,
-        "startStreaming": _start_streaming,
-        "stopStreaming": _stop_streaming,
-    },
-}
+    def _unhandled(self, peer: Peer, kind: object) -> list[Action]:
+        if not isinstance(kind, str):
+            return self.invalid(peer, "invalid_message", "a message needs a string 'type'")
+        if kind in m.MODELS:
+            return self.invalid(peer, "not_allowed", f"'{kind}' may not be sent by a {peer.role.value}")
+        detail = f"unknown message type '{kind[:64]}'"
+        actions: list[Action] = [Problem(peer.conn, "unknown_type", detail)]
+        if peer.role is Role.PLAYER:
+            actions.append(Send(peer.conn, m.Error(code="unknown_type", message=detail)))
+        return actions

@@ -12,7 +12,6 @@ signalling server that waited on a down matchmaker would strand its players.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ import structlog
 from aiohttp import web
 
 from pixelfleet.tokens import InvalidToken, SessionClaims, TokenKeys, verify
+from signaling.broker import BrokerUnavailable
+from signaling.broker_memory import MemoryBroker
 from signaling.config import ConfigError, Settings
 
 log = structlog.get_logger("signaling")
@@ -95,11 +96,13 @@ class SessionGate:
     keys: TokenKeys
     required: bool = True
     reporter: SessionReporter | None = None
+    # Tokens are single-use, so one leaked from a URL cannot open a second socket: the
+    # ledger is the broker's (per node in memory, cluster-wide on Redis); the server sets it.
+    first_use: Callable[[str, int], Awaitable[bool]] = field(default_factory=lambda: MemoryBroker().first_use)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _used: dict[str, int] = field(default_factory=dict)  # token id -> expiry
     _sockets: dict[str, int] = field(default_factory=dict)  # session id -> open sockets here
 
-    def admit(self, request: web.Request) -> tuple[SessionClaims, str] | None:
+    async def admit(self, request: web.Request) -> tuple[SessionClaims, str] | None:
         """Claims of a valid token; None for no token where none is required."""
         token = request.query.get("token") or _bearer(request)
         if token is None:
@@ -110,23 +113,19 @@ class SessionGate:
             claims = verify(self.keys, token)
         except InvalidToken as exc:  # a bad token is refused even where none is required
             raise _unauthorized(str(exc)) from None
-        if not self._first_use(claims):
+        try:
+            first = await self.first_use(claims.token_id, claims.expires_at)
+        except BrokerUnavailable:  # fail closed: a single-use check that cannot be made
+            raise web.HTTPServiceUnavailable(
+                text=msgspec.json.encode(
+                    {"error": "unavailable", "message": "cannot check the session token now: try again"}
+                ).decode(),
+                content_type="application/json",
+                headers={"Retry-After": "1"},
+            ) from None
+        if not first:
             raise _unauthorized("token already used: ask the matchmaker for a fresh one")
         return claims, token
-
-    def _first_use(self, claims: SessionClaims) -> bool:
-        """Tokens are single-use, so one leaked from a URL cannot open a second socket.
-
-        Kept per node until the token expires; several signalling nodes behind one
-        matchmaker would share this set through the state store.
-        """
-        now = time.time()
-        if len(self._used) > 1024:
-            self._used = {jti: exp for jti, exp in self._used.items() if exp >= now}
-        if claims.token_id in self._used:
-            return False
-        self._used[claims.token_id] = claims.expires_at
-        return True
 
     def report(self, event: str, admitted: tuple[SessionClaims, str] | None) -> None:
         """Report the session's first socket opening and its last one closing.

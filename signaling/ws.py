@@ -25,10 +25,12 @@ from aiohttp import WSMsgType, web
 
 from signaling import errors
 from signaling import messages as m
-from signaling.broker import Broker
+from signaling import peer_links as links
+from signaling.broker import Broker, BrokerUnavailable
 from signaling.config import Settings
 from signaling.limits import TokenBucket
-from signaling.protocol import Close, ConnId, Problem, Role, Send, SignalingCore
+from signaling.peer_links import Address, node_of
+from signaling.protocol import Announce, Claim, Close, Problem, Relay, Role, Send, SignalingCore, Withdraw
 from signaling.sessions import SessionGate
 
 log = structlog.get_logger("signaling")
@@ -119,7 +121,7 @@ class Connection:
 
     def __init__(
         self,
-        conn: ConnId,
+        conn: Address,
         role: Role,
         remote: str | None,
         ws: web.WebSocketResponse,
@@ -180,7 +182,7 @@ class SignalingNode:
         self.core = core
         self.broker = broker
         self.gate = gate
-        self.connections: dict[ConnId, Connection] = {}
+        self.connections: dict[Address, Connection] = {}
         self.accepting = True
         self._keepalive: asyncio.Task[None] | None = None
 
@@ -189,7 +191,7 @@ class SignalingNode:
         if not self.accepting:
             raise web.HTTPServiceUnavailable(text="server is shutting down")
         gate = self.gate if role is Role.PLAYER else None
-        admitted = gate.admit(request) if gate is not None else None
+        admitted = await gate.admit(request) if gate is not None else None
         ws = web.WebSocketResponse(
             autoping=False,  # pings are answered below; pongs feed the keepalive sweep
             max_msg_size=s.max_message_bytes,
@@ -222,7 +224,9 @@ class SignalingNode:
         loads = orjson.loads
         take = bucket.take
         try:
-            run(greeting)
+            claims = run(greeting)
+            if claims:
+                await self.claim(claims)
             async for msg in ws:
                 kind = msg.type
                 if kind is _TEXT or kind is _BINARY:
@@ -234,7 +238,9 @@ class SignalingNode:
                     except orjson.JSONDecodeError:
                         run(self.core.reject(conn, "frame is not valid UTF-8 JSON"))
                         continue
-                    run(receive(conn, obj))
+                    claims = run(receive(conn, obj))
+                    if claims:  # a streamer's endpointId in a cluster: its next frame waits for the id
+                        await self.claim(claims)
                 elif kind is _PING:
                     if not take(loop_time()):
                         connection.close(errors.RATE_LIMITED, "message rate limit exceeded")
@@ -256,14 +262,18 @@ class SignalingNode:
             connection.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
         return ws
 
-    def run(self, actions: list[Any]) -> None:
-        """Carry out the core's actions. Frames are encoded once per message."""
+    def run(self, actions: list[Any]) -> list[Claim]:
+        """Carry out the core's actions. Frames are encoded once per message. Returns the
+        id claims to make (a cluster only), which the connection's own task awaits."""
+        claims: list[Claim] = []
         for action in actions:
             kind = type(action)
             if kind is Send:
                 message = action.message
                 frame = orjson.dumps(message) if type(message) is dict else m.encode(message)
-                self.broker.deliver(action.to, frame)
+                if not self.broker.deliver(action.to, frame, action.origin) and action.origin is not None:
+                    if node_of(action.to) != self.broker.node_id:
+                        self.on_undeliverable(action.origin, action.to, "signalling is out of touch with the cluster")
             elif kind is Close:
                 target = self.connections.get(action.conn)
                 if target is not None:
@@ -272,6 +282,73 @@ class SignalingNode:
                 source = self.connections.get(action.conn)
                 if source is not None:
                     source.problem(action.kind, action.detail)
+            elif kind is Relay:
+                if not self.broker.relay(action.link):
+                    self._relay_failed(action.link)
+            elif kind is Claim:
+                claims.append(action)
+            elif kind is Announce:
+                self.broker.announce(action.streamer_id, action.conn, action.streaming)
+            elif kind is Withdraw:
+                self.broker.withdraw(action.streamer_id, action.conn)
+        return claims
+
+    async def claim(self, claims: list[Claim]) -> None:
+        for c in claims:
+            peer = self.core.peer(c.conn) if c.conn in self.connections else None
+            try:
+                committed: str | None = await self.broker.claim(
+                    c.conn, c.wanted, peer.streamer_id if peer else None, bool(peer and peer.streaming)
+                )
+            except BrokerUnavailable as exc:
+                log.warning("streamer_id_claim_failed", conn=c.conn, wanted=c.wanted, error=str(exc))
+                committed = None  # chosen from this node's view; listed again when Redis is back
+            self.run(self.core.claimed(c.conn, committed))
+
+    def _relay_failed(self, link: links.AnyLink) -> None:
+        """A link for another node could not leave this one: a subscription is refused at
+        once; other changes are settled when the nodes see each other again (or one dies)."""
+        if type(link) is links.Subscribe:
+            refused = links.SubscribeRefused(
+                to=link.player,
+                streamer=link.to,
+                message=f"Streamer {link.streamer_id} cannot be reached now (signalling cluster unavailable).",
+            )
+            self.run(self.core.link(refused))
+
+    # --- events from the broker (NodeEvents) --------------------------------------------
+
+    def on_link(self, link: links.AnyLink) -> None:
+        self.run(self.core.link(link))
+
+    def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None) -> None:
+        if streaming is None:
+            self.core.unlisted(streamer_id, conn)
+        else:
+            self.core.listed(streamer_id, conn, streaming)
+
+    def on_directory(self, listings: list[tuple[str, Address, bool]]) -> None:
+        self.core.replace_directory(listings)
+
+    def on_node_lost(self, node: str) -> None:
+        self.run(self.core.node_lost(node))
+
+    def on_cut_off(self) -> None:
+        self.run(self.core.cut_off())
+
+    def local_listings(self) -> list[tuple[str, Address, bool]]:
+        return list(self.core.local_listings())
+
+    def on_undeliverable(self, origin: Address, to: Address, reason: str) -> None:
+        """A routed message could not reach its peer: a player is told (never a silent
+        drop); a streamer or SFU is never sent a type it may not know, so it is logged."""
+        source = self.connections.get(origin)
+        if source is None:
+            return
+        source.problem("undeliverable", reason)
+        if source.role is Role.PLAYER:
+            error = m.Error(code="peer_unreachable", message=f"message not delivered: {reason}")
+            self.broker.deliver(origin, m.encode(error))
 
     # --- keepalive: one sweep for the node, not a timer per socket ---------------------
 

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import orjson
@@ -16,49 +15,10 @@ import pytest
 
 from pixelfleet.net import free_port
 from signaling import errors
-from signaling.app import SignalingServer
 from tests.conftest import StartProcess, StartSignaling
+from tests.support.ws_peers import WAIT, Peer, connect_player, connect_streamer
 
 pytestmark = pytest.mark.integration
-
-WAIT = 10.0  # generous: tests never fail on timing alone
-
-
-class Peer:
-    """A raw WebSocket client that reads JSON messages."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-
-    async def send(self, **msg: Any) -> None:
-        await self.ws.send_str(orjson.dumps(msg).decode())
-
-    async def recv(self) -> dict[str, Any]:
-        msg = await asyncio.wait_for(self.ws.receive(), WAIT)
-        assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
-        decoded: dict[str, Any] = orjson.loads(msg.data)
-        return decoded
-
-    async def recv_type(self, kind: str) -> dict[str, Any]:
-        while True:
-            msg = await self.recv()
-            if msg["type"] == kind:
-                return msg
-
-    async def closed(self) -> tuple[int | None, str]:
-        """Wait for the server to close us; returns (code, reason)."""
-        while True:
-            msg = await asyncio.wait_for(self.ws.receive(), WAIT)
-            if msg.type is aiohttp.WSMsgType.CLOSE:
-                return msg.data, (msg.extra or "")
-            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                return self.ws.close_code, ""
-            if msg.type is aiohttp.WSMsgType.ERROR:
-                return self.ws.close_code, str(msg.data)
-
-    async def still_served(self) -> None:
-        await self.send(type="ping", time=42)
-        assert await self.recv_type("pong") == {"type": "pong", "time": 42}
 
 
 @pytest.fixture
@@ -67,37 +27,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def connect_streamer(http: aiohttp.ClientSession, server: SignalingServer, name: str = "Cam") -> Peer:
-    s = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.streamer_port}/"))
-    assert (await s.recv())["type"] == "identify"
-    assert (await s.recv())["type"] == "config"
-    await s.send(type="endpointId", id=name)
-    assert (await s.recv()) == {"type": "endpointIdConfirm", "committedId": name}
-    return s
-
-
-async def connect_player(
-    http: aiohttp.ClientSession,
-    server: SignalingServer,
-    streamer: Peer | None = None,
-    name: str = "Cam",
-    path: str = "/",
-) -> tuple[Peer, str]:
-    p = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.player_port}{path}"))
-    await p.send(type="listStreamers")  # Epic's frontend sends before config arrives
-    assert (await p.recv())["type"] == "config"
-    await p.recv_type("streamerList")
-    if streamer is None:
-        return p, ""
-    await p.send(type="subscribe", streamerId=name)
-    connected = await streamer.recv_type("playerConnected")
-    return p, connected["playerId"]
-
-
 async def test_full_handshake_over_sockets(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling()
-    s = await connect_streamer(http, server)
-    p, pid = await connect_player(http, server, s)
+    s = await connect_streamer(http, server.streamer_port)
+    p, pid = await connect_player(http, server.player_port, s)
     await s.send(type="offer", playerId=pid, sdp="v=0 offer")
     assert await p.recv() == {"type": "offer", "playerId": pid, "sdp": "v=0 offer"}
     await p.send(type="answer", sdp="v=0 answer", minBitrateBps=0, maxBitrateBps=0)
@@ -123,11 +56,11 @@ async def test_two_players_on_one_streamer_and_two_streamers(
     start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
     server = await start_signaling()
-    a = await connect_streamer(http, server, "A")
-    b = await connect_streamer(http, server, "B")
-    p1, id1 = await connect_player(http, server, a, "A")
-    p2, id2 = await connect_player(http, server, a, "A")
-    p3, id3 = await connect_player(http, server, b, "B")
+    a = await connect_streamer(http, server.streamer_port, "A")
+    b = await connect_streamer(http, server.streamer_port, "B")
+    p1, id1 = await connect_player(http, server.player_port, a, "A")
+    p2, id2 = await connect_player(http, server.player_port, a, "A")
+    p3, id3 = await connect_player(http, server.player_port, b, "B")
     assert len({id1, id2, id3}) == 3
     await a.send(type="offer", playerId=id2, sdp="for p2")
     await b.send(type="offer", playerId=id3, sdp="for p3")
@@ -149,7 +82,7 @@ async def test_any_path_and_first_subprotocol(start_signaling: StartSignaling, h
 
 async def test_binary_json_frames_are_accepted(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling()
-    p, _ = await connect_player(http, server)
+    p, _ = await connect_player(http, server.player_port)
     await p.ws.send_bytes(b'{"type":"ping","time":7}')
     assert await p.recv() == {"type": "pong", "time": 7}
 
@@ -170,9 +103,9 @@ async def test_bad_input_gets_error_and_others_are_unaffected(
     start_signaling: StartSignaling, http: aiohttp.ClientSession, frame: str | bytes, code: str
 ) -> None:
     server = await start_signaling()
-    s = await connect_streamer(http, server)
-    good, good_id = await connect_player(http, server, s)
-    bad, _ = await connect_player(http, server)
+    s = await connect_streamer(http, server.streamer_port)
+    good, good_id = await connect_player(http, server.player_port, s)
+    bad, _ = await connect_player(http, server.player_port)
     await (bad.ws.send_bytes(frame) if isinstance(frame, bytes) else bad.ws.send_str(frame))
     err = await bad.recv()
     assert err["type"] == "error" and err["code"] == code
@@ -185,7 +118,7 @@ async def test_bad_streamer_input_is_dropped_without_an_error_message(
     start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
     server = await start_signaling()
-    s = await connect_streamer(http, server)
+    s = await connect_streamer(http, server.streamer_port)
     await s.ws.send_str("{garbage")
     await s.send(type="offer", sdp="no player id")
     await s.send(type="iceCandidate", playerId="Ghost", candidate={"candidate": "c"})
@@ -197,9 +130,9 @@ async def test_protocol_error_budget_closes_with_1008(
     start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
     server = await start_signaling(max_protocol_errors=3)
-    s = await connect_streamer(http, server)
-    bystander, bid = await connect_player(http, server, s)
-    bad, _ = await connect_player(http, server)
+    s = await connect_streamer(http, server.streamer_port)
+    bystander, bid = await connect_player(http, server.player_port, s)
+    bad, _ = await connect_player(http, server.player_port)
     for _ in range(4):
         await bad.ws.send_str("nope")
     code, reason = await bad.closed()
@@ -209,9 +142,9 @@ async def test_protocol_error_budget_closes_with_1008(
 
 async def test_oversized_frame_closes_with_1009(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling(max_message_bytes=4096)
-    s = await connect_streamer(http, server)
-    bystander, bid = await connect_player(http, server, s)
-    big, _ = await connect_player(http, server)
+    s = await connect_streamer(http, server.streamer_port)
+    bystander, bid = await connect_player(http, server.player_port, s)
+    big, _ = await connect_player(http, server.player_port)
     await big.send(type="ping", time=1, pad="x" * 5000)
     code, _ = await big.closed()
     assert code == errors.MESSAGE_TOO_BIG
@@ -221,9 +154,9 @@ async def test_oversized_frame_closes_with_1009(start_signaling: StartSignaling,
 
 async def test_flood_closes_with_4429(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling(player_rate=10.0, player_burst=20.0)
-    s = await connect_streamer(http, server)
-    bystander, _ = await connect_player(http, server, s)
-    flooder, _ = await connect_player(http, server)
+    s = await connect_streamer(http, server.streamer_port)
+    bystander, _ = await connect_player(http, server.player_port, s)
+    flooder, _ = await connect_player(http, server.player_port)
     for i in range(200):
         try:
             await flooder.send(type="ping", time=i)
@@ -262,8 +195,8 @@ async def test_slow_reader_is_closed_and_does_not_stall_the_streamer(
     start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
     server = await start_signaling(send_queue_frames=8)
-    s = await connect_streamer(http, server)
-    fast, fast_id = await connect_player(http, server, s)
+    s = await connect_streamer(http, server.streamer_port)
+    fast, fast_id = await connect_player(http, server.player_port, s)
     slow = await _raw_player_that_never_reads(server.player_port)
     slow_id = (await s.recv_type("playerConnected"))["playerId"]
     sdp = "a" * 60_000
@@ -285,8 +218,8 @@ async def test_slow_reader_is_closed_and_does_not_stall_the_streamer(
 
 async def test_disconnect_player_closes_with_1011(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling()
-    s = await connect_streamer(http, server)
-    p, pid = await connect_player(http, server, s)
+    s = await connect_streamer(http, server.streamer_port)
+    p, pid = await connect_player(http, server.player_port, s)
     await s.send(type="disconnectPlayer", playerId=pid, reason="kicked")
     code, reason = await p.closed()
     assert (code, reason) == (errors.INTERNAL_ERROR, "kicked")
@@ -297,10 +230,10 @@ async def test_streamer_leaving_closes_its_players(
     start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
     server = await start_signaling()
-    a = await connect_streamer(http, server, "A")
-    b = await connect_streamer(http, server, "B")
-    pa, _ = await connect_player(http, server, a, "A")
-    pb, _ = await connect_player(http, server, b, "B")
+    a = await connect_streamer(http, server.streamer_port, "A")
+    b = await connect_streamer(http, server.streamer_port, "B")
+    pa, _ = await connect_player(http, server.player_port, a, "A")
+    pb, _ = await connect_player(http, server.player_port, b, "B")
     await a.ws.close()
     code, _ = await pa.closed()
     assert code == errors.STREAMER_GONE
@@ -311,7 +244,7 @@ async def test_streamer_leaving_closes_its_players(
 
 async def test_sfu_port_speaks_the_sfu_role(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling()
-    s = await connect_streamer(http, server, "DefaultStreamer")
+    s = await connect_streamer(http, server.streamer_port, "DefaultStreamer")
     assert server.sfu_port
     f = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.sfu_port}/"))
     assert (await f.recv())["type"] == "identify"
@@ -323,8 +256,8 @@ async def test_sfu_port_speaks_the_sfu_role(start_signaling: StartSignaling, htt
 
 async def test_rest_api_and_player_page(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling()
-    s = await connect_streamer(http, server)
-    player, _ = await connect_player(http, server, s)
+    s = await connect_streamer(http, server.streamer_port)
+    player, _ = await connect_player(http, server.player_port, s)
     base = f"http://127.0.0.1:{server.player_port}"
     async with http.get(f"{base}/api/status") as r:
         status = await r.json()

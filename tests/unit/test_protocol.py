@@ -9,7 +9,7 @@ import pytest
 
 from signaling import errors
 from signaling import messages as m
-from signaling.protocol import Close, ConnId, Problem, Role, Send, SignalingCore
+from signaling.protocol import Close, Address, Problem, Role, Send, SignalingCore
 
 
 def wire(action: Send) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def wire(action: Send) -> dict[str, Any]:
     return dict(msg) if isinstance(msg, dict) else msgspec.json.decode(m.encode(msg))
 
 
-def sends(actions: list[Any], to: ConnId | None = None) -> list[dict[str, Any]]:
+def sends(actions: list[Any], to: Address | None = None) -> list[dict[str, Any]]:
     return [wire(a) for a in actions if isinstance(a, Send) and (to is None or a.to == to)]
 
 
@@ -30,7 +30,7 @@ class Harness:
     def __init__(self, **kwargs: Any) -> None:
         self.core = SignalingCore(**kwargs)
 
-    def streamer(self, name: str | None = "Cam") -> ConnId:
+    def streamer(self, name: str | None = "Cam") -> Address:
         conn, greeting = self.core.connect(Role.STREAMER)
         assert [w["type"] for w in sends(greeting)] == ["identify", "config"]
         if name is not None:
@@ -38,14 +38,14 @@ class Harness:
             assert sends(out)[0]["type"] == "endpointIdConfirm"
         return conn
 
-    def player(self, subscribe_to: str | None = None) -> ConnId:
+    def player(self, subscribe_to: str | None = None) -> Address:
         conn, greeting = self.core.connect(Role.PLAYER)
         assert [w["type"] for w in sends(greeting)] == ["config"]
         if subscribe_to is not None:
             self.core.receive(conn, {"type": "subscribe", "streamerId": subscribe_to})
         return conn
 
-    def send(self, conn: ConnId, **msg: Any) -> list[Any]:
+    def send(self, conn: Address, **msg: Any) -> list[Any]:
         return self.core.receive(conn, msg)
 
 
@@ -434,4 +434,4 @@ def test_too_many_protocol_errors_close_with_1008() -> None:
 
 
 def test_disconnect_of_unknown_connection_is_harmless(h: Harness) -> None:
-    assert h.core.disconnect(ConnId(12345)) == []
+    assert h.core.disconnect(Address(12345)) == []

@@ -131,8 +131,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, 
 @pytest.mark.parametrize(
     "argv,env,needle",
     [
-        (["signaling"], {"PIXELFLEET_STATE_URL": "redis://127.0.0.1:6379"}, "signalling runs on one node for now"),
-        (["up"], {"PIXELFLEET_STATE_URL": "redis://127.0.0.1:6379"}, "signalling runs on one node for now"),
         (["matchmaker"], {"PIXELFLEET_MATCHMAKER__TOKEN_SECRET": "s" * 32}, "is now PIXELFLEET_SESSION_TOKEN_SECRET"),
         (["matchmaker", "--policy", "nope"], {}, "unknown placement policy 'nope'"),
         (["matchmaker"], {}, "set PIXELFLEET_SESSION_TOKEN_SECRET"),

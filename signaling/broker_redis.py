@@ -1,0 +1,424 @@
+"""The Redis broker: signalling on many nodes (docs/signaling-cluster.md).
+
+- **Delivery** is sharded pub/sub (SPUBLISH/SSUBSCRIBE; plain Redis 7 accepts them too):
+  each node listens on its own channel, and frames for an address go to the channel of
+  the node the address names. Frames bound for one node are batched (all those queued
+  while the previous batch was in flight) into one message, and one writer task sends
+  batches in order, so frames from one sender to one endpoint keep their order. A batch
+  no node received (its node died) or that Redis refused is reported back to each
+  frame's sender.
+- **The directory** (streamer id -> address, streaming flag) is a hash, changed only by
+  Lua scripts that also publish each change on the directory channel; every node keeps
+  a view of it, reloaded whole after any reconnection.
+- **Liveness**: each node renews a deadline (in Redis's clock) every TTL/3; a node that
+  has beaten without a gap for a whole TTL removes nodes past their deadline (and their
+  streamers), and every node tells its peers about nodes that left its view. A node
+  that finds itself removed was cut off: it drops its cross-node links and lists its
+  streamers again. An epoch key tells a Redis that lost its data (restart without
+  persistence) from one that removed us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import struct
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from pixelfleet.redis_url import split_cluster_flag
+from signaling.broker import BrokerUnavailable, Mailbox, NodeEvents
+from signaling.peer_links import Address, AnyLink, decode_link, encode_link, node_of
+
+log = structlog.get_logger("signaling.cluster")
+
+RedisClient = Redis | RedisCluster
+_HEAD = struct.Struct("!BHI")  # kind, address length, payload length
+_FRAME, _LINK = 0, 1
+_RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def _script(name: str) -> str:
+    folder = resources.files("signaling").joinpath("lua")
+    body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return folder.joinpath("prelude.lua").read_text(encoding="utf-8") + body
+
+
+def pack(items: list[tuple[int, str, bytes]]) -> bytes:
+    """One batch: records of (kind, to-address, payload)."""
+    out = bytearray()
+    for kind, to, payload in items:
+        raw = to.encode()
+        out += _HEAD.pack(kind, len(raw), len(payload))
+        out += raw
+        out += payload
+    return bytes(out)
+
+
+def unpack(batch: bytes) -> list[tuple[int, str, bytes]]:
+    """Raises ``ValueError`` on a truncated batch."""
+    items, view, at = [], memoryview(batch), 0
+    while at < len(batch):
+        if at + _HEAD.size > len(batch):
+            raise ValueError("truncated batch header")
+        kind, alen, plen = _HEAD.unpack_from(batch, at)
+        at += _HEAD.size
+        end = at + alen + plen
+        if end > len(batch):
+            raise ValueError("truncated batch record")
+        items.append((kind, bytes(view[at : at + alen]).decode(), bytes(view[at + alen : end])))
+        at = end
+    return items
+
+
+class RedisBroker:
+    distributed = True
+
+    def __init__(self, redis: RedisClient, *, node_id: str | None = None, node_ttl_s: float = 5.0, prefix: str = "pf"):
+        self.node_id = node_id or secrets.token_hex(4)
+        if "/" in self.node_id:
+            raise ValueError("a node id cannot contain '/'")
+        self._r = redis
+        self._cluster = isinstance(redis, RedisCluster)
+        self._ttl_ms = max(int(node_ttl_s * 1000), 300)
+        tag = f"{{{prefix}:sig}}"
+        self._k_dir, self._k_nodes, self._k_epoch = f"{tag}:dir", f"{tag}:nodes", f"{tag}:epoch"
+        self._events_channel = f"{tag}:ev"
+        self._jti = f"{prefix}:sig:jti:"
+        self._prefix = prefix
+        self._scripts = {
+            n: redis.register_script(_script(n)) for n in ("claim", "announce", "withdraw", "beat", "leave")
+        }
+        self._boxes: dict[Address, Mailbox] = {}
+        self._events: NodeEvents | None = None
+        self._outgoing: dict[str, list[tuple[int, str, bytes, Address | None]]] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up = False  # the last round trip worked
+        self._registered = False
+        self._epoch: str | None = None
+        self._stable_since: float | None = None  # loop time of the first beat of the current unbroken run
+        self._seen: set[str] = set()  # nodes alive at the last beat (this one included)
+        self._closing = False
+        self._joined = asyncio.Event()  # the first beat went through
+        self.stats = {"batches": 0, "frames_out": 0, "frames_in": 0, "undeliverable": 0, "lost_nodes": 0}
+
+    @classmethod
+    def from_url(cls, url: str, *, node_id: str | None = None, node_ttl_s: float = 5.0) -> RedisBroker:
+        url, cluster = split_cluster_flag(url)
+        client: RedisClient = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+        return cls(client, node_id=node_id, node_ttl_s=node_ttl_s)
+
+    def inbox(self, node: str) -> str:
+        return f"{{{self._prefix}:sig:{node}}}:in"
+
+    @property
+    def ready(self) -> bool:
+        return self._up and self._registered
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self, events: NodeEvents) -> None:
+        """Register and listen; returns once the node is in the cluster (or Redis is down:
+        the node still serves its own peers and joins when Redis answers)."""
+        self._events = events
+        joined = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._listen([self.inbox(self.node_id)], self._on_batch, joined), name="sig-inbox"),
+            asyncio.create_task(self._listen([self._events_channel], self._on_directory_event, None), name="sig-dir"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(joined.wait(), self._ttl_ms / 1000)
+        self._tasks.append(asyncio.create_task(self._beat_forever(), name="sig-beat"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._joined.wait(), self._ttl_ms / 1000)
+
+    async def aclose(self) -> None:
+        """Leave the cluster at once (the others need not wait for the deadline)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._writer, 1.0)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(
+                self._scripts["leave"](keys=[self._k_nodes, self._k_dir], args=[self.node_id, self._events_channel]),
+                1.0,
+            )
+        self._boxes.clear()
+        await self._r.aclose()
+
+    # --- mailboxes and delivery -------------------------------------------------------
+
+    def open(self, endpoint: Address, mailbox: Mailbox) -> None:
+        self._boxes[endpoint] = mailbox
+
+    def close(self, endpoint: Address) -> None:
+        self._boxes.pop(endpoint, None)
+
+    def deliver(self, to: Address, frame: bytes, origin: Address | None = None) -> bool:
+        node = node_of(to)
+        if node == self.node_id:
+            box = self._boxes.get(to)
+            if box is None:
+                return False
+            box.push(frame)
+            return True
+        return self._enqueue(node, _FRAME, to, frame, origin)
+
+    def relay(self, link: AnyLink) -> bool:
+        return self._enqueue(node_of(link.to), _LINK, link.to, encode_link(link), None)
+
+    def _enqueue(self, node: str, kind: int, to: str, payload: bytes, origin: Address | None) -> bool:
+        if not self._up or self._closing:
+            return False
+        self._outgoing.setdefault(node, []).append((kind, to, payload, origin))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return True
+
+    async def _write(self) -> None:
+        """The one writer: batches go out in order, one round trip per batch."""
+        try:
+            while self._outgoing:
+                batch, self._outgoing = self._outgoing, {}
+                nodes = list(batch)
+                sends = [self._publish(self.inbox(n), pack([i[:3] for i in batch[n]])) for n in nodes]
+                try:
+                    counts: list[Any] = await asyncio.gather(*sends)
+                except (RedisError, OSError) as exc:
+                    self._went_down(exc)
+                    counts = [0] * len(nodes)
+                self.stats["batches"] += len(nodes)
+                for node, count in zip(nodes, counts, strict=True):
+                    items = batch[node]
+                    self.stats["frames_out"] += len(items)
+                    if not count:
+                        why = "signalling is out of touch with the cluster" if not self._up else f"node {node} is gone"
+                        self._undeliverable(items, why)
+        finally:
+            self._writer = None
+
+    async def _publish(self, channel: str, payload: bytes) -> Any:
+        return await self._r.spublish(channel, payload)
+
+    def _undeliverable(self, items: list[tuple[int, str, bytes, Address | None]], why: str) -> None:
+        assert self._events is not None
+        for _kind, to, _payload, origin in items:
+            self.stats["undeliverable"] += 1
+            if origin is not None:
+                self._events.on_undeliverable(origin, Address(to), why)
+
+    def _on_batch(self, data: bytes) -> None:
+        assert self._events is not None
+        try:
+            items = unpack(data)
+        except ValueError as exc:
+            log.warning("bad_batch", error=str(exc))
+            return
+        for kind, to, payload in items:
+            if kind == _FRAME:
+                self.stats["frames_in"] += 1
+                box = self._boxes.get(Address(to))
+                if box is not None:
+                    box.push(payload)
+            elif kind == _LINK:
+                try:
+                    link = decode_link(payload)
+                except ValueError as exc:
+                    log.warning("bad_link", error=str(exc))
+                    continue
+                self._events.on_link(link)
+
+    # --- directory --------------------------------------------------------------------
+
+    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool) -> str:
+        try:
+            raw = await self._scripts["claim"](
+                keys=[self._k_dir], args=[conn, wanted, old or "", "1" if streaming else "0", self._events_channel]
+            )
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            raise BrokerUnavailable(str(exc)) from None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def announce(self, streamer_id: str, conn: Address, streaming: bool) -> None:
+        self._background(self._announce(streamer_id, conn, streaming))
+
+    async def _announce(self, streamer_id: str, conn: Address, streaming: bool) -> None:
+        ok = await self._scripts["announce"](
+            keys=[self._k_dir], args=[conn, streamer_id, "1" if streaming else "0", self._events_channel]
+        )
+        if not int(ok):
+            log.warning("streamer_id_conflict", streamer=streamer_id, conn=conn)
+
+    def withdraw(self, streamer_id: str, conn: Address) -> None:
+        self._background(self._scripts["withdraw"](keys=[self._k_dir], args=[conn, streamer_id, self._events_channel]))
+
+    def _background(self, call: Awaitable[Any]) -> None:
+        """Directory writes that nobody waits for; a failure is healed by the next re-listing."""
+
+        async def run() -> None:
+            try:
+                await call
+            except (RedisError, OSError) as exc:
+                self._went_down(exc)
+
+        if self._up:
+            task = asyncio.create_task(run())
+            self._tasks.append(task)
+            task.add_done_callback(self._forget)
+        elif asyncio.iscoroutine(call):
+            call.close()
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    def _on_directory_event(self, data: bytes) -> None:
+        assert self._events is not None
+        try:
+            event = orjson.loads(data)
+            op, sid, conn = event[0], str(event[1]), Address(str(event[2]))
+        except (orjson.JSONDecodeError, IndexError, TypeError) as exc:
+            log.warning("bad_directory_event", error=str(exc))
+            return
+        if node_of(conn) == self.node_id:
+            return
+        self._events.on_listing(sid, conn, (str(event[3]) == "1") if op == "+" and len(event) > 3 else None)
+
+    async def _reload_directory(self) -> None:
+        assert self._events is not None
+        raw: dict[Any, Any] = await self._r.hgetall(self._k_dir)
+        listings = []
+        for sid, entry in raw.items():
+            conn, _, streaming = entry.decode().rpartition("|")
+            listings.append((sid.decode(), Address(conn), streaming == "1"))
+        self._events.on_directory(listings)
+
+    # --- single-use tokens ------------------------------------------------------------
+
+    async def first_use(self, token_id: str, expires_at: int) -> bool:
+        """SET NX until the token expires: used once in the whole cluster."""
+        try:
+            return bool(await self._r.set(self._jti + token_id, b"1", nx=True, exat=max(int(expires_at), 1)))
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            raise BrokerUnavailable(str(exc)) from None
+
+    # --- liveness ---------------------------------------------------------------------
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._up:
+            log.warning("cluster_unreachable", node=self.node_id, error=str(exc))
+        self._up = False
+        self._stable_since = None
+
+    async def _beat_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self._ttl_ms / 3000
+        while True:
+            started = loop.time()
+            try:
+                await asyncio.wait_for(self._beat(loop.time()), period * 2)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._went_down(exc)
+            await asyncio.sleep(max(0.0, period - (loop.time() - started)))
+
+    async def _beat(self, now: float) -> None:
+        assert self._events is not None
+        stable = self._stable_since is not None and now - self._stable_since >= self._ttl_ms / 1000
+        fresh = secrets.token_hex(8)
+        epoch, present, alive, reaped = await self._scripts["beat"](
+            keys=[self._k_nodes, self._k_epoch, self._k_dir],
+            args=[self.node_id, self._ttl_ms, fresh, "1" if stable else "0", self._events_channel],
+        )
+        epoch = epoch.decode()
+        alive_now = {n.decode() for n in alive}
+        rejoined = not self._up
+        if self._registered and epoch == self._epoch and not int(present):
+            log.warning("cut_off_from_cluster", node=self.node_id)
+            self._events.on_cut_off()
+            rejoined = True
+        elif self._epoch is not None and epoch != self._epoch:
+            log.warning("cluster_state_lost", node=self.node_id)  # Redis came back empty: list again
+            self._stable_since = None
+            stable = False
+            rejoined = True
+        if rejoined or not self._registered:
+            await self._relist()
+            await self._reload_directory()
+        if self._stable_since is None:
+            self._stable_since = now
+        if stable:
+            for node in sorted(self._seen - alive_now - {self.node_id}):
+                self.stats["lost_nodes"] += 1
+                log.warning("node_lost", node=node, reaped=node.encode() in reaped)
+                self._events.on_node_lost(node)
+            self._seen = alive_now
+        else:
+            self._seen |= alive_now  # no verdicts until this node has a whole TTL of beats
+        self._epoch, self._registered, self._up = epoch, True, True
+        self._joined.set()
+
+    async def _relist(self) -> None:
+        listings = getattr(self._events, "local_listings", None)
+        if listings is None:
+            return
+        for sid, conn, streaming in listings():
+            await self._announce(sid, conn, streaming)
+
+    # --- subscriptions ----------------------------------------------------------------
+
+    async def _listen(self, channels: list[str], handle: Callable[[bytes], None], joined: asyncio.Event | None) -> None:
+        """Sharded subscription kept up across Redis restarts and failovers."""
+        attempt = 0
+        while True:
+            pubsub: PubSub | None = None
+            try:
+                pubsub = self._r.pubsub()
+                await pubsub.ssubscribe(*channels)
+                if joined is not None:
+                    await self._reload_directory_safely()
+                    joined.set()
+                elif self._up:
+                    await self._reload_directory()  # events may have been missed while away
+                attempt = 0
+                while True:
+                    msg = await self._next_message(pubsub)
+                    if msg is not None and msg.get("type") == "smessage":
+                        handle(msg["data"])
+            except (RedisError, OSError) as exc:
+                self._went_down(exc)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+            attempt += 1
+
+    async def _next_message(self, pubsub: PubSub) -> dict[str, Any] | None:
+        if self._cluster:
+            msg: dict[str, Any] | None = await pubsub.get_sharded_message(  # type: ignore[attr-defined]
+                ignore_subscribe_messages=True, timeout=1.0
+            )
+            return msg
+        plain: dict[str, Any] | None = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        return plain
+
+    async def _reload_directory_safely(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._reload_directory()

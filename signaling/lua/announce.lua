@@ -1,0 +1,12 @@
+--! include: prelude
+-- List (or update) a streamer this connection holds; refused when another holds the id
+-- (two nodes claimed it while the directory was unreachable: the first keeps it).
+-- KEYS[1]  {P:sig}:dir
+-- ARGV[1]  address   ARGV[2] streamer id   ARGV[3] streaming ('0'/'1')   ARGV[4] event channel
+-- Returns 1 when listed, 0 when the id belongs to another connection.
+local dir, address, id, streaming, channel = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local held = owner(redis.call('HGET', dir, id))
+if held and held ~= address then return 0 end
+redis.call('HSET', dir, id, address .. '|' .. streaming)
+publish(channel, {'+', id, address, streaming})
+return 1

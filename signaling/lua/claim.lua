@@ -1,0 +1,34 @@
+--! include: prelude
+-- Commit a streamer id for one connection, unique in the cluster by Epic's rule:
+-- "Cam" wanted while "Cam" (or "Cam<N>") is held by another -> "Cam<max N + 1>".
+-- KEYS[1]  {P:sig}:dir     hash: streamer id -> entry
+-- ARGV[1]  the connection's address
+-- ARGV[2]  the id it wants
+-- ARGV[3]  the id it holds now ('' = none): released if the id changes
+-- ARGV[4]  whether it streams ('0' or '1')
+-- ARGV[5]  the directory's event channel
+-- Returns the committed id.
+local dir, address, wanted, old, streaming, channel = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local top = -1
+local entries = redis.call('HGETALL', dir)
+for i = 1, #entries, 2 do
+  local id = entries[i]
+  if owner(entries[i + 1]) ~= address and string.sub(id, 1, #wanted) == wanted then
+    local rest = string.sub(id, #wanted + 1)
+    if rest == '' then
+      if top < 0 then top = 0 end
+    elseif string.match(rest, '^%d+$') then
+      local n = tonumber(rest)
+      if n > top then top = n end
+    end
+  end
+end
+local committed = wanted
+if top >= 0 then committed = wanted .. tostring(top + 1) end
+if old ~= '' and old ~= committed and owner(redis.call('HGET', dir, old)) == address then
+  redis.call('HDEL', dir, old)
+  publish(channel, {'-', old, address})
+end
+redis.call('HSET', dir, committed, address .. '|' .. streaming)
+publish(channel, {'+', committed, address, streaming})
+return committed
