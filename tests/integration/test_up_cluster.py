@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from pathlib import Path
 
 import aiohttp
 
+from loadtest.synthetic_player import SyntheticPlayer
 from pixelfleet.up_cluster import Cluster
 from signaling.config import Settings
-from tests.conftest import StartProcess
+from tests.conftest import StartProcess, require_binary
 
 WAIT = 60.0
 
@@ -69,3 +71,28 @@ async def test_nodes_behind_the_balancer_share_the_load_survive_a_kill_and_stop_
         await cluster.stop()
     await _until_gone(pids)
     assert cluster.nodes == [] and cluster.balancer is None
+
+
+async def test_up_three_nodes_a_player_reaches_a_streamer_on_another_node(start_process: StartProcess) -> None:
+    require_binary("redis-server")
+    up = await start_process(
+        "up",
+        *("--nodes", "3", "--streamers", "1", "--width", "320", "--height", "240", "--fps", "15"),
+        *("--player-port", "0", "--streamer-port", "0", "--sfu-port", "-1", "--log-format", "json"),
+        new_session=True,
+    )
+    banner = await up.wait_for_line("pixelfleet is up", WAIT)
+    page = banner.split("open ", 1)[1].split("?", 1)[0]
+    nodes_line = await up.wait_for_line("  nodes: ", WAIT)
+    redis_pid = int((await up.wait_for_line("  state: ", WAIT)).rsplit("pid ", 1)[1])
+    nodes = [(int(pid), int(port)) for pid, port in re.findall(r"pid (\d+) \(:(\d+)\)", nodes_line)]
+    assert len(nodes) == 3
+    # Streamer1 is connected to one node: a player on each node reaches it, so at least two
+    # of the three cross nodes; and one more comes in through the balancer, as a browser does.
+    urls = [f"ws://127.0.0.1:{port}/" for _, port in nodes] + [page.replace("http://", "ws://")]
+    for url in urls:
+        async with SyntheticPlayer(url, "Streamer1") as player:
+            await player.wait_frames(3, WAIT)
+            assert player.subscribed_to == "Streamer1"
+    assert await up.stop(signal.SIGINT, WAIT) == 0
+    await _until_gone([pid for pid, _ in nodes] + [redis_pid])

@@ -1,0 +1,303 @@
+"""Signalling cluster benchmark: 1 node vs 3 nodes on one Redis, and the broker's cost.
+
+Four set-ups, one after the other, each on fresh server processes and fresh generators
+(`loadtest.bench_client`, the signalling benchmark's load generators):
+
+- ``bare``: the bare aiohttp relay (`loadtest.bare_relay`), the ceiling;
+- ``memory1``: one pixelfleet node with the in-memory broker;
+- ``redis1``: one node with the Redis broker (every message still stays on the node);
+- ``redis3``: three nodes on the same Redis.
+
+Each generator puts its streamers on one node and its players on one node; generator g
+uses node ``g % N`` for streamers and ``2g % N`` for players, so with three generators per
+three nodes every node gets a share of each and two generators out of three cross nodes.
+The share of relayed messages that crossed nodes is counted from what each generator
+relayed, and the handshake latency is reported for same-node and cross-node generators
+apart. CPU is the sum over the node processes (Redis apart), per 100,000 relayed messages.
+
+    python -m loadtest.bench_cluster --streamers 30 --players 300 --relay-seconds 10 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench_signaling import (
+    PIXELFLEET_ARGS,
+    GenProc,
+    ProcTree,
+    Server,
+    Snapshot,
+    machine_info,
+    now,
+    percentile,
+    quiesce,
+)
+from pixelfleet.children import ChildProcess
+from pixelfleet.net import free_port
+
+TARGETS = {
+    "cross_p99_added_ms": ("handshake p99, cross-node minus 1 node (ms)", "<", 2.0),
+    "per_cpu_3_vs_1": ("relayed per node-CPU second, 3 nodes / 1 node", ">=", 0.8),
+    "redis1_vs_bare": ("relayed msgs/s, 1 node with Redis / bare relay", ">=", 0.75),
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    nodes: int
+    broker: str  # bare | memory | redis
+
+
+SETUPS = (
+    Setup("bare", 1, "bare"),
+    Setup("memory1", 1, "memory"),
+    Setup("redis1", 1, "redis"),
+    Setup("redis3", 3, "redis"),
+)
+
+
+class Nodes(ProcTree):
+    """The CPU of several server processes together (what ``Snapshot`` reads)."""
+
+    def __init__(self, trees: Sequence[ProcTree]) -> None:  # no psutil.Process of its own
+        self.trees = list(trees)
+
+    def cpu(self) -> float:
+        return sum(t.cpu() for t in self.trees)
+
+    def rss(self) -> int:
+        return sum(t.rss() for t in self.trees)
+
+
+def node_command(setup: Setup, host: str, redis_url: str) -> tuple[list[str], dict[str, int]]:
+    player, streamer = free_port(host), free_port(host)
+    if setup.broker == "bare":
+        return [sys.executable, "-m", "loadtest.bare_relay", "--host", host, "--player-port", str(player),
+                "--streamer-port", str(streamer)], {"player": player, "streamer": streamer}  # fmt: skip
+    state = redis_url if setup.broker == "redis" else "memory://"
+    cmd = [sys.executable, "-m", "pixelfleet", "signaling", "--host", host, "--player-port", str(player),
+           "--streamer-port", str(streamer), "--sfu-port", "-1", "--state-url", state, *PIXELFLEET_ARGS]  # fmt: skip
+    return cmd, {"player": player, "streamer": streamer}
+
+
+def placement(g: int, nodes: int) -> tuple[int, int]:
+    """(streamer node, player node) of generator ``g``."""
+    return g % nodes, (2 * g) % nodes
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1000
+
+
+async def run_setup(
+    setup: Setup, opts: argparse.Namespace, logdir: Path, redis_url: str, redis: ProcTree
+) -> dict[str, Any]:
+    S, P, G = opts.streamers, opts.players, opts.generators
+    servers: list[Server] = []
+    gens: list[GenProc] = []
+    try:
+        for i in range(setup.nodes):
+            cmd, ports = node_command(setup, opts.host, redis_url)
+            servers.append(
+                Server(f"{setup.name}-node{i}", cmd, ports, opts.host, str(logdir / f"{setup.name}-node{i}.log"))
+            )
+        nodes = Nodes([await s.start() for s in servers])
+        for g in range(G):
+            cfg = {"host": opts.host, "streamers": [s for s in range(S) if s % G == g],
+                   "players": [[i, i % S] for i in range(P) if (i % S) % G == g], "client": "raw",
+                   "timeout": opts.timeout}  # fmt: skip
+            gens.append(await GenProc.start(g, cfg, str(logdir), setup.name))
+        await asyncio.gather(*(g.call(30, "hello") for g in gens))
+        where = [placement(g, setup.nodes) for g in range(G)]
+        await asyncio.gather(*(
+            g.call(opts.timeout + 5, "streamers", port=servers[s].ports["streamer"])
+            for g, (s, _) in zip(gens, where, strict=True)
+        ))  # fmt: skip
+        await quiesce(nodes)
+        crossing = [s != p for s, p in where]
+
+        start_at = now() + 0.2
+        inflight = max(1, opts.inflight // G)
+        hs = await asyncio.gather(*(
+            g.call(opts.timeout * 4 + P, "handshake", port=servers[p].ports["player"], start_at=start_at,
+                   inflight=inflight)
+            for g, (_, p) in zip(gens, where, strict=True)
+        ))  # fmt: skip
+        lat = [x for o in hs for x in o["latency"]]
+        end = max(o["end"] for o in hs)
+        handshake = {
+            "ok": len(lat),
+            "failed": sum(o["failed"] for o in hs),
+            "per_s": len(lat) / (end - start_at) if end > start_at else None,
+            "p50_ms": _ms(percentile(lat, 0.5)),
+            "p99_ms": _ms(percentile(lat, 0.99)),
+        }
+        for label, want in (("same_node", False), ("cross_node", True)):
+            part = [x for o, c in zip(hs, crossing, strict=True) if c == want for x in o["latency"]]
+            handshake[f"{label}_p99_ms"] = _ms(percentile(part, 0.99))
+
+        await quiesce(nodes)
+        warmup, grace = opts.relay_warmup, 5.0
+        start_at = now() + warmup + 0.2
+        calls = [asyncio.ensure_future(g.call(opts.relay_seconds + warmup + grace + 30, "relay", start_at=start_at,
+                                              seconds=opts.relay_seconds, k=opts.k, warmup=warmup, grace=grace))
+                 for g in gens]  # fmt: skip
+        await asyncio.sleep(max(0.0, start_at - now()))
+        before, redis_before = Snapshot(nodes, [g.tree for g in gens]), redis.cpu()
+        await asyncio.sleep(max(0.0, start_at + opts.relay_seconds - now()))
+        cpu = Snapshot(nodes, [g.tree for g in gens]).since(before)
+        redis_cpu = redis.cpu() - redis_before if setup.broker == "redis" else None
+        outs = await asyncio.gather(*calls)
+        each = [o["hop_to_streamer"] + o["hop_to_player"] for o in outs]
+        relayed = sum(each)
+        relay = {
+            "relayed": relayed,
+            "per_s": relayed / opts.relay_seconds,
+            "lost": sum(o["lost"] for o in outs),
+            "node_cpu_s": cpu["server_cpu_s"],
+            "node_cores": cpu["server_cores"],
+            "node_cpu_per_100k": cpu["server_cpu_s"] / relayed * 1e5 if relayed else None,
+            "redis_cpu_per_100k": redis_cpu / relayed * 1e5 if relayed and redis_cpu is not None else None,
+            "crossed_share": sum(n for n, c in zip(each, crossing, strict=True) if c) / relayed if relayed else None,
+            "machine_busy": cpu["machine_busy"],
+        }
+        stats = await asyncio.gather(*(g.call(30, "stats") for g in gens))
+        return {
+            "nodes": setup.nodes,
+            "broker": setup.broker,
+            "handshake": handshake,
+            "relay": relay,
+            "client_errors": sum(s["errors"] for s in stats),
+            "closed_by_server": sum(s["closed_by_server"] for s in stats),
+        }
+    finally:
+        await asyncio.gather(*(g.stop() for g in gens), return_exceptions=True)
+        for s in servers:
+            await s.stop()
+
+
+def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    def get(name: str, *path: str) -> Any:
+        value: Any = res.get(name)
+        for key in path:
+            value = None if value is None else value.get(key)
+        return value
+
+    def div(a: Any, b: Any) -> float | None:
+        return a / b if a is not None and b else None
+
+    one_cpu, three_cpu = get("redis1", "relay", "node_cpu_per_100k"), get("redis3", "relay", "node_cpu_per_100k")
+    cross, one = get("redis3", "handshake", "cross_node_p99_ms"), get("redis1", "handshake", "p99_ms")
+    return {
+        "cross_p99_added_ms": cross - one if cross is not None and one is not None else None,
+        "per_cpu_3_vs_1": div(one_cpu, three_cpu),
+        "throughput_3_vs_1": div(get("redis3", "relay", "per_s"), get("redis1", "relay", "per_s")),
+        "redis1_vs_bare": div(get("redis1", "relay", "per_s"), get("bare", "relay", "per_s")),
+        "memory1_vs_bare": div(get("memory1", "relay", "per_s"), get("bare", "relay", "per_s")),
+        "redis1_vs_memory1": div(get("redis1", "relay", "per_s"), get("memory1", "relay", "per_s")),
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    def f(v: Any, fmt: str = "{:,.1f}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    lines = [f"{'setup':<8} {'hs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x-node p99':>10} {'msgs/s':>9} "
+             f"{'node CPU s/100k':>15} {'Redis CPU s/100k':>16} {'crossed':>7}"]  # fmt: skip
+    for name, r in report["setups"].items():
+        h, x = r["handshake"], r["relay"]
+        lines.append(
+            f"{name:<8} {f(h['per_s'], '{:,.0f}'):>8} {f(h['p50_ms']):>7} {f(h['p99_ms']):>7} "
+            f"{f(h['cross_node_p99_ms']):>10} {f(x['per_s'], '{:,.0f}'):>9} {f(x['node_cpu_per_100k'], '{:.2f}'):>15} "
+            f"{f(x['redis_cpu_per_100k'], '{:.2f}'):>16} {f(x['crossed_share'], '{:.0%}'):>7}"
+        )
+    lines.append("")
+    ratio = report["ratios"]
+    for key, (what, op, target) in TARGETS.items():
+        value = ratio.get(key)
+        met = None if value is None else (value < target if op == "<" else value >= target)
+        verdict = "n/a" if met is None else ("met" if met else "MISSED")
+        lines.append(f"{what}: {f(value, '{:.2f}')} (target {op} {target}: {verdict})")
+    for key in ("throughput_3_vs_1", "memory1_vs_bare", "redis1_vs_memory1"):
+        lines.append(f"{key.replace('_', ' ')}: {f(ratio.get(key), '{:.2f}')}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.bench_cluster", description=__doc__.split("\n")[0])
+    ap.add_argument("--streamers", type=int, default=30, help="streamers (default 30)")
+    ap.add_argument("--players", type=int, default=300, help="players (default 300)")
+    ap.add_argument("--inflight", type=int, default=30, help="handshakes in flight, all generators (default 30)")
+    ap.add_argument("--relay-seconds", type=float, default=10.0, help="relay window, s (default 10)")
+    ap.add_argument("--relay-warmup", type=float, default=1.0, help="relay warm-up before the window, s (default 1)")
+    ap.add_argument("-k", "--k", type=int, default=1, help="relay messages in flight per pair (default 1)")
+    ap.add_argument("--generators", type=int, default=3, help="generator processes (default 3: 2 of 3 cross nodes)")
+    ap.add_argument("--setups", default=",".join(s.name for s in SETUPS), help="which set-ups, comma-separated")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--timeout", type=float, default=30.0, help="per-connection and per-handshake timeout, s")
+    ap.add_argument("--json", help="also write the full report to this file")
+    opts = ap.parse_args(argv)
+    by_name = {s.name: s for s in SETUPS}
+    names = [n for n in opts.setups.split(",") if n]
+    if not names or any(n not in by_name for n in names):
+        ap.error(f"--setups: a comma-separated list of {', '.join(by_name)}")
+    opts.setups = [by_name[n] for n in names]
+    if opts.players < opts.streamers or opts.streamers < opts.generators:
+        ap.error("need players >= streamers >= generators")
+    return opts
+
+
+async def run(opts: argparse.Namespace) -> dict[str, Any]:
+    from pixelfleet.up_cluster import redis_argv
+
+    logdir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "bench_cluster: redis-server is not installed (Debian/Ubuntu: apt-get install -y redis-server)"
+        )
+    port = free_port(opts.host)
+    redis = await ChildProcess.start("redis-server", redis_argv(binary, port), logdir / "redis.log")
+    try:
+        await redis.wait_for_port(port, 30)
+        results: dict[str, dict[str, Any]] = {}
+        for setup in opts.setups:
+            print(f"[bench_cluster] {setup.name}: {setup.nodes} node(s), {setup.broker}", file=sys.stderr, flush=True)
+            results[setup.name] = await run_setup(
+                setup, opts, logdir, f"redis://{opts.host}:{port}/0", ProcTree(redis.proc.pid)
+            )
+    finally:
+        await redis.stop()
+    return {
+        "machine": machine_info(),
+        "options": {k: v for k, v in vars(opts).items() if k != "setups"} | {"setups": [s.name for s in opts.setups]},
+        "logs": str(logdir),
+        "setups": results,
+        "ratios": ratios(results),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvloop
+
+    opts = parse_args(argv)
+    report = uvloop.run(run(opts))
+    print(render(report))
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
