@@ -1,0 +1,1 @@
+"""pixelfleet on AWS as code: the CDK app's stacks (see docs/deploy.md)."""

@@ -1,0 +1,193 @@
+"""One GPU pool: the two Auto Scaling groups the autoscaler drives.
+
+- On-Demand (G5/G6) with a warm pool of stopped, pre-initialised hosts: the baseline and
+  the hosts that must not vanish mid-session. A warm host starts in about a minute instead
+  of the UE build's full cold start.
+- Spot for bursts, capacity-optimised over every listed type, no warm pool (a Spot host can
+  be taken back at any time, so keeping stopped ones buys nothing).
+
+Both start the agent from the launch template's user data; scale-in protection is left to
+the autoscaler, which drains a host (``POST /admin/hosts/{id}/drain``) before it lets go.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from pixelfleet_deploy.config import GpuPool, StageConfig
+from pixelfleet_deploy.data import DataStack
+
+AGENT_METRICS_PORT = 9102
+IMDS_TOKEN = (
+    "TOKEN=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')"
+)
+CLOUDWATCH_NAMESPACE = "Pixelfleet"
+
+
+def agent_user_data(
+    *, stage: StageConfig, pool: GpuPool, region: str, image: str, matchmaker_url: str, agent_token_arn: str
+) -> list[str]:
+    """Shell lines that start the agent container on a host with the NVIDIA container runtime."""
+    env = {
+        "PIXELFLEET_AGENT__MATCHMAKER_URL": matchmaker_url,
+        "PIXELFLEET_AGENT__APP": pool.app,
+        "PIXELFLEET_AGENT__REGION": region,
+        "PIXELFLEET_AGENT__CLOUDWATCH_NAMESPACE": CLOUDWATCH_NAMESPACE,
+        "PIXELFLEET_LOG_FORMAT": "json",
+    }
+    flags = " ".join(f"-e {k}={v}" for k, v in env.items())
+    return [
+        "set -euo pipefail",
+        IMDS_TOKEN,
+        'meta() { curl -sf -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/$1; }',
+        "AZ=$(meta placement/availability-zone); HOST_ID=$(meta instance-id)",
+        f"AGENT_TOKEN=$(aws secretsmanager get-secret-value --region {region} --secret-id {agent_token_arn}"
+        " --query SecretString --output text)",
+        f"aws ecr get-login-password --region {region}"
+        f" | docker login --username AWS --password-stdin {image.split('/')[0]}",
+        f"docker pull {image}",
+        "docker run -d --name pixelfleet-agent --restart unless-stopped --runtime nvidia --gpus all"
+        f' --network host -e PIXELFLEET_AGENT_TOKEN="$AGENT_TOKEN" -e PIXELFLEET_AGENT__HOST_ID="$HOST_ID"'
+        f' -e PIXELFLEET_AGENT__AZ="$AZ" {flags} {image}',
+    ]
+
+
+class GpuFleetStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        stage: StageConfig,
+        pool: GpuPool,
+        vpc: ec2.IVpc,
+        data: DataStack,
+        matchmaker_url: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, **kwargs)
+        self.role = iam.Role(
+            self,
+            "HostRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="GPU host: read its secret and builds, pull its image, publish metrics",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+        )
+        data.agent_token.grant_read(self.role)
+        data.repositories["agent"].grant_pull(self.role)
+        # Named actions on named keys (grant_read/grant_put would add s3:GetObject*, s3:List* and
+        # kms:GenerateDataKey*): read UE builds, write this pool's logs, under the data key.
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[data.imported(self, "artifacts").arn_for_objects("builds/*")]
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject"],
+                resources=[data.imported(self, "logs").arn_for_objects(f"agents/{pool.name}/*")],
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[data.key.key_arn])
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],  # PutMetricData has no resource type; the namespace condition narrows it
+                conditions={"StringEquals": {"cloudwatch:namespace": CLOUDWATCH_NAMESPACE}},
+            )
+        )
+        self.security_group = ec2.SecurityGroup(self, "HostSg", vpc=vpc, description=f"GPU pool {pool.name}")
+        self.security_group.add_ingress_rule(
+            ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.tcp(AGENT_METRICS_PORT), "agent metrics from the VPC"
+        )
+        self.security_group.add_ingress_rule(
+            ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.udp_range(1024, 65535), "WebRTC media from coturn relays"
+        )
+        user_data = ec2.UserData.for_linux()
+        user_data.add_commands(
+            *agent_user_data(
+                stage=stage,
+                pool=pool,
+                region=self.region,
+                image=data.repositories["agent"].repository_uri_for_tag(stage.image_tag),
+                matchmaker_url=matchmaker_url,
+                agent_token_arn=data.agent_token.secret_arn,
+            )
+        )
+        self.launch_template = ec2.LaunchTemplate(
+            self,
+            "LaunchTemplate",
+            machine_image=ec2.MachineImage.from_ssm_parameter(pool.image_id_ssm_parameter),
+            instance_type=ec2.InstanceType(pool.instance_types[0]),
+            role=self.role,
+            security_group=self.security_group,
+            user_data=user_data,
+            require_imdsv2=True,
+            detailed_monitoring=True,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/sda1",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        pool.root_volume_gb, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3
+                    ),
+                )
+            ],
+        )
+        overrides = [
+            autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in pool.instance_types
+        ]
+        private = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        self.on_demand = autoscaling.AutoScalingGroup(
+            self,
+            "OnDemand",
+            vpc=vpc,
+            vpc_subnets=private,
+            min_capacity=pool.on_demand_min,
+            max_capacity=pool.on_demand_max,
+            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                launch_template=self.launch_template,
+                launch_template_overrides=overrides,
+                instances_distribution=autoscaling.InstancesDistribution(
+                    on_demand_base_capacity=pool.on_demand_max,
+                    on_demand_percentage_above_base_capacity=100,
+                    on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
+                ),
+            ),
+            health_checks=autoscaling.HealthChecks.ec2(grace_period=Duration.minutes(10)),
+            group_metrics=[autoscaling.GroupMetrics.all()],
+            default_instance_warmup=Duration.minutes(5),
+        )
+        if pool.warm_pool_size > 0:
+            self.on_demand.add_warm_pool(
+                min_size=pool.warm_pool_size,
+                pool_state=autoscaling.PoolState.STOPPED,
+                reuse_on_scale_in=True,
+            )
+        self.spot = autoscaling.AutoScalingGroup(
+            self,
+            "Spot",
+            vpc=vpc,
+            vpc_subnets=private,
+            min_capacity=0,
+            max_capacity=pool.spot_max,
+            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                launch_template=self.launch_template,
+                launch_template_overrides=overrides,
+                instances_distribution=autoscaling.InstancesDistribution(
+                    on_demand_base_capacity=0,
+                    on_demand_percentage_above_base_capacity=0,
+                    spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+                ),
+            ),
+            capacity_rebalance=True,
+            health_checks=autoscaling.HealthChecks.ec2(grace_period=Duration.minutes(10)),
+            group_metrics=[autoscaling.GroupMetrics.all()],
+        )

@@ -1,0 +1,172 @@
+"""The delivery pipeline: source -> build the three images and the UE build (in containers)
+-> deploy signalling and the matchmaker. The deploy step is a plain ECS service update;
+the services' blue/green strategy (control_plane.py) does the switch and the rollback.
+
+The source is a CodeStar connection when ``source_connection_arn`` is set, else a zip the
+operator uploads to the artifacts bucket (``source/pixelfleet.zip``), so the app stays
+account-agnostic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_codebuild as codebuild
+from aws_cdk import aws_codepipeline as codepipeline
+from aws_cdk import aws_codepipeline_actions as actions
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from pixelfleet_deploy.config import StageConfig
+from pixelfleet_deploy.control_plane import ControlPlaneStack
+from pixelfleet_deploy.data import IMAGES, DataStack
+
+SOURCE_KEY = "source/pixelfleet.zip"
+
+
+def image_build_spec(registry: str, repositories: dict[str, str]) -> dict[str, Any]:
+    """docker build + push of every image, tagged with the commit; imagedefinitions for ECS."""
+    builds = [f"docker build -f deploy/docker/{name}.Dockerfile -t {uri}:$TAG ." for name, uri in repositories.items()]
+    pushes = [f"docker push {uri}:$TAG" for uri in repositories.values()]
+    control = repositories["control-plane"]
+    return {
+        "version": "0.2",
+        "phases": {
+            "pre_build": {
+                "commands": [
+                    "TAG=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}",
+                    f"aws ecr get-login-password | docker login --username AWS --password-stdin {registry}",
+                ]
+            },
+            "build": {"commands": builds},
+            "post_build": {
+                "commands": [
+                    *pushes,
+                    f'printf \'[{{"name":"app","imageUri":"%s"}}]\' "{control}:$TAG" > imagedefinitions.json',
+                ]
+            },
+        },
+        "artifacts": {"files": ["imagedefinitions.json"]},
+    }
+
+
+def ue_build_spec(bucket: str) -> dict[str, Any]:
+    """Package the UE project inside the UE build container and store it for the GPU hosts."""
+    return {
+        "version": "0.2",
+        "phases": {
+            "build": {
+                "commands": [
+                    "RunUAT.sh BuildCookRun -project=$PWD/ue/$UE_PROJECT.uproject -platform=Linux"
+                    " -clientconfig=Shipping -build -cook -stage -package -archive -archivedirectory=$PWD/out",
+                    "TAG=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}",
+                    "tar -C out -czf build.tgz .",
+                    f"aws s3 cp build.tgz s3://{bucket}/builds/$UE_PROJECT/$TAG.tgz",
+                ]
+            }
+        },
+    }
+
+
+class PipelineStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        stage: StageConfig,
+        data: DataStack,
+        control: ControlPlaneStack,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, **kwargs)
+        artifacts = data.imported(self, "artifacts")
+        source_out = codepipeline.Artifact("Source")
+        images_out = codepipeline.Artifact("Images")
+        source: actions.Action
+        if stage.source_connection_arn:
+            source = actions.CodeStarConnectionsSourceAction(
+                action_name="Source",
+                connection_arn=stage.source_connection_arn,
+                owner=stage.source_repository.split("/")[0],
+                repo=stage.source_repository.split("/")[-1],
+                branch=stage.source_branch,
+                output=source_out,
+            )
+        else:
+            source = actions.S3SourceAction(
+                action_name="Source",
+                bucket=artifacts,
+                bucket_key=SOURCE_KEY,
+                output=source_out,
+                trigger=actions.S3Trigger.NONE,
+            )
+        repositories = {name: data.repositories[name].repository_uri for name in IMAGES}
+        registry = f"{self.account}.dkr.ecr.{self.region}.amazonaws.com"
+        images = codebuild.PipelineProject(
+            self,
+            "Images",
+            description="build and push the control plane, agent and coturn images",
+            environment=codebuild.BuildEnvironment(
+                build_image=codebuild.LinuxBuildImage.STANDARD_7_0,
+                compute_type=codebuild.ComputeType.MEDIUM,
+                privileged=True,
+            ),
+            build_spec=codebuild.BuildSpec.from_object(image_build_spec(registry, repositories)),
+            encryption_key=data.key,
+            timeout=Duration.minutes(30),
+        )
+        for repo in data.repositories.values():
+            repo.grant_pull_push(images)
+        # GetAuthorizationToken has no resource type: it can only be granted on "*".
+        images.add_to_role_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
+        ue_build = codebuild.PipelineProject(
+            self,
+            "UeBuild",
+            description="package the UE project in the UE build container",
+            environment=codebuild.BuildEnvironment(
+                build_image=codebuild.LinuxBuildImage.from_docker_registry(stage.ue_build_image)
+                if stage.ue_build_image
+                else codebuild.LinuxBuildImage.STANDARD_7_0,
+                compute_type=codebuild.ComputeType.X2_LARGE,
+                environment_variables={"UE_PROJECT": codebuild.BuildEnvironmentVariable(value="Game")},
+            ),
+            build_spec=codebuild.BuildSpec.from_object(ue_build_spec(artifacts.bucket_name)),
+            encryption_key=data.key,
+            timeout=Duration.hours(4),
+        )
+        ue_build.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:PutObject"], resources=[artifacts.arn_for_objects("builds/*")])
+        )
+        self.pipeline = codepipeline.Pipeline(
+            self,
+            "Pipeline",
+            pipeline_type=codepipeline.PipelineType.V2,
+            artifact_bucket=artifacts,
+            restart_execution_on_update=True,
+            stages=[
+                codepipeline.StageProps(stage_name="Source", actions=[source]),
+                codepipeline.StageProps(
+                    stage_name="Build",
+                    actions=[
+                        actions.CodeBuildAction(
+                            action_name="Images", project=images, input=source_out, outputs=[images_out]
+                        ),
+                        actions.CodeBuildAction(action_name="UeBuild", project=ue_build, input=source_out),
+                    ],
+                ),
+                codepipeline.StageProps(
+                    stage_name="Deploy",
+                    actions=[
+                        actions.EcsDeployAction(
+                            action_name=f"Deploy{service.node.id}",
+                            service=service,
+                            input=images_out,
+                            deployment_timeout=Duration.minutes(60),
+                        )
+                        for service in (control.signaling, control.matchmaker)
+                    ],
+                ),
+            ],
+        )

@@ -1,0 +1,82 @@
+"""One stage = one set of stacks, named ``pixelfleet-<stage>-<part>``, wired together here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aws_cdk import App, Environment, Stack, Tags, Validations
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
+
+from pixelfleet_deploy.config import StageConfig
+from pixelfleet_deploy.control_plane import MATCHMAKER_PORT, ControlPlaneStack
+from pixelfleet_deploy.data import DataStack
+from pixelfleet_deploy.gpu_fleet import GpuFleetStack
+from pixelfleet_deploy.nag import suppress
+from pixelfleet_deploy.network import NetworkStack
+from pixelfleet_deploy.observability import ObservabilityStack
+from pixelfleet_deploy.pipeline import PipelineStack
+from pixelfleet_deploy.turn_relay import TurnStack
+
+
+def new_app(outdir: str | None = None) -> App:
+    """The App ``app.py`` and the tests synthesize into (one place for its options)."""
+    return App(outdir=outdir)
+
+
+@dataclasses.dataclass
+class Stage:
+    network: NetworkStack
+    data: DataStack
+    control: ControlPlaneStack
+    turn: TurnStack
+    fleets: dict[str, GpuFleetStack]
+    observability: ObservabilityStack
+    pipeline: PipelineStack
+
+    def stacks(self) -> list[Stack]:
+        return [
+            self.network,
+            self.data,
+            self.control,
+            self.turn,
+            *self.fleets.values(),
+            self.observability,
+            self.pipeline,
+        ]
+
+
+def build_stage(app: App, stage: StageConfig, env: Environment | None = None, *, hipaa: bool = True) -> Stage:
+    """Every stack of ``stage``, with cdk-nag's AwsSolutions (and HIPAA Security) checks on them."""
+    prefix = f"pixelfleet-{stage.name}"
+    network = NetworkStack(app, f"{prefix}-network", stage=stage, env=env)
+    vpc = network.vpc
+    data = DataStack(app, f"{prefix}-data", stage=stage, vpc=vpc, env=env)
+    control = ControlPlaneStack(app, f"{prefix}-control", stage=stage, vpc=vpc, data=data, env=env)
+    turn = TurnStack(app, f"{prefix}-turn", stage=stage, vpc=vpc, data=data, env=env)
+    # Agents reach the matchmaker inside the VPC, through the NLB.
+    matchmaker_url = f"http://{control.nlb.load_balancer_dns_name}:{MATCHMAKER_PORT}"
+    fleets = {
+        pool.name: GpuFleetStack(
+            app,
+            f"{prefix}-gpu-{pool.name}",
+            stage=stage,
+            pool=pool,
+            vpc=vpc,
+            data=data,
+            matchmaker_url=matchmaker_url,
+            env=env,
+        )
+        for pool in stage.pools
+    }
+    observability = ObservabilityStack(
+        app, f"{prefix}-observability", stage=stage, control=control, key=data.key, env=env
+    )
+    pipeline = PipelineStack(app, f"{prefix}-pipeline", stage=stage, data=data, control=control, env=env)
+    result = Stage(network, data, control, turn, fleets, observability, pipeline)
+    for stack in result.stacks():
+        Tags.of(stack).add("pixelfleet:stage", stage.name)
+        suppress(stack)
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app, write_suppressions_to_cloud_formation=True))
+    if hipaa:
+        Validations.of(app).add_plugins(HIPAASecurityChecks(app, write_suppressions_to_cloud_formation=True))
+    return result

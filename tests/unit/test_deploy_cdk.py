@@ -1,0 +1,208 @@
+"""The CDK app (deploy/cdk): every stack of a stage synthesizes offline with cdk-nag's
+AwsSolutions and HIPAA Security packs reporting nothing unacknowledged, and the templates
+hold what the platform relies on. One synthesis for the module (about 20 s: jsii + node)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+from aws_cdk import Environment  # noqa: E402
+from aws_cdk.assertions import Match, Template  # noqa: E402
+from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_context  # noqa: E402
+from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
+from pixelfleet_deploy.nag import REASONS  # noqa: E402
+from pixelfleet_deploy.stage import Stage, build_stage, new_app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE = StageConfig(name="test")
+ENV = Environment(account="123456789012", region="us-east-1")
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stage, Path]]:
+    out = tmp_path_factory.mktemp("cdk.out")
+    app = new_app(str(out))
+    stage = build_stage(app, STAGE, ENV)
+    app.synth()  # raises on any unacknowledged cdk-nag finding
+    yield stage, out
+
+
+def template(synthesized: tuple[Stage, Path], part: str) -> Template:
+    _, out = synthesized
+    return Template.from_json(json.loads((out / f"pixelfleet-test-{part}.template.json").read_text()))
+
+
+def test_cdk_nag_reports_nothing_unacknowledged_and_every_acknowledgement_has_a_reason(
+    synthesized: tuple[Stage, Path],
+) -> None:
+    _, out = synthesized
+    report = json.loads((out / "validation-report.json").read_text())
+    packs = {p["pluginName"]: p for p in report["pluginReports"]}
+    assert {"AwsSolutions", "HIPAA.Security"} <= set(packs), sorted(packs)
+    for pack in packs.values():
+        assert pack["violations"] == [], pack["violations"][:3]
+    for part, rules in REASONS.items():
+        for rule, reason in rules.items():
+            assert len(reason) >= 40, f"{part}: {rule}: reason too short"
+
+
+def test_warm_pool_on_the_on_demand_group_and_none_on_spot(synthesized: tuple[Stage, Path]) -> None:
+    stage, _ = synthesized
+    fleet = template(synthesized, "gpu-default")
+    pools = fleet.find_resources("AWS::AutoScaling::WarmPool")
+    assert len(pools) == 1
+    (pool,) = pools.values()
+    fleet_stack = stage.fleets["default"]
+    on_demand = fleet_stack.get_logical_id(fleet_stack.on_demand.node.default_child)  # type: ignore[arg-type]
+    assert pool["Properties"]["AutoScalingGroupName"] == {"Ref": on_demand}
+    assert pool["Properties"]["PoolState"] == "Stopped"
+    groups = fleet.find_resources("AWS::AutoScaling::AutoScalingGroup")
+    distributions = {
+        name: g["Properties"]["MixedInstancesPolicy"]["InstancesDistribution"] for name, g in groups.items()
+    }
+    spot = [n for n, d in distributions.items() if d["OnDemandPercentageAboveBaseCapacity"] == 0]
+    assert len(spot) == 1 and spot[0] != on_demand
+    assert distributions[spot[0]]["OnDemandBaseCapacity"] == 0
+    types = groups[spot[0]]["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
+    assert [t["InstanceType"] for t in types] == ["g5.xlarge", "g6.xlarge"]
+    fleet.has_resource_properties(
+        "AWS::EC2::LaunchTemplate",
+        {"LaunchTemplateData": Match.object_like({"MetadataOptions": {"HttpTokens": "required"}})},
+    )
+
+
+def test_launch_template_user_data_starts_the_agent(synthesized: tuple[Stage, Path]) -> None:
+    fleet = template(synthesized, "gpu-default")
+    (lt,) = fleet.find_resources("AWS::EC2::LaunchTemplate").values()
+    text = json.dumps(lt["Properties"]["LaunchTemplateData"]["UserData"])
+    assert "docker run -d --name pixelfleet-agent" in text and "--runtime nvidia" in text
+    assert "PIXELFLEET_AGENT__MATCHMAKER_URL" in text and "secretsmanager get-secret-value" in text
+
+
+def test_nlb_idle_timeout_and_drain(synthesized: tuple[Stage, Path]) -> None:
+    control = template(synthesized, "control")
+    listeners = control.find_resources("AWS::ElasticLoadBalancingV2::Listener")
+    assert sorted(l_["Properties"]["Port"] for l_ in listeners.values()) == [80, 8888, 9999]
+    for listener in listeners.values():
+        assert listener["Properties"]["Protocol"] == "TCP"
+        assert {"Key": "tcp.idle_timeout.seconds", "Value": str(STAGE.nlb_idle_timeout_s)} in listener["Properties"][
+            "ListenerAttributes"
+        ]
+    groups = control.find_resources("AWS::ElasticLoadBalancingV2::TargetGroup")
+    assert len(groups) == 6  # blue and green per listener
+    for group in groups.values():
+        attrs = {a["Key"]: a["Value"] for a in group["Properties"]["TargetGroupAttributes"]}
+        assert attrs["deregistration_delay.timeout_seconds"] == str(STAGE.drain_s)
+
+
+def test_global_accelerator_listens_on_the_nlb_ports(synthesized: tuple[Stage, Path]) -> None:
+    control = template(synthesized, "control")
+    (listener,) = control.find_resources("AWS::GlobalAccelerator::Listener").values()
+    ports = sorted((r["FromPort"], r["ToPort"]) for r in listener["Properties"]["PortRanges"])
+    assert ports == [(80, 80), (8888, 8888), (9999, 9999)]
+    assert listener["Properties"]["Protocol"] == "TCP"
+    control.resource_count_is("AWS::GlobalAccelerator::EndpointGroup", 1)
+
+
+def test_services_deploy_blue_green(synthesized: tuple[Stage, Path]) -> None:
+    control = template(synthesized, "control")
+    services = control.find_resources("AWS::ECS::Service")
+    assert len(services) == 2
+    for service in services.values():
+        assert service["Properties"]["DeploymentConfiguration"]["Strategy"] == "BLUE_GREEN"
+        for lb in service["Properties"]["LoadBalancers"]:
+            assert "AlternateTargetGroupArn" in lb["AdvancedConfiguration"]
+
+
+def test_turn_security_group_opens_the_relay_ports(synthesized: tuple[Stage, Path]) -> None:
+    turn = template(synthesized, "turn")
+    (group,) = turn.find_resources("AWS::EC2::SecurityGroup").values()
+    rules = {(r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in group["Properties"]["SecurityGroupIngress"]}
+    assert ("udp", STAGE.turn_relay_min_port, STAGE.turn_relay_max_port) in rules
+    assert {("udp", 3478, 3478), ("tcp", 3478, 3478), ("tcp", 5349, 5349)} <= rules
+    egress = {(r["IpProtocol"], r.get("FromPort"), r.get("ToPort")) for r in group["Properties"]["SecurityGroupEgress"]}
+    assert ("udp", STAGE.turn_relay_min_port, STAGE.turn_relay_max_port) in egress
+
+
+def _statements(t: Template) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for policy in t.find_resources("AWS::IAM::Policy").values():
+        out += policy["Properties"]["PolicyDocument"]["Statement"]
+    return out
+
+
+@pytest.mark.parametrize("part", ["control", "gpu-default", "turn"])
+def test_runtime_roles_name_every_action(synthesized: tuple[Stage, Path], part: str) -> None:
+    """Tasks and hosts touch player data: no wildcard action in any of their statements."""
+    for statement in _statements(template(synthesized, part)):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert not [a for a in actions if "*" in a], statement
+        if statement["Resource"] == "*":
+            assert set(actions) <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}, statement
+
+
+def test_redis_is_cluster_mode_with_tls_and_auth(synthesized: tuple[Stage, Path]) -> None:
+    data = template(synthesized, "data")
+    data.has_resource_properties(
+        "AWS::ElastiCache::ReplicationGroup",
+        {
+            "ClusterMode": "enabled",
+            "TransitEncryptionEnabled": True,
+            "TransitEncryptionMode": "required",
+            "AtRestEncryptionEnabled": True,
+            "AutomaticFailoverEnabled": True,
+        },
+    )
+    (redis,) = data.find_resources("AWS::ElastiCache::ReplicationGroup").values()
+    assert "{{resolve:secretsmanager:" in json.dumps(redis["Properties"]["AuthToken"])
+    data.has_resource_properties(
+        "AWS::DynamoDB::GlobalTable", {"TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True}}
+    )
+
+
+def test_alarms_cover_ready_slots_queue_errors_and_gpu(synthesized: tuple[Stage, Path]) -> None:
+    obs = template(synthesized, "observability")
+    names = {a["Properties"]["MetricName"] for a in obs.find_resources("AWS::CloudWatch::Alarm").values()}
+    assert {"FreeSlots", "QueueWaitSeconds", "TCP_Target_Reset_Count", "GpuUtilization", "EncoderUtilization"} <= names
+    obs.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+
+
+def test_pipeline_builds_images_and_deploys_both_services(synthesized: tuple[Stage, Path]) -> None:
+    pipe = template(synthesized, "pipeline")
+    (pipeline,) = pipe.find_resources("AWS::CodePipeline::Pipeline").values()
+    stages = {
+        s["Name"]: [a["ActionTypeId"]["Provider"] for a in s["Actions"]] for s in pipeline["Properties"]["Stages"]
+    }
+    assert stages["Build"] == ["CodeBuild", "CodeBuild"]
+    assert stages["Deploy"] == ["ECS", "ECS"]
+    projects = pipe.find_resources("AWS::CodeBuild::Project")
+    assert any(p["Properties"]["Environment"].get("PrivilegedMode") for p in projects.values())
+
+
+def test_stage_context_is_checked() -> None:
+    cdk_json = json.loads((ROOT / "deploy" / "cdk" / "cdk.json").read_text())
+    for name in cdk_json["context"]["pixelfleet:stages"]:
+        assert stage_from_context(cdk_json["context"]["pixelfleet:stages"], name).name == name
+    with pytest.raises(ConfigError, match="unknown keys"):
+        stage_from_context({"x": {"warm_pool": 2}}, "x")
+    with pytest.raises(ConfigError, match="not a g5/g6/g6e type"):
+        stage_from_context({"x": {"pools": [{"instance_types": ["m5.large"]}]}}, "x")
+    with pytest.raises(ConfigError, match="expected int"):
+        stage_from_context({"x": {"redis_shards": "2"}}, "x")
+    with pytest.raises(ConfigError, match="not in context"):
+        stage_from_context({}, "prod")
+
+
+def test_docs_show_the_idle_cost_of_the_default_stage() -> None:
+    table = markdown_table(idle_cost(StageConfig()))
+    assert table in (ROOT / "docs" / "deploy.md").read_text()
+    total = idle_cost(StageConfig())[-1]
+    assert total.item == "total" and f"{total.usd_per_hour:.2f}" in (ROOT / "README.md").read_text()
