@@ -61,8 +61,8 @@ class ControlPlaneStack(Stack):
             removal_policy=RemovalPolicy.RETAIN,
         )
         self.nlb_sg = ec2.SecurityGroup(self, "NlbSg", vpc=vpc, description="NLB: players, streamers, agents")
-        for port, _, service in LISTENERS:
-            self.nlb_sg.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(port), f"{service} from anywhere")
+        for port, _, who in LISTENERS:
+            self.nlb_sg.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(port), f"{who} from anywhere")
         self.nlb = elbv2.NetworkLoadBalancer(
             self,
             "Nlb",
