@@ -158,7 +158,11 @@ class _Ports(Protocol):
 
 
 def _embedded_agent(
-    args: argparse.Namespace, platform: PixelfleetSettings, server: _Ports, matchmaker: Matchmaker | None
+    args: argparse.Namespace,
+    platform: PixelfleetSettings,
+    server: _Ports,
+    matchmaker: Matchmaker | None,
+    api_url: str | None = None,  # where to ask whether a streamer streams (default: the player port)
 ) -> Agent:
     """The local synthetic streamers as the slots of one host, ``Streamer1..N``."""
     from gpu_agent.agent import Agent
@@ -174,7 +178,7 @@ def _embedded_agent(
         app=args.app,
         signaling_url=f"ws://{host}:{server.player_port}",
         streamer_url=f"ws://{host}:{server.streamer_port}",
-        signaling_api_url=f"http://{host}:{server.player_port}",
+        signaling_api_url=api_url or f"http://{host}:{server.player_port}",
         res_x=args.width,
         res_y=args.height,
         fps=args.fps,

@@ -65,7 +65,25 @@ async def test_nodes_behind_the_balancer_share_the_load_survive_a_kill_and_stop_
             third = await http.ws_connect(url)
             assert (await third.receive_json(timeout=WAIT))["type"] == "config"
             assert backends[1].forwarded["player"] == 2
-            for ws in (first, second, third):
+            # the agent's streamer lookup finds a streamer on whichever node holds it
+            streamer = await http.ws_connect(f"ws://127.0.0.1:{cluster.nodes[1][1].streamer}/")
+            await streamer.send_json({"type": "endpointId", "id": "Cam"})
+            assert cluster.lookup is not None
+            lookup = f"{cluster.lookup.url}/api/streamers"
+
+            async def found() -> bool:
+                async with http.get(f"{lookup}/Cam") as resp:
+                    return resp.status == 200
+
+            async with asyncio.timeout(WAIT):
+                while not await found():  # until the node has registered it
+                    await asyncio.sleep(0.05)
+            for _ in range(5):  # every time, not one in two
+                async with http.get(f"{lookup}/Cam") as resp:
+                    assert resp.status == 200 and (await resp.json())["streamerId"] == "Cam"
+            async with http.get(f"{lookup}/Nobody") as resp:
+                assert resp.status == 404
+            for ws in (first, second, third, streamer):
                 await ws.close()
     finally:
         await cluster.stop()
