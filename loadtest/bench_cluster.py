@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -209,6 +210,16 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
+def median(items: list[Any]) -> Any:
+    """The field-by-field median of several rounds' results (None where any round has none)."""
+    first = items[0]
+    if isinstance(first, dict):
+        return {k: median([i.get(k) for i in items]) for k in first}
+    if all(isinstance(x, int | float) and not isinstance(x, bool) for x in items):
+        return statistics.median(items)
+    return first if all(x == first for x in items) else None
+
+
 def render(report: dict[str, Any]) -> str:
     def f(v: Any, fmt: str = "{:,.1f}") -> str:
         return "-" if v is None else fmt.format(v)
@@ -246,6 +257,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--setups", default=",".join(s.name for s in SETUPS), help="which set-ups, comma-separated")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-connection and per-handshake timeout, s")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every set-up (order alternates); medians")
     ap.add_argument("--json", help="also write the full report to this file")
     opts = ap.parse_args(argv)
     by_name = {s.name: s for s in SETUPS}
@@ -255,6 +267,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     opts.setups = [by_name[n] for n in names]
     if opts.players < opts.streamers or opts.streamers < opts.generators:
         ap.error("need players >= streamers >= generators")
+    if opts.repeat < 1:
+        ap.error("--repeat: at least 1")
     return opts
 
 
@@ -271,20 +285,26 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
     redis = await ChildProcess.start("redis-server", redis_argv(binary, port), logdir / "redis.log")
     try:
         await redis.wait_for_port(port, 30)
-        results: dict[str, dict[str, Any]] = {}
-        for setup in opts.setups:
-            print(f"[bench_cluster] {setup.name}: {setup.nodes} node(s), {setup.broker}", file=sys.stderr, flush=True)
-            results[setup.name] = await run_setup(
-                setup, opts, logdir, f"redis://{opts.host}:{port}/0", ProcTree(redis.proc.pid)
-            )
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for r in range(opts.repeat):
+            order = opts.setups if r % 2 == 0 else opts.setups[::-1]  # drift falls on both sides
+            results: dict[str, dict[str, Any]] = {}
+            for setup in order:
+                what = f"round {r + 1}/{opts.repeat}, {setup.name}: {setup.nodes} node(s), {setup.broker}"
+                print(f"[bench_cluster] {what}", file=sys.stderr, flush=True)
+                results[setup.name] = await run_setup(
+                    setup, opts, logdir, f"redis://{opts.host}:{port}/0", ProcTree(redis.proc.pid)
+                )
+            rounds.append({s.name: results[s.name] for s in opts.setups})
     finally:
         await redis.stop()
     return {
         "machine": machine_info(),
         "options": {k: v for k, v in vars(opts).items() if k != "setups"} | {"setups": [s.name for s in opts.setups]},
         "logs": str(logdir),
-        "setups": results,
-        "ratios": ratios(results),
+        "setups": median(rounds),
+        "ratios": median([ratios(r) for r in rounds]),  # each round's ratios, then their median
+        "rounds": rounds,
     }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bench_cluster import TARGETS, main, placement
+from loadtest.bench_cluster import TARGETS, main, median, placement
 from tests.conftest import require_binary
 
 S, P = 3, 6
@@ -18,6 +18,15 @@ S, P = 3, 6
 def test_generators_are_placed_so_two_of_three_cross_nodes() -> None:
     assert [placement(g, 3) for g in range(3)] == [(0, 0), (1, 2), (2, 1)]
     assert {placement(g, 1) for g in range(3)} == {(0, 0)}
+
+
+def test_rounds_fold_into_field_by_field_medians() -> None:
+    rounds = [
+        {"a": {"x": 1.0, "n": None, "k": "s"}},
+        {"a": {"x": 3.0, "n": 2.0, "k": "s"}},
+        {"a": {"x": 2.0, "n": 1.0, "k": "s"}},
+    ]
+    assert median(rounds) == {"a": {"x": 2.0, "n": None, "k": "s"}}
 
 
 def test_bench_cluster_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
