@@ -33,6 +33,7 @@ class NodeEvents(Protocol):
     """What a distributed broker tells its node (``ws.SignalingNode`` implements it)."""
 
     def on_link(self, link: AnyLink) -> None: ...
+    def accepts(self, to: Address, origin: Address) -> bool: ...  # may a routed frame from origin reach to?
     def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None) -> None: ...  # None: unlisted
     def on_directory(self, listings: list[tuple[str, Address, bool]]) -> None: ...  # a full snapshot
     def on_node_lost(self, node: str) -> None: ...

@@ -339,6 +339,14 @@ class SignalingCore:
         conn = self._players.get(player_id)
         return None if conn is None else self._peers[conn]
 
+    def accepts(self, to: Address, origin: Address) -> bool:
+        """Whether a routed message from another node may reach ``to``: only across a
+        link (a player that was refused, or has left, reaches nobody)."""
+        peer = self._peers.get(to)
+        if peer is None:
+            return False
+        return peer.subscribed_to == origin or any(sub.address == origin for sub in peer.subscribers.values())
+
     def listings(self) -> Iterable[tuple[str, Listing]]:
         return self._listings.items()
 

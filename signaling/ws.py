@@ -321,6 +321,9 @@ class SignalingNode:
     def on_link(self, link: links.AnyLink) -> None:
         self.run(self.core.link(link))
 
+    def accepts(self, to: Address, origin: Address) -> bool:
+        return self.core.accepts(to, origin)
+
     def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None) -> None:
         if streaming is None:
             self.core.unlisted(streamer_id, conn)

@@ -1,0 +1,128 @@
+"""Signalling nodes in one process sharing a real Redis (and a real Redis Cluster): the
+cluster-wide protocol rules over real sockets. Killing, draining and Redis loss use
+separate processes (test_signaling_nodes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from pixelfleet.tokens import TokenKeys, mint
+from signaling import errors
+from signaling.app import SignalingServer
+from signaling.sessions import SessionGate
+from tests.conftest import StartSignaling
+from tests.support.ws_peers import WAIT, Peer, connect_player, connect_streamer
+
+pytestmark = pytest.mark.integration
+
+KEYS = TokenKeys.hs256("cluster-test-secret-of-at-least-32-bytes")
+_prefixes = itertools.count()
+
+Nodes = Callable[..., Awaitable[list[SignalingServer]]]
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def nodes(request: pytest.FixtureRequest, start_signaling: StartSignaling) -> Nodes:
+    """``await nodes(3)``: that many nodes on a fresh key space of the shared Redis."""
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    run = next(_prefixes)
+
+    async def start(count: int, **overrides: object) -> list[SignalingServer]:
+        servers = []
+        for i in range(count):
+            node_id = f"n{run}x{i}"  # unique per test: nodes of other tests never meet these
+            servers.append(await start_signaling(state_url=url, node_id=node_id, node_ttl_s=1.5, **overrides))
+        return servers
+
+    return start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_a_player_streams_from_a_streamer_on_another_node(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    a, b, c = await nodes(3)
+    name = f"Cam{id(a)}"
+    s = await connect_streamer(http, c.streamer_port, name)
+    p, pid = await connect_player(http, a.player_port, s, name)
+    assert pid.startswith(f"Player{a.core.node}-")
+    await s.send(type="offer", playerId=pid, sdp="v=0 offer")
+    assert await p.recv_type("offer") == {"type": "offer", "playerId": pid, "sdp": "v=0 offer"}
+    await p.send(type="answer", sdp="v=0 answer")
+    assert await s.recv_type("answer") == {"type": "answer", "sdp": "v=0 answer", "playerId": pid}
+    for i in range(50):  # ICE trickle both ways keeps its order across nodes
+        await p.send(type="iceCandidate", candidate={"candidate": f"c{i}", "sdpMid": "0"})
+    for i in range(50):
+        assert (await s.recv_type("iceCandidate"))["candidate"]["candidate"] == f"c{i}"
+    viewer = Peer(await http.ws_connect(f"ws://127.0.0.1:{b.player_port}/"))
+    await viewer.recv_type("config")
+    await viewer.send(type="listStreamers")
+    assert name in (await viewer.recv_type("streamerList"))["ids"]
+
+
+async def test_streamer_ids_are_unique_across_the_cluster(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    a, b = await nodes(2)
+    name = f"Dup{id(a)}"
+    first = await connect_streamer(http, a.streamer_port, name)
+    second = Peer(await http.ws_connect(f"ws://127.0.0.1:{b.streamer_port}/"))
+    await second.recv_type("config")
+    await second.send(type="endpointId", id=name)
+    assert await second.recv() == {"type": "endpointIdConfirm", "committedId": f"{name}1"}
+    await first.still_served()
+
+
+async def test_the_player_limit_and_kicks_hold_across_nodes(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    a, b = await nodes(2, max_players_per_streamer=1)
+    name = f"Lim{id(a)}"
+    s = await connect_streamer(http, a.streamer_port, name)
+    first, pid = await connect_player(http, b.player_port, s, name)
+    second, _ = await connect_player(http, a.player_port)
+    await second.send(type="subscribe", streamerId=name)
+    failed = await second.recv_type("subscribeFailed")
+    assert "is full" in failed["message"]
+    await s.send(type="disconnectPlayer", playerId=pid, reason="bye")
+    assert await first.closed() == (errors.INTERNAL_ERROR, "bye")
+    assert await s.recv_type("playerDisconnected") == {"type": "playerDisconnected", "playerId": pid}
+    third, _ = await connect_player(http, a.player_port, s, name)  # the place is free again
+    await third.still_served()
+
+
+async def test_a_streamer_leaving_closes_its_players_on_other_nodes(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    a, b = await nodes(2)
+    name = f"Gone{id(a)}"
+    s = await connect_streamer(http, a.streamer_port, name)
+    p, _ = await connect_player(http, b.player_port, s, name)
+    await s.ws.close()
+    code, _reason = await p.closed()
+    assert code == errors.STREAMER_GONE
+
+
+async def test_a_session_token_opens_one_socket_in_the_whole_cluster(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    a, b = await nodes(2)
+    for server in (a, b):  # the gate the server would build from its settings
+        gate = SessionGate(KEYS)
+        gate.first_use = server.node.broker.first_use
+        server.node.gate = gate
+    token = mint(KEYS, tenant="t", session_id=f"s{id(a)}", streamer_id="x", ttl_s=60)
+    first = await http.ws_connect(f"ws://127.0.0.1:{a.player_port}/?token={token}")
+    assert (await asyncio.wait_for(first.receive_json(), WAIT))["type"] == "config"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"ws://127.0.0.1:{b.player_port}/?token={token}")
+    assert refused.value.status == 401
+    await first.close()
+
+
+async def test_readyz_reports_a_node_that_serves(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    (a,) = await nodes(1)
+    async with http.get(f"http://127.0.0.1:{a.player_port}/readyz") as r:
+        assert r.status == 200 and await r.json() == {"ok": True, "reasons": []}
+    async with http.get(f"http://127.0.0.1:{a.player_port}/livez") as r:
+        assert r.status == 200
