@@ -44,6 +44,7 @@ log = structlog.get_logger("signaling.cluster")
 RedisClient = Redis | RedisCluster
 _HEAD = struct.Struct("!BHI")  # kind, address length, payload length
 _FRAME, _LINK = 0, 1
+_ORIGIN = "\x00"  # a frame's record: "<to>\0<origin>" in the address part
 _RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -139,6 +140,9 @@ class RedisBroker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(joined.wait(), self._ttl_ms / 1000)
         self._tasks.append(asyncio.create_task(self._beat_forever(), name="sig-beat"))
+        if isinstance(self._r, RedisCluster):  # a cluster client knows its slots only once asked
+            with contextlib.suppress(RedisError, OSError):
+                await self._r.initialize()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._joined.wait(), self._ttl_ms / 1000)
 
@@ -177,7 +181,7 @@ class RedisBroker:
                 return False
             box.push(frame)
             return True
-        return self._enqueue(node, _FRAME, to, frame, origin)
+        return self._enqueue(node, _FRAME, to if origin is None else f"{to}{_ORIGIN}{origin}", frame, origin)
 
     def relay(self, link: AnyLink) -> bool:
         return self._enqueue(node_of(link.to), _LINK, link.to, encode_link(link), None)
@@ -220,7 +224,7 @@ class RedisBroker:
         for _kind, to, _payload, origin in items:
             self.stats["undeliverable"] += 1
             if origin is not None:
-                self._events.on_undeliverable(origin, Address(to), why)
+                self._events.on_undeliverable(origin, Address(to.partition(_ORIGIN)[0]), why)
 
     def _on_batch(self, data: bytes) -> None:
         assert self._events is not None
@@ -240,6 +244,9 @@ class RedisBroker:
                     link = decode_link(payload)
                 except ValueError as exc:
                     log.warning("bad_link", error=str(exc))
+                to, _, origin = to.partition(_ORIGIN)
+                if origin and not self._events.accepts(Address(to), Address(origin)):
+                    continue  # not (or no longer) linked: e.g. a player the streamer's node refused
                     continue
                 self._events.on_link(link)
 
