@@ -43,8 +43,8 @@ log = structlog.get_logger("signaling.cluster")
 
 RedisClient = Redis | RedisCluster
 _HEAD = struct.Struct("!BHI")  # kind, address length, payload length
-_FRAME, _LINK = 0, 1
 _ORIGIN = "\x00"  # a frame's record: "<to>\0<origin>" in the address part
+_FRAME, _LINK = 0, 1
 _RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -114,10 +114,12 @@ class RedisBroker:
         self.stats = {"batches": 0, "frames_out": 0, "frames_in": 0, "undeliverable": 0, "lost_nodes": 0}
 
     @classmethod
-    def from_url(cls, url: str, *, node_id: str | None = None, node_ttl_s: float = 5.0) -> RedisBroker:
+    def from_url(
+        cls, url: str, *, node_id: str | None = None, node_ttl_s: float = 5.0, prefix: str = "pf"
+    ) -> RedisBroker:
         url, cluster = split_cluster_flag(url)
         client: RedisClient = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
-        return cls(client, node_id=node_id, node_ttl_s=node_ttl_s)
+        return cls(client, node_id=node_id, node_ttl_s=node_ttl_s, prefix=prefix)
 
     def inbox(self, node: str) -> str:
         return f"{{{self._prefix}:sig:{node}}}:in"
@@ -132,6 +134,9 @@ class RedisBroker:
         """Register and listen; returns once the node is in the cluster (or Redis is down:
         the node still serves its own peers and joins when Redis answers)."""
         self._events = events
+        if isinstance(self._r, RedisCluster):  # a cluster client knows its slots only once asked
+            with contextlib.suppress(RedisError, OSError):
+                await self._r.initialize()
         joined = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._listen([self.inbox(self.node_id)], self._on_batch, joined), name="sig-inbox"),
@@ -140,9 +145,6 @@ class RedisBroker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(joined.wait(), self._ttl_ms / 1000)
         self._tasks.append(asyncio.create_task(self._beat_forever(), name="sig-beat"))
-        if isinstance(self._r, RedisCluster):  # a cluster client knows its slots only once asked
-            with contextlib.suppress(RedisError, OSError):
-                await self._r.initialize()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._joined.wait(), self._ttl_ms / 1000)
 
@@ -236,6 +238,9 @@ class RedisBroker:
         for kind, to, payload in items:
             if kind == _FRAME:
                 self.stats["frames_in"] += 1
+                to, _, origin = to.partition(_ORIGIN)
+                if origin and not self._events.accepts(Address(to), Address(origin)):
+                    continue  # not (or no longer) linked: e.g. a player the streamer's node refused
                 box = self._boxes.get(Address(to))
                 if box is not None:
                     box.push(payload)
@@ -244,9 +249,6 @@ class RedisBroker:
                     link = decode_link(payload)
                 except ValueError as exc:
                     log.warning("bad_link", error=str(exc))
-                to, _, origin = to.partition(_ORIGIN)
-                if origin and not self._events.accepts(Address(to), Address(origin)):
-                    continue  # not (or no longer) linked: e.g. a player the streamer's node refused
                     continue
                 self._events.on_link(link)
 
