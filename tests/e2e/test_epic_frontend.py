@@ -112,3 +112,29 @@ async def test_epic_frontend_hears_subscribe_failed(
     second, log2 = await open_page(stack.epic_page("5.7", StreamerId=only.streamer_id))
     await wait_js(second, "window.epic.subscribeFailed !== null", log2)
     assert "full" in (await epic_state(second))["subscribeFailed"]
+
+
+async def test_epic_frontend_streams_from_a_streamer_on_another_node(
+    epic_bundles: Path,
+    redis_url: str,
+    start_stack: StartStack,
+    start_streamer: StartStreamer,
+    open_page: OpenPage,
+    wait_until: WaitUntil,
+) -> None:
+    """Two signalling nodes on one Redis: the page talks to one, the streamer to the other."""
+    near = await start_stack(state_url=redis_url, node_id="e2e-near")
+    far = await start_stack(state_url=redis_url, node_id="e2e-far")
+    streamer = await start_streamer(stack=far)
+    page, log = await open_page(near.epic_page("5.7", StreamerId=streamer.streamer_id, KeepaliveDelay="1000"))
+    await wait_js(page, "window.epic.events.includes('dataChannelOpen')", log)
+    await wait_js(page, "window.epic.framesDecoded > 0", log)
+    await page.keyboard.press("b")
+    await wait_until(
+        lambda: "KeyDown" in streamer.input_names(),
+        "input across nodes",
+        detail=lambda: f"received {streamer.input_names()}\n{log.text()}",
+    )
+    assert [p.split("-", 1)[0] for p in streamer.input_players()] == ["Playere2e"]  # a player of the near node
+    state = await epic_state(page)
+    assert state["closes"] == [] and state["subscribeFailed"] is None, state
