@@ -75,6 +75,15 @@ class HostRegistration(Struct, kw_only=True):
     signaling_url: str  # where this host's streamers' players connect
     slots: list[SlotSpec]
 
+    def __post_init__(self) -> None:
+        # A slot is named by its index (``<host>/<index>``): two specs with one index would
+        # be one slot described twice, and the stores would keep one or both.
+        seen: set[int] = set()
+        for spec in self.slots:
+            if spec.index in seen:
+                raise ValueError(f"slot index {spec.index} appears twice: slot indexes must be unique")
+            seen.add(spec.index)
+
 
 class SlotReport(Struct, kw_only=True):
     index: int

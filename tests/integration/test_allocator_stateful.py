@@ -157,7 +157,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         host=st.sampled_from(HOSTS),
         boot=st.sampled_from(BOOTS),
         specs=st.lists(
-            st.tuples(st.integers(0, 3), st.sampled_from(TENANTS), st.sampled_from(APPS)), min_size=1, max_size=4
+            st.tuples(st.integers(0, 3), st.sampled_from(TENANTS), st.sampled_from(APPS)),
+            min_size=1,
+            max_size=4,
+            unique_by=lambda spec: spec[0],  # a registration with one index twice is refused (models)
         ),
         warm=st.booleans(),
     )

@@ -218,6 +218,7 @@ async def test_bad_input_gets_clear_4xx_and_corrupts_nothing(make_api: MakeApi) 
         (_failure(api.register(boot="other-boot")), 409, "host_conflict"),
         (_failure(api.beat(boot="other-boot")), 409, "host_conflict"),
         (_code(api.call("POST", "/api/v1/hosts", {"host_id": "h2"}, AGENT)), 400, "invalid_body"),
+        (_code(api.call("POST", "/api/v1/hosts", _one_index_twice(), AGENT)), 400, "invalid_body"),
         (
             _code(api.call("POST", "/api/v1/hosts/h1/heartbeat", {"boot_id": "b1", "slots": []}, "wrong")),
             401,
@@ -231,6 +232,11 @@ async def test_bad_input_gets_clear_4xx_and_corrupts_nothing(make_api: MakeApi) 
     # Nothing was corrupted: the one slot is still there and still allocatable.
     status, a = await api.allocate()
     assert status == 201
+
+
+def _one_index_twice() -> dict[str, Any]:
+    spec = {"index": 0, "tenant": "acme", "app": "game", "streamer_id": "h3-0"}
+    return {"host_id": "h3", "boot_id": "b", "signaling_url": "ws://h3", "slots": [spec, {**spec, "streamer_id": "x"}]}
 
 
 async def _code(call: Awaitable[tuple[int, Any]]) -> tuple[int, str]:
