@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from gpu_agent.agent import Agent
     from pixelfleet.settings import PixelfleetSettings
     from signaling.config import Settings as SignalingSettings
+    from turn.config import TurnSettings
 
 __all__ = ["Cluster", "ClusterError", "NodePorts", "node_argv", "node_environment", "redis_argv", "run_cluster"]
 
@@ -88,30 +89,41 @@ def node_argv(ports: NodePorts, state_url: str, settings: SignalingSettings) -> 
     )
 
 
-def node_environment(settings: SignalingSettings, base: Mapping[str, str]) -> dict[str, str]:
-    """``base`` plus the up process's signalling settings as variables, so a flag given to
-    ``up`` (``--max-players``, ``--peer-options``) reaches every node. Only values that
-    differ from the defaults are written; addresses and shared settings are left out."""
+def node_environment(
+    settings: SignalingSettings, base: Mapping[str, str], turn: TurnSettings | None = None
+) -> dict[str, str]:
+    """``base`` plus the up process's signalling (and TURN) settings as variables, so a
+    flag given to ``up`` (``--max-players``, ``--peer-options``, ``--turn``) reaches every
+    node. Only values that differ from the defaults are written; addresses and shared
+    settings are left out. TURN secrets go here, never on a command line: a process's
+    environment is readable by its user only."""
     from signaling.config import Settings
+    from turn.config import TurnSettings
 
-    default = Settings()
     env = dict(base)
     for name in Settings.__struct_fields__:
-        if name in PER_NODE_FIELDS or name in SharedSettings.__struct_fields__:
-            continue
-        value = getattr(settings, name)
-        if value == getattr(default, name) or value is None:
-            continue
-        env[f"PIXELFLEET_{name.upper()}"] = _as_variable(value)
+        if name not in PER_NODE_FIELDS and name not in SharedSettings.__struct_fields__:
+            _put(env, f"PIXELFLEET_{name.upper()}", getattr(settings, name), getattr(Settings(), name))
+    if turn is not None:
+        for name in TurnSettings.__struct_fields__:
+            _put(env, f"PIXELFLEET_TURN__{name.upper()}", getattr(turn, name), getattr(TurnSettings(), name))
     return env
 
 
-def _as_variable(value: Any) -> str:
+def _put(env: dict[str, str], key: str, value: Any, default: Any) -> None:
+    """As ``pixelfleet.settings`` reads it back: JSON objects, comma-separated lists."""
+    if value == default or value is None:
+        return
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(value)
-    return str(value)
+        env[key] = "true" if value else "false"
+    elif isinstance(value, dict):
+        env[key] = json.dumps(value)
+    elif isinstance(value, list | tuple):
+        if any("," in str(item) for item in value):
+            raise ClusterError(f"{key}: an item with a comma cannot be passed to the nodes")
+        env[key] = ",".join(str(item) for item in value)
+    else:
+        env[key] = str(value)
 
 
 def redis_argv(binary: str, port: int) -> list[str]:
@@ -179,10 +191,11 @@ class Cluster:
         state_url: str | None = None,
         workdir: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        turn: TurnSettings | None = None,
     ) -> None:
         if count < 1:
             raise ClusterError(f"--nodes {count}: at least 1")
-        self.settings, self.count, self.state_url = settings, count, state_url
+        self.settings, self.count, self.state_url, self.turn = settings, count, state_url, turn
         self._own_workdir = workdir is None  # a temporary one: removed by stop(remove_logs=True)
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="pixelfleet-cluster-"))
         self.environ = os.environ if environ is None else environ
@@ -200,7 +213,7 @@ class Cluster:
 
     async def _start(self) -> None:
         state_url = self.state_url or await self._start_redis()
-        env = node_environment(self.settings, self.environ)
+        env = node_environment(self.settings, self.environ, self.turn)
         sfu = self.settings.sfu_port >= 0
         for i in range(1, self.count + 1):
             ports = NodePorts.free(sfu=sfu)
@@ -285,26 +298,29 @@ class _BalancerPorts:
 
 async def _up_cluster(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
     from pixelfleet.cli import serve_until_signal
-    from pixelfleet.up import _connect_host, _embedded_agent
+    from pixelfleet.up import _connect_host, _embedded_agent, _local_coturn, _turn_banner
 
     s = platform.signaling
     state_url = None if s.state_url.startswith("memory:") else s.state_url
-    cluster = Cluster(s, args.nodes, state_url=state_url)
+    coturn, turn = _local_coturn(args, platform.turn) if args.turn else (None, platform.turn)
+    cluster = Cluster(s, args.nodes, state_url=state_url, turn=turn)
     agent: Agent | None = None
+    ids = [f"Streamer{i}" for i in range(1, args.streamers + 1)]
 
     async def start() -> None:
         nonlocal agent
-        await cluster.start()
-        ids = [f"Streamer{i}" for i in range(1, args.streamers + 1)]
-        if ids:
-            assert cluster.lookup is not None
-            agent = _embedded_agent(args, platform, _BalancerPorts(cluster), None, cluster.lookup.url)
-            try:
+        try:
+            if coturn is not None:
+                await coturn.start()
+            await cluster.start()
+            if ids:
+                assert cluster.lookup is not None
+                agent = _embedded_agent(args, platform, _BalancerPorts(cluster), None, cluster.lookup.url)
                 await agent.start()
                 await agent.wait_ready(START_TIMEOUT_S)
-            except BaseException:
-                await stop()
-                raise
+        except BaseException:
+            await stop(clean=False)
+            raise
         host = _connect_host(s.host)
         page = f"http://{host}:{cluster.port('player')}/"
         nodes = ", ".join(f"{c.name} pid {c.proc.pid} (:{p.player})" for c, p in cluster.nodes)
@@ -318,14 +334,18 @@ async def _up_cluster(args: argparse.Namespace, platform: PixelfleetSettings) ->
             f"  state: {state}\n"
             f"  node logs: {cluster.workdir} (removed at exit)\n"
             f"  UE builds: -PixelStreamingURL=ws://{host}:{cluster.port('streamer')}\n"
+            f"{_turn_banner(coturn, page)}"
             f"  stop with Ctrl+C\n",
             flush=True,
         )
 
-    async def stop() -> None:
+    async def stop(*, clean: bool = True) -> None:
+        """``clean``: a requested stop, the logs go; a failed start keeps them."""
         if agent is not None:
             await agent.stop()
-        await cluster.stop(remove_logs=True)
+        await cluster.stop(remove_logs=clean)
+        if coturn is not None:
+            await coturn.stop()
 
     await serve_until_signal(start, stop)
 
@@ -334,12 +354,13 @@ def run_cluster(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     """``up --nodes N`` (N > 1); exit code 2 with one clear line when it cannot start."""
     import uvloop
 
-    if args.turn:
-        print("pixelfleet up --nodes: --turn runs with one node only for now", file=sys.stderr)
-        return 2
+    from turn.coturn import CoturnError, find_turnserver
+
     try:
+        if args.turn:
+            find_turnserver()
         uvloop.run(_up_cluster(args, settings))
-    except (ClusterError, ChildError) as exc:
+    except (ClusterError, ChildError, CoturnError) as exc:
         print(f"pixelfleet up --nodes: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -5,6 +5,7 @@ connected to another node."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -114,3 +115,37 @@ async def test_up_three_nodes_a_player_reaches_a_streamer_on_another_node(start_
             assert player.subscribed_to == "Streamer1"
     assert await up.stop(signal.SIGINT, WAIT) == 0
     await _until_gone([pid for pid, _ in nodes] + [redis_pid])
+
+
+async def test_up_nodes_with_turn_gives_every_node_the_local_coturn(start_process: StartProcess) -> None:
+    require_binary("redis-server")
+    require_binary("turnserver")
+    up = await start_process(
+        "up",
+        *("--nodes", "2", "--turn", "--turn-port", "0", "--turn-force-relay", "--streamers", "1"),
+        *("--width", "320", "--height", "240", "--fps", "15", "--player-port", "0", "--streamer-port", "0"),
+        *("--sfu-port", "-1", "--log-format", "json"),
+        new_session=True,
+    )
+    await up.wait_for_line("relay-only test", WAIT)
+    output = up.output(None)
+    coturn_port = next(json.loads(line) for line in output.splitlines() if '"coturn_started"' in line)["port"]
+    nodes = [(int(pid), int(port)) for pid, port in re.findall(r"pid (\d+) \(:(\d+)\)", output)]
+    assert len(nodes) == 2
+    # Streamer1 is on one node; a relay-only player on each node still gets its frames, so
+    # both nodes hand out the coturn's URL and credentials it accepts
+    for _, port in nodes:
+        async with SyntheticPlayer(f"ws://127.0.0.1:{port}/", "Streamer1") as player:
+            await player.wait_frames(3, WAIT)
+            assert player.peer_options["iceTransportPolicy"] == "relay"
+            urls = [url for server in player.peer_options["iceServers"] for url in server["urls"]]
+            assert f"turn:127.0.0.1:{coturn_port}?transport=udp" in urls
+    for pid, _ in nodes:  # the generated secret is in the environment, never on a command line or in a log
+        environ = dict(
+            item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
+        )
+        secret = environ[b"PIXELFLEET_TURN__SECRETS"]
+        assert len(secret) >= 32 and secret not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert secret.decode() not in up.output(None)
+    assert await up.stop(signal.SIGINT, WAIT) == 0
+    await _until_gone([pid for pid, _ in nodes])

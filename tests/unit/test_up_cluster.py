@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pixelfleet.cli import _flags, _parser
 from pixelfleet.settings import load_settings
-from pixelfleet.up_cluster import NodePorts, node_argv, node_environment, redis_argv
+from pixelfleet.up_cluster import ClusterError, NodePorts, node_argv, node_environment, redis_argv
+from signaling.config import Settings
 
 
 def _signaling(environ: dict[str, str], *argv: str) -> object:
@@ -46,3 +49,25 @@ def test_redis_runs_on_loopback_and_keeps_nothing_on_disk() -> None:
     assert argv[0] == "/usr/bin/redis-server"
     assert argv[argv.index("--bind") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "6390"
     assert argv[argv.index("--save") + 1] == "" and argv[argv.index("--appendonly") + 1] == "no"
+
+
+def test_turn_settings_reach_the_nodes_through_the_environment_only() -> None:
+    up_args = _parser().parse_args(["up", "--nodes", "2", "--turn-url", "turn:127.0.0.1:3478?transport=udp"])
+    up = load_settings(
+        {"PIXELFLEET_TURN__PROVIDER": "rest-secret", "PIXELFLEET_TURN__SECRETS": "a" * 32 + "," + "b" * 32},
+        defaults=up_args.defaults,
+        flags=_flags(up_args),
+    )
+    env = node_environment(up.signaling, {}, up.turn)
+    argv = node_argv(NodePorts(9001, 9002, 9003), "redis://127.0.0.1:6390/0", up.signaling)
+    args = _parser().parse_args(["signaling", *argv[4:]])
+    node = load_settings(env, defaults=args.defaults, flags=_flags(args))
+    assert node.turn == up.turn and node.turn.secrets == ("a" * 32, "b" * 32)
+    assert not any("a" * 32 in arg for arg in argv)
+
+
+def test_a_list_item_with_a_comma_is_refused() -> None:
+    from turn.config import TurnSettings
+
+    with pytest.raises(ClusterError, match="PIXELFLEET_TURN__URLS"):
+        node_environment(Settings(), {}, TurnSettings(urls=("turn:a,b",)))
