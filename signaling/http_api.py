@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web, web_urldispatcher
 
 from pixelfleet import __version__
-from signaling.protocol import Peer, Role
+from signaling.peer_links import node_of
+from signaling.protocol import Listing, Peer, Role
 from signaling.ws import SignalingNode
 
 
@@ -47,18 +48,31 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
                 "streamer_count": sum(p.streamer_id is not None for p in peers),
                 "player_count": sum(p.player_id is not None for p in peers),
                 "version": __version__,  # the same as pixelfleet --version
+                "node": core.node,
             }
         )
 
+    def listing_info(sid: str, listing: Listing) -> dict[str, Any]:
+        """A streamer on another node of the cluster: what the directory knows of it."""
+        return {"streamerId": sid, "streaming": listing.streaming, "node": node_of(listing.address)}
+
     async def streamers(request: web.Request) -> web.Response:
-        return web.json_response([streamer_info(p) for p in core.peers() if p.streamer_id is not None])
+        # Cluster-wide: this node's streamers in full, the others' from the directory.
+        out = []
+        for sid, listing in core.listings():
+            peer = core.streamer_by_id(sid)
+            out.append(streamer_info(peer) if peer is not None else listing_info(sid, listing))
+        return web.json_response(out)
 
     async def streamer(request: web.Request) -> web.Response:
         sid = request.match_info["streamer_id"]
         peer = core.streamer_by_id(sid)
-        if peer is None:
+        if peer is not None:
+            return web.json_response(streamer_info(peer))
+        listing = dict(core.listings()).get(sid)
+        if listing is None:
             return web.json_response({"message": f"No streamer id matches {sid}."}, status=404)
-        return web.json_response(streamer_info(peer))
+        return web.json_response(listing_info(sid, listing))
 
     async def players(request: web.Request) -> web.Response:
         return web.json_response([player_info(p) for p in core.peers() if p.player_id is not None])

@@ -66,6 +66,11 @@ async def test_a_player_streams_from_a_streamer_on_another_node(nodes: Nodes, ht
     await viewer.recv_type("config")
     await viewer.send(type="listStreamers")
     assert name in (await viewer.recv_type("streamerList"))["ids"]
+    # The GPU agent asks any node (through the balancer) whether its streamer is up.
+    async with http.get(f"http://127.0.0.1:{b.player_port}/api/streamers/{name}") as r:
+        assert await r.json() == {"streamerId": name, "streaming": True, "node": c.core.node}
+    async with http.get(f"http://127.0.0.1:{c.player_port}/api/streamers/{name}") as r:
+        assert (await r.json())["subscribers"] == [{"playerId": pid, "type": "Player", "subscribedTo": name}]
 
 
 async def test_streamer_ids_are_unique_across_the_cluster(nodes: Nodes, http: aiohttp.ClientSession) -> None:
