@@ -5,9 +5,8 @@ The ``up`` process runs a local ``redis-server`` (unless ``--state-url`` names o
 ``pixelfleet signaling --state-url redis://...`` child processes on free ports, and
 ``pixelfleet.balancer`` on the usual ``up`` ports in front of them; the embedded GPU
 agent's synthetic streamers stay in this process and connect through the balancer like
-every player, so each lands on whichever node the balancer picks. A node's REST API
-lists only the streamers connected to it, so the agent asks ``StreamerLookup`` (every node)
-whether its streamers stream, not the balancer.
+every player, so each lands on whichever node the balancer picks. The agent asks the
+balancer whether its streamers stream: any node answers for streamers on every node.
 
 There is no embedded matchmaker here: the player page asks its own origin for
 ``/api/v1``, and a TCP balancer cannot send that path elsewhere; players pick a streamer
@@ -23,14 +22,12 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import structlog
-from aiohttp import web
 
 from pixelfleet.balancer import Balancer, BalancerError, Node
 from pixelfleet.children import ChildError, ChildProcess, python_module
@@ -131,55 +128,6 @@ def redis_argv(binary: str, port: int) -> list[str]:
     return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 
-class StreamerLookup:
-    """``GET /api/streamers/{id}`` answered for the whole cluster, for the embedded agent.
-
-    A node's REST API lists the streamers connected to it; the agent asks one URL whether
-    its streamer is streaming, and through the balancer that would reach a random node.
-    This asks every node and answers with the one that has it (404 when none has).
-    """
-
-    def __init__(self, player_ports: Sequence[int]) -> None:
-        self.player_ports = list(player_ports)
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-        self._http: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
-        app = web.Application()
-        app.router.add_get("/api/streamers/{streamer_id}", self._lookup)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._http is not None:
-            await self._http.close()
-
-    async def _ask(self, port: int, path: str) -> tuple[int, Any]:
-        assert self._http is not None
-        try:
-            async with self._http.get(f"http://127.0.0.1:{port}{path}") as resp:
-                return resp.status, await resp.json(content_type=None) if resp.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return 0, None
-
-    async def _lookup(self, request: web.Request) -> web.Response:
-        answers = await asyncio.gather(*(self._ask(port, request.path) for port in self.player_ports))
-        for status, body in answers:
-            if status == 200:
-                return web.json_response(body)
-        if any(status == 404 for status, _ in answers):
-            sid = request.match_info["streamer_id"]
-            return web.json_response({"message": f"No streamer id matches {sid}."}, status=404)
-        return web.json_response({"message": "no node answered"}, status=502)
-
-
 class Cluster:
     """Redis (local unless ``state_url`` is given), ``count`` nodes and the balancer."""
 
@@ -202,7 +150,6 @@ class Cluster:
         self.redis: ChildProcess | None = None
         self.nodes: list[tuple[ChildProcess, NodePorts]] = []
         self.balancer: Balancer | None = None
-        self.lookup: StreamerLookup | None = None
 
     async def start(self) -> None:
         try:
@@ -234,8 +181,6 @@ class Cluster:
         except (BalancerError, OSError) as exc:
             raise ClusterError(f"the balancer cannot listen on {s.host}: {exc}") from None
         await self._wait_healthy(backends)
-        self.lookup = StreamerLookup([p.player for _, p in self.nodes])
-        await self.lookup.start()
 
     async def _start_redis(self) -> str:
         binary = shutil.which("redis-server")
@@ -265,9 +210,6 @@ class Cluster:
     async def stop(self, *, remove_logs: bool = False) -> None:
         """Balancer first (no new connections), then the nodes (they drain), then Redis.
         The logs stay unless ``remove_logs`` (a clean exit): a failed start points at them."""
-        if self.lookup is not None:
-            await self.lookup.stop()
-            self.lookup = None
         if self.balancer is not None:
             await self.balancer.stop()
             self.balancer = None
@@ -314,8 +256,7 @@ async def _up_cluster(args: argparse.Namespace, platform: PixelfleetSettings) ->
                 await coturn.start()
             await cluster.start()
             if ids:
-                assert cluster.lookup is not None
-                agent = _embedded_agent(args, platform, _BalancerPorts(cluster), None, cluster.lookup.url)
+                agent = _embedded_agent(args, platform, _BalancerPorts(cluster), None)
                 await agent.start()
                 await agent.wait_ready(START_TIMEOUT_S)
         except BaseException:

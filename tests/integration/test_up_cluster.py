@@ -66,11 +66,10 @@ async def test_nodes_behind_the_balancer_share_the_load_survive_a_kill_and_stop_
             third = await http.ws_connect(url)
             assert (await third.receive_json(timeout=WAIT))["type"] == "config"
             assert backends[1].forwarded["player"] == 2
-            # the agent's streamer lookup finds a streamer on whichever node holds it
+            # the agent asks the balancer whether its streamer streams; the node answering knows
             streamer = await http.ws_connect(f"ws://127.0.0.1:{cluster.nodes[1][1].streamer}/")
             await streamer.send_json({"type": "endpointId", "id": "Cam"})
-            assert cluster.lookup is not None
-            lookup = f"{cluster.lookup.url}/api/streamers"
+            lookup = f"http://127.0.0.1:{cluster.port('player')}/api/streamers"
 
             async def found() -> bool:
                 async with http.get(f"{lookup}/Cam") as resp:
