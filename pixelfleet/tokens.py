@@ -121,3 +121,74 @@ def verify(
 
 
 _REQUIRED = ["exp", "iat", "sub", "sid", "stid", "jti"]
+
+
+# Streamer credentials: what a slot's streamer (or an SFU) presents on the streamer and
+# SFU ports. Same keys as session tokens, another audience, so neither kind passes for
+# the other: a player's session token is refused on the streamer port and vice versa.
+STREAMER_AUDIENCE = "pixelfleet-streamer"
+STREAMER_TTL_S = 900
+
+
+@dataclass(frozen=True, slots=True)
+class StreamerClaims:
+    tenant: str
+    host_id: str
+    streamer_id: str
+    expires_at: int
+    token_id: str
+
+
+def mint_streamer(
+    keys: TokenKeys, *, tenant: str, host_id: str, streamer_id: str, ttl_s: int, now: float | None = None
+) -> str:
+    """A credential for the streamer ``streamer_id`` of host ``host_id`` (minted by the matchmaker)."""
+    if keys.signing_key is None:
+        raise ValueError("these keys can only verify")
+    if not streamer_id:
+        raise ValueError("a streamer credential names a streamer id")
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": ISSUER,
+        "aud": STREAMER_AUDIENCE,
+        "sub": tenant,
+        "hid": host_id,
+        "stid": streamer_id,
+        "iat": issued,
+        "nbf": issued - 5,
+        "exp": issued + ttl_s,
+        "jti": secrets.token_urlsafe(12),
+    }
+    if keys.algorithm == "HS256":
+        return _hs256(claims, keys.signing_key)
+    return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
+
+
+def verify_streamer(keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5) -> StreamerClaims:
+    """Check signature, algorithm, issuer, streamer audience and expiry (``now`` for nbf too)."""
+    at = time.time() if now is None else now
+    try:
+        claims = jwt.decode(
+            token,
+            keys.verify_key,
+            algorithms=[keys.algorithm],
+            audience=STREAMER_AUDIENCE,
+            issuer=ISSUER,
+            leeway=leeway_s,
+            options={"verify_exp": False, "verify_nbf": False, "require": _STREAMER_REQUIRED},
+        )
+        expires_at = int(claims["exp"])
+        not_before = int(claims.get("nbf", claims["iat"]))
+        streamer_id = claims["stid"]
+    except (jwt.InvalidTokenError, TypeError, ValueError) as exc:
+        raise InvalidToken(f"invalid streamer credential: {exc}") from None
+    if not isinstance(streamer_id, str) or not streamer_id:
+        raise InvalidToken("invalid streamer credential: stid must be a non-empty string")
+    if expires_at + leeway_s < at:
+        raise InvalidToken("streamer credential expired")
+    if not_before - leeway_s > at:
+        raise InvalidToken("streamer credential not yet valid")
+    return StreamerClaims(str(claims["sub"]), str(claims["hid"]), streamer_id, expires_at, str(claims["jti"]))
+
+
+_STREAMER_REQUIRED = ["exp", "iat", "sub", "hid", "stid", "jti"]
