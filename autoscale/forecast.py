@@ -100,7 +100,7 @@ class DemandForecaster:
         self._z = NormalDist().inv_cdf(self.settings.quantile)
         self._buckets: dict[int, float] = {}  # bucket index -> peak demand in it
         self._recent: deque[tuple[float, float]] = deque()
-        self._oldest_bucket = 0
+        self._oldest_bucket: int | None = None
         self._usual_level: float | None = None  # demand when an event's window opened
 
     def add_event(self, event: ScheduledEvent) -> None:
@@ -114,11 +114,12 @@ class DemandForecaster:
         while self._recent and self._recent[0][0] < t - s.recent_window_s:
             self._recent.popleft()
         keep_from = b - int((s.history_days * DAY_S + DAY_S) // s.bucket_s)
+        if self._oldest_bucket is None or keep_from - self._oldest_bucket > len(self._buckets):
+            self._buckets = {k: v for k, v in self._buckets.items() if k >= keep_from}  # first call, or a long gap
+            self._oldest_bucket = keep_from
         while self._oldest_bucket < keep_from:
             self._buckets.pop(self._oldest_bucket, None)
             self._oldest_bucket += 1
-        if self._oldest_bucket == 0 and len(self._buckets) == 1:
-            self._oldest_bucket = b
 
     def _trend(self) -> float:
         """Least-squares slope of the recent window, players per second (0 when too few)."""

@@ -163,3 +163,14 @@ def test_bad_settings_are_refused() -> None:
         ForecastSettings(quantile=1.5)
     with pytest.raises(ValueError):
         ScheduledEvent(start=10, end=5, players=1)
+
+
+def test_history_is_bounded_on_a_real_clock() -> None:
+    """Unix-time observations (as the live controller makes) keep a bounded history."""
+    f = DemandForecaster(ForecastSettings(bucket_s=60.0, history_days=1))
+    t0 = 1_800_000_000.0
+    for i in range(4000):
+        f.observe(t0 + i * 60.0, 5.0)
+    assert len(f._buckets) <= 2 * 24 * 60 + 1
+    f.observe(t0 + 30 * DAY_S, 1.0)  # after a long gap: only the new bucket is left
+    assert len(f._buckets) == 1

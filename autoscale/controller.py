@@ -1,0 +1,169 @@
+"""The live autoscaler of one pool: every period, read the matchmaker (hosts, slots, queue),
+decide with the ``Scaler``, act through the provider, log the decision.
+
+The matchmaker is read in process (``pixelfleet up``) or over its admin API
+(``matchmaker.client.MatchmakerApi`` with the admin token). Draining goes through the
+matchmaker first, so no player is placed on a host between the decision and its
+termination; the host is terminated on a later step, once seen empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+import structlog
+
+from autoscale.policy import Decision, HostState, HostView, PoolView, Scaler
+from autoscale.providers.base import FleetProvider, ProviderHost
+from matchmaker.models import Host, Slot, SlotState
+
+if TYPE_CHECKING:
+    from matchmaker.client import MatchmakerApi
+    from matchmaker.service import Matchmaker
+
+log = structlog.get_logger("autoscale")
+
+_SERVING = (SlotState.READY, SlotState.ASSIGNED, SlotState.RESETTING)
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    hosts: list[Host]
+    slots: list[Slot]
+    queued: dict[tuple[str, str], int]  # (tenant, app) -> tickets waiting
+
+
+class Observer(Protocol):
+    async def snapshot(self) -> Snapshot: ...
+
+    async def drain(self, host_id: str) -> None: ...
+
+
+class InProcessObserver:
+    """The matchmaker object of this process (``pixelfleet up``)."""
+
+    def __init__(self, matchmaker: Matchmaker) -> None:
+        self.mm = matchmaker
+
+    async def snapshot(self) -> Snapshot:
+        queued = {(t, a): n for t, a, n in await self.mm.store.queues()}
+        return Snapshot(hosts=await self.mm.hosts(), slots=await self.mm.store.slots(), queued=queued)
+
+    async def drain(self, host_id: str) -> None:
+        await self.mm.drain(host_id, True)
+
+
+class ApiObserver:
+    """A matchmaker over HTTP, through its admin API."""
+
+    def __init__(self, api: MatchmakerApi) -> None:
+        self.api = api
+
+    async def snapshot(self) -> Snapshot:
+        queued = {(q.tenant, q.app): q.length for q in await self.api.queues()}
+        return Snapshot(hosts=await self.api.hosts(), slots=await self.api.slots(), queued=queued)
+
+    async def drain(self, host_id: str) -> None:
+        await self.api.drain(host_id)
+
+
+def pool_view(
+    now: float, launched: list[ProviderHost], snap: Snapshot, tenant: str, app: str, slots_per_host: int
+) -> PoolView:
+    """The pool as the scaler sees it: every host the provider launched, READY once the
+    matchmaker lists a slot of it serving (ready, assigned or resetting), busy by the slots
+    with a session or being reset after one. A host the matchmaker lists draining is
+    draining; a dead one (its agent gone) counts as booting until it registers again."""
+    by_host: dict[str, list[Slot]] = {}
+    for s in snap.slots:
+        if s.tenant == tenant and s.app == app:
+            by_host.setdefault(s.host_id, []).append(s)
+    hosts = {h.host_id: h for h in snap.hosts}
+    views = []
+    for p in launched:
+        record = hosts.get(p.host_id)
+        slots = by_host.get(p.host_id, []) if record is not None and not record.dead else []
+        busy = sum(1 for s in slots if s.session_id is not None or s.state in (SlotState.ASSIGNED, SlotState.RESETTING))
+        state: HostState = "booting"
+        if p.draining or (record is not None and record.draining):
+            state = "draining"
+        elif any(s.state in _SERVING for s in slots):
+            state = "ready"
+        views.append(
+            HostView(host_id=p.host_id, state=state, slots=len(slots) or slots_per_host, busy=busy, spot=p.spot)
+        )
+    return PoolView(now=now, hosts=views, queued=snap.queued.get((tenant, app), 0))
+
+
+class Controller:
+    def __init__(
+        self,
+        observer: Observer,
+        provider: FleetProvider,
+        scaler: Scaler,
+        *,
+        tenant: str = "default",
+        app: str = "default",
+        period_s: float = 60.0,
+        decision_log: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.observer = observer
+        self.provider = provider
+        self.scaler = scaler
+        self.tenant, self.app = tenant, app
+        self.period_s = period_s
+        self.decision_log = Path(decision_log) if decision_log else None
+        self.clock = clock
+        self.decisions: list[Decision] = []  # the last few, newest last
+        self._task: asyncio.Task[None] | None = None
+
+    async def step(self) -> Decision:
+        launched = await self.provider.hosts()
+        snap = await self.observer.snapshot()
+        view = pool_view(self.clock(), launched, snap, self.tenant, self.app, self.scaler.policy.slots_per_host)
+        d = self.scaler.decide(view)
+        await self.provider.protect({h.host_id for h in view.hosts if h.busy})
+        for host_id in d.drain:
+            await self.observer.drain(host_id)
+        for host_id in d.terminate:
+            await self.provider.terminate(host_id)
+        if d.launch:
+            await self.provider.launch(d.launch)
+        self._record(d)
+        return d
+
+    def _record(self, d: Decision) -> None:
+        self.decisions = [*self.decisions[-99:], d]
+        fields = msgspec.to_builtins(d)
+        if d.launch or d.drain or d.terminate:
+            log.info("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)
+        else:
+            log.debug("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)
+        if self.decision_log is not None:
+            with self.decision_log.open("ab") as f:
+                f.write(msgspec.json.encode({"pool": f"{self.tenant}/{self.app}", **fields}) + b"\n")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except Exception as exc:  # noqa: BLE001 - one failed step (matchmaker or cloud API down) is retried
+                log.warning("autoscale_step_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.period_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.provider.aclose()

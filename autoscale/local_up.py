@@ -1,0 +1,104 @@
+"""``pixelfleet up --autoscale``: the local fleet sized by the forecast autoscaler.
+
+Instead of one host with ``--streamers`` slots, the controller launches hosts of
+``policy.slots_per_host`` synthetic streamers each (``auto-1``, ``auto-2``, ...) through the
+``local`` provider, between ``policy.min_hosts`` and ``policy.max_hosts``, reading the
+embedded matchmaker in process. Settings: a JSON file (``--autoscale-config``), format
+in docs/autoscaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from autoscale.controller import Controller, InProcessObserver
+from autoscale.forecast import DemandForecaster, ForecastSettings, ScheduledEvent
+from autoscale.policy import ForecastSizer, PoolPolicy, Scaler
+from autoscale.providers.local import LocalProvider
+
+if TYPE_CHECKING:
+    from gpu_agent.agent import Agent
+    from matchmaker.service import Matchmaker
+    from pixelfleet.settings import PixelfleetSettings
+    from signaling.app import SignalingServer
+
+
+class LocalAutoscaleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # One box: small hosts that start in seconds, so short lead time, period and cool-down.
+    policy: PoolPolicy = PoolPolicy(min_hosts=1, max_hosts=4, lead_time_s=20.0, scale_in_cooldown_s=30.0)
+    forecast: ForecastSettings = ForecastSettings(bucket_s=60.0, recent_window_s=60.0)
+    period_s: float = 2.0
+    events: list[ScheduledEvent] = []  # start and end in Unix seconds
+    decision_log: str | None = None  # append each decision as a JSON line
+
+    def __post_init__(self) -> None:
+        if self.period_s <= 0:
+            raise ValueError("period_s must be > 0")
+
+
+def load_local_config(path: str | None) -> LocalAutoscaleConfig:
+    if path is None:
+        return LocalAutoscaleConfig()
+    try:
+        return msgspec.json.decode(Path(path).read_bytes(), type=LocalAutoscaleConfig)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ValueError(f"--autoscale-config {path}: {exc}") from None
+
+
+def _agent_factory(
+    args: argparse.Namespace, platform: PixelfleetSettings, server: SignalingServer, matchmaker: Matchmaker, slots: int
+) -> Callable[[str], Agent]:
+    from gpu_agent.agent import Agent
+    from gpu_agent.client import LocalMatchmakerClient
+    from pixelfleet.up import _connect_host
+
+    host = _connect_host(platform.signaling.host)
+
+    def make(host_id: str) -> Agent:
+        settings = msgspec.structs.replace(
+            platform.agent,
+            host_id=host_id,
+            streamer="synthetic",
+            slots=slots,
+            streamer_id="{host}-{n}",
+            app=args.app,
+            signaling_url=f"ws://{host}:{server.player_port}",
+            streamer_url=f"ws://{host}:{server.streamer_port}",
+            signaling_api_url=f"http://{host}:{server.player_port}",
+            res_x=args.width,
+            res_y=args.height,
+            fps=args.fps,
+            heartbeat_period_s=1.0,
+        )
+        return Agent(settings, LocalMatchmakerClient(matchmaker))
+
+    return make
+
+
+async def start_autoscaler(
+    args: argparse.Namespace, platform: PixelfleetSettings, server: SignalingServer, matchmaker: Matchmaker
+) -> Controller:
+    config = load_local_config(args.autoscale_config)
+    if args.autoscale_log:
+        config = msgspec.structs.replace(config, decision_log=args.autoscale_log)
+    provider = LocalProvider(_agent_factory(args, platform, server, matchmaker, config.policy.slots_per_host))
+    scaler = Scaler(config.policy, ForecastSizer(DemandForecaster(config.forecast, tuple(config.events))))
+    controller = Controller(
+        InProcessObserver(matchmaker),
+        provider,
+        scaler,
+        tenant=platform.agent.tenant,
+        app=args.app,
+        period_s=config.period_s,
+        decision_log=config.decision_log,
+    )
+    controller.start()
+    return controller
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
