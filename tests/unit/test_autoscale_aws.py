@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import Stubber  # type: ignore[import-untyped]
 from moto import mock_aws
 
 from autoscale.providers.aws_asg import AwsAsgProvider, AwsAsgSettings
