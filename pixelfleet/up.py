@@ -162,7 +162,6 @@ def _embedded_agent(
     platform: PixelfleetSettings,
     server: _Ports,
     matchmaker: Matchmaker | None,
-    api_url: str | None = None,  # where to ask whether a streamer streams (default: the player port)
 ) -> Agent:
     """The local synthetic streamers as the slots of one host, ``Streamer1..N``."""
     from gpu_agent.agent import Agent
@@ -178,7 +177,7 @@ def _embedded_agent(
         app=args.app,
         signaling_url=f"ws://{host}:{server.player_port}",
         streamer_url=f"ws://{host}:{server.streamer_port}",
-        signaling_api_url=api_url or f"http://{host}:{server.player_port}",
+        signaling_api_url=f"http://{host}:{server.player_port}",
         res_x=args.width,
         res_y=args.height,
         fps=args.fps,
@@ -197,7 +196,14 @@ def run_up(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     if args.autoscale and (args.no_matchmaker or args.nodes != 1):
         print("pixelfleet up: --autoscale needs the embedded matchmaker on one node", file=sys.stderr)
         return 2
+    if args.autoscale_config:  # read before anything starts: a bad file is one line, not a traceback
+        from autoscale.local_up import load_local_config
 
+        try:
+            load_local_config(args.autoscale_config)
+        except ValueError as exc:
+            print(f"pixelfleet up: {exc}", file=sys.stderr)
+            return 2
     if args.nodes != 1:  # a cluster on this box: pixelfleet/up_cluster.py
         from pixelfleet.up_cluster import run_cluster
 

@@ -143,6 +143,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, 
         (["signaling"], {"PIXELFLEET_SESSION_TOKEN_PUBLIC_KEY_FILE": "/nonexistent.pem"}, "session token key"),
         (["signaling", "--player-port", "0"], {"PIXELFLEET_TURN__PROVIDER": "static"}, "needs urls"),
         (["agent", "--streamer", "ue"], {}, "needs PIXELFLEET_AGENT__UE_BINARY"),
+        (["up", "--autoscale", "--autoscale-config", "/nonexistent.json"], {}, "--autoscale-config /nonexistent"),
     ],
 )
 def test_the_cli_stops_on_a_bad_setting_with_one_line_and_exit_2(
