@@ -1,16 +1,23 @@
-"""Prometheus text exposition (``/metrics``) and ``/healthz`` on a small aiohttp server."""
+"""The agent's ``/metrics`` (prometheus-client, read from the agent at scrape time),
+``/healthz`` (details), ``/livez`` and ``/readyz`` (its matchmaker reachable) on a small
+aiohttp server."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import msgspec
 import psutil
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Metric, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.registry import Collector
 
 from gpu_agent.probe import CODECS
 from gpu_agent.slots import Phase
+from pixelfleet.prometheus import exposition_handler
 
 if TYPE_CHECKING:
     from gpu_agent.agent import Agent
@@ -18,32 +25,52 @@ if TYPE_CHECKING:
 PREFIX = "pixelfleet_agent_"
 
 
-def _esc(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 class _Writer:
+    """Metric families by name, in first-use order; a family's labels are those of its first sample."""
+
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._seen: set[str] = set()
+        self.families: dict[str, Metric] = {}
 
     def metric(self, name: str, kind: str, help_: str, value: float | int | None, /, **labels: object) -> None:
         if value is None:
             return
-        full = PREFIX + name
-        if full not in self._seen:
-            self._seen.add(full)
-            self.lines.append(f"# HELP {full} {help_}")
-            self.lines.append(f"# TYPE {full} {kind}")
-        label_text = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-        self.lines.append(f"{full}{{{label_text}}} {value}" if labels else f"{full} {value}")
+        family = self.families.get(name)
+        if family is None:
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = self.families[name] = cls(PREFIX + name, help_, labels=list(labels))
+        assert isinstance(family, CounterMetricFamily | GaugeMetricFamily)
+        family.add_metric([str(v) for v in labels.values()], value)
 
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+    def summary(self, name: str, help_: str, count: int, total: float, /, **labels: object) -> None:
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = SummaryMetricFamily(PREFIX + name, help_, labels=list(labels))
+        assert isinstance(family, SummaryMetricFamily)
+        family.add_metric([str(v) for v in labels.values()], count, total)
+
+
+class AgentCollector(Collector):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        w = _Writer()
+        write(self.agent, w)
+        yield from w.families.values()
+
+
+def registry_for(agent: Agent) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent))
+    return registry
 
 
 def render(agent: Agent) -> str:
-    w = _Writer()
+    """The exposition text, as ``/metrics`` serves it."""
+    return generate_latest(registry_for(agent)).decode()
+
+
+def write(agent: Agent, w: _Writer) -> None:
     sample = agent.telemetry.latest
     host = agent.settings.host
     w.metric("up", "gauge", "1 while the agent runs", 1, host=host)
@@ -123,15 +150,14 @@ def render(agent: Agent) -> str:
         w.metric("slot_starts_total", "counter", "streamer processes started", slot.starts, **lab)
         w.metric("slot_restarts_total", "counter", "unplanned restarts (crash, startup timeout)", slot.restarts, **lab)
         w.metric("slot_resets_total", "counter", "resets after a session", slot.resets, **lab)
-        w.metric("slot_cold_start_seconds", "gauge", "spawn to streaming, last start", slot.cold_start_s, **lab)
-        w.metric(
-            "slot_cold_start_seconds_sum",
-            "counter",
-            "spawn to streaming, all starts",
+        w.metric("slot_last_cold_start_seconds", "gauge", "spawn to streaming, last start", slot.cold_start_s, **lab)
+        w.summary(
+            "slot_cold_start_seconds",
+            "spawn to streaming, all starts that reached streaming",
+            slot.cold_starts,
             round(slot.cold_start_total_s, 6),
             **lab,
         )
-        w.metric("slot_cold_start_seconds_count", "counter", "starts that reached streaming", slot.cold_starts, **lab)
         use = attribution.get(slot.plan.index)
         if use is not None:
             w.metric("slot_gpu_memory_bytes", "gauge", "GPU memory of the slot's processes", use.memory_bytes, **lab)
@@ -154,7 +180,6 @@ def render(agent: Agent) -> str:
         w.metric("draining", "gauge", "1 while draining, by reason", 1, reason=str(reason))
     cpu = agent.process.cpu_times()
     w.metric("process_cpu_seconds_total", "counter", "the agent's own CPU time", round(cpu.user + cpu.system, 3))
-    return w.text()
 
 
 def health(agent: Agent) -> dict[str, object]:
@@ -175,6 +200,19 @@ def health(agent: Agent) -> dict[str, object]:
     }
 
 
+def not_ready(agent: Agent) -> list[str]:
+    """Why the agent cannot serve: its matchmaker has not taken its registration or its last
+    heartbeat (unreachable, or refusing). An agent without a matchmaker is always ready."""
+    r = agent.reporter
+    if r is None:
+        return []
+    if not r.registered:
+        return ["not registered with the matchmaker"]
+    if r.last_error is not None:
+        return [f"matchmaker unreachable: {r.last_error}"]
+    return []
+
+
 class MetricsServer:
     def __init__(self, agent: Agent, host: str, port: int) -> None:
         self.agent = agent
@@ -183,20 +221,21 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        async def metrics(request: web.Request) -> web.Response:
-            return web.Response(
-                text=render(self.agent),
-                content_type="text/plain",
-                headers={"X-Content-Type-Options": "nosniff"},
-                charset="utf-8",
-            )
+        async def livez(request: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        async def readyz(request: web.Request) -> web.Response:
+            reasons = not_ready(self.agent)
+            return web.json_response({"ok": not reasons, "reasons": reasons}, status=503 if reasons else 200)
 
         async def healthz(request: web.Request) -> web.Response:
             return web.Response(body=msgspec.json.encode(health(self.agent)), content_type="application/json")
 
         app = web.Application()
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/metrics", exposition_handler(registry_for(self.agent)))
         app.router.add_get("/healthz", healthz)
+        app.router.add_get("/livez", livez)
+        app.router.add_get("/readyz", readyz)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)

@@ -37,6 +37,7 @@ class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
     # records_memory_max kept in memory (lost on exit; the count of dropped ones is logged).
     records_path: str | None = None
     records_memory_max: int = RECORDS_MEMORY_MAX
+    drain_delay_s: float = 0.0  # SIGTERM: time /readyz answers 503 before the port closes
 
     def __post_init__(self) -> None:
         # The Redis store's script would read an unknown policy as spread: refuse it here.

@@ -27,6 +27,7 @@ import jwt
 import msgspec
 from aiohttp import web
 
+from matchmaker.metrics import allocation_refusal
 from matchmaker.models import (
     AllocationRequest,
     Assigned,
@@ -227,9 +228,15 @@ async def create_session(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
     tenant = _tenant(request, mm)
     body: SessionRequest = await _body(request, SessionRequest)
-    result = await mm.allocate(AllocationRequest(tenant=tenant, **msgspec.structs.asdict(body)))
+    try:
+        result = await mm.allocate(AllocationRequest(tenant=tenant, **msgspec.structs.asdict(body)))
+    except StoreError as exc:
+        mm.metrics.allocation(tenant, body.app, allocation_refusal(exc))
+        raise
     if isinstance(result, Allocation):
+        mm.metrics.allocation(tenant, body.app, "assigned")
         return _json(assigned(result), 201)
+    mm.metrics.allocation(tenant, body.app, "queued")
     return _json(ticket_reply(result), 202)
 
 

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from matchmaker.config import MatchmakerSettings
+from matchmaker.health import add_health_routes
 from matchmaker.http import API_PREFIX, create_app
 from matchmaker.records import RecordSink, open_sink
 from matchmaker.service import Matchmaker
@@ -64,6 +65,7 @@ class MatchmakerServer:
         self.matchmaker = matchmaker or build_matchmaker(settings)
         self._runner: web.AppRunner | None = None
         self.port = settings.port
+        self.draining = False  # set on stop(): /readyz answers 503 from then on
 
     async def start(self) -> None:
         app = web.Application()
@@ -72,6 +74,7 @@ class MatchmakerServer:
             return web.json_response({"ok": True})
 
         app.router.add_get("/healthz", healthz)
+        add_health_routes(app, self)  # /livez, /readyz, /metrics (matchmaker.health)
         app.add_subapp(API_PREFIX, create_app(self.matchmaker))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -90,6 +93,10 @@ class MatchmakerServer:
         )
 
     async def stop(self) -> None:
+        self.draining = True
+        if self.settings.drain_delay_s > 0 and self._runner is not None:
+            log.info("matchmaker_draining", delay_s=self.settings.drain_delay_s)
+            await asyncio.sleep(self.settings.drain_delay_s)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.matchmaker.aclose()

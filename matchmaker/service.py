@@ -21,6 +21,7 @@ import msgspec
 import structlog
 
 from matchmaker.config import MatchmakerSettings
+from matchmaker.metrics import MatchmakerMetrics
 from matchmaker.models import (
     AllocationRequest,
     EndReason,
@@ -109,6 +110,7 @@ class Matchmaker:
         self._closing = False
         self._flushing: asyncio.Task[None] | None = None
         self._flush_again = False
+        self.metrics = MatchmakerMetrics()  # /metrics (matchmaker.metrics)
 
     # --- allocation -------------------------------------------------------------------
 
@@ -324,6 +326,7 @@ class Matchmaker:
     async def _record(self, ended: list[Session]) -> None:
         if not ended:
             return
+        self.metrics.ended(ended)
         for s in ended:
             log.info("session_ended", session=s.session_id, reason=str(s.end_reason), slot=s.slot_id)
             if s.ended_at is not None:
@@ -421,6 +424,7 @@ class Matchmaker:
                         continue
                     break  # no READY slot for this queue: later tickets cannot do better
                 served += 1
+                self.metrics.queue_wait.labels(tenant, app).observe(max(0.0, now - ticket.enqueued_at))
         if served or finished:
             await self._notify()
         return served

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web, web_urldispatcher
 
 from pixelfleet import __version__
+from pixelfleet.prometheus import exposition_handler
 from signaling.peer_links import node_of
 from signaling.protocol import Listing, Peer, Role
 from signaling.ws import SignalingNode
@@ -112,6 +113,7 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", exposition_handler(node.metrics))  # docs/observability.md
     upgrades = _WebSocketUpgrade("/{tail:.*}", name="player-socket")  # Epic's clients use any path
     app.router.register_resource(upgrades)
     upgrades.add_route("GET", functools.partial(node.handle, role=Role.PLAYER))

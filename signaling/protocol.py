@@ -170,6 +170,10 @@ class SignalingCore:
         self._wanted: dict[Address, str] = {}  # ids asked for in a claim still in flight
         self._next_conn = 0
         self._next_player = 0
+        # Plain-int counters for /metrics (signaling.metrics reads them at scrape time):
+        # accepted messages by role and type, refused ones by role and problem kind.
+        self.accepted: dict[Role, dict[str, int]] = {role: {} for role in Role}
+        self.refused: dict[tuple[Role, str], int] = {}
 
     # --- events from this node's sockets ----------------------------------------------
 
@@ -223,6 +227,8 @@ class SignalingCore:
             msg = m.validate(obj, m.MODELS[kind])
         except m.InvalidFields as exc:
             return self.invalid(peer, "invalid_message", str(exc))
+        counts = self.accepted[peer.role]
+        counts[kind] = counts.get(kind, 0) + 1
         return handler(self, peer, obj, msg)
 
     def reject(self, conn: Address, detail: str) -> list[Action]:
@@ -398,6 +404,7 @@ class SignalingCore:
         actions: list[Action] = [Problem(peer.conn, kind, detail)]
         if peer.role is Role.PLAYER:
             actions.append(Send(peer.conn, m.Error(code=kind, message=detail)))
+        self._count_refused(peer.role, kind)
         peer.errors += 1
         if peer.errors > self.max_errors:
             actions.append(Close(peer.conn, errors.POLICY_VIOLATION, "too many protocol errors"))
@@ -567,7 +574,12 @@ class SignalingCore:
         if kind in m.MODELS:
             return self.invalid(peer, "not_allowed", f"'{kind}' may not be sent by a {peer.role.value}")
         detail = f"unknown message type '{kind[:64]}'"
+        self._count_refused(peer.role, "unknown_type")
         actions: list[Action] = [Problem(peer.conn, "unknown_type", detail)]
         if peer.role is Role.PLAYER:
             actions.append(Send(peer.conn, m.Error(code="unknown_type", message=detail)))
         return actions
+
+    def _count_refused(self, role: Role, kind: str) -> None:
+        key = (role, kind)  # kind: one of the few problem kinds in this module, never peer input
+        self.refused[key] = self.refused.get(key, 0) + 1

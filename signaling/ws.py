@@ -29,6 +29,7 @@ from signaling import peer_links as links
 from signaling.broker import Broker, BrokerUnavailable
 from signaling.config import Settings
 from signaling.limits import TokenBucket
+from signaling.metrics import node_registry
 from signaling.peer_links import Address, node_of
 from signaling.protocol import Announce, Claim, Close, Problem, Relay, Role, Send, SignalingCore, Withdraw
 from signaling.sessions import SessionGate
@@ -117,7 +118,19 @@ class Outbox:
 class Connection:
     """One open WebSocket: its mailbox, rate limiter, and the problems already logged."""
 
-    __slots__ = ("conn", "role", "remote", "ws", "transport", "outbox", "bucket", "ping_at", "_logged", "_closing")
+    __slots__ = (
+        "conn",
+        "role",
+        "remote",
+        "ws",
+        "transport",
+        "outbox",
+        "bucket",
+        "ping_at",
+        "_logged",
+        "_closing",
+        "close_code",
+    )
 
     def __init__(
         self,
@@ -139,6 +152,7 @@ class Connection:
         self.ping_at = 0.0  # when the keepalive sweep last pinged it
         self._logged: set[str] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self.close_code: int | None = None  # the code we closed with (the peer may echo another)
 
     def info(self, event: str, **fields: Any) -> None:
         log.info(event, conn=self.conn, role=self.role.value, remote=self.remote, **fields)
@@ -156,6 +170,7 @@ class Connection:
         if self._closing is not None:
             return
         self.outbox.closed = True
+        self.close_code = code
         self._closing = asyncio.create_task(self._close(code, errors.clip_reason(reason)))
 
     async def closed(self) -> None:
@@ -185,9 +200,12 @@ class SignalingNode:
         self.connections: dict[Address, Connection] = {}
         self.accepting = True
         self._keepalive: asyncio.Task[None] | None = None
+        self.metrics, self.stats = node_registry(self)  # /metrics (signaling.metrics)
 
     async def handle(self, request: web.Request, role: Role) -> web.StreamResponse:
         s = self.settings
+        loop_time = asyncio.get_running_loop().time
+        upgrade_at = loop_time()
         if not self.accepting:
             raise web.HTTPServiceUnavailable(text="server is shutting down")
         gate = self.gate if role is Role.PLAYER else None
@@ -206,7 +224,6 @@ class SignalingNode:
             allowed_streamer=None if admitted is None else admitted[0].streamer_id,
             options_key=None if admitted is None else admitted[0].session_id,
         )
-        loop_time = asyncio.get_running_loop().time
         if role is Role.PLAYER:
             bucket = TokenBucket(s.player_rate, s.player_burst, loop_time())
         else:
@@ -223,14 +240,17 @@ class SignalingNode:
         receive = self.core.receive
         loads = orjson.loads
         take = bucket.take
+        self.stats.opened[role] += 1
         try:
             claims = run(greeting)
+            self.stats.handshake[role].observe(loop_time() - upgrade_at)
             if claims:
                 await self.claim(claims)
             async for msg in ws:
                 kind = msg.type
                 if kind is _TEXT or kind is _BINARY:
                     if not take(loop_time()):
+                        self.stats.rate_limited[role] += 1
                         connection.close(errors.RATE_LIMITED, "message rate limit exceeded")
                         break
                     try:
@@ -243,6 +263,7 @@ class SignalingNode:
                         await self.claim(claims)
                 elif kind is _PING:
                     if not take(loop_time()):
+                        self.stats.rate_limited[role] += 1
                         connection.close(errors.RATE_LIMITED, "message rate limit exceeded")
                         break
                     await ws.pong(msg.data)
@@ -259,6 +280,7 @@ class SignalingNode:
             outbox.owner = None  # no cycle left: the socket's objects go by refcount
             if gate is not None:
                 gate.report("disconnected", admitted)
+            self.stats.close(role, connection.close_code or ws.close_code)
             connection.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
         return ws
 

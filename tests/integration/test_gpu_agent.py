@@ -236,9 +236,11 @@ async def test_slots_start_connect_and_register_ready(stack: Stack) -> None:
     async with stack.http.get(base + "/metrics") as r:
         text = await r.text()
     assert r.status == 200
-    assert 'pixelfleet_agent_slot_phase{phase="ready",slot="0",streamer_id="gpu-1-0"} 1' in text
-    assert "pixelfleet_agent_slot_cold_start_seconds{" in text
+    assert 'pixelfleet_agent_slot_phase{phase="ready",slot="0",streamer_id="gpu-1-0"} 1.0' in text
+    assert 'pixelfleet_agent_slot_cold_start_seconds_count{slot="0",streamer_id="gpu-1-0"} 1.0' in text
     assert 'pixelfleet_agent_gpu_encoder_capacity_ratio{codec="h264",gpu="0",name="NVIDIA A10G"} 0.71' in text
+    async with stack.http.get(base + "/readyz") as r:  # registered, heartbeats delivered
+        assert r.status == 200 and (await r.json())["reasons"] == []
     async with stack.http.get(base + "/healthz") as r:
         health = await r.json()
     assert health["ok"] and health["registered"] and [s["phase"] for s in health["slots"]] == ["ready", "ready"]
@@ -494,12 +496,23 @@ async def test_matchmaker_down_then_back_gets_the_last_state(stack: Stack) -> No
     assert agent.reporter is not None
     await eventually(lambda: agent.reporter is not None and agent.reporter.failed >= 3, "failed tries")
     assert not agent.reporter.registered and agent.reporter.last_error
+    assert agent.metrics is not None
+    readyz = f"http://127.0.0.1:{agent.metrics.port}/readyz"
+
+    async def ready() -> tuple[int, list[str]]:
+        async with stack.http.get(readyz) as r:
+            return r.status, (await r.json())["reasons"]
+
+    assert await ready() == (503, ["not registered with the matchmaker"])
     await stack.start_matchmaker()
     await eventually(lambda: stack.states_are(s0="ready", s1="ready"), "the last state delivered")
+    assert await ready() == (200, [])
     # The matchmaker restarts with an empty store: 404 -> register again -> ready again.
     await stack.servers.pop().stop()
     registrations = agent.reporter.registrations
     await eventually(lambda: agent.reporter is not None and agent.reporter.consecutive_failures >= 2, "down again")
+    status, reasons = await ready()
+    assert status == 503 and reasons[0].startswith("matchmaker unreachable: ")
     await stack.start_matchmaker()
     await eventually(lambda: stack.states_are(s0="ready", s1="ready"), "state delivered after re-registering")
     assert agent.reporter.registrations == registrations + 1

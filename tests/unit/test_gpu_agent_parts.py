@@ -266,13 +266,17 @@ def test_prometheus_text() -> None:
     assert text.endswith("\n") and lines.count("# TYPE pixelfleet_agent_gpu_utilization_ratio gauge") == 1
     assert 'pixelfleet_agent_gpu_utilization_ratio{gpu="0",name="NVIDIA L4"} 0.64' in lines
     assert 'pixelfleet_agent_gpu_encoder_capacity_ratio{codec="av1",gpu="1",name="NVIDIA L4"} 0.61' in lines
-    assert 'pixelfleet_agent_slot_phase{phase="ready",slot="0",streamer_id="g6-0"} 1' in lines
-    assert 'pixelfleet_agent_slot_cold_start_seconds{slot="0",streamer_id="g6-0"} 1.5' in lines
+    assert 'pixelfleet_agent_slot_phase{phase="ready",slot="0",streamer_id="g6-0"} 1.0' in lines
+    assert 'pixelfleet_agent_slot_last_cold_start_seconds{slot="0",streamer_id="g6-0"} 1.5' in lines
+    # cold starts are a typed summary (count and sum together), no longer two loose counters
+    assert "# TYPE pixelfleet_agent_slot_cold_start_seconds summary" in lines
+    assert 'pixelfleet_agent_slot_cold_start_seconds_count{slot="0",streamer_id="g6-0"} 1.0' in lines
+    assert 'pixelfleet_agent_slot_cold_start_seconds_sum{slot="0",streamer_id="g6-0"} 1.5' in lines
     for line in lines:  # every sample line is "name{labels} number"
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
     h100 = render(fake_agent("h100", 1))
-    assert 'pixelfleet_agent_gpu_has_nvenc{gpu="0",name="NVIDIA H100 80GB HBM3"} 0' in h100
+    assert 'pixelfleet_agent_gpu_has_nvenc{gpu="0",name="NVIDIA H100 80GB HBM3"} 0.0' in h100
     assert 'query="encoder_utilization"' in h100 and "gpu_encoder_utilization_ratio{" not in h100
 
 
