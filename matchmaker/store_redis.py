@@ -20,6 +20,7 @@ from matchmaker.redis_base import DEFAULT_TIMEOUT_S, Call, cmd, guarded, names, 
 from matchmaker.redis_hosts import RedisHosts
 from matchmaker.redis_keys import session_template
 from matchmaker.store import NoClaim, QueueFull, Returning
+from pixelfleet.redis_sentinel import parse_sentinel_url, sentinel_primary
 from pixelfleet.redis_url import split_cluster_flag
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "FINISHED_TICKET_TTL_S", "RedisStore"]
@@ -51,6 +52,11 @@ class RedisStore(RedisHosts):
     def from_url(cls, url: str, *, prefix: str = "pf", timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisStore:
         """``redis://``, ``rediss://``, ``unix://``; ``?cluster=1`` picks Redis Cluster."""
         url, cluster = split_cluster_flag(url)
+        sentinel = parse_sentinel_url(url)  # ?sentinel=<name>: follow the primary across failovers
+        if sentinel is not None and cluster:
+            raise ValueError("a state URL names Redis Cluster or Sentinel, not both")
+        if sentinel is not None:
+            return cls(sentinel_primary(sentinel), prefix=prefix, timeout_s=timeout_s)
         if cluster:
             return cls(RedisCluster.from_url(url), prefix=prefix, timeout_s=timeout_s)
         # redis-py's default pool fails at 100 connections in use; this one waits for

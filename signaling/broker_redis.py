@@ -33,8 +33,10 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from pixelfleet.redis_sentinel import parse_sentinel_url, sentinel_primary
 from pixelfleet.redis_url import split_cluster_flag
 from signaling.broker import BrokerUnavailable, Mailbox, NodeEvents
 from signaling.peer_links import Address, AnyLink, decode_link, encode_link, node_of
@@ -106,6 +108,7 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False  # the last round trip worked
         self._registered = False
+        self._inbox_up = False  # subscribed to this node's channel: it can be sent to
         self._epoch: str | None = None
         self._stable_since: float | None = None  # loop time of the first beat of the current unbroken run
         self._seen: set[str] = set()  # nodes alive at the last beat (this one included)
@@ -118,7 +121,12 @@ class RedisBroker:
         cls, url: str, *, node_id: str | None = None, node_ttl_s: float = 5.0, prefix: str = "pf"
     ) -> RedisBroker:
         url, cluster = split_cluster_flag(url)
-        client: RedisClient = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+        sentinel = parse_sentinel_url(url)  # ?sentinel=<name>: follow the primary across failovers
+        if sentinel is not None and cluster:
+            raise ValueError("a state URL names Redis Cluster or Sentinel, not both")
+        client: RedisClient = (
+            sentinel_primary(sentinel) if sentinel else RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+        )
         return cls(client, node_id=node_id, node_ttl_s=node_ttl_s, prefix=prefix)
 
     def inbox(self, node: str) -> str:
@@ -126,7 +134,7 @@ class RedisBroker:
 
     @property
     def ready(self) -> bool:
-        return self._up and self._registered
+        return self._up and self._registered and self._inbox_up
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -203,9 +211,9 @@ class RedisBroker:
                 batch, self._outgoing = self._outgoing, {}
                 nodes = list(batch)
                 sends = [self._publish(self.inbox(n), pack([i[:3] for i in batch[n]])) for n in nodes]
-                try:
-                    counts: list[Any] = await asyncio.gather(*sends)
-                except (RedisError, OSError) as exc:
+                try:  # bounded: a Redis that went silent (no reset) must not stall the writer for good
+                    counts: list[Any] = await asyncio.wait_for(asyncio.gather(*sends), self._ttl_ms / 1000)
+                except (RedisError, OSError, TimeoutError) as exc:
                     self._went_down(exc)
                     counts = [0] * len(nodes)
                 self.stats["batches"] += len(nodes)
@@ -403,15 +411,30 @@ class RedisBroker:
                 if joined is not None:
                     await self._reload_directory_safely()
                     joined.set()
+                    self._inbox_up = True
                 elif self._up:
                     await self._reload_directory()  # events may have been missed while away
                 attempt = 0
+                heard = pinged = asyncio.get_running_loop().time()
                 while True:
                     msg = await self._next_message(pubsub)
-                    if msg is not None and msg.get("type") == "smessage":
-                        handle(msg["data"])
+                    now = asyncio.get_running_loop().time()
+                    if msg is not None:
+                        heard = now
+                        if msg.get("type") == "smessage":
+                            handle(msg["data"])
+                    if not self._cluster and now - pinged >= self._ttl_ms / 3000:
+                        # A server that went silent without a reset (its host vanished, a
+                        # failover) keeps the subscription looking alive: ping, and subscribe
+                        # anew (to whatever the URL reaches now) when nothing came back in a TTL.
+                        if now - heard > self._ttl_ms / 1000:
+                            raise RedisConnectionError("no answer on the subscription connection")
+                        pinged = now
+                        await pubsub.ping()
             except (RedisError, OSError) as exc:
                 self._went_down(exc)
+                if joined is not None:
+                    self._inbox_up = False
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
