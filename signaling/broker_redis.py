@@ -262,14 +262,23 @@ class RedisBroker:
 
     # --- directory --------------------------------------------------------------------
 
-    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool) -> str:
+    async def _bounded(self, call: Awaitable[Any]) -> Any:
+        """One round trip that a connection's task waits on: never longer than a TTL (a
+        frozen Redis answers nothing and raises nothing), and a failure is BrokerUnavailable."""
         try:
-            raw = await self._scripts["claim"](
-                keys=[self._k_dir], args=[conn, wanted, old or "", "1" if streaming else "0", self._events_channel]
-            )
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self._ttl_ms / 1000):
+                return await call
+        except (RedisError, OSError, TimeoutError) as exc:
             self._went_down(exc)
-            raise BrokerUnavailable(str(exc)) from None
+            raise BrokerUnavailable(str(exc) or type(exc).__name__) from None
+
+    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool, exact: bool = False) -> str:
+        raw = await self._bounded(
+            self._scripts["claim"](
+                keys=[self._k_dir],
+                args=[conn, wanted, old or "", "1" if streaming else "0", self._events_channel, "1" if exact else "0"],
+            )
+        )
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def announce(self, streamer_id: str, conn: Address, streaming: bool) -> None:
@@ -289,10 +298,8 @@ class RedisBroker:
         """Directory writes that nobody waits for; a failure is healed by the next re-listing."""
 
         async def run() -> None:
-            try:
-                await call
-            except (RedisError, OSError) as exc:
-                self._went_down(exc)
+            with contextlib.suppress(BrokerUnavailable):
+                await self._bounded(call)
 
         if self._up:
             task = asyncio.create_task(run())
@@ -330,11 +337,7 @@ class RedisBroker:
 
     async def first_use(self, token_id: str, expires_at: int) -> bool:
         """SET NX until the token expires: used once in the whole cluster."""
-        try:
-            return bool(await self._r.set(self._jti + token_id, b"1", nx=True, exat=max(int(expires_at), 1)))
-        except (RedisError, OSError) as exc:
-            self._went_down(exc)
-            raise BrokerUnavailable(str(exc)) from None
+        return bool(await self._bounded(self._r.set(self._jti + token_id, b"1", nx=True, exat=max(int(expires_at), 1))))
 
     # --- liveness ---------------------------------------------------------------------
 
