@@ -138,12 +138,15 @@ def _cmd_signaling(args: argparse.Namespace, settings: PixelfleetSettings) -> in
     import uvloop
 
     from signaling.app import SignalingServer
-    from signaling.sessions import gate_from_settings
+    from signaling.sessions import gate_from_settings, verify_keys
     from turn.wiring import wire_turn
 
     s = settings.signaling
-    turn = wire_turn(settings.turn, base_options=s.peer_connection_options)
-    server = SignalingServer(s, session_gate=gate_from_settings(s), **(turn.server_kwargs() if turn else {}))
+    keys = verify_keys(s)  # streamer credentials too (issue 11); None = open mode, warned at start
+    turn = wire_turn(settings.turn, base_options=s.peer_connection_options, keys=keys)
+    server = SignalingServer(
+        s, session_gate=gate_from_settings(s), streamer_keys=keys, **(turn.server_kwargs() if turn else {})
+    )
 
     async def start() -> None:
         if turn:

@@ -16,7 +16,9 @@ from typing import cast
 import structlog
 from aiohttp import web
 
+from pixelfleet.tokens import TokenKeys
 from signaling import errors
+from signaling.access import guard_from_settings, malformed_paths, security_headers
 from signaling.broker import open_broker
 from signaling.config import Settings
 from signaling.http_api import add_routes
@@ -40,7 +42,10 @@ class SignalingServer:
         player_routes: Sequence[web.AbstractRouteDef] = (),
         player_subapps: Sequence[tuple[str, web.Application]] = (),
         session_gate: SessionGate | None = None,
+        streamer_keys: TokenKeys | None = None,
     ) -> None:
+        """``streamer_keys``: verify streamer and SFU credentials (and lock the REST
+        listings) with them; None is open mode (``pixelfleet up``, Epic's single box)."""
         self.settings = settings
         self.player_routes = tuple(player_routes)  # extra routes on the player port (e.g. TURN)
         self.player_subapps = tuple(player_subapps)  # e.g. the matchmaker API under /api/v1
@@ -58,6 +63,7 @@ class SignalingServer:
         if session_gate is not None:
             session_gate.first_use = broker.first_use
         self.node = SignalingNode(settings, self.core, broker, session_gate)
+        self.node.access = guard_from_settings(settings, streamer_keys)
         self._runners: dict[Role, web.AppRunner] = {}
         self.ports: dict[Role, int] = {}
 
@@ -73,8 +79,13 @@ class SignalingServer:
     def sfu_port(self) -> int | None:
         return self.ports.get(Role.SFU)
 
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[malformed_paths])
+        app.on_response_prepare.append(security_headers(self.settings))  # type: ignore[arg-type]
+        return app
+
     def player_app(self) -> web.Application:
-        app = web.Application()
+        app = self._app()
         app.add_routes(self.player_routes)  # before add_routes' catch-all page route
         for prefix, subapp in self.player_subapps:
             app.add_subapp(prefix, subapp)
@@ -85,7 +96,7 @@ class SignalingServer:
         async def handler(request: web.Request) -> web.StreamResponse:
             return await self.node.handle(request, role)
 
-        app = web.Application()
+        app = self._app()
         app.router.add_get("/{tail:.*}", handler)  # Epic accepts any path
         return app
 
@@ -101,16 +112,26 @@ class SignalingServer:
         for role, (app, port) in apps.items():
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=s.shutdown_grace_s)
             await runner.setup()
-            site = web.TCPSite(runner, s.host, port, reuse_address=True)
+            host = s.host if role is Role.PLAYER else s.streamer_host  # streamers stay private
+            site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()
             self._runners[role] = runner
             server = cast(asyncio.Server | None, site._server)  # noqa: SLF001 - the only way to read back port 0
             assert server is not None and server.sockets
             self.ports[role] = server.sockets[0].getsockname()[1]
         self.node.start_keepalive()
+        if self.node.access.keys is None:
+            log.warning(
+                "signaling_open_mode",
+                detail="no session-token key: any client may register streamers and SFUs under any id "
+                "and read every listing (docs/protocol.md, Access)",
+            )
+        elif not self.node.access.required:
+            log.warning("streamer_credentials_optional", detail="streamers without a credential are admitted")
         log.info(
             "signaling_listening",
             host=s.host,
+            streamer_host=s.streamer_host,
             node=self.node.broker.node_id,
             **{f"{role.value}_port": port for role, port in self.ports.items()},
         )

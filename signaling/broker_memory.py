@@ -41,7 +41,7 @@ class MemoryBroker:
     def relay(self, link: AnyLink) -> bool:
         return False  # one node: the core handles every link itself
 
-    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool) -> str:
+    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool, exact: bool = False) -> str:
         raise NotImplementedError("one node: the core claims ids itself")
 
     def announce(self, streamer_id: str, conn: Address, streaming: bool) -> None:

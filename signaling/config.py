@@ -39,3 +39,19 @@ class Settings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=
     node_id: str | None = None  # unique per process; None = a random one at start
     node_ttl_s: float = 5.0  # a node silent this long is dead; its peers' partners are told
     drain_delay_s: float = 0.0  # SIGTERM: time /readyz answers 503 before sockets are closed
+    # Issue 11, docs/protocol.md "Access": streamer/SFU credentials, abuse limits, headers.
+    streamer_host: str = "127.0.0.1"  # bind address of the streamer and SFU ports (not moved by host)
+    require_streamer_token: bool | None = None  # default: required once a session-token key is set
+    connect_rate_per_ip: float = 20.0  # WebSocket upgrades/s per client address (0 = off) ...
+    connect_burst_per_ip: float = 100.0  # ... with bursts up to this
+    max_connections_per_ip: int = 500  # open sockets per client address (0 = no cap)
+    max_connections: int = 0  # open sockets on this node, all ports (0 = no cap)
+    connect_limits_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # CIDRs the per-IP limits skip
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For names the client
+    allowed_origins: tuple[str, ...] = ()  # Origins browsers may open the player port from; empty = any
+    frame_ancestors: tuple[str, ...] = ("'self'",)  # CSP frame-ancestors of the player port
+    page_csp: str = (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data: blob:; media-src 'self' blob:; font-src 'self' data:; worker-src 'self' blob:; "
+        "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'self'"
+    )  # Content-Security-Policy of the player port (frame-ancestors is appended)

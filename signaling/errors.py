@@ -11,6 +11,7 @@ means the client may reconnect, 4500-4999 that it should not (none used yet).
 from __future__ import annotations
 
 # RFC 6455
+PROTOCOL_ERROR = 1002  # a client frame that breaks RFC 6455 (unmasked)
 POLICY_VIOLATION = 1008  # too many protocol errors
 MESSAGE_TOO_BIG = 1009  # frame over the size limit (aiohttp sends it)
 INTERNAL_ERROR = 1011  # also what Epic uses for ``disconnectPlayer``
@@ -22,6 +23,11 @@ KEEPALIVE_TIMEOUT = 4001  # no answer to our ping for a keepalive period
 STREAMER_GONE = 4100  # the streamer (or SFU) this player watched disconnected
 SLOW_CONSUMER = 4408  # send queue overflowed: the peer does not read fast enough
 RATE_LIMITED = 4429  # message flood
+# Streamer ids (docs/protocol.md "Streamer credentials"): reconnecting with the same id
+# and credential does not help for the first two, but UE reconnects anyway.
+INVALID_ID = 4400  # endpointId too long, or with control characters or HTML
+ID_NOT_ALLOWED = 4403  # endpointId is not the id the streamer credential names
+ID_TAKEN = 4409  # the credential's id is held by another connection (reconnect once it left)
 
 CLOSE_REASON_LIMIT = 123  # bytes a close frame can carry as its reason
 

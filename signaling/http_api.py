@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
 
     def streamer_info(peer: Peer) -> dict[str, Any]:
         # Subscribers may be on other nodes: listed by id and kind, with the streamer's id.
-        return {
+        info: dict[str, Any] = {
             "streamerId": peer.streamer_id,
             "type": "SFU" if peer.role is Role.SFU else "Streamer",
             "streaming": peer.streaming,
@@ -40,14 +41,23 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
                 for pid, sub in peer.subscribers.items()
             ],
         }
+        if peer.credential is not None:  # only the credential's holder makes this appear (the agent checks it)
+            info["credentialId"] = peer.credential.credential_id
+        return info
+
+    def visible(request: web.Request) -> Callable[[str | None], bool]:
+        """Listings show a caller what its token allows (``AccessGuard.viewer``: 401 without one)."""
+        scope = node.access.viewer(request)
+        return (lambda sid: True) if scope is None else (lambda sid: sid == scope)
 
     async def status(request: web.Request) -> web.Response:
+        shown = visible(request)
         peers = list(core.peers())
         return web.json_response(
             {
                 "uptime": int((time.monotonic() - started) * 1000),
-                "streamer_count": sum(p.streamer_id is not None for p in peers),
-                "player_count": sum(p.player_id is not None for p in peers),
+                "streamer_count": sum(p.streamer_id is not None and shown(p.streamer_id) for p in peers),
+                "player_count": sum(p.player_id is not None and shown(_watched(p)) for p in peers),
                 "version": __version__,  # the same as pixelfleet --version
                 "node": core.node,
             }
@@ -59,14 +69,19 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
 
     async def streamers(request: web.Request) -> web.Response:
         # Cluster-wide: this node's streamers in full, the others' from the directory.
+        shown = visible(request)
         out = []
         for sid, listing in core.listings():
+            if not shown(sid):
+                continue
             peer = core.streamer_by_id(sid)
             out.append(streamer_info(peer) if peer is not None else listing_info(sid, listing))
         return web.json_response(out)
 
     async def streamer(request: web.Request) -> web.Response:
         sid = request.match_info["streamer_id"]
+        if not visible(request)(sid):  # the same answer as for an id that does not exist
+            return web.json_response({"message": f"No streamer id matches {sid}."}, status=404)
         peer = core.streamer_by_id(sid)
         if peer is not None:
             return web.json_response(streamer_info(peer))
@@ -76,12 +91,16 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
         return web.json_response(listing_info(sid, listing))
 
     async def players(request: web.Request) -> web.Response:
-        return web.json_response([player_info(p) for p in core.peers() if p.player_id is not None])
+        shown = visible(request)
+        return web.json_response(
+            [player_info(p) for p in core.peers() if p.player_id is not None and shown(_watched(p))]
+        )
 
     async def player(request: web.Request) -> web.Response:
         pid = request.match_info["player_id"]
+        shown = visible(request)
         peer = core.player_by_id(pid)
-        if peer is None:
+        if peer is None or not shown(_watched(peer)):
             return web.json_response({"message": f"No player ID matches {pid}."}, status=404)
         return web.json_response(player_info(peer))
 
@@ -118,6 +137,11 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     app.router.register_resource(upgrades)
     upgrades.add_route("GET", functools.partial(node.handle, role=Role.PLAYER))
     app.router.add_resource("/{tail:.*}", name="player-page").add_route("GET", page)
+
+
+def _watched(peer: Peer) -> str | None:
+    """The streamer a player is scoped to or watches (what decides whether a caller sees it)."""
+    return peer.allowed_streamer or peer.subscribed_name
 
 
 class _WebSocketUpgrade(web_urldispatcher.DynamicResource):

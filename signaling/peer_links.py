@@ -37,6 +37,7 @@ class Subscribe(Link, tag="sub"):
     player_id: str
     sfu: bool
     streamer_id: str
+    tenant: str | None = None  # an SFU's credential tenant: only that tenant's streamers accept it
 
 
 class SubscribeRefused(Link, tag="refused"):

@@ -89,11 +89,12 @@ class Relay(NamedTuple):
 
 
 class Claim(NamedTuple):
-    """Ask the directory for ``wanted`` (renamed by Epic's rule if taken); the answer
-    comes back as ``claimed``. Only in a cluster."""
+    """Ask the directory for ``wanted`` (renamed by Epic's rule if taken; ``exact``: refused
+    if taken, for a credential's id); the answer comes back as ``claimed``. Only in a cluster."""
 
     conn: Address
     wanted: str
+    exact: bool = False
 
 
 class Announce(NamedTuple):
@@ -108,7 +109,7 @@ class Withdraw(NamedTuple):
 
 
 Action = Send | Close | Problem | Relay | Claim | Announce | Withdraw
-PeerOptions = Callable[[Role, str], Json]
+PeerOptions = Callable[..., Json]  # (role, peer_id) -> options; also called with not_after=<unix s>
 
 
 class Subscriber(NamedTuple):
@@ -122,6 +123,28 @@ class Listing:
 
     address: Address
     streaming: bool
+    tenant: str | None = None  # its credential's tenant; known for this node's streamers only
+
+
+class Credential(NamedTuple):
+    """What a streamer's (or SFU's) verified credential allows: exactly one id, one tenant."""
+
+    streamer_id: str
+    tenant: str
+    credential_id: str  # the credential's jti: /api/streamers reports it, so an agent knows its own streamer
+    expires_at: int  # unix seconds: TURN credentials in its config end no later
+
+
+STREAMER_ID_MAX = 128
+
+
+def streamer_id_problem(streamer_id: str) -> str | None:
+    """Why an ``endpointId`` is refused in any mode (it ends up in listings, logs and pages)."""
+    if len(streamer_id) > STREAMER_ID_MAX:
+        return f"streamer id longer than {STREAMER_ID_MAX} characters"
+    if any(ord(c) < 32 or ord(c) == 127 or c in "<>\"&`'" for c in streamer_id):
+        return "streamer id contains control characters or HTML"
+    return None
 
 
 @dataclass(slots=True, eq=False)
@@ -136,10 +159,11 @@ class Peer:
     subscribed_name: str | None = None  # the streamer id it subscribed with
     subscribers: dict[str, Subscriber] = field(default_factory=dict)  # player id -> where (ordered)
     allowed_streamer: str | None = None  # session-token scope; None = any
+    credential: Credential | None = None  # streamer/SFU credential scope; None = open mode
     errors: int = 0
 
 
-def _no_options(role: Role, peer_id: str) -> Json:
+def _no_options(role: Role, peer_id: str, *, not_after: int | None = None) -> Json:
     return {}
 
 
@@ -178,17 +202,23 @@ class SignalingCore:
     # --- events from this node's sockets ----------------------------------------------
 
     def connect(
-        self, role: Role, *, allowed_streamer: str | None = None, options_key: str | None = None
+        self,
+        role: Role,
+        *,
+        allowed_streamer: str | None = None,
+        options_key: str | None = None,
+        credential: Credential | None = None,
     ) -> tuple[Address, list[Action]]:
         """A socket opened. Returns its address and the greeting to send.
 
         ``allowed_streamer`` scopes a player to the one streamer its session token names;
         ``options_key`` (the session id) replaces the peer id as the key for its
-        ``peerConnectionOptions`` (e.g. the TURN username's user part).
+        ``peerConnectionOptions`` (e.g. the TURN username's user part); ``credential``
+        scopes a streamer or SFU to the one id (and tenant) its credential names.
         """
         conn = Address(f"{self.node}/{self._next_conn}")
         self._next_conn += 1
-        peer = Peer(conn, role, allowed_streamer=allowed_streamer)
+        peer = Peer(conn, role, allowed_streamer=allowed_streamer, credential=credential)
         self._peers[conn] = peer
         actions: list[Action] = []
         if role is not Role.STREAMER:
@@ -202,12 +232,12 @@ class SignalingCore:
         actions.append(Send(conn, m.Identify()))
         if self.cluster:
             peer.phase = Phase.CLAIMING
-            actions.append(Send(conn, self._config(role, UNKNOWN_STREAMER)))
+            actions.append(Send(conn, self._config(role, UNKNOWN_STREAMER, credential)))
             actions.append(Claim(conn, UNKNOWN_STREAMER))
         else:
             self._commit_id(peer, self.unique_streamer_id(UNKNOWN_STREAMER, conn), [])
             assert peer.streamer_id is not None
-            actions.append(Send(conn, self._config(role, peer.streamer_id)))
+            actions.append(Send(conn, self._config(role, peer.streamer_id, credential)))
         return conn, actions
 
     def receive(self, conn: Address, obj: Any) -> list[Action]:
@@ -260,7 +290,9 @@ class SignalingCore:
         if peer is None:  # left while the claim was in flight: give the id back
             return [] if committed is None else [Withdraw(committed, conn)]
         if committed is None:
-            committed = self.unique_streamer_id(wanted, conn)
+            committed = self._local_claim(peer, wanted)
+        if committed == "":  # an exact claim (a credential's id) found the id held by another
+            return self._id_taken(peer, wanted)
         first = peer.phase is Phase.CLAIMING
         peer.phase = Phase.READY
         actions: list[Action] = []
@@ -357,9 +389,17 @@ class SignalingCore:
         return self._listings.items()
 
     def listed_streamer_ids(self, for_peer: Peer) -> list[str]:
+        """What ``listStreamers`` answers: a session-token player sees its one streamer; an
+        SFU with a credential sees its tenant's streamers (those whose tenant this node knows)."""
         if for_peer.role is Role.SFU:  # an SFU sees every registered streamer, itself included
-            return list(self._listings)
-        return [sid for sid, listing in self._listings.items() if listing.streaming]
+            scope = for_peer.credential
+            if scope is None:
+                return list(self._listings)
+            return [sid for sid, listing in self._listings.items() if listing.tenant == scope.tenant]
+        allowed = for_peer.allowed_streamer
+        return [
+            sid for sid, listing in self._listings.items() if listing.streaming and (allowed is None or sid == allowed)
+        ]
 
     # --- helpers for the handlers -----------------------------------------------------
 
@@ -374,15 +414,28 @@ class SignalingCore:
         return wanted if not suffixes else f"{wanted}{max(suffixes) + 1}"
 
     def rename(self, peer: Peer, wanted: str) -> list[Action]:
-        """``endpointId``: keep the id it holds, or claim the wanted one."""
+        """``endpointId``: keep the id it holds, or claim the wanted one. An absurd id is
+        refused in any mode; with a credential, only the credential's id, and only while
+        no other connection holds it (never Epic's rename: the id is reserved for its slot)."""
+        problem = streamer_id_problem(wanted)
+        if problem is not None:
+            return [Problem(peer.conn, "invalid_streamer_id", problem), Close(peer.conn, errors.INVALID_ID, problem)]
+        scope = peer.credential
+        if scope is not None and wanted != scope.streamer_id:
+            reason = "endpointId does not match the streamer credential"
+            return [
+                Problem(peer.conn, "streamer_id_not_allowed", reason),
+                Close(peer.conn, errors.ID_NOT_ALLOWED, reason),
+            ]
         if wanted == peer.streamer_id:
             actions: list[Action] = []
             self._confirm_id(peer, actions)
             return actions
         if self.cluster:
             self._wanted[peer.conn] = wanted
-            return [Claim(peer.conn, wanted)]
-        return self.claimed(peer.conn, self.unique_streamer_id(wanted, peer.conn))
+            return [Claim(peer.conn, wanted, exact=scope is not None)]
+        self._wanted[peer.conn] = wanted
+        return self.claimed(peer.conn, self._local_claim(peer, wanted))
 
     def set_streaming(self, peer: Peer, streaming: bool) -> list[Action]:
         peer.streaming = streaming
@@ -415,7 +468,15 @@ class SignalingCore:
         failure: str | None = None
         if peer.allowed_streamer is not None and streamer_id != peer.allowed_streamer:
             failure = f"Streamer {streamer_id} is not available to this session."
-        elif listing is None or listing.address == peer.conn:
+        elif (
+            listing is None
+            or listing.address == peer.conn
+            or (
+                peer.credential is not None
+                and node_of(listing.address) == self.node
+                and listing.tenant != peer.credential.tenant
+            )
+        ):
             failure = f"Streamer {streamer_id} does not exist."
         else:
             target = self._peers.get(listing.address)  # None: on another node, which decides
@@ -437,6 +498,7 @@ class SignalingCore:
             player_id=peer.player_id,
             sfu=peer.role is Role.SFU,
             streamer_id=streamer_id,
+            tenant=None if peer.credential is None else peer.credential.tenant,
         )
         return actions + self.send_link(sub)
 
@@ -489,8 +551,25 @@ class SignalingCore:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _config(self, role: Role, peer_id: str) -> m.Config:
-        return m.Config(peerConnectionOptions=self._peer_options(role, peer_id), protocolVersion=m.PROTOCOL_VERSION)
+    def _config(self, role: Role, peer_id: str, credential: Credential | None = None) -> m.Config:
+        """A streamer with a credential gets TURN credentials that end with it (``not_after``)."""
+        if credential is None:
+            options = self._peer_options(role, peer_id)
+        else:
+            options = self._peer_options(role, peer_id, not_after=credential.expires_at)
+        return m.Config(peerConnectionOptions=options, protocolVersion=m.PROTOCOL_VERSION)
+
+    def _local_claim(self, peer: Peer, wanted: str) -> str:
+        """This node's answer to a claim: Epic's rename, or for a credential the exact id
+        or "" (held by another connection)."""
+        if peer.credential is None:
+            return self.unique_streamer_id(wanted, peer.conn)
+        listing = self._listings.get(wanted)
+        return wanted if listing is None or listing.address == peer.conn else ""
+
+    def _id_taken(self, peer: Peer, wanted: str) -> list[Action]:
+        reason = f"streamer id {wanted} is held by another connection"
+        return [Problem(peer.conn, "streamer_id_taken", reason), Close(peer.conn, errors.ID_TAKEN, reason)]
 
     def _full(self, streamer: Peer, peer: Peer) -> bool:
         return (
@@ -504,7 +583,8 @@ class SignalingCore:
         if old is not None:
             self._unlist(peer, actions, announce=False)
         peer.streamer_id = new
-        self._listings[new] = Listing(peer.conn, peer.streaming)  # the claim announced it
+        tenant = None if peer.credential is None else peer.credential.tenant
+        self._listings[new] = Listing(peer.conn, peer.streaming, tenant)  # the claim announced it
 
     def _unlist(self, peer: Peer, actions: list[Action], *, announce: bool = True) -> None:
         sid = peer.streamer_id
@@ -527,7 +607,11 @@ class SignalingCore:
     def _on_subscribe(self, streamer: Peer | None, link: links.Subscribe) -> list[Action]:
         """The streamer's side of a subscription: its node holds the limit."""
         failure: str | None = None
-        if streamer is None or streamer.streamer_id is None:
+        if (
+            streamer is None
+            or streamer.streamer_id is None
+            or (link.tenant is not None and (streamer.credential is None or streamer.credential.tenant != link.tenant))
+        ):  # an SFU with a credential reaches its own tenant's streamers only, and learns nothing of others
             failure = f"Streamer {link.streamer_id} does not exist."
         elif (
             self.max_players

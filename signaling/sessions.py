@@ -202,6 +202,11 @@ def gate_from_settings(
     return SessionGate(keys, required=required, reporter=reporter)
 
 
+def verify_keys(settings: Settings) -> TokenKeys | None:
+    """The session-token keys signalling verifies with (also streamer credentials); None = open mode."""
+    return _verify_keys(settings)
+
+
 def _verify_keys(settings: Settings) -> TokenKeys | None:
     """A public key file means EdDSA (signalling never holds the private key); else the HS256 secret."""
     public, secret = settings.session_token_public_key_file, settings.session_token_secret

@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from signaling import errors
 from signaling import messages as m
 from signaling import peer_links as links
+from signaling.access import AccessGuard, MaskCheck, close_frame
 from signaling.broker import Broker, BrokerUnavailable
 from signaling.config import Settings
 from signaling.limits import TokenBucket
@@ -199,6 +200,7 @@ class SignalingNode:
         self.gate = gate
         self.connections: dict[Address, Connection] = {}
         self.accepting = True
+        self.access = AccessGuard(settings)  # the server swaps in one with keys (signaling.app)
         self._keepalive: asyncio.Task[None] | None = None
         self.metrics, self.stats = node_registry(self)  # /metrics (signaling.metrics)
 
@@ -208,21 +210,34 @@ class SignalingNode:
         upgrade_at = loop_time()
         if not self.accepting:
             raise web.HTTPServiceUnavailable(text="server is shutting down")
-        gate = self.gate if role is Role.PLAYER else None
-        admitted = await gate.admit(request) if gate is not None else None
-        ws = web.WebSocketResponse(
-            autoping=False,  # pings are answered below; pongs feed the keepalive sweep
-            max_msg_size=s.max_message_bytes,
-            compress=False,
-            protocols=_first_offered_protocol(request),
-        )
-        await ws.prepare(request)
+        access = self.access  # signaling.access: every refusal below answers before the upgrade
+        access.check_origin(request, role)
+        slot = access.admit_connection(request, role, loop_time())
+        try:
+            credential = None if role is Role.PLAYER else access.streamer_credential(request, role)
+            gate = self.gate if role is Role.PLAYER else None
+            try:
+                admitted = await gate.admit(request) if gate is not None else None
+            except web.HTTPUnauthorized as exc:
+                raise access.refuse("session_token_refused", request, exc, port=role.value) from None
+            ws = web.WebSocketResponse(
+                autoping=False,  # pings are answered below; pongs feed the keepalive sweep
+                max_msg_size=s.max_message_bytes,
+                compress=False,
+                protocols=_first_offered_protocol(request),
+            )
+            await ws.prepare(request)
+        except BaseException:
+            access.release(slot)
+            raise
         transport = request.transport
         assert transport is not None
+        self._check_masks(request, transport, role)
         conn, greeting = self.core.connect(
             role,
             allowed_streamer=None if admitted is None else admitted[0].streamer_id,
             options_key=None if admitted is None else admitted[0].session_id,
+            credential=credential,
         )
         if role is Role.PLAYER:
             bucket = TokenBucket(s.player_rate, s.player_burst, loop_time())
@@ -272,6 +287,7 @@ class SignalingNode:
                 elif kind is _ERROR:
                     connection.info("socket_error", error=str(ws.exception()))
         finally:
+            access.release(slot)
             self.broker.close(conn)
             del self.connections[conn]
             run(self.core.disconnect(conn))
@@ -283,6 +299,22 @@ class SignalingNode:
             self.stats.close(role, connection.close_code or ws.close_code)
             connection.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
         return ws
+
+    def _check_masks(self, request: web.Request, transport: asyncio.Transport, role: Role) -> None:
+        """RFC 6455 5.1: a client frame without a mask is closed with 1002 (aiohttp takes it)."""
+        protocol = request.protocol
+        parser = getattr(protocol, "_payload_parser", None)
+        if parser is None:
+            return
+
+        def unmasked() -> None:
+            self.access.refuse(
+                "unmasked_frame", request, web.HTTPBadRequest(), port=role.value
+            )  # audited and counted; nothing is raised here
+            transport.write(close_frame(errors.PROTOCOL_ERROR, "client frames must be masked"))
+            transport.close()
+
+        protocol._payload_parser = MaskCheck(parser, unmasked)  # noqa: SLF001 - aiohttp has no hook for it
 
     def run(self, actions: list[Any]) -> list[Claim]:
         """Carry out the core's actions. Frames are encoded once per message. Returns the
@@ -320,7 +352,7 @@ class SignalingNode:
             peer = self.core.peer(c.conn) if c.conn in self.connections else None
             try:
                 committed: str | None = await self.broker.claim(
-                    c.conn, c.wanted, peer.streamer_id if peer else None, bool(peer and peer.streaming)
+                    c.conn, c.wanted, peer.streamer_id if peer else None, bool(peer and peer.streaming), c.exact
                 )
             except BrokerUnavailable as exc:
                 log.warning("streamer_id_claim_failed", conn=c.conn, wanted=c.wanted, error=str(exc))

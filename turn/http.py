@@ -8,8 +8,11 @@ signalling (a custom player, a test tool, a native app).
 
 ``iceServers`` goes straight into ``new RTCPeerConnection({iceServers})``. ``ttl`` and
 ``expiresAt`` are null when the credentials do not expire (static provider). The
-response is never cached. Anyone who can reach the route gets credentials, exactly
-as anyone who can open the player WebSocket gets them in ``config``.
+response is never cached. With session-token keys (``pixelfleet signaling`` with a key)
+the route answers only a valid, unexpired session token (``Authorization: Bearer`` or
+``?token=``; not used up, unlike at the WebSocket) with 401 otherwise, and the TURN user
+part is the token's session id; without keys (open mode) anyone who can reach the route
+gets credentials, as anyone who can open the player WebSocket gets them in ``config``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,38 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from pixelfleet.audit import audit
+from pixelfleet.tokens import InvalidToken, TokenKeys, verify
 from turn.config import TurnSettings
 from turn.providers import IceServerProvider
 
 __all__ = ["PATH", "credentials_route"]
+
+
+def _session_user(request: web.Request, keys: TokenKeys) -> str:
+    """The session id of a valid session token, or 401 (audited)."""
+    header = request.headers.get("Authorization", "")
+    token = request.query.get("token") or (header[7:].strip() if header[:7].lower() == "bearer " else "")
+    try:
+        claims = verify(keys, token)
+    except InvalidToken as exc:
+        audit(
+            "auth_refused",
+            outcome="refused",
+            source=request.remote,
+            service="signaling",
+            port="player",
+            reason="turn_credentials_unauthenticated",
+            path=request.path,
+            status=401,
+            detail=str(exc)[:200],
+        )
+        raise web.HTTPUnauthorized(
+            text='{"error":"unauthorized","message":"TURN credentials need a session token"}',
+            content_type="application/json",
+        ) from None
+    return claims.session_id.replace(":", "_")
+
 
 PATH = "/api/turn-credentials"
 
@@ -43,9 +74,13 @@ def credentials_route(
     path: str = PATH,
     user_for: RequestUser = anonymous_user,
     clock: Callable[[], float] = time.time,
+    keys: TokenKeys | None = None,
 ) -> web.RouteDef:
     async def handler(request: web.Request) -> web.Response:
-        grant = provider.ice_servers(user_for(request), settings.ttl_s)
+        user = user_for(request)
+        if keys is not None:
+            user = _session_user(request, keys)
+        grant = provider.ice_servers(user, settings.ttl_s)
         ttl = None if grant.expires_at is None else max(grant.expires_at - int(clock()), 0)
         return web.json_response(
             {"iceServers": grant.servers, "ttl": ttl, "expiresAt": grant.expires_at},

@@ -9,6 +9,7 @@ allocation on their side.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,8 +56,11 @@ class TurnPeerOptions:
         self._base = base
         self._user_id = user_id
 
-    def __call__(self, role: Role, peer_id: str) -> dict[str, Any]:
+    def __call__(self, role: Role, peer_id: str, *, not_after: int | None = None) -> dict[str, Any]:
+        """``not_after`` (unix s): the peer's own credential ends then, and so do these."""
         ttl = self.settings.ttl_s if role is Role.PLAYER else self.settings.streamer_ttl_s
+        if not_after is not None:
+            ttl = max(min(ttl, not_after - int(time.time())), 1)
         minted = self.provider.ice_servers(self._user_id(role, peer_id), ttl).servers
         options = dict(self._base)
         options["iceServers"] = minted + self._base_servers if self._base_servers else minted

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pixelfleet.tokens import TokenKeys
 from turn.config import TurnSettings
 from turn.http import credentials_route
 from turn.peer_options import TurnPeerOptions, UserId, peer_user_id
@@ -46,10 +47,12 @@ def wire_turn(
     base_options: Mapping[str, Any] | None = None,
     user_id: UserId = peer_user_id,
     client_factory: ClientFactory | None = None,
+    keys: TokenKeys | None = None,
 ) -> TurnWiring | None:
-    """None when the provider is ``none`` (peers then get ``base_options`` unchanged)."""
+    """None when the provider is ``none`` (peers then get ``base_options`` unchanged).
+    ``keys``: the credentials route then answers only a valid session token."""
     provider = build_provider(settings, client_factory=client_factory)
     if provider is None:
         return None
     options = TurnPeerOptions(provider, settings, base=base_options, user_id=user_id)
-    return TurnWiring(settings, provider, options, (credentials_route(provider, settings),))
+    return TurnWiring(settings, provider, options, (credentials_route(provider, settings, keys=keys),))

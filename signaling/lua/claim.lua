@@ -7,8 +7,13 @@
 -- ARGV[3]  the id it holds now ('' = none): released if the id changes
 -- ARGV[4]  whether it streams ('0' or '1')
 -- ARGV[5]  the directory's event channel
--- Returns the committed id.
+-- ARGV[6]  '1': exactly this id or nothing (a streamer credential's id is never renamed)
+-- Returns the committed id ('' when an exact claim finds the id held by another).
 local dir, address, wanted, old, streaming, channel = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if ARGV[6] == '1' then
+  local holder = redis.call('HGET', dir, wanted)
+  if holder and owner(holder) ~= address then return '' end
+end
 local top = -1
 local entries = redis.call('HGETALL', dir)
 for i = 1, #entries, 2 do
