@@ -9,7 +9,7 @@ import pytest
 
 from signaling import errors
 from signaling import messages as m
-from signaling.protocol import Close, Address, Problem, Role, Send, SignalingCore
+from signaling.protocol import Address, Close, Problem, Role, Send, SignalingCore
 
 
 def wire(action: Send) -> dict[str, Any]:
