@@ -199,6 +199,9 @@ class Agent:
             self.reporter.poke()
 
     def _on_reply(self, reply: HeartbeatReply) -> None:
+        tokens = getattr(reply, "streamer_tokens", None)  # the matchmaker's streamer credentials
+        if isinstance(tokens, dict):
+            self.slots.set_tokens(tokens)
         for r in reply.reset:
             self.slots.reset(r.index, r.session_id)
         if reply.draining and DrainReason.ADMIN not in self.drain_reasons:

@@ -7,6 +7,7 @@ processes these describe.
 from __future__ import annotations
 
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,11 +81,19 @@ def plan_slots(s: AgentSettings, sample: HostSample) -> list[SlotPlan]:
     ]
 
 
-def slot_command(s: AgentSettings, plan: SlotPlan) -> tuple[list[str], dict[str, str]]:
-    """The argv and the extra environment of one slot's streamer."""
+def with_token(url: str, token: str | None) -> str:
+    """The streamer URL carrying its credential as ``?token=`` (what UE's -PixelStreamingURL can carry)."""
+    if not token:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}token={urllib.parse.quote(token, safe='')}"
+
+
+def slot_command(s: AgentSettings, plan: SlotPlan, token: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and the extra environment of one slot's streamer; ``token`` is its
+    streamer credential (from the matchmaker's ``streamer_tokens``)."""
     values: dict[str, Any] = {
         "python": sys.executable,
-        "streamer_url": s.streamer_url,
+        "streamer_url": with_token(s.streamer_url, token),
         "streamer_id": plan.streamer_id,
         "res_x": s.res_x,
         "res_y": s.res_y,

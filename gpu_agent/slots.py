@@ -67,6 +67,7 @@ REPORTED = {
 class StreamerStatus:
     streaming: bool
     subscribers: int = 0
+    credential_id: str | None = None  # the holder's credential jti (signalling with streamer credentials)
 
 
 class SignalingWatch:
@@ -77,13 +78,15 @@ class SignalingWatch:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._http: aiohttp.ClientSession | None = None
 
-    async def status(self, streamer_id: str) -> StreamerStatus | None:
-        """None when signalling cannot be asked (down, or an answer that makes no sense)."""
+    async def status(self, streamer_id: str, token: str | None = None) -> StreamerStatus | None:
+        """None when signalling cannot be asked (down, or an answer that makes no sense).
+        ``token``: the slot's streamer credential, which lets it read its own listing."""
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
         url = f"{self.api_url}/api/streamers/{urllib.parse.quote(streamer_id, safe='')}"
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            async with self._http.get(url) as r:
+            async with self._http.get(url, headers=headers) as r:
                 if r.status == 404:
                     return StreamerStatus(streaming=False)
                 if r.status != 200:
@@ -94,9 +97,11 @@ class SignalingWatch:
         if not isinstance(body, dict):
             return None
         subscribers = body.get("subscribers")
+        credential_id = body.get("credentialId")
         return StreamerStatus(
             streaming=body.get("streaming") is True,
             subscribers=len(subscribers) if isinstance(subscribers, list) else 0,
+            credential_id=credential_id if isinstance(credential_id, str) else None,
         )
 
     async def aclose(self) -> None:
@@ -125,6 +130,8 @@ class Slot:
         self.s = settings
         self.watch = watch
         self.on_change = on_change
+        self.token: str | None = None  # the newest streamer credential (heartbeat replies)
+        self._launched: tuple[str, str] | None = None  # (credential, its jti) the running streamer got
         self.phase = Phase.STARTING
         self.reset_for: str | None = None  # the last session this slot was reset after
         self.pending_reset: str | None = None  # the session being reset after
@@ -172,7 +179,7 @@ class Slot:
     async def stop_if_idle(self) -> bool:
         """Drain: stop now unless a player is on this slot (asks signalling once more)."""
         if self.idle:
-            status = await self.watch.status(self.plan.streamer_id)
+            status = await self._status()
             if status is not None and status.subscribers > 0:
                 self.in_session = True
         if not self.idle:
@@ -251,10 +258,20 @@ class Slot:
                     await self._sleep(left)
                 delay = min(delay * 2, self.s.backoff_max_s)
 
+    async def _status(self) -> StreamerStatus | None:
+        """Signalling's view of this slot's id; streaming only if the holder is the streamer
+        this slot launched (its credential's jti; docs/protocol.md "Streamer credentials")."""
+        launched = self._launched
+        status = await self.watch.status(self.plan.streamer_id, launched[0] if launched else None)
+        if status is not None and launched and status.credential_id not in (None, launched[1]):
+            return StreamerStatus(streaming=False)  # another connection holds the id
+        return status
+
     async def _launch(self) -> None:
         await self._released()
         self._set(Phase.RESETTING if self.pending_reset else Phase.STARTING)
-        argv, extra_env = slot_command(self.s, self.plan)
+        self._launched = (self.token, _jti(self.token)) if self.token else None
+        argv, extra_env = slot_command(self.s, self.plan, self.token)
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv, env={**os.environ, **extra_env}, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
@@ -288,7 +305,7 @@ class Slot:
                 return
             if self._exited():
                 raise _Failed(f"streamer exited with {self.proc.returncode if self.proc else None} before streaming")
-            status = await self.watch.status(self.plan.streamer_id)
+            status = await self._status()
             if status is not None and status.streaming:
                 took = time.monotonic() - self._spawned_at
                 self.cold_start_s, self.cold_starts = took, self.cold_starts + 1
@@ -327,7 +344,7 @@ class Slot:
                 continue
             if self._exited():
                 raise _Failed(f"streamer exited with {self.proc.returncode if self.proc else None}")
-            status = await self.watch.status(self.plan.streamer_id)
+            status = await self._status()
             if self.pending_reset is not None or self._want_stop:
                 continue
             if status is not None:
@@ -383,7 +400,7 @@ class Slot:
         """Wait (bounded) until signalling no longer lists this slot's streamer id."""
         deadline = time.monotonic() + self.s.release_timeout_s
         while time.monotonic() < deadline:
-            status = await self.watch.status(self.plan.streamer_id)
+            status = await self._status()
             if status is not None and not status.streaming:
                 return
             await asyncio.sleep(self.s.ready_poll_s)
@@ -444,6 +461,13 @@ class SlotSet:
     def start(self) -> None:
         for slot in self.slots:
             slot.start()
+
+    def set_tokens(self, tokens: dict[str, str]) -> None:
+        """Streamer credentials by slot index; each streamer's next (re)start uses its newest."""
+        for slot in self.slots:
+            token = tokens.get(str(slot.plan.index))
+            if token:
+                slot.token = token
 
     def reset(self, index: int, session_id: str) -> None:
         if 0 <= index < len(self.slots):
@@ -509,3 +533,13 @@ class SlotSet:
     async def aclose(self) -> None:
         await asyncio.gather(*(s.aclose() for s in self.slots))
         await self.watch.aclose()
+
+
+def _jti(token: str) -> str:
+    """The credential's id (its own token: read, not verified; signalling verifies it)."""
+    import jwt
+
+    try:
+        return str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))
+    except jwt.InvalidTokenError:
+        return ""
