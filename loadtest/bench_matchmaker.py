@@ -161,7 +161,9 @@ class Bench:
         self.folder = folder
         self.redis = RedisServer(opts.redis_url, folder)
         self.url = ""
-        self.token = jwt.encode({"tenant": TENANT, "exp": int(time.time()) + 86400}, CALLER_SECRET, algorithm="HS256")
+        self.token = jwt.encode(
+            {"tenant": TENANT, "sub": "caller-1", "exp": int(time.time()) + 86400}, CALLER_SECRET, algorithm="HS256"
+        )
         self.shape: FleetShape | None = opts.fleet
         if self.shape is not None:
             self.shape.napps = max(1, min(opts.fleet_apps, self.shape.hosts))

@@ -285,7 +285,7 @@ class QueuePlayers:
             while isinstance(ticket, Waiting):
                 await asyncio.sleep(q["poll_s"])
                 self.stats.queue_polls += 1
-                ticket = await api.ticket(reply.ticket_id)
+                ticket = await api.ticket(reply.ticket_id, caller_token=self.cfg["caller_token"])
             if not isinstance(ticket, Assigned):
                 self.stats.queue_refused += 1
                 return

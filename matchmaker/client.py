@@ -149,20 +149,25 @@ class MatchmakerApi:
         raw, _ = await self._raw("POST", "/sessions", caller_token or self.caller_token, body)
         return _created.decode(raw)
 
-    async def ticket(self, ticket_id: str) -> TicketReply:
-        raw, _ = await self._raw("GET", f"/queue/{_q(ticket_id)}", None, None)
+    async def ticket(self, ticket_id: str, *, caller_token: str | None = None) -> TicketReply:
+        """A ticket is read (followed, cancelled) by the caller that made it."""
+        raw, _ = await self._raw("GET", f"/queue/{_q(ticket_id)}", caller_token or self.caller_token, None)
         return _ticket.decode(raw)
 
-    async def cancel_ticket(self, ticket_id: str) -> TicketCancelled:
-        return await self._call("DELETE", f"/queue/{_q(ticket_id)}", None, None, TicketCancelled)
+    async def cancel_ticket(self, ticket_id: str, *, caller_token: str | None = None) -> TicketCancelled:
+        token = caller_token or self.caller_token
+        return await self._call("DELETE", f"/queue/{_q(ticket_id)}", token, None, TicketCancelled)
 
-    async def ticket_events(self, ticket_id: str) -> AsyncIterator[TicketReply]:
+    async def ticket_events(self, ticket_id: str, *, caller_token: str | None = None) -> AsyncIterator[TicketReply]:
         """The ticket's event stream: each status as it changes, ending after the first
         one that is not ``Waiting``. Leaving the loop early closes the stream, which
         leaves the queue (see docs/matchmaker-api.md)."""
         try:
+            token = caller_token or self.caller_token
             async with self._session().get(
-                f"{self.base}/queue/{_q(ticket_id)}/events", timeout=aiohttp.ClientTimeout(sock_connect=10.0)
+                f"{self.base}/queue/{_q(ticket_id)}/events",
+                headers={"Authorization": f"Bearer {token}"} if token else {},
+                timeout=aiohttp.ClientTimeout(sock_connect=10.0),
             ) as r:
                 if r.status >= 400:
                     raise _api_error(r.status, await r.read())

@@ -3,6 +3,8 @@ the session-token keys and the agent and admin tokens are shared: see ``SharedSe
 
 from __future__ import annotations
 
+import msgspec
+
 from matchmaker.placement import POLICIES
 from pixelfleet.shared_settings import SharedSettings
 
@@ -19,6 +21,34 @@ class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
     caller_tenant_claim: str = "tenant"
     allow_anonymous: bool = False  # dev: callers without a JWT are anonymous_tenant
     anonymous_tenant: str = "default"
+    # OIDC callers (matchmaker.auth, pixelfleet.oidc): RS256/ES256 checked against the JWKS.
+    caller_jwks_url: str | None = None
+    caller_issuer: str | None = None  # required claim when set (always set with a JWKS)
+    caller_audience: str | None = None  # required claim when set (always set with a JWKS)
+    caller_algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
+    caller_leeway_s: float = 30.0  # clock skew allowed on exp/nbf/iat, at most 300
+    caller_subject_claim: str = "sub"
+    caller_jwks_ttl_s: float = 300.0  # keys held this long, then fetched again
+    caller_jwks_min_refetch_s: float = 10.0  # an unknown kid refetches at most this often
+    # Agents: per-host tokens (``pixelfleet agent-token``) signed with this key; when set,
+    # the fleet-wide agent_token is no longer accepted.
+    agent_key_secret: str | None = None
+    agent_token_ttl_s: int = 365 * 86400  # lifetime of a minted host token
+    signaling_urls: list[str] = []  # allowed signaling_url of registrations; empty: any (warned)
+    dedicated_tenants: list[str] = []  # a host serving one of these serves no other tenant
+    streamer_token_ttl_s: int = 900  # streamer credentials in registration/heartbeat replies
+    # Abuse limits on the session API (0 = off). Rates are tokens per second, bursts tokens.
+    trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For is believed
+    rate_ip_per_s: float = 0.0
+    rate_ip_burst: int = 20
+    rate_subject_per_s: float = 0.0
+    rate_subject_burst: int = 20
+    quota_tenant_sessions: int = 0  # live sessions of one tenant
+    quota_subject_sessions: int = 0  # live sessions of one caller subject
+    quota_tenant_tickets: int = 0  # waiting tickets of one tenant
+    quota_subject_tickets: int = 0  # waiting tickets of one caller subject
+    quota_tenant_streams: int = 0  # open ticket event streams of one tenant, per replica
+    quota_subject_streams: int = 0  # open ticket event streams of one subject, per replica
     # Lifecycle.
     heartbeat_ttl_s: float = 10.0  # a host silent this long is dead
     dead_host_retention_s: float = 3600.0  # a dead host is listed this long, then forgotten; 0 = never
@@ -45,3 +75,11 @@ class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
             raise ValueError(f"unknown placement policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         if self.records_memory_max < 1:
             raise ValueError("records_memory_max must be at least 1")
+        if self.caller_jwks_url and not (self.caller_issuer and self.caller_audience):
+            raise ValueError(
+                "caller_jwks_url needs caller_issuer and caller_audience (OIDC tokens are checked for both)"
+            )
+        if not 0 <= self.caller_leeway_s <= 300:
+            raise ValueError("caller_leeway_s must be within 0..300")
+        if self.agent_key_secret is not None and len(self.agent_key_secret) < 32:
+            raise ValueError("agent_key_secret needs at least 32 bytes")

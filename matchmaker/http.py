@@ -1,12 +1,13 @@
 """The matchmaker's HTTP API (aiohttp).
 
 Who may call what:
-- players' backends or browsers: ``POST /api/v1/sessions`` with the caller's JWT
-  (``Authorization: Bearer``; its tenant claim picks the tenant), or anonymously where
-  ``allow_anonymous`` is on (development); the queue endpoints with the ticket id,
-  which is an unguessable capability;
-- signalling: session events with the session token it verified;
-- GPU agents: register and heartbeat with the agent token;
+- players' backends or browsers: ``POST /api/v1/sessions`` and the queue endpoints with
+  the caller's JWT (``Authorization: Bearer``; OIDC or HS256, ``matchmaker.auth``), or
+  anonymously where ``allow_anonymous`` is on (development); a ticket and its session
+  belong to the caller's subject (``matchmaker.guard``);
+- signalling: session events with the session token it verified (connect and disconnect
+  also with the report token, once configured);
+- GPU agents: register and heartbeat with their host's agent token;
 - operators: ``/api/v1/admin/*`` with the admin token.
 
 Every failure is an ``ErrorBody`` (``{"error": <code>, "message": <text>}``; a 410 adds
@@ -19,14 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import jwt
 import msgspec
 from aiohttp import web
 
+from matchmaker import guard
+from matchmaker.auth import CallerAuth, Refused, owned_client_key
+from matchmaker.limits import Limits
 from matchmaker.metrics import allocation_refusal
 from matchmaker.models import (
     AllocationRequest,
@@ -60,6 +62,8 @@ from matchmaker.service import (
     UnknownSession,
 )
 from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, StoreError, UnknownHost
+from matchmaker.streamer_creds import StreamerCredentials
+from pixelfleet.audit import audit
 from pixelfleet.tokens import InvalidToken, verify
 
 MATCHMAKER = web.AppKey("matchmaker", Matchmaker)
@@ -106,50 +110,9 @@ def _bearer(request: web.Request) -> str | None:
 def _require_secret(request: web.Request, expected: str | None, what: str) -> None:
     presented = _bearer(request)
     if expected is None:
-        raise _error(403, "disabled", f"no {what} token is configured on this matchmaker")
+        raise Refused(403, "disabled", f"no {what} token is configured on this matchmaker")
     if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise _error(401, "unauthorized", f"a valid {what} token is required")
-
-
-# Verified caller tokens, per API app: token -> (tenant, exp). A caller (a game backend,
-# the page's server) presents the same token on every request; checking its signature
-# again costs more than a tenth of an allocation. Only time can change a verdict (the
-# secret is fixed for the app's life), so a hit is checked against ``exp`` again.
-_VERIFIED = web.AppKey("verified_caller_tokens", dict)
-_VERIFIED_MAX = 4096
-
-
-def _tenant(request: web.Request, mm: Matchmaker) -> str:
-    s = mm.settings
-    token = _bearer(request)
-    if token is None:
-        if s.allow_anonymous:
-            return s.anonymous_tenant
-        raise _error(401, "unauthorized", "a caller token is required")
-    if s.caller_jwt_secret is None:
-        raise _error(401, "unauthorized", "caller tokens are not configured on this matchmaker")
-    verified: dict[str, tuple[str, float]] = request.app[_VERIFIED]
-    known = verified.get(token)
-    if known is not None:
-        if time.time() < known[1]:
-            return known[0]
-        del verified[token]
-    try:
-        claims = jwt.decode(
-            token, s.caller_jwt_secret, algorithms=["HS256"], options={"require": ["exp", s.caller_tenant_claim]}
-        )
-    except jwt.ExpiredSignatureError:
-        raise _error(401, "token_expired", "the caller token has expired") from None
-    except jwt.InvalidTokenError as exc:
-        raise _error(401, "invalid_token", f"invalid caller token: {exc}") from None
-    tenant = claims[s.caller_tenant_claim]
-    if not isinstance(tenant, str) or not tenant:
-        raise _error(401, "invalid_token", "the caller token names no tenant")
-    if "nbf" not in claims and isinstance(claims["exp"], int | float):
-        if len(verified) >= _VERIFIED_MAX:
-            verified.clear()
-        verified[token] = (tenant, float(claims["exp"]))
-    return tenant
+        raise Refused(401, "unauthorized", f"a valid {what} token is required")
 
 
 def assigned(a: Allocation, ticket_id: str | None = None) -> Assigned:
@@ -216,6 +179,8 @@ async def _store_errors(request: web.Request, handler: Any) -> web.StreamRespons
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except Refused as exc:
+        raise _error(exc.status, exc.code, str(exc)) from None  # type: ignore[arg-type]
     except StoreError as exc:
         status, code = store_error_reply(exc)
         raise _error(status, code, str(exc), end_reason=exc.reason if isinstance(exc, SessionEnded) else None) from None
@@ -226,28 +191,66 @@ async def _store_errors(request: web.Request, handler: Any) -> web.StreamRespons
 
 async def create_session(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    tenant = _tenant(request, mm)
+    who, source = await guard.caller(request, mm.settings)
+    tenant = who.tenant
     body: SessionRequest = await _body(request, SessionRequest)
+    fields = msgspec.structs.asdict(body)
+    # The client key is the subject's own: another subject's same key is another key.
+    fields["client_key"] = owned_client_key(who.subject, body.client_key)
+    limits = request.app[guard.LIMITS]
+    quota = await limits.admission(tenant, who.subject)
+    if quota is not None:
+        guard.refuse(
+            Refused(429, "quota_exceeded", f"quota reached ({quota})"),
+            event="limit_refused",
+            route="POST /sessions",
+            source=source,
+            tenant=tenant,
+            subject=who.subject,
+            limit=quota,
+        )
     try:
-        result = await mm.allocate(AllocationRequest(tenant=tenant, **msgspec.structs.asdict(body)))
+        result = await mm.allocate(AllocationRequest(tenant=tenant, subject=who.subject, **fields))
     except StoreError as exc:
         mm.metrics.allocation(tenant, body.app, allocation_refusal(exc))
         raise
     if isinstance(result, Allocation):
         mm.metrics.allocation(tenant, body.app, "assigned")
+        limits.admitted(tenant, who.subject, queued=False)
+        s = result.session
+        audit(
+            "session_start",
+            outcome="ok",
+            tenant=tenant,
+            subject=who.subject,
+            source=source,
+            session_id=s.session_id,
+            slot_id=s.slot_id,
+            host_id=s.host_id,
+        )
         return _json(assigned(result), 201)
     mm.metrics.allocation(tenant, body.app, "queued")
+    limits.admitted(tenant, who.subject, queued=True)
     return _json(ticket_reply(result), 202)
+
+
+async def _own_ticket(request: web.Request, mm: Matchmaker) -> tuple[str, Any, str | None]:
+    """The ticket id of the path, if it is the caller's (else 404 as for an unknown id)."""
+    who, source = await guard.caller(request, mm.settings)
+    ticket_id = request.match_info["ticket_id"]
+    guard.owned_ticket(request, await mm.store.ticket(ticket_id), who, source)
+    return ticket_id, who, source
 
 
 async def ticket_status(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    return _json(ticket_reply(await mm.ticket_status(request.match_info["ticket_id"], heard=True)))
+    ticket_id, _, _ = await _own_ticket(request, mm)
+    return _json(ticket_reply(await mm.ticket_status(ticket_id, heard=True)))
 
 
 async def cancel_ticket(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    ticket_id = request.match_info["ticket_id"]
+    ticket_id, _, _ = await _own_ticket(request, mm)
     if not await mm.cancel(ticket_id):
         raise _error(404, "not_waiting", "no waiting ticket with that id")
     return _json(TicketCancelled(ticket_id=ticket_id, reason="cancelled by the client"))
@@ -261,8 +264,20 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
     same ticket back). Opening the stream again also takes the place back.
     """
     mm = request.app[MATCHMAKER]
-    ticket_id = request.match_info["ticket_id"]
+    ticket_id, who, source = await _own_ticket(request, mm)
     await mm.ticket_status(ticket_id, heard=True)  # 404 before the stream starts
+    limits = request.app[guard.LIMITS]
+    quota = limits.open_stream(who.tenant, who.subject)
+    if quota is not None:
+        guard.refuse(
+            Refused(429, "quota_exceeded", f"quota reached ({quota})"),
+            event="limit_refused",
+            route="GET /queue/{ticket_id}/events",
+            source=source,
+            tenant=who.tenant,
+            subject=who.subject,
+            limit=quota,
+        )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     finished = False
     try:
@@ -281,6 +296,7 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
     except (ConnectionError, StoreError):
         pass
     finally:
+        limits.close_stream(who.tenant, who.subject)
         if not finished:
             with contextlib.suppress(StoreError):
                 await mm.stream_closed(ticket_id)
@@ -294,15 +310,23 @@ async def session_event(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
     session_id = request.match_info["session_id"]
     token = _bearer(request)
+    route = f"POST /sessions/{session_id}/events"
+    source = guard.source_of(request, mm.settings)
     if token is None:
-        raise _error(401, "unauthorized", "the session token is required")
+        guard.refuse(Refused(401, "unauthorized", "the session token is required"), route=route, source=source)
     try:
         claims = verify(mm.keys, token, allow_expired=True)
     except InvalidToken as exc:
-        raise _error(401, "invalid_token", str(exc)) from None
+        guard.refuse(Refused(401, "invalid_token", str(exc)), route=route, source=source)
     if claims.session_id != session_id:
-        raise _error(403, "wrong_session", "the token is for another session")
+        guard.refuse(
+            Refused(403, "wrong_session", "the token is for another session"),
+            route=route,
+            source=source,
+            tenant=claims.tenant,
+        )
     body: SessionEvent = await _body(request, SessionEvent)
+    guard.report_allowed(request, mm.settings, body.event, claims.tenant, session_id)
     await mm.session_event(claims.tenant, session_id, body.event)  # SessionEnded: 410
     return _json(EventAccepted(ok=True))
 
@@ -312,19 +336,32 @@ async def session_event(request: web.Request) -> web.Response:
 
 async def register_host(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    _require_secret(request, mm.settings.agent_token, "agent")
+    grant = guard.agent(request, mm.settings, None)  # 401 before the body is read
     reg: HostRegistration = await _body(request, HostRegistration)
     if not reg.slots or len({s.index for s in reg.slots}) != len(reg.slots):
         raise _error(400, "invalid_body", "a host needs at least one slot, with distinct indexes")
+    guard.registration(request, mm.settings, grant, reg)
     host = await mm.register_host(reg)
+    creds = request.app[guard.CREDENTIALS]
+    creds.remember(reg.host_id, [(spec.index, spec.tenant, spec.streamer_id) for spec in reg.slots])
+    if creds.enabled:
+        host = msgspec.structs.replace(host, streamer_tokens=creds.for_host(reg.host_id))
     return _json(host, 201)
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
-    _require_secret(request, mm.settings.agent_token, "agent")
+    host_id = request.match_info["host_id"]
+    guard.agent(request, mm.settings, host_id)
     hb: Heartbeat = await _body(request, Heartbeat)
-    return _json(await mm.heartbeat(request.match_info["host_id"], hb))
+    reply = await mm.heartbeat(host_id, hb)
+    creds = request.app[guard.CREDENTIALS]
+    if creds.enabled:
+        if not creds.known(host_id):  # registered through another replica
+            slots = [sl for sl in await mm.store.slots() if sl.host_id == host_id]
+            creds.remember(host_id, [(int(sl.slot_id.rsplit("/", 1)[1]), sl.tenant, sl.streamer_id) for sl in slots])
+        reply = msgspec.structs.replace(reply, streamer_tokens=creds.for_host(host_id))
+    return _json(reply)
 
 
 # --- operators --------------------------------------------------------------------------
@@ -332,7 +369,19 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 def _admin(request: web.Request) -> Matchmaker:
     mm = request.app[MATCHMAKER]
-    _require_secret(request, mm.settings.admin_token, "admin")
+    try:
+        _require_secret(request, mm.settings.admin_token, "admin")
+    except Refused as exc:
+        guard.admin_refused(request, mm.settings, exc)
+    if request.method != "GET":
+        audit(
+            "admin_action",
+            outcome="ok",
+            subject="admin",
+            source=guard.source_of(request, mm.settings),
+            action=getattr(request.match_info.route.handler, "__name__", request.path),
+            **dict(request.match_info),
+        )
     return mm
 
 
@@ -406,7 +455,10 @@ def create_app(matchmaker: Matchmaker) -> web.Application:
     exactly the routes of ``matchmaker.openapi.ROUTES``."""
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_store_errors])
     app[MATCHMAKER] = matchmaker
-    app[_VERIFIED] = {}
+    s = matchmaker.settings
+    app[guard.AUTH] = CallerAuth.from_settings(s)
+    app[guard.LIMITS] = Limits(s, matchmaker.store)
+    app[guard.CREDENTIALS] = StreamerCredentials(matchmaker.keys, s.streamer_token_ttl_s)
     app[_DOCUMENT] = msgspec.json.encode(build_document())
     if {route.operation for route in ROUTES} != set(HANDLERS):
         raise RuntimeError("matchmaker.openapi.ROUTES and matchmaker.http.HANDLERS name different operations")

@@ -139,6 +139,9 @@ class HeartbeatReply(Struct, kw_only=True):
     # agent that numbers its heartbeats (seq > 0), and left out unless true, so an agent
     # older than the field (it refuses unknown fields) reads every reply.
     snapshot: bool | msgspec.UnsetType = msgspec.UNSET
+    # Each slot's current streamer credential by slot index; absent when the matchmaker
+    # holds no session-token signing key (an agent older than the field never gets it).
+    streamer_tokens: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class AllocationRequest(Struct, kw_only=True):
@@ -148,6 +151,9 @@ class AllocationRequest(Struct, kw_only=True):
     gpu_model: str | None = None
     resolution: str | None = None
     client_key: str | None = None  # stable per player: reconnects within grace get the same slot
+    # The caller's subject (its JWT's ``sub``): only it may read, follow, cancel or resume
+    # what this request becomes. None only for requests made before subjects were kept.
+    subject: str | None = None
 
 
 # --- state ------------------------------------------------------------------------
@@ -166,6 +172,9 @@ class Host(Struct, kw_only=True):
     nvenc_load: float = 0.0
     gpu_load: float = 0.0
     slot_ids: list[str] = []
+    # Only in the registration reply: each slot's streamer credential by slot index
+    # (docs/matchmaker-api.md, "Streamer credentials"); never stored.
+    streamer_tokens: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Slot(Struct, kw_only=True):
@@ -210,6 +219,7 @@ class Session(Struct, kw_only=True):
     # The slot's GPU share (SlotSpec.gpu_share). None only for a session placed on a slot
     # stored before the field existed (the Redis script copies what the slot holds): 1.0.
     gpu_share: float | None = None
+    subject: str | None = None  # the caller it belongs to (AllocationRequest.subject)
 
 
 # --- records ----------------------------------------------------------------------
@@ -373,6 +383,12 @@ ErrorCode = Literal[
     "host_conflict",
     "queue_full",
     "backend_unavailable",
+    "not_found",
+    "forbidden",
+    "report_token_required",
+    "signaling_url_refused",
+    "rate_limited",
+    "quota_exceeded",
 ]
 
 

@@ -142,6 +142,7 @@ def session_template(request: AllocationRequest, session_id: str, now: float) ->
             tenant=request.tenant,
             app=request.app,
             client_key=request.client_key,
+            subject=request.subject,
             created_at=now,
             last_activity=now,
             slot_id=_MARK,

@@ -11,6 +11,7 @@ from typing import cast
 import structlog
 from aiohttp import web
 
+from matchmaker.auth import open_doors
 from matchmaker.config import MatchmakerSettings
 from matchmaker.health import add_health_routes
 from matchmaker.http import API_PREFIX, create_app
@@ -75,6 +76,8 @@ class MatchmakerServer:
 
         app.router.add_get("/healthz", healthz)
         add_health_routes(app, self)  # /livez, /readyz, /metrics (matchmaker.health)
+        for door in open_doors(self.settings):
+            log.warning("open_mode", detail=door)
         app.add_subapp(API_PREFIX, create_app(self.matchmaker))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

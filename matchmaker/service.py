@@ -36,6 +36,7 @@ from matchmaker.models import (
 from matchmaker.records import RecordSink
 from matchmaker.store import NoClaim, Returning, Store, StoreError
 from matchmaker.timeouts import due_endings
+from pixelfleet.audit import audit
 from pixelfleet.tokens import TokenKeys, mint
 
 log = structlog.get_logger("matchmaker")
@@ -180,6 +181,16 @@ class Matchmaker:
             tenant=request.tenant,
             app=request.app,
             queued=True,
+        )
+        audit(
+            "session_start",
+            outcome="ok",
+            tenant=request.tenant,
+            subject=request.subject,
+            session_id=outcome.session_id,
+            slot_id=outcome.slot_id,
+            host_id=outcome.host_id,
+            ticket_id=ticket_id,
         )
         return outcome, False
 
@@ -329,6 +340,14 @@ class Matchmaker:
         self.metrics.ended(ended)
         for s in ended:
             log.info("session_ended", session=s.session_id, reason=str(s.end_reason), slot=s.slot_id)
+            audit(
+                "session_end",
+                outcome="ok",
+                tenant=s.tenant,
+                subject=s.subject,
+                session_id=s.session_id,
+                reason=str(s.end_reason),
+            )
             if s.ended_at is not None:
                 self._mean_session_s = 0.9 * self._mean_session_s + 0.1 * (s.ended_at - s.created_at)
         self._kick_records()

@@ -256,6 +256,7 @@ class MemoryStore:
             region=slot.region,
             gpu_share=slot.gpu_share,
             client_key=request.client_key,
+            subject=request.subject,
             created_at=now,
             last_activity=now,
         )

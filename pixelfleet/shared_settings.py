@@ -20,7 +20,16 @@ TokenAlgorithm = Literal["HS256", "EdDSA"]
 
 # Never printed: repr() shows whether they are set, not their value.
 SECRET_FIELDS = frozenset(
-    {"session_token_secret", "agent_token", "admin_token", "caller_jwt_secret", "secrets", "credential"}
+    {
+        "session_token_secret",
+        "agent_token",
+        "admin_token",
+        "report_token",
+        "caller_jwt_secret",
+        "agent_key_secret",
+        "secrets",
+        "credential",
+    }
 )
 
 
@@ -40,6 +49,9 @@ class SharedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # Bearer tokens of the matchmaker's agent and admin APIs (the agent presents them).
     agent_token: str | None = None
     admin_token: str | None = None
+    # Signalling presents it on connect/disconnect reports; once set, the matchmaker takes
+    # those reports only with it (a player's own session token no longer suffices).
+    report_token: str | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"  # auto: console on a TTY, JSON lines otherwise
 

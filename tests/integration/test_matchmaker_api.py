@@ -53,8 +53,9 @@ TOKEN_SECRET = "session-secret-" + "y" * 32
 WAIT = 10.0
 
 
-def caller_token(tenant: str = "acme", ttl: int = 300, secret: str = CALLER_SECRET) -> str:
-    return jwt.encode({"tenant": tenant, "exp": int(time.time()) + ttl}, secret, algorithm="HS256")
+def caller_token(tenant: str = "acme", ttl: int = 300, secret: str = CALLER_SECRET, sub: str | None = None) -> str:
+    claims = {"tenant": tenant, "sub": sub or f"player-of-{tenant}", "exp": int(time.time()) + ttl}
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 class Clock:
@@ -81,11 +82,17 @@ class Api:
     async def call(
         self, method: str, path: str, body: Any = None, token: str | None = None, raw: bytes | None = None
     ) -> tuple[int, Any]:
+        if token is None and path.startswith("/api/v1/queue/"):
+            token = caller_token()  # a ticket is read by the caller that made it
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         data = raw if raw is not None else (None if body is None else orjson.dumps(body))
         async with self.http.request(method, self.base + path, data=data, headers=headers) as r:
             text = await r.read()
             return r.status, (orjson.loads(text) if text else None)
+
+    def sse(self, path: str) -> Any:
+        """A ticket's event stream, opened by the caller that made the ticket."""
+        return self.http.get(self.base + path, headers={"Authorization": f"Bearer {caller_token()}"})
 
     async def register(
         self, host: str = "h1", slots: int = 1, boot: str = "b1", tenant: str = "acme", app: str = "game"
@@ -99,7 +106,9 @@ class Api:
         boot: str = "b1",
         reset_for: dict[int, str] | None = None,
     ) -> HeartbeatReply:
-        return await self.client.heartbeat(host, heartbeat(states or ["ready"], boot=boot, reset_for=reset_for))
+        reply = await self.client.heartbeat(host, heartbeat(states or ["ready"], boot=boot, reset_for=reset_for))
+        # Streamer credentials are checked in test_attacks_matchmaker; here, the rest of the reply.
+        return msgspec.structs.replace(reply, streamer_tokens=msgspec.UNSET)
 
     async def allocate(self, app: str = "game", tenant: str = "acme", **extra: Any) -> tuple[int, Any]:
         return await self.call("POST", "/api/v1/sessions", {"app": app, **extra}, caller_token(tenant))
@@ -181,15 +190,15 @@ async def test_caller_tokens_are_checked(make_api: MakeApi, case: str) -> None:
 async def test_a_remembered_caller_token_still_expires(make_api: MakeApi) -> None:
     """Verified caller tokens are cached; a hit must still honour ``exp``, and a token
     signed with another secret must not pass through another app's cache."""
-    api = await make_api()
+    api = await make_api(caller_leeway_s=0)
     await api.register()
     await api.beat(states=["dead"])  # served but nothing READY: requests queue, nothing is used up
     exp = int(time.time()) + 2
-    token = jwt.encode({"tenant": "acme", "exp": exp}, CALLER_SECRET, algorithm="HS256")
+    token = jwt.encode({"tenant": "acme", "sub": "p1", "exp": exp}, CALLER_SECRET, algorithm="HS256")
     for _ in range(2):
         status, body = await api.call("POST", "/api/v1/sessions", {"app": "game"}, token)
         assert status == 202, body
-    other = await make_api(caller_jwt_secret="another-secret-" + "q" * 32)
+    other = await make_api(caller_jwt_secret="another-secret-" + "q" * 32, caller_leeway_s=0)
     await other.register()
     status, body = await other.call("POST", "/api/v1/sessions", {"app": "game"}, token)
     assert status == 401 and body["error"] == "invalid_token"
@@ -225,7 +234,7 @@ async def test_bad_input_gets_clear_4xx_and_corrupts_nothing(make_api: MakeApi) 
             "unauthorized",
         ),
         (_code(api.call("GET", "/api/v1/admin/hosts", token=None)), 401, "unauthorized"),
-        (_failure(api.client.ticket("t-nope")), 404, "unknown_session"),
+        (_failure(api.client.ticket("t-nope", caller_token=caller_token())), 404, "unknown_session"),
     ]
     for call, status, code in cases:
         assert await call == (status, code)
@@ -270,7 +279,7 @@ async def test_queue_position_eta_live_updates_and_service(make_api: MakeApi) ->
     events: list[dict[str, Any]] = []
 
     async def listen() -> None:
-        async with api.http.get(api.base + queued["events"]) as r:
+        async with api.sse(queued["events"]) as r:
             async for line in r.content:
                 if line.startswith(b"data: "):
                     events.append(orjson.loads(line[6:]))
@@ -323,7 +332,7 @@ async def test_closing_the_event_stream_cancels_the_ticket(make_api: MakeApi) ->
     await api.beat()
     await api.allocate()
     _, waiting = await api.allocate()
-    async with api.http.get(api.base + waiting["events"]) as r:
+    async with api.sse(waiting["events"]) as r:
         await r.content.readline()
 
     async def cancelled() -> bool:
@@ -560,7 +569,9 @@ async def test_hanging_up_before_the_event_stream_starts_cancels_the_ticket(make
     for _ in range(3):  # whichever way the race goes, the ticket ends cancelled
         sock = socket.create_connection((host, int(port)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
-        sock.sendall(f"GET {waiting['events']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {waiting['events']} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {caller_token()}\r\n\r\n".encode()
+        )
         sock.close()
 
     async def cancelled() -> bool:
@@ -588,7 +599,7 @@ async def _free_the_slot(api: Api, session: dict[str, Any]) -> None:
 
 
 async def _open_and_close_the_stream(api: Api, events: str) -> None:
-    async with api.http.get(api.base + events) as r:
+    async with api.sse(events) as r:
         assert (await r.content.readline()).startswith(b"event: waiting")
 
 
@@ -631,7 +642,7 @@ async def test_an_open_event_stream_keeps_its_client_heard(make_api: MakeApi) ->
     opened = asyncio.Event()
 
     async def listen() -> None:
-        async with api.http.get(api.base + me["events"]) as r:
+        async with api.sse(me["events"]) as r:
             async for _ in r.content:
                 opened.set()
 
@@ -679,7 +690,7 @@ async def test_a_reload_keeps_the_ticket_and_its_place(make_api: MakeApi) -> Non
     # Opening the stream again also takes the place back.
     await _open_and_close_the_stream(api, me["events"])
     await eventually(left, "the closed stream to mark the ticket left")
-    async with api.http.get(api.base + me["events"]) as r:
+    async with api.sse(me["events"]) as r:
         assert (await r.content.readline()).startswith(b"event: waiting")
         assert (await _stored(api, me["ticket_id"])).left_at is None
     _, still = await api.call("GET", f"/api/v1/queue/{ahead['ticket_id']}")

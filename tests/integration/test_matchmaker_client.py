@@ -38,7 +38,9 @@ CALLER_SECRET = "caller-secret-" + "x" * 32
 
 
 def _caller(tenant: str = "acme") -> str:
-    return jwt.encode({"tenant": tenant, "exp": int(time.time()) + 300}, CALLER_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"tenant": tenant, "sub": "caller-1", "exp": int(time.time()) + 300}, CALLER_SECRET, algorithm="HS256"
+    )
 
 
 def _route_of(method: str, path: str) -> str | None:

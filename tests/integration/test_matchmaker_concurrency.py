@@ -578,7 +578,9 @@ def test_checker_catches_one_session_given_to_two_clients() -> None:
 
 
 def caller_token(tenant: str) -> str:
-    return jwt.encode({"tenant": tenant, "exp": int(time.time()) + 3600}, CALLER_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"tenant": tenant, "sub": "caller-1", "exp": int(time.time()) + 3600}, CALLER_SECRET, algorithm="HS256"
+    )
 
 
 class Replicas:

@@ -30,7 +30,9 @@ M = "pixelfleet_matchmaker_"
 
 
 def caller_token(tenant: str) -> str:
-    return jwt.encode({"tenant": tenant, "exp": int(time.time()) + 600}, CALLER_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"tenant": tenant, "sub": "caller-1", "exp": int(time.time()) + 600}, CALLER_SECRET, algorithm="HS256"
+    )
 
 
 def env_for(state_url: str, **extra: str) -> dict[str, str]:

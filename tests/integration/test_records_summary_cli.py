@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 
 def caller_token(tenant: str) -> str:
-    return jwt.encode({"tenant": tenant, "exp": int(time.time()) + 600}, CALLER_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"tenant": tenant, "sub": "caller-1", "exp": int(time.time()) + 600}, CALLER_SECRET, algorithm="HS256"
+    )
 
 
 async def timed(call: Awaitable[T]) -> tuple[float, float, T]:
