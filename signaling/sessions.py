@@ -51,7 +51,12 @@ class HttpReporter:
     Only a 5xx or no answer is retried: a 410 (the session ended, e.g. its host died or an
     operator ended it) is final, like any other answer."""
 
-    def __init__(self, base_url: str, *, attempts: int = 3, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, base_url: str, *, attempts: int = 3, timeout_s: float = 2.0, report_token: str | None = None
+    ) -> None:
+        # The report token tells the matchmaker a connect/disconnect comes from signalling,
+        # not from a player holding its own session token (PIXELFLEET_REPORT_TOKEN).
+        self._report = {"X-Pixelfleet-Report-Token": report_token} if report_token else {}
         self._base = base_url.rstrip("/")
         self._attempts = attempts
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -66,7 +71,7 @@ class HttpReporter:
                 async with self._http.post(
                     url,
                     data=msgspec.json.encode({"event": event}),
-                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **self._report},
                 ) as r:
                     if r.status < 500:  # an answer: final, 410 (the session has ended) included
                         if r.status == 410:
@@ -197,7 +202,7 @@ def gate_from_settings(
         if keys is None:
             return None
     if reporter is None and settings.matchmaker_url:
-        reporter = HttpReporter(settings.matchmaker_url)
+        reporter = HttpReporter(settings.matchmaker_url, report_token=settings.report_token)
     required = True if settings.require_session_token is None else settings.require_session_token
     return SessionGate(keys, required=required, reporter=reporter)
 
