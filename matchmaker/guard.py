@@ -184,7 +184,7 @@ def report_allowed(
     request: web.Request, settings: MatchmakerSettings, event: str, tenant: str, session_id: str
 ) -> None:
     """Connect and disconnect reports come from signalling (its report token), not players."""
-    if settings.report_token is None or event == "activity":
+    if settings.report_token is None or event in ("activity", "first_frame"):  # the page's own reports
         return
     presented = request.headers.get(REPORT_HEADER, "")
     if hmac.compare_digest(presented.encode(), settings.report_token.encode()):

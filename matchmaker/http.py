@@ -28,6 +28,7 @@ from aiohttp import web
 
 from matchmaker import guard
 from matchmaker.auth import CallerAuth, Refused, owned_client_key
+from matchmaker.join_trace import trace_joins
 from matchmaker.limits import Limits
 from matchmaker.metrics import allocation_refusal
 from matchmaker.models import (
@@ -453,7 +454,7 @@ HANDLERS: dict[str, Handler] = {
 def create_app(matchmaker: Matchmaker) -> web.Application:
     """The API as an app to mount at ``/api/v1`` (standalone, or on the player port):
     exactly the routes of ``matchmaker.openapi.ROUTES``."""
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_store_errors])
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[trace_joins, _store_errors])
     app[MATCHMAKER] = matchmaker
     s = matchmaker.settings
     app[guard.AUTH] = CallerAuth.from_settings(s)

@@ -154,6 +154,7 @@ class AllocationRequest(Struct, kw_only=True):
     # The caller's subject (its JWT's ``sub``): only it may read, follow, cancel or resume
     # what this request becomes. None only for requests made before subjects were kept.
     subject: str | None = None
+    trace: str | None = None  # W3C traceparent of its POST /sessions span, when traced (pixelfleet.tracing)
 
 
 # --- state ------------------------------------------------------------------------
@@ -220,6 +221,7 @@ class Session(Struct, kw_only=True):
     # stored before the field existed (the Redis script copies what the slot holds): 1.0.
     gpu_share: float | None = None
     subject: str | None = None  # the caller it belongs to (AllocationRequest.subject)
+    trace: str | None = None  # its join trace (AllocationRequest.trace): the token's ``tp``
 
 
 # --- records ----------------------------------------------------------------------
@@ -303,12 +305,13 @@ class SessionRequest(Struct, kw_only=True):
     client_key: str | None = None  # stable per player: a reconnect or reload gets its slot or ticket back
 
 
-SessionEventName = Literal["connected", "disconnected", "activity"]
+SessionEventName = Literal["connected", "disconnected", "activity", "first_frame"]
 
 
 class SessionEvent(Struct, kw_only=True):
     """``POST /sessions/{id}/events``: signalling reports connects and leaves, the player
-    page its input activity (while ``idle_timeout_s`` is on)."""
+    page its input activity (while ``idle_timeout_s`` is on) and its first decoded video
+    frame (``first_frame``: time to first frame, the end of the join trace)."""
 
     event: SessionEventName
 

@@ -117,7 +117,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/sessions/{session_id}/events",
         "session_event",
-        "Report a connect, a leave or input activity",
+        "Report a connect, a leave, input activity or the player's first decoded frame",
         "session",
         {200: (EventAccepted, "taken")},
         (*_BODY, 401, 403, 410, *_STORE),

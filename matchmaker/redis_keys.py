@@ -143,6 +143,7 @@ def session_template(request: AllocationRequest, session_id: str, now: float) ->
             app=request.app,
             client_key=request.client_key,
             subject=request.subject,
+            trace=request.trace,
             created_at=now,
             last_activity=now,
             slot_id=_MARK,

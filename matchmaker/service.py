@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 
+from matchmaker import join_trace
 from matchmaker.config import MatchmakerSettings
 from matchmaker.metrics import MatchmakerMetrics
 from matchmaker.models import (
@@ -36,6 +37,7 @@ from matchmaker.models import (
 from matchmaker.records import RecordSink
 from matchmaker.store import NoClaim, Returning, Store, StoreError
 from matchmaker.timeouts import due_endings
+from pixelfleet import tracing
 from pixelfleet.audit import audit
 from pixelfleet.tokens import TokenKeys, mint
 
@@ -112,6 +114,7 @@ class Matchmaker:
         self._flushing: asyncio.Task[None] | None = None
         self._flush_again = False
         self.metrics = MatchmakerMetrics()  # /metrics (matchmaker.metrics)
+        self.joins = join_trace.JoinTimes(clock)  # recent join times (the operator dashboard)
 
     # --- allocation -------------------------------------------------------------------
 
@@ -120,6 +123,8 @@ class Matchmaker:
 
         The common case is one store round trip: ``Store.allocate`` checks the client's
         live session and the queue, places and claims together."""
+        if request.trace is None and (trace := join_trace.current_traceparent()) is not None:
+            request = msgspec.structs.replace(request, trace=trace)  # the session's join trace
         for _ in range(_REATTACH_ROUNDS):
             outcome = await self.store.allocate(
                 request,
@@ -142,6 +147,7 @@ class Matchmaker:
                 break
             again = await self.store.reattach(outcome.session_id, self.clock())
             if again is not None:
+                join_trace.reattached(again, self.clock())
                 return self._allocation(again)
             # It ended in between: allocate afresh.
         if outcome is NoClaim.UNKNOWN_APP or (
@@ -202,6 +208,7 @@ class Matchmaker:
             streamer_id=session.streamer_id,
             ttl_s=self.settings.session_token_ttl_s,
             now=self.clock(),
+            trace=session.trace,
         )
         return Allocation(session, token, self.settings.idle_timeout_s)
 
@@ -318,7 +325,9 @@ class Matchmaker:
         """A report over the API (signalling, the player page), from the session's own
         token. Raises SessionEnded when the session is no longer live: the token proves
         it existed, so it has ended, and a retry can never succeed."""
-        if event == "connected":
+        if event == "first_frame":
+            changed = await self._first_frame(session_id)
+        elif event == "connected":
             changed = await self._connected(session_id)
         elif event == "disconnected":
             changed = await self._disconnected(session_id)
@@ -327,6 +336,27 @@ class Matchmaker:
             changed = False
         if not changed and await self.store.session(session_id) is None:
             raise SessionEnded(session_id, await self.store.end_reason(tenant, session_id))
+
+    async def _first_frame(self, session_id: str) -> bool:
+        """The page decoded its first frame: time to first frame (once per session), and
+        the last span of the join trace. Counts as activity too."""
+        session = await self.store.session(session_id)
+        if session is None:
+            return False
+        now = self.clock()
+        await self.store.touch(session_id, now)
+        seconds = max(0.0, now - session.created_at)
+        if self.joins.first_frame(session_id, seconds):
+            # A session's app is one some slot serves: a bounded label, as the queue wait's.
+            self.metrics.first_frame.labels(session.app, session.region).observe(seconds)
+            join_trace.first_frame(session, now)
+            log.info(
+                "first_frame",
+                session=session_id,
+                seconds=round(seconds, 3),
+                trace_id=tracing.trace_id_of(session.trace),
+            )
+        return True
 
     async def end(self, session_id: str, reason: EndReason) -> Session | None:
         ended = await self.store.end_session(session_id, reason, self.clock())
@@ -444,6 +474,8 @@ class Matchmaker:
                     break  # no READY slot for this queue: later tickets cannot do better
                 served += 1
                 self.metrics.queue_wait.labels(tenant, app).observe(max(0.0, now - ticket.enqueued_at))
+                self.joins.waited(max(0.0, now - ticket.enqueued_at))
+                join_trace.queue_served(ticket, session, now)
         if served or finished:
             await self._notify()
         return served

@@ -257,6 +257,7 @@ class MemoryStore:
             gpu_share=slot.gpu_share,
             client_key=request.client_key,
             subject=request.subject,
+            trace=request.trace,
             created_at=now,
             last_activity=now,
         )

@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     try:
         settings = load_settings(os.environ if environ is None else environ, defaults=args.defaults, flags=_flags(args))
         configure_logging(settings.log_level, settings.log_format)
+        from pixelfleet.tracing import configure_tracing
+
+        configure_tracing(settings.otlp_endpoint, f"pixelfleet-{args.command}")
         return int(args.func(args, settings))
     except ConfigError as exc:  # a bad setting: one clear line, exit 2, no traceback
         print(f"pixelfleet {args.command}: {exc}", file=sys.stderr)

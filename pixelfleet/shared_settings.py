@@ -54,6 +54,8 @@ class SharedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     report_token: str | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"  # auto: console on a TTY, JSON lines otherwise
+    # OTLP/HTTP traces endpoint (pixelfleet.tracing); unset: no tracing at all.
+    otlp_endpoint: str | None = None
 
     def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
         parts = []

@@ -2,7 +2,8 @@
 
 A token admits one player to one streamer for one session. Claims: ``iss``
 (``pixelfleet``), ``aud`` (``pixelfleet-signaling``), ``sub`` (tenant), ``sid``
-(session id), ``stid`` (streamer id), ``iat``, ``exp``, ``jti``. HS256 with a shared
+(session id), ``stid`` (streamer id), ``iat``, ``exp``, ``jti``, and ``tp`` (the session's
+trace context) when tracing is on. HS256 with a shared
 secret, or EdDSA (Ed25519) where signalling nodes should only hold a public key.
 """
 
@@ -33,6 +34,7 @@ class SessionClaims:
     streamer_id: str
     expires_at: int
     token_id: str
+    trace: str | None = None  # ``tp``: the session's W3C traceparent (pixelfleet.tracing), when traced
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,14 @@ class TokenKeys:
 
 
 def mint(
-    keys: TokenKeys, *, tenant: str, session_id: str, streamer_id: str, ttl_s: int, now: float | None = None
+    keys: TokenKeys,
+    *,
+    tenant: str,
+    session_id: str,
+    streamer_id: str,
+    ttl_s: int,
+    now: float | None = None,
+    trace: str | None = None,
 ) -> str:
     if keys.signing_key is None:
         raise ValueError("these keys can only verify")
@@ -77,6 +86,8 @@ def mint(
         "exp": issued + ttl_s,
         "jti": secrets.token_urlsafe(12),
     }
+    if trace:
+        claims["tp"] = trace
     if keys.algorithm == "HS256":
         return _hs256(claims, keys.signing_key)
     return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
@@ -117,7 +128,15 @@ def verify(
         raise InvalidToken(f"invalid token: {exc}") from None
     if not allow_expired and expires_at + leeway_s < (time.time() if now is None else now):
         raise InvalidToken("token expired")
-    return SessionClaims(str(claims["sub"]), str(claims["sid"]), str(claims["stid"]), expires_at, str(claims["jti"]))
+    tp = claims.get("tp")
+    return SessionClaims(
+        str(claims["sub"]),
+        str(claims["sid"]),
+        str(claims["stid"]),
+        expires_at,
+        str(claims["jti"]),
+        tp if isinstance(tp, str) else None,
+    )
 
 
 _REQUIRED = ["exp", "iat", "sub", "sid", "stid", "jti"]

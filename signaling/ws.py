@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import struct
+import time
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from signaling import peer_links as links
 from signaling.access import AccessGuard, MaskCheck, close_frame
 from signaling.broker import Broker, BrokerUnavailable
 from signaling.config import Settings
+from signaling.join_trace import PlayerTrace
 from signaling.limits import TokenBucket
 from signaling.metrics import node_registry
 from signaling.peer_links import Address, node_of
@@ -233,6 +235,7 @@ class SignalingNode:
         transport = request.transport
         assert transport is not None
         self._check_masks(request, transport, role)
+        traced = None if admitted is None else PlayerTrace.start(admitted[0], time.time() - (loop_time() - upgrade_at))
         conn, greeting = self.core.connect(
             role,
             allowed_streamer=None if admitted is None else admitted[0].streamer_id,
@@ -259,6 +262,8 @@ class SignalingNode:
         try:
             claims = run(greeting)
             self.stats.handshake[role].observe(loop_time() - upgrade_at)
+            if traced is not None:
+                traced.greeted()
             if claims:
                 await self.claim(claims)
             async for msg in ws:
@@ -276,6 +281,8 @@ class SignalingNode:
                     claims = run(receive(conn, obj))
                     if claims:  # a streamer's endpointId in a cluster: its next frame waits for the id
                         await self.claim(claims)
+                    if traced is not None and traced.waiting:  # a traced player, until its answer
+                        traced.saw(obj)
                 elif kind is _PING:
                     if not take(loop_time()):
                         self.stats.rate_limited[role] += 1
@@ -297,6 +304,8 @@ class SignalingNode:
             if gate is not None:
                 gate.report("disconnected", admitted)
             self.stats.close(role, connection.close_code or ws.close_code)
+            if traced is not None:
+                traced.close(ws.close_code)
             connection.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
         return ws
 

@@ -176,6 +176,24 @@
         .catch(() => this.player.log('Could not report activity to the matchmaker', 'error'));
     }
 
+    /** The first video frame of this slot is decoded: tell the matchmaker, once per slot. */
+    reportFirstFrame() {
+      const a = this.activity;
+      if (!a || !a.sessionId || a.firstFrameSent) return;
+      a.firstFrameSent = true;
+      fetch(this.base + '/api/v1/sessions/' + encodeURIComponent(a.sessionId) + '/events', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + a.token },
+        body: JSON.stringify({ event: 'first_frame' }),
+        cache: 'no-store'
+      })
+        .then((res) => {
+          this.player.info.firstFrameReported = res.ok;
+          if (!res.ok) this.player.log('First-frame report refused: HTTP ' + res.status, 'error');
+        })
+        .catch(() => this.player.log('Could not report the first frame to the matchmaker', 'error'));
+    }
+
     /** Follows the ticket's event stream until it is assigned (resolves) or not (rejects). */
     wait(ticket) {
       this.abandon();

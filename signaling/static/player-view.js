@@ -228,6 +228,7 @@
         if (stats.framesDecoded > 0 && this.info.state !== 'streaming' && pc.connectionState === 'connected') {
           this.setState('streaming', null);
           this.log('Video is playing', 'ok');
+          if (this.slots) this.slots.reportFirstFrame(); // time to first frame, the end of the join trace
         }
       }
       this.ui.stats(stats);

@@ -84,6 +84,7 @@
         clientKey: this.slots ? this.slots.clientKey : null,
         sessionId: null,
         activityReports: 0, // input activity reported to the matchmaker (idle timeout)
+        firstFrameReported: null, // true once the matchmaker took this slot's first_frame report
         queue: null, // {ticketId, position, etaS} while waiting for a slot
         signallingState: 'idle',
         iceState: 'new',
