@@ -268,9 +268,11 @@ def refuse(
     source: str | None,
     tenant: str | None = None,
     subject: str | None = None,
+    reason: str | None = None,
     **fields: Any,
 ) -> NoReturn:
-    """Write the audit line for a refusal, then raise it (the API turns it into an ErrorBody)."""
+    """Write the audit line for a refusal, then raise it (the API turns it into an ErrorBody).
+    ``reason`` defaults to the API error code."""
     audit(
         event,
         outcome="refused",
@@ -278,7 +280,7 @@ def refuse(
         subject=subject,
         source=source,
         route=route,
-        reason=exc.code,
+        reason=reason or exc.code,
         detail=str(exc),
         **fields,
     )

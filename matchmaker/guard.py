@@ -93,6 +93,7 @@ def owned_ticket(request: web.Request, ticket: Ticket | None, who: Caller, sourc
     if ticket is not None:
         refuse(
             Refused(404, "unknown_session", "no ticket with that id"),
+            reason="not_owner",
             event="access_refused",
             route=_route(request),
             source=source,

@@ -200,7 +200,7 @@ async def create_session(request: web.Request) -> web.Response:
     fields["client_key"] = owned_client_key(who.subject, body.client_key)
     limits = request.app[guard.LIMITS]
     quota = await limits.admission(tenant, who.subject)
-    if quota is not None:
+    if quota is not None and not await limits.resuming(tenant, who.subject, fields["client_key"]):
         guard.refuse(
             Refused(429, "quota_exceeded", f"quota reached ({quota})"),
             event="limit_refused",

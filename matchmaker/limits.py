@@ -106,6 +106,16 @@ class Limits:
                 return self._hit(reason)
         return None
 
+    async def resuming(self, tenant: str, subject: str, client_key: str | None) -> bool:
+        """Whether a request over quota only takes back its own live session (a reconnect
+        with its client key), which adds nothing and so is never refused."""
+        if not client_key:
+            return False
+        return any(
+            s.tenant == tenant and s.subject == subject and s.client_key == client_key and s.state is not SessionState.ENDED
+            for s in await self.store.sessions()
+        )
+
     def admitted(self, tenant: str, subject: str, *, queued: bool) -> None:
         """Count an admission at once, so a burst within one count's lifetime is held too."""
         counter = self._counts.tickets if queued else self._counts.sessions

@@ -184,6 +184,24 @@ def _cmd_agent(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     return run(settings.agent)
 
 
+def _cmd_agent_token(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
+    """Mint one host's agent token (issue 11): it speaks for that host and its tenants only."""
+    from matchmaker.auth import mint_agent_token
+    from pixelfleet.shared_settings import ConfigError
+
+    mm = settings.matchmaker
+    if not mm.agent_key_secret:
+        raise ConfigError("set PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET (the matchmaker's, >= 32 bytes)")
+    try:
+        token = mint_agent_token(
+            mm.agent_key_secret, host_id=args.token_host, tenants=args.token_tenants, ttl_s=mm.agent_token_ttl_s
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(token)
+    return 0
+
+
 def _cmd_records_summary(args: argparse.Namespace) -> int:
     from matchmaker.records_summary import run_summary
 
@@ -294,6 +312,19 @@ def _parser() -> argparse.ArgumentParser:
     add_agent_flags(p_agent)
     _add_logging_flags(p_agent)
     p_agent.set_defaults(func=_cmd_agent, defaults={})
+
+    p_tok = sub.add_parser(
+        "agent-token",
+        help="print a per-host agent token (PIXELFLEET_AGENT_TOKEN of that host)",
+        epilog="Signed with PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET; docs/operations.md.",
+    )
+    p_tok.add_argument("--host", dest="token_host", required=True, help="the host id it speaks for")
+    p_tok.add_argument(
+        "--tenant", dest="token_tenants", action="append", required=True, help="a tenant it may serve (repeat)"
+    )
+    p_tok.add_argument("--ttl-s", dest="matchmaker.agent_token_ttl_s", type=int, help="lifetime (default 1 year)")
+    _add_logging_flags(p_tok)
+    p_tok.set_defaults(func=_cmd_agent_token, defaults={})
 
     _add_records_command(sub)
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")
