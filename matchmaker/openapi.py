@@ -49,8 +49,11 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
-        "description": "A caller's HS256 JWT, signed with PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET, with `exp` "
-        "and a tenant claim (PIXELFLEET_MATCHMAKER__CALLER_TENANT_CLAIM, default `tenant`).",
+        "description": "A caller's JWT: RS256/ES256 from the identity provider (checked against "
+        "PIXELFLEET_MATCHMAKER__CALLER_JWKS_URL, with CALLER_ISSUER and CALLER_AUDIENCE) or HS256 signed with "
+        "PIXELFLEET_MATCHMAKER__CALLER_JWT_SECRET; with `exp`, a subject (`sub`) and a tenant claim "
+        "(PIXELFLEET_MATCHMAKER__CALLER_TENANT_CLAIM, default `tenant`). Tickets and sessions belong to the "
+        "subject. On GET the event stream also takes it as `?access_token=`.",
     },
     "sessionToken": {
         "type": "http",
@@ -59,20 +62,29 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "description": "The session token of that very session (the `token` of its assignment; "
         "accepted after it expires).",
     },
-    "agentToken": {"type": "http", "scheme": "bearer", "description": "PIXELFLEET_AGENT_TOKEN."},
+    "agentToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The host's own agent token (`pixelfleet agent-token`, bound to a host id and its tenants; "
+        "PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET), or the fleet-wide PIXELFLEET_AGENT_TOKEN where no agent key "
+        "is set (legacy).",
+    },
     "adminToken": {"type": "http", "scheme": "bearer", "description": "PIXELFLEET_ADMIN_TOKEN."},
 }
 
 # What each error status means here; every route lists the ones it can answer.
 ERROR_STATUSES: dict[int, str] = {
-    400: "invalid_body: not JSON, a wrong type, an unknown field, or a value out of range",
+    400: "invalid_body (not JSON, a wrong type, an unknown field, or a value out of range) or "
+    "signaling_url_refused (a registration's signaling_url is not in SIGNALING_URLS)",
     401: "unauthorized, invalid_token or token_expired: the credential is missing or wrong",
-    403: "disabled (that token is not configured here) or wrong_session (a token of another session)",
-    404: "unknown_app, unknown_host, unknown_session or not_waiting",
+    403: "disabled (that token is not configured here), wrong_session (a token of another session), forbidden "
+    "(an agent token of another host or tenant, or a dedicated tenant's pool mixed) or report_token_required "
+    "(a connect/disconnect report without signalling's report token)",
+    404: "unknown_app, unknown_host, unknown_session (also another caller's ticket) or not_waiting",
     409: "host_conflict: the host id is alive under another boot id",
     410: "session_ended: the session has ended; `end_reason` says why (final: do not retry)",
     413: "too_large: bodies are limited to 64 KiB",
-    429: "queue_full: the queue of this tenant and app is at QUEUE_MAX_LENGTH",
+    429: "queue_full (the queue of this tenant and app is at QUEUE_MAX_LENGTH), rate_limited or quota_exceeded",
     503: "backend_unavailable: the state store did not answer; retry",
 }
 
@@ -129,9 +141,9 @@ ROUTES: tuple[Route, ...] = (
         "/queue/{ticket_id}",
         "ticket_status",
         "A ticket's status (reading it also says that its client is still there)",
-        "none",
+        "caller",
         {200: (TicketReply, "the ticket's status")},
-        (404, *_STORE),
+        (401, 404, 429, *_STORE),
         tags=("players",),
     ),
     Route(
@@ -139,9 +151,9 @@ ROUTES: tuple[Route, ...] = (
         "/queue/{ticket_id}",
         "cancel_ticket",
         "Leave the queue",
-        "none",
+        "caller",
         {200: (TicketCancelled, "cancelled")},
-        (404, *_STORE),
+        (401, 404, 429, *_STORE),
         tags=("players",),
     ),
     Route(
@@ -149,9 +161,9 @@ ROUTES: tuple[Route, ...] = (
         "/queue/{ticket_id}/events",
         "ticket_events",
         "The ticket's status, live, until it leaves the queue",
-        "none",
+        "caller",
         {200: (TicketReply, TICKET_EVENTS)},
-        (404, *_STORE),
+        (401, 404, 429, *_STORE),
         events=True,
         tags=("players",),
     ),
