@@ -79,6 +79,9 @@ class MatchmakerServer:
         for door in open_doors(self.settings):
             log.warning("open_mode", detail=door)
         app.add_subapp(API_PREFIX, create_app(self.matchmaker))
+        from matchmaker import dashboard  # the operator dashboard (docs/observability.md)
+
+        app.add_subapp(dashboard.PREFIX, dashboard.create_app(self.matchmaker))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)

@@ -51,10 +51,14 @@ async def _up(args: argparse.Namespace, platform: PixelfleetSettings) -> None:
     matchmaker = None if args.no_matchmaker else _embedded_matchmaker(platform)
     extra: dict[str, Any] = dict(turn.server_kwargs()) if turn else {}
     if matchmaker is not None:
+        from matchmaker import dashboard
         from matchmaker.http import API_PREFIX, create_app
         from signaling.sessions import CallbackReporter, SessionGate
 
-        extra["player_subapps"] = [(API_PREFIX, create_app(matchmaker))]
+        extra["player_subapps"] = [
+            (API_PREFIX, create_app(matchmaker)),
+            (dashboard.PREFIX, dashboard.create_app(matchmaker)),  # the operator dashboard
+        ]
         extra["session_gate"] = SessionGate(
             matchmaker.keys,
             required=True,
