@@ -434,4 +434,4 @@ def test_too_many_protocol_errors_close_with_1008() -> None:
 
 
 def test_disconnect_of_unknown_connection_is_harmless(h: Harness) -> None:
-    assert h.core.disconnect(Address(12345)) == []
+    assert h.core.disconnect(Address("local/12345")) == []
