@@ -920,10 +920,11 @@ class Driver:
         if status == 201:
             return reply  # type: ignore[no-any-return]
         if status == 202:
-            return await self.wait_in_queue(req, reply)
+            return await self.wait_in_queue(req, reply, self.tokens[tenant])
         return None
 
-    async def wait_in_queue(self, req: int, queued: dict[str, Any]) -> dict[str, Any] | None:
+    async def wait_in_queue(self, req: int, queued: dict[str, Any], token: str) -> dict[str, Any] | None:
+        """Follow, poll or cancel the ticket, as its caller (``token``: the ticket is its own)."""
         rng = self.rng
         tid = queued["ticket_id"]
         mode = rng.choices(["sse", "poll", "cancel"], [5, 3, 2])[0]
@@ -934,7 +935,9 @@ class Driver:
             entry = self.log(kind="sse_open", req=req, t0=time.time(), replica=replica)
             try:
                 async with self.http.get(
-                    self.bases[replica] + f"/api/v1/queue/{tid}/events", timeout=aiohttp.ClientTimeout(total=patience)
+                    self.bases[replica] + f"/api/v1/queue/{tid}/events",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=aiohttp.ClientTimeout(total=patience),
                 ) as r:
                     entry["status"] = r.status
                     async for line in r.content:
@@ -958,20 +961,20 @@ class Driver:
             entry["t1"] = time.time()
         elif mode == "poll":
             while time.monotonic() < deadline:
-                status, body = await self.call("ticket", "GET", f"/api/v1/queue/{tid}", req=req)
+                status, body = await self.call("ticket", "GET", f"/api/v1/queue/{tid}", token=token, req=req)
                 if status == 200 and body["status"] != "waiting":
                     return body if body["status"] == "assigned" else None
                 await asyncio.sleep(0.25)
         else:
             await asyncio.sleep(rng.uniform(0.0, 1.0))
         if mode != "sse":
-            status, _ = await self.call("cancel", "DELETE", f"/api/v1/queue/{tid}", req=req)
+            status, _ = await self.call("cancel", "DELETE", f"/api/v1/queue/{tid}", token=token, req=req)
             if status == 200:
                 return None
         # Find out how the ticket left the queue (the cancel may have lost a race with a
         # dispatch; a hung-up SSE client's ticket is cancelled by the server, soon).
         for _ in range(40):
-            status, body = await self.call("ticket", "GET", f"/api/v1/queue/{tid}", req=req)
+            status, body = await self.call("ticket", "GET", f"/api/v1/queue/{tid}", token=token, req=req)
             if status == 200 and body["status"] != "waiting":
                 return body if body["status"] == "assigned" else None
             await asyncio.sleep(0.1)
