@@ -358,9 +358,16 @@ async def heartbeat(request: web.Request) -> web.Response:
     reply = await mm.heartbeat(host_id, hb)
     creds = request.app[guard.CREDENTIALS]
     if creds.enabled:
-        if not creds.known(host_id):  # registered through another replica
-            slots = [sl for sl in await mm.store.slots() if sl.host_id == host_id]
-            creds.remember(host_id, [(int(sl.slot_id.rsplit("/", 1)[1]), sl.tenant, sl.streamer_id) for sl in slots])
+        if not creds.known(host_id):  # registered through another replica (or before a restart)
+            # One read of every slot fills in every host, so a replica that starts amid a
+            # fleet reads the slots once, not once per host.
+            by_host: dict[str, list[tuple[int, str, str]]] = {}
+            for sl in await mm.store.slots():
+                by_host.setdefault(sl.host_id, []).append(
+                    (int(sl.slot_id.rsplit("/", 1)[1]), sl.tenant, sl.streamer_id)
+                )
+            for known_host, slots in by_host.items():
+                creds.remember(known_host, slots)
         reply = msgspec.structs.replace(reply, streamer_tokens=creds.for_host(host_id))
     return _json(reply)
 

@@ -21,6 +21,7 @@ __all__ = ["SlotIdentity", "StreamerCredentials"]
 
 SlotIdentity = tuple[int, str, str]  # (slot index, tenant, streamer id)
 _HOSTS_MAX = 50_000
+_SLOTS_FRESH_S = 60.0  # a host's slots learnt from another replica's registration are read again after this
 
 
 @dataclass
@@ -28,7 +29,7 @@ class StreamerCredentials:
     keys: TokenKeys | None
     ttl_s: int
     clock: Callable[[], float] = time.time
-    _slots: dict[str, list[SlotIdentity]] = field(default_factory=dict)  # host -> its slots
+    _slots: dict[str, tuple[float, list[SlotIdentity]]] = field(default_factory=dict)  # host -> (at, its slots)
     _minted: dict[tuple[str, int, str], tuple[str, float]] = field(default_factory=dict)  # -> (jwt, exp)
 
     @property
@@ -39,10 +40,13 @@ class StreamerCredentials:
         if len(self._slots) >= _HOSTS_MAX:
             self._slots.clear()
             self._minted.clear()
-        self._slots[host_id] = list(slots)
+        self._slots[host_id] = (self.clock(), list(slots))
 
     def known(self, host_id: str) -> bool:
-        return host_id in self._slots
+        """Whether this replica knows the host's slots, recently enough (a registration
+        through another replica may have changed them)."""
+        held = self._slots.get(host_id)
+        return held is not None and self.clock() - held[0] < _SLOTS_FRESH_S
 
     def for_host(self, host_id: str) -> dict[str, str]:
         """The host's current credentials by slot index (renewed past half their life)."""
@@ -50,7 +54,7 @@ class StreamerCredentials:
             return {}
         now = self.clock()
         out: dict[str, str] = {}
-        for index, tenant, streamer_id in self._slots[host_id]:
+        for index, tenant, streamer_id in self._slots[host_id][1]:
             key = (host_id, index, streamer_id)
             held = self._minted.get(key)
             if held is None or held[1] - now < self.ttl_s / 2:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -12,7 +14,9 @@ from jwt.algorithms import RSAAlgorithm
 
 from matchmaker.auth import Refused, client_address, mint_agent_token, owned_client_key, verify_agent_token
 from matchmaker.limits import TokenBuckets
+from matchmaker.streamer_creds import StreamerCredentials
 from pixelfleet.oidc import InvalidCaller, JwksCache
+from pixelfleet.tokens import TokenKeys, verify_streamer
 
 SECRET = "agent-key-" + "a" * 32
 
@@ -108,3 +112,23 @@ def test_client_keys_are_namespaced_by_subject() -> None:
     assert owned_client_key("alice", "seat") != owned_client_key("bob", "seat")
     assert owned_client_key("alice", "seat") == owned_client_key("alice", "seat")
     assert owned_client_key("alice", None) is None
+
+
+def test_streamer_credentials_are_reused_until_half_their_life_then_renewed() -> None:
+    clock = Clock()
+    clock.now = time.time()
+    keys = TokenKeys.hs256("session-secret-" + "s" * 32)
+    creds = StreamerCredentials(keys, ttl_s=900, clock=clock)
+    creds.remember("h1", [(0, "acme", "h1-0"), (1, "acme", "h1-1")])
+    first = creds.for_host("h1")
+    claims = verify_streamer(keys, first["1"], now=clock.now)
+    assert (claims.streamer_id, claims.host_id, claims.tenant) == ("h1-1", "h1", "acme")
+    clock.now += 449
+    assert creds.for_host("h1") == first  # more than half its life left: the same one
+    clock.now += 2
+    renewed = creds.for_host("h1")
+    assert renewed["0"] != first["0"]
+    later = jwt.decode(renewed["0"], options={"verify_signature": False})  # its iat is in this test's future
+    assert (later["stid"], later["exp"]) == ("h1-0", int(clock.now) + 900)
+    assert creds.for_host("unknown") == {}
+    assert not StreamerCredentials(None, ttl_s=900).enabled
