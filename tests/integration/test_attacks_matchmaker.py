@@ -334,7 +334,18 @@ async def test_nothing_of_another_caller_can_be_read_followed_cancelled_or_taken
     status, body = await t.call("POST", "/sessions", provider.token("k1", sub="ava", tenant="acme"), {"app": "game"})
     assert (status, body["error"]) == (429, "quota_exceeded")
     await t.audited('"event":"limit_refused"', '"limit":"quota_tenant_tickets"', '"tenant":"acme"')
-    assert (await t.call("POST", "/sessions", bob, {"app": "game"}))[0] == 201
+    status, bobs = await t.call("POST", "/sessions", bob, {"app": "game"})
+    assert status == 201
+    # Nor can B's own session token send anything to A's session.
+    status, body = await t.call(
+        "POST",
+        f"/sessions/{first['session_id']}/events",
+        bobs["token"],
+        {"event": "disconnected"},
+        {REPORT_HEADER: REPORT},
+    )
+    assert (status, body["error"]) == (403, "wrong_session")
+    await t.audited('"reason":"wrong_session"', '"tenant":"beta"')
 
     # The owner follows it (a browser's EventSource passes access_token) ...
     async with t.http.get(f"{t.base}/queue/{ticket}/events?access_token={anna}") as r:
