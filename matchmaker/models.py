@@ -386,7 +386,6 @@ ErrorCode = Literal[
     "host_conflict",
     "queue_full",
     "backend_unavailable",
-    "not_found",
     "forbidden",
     "report_token_required",
     "signaling_url_refused",
