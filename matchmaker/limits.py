@@ -112,7 +112,10 @@ class Limits:
         if not client_key:
             return False
         return any(
-            s.tenant == tenant and s.subject == subject and s.client_key == client_key and s.state is not SessionState.ENDED
+            s.tenant == tenant
+            and s.subject == subject
+            and s.client_key == client_key
+            and s.state is not SessionState.ENDED
             for s in await self.store.sessions()
         )
 
