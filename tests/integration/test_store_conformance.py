@@ -583,3 +583,32 @@ async def test_due_sessions_at_the_deadline_to_the_last_bit(store: Store) -> Non
             seen.append(who.session_id in await due(store, now, rules=rules))
             now = math.nextafter(now, math.inf)
         assert seen[0] is False and seen[-1] is True and seen == sorted(seen), seen
+
+
+async def test_the_callers_subject_is_kept_with_its_ticket_and_session(store: Store) -> None:
+    """Ownership checks (matchmaker.guard) read the subject back: both stores keep it, through
+    the queue, the claim, a reattach, a connect and the end of the session."""
+    await ready_host(store, slots=2)
+    request = AllocationRequest(tenant="acme", app="game", client_key="k", subject="alice")
+    direct = await store.allocate(request, new_id(), 100.0, policy="spread")
+    assert isinstance(direct, Session) and direct.subject == "alice"
+    waiting = Ticket(
+        ticket_id=f"t-{uuid.uuid4().hex[:8]}",
+        request=AllocationRequest(tenant="acme", app="game", subject="bob"),
+        enqueued_at=100.0,
+        seen_at=100.0,
+    )
+    await store.enqueue(waiting, 10)
+    kept = await store.ticket(waiting.ticket_id)
+    assert kept is not None and kept.request.subject == "bob"
+    assert await store.ticket_left(waiting.ticket_id, 101.0) and await store.ticket_heard(waiting.ticket_id, 102.0)
+    assert [t.request.subject for t in await store.waiting("acme", "game", 10)] == ["bob"]
+    served = await store.allocate(kept.request, new_id(), 103.0, policy="spread", ticket_id=waiting.ticket_id)
+    assert isinstance(served, Session) and served.subject == "bob"
+    connected = await store.mark_connected(served.session_id, 104.0)
+    assert connected is not None and connected.subject == "bob"
+    again = await store.reattach(direct.session_id, 105.0)
+    assert again is not None and again.subject == "alice"
+    ended = await store.end_session(served.session_id, EndReason.PLAYER_LEFT, 106.0)
+    assert ended is not None and ended.subject == "bob"
+    assert {s.session_id: s.subject for s in await store.sessions()}[direct.session_id] == "alice"
