@@ -65,6 +65,7 @@ from matchmaker.service import (
 from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, StoreError, UnknownHost
 from matchmaker.streamer_creds import StreamerCredentials
 from pixelfleet.audit import audit
+from pixelfleet.oidc import Caller
 from pixelfleet.tokens import InvalidToken, verify
 
 MATCHMAKER = web.AppKey("matchmaker", Matchmaker)
@@ -235,7 +236,7 @@ async def create_session(request: web.Request) -> web.Response:
     return _json(ticket_reply(result), 202)
 
 
-async def _own_ticket(request: web.Request, mm: Matchmaker) -> tuple[str, Any, str | None]:
+async def _own_ticket(request: web.Request, mm: Matchmaker) -> tuple[str, Caller, str | None]:
     """The ticket id of the path, if it is the caller's (else 404 as for an unknown id)."""
     who, source = await guard.caller(request, mm.settings)
     ticket_id = request.match_info["ticket_id"]

@@ -107,17 +107,24 @@ class Limits:
         return None
 
     async def resuming(self, tenant: str, subject: str, client_key: str | None) -> bool:
-        """Whether a request over quota only takes back its own live session (a reconnect
-        with its client key), which adds nothing and so is never refused."""
+        """Whether a request over quota only takes back what the caller already holds (its
+        live session, or its waiting ticket after a reload, by its client key): that adds
+        nothing, so it is never refused."""
         if not client_key:
             return False
-        return any(
-            s.tenant == tenant
-            and s.subject == subject
-            and s.client_key == client_key
-            and s.state is not SessionState.ENDED
-            for s in await self.store.sessions()
-        )
+        for s in await self.store.sessions():
+            if (s.tenant, s.subject, s.client_key) == (
+                tenant,
+                subject,
+                client_key,
+            ) and s.state is not SessionState.ENDED:
+                return True
+        for queue_tenant, app, length in await self.store.queues():
+            if queue_tenant == tenant:
+                for t in await self.store.waiting(tenant, app, length):
+                    if (t.request.subject, t.request.client_key) == (subject, client_key):
+                        return True
+        return False
 
     def admitted(self, tenant: str, subject: str, *, queued: bool) -> None:
         """Count an admission at once, so a burst within one count's lifetime is held too."""

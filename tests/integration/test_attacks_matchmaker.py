@@ -334,6 +334,8 @@ async def test_nothing_of_another_caller_can_be_read_followed_cancelled_or_taken
     status, body = await t.call("POST", "/sessions", provider.token("k1", sub="ava", tenant="acme"), {"app": "game"})
     assert (status, body["error"]) == (429, "quota_exceeded")
     await t.audited('"event":"limit_refused"', '"limit":"quota_tenant_tickets"', '"tenant":"acme"')
+    status, back = await t.call("POST", "/sessions", amy, {"app": "game", "client_key": "amy-1"})  # a reload
+    assert (status, back["ticket_id"]) == (202, amy_ticket["ticket_id"])
     status, bobs = await t.call("POST", "/sessions", bob, {"app": "game"})
     assert status == 201
     # Nor can B's own session token send anything to A's session.
