@@ -159,11 +159,13 @@ class RedisBroker:
     async def aclose(self) -> None:
         """Leave the cluster at once (the others need not wait for the deadline)."""
         self._closing = True
-        for task in self._tasks:
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:  # bounded: a task stuck in a client call must not hold up shutdown
+            _done, stuck = await asyncio.wait(tasks, timeout=2.0)
+            if stuck:
+                log.warning("broker_tasks_stuck", node=self.node_id, tasks=sorted(t.get_name() for t in stuck))
         if self._writer is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._writer, 1.0)
@@ -173,7 +175,8 @@ class RedisBroker:
                 1.0,
             )
         self._boxes.clear()
-        await self._r.aclose()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._r.aclose(), 2.0)
 
     # --- mailboxes and delivery -------------------------------------------------------
 

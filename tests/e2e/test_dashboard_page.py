@@ -54,7 +54,7 @@ async def test_dashboard_counts_and_drain(server: MatchmakerServer, open_page: O
     page, log = await open_page(f"http://127.0.0.1:{server.port}/api/v1/admin/dashboard/")
     await page.fill("#token", ADMIN)
     await page.click("#login button[type=submit]")
-    await page.wait_for_function("window.dashboard.updates > 0", timeout=WAIT_MS)
+    await page.wait_for_function("() => window.dashboard.updates > 0", timeout=WAIT_MS)
     state = await page.evaluate("window.dashboard.state")
     sessions, slots, hosts = await admin(server, "sessions"), await admin(server, "slots"), await admin(server, "hosts")
     assert sum(state["counts"]["sessions"].values()) == len(sessions) == 4, log.text()
@@ -69,7 +69,7 @@ async def test_dashboard_counts_and_drain(server: MatchmakerServer, open_page: O
     host = next(s["host_id"] for s in slots if s["state"] == "ready")
     await page.click(f"tr[data-host='{host}'] button.drain")
     await page.wait_for_function(
-        f"document.querySelector(\"tr[data-host='{host}'] .state\").textContent === 'draining'", timeout=WAIT_MS
+        f"() => document.querySelector(\"tr[data-host='{host}'] .state\").textContent === 'draining'", timeout=WAIT_MS
     )
     drained = [h for h in await admin(server, "hosts") if h["host_id"] == host]
     assert drained[0]["draining"] is True
@@ -78,6 +78,6 @@ async def test_dashboard_counts_and_drain(server: MatchmakerServer, open_page: O
     assert all(not isinstance(a, Allocation) or a.session.host_id != host for a in placed)
     assert any(isinstance(a, Queued) for a in placed)
     assert await page.locator(f"tr[data-host='{host}'] button.drain").count() == 0
-    await page.wait_for_function("window.dashboard.state.counts.hosts.draining === 1", timeout=WAIT_MS)
+    await page.wait_for_function("() => window.dashboard.state.counts.hosts.draining === 1", timeout=WAIT_MS)
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 0

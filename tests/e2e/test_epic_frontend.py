@@ -35,7 +35,7 @@ async def epic_state(page: Page) -> dict[str, Any]:
 
 async def wait_js(page: Page, expression: str, log: PageLog) -> None:
     try:
-        await page.wait_for_function(expression, timeout=WAIT_MS, polling=200)
+        await page.wait_for_function(f"() => ({expression})", timeout=WAIT_MS, polling=200)
     except Exception as exc:
         raise AssertionError(f"{expression}: {exc}\nepic={await epic_state(page)}\nconsole:\n{log.text()}") from None
 

@@ -118,7 +118,7 @@ async def screenshot(page: Page, name: str) -> None:
 
 async def wait_state(page: Page, log: PageLog, js: str, what: str) -> None:
     try:
-        await page.wait_for_function(js, timeout=WAIT_MS, polling=100)
+        await page.wait_for_function(f"() => ({js})", timeout=WAIT_MS, polling=100)
     except Exception as exc:  # noqa: BLE001 - playwright's timeout, reported with the page state
         raise AssertionError(
             f"timed out waiting for {what}: {exc}\nstate={await state(page)}\nconsole:\n{log.text()}"
@@ -232,7 +232,7 @@ async def test_matchmaker_errors_are_shown(start_up: StartUp, open_page: OpenPag
     up = await start_up(streamers=1, queue_max_length=1, queue_max_wait_s=8)
     try:
         nope, _ = await open_page(f"{up.origin}/?app=nope")
-        await nope.wait_for_function("window.pixelfleet.state === 'error'", timeout=WAIT_MS)
+        await nope.wait_for_function("() => window.pixelfleet.state === 'error'", timeout=WAIT_MS)
         assert 'no app "nope"' in await nope.locator("#overlay-text").inner_text()
         assert await nope.locator("#overlay-button").is_visible()
 
@@ -242,7 +242,7 @@ async def test_matchmaker_errors_are_shown(start_up: StartUp, open_page: OpenPag
         await wait_state(waiting, waiting_log, "window.pixelfleet.state === 'queued'", "a place in the queue")
 
         full, _ = await open_page(f"{up.origin}/")
-        await full.wait_for_function("window.pixelfleet.state === 'error'", timeout=WAIT_MS)
+        await full.wait_for_function("() => window.pixelfleet.state === 'error'", timeout=WAIT_MS)
         assert "queue is full" in await full.locator("#overlay-text").inner_text()
         await screenshot(full, "queue-full")
 
@@ -257,14 +257,14 @@ async def test_matchmaker_errors_are_shown(start_up: StartUp, open_page: OpenPag
         # The queue has room again: Try again queues; Leave the queue gives the place
         # up and offers to join again, which queues once more.
         await full.locator("#overlay-button").click()
-        await full.wait_for_function("window.pixelfleet.state === 'queued'", timeout=WAIT_MS)
+        await full.wait_for_function("() => window.pixelfleet.state === 'queued'", timeout=WAIT_MS)
         await full.locator("#queue-leave").click()
-        await full.wait_for_function("window.pixelfleet.state === 'stopped'", timeout=WAIT_MS)
+        await full.wait_for_function("() => window.pixelfleet.state === 'stopped'", timeout=WAIT_MS)
         assert await full.locator("#overlay-button").inner_text() == "Join the queue again"
         assert await full.locator("#queue").is_hidden()
         await full.locator("#overlay-button").click()
         await full.wait_for_function(
-            "window.pixelfleet.state === 'queued' && window.pixelfleet.queue && window.pixelfleet.queue.position === 1",
+            "() => window.pixelfleet.state === 'queued' && window.pixelfleet.queue && window.pixelfleet.queue.position === 1",
             timeout=WAIT_MS,
         )
         assert (await state(first))["state"] == "streaming"

@@ -30,10 +30,10 @@ async def wait_for_rising_frames(page: Page, log: PageLog) -> None:
     then rises again: video is being decoded, not just one frame."""
     try:
         await page.wait_for_function(
-            "window.pixelfleet && window.pixelfleet.framesDecoded > 0", timeout=WAIT_MS, polling=200
+            "() => window.pixelfleet && window.pixelfleet.framesDecoded > 0", timeout=WAIT_MS, polling=200
         )
         first = await page.evaluate("window.pixelfleet.framesDecoded")
-        await page.wait_for_function(f"window.pixelfleet.framesDecoded > {first}", timeout=WAIT_MS, polling=200)
+        await page.wait_for_function(f"() => window.pixelfleet.framesDecoded > {first}", timeout=WAIT_MS, polling=200)
     except Exception as exc:
         raise AssertionError(
             f"no rising framesDecoded: {exc}\nstate={await state(page)}\nconsole:\n{log.text()}"
@@ -62,7 +62,7 @@ async def test_plays_video_and_sends_input(
 ) -> None:
     page, log = await open_page(f"{stack.player_origin}/?StreamerId={streamer.streamer_id}")
     await wait_for_rising_frames(page, log)
-    await page.wait_for_function("window.pixelfleet.dataChannelOpen === true", timeout=WAIT_MS)
+    await page.wait_for_function("() => window.pixelfleet.dataChannelOpen === true", timeout=WAIT_MS)
 
     info = await state(page)
     assert info["state"] == "streaming"
@@ -111,7 +111,7 @@ async def test_waits_for_a_streamer_then_joins_the_only_one(
     """No StreamerId and no streamer yet: the page keeps listing (every 2 s), then
     subscribes to the one that appears."""
     page, log = await open_page(f"{stack.player_origin}/")
-    await page.wait_for_function("window.pixelfleet.state === 'waiting'", timeout=WAIT_MS)
+    await page.wait_for_function("() => window.pixelfleet.state === 'waiting'", timeout=WAIT_MS)
     late = await start_streamer()
     await wait_for_rising_frames(page, log)
     assert (await state(page))["streamerId"] == late.streamer_id
@@ -123,7 +123,7 @@ async def test_answers_server_pings_and_keeps_its_own(
     """The page pings (here every 300 ms instead of 30 s) and the server's pongs
     come back; the socket stays open."""
     page, log = await open_page(f"{stack.player_origin}/?StreamerId={streamer.streamer_id}&KeepaliveDelay=300")
-    await page.wait_for_function("window.pixelfleet.pongs >= 3", timeout=WAIT_MS)
+    await page.wait_for_function("() => window.pixelfleet.pongs >= 3", timeout=WAIT_MS)
     info = await state(page)
     assert info["signallingState"] == "open"
     assert info["closeCodes"] == []
@@ -151,7 +151,7 @@ async def test_shows_subscribe_failed(
     await wait_for_rising_frames(first, first_log)
 
     second, _ = await open_page(f"{stack.player_origin}/?StreamerId={only.streamer_id}")
-    await second.wait_for_function("window.pixelfleet.state === 'error'", timeout=WAIT_MS)
+    await second.wait_for_function("() => window.pixelfleet.state === 'error'", timeout=WAIT_MS)
     info = await state(second)
     assert any("full" in e for e in info["errors"]), info["errors"]
     assert "full" in await second.locator("#overlay-text").inner_text()
@@ -195,10 +195,10 @@ async def test_rejoins_when_the_streamer_comes_back(
 
     await first.streamer.stop()
     await page.wait_for_function(
-        "['reconnecting', 'waiting'].includes(window.pixelfleet.state)", timeout=WAIT_MS, polling=100
+        "() => ['reconnecting', 'waiting'].includes(window.pixelfleet.state)", timeout=WAIT_MS, polling=100
     )
     await start_streamer(sid)
-    await page.wait_for_function("window.pixelfleet.state === 'streaming'", timeout=WAIT_MS)
+    await page.wait_for_function("() => window.pixelfleet.state === 'streaming'", timeout=WAIT_MS)
     await wait_for_rising_frames(page, log)
     info = await state(page)
     assert info["streamerId"] == sid
