@@ -3,8 +3,8 @@ the probe reads which one from the container's main process and asks that servic
 
 - ``pixelfleet signaling``: ``/readyz`` on the player port (503 while draining or while a
   cluster node is out of touch with Redis);
-- ``pixelfleet matchmaker``: ``/healthz`` (it has no ``/readyz``);
-- ``pixelfleet agent``: ``/healthz`` on the metrics port (it has no ``/readyz``).
+- ``pixelfleet matchmaker``: ``/readyz`` (503 while its state store fails or while draining);
+- ``pixelfleet agent``: ``/readyz`` on the metrics port (503 while its matchmaker is unreachable).
 
 Usage: ``python healthcheck.py [PID]`` (PID 1 by default). Exit 0 when the endpoint answers
 2xx, 1 otherwise, with one line saying why. Standard library only: it runs in the image as is.
@@ -22,8 +22,8 @@ COMMANDS = ("signaling", "matchmaker", "agent")
 # (port setting, its flag, default port, path) per command
 ENDPOINTS = {
     "signaling": ("PIXELFLEET_PLAYER_PORT", "--player-port", 80, "/readyz"),
-    "matchmaker": ("PIXELFLEET_MATCHMAKER__PORT", "--port", 9999, "/healthz"),
-    "agent": ("PIXELFLEET_AGENT__METRICS_PORT", "--metrics-port", 9102, "/healthz"),
+    "matchmaker": ("PIXELFLEET_MATCHMAKER__PORT", "--port", 9999, "/readyz"),
+    "agent": ("PIXELFLEET_AGENT__METRICS_PORT", "--metrics-port", 9102, "/readyz"),
 }
 
 

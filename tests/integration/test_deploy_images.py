@@ -139,7 +139,7 @@ async def test_control_plane_matchmaker_and_agent(start_process: StartProcess) -
     # the same image, the command the CDK app's matchmaker service gives it
     matchmaker = await start_image_command(start_process, control, ["matchmaker"], NOT_IN_CONTROL_PLANE, mm_env)
     out = await until_healthy(matchmaker, control, mm_env, str(matchmaker.pid))
-    assert f"http://127.0.0.1:{port}/healthz" in out
+    assert f"http://127.0.0.1:{port}/readyz" in out
 
     agent_stage = final_stage("agent")
     command = agent_stage.exec_form("CMD")
@@ -157,7 +157,7 @@ async def test_control_plane_matchmaker_and_agent(start_process: StartProcess) -
     )
     agent = await start_image_command(start_process, agent_stage, command, NOT_IN_AGENT_PROCESS, agent_env)
     out = await until_healthy(agent, agent_stage, agent_env, str(agent.pid))
-    assert f"http://127.0.0.1:{metrics}/healthz" in out
+    assert f"http://127.0.0.1:{metrics}/readyz" in out
     assert await agent.stop() == 0
     assert await matchmaker.stop() == 0
 

@@ -116,10 +116,10 @@ def test_images_install_only_their_extras() -> None:
         (["pixelfleet", "signaling", "--player-port", "9000"], {"PIXELFLEET_PLAYER_PORT": "8080"}, "9000/readyz"),
         (["pixelfleet", "signaling", "--player-port=9001"], {}, "9001/readyz"),
         (["pixelfleet", "signaling"], {}, "80/readyz"),
-        (["pixelfleet", "matchmaker", "--host", "0.0.0.0", "--port", "9998"], {}, "9998/healthz"),
-        (["pixelfleet", "matchmaker"], {"PIXELFLEET_MATCHMAKER__PORT": "7000"}, "7000/healthz"),
-        (["pixelfleet", "agent"], {"PIXELFLEET_AGENT__METRICS_PORT": "9102"}, "9102/healthz"),
-        (["/sbin/docker-init", "--", "pixelfleet", "agent", "--metrics-port", "9103"], {}, "9103/healthz"),
+        (["pixelfleet", "matchmaker", "--host", "0.0.0.0", "--port", "9998"], {}, "9998/readyz"),
+        (["pixelfleet", "matchmaker"], {"PIXELFLEET_MATCHMAKER__PORT": "7000"}, "7000/readyz"),
+        (["pixelfleet", "agent"], {"PIXELFLEET_AGENT__METRICS_PORT": "9102"}, "9102/readyz"),
+        (["/sbin/docker-init", "--", "pixelfleet", "agent", "--metrics-port", "9103"], {}, "9103/readyz"),
     ],
 )
 def test_probe_url_follows_the_command(argv: list[str], env: dict[str, str], url: str) -> None:

@@ -118,7 +118,8 @@ def test_control_plane_probes_ports_and_pdbs(helm: str) -> None:
     assert container["image"].endswith("control-plane:0.1.0")
     matchmaker = deployments["pf-matchmaker"]["spec"]["template"]["spec"]["containers"][0]
     assert matchmaker["args"][0] == "matchmaker" and matchmaker["image"] == container["image"]
-    assert matchmaker["readinessProbe"]["httpGet"]["path"] == "/healthz"  # its only health endpoint
+    assert matchmaker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert matchmaker["livenessProbe"]["httpGet"]["path"] == "/livez"
     for spec in (signaling, deployments["pf-matchmaker"]["spec"]["template"]["spec"]):
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] == 10001
@@ -135,7 +136,8 @@ def test_agent_daemonset_on_gpu_nodes(helm: str) -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["runtimeClassName"] == "nvidia" and spec["hostNetwork"] is True
     container = spec["containers"][0]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     env = {e["name"]: e for e in container["env"]}
     assert env["PIXELFLEET_AGENT_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "agentToken"
     assert env["PIXELFLEET_AGENT__MATCHMAKER_URL"]["value"] == "http://pf-matchmaker.games.svc:9999"

@@ -186,7 +186,7 @@ class ControlPlaneStack(Stack):
             connection_termination=True,
             health_check=elbv2.HealthCheck(
                 protocol=elbv2.Protocol.HTTP,
-                path="/healthz",
+                path="/readyz",  # 503 while a task drains or loses Redis: the NLB stops sending
                 port="9999" if port == 9999 else "8080",
                 interval=Duration.seconds(10),
                 healthy_threshold_count=2,
@@ -232,7 +232,13 @@ class ControlPlaneStack(Stack):
             user="10001",
             stop_timeout=Duration.seconds(min(self.stage_config.drain_s, 120)),
             health_check=ecs.HealthCheck(
-                command=["CMD", "python", "-c", PROBE, f"http://127.0.0.1:{health_port}/healthz"],
+                command=[
+                    "CMD",
+                    "python",
+                    "-c",
+                    PROBE,
+                    f"http://127.0.0.1:{health_port}/livez",
+                ],  # restart only a dead process
                 interval=Duration.seconds(10),
                 retries=3,
                 start_period=Duration.seconds(20),
