@@ -274,6 +274,12 @@ class MaskCheck:
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._bad:
             return False, b""
+        # Fast path, the usual read: exactly one whole masked frame, nothing pending.
+        n = len(data)
+        if not self._skip and not self._head and n >= 6 and data[1] & 0x80:
+            size = data[1] & 0x7F
+            if (size < 126 and n == 6 + size) or (size == 126 and n == 8 + ((data[2] << 8) | data[3])):
+                return self._parser.feed_data(data)  # type: ignore[attr-defined, no-any-return]
         if not self._frames_masked(data):
             self._bad = True
             self._on_unmasked()

@@ -192,6 +192,9 @@ class SignalingCore:
         self._listings: dict[str, Listing] = {}  # streamer id -> where; registration order = listing order
         self._players: dict[str, Address] = {}  # this node's players by id
         self._wanted: dict[Address, str] = {}  # ids asked for in a claim still in flight
+        from signaling.handlers import HANDLERS  # here, not at the top: handlers imports this module
+
+        self._handlers = HANDLERS
         self._next_conn = 0
         self._next_player = 0
         # Plain-int counters for /metrics (signaling.metrics reads them at scrape time):
@@ -242,13 +245,11 @@ class SignalingCore:
 
     def receive(self, conn: Address, obj: Any) -> list[Action]:
         """A parsed JSON value arrived on ``conn``."""
-        from signaling.handlers import HANDLERS
-
         peer = self._peers[conn]
         if type(obj) is not dict:
             return self.invalid(peer, "invalid_message", "a message must be a JSON object")
         kind = obj.get("type")
-        handler = HANDLERS[peer.role].get(kind) if type(kind) is str else None
+        handler = self._handlers[peer.role].get(kind) if type(kind) is str else None
         if handler is None:
             return self._unhandled(peer, kind)
         assert isinstance(kind, str)
