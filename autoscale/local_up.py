@@ -54,26 +54,10 @@ def _agent_factory(
 ) -> Callable[[str], Agent]:
     from gpu_agent.agent import Agent
     from gpu_agent.client import LocalMatchmakerClient
-    from pixelfleet.up import _connect_host
-
-    host = _connect_host(platform.signaling.host)
+    from pixelfleet.up import local_agent_settings
 
     def make(host_id: str) -> Agent:
-        settings = msgspec.structs.replace(
-            platform.agent,
-            host_id=host_id,
-            streamer="synthetic",
-            slots=slots,
-            streamer_id="{host}-{n}",
-            app=args.app,
-            signaling_url=f"ws://{host}:{server.player_port}",
-            streamer_url=f"ws://{host}:{server.streamer_port}",
-            signaling_api_url=f"http://{host}:{server.player_port}",
-            res_x=args.width,
-            res_y=args.height,
-            fps=args.fps,
-            heartbeat_period_s=1.0,
-        )
+        settings = local_agent_settings(args, platform, server, host_id=host_id, slots=slots, streamer_id="{host}-{n}")
         return Agent(settings, LocalMatchmakerClient(matchmaker))
 
     return make

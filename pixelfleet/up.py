@@ -19,6 +19,7 @@ from pixelfleet.cli import serve_until_signal
 
 if TYPE_CHECKING:
     from gpu_agent.agent import Agent
+    from gpu_agent.config import AgentSettings
     from matchmaker.service import Matchmaker
     from pixelfleet.settings import PixelfleetSettings
     from turn.config import TurnSettings
@@ -171,13 +172,30 @@ def _embedded_agent(
     from gpu_agent.agent import Agent
     from gpu_agent.client import LocalMatchmakerClient
 
+    settings = local_agent_settings(
+        args, platform, server, host_id="local", slots=args.streamers, streamer_id="Streamer{n}"
+    )
+    return Agent(settings, LocalMatchmakerClient(matchmaker) if matchmaker is not None else None)
+
+
+def local_agent_settings(
+    args: argparse.Namespace,
+    platform: PixelfleetSettings,
+    server: _Ports,
+    *,
+    host_id: str,
+    slots: int,
+    streamer_id: str,
+) -> AgentSettings:
+    """An agent on this box: its slots run synthetic streamers against this box's signalling
+    (``up`` and ``up --autoscale`` make their hosts with it)."""
     host = _connect_host(platform.signaling.host)
-    settings = msgspec.structs.replace(
+    return msgspec.structs.replace(
         platform.agent,
-        host_id="local",
+        host_id=host_id,
         streamer="synthetic",
-        slots=args.streamers,
-        streamer_id="Streamer{n}",
+        slots=slots,
+        streamer_id=streamer_id,
         app=args.app,
         signaling_url=f"ws://{host}:{server.player_port}",
         streamer_url=f"ws://{host}:{server.streamer_port}",
@@ -187,7 +205,6 @@ def _embedded_agent(
         fps=args.fps,
         heartbeat_period_s=1.0,
     )
-    return Agent(settings, LocalMatchmakerClient(matchmaker) if matchmaker is not None else None)
 
 
 def _connect_host(host: str) -> str:
