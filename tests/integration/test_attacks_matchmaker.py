@@ -10,6 +10,7 @@ import base64
 import hmac
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,7 +85,18 @@ class Idp:
         private = key or self.keys[kid]
         alg = "RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256"
         now = int(time.time())
-        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "tenant": tenant, "iat": now, "exp": now + 300, **claims}
+        # A fresh jti, as identity providers put in every token: two tokens made in the same
+        # second must differ, or the matchmaker's cache of verified tokens would take one for the other.
+        body = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "tenant": tenant,
+            "iat": now,
+            "exp": now + 300,
+            "jti": secrets.token_hex(8),
+            **claims,
+        }
         return jwt.encode(body, private, algorithm=alg, headers={"kid": kid})
 
 
