@@ -124,14 +124,26 @@ async def offer_and_answer(streamer: Peer, player: Peer, player_id: str) -> None
 async def until_offer_arrives(streamer: Peer, player: Peer, player_id: str) -> None:
     """Right after Redis comes back a node may not have re-subscribed its inbox yet (its
     offer then goes nowhere, as pub/sub does): resend until one arrives, bounded."""
+    await until_arrives(streamer, player, {"type": "offer", "sdp": "v=0\r\n", "playerId": player_id})
+
+
+async def until_answer_arrives(player: Peer, streamer: Peer, player_id: str) -> None:
+    """The other way: the player's answer reaches its streamer (stamped with its id)."""
+    sent = {"type": "answer", "sdp": "v=0\r\n"}
+    await until_arrives(player, streamer, sent, {**sent, "playerId": player_id})
+
+
+async def until_arrives(sender: Peer, receiver: Peer, sent: dict[str, Any], seen: dict[str, Any] | None = None) -> None:
+    """Resend ``sent`` until ``receiver`` gets it (as ``seen``), bounded: while a cluster
+    reconnects after a failover, delivery is at most once."""
     async with asyncio.timeout(WAIT):
         while True:
-            await streamer.send(type="offer", sdp="v=0\r\n", playerId=player_id)
+            await sender.send(**sent)
             try:
-                msg = await asyncio.wait_for(player.recv(), 0.5)
+                msg = await asyncio.wait_for(receiver.recv(), 0.5)
             except TimeoutError:
                 continue
-            assert msg == {"type": "offer", "sdp": "v=0\r\n", "playerId": player_id}
+            assert msg == (seen or sent)
             return
 
 
@@ -282,9 +294,8 @@ async def test_redis_failover_to_a_promoted_replica_through_sentinel(
         assert await sentinel_set.primary_port() == sentinel_set.replica.port
         for node in (a, c):
             await until_ready(node, 200)
-        await until_offer_arrives(cam, far, far_id)  # the cross-node session goes on
-        await far.send(type="answer", sdp="v=0\r\n")
-        assert (await cam.recv_type("answer"))["playerId"] == far_id
+        await until_offer_arrives(cam, far, far_id)  # the cross-node session goes on, both ways
+        await until_answer_arrives(far, cam, far_id)
         # Directory writes reach the new primary: a streamer that arrives now is seen
         # on the other node, and a player there can watch it.
         late_cam = await connect_streamer(http, c.streamer_port, "LateCam")
