@@ -31,136 +31,57 @@ Compatibility choices (docs/protocol.md explains each):
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from signaling import errors
 from signaling import messages as m
 from signaling import peer_links as links
+from signaling.core_types import (
+    Action,
+    Announce,
+    Claim,
+    Close,
+    Credential,
+    Json,
+    Listing,
+    Peer,
+    PeerOptions,
+    Phase,
+    Problem,
+    Relay,
+    Role,
+    Send,
+    Subscriber,
+    Withdraw,
+    streamer_id_problem,
+)
 from signaling.peer_links import Address, node_of
 
-__all__ = ["Address", "SignalingCore", "Role", "Send", "Close", "Problem", "Relay", "Claim", "Announce", "Withdraw"]
+__all__ = [  # the core's vocabulary lives in core_types; importers keep using this module
+    "Action",
+    "Address",
+    "Announce",
+    "Claim",
+    "Close",
+    "Credential",
+    "Json",
+    "Listing",
+    "Peer",
+    "PeerOptions",
+    "Phase",
+    "Problem",
+    "Relay",
+    "Role",
+    "Send",
+    "SignalingCore",
+    "Subscriber",
+    "Withdraw",
+    "streamer_id_problem",
+]
 
-Json = dict[str, Any]
 UNKNOWN_STREAMER = "UnknownStreamer"
-
-
-class Role(enum.Enum):
-    STREAMER = "streamer"
-    PLAYER = "player"
-    SFU = "sfu"
-
-
-class Phase(enum.Enum):
-    """Where a connection stands. Players are ``READY`` at once; a streamer (or SFU) is
-    ``CLAIMING`` until the directory commits its id (at once on one node)."""
-
-    CLAIMING = "claiming"
-    READY = "ready"
-
-
-class Send(NamedTuple):
-    to: Address
-    message: m.Message | Json
-    origin: Address | None = None  # the peer a routed message came from (told if it cannot arrive)
-
-
-class Close(NamedTuple):
-    conn: Address
-    code: int
-    reason: str
-
-
-class Problem(NamedTuple):
-    """Something the adapter should log (once per connection and kind)."""
-
-    conn: Address
-    kind: str
-    detail: str
-
-
-class Relay(NamedTuple):
-    """A link message for a peer on another node."""
-
-    link: links.Link
-
-
-class Claim(NamedTuple):
-    """Ask the directory for ``wanted`` (renamed by Epic's rule if taken; ``exact``: refused
-    if taken, for a credential's id); the answer comes back as ``claimed``. Only in a cluster."""
-
-    conn: Address
-    wanted: str
-    exact: bool = False
-
-
-class Announce(NamedTuple):
-    streamer_id: str
-    conn: Address
-    streaming: bool
-
-
-class Withdraw(NamedTuple):
-    streamer_id: str
-    conn: Address
-
-
-Action = Send | Close | Problem | Relay | Claim | Announce | Withdraw
-PeerOptions = Callable[..., Json]  # (role, peer_id) -> options; also called with not_after=<unix s>
-
-
-class Subscriber(NamedTuple):
-    address: Address
-    sfu: bool
-
-
-@dataclass(slots=True)
-class Listing:
-    """A streamer in the directory (this node's and, in a cluster, every node's)."""
-
-    address: Address
-    streaming: bool
-    tenant: str | None = None  # its credential's tenant; known for this node's streamers only
-
-
-class Credential(NamedTuple):
-    """What a streamer's (or SFU's) verified credential allows: exactly one id, one tenant."""
-
-    streamer_id: str
-    tenant: str
-    credential_id: str  # the credential's jti: /api/streamers reports it, so an agent knows its own streamer
-    expires_at: int  # unix seconds: TURN credentials in its config end no later
-
-
-STREAMER_ID_MAX = 128
-
-
-def streamer_id_problem(streamer_id: str) -> str | None:
-    """Why an ``endpointId`` is refused in any mode (it ends up in listings, logs and pages)."""
-    if len(streamer_id) > STREAMER_ID_MAX:
-        return f"streamer id longer than {STREAMER_ID_MAX} characters"
-    if any(ord(c) < 32 or ord(c) == 127 or c in "<>\"&`'" for c in streamer_id):
-        return "streamer id contains control characters or HTML"
-    return None
-
-
-@dataclass(slots=True, eq=False)
-class Peer:
-    conn: Address
-    role: Role
-    phase: Phase = Phase.READY
-    player_id: str | None = None  # players, and SFUs in their downstream role
-    streamer_id: str | None = None  # streamers and SFUs, once claimed
-    streaming: bool = False  # listed in streamerList
-    subscribed_to: Address | None = None
-    subscribed_name: str | None = None  # the streamer id it subscribed with
-    subscribers: dict[str, Subscriber] = field(default_factory=dict)  # player id -> where (ordered)
-    allowed_streamer: str | None = None  # session-token scope; None = any
-    credential: Credential | None = None  # streamer/SFU credential scope; None = open mode
-    errors: int = 0
 
 
 def _no_options(role: Role, peer_id: str, *, not_after: int | None = None) -> Json:
