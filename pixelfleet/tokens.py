@@ -72,22 +72,17 @@ def mint(
     now: float | None = None,
     trace: str | None = None,
 ) -> str:
+    extra = {"sid": session_id, "stid": streamer_id} | ({"tp": trace} if trace else {})
+    return _sign(keys, AUDIENCE, tenant, extra, ttl_s, now)
+
+
+def _sign(keys: TokenKeys, audience: str, tenant: str, extra: dict[str, Any], ttl_s: int, now: float | None) -> str:
+    """Every token pixelfleet mints: the shared claims, then the kind's own."""
     if keys.signing_key is None:
         raise ValueError("these keys can only verify")
     issued = int(time.time() if now is None else now)
-    claims = {
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": tenant,
-        "sid": session_id,
-        "stid": streamer_id,
-        "iat": issued,
-        "nbf": issued - 5,
-        "exp": issued + ttl_s,
-        "jti": secrets.token_urlsafe(12),
-    }
-    if trace:
-        claims["tp"] = trace
+    claims = {"iss": ISSUER, "aud": audience, "sub": tenant, **extra}
+    claims |= {"iat": issued, "nbf": issued - 5, "exp": issued + ttl_s, "jti": secrets.token_urlsafe(12)}
     if keys.algorithm == "HS256":
         return _hs256(claims, keys.signing_key)
     return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
@@ -162,25 +157,9 @@ def mint_streamer(
     keys: TokenKeys, *, tenant: str, host_id: str, streamer_id: str, ttl_s: int, now: float | None = None
 ) -> str:
     """A credential for the streamer ``streamer_id`` of host ``host_id`` (minted by the matchmaker)."""
-    if keys.signing_key is None:
-        raise ValueError("these keys can only verify")
     if not streamer_id:
         raise ValueError("a streamer credential names a streamer id")
-    issued = int(time.time() if now is None else now)
-    claims = {
-        "iss": ISSUER,
-        "aud": STREAMER_AUDIENCE,
-        "sub": tenant,
-        "hid": host_id,
-        "stid": streamer_id,
-        "iat": issued,
-        "nbf": issued - 5,
-        "exp": issued + ttl_s,
-        "jti": secrets.token_urlsafe(12),
-    }
-    if keys.algorithm == "HS256":
-        return _hs256(claims, keys.signing_key)
-    return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
+    return _sign(keys, STREAMER_AUDIENCE, tenant, {"hid": host_id, "stid": streamer_id}, ttl_s, now)
 
 
 def verify_streamer(keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5) -> StreamerClaims:
