@@ -68,11 +68,26 @@ async def relay_candidates(
         await conn.close()
 
 
+ALLOCATION_MISMATCH = 437
+
+
 async def allocate(turn: Coturn, username: str, password: str) -> tuple[str, int]:
-    """One TURN allocation; returns the relayed address or raises TransactionFailed."""
-    transport, _ = await asyncio.wait_for(
-        create_turn_endpoint(asyncio.DatagramProtocol, turn_address(turn), username, password), WAIT
-    )
+    """One TURN allocation; returns the relayed address or raises TransactionFailed.
+
+    coturn answers 437 before it looks at credentials when the new socket's ephemeral
+    port happens to be one an earlier (closed) allocation of this test used: that says
+    nothing about the credential, so a fresh socket tries again.
+    """
+    for attempt in range(3):
+        try:
+            transport, _ = await asyncio.wait_for(
+                create_turn_endpoint(asyncio.DatagramProtocol, turn_address(turn), username, password),
+                WAIT,
+            )
+            break
+        except stun.TransactionFailed as exc:
+            if exc.response.attributes["ERROR-CODE"][0] != ALLOCATION_MISMATCH or attempt == 2:
+                raise
     try:
         host, port = transport.get_extra_info("sockname")
         return str(host), int(port)
