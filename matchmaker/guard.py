@@ -72,7 +72,7 @@ async def caller(request: web.Request, settings: MatchmakerSettings) -> tuple[Ca
         who = await request.app[AUTH].caller(caller_token(request), source)
     except Refused as exc:
         refuse(exc, route=_route(request), source=source)
-    reason = request.app[LIMITS].rate(source, f"{who.tenant}\x00{who.subject}")
+    reason = request.app[LIMITS].rate(source, who.tenant, who.subject)
     if reason is not None:
         refuse(
             Refused(429, "rate_limited", f"too many requests ({reason})"),

@@ -200,8 +200,8 @@ async def create_session(request: web.Request) -> web.Response:
     # The client key is the subject's own: another subject's same key is another key.
     fields["client_key"] = owned_client_key(who.subject, body.client_key)
     limits = request.app[guard.LIMITS]
-    quota = await limits.admission(tenant, who.subject)
-    if quota is not None and not await limits.resuming(tenant, who.subject, fields["client_key"]):
+    quota = await limits.admission(tenant, who.subject, fields["client_key"])
+    if quota is not None:
         guard.refuse(
             Refused(429, "quota_exceeded", f"quota reached ({quota})"),
             event="limit_refused",
@@ -466,7 +466,7 @@ def create_app(matchmaker: Matchmaker) -> web.Application:
     app[MATCHMAKER] = matchmaker
     s = matchmaker.settings
     app[guard.AUTH] = CallerAuth.from_settings(s)
-    app[guard.LIMITS] = Limits(s, matchmaker.store)
+    app[guard.LIMITS] = Limits(s, matchmaker.store, hits=matchmaker.metrics.limit_hits)
     app[guard.CREDENTIALS] = StreamerCredentials(matchmaker.keys, s.streamer_token_ttl_s)
     app[_DOCUMENT] = msgspec.json.encode(build_document())
     if {route.operation for route in ROUTES} != set(HANDLERS):

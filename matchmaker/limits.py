@@ -7,7 +7,8 @@
   replica's own admissions since are added), and open ticket event streams (per replica:
   a stream is a connection to this replica). A tenant's quota counts only its own, so
   tenant A at its quota never blocks tenant B.
-Every refusal is counted in ``hits`` by reason (issue 13 exports it as metrics).
+Every refusal is counted in ``hits`` by limit and tenant, a plain ``Counter`` that
+``/metrics`` reads at scrape time (``pixelfleet_matchmaker_limit_refusals_total``).
 """
 
 from __future__ import annotations
@@ -65,30 +66,37 @@ class _Counts:
 
 
 class Limits:
-    def __init__(self, settings: MatchmakerSettings, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: MatchmakerSettings,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+        hits: Counter[tuple[str, str]] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
         self.by_ip = TokenBuckets(settings.rate_ip_per_s, settings.rate_ip_burst, clock)
         self.by_subject = TokenBuckets(settings.rate_subject_per_s, settings.rate_subject_burst, clock)
         self.streams: Counter[tuple[str, str | None]] = Counter()
-        self.hits: Counter[str] = Counter()  # refusal reason -> count
+        self.hits: Counter[tuple[str, str]] = Counter() if hits is None else hits  # (limit, tenant) -> refusals
         self._counts = _Counts()
 
-    def rate(self, source: str | None, subject: str) -> str | None:
+    def rate(self, source: str | None, tenant: str, subject: str) -> str | None:
         """The refusal reason, or None when the request may go on."""
         if source is not None and not self.by_ip.take(source):
-            return self._hit("rate_limited_ip")
-        if not self.by_subject.take(subject):
-            return self._hit("rate_limited_subject")
+            return self._hit("rate_limited_ip", tenant)
+        if not self.by_subject.take(f"{tenant}\x00{subject}"):
+            return self._hit("rate_limited_subject", tenant)
         return None
 
-    def _hit(self, reason: str) -> str:
-        self.hits[reason] += 1
+    def _hit(self, reason: str, tenant: str) -> str:
+        self.hits[(reason, tenant)] += 1
         return reason
 
-    async def admission(self, tenant: str, subject: str) -> str | None:
-        """Quotas for a new session or ticket: the refusal reason, or None."""
+    async def admission(self, tenant: str, subject: str, client_key: str | None) -> str | None:
+        """Quotas for a new session or ticket: the refusal reason, or None. A request over
+        a quota that only takes back what the caller holds (``resuming``) is let through."""
         s = self.settings
         if not (
             s.quota_tenant_sessions or s.quota_subject_sessions or s.quota_tenant_tickets or s.quota_subject_tickets
@@ -103,7 +111,9 @@ class Limits:
         )
         for limit, used, reason in checks:
             if limit and used >= limit:
-                return self._hit(reason)
+                if await self.resuming(tenant, subject, client_key):
+                    return None
+                return self._hit(reason, tenant)
         return None
 
     async def resuming(self, tenant: str, subject: str, client_key: str | None) -> bool:
@@ -152,9 +162,9 @@ class Limits:
     def open_stream(self, tenant: str, subject: str) -> str | None:
         s = self.settings
         if s.quota_tenant_streams and self.streams[(tenant, None)] >= s.quota_tenant_streams:
-            return self._hit("quota_tenant_streams")
+            return self._hit("quota_tenant_streams", tenant)
         if s.quota_subject_streams and self.streams[(tenant, subject)] >= s.quota_subject_streams:
-            return self._hit("quota_subject_streams")
+            return self._hit("quota_subject_streams", tenant)
         self.streams[(tenant, None)] += 1
         self.streams[(tenant, subject)] += 1
         return None

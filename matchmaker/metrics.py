@@ -5,7 +5,7 @@ replica that saw them: sum them over replicas. The fleet's state (hosts, slots, 
 queues) is read from the store when ``/metrics`` is scraped, so every replica reports
 the same, shared numbers: take ``max`` over replicas, never ``sum``. Labels are bounded:
 tenant and app (an app no slot serves is ``other``), slot and session state, end reason,
-region; never a host, slot, session or player id.
+region, the abuse limit; never a host, slot, session or player id.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from matchmaker.models import Session, SessionState, SlotState
 from matchmaker.store import BackendUnavailable, QueueFull, Store, StoreError
@@ -76,6 +78,9 @@ class MatchmakerMetrics:
         )
         self.store_up = Gauge(PREFIX + "store_up", "1 if the last store read succeeded", registry=r)
         self._apps: set[tuple[str, str]] = set()  # (tenant, app) pairs some slot serves: bounded labels
+        # (limit, tenant) -> refusals, bumped by ``matchmaker.limits.Limits`` as plain ints.
+        self.limit_hits: Tally[tuple[str, str]] = Tally()
+        r.register(_LimitRefusals(self.limit_hits))
 
     def app_label(self, tenant: str, app: str) -> str:
         return app if (tenant, app) in self._apps else OTHER_APP
@@ -143,6 +148,24 @@ class MatchmakerMetrics:
             self.queue_length.labels(tenant, label).set(length)
             head = waiting.get((tenant, app))
             self.oldest_wait.labels(tenant, label).set(max(0.0, now - head[0].enqueued_at) if head else 0.0)
+
+
+class _LimitRefusals(Collector):
+    """The abuse limits' refusal counts, read at scrape time (a refusal costs one dict
+    increment, nothing of prometheus-client)."""
+
+    def __init__(self, hits: Tally[tuple[str, str]]) -> None:
+        self.hits = hits
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            PREFIX + "limit_refusals",
+            "requests refused 429 by an abuse limit (rate_limited_*, quota_*), by limit and tenant",
+            labels=["limit", "tenant"],
+        )
+        for (limit, tenant), n in list(self.hits.items()):
+            family.add_metric([limit, tenant], n)
+        yield family
 
 
 def allocation_refusal(exc: StoreError) -> str:

@@ -5,7 +5,8 @@ masking and the security headers of the player port.
 Everything here runs at the WebSocket upgrade or on a REST request, never per relayed
 message (the mask check reads only frame headers). A refusal answers before any
 WebSocket message (HTTP 401/403/429/503), writes one audit line (``pixelfleet.audit``)
-and bumps ``AccessGuard.counts`` (issue 13 exposes them as metrics).
+and bumps ``AccessGuard.counts``, which ``/metrics`` exports at scrape time
+(``pixelfleet_signaling_access_refusals_total``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from signaling.limits import TokenBucket
 from signaling.protocol import Credential, Role
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Every ``reason`` a refusal carries (the audit line's and the metric label's): a fixed set.
+REFUSAL_REASONS = (
+    "origin_not_allowed",
+    "node_connection_cap",
+    "connect_rate",
+    "ip_connection_cap",
+    "streamer_credential_missing",
+    "streamer_credential_invalid",
+    "session_token_refused",
+    "listing_unauthenticated",
+    "unmasked_frame",
+)
 
 
 def _json_error(cls: type[web.HTTPException], error: str, message: str, **headers: str) -> web.HTTPException:

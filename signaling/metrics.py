@@ -4,7 +4,8 @@ The relay path only bumps plain ints (``SignalingCore.accepted``/``refused`` per
 ``SocketStats`` per connection); ``SignalingCollector`` turns them into metric families
 when ``/metrics`` is scraped, so a relayed message costs one dict increment and nothing
 of prometheus-client. Labels are bounded: role, message type (the handled types only),
-problem kind and close code (unknown codes are ``other``).
+problem kind, close code (unknown codes are ``other``) and the door's refusal reasons
+(``signaling.access.REFUSAL_REASONS``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from pixelfleet.prometheus import bounded
 from signaling import errors
+from signaling.access import REFUSAL_REASONS
 from signaling.protocol import Role
 
 if TYPE_CHECKING:
@@ -110,6 +112,15 @@ class SignalingCollector(Collector):
         for role in Role:
             limited.add_metric([role.value], stats.rate_limited[role])
         yield limited
+        door = CounterMetricFamily(
+            PREFIX + "access_refusals",
+            "upgrades and listings refused before any WebSocket message (limits, Origin, credentials), by reason",
+            labels=["reason"],
+        )
+        counts = node.access.counts
+        for reason in REFUSAL_REASONS:
+            door.add_metric([reason], counts.get(reason, 0))
+        yield door
         closes = CounterMetricFamily(PREFIX + "closes", "WebSockets closed, by close code", labels=["role", "code"])
         for (role, code), n in list(stats.closed.items()):
             closes.add_metric([role.value, code], n)

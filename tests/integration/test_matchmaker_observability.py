@@ -98,6 +98,49 @@ async def test_metrics_move_by_what_sessions_did(start_process: StartProcess) ->
     assert value(after, M + "store_up") == 1
 
 
+async def test_limit_refusals_are_counted_by_limit_and_tenant(start_process: StartProcess) -> None:
+    """A quota and a rate limit hit on a real replica move ``limit_refusals_total`` under
+    their limit and tenant; a request over quota that takes back its own session does not."""
+    port = free_port()
+    env = env_for(
+        "memory://",
+        PIXELFLEET_MATCHMAKER__QUOTA_SUBJECT_SESSIONS="1",
+        PIXELFLEET_MATCHMAKER__RATE_SUBJECT_PER_S="0.001",
+        PIXELFLEET_MATCHMAKER__RATE_SUBJECT_BURST="3",
+    )
+    mm = await start_process("matchmaker", "--port", str(port), "--log-level", "warning", env=env)
+    await mm.wait_for_port(port)
+    base = f"http://127.0.0.1:{port}"
+    api = MatchmakerApi(base, agent_token=AGENT, admin_token=ADMIN)
+    token = caller_token("acme")
+    async with aiohttp.ClientSession() as http:
+        try:
+            await register_host(api, "h1", slots=2)
+            await api.heartbeat("h1", heartbeat(["ready", "ready"]))
+            before = await scrape(http, base + "/metrics")
+            first = await api.create_session("game", caller_token=token, client_key="k1")
+            again = await api.create_session("game", caller_token=token, client_key="k1")  # over quota: its own
+            assert isinstance(first, Assigned) and isinstance(again, Assigned)
+            assert again.session_id == first.session_id
+            refusals = []
+            for _ in range(2):  # the quota (1 session), then the subject's rate (3 requests)
+                with pytest.raises(ApiError) as caught:
+                    await api.create_session("game", caller_token=token, client_key="k2")
+                refusals.append((caught.value.status, caught.value.code))
+            after = await scrape(http, base + "/metrics")
+        finally:
+            await api.aclose()
+    assert refusals == [(429, "quota_exceeded"), (429, "rate_limited")]
+
+    def moved(limit: str) -> float:
+        name = M + "limit_refusals_total"
+        return value(after, name, limit=limit, tenant="acme") - value(before, name, limit=limit, tenant="acme")
+
+    assert moved("quota_subject_sessions") == 1
+    assert moved("rate_limited_subject") == 1
+    assert moved("rate_limited_ip") == 0
+
+
 async def start_redis(port: int, folder: Path) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         require_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",

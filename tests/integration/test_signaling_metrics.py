@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
 
 from pixelfleet.net import free_port
+from signaling.access import REFUSAL_REASONS
 from tests.conftest import StartProcess
 from tests.support.scrape import scrape, value
 from tests.support.ws_peers import connect_player, connect_streamer
@@ -66,3 +69,54 @@ async def test_counters_and_histograms_move_by_what_peers_did(start_process: Sta
     assert value(after, P + "draining") == 0
     assert value(after, P + "cluster_ready") == 1
     assert pid
+
+
+async def refused(http: aiohttp.ClientSession, url: str, **headers: str) -> int:
+    try:
+        ws = await http.ws_connect(url, headers=headers)
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+    await ws.close()
+    return 101
+
+
+async def test_refusals_at_the_door_are_counted_by_reason(start_process: StartProcess) -> None:
+    """Each limit and check refused at the upgrade moves ``access_refusals_total`` by one
+    under its reason; every known reason is exported from the start (0), for alert rules."""
+    player, streamer = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PIXELFLEET_CONNECT_LIMITS_EXEMPT": "",  # loopback is limited like anyone
+        "PIXELFLEET_CONNECT_RATE_PER_IP": "0.001",
+        "PIXELFLEET_CONNECT_BURST_PER_IP": "3",
+        "PIXELFLEET_ALLOWED_ORIGINS": "https://play.example.com",
+        "PIXELFLEET_SESSION_TOKEN_SECRET": "s" * 40,
+    }
+    server = await start_process(
+        "signaling", "--player-port", str(player), "--streamer-port", str(streamer), "--sfu-port", "-1", env=env
+    )
+    await server.wait_for_port(player)
+    url = f"http://127.0.0.1:{player}/metrics"
+    async with aiohttp.ClientSession() as http:
+        before = await scrape(http, url)
+        for reason in REFUSAL_REASONS:
+            assert (P + "access_refusals_total", frozenset({("reason", reason)})) in before
+        ws = f"ws://127.0.0.1:{player}/"
+        assert await refused(http, ws, Origin="https://evil.example.com") == 403  # before the rate: no token spent
+        assert await refused(http, f"ws://127.0.0.1:{streamer}/") == 401  # no credential: 1 token
+        assert await refused(http, ws + "?token=forged") == 401  # a bad session token: 1 token
+        assert await refused(http, f"ws://127.0.0.1:{streamer}/?token=forged") == 401  # 1 token: the burst is spent
+        assert await refused(http, ws) == 429
+        after = await scrape(http, url)
+
+    def moved(reason: str) -> float:
+        name = P + "access_refusals_total"
+        return value(after, name, reason=reason) - value(before, name, reason=reason)
+
+    assert {r: moved(r) for r in REFUSAL_REASONS if moved(r)} == {
+        "origin_not_allowed": 1,
+        "streamer_credential_missing": 1,
+        "session_token_refused": 1,
+        "streamer_credential_invalid": 1,
+        "connect_rate": 1,
+    }
