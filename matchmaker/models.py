@@ -64,6 +64,10 @@ class SlotSpec(Struct, kw_only=True):
     # The part of one GPU this slot holds while it runs (1/n when n slots share a GPU,
     # 0 for a slot without a GPU): a session's record bills its held time times this.
     gpu_share: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    # The GPU this slot encodes on (its index on the host). Set, the slot's load is that
+    # GPU's, from the heartbeats' ``gpus`` reports, and its slot reports' loads are
+    # ignored: one GPU's load change is one report, not one per slot sharing that GPU.
+    gpu: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class HostRegistration(Struct, kw_only=True):
@@ -96,6 +100,14 @@ class SlotReport(Struct, kw_only=True):
     reset_for: str | None = None
 
 
+class GpuReport(Struct, kw_only=True):
+    """One GPU's load: the load of every slot registered with this ``gpu`` index."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    nvenc_load: float = 0.0  # 0..1
+    gpu_load: float = 0.0  # 0..1
+
+
 class Heartbeat(Struct, kw_only=True):
     """The agent's slot reports (docs/matchmaker-api.md, "Heartbeats: full and delta").
 
@@ -121,6 +133,10 @@ class Heartbeat(Struct, kw_only=True):
     # The agent drains its host (SIGTERM, Spot notice): no new sessions there. Only ever
     # sets draining, so an agent's heartbeat never undoes an operator's drain.
     draining: bool = False
+    # Per-GPU loads for slots registered with a ``gpu``: every GPU in a full heartbeat,
+    # in a delta only those whose whole-percent loads changed. Applied with the slot
+    # reports (in sequence, or not at all).
+    gpus: list[GpuReport] = []
 
 
 class SlotReset(Struct, kw_only=True):
@@ -193,6 +209,7 @@ class Slot(Struct, kw_only=True):
     nvenc_load: float = 0.0
     gpu_load: float = 0.0
     gpu_share: float = 1.0  # from its SlotSpec
+    gpu: int | None = None  # from its SlotSpec: its loads are this GPU's
 
 
 # The fields a session copies from the slot it is placed on (same names on both models):
@@ -286,6 +303,7 @@ def registered_slot(reg: HostRegistration, spec: SlotSpec) -> Slot:
         streamer_id=spec.streamer_id,
         signaling_url=reg.signaling_url,
         gpu_share=spec.gpu_share,
+        gpu=spec.gpu,
     )
 
 

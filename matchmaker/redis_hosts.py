@@ -171,11 +171,12 @@ class RedisHosts(RedisBase):
             if tenant is not None:
                 reports[tenant].append((pos, sid, r.state.value, float(r.nvenc_load), float(r.gpu_load), r.reset_for))
         seq, full = (hb.seq, hb.full) if hb is not None else (0, True)
+        gpus = _enc.encode([(g.index, float(g.nvenc_load), float(g.gpu_load)) for g in hb.gpus] if hb else [])
         return [
             (
                 self._scripts.heartbeat_slots,
                 self._keys(tenant).host_block(host_id),
-                [host_id, inc, num(now), _enc.encode(rs), seq, "1" if full else "0"],
+                [host_id, inc, num(now), _enc.encode(rs), seq, "1" if full else "0", gpus],
             )
             for tenant, rs in reports.items()
         ]

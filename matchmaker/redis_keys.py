@@ -75,10 +75,19 @@ class TenantKeys:
         """A host's resetting slots (slot id -> ended session; tenant.lua ``resets_key``)."""
         return f"{self.tag}:rs:{host_id}"
 
+    def gpu_loads(self, host_id: str) -> str:
+        """A host's GPU loads (GPU index -> 'nvenc,gpu'; tenant.lua ``gpu_loads_key``)."""
+        return f"{self.tag}:gl:{host_id}"
+
+    def gpu_slots(self, host_id: str) -> str:
+        """A host's slots of this tenant by GPU (GPU index -> [[slot id, app], ...]; 'r': region)."""
+        return f"{self.tag}:gs:{host_id}"
+
     def host_block(self, host_id: str) -> tuple[str, ...]:
-        """KEYS[1..16] of heartbeat_slots.lua and apply_host.lua: the block, then the
-        heartbeat sequence hash and the host's resetting slots."""
-        return (*self.block, self.hbseq, self.resets(host_id))
+        """KEYS[1..18] of heartbeat_slots.lua and apply_host.lua: the block, then the
+        heartbeat sequence hash, the host's resetting slots, its GPU loads and its slots
+        by GPU."""
+        return (*self.block, self.hbseq, self.resets(host_id), self.gpu_loads(host_id), self.gpu_slots(host_id))
 
     def ticket(self, ticket_id: str) -> str:
         return f"{self.tag}:ticket:{ticket_id}"

@@ -133,11 +133,18 @@ class MemoryStore:
         elif applies:
             self._seqs.pop(host_id, None)
         ended: list[Session] = []
+        if applies and hb.gpus:
+            loads = {g.index: (g.nvenc_load, g.gpu_load) for g in hb.gpus}
+            for sid in host.slot_ids:
+                slot = self._slots.get(sid)
+                if slot is not None and slot.gpu in loads:
+                    slot.nvenc_load, slot.gpu_load = loads[slot.gpu]
         for report in hb.slots if applies else ():
             slot = self._slots.get(slot_id(host_id, report.index))
             if slot is None:
                 continue
-            slot.nvenc_load, slot.gpu_load = report.nvenc_load, report.gpu_load
+            if slot.gpu is None:  # a slot on a registered GPU takes that GPU's reports
+                slot.nvenc_load, slot.gpu_load = report.nvenc_load, report.gpu_load
             if slot.state is SlotState.ASSIGNED:
                 if report.state in (SlotState.DEAD, SlotState.STARTING) and slot.session_id:
                     done = self._end(slot.session_id, EndReason.SLOT_FAILED, now)

@@ -402,6 +402,19 @@ class RedisStore(RedisHosts):
         out: list[Slot] = []
         for vals in await self._batch([cmd("HVALS", self._keys(t).slots) for t in await self._tenants()]):
             out += _slots.decode(_joined(vals))
+        # A slot on a registered GPU carries its GPU's last report (heartbeats write the
+        # GPU's load once, not into each of its slots).
+        keys = sorted({self._keys(s.tenant).gpu_loads(s.host_id) for s in out if s.gpu is not None})
+        loads: dict[tuple[str, str], tuple[float, float]] = {}
+        for key, got in zip(keys, await self._batch([cmd("HGETALL", k) for k in keys]), strict=True):
+            pairs = got.items() if isinstance(got, dict) else zip(got[::2], got[1::2], strict=True)
+            for gpu_index, value in pairs:
+                nvenc, gpu = text(value).split(",")
+                loads[(key, text(gpu_index))] = (float(nvenc), float(gpu))
+        for slot in out:
+            if slot.gpu is not None:
+                load = loads.get((self._keys(slot.tenant).gpu_loads(slot.host_id), str(slot.gpu)))
+                slot.nvenc_load, slot.gpu_load = load if load is not None else (0.0, 0.0)
         return out
 
     @guarded

@@ -7,6 +7,8 @@
 -- :since:assigned, :since:connected, :since:disconnected, :beat
 -- KEYS[15] {P:T}:hbseq      host id -> '<incarnation>:<seq>' of the last heartbeat applied
 -- KEYS[16] {P:T}:rs:<host>  the host's resetting slots (emptied with the incarnation)
+-- KEYS[17] {P:T}:gl:<host>  the host's GPU loads (emptied with the incarnation)
+-- KEYS[18] {P:T}:gs:<host>  this tenant's slots of the host by GPU (rebuilt with it)
 -- Undeclared: the placement indexes of each slot changed (idx() in tenant.lua).
 -- ARGV[1] host id; ARGV[2] incarnation; ARGV[3] version; ARGV[4] draining '1'|'0';
 -- ARGV[5] dead '1'|'0'; ARGV[6] [Slot JSON] of this tenant; ARGV[7] now (ends);
@@ -42,7 +44,7 @@ if hc and hc.i ~= inc then
   hc = nil
 end
 if not hc then
-  redis.call('DEL', KEYS[16])
+  redis.call('DEL', KEYS[16], KEYS[17], KEYS[18])
   redis.call('HDEL', KEYS[15], host)
   local specs = cjson.decode(ARGV[6])
   if #specs == 0 then
@@ -52,13 +54,21 @@ if not hc then
     return ended
   end
   hc = {v = ver, i = inc, d = false, x = false, s = {}}
+  local on_gpu = {}
   for _, spec in ipairs(specs) do
     drop(spec.slot_id, false)
     redis.call('HSET', K.slots, spec.slot_id, enc(spec))
     redis.call('HINCRBY', K.apps, spec.app, 1)
     live(spec.app, 1)
     hc.s[#hc.s + 1] = spec.slot_id
+    if truthy(spec.gpu) then
+      local g = tostring(spec.gpu)
+      on_gpu[g] = on_gpu[g] or {}
+      table.insert(on_gpu[g], {spec.slot_id, spec.app})
+    end
   end
+  for g, members in pairs(on_gpu) do redis.call('HSET', KEYS[18], g, enc(members)) end
+  if next(on_gpu) ~= nil then redis.call('HSET', KEYS[18], 'r', specs[1].region) end
 end
 local dead = ARGV[5] == '1'
 if dead and not hc.x then

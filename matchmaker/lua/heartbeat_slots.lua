@@ -15,14 +15,19 @@
 -- :since:assigned, :since:connected, :since:disconnected, :beat
 -- KEYS[15] {P:T}:hbseq      host id -> '<incarnation>:<seq>' of the last heartbeat applied
 -- KEYS[16] {P:T}:rs:<host>  the host's resetting slots: slot id -> the ended session
+-- KEYS[17] {P:T}:gl:<host>  the host's GPU loads: GPU index -> 'nvenc,gpu'
+-- KEYS[18] {P:T}:gs:<host>  this tenant's slots of the host by GPU (apply_host.lua)
 -- Undeclared: the placement indexes of each slot changed (idx() in tenant.lua).
 -- ARGV[1] host id; ARGV[2] incarnation; ARGV[3] now;
 -- ARGV[4] [[position, slot id, state, NVENC load, GPU load, reset_for], ...];
--- ARGV[5] seq (0: not numbered); ARGV[6] full '1'|'0'
+-- ARGV[5] seq (0: not numbered); ARGV[6] full '1'|'0';
+-- ARGV[7] [[GPU index, NVENC load, GPU load], ...]: a GPU report moves the placement
+-- score of each claimable slot on that GPU (one ZADD XX per index), without reading or
+-- writing the slots; a slot on a GPU ignores its own report's loads.
 -- Returns {0} (not this incarnation, or dead: nothing changed) or {1, {position, ended
 -- Session JSON, ...} (SLOT_FAILED), {slot id, session to reset after, ...}, applied 1|0}.
 local K = tenant_keys(1)
-local K_seq, K_rs = KEYS[15], KEYS[16]
+local K_seq, K_rs, K_gl, K_gs = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 local host, now = ARGV[1], tonumber(ARGV[3])
 local raw = redis.call('HGET', K.hosts, host)
 if not raw then return {0} end
@@ -65,12 +70,26 @@ if applies then
   else
     redis.call('HDEL', K_seq, host)
   end
+  local region
+  for _, gr in ipairs(cjson.decode(ARGV[7])) do
+    local g = tostring(gr[1])
+    redis.call('HSET', K_gl, g, enc(gr[2]) .. ',' .. enc(gr[3]))
+    local members = redis.call('HGET', K_gs, g)
+    if members then
+      region = region or redis.call('HGET', K_gs, 'r')
+      local pct = pct_of(gr[2], gr[3])
+      for _, m in ipairs(cjson.decode(members)) do
+        redis.call('ZADD', idx(K, 'rz', m[2]), 'XX', pct, m[1])
+        redis.call('ZADD', idx(K, 'rz', m[2], region), 'XX', pct, m[1])
+      end
+    end
+  end
   for _, r in ipairs(cjson.decode(ARGV[4])) do
     local sid, st, rf = r[2], r[3], r[6]
     local sr = redis.call('HGET', K.slots, sid)
     if sr then
       local slot = cjson.decode(sr)
-      slot.nvenc_load = r[4]; slot.gpu_load = r[5]
+      if not truthy(slot.gpu) then slot.nvenc_load = r[4]; slot.gpu_load = r[5] end
       if slot.state == 'assigned' then
         if (st == 'dead' or st == 'starting') and truthy(slot.session_id) then
           redis.call('HSET', K.slots, sid, enc(slot))

@@ -41,13 +41,27 @@ end
 local function resets_key(K, host)
   return string.match(K.slots, '^{[^}]*}') .. ':rs:' .. host
 end
--- A slot's load as placement compares it: whole percent of the higher of NVENC and GPU.
-local function load_pct(slot)
-  local l = math.max(tonumber(slot.nvenc_load) or 0, tonumber(slot.gpu_load) or 0)
-  return math.floor(l * 100 + 0.5)
+-- A host's GPU loads (GPU index -> 'nvenc,gpu'), written by heartbeats' GPU reports;
+-- TenantKeys.gpu_loads builds the same name.
+local function gpu_loads_key(K, host)
+  return string.match(K.slots, '^{[^}]*}') .. ':gl:' .. host
+end
+-- Whole percent of the higher of NVENC and GPU load: what placement compares.
+local function pct_of(nvenc, gpu)
+  return math.floor(math.max(tonumber(nvenc) or 0, tonumber(gpu) or 0) * 100 + 0.5)
+end
+-- A slot's load: its GPU's last report when it was registered on a GPU, else its own.
+local function load_pct(K, slot)
+  if truthy(slot.gpu) then
+    local v = redis.call('HGET', gpu_loads_key(K, slot.host_id), tostring(slot.gpu))
+    if not v then return 0 end
+    local n, g = string.match(v, '^([^,]*),(.*)$')
+    return pct_of(n, g)
+  end
+  return pct_of(slot.nvenc_load, slot.gpu_load)
 end
 local function index_ready(K, slot)
-  local pct = load_pct(slot)
+  local pct = load_pct(K, slot)
   local added = redis.call('ZADD', idx(K, 'rz', slot.app), pct, slot.slot_id)
   redis.call('ZADD', idx(K, 'rz', slot.app, slot.region), pct, slot.slot_id)
   if added == 1 then
