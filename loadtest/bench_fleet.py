@@ -18,6 +18,7 @@ from typing import Any
 
 from loadtest.bench_signaling import ProcTree, percentile
 from loadtest.children import JsonLineChild
+from loadtest.fleet_sim import GPU_PROTOCOL
 
 QUEUE_APP = "queue-app"
 
@@ -57,6 +58,13 @@ class FleetProc(JsonLineChild):
         self.tree = ProcTree(proc.pid)
 
 
+def gpu_reports(requested: str) -> bool:
+    """Whether the simulated agents report loads per GPU (``--loads``)."""
+    if requested == "per-gpu" and not GPU_PROTOCOL:
+        raise ValueError("--loads per-gpu: this matchmaker's Heartbeat has no gpus field yet")
+    return requested == "per-gpu" or (requested == "auto" and GPU_PROTOCOL)
+
+
 class FleetRun:
     """The fleet of one phase: started against that phase's replicas, stopped after it."""
 
@@ -81,6 +89,7 @@ class FleetRun:
                 "mode": mode,
                 "full_every": o.full_heartbeat_every,
                 "gpus_per_host": o.gpus_per_host,
+                "gpu_reports": gpu_reports(getattr(o, "loads", "auto")),
                 "load_churn": o.load_churn,
                 "reset_s": o.reset_s,
                 "seed": f"{name}-{i}",
@@ -141,6 +150,7 @@ def summary(stats: dict[str, Any], wall_s: float) -> dict[str, Any]:
         "full_beats": stats.get("full_beats", 0),
         "delta_beats": stats.get("delta_beats", 0),
         "slot_reports_per_beat": round(stats.get("slot_reports", 0) / beats, 1) if beats else None,
+        "gpu_reports_per_beat": round(stats.get("gpu_reports", 0) / beats, 1) if beats else None,
         "body_bytes_mean": round(stats["body_bytes"] / samples) if samples else None,
         "heartbeat_p50_ms": p(stats.get("beat_ms", []), 0.5),
         "heartbeat_p99_ms": p(stats.get("beat_ms", []), 0.99),

@@ -533,6 +533,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=getattr(AgentSettings(), "full_heartbeat_every", 30),
         help="a delta agent's full beat every N beats (default: the agent's own)",
     )
+    fleet.add_argument(
+        "--loads",
+        choices=("auto", "per-gpu", "per-slot"),
+        default="auto",
+        help="per-gpu: slots registered on their GPU, loads in the beat's gpus list (as the agent does); "
+        "per-slot: each slot report carries its GPU's loads (auto: per-gpu where the protocol has it)",
+    )
     fleet.add_argument("--gpus-per-host", type=int, default=8)
     fleet.add_argument(
         "--load-churn", type=float, default=0.1, help="chance per beat that a GPU's load moves by a few percent"

@@ -170,7 +170,8 @@ def fleet_lines(p: dict[str, Any]) -> list[str]:
     out = [
         f"  fleet {fl['shape']} ({fl['mode']} heartbeats every {fl['period_s']:g} s): "
         f"{win['heartbeats_per_s']} heartbeats/s applied during the phase "
-        f"({hb['heartbeats_per_s']}/s with no allocations), {win['slot_reports_per_beat']} slot reports and "
+        f"({hb['heartbeats_per_s']}/s with no allocations), {win['slot_reports_per_beat']} slot reports, "
+        f"{win.get('gpu_reports_per_beat')} GPU reports and "
         f"{win['body_bytes_mean']} bytes per beat, heartbeat p50/p99 {win['heartbeat_p50_ms']}/"
         f"{win['heartbeat_p99_ms']} ms, {win['full_beats']} full + {win['delta_beats']} delta, "
         f"{win['heartbeats_failed']} failed; {win['resets']} slot resets",

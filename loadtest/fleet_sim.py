@@ -5,11 +5,14 @@ Each simulated host does over HTTP what ``gpu_agent`` does: registers (``POST
 (``gpu_agent.reporting.Reporter``: a beat, then wait up to the period or until a slot
 changes, 20 ms to let simultaneous changes land in one beat; after a failure, back off
 0.25 s doubling up to 10 s; a 404 re-registers). A beat carries every slot's report
-(state, per-GPU whole-percent loads, ``reset_for``), the body the agent sends. When the
+(state, ``reset_for``) and, where the matchmaker's ``Heartbeat`` has ``gpus``, each
+GPU's whole-percent loads once (slots registered with their ``gpu``), else each slot
+carries its GPU's loads: the body the agent sends. When the
 matchmaker's ``Heartbeat`` has ``seq``/``full`` (delta heartbeats), ``delta`` mode sends
 a full beat first, after a failure, when the reply asks for a snapshot and every
 ``full_every`` beats, and otherwise only the slots whose state, ``reset_for`` or
-whole-percent load changed since the last acknowledged beat.
+whole-percent load changed (and the GPUs whose loads changed) since the last
+acknowledged beat.
 
 A reset in a heartbeat reply is played as the agent's slot does it: the slot reports
 ``resetting`` at once (a beat is due), then after ``reset_s`` ``ready`` with
@@ -44,6 +47,7 @@ from loadtest.children import die_with_parent
 from matchmaker.client import ApiError, MatchmakerApi, Unreachable
 from matchmaker.models import (
     Assigned,
+    GpuReport,
     Heartbeat,
     HeartbeatReply,
     HostRegistration,
@@ -55,6 +59,8 @@ from matchmaker.models import (
 
 now = time.monotonic
 DELTA_PROTOCOL = "seq" in Heartbeat.__struct_fields__  # the matchmaker speaks delta heartbeats
+GPU_PROTOCOL = "gpus" in Heartbeat.__struct_fields__  # ... and per-GPU loads
+Views = list[tuple[int, tuple[Any, ...]]]
 
 
 def heartbeat_mode(requested: str) -> str:
@@ -73,6 +79,7 @@ class Counters:
     def reset(self) -> None:
         self.beats_ok = self.beats_failed = self.full_beats = self.delta_beats = 0
         self.slot_reports = self.registrations = self.resets = self.snapshots_asked = 0
+        self.gpu_reports = 0
         self.body_bytes = self.body_samples = 0
         self.beat_ms: list[float] = []
         self.queue_asked = self.queue_waited = self.queue_served = self.queue_refused = 0
@@ -107,6 +114,9 @@ class SimHost:
         self.pending: dict[int, str] = {}  # slot -> the session it is being reset after
         self.mode = cfg["mode"]
         self.acked: list[tuple[Any, ...] | None] = [None] * n
+        # Per-GPU loads (as gpu_agent reports them): slots carry only state and reset_for.
+        self.per_gpu = bool(cfg.get("gpu_reports", GPU_PROTOCOL))
+        self.acked_gpu: list[tuple[Any, ...] | None] = [None] * gpus
         self.need_full = True
         self.since_full = 0
         self.seq = 0
@@ -131,27 +141,34 @@ class SimHost:
                     app=self.app,
                     streamer_id=f"{self.host_id}-{i}",
                     gpu_share=1.0 / (self.n / len(self.gpu_pct)),
+                    **({"gpu": self.gpu_of[i]} if self.per_gpu else {}),
                 )
                 for i in range(self.n)
             ],
         )
 
     def _view(self, i: int) -> tuple[Any, ...]:
+        if self.per_gpu:
+            return (self.state[i], self.reset_for[i], 0, 0)
         g = self.gpu_of[i]
         return (self.state[i], self.reset_for[i], self.gpu_pct[g], self.enc_pct[g])
 
-    def heartbeat(self) -> tuple[Heartbeat, list[tuple[int, tuple[Any, ...]]]]:
-        """The next beat, and the slot views it carries (acknowledged once it is)."""
+    def heartbeat(self) -> tuple[Heartbeat, Views, Views]:
+        """The next beat, and the slot and GPU views it carries (acknowledged once it is)."""
         self.seq += 1
         full = self.mode == "full" or self.need_full or self.since_full + 1 >= self.cfg["full_every"]
         views = [(i, self._view(i)) for i in range(self.n)]
+        gviews = [(g, (self.gpu_pct[g], self.enc_pct[g])) for g in range(len(self.gpu_pct))] if self.per_gpu else []
         if not full:
             views = [(i, v) for i, v in views if v != self.acked[i]]
+            gviews = [(g, v) for g, v in gviews if v != self.acked_gpu[g]]
         slots = [
             SlotReport(index=i, state=v[0], reset_for=v[1], gpu_load=v[2] / 100.0, nvenc_load=v[3] / 100.0)
             for i, v in views
         ]
         extra: dict[str, Any] = {"seq": self.seq, "full": full} if DELTA_PROTOCOL else {}
+        if self.per_gpu:
+            extra["gpus"] = [GpuReport(index=g, gpu_load=v[0] / 100.0, nvenc_load=v[1] / 100.0) for g, v in gviews]
         hb = Heartbeat(
             boot_id=self.boot_id,
             slots=slots,
@@ -159,12 +176,13 @@ class SimHost:
             nvenc_load=max(self.enc_pct) / 100.0,
             **extra,
         )
-        return hb, views
+        return hb, views, gviews
 
-    def _acknowledged(self, hb: Heartbeat, views: list[tuple[int, tuple[Any, ...]]], reply: HeartbeatReply) -> None:
+    def _acknowledged(self, hb: Heartbeat, views: Views, gviews: Views, reply: HeartbeatReply) -> None:
         full = bool(getattr(hb, "full", True))
         if full:
             self.acked = [None] * self.n
+            self.acked_gpu = [None] * len(self.acked_gpu)
             self.since_full = 0
             self.need_full = False
             self.stats.full_beats += 1
@@ -173,6 +191,8 @@ class SimHost:
             self.stats.delta_beats += 1
         for i, v in views:
             self.acked[i] = v
+        for g, v in gviews:
+            self.acked_gpu[g] = v
         if getattr(reply, "snapshot", False) is True:  # UNSET where the matchmaker has no deltas
             self.need_full = True
             self.stats.snapshots_asked += 1
@@ -216,7 +236,7 @@ class SimHost:
         try:
             if not self.registered:
                 await self.register()
-            hb, views = self.heartbeat()
+            hb, views, gviews = self.heartbeat()
             if self.stats.beats_ok % 8 == 0:
                 self.stats.body_bytes += len(msgspec.json.encode(hb))
                 self.stats.body_samples += 1
@@ -227,7 +247,7 @@ class SimHost:
                 if exc.status not in (404, 409):
                     raise
                 await self.register()
-                hb, views = self.heartbeat()
+                hb, views, gviews = self.heartbeat()
                 t0 = now()
                 reply = await self.api.heartbeat(self.host_id, hb)
         except (ApiError, Unreachable) as exc:
@@ -239,8 +259,9 @@ class SimHost:
         self.stats.beat_ms.append(round((now() - t0) * 1e3, 3))
         self.stats.beats_ok += 1
         self.stats.slot_reports += len(hb.slots)
+        self.stats.gpu_reports += len(getattr(hb, "gpus", ()))
         self.failures = 0
-        self._acknowledged(hb, views, reply)
+        self._acknowledged(hb, views, gviews, reply)
         return True
 
     async def run(self) -> None:
