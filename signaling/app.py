@@ -49,7 +49,8 @@ class SignalingServer:
         self.settings = settings
         self.player_routes = tuple(player_routes)  # extra routes on the player port (e.g. TURN)
         self.player_subapps = tuple(player_subapps)  # e.g. the matchmaker API under /api/v1
-        options = peer_options or (lambda role, peer_id: dict(settings.peer_connection_options))
+        # not_after: a streamer with a credential (its TURN credentials end with it; none here)
+        options = peer_options or (lambda role, peer_id, *, not_after=None: dict(settings.peer_connection_options))
         broker = open_broker(settings.state_url, node_id=settings.node_id, node_ttl_s=settings.node_ttl_s)
         self.core = SignalingCore(
             node=broker.node_id,
