@@ -202,6 +202,29 @@ def _cmd_agent_token(args: argparse.Namespace, settings: PixelfleetSettings) -> 
     return 0
 
 
+def _cmd_streamer_token(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
+    """Mint one streamer credential (issue 11), for a streamer no agent launches: a UE
+    build started by hand against signalling with a token key carries it as
+    ``-PixelStreamingURL="ws://HOST:8888/?token=<credential>"``."""
+    from matchmaker.server import token_keys
+    from pixelfleet.shared_settings import ConfigError
+    from pixelfleet.tokens import mint_streamer
+
+    mm = settings.matchmaker
+    try:
+        token = mint_streamer(
+            token_keys(mm),
+            tenant=args.token_tenant,
+            host_id=args.token_host,
+            streamer_id=args.token_streamer,
+            ttl_s=mm.streamer_token_ttl_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(token)
+    return 0
+
+
 def _cmd_records_summary(args: argparse.Namespace) -> int:
     from matchmaker.records_summary import run_summary
 
@@ -325,6 +348,21 @@ def _parser() -> argparse.ArgumentParser:
     p_tok.add_argument("--ttl-s", dest="matchmaker.agent_token_ttl_s", type=int, help="lifetime (default 1 year)")
     _add_logging_flags(p_tok)
     p_tok.set_defaults(func=_cmd_agent_token, defaults={})
+
+    p_stok = sub.add_parser(
+        "streamer-token",
+        help="print a streamer credential (the ?token= of one streamer's -PixelStreamingURL)",
+        epilog="Signed with the session-token key (PIXELFLEET_SESSION_TOKEN_SECRET, or the EdDSA "
+        "key files); docs/protocol.md, Streamer credentials.",
+    )
+    p_stok.add_argument("--streamer", dest="token_streamer", required=True, help="the streamer id it admits")
+    p_stok.add_argument("--host", dest="token_host", required=True, help="the host id it names (hid)")
+    p_stok.add_argument("--tenant", dest="token_tenant", required=True, help="the tenant it serves (sub)")
+    p_stok.add_argument(
+        "--ttl-s", dest="matchmaker.streamer_token_ttl_s", type=int, help="lifetime in seconds (default 900)"
+    )
+    _add_logging_flags(p_stok)
+    p_stok.set_defaults(func=_cmd_streamer_token, defaults={})
 
     _add_records_command(sub)
     sub.add_parser("streamer", help="run one synthetic streamer (see pixelfleet streamer --help)")

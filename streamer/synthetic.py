@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import signal
 import time
 from collections import deque
@@ -36,6 +37,14 @@ InputCallback = Callable[[str, im.InputMessage], None]
 
 PING_INTERVAL_S = 60.0  # UE PS1's keepalive
 _PLAYER_SCOPED = {"answer", "iceCandidate", "offer"}
+
+
+def redacted(text: str) -> str:
+    """``text`` with any ``?token=`` value hidden: a streamer credential stays out of logs."""
+    return _TOKEN.sub(r"\1…", text)
+
+
+_TOKEN = re.compile(r"([?&]token=)[^&'\s]+")
 
 
 class SyntheticStreamer:
@@ -104,12 +113,12 @@ class SyntheticStreamer:
                             self._ws = ws
                             self.connections += 1
                             backoff = self.reconnect_min_s
-                            log.info("signalling_connected", url=self.url, streamer=self.streamer_id)
+                            log.info("signalling_connected", url=redacted(self.url), streamer=self.streamer_id)
                             await self._serve(ws)
                             log.info("signalling_closed", code=ws.close_code)
                     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                        error = str(exc) or type(exc).__name__
-                        log.warning("signalling_unreachable", url=self.url, error=error)
+                        error = redacted(str(exc)) or type(exc).__name__
+                        log.warning("signalling_unreachable", url=redacted(self.url), error=error)
                     finally:
                         self._ws = None
                         self._identified.clear()

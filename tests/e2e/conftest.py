@@ -4,9 +4,10 @@ synthetic streamers, all on 127.0.0.1.
 Per test (all in the test's own event loop, ports chosen by the OS):
 - ``stack`` / ``start_stack(**settings)``: the signalling server (player page +
   player WebSocket, streamer port) and a static server for the Epic test pages and a
-  second-origin copy of our player page;
-- ``streamer`` / ``start_streamer(id, stack=)``: a synthetic streamer, returned once
-  the server lists it (Epic's frontend with ``MaxReconnectAttempts: 0`` lists
+  second-origin copy of our player page; with a ``session_token_secret`` it checks
+  session tokens and streamer credentials as ``pixelfleet signaling`` does;
+- ``streamer`` / ``start_streamer(id, stack=, token=)``: a synthetic streamer (``token``:
+  its streamer credential, as ``?token=`` on its URL), returned once the server lists it (Epic's frontend with ``MaxReconnectAttempts: 0`` lists
   streamers only once, so it must be there before the page loads);
 - ``open_page(url)``: a fresh Chromium context with camera and microphone granted to
   the page's origin, returning the page and its console log.
@@ -142,7 +143,12 @@ class Stack:
         return f"{self.frontend_origin}/epic-ue{version}.html?{params}"
 
     async def listed_streamers(self) -> list[str]:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.player_origin}/api/streamers") as resp:
+        admin = self.server.settings.admin_token  # the listing needs it once tokens are on
+        headers = {"Authorization": f"Bearer {admin}"} if admin else {}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.player_origin}/api/streamers", headers=headers) as resp,
+        ):
             resp.raise_for_status()
             body: list[dict[str, Any]] = await resp.json()
         return [s["streamerId"] for s in body if s.get("streaming")]
@@ -171,9 +177,11 @@ class StartStack(Protocol):
 @pytest.fixture
 async def start_stack() -> AsyncIterator[StartStack]:
     """``await start_stack(**settings)``: a signalling server (with these Settings
-    overrides) plus the static server for the Epic test pages."""
+    overrides) plus the static server for the Epic test pages. A token key among the
+    settings turns auth on, wired as ``pixelfleet signaling`` wires it."""
     from signaling.app import SignalingServer
     from signaling.config import Settings
+    from signaling.sessions import gate_from_settings, verify_keys
 
     cleanups: list[Callable[[], Any]] = []
 
@@ -188,7 +196,8 @@ async def start_stack() -> AsyncIterator[StartStack]:
                 **overrides,
             }
         )
-        server = SignalingServer(settings)
+        keys = verify_keys(settings)  # None: open mode
+        server = SignalingServer(settings, session_gate=gate_from_settings(settings, keys=keys), streamer_keys=keys)
         await server.start()
         cleanups.append(server.stop)
         runner = web.AppRunner(_frontend_app(), access_log=None)
@@ -241,13 +250,17 @@ class StartStreamer(Protocol):
         width: int = 640,
         height: int = 360,
         fps: int = 30,
+        token: str | None = None,
     ) -> RunningStreamer: ...
 
 
 @pytest.fixture
 async def start_streamer(request: pytest.FixtureRequest) -> AsyncIterator[StartStreamer]:
-    """``await start_streamer(id=None, stack=None)``: a synthetic streamer on ``stack``
-    (the ``stack`` fixture by default), returned once the server lists it."""
+    """``await start_streamer(id=None, stack=None, token=None)``: a synthetic streamer on
+    ``stack`` (the ``stack`` fixture by default), returned once the server lists it.
+    ``token`` is its streamer credential, carried as ``?token=`` on its URL exactly as
+    UE's ``-PixelStreamingURL`` carries it (docs/protocol.md "Streamer credentials")."""
+    from gpu_agent.slot_plan import with_token
     from streamer.synthetic import SyntheticStreamer
 
     running: list[RunningStreamer] = []
@@ -259,12 +272,13 @@ async def start_streamer(request: pytest.FixtureRequest) -> AsyncIterator[StartS
         width: int = 640,
         height: int = 360,
         fps: int = 30,
+        token: str | None = None,
     ) -> RunningStreamer:
         if stack is None:
             stack = request.getfixturevalue("stack")
         assert stack is not None
         sid = streamer_id or f"e2e-{uuid.uuid4().hex[:8]}"
-        streamer = SyntheticStreamer(stack.streamer_url, sid, width, height, fps)
+        streamer = SyntheticStreamer(with_token(f"{stack.streamer_url}/", token), sid, width, height, fps)
         task = asyncio.create_task(streamer.run(), name=f"streamer {sid}")
         entry = RunningStreamer(streamer, sid, task)
         running.append(entry)

@@ -75,3 +75,22 @@ def test_eddsa_verify_only_nodes_and_no_algorithm_confusion() -> None:
     with pytest.raises(InvalidToken):  # HS256 signed with the public key's PEM
         hs = jwt.decode(token, options={"verify_signature": False})
         verify_streamer(verifier, jwt.encode(hs, "p" * 64, algorithm="HS256"))
+
+
+def test_streamer_token_command_mints_a_credential_signalling_accepts(capsys: pytest.CaptureFixture[str]) -> None:
+    """``pixelfleet streamer-token``: the credential a UE build started by hand carries."""
+    from pixelfleet.cli import main
+
+    argv = ["streamer-token", "--streamer", "MyApp", "--host", "ue-1", "--tenant", "acme", "--ttl-s", "600"]
+    assert main(argv, environ={"PIXELFLEET_SESSION_TOKEN_SECRET": "k" * 32}) == 0
+    token = capsys.readouterr().out.strip()
+    claims = verify_streamer(KEYS, token)
+    assert (claims.tenant, claims.host_id, claims.streamer_id) == ("acme", "ue-1", "MyApp")
+    assert claims.expires_at - jwt.decode(token, options={"verify_signature": False})["iat"] == 600
+
+
+def test_streamer_token_command_needs_the_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from pixelfleet.cli import main
+
+    assert main(["streamer-token", "--streamer", "s", "--host", "h", "--tenant", "t"], environ={}) == 2
+    assert "PIXELFLEET_SESSION_TOKEN_SECRET" in capsys.readouterr().err
