@@ -206,3 +206,37 @@ def test_docs_show_the_idle_cost_of_the_default_stage() -> None:
     assert table in (ROOT / "docs" / "deploy.md").read_text()
     total = idle_cost(StageConfig())[-1]
     assert total.item == "total" and f"{total.usd_per_hour:.2f}" in (ROOT / "README.md").read_text()
+
+
+def _container_secrets(control: Template, command: str) -> dict[str, Any]:
+    """The ``Secrets`` of the task whose container runs ``command``, by variable name."""
+    for task in control.find_resources("AWS::ECS::TaskDefinition").values():
+        (container,) = task["Properties"]["ContainerDefinitions"]
+        if container["Command"][0] == command:
+            return {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
+    raise AssertionError(f"no task runs {command}")
+
+
+def test_services_get_the_keys_that_close_their_doors(synthesized: tuple[Stage, Path]) -> None:
+    """Signalling and the matchmaker share the session-token key (session tokens and streamer
+    credentials) and the report token, each from its Secrets Manager secret; signalling gets
+    no agent or admin token."""
+    stage, _ = synthesized
+    control = template(synthesized, "control")
+    signaling, matchmaker = _container_secrets(control, "signaling"), _container_secrets(control, "matchmaker")
+    data = stage.data
+    secret_ids = {
+        "PIXELFLEET_SESSION_TOKEN_SECRET": data.get_logical_id(data.session_token_secret.node.default_child),  # type: ignore[arg-type]
+        "PIXELFLEET_REPORT_TOKEN": data.get_logical_id(data.report_token.node.default_child),  # type: ignore[arg-type]
+    }
+    for name, logical_id in secret_ids.items():
+        for secrets in (signaling, matchmaker):
+            assert logical_id in json.dumps(secrets[name]), (name, secrets[name])
+    assert signaling["PIXELFLEET_REPORT_TOKEN"] == matchmaker["PIXELFLEET_REPORT_TOKEN"]
+    assert {"PIXELFLEET_AGENT_TOKEN", "PIXELFLEET_ADMIN_TOKEN"} <= set(matchmaker)
+    assert not {"PIXELFLEET_AGENT_TOKEN", "PIXELFLEET_ADMIN_TOKEN"} & set(signaling)
+    data_template = template(synthesized, "data")
+    data_template.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {"Description": Match.string_like_regexp("PIXELFLEET_REPORT_TOKEN"), "GenerateSecretString": Match.any_value()},
+    )

@@ -26,7 +26,10 @@ ROOT = Path(__file__).parents[2]
 CHART = ROOT / "deploy" / "helm" / "pixelfleet"
 KARPENTER_SCHEMAS = json.loads((ROOT / "deploy" / "helm" / "schemas" / "karpenter-v1.json").read_text())
 KUBERNETES_VERSION = "1.33.0"
-SECRETS = ["--set", "secrets.values.sessionTokenSecret=" + "s" * 40, "--set", "secrets.values.agentToken=t"]
+SECRETS = [
+    *("--set", "secrets.values.sessionTokenSecret=" + "s" * 40),
+    *("--set", "secrets.values.agentToken=t", "--set", "secrets.values.reportToken=r"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +187,37 @@ def test_bad_values_stop_rendering(helm: str) -> None:
     assert result.returncode != 0 and "only PIXELFLEET_* variables" in result.stderr
     result = run_helm(helm, "template", "pf", str(CHART))
     assert result.returncode != 0 and "secrets.values.sessionTokenSecret" in result.stderr
+    result = run_helm(helm, "template", "pf", str(CHART), *SECRETS[:4])  # no report token
+    assert result.returncode != 0 and "secrets.values.reportToken" in result.stderr
+
+
+def test_control_plane_secrets_close_their_doors(helm: str) -> None:
+    """Signalling and the matchmaker read the session-token key (session tokens and streamer
+    credentials) and the report token from the one Secret, none optional; only the
+    matchmaker and the agents get the agent token."""
+    docs = render(helm)
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["stringData"]["reportToken"] == "r"
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    env = {
+        name: {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        for name, d in deployments.items()
+        if name in ("pf-signaling", "pf-matchmaker")
+    }
+    for service in ("pf-signaling", "pf-matchmaker"):
+        for name, key in (
+            ("PIXELFLEET_SESSION_TOKEN_SECRET", "sessionTokenSecret"),
+            ("PIXELFLEET_REPORT_TOKEN", "reportToken"),
+        ):
+            ref = env[service][name]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "pf-pixelfleet", "key": key, "optional": False}, (service, ref)
+    assert "PIXELFLEET_AGENT_TOKEN" in env["pf-matchmaker"] and "PIXELFLEET_AGENT_TOKEN" not in env["pf-signaling"]
+    existing = render(helm, "--set", "secrets.existingSecret=mine")
+    assert by_kind(existing, "Secret") == []
+    for d in [d for d in by_kind(existing, "Deployment") if d["metadata"]["name"] in ("pf-signaling", "pf-matchmaker")]:
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+            if "valueFrom" in e
+        }
+        assert refs["PIXELFLEET_REPORT_TOKEN"] == {"name": "mine", "key": "reportToken", "optional": False}

@@ -90,9 +90,13 @@ class ControlPlaneStack(Stack):
             description="control plane to Redis (TLS)",
         )
 
+        # The session-token key also signs and checks streamer credentials (signalling's
+        # streamer port refuses a streamer without one); the report token is what signalling
+        # sends with each connect and disconnect report, and what the matchmaker requires of them.
         common_secrets = {
             "PIXELFLEET_STATE_URL": ecs.Secret.from_secrets_manager(data.state_url),
             "PIXELFLEET_SESSION_TOKEN_SECRET": ecs.Secret.from_secrets_manager(data.session_token_secret),
+            "PIXELFLEET_REPORT_TOKEN": ecs.Secret.from_secrets_manager(data.report_token),
         }
         matchmaker_url = f"http://{self.nlb.load_balancer_dns_name}:{MATCHMAKER_PORT}"
         self.signaling = self._service(

@@ -46,6 +46,9 @@ class DataStack(Stack):
         self.turn_secret = _secret(self, "TurnSecret", "coturn use-auth-secret shared secret")
         self.agent_token = _secret(self, "AgentToken", "bearer token of GPU agents")
         self.admin_token = _secret(self, "AdminToken", "bearer token of operators")
+        self.report_token = _secret(
+            self, "ReportToken", "PIXELFLEET_REPORT_TOKEN of signalling's reports to the matchmaker"
+        )
         self.redis_auth = _secret(self, "RedisAuth", "Redis AUTH token", length=64)
 
         # Ingress is added by the stacks whose tasks use Redis (control_plane.py).
