@@ -41,9 +41,21 @@ def pick(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
 
 
 def compare(base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    if "figures" in base or "figures" in new:  # benchmark scenarios: the figures they name
+        return _compare_figures(base.get("figures", {}), new.get("figures", {}))
     rows = []
     for label, path, lower_better in FIGURES:
         a, b = pick(base, path), pick(new, path)
+        ratio = b / a if a not in (None, 0) and b is not None else None
+        rows.append({"figure": label, "base": a, "new": b, "ratio": ratio, "lower_is_better": lower_better})
+    return rows
+
+
+def _compare_figures(base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for label in list(base) + [k for k in new if k not in base]:
+        a, b = base.get(label, {}).get("value"), new.get(label, {}).get("value")
+        lower_better = bool((base.get(label) or new.get(label) or {}).get("lower_is_better"))
         ratio = b / a if a not in (None, 0) and b is not None else None
         rows.append({"figure": label, "base": a, "new": b, "ratio": ratio, "lower_is_better": lower_better})
     return rows
@@ -66,8 +78,9 @@ def _f(v: float | None, spec: str = ".4g") -> str:
 
 
 def render_text(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'figure':<28} {'base':>12} {'new':>12} {'new/base':>9}"]
-    lines += [f"{r['figure']:<28} {_f(r['base']):>12} {_f(r['new']):>12} {_f(r['ratio'], '.2f'):>9}" for r in rows]
+    w = max([28, *(len(r["figure"]) for r in rows)])
+    lines = [f"{'figure':<{w}} {'base':>12} {'new':>12} {'new/base':>9}"]
+    lines += [f"{r['figure']:<{w}} {_f(r['base']):>12} {_f(r['new']):>12} {_f(r['ratio'], '.2f'):>9}" for r in rows]
     return "\n".join(lines)
 
 

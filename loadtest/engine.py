@@ -168,9 +168,33 @@ def _scale(s: Scenario, factor: float) -> Scenario:
     return msgspec.structs.replace(s, phases=phases)
 
 
+def cmd_benchmark(opts: argparse.Namespace, s: Scenario) -> int:
+    """A component benchmark as a scenario: it starts its own local servers."""
+    from loadtest import benchmarks
+
+    assert s.benchmark is not None
+    try:
+        args = benchmarks.check(s.benchmark, opts.scenario)
+    except ScenarioError as exc:
+        print(f"pixelfleet loadtest: {exc}", file=sys.stderr)
+        return 2
+    report = benchmarks.run(msgspec.to_builtins(s), s.benchmark, args, machine_info())
+    if opts.json:
+        Path(opts.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    if opts.html:
+        from loadtest.report_html import render_benchmark
+
+        Path(opts.html).write_text(render_benchmark(report))
+    print(benchmarks.summary(report))
+    return 0
+
+
 def cmd_run(opts: argparse.Namespace) -> int:
     try:
-        s = _scale(load(opts.scenario), opts.duration_scale)
+        s = load(opts.scenario)
+        if s.target == "benchmark":
+            return cmd_benchmark(opts, s)
+        s = _scale(s, opts.duration_scale)
         target = target_of(opts, s)
         require_loopback([u for u in target.values() if "://" in u], opts.i_own_this_target)
     except (ScenarioError, TargetRefused) as exc:

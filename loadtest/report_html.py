@@ -113,3 +113,28 @@ def render(r: dict[str, Any]) -> str:
         "<title>pixelfleet load test</title>"
         f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
+
+
+def render_benchmark(r: dict[str, Any]) -> str:
+    """A benchmark scenario's page: its figures, a chart of the rates, the command."""
+    figures = r["figures"]
+    rows = "".join(
+        f"<tr><td>{escape(label)}</td><td>{_f(f['value'])}</td>"
+        f"<td>{'lower' if f['lower_is_better'] else 'higher'}</td></tr>"
+        for label, f in figures.items()
+    )
+    rates = [(label, f["value"]) for label, f in figures.items() if label.endswith("/s")]
+    sections = [
+        f"<h1>Benchmark {escape(r['scenario']['name'])} ({escape(r['target']['benchmark'])})</h1>",
+        f"<p>{_f(r['wall_s'])} s; <code>{escape(r['command'])}</code></p>",
+        table([(k.replace("_", " "), v) for k, v in r["machine"].items()]),
+        "<h2>Figures</h2>",
+        f"<table><tr><th>figure</th><th>value</th><th>better</th></tr>{rows}</table>",
+        "<h2>Rates</h2>",
+        svg.bar_chart("rates (per second)", rates),
+    ]
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+        "<title>pixelfleet benchmark</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )

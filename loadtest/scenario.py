@@ -100,10 +100,18 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
     queue_timeout_s: float = 120.0  # platform target: longest wait in the matchmaker's queue
 
 
+class BenchmarkSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """A component benchmark run as a scenario (loadtest/benchmarks.py)."""
+
+    kind: Literal["signaling", "matchmaker"]
+    options: dict[str, str | int | float | bool | list[str | int | float]] = {}
+    timeout_s: float = 3600.0  # the whole run, at most (bounded by construction)
+
+
 class Scenario(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    target: Literal["signaling", "platform"]
-    phases: list[Phase]
+    target: Literal["signaling", "platform", "benchmark"]
+    phases: list[Phase] = []
     seed: int = 1
     arrivals: Literal["even", "poisson"] = "even"
     app: str = "default"  # platform target: the app players ask the matchmaker for
@@ -112,6 +120,8 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True):
     abuse: Abuse = msgspec.field(default_factory=Abuse)
     webrtc: WebRtc = msgspec.field(default_factory=WebRtc)
     limits: Limits = msgspec.field(default_factory=Limits)
+    # target "benchmark": a component benchmark and its options (loadtest/benchmarks.py)
+    benchmark: BenchmarkSpec | None = None
 
     @property
     def duration_s(self) -> float:
@@ -141,6 +151,12 @@ def parse(data: bytes | str, fmt: Literal["toml", "json"] = "toml", where: str =
 
 
 def validate(s: Scenario, where: str = "scenario") -> None:
+    if (s.target == "benchmark") != (s.benchmark is not None):
+        raise ScenarioError(f'{where}: a [benchmark] table goes with target = "benchmark", and only with it')
+    if s.benchmark is not None:
+        if s.phases:
+            raise ScenarioError(f"{where}: a benchmark scenario has no phases (the benchmark paces itself)")
+        return
     problems: list[str] = []
     if not s.phases:
         problems.append("phases: at least one phase is needed")
