@@ -205,7 +205,9 @@ def _cmd_agent_token(args: argparse.Namespace, settings: PixelfleetSettings) -> 
 def _cmd_streamer_token(args: argparse.Namespace, settings: PixelfleetSettings) -> int:
     """Mint one streamer credential (issue 11), for a streamer no agent launches: a UE
     build started by hand against signalling with a token key carries it as
-    ``-PixelStreamingURL="ws://HOST:8888/?token=<credential>"``."""
+    ``-PixelStreamingURL="ws://HOST:8888/?token=<credential>"``. An SFU's is the same
+    credential: its id is the ``endpointId`` the SFU registers and its tenant the only
+    one whose streamers the SFU can subscribe to."""
     from matchmaker.server import token_keys
     from pixelfleet.shared_settings import ConfigError
     from pixelfleet.tokens import mint_streamer
@@ -215,7 +217,7 @@ def _cmd_streamer_token(args: argparse.Namespace, settings: PixelfleetSettings) 
         token = mint_streamer(
             token_keys(mm),
             tenant=args.token_tenant,
-            host_id=args.token_host,
+            host_id=args.token_host or args.token_streamer,
             streamer_id=args.token_streamer,
             ttl_s=mm.streamer_token_ttl_s,
         )
@@ -351,12 +353,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p_stok = sub.add_parser(
         "streamer-token",
-        help="print a streamer credential (the ?token= of one streamer's -PixelStreamingURL)",
+        help="print a streamer or SFU credential (the ?token= of its signalling URL)",
         epilog="Signed with the session-token key (PIXELFLEET_SESSION_TOKEN_SECRET, or the EdDSA "
         "key files); docs/protocol.md, Streamer credentials.",
     )
-    p_stok.add_argument("--streamer", dest="token_streamer", required=True, help="the streamer id it admits")
-    p_stok.add_argument("--host", dest="token_host", required=True, help="the host id it names (hid)")
+    who = p_stok.add_mutually_exclusive_group(required=True)
+    who.add_argument("--streamer", dest="token_streamer", metavar="ID", help="the streamer id it admits")
+    who.add_argument("--sfu", dest="token_streamer", metavar="ID", help="the SFU id it admits (its endpointId)")
+    p_stok.add_argument("--host", dest="token_host", metavar="H", help="the host id it names (hid; default: the id)")
     p_stok.add_argument("--tenant", dest="token_tenant", required=True, help="the tenant it serves (sub)")
     p_stok.add_argument(
         "--ttl-s", dest="matchmaker.streamer_token_ttl_s", type=int, help="lifetime in seconds (default 900)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from base64 import b64encode
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 import pytest
 
 from pixelfleet.net import free_port
-from pixelfleet.tokens import TokenKeys, mint, mint_streamer
+from pixelfleet.tokens import TokenKeys, mint, mint_streamer, verify_streamer
 from tests.support.processes import Child
 
 SECRET = "s" * 40
@@ -228,3 +229,51 @@ async def test_unmasked_client_frame_closed_1002(box: Box) -> None:
     data = await asyncio.to_thread(attack)
     assert b"\x88" in data and (1002).to_bytes(2, "big") + b"client frames must be masked" in data
     await box.audited("unmasked_frame")
+
+
+async def minted(*args: str) -> str:
+    """A credential from ``pixelfleet streamer-token``, as an operator mints one."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pixelfleet", "streamer-token", *args,
+        env={**os.environ, "PIXELFLEET_SESSION_TOKEN_SECRET": SECRET},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode().strip()
+
+
+async def received(ws: aiohttp.ClientWebSocketResponse, kind: str) -> list[dict[str, Any]]:
+    """Every message up to and including the first of type ``kind``."""
+    seen = []
+    async with asyncio.timeout(10):
+        while True:
+            seen.append(orjson.loads((await ws.receive()).data))
+            if seen[-1]["type"] == kind:
+                return seen
+
+
+async def test_an_sfu_with_a_minted_credential_serves_its_tenant_only(box: Box) -> None:
+    """``pixelfleet streamer-token --sfu`` mints what the SFU port admits: the SFU registers
+    its own id and subscribes to its tenant's streamer; another id is closed 4403, another
+    tenant's streamer does not exist for it, and no or a forged credential is a 401."""
+    credential = await minted("--sfu", "sfu-1", "--tenant", "a")
+    assert verify_streamer(KEYS, credential).streamer_id == "sfu-1"
+    forged = jwt.encode(jwt.decode(credential, options={"verify_signature": False}), "f" * 40, algorithm="HS256")
+    for refused in ("/", f"/?token={forged}"):
+        assert await refused_upgrade(box.url("sfu", refused)) == 401
+    async with aiohttp.ClientSession() as http:
+        mine = await identified(http, box.url("streamer", f"/?token={streamer_token('cam-a', tenant='a')}"), "cam-a")
+        theirs = await identified(http, box.url("streamer", f"/?token={streamer_token('cam-b', tenant='b')}"), "cam-b")
+        impostor = await http.ws_connect(box.url("sfu", f"/?token={credential}"))
+        await impostor.send_str('{"type":"endpointId","id":"sfu-2"}')  # not the credential's id
+        assert await close_code(impostor) == 4403
+        sfu = await identified(http, box.url("sfu", f"/?token={credential}"), "sfu-1")
+        await sfu.send_str('{"type":"subscribe","streamerId":"cam-b"}')  # another tenant's: nothing happens
+        await sfu.send_str('{"type":"subscribe","streamerId":"cam-a"}')
+        joined = (await received(mine, "playerConnected"))[-1]
+        assert joined["sfu"] is True
+        await theirs.send_str('{"type":"ping","time":1}')
+        assert "playerConnected" not in [m["type"] for m in await received(theirs, "pong")]
+        for ws in (sfu, mine, theirs):
+            await ws.close()

@@ -89,6 +89,20 @@ def test_streamer_token_command_mints_a_credential_signalling_accepts(capsys: py
     assert claims.expires_at - jwt.decode(token, options={"verify_signature": False})["iat"] == 600
 
 
+def test_streamer_token_command_mints_an_sfus_credential(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--sfu``: the same credential, naming the SFU's own id (its ``endpointId``) and the
+    one tenant it may subscribe to; the host defaults to the id. One of the two is required."""
+    from pixelfleet.cli import main
+
+    env = {"PIXELFLEET_SESSION_TOKEN_SECRET": "k" * 32}
+    assert main(["streamer-token", "--sfu", "sfu-eu-1", "--tenant", "acme"], environ=env) == 0
+    claims = verify_streamer(KEYS, capsys.readouterr().out.strip())
+    assert (claims.tenant, claims.host_id, claims.streamer_id) == ("acme", "sfu-eu-1", "sfu-eu-1")
+    for argv in (["--tenant", "acme"], ["--sfu", "a", "--streamer", "b", "--tenant", "acme"]):
+        with pytest.raises(SystemExit):
+            main(["streamer-token", *argv], environ=env)
+
+
 def test_streamer_token_command_needs_the_key(capsys: pytest.CaptureFixture[str]) -> None:
     from pixelfleet.cli import main
 
