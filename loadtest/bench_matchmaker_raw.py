@@ -123,7 +123,7 @@ class RawClaims:
                     b"EVALSHA",
                     script.sha.encode(),
                     str(len(keys)).encode(),
-                    *(str(k).encode() for k in keys),
+                    *(k if isinstance(k, bytes) else str(k).encode() for k in keys),
                     *(a if isinstance(a, bytes) else str(a).encode() for a in args),
                 )
             )

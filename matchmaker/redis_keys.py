@@ -69,7 +69,7 @@ class TenantKeys:
             self.beat,
         )
         self.session_index = (self.sessions, self.created, *self.since.values())
-        self._allocate: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._allocate: dict[tuple[str, str], tuple[bytes, ...]] = {}
 
     def resets(self, host_id: str) -> str:
         """A host's resetting slots (slot id -> ended session; tenant.lua ``resets_key``)."""
@@ -109,15 +109,16 @@ class TenantKeys:
             return f"{self.tag}:{kind}:{app}"
         return f"{self.tag}:{kind}@{len(region)}:{region}:{app}"
 
-    def allocate(self, app: str, region: str) -> tuple[str, ...]:
-        """KEYS[1..16] of allocate.lua (cached: the hot path sends them on every call)."""
+    def allocate(self, app: str, region: str) -> tuple[bytes, ...]:
+        """KEYS[1..16] of allocate.lua (cached, and as bytes: the hot path sends them on
+        every call, and redis-py would encode each str again)."""
         keys = self._allocate.get((app, region))
         if keys is None:
             if len(self._allocate) > 10_000:
                 self._allocate.clear()
             rz, fh = self.index("rz", app), self.index("fh", app)
             regional = (self.index("rz", app, region), self.index("fh", app, region)) if region else (rz, fh)
-            keys = self._allocate[(app, region)] = (
+            names = (
                 self.slots,
                 self.hosts,
                 self.apps,
@@ -134,6 +135,7 @@ class TenantKeys:
                 *regional,
                 self.beat,
             )
+            keys = self._allocate[(app, region)] = tuple(k.encode() for k in names)
         return keys
 
 
@@ -141,7 +143,7 @@ _enc = msgspec.json.Encoder()
 _MARK = "\x00slot\x00"
 
 
-def session_template(request: AllocationRequest, session_id: str, now: float) -> list[bytes]:
+def session_template(request: AllocationRequest, session_id: str, now: float) -> bytes:
     """A new session's JSON (msgspec, from ``models.Session``) in pieces around the
     fields it takes from the slot, for allocate.lua to fill: piece, field, piece, ...
     The model is the one definition of the record; Lua only inserts the slot's values."""
@@ -167,7 +169,7 @@ def session_template(request: AllocationRequest, session_id: str, now: float) ->
     out = [pieces[0]]
     for field, piece in zip(_FIELD_ORDER, pieces[1:], strict=True):
         out += [field, piece]
-    return out
+    return b"\0".join(out)  # JSON escapes NUL inside strings: a raw one only separates
 
 
 _FIELD_ORDER = tuple(f.encode() for f in Session.__struct_fields__ if f in SESSION_FROM_SLOT)

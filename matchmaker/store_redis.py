@@ -93,7 +93,7 @@ class RedisStore(RedisHosts):
         (pipelined, one round trip). The benchmark's ceiling sends exactly these."""
         keys = self._keys(request.tenant)
         region = request.region or ""
-        kl: tuple[str, ...] = keys.allocate(request.app, region)
+        kl: tuple[str | bytes, ...] = keys.allocate(request.app, region)
         if ticket_id:
             kl = (*kl, keys.ticket(ticket_id))
         return [
@@ -113,7 +113,7 @@ class RedisStore(RedisHosts):
                     ticket_id or "",
                     FINISHED_TICKET_TTL_S,
                     "" if heartbeat_ttl_s is None else num(heartbeat_ttl_s),
-                    *session_template(request, session_id, now),
+                    session_template(request, session_id, now),
                 ],
             ),
         ]

@@ -25,9 +25,11 @@
 -- ARGV[7] a random number in [0, 1) (ties); ARGV[8] now; ARGV[9] ticket id ('' = none);
 -- ARGV[10] finished-ticket TTL in seconds; ARGV[11] the heartbeat TTL ('' = no deadline:
 -- only a host the sweep marked dead is dead);
--- ARGV[12..] the Session JSON in pieces: piece, field, piece, ..., field, piece. Each
--- field is one the session takes from the placed slot (models.SESSION_FROM_SLOT); its
--- JSON value goes between the pieces around it (redis_keys.session_template).
+-- ARGV[12] the Session JSON in pieces joined by NUL (never raw in JSON): piece, field,
+-- piece, ..., field, piece. Each field is one the session takes from the placed slot
+-- (models.SESSION_FROM_SLOT); its JSON value goes between the pieces around it
+-- (redis_keys.session_template). One argument, not one per piece: the caller packs
+-- every argument of every allocation.
 -- Returns {'ok', Session JSON}, {'client', session id} (the client has a live session of
 -- this app), {'queued'} (someone waits), {'none'} (no claimable slot), {'unknown'} (no
 -- slot serves the app), {'refused'} (the ticket fails its precondition).
@@ -167,9 +169,13 @@ if not slot then
   if tonumber(redis.call('HGET', KEYS[3], app) or '0') <= 0 then return {'unknown'} end
   return {'none'}
 end
-local parts = {ARGV[12]}
-for i = 13, #ARGV, 2 do
-  parts[#parts + 1] = cjson.encode(slot[ARGV[i]]); parts[#parts + 1] = ARGV[i + 1]
+local parts, tpl, pos, is_field = {}, ARGV[12], 1, false
+while true do
+  local z = string.find(tpl, '\0', pos, true)
+  local part = string.sub(tpl, pos, z and z - 1 or -1)
+  parts[#parts + 1] = is_field and cjson.encode(slot[part]) or part
+  if not z then break end
+  is_field, pos = not is_field, z + 1
 end
 local sess = table.concat(parts)
 slot.state = 'assigned'; slot.session_id = sid
