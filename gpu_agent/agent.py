@@ -20,13 +20,14 @@ import structlog
 from gpu_agent.client import MatchmakerClient
 from gpu_agent.cloudwatch import CloudWatchPublisher, cancel
 from gpu_agent.config import AgentSettings
+from gpu_agent.credentials import CredentialGate
 from gpu_agent.drain import DrainReason, SpotNotice, SpotWatcher
 from gpu_agent.metrics import MetricsServer
 from gpu_agent.probe import GpuSampler, NvmlSampler, Telemetry
 from gpu_agent.reporting import Reporter
 from gpu_agent.slot_plan import plan_slots
 from gpu_agent.slots import Phase, SignalingWatch, SlotSet
-from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotSpec
+from matchmaker.models import Heartbeat, HeartbeatReply, Host, HostRegistration, SlotSpec
 
 log = structlog.get_logger("gpu_agent")
 
@@ -72,7 +73,7 @@ class Agent:
             no_nvenc=[g.index for g in sample.gpus if g.has_nvenc is False],
             reason=sample.reason,
         )
-        self.slots = SlotSet(plan_slots(s, sample), s, self.slots.watch, self._changed)
+        gate = CredentialGate()  # slots launch with the registration reply's credentials
         if self.client is not None:
             self.reporter = Reporter(
                 self.client,
@@ -82,7 +83,12 @@ class Agent:
                 period_s=s.heartbeat_period_s,
                 retry_max_s=s.retry_max_s,
                 full_every=s.full_heartbeat_every,
+                on_registered=self._on_registered,
             )
+            gate.matchmaker_tried = self.reporter.tried
+        else:
+            gate.matchmaker_tried.set()  # no credentials will come: signalling says whether it needs them
+        self.slots = SlotSet(plan_slots(s, sample), s, self.slots.watch, self._changed, gate)
         if s.metrics_port >= 0:
             self.metrics = MetricsServer(self, s.metrics_host, s.metrics_port)
             await self.metrics.start()
@@ -198,10 +204,13 @@ class Agent:
         if self.reporter is not None:
             self.reporter.poke()
 
+    def _on_registered(self, host: Host) -> None:
+        if isinstance(host.streamer_tokens, dict):  # before the first heartbeat: no launch without one
+            self.slots.set_tokens(host.streamer_tokens)
+
     def _on_reply(self, reply: HeartbeatReply) -> None:
-        tokens = getattr(reply, "streamer_tokens", None)  # the matchmaker's streamer credentials
-        if isinstance(tokens, dict):
-            self.slots.set_tokens(tokens)
+        if isinstance(reply.streamer_tokens, dict):  # the matchmaker's streamer credentials
+            self.slots.set_tokens(reply.streamer_tokens)
         for r in reply.reset:
             self.slots.reset(r.index, r.session_id)
         if reply.draining and DrainReason.ADMIN not in self.drain_reasons:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from matchmaker.client import ApiError, MatchmakerApi, Unreachable
-from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration
+from matchmaker.models import Heartbeat, HeartbeatReply, Host, HostRegistration
 
 if TYPE_CHECKING:
     from matchmaker.service import Matchmaker
@@ -39,7 +39,8 @@ class Rejected(MatchmakerError):
 
 
 class MatchmakerClient(Protocol):
-    async def register(self, registration: HostRegistration) -> None: ...
+    async def register(self, registration: HostRegistration) -> Host | None:
+        """Register; the matchmaker's reply (with ``streamer_tokens`` where it mints them)."""
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply: ...
 
@@ -76,8 +77,8 @@ class HttpMatchmakerClient:
                 raise Rejected(detail) from None
             raise Unavailable(detail) from None  # 5xx, and a reply that does not read
 
-    async def register(self, registration: HostRegistration) -> None:
-        await self._call(self.api.register_host(registration))
+    async def register(self, registration: HostRegistration) -> Host | None:
+        return await self._call(self.api.register_host(registration))
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
         return await self._call(self.api.heartbeat(host_id, heartbeat))
@@ -110,9 +111,8 @@ class LocalMatchmakerClient:
         except store.StoreError as exc:
             raise Unavailable(str(exc)) from None
 
-    async def register(self, registration: HostRegistration) -> None:
-        await self._call(self.mm.register_host(registration))
-        return None
+    async def register(self, registration: HostRegistration) -> Host | None:
+        return await self._call(self.mm.register_host(registration))
 
     async def heartbeat(self, host_id: str, heartbeat: Heartbeat) -> HeartbeatReply:
         return await self._call(self.mm.heartbeat(host_id, heartbeat))

@@ -54,6 +54,9 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
     stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL to the slot's process group
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # An idle streamer whose launch credential has this long or less left is restarted with
+    # the newest (gpu_agent/credentials.py); the matchmaker's are 900 s, renewed at half life.
+    credential_renew_margin_s: float = 60.0
     # Telemetry.
     sample_period_s: float = 1.0
     # Exposition.
@@ -79,6 +82,8 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
             raise ConfigError("agent.streamer=ue needs PIXELFLEET_AGENT__UE_BINARY (or a full COMMAND)")
         if self.full_heartbeat_every < 1:
             raise ConfigError("agent.full_heartbeat_every must be 1 or more (1: every heartbeat full)")
+        if self.credential_renew_margin_s < 0:
+            raise ConfigError("agent.credential_renew_margin_s cannot be negative")
         if self.slots < 0 or self.slots_per_gpu < 0 or any(n < 0 for n in self.gpu_slots):
             raise ConfigError("slot counts cannot be negative")
 

@@ -150,6 +150,13 @@ def write(agent: Agent, w: _Writer) -> None:
         w.metric("slot_starts_total", "counter", "streamer processes started", slot.starts, **lab)
         w.metric("slot_restarts_total", "counter", "unplanned restarts (crash, startup timeout)", slot.restarts, **lab)
         w.metric("slot_resets_total", "counter", "resets after a session", slot.resets, **lab)
+        w.metric(
+            "slot_credential_renewals_total",
+            "counter",
+            "restarts for a fresh streamer credential",
+            slot.renewals,
+            **lab,
+        )
         w.metric("slot_last_cold_start_seconds", "gauge", "spawn to streaming, last start", slot.cold_start_s, **lab)
         w.summary(
             "slot_cold_start_seconds",

@@ -27,7 +27,7 @@ import msgspec
 import structlog
 
 from gpu_agent.client import HostConflict, MatchmakerClient, MatchmakerError, Rejected, UnknownHost
-from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport
+from matchmaker.models import Heartbeat, HeartbeatReply, Host, HostRegistration, SlotReport
 
 log = structlog.get_logger("gpu_agent.reporting")
 
@@ -55,11 +55,14 @@ class Reporter:
         period_s: float = 2.0,
         retry_max_s: float = 10.0,
         full_every: int = 30,
+        on_registered: Callable[[Host], None] = lambda _host: None,
     ) -> None:
         self.client = client
         self.registration = registration
         self.heartbeat = heartbeat
         self.on_reply = on_reply
+        self.on_registered = on_registered  # the registration reply (streamer credentials)
+        self.tried = asyncio.Event()  # set once the first try (registration, heartbeat) is over
         self.period_s = period_s
         self.retry_max_s = retry_max_s
         self.full_every = full_every
@@ -98,6 +101,8 @@ class Reporter:
                 self._acked = None  # it may or may not have been applied: full next
                 self._failed(exc)
                 return False
+            finally:
+                self.tried.set()
         if self.consecutive_failures:
             log.info("matchmaker_reachable_again", after_failures=self.consecutive_failures)
         self.consecutive_failures = 0
@@ -141,7 +146,9 @@ class Reporter:
 
     async def _register(self) -> None:
         reg = self.registration()
-        await self.client.register(reg)
+        host = await self.client.register(reg)
+        if host is not None:
+            self.on_registered(host)
         self.registered = True
         self.registrations += 1
         self.seq, self._acked = 0, None  # the matchmaker holds no report of this registration yet

@@ -6,6 +6,11 @@ A slot's life (``Phase``; in brackets what the heartbeat reports)::
     READY --matchmaker: reset(session)--> RESETTING [resetting] --streaming again--> READY, reset_for=session
     any --process exits / never streams in startup_timeout_s / spawn fails--> BACKOFF [dead] --delay--> STARTING
     any --stop (drain)--> STOPPED [dead] --resume--> STARTING
+    READY, idle, credential near expiry / any idle, credential expired, not listed --> STARTING (restart)
+
+Where signalling needs streamer credentials a slot starts only once it has one (from
+the registration reply on), and an idle streamer is restarted with the newest before its
+launch credential expires (``credentials.py``; docs/protocol.md "Streamer credentials").
 
 READY means the streamer has connected and identified to signalling, as its REST API
 shows (``GET /api/streamers/{id}`` on the player port: ``{"streaming": true}``), not
@@ -27,20 +32,22 @@ import enum
 import os
 import signal
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import structlog
 
 from gpu_agent.config import AgentSettings
+from gpu_agent.credentials import Credential, CredentialGate, Renewal, may_launch, read, renewal
 from gpu_agent.probe import HostSample
 from gpu_agent.slot_plan import SlotPlan, slot_command
+from gpu_agent.watch import SignalingWatch, StreamerStatus
 from matchmaker.models import SlotReport, SlotState
 
 log = structlog.get_logger("gpu_agent.slots")
+
+__all__ = ["REPORTED", "Phase", "SignalingWatch", "Slot", "SlotGpu", "SlotSet", "StreamerStatus"]
 
 
 class Phase(enum.StrEnum):
@@ -60,60 +67,15 @@ REPORTED = {
 }
 
 
-# --- signalling's view -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StreamerStatus:
-    streaming: bool
-    subscribers: int = 0
-    credential_id: str | None = None  # the holder's credential jti (signalling with streamer credentials)
-
-
-class SignalingWatch:
-    """Asks signalling's REST API whether a streamer id is connected and streaming."""
-
-    def __init__(self, api_url: str, timeout_s: float = 2.0) -> None:
-        self.api_url = api_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._http: aiohttp.ClientSession | None = None
-
-    async def status(self, streamer_id: str, token: str | None = None) -> StreamerStatus | None:
-        """None when signalling cannot be asked (down, or an answer that makes no sense).
-        ``token``: the slot's streamer credential, which lets it read its own listing."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-        url = f"{self.api_url}/api/streamers/{urllib.parse.quote(streamer_id, safe='')}"
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        try:
-            async with self._http.get(url, headers=headers) as r:
-                if r.status == 404:
-                    return StreamerStatus(streaming=False)
-                if r.status != 200:
-                    return None
-                body = await r.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None
-        if not isinstance(body, dict):
-            return None
-        subscribers = body.get("subscribers")
-        credential_id = body.get("credentialId")
-        return StreamerStatus(
-            streaming=body.get("streaming") is True,
-            subscribers=len(subscribers) if isinstance(subscribers, list) else 0,
-            credential_id=credential_id if isinstance(credential_id, str) else None,
-        )
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-
-
 # --- one slot ----------------------------------------------------------------------------
 
 
 class _Failed(Exception):
     pass
+
+
+class _Renew(Exception):  # noqa: N818 - a planned restart, not an error
+    """Restart now with the newest credential: no backoff, not counted as a failure."""
 
 
 class Slot:
@@ -125,13 +87,16 @@ class Slot:
         settings: AgentSettings,
         watch: SignalingWatch,
         on_change: Callable[[], None] = lambda: None,
+        gate: CredentialGate | None = None,
     ) -> None:
         self.plan = plan
         self.s = settings
         self.watch = watch
         self.on_change = on_change
-        self.token: str | None = None  # the newest streamer credential (heartbeat replies)
-        self._launched: tuple[str, str] | None = None  # (credential, its jti) the running streamer got
+        self.gate = gate or CredentialGate(open_signalling=True)
+        self.credential: Credential | None = None  # the newest (registration and heartbeat replies)
+        self._launched: Credential | None = None  # the credential the running streamer got
+        self._waiting_logged = False
         self.phase = Phase.STARTING
         self.reset_for: str | None = None  # the last session this slot was reset after
         self.pending_reset: str | None = None  # the session being reset after
@@ -140,6 +105,8 @@ class Slot:
         self.starts = 0
         self.restarts = 0  # unplanned: crash, startup timeout, lost streamer
         self.resets = 0
+        self.renewals = 0  # restarts for a fresh credential (gpu_agent/credentials.py)
+        self.last_renewal: str | None = None  # why the last one: before_expiry | expired
         self.cold_start_s: float | None = None
         self.cold_start_total_s = 0.0
         self.cold_starts = 0
@@ -153,6 +120,17 @@ class Slot:
         self._task: asyncio.Task[None] | None = None
 
     # --- commands ------------------------------------------------------------------------
+
+    def set_credential(self, token: str) -> None:
+        """The matchmaker's newest credential for this slot: the next launch uses it."""
+        if self.credential is not None and token == self.credential.token:
+            return
+        credential = read(token)
+        if credential is None:
+            log.warning("slot_credential_unreadable", slot=self.plan.index)
+            return
+        self.credential = credential
+        self._wake.set()  # a slot waiting for a credential launches now
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"slot-{self.plan.index}")
@@ -241,6 +219,11 @@ class Slot:
                 await self._until_streaming()
                 delay = self.s.backoff_initial_s
                 await self._serve()
+            except _Renew as why:
+                self.renewals, self.last_renewal = self.renewals + 1, str(why)
+                log.info("slot_credential_renewal", slot=self.plan.index, streamer=self.plan.streamer_id, why=str(why))
+                self._set(Phase.STARTING)
+                await self._kill()
             except _Failed as exc:
                 self.last_error = str(exc)
                 self.restarts += 1
@@ -261,17 +244,54 @@ class Slot:
     async def _status(self) -> StreamerStatus | None:
         """Signalling's view of this slot's id; streaming only if the holder is the streamer
         this slot launched (its credential's jti; docs/protocol.md "Streamer credentials")."""
-        launched = self._launched
-        status = await self.watch.status(self.plan.streamer_id, launched[0] if launched else None)
-        if status is not None and launched and status.credential_id not in (None, launched[1]):
+        launched, newest = self._launched, self.credential
+        # Asked with the newest credential: signalling refuses an expired one for listings too.
+        auth = newest or launched
+        status = await self.watch.status(self.plan.streamer_id, auth.token if auth else None)
+        if status is not None and launched and status.credential_id not in (None, launched.jti):
             return StreamerStatus(streaming=False)  # another connection holds the id
         return status
 
+    def _check_renewal(self, status: StreamerStatus | None) -> None:
+        """Raise ``_Renew`` when the running streamer should restart with the newest credential."""
+        why = renewal(
+            self._launched,
+            self.credential,
+            now=time.time(),
+            margin_s=self.s.credential_renew_margin_s,
+            idle=self.idle,
+            connected=None if status is None else status.streaming,
+        )
+        if why is not Renewal.KEEP:
+            raise _Renew(why)
+
+    async def _until_launchable(self) -> None:
+        """Wait for a credential, unless signalling takes streamers without one (credentials.py)."""
+        gate = self.gate
+        while not self._want_stop:
+            if may_launch(self.credential, now=time.time(), open_signalling=gate.open_signalling):
+                return
+            pause = self.s.ready_poll_s  # the registration reply may be on its way
+            if gate.matchmaker_tried.is_set() and gate.open_signalling is None:
+                gate.open_signalling = await self.watch.open_to_streamers(self.plan.streamer_id)
+                if gate.open_signalling is not None:
+                    continue
+                pause = self.s.health_poll_s  # signalling did not answer: ask again later
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                log.info("slot_waiting_for_credential", slot=self.plan.index, streamer=self.plan.streamer_id)
+            await self._sleep(pause)
+
     async def _launch(self) -> None:
+        await self._until_launchable()  # first: signalling's listings need the credential too
+        if self._want_stop:
+            return
         await self._released()
         self._set(Phase.RESETTING if self.pending_reset else Phase.STARTING)
-        self._launched = (self.token, _jti(self.token)) if self.token else None
-        argv, extra_env = slot_command(self.s, self.plan, self.token)
+        self._launched = self.credential if self.credential and self.credential.expires_at > time.time() else None
+        self._waiting_logged = False
+        self.in_session = False  # a new process: no player on it yet (a reset's end clears it too)
+        argv, extra_env = slot_command(self.s, self.plan, self._launched.token if self._launched else None)
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv, env={**os.environ, **extra_env}, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
@@ -306,6 +326,8 @@ class Slot:
             if self._exited():
                 raise _Failed(f"streamer exited with {self.proc.returncode if self.proc else None} before streaming")
             status = await self._status()
+            if status is not None and not status.streaming:
+                self._check_renewal(status)  # an expired credential never gets it in
             if status is not None and status.streaming:
                 took = time.monotonic() - self._spawned_at
                 self.cold_start_s, self.cold_starts = took, self.cold_starts + 1
@@ -347,10 +369,12 @@ class Slot:
             status = await self._status()
             if self.pending_reset is not None or self._want_stop:
                 continue
+            if status is not None and status.streaming:
+                self.in_session = self.in_session or status.subscribers > 0
+            self._check_renewal(status)
             if status is not None:
                 if status.streaming:
                     lost_since = None
-                    self.in_session = self.in_session or status.subscribers > 0
                     self._set(Phase.READY)
                 else:  # the streamer left signalling while its process runs
                     lost_since = lost_since or time.monotonic()
@@ -448,8 +472,10 @@ class SlotSet:
         settings: AgentSettings,
         watch: SignalingWatch,
         on_change: Callable[[], None] = lambda: None,
+        gate: CredentialGate | None = None,
     ) -> None:
-        self.slots = [Slot(p, settings, watch, on_change) for p in plans]
+        self.gate = gate or CredentialGate(open_signalling=True)
+        self.slots = [Slot(p, settings, watch, on_change, self.gate) for p in plans]
         self.watch = watch
 
     def __iter__(self) -> Any:
@@ -467,7 +493,7 @@ class SlotSet:
         for slot in self.slots:
             token = tokens.get(str(slot.plan.index))
             if token:
-                slot.token = token
+                slot.set_credential(token)
 
     def reset(self, index: int, session_id: str) -> None:
         if 0 <= index < len(self.slots):
@@ -524,6 +550,7 @@ class SlotSet:
                 "reset_for": s.reset_for,
                 "restarts": s.restarts,
                 "resets": s.resets,
+                "credential_renewals": s.renewals,
                 "cold_start_s": s.cold_start_s,
                 "last_error": s.last_error,
             }
@@ -533,13 +560,3 @@ class SlotSet:
     async def aclose(self) -> None:
         await asyncio.gather(*(s.aclose() for s in self.slots))
         await self.watch.aclose()
-
-
-def _jti(token: str) -> str:
-    """The credential's id (its own token: read, not verified; signalling verifies it)."""
-    import jwt
-
-    try:
-        return str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))
-    except jwt.InvalidTokenError:
-        return ""
