@@ -78,6 +78,16 @@ class MatchmakerServer:
         add_health_routes(app, self)  # /livez, /readyz, /metrics (matchmaker.health)
         for door in open_doors(self.settings):
             log.warning("open_mode", detail=door)
+        s = self.settings
+        if self.matchmaker.keys.signing_key is not None and s.streamer_token_ttl_s < 4 * s.heartbeat_ttl_s:
+            # Renewed at half life, heard at least every heartbeat_ttl_s: a fresh credential
+            # must reach the agent well before the one its streamer was launched with expires.
+            log.warning(
+                "streamer_token_ttl_short",
+                streamer_token_ttl_s=s.streamer_token_ttl_s,
+                heartbeat_ttl_s=s.heartbeat_ttl_s,
+                detail="keep it at least 4 x heartbeat_ttl_s (docs/protocol.md, Streamer credentials)",
+            )
         app.add_subapp(API_PREFIX, create_app(self.matchmaker))
         from matchmaker import dashboard  # the operator dashboard (docs/observability.md)
 
