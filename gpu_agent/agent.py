@@ -182,6 +182,7 @@ class Agent:
                         app=s.app,
                         streamer_id=slot.plan.streamer_id,
                         gpu_share=0.0 if slot.plan.gpu is None else 1.0 / on_gpu[slot.plan.gpu],
+                        gpu=slot.plan.gpu,  # its load: that GPU's, reported once per heartbeat
                     )
                     for slot in self.slots
                 ],
@@ -194,7 +195,8 @@ class Agent:
         enc = max((g.encoder_utilization or 0 for g in sample.gpus), default=0) / 100.0
         return Heartbeat(
             boot_id=self.boot_id,
-            slots=self.slots.reports(sample),
+            slots=self.slots.reports(),
+            gpus=self.slots.gpu_reports(sample),
             gpu_load=gpu,
             nvenc_load=enc,
             draining=bool(self.drain_reasons - {DrainReason.ADMIN}),

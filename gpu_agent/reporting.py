@@ -7,12 +7,13 @@ keeps the latest state (and every slot's ``reset_for``) and retries with backoff
 forgot the host (restarted, or declared it dead): register again, then beat. A slot
 change wakes the reporter at once instead of waiting for the period.
 
-A heartbeat is full (every slot) or a delta (only the slots whose report changed since
-the last one the matchmaker acknowledged: state, ``reset_for``, or a load's whole
-percent, what placement compares). Full: the first after a registration, the next after
-any failed or unanswered one or a reply asking for a snapshot, and at least every
-``full_every``; numbered ``seq`` from 1 per registration, so the matchmaker can tell a
-delta it cannot apply (docs/matchmaker-api.md).
+A heartbeat is full (every slot and every GPU) or a delta (only the slots whose report
+changed since the last one the matchmaker acknowledged: state, ``reset_for``, or a load's
+whole percent, what placement compares; and only the GPUs whose loads changed so).
+Full: the first after a registration, the next after any failed or unanswered one or a
+reply asking for a snapshot, and at least every ``full_every``; numbered ``seq`` from 1
+per registration, so the matchmaker can tell a delta it cannot apply
+(docs/matchmaker-api.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import msgspec
 import structlog
 
 from gpu_agent.client import HostConflict, MatchmakerClient, MatchmakerError, Rejected, UnknownHost
-from matchmaker.models import Heartbeat, HeartbeatReply, Host, HostRegistration, SlotReport
+from matchmaker.models import GpuReport, Heartbeat, HeartbeatReply, Host, HostRegistration, SlotReport
 
 log = structlog.get_logger("gpu_agent.reporting")
 
@@ -42,6 +43,11 @@ def _pct(load: float) -> int:
 def report_key(r: SlotReport) -> ReportKey:
     """What a delta compares: a slot is sent again when any of these changed."""
     return (r.state.value, r.reset_for, _pct(r.nvenc_load), _pct(r.gpu_load))
+
+
+def gpu_key(g: GpuReport) -> tuple[int, int]:
+    """A GPU is sent again when either load's whole percent changed."""
+    return (_pct(g.nvenc_load), _pct(g.gpu_load))
 
 
 class Reporter:
@@ -71,6 +77,7 @@ class Reporter:
         # Each slot's report key as the matchmaker holds it after the last acknowledged
         # heartbeat; None: it may hold anything, so the next heartbeat is full.
         self._acked: dict[int, ReportKey] | None = None
+        self._acked_gpus: dict[int, tuple[int, int]] = {}  # the same, per GPU (with _acked)
         self._deltas = 0  # deltas sent since the last full heartbeat
         self.registered = False
         self.registrations = 0
@@ -130,6 +137,7 @@ class Reporter:
             log.info("matchmaker_asked_full_heartbeat", seq=hb.seq, full=hb.full)
         else:
             self._acked = {r.index: report_key(r) for r in state.slots}
+            self._acked_gpus = {g.index: gpu_key(g) for g in state.gpus}
         self.on_reply(reply)
 
     def _next(self, state: Heartbeat) -> Heartbeat:
@@ -142,7 +150,8 @@ class Reporter:
             return msgspec.structs.replace(state, seq=self.seq, full=True)
         self._deltas += 1
         changed = [r for r in state.slots if acked.get(r.index) != report_key(r)]
-        return msgspec.structs.replace(state, slots=changed, seq=self.seq, full=False)
+        gpus = [g for g in state.gpus if self._acked_gpus.get(g.index) != gpu_key(g)]
+        return msgspec.structs.replace(state, slots=changed, gpus=gpus, seq=self.seq, full=False)
 
     async def _register(self) -> None:
         reg = self.registration()

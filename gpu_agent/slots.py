@@ -43,7 +43,7 @@ from gpu_agent.credentials import Credential, CredentialGate, Renewal, may_launc
 from gpu_agent.probe import HostSample
 from gpu_agent.slot_plan import SlotPlan, slot_command
 from gpu_agent.watch import SignalingWatch, StreamerStatus
-from matchmaker.models import SlotReport, SlotState
+from matchmaker.models import GpuReport, SlotReport, SlotState
 
 log = structlog.get_logger("gpu_agent.slots")
 
@@ -505,13 +505,23 @@ class SlotSet:
     def stopped(self) -> bool:
         return all(s.phase is Phase.STOPPED for s in self.slots)
 
-    def reports(self, sample: HostSample) -> list[SlotReport]:
-        loads = {g.index: (g.utilization_gpu, g.encoder_utilization) for g in sample.gpus}
-        out = []
-        for slot in self.slots:
-            gpu, enc = loads.get(slot.plan.gpu, (None, None)) if slot.plan.gpu is not None else (None, None)
-            out.append(slot.report(gpu_load=(gpu or 0) / 100.0, nvenc_load=(enc or 0) / 100.0))
-        return out
+    def reports(self) -> list[SlotReport]:
+        """Each slot's state; no loads: a slot on a GPU is registered with it and takes
+        that GPU's load from ``gpu_reports`` (a slot without a GPU has none)."""
+        return [slot.report() for slot in self.slots]
+
+    def gpu_reports(self, sample: HostSample) -> list[GpuReport]:
+        """The load of each GPU that has slots, once (docs/matchmaker-api.md, "Loads per GPU")."""
+        used = {slot.plan.gpu for slot in self.slots}
+        return [
+            GpuReport(
+                index=g.index,
+                gpu_load=(g.utilization_gpu or 0) / 100.0,
+                nvenc_load=(g.encoder_utilization or 0) / 100.0,
+            )
+            for g in sample.gpus
+            if g.index in used
+        ]
 
     def attribute(self, sample: HostSample) -> dict[int, SlotGpu]:
         """GPU memory, SM/NVENC use and encoder sessions per slot, by the slot's process group."""

@@ -231,6 +231,12 @@ async def test_slots_start_connect_and_register_ready(stack: Stack) -> None:
     assert [s.gpu_share for s in agent.registration().slots] == [0.5, 0.5]  # two slots on one GPU
     status, hosts = await stack.call("GET", "/admin/hosts")
     assert hosts[0]["gpu_model"] == "NVIDIA A10G" and hosts[0]["gpu_load"] == pytest.approx(0.58)
+    # Both slots are registered on GPU 0 and take its load from the heartbeat's one GPU report.
+    assert [s.gpu for s in agent.registration().slots] == [0, 0]
+    assert all(hb.slots == [] or all(r.gpu_load == 0 for r in hb.slots) for hb in client.delivered)
+    assert [g.index for g in first.gpus] == [0]
+    status, slots = await stack.call("GET", "/admin/slots")
+    assert status == 200 and [s["gpu_load"] for s in slots] == [pytest.approx(0.58)] * 2
     assert agent.metrics is not None
     base = f"http://127.0.0.1:{agent.metrics.port}"
     async with stack.http.get(base + "/metrics") as r:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from gpu_agent.client import Unavailable, UnknownHost
 from gpu_agent.config import AgentSettings
 from gpu_agent.reporting import Reporter, report_key
-from matchmaker.models import Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotSpec, SlotState
+from matchmaker.models import GpuReport, Heartbeat, HeartbeatReply, HostRegistration, SlotReport, SlotSpec, SlotState
 from pixelfleet.shared_settings import ConfigError
 
 REG = HostRegistration(
@@ -86,6 +87,24 @@ async def test_full_first_then_deltas_of_what_changed() -> None:
     assert await r.beat_now()
     assert shape(client.sent[-1]) == (4, False, [2])
     assert r.full_sent == 1
+
+
+async def test_gpus_are_sent_when_their_whole_percent_load_changed() -> None:
+    r, client, host = reporter()
+    gpus = {0: GpuReport(index=0, gpu_load=0.5, nvenc_load=0.2), 1: GpuReport(index=1, gpu_load=0.1)}
+    r.heartbeat = lambda: msgspec.structs.replace(host.heartbeat(), gpus=list(gpus.values()))
+    assert await r.beat_now()
+    assert [g.index for g in client.sent[-1].gpus] == [0, 1]  # full: every GPU
+    gpus[0] = GpuReport(index=0, gpu_load=0.503, nvenc_load=0.2)  # 50 % still
+    gpus[1] = GpuReport(index=1, gpu_load=0.12)  # 12 %
+    assert await r.beat_now()
+    assert client.sent[-1].full is False and client.sent[-1].gpus == [gpus[1]] and client.sent[-1].slots == []
+    assert await r.beat_now()
+    assert client.sent[-1].gpus == []  # nothing changed since the acknowledged beat
+    client.script = [HeartbeatReply(snapshot=True)]
+    assert await r.beat_now()
+    assert await r.beat_now()
+    assert client.sent[-1].full is True and len(client.sent[-1].gpus) == 2  # asked: every GPU again
 
 
 async def test_full_after_a_failure_or_when_asked() -> None:
