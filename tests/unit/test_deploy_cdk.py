@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
 from aws_cdk import Environment  # noqa: E402
 from aws_cdk.assertions import Match, Template  # noqa: E402
+from pixelfleet_deploy.agent_tokens import LAUNCH_HOOK, TERMINATE_HOOK, VPC_ENI_ACTIONS  # noqa: E402
 from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_context  # noqa: E402
 from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
 from pixelfleet_deploy.nag import REASONS  # noqa: E402
@@ -84,7 +86,19 @@ def test_launch_template_user_data_starts_the_agent(synthesized: tuple[Stage, Pa
     (lt,) = fleet.find_resources("AWS::EC2::LaunchTemplate").values()
     text = json.dumps(lt["Properties"]["LaunchTemplateData"]["UserData"])
     assert "docker run -d --name pixelfleet-agent" in text and "--runtime nvidia" in text
-    assert "PIXELFLEET_AGENT__MATCHMAKER_URL" in text and "secretsmanager get-secret-value" in text
+    assert "PIXELFLEET_AGENT__MATCHMAKER_URL" in text and "PIXELFLEET_AGENT__TENANT=default" in text
+    # its own token from SSM, at every boot, by the instance id IMDSv2 gives; no secret read
+    assert "aws ssm get-parameter" in text and "--with-decryption" in text and "secretsmanager" not in text
+    assert "/pixelfleet/test/agent-tokens/default/$HOST_ID" in text and "meta-data/$1" in text
+    assert "/var/lib/cloud/scripts/per-boot/pixelfleet-agent.sh" in text
+    assert 'export PIXELFLEET_AGENT_TOKEN=\\"$AGENT_TOKEN\\"' in text  # off docker's command line
+    assert "-e PIXELFLEET_AGENT_TOKEN -e" in text
+    # the user data and the boot script it writes parse as bash (CloudFormation values as placeholders)
+    _, parts = lt["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Join"]
+    script = "".join(part if isinstance(part, str) else "x" for part in parts)
+    body = script.split("<<'PIXELFLEET_EOF'\n", 1)[1].split("\nPIXELFLEET_EOF\n", 1)[0]
+    for source in (script, body):
+        subprocess.run(["bash", "-n"], input=source, text=True, check=True)
 
 
 def test_nlb_idle_timeout_and_drain(synthesized: tuple[Stage, Path]) -> None:
@@ -146,7 +160,9 @@ def test_runtime_roles_name_every_action(synthesized: tuple[Stage, Path], part: 
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert not [a for a in actions if "*" in a], statement
         if statement["Resource"] == "*":
-            assert set(actions) <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}, statement
+            # the agent-token function's network interfaces in the VPC (its own role, below)
+            allowed = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", *VPC_ENI_ACTIONS}
+            assert set(actions) <= allowed, statement
 
 
 def test_redis_is_cluster_mode_with_tls_and_auth(synthesized: tuple[Stage, Path]) -> None:
@@ -233,10 +249,133 @@ def test_services_get_the_keys_that_close_their_doors(synthesized: tuple[Stage, 
         for secrets in (signaling, matchmaker):
             assert logical_id in json.dumps(secrets[name]), (name, secrets[name])
     assert signaling["PIXELFLEET_REPORT_TOKEN"] == matchmaker["PIXELFLEET_REPORT_TOKEN"]
-    assert {"PIXELFLEET_AGENT_TOKEN", "PIXELFLEET_ADMIN_TOKEN"} <= set(matchmaker)
-    assert not {"PIXELFLEET_AGENT_TOKEN", "PIXELFLEET_ADMIN_TOKEN"} & set(signaling)
+    # per-host agent tokens: the matchmaker gets the key that checks them, no fleet-wide agent token
+    assert {"PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET", "PIXELFLEET_ADMIN_TOKEN"} <= set(matchmaker)
+    assert "PIXELFLEET_AGENT_TOKEN" not in matchmaker
+    assert data.get_logical_id(data.agent_key.node.default_child) in json.dumps(  # type: ignore[arg-type]
+        matchmaker["PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET"]
+    )
+    assert not {"PIXELFLEET_AGENT_TOKEN", "PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET", "PIXELFLEET_ADMIN_TOKEN"} & set(
+        signaling
+    )
     data_template = template(synthesized, "data")
     data_template.has_resource_properties(
         "AWS::SecretsManager::Secret",
         {"Description": Match.string_like_regexp("PIXELFLEET_REPORT_TOKEN"), "GenerateSecretString": Match.any_value()},
     )
+
+
+def _logical_id(stack: Any, construct: Any) -> str:
+    return str(stack.get_logical_id(construct.node.default_child))
+
+
+def test_both_gpu_groups_carry_the_token_hooks_and_wait_for_the_function(synthesized: tuple[Stage, Path]) -> None:
+    """Launch and terminate hooks on the On-Demand (warm pool) and the Spot group, declared on the
+    groups so the hosts a new group launches wait too; the groups depend on the function and its
+    rule, which take both groups' lifecycle events and nothing else."""
+    stage, _ = synthesized
+    fleet, stack = template(synthesized, "gpu-default"), stage.fleets["default"]
+    groups = fleet.find_resources("AWS::AutoScaling::AutoScalingGroup")
+    names = {"pixelfleet-test-default-on-demand", "pixelfleet-test-default-spot"}
+    assert {g["Properties"]["AutoScalingGroupName"] for g in groups.values()} == names
+    function_id = _logical_id(stack, stack.tokens.function)
+    for group in groups.values():
+        hooks = {h["LifecycleHookName"]: h for h in group["Properties"]["LifecycleHookSpecificationList"]}
+        assert hooks[LAUNCH_HOOK]["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+        assert hooks[LAUNCH_HOOK]["DefaultResult"] == "ABANDON"  # no token, no host
+        assert hooks[TERMINATE_HOOK]["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+        assert hooks[TERMINATE_HOOK]["DefaultResult"] == "CONTINUE"
+        assert all("NotificationTargetARN" not in h for h in hooks.values())  # to EventBridge
+        assert function_id in group["DependsOn"]
+    fleet.resource_count_is("AWS::AutoScaling::LifecycleHook", 0)
+    (rule,) = fleet.find_resources("AWS::Events::Rule").values()
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern["source"] == ["aws.autoscaling"]
+    assert set(pattern["detail"]["AutoScalingGroupName"]) == names
+    assert set(pattern["detail"]["LifecycleHookName"]) == {LAUNCH_HOOK, TERMINATE_HOOK}
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]} and "DeadLetterConfig" in target
+
+
+def test_token_function_is_least_privilege_in_the_vpc_with_a_dead_letter_queue(
+    synthesized: tuple[Stage, Path],
+) -> None:
+    stage, _ = synthesized
+    fleet, stack = template(synthesized, "gpu-default"), stage.fleets["default"]
+    (fn,) = fleet.find_resources("AWS::Lambda::Function").values()
+    props = fn["Properties"]
+    assert props["Runtime"].startswith("python3") and props["Handler"] == "handler.handler"
+    assert props["ReservedConcurrentExecutions"] >= 1 and "DeadLetterConfig" in props
+    assert props["VpcConfig"]["SubnetIds"] and props["VpcConfig"]["SecurityGroupIds"]
+    env = props["Environment"]["Variables"]
+    assert env["PARAMETER_PATH"] == "/pixelfleet/test/agent-tokens/default" and env["TENANTS"] == "default"
+    assert env["GROUP_NAMES"] == "pixelfleet-test-default-on-demand,pixelfleet-test-default-spot"
+    assert "AgentKey" in json.dumps(env["AGENT_KEY_SECRET_ARN"])
+    role_id = _logical_id(stack, stack.tokens.role)
+    assert props["Role"] == {"Fn::GetAtt": [role_id, "Arn"]}
+    (role,) = [r for k, r in fleet.find_resources("AWS::IAM::Role").items() if k == role_id]
+    assert "ManagedPolicyArns" not in role["Properties"]  # no AWS-managed policy: logs on every group
+    (policy,) = [
+        p for p in fleet.find_resources("AWS::IAM::Policy").values() if p["Properties"]["Roles"] == [{"Ref": role_id}]
+    ]
+    granted: dict[str, str] = {}
+    for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in actions:
+            granted[action] = json.dumps(statement["Resource"])
+    assert set(granted) == {
+        "secretsmanager:GetSecretValue",
+        "ssm:PutParameter",
+        "ssm:AddTagsToResource",
+        "ssm:DeleteParameter",
+        "kms:Encrypt",
+        "autoscaling:CompleteLifecycleAction",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "sqs:SendMessage",
+        *VPC_ENI_ACTIONS,
+    }
+    assert "AgentKey" in granted["secretsmanager:GetSecretValue"]
+    for action in ("ssm:PutParameter", "ssm:AddTagsToResource", "ssm:DeleteParameter"):
+        assert granted[action].endswith(':parameter/pixelfleet/test/agent-tokens/default/*"]]}'), granted[action]
+    for name in ("pixelfleet-test-default-on-demand", "pixelfleet-test-default-spot"):
+        assert f"autoScalingGroupName/{name}" in granted["autoscaling:CompleteLifecycleAction"]
+    assert all(granted[a] == '"*"' for a in VPC_ENI_ACTIONS)
+    assert [r for r in granted.values() if r == '"*"'] == ['"*"'] * len(VPC_ENI_ACTIONS)
+
+
+def test_hosts_read_their_own_token_and_no_secret(synthesized: tuple[Stage, Path]) -> None:
+    """The instance role may get a parameter of its pool's path only when its tag names the caller's
+    own instance, and reads no Secrets Manager secret: neither the agent key nor a fleet token."""
+    stage, _ = synthesized
+    fleet, stack = template(synthesized, "gpu-default"), stage.fleets["default"]
+    role_id = _logical_id(stack, stack.role)
+    (policy,) = [
+        p for p in fleet.find_resources("AWS::IAM::Policy").values() if p["Properties"]["Roles"] == [{"Ref": role_id}]
+    ]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert not [s for s in statements if "secretsmanager" in json.dumps(s["Action"])]
+    (ssm,) = [s for s in statements if "ssm:" in json.dumps(s["Action"])]
+    assert ssm["Action"] == "ssm:GetParameter"
+    assert json.dumps(ssm["Resource"]).endswith(':parameter/pixelfleet/test/agent-tokens/default/*"]]}')
+    assert ssm["Condition"] == {"StringEquals": {"aws:ResourceTag/pixelfleet:instance-arn": "${ec2:SourceInstanceARN}"}}
+
+
+def test_only_the_matchmaker_and_the_token_functions_read_the_agent_key(synthesized: tuple[Stage, Path]) -> None:
+    stage, out = synthesized
+    key_id = stage.data.get_logical_id(stage.data.agent_key.node.default_child)  # type: ignore[arg-type]
+    readers: list[tuple[str, str]] = []
+    for path in sorted(out.glob("pixelfleet-test-*.template.json")):
+        t = Template.from_json(json.loads(path.read_text()))
+        for name, policy in t.find_resources("AWS::IAM::Policy").items():
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                if key_id in json.dumps(statement["Resource"]):
+                    readers.append((path.name.split(".")[0].removeprefix("pixelfleet-test-"), name))
+    parts = sorted({part for part, _ in readers})
+    assert parts == ["control", "gpu-default"], readers
+    control_readers = {name for part, name in readers if part == "control"}
+    assert len(control_readers) == 1 and "Matchmaker" in next(iter(control_readers)), control_readers
+    stack = stage.fleets["default"]
+    assert {name for part, name in readers if part == "gpu-default"} == {
+        _logical_id(stack, stack.tokens.role.node.find_child("DefaultPolicy"))
+    }

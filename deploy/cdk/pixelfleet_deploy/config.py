@@ -14,6 +14,7 @@ from typing import Any
 GPU_FAMILIES = ("g5", "g6", "g6e")
 _INSTANCE = re.compile(r"^(?P<family>[a-z][a-z0-9]*)\.(?P<size>[0-9]*x?large|medium|small|micro)$")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,7 @@ class GpuPool:
 
     name: str = "default"
     app: str = "default"
+    tenant: str = "default"  # the tenant the pool's slots serve, and the only one its hosts' agent tokens name
     instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge")
     on_demand_min: int = 1
     on_demand_max: int = 8
@@ -67,6 +69,8 @@ class StageConfig:
     source_branch: str = "main"
     ue_build_image: str = ""
     alarm_email: str = ""
+    agent_token_ttl_s: int = 31536000  # lifetime of a host's agent token (minted at each launch)
+    host_reads_own_token_only: bool = True  # IAM condition: a host reads its own token, not its pool's
     pools: tuple[GpuPool, ...] = (GpuPool(),)
 
     def __post_init__(self) -> None:
@@ -84,6 +88,7 @@ class StageConfig:
             "turn relay ports: 1024 <= min < max <= 65535",
         )
         check(self.turn_hosts >= 1, "turn_hosts: >= 1")
+        check(3600 <= self.agent_token_ttl_s <= 5 * 31536000, "agent_token_ttl_s: 3600..157680000 (5 years)")
         check(len(self.pools) >= 1, "pools: at least one GPU pool")
         names = [p.name for p in self.pools]
         check(len(set(names)) == len(names), f"pools: duplicate names {names}")
@@ -99,6 +104,7 @@ def check(ok: bool, message: str) -> None:
 def check_pool(pool: GpuPool) -> None:
     where = f"pool {pool.name!r}"
     check(_NAME.match(pool.name) is not None, f"{where}: name: lowercase letters, digits, '-', 1-20")
+    check(_TENANT.match(pool.tenant) is not None, f"{where}: tenant: letters, digits, '.', '_', '-', 1-64")
     check(len(pool.instance_types) >= 1, f"{where}: instance_types: at least one")
     for t in pool.instance_types:
         m = _INSTANCE.match(t)

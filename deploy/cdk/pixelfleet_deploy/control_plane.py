@@ -125,7 +125,8 @@ class ControlPlaneStack(Stack):
             environment={},
             secrets={
                 **common_secrets,
-                "PIXELFLEET_AGENT_TOKEN": ecs.Secret.from_secrets_manager(data.agent_token),
+                # Per-host agent tokens only: with the key set, the fleet-wide token is refused.
+                "PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET": ecs.Secret.from_secrets_manager(data.agent_key),
                 "PIXELFLEET_ADMIN_TOKEN": ecs.Secret.from_secrets_manager(data.admin_token),
             },
         )

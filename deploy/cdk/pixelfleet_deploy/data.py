@@ -44,7 +44,11 @@ class DataStack(Stack):
 
         self.session_token_secret = _secret(self, "SessionTokenSecret", "HS256 key of session tokens")
         self.turn_secret = _secret(self, "TurnSecret", "coturn use-auth-secret shared secret")
-        self.agent_token = _secret(self, "AgentToken", "bearer token of GPU agents")
+        # Signs per-host agent tokens; read by the matchmaker and the pools' token functions only,
+        # never by a host (agent_tokens.py). The fleet-wide agent token is gone with it.
+        self.agent_key = _secret(
+            self, "AgentKey", "PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET: HS256 key of per-host agent tokens"
+        )
         self.admin_token = _secret(self, "AdminToken", "bearer token of operators")
         self.report_token = _secret(
             self, "ReportToken", "PIXELFLEET_REPORT_TOKEN of signalling's reports to the matchmaker"

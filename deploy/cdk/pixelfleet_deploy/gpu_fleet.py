@@ -8,6 +8,10 @@
 
 Both start the agent from the launch template's user data; scale-in protection is left to
 the autoscaler, which drains a host (``POST /admin/hosts/{id}/drain``) before it lets go.
+
+Each host authenticates with its own agent token (issue 11): the groups' lifecycle hooks
+have ``agent_tokens.AgentTokenMinter`` mint it into SSM at launch, and the host reads its
+own parameter at every boot (a warm-pool host boots twice: warming, and into service).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from pixelfleet_deploy.agent_tokens import INSTANCE_TAG, LAUNCH_TIMEOUT_S, AgentTokenMinter, lifecycle_hooks
 from pixelfleet_deploy.config import GpuPool, StageConfig
 from pixelfleet_deploy.data import DataStack
 
@@ -30,32 +35,69 @@ IMDS_TOKEN = (
 CLOUDWATCH_NAMESPACE = "Pixelfleet"
 
 
+BOOT_SCRIPT = "/var/lib/cloud/scripts/per-boot/pixelfleet-agent.sh"
+
+
 def agent_user_data(
-    *, stage: StageConfig, pool: GpuPool, region: str, image: str, matchmaker_url: str, agent_token_arn: str
+    *, stage: StageConfig, pool: GpuPool, region: str, image: str, matchmaker_url: str, token_path: str
 ) -> list[str]:
-    """Shell lines that start the agent container on a host with the NVIDIA container runtime."""
+    """Shell lines that install (and run once) the boot script that starts the agent container.
+
+    The script runs at every boot (cloud-init's per-boot scripts), so a warm-pool host that
+    is started into service reads its token and starts the agent then; while the host is
+    being warmed it only pulls the image. It waits for its token: the launch hook's function
+    writes it within seconds, while the host boots.
+    """
     env = {
         "PIXELFLEET_AGENT__MATCHMAKER_URL": matchmaker_url,
         "PIXELFLEET_AGENT__APP": pool.app,
+        "PIXELFLEET_AGENT__TENANT": pool.tenant,
         "PIXELFLEET_AGENT__REGION": region,
         "PIXELFLEET_AGENT__CLOUDWATCH_NAMESPACE": CLOUDWATCH_NAMESPACE,
         "PIXELFLEET_LOG_FORMAT": "json",
     }
     flags = " ".join(f"-e {k}={v}" for k, v in env.items())
-    return [
+    tries = LAUNCH_TIMEOUT_S // 5
+    script = [
+        "#!/bin/bash",
         "set -euo pipefail",
         IMDS_TOKEN,
         'meta() { curl -sf -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/$1; }',
         "AZ=$(meta placement/availability-zone); HOST_ID=$(meta instance-id)",
-        f"AGENT_TOKEN=$(aws secretsmanager get-secret-value --region {region} --secret-id {agent_token_arn}"
-        " --query SecretString --output text)",
+        "STATE=$(meta autoscaling/target-lifecycle-state || echo InService)",
         f"aws ecr get-login-password --region {region}"
         f" | docker login --username AWS --password-stdin {image.split('/')[0]}",
         f"docker pull {image}",
+        'case "$STATE" in Warmed:*) exit 0 ;; esac  # warming: image pulled, no agent until in service',
+        # This host's own token (agent_tokens.py); the instance role may read no other.
+        f'PARAM="{token_path}/$HOST_ID"; AGENT_TOKEN=""',
+        f"for _ in $(seq {tries}); do"
+        f' AGENT_TOKEN=$(aws ssm get-parameter --region {region} --name "$PARAM" --with-decryption'
+        " --query Parameter.Value --output text 2>/dev/null) && break; sleep 5; done",
+        '[ -n "$AGENT_TOKEN" ] || { echo "no agent token at $PARAM" >&2; exit 1; }',
+        "docker rm -f pixelfleet-agent >/dev/null 2>&1 || true",
+        # `-e NAME` alone: docker takes the value from this environment, off the command line.
+        'export PIXELFLEET_AGENT_TOKEN="$AGENT_TOKEN"',
         "docker run -d --name pixelfleet-agent --restart unless-stopped --runtime nvidia --gpus all"
-        f' --network host -e PIXELFLEET_AGENT_TOKEN="$AGENT_TOKEN" -e PIXELFLEET_AGENT__HOST_ID="$HOST_ID"'
+        ' --network host -e PIXELFLEET_AGENT_TOKEN -e PIXELFLEET_AGENT__HOST_ID="$HOST_ID"'
         f' -e PIXELFLEET_AGENT__AZ="$AZ" {flags} {image}',
     ]
+    return [
+        "set -euo pipefail",
+        f"mkdir -p {BOOT_SCRIPT.rsplit('/', 1)[0]}",
+        f"cat > {BOOT_SCRIPT} <<'PIXELFLEET_EOF'",
+        *script,
+        "PIXELFLEET_EOF",
+        f"chmod 0700 {BOOT_SCRIPT}",
+        BOOT_SCRIPT,  # per-boot scripts ran before user data on this first boot
+    ]
+
+
+def group_names(stage: StageConfig, pool: GpuPool) -> dict[str, str]:
+    """Fixed group names: the token function's rule and role name them before the groups exist,
+    and the autoscaler's ``on_demand_group``/``spot_group`` settings take them as they are."""
+    prefix = f"pixelfleet-{stage.name}-{pool.name}"
+    return {"on_demand": f"{prefix}-on-demand", "spot": f"{prefix}-spot"}
 
 
 class GpuFleetStack(Stack):
@@ -79,7 +121,29 @@ class GpuFleetStack(Stack):
             description="GPU host: read its secret and builds, pull its image, publish metrics",
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
         )
-        data.agent_token.grant_read(self.role)
+        names = group_names(stage, pool)
+        self.tokens = AgentTokenMinter(
+            self,
+            "AgentTokens",
+            stage=stage.name,
+            pool=pool.name,
+            tenants=[pool.tenant],
+            group_names=list(names.values()),
+            agent_key=data.agent_key,
+            key=data.key,
+            vpc=vpc,
+            ttl_s=stage.agent_token_ttl_s,
+        )
+        # Its own token only: the parameter carries the instance's ARN as a tag, and the role
+        # session of an instance profile carries ec2:SourceInstanceARN (docs/deploy.md).
+        own = {"StringEquals": {f"aws:ResourceTag/{INSTANCE_TAG}": "${ec2:SourceInstanceARN}"}}
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["ssm:GetParameter"],
+                resources=[self.tokens.parameters_arn],
+                conditions=own if stage.host_reads_own_token_only else None,
+            )
+        )
         data.repositories["agent"].grant_pull(self.role)
         # Named actions on named keys (grant_read/grant_put would add s3:GetObject*, s3:List* and
         # kms:GenerateDataKey*): read UE builds, write this pool's logs, under the data key.
@@ -119,7 +183,7 @@ class GpuFleetStack(Stack):
                 region=self.region,
                 image=data.repositories["agent"].repository_uri_for_tag(stage.image_tag),
                 matchmaker_url=matchmaker_url,
-                agent_token_arn=data.agent_token.secret_arn,
+                token_path=self.tokens.path,
             )
         )
         self.launch_template = ec2.LaunchTemplate(
@@ -148,6 +212,7 @@ class GpuFleetStack(Stack):
         self.on_demand = autoscaling.AutoScalingGroup(
             self,
             "OnDemand",
+            auto_scaling_group_name=names["on_demand"],
             vpc=vpc,
             vpc_subnets=private,
             min_capacity=pool.on_demand_min,
@@ -174,6 +239,7 @@ class GpuFleetStack(Stack):
         self.spot = autoscaling.AutoScalingGroup(
             self,
             "Spot",
+            auto_scaling_group_name=names["spot"],
             vpc=vpc,
             vpc_subnets=private,
             min_capacity=0,
@@ -191,3 +257,8 @@ class GpuFleetStack(Stack):
             health_checks=autoscaling.HealthChecks.ec2(grace_period=Duration.minutes(10)),
             group_metrics=[autoscaling.GroupMetrics.all()],
         )
+        for group in (self.on_demand, self.spot):
+            cfn = group.node.default_child
+            assert isinstance(cfn, autoscaling.CfnAutoScalingGroup)
+            cfn.lifecycle_hook_specification_list = lifecycle_hooks()
+            group.node.add_dependency(self.tokens)  # the function and its rule exist before any launch

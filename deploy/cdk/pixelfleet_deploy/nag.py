@@ -109,7 +109,8 @@ REASONS: dict[str, dict[str, str]] = {
         ),
         f"{AS}IAM5[Resource::*]": (
             "ecr:GetAuthorizationToken and cloudwatch:PutMetricData have no resource type; PutMetricData is "
-            "limited to the pixelfleet namespace by a condition"
+            "limited to the pixelfleet namespace by a condition. The agent-token function's role has the five "
+            "network-interface actions Lambda needs to run a function in the VPC, which take no resource either"
         ),
         f"{HIPAA}EC2RestrictedCommonPorts": (
             "The hosts' group admits only the VPC's range (agent metrics, relayed media)"
