@@ -221,3 +221,48 @@ def test_control_plane_secrets_close_their_doors(helm: str) -> None:
             if "valueFrom" in e
         }
         assert refs["PIXELFLEET_REPORT_TOKEN"] == {"name": "mine", "key": "reportToken", "optional": False}
+
+
+def test_agents_with_per_host_tokens_see_only_their_own_node_s(helm: str) -> None:
+    """agent.perHostTokens.secretName: an init container copies the token keyed by the pod's node
+    name into a memory volume; the agent container reads it there and never mounts the Secret;
+    the matchmaker gets the agent key; no fleet-wide agent token is needed."""
+    result = run_helm(
+        helm,
+        "template",
+        "pf",
+        str(CHART),
+        "--namespace",
+        "games",
+        *("--set", "secrets.values.sessionTokenSecret=" + "s" * 40, "--set", "secrets.values.reportToken=r"),
+        *(
+            "--set",
+            "secrets.values.agentKeySecret=" + "k" * 40,
+            "--set",
+            "agent.perHostTokens.secretName=pf-host-tokens",
+        ),
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for doc in docs:
+        if doc["kind"] not in ("EC2NodeClass", "NodePool"):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    (secret,) = by_kind(docs, "Secret")
+    assert "agentToken" not in secret["stringData"] and secret["stringData"]["agentKeySecret"] == "k" * 40
+    (daemonset,) = by_kind(docs, "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert {"name": "agent-tokens", "mountPath": "/agent-tokens", "readOnly": True} in init["volumeMounts"]
+    assert {e["name"]: e for e in init["env"]}["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    (agent,) = spec["containers"]
+    assert "PIXELFLEET_AGENT_TOKEN" not in {e["name"] for e in agent["env"]}
+    assert [m["name"] for m in agent["volumeMounts"]] == ["tmp", "agent-token"]  # not the Secret
+    assert "cat /run/pixelfleet/agent-token" in agent["command"][-1] and "exec pixelfleet agent" in agent["command"][-1]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["agent-tokens"]["secret"]["secretName"] == "pf-host-tokens"
+    assert volumes["agent-token"]["emptyDir"]["medium"] == "Memory"
+    matchmaker = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "pf-matchmaker")
+    env = {e["name"]: e for e in matchmaker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "agentKeySecret"
+    # the init container's script, as rendered, is valid Python
+    compile(init["command"][2], "init", "exec")
