@@ -1,6 +1,7 @@
 """The alert rules and the Grafana dashboard name only metrics that real processes export.
 
-``promtool check rules`` validates the rules file (syntax, PromQL); every ``pixelfleet_*``
+``promtool check rules`` validates the rules file (syntax, PromQL) and ``promtool test rules``
+runs its unit tests (``alerts_test.yml``); every ``pixelfleet_*``
 name in a rule or a panel must be in the exposition of a real signalling process, a real
 matchmaker process, or the agent's (rendered from a stand-in agent: no GPU here).
 """
@@ -58,7 +59,22 @@ def test_promtool_accepts_the_rules() -> None:
     promtool = require_binary("promtool")
     done = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 13 rules found" in done.stdout
+
+
+def test_promtool_unit_tests_of_the_rules_pass() -> None:
+    """deploy/prometheus/alerts_test.yml: the refusal alerts fire on a sustained rate, by the
+    reason or limit and tenant, and not on a short burst."""
+    promtool = require_binary("promtool")
+    done = subprocess.run(
+        [promtool, "test", "rules", RULES.with_name("alerts_test.yml").name],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
 
 
 async def test_rules_and_panels_name_exported_metrics(start_process: StartProcess) -> None:
