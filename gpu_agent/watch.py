@@ -10,7 +10,10 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["SignalingWatch", "StreamerStatus"]
+__all__ = ["UNKNOWN_HOLDER", "SignalingWatch", "StreamerStatus"]
+
+
+UNKNOWN_HOLDER = ""  # a credential id that matches no credential (see ``SignalingWatch.status``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,7 @@ class SignalingWatch:
         self.api_url = api_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._http: aiohttp.ClientSession | None = None
+        self._keyed = False  # signalling refused a listing without credentials: it keeps them
 
     async def _get(self, streamer_id: str, token: str | None) -> tuple[int, Any] | None:
         if self._http is None:
@@ -47,7 +51,12 @@ class SignalingWatch:
 
     async def status(self, streamer_id: str, token: str | None = None) -> StreamerStatus | None:
         """None when signalling cannot be asked (down, or an answer that makes no sense).
-        ``token``: the slot's streamer credential, which lets it read its own listing."""
+        ``token``: the slot's streamer credential, which lets it read its own listing.
+
+        A listing without ``credentialId`` where signalling keeps credentials (a holder that
+        presented none, or one a cluster node of an older release listed) has
+        ``credential_id`` ``UNKNOWN_HOLDER``, which matches no credential: only open-mode
+        signalling lists every holder without one (docs/signaling-cluster.md, upgrades)."""
         got = await self._get(streamer_id, token)
         if got is not None and got[0] == 404:
             return StreamerStatus(streaming=False)
@@ -58,11 +67,23 @@ class SignalingWatch:
             return None
         subscribers = body.get("subscribers")
         credential_id = body.get("credentialId")
+        if not isinstance(credential_id, str):
+            credential_id = UNKNOWN_HOLDER if token and await self._keeps_credentials(streamer_id) else None
         return StreamerStatus(
             streaming=body.get("streaming") is True,
             subscribers=len(subscribers) if isinstance(subscribers, list) else 0,
-            credential_id=credential_id if isinstance(credential_id, str) else None,
+            credential_id=credential_id,
         )
+
+    async def _keeps_credentials(self, streamer_id: str) -> bool:
+        """Asked only when a listing lacks ``credentialId``, and kept once signalling said
+        yes (a key is not taken away from a running cluster); no answer counts as yes, the
+        safe side (not READY), and is asked again."""
+        if not self._keyed:
+            opened = await self.open_to_streamers(streamer_id)
+            self._keyed = opened is False
+            return opened is not True
+        return True
 
     async def aclose(self) -> None:
         if self._http is not None:

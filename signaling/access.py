@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from aiohttp import web
@@ -26,6 +26,16 @@ from signaling.limits import TokenBucket
 from signaling.protocol import Credential, Role
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ViewScope(NamedTuple):
+    """What a listing caller with a session token or streamer credential may see: the
+    one streamer id it names, and only while that id's holder is of its tenant (or of
+    none known: open mode, or listed by an older node)."""
+
+    streamer_id: str
+    tenant: str
+
 
 # Every ``reason`` a refusal carries (the audit line's and the metric label's): a fixed set.
 REFUSAL_REASONS = (
@@ -205,10 +215,10 @@ class AccessGuard:
 
     # --- REST listings ------------------------------------------------------------------
 
-    def viewer(self, request: web.Request) -> str | None:
-        """The one streamer id a listing caller may see; None = everything (open mode or
-        the admin token). 401 without a valid admin token, session token or streamer
-        credential once streamer credentials are configured."""
+    def viewer(self, request: web.Request) -> ViewScope | None:
+        """The one streamer id (and tenant) a listing caller may see; None = everything
+        (open mode or the admin token). 401 without a valid admin token, session token or
+        streamer credential once streamer credentials are configured."""
         if self.keys is None:
             return None
         token = token_of(request)
@@ -232,18 +242,20 @@ class AccessGuard:
         )
 
 
-def _session_scope(keys: TokenKeys, token: str) -> str | None:
+def _session_scope(keys: TokenKeys, token: str) -> ViewScope | None:
     try:
-        return verify(keys, token).streamer_id
+        claims = verify(keys, token)
     except InvalidToken:
         return None
+    return ViewScope(claims.streamer_id, claims.tenant)
 
 
-def _streamer_scope(keys: TokenKeys, token: str) -> str | None:
+def _streamer_scope(keys: TokenKeys, token: str) -> ViewScope | None:
     try:
-        return verify_streamer(keys, token).streamer_id
+        claims = verify_streamer(keys, token)
     except InvalidToken:
         return None
+    return ViewScope(claims.streamer_id, claims.tenant)
 
 
 def _same(a: str, b: str) -> bool:

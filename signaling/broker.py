@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from signaling.peer_links import Address, AnyLink
+from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder
 
 
 class Mailbox(Protocol):
@@ -34,12 +34,14 @@ class NodeEvents(Protocol):
 
     def on_link(self, link: AnyLink) -> None: ...
     def accepts(self, to: Address, origin: Address) -> bool: ...  # may a routed frame from origin reach to?
-    def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None) -> None: ...  # None: unlisted
-    def on_directory(self, listings: list[tuple[str, Address, bool]]) -> None: ...  # a full snapshot
+    def on_listing(  # streaming None: unlisted; holder None: no credential, or unknown (an older node)
+        self, streamer_id: str, conn: Address, streaming: bool | None, holder: Holder | None = None
+    ) -> None: ...
+    def on_directory(self, listings: list[DirectoryEntry]) -> None: ...  # a full snapshot
     def on_node_lost(self, node: str) -> None: ...
     def on_cut_off(self) -> None: ...
     def on_undeliverable(self, origin: Address, to: Address, reason: str) -> None: ...
-    def local_listings(self) -> Iterable[tuple[str, Address, bool]]: ...  # to list again after a loss
+    def local_listings(self) -> Iterable[DirectoryEntry]: ...  # to list again after a loss
 
 
 class BrokerUnavailable(Exception):
@@ -60,12 +62,22 @@ class Broker(Protocol):
     def close(self, endpoint: Address) -> None: ...
     def deliver(self, to: Address, frame: bytes, origin: Address | None = None) -> bool: ...
     def relay(self, link: AnyLink) -> bool: ...
-    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool, exact: bool = False) -> str:
+    async def claim(
+        self,
+        conn: Address,
+        wanted: str,
+        old: str | None,
+        streaming: bool,
+        exact: bool = False,
+        holder: Holder | None = None,
+    ) -> str:
         """Commit ``wanted`` (or Epic's rename of it) for ``conn``, releasing ``old``;
-        ``exact``: ``wanted`` or nothing ("" when another connection holds it)."""
+        ``exact``: ``wanted`` or nothing ("" when another connection holds it). ``holder``
+        (the connection's credential) is listed with the id in the same atomic step, so
+        no node ever sees the id with another holder's credential."""
         ...
 
-    def announce(self, streamer_id: str, conn: Address, streaming: bool) -> None: ...
+    def announce(self, streamer_id: str, conn: Address, streaming: bool, holder: Holder | None = None) -> None: ...
     def withdraw(self, streamer_id: str, conn: Address) -> None: ...
     async def first_use(self, token_id: str, expires_at: int) -> bool: ...
     async def aclose(self) -> None: ...

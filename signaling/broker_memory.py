@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from signaling.broker import Mailbox, NodeEvents
-from signaling.peer_links import Address, AnyLink
+from signaling.peer_links import Address, AnyLink, Holder
 
 _LEDGER_SWEEP = 1024
 
@@ -41,10 +41,18 @@ class MemoryBroker:
     def relay(self, link: AnyLink) -> bool:
         return False  # one node: the core handles every link itself
 
-    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool, exact: bool = False) -> str:
-        raise NotImplementedError("one node: the core claims ids itself")
+    async def claim(
+        self,
+        conn: Address,
+        wanted: str,
+        old: str | None,
+        streaming: bool,
+        exact: bool = False,
+        holder: Holder | None = None,
+    ) -> str:
+        raise NotImplementedError("one node: the core claims ids itself (and lists each holder's credential)")
 
-    def announce(self, streamer_id: str, conn: Address, streaming: bool) -> None:
+    def announce(self, streamer_id: str, conn: Address, streaming: bool, holder: Holder | None = None) -> None:
         return None
 
     def withdraw(self, streamer_id: str, conn: Address) -> None:

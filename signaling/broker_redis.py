@@ -9,7 +9,10 @@
   frame's sender.
 - **The directory** (streamer id -> address, streaming flag) is a hash, changed only by
   Lua scripts that also publish each change on the directory channel; every node keeps
-  a view of it, reloaded whole after any reconnection.
+  a view of it, reloaded whole after any reconnection. The credential each id's holder
+  connected with (jti, tenant) is listed beside it, in a second hash written by the same
+  scripts, so listings show it for a streamer on any node; the entry itself keeps the
+  format older nodes read, so nodes of two releases share one cluster while it is upgraded.
 - **Liveness**: each node renews a deadline (in Redis's clock) every TTL/3; a node that
   has beaten without a gap for a whole TTL removes nodes past their deadline (and their
   streamers), and every node tells its peers about nodes that left its view. A node
@@ -39,7 +42,7 @@ from redis.exceptions import RedisError
 from pixelfleet.redis_sentinel import parse_sentinel_url, sentinel_primary
 from pixelfleet.redis_url import split_cluster_flag
 from signaling.broker import BrokerUnavailable, Mailbox, NodeEvents
-from signaling.peer_links import Address, AnyLink, decode_link, encode_link, node_of
+from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, decode_link, encode_link, node_of
 
 log = structlog.get_logger("signaling.cluster")
 
@@ -83,6 +86,33 @@ def unpack(batch: bytes) -> list[tuple[int, str, bytes]]:
     return items
 
 
+def _holder_args(holder: Holder | None) -> tuple[str, str]:
+    return ("", "") if holder is None else (holder.credential_id, holder.tenant)
+
+
+def _holder_of(fields: Any) -> Holder | None:
+    """A holder from ``[jti, tenant]``; None for anything else (missing: an older node)."""
+    if isinstance(fields, list) and len(fields) == 2:
+        jti, tenant = fields
+        if isinstance(jti, str) and jti and isinstance(tenant, str):
+            return Holder(jti, tenant)
+    return None
+
+
+def _held_by(raw: bytes | None, conn: str) -> Holder | None:
+    """The holders-hash value for an id, if it names the entry's own address: one that
+    does not is stale (an older node changed the entry) and is ignored."""
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, list) or len(value) != 3 or value[0] != conn:
+        return None
+    return _holder_of(value[1:])
+
+
 class RedisBroker:
     distributed = True
 
@@ -95,11 +125,12 @@ class RedisBroker:
         self._ttl_ms = max(int(node_ttl_s * 1000), 300)
         tag = f"{{{prefix}:sig}}"
         self._k_dir, self._k_nodes, self._k_epoch = f"{tag}:dir", f"{tag}:nodes", f"{tag}:epoch"
+        self._k_holders = f"{tag}:holders"
         self._events_channel = f"{tag}:ev"
         self._jti = f"{prefix}:sig:jti:"
         self._prefix = prefix
         self._scripts = {
-            n: redis.register_script(_script(n)) for n in ("claim", "announce", "withdraw", "beat", "leave")
+            n: redis.register_script(_script(n)) for n in ("claim", "announce", "withdraw", "beat", "leave", "snapshot")
         }
         self._boxes: dict[Address, Mailbox] = {}
         self._events: NodeEvents | None = None
@@ -171,7 +202,9 @@ class RedisBroker:
                 await asyncio.wait_for(self._writer, 1.0)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(
-                self._scripts["leave"](keys=[self._k_nodes, self._k_dir], args=[self.node_id, self._events_channel]),
+                self._scripts["leave"](
+                    keys=[self._k_nodes, self._k_dir, self._k_holders], args=[self.node_id, self._events_channel]
+                ),
                 1.0,
             )
         self._boxes.clear()
@@ -275,27 +308,41 @@ class RedisBroker:
             self._went_down(exc)
             raise BrokerUnavailable(str(exc) or type(exc).__name__) from None
 
-    async def claim(self, conn: Address, wanted: str, old: str | None, streaming: bool, exact: bool = False) -> str:
+    async def claim(
+        self,
+        conn: Address,
+        wanted: str,
+        old: str | None,
+        streaming: bool,
+        exact: bool = False,
+        holder: Holder | None = None,
+    ) -> str:
+        flags = ("1" if streaming else "0", self._events_channel, "1" if exact else "0")
         raw = await self._bounded(
             self._scripts["claim"](
-                keys=[self._k_dir],
-                args=[conn, wanted, old or "", "1" if streaming else "0", self._events_channel, "1" if exact else "0"],
+                keys=[self._k_dir, self._k_holders], args=[conn, wanted, old or "", *flags, *_holder_args(holder)]
             )
         )
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    def announce(self, streamer_id: str, conn: Address, streaming: bool) -> None:
-        self._background(self._announce(streamer_id, conn, streaming))
+    def announce(self, streamer_id: str, conn: Address, streaming: bool, holder: Holder | None = None) -> None:
+        self._background(self._announce(DirectoryEntry(streamer_id, conn, streaming, holder)))
 
-    async def _announce(self, streamer_id: str, conn: Address, streaming: bool) -> None:
+    async def _announce(self, entry: DirectoryEntry) -> None:
+        sid, conn, streaming, holder = entry
         ok = await self._scripts["announce"](
-            keys=[self._k_dir], args=[conn, streamer_id, "1" if streaming else "0", self._events_channel]
+            keys=[self._k_dir, self._k_holders],
+            args=[conn, sid, "1" if streaming else "0", self._events_channel, *_holder_args(holder)],
         )
         if not int(ok):
-            log.warning("streamer_id_conflict", streamer=streamer_id, conn=conn)
+            log.warning("streamer_id_conflict", streamer=sid, conn=conn)
 
     def withdraw(self, streamer_id: str, conn: Address) -> None:
-        self._background(self._scripts["withdraw"](keys=[self._k_dir], args=[conn, streamer_id, self._events_channel]))
+        self._background(
+            self._scripts["withdraw"](
+                keys=[self._k_dir, self._k_holders], args=[conn, streamer_id, self._events_channel]
+            )
+        )
 
     def _background(self, call: Awaitable[Any]) -> None:
         """Directory writes that nobody waits for; a failure is healed by the next re-listing."""
@@ -325,15 +372,21 @@ class RedisBroker:
             return
         if node_of(conn) == self.node_id:
             return
-        self._events.on_listing(sid, conn, (str(event[3]) == "1") if op == "+" and len(event) > 3 else None)
+        listed = op == "+" and len(event) > 3
+        # An older node's event has no holder: unknown, so trusted as no credential at all.
+        holder = _holder_of(event[4:6]) if listed else None
+        self._events.on_listing(sid, conn, (str(event[3]) == "1") if listed else None, holder)
 
     async def _reload_directory(self) -> None:
         assert self._events is not None
-        raw: dict[Any, Any] = await self._r.hgetall(self._k_dir)
+        entries, held = await self._scripts["snapshot"](keys=[self._k_dir, self._k_holders], args=[])
+        holders: dict[bytes, Any] = dict(zip(held[::2], held[1::2], strict=True))
         listings = []
-        for sid, entry in raw.items():
+        for sid, entry in zip(entries[::2], entries[1::2], strict=True):
             conn, _, streaming = entry.decode().rpartition("|")
-            listings.append((sid.decode(), Address(conn), streaming == "1"))
+            listings.append(
+                DirectoryEntry(sid.decode(), Address(conn), streaming == "1", _held_by(holders.get(sid), conn))
+            )
         self._events.on_directory(listings)
 
     # --- single-use tokens ------------------------------------------------------------
@@ -366,7 +419,7 @@ class RedisBroker:
         stable = self._stable_since is not None and now - self._stable_since >= self._ttl_ms / 1000
         fresh = secrets.token_hex(8)
         epoch, present, alive, reaped = await self._scripts["beat"](
-            keys=[self._k_nodes, self._k_epoch, self._k_dir],
+            keys=[self._k_nodes, self._k_epoch, self._k_dir, self._k_holders],
             args=[self.node_id, self._ttl_ms, fresh, "1" if stable else "0", self._events_channel],
         )
         epoch = epoch.decode()
@@ -401,8 +454,8 @@ class RedisBroker:
         listings = getattr(self._events, "local_listings", None)
         if listings is None:
             return
-        for sid, conn, streaming in listings():
-            await self._announce(sid, conn, streaming)
+        for entry in listings():
+            await self._announce(entry)
 
     # --- subscriptions ----------------------------------------------------------------
 

@@ -63,12 +63,14 @@ class Claim(NamedTuple):
     conn: Address
     wanted: str
     exact: bool = False
+    holder: links.Holder | None = None  # the connection's credential: listed with the id, atomically
 
 
 class Announce(NamedTuple):
     streamer_id: str
     conn: Address
     streaming: bool
+    holder: links.Holder | None = None
 
 
 class Withdraw(NamedTuple):
@@ -91,7 +93,14 @@ class Listing:
 
     address: Address
     streaming: bool
-    tenant: str | None = None  # its credential's tenant; known for this node's streamers only
+    tenant: str | None = None  # its holder's credential tenant (None: open mode, or listed by an older node)
+    credential_id: str | None = None  # its holder's credential jti (the same)
+
+    @property
+    def holder(self) -> links.Holder | None:
+        if self.credential_id is None or self.tenant is None:
+            return None
+        return links.Holder(self.credential_id, self.tenant)
 
 
 class Credential(NamedTuple):
@@ -101,6 +110,11 @@ class Credential(NamedTuple):
     tenant: str
     credential_id: str  # the credential's jti: /api/streamers reports it, so an agent knows its own streamer
     expires_at: int  # unix seconds: TURN credentials in its config end no later
+
+    @property
+    def holder(self) -> links.Holder:
+        """What the directory lists with the id this credential holds."""
+        return links.Holder(self.credential_id, self.tenant)
 
 
 STREAMER_ID_MAX = 128

@@ -43,12 +43,23 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
         }
         if peer.credential is not None:  # only the credential's holder makes this appear (the agent checks it)
             info["credentialId"] = peer.credential.credential_id
+            info["tenant"] = peer.credential.tenant
         return info
 
     def visible(request: web.Request) -> Callable[[str | None], bool]:
-        """Listings show a caller what its token allows (``AccessGuard.viewer``: 401 without one)."""
+        """Listings show a caller what its token allows (``AccessGuard.viewer``: 401 without
+        one): its one id, unless a holder of another tenant has it, on any node."""
         scope = node.access.viewer(request)
-        return (lambda sid: True) if scope is None else (lambda sid: sid == scope)
+        if scope is None:
+            return lambda sid: True
+
+        def shown(sid: str | None) -> bool:
+            if sid != scope.streamer_id:
+                return False
+            listing = core.listing(sid)
+            return listing is None or listing.tenant in (None, scope.tenant)
+
+        return shown
 
     async def status(request: web.Request) -> web.Response:
         shown = visible(request)
@@ -65,7 +76,11 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
 
     def listing_info(sid: str, listing: Listing) -> dict[str, Any]:
         """A streamer on another node of the cluster: what the directory knows of it."""
-        return {"streamerId": sid, "streaming": listing.streaming, "node": node_of(listing.address)}
+        info: dict[str, Any] = {"streamerId": sid, "streaming": listing.streaming, "node": node_of(listing.address)}
+        if listing.credential_id is not None:  # none: open mode, or listed by an older node (unknown)
+            info["credentialId"] = listing.credential_id
+            info["tenant"] = listing.tenant
+        return info
 
     async def streamers(request: web.Request) -> web.Response:
         # Cluster-wide: this node's streamers in full, the others' from the directory.
@@ -85,7 +100,7 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
         peer = core.streamer_by_id(sid)
         if peer is not None:
             return web.json_response(streamer_info(peer))
-        listing = dict(core.listings()).get(sid)
+        listing = core.listing(sid)
         if listing is None:
             return web.json_response({"message": f"No streamer id matches {sid}."}, status=404)
         return web.json_response(listing_info(sid, listing))

@@ -13,7 +13,7 @@ connection, so routing needs no lookup.
 
 from __future__ import annotations
 
-from typing import NewType
+from typing import NamedTuple, NewType
 
 import msgspec
 
@@ -22,6 +22,27 @@ Address = NewType("Address", str)
 
 def node_of(address: str) -> str:
     return address.partition("/")[0]
+
+
+class Holder(NamedTuple):
+    """The credential a listed streamer (or SFU) connected with: its ``jti`` and tenant.
+
+    Every node's directory view carries it, so ``/api/streamers`` and an SFU's listing
+    answer the same for a streamer on any node. None where the holder presented no
+    credential (open mode), and where a node of an older release listed it: unknown,
+    never trusted as any particular credential."""
+
+    credential_id: str
+    tenant: str
+
+
+class DirectoryEntry(NamedTuple):
+    """One streamer id in the cluster directory, as every node sees it."""
+
+    streamer_id: str
+    address: Address
+    streaming: bool
+    holder: Holder | None = None
 
 
 class Link(msgspec.Struct, tag_field="op", kw_only=True):

@@ -57,7 +57,7 @@ from signaling.core_types import (
     Withdraw,
     streamer_id_problem,
 )
-from signaling.peer_links import Address, node_of
+from signaling.peer_links import Address, DirectoryEntry, Holder, node_of
 
 __all__ = [  # the core's vocabulary lives in core_types; importers keep using this module
     "Action",
@@ -157,7 +157,7 @@ class SignalingCore:
         if self.cluster:
             peer.phase = Phase.CLAIMING
             actions.append(Send(conn, self._config(role, UNKNOWN_STREAMER, credential)))
-            actions.append(Claim(conn, UNKNOWN_STREAMER))
+            actions.append(Claim(conn, UNKNOWN_STREAMER, holder=_holder(peer)))
         else:
             self._commit_id(peer, self.unique_streamer_id(UNKNOWN_STREAMER, conn), [])
             assert peer.streamer_id is not None
@@ -247,26 +247,25 @@ class SignalingCore:
             return [Close(peer.conn, link.code, link.reason)]
         return self._streamer_gone(peer)
 
-    def listed(self, streamer_id: str, conn: Address, streaming: bool) -> None:
-        """The directory says ``streamer_id`` lives at ``conn`` (another node's streamer)."""
+    def listed(self, streamer_id: str, conn: Address, streaming: bool, holder: Holder | None = None) -> None:
+        """The directory says ``streamer_id`` lives at ``conn`` (another node's streamer),
+        held with ``holder``'s credential (None: none, or unknown)."""
         if node_of(conn) != self.node:
-            listing = self._listings.get(streamer_id)
-            if listing is None or listing.address != conn or listing.streaming != streaming:
-                self._listings[streamer_id] = Listing(conn, streaming)
+            self._listings[streamer_id] = _remote_listing(conn, streaming, holder)
 
     def unlisted(self, streamer_id: str, conn: Address) -> None:
         listing = self._listings.get(streamer_id)
         if listing is not None and listing.address == conn and node_of(conn) != self.node:
             del self._listings[streamer_id]
 
-    def replace_directory(self, listings: Iterable[tuple[str, Address, bool]]) -> None:
+    def replace_directory(self, listings: Iterable[DirectoryEntry]) -> None:
         """A full snapshot of the directory: other nodes' entries are replaced by it."""
         for sid, listing in list(self._listings.items()):
             if node_of(listing.address) != self.node:
                 del self._listings[sid]
-        for sid, conn, streaming in listings:
+        for sid, conn, streaming, holder in listings:
             if node_of(conn) != self.node and sid not in self._listings:
-                self._listings[sid] = Listing(conn, streaming)
+                self._listings[sid] = _remote_listing(conn, streaming, holder)
 
     def node_lost(self, node: str) -> list[Action]:
         """``node`` died (or this node lost touch with the cluster, for every other node):
@@ -277,11 +276,11 @@ class SignalingCore:
         """This node was declared dead by the others: every cross-node link is gone."""
         return self._cut(lambda other: other != self.node)
 
-    def local_listings(self) -> Iterator[tuple[str, Address, bool]]:
+    def local_listings(self) -> Iterator[DirectoryEntry]:
         """This node's streamers, to announce again after the directory was lost."""
         for sid, listing in self._listings.items():
             if node_of(listing.address) == self.node:
-                yield sid, listing.address, listing.streaming
+                yield DirectoryEntry(sid, listing.address, listing.streaming, listing.holder)
 
     # --- queries (REST API, metrics) ----------------------------------------------------
 
@@ -310,9 +309,13 @@ class SignalingCore:
     def listings(self) -> Iterable[tuple[str, Listing]]:
         return self._listings.items()
 
+    def listing(self, streamer_id: str) -> Listing | None:
+        return self._listings.get(streamer_id)
+
     def listed_streamer_ids(self, for_peer: Peer) -> list[str]:
         """What ``listStreamers`` answers: a session-token player sees its one streamer; an
-        SFU with a credential sees its tenant's streamers (those whose tenant this node knows)."""
+        SFU with a credential sees its tenant's streamers, on every node (the directory
+        carries each holder's tenant; one listed by an older node has none, so is not shown)."""
         if for_peer.role is Role.SFU:  # an SFU sees every registered streamer, itself included
             scope = for_peer.credential
             if scope is None:
@@ -355,7 +358,7 @@ class SignalingCore:
             return actions
         if self.cluster:
             self._wanted[peer.conn] = wanted
-            return [Claim(peer.conn, wanted, exact=scope is not None)]
+            return [Claim(peer.conn, wanted, exact=scope is not None, holder=_holder(peer))]
         self._wanted[peer.conn] = wanted
         return self.claimed(peer.conn, self._local_claim(peer, wanted))
 
@@ -366,7 +369,7 @@ class SignalingCore:
         if listing is not None and listing.address == peer.conn and listing.streaming != streaming:
             listing.streaming = streaming
             if self.cluster:
-                actions.append(Announce(peer.streamer_id or "", peer.conn, streaming))
+                actions.append(Announce(peer.streamer_id or "", peer.conn, streaming, _holder(peer)))
         return actions
 
     def send_link(self, link: links.AnyLink) -> list[Action]:
@@ -505,8 +508,9 @@ class SignalingCore:
         if old is not None:
             self._unlist(peer, actions, announce=False)
         peer.streamer_id = new
-        tenant = None if peer.credential is None else peer.credential.tenant
-        self._listings[new] = Listing(peer.conn, peer.streaming, tenant)  # the claim announced it
+        scope = peer.credential
+        tenant, jti = (None, None) if scope is None else (scope.tenant, scope.credential_id)
+        self._listings[new] = Listing(peer.conn, peer.streaming, tenant, jti)  # the claim announced it
 
     def _unlist(self, peer: Peer, actions: list[Action], *, announce: bool = True) -> None:
         sid = peer.streamer_id
@@ -589,3 +593,13 @@ class SignalingCore:
     def _count_refused(self, role: Role, kind: str) -> None:
         key = (role, kind)  # kind: one of the few problem kinds in this module, never peer input
         self.refused[key] = self.refused.get(key, 0) + 1
+
+
+def _holder(peer: Peer) -> Holder | None:
+    return None if peer.credential is None else peer.credential.holder
+
+
+def _remote_listing(conn: Address, streaming: bool, holder: Holder | None) -> Listing:
+    if holder is None:
+        return Listing(conn, streaming)
+    return Listing(conn, streaming, holder.tenant, holder.credential_id)

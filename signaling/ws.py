@@ -33,7 +33,7 @@ from signaling.config import Settings
 from signaling.join_trace import PlayerTrace
 from signaling.limits import TokenBucket
 from signaling.metrics import node_registry
-from signaling.peer_links import Address, node_of
+from signaling.peer_links import Address, DirectoryEntry, Holder, node_of
 from signaling.protocol import Announce, Claim, Close, Problem, Relay, Role, Send, SignalingCore, Withdraw
 from signaling.sessions import SessionGate
 
@@ -351,7 +351,7 @@ class SignalingNode:
             elif kind is Claim:
                 claims.append(action)
             elif kind is Announce:
-                self.broker.announce(action.streamer_id, action.conn, action.streaming)
+                self.broker.announce(action.streamer_id, action.conn, action.streaming, action.holder)
             elif kind is Withdraw:
                 self.broker.withdraw(action.streamer_id, action.conn)
         return claims
@@ -361,7 +361,12 @@ class SignalingNode:
             peer = self.core.peer(c.conn) if c.conn in self.connections else None
             try:
                 committed: str | None = await self.broker.claim(
-                    c.conn, c.wanted, peer.streamer_id if peer else None, bool(peer and peer.streaming), c.exact
+                    c.conn,
+                    c.wanted,
+                    peer.streamer_id if peer else None,
+                    bool(peer and peer.streaming),
+                    c.exact,
+                    c.holder,
                 )
             except BrokerUnavailable as exc:
                 log.warning("streamer_id_claim_failed", conn=c.conn, wanted=c.wanted, error=str(exc))
@@ -387,13 +392,13 @@ class SignalingNode:
     def accepts(self, to: Address, origin: Address) -> bool:
         return self.core.accepts(to, origin)
 
-    def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None) -> None:
+    def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None, holder: Holder | None = None) -> None:
         if streaming is None:
             self.core.unlisted(streamer_id, conn)
         else:
-            self.core.listed(streamer_id, conn, streaming)
+            self.core.listed(streamer_id, conn, streaming, holder)
 
-    def on_directory(self, listings: list[tuple[str, Address, bool]]) -> None:
+    def on_directory(self, listings: list[DirectoryEntry]) -> None:
         self.core.replace_directory(listings)
 
     def on_node_lost(self, node: str) -> None:
@@ -402,7 +407,7 @@ class SignalingNode:
     def on_cut_off(self) -> None:
         self.run(self.core.cut_off())
 
-    def local_listings(self) -> list[tuple[str, Address, bool]]:
+    def local_listings(self) -> list[DirectoryEntry]:
         return list(self.core.local_listings())
 
     def on_undeliverable(self, origin: Address, to: Address, reason: str) -> None:

@@ -1,12 +1,15 @@
 --! include: prelude
 -- List (or update) a streamer this connection holds; refused when another holds the id
 -- (two nodes claimed it while the directory was unreachable: the first keeps it).
--- KEYS[1]  {P:sig}:dir
+-- KEYS[1]  {P:sig}:dir   KEYS[2] {P:sig}:holders
 -- ARGV[1]  address   ARGV[2] streamer id   ARGV[3] streaming ('0'/'1')   ARGV[4] event channel
+-- ARGV[5]  the connection's credential jti ('' = none)   ARGV[6] its tenant
 -- Returns 1 when listed, 0 when the id belongs to another connection.
 local dir, address, id, streaming, channel = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local holders, credential, tenant = KEYS[2], ARGV[5], ARGV[6]
 local held = owner(redis.call('HGET', dir, id))
 if held and held ~= address then return 0 end
 redis.call('HSET', dir, id, address .. '|' .. streaming)
-publish(channel, {'+', id, address, streaming})
+set_holder(holders, id, address, credential, tenant)
+publish(channel, listed(id, address, streaming, credential, tenant))
 return 1

@@ -3,7 +3,7 @@
 -- Deadlines are in Redis's clock, so nodes' clocks never need to agree.
 -- KEYS[1]  {P:sig}:nodes   sorted set: node -> deadline (ms)
 -- KEYS[2]  {P:sig}:epoch   random id written once per Redis data set
--- KEYS[3]  {P:sig}:dir
+-- KEYS[3]  {P:sig}:dir   KEYS[4] {P:sig}:holders
 -- ARGV[1]  node id   ARGV[2] TTL (ms)   ARGV[3] an epoch to write if none
 -- ARGV[4]  '1' if this node may reap (it has beaten without a gap for a whole TTL)
 -- ARGV[5]  the directory's event channel
@@ -34,6 +34,15 @@ if may_reap == '1' then
       if address and dead[node_of(address)] then
         redis.call('HDEL', dir, entries[i])
         publish(channel, {'-', entries[i], address})
+      end
+    end
+    -- Holders of ids no longer held at their address: those just reaped, and those an
+    -- older node (which knows nothing of this hash) removed or took over.
+    local held = redis.call('HGETALL', KEYS[4])
+    for i = 1, #held, 2 do
+      local ok, holder = pcall(cjson.decode, held[i + 1])
+      if not ok or type(holder) ~= 'table' or owner(redis.call('HGET', dir, held[i])) ~= holder[1] then
+        redis.call('HDEL', KEYS[4], held[i])
       end
     end
   end

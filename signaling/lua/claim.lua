@@ -2,14 +2,17 @@
 -- Commit a streamer id for one connection, unique in the cluster by Epic's rule:
 -- "Cam" wanted while "Cam" (or "Cam<N>") is held by another -> "Cam<max N + 1>".
 -- KEYS[1]  {P:sig}:dir     hash: streamer id -> entry
+-- KEYS[2]  {P:sig}:holders hash: streamer id -> JSON [address, credential jti, tenant]
 -- ARGV[1]  the connection's address
 -- ARGV[2]  the id it wants
 -- ARGV[3]  the id it holds now ('' = none): released if the id changes
 -- ARGV[4]  whether it streams ('0' or '1')
 -- ARGV[5]  the directory's event channel
 -- ARGV[6]  '1': exactly this id or nothing (a streamer credential's id is never renamed)
+-- ARGV[7]  the connection's credential jti ('' = none: open mode)   ARGV[8] its tenant
 -- Returns the committed id ('' when an exact claim finds the id held by another).
 local dir, address, wanted, old, streaming, channel = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local holders, credential, tenant = KEYS[2], ARGV[7], ARGV[8]
 if ARGV[6] == '1' then
   local holder = redis.call('HGET', dir, wanted)
   if holder and owner(holder) ~= address then return '' end
@@ -32,8 +35,10 @@ local committed = wanted
 if top >= 0 then committed = wanted .. tostring(top + 1) end
 if old ~= '' and old ~= committed and owner(redis.call('HGET', dir, old)) == address then
   redis.call('HDEL', dir, old)
+  redis.call('HDEL', holders, old)
   publish(channel, {'-', old, address})
 end
 redis.call('HSET', dir, committed, address .. '|' .. streaming)
-publish(channel, {'+', committed, address, streaming})
+set_holder(holders, committed, address, credential, tenant)
+publish(channel, listed(committed, address, streaming, credential, tenant))
 return committed

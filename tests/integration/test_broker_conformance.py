@@ -10,12 +10,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 import pytest
 
 from signaling.broker import Broker
 from signaling.broker_memory import MemoryBroker
 from signaling.broker_redis import RedisBroker, pack, unpack
-from signaling.peer_links import Address, AnyLink, Unsubscribe
+from signaling.config import Settings
+from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, Unsubscribe
+from signaling.protocol import Action, Credential, Role, SignalingCore
+from signaling.ws import SignalingNode
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +42,7 @@ class Node:
     def __init__(self) -> None:
         self.links: list[AnyLink] = []
         self.listings: dict[str, tuple[Address, bool]] = {}
+        self.holders: dict[str, Holder | None] = {}
         self.lost: list[str] = []
         self.cut_offs = 0
         self.undeliverable: list[tuple[Address, Address]] = []
@@ -54,15 +59,18 @@ class Node:
     def accepts(self, to: Address, origin: Address) -> bool:
         return (to, origin) in self.linked
 
-    def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None) -> None:
+    def on_listing(self, streamer_id: str, conn: Address, streaming: bool | None, holder: Holder | None = None) -> None:
         if streaming is None:
             self.listings.pop(streamer_id, None)
+            self.holders.pop(streamer_id, None)
         else:
             self.listings[streamer_id] = (conn, streaming)
+            self.holders[streamer_id] = holder
         self._tick()
 
-    def on_directory(self, listings: list[tuple[str, Address, bool]]) -> None:
-        self.listings = {sid: (conn, s) for sid, conn, s in listings}
+    def on_directory(self, listings: list[DirectoryEntry]) -> None:
+        self.listings = {e.streamer_id: (e.address, e.streaming) for e in listings}
+        self.holders = {e.streamer_id: e.holder for e in listings}
         self._tick()
 
     def on_node_lost(self, node: str) -> None:
@@ -77,7 +85,7 @@ class Node:
         self.undeliverable.append((origin, to))
         self._tick()
 
-    def local_listings(self) -> list[tuple[str, Address, bool]]:
+    def local_listings(self) -> list[DirectoryEntry]:
         return []
 
     async def until(self, check: Callable[[], bool]) -> None:
@@ -99,11 +107,7 @@ async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroke
     prefix = f"conf{id(request)}"
 
     async def make(node_id: str) -> tuple[Broker, Node]:
-        broker: Broker
-        if url is None:
-            broker = MemoryBroker(node_id)
-        else:
-            broker = RedisBroker.from_url(url, node_id=node_id, node_ttl_s=0.9, prefix=prefix)
+        broker = _broker(url, node_id, prefix)
         node = Node()
         await broker.start(node)
         made.append(broker)
@@ -113,6 +117,59 @@ async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroke
     for broker in made:
         with contextlib.suppress(Exception):
             await broker.aclose()
+
+
+def _broker(url: str | None, node_id: str, prefix: str) -> Broker:
+    if url is None:
+        return MemoryBroker(node_id)
+    return RedisBroker.from_url(url, node_id=node_id, node_ttl_s=0.9, prefix=prefix)
+
+
+MakeNode = Callable[[str], Awaitable[SignalingNode]]
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def make_node(request: pytest.FixtureRequest) -> AsyncIterator[MakeNode]:
+    """A real ``SignalingNode`` (core and broker, no sockets) per call, on one broker kind."""
+    kind = request.param
+    url = None if kind == "memory" else request.getfixturevalue("redis_url" if kind == "redis" else "redis_cluster_url")
+    made: list[Broker] = []
+    prefix = f"node{id(request)}"
+
+    async def make(node_id: str) -> SignalingNode:
+        broker = _broker(url, node_id, prefix)
+        core = SignalingCore(node=node_id, cluster=broker.distributed, player_id_prefix=f"P{node_id}-")
+        node = SignalingNode(Settings(), core, broker)
+        await broker.start(node)
+        made.append(broker)
+        return node
+
+    yield make
+    for broker in made:
+        with contextlib.suppress(Exception):
+            await broker.aclose()
+
+
+async def drive(node: SignalingNode, actions: list[Action]) -> None:
+    """Carry out a core's actions as ``SignalingNode`` does for a socket, claims included."""
+    for c in node.run(actions):
+        peer = node.core.peer(c.conn)
+        committed = await node.broker.claim(c.conn, c.wanted, peer.streamer_id, peer.streaming, c.exact, c.holder)
+        await drive(node, node.core.claimed(c.conn, committed))
+
+
+async def identified(node: SignalingNode, role: Role, streamer_id: str, credential: Credential | None) -> Address:
+    conn, actions = node.core.connect(role, credential=credential)
+    await drive(node, actions)
+    await drive(node, node.core.receive(conn, {"type": "endpointId", "id": streamer_id}))
+    assert node.core.peer(conn).streamer_id == streamer_id
+    return conn
+
+
+async def until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not check():
+            await asyncio.sleep(0.02)
 
 
 async def test_local_frames_arrive_in_order_and_closed_ones_are_refused(make_broker: MakeBroker) -> None:
@@ -195,3 +252,94 @@ def test_batches_round_trip_and_truncation_is_refused() -> None:
     assert unpack(pack(items)) == items
     with pytest.raises(ValueError, match="truncated"):
         unpack(pack(items)[:-3])
+
+
+# --- the holder's credential in the directory (issue 11) -----------------------------------
+
+
+def holder_of(node: SignalingNode, streamer_id: str) -> tuple[str | None, str | None] | None:
+    """What a node's view says of an id's holder: (credential id, tenant); None: not listed."""
+    listing = node.core.listing(streamer_id)
+    return None if listing is None else (listing.credential_id, listing.tenant)
+
+
+def sfu_sees(node: SignalingNode, sfu: Address) -> set[str]:
+    return set(node.core.listed_streamer_ids(node.core.peer(sfu)))
+
+
+async def test_every_nodes_view_lists_the_holders_credential_and_tenant(make_node: MakeNode) -> None:
+    """A streamer's credential id and tenant are in every node's view of the directory, so
+    listings answer the same wherever the streamer is; one node (memory) is its own view."""
+    a = await make_node("a")
+    far = await make_node("b") if a.broker.distributed else a  # the view of another node
+    conn = await identified(a, Role.STREAMER, "cam-x", Credential("cam-x", "acme", "jti-x", 4_000_000_000))
+    await identified(a, Role.STREAMER, "cam-open", None)
+    await identified(a, Role.SFU, "sfu-1", Credential("sfu-1", "acme", "jti-s", 4_000_000_000))
+    for view in {a, far}:
+        await until(lambda v=view: holder_of(v, "sfu-1") is not None)  # type: ignore[misc]
+        assert holder_of(view, "cam-x") == ("jti-x", "acme")
+        assert holder_of(view, "cam-open") == (None, None)
+        listing = view.core.listing("cam-x")
+        assert listing is not None and listing.address == conn and listing.streaming
+    # An SFU on the far node lists its own tenant's streamers there, as on one node.
+    ours = await identified(far, Role.SFU, "sfu-3", Credential("sfu-3", "acme", "jti-3", 4_000_000_000))
+    theirs = await identified(far, Role.SFU, "sfu-2", Credential("sfu-2", "other", "jti-o", 4_000_000_000))
+    assert sfu_sees(far, ours) == {"cam-x", "sfu-1", "sfu-3"}
+    assert sfu_sees(far, theirs) == {"sfu-2"}
+    # The id's next holder, without a credential, is never listed with the old one's.
+    await drive(a, a.core.disconnect(conn))
+    await until(lambda: holder_of(far, "cam-x") is None)
+    await identified(a, Role.STREAMER, "cam-x", None)
+    for view in {a, far}:
+        await until(lambda v=view: holder_of(v, "cam-x") is not None)  # type: ignore[misc]
+        assert holder_of(view, "cam-x") == (None, None)
+
+
+async def test_the_holder_travels_with_claims_and_reloads_and_an_older_nodes_entry_is_unknown(
+    make_broker: MakeBroker,
+) -> None:
+    a, _ = await make_broker("a")
+    if not isinstance(a, RedisBroker):
+        pytest.skip("one node: no directory to share (the core lists its own streamers' holders)")
+    b, node_b = await make_broker("b")
+    redis, holders = a._r, a._k_holders  # noqa: SLF001 - what an older node writes, and what is left
+    acme = Holder("jti-1", "acme")
+    assert await a.claim(Address("a/1"), "cam", None, True, exact=True, holder=acme) == "cam"
+    await node_b.until(lambda: node_b.holders.get("cam") == acme)
+    # The entry keeps the one format older nodes parse (everything before the last '|' is the address).
+    assert await redis.hget(a._k_dir, "cam") == b"a/1|1"  # noqa: SLF001
+    c, node_c = await make_broker("c")  # a node joining now reloads the holder with the entry
+    await node_c.until(lambda: node_c.holders.get("cam") == acme)
+    a.announce("cam", Address("a/1"), False, acme)  # a streaming change keeps it
+    await node_b.until(lambda: node_b.listings.get("cam") == (Address("a/1"), False))
+    assert node_b.holders["cam"] == acme
+    # An older node lists an id: no holder in its entry or event, so no credential is known.
+    await redis.hset(a._k_dir, "old-cam", "z/1|1")  # noqa: SLF001
+    await redis.spublish(a._events_channel, orjson.dumps(["+", "old-cam", "z/1", "1"]))  # noqa: SLF001
+    await node_b.until(lambda: "old-cam" in node_b.listings)
+    assert node_b.holders["old-cam"] is None
+    # A holder naming another address is stale (an older node took the id over): ignored.
+    await redis.hset(holders, "old-cam", orjson.dumps(["q/9", "jti-stale", "acme"]))
+    assert isinstance(c, RedisBroker)
+    await c._reload_directory()  # noqa: SLF001 - what any reconnection does
+    assert node_c.holders == {"cam": acme, "old-cam": None}
+    a.withdraw("cam", Address("a/1"))  # the holder leaves with the id
+    await node_b.until(lambda: "cam" not in node_b.listings)
+    assert not await redis.hexists(holders, "cam")
+
+
+async def test_a_dead_nodes_holders_and_stale_ones_are_reaped(make_broker: MakeBroker) -> None:
+    a, node_a = await make_broker("a")
+    if not isinstance(a, RedisBroker):
+        pytest.skip("one node")
+    b, _ = await make_broker("b")
+    assert isinstance(b, RedisBroker)
+    redis, holders = a._r, a._k_holders  # noqa: SLF001
+    await b.claim(Address("b/1"), "OnB", None, True, exact=True, holder=Holder("jti-b", "t"))
+    await redis.hset(holders, "gone", orjson.dumps(["x/1", "jti-g", "t"]))  # an older node removed its entry
+    await node_a.until(lambda: "OnB" in node_a.listings)
+    assert await redis.hexists(holders, "OnB")
+    for task in b._tasks:  # noqa: SLF001 - a crash: no goodbye
+        task.cancel()
+    await node_a.until(lambda: node_a.lost == ["b"])
+    assert await redis.hgetall(holders) == {}

@@ -14,8 +14,17 @@ import msgspec
 
 from signaling import errors
 from signaling import messages as m
-from signaling.peer_links import Address, Kick, StreamerGone, Subscribe, SubscribeRefused, Unsubscribe, node_of
-from signaling.protocol import Announce, Claim, Close, Relay, Role, Send, SignalingCore, Withdraw
+from signaling.peer_links import (
+    Address,
+    DirectoryEntry,
+    Kick,
+    StreamerGone,
+    Subscribe,
+    SubscribeRefused,
+    Unsubscribe,
+    node_of,
+)
+from signaling.protocol import Announce, Claim, Close, Credential, Relay, Role, Send, SignalingCore, Withdraw
 
 
 class Wire:
@@ -41,18 +50,22 @@ class Wire:
                 assert isinstance(link, Subscribe | SubscribeRefused | Unsubscribe | StreamerGone | Kick)
                 self.run(self.cores[node_of(link.to)].link(link))
             elif isinstance(a, Claim):
-                self.run(self.cores[node_of(a.conn)].claimed(a.conn, self._claim(a.conn, a.wanted)))
+                self.run(self.cores[node_of(a.conn)].claimed(a.conn, self._claim(a)))
             elif isinstance(a, Announce):
                 self.directory[a.streamer_id] = a.conn
                 for core in self.cores.values():
-                    core.listed(a.streamer_id, a.conn, a.streaming)
+                    core.listed(a.streamer_id, a.conn, a.streaming, a.holder)
             elif isinstance(a, Withdraw):
                 self.directory.pop(a.streamer_id, None)
                 for core in self.cores.values():
                     core.unlisted(a.streamer_id, a.conn)
 
-    def _claim(self, conn: Address, wanted: str) -> str:
-        """What claim.lua does: Epic's rule over the whole directory, then list it."""
+    def _claim(self, claim: Claim) -> str:
+        """What claim.lua does: Epic's rule over the whole directory, then list it (with
+        the holder's credential)."""
+        conn, wanted = claim.conn, claim.wanted
+        if claim.exact and self.directory.get(wanted, conn) != conn:
+            return ""
         pattern = re.compile(re.escape(wanted) + r"(\d*)")
         taken = [
             int(x.group(1) or 0) for sid, a in self.directory.items() if a != conn and (x := pattern.fullmatch(sid))
@@ -61,7 +74,7 @@ class Wire:
         for sid, a in list(self.directory.items()):
             if a == conn:
                 self.run([Withdraw(sid, conn)])
-        self.run([Announce(committed, conn, False)])
+        self.run([Announce(committed, conn, False, claim.holder)])
         return committed
 
     def connect(self, node: str, role: Role) -> Address:
@@ -189,7 +202,7 @@ def test_a_cut_off_node_drops_only_its_cross_node_links() -> None:
     w.run(w.cores["a"].cut_off())
     assert w.got(s) == [{"type": "playerDisconnected", "playerId": "Pb-0"}]
     assert w.closed == {}  # b's player is b's business (b sees a as lost)
-    assert list(w.cores["a"].local_listings()) == [("Cam", s, True)]
+    assert list(w.cores["a"].local_listings()) == [DirectoryEntry("Cam", s, True)]
 
 
 def test_a_claim_answered_after_the_streamer_left_gives_the_id_back() -> None:
@@ -209,3 +222,38 @@ def test_a_claim_that_could_not_reach_the_directory_uses_the_local_view() -> Non
     assert out == [Claim(conn, "Cam")]
     confirm = [a for a in core.claimed(conn, None) if isinstance(a, Send)]
     assert confirm[0].message == m.EndpointIdConfirm(committedId="Cam1")
+
+
+def credential(streamer_id: str, tenant: str, jti: str) -> Credential:
+    return Credential(streamer_id, tenant, jti, 4_000_000_000)
+
+
+def test_every_node_sees_a_holders_credential_and_tenant() -> None:
+    """The directory carries each holder's jti and tenant, so an SFU on another node lists
+    its tenant's streamers (as on one node) and nothing else."""
+    w = Wire("a", "b")
+    s, actions = w.cores["b"].connect(Role.STREAMER, credential=credential("cam-x", "acme", "jti-1"))
+    w.run(actions)
+    w.send(s, type="endpointId", id="cam-x")
+    listing = w.cores["a"].listing("cam-x")
+    assert listing is not None and (listing.credential_id, listing.tenant) == ("jti-1", "acme")
+    w.streamer("b", "Open")  # open mode: no credential, no tenant
+    remote = w.cores["a"].listing("Open")
+    assert remote is not None and remote.credential_id is None and remote == w.cores["b"].listing("Open")
+    ours, _ = w.cores["a"].connect(Role.SFU, credential=credential("sfu-1", "acme", "jti-s"))
+    theirs, _ = w.cores["a"].connect(Role.SFU, credential=credential("sfu-2", "other", "jti-t"))
+    assert w.cores["a"].listed_streamer_ids(w.cores["a"].peer(ours)) == ["cam-x"]
+    assert w.cores["a"].listed_streamer_ids(w.cores["a"].peer(theirs)) == []
+    # One the directory lists without a holder (an older node's entry): unknown, not shown.
+    w.cores["a"].listed("cam-old", Address("c/0"), True)
+    assert w.cores["a"].listed_streamer_ids(w.cores["a"].peer(ours)) == ["cam-x"]
+
+
+def test_a_relisted_streamer_keeps_its_holder() -> None:
+    """After the directory was lost, a node lists its streamers again with their credentials."""
+    w = Wire("a")
+    s, actions = w.cores["a"].connect(Role.STREAMER, credential=credential("cam-x", "acme", "jti-1"))
+    w.run(actions)
+    w.send(s, type="endpointId", id="cam-x")
+    (entry,) = w.cores["a"].local_listings()
+    assert entry.holder is not None and entry.holder == ("jti-1", "acme")
