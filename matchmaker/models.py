@@ -1,7 +1,8 @@
 """The matchmaker's nouns: hosts, slots, sessions, queue tickets, and the API bodies.
 
-Slots: ``starting -> ready -> assigned -> resetting -> ready``, plus ``draining`` and
-``dead``. Sessions: ``assigned -> connected -> (disconnected: grace) -> ended``.
+Slots: ``starting -> ready -> assigned -> resetting -> ready``, plus ``dead``, and
+``ready -> draining -> starting`` (the agent restarting an idle streamer).
+Sessions: ``assigned -> connected -> (disconnected: grace) -> ended``.
 Every struct is plain data so that both stores (memory, Redis) hold exactly the same
 thing and the conformance suite can compare them.
 """
@@ -91,7 +92,10 @@ class HostRegistration(Struct, kw_only=True):
 
 class SlotReport(Struct, kw_only=True):
     index: int
-    state: SlotState  # the agent's view: starting, ready, resetting, dead
+    # The agent's view: starting, ready, resetting, dead; or draining: an idle slot the
+    # agent wants out of placement before it restarts its streamer (a credential renewal),
+    # answered in the reply's ``busy`` when a session already holds it.
+    state: SlotState
     nvenc_load: float = 0.0  # 0..1
     gpu_load: float = 0.0  # 0..1
     # The session the agent last reset this slot after. A slot whose session ended only
@@ -146,7 +150,7 @@ class SlotReset(Struct, kw_only=True):
 
 class HeartbeatReply(Struct, kw_only=True):
     """What the agent must do: reset these slots (their sessions ended); send a full
-    heartbeat next (``snapshot``)."""
+    heartbeat next (``snapshot``); keep these slots' streamers (``busy``)."""
 
     reset: list[SlotReset] = []
     draining: bool = False
@@ -158,6 +162,10 @@ class HeartbeatReply(Struct, kw_only=True):
     # Each slot's current streamer credential by slot index; absent when the matchmaker
     # holds no session-token signing key (an agent older than the field never gets it).
     streamer_tokens: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    # The indexes of the slots this heartbeat reported ``draining`` that a session holds
+    # (ASSIGNED): their streamers must not restart. Left out when empty, so an agent older
+    # than the field (it never reports ``draining``) reads every reply.
+    busy: list[int] | msgspec.UnsetType = msgspec.UNSET
 
 
 class AllocationRequest(Struct, kw_only=True):

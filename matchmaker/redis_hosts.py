@@ -262,6 +262,7 @@ class RedisHosts(RedisBase):
             ended += [(-1, s) for s in await self._propagate([host_id], now)]
         calls = self._beats(host_id, known.tenants, known.tenant_of, inc, now, hb)
         resets: dict[str, str] = {}
+        busy: list[int] = []  # positions in hb.slots
         applied = True
         for out in await self._batch(calls):
             if not int(out[0]):
@@ -272,6 +273,7 @@ class RedisHosts(RedisBase):
             flat = out[2]
             resets.update((text(flat[i]), text(flat[i + 1])) for i in range(0, len(flat), 2))
             applied = applied and bool(int(out[3]))
+            busy += [int(p) for p in out[4]]
         ended.sort(key=lambda e: e[0])
         sessions = [s for _, s in ended]
         if sessions:
@@ -286,6 +288,8 @@ class RedisHosts(RedisBase):
         )
         if hb.seq > 0 and not applied:
             reply.snapshot = True
+        if busy:
+            reply.busy = [hb.slots[p].index for p in sorted(busy)]
         return sessions, reply
 
     @guarded

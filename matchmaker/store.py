@@ -136,11 +136,15 @@ class Store(Protocol):
         the next ``expire_hosts`` returns them); the agent registers again, and that new
         incarnation's first heartbeat's reports apply at once.
 
-        A slot the agent reports ``ready`` becomes READY from STARTING or DEAD, and from
-        RESETTING only when the report's ``reset_for`` names the session that ended
-        there; an ASSIGNED slot stays assigned. A slot reported ``dead`` or ``starting``
-        while ASSIGNED ends its session (SLOT_FAILED). Returns the sessions that ended
-        and the reply (slots to reset). Raises UnknownHost / HostConflict.
+        A slot the agent reports ``ready`` becomes READY from STARTING, DEAD or DRAINING,
+        and from RESETTING only when the report's ``reset_for`` names the session that
+        ended there; an ASSIGNED slot stays assigned. A slot reported ``dead`` or
+        ``starting`` while ASSIGNED ends its session (SLOT_FAILED). A slot reported
+        ``draining`` (the agent will restart it) becomes DRAINING, out of placement, from
+        READY, STARTING or DEAD; an ASSIGNED one keeps its session and is listed in the
+        reply's ``busy`` (left out when empty); a RESETTING one stays so. Returns the
+        sessions that ended and the reply (slots to reset). Raises UnknownHost /
+        HostConflict.
         """
 
     async def set_draining(self, host_id: str, draining: bool) -> Host:

@@ -44,6 +44,8 @@ from matchmaker.store import (
 from matchmaker.timeouts import due_endings, overdue_by
 
 _FINISHED_TICKETS_KEPT = 10_000
+# The reports a slot that is neither ASSIGNED nor RESETTING takes as its state.
+_TAKEN = (SlotState.READY, SlotState.STARTING, SlotState.DEAD, SlotState.DRAINING)
 
 
 _T = TypeVar("_T", bound=msgspec.Struct)
@@ -133,6 +135,7 @@ class MemoryStore:
         elif applies:
             self._seqs.pop(host_id, None)
         ended: list[Session] = []
+        busy: list[int] = []  # reported draining while a session holds them
         if applies and hb.gpus:
             loads = {g.index: (g.nvenc_load, g.gpu_load) for g in hb.gpus}
             for sid in host.slot_ids:
@@ -152,6 +155,8 @@ class MemoryStore:
                         ended.append(done)
                     slot.state = report.state
                     slot.ended_session = None
+                elif report.state is SlotState.DRAINING:
+                    busy.append(report.index)  # the session keeps it: the agent must not restart it
                 continue
             if slot.state is SlotState.RESETTING:
                 if report.state is SlotState.READY and report.reset_for == slot.ended_session:
@@ -159,7 +164,7 @@ class MemoryStore:
                 elif report.state is SlotState.DEAD:
                     slot.state, slot.ended_session = SlotState.DEAD, None
                 continue
-            if report.state in (SlotState.READY, SlotState.STARTING, SlotState.DEAD):
+            if report.state in _TAKEN:  # DRAINING: out of placement until a ready report
                 slot.state = report.state
         reply = HeartbeatReply(
             reset=[
@@ -171,6 +176,8 @@ class MemoryStore:
         )
         if hb.seq > 0 and not applies:
             reply.snapshot = True
+        if busy:
+            reply.busy = busy
         return ended, reply
 
     async def set_draining(self, host_id: str, draining: bool) -> Host:

@@ -24,8 +24,13 @@
 -- ARGV[7] [[GPU index, NVENC load, GPU load], ...]: a GPU report moves the placement
 -- score of each claimable slot on that GPU (one ZADD XX per index), without reading or
 -- writing the slots; a slot on a GPU ignores its own report's loads.
+-- A slot reported 'draining' (the agent wants it out of placement to restart its
+-- streamer) becomes DRAINING, out of the indexes, unless a session holds it: an ASSIGNED
+-- one stays so, and its position is returned in busy. A DRAINING one reported 'ready' is
+-- READY again.
 -- Returns {0} (not this incarnation, or dead: nothing changed) or {1, {position, ended
--- Session JSON, ...} (SLOT_FAILED), {slot id, session to reset after, ...}, applied 1|0}.
+-- Session JSON, ...} (SLOT_FAILED), {slot id, session to reset after, ...}, applied 1|0,
+-- {position, ...} (busy)}.
 local K = tenant_keys(1)
 local K_seq, K_rs, K_gl, K_gs = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 local host, now = ARGV[1], tonumber(ARGV[3])
@@ -63,7 +68,7 @@ if full then
 else
   applies = last ~= nil and seq == last + 1
 end
-local ended, resets = {}, {}
+local ended, resets, busy = {}, {}, {}
 if applies then
   if seq > 0 then
     redis.call('HSET', K_seq, host, string.format('%d:%d', hc.i, seq))
@@ -97,6 +102,8 @@ if applies then
           if e then ended[#ended + 1] = tostring(r[1]); ended[#ended + 1] = e end
           slot = cjson.decode(redis.call('HGET', K.slots, sid))
           slot.state = st; slot.ended_session = NULL
+        elseif st == 'draining' then
+          busy[#busy + 1] = r[1]
         end
       elseif slot.state == 'resetting' then
         if st == 'ready' and rf == slot.ended_session then
@@ -107,7 +114,7 @@ if applies then
           -- A slot that went resetting before K_rs existed is listed from its first full beat.
           redis.call('HSET', K_rs, sid, slot.ended_session)
         end
-      elseif st == 'ready' or st == 'starting' or st == 'dead' then
+      elseif st == 'ready' or st == 'starting' or st == 'dead' or st == 'draining' then
         slot.state = st
       end
       redis.call('HSET', K.slots, sid, enc(slot))
@@ -133,4 +140,4 @@ for n = 1, #rs, 2 do
     redis.call('HDEL', K_rs, sid)
   end
 end
-return {1, ended, resets, applies and 1 or 0}
+return {1, ended, resets, applies and 1 or 0, busy}
