@@ -20,7 +20,7 @@ import structlog
 from gpu_agent.client import MatchmakerClient
 from gpu_agent.cloudwatch import CloudWatchPublisher, cancel
 from gpu_agent.config import AgentSettings
-from gpu_agent.credentials import CredentialGate
+from gpu_agent.credentials import CredentialGate, acknowledged
 from gpu_agent.drain import DrainReason, SpotNotice, SpotWatcher
 from gpu_agent.metrics import MetricsServer
 from gpu_agent.probe import GpuSampler, NvmlSampler, Telemetry
@@ -88,6 +88,7 @@ class Agent:
             gate.matchmaker_tried = self.reporter.tried
         else:
             gate.matchmaker_tried.set()  # no credentials will come: signalling says whether it needs them
+            gate.drain_first = False  # and no matchmaker to take a slot out of placement first
         self.slots = SlotSet(plan_slots(s, sample), s, self.slots.watch, self._changed, gate)
         if s.metrics_port >= 0:
             self.metrics = MetricsServer(self, s.metrics_host, s.metrics_port)
@@ -215,6 +216,10 @@ class Agent:
             self.slots.set_tokens(reply.streamer_tokens)
         for r in reply.reset:
             self.slots.reset(r.index, r.session_id)
+        sent = self.reporter.last_delivered if self.reporter is not None else None  # what this reply answers
+        for index, busy in acknowledged(sent.slots if sent else (), reply).items():
+            if 0 <= index < len(self.slots):  # a renewal's draining report, applied: restart, or keep if busy
+                self.slots.slots[index].renewal_answer(busy)
         if reply.draining and DrainReason.ADMIN not in self.drain_reasons:
             self.drain(DrainReason.ADMIN)
         elif not reply.draining and DrainReason.ADMIN in self.drain_reasons:

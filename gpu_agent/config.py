@@ -57,6 +57,9 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
     # An idle streamer whose launch credential has this long or less left is restarted with
     # the newest (gpu_agent/credentials.py); the matchmaker's are 900 s, renewed at half life.
     credential_renew_margin_s: float = 60.0
+    # At most this many slots of the host renew at once (each from draining to READY again),
+    # oldest credential first; renewals start early enough for all to finish by the margin.
+    credential_renew_concurrency: int = 1
     # Telemetry.
     sample_period_s: float = 1.0
     # Exposition.
@@ -84,6 +87,8 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
             raise ConfigError("agent.full_heartbeat_every must be 1 or more (1: every heartbeat full)")
         if self.credential_renew_margin_s < 0:
             raise ConfigError("agent.credential_renew_margin_s cannot be negative")
+        if self.credential_renew_concurrency < 1:
+            raise ConfigError("agent.credential_renew_concurrency must be 1 or more")
         if self.slots < 0 or self.slots_per_gpu < 0 or any(n < 0 for n in self.gpu_slots):
             raise ConfigError("slot counts cannot be negative")
 

@@ -157,6 +157,13 @@ def write(agent: Agent, w: _Writer) -> None:
             slot.renewals,
             **lab,
         )
+        w.metric(
+            "slot_credential_renewals_kept_total",
+            "counter",
+            "renewals cancelled: the matchmaker answered that a session holds the slot",
+            slot.renewal.kept,
+            **lab,
+        )
         w.metric("slot_last_cold_start_seconds", "gauge", "spawn to streaming, last start", slot.cold_start_s, **lab)
         w.summary(
             "slot_cold_start_seconds",

@@ -85,7 +85,7 @@ class Reporter:
         self.failed = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
-        self.last_delivered: Heartbeat | None = None
+        self.last_delivered: Heartbeat | None = None  # during on_reply: the heartbeat it answers
         self.last_delivered_at: float | None = None  # time.monotonic()
         self._lock = asyncio.Lock()
         self._poked = asyncio.Event()

@@ -6,11 +6,14 @@ A slot's life (``Phase``; in brackets what the heartbeat reports)::
     READY --matchmaker: reset(session)--> RESETTING [resetting] --streaming again--> READY, reset_for=session
     any --process exits / never streams in startup_timeout_s / spawn fails--> BACKOFF [dead] --delay--> STARTING
     any --stop (drain)--> STOPPED [dead] --resume--> STARTING
-    READY, idle, credential near expiry / any idle, credential expired, not listed --> STARTING (restart)
+    READY, idle, credential near expiry, its turn --> READY [draining] --matchmaker: not busy--> STARTING
+                                                      (busy: a session holds it --> READY [ready])
+    any idle, credential expired, not listed --> STARTING (restart)
 
 Where signalling needs streamer credentials a slot starts only once it has one (from
 the registration reply on), and an idle streamer is restarted with the newest before its
-launch credential expires (``credentials.py``; docs/protocol.md "Streamer credentials").
+launch credential expires, once the matchmaker has taken it out of placement, a slot of
+the host at a time (``credentials.py``; docs/protocol.md "Streamer credentials").
 
 READY means the streamer has connected and identified to signalling, as its REST API
 shows (``GET /api/streamers/{id}`` on the player port: ``{"streaming": true}``), not
@@ -39,7 +42,7 @@ from typing import Any
 import structlog
 
 from gpu_agent.config import AgentSettings
-from gpu_agent.credentials import Credential, CredentialGate, Renewal, may_launch, read, renewal
+from gpu_agent.credentials import Credential, CredentialGate, Renewal, SlotRenewal, may_launch, read, renewal
 from gpu_agent.probe import HostSample
 from gpu_agent.slot_plan import SlotPlan, slot_command
 from gpu_agent.watch import SignalingWatch, StreamerStatus
@@ -107,6 +110,7 @@ class Slot:
         self.resets = 0
         self.renewals = 0  # restarts for a fresh credential (gpu_agent/credentials.py)
         self.last_renewal: str | None = None  # why the last one: before_expiry | expired
+        self.renewal = SlotRenewal(plan.index, self.gate)  # one before expiry, in two phases
         self.cold_start_s: float | None = None
         self.cold_start_total_s = 0.0
         self.cold_starts = 0
@@ -134,6 +138,12 @@ class Slot:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"slot-{self.plan.index}")
+
+    def renewal_answer(self, busy: bool) -> None:
+        """The matchmaker applied this slot's ``draining`` report (busy: a session holds it)."""
+        if self.renewal.answer(busy, time.monotonic()):
+            self._wake.set()  # cleared: restart now; kept: report ready again now
+            self.on_change()
 
     def reset(self, session_id: str) -> None:
         """The matchmaker says this slot's session ended: reset it (idempotent per session)."""
@@ -170,9 +180,10 @@ class Slot:
         return not self.in_session and self.pending_reset is None
 
     def report(self, gpu_load: float = 0.0, nvenc_load: float = 0.0) -> SlotReport:
+        draining = self.phase is Phase.READY and self.renewal.reports_draining  # a renewal's first phase
         return SlotReport(
             index=self.plan.index,
-            state=REPORTED[self.phase],
+            state=SlotState.DRAINING if draining else REPORTED[self.phase],
             gpu_load=gpu_load,
             nvenc_load=nvenc_load,
             reset_for=self.reset_for,
@@ -209,6 +220,7 @@ class Slot:
         delay = self.s.backoff_initial_s
         while not self._closing:
             if self._want_stop:
+                self.renewal.end()
                 await self._kill()
                 self._set(Phase.STOPPED)
                 while self._want_stop and not self._closing:
@@ -222,9 +234,11 @@ class Slot:
             except _Renew as why:
                 self.renewals, self.last_renewal = self.renewals + 1, str(why)
                 log.info("slot_credential_renewal", slot=self.plan.index, streamer=self.plan.streamer_id, why=str(why))
+                self.renewal.restarting()
                 self._set(Phase.STARTING)
                 await self._kill()
             except _Failed as exc:
+                self.renewal.end()
                 self.last_error = str(exc)
                 self.restarts += 1
                 log.warning(
@@ -253,16 +267,26 @@ class Slot:
         return status
 
     def _check_renewal(self, status: StreamerStatus | None) -> None:
-        """Raise ``_Renew`` when the running streamer should restart with the newest credential."""
+        """Raise ``_Renew`` to restart with the newest credential now: at once when expired and
+        not listed; before expiry on its turn, once out of placement (credentials.py)."""
+        if status is None or self._launched is None:  # signalling not asked, or launched without one
+            return
         why = renewal(
             self._launched,
             self.credential,
             now=time.time(),
-            margin_s=self.s.credential_renew_margin_s,
+            margin_s=self.gate.turns.lead_s(self.s.credential_renew_margin_s),
             idle=self.idle,
-            connected=None if status is None else status.streaming,
+            connected=status.streaming,
         )
-        if why is not Renewal.KEEP:
+        if why is Renewal.EXPIRED:
+            raise _Renew(why)  # it can never get back in: nothing to take out of placement
+        if self.phase is not Phase.READY:
+            return
+        restart, changed = self.renewal.due(why, self._launched.expires_at, time.monotonic())
+        if changed:
+            self.on_change()  # the heartbeat says draining (or ready again) now
+        if restart:
             raise _Renew(why)
 
     async def _until_launchable(self) -> None:
@@ -287,6 +311,7 @@ class Slot:
         if self._want_stop:
             return
         await self._released()
+        self.renewal.launching()
         self._set(Phase.RESETTING if self.pending_reset else Phase.STARTING)
         self._launched = self.credential if self.credential and self.credential.expires_at > time.time() else None
         self._waiting_logged = False
@@ -332,6 +357,7 @@ class Slot:
                 took = time.monotonic() - self._spawned_at
                 self.cold_start_s, self.cold_starts = took, self.cold_starts + 1
                 self.cold_start_total_s += took
+                self.gate.turns.note_cold_start(took)
                 log.info(
                     "slot_streaming", slot=self.plan.index, streamer=self.plan.streamer_id, cold_start_s=round(took, 3)
                 )
@@ -342,6 +368,7 @@ class Slot:
             await self._sleep(self.s.ready_poll_s)
 
     def _became_ready(self) -> None:
+        self.renewal.end()  # a renewal's restart is done: the next slot's turn
         if self.pending_reset is not None:
             self.reset_for, self.pending_reset = self.pending_reset, None
             self.in_session = False
@@ -475,6 +502,7 @@ class SlotSet:
         gate: CredentialGate | None = None,
     ) -> None:
         self.gate = gate or CredentialGate(open_signalling=True)
+        self.gate.turns.limit, self.gate.turns.slots = settings.credential_renew_concurrency, len(plans)
         self.slots = [Slot(p, settings, watch, on_change, self.gate) for p in plans]
         self.watch = watch
 
@@ -561,6 +589,7 @@ class SlotSet:
                 "restarts": s.restarts,
                 "resets": s.resets,
                 "credential_renewals": s.renewals,
+                "credential_renewals_kept": s.renewal.kept,
                 "cold_start_s": s.cold_start_s,
                 "last_error": s.last_error,
             }

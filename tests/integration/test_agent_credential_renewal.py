@@ -3,7 +3,9 @@ credentials, real signalling with the same key (credentials required), and the a
 with synthetic streamers. A streamer started right after registration gets in at its
 first try; an idle streamer is restarted with the newest credential before its own
 expires, and one whose credential expired while signalling was away is restarted at
-once when signalling is back, the slot READY again each time."""
+once when signalling is back, the slot READY again each time. A renewal first reports the
+slot draining: a session assigned before that (its player not connected yet) keeps the
+slot and its streamer, and is not ended; a host's slots renew one at a time."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from gpu_agent.client import HttpMatchmakerClient
 from gpu_agent.config import AgentSettings
 from gpu_agent.slots import Phase, Slot
 from matchmaker.config import MatchmakerSettings
+from matchmaker.records import MemorySink
 from matchmaker.server import MatchmakerServer
 from pixelfleet.net import free_port
 from pixelfleet.tokens import TokenKeys
@@ -86,7 +89,7 @@ class Box:
         counts = {r: self.refusals.get(r, 0) + live.get(r, 0) for r in REFUSED}
         return {r: n for r, n in counts.items() if n}
 
-    async def start(self, *, ttl_s: int, margin_s: float) -> Agent:
+    async def start(self, *, ttl_s: int, margin_s: float, slots: int = 1) -> Agent:
         await self.start_signaling()
         mm_port = free_port()
         self.matchmaker = MatchmakerServer(
@@ -111,7 +114,7 @@ class Box:
             signaling_url=f"ws://127.0.0.1:{player}",
             streamer_url=f"ws://127.0.0.1:{self.ports['streamer_port']}",
             signaling_api_url=f"http://127.0.0.1:{player}",
-            slots=1,
+            slots=slots,
             res_x=160,
             res_y=120,
             fps=5,
@@ -145,11 +148,25 @@ class Box:
     async def matchmaker_ready(self) -> bool:
         return await self.matchmaker_state() == "ready"
 
-    async def matchmaker_state(self) -> str | None:
-        url = f"http://127.0.0.1:{self.matchmaker.port if self.matchmaker else 0}/api/v1/admin/slots"
-        async with self.http.get(url, headers={"Authorization": f"Bearer {ADMIN}"}) as r:
-            slots = await r.json() if r.status == 200 else []
-        return next((sl["state"] for sl in slots if sl["slot_id"] == "gpu-1/0"), None)
+    async def matchmaker_state(self, slot: str = "gpu-1/0") -> str | None:
+        return (await self.matchmaker_states()).get(slot)
+
+    async def matchmaker_states(self) -> dict[str, str]:
+        return {sl["slot_id"]: sl["state"] for sl in await self.admin("GET", "/admin/slots")}
+
+    async def admin(self, method: str, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.matchmaker.port if self.matchmaker else 0}/api/v1{path}"
+        async with self.http.request(method, url, headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+            assert r.status == 200, (method, path, r.status, await r.text())
+            return await r.json()
+
+    async def allocate(self) -> dict[str, Any]:
+        """A player's allocation (anonymous caller), as the player page makes it."""
+        url = f"http://127.0.0.1:{self.matchmaker.port if self.matchmaker else 0}/api/v1/sessions"
+        async with self.http.post(url, json={"app": "game"}) as r:
+            body: dict[str, Any] = await r.json()
+            assert r.status == 201, (r.status, body)
+            return body
 
     async def aclose(self) -> None:
         if self.agent is not None:
@@ -216,3 +233,86 @@ async def test_credential_expired_while_signalling_was_away_is_renewed_at_once(b
     assert launched_jti(slot) != first.jti and slot.restarts == 0
     assert await eventually(lambda: box.listed_credential("gpu-1-0"), "listed again") == launched_jti(slot)
     await eventually(box.matchmaker_ready, "READY again at the matchmaker")
+
+
+async def test_a_session_assigned_before_the_renewal_keeps_its_slot(box: Box) -> None:
+    """The agent cannot see a session whose player has not connected yet. Its renewal asks
+    the matchmaker first (draining), hears busy, and keeps the streamer: the session is not
+    ended (it used to end as slot_failed). The session's end then renews the streamer."""
+    agent = await box.start(ttl_s=20, margin_s=6.0)
+    slot = agent.slots.slots[0]
+    await eventually(lambda: slot.phase is Phase.READY, "the slot READY")
+    await eventually(box.matchmaker_ready, "READY at the matchmaker")
+    first = launched_jti(slot)
+    assigned = await box.allocate()  # before the renewal is due; no player ever connects
+    assert assigned["status"] == "assigned" and assigned["streamer_id"] == "gpu-1-0"
+    session = assigned["session_id"]
+
+    await eventually(lambda: slot.renewal.kept >= 1, "the renewal answered busy", within_s=40)
+    assert slot.renewals == 0 and slot.starts == 1 and slot.restarts == 0  # never restarted
+    assert launched_jti(slot) == first and slot.phase is Phase.READY
+    live = {s["session_id"]: s["state"] for s in await box.admin("GET", "/admin/sessions")}
+    assert live == {session: "assigned"}
+    assert await box.matchmaker_state() == "assigned"
+    sink = box.matchmaker.matchmaker.sink if box.matchmaker else None
+    assert isinstance(sink, MemorySink) and list(sink.records) == []  # nothing ended
+    assert slot.report().state == "ready"  # the renewal cancelled: the heartbeat says ready again
+
+    # The session's end resets the slot, and that launch takes the newest credential.
+    await box.admin("DELETE", f"/admin/sessions/{session}")
+    await eventually(lambda: slot.resets == 1 and slot.phase is Phase.READY, "reset and READY again")
+    assert launched_jti(slot) != first
+    await eventually(box.matchmaker_ready, "READY again at the matchmaker")
+    assert [str(r.end_reason) for r in sink.records] == ["force_ended"]
+
+
+async def test_a_hosts_slots_renew_one_at_a_time(box: Box) -> None:
+    """Two slots whose credentials were minted together: never both out for renewal, as the
+    agent holds turns and as the matchmaker sees them (sampled), and both renewed in time."""
+    agent = await box.start(ttl_s=20, margin_s=6.0, slots=2)
+    slots = agent.slots.slots
+    await eventually(lambda: all(s.phase is Phase.READY for s in slots), "both slots READY")
+    await eventually(lambda: _all_ready(box), "both READY at the matchmaker")
+    firsts = [s._launched for s in slots]
+    renewed_at: dict[int, float] = {}  # when each slot first ran with a newer credential
+    out_agent: list[list[int]] = []  # slots out for renewal at once, as the agent saw them
+    out_matchmaker: list[dict[str, str]] = []  # slot states the matchmaker listed, more than one out
+
+    async def watch_agent() -> None:
+        while True:
+            out = [s.plan.index for s in slots if s.renewal.step is not None or s.phase is not Phase.READY]
+            if len(out) > 1:
+                out_agent.append(out)
+            for s, first in zip(slots, firsts, strict=True):
+                if s._launched is not first and s.phase is Phase.READY:
+                    renewed_at.setdefault(s.plan.index, time.time())
+            await asyncio.sleep(0.005)
+
+    async def watch_matchmaker() -> None:
+        while True:
+            states = await box.matchmaker_states()
+            if sum(st != "ready" for st in states.values()) > 1:
+                out_matchmaker.append(states)
+            await asyncio.sleep(0.02)
+
+    watchers = [asyncio.create_task(watch_agent()), asyncio.create_task(watch_matchmaker())]
+    try:
+        await eventually(lambda: all(s.renewals >= 1 for s in slots), "both slots renewed", within_s=40)
+        await eventually(lambda: all(s.phase is Phase.READY for s in slots), "both READY again")
+        await eventually(lambda: _all_ready(box), "both READY again at the matchmaker")
+    finally:
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+    assert out_agent == [] and out_matchmaker == []
+    assert len(agent.slots.gate.turns.holders) == 0
+    for slot, first in zip(slots, firsts, strict=True):
+        assert first is not None and slot.last_renewal == "before_expiry" and slot.restarts == 0
+        assert launched_jti(slot) != first.jti
+        assert renewed_at[slot.plan.index] < first.expires_at  # both renewed, one after the other, in time
+    assert box.refused() == {}
+
+
+async def _all_ready(box: Box) -> bool:
+    states = await box.matchmaker_states()
+    return len(states) == 2 and all(st == "ready" for st in states.values())
