@@ -94,6 +94,7 @@ if applies then
     local sr = redis.call('HGET', K.slots, sid)
     if sr then
       local slot = cjson.decode(sr)
+      local was_state, was_ended, was_n, was_g = slot.state, slot.ended_session, slot.nvenc_load, slot.gpu_load
       if not truthy(slot.gpu) then slot.nvenc_load = r[4]; slot.gpu_load = r[5] end
       if slot.state == 'assigned' then
         if (st == 'dead' or st == 'starting') and truthy(slot.session_id) then
@@ -117,8 +118,13 @@ if applies then
       elseif st == 'ready' or st == 'starting' or st == 'dead' or st == 'draining' then
         slot.state = st
       end
-      redis.call('HSET', K.slots, sid, enc(slot))
-      sync_ready(K, slot, hc)
+      -- A report that changes nothing (most of a full heartbeat) writes nothing: the
+      -- indexes already agree with the slot (every script that changes one keeps them).
+      if slot.state ~= was_state or slot.ended_session ~= was_ended or slot.nvenc_load ~= was_n
+          or slot.gpu_load ~= was_g then
+        redis.call('HSET', K.slots, sid, enc(slot))
+        sync_ready(K, slot, hc)
+      end
     end
   end
 end
