@@ -80,7 +80,7 @@ class TenantKeys:
         return f"{self.tag}:gl:{host_id}"
 
     def gpu_slots(self, host_id: str) -> str:
-        """A host's slots of this tenant by GPU (GPU index -> [[slot id, app], ...]; 'r': region)."""
+        """A host's slots of this tenant by GPU (GPU index -> {app: [slot id]}; 'r': region)."""
         return f"{self.tag}:gs:{host_id}"
 
     def host_block(self, host_id: str) -> tuple[str, ...]:

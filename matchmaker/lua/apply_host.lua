@@ -8,7 +8,7 @@
 -- KEYS[15] {P:T}:hbseq      host id -> '<incarnation>:<seq>' of the last heartbeat applied
 -- KEYS[16] {P:T}:rs:<host>  the host's resetting slots (emptied with the incarnation)
 -- KEYS[17] {P:T}:gl:<host>  the host's GPU loads (emptied with the incarnation)
--- KEYS[18] {P:T}:gs:<host>  this tenant's slots of the host by GPU (rebuilt with it)
+-- KEYS[18] {P:T}:gs:<host>  this tenant's slots of the host by GPU: index -> {app: [slot id]} (rebuilt with it)
 -- Undeclared: the placement indexes of each slot changed (idx() in tenant.lua).
 -- ARGV[1] host id; ARGV[2] incarnation; ARGV[3] version; ARGV[4] draining '1'|'0';
 -- ARGV[5] dead '1'|'0'; ARGV[6] [Slot JSON] of this tenant; ARGV[7] now (ends);
@@ -64,7 +64,8 @@ if not hc then
     if truthy(spec.gpu) then
       local g = tostring(spec.gpu)
       on_gpu[g] = on_gpu[g] or {}
-      table.insert(on_gpu[g], {spec.slot_id, spec.app})
+      on_gpu[g][spec.app] = on_gpu[g][spec.app] or {}
+      table.insert(on_gpu[g][spec.app], spec.slot_id)
     end
   end
   for g, members in pairs(on_gpu) do redis.call('HSET', KEYS[18], g, enc(members)) end

@@ -17,12 +17,23 @@
 -- again when a forgotten host's record is deleted, its registration order does not.
 local cur = redis.call('HGET', KEYS[1], 'rec')
 if not cur then return {'unknown'} end
-local h = cjson.decode(cur)
+-- Decode only the record's head: its slot_ids, last as the store encodes it (models.Host),
+-- are most of it and this script never reads them. Anything else decodes whole.
+local h
+do
+  local cut = string.find(cur, ',"slot_ids":[', 1, true)
+  if cut and string.find(cur, '^,"slot_ids":%[[^%]]*%]}$', cut) then
+    h = cjson.decode(string.sub(cur, 1, cut - 1) .. '}')
+  else
+    h = cjson.decode(cur)
+  end
+end
 if h.dead then return {'unknown'} end
 local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[6])
 -- A host past its deadline was dead from that moment on (allocation and the listing said
 -- so): a late heartbeat does not bring it back; the agent registers again.
 if ttl and now - h.last_heartbeat > ttl then
+  h = cjson.decode(cur)
   h.dead = true
   redis.call('HSET', KEYS[1], 'rec', enc(h))
   redis.call('HINCRBY', KEYS[1], 'ver', 1)
@@ -40,7 +51,12 @@ local rec = cur
 for _, f in ipairs({'last_heartbeat', 'nvenc_load', 'gpu_load'}) do
   local n
   rec, n = string.gsub(rec, '"' .. f .. '":[-+%d%.eE]+', '"' .. f .. '":' .. enc(h[f]), 1)
-  if n ~= 1 then rec = enc(h); break end
+  if n ~= 1 then
+    local whole = cjson.decode(cur)
+    whole.last_heartbeat, whole.nvenc_load, whole.gpu_load = h.last_heartbeat, h.nvenc_load, h.gpu_load
+    rec = enc(whole)
+    break
+  end
 end
 redis.call('HSET', KEYS[1], 'rec', rec)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])

@@ -16,7 +16,7 @@
 -- KEYS[15] {P:T}:hbseq      host id -> '<incarnation>:<seq>' of the last heartbeat applied
 -- KEYS[16] {P:T}:rs:<host>  the host's resetting slots: slot id -> the ended session
 -- KEYS[17] {P:T}:gl:<host>  the host's GPU loads: GPU index -> 'nvenc,gpu'
--- KEYS[18] {P:T}:gs:<host>  this tenant's slots of the host by GPU (apply_host.lua)
+-- KEYS[18] {P:T}:gs:<host>  this tenant's slots of the host by GPU: index -> {app: [slot id]}
 -- Undeclared: the placement indexes of each slot changed (idx() in tenant.lua).
 -- ARGV[1] host id; ARGV[2] incarnation; ARGV[3] now;
 -- ARGV[4] [[position, slot id, state, NVENC load, GPU load, reset_for], ...];
@@ -83,9 +83,11 @@ if applies then
     if members then
       region = region or redis.call('HGET', K_gs, 'r')
       local pct = pct_of(gr[2], gr[3])
-      for _, m in ipairs(cjson.decode(members)) do
-        redis.call('ZADD', idx(K, 'rz', m[2]), 'XX', pct, m[1])
-        redis.call('ZADD', idx(K, 'rz', m[2], region), 'XX', pct, m[1])
+      for app, sids in pairs(cjson.decode(members)) do  -- one ZADD per index for all of them
+        local args = {}
+        for _, sid in ipairs(sids) do args[#args + 1] = pct; args[#args + 1] = sid end
+        redis.call('ZADD', idx(K, 'rz', app), 'XX', unpack(args))
+        redis.call('ZADD', idx(K, 'rz', app, region), 'XX', unpack(args))
       end
     end
   end
