@@ -110,7 +110,7 @@ class SpotWatcher:
             for _ in range(2):  # a 401 means the token expired early: fetch one more
                 token = await self._get_token()
                 async with self._http.get(self.base + ACTION_PATH, headers={"X-aws-ec2-metadata-token": token}) as r:
-                    status, body = r.status, await r.content.read(64 * 1024)
+                    status, body = r.status, await _bounded_body(r)
                 if status != 401:
                     break
                 self._token = None
@@ -161,3 +161,13 @@ class SpotWatcher:
                 await self._task
         if self._http is not None:
             await self._http.close()
+
+
+async def _bounded_body(r: aiohttp.ClientResponse, limit: int = 64 * 1024) -> bytes:
+    """The whole body, at most ``limit`` bytes: ``read(n)`` alone returns what has arrived."""
+    body = b""
+    async for chunk in r.content.iter_any():
+        body += chunk
+        if len(body) >= limit:
+            return body[:limit]
+    return body

@@ -254,7 +254,7 @@ class SimHost:
             self.failures += 1
             self.need_full = True
             self.stats.beats_failed += 1
-            self.stats.error(f"heartbeat {getattr(exc, 'status', 'unreachable')}")
+            self.stats.error(f"heartbeat {getattr(exc, 'status', 'unreachable')} {getattr(exc, 'code', '')}".rstrip())
             return False
         self.stats.beat_ms.append(round((now() - t0) * 1e3, 3))
         self.stats.beats_ok += 1

@@ -93,9 +93,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def _body(request: web.Request, cls: type[Any]) -> Any:
     if request.content_length is not None and request.content_length > _MAX_BODY:
         raise _error(413, "too_large", f"bodies are limited to {_MAX_BODY} bytes")
-    raw = await request.content.read(_MAX_BODY + 1)
-    if len(raw) > _MAX_BODY:
-        raise _error(413, "too_large", f"bodies are limited to {_MAX_BODY} bytes")
+    # Every chunk until the end: read(n) returns whatever has arrived, so a body that
+    # comes in several TCP segments (a 40 KB heartbeat on a busy host) was cut short.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise _error(413, "too_large", f"bodies are limited to {_MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return msgspec.json.decode(raw or b"{}", type=cls)
     except msgspec.DecodeError as exc:
