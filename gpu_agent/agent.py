@@ -198,6 +198,7 @@ class Agent:
             boot_id=self.boot_id,
             slots=self.slots.reports(),
             gpus=self.slots.gpu_reports(sample),
+            credentials_expire_at=self.slots.credentials_expire_at(),
             gpu_load=gpu,
             nvenc_load=enc,
             draining=bool(self.drain_reasons - {DrainReason.ADMIN}),

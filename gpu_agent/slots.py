@@ -133,6 +133,8 @@ class Slot:
         if credential is None:
             log.warning("slot_credential_unreadable", slot=self.plan.index)
             return
+        if self.credential is not None and credential.expires_at < self.credential.expires_at:
+            return  # another replica's older one: keep the newest
         self.credential = credential
         self._wake.set()  # a slot waiting for a credential launches now
 
@@ -515,6 +517,10 @@ class SlotSet:
     def start(self) -> None:
         for slot in self.slots:
             slot.start()
+
+    def credentials_expire_at(self) -> float:
+        """The earliest expiry of the slots' newest credentials (0: a slot has none)."""
+        return min((s.credential.expires_at if s.credential else 0.0 for s in self.slots), default=0.0)
 
     def set_tokens(self, tokens: dict[str, str]) -> None:
         """Streamer credentials by slot index; each streamer's next (re)start uses its newest."""

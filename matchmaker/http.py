@@ -365,7 +365,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     hb: Heartbeat = await _body(request, Heartbeat)
     reply = await mm.heartbeat(host_id, hb)
     creds = request.app[guard.CREDENTIALS]
-    if creds.enabled:
+    if creds.enabled and creds.wanted(hb.full, hb.credentials_expire_at):
         if not creds.known(host_id):  # registered through another replica (or before a restart)
             # One read of every slot fills in every host, so a replica that starts amid a
             # fleet reads the slots once, not once per host.

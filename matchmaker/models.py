@@ -137,6 +137,11 @@ class Heartbeat(Struct, kw_only=True):
     # The agent drains its host (SIGTERM, Spot notice): no new sessions there. Only ever
     # sets draining, so an agent's heartbeat never undoes an operator's drain.
     draining: bool = False
+    # The earliest ``exp`` of the streamer credentials the agent holds for its slots (0: a
+    # slot has none). The reply carries ``streamer_tokens`` only when that is less than
+    # half a lifetime away, on a full heartbeat, or when this is absent (an older agent):
+    # 500 credentials are ~150 KB, too much to repeat every 2 s.
+    credentials_expire_at: float | None = None
     # Per-GPU loads for slots registered with a ``gpu``: every GPU in a full heartbeat,
     # in a delta only those whose whole-percent loads changed. Applied with the slot
     # reports (in sequence, or not at all).

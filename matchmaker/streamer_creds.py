@@ -48,6 +48,12 @@ class StreamerCredentials:
         held = self._slots.get(host_id)
         return held is not None and self.clock() - held[0] < _SLOTS_FRESH_S
 
+    def wanted(self, full: bool, held_until: float | None) -> bool:
+        """Whether a heartbeat's reply carries the host's credentials: on a full heartbeat,
+        for an agent that does not say what it holds, and once its earliest credential has
+        less than half its lifetime left (what ``for_host`` hands out has at least that)."""
+        return full or held_until is None or held_until - self.clock() < self.ttl_s / 2
+
     def for_host(self, host_id: str) -> dict[str, str]:
         """The host's current credentials by slot index (renewed past half their life)."""
         if self.keys is None or host_id not in self._slots:

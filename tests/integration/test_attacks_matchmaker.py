@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import jwt
@@ -442,6 +442,19 @@ async def test_a_host_token_speaks_for_its_host_and_tenants_only(launch: Launch)
     await t.audited('"event":"admin_action"', '"action":"register_host"', '"host_id":"h1"')
     status, reply = await t.call("POST", "/hosts/h1/heartbeat", h1, heartbeat_body(["ready", "ready"]))
     assert status == 200 and verify_streamer(keys, reply["streamer_tokens"]["1"]).streamer_id == "h1-1"
+    # An agent that says what it holds gets credentials again only when they are needed.
+    held = min(verify_streamer(keys, tok).expires_at for tok in reply["streamer_tokens"].values())
+
+    async def delta(seq: int, held_until: float) -> dict[str, Any]:
+        body = {**heartbeat_body([]), "seq": seq, "full": False, "credentials_expire_at": held_until}
+        status, reply = await t.call("POST", "/hosts/h1/heartbeat", h1, body)
+        assert status == 200, reply
+        return cast("dict[str, Any]", reply)
+
+    await t.call("POST", "/hosts/h1/heartbeat", h1, {**heartbeat_body(["ready", "ready"]), "seq": 1})
+    assert "streamer_tokens" not in await delta(2, held)  # more than half a lifetime left
+    assert "streamer_tokens" in await delta(3, time.time() + 10)  # less: renewed
+    assert "streamer_tokens" in await delta(4, 0.0)  # a slot holds none
     # Nobody else heartbeats it dead.
     h2 = agent_token("h2", "acme")
     status, reply = await t.call("POST", "/hosts/h1/heartbeat", h2, heartbeat_body(["dead", "dead"]))
