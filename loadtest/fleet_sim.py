@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import random
 import sys
@@ -60,6 +61,7 @@ from matchmaker.models import (
 now = time.monotonic
 DELTA_PROTOCOL = "seq" in Heartbeat.__struct_fields__  # the matchmaker speaks delta heartbeats
 GPU_PROTOCOL = "gpus" in Heartbeat.__struct_fields__  # ... and per-GPU loads
+HOLDS_PROTOCOL = "credentials_expire_at" in Heartbeat.__struct_fields__  # ... and says what it holds
 Views = list[tuple[int, tuple[Any, ...]]]
 
 
@@ -117,6 +119,7 @@ class SimHost:
         # Per-GPU loads (as gpu_agent reports them): slots carry only state and reset_for.
         self.per_gpu = bool(cfg.get("gpu_reports", GPU_PROTOCOL))
         self.acked_gpu: list[tuple[Any, ...] | None] = [None] * gpus
+        self.held_until = 0.0  # earliest exp of the streamer credentials held (0: none)
         self.need_full = True
         self.since_full = 0
         self.seq = 0
@@ -167,6 +170,8 @@ class SimHost:
             for i, v in views
         ]
         extra: dict[str, Any] = {"seq": self.seq, "full": full} if DELTA_PROTOCOL else {}
+        if HOLDS_PROTOCOL:
+            extra["credentials_expire_at"] = self.held_until
         if self.per_gpu:
             extra["gpus"] = [GpuReport(index=g, gpu_load=v[0] / 100.0, nvenc_load=v[1] / 100.0) for g, v in gviews]
         hb = Heartbeat(
@@ -225,8 +230,14 @@ class SimHost:
 
     # --- the reporter --------------------------------------------------------------------
 
+    def _take_tokens(self, tokens: object) -> None:
+        """As the agent does: the earliest expiry of the streamer credentials it holds."""
+        if isinstance(tokens, dict) and tokens:
+            self.held_until = min(_exp(t) for t in tokens.values())
+
     async def register(self) -> None:
-        await self.api.register_host(self.registration())
+        host = await self.api.register_host(self.registration())
+        self._take_tokens(getattr(host, "streamer_tokens", None))
         self.registered = True
         self.seq = 0
         self.need_full = True
@@ -261,6 +272,7 @@ class SimHost:
         self.stats.slot_reports += len(hb.slots)
         self.stats.gpu_reports += len(getattr(hb, "gpus", ()))
         self.failures = 0
+        self._take_tokens(getattr(reply, "streamer_tokens", None))
         self._acknowledged(hb, views, gviews, reply)
         return True
 
@@ -409,3 +421,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _exp(token: str) -> float:
+    """A JWT's ``exp``, read, not verified (the agent's credentials.read does the same)."""
+    payload = token.split(".")[1]
+    return float(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
