@@ -408,6 +408,12 @@ async def serve(cfg: dict[str, Any]) -> None:
         await fleet.close()
 
 
+def _exp(token: str) -> float:
+    """A JWT's ``exp``, read, not verified (the agent's credentials.read does the same)."""
+    payload = token.split(".")[1]
+    return float(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", required=True, help="JSON configuration from the orchestrator")
@@ -421,9 +427,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _exp(token: str) -> float:
-    """A JWT's ``exp``, read, not verified (the agent's credentials.read does the same)."""
-    payload = token.split(".")[1]
-    return float(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
