@@ -21,8 +21,12 @@ HOSTS, SLOTS = 500, 10
 
 @pytest.fixture
 async def server() -> AsyncIterator[MatchmakerServer]:
+    # Nobody connects to the 5,000 sessions: they must outlive filling them, which takes
+    # over a minute on a slow box (the default connect timeout, 60 s, ended some in CI).
     s = MatchmakerServer(
-        MatchmakerSettings(port=0, session_token_secret="t" * 32, admin_token=ADMIN, heartbeat_ttl_s=3600.0)
+        MatchmakerSettings(
+            port=0, session_token_secret="t" * 32, admin_token=ADMIN, heartbeat_ttl_s=3600.0, connect_timeout_s=3600.0
+        )
     )
     await s.start()
     yield s
