@@ -115,14 +115,6 @@ def test_settings_are_frozen() -> None:
         load_settings({}).signaling.host = "x"  # type: ignore[misc]
 
 
-@pytest.fixture(autouse=True)
-def _keep_logging_out_of_capture(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI runs in-process here: configuring structlog would bind it (and the loggers it
-    caches on first use) to this test's captured stderr, closed once the test ends, and every
-    later test that logs would fail writing to it."""
-    monkeypatch.setattr("pixelfleet.logs.configure_logging", lambda *args, **kwargs: None)
-
-
 def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     code = main(argv, env)
     return code, capsys.readouterr().err
