@@ -36,13 +36,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from gpu_agent.config import AgentSettings
 from gpu_agent.credentials import Credential, CredentialGate, Renewal, SlotRenewal, may_launch, read, renewal
+from gpu_agent.gpu_attribution import SlotGpu, attribute
 from gpu_agent.probe import HostSample
 from gpu_agent.slot_plan import SlotPlan, slot_command
 from gpu_agent.watch import SignalingWatch, StreamerStatus
@@ -181,15 +181,11 @@ class Slot:
     def idle(self) -> bool:
         return not self.in_session and self.pending_reset is None
 
-    def report(self, gpu_load: float = 0.0, nvenc_load: float = 0.0) -> SlotReport:
+    def report(self) -> SlotReport:
+        """State only: its load is its GPU's (``SlotSet.gpu_reports``)."""
         draining = self.phase is Phase.READY and self.renewal.reports_draining  # a renewal's first phase
-        return SlotReport(
-            index=self.plan.index,
-            state=SlotState.DRAINING if draining else REPORTED[self.phase],
-            gpu_load=gpu_load,
-            nvenc_load=nvenc_load,
-            reset_for=self.reset_for,
-        )
+        state = SlotState.DRAINING if draining else REPORTED[self.phase]
+        return SlotReport(index=self.plan.index, state=state, reset_for=self.reset_for)
 
     async def aclose(self) -> None:
         task = self._task
@@ -484,16 +480,6 @@ def _signal_group(pgid: int, sig: int) -> None:
 # --- all slots ---------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class SlotGpu:
-    """What NVML says about one slot's processes."""
-
-    memory_bytes: int = 0
-    sm_util: int = 0
-    enc_util: int = 0
-    encoder_sessions: int = 0
-
-
 class SlotSet:
     def __init__(
         self,
@@ -559,29 +545,7 @@ class SlotSet:
 
     def attribute(self, sample: HostSample) -> dict[int, SlotGpu]:
         """GPU memory, SM/NVENC use and encoder sessions per slot, by the slot's process group."""
-        by_group = {s.proc.pid: s.plan.index for s in self.slots if s.proc is not None}
-        out: dict[int, SlotGpu] = {}
-        group_of: dict[int, int | None] = {}
-
-        def slot_of(pid: int) -> int | None:
-            if pid not in group_of:
-                try:
-                    group_of[pid] = by_group.get(os.getpgid(pid))
-                except OSError:  # gone, or another PID namespace
-                    group_of[pid] = by_group.get(pid)
-            return group_of[pid]
-
-        for gpu in sample.gpus:
-            for p in gpu.processes:
-                if (index := slot_of(p.pid)) is not None:
-                    entry = out.setdefault(index, SlotGpu())
-                    entry.memory_bytes += p.used_memory_bytes or 0
-                    entry.sm_util += p.sm_util or 0
-                    entry.enc_util += p.enc_util or 0
-            for e in gpu.encoder_sessions:
-                if (index := slot_of(e.pid)) is not None:
-                    out.setdefault(index, SlotGpu()).encoder_sessions += 1
-        return out
+        return attribute({s.proc.pid: s.plan.index for s in self.slots if s.proc is not None}, sample)
 
     def summary(self) -> list[Mapping[str, Any]]:
         return [

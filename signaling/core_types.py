@@ -102,6 +102,12 @@ class Listing:
             return None
         return links.Holder(self.credential_id, self.tenant)
 
+    @classmethod
+    def of(cls, address: Address, streaming: bool, holder: links.Holder | None) -> Listing:
+        if holder is None:
+            return cls(address, streaming)
+        return cls(address, streaming, holder.tenant, holder.credential_id)
+
 
 class Credential(NamedTuple):
     """What a streamer's (or SFU's) verified credential allows: exactly one id, one tenant."""
@@ -143,3 +149,8 @@ class Peer:
     allowed_streamer: str | None = None  # session-token scope; None = any
     credential: Credential | None = None  # streamer/SFU credential scope; None = open mode
     errors: int = 0
+
+    @property
+    def holder(self) -> links.Holder | None:
+        """The credential it claims and lists its id with (None: open mode)."""
+        return None if self.credential is None else self.credential.holder

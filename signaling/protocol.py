@@ -157,7 +157,7 @@ class SignalingCore:
         if self.cluster:
             peer.phase = Phase.CLAIMING
             actions.append(Send(conn, self._config(role, UNKNOWN_STREAMER, credential)))
-            actions.append(Claim(conn, UNKNOWN_STREAMER, holder=_holder(peer)))
+            actions.append(Claim(conn, UNKNOWN_STREAMER, holder=peer.holder))
         else:
             self._commit_id(peer, self.unique_streamer_id(UNKNOWN_STREAMER, conn), [])
             assert peer.streamer_id is not None
@@ -251,7 +251,7 @@ class SignalingCore:
         """The directory says ``streamer_id`` lives at ``conn`` (another node's streamer),
         held with ``holder``'s credential (None: none, or unknown)."""
         if node_of(conn) != self.node:
-            self._listings[streamer_id] = _remote_listing(conn, streaming, holder)
+            self._listings[streamer_id] = Listing.of(conn, streaming, holder)
 
     def unlisted(self, streamer_id: str, conn: Address) -> None:
         listing = self._listings.get(streamer_id)
@@ -265,7 +265,7 @@ class SignalingCore:
                 del self._listings[sid]
         for sid, conn, streaming, holder in listings:
             if node_of(conn) != self.node and sid not in self._listings:
-                self._listings[sid] = _remote_listing(conn, streaming, holder)
+                self._listings[sid] = Listing.of(conn, streaming, holder)
 
     def node_lost(self, node: str) -> list[Action]:
         """``node`` died (or this node lost touch with the cluster, for every other node):
@@ -358,7 +358,7 @@ class SignalingCore:
             return actions
         if self.cluster:
             self._wanted[peer.conn] = wanted
-            return [Claim(peer.conn, wanted, exact=scope is not None, holder=_holder(peer))]
+            return [Claim(peer.conn, wanted, exact=scope is not None, holder=peer.holder)]
         self._wanted[peer.conn] = wanted
         return self.claimed(peer.conn, self._local_claim(peer, wanted))
 
@@ -369,7 +369,7 @@ class SignalingCore:
         if listing is not None and listing.address == peer.conn and listing.streaming != streaming:
             listing.streaming = streaming
             if self.cluster:
-                actions.append(Announce(peer.streamer_id or "", peer.conn, streaming, _holder(peer)))
+                actions.append(Announce(peer.streamer_id or "", peer.conn, streaming, peer.holder))
         return actions
 
     def send_link(self, link: links.AnyLink) -> list[Action]:
@@ -593,13 +593,3 @@ class SignalingCore:
     def _count_refused(self, role: Role, kind: str) -> None:
         key = (role, kind)  # kind: one of the few problem kinds in this module, never peer input
         self.refused[key] = self.refused.get(key, 0) + 1
-
-
-def _holder(peer: Peer) -> Holder | None:
-    return None if peer.credential is None else peer.credential.holder
-
-
-def _remote_listing(conn: Address, streaming: bool, holder: Holder | None) -> Listing:
-    if holder is None:
-        return Listing(conn, streaming)
-    return Listing(conn, streaming, holder.tenant, holder.credential_id)

@@ -40,6 +40,21 @@ async def wait_js(page: Page, expression: str, log: PageLog) -> None:
         raise AssertionError(f"{expression}: {exc}\nepic={await epic_state(page)}\nconsole:\n{log.text()}") from None
 
 
+async def wait_streaming(page: Page, log: PageLog) -> None:
+    """Signalling and media: the library's own events, then frames from its stats
+    (statsReceived, once a second), rising, and the video element playing."""
+    await wait_js(page, "window.epic.events.includes('webRtcConnected')", log)
+    await wait_js(page, "window.epic.events.includes('dataChannelOpen')", log)
+    await wait_js(page, "window.epic.framesDecoded > 0", log)
+    first = await page.evaluate("window.epic.framesDecoded")
+    await wait_js(page, f"window.epic.framesDecoded > {first}", log)
+    await wait_js(
+        page,
+        "(() => { const v = document.querySelector('video'); return v && v.videoWidth > 0 && v.currentTime > 0; })()",
+        log,
+    )
+
+
 @pytest.mark.parametrize("version", ["5.7", "5.5"])
 async def test_epic_frontend_streams_and_sends_input(
     version: str,
@@ -51,18 +66,7 @@ async def test_epic_frontend_streams_and_sends_input(
 ) -> None:
     page, log = await open_page(stack.epic_page(version, StreamerId=streamer.streamer_id, KeepaliveDelay="1000"))
 
-    # Signalling and media: the library's own events, then frames from its stats
-    # (statsReceived, once a second), rising.
-    await wait_js(page, "window.epic.events.includes('webRtcConnected')", log)
-    await wait_js(page, "window.epic.events.includes('dataChannelOpen')", log)
-    await wait_js(page, "window.epic.framesDecoded > 0", log)
-    first = await page.evaluate("window.epic.framesDecoded")
-    await wait_js(page, f"window.epic.framesDecoded > {first}", log)
-    await wait_js(
-        page,
-        "(() => { const v = document.querySelector('video'); return v && v.videoWidth > 0 && v.currentTime > 0; })()",
-        log,
-    )
+    await wait_streaming(page, log)
 
     # Input through Epic's own controllers (hovering mouse; keyboard on document).
     video = page.locator("video")

@@ -29,7 +29,7 @@ import pytest
 
 from pixelfleet.tokens import TokenKeys, mint
 from tests.e2e.conftest import OpenPage, RunningStreamer, Stack, StartStack, StartStreamer, WaitUntil
-from tests.e2e.test_epic_frontend import epic_state, wait_js
+from tests.e2e.test_epic_frontend import epic_state, wait_js, wait_streaming
 
 if TYPE_CHECKING:
     from playwright.async_api import Page, WebSocket
@@ -108,16 +108,7 @@ async def test_epic_frontend_streams_with_auth_on(
     sid = auth_streamer.streamer_id
     page, log = await open_page(epic_page(auth_stack, version, session_token(sid), sid))
 
-    await wait_js(page, "window.epic.events.includes('webRtcConnected')", log)
-    await wait_js(page, "window.epic.events.includes('dataChannelOpen')", log)
-    await wait_js(page, "window.epic.framesDecoded > 0", log)
-    first = await page.evaluate("window.epic.framesDecoded")
-    await wait_js(page, f"window.epic.framesDecoded > {first}", log)
-    await wait_js(
-        page,
-        "(() => { const v = document.querySelector('video'); return v && v.videoWidth > 0 && v.currentTime > 0; })()",
-        log,
-    )
+    await wait_streaming(page, log)
     await page.keyboard.press("a")
     await wait_until(
         lambda: "KeyDown" in auth_streamer.input_names(),

@@ -29,6 +29,7 @@ from pixelfleet.net import free_port
 from pixelfleet.tokens import TokenKeys
 from signaling.app import SignalingServer
 from signaling.config import Settings
+from tests.support import waiting
 from tests.support.nvml_replay import RecordedSampler
 
 pytestmark = pytest.mark.integration
@@ -42,15 +43,7 @@ REFUSED = ("streamer_credential_missing", "streamer_credential_invalid", "listin
 
 
 async def eventually(check: Callable[[], Any], what: str, within_s: float = WAIT) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    return await waiting.eventually(check, what, within_s)
 
 
 class Box:

@@ -4,7 +4,6 @@ crash and restart, reset handshake, drains (admin, SIGTERM, Spot), bad input."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -31,6 +30,7 @@ from matchmaker.server import MatchmakerServer
 from pixelfleet.net import free_port
 from pixelfleet.settings import env_name
 from tests.conftest import StartProcess, StartSignaling
+from tests.support import waiting
 from tests.support.nvml_replay import RecordedSampler
 
 pytestmark = pytest.mark.integration
@@ -43,15 +43,7 @@ WAIT = 60.0  # bounds a broken run; never a performance limit
 
 
 async def eventually(check: Callable[[], Any], what: str, within_s: float = WAIT) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    return await waiting.eventually(check, what, within_s)
 
 
 class RecordingClient(HttpMatchmakerClient):
