@@ -15,6 +15,7 @@ from typing import cast
 
 import structlog
 from aiohttp import web
+from prometheus_client.registry import Collector
 
 from pixelfleet.tokens import TokenKeys
 from signaling import errors
@@ -43,9 +44,11 @@ class SignalingServer:
         player_subapps: Sequence[tuple[str, web.Application]] = (),
         session_gate: SessionGate | None = None,
         streamer_keys: TokenKeys | None = None,
+        collectors: Sequence[Collector] = (),
     ) -> None:
         """``streamer_keys``: verify streamer and SFU credentials (and lock the REST
-        listings) with them; None is open mode (``pixelfleet up``, Epic's single box)."""
+        listings) with them; None is open mode (``pixelfleet up``, Epic's single box).
+        ``collectors``: extra metric families on the node's ``/metrics`` (e.g. TURN)."""
         self.settings = settings
         self.player_routes = tuple(player_routes)  # extra routes on the player port (e.g. TURN)
         self.player_subapps = tuple(player_subapps)  # e.g. the matchmaker API under /api/v1
@@ -65,6 +68,8 @@ class SignalingServer:
             session_gate.first_use = broker.first_use
         self.node = SignalingNode(settings, self.core, broker, session_gate)
         self.node.access = guard_from_settings(settings, streamer_keys)
+        for collector in collectors:
+            self.node.metrics.register(collector)
         self._runners: dict[Role, web.AppRunner] = {}
         self.ports: dict[Role, int] = {}
 

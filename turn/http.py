@@ -25,7 +25,9 @@ from aiohttp import web
 
 from pixelfleet.audit import audit
 from pixelfleet.tokens import InvalidToken, TokenKeys, verify
+from signaling.protocol import Role
 from turn.config import TurnSettings
+from turn.metrics import TurnCounts
 from turn.providers import IceServerProvider
 
 __all__ = ["PATH", "credentials_route"]
@@ -75,12 +77,17 @@ def credentials_route(
     user_for: RequestUser = anonymous_user,
     clock: Callable[[], float] = time.time,
     keys: TokenKeys | None = None,
+    counts: TurnCounts | None = None,
 ) -> web.RouteDef:
+    """``counts``: each answered request is counted there (``via="http"``); a 401 is not."""
+
     async def handler(request: web.Request) -> web.Response:
         user = user_for(request)
         if keys is not None:
             user = _session_user(request, keys)
         grant = provider.ice_servers(user, settings.ttl_s)
+        if counts is not None:
+            counts.issue("http", Role.PLAYER)
         ttl = None if grant.expires_at is None else max(grant.expires_at - int(clock()), 0)
         return web.json_response(
             {"iceServers": grant.servers, "ttl": ttl, "expiresAt": grant.expires_at},

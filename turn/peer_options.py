@@ -16,6 +16,7 @@ from typing import Any
 from signaling.protocol import Role
 from turn.config import TurnSettings
 from turn.credentials import SEPARATOR
+from turn.metrics import TurnCounts
 from turn.providers import IceServerProvider
 
 __all__ = ["TurnPeerOptions", "UserId", "peer_user_id"]
@@ -37,7 +38,7 @@ class TurnPeerOptions:
     ``--peer-options``); every other key of ``base`` is kept.
     """
 
-    __slots__ = ("_base", "_base_servers", "_user_id", "provider", "settings")
+    __slots__ = ("_base", "_base_servers", "_user_id", "counts", "provider", "settings")
 
     def __init__(
         self,
@@ -46,8 +47,11 @@ class TurnPeerOptions:
         *,
         base: Mapping[str, Any] | None = None,
         user_id: UserId = peer_user_id,
+        counts: TurnCounts | None = None,
     ) -> None:
+        """``counts``: where each greeting's credentials are counted (``/metrics``)."""
         self.provider = provider
+        self.counts = counts if counts is not None else TurnCounts()
         self.settings = settings
         base = dict(base or {})
         self._base_servers = list(base.pop("iceServers", None) or [])
@@ -62,6 +66,7 @@ class TurnPeerOptions:
         if not_after is not None:
             ttl = max(min(ttl, not_after - int(time.time())), 1)
         minted = self.provider.ice_servers(self._user_id(role, peer_id), ttl).servers
+        self.counts.issue("config", role)
         options = dict(self._base)
         options["iceServers"] = minted + self._base_servers if self._base_servers else minted
         return options

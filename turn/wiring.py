@@ -17,6 +17,7 @@ from aiohttp import web
 from pixelfleet.tokens import TokenKeys
 from turn.config import TurnSettings
 from turn.http import credentials_route
+from turn.metrics import TurnCollector, TurnCounts
 from turn.peer_options import TurnPeerOptions, UserId, peer_user_id
 from turn.providers import ClientFactory, IceServerProvider, build_provider
 
@@ -29,10 +30,15 @@ class TurnWiring:
     provider: IceServerProvider
     peer_options: TurnPeerOptions
     routes: tuple[web.RouteDef, ...]
+    counts: TurnCounts
 
     def server_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``SignalingServer``."""
-        return {"peer_options": self.peer_options, "player_routes": self.routes}
+        """Keyword arguments for ``SignalingServer`` (its ``/metrics`` counts the credentials)."""
+        return {
+            "peer_options": self.peer_options,
+            "player_routes": self.routes,
+            "collectors": (TurnCollector(self.counts),),
+        }
 
     async def start(self) -> None:
         await self.provider.start()
@@ -54,5 +60,7 @@ def wire_turn(
     provider = build_provider(settings, client_factory=client_factory)
     if provider is None:
         return None
-    options = TurnPeerOptions(provider, settings, base=base_options, user_id=user_id)
-    return TurnWiring(settings, provider, options, (credentials_route(provider, settings, keys=keys),))
+    counts = TurnCounts()
+    options = TurnPeerOptions(provider, settings, base=base_options, user_id=user_id, counts=counts)
+    route = credentials_route(provider, settings, keys=keys, counts=counts)
+    return TurnWiring(settings, provider, options, (route,), counts)

@@ -79,9 +79,15 @@ def test_promtool_unit_tests_of_the_rules_pass() -> None:
 
 async def test_rules_and_panels_name_exported_metrics(start_process: StartProcess) -> None:
     player, streamer, mm_port = free_port(), free_port(), free_port()
+    turn = {  # a TURN provider adds the credentials-issued family
+        "PIXELFLEET_TURN__PROVIDER": "rest-secret",
+        "PIXELFLEET_TURN__URLS": "turn:127.0.0.1:3478?transport=udp",
+        "PIXELFLEET_TURN__SECRETS": "t" * 32,
+    }
     sig = await start_process(
-        "signaling", "--player-port", str(player), "--streamer-port", str(streamer), "--sfu-port", "-1"
-    )
+        "signaling", "--player-port", str(player), "--streamer-port", str(streamer), "--sfu-port", "-1",
+        env={**os.environ, **turn},
+    )  # fmt: skip
     env = {
         **os.environ,
         "PIXELFLEET_SESSION_TOKEN_SECRET": "session-secret-" + "d" * 32,
