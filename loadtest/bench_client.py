@@ -522,6 +522,7 @@ class Generator:
         for p in self.players:
             p.streamer.players[p.index] = p
         self.idle: list[RawWs | AioWs] = []
+        self._started = 0  # players handed to cmd_handshake so far
 
     async def connect(self, port: int, owner: Owner) -> RawWs | AioWs:
         return await self.opener(self.host, port, owner, self.timeout)
@@ -537,8 +538,16 @@ class Generator:
         ids = await asyncio.gather(*(one(s) for s in self.streamers.values()))
         return {"ids": ids}
 
-    async def cmd_handshake(self, port: int, start_at: float, inflight: int) -> dict[str, Any]:
+    async def cmd_handshake(
+        self, port: int, start_at: float, inflight: int, count: int | None = None
+    ) -> dict[str, Any]:
+        """Handshake the next ``count`` players not yet started (all the rest by default), so
+        one generator can run a light phase first and the loaded one after it."""
         sem = asyncio.Semaphore(max(1, inflight))
+        players = self.players[self._started :]
+        if count is not None:
+            players = players[: max(0, count)]
+        self._started += len(players)
 
         async def one(p: Player) -> None:
             async with sem:
@@ -552,16 +561,16 @@ class Generator:
 
         _quiet_gc()
         await asyncio.sleep(max(0.0, start_at - now()))
-        await asyncio.gather(*(one(p) for p in self.players))
-        ok = [p for p in self.players if not p.failure]
-        failures = collections.Counter(p.failure for p in self.players if p.failure)
+        await asyncio.gather(*(one(p) for p in players))
+        ok = [p for p in players if not p.failure]
+        failures = collections.Counter(p.failure for p in players if p.failure)
         return {
             "start": start_at,
             "end": max((max(p.player_done, p.streamer_done) for p in ok), default=start_at),
             "latency": [max(p.player_done, p.streamer_done) - p.t_sub for p in ok],
             "join": [max(p.player_done, p.streamer_done) - p.t_connect for p in ok],
             "failures": dict(failures.most_common(5)),
-            "failed": len(self.players) - len(ok),
+            "failed": len(players) - len(ok),
         }
 
     async def cmd_relay(self, start_at: float, seconds: float, k: int, warmup: float, grace: float) -> dict[str, Any]:

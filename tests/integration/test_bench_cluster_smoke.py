@@ -12,7 +12,7 @@ import pytest
 from loadtest.bench_cluster import TARGETS, main, median, placement
 from tests.conftest import require_binary
 
-S, P = 3, 6
+S, P, LIGHT = 3, 9, 3
 
 
 def test_generators_are_placed_so_two_of_three_cross_nodes() -> None:
@@ -33,7 +33,7 @@ def test_bench_cluster_reports_every_figure(tmp_path: Path, capsys: pytest.Captu
     require_binary("redis-server")
     out = tmp_path / "bench.json"
     rc = main([
-        "--streamers", str(S), "--players", str(P), "--inflight", "3", "--relay-seconds", "0.5",
+        "--streamers", str(S), "--players", str(P), "--inflight", "3", "--light", str(LIGHT), "--relay-seconds", "0.5",
         "--relay-warmup", "0.1", "--json", str(out),
     ])  # fmt: skip
     assert rc == 0
@@ -41,7 +41,8 @@ def test_bench_cluster_reports_every_figure(tmp_path: Path, capsys: pytest.Captu
     assert list(report["setups"]) == ["bare", "memory1", "redis1", "redis3"]
     for name, r in report["setups"].items():
         hs, relay = r["handshake"], r["relay"]
-        assert (hs["ok"], hs["failed"]) == (P, 0), name
+        assert (hs["ok"], hs["failed"]) == (P - LIGHT, 0), name
+        assert r["handshake_light"]["ok"] == LIGHT, name
         assert 0 < hs["p50_ms"] <= hs["p99_ms"], name
         assert relay["relayed"] > 0 and relay["node_cpu_per_100k"] > 0, name
         assert r["client_errors"] == 0 and r["closed_by_server"] == 0, name
@@ -49,6 +50,7 @@ def test_bench_cluster_reports_every_figure(tmp_path: Path, capsys: pytest.Captu
         crossed = relay["crossed_share"]
         assert (crossed > 0) if name == "redis3" else (crossed == 0), name
         assert (hs["cross_node_p99_ms"] is not None) == (name == "redis3"), name
+        assert (r["handshake_light"]["cross_node_p99_ms"] is not None) == (name == "redis3"), name
     assert set(TARGETS) <= {k for k, v in report["ratios"].items() if v is not None}
     printed = capsys.readouterr().out
     for what, _, _ in TARGETS.values():
