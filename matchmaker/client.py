@@ -30,7 +30,10 @@ from matchmaker.models import (
     QueueListing,
     Session,
     SessionEvent,
+    SessionEventBatch,
+    SessionEventItem,
     SessionEventName,
+    SessionEventResults,
     SessionRequest,
     Slot,
     TicketCancelled,
@@ -113,8 +116,11 @@ class MatchmakerApi:
         except msgspec.DecodeError as exc:
             raise ApiError(200, "invalid_reply", f"unreadable reply to {method} {path}: {exc}") from None
 
-    async def _raw(self, method: str, path: str, token: str | None, body: Any) -> tuple[bytes, int]:
+    async def _raw(
+        self, method: str, path: str, token: str | None, body: Any, extra: dict[str, str] | None = None
+    ) -> tuple[bytes, int]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(extra or {})
         data = None
         if body is not None:
             data = msgspec.json.encode(body)
@@ -186,6 +192,19 @@ class MatchmakerApi:
         """Report with the session's own token; ``ApiError`` 410 ``session_ended`` is final."""
         path = f"/sessions/{_q(session_id)}/events"
         return await self._call("POST", path, token, SessionEvent(event=event), EventAccepted)
+
+    async def session_events(
+        self, events: list[SessionEventItem], *, report_token: str | None = None
+    ) -> SessionEventResults:
+        """Many sessions' reports in one request, each with its own session's token: an
+        outcome per item, in order (a bad or ended item does not fail the others).
+        ``report_token``: signalling's, sent as ``X-Pixelfleet-Report-Token``."""
+        extra = {"X-Pixelfleet-Report-Token": report_token} if report_token else None
+        raw, _ = await self._raw("POST", "/sessions/events", None, SessionEventBatch(events=events), extra)
+        try:
+            return msgspec.json.decode(raw, type=SessionEventResults)
+        except msgspec.DecodeError as exc:
+            raise ApiError(200, "invalid_reply", f"unreadable reply to POST /sessions/events: {exc}") from None
 
     # --- agents -------------------------------------------------------------------------
 

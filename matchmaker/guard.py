@@ -182,9 +182,10 @@ def _check_registration(
 
 
 def report_allowed(
-    request: web.Request, settings: MatchmakerSettings, event: str, tenant: str, session_id: str
+    request: web.Request, settings: MatchmakerSettings, event: str, tenant: str | None, session_id: str
 ) -> None:
-    """Connect and disconnect reports come from signalling (its report token), not players."""
+    """Connect and disconnect reports come from signalling (its report token), not players.
+    A batch is checked once, for its first such item (``tenant`` None: not yet verified)."""
     if settings.report_token is None or event in ("activity", "first_frame"):  # the page's own reports
         return
     presented = request.headers.get(REPORT_HEADER, "")

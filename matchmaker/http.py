@@ -27,6 +27,7 @@ import msgspec
 from aiohttp import web
 
 from matchmaker import guard
+from matchmaker import session_events as session_events_
 from matchmaker.auth import CallerAuth, Refused, owned_client_key
 from matchmaker.join_trace import trace_joins
 from matchmaker.limits import Limits
@@ -44,6 +45,8 @@ from matchmaker.models import (
     QueuedTicket,
     QueueListing,
     SessionEvent,
+    SessionEventBatch,
+    SessionEventResults,
     SessionRequest,
     TicketCancelled,
     TicketExpired,
@@ -340,6 +343,20 @@ async def session_event(request: web.Request) -> web.Response:
     return _json(EventAccepted(ok=True))
 
 
+async def session_events(request: web.Request) -> web.Response:
+    """Many sessions' reports in one request: each item as ``session_event`` would take it,
+    its outcome in the reply (``matchmaker.session_events``). The request itself fails only
+    for its body (400, 413) or, with a connect or disconnect in it, the report token (403)."""
+    mm = request.app[MATCHMAKER]
+    source = guard.source_of(request, mm.settings)
+    body: SessionEventBatch = await _body(request, SessionEventBatch)
+    needing = session_events_.report_token_needed(body.events)
+    if needing is not None:
+        guard.report_allowed(request, mm.settings, needing.event, None, needing.session_id)
+    results = await session_events_.apply_all(mm, body.events, source, store_error_reply)
+    return _json(SessionEventResults(results=results))
+
+
 # --- agents -----------------------------------------------------------------------------
 
 
@@ -450,6 +467,7 @@ HANDLERS: dict[str, Handler] = {
     for h in (
         create_session,
         session_event,
+        session_events,
         ticket_status,
         cancel_ticket,
         ticket_events,

@@ -351,6 +351,40 @@ class EventAccepted(Struct, kw_only=True):
     ok: bool
 
 
+MAX_BATCH_EVENTS = 256  # items of one ``POST /sessions/events`` (and the 64 KiB body limit)
+
+
+class SessionEventItem(Struct, kw_only=True):
+    """One report of a batch: as ``POST /sessions/{id}/events`` with ``token`` as its bearer."""
+
+    session_id: str
+    token: str  # that session's own token (accepted after it expires)
+    event: SessionEventName
+
+
+class SessionEventBatch(Struct, kw_only=True):
+    """``POST /sessions/events``: many sessions' reports in one request (signalling batches
+    its connects and leaves). Items of one session are applied in list order."""
+
+    events: Annotated[list[SessionEventItem], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+
+
+class SessionEventOutcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One item's outcome: ``status`` is what ``POST /sessions/{id}/events`` would have
+    answered (200 taken; 401/403 a bad token; 410 ended, with ``end_reason``; 503 retry)."""
+
+    status: int
+    error: ErrorCode | None = None
+    message: str | None = None
+    end_reason: EndReason | None = None
+
+
+class SessionEventResults(Struct, kw_only=True):
+    """The outcome of every item of a ``SessionEventBatch``, in its order."""
+
+    results: list[SessionEventOutcome]
+
+
 class DrainRequest(Struct, kw_only=True):
     draining: bool = True  # false takes the host back into service
 

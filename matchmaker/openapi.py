@@ -26,6 +26,8 @@ from matchmaker.models import (
     QueueListing,
     Session,
     SessionEvent,
+    SessionEventBatch,
+    SessionEventResults,
     SessionRequest,
     Slot,
     TicketCancelled,
@@ -33,12 +35,14 @@ from matchmaker.models import (
     Waiting,
 )
 
-Auth = Literal["caller", "session", "agent", "admin", "none"]
+Auth = Literal["caller", "session", "report", "agent", "admin", "none"]
 
 SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
     # {} = no credential: anonymous callers, where PIXELFLEET_MATCHMAKER__ALLOW_ANONYMOUS is on.
     "caller": [{"callerJwt": []}, {}],
     "session": [{"sessionToken": []}],
+    # Each item carries its session's own token; the header, once PIXELFLEET_REPORT_TOKEN is set.
+    "report": [{"reportToken": []}, {}],
     "agent": [{"agentToken": []}],
     "admin": [{"adminToken": []}],
     "none": [],
@@ -62,6 +66,13 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "description": "The session token of that very session (the `token` of its assignment; "
         "accepted after it expires).",
     },
+    "reportToken": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Pixelfleet-Report-Token",
+        "description": "Signalling's PIXELFLEET_REPORT_TOKEN: required with connect and disconnect reports once it "
+        "is set on the matchmaker.",
+    },
     "agentToken": {
         "type": "http",
         "scheme": "bearer",
@@ -74,7 +85,8 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 
 # What each error status means here; every route lists the ones it can answer.
 ERROR_STATUSES: dict[int, str] = {
-    400: "invalid_body (not JSON, a wrong type, an unknown field, or a value out of range) or "
+    400: "invalid_body (not JSON, a wrong type, an unknown field, a value out of range, or more than 256 items in "
+    "a batch of session events) or "
     "signaling_url_refused (a registration's signaling_url is not in SIGNALING_URLS)",
     401: "unauthorized, invalid_token or token_expired: the credential is missing or wrong",
     403: "disabled (that token is not configured here), wrong_session (a token of another session), forbidden "
@@ -134,6 +146,17 @@ ROUTES: tuple[Route, ...] = (
         {200: (EventAccepted, "taken")},
         (*_BODY, 401, 403, 410, *_STORE),
         body=SessionEvent,
+        tags=("signalling",),
+    ),
+    Route(
+        "POST",
+        "/sessions/events",
+        "session_events",
+        "Report many sessions' events at once (each item with its session's token); an outcome per item",
+        "report",
+        {200: (SessionEventResults, "each item's outcome, in order")},
+        (*_BODY, 403),
+        body=SessionEventBatch,
         tags=("signalling",),
     ),
     Route(

@@ -20,6 +20,7 @@ from matchmaker.config import MatchmakerSettings
 from matchmaker.models import (
     Assigned,
     EndReason,
+    SessionEventItem,
     SlotState,
     TicketCancelled,
     Waiting,
@@ -132,6 +133,14 @@ async def test_the_client_calls_every_documented_route(server: MatchmakerServer)
         assert isinstance(served[-1], Assigned) and served[-1].ticket_id == queued.ticket_id
         assert all(isinstance(r, Waiting) for r in served[:-1])
 
+        mine, theirs = served[-1], first  # a batch: one item taken, one with another session's token
+        batch = await api.session_events(
+            [
+                SessionEventItem(session_id=mine.session_id, token=mine.token, event="connected"),
+                SessionEventItem(session_id=mine.session_id, token=theirs.token, event="activity"),
+            ]
+        )
+        assert [(r.status, r.error) for r in batch.results] == [(200, None), (403, "wrong_session")]
         ended = await api.end_session(served[-1].session_id)
         assert ended.end_reason is EndReason.FORCE_ENDED
         with pytest.raises(ApiError) as gone:
