@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from matchmaker.models import Session, SessionState, SlotState
+from matchmaker.models import Host, Session, SessionState, SlotState
 from matchmaker.store import BackendUnavailable, QueueFull, Store, StoreError
 
 PREFIX = "pixelfleet_matchmaker_"
@@ -28,6 +28,16 @@ WAIT_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900)
 FIRST_FRAME_BUCKETS = (0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
 ROUND_TRIP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 OTHER_APP = "other"
+HOST_STATES = ("live", "draining", "retired", "dead")
+
+
+def host_state(host: Host, now: float, heartbeat_ttl_s: float) -> str:
+    """``live``, ``draining``, or for a host past its heartbeat deadline ``retired`` when it
+    was draining (drained, then stopped or terminated: a planned scale-in) and ``dead``
+    when it was not (lost: its sessions ended ``host_dead``). Only ``dead`` pages."""
+    if host.dead or now - host.last_heartbeat > heartbeat_ttl_s:
+        return "retired" if host.draining else "dead"
+    return "draining" if host.draining else "live"
 
 
 class MatchmakerMetrics:
@@ -67,7 +77,13 @@ class MatchmakerMetrics:
             PREFIX + "store_errors", "state store (Redis) operations that failed or timed out", registry=r
         )
         self.slots = Gauge(PREFIX + "slots", "slots by state", ["tenant", "app", "state"], registry=r)
-        self.hosts = Gauge(PREFIX + "hosts", "hosts by state: live, draining, dead", ["state"], registry=r)
+        self.hosts = Gauge(
+            PREFIX + "hosts",
+            "hosts by state: live, draining, retired (stopped heartbeating while draining: a scale-in), "
+            "dead (stopped heartbeating while not draining: lost)",
+            ["state"],
+            registry=r,
+        )
         self.sessions = Gauge(PREFIX + "sessions", "live sessions by state", ["tenant", "app", "state"], registry=r)
         self.queue_length = Gauge(PREFIX + "queue_length", "waiting tickets", ["tenant", "app"], registry=r)
         self.oldest_wait = Gauge(
@@ -123,12 +139,9 @@ class MatchmakerMetrics:
             self.store_up.set(0)
             return
         now = clock()
-        host_states = Tally(
-            "dead" if h.dead or now - h.last_heartbeat > heartbeat_ttl_s else "draining" if h.draining else "live"
-            for h in hosts
-        )
+        host_states = Tally(host_state(h, now, heartbeat_ttl_s) for h in hosts)
         self.hosts.clear()
-        for state in ("live", "draining", "dead"):
+        for state in HOST_STATES:
             self.hosts.labels(state).set(host_states[state])
         self._apps = {(s.tenant, s.app) for s in slots}
         slot_states = Tally((s.tenant, s.app, str(s.state)) for s in slots)

@@ -64,7 +64,9 @@ def test_promtool_accepts_the_rules() -> None:
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
     """deploy/prometheus/alerts_test.yml: the refusal alerts fire on a sustained rate, by the
-    reason or limit and tenant, and not on a short burst."""
+    reason or limit and tenant, and not on a short burst; the alerts issue 13 names (no READY
+    slot, queue wait p95, signalling error and close-code spikes, hosts lost but not a
+    drained host that stops) fire and stay quiet when they should."""
     promtool = require_binary("promtool")
     done = subprocess.run(
         [promtool, "test", "rules", RULES.with_name("alerts_test.yml").name],
