@@ -4,9 +4,10 @@ report when they connect and leave.
 Signalling never imports the matchmaker: the token carries everything it needs
 (tenant, session, the one streamer the player may watch), and reports go through a
 small interface — in-process callbacks in ``pixelfleet up``, HTTP to the matchmaker
-when they run apart. A report that fails is logged and dropped: the matchmaker's own
-timeouts (connect timeout, reconnect grace) recover from a lost report, while a
-signalling server that waited on a down matchmaker would strand its players.
+when they run apart (batched: ``signaling.session_reports``). A report that fails is
+logged and dropped: the matchmaker's own timeouts (connect timeout, reconnect grace)
+recover from a lost report, while a signalling server that waited on a down matchmaker
+would strand its players.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import aiohttp
 import msgspec
 import structlog
 from aiohttp import web
@@ -26,6 +26,9 @@ from pixelfleet.tokens import InvalidToken, SessionClaims, TokenKeys, verify
 from signaling.broker import BrokerUnavailable
 from signaling.broker_memory import MemoryBroker
 from signaling.config import ConfigError, Settings
+from signaling.session_reports import HttpReporter
+
+__all__ = ["CallbackReporter", "HttpReporter", "SessionGate", "SessionReporter", "gate_from_settings", "verify_keys"]
 
 log = structlog.get_logger("signaling")
 
@@ -43,55 +46,6 @@ class CallbackReporter:
 
     async def report(self, event: str, claims: SessionClaims, token: str) -> None:
         await self._callbacks[event](claims.session_id)
-
-
-class HttpReporter:
-    """POST ``/api/v1/sessions/{id}/events`` on the matchmaker, authenticated by the token.
-
-    Only a 5xx or no answer is retried: a 410 (the session ended, e.g. its host died or an
-    operator ended it) is final, like any other answer."""
-
-    def __init__(
-        self, base_url: str, *, attempts: int = 3, timeout_s: float = 2.0, report_token: str | None = None
-    ) -> None:
-        # The report token tells the matchmaker a connect/disconnect comes from signalling,
-        # not from a player holding its own session token (PIXELFLEET_REPORT_TOKEN).
-        self._report = {"X-Pixelfleet-Report-Token": report_token} if report_token else {}
-        self._base = base_url.rstrip("/")
-        self._attempts = attempts
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._http: aiohttp.ClientSession | None = None
-
-    async def report(self, event: str, claims: SessionClaims, token: str) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-        url = f"{self._base}/api/v1/sessions/{claims.session_id}/events"
-        for attempt in range(self._attempts):
-            try:
-                async with self._http.post(
-                    url,
-                    data=msgspec.json.encode({"event": event}),
-                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **self._report},
-                ) as r:
-                    if r.status < 500:  # an answer: final, 410 (the session has ended) included
-                        if r.status == 410:
-                            log.info(
-                                "session_report_after_end",
-                                report=event,
-                                session=claims.session_id,
-                                end_reason=_end_reason(await r.read()),
-                            )
-                        elif r.status >= 400:
-                            log.warning("session_report_refused", status=r.status, session=claims.session_id)
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(0.2 * 2**attempt)
-        raise ConnectionError(f"matchmaker did not take the {event} report")
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
 
 
 @dataclass
@@ -169,18 +123,6 @@ class SessionGate:
             await closer()
 
 
-class _Ended(msgspec.Struct):
-    end_reason: str | None = None
-
-
-def _end_reason(raw: bytes) -> str | None:
-    """The ``end_reason`` of the matchmaker's 410 body (signalling does not import its models)."""
-    try:
-        return msgspec.json.decode(raw, type=_Ended).end_reason
-    except msgspec.DecodeError:
-        return None
-
-
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     return header[7:].strip() or None if header[:7].lower() == "bearer " else None
@@ -202,7 +144,12 @@ def gate_from_settings(
         if keys is None:
             return None
     if reporter is None and settings.matchmaker_url:
-        reporter = HttpReporter(settings.matchmaker_url, report_token=settings.report_token)
+        reporter = HttpReporter(
+            settings.matchmaker_url,
+            report_token=settings.report_token,
+            batch_max=settings.report_batch_max,
+            linger_s=settings.report_linger_s,
+        )
     required = True if settings.require_session_token is None else settings.require_session_token
     return SessionGate(keys, required=required, reporter=reporter)
 
