@@ -78,7 +78,9 @@ def pool_view(
     """The pool as the scaler sees it: every host the provider launched, READY once the
     matchmaker lists a slot of it serving (ready, assigned or resetting), busy by the slots
     with a session or being reset after one. A host the matchmaker lists draining is
-    draining; a dead one (its agent gone) counts as booting until it registers again."""
+    draining; a dead one (its agent gone) counts as booting until it registers again. A host
+    the provider marks draining (a Spot notice) is draining too, with ``drain_pending`` while
+    the matchmaker still lists it live and not draining (it could still get players)."""
     by_host: dict[str, list[Slot]] = {}
     for s in snap.slots:
         if s.tenant == tenant and s.app == app:
@@ -90,12 +92,21 @@ def pool_view(
         slots = by_host.get(p.host_id, []) if record is not None and not record.dead else []
         busy = sum(1 for s in slots if s.session_id is not None or s.state in (SlotState.ASSIGNED, SlotState.RESETTING))
         state: HostState = "booting"
-        if p.draining or (record is not None and record.draining):
+        mm_draining = record is not None and record.draining
+        if p.draining or mm_draining:
             state = "draining"
         elif any(s.state in _SERVING for s in slots):
             state = "ready"
+        pending = p.draining and record is not None and not record.dead and not mm_draining
         views.append(
-            HostView(host_id=p.host_id, state=state, slots=len(slots) or slots_per_host, busy=busy, spot=p.spot)
+            HostView(
+                host_id=p.host_id,
+                state=state,
+                slots=len(slots) or slots_per_host,
+                busy=busy,
+                spot=p.spot,
+                drain_pending=pending,
+            )
         )
     return PoolView(now=now, hosts=views, queued=snap.queued.get((tenant, app), 0))
 
@@ -124,6 +135,10 @@ class Controller:
         self._task: asyncio.Task[None] | None = None
 
     async def step(self) -> Decision:
+        try:
+            await self.provider.poll_notices()
+        except Exception as exc:  # noqa: BLE001 - a notice queue down must not stop the scaling
+            log.warning("autoscale_notices_failed", error=f"{type(exc).__name__}: {exc}")
         launched = await self.provider.hosts()
         snap = await self.observer.snapshot()
         view = pool_view(self.clock(), launched, snap, self.tenant, self.app, self.scaler.policy.slots_per_host)

@@ -51,6 +51,9 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
     slots: int
     busy: int  # slots with a session (or being reset after one): never scaled in
     spot: bool = False
+    # Draining by the provider's word (a Spot notice) while the matchmaker still places
+    # players on it: drained in the matchmaker now, terminated only once it shows draining.
+    drain_pending: bool = False
 
 
 class PoolView(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,8 +168,11 @@ class Scaler:
                     self.fewer_since = None
         else:
             self.fewer_since = None
+        # Draining by the provider's notice but not yet in the matchmaker: drain it there
+        # first, so no player is placed on it between now and its termination.
+        drain = [h.host_id for h in draining if h.drain_pending] + drain
         # Drained on an earlier decision and seen empty since: gone for good.
-        terminate = [h.host_id for h in draining if h.busy == 0]
+        terminate = [h.host_id for h in draining if h.busy == 0 and not h.drain_pending]
         return Decision(
             at=view.now,
             sizer=self.sizer.name,

@@ -13,7 +13,10 @@ no capacity, price too low) moves that many to the On-Demand group, up to
 ``on_demand_ceiling``. Hosts with live sessions are protected from scale-in; a drained,
 empty host is terminated with the group's desired capacity decremented (an On-Demand one
 returns to the warm pool when ``reuse_on_scale_in``). A Spot rebalance recommendation or
-interruption warning (the EventBridge event, ``spot_notice``) marks that host draining.
+interruption warning marks that host draining: EventBridge delivers the event to an SQS
+queue (``notice_queue_url``) that ``poll_notices`` reads every control step (or a caller
+passes the event to ``spot_notice``); the controller then drains the host in the matchmaker
+and terminates it once it is empty.
 
 Host ids are instance ids: the agent on each instance registers with
 ``PIXELFLEET_AGENT__HOST_ID`` set to its instance id (docs/autoscaling.md).
@@ -22,6 +25,7 @@ Host ids are instance ids: the agent on each instance registers with
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +58,7 @@ class AwsAsgSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     warm_pool_state: str = "Stopped"  # Stopped | Hibernated | Running
     reuse_on_scale_in: bool = True  # a terminated On-Demand host goes back to the warm pool
     on_demand_ceiling: int = 0  # Spot fallback may raise the On-Demand max up to this (0: no fallback)
+    notice_queue_url: str = ""  # SQS queue an EventBridge rule sends Spot notices to ("": none)
 
     def __post_init__(self) -> None:
         if self.warm_pool_state not in ("Stopped", "Hibernated", "Running"):
@@ -66,12 +71,24 @@ def _default_client(settings: AwsAsgSettings) -> Any:
     return boto3.client("autoscaling", **({"region_name": settings.region} if settings.region else {}))
 
 
+def _default_sqs_client(settings: AwsAsgSettings) -> Any:
+    import boto3
+
+    return boto3.client("sqs", **({"region_name": settings.region} if settings.region else {}))
+
+
 class AwsAsgProvider:
     name = "aws-asg"
 
-    def __init__(self, settings: AwsAsgSettings, client_factory: Callable[[AwsAsgSettings], Any] = _default_client):
+    def __init__(
+        self,
+        settings: AwsAsgSettings,
+        client_factory: Callable[[AwsAsgSettings], Any] = _default_client,
+        sqs_factory: Callable[[AwsAsgSettings], Any] = _default_sqs_client,
+    ):
         self.settings = settings
         self.client = client_factory(settings)
+        self.sqs = sqs_factory(settings) if settings.notice_queue_url else None
         self._protected: dict[str, bool] = {}
         self._notices: set[str] = set()
         self._spot_asked_at: float | None = None
@@ -107,15 +124,18 @@ class AwsAsgProvider:
     async def hosts(self) -> list[ProviderHost]:
         groups = await self._groups()
         out = []
+        seen: set[str] = set()
         for name, group in groups.items():
             for inst in group.get("Instances", []):
                 if inst["LifecycleState"].startswith(_GONE):
                     continue
                 iid = inst["InstanceId"]
+                seen.add(iid)
                 out.append(
                     ProviderHost(host_id=iid, spot=name == self.settings.spot_group, draining=iid in self._notices)
                 )
                 self._protected.setdefault(iid, bool(inst.get("ProtectedFromScaleIn", False)))
+        self._notices &= seen  # reclaimed, or another group's instance (the rule may cover the account)
         return out
 
     async def launch(self, count: int) -> list[str]:
@@ -216,12 +236,44 @@ class AwsAsgProvider:
         to drain (its instance id), or None for any other event."""
         if event.get("detail-type") not in SPOT_EVENTS:
             return None
-        iid = event.get("detail", {}).get("instance-id")
+        detail = event.get("detail")
+        iid = detail.get("instance-id") if isinstance(detail, dict) else None
         if not isinstance(iid, str):
             return None
         self._notices.add(iid)
         log.warning("aws_spot_notice", host=iid, kind=event["detail-type"])
         return iid
+
+    async def poll_notices(self) -> list[str]:
+        """Drain the notice queue: the hosts newly marked draining. Every message read is
+        deleted (events of other kinds and unreadable bodies too, logged), so none comes back."""
+        if self.sqs is None:
+            return []
+        url = self.settings.notice_queue_url
+        noticed: list[str] = []
+        for _ in range(10):  # at most 100 messages a step; the rest on the next one
+            reply = await asyncio.to_thread(
+                self.sqs.receive_message, QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            )
+            messages = reply.get("Messages", [])
+            if not messages:
+                break
+            for m in messages:
+                try:
+                    event = json.loads(m.get("Body", ""))
+                except ValueError:
+                    event = None
+                iid = self.spot_notice(event) if isinstance(event, dict) else None
+                if iid is not None:
+                    noticed.append(iid)
+                elif not isinstance(event, dict):
+                    log.warning("aws_notice_unreadable", message_id=m.get("MessageId"))
+            await asyncio.to_thread(
+                self.sqs.delete_message_batch,
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+        return noticed
 
     async def aclose(self) -> None:
         return None

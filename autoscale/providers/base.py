@@ -32,4 +32,9 @@ class FleetProvider(Protocol):
         """Hosts with live sessions: the provider's own scale-in must not take them."""
         ...
 
+    async def poll_notices(self) -> list[str]:
+        """Read the provider's notices (e.g. Spot interruptions) since the last call; the
+        hosts they mark draining in ``hosts`` from now on. Called once per control step."""
+        ...
+
     async def aclose(self) -> None: ...

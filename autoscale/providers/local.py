@@ -62,6 +62,9 @@ class LocalProvider:
     async def protect(self, busy: set[str]) -> None:
         return None  # nothing on this box scales in behind the controller's back
 
+    async def poll_notices(self) -> list[str]:
+        return []  # nothing on this box gets reclaimed
+
     async def aclose(self) -> None:
         for host_id in list(self.agents):
             await self.terminate(host_id)

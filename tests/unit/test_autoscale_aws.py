@@ -1,20 +1,27 @@
 """The ``aws-asg`` provider. moto plays EC2 Auto Scaling for the calls it implements (groups,
-desired capacity, warm pool, instance protection, terminate). moto's
+desired capacity, warm pool, instance protection, terminate) and SQS (the queue EventBridge
+sends Spot notices to). moto's
 ``DescribeScalingActivities`` always answers an empty list, so the Spot-refused fallback
 runs against botocore's Stubber with the documented response shapes instead."""
 
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import msgspec
 import pytest
 from botocore.stub import Stubber  # type: ignore[import-untyped]
 from moto import mock_aws
 
+from autoscale.controller import Controller
+from autoscale.policy import PoolPolicy, Scaler, StaticSizer
 from autoscale.providers.aws_asg import AwsAsgProvider, AwsAsgSettings
+from matchmaker.models import SlotState
+from tests.unit.test_autoscale_controller import FakeMatchmaker
 
 REGION = "us-east-1"
 SETTINGS = AwsAsgSettings(
@@ -175,3 +182,61 @@ def test_spot_notices_mark_the_host_draining() -> None:
     assert p.spot_notice(rebalance) == "i-0def"
     assert p.spot_notice({"detail-type": "EC2 Instance State-change Notification", "detail": {}}) is None
     assert p._notices == {"i-0abc", "i-0def"}
+
+
+def _event(kind: str, instance_id: str) -> str:
+    """An EventBridge event as an SQS target receives it (the documented shape, trimmed)."""
+    return json.dumps(
+        {
+            "version": "0",
+            "id": "7f1e2d3c-0000-0000-0000-000000000000",
+            "detail-type": kind,
+            "source": "aws.ec2",
+            "account": "123456789012",
+            "time": "2026-03-01T18:00:00Z",
+            "region": REGION,
+            "resources": [f"arn:aws:ec2:{REGION}a:instance/{instance_id}"],
+            "detail": {"instance-id": instance_id, "instance-action": "terminate"},
+        }
+    )
+
+
+async def test_spot_notices_from_the_queue_drain_before_terminate(asg: Any) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = sqs.create_queue(QueueName="spot-notices")["QueueUrl"]
+    settings = msgspec.structs.replace(SETTINGS, notice_queue_url=url, on_demand_ceiling=0)
+    provider = AwsAsgProvider(settings, lambda s: asg, lambda s: sqs)
+    await provider.launch(4)  # 2 On-Demand (its max), 2 Spot
+    mm = FakeMatchmaker()
+    hosts = await provider.hosts()
+    for h in hosts:
+        mm.register(h.host_id, 2)  # every instance's agent up and READY
+    spot = sorted(h.host_id for h in hosts if h.spot)
+    policy = PoolPolicy(min_hosts=0, max_hosts=10, slots_per_host=2, scale_in_cooldown_s=3600)
+    c = Controller(mm, provider, Scaler(policy, StaticSizer(4)), clock=lambda: 0.0)
+    assert (await c.step()).reason == "steady"
+
+    assert mm.place("kept") is not None
+    mm.end("kept")
+    busy = mm.slots[f"{spot[1]}/0"]
+    busy.state, busy.session_id = SlotState.ASSIGNED, "kept"  # a player on the second Spot host
+    sqs.send_message(QueueUrl=url, MessageBody=_event("EC2 Spot Instance Interruption Warning", spot[0]))
+    sqs.send_message(QueueUrl=url, MessageBody=_event("EC2 Instance Rebalance Recommendation", spot[1]))
+    sqs.send_message(QueueUrl=url, MessageBody=_event("EC2 Instance State-change Notification", spot[0]))
+    sqs.send_message(QueueUrl=url, MessageBody="not json")
+
+    d = await c.step()
+    assert sorted(d.drain) == spot and d.terminate == []  # both drained in the matchmaker first
+    assert all(mm.hosts[h].draining for h in spot)
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)  # all four consumed
+    live = {h.host_id for h in await provider.hosts()}
+    assert set(spot) <= live
+
+    assert d.launch == 2 and group(asg, "pool-spot")["DesiredCapacity"] == 4  # their replacements
+
+    d = await c.step()
+    assert d.terminate == [spot[0]]  # the empty one goes; the busy one stays while its player plays
+    assert group(asg, "pool-spot")["DesiredCapacity"] == 3
+    protected = {i["InstanceId"] for i in group(asg, "pool-spot")["Instances"] if i["ProtectedFromScaleIn"]}
+    assert spot[1] in protected
+    assert sorted(mm.calls) == [("drain", spot[0]), ("drain", spot[1])]  # each drained once

@@ -1,0 +1,164 @@
+"""The controller between a matchmaker and a provider: a host under a provider notice (Spot
+interruption or rebalance) is drained in the matchmaker before anything terminates it, and
+a busy one is left to its players until it empties."""
+
+from __future__ import annotations
+
+from autoscale.controller import Controller, Snapshot
+from autoscale.policy import PoolPolicy, Scaler, StaticSizer
+from autoscale.providers.base import ProviderHost
+from matchmaker.models import Host, Slot, SlotState
+
+
+class FakeMatchmaker:
+    """The matchmaker as the controller reads it, with its one placement rule that matters
+    here: a player goes to a READY slot of a live host that is not draining."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, Host] = {}
+        self.slots: dict[str, Slot] = {}
+        self.calls: list[tuple[str, str]] = []  # ("drain", host) in the order they came
+
+    def register(self, host_id: str, slots: int) -> None:
+        self.hosts[host_id] = Host(
+            host_id=host_id, boot_id="b", region="r", az="a", gpu_model="g", signaling_url="ws://x", last_heartbeat=0
+        )
+        for n in range(slots):
+            sid = f"{host_id}/{n}"
+            self.slots[sid] = Slot(
+                slot_id=sid,
+                host_id=host_id,
+                tenant="default",
+                app="default",
+                region="r",
+                gpu_model="g",
+                streamer_id=sid,
+                signaling_url="ws://x",
+                state=SlotState.READY,
+            )
+
+    def place(self, session_id: str) -> str | None:
+        for s in sorted(self.slots.values(), key=lambda s: s.slot_id):
+            host = self.hosts[s.host_id]
+            if s.state == SlotState.READY and not host.draining and not host.dead:
+                s.state, s.session_id = SlotState.ASSIGNED, session_id
+                return s.host_id
+        return None
+
+    def end(self, session_id: str) -> None:
+        for s in self.slots.values():
+            if s.session_id == session_id:
+                s.state, s.session_id = SlotState.READY, None
+
+    async def snapshot(self) -> Snapshot:
+        return Snapshot(hosts=list(self.hosts.values()), slots=list(self.slots.values()), queued={})
+
+    async def drain(self, host_id: str) -> None:
+        self.calls.append(("drain", host_id))
+        self.hosts[host_id].draining = True
+
+
+class FakeProvider:
+    name = "fake"
+
+    def __init__(self, mm: FakeMatchmaker, hosts: list[str]) -> None:
+        self.mm = mm
+        self.live = {h: ProviderHost(host_id=h, spot=True) for h in hosts}
+        self.inbox: list[str] = []  # notices waiting to be polled
+        self.launched = 0
+
+    async def poll_notices(self) -> list[str]:
+        noticed, self.inbox = self.inbox, []
+        for h in noticed:
+            self.live[h] = ProviderHost(host_id=h, spot=True, draining=True)
+        return noticed
+
+    async def hosts(self) -> list[ProviderHost]:
+        return list(self.live.values())
+
+    async def launch(self, count: int) -> list[str]:
+        self.launched += count
+        return []
+
+    async def terminate(self, host_id: str) -> None:
+        self.mm.calls.append(("terminate", host_id))
+        del self.live[host_id]
+
+    async def protect(self, busy: set[str]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def controller(mm: FakeMatchmaker, provider: FakeProvider, hosts: int) -> Controller:
+    policy = PoolPolicy(min_hosts=0, max_hosts=10, slots_per_host=2, scale_in_cooldown_s=3600)
+    return Controller(mm, provider, Scaler(policy, StaticSizer(hosts)), clock=lambda: 0.0)
+
+
+async def test_noticed_empty_host_is_drained_before_it_is_terminated() -> None:
+    mm = FakeMatchmaker()
+    for h in ("i-1", "i-2"):
+        mm.register(h, 2)
+    provider = FakeProvider(mm, ["i-1", "i-2"])
+    c = controller(mm, provider, hosts=2)
+    assert (await c.step()).reason == "steady"
+
+    provider.inbox.append("i-2")  # a Spot interruption warning for the empty i-2
+    d = await c.step()
+    assert d.drain == ["i-2"] and d.terminate == []  # drained in the matchmaker, still running
+    assert d.launch == 1  # its replacement
+    assert mm.hosts["i-2"].draining and "i-2" in provider.live
+    assert {mm.place(f"p{n}") for n in range(4)} <= {"i-1", None}  # nobody lands on i-2 now
+    for n in range(4):
+        mm.end(f"p{n}")
+
+    d = await c.step()
+    assert d.terminate == ["i-2"] and d.drain == []
+    assert mm.calls == [("drain", "i-2"), ("terminate", "i-2")]
+
+
+async def test_noticed_busy_host_gets_no_new_players_and_stays_while_busy() -> None:
+    mm = FakeMatchmaker()
+    mm.register("i-1", 2)
+    provider = FakeProvider(mm, ["i-1"])
+    c = controller(mm, provider, hosts=1)
+    assert mm.place("kept") == "i-1"  # one of its two slots in use
+
+    provider.inbox.append("i-1")  # a rebalance recommendation
+    d = await c.step()
+    assert d.drain == ["i-1"] and d.terminate == [] and d.launch == 1
+    assert mm.place("newcomer") is None  # its free slot takes nobody
+
+    for _ in range(3):
+        d = await c.step()
+        assert d.terminate == [] and d.drain == []  # drained once, kept while its player plays
+    assert ("terminate", "i-1") not in mm.calls
+
+    mm.end("kept")
+    d = await c.step()
+    assert d.terminate == ["i-1"]
+    assert mm.calls == [("drain", "i-1"), ("terminate", "i-1")]
+
+
+async def test_noticed_host_the_matchmaker_never_saw_is_terminated_without_a_drain() -> None:
+    mm = FakeMatchmaker()
+    provider = FakeProvider(mm, ["i-9"])  # launched, its agent not registered yet
+    c = controller(mm, provider, hosts=1)
+    provider.inbox.append("i-9")
+    d = await c.step()
+    assert d.drain == [] and d.terminate == ["i-9"] and d.launch == 1
+    assert mm.calls == [("terminate", "i-9")]
+
+
+async def test_a_failing_notice_queue_does_not_stop_the_step() -> None:
+    mm = FakeMatchmaker()
+    mm.register("i-1", 2)
+    provider = FakeProvider(mm, ["i-1"])
+
+    async def broken() -> list[str]:
+        raise ConnectionError("queue unreachable")
+
+    provider.poll_notices = broken  # type: ignore[method-assign]
+    d = await controller(mm, provider, hosts=2).step()
+    assert d.launch == 1
