@@ -25,7 +25,8 @@ from aiohttp import web
 
 from matchmaker.http import MATCHMAKER, _admin, _store_errors
 from matchmaker.join_trace import percentiles
-from matchmaker.models import Host, Session, Slot, SlotState
+from matchmaker.metrics import slot_state
+from matchmaker.models import Host, Session, Slot
 from matchmaker.service import Matchmaker
 from matchmaker.store import StoreError
 
@@ -78,20 +79,22 @@ async def snapshot(
     by_host: dict[str, list[Slot]] = {}
     for sl in slots:
         by_host.setdefault(sl.host_id, []).append(sl)
+    host_states = {h.host_id: _host_state(h) for h in hosts}
     h0 = hosts_page * size
     s0 = sessions_page * size
     joins = mm.joins
     return {
         "now": now,
         "counts": {
-            "hosts": dict(Counter(_host_state(h) for h in hosts)),
-            "slots": {str(st): n for st, n in Counter(sl.state for sl in slots).items()},
+            "hosts": dict(Counter(host_states.values())),
+            # A READY slot of a draining or dead host is counted (and shown) as draining or dead.
+            "slots": dict(Counter(slot_state(sl, host_states.get(sl.host_id)) for sl in slots)),
             "sessions": {str(st): n for st, n in Counter(s.state for s in sessions).items()},
             "waiting": sum(q["length"] for q in queues),
         },
         "hosts": {
             **_page(len(hosts), hosts_page, size),
-            "items": [_host_row(h, by_host.get(h.host_id, [])) for h in hosts[h0 : h0 + size]],
+            "items": [_host_row(h, host_states[h.host_id], by_host.get(h.host_id, [])) for h in hosts[h0 : h0 + size]],
         },
         "sessions": {
             **_page(len(sessions), sessions_page, size),
@@ -106,10 +109,10 @@ async def snapshot(
     }
 
 
-def _host_row(h: Host, slots: list[Slot]) -> dict[str, Any]:
+def _host_row(h: Host, state: str, slots: list[Slot]) -> dict[str, Any]:
     return {
         "host_id": h.host_id,
-        "state": _host_state(h),
+        "state": state,
         "region": h.region,
         "gpu_model": h.gpu_model,
         "gpu_load": h.gpu_load,
@@ -118,7 +121,7 @@ def _host_row(h: Host, slots: list[Slot]) -> dict[str, Any]:
             {
                 "slot_id": sl.slot_id,
                 "app": sl.app,
-                "state": str(sl.state),
+                "state": slot_state(sl, state),
                 "gpu_load": sl.gpu_load,
                 "nvenc_load": sl.nvenc_load,
                 "session_id": sl.session_id,
@@ -141,15 +144,16 @@ def _session_row(s: Session, now: float) -> dict[str, Any]:
 
 
 async def _sample(mm: Matchmaker, history: deque[Any]) -> None:
-    """One point of the chart: live sessions, waiting tickets, READY slots."""
+    """One point of the chart: live sessions, waiting tickets, READY slots (of live hosts)."""
     slots = await mm.store.slots()
     queues = await mm.store.queues()
+    host_states = {h.host_id: _host_state(h) for h in await mm.hosts()}
     history.append(
         {
             "t": round(mm.clock(), 1),
             "sessions": len(await mm.store.sessions()),
             "waiting": sum(n for _, _, n in queues),
-            "ready": sum(1 for sl in slots if sl.state is SlotState.READY),
+            "ready": sum(1 for sl in slots if slot_state(sl, host_states.get(sl.host_id)) == "ready"),
         }
     )
 

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from matchmaker.models import Host, Session, SessionState, SlotState
+from matchmaker.models import Host, Session, SessionState, Slot, SlotState
 from matchmaker.store import BackendUnavailable, QueueFull, Store, StoreError
 
 PREFIX = "pixelfleet_matchmaker_"
@@ -38,6 +38,15 @@ def host_state(host: Host, now: float, heartbeat_ttl_s: float) -> str:
     if host.dead or now - host.last_heartbeat > heartbeat_ttl_s:
         return "retired" if host.draining else "dead"
     return "draining" if host.draining else "live"
+
+
+def slot_state(slot: Slot, host: str | None) -> str:
+    """The state a slot is counted in, given its host's (``host_state``; None: no record).
+    A READY slot is ``ready`` only on a live host: allocation places nothing on a draining
+    or quiet one, so there it counts as ``draining`` (draining, retired) or ``dead``."""
+    if slot.state is SlotState.READY and host is not None and host != "live":
+        return "dead" if host == "dead" else "draining"
+    return str(slot.state)
 
 
 class MatchmakerMetrics:
@@ -139,12 +148,13 @@ class MatchmakerMetrics:
             self.store_up.set(0)
             return
         now = clock()
-        host_states = Tally(host_state(h, now, heartbeat_ttl_s) for h in hosts)
+        by_host = {h.host_id: host_state(h, now, heartbeat_ttl_s) for h in hosts}
+        host_states = Tally(by_host.values())
         self.hosts.clear()
         for state in HOST_STATES:
             self.hosts.labels(state).set(host_states[state])
         self._apps = {(s.tenant, s.app) for s in slots}
-        slot_states = Tally((s.tenant, s.app, str(s.state)) for s in slots)
+        slot_states = Tally((s.tenant, s.app, slot_state(s, by_host.get(s.host_id))) for s in slots)
         self.slots.clear()
         for tenant, app in self._apps:
             for state in SlotState:

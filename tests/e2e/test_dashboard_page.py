@@ -78,6 +78,18 @@ async def test_dashboard_counts_and_drain(server: MatchmakerServer, open_page: O
     assert all(not isinstance(a, Allocation) or a.session.host_id != host for a in placed)
     assert any(isinstance(a, Queued) for a in placed)
     assert await page.locator(f"tr[data-host='{host}'] button.drain").count() == 0
-    await page.wait_for_function("() => window.dashboard.state.counts.hosts.draining === 1", timeout=WAIT_MS)
+    # The page shows it: the drained host's READY slots count (and show) as draining, none
+    # is left ready, and the snapshot is the one after the new sessions.
+    live_sessions = len(await admin(server, "sessions"))
+    await page.wait_for_function(
+        """(n) => { const c = window.dashboard.state.counts;
+            return c.hosts.draining === 1 && !c.slots.ready
+              && Object.values(c.sessions).reduce((a, b) => a + b, 0) === n; }""",
+        arg=live_sessions,
+        timeout=WAIT_MS,
+    )
+    assert await page.locator("[data-count='ready slots'] b").inner_text() == "0"
+    assert await page.locator(f"tr[data-host='{host}'] [data-slot-state=ready]").count() == 0
+    assert await page.locator(f"tr[data-host='{host}'] [data-slot-state=draining]").count() >= 1
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 0

@@ -46,3 +46,32 @@ async def test_a_drained_host_that_stops_is_retired_not_dead(start_process: Star
     assert value(after, M + "hosts", state="dead") == 1  # stopped while serving: lost
     assert value(after, M + "hosts", state="live") == 0
     assert value(after, M + "hosts", state="draining") == 0
+
+
+async def test_ready_slots_of_a_draining_host_are_not_counted_ready(start_process: StartProcess) -> None:
+    """Allocation places nothing on a draining host, so its READY slots count as draining
+    (``slots`` gauge, and so ``PixelfleetNoReadySlots``) until the drain is lifted."""
+    port = free_port()
+    mm = await start_process("matchmaker", "--port", str(port), "--log-level", "warning", env=env_for("memory://"))
+    await mm.wait_for_port(port)
+    base = f"http://127.0.0.1:{port}"
+    api = MatchmakerApi(base, agent_token=AGENT, admin_token=ADMIN)
+    game = {"tenant": "acme", "app": "game"}
+    async with aiohttp.ClientSession() as http:
+        try:
+            for host in ("h1", "h2"):
+                await register_host(api, host, slots=2)
+                await api.heartbeat(host, heartbeat(["ready", "ready"]))
+            before = await scrape(http, base + "/metrics")
+            await api.drain("h1")
+            drained = await scrape(http, base + "/metrics")
+            await api.drain("h1", False)
+            undrained = await scrape(http, base + "/metrics")
+        finally:
+            await api.aclose()
+    assert value(before, M + "slots", **game, state="ready") == 4
+    assert value(before, M + "slots", **game, state="draining") == 0
+    assert value(drained, M + "slots", **game, state="ready") == 2
+    assert value(drained, M + "slots", **game, state="draining") == 2
+    assert value(undrained, M + "slots", **game, state="ready") == 4
+    assert value(undrained, M + "slots", **game, state="draining") == 0
