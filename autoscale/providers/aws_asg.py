@@ -77,6 +77,15 @@ def _default_sqs_client(settings: AwsAsgSettings) -> Any:
     return boto3.client("sqs", **({"region_name": settings.region} if settings.region else {}))
 
 
+def _live(group: dict[str, Any]) -> int:
+    return sum(1 for i in group.get("Instances", []) if not i["LifecycleState"].startswith(_GONE))
+
+
+def _outstanding(group: dict[str, Any]) -> int:
+    """Instances the group was asked for and does not have (yet): refused or still coming."""
+    return max(0, int(group["DesiredCapacity"]) - _live(group))
+
+
 class AwsAsgProvider:
     name = "aws-asg"
 
@@ -139,13 +148,24 @@ class AwsAsgProvider:
         return out
 
     async def launch(self, count: int) -> list[str]:
-        """Raise desired capacities; instance ids appear in ``hosts`` as AWS starts them."""
+        """Raise desired capacities; instance ids appear in ``hosts`` as AWS starts them.
+
+        Idempotent over refused or slow capacity: instances asked for and not yet there
+        (desired capacity above the live instances, e.g. Spot refused) are not in ``hosts``,
+        so the controller asks for them again each step; they are taken off ``count`` here
+        instead of being asked for twice."""
         if count <= 0:
             return []
         s = self.settings
         await self._fall_back_if_spot_refused()
         groups = await self._groups()
         od, spot = groups[s.on_demand_group], groups[s.spot_group]
+        outstanding = _outstanding(od) + _outstanding(spot)
+        if outstanding:
+            log.info("aws_launch_outstanding", wanted=count, outstanding=outstanding)
+            count -= min(count, outstanding)
+            if not count:
+                return []
         to_od = min(count, max(0, od["MaxSize"] - od["DesiredCapacity"]))
         to_spot = count - to_od
         if to_od:
@@ -189,7 +209,10 @@ class AwsAsgProvider:
             return
         groups = await self._groups()
         od, spot = groups[s.on_demand_group], groups[s.spot_group]
-        moved = min(self._spot_asked, max(0, s.on_demand_ceiling - od["DesiredCapacity"]))
+        # Only capacity Spot never delivered moves: lowering Spot desired below its live
+        # instances would let the group pick one to terminate.
+        refused = min(self._spot_asked, _outstanding(spot))
+        moved = min(refused, max(0, s.on_demand_ceiling - od["DesiredCapacity"]))
         if moved:
             new_max = max(od["MaxSize"], od["DesiredCapacity"] + moved)
             await self._call("update_auto_scaling_group", AutoScalingGroupName=s.on_demand_group, MaxSize=new_max)

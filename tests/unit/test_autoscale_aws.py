@@ -93,8 +93,9 @@ async def test_missing_group_is_a_clear_error(asg: Any) -> None:
         await p.hosts()
 
 
-def _group(name: str, desired: int, most: int) -> dict[str, Any]:
-    """A DescribeAutoScalingGroups entry with the fields the API documents as required."""
+def _group(name: str, desired: int, most: int, live: int = 0) -> dict[str, Any]:
+    """A DescribeAutoScalingGroups entry with the fields the API documents as required, and
+    ``live`` InService instances."""
     return {
         "AutoScalingGroupName": name,
         "MinSize": 0,
@@ -104,73 +105,113 @@ def _group(name: str, desired: int, most: int) -> dict[str, Any]:
         "AvailabilityZones": [f"{REGION}a"],
         "HealthCheckType": "EC2",
         "CreatedTime": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
-        "Instances": [],
+        "Instances": [
+            {
+                "InstanceId": f"i-{name}-{n}",
+                "AvailabilityZone": f"{REGION}a",
+                "LifecycleState": "InService",
+                "HealthStatus": "Healthy",
+                "ProtectedFromScaleIn": False,
+            }
+            for n in range(live)
+        ],
     }
 
 
-async def test_spot_refused_falls_back_to_on_demand() -> None:
+GROUPS = {"AutoScalingGroupNames": ["pool-od", "pool-spot"]}
+
+
+def _refused() -> dict[str, Any]:
+    """A failed Spot scale-out, started now (after the request it answers)."""
+    return {
+        "Activities": [
+            {
+                "ActivityId": "a1",
+                "AutoScalingGroupName": "pool-spot",
+                "Cause": "scale out",
+                "StartTime": datetime.datetime.now(datetime.UTC),
+                "StatusCode": "Failed",
+                "StatusMessage": "Could not launch Spot Instances. InsufficientInstanceCapacity - "
+                "There is no Spot capacity available that matches your request.",
+            }
+        ]
+    }
+
+
+def _desired(group: str, n: int) -> dict[str, Any]:
+    return {"AutoScalingGroupName": group, "DesiredCapacity": n, "HonorCooldown": False}
+
+
+async def test_spot_refused_falls_back_to_on_demand_without_asking_twice() -> None:
+    """The controller sees only live instances, so after a refusal it asks again for what
+    it asked before; the refused Spot capacity moves to On-Demand once, and the repeat is
+    not added on top: total desired stays what was wanted."""
     client = boto3.client("autoscaling", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
     p = AwsAsgProvider(SETTINGS, lambda s: client)
-    groups = {"AutoScalingGroupNames": ["pool-od", "pool-spot"]}
     with Stubber(client) as stub:
-        # First scale-out: the On-Demand group is full (2 of 2), 3 go to Spot.
+        # 2 live On-Demand hosts (its max); the pool wants 5: 3 go to Spot.
         stub.add_response(
             "describe_auto_scaling_groups",
-            {"AutoScalingGroups": [_group("pool-od", 2, 2), _group("pool-spot", 0, 10)]},
-            groups,
+            {"AutoScalingGroups": [_group("pool-od", 2, 2, live=2), _group("pool-spot", 0, 10)]},
+            GROUPS,
         )
-        stub.add_response(
-            "set_desired_capacity",
-            {},
-            {"AutoScalingGroupName": "pool-spot", "DesiredCapacity": 3, "HonorCooldown": False},
-        )
+        stub.add_response("set_desired_capacity", {}, _desired("pool-spot", 3))
         await p.launch(3)
-        # Next scale-out: AWS reports the Spot launch failed for capacity; the 3 move to On-Demand
-        # (its max raised up to the ceiling), then the new request fits nowhere else but Spot.
-        stub.add_response(
-            "describe_scaling_activities",
-            {
-                "Activities": [
-                    {
-                        "ActivityId": "a1",
-                        "AutoScalingGroupName": "pool-spot",
-                        "Cause": "scale out",
-                        "StartTime": datetime.datetime.now(datetime.UTC),
-                        "StatusCode": "Failed",
-                        "StatusMessage": "Could not launch Spot Instances. InsufficientInstanceCapacity - "
-                        "There is no Spot capacity available that matches your request.",
-                    }
-                ]
-            },
-            {"AutoScalingGroupName": "pool-spot"},
-        )
+        # AWS refused them. The controller still sees 2 hosts and asks for 3 again: the 3
+        # move to On-Demand (its max raised, under the ceiling of 6) and nothing more is asked.
+        stub.add_response("describe_scaling_activities", _refused(), {"AutoScalingGroupName": "pool-spot"})
         stub.add_response(
             "describe_auto_scaling_groups",
-            {"AutoScalingGroups": [_group("pool-od", 2, 2), _group("pool-spot", 3, 10)]},
-            groups,
+            {"AutoScalingGroups": [_group("pool-od", 2, 2, live=2), _group("pool-spot", 3, 10)]},
+            GROUPS,
         )
         stub.add_response("update_auto_scaling_group", {}, {"AutoScalingGroupName": "pool-od", "MaxSize": 5})
-        stub.add_response(
-            "set_desired_capacity",
-            {},
-            {"AutoScalingGroupName": "pool-od", "DesiredCapacity": 5, "HonorCooldown": False},
-        )
-        stub.add_response(
-            "set_desired_capacity",
-            {},
-            {"AutoScalingGroupName": "pool-spot", "DesiredCapacity": 0, "HonorCooldown": False},
-        )
+        stub.add_response("set_desired_capacity", {}, _desired("pool-od", 5))
+        stub.add_response("set_desired_capacity", {}, _desired("pool-spot", 0))
         stub.add_response(
             "describe_auto_scaling_groups",
-            {"AutoScalingGroups": [_group("pool-od", 5, 5), _group("pool-spot", 0, 10)]},
-            groups,
+            {"AutoScalingGroups": [_group("pool-od", 5, 5, live=2), _group("pool-spot", 0, 10)]},
+            GROUPS,
         )
+        await p.launch(3)  # total desired 5 + 0: what was wanted, not 8
+        # Still booting; the pool now wants 6: one more, and only one, on Spot.
         stub.add_response(
-            "set_desired_capacity",
-            {},
-            {"AutoScalingGroupName": "pool-spot", "DesiredCapacity": 1, "HonorCooldown": False},
+            "describe_auto_scaling_groups",
+            {"AutoScalingGroups": [_group("pool-od", 5, 5, live=2), _group("pool-spot", 0, 10)]},
+            GROUPS,
         )
-        await p.launch(1)
+        stub.add_response("set_desired_capacity", {}, _desired("pool-spot", 1))
+        await p.launch(4)
+        stub.assert_no_pending_responses()
+
+
+async def test_spot_desired_does_not_climb_while_refused_without_fallback() -> None:
+    client = boto3.client("autoscaling", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    settings = msgspec.structs.replace(SETTINGS, on_demand_ceiling=0)  # no On-Demand fallback
+    p = AwsAsgProvider(settings, lambda s: client)
+    with Stubber(client) as stub:
+        stub.add_response(
+            "describe_auto_scaling_groups",
+            {"AutoScalingGroups": [_group("pool-od", 2, 2, live=2), _group("pool-spot", 0, 10)]},
+            GROUPS,
+        )
+        stub.add_response("set_desired_capacity", {}, _desired("pool-spot", 3))
+        await p.launch(3)
+        for _ in range(3):  # refused period after period: the same 3 asked again, nothing set
+            stub.add_response(
+                "describe_auto_scaling_groups",
+                {"AutoScalingGroups": [_group("pool-od", 2, 2, live=2), _group("pool-spot", 3, 10)]},
+                GROUPS,
+            )
+            await p.launch(3)
+        # One Spot instance arrived; the pool wants one more than before: only that one is added.
+        stub.add_response(
+            "describe_auto_scaling_groups",
+            {"AutoScalingGroups": [_group("pool-od", 2, 2, live=2), _group("pool-spot", 3, 10, live=1)]},
+            GROUPS,
+        )
+        stub.add_response("set_desired_capacity", {}, _desired("pool-spot", 4))
+        await p.launch(3)
         stub.assert_no_pending_responses()
 
 
