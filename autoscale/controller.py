@@ -73,14 +73,24 @@ class ApiObserver:
 
 
 def pool_view(
-    now: float, launched: list[ProviderHost], snap: Snapshot, tenant: str, app: str, slots_per_host: int
+    now: float,
+    launched: list[ProviderHost],
+    snap: Snapshot,
+    tenant: str,
+    app: str,
+    slots_per_host: int,
+    booting_since: dict[str, float] | None = None,
 ) -> PoolView:
     """The pool as the scaler sees it: every host the provider launched, READY once the
     matchmaker lists a slot of it serving (ready, assigned or resetting), busy by the slots
     with a session or being reset after one. A host the matchmaker lists draining is
     draining; a dead one (its agent gone) counts as booting until it registers again. A host
     the provider marks draining (a Spot notice) is draining too, with ``drain_pending`` while
-    the matchmaker still lists it live and not draining (it could still get players)."""
+    the matchmaker still lists it live and not draining (it could still get players).
+
+    ``booting_since`` (host id -> when first seen booting) is kept up to date in place: set
+    for a host seen booting, dropped once it is not, so the scaler can time a boot out."""
+    since = booting_since if booting_since is not None else {}
     by_host: dict[str, list[Slot]] = {}
     for s in snap.slots:
         if s.tenant == tenant and s.app == app:
@@ -98,6 +108,10 @@ def pool_view(
         elif any(s.state in _SERVING for s in slots):
             state = "ready"
         pending = p.draining and record is not None and not record.dead and not mm_draining
+        if state == "booting":
+            since.setdefault(p.host_id, now)
+        else:
+            since.pop(p.host_id, None)
         views.append(
             HostView(
                 host_id=p.host_id,
@@ -106,8 +120,11 @@ def pool_view(
                 busy=busy,
                 spot=p.spot,
                 drain_pending=pending,
+                booting_since=since.get(p.host_id),
             )
         )
+    for gone in set(since) - {p.host_id for p in launched}:
+        del since[gone]
     return PoolView(now=now, hosts=views, queued=snap.queued.get((tenant, app), 0))
 
 
@@ -133,6 +150,7 @@ class Controller:
         self.clock = clock
         self.decisions: list[Decision] = []  # the last few, newest last
         self._task: asyncio.Task[None] | None = None
+        self._booting_since: dict[str, float] = {}
 
     async def step(self) -> Decision:
         try:
@@ -141,7 +159,15 @@ class Controller:
             log.warning("autoscale_notices_failed", error=f"{type(exc).__name__}: {exc}")
         launched = await self.provider.hosts()
         snap = await self.observer.snapshot()
-        view = pool_view(self.clock(), launched, snap, self.tenant, self.app, self.scaler.policy.slots_per_host)
+        view = pool_view(
+            self.clock(),
+            launched,
+            snap,
+            self.tenant,
+            self.app,
+            self.scaler.policy.slots_per_host,
+            self._booting_since,
+        )
         d = self.scaler.decide(view)
         await self.provider.protect({h.host_id for h in view.hosts if h.busy})
         for host_id in d.drain:

@@ -10,7 +10,9 @@ A *sizer* says how many slots the pool needs now:
 ``Scaler`` turns that into actions with the same safety rules for every sizer: within the
 pool's min/max; scale out at once; scale in only after ``scale_in_cooldown_s`` of wanting
 fewer, only hosts with no session, never below the slots in use; drain first and terminate
-on a later decision, once the drained host is seen empty. Every ``Decision`` carries its
+on a later decision, once the drained host is seen empty; a host booting longer than
+``boot_timeout_s`` (never registered, or its agent gone) is terminated and replaced. Every
+``Decision`` carries its
 inputs, so the log explains each step. Pure: the caller supplies the view and the clock.
 """
 
@@ -35,12 +37,15 @@ class PoolPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     margin_ratio: float = 0.05  # ... or this share of the forecast, whichever is larger
     scale_in_cooldown_s: float = 600.0  # want fewer hosts this long before draining any
     target_utilization: float = 0.7  # reactive sizer only: slots in use / slots in service
+    boot_timeout_s: float = 1800.0  # a host booting this long is terminated and replaced (0: never)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_hosts <= self.max_hosts or self.slots_per_host < 1:
             raise ValueError("pool needs 0 <= min_hosts <= max_hosts and slots_per_host >= 1")
-        if self.lead_time_s < 0 or self.margin_slots < 0 or self.margin_ratio < 0 or self.scale_in_cooldown_s < 0:
+        if min(self.lead_time_s, self.margin_slots, self.margin_ratio, self.scale_in_cooldown_s) < 0:
             raise ValueError("lead_time_s, margins and scale_in_cooldown_s cannot be negative")
+        if self.boot_timeout_s < 0:
+            raise ValueError("boot_timeout_s cannot be negative (0: never)")
         if not 0 < self.target_utilization <= 1:
             raise ValueError("target_utilization must be in (0, 1]")
 
@@ -54,6 +59,7 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
     # Draining by the provider's word (a Spot notice) while the matchmaker still places
     # players on it: drained in the matchmaker now, terminated only once it shows draining.
     drain_pending: bool = False
+    booting_since: float | None = None  # when the controller first saw it booting (None: unknown)
 
 
 class PoolView(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +96,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     drain: list[str]
     terminate: list[str]
     reason: str
+    boot_timed_out: list[str] = []  # booting past boot_timeout_s: terminated (in terminate) and replaced
 
 
 class Sizer(Protocol):
@@ -144,7 +151,18 @@ class Scaler:
     def decide(self, view: PoolView) -> Decision:
         p = self.policy
         wanted, forecast = self.sizer.wanted_slots(view, p)
-        in_service = [h for h in view.hosts if h.state != "draining"]
+        # Booting for longer than any boot takes (never registered, or its agent died): not
+        # supply any more; terminated below and replaced like any missing host.
+        stuck = [
+            h.host_id
+            for h in view.hosts
+            if h.state == "booting"
+            and h.busy == 0
+            and p.boot_timeout_s > 0
+            and h.booting_since is not None
+            and view.now - h.booting_since >= p.boot_timeout_s
+        ]
+        in_service = [h for h in view.hosts if h.state != "draining" and h.host_id not in stuck]
         draining = [h for h in view.hosts if h.state == "draining"]
         floor_slots = max(wanted, view.busy)  # never size below the slots in use
         desired = min(p.max_hosts, max(p.min_hosts, math.ceil(floor_slots / p.slots_per_host - 1e-9)))
@@ -172,7 +190,9 @@ class Scaler:
         # first, so no player is placed on it between now and its termination.
         drain = [h.host_id for h in draining if h.drain_pending] + drain
         # Drained on an earlier decision and seen empty since: gone for good.
-        terminate = [h.host_id for h in draining if h.busy == 0 and not h.drain_pending]
+        terminate = [h.host_id for h in draining if h.busy == 0 and not h.drain_pending] + stuck
+        if stuck:
+            reason = "boot_timeout" if reason == "steady" else f"boot_timeout, {reason}"
         return Decision(
             at=view.now,
             sizer=self.sizer.name,
@@ -189,4 +209,5 @@ class Scaler:
             drain=drain,
             terminate=terminate,
             reason=reason,
+            boot_timed_out=stuck,
         )

@@ -1,11 +1,16 @@
 """The controller between a matchmaker and a provider: a host under a provider notice (Spot
 interruption or rebalance) is drained in the matchmaker before anything terminates it, and
-a busy one is left to its players until it empties."""
+a busy one is left to its players until it empties; a host stuck booting is terminated and
+replaced after ``boot_timeout_s``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from autoscale.controller import Controller, Snapshot
-from autoscale.policy import PoolPolicy, Scaler, StaticSizer
+from autoscale.policy import HostView, PoolPolicy, PoolView, Scaler, StaticSizer
 from autoscale.providers.base import ProviderHost
 from matchmaker.models import Host, Slot, SlotState
 
@@ -77,8 +82,12 @@ class FakeProvider:
         return list(self.live.values())
 
     async def launch(self, count: int) -> list[str]:
-        self.launched += count
-        return []
+        ids = []
+        for _ in range(count):
+            self.launched += 1
+            ids.append(f"n-{self.launched}")
+            self.live[ids[-1]] = ProviderHost(host_id=ids[-1], spot=True)
+        return ids
 
     async def terminate(self, host_id: str) -> None:
         self.mm.calls.append(("terminate", host_id))
@@ -91,9 +100,11 @@ class FakeProvider:
         return None
 
 
-def controller(mm: FakeMatchmaker, provider: FakeProvider, hosts: int) -> Controller:
-    policy = PoolPolicy(min_hosts=0, max_hosts=10, slots_per_host=2, scale_in_cooldown_s=3600)
-    return Controller(mm, provider, Scaler(policy, StaticSizer(hosts)), clock=lambda: 0.0)
+def controller(
+    mm: FakeMatchmaker, provider: FakeProvider, hosts: int, clock: Callable[[], float] = lambda: 0.0
+) -> Controller:
+    policy = PoolPolicy(min_hosts=0, max_hosts=10, slots_per_host=2, scale_in_cooldown_s=3600, boot_timeout_s=600)
+    return Controller(mm, provider, Scaler(policy, StaticSizer(hosts)), clock=clock)
 
 
 async def test_noticed_empty_host_is_drained_before_it_is_terminated() -> None:
@@ -162,3 +173,50 @@ async def test_a_failing_notice_queue_does_not_stop_the_step() -> None:
     provider.poll_notices = broken  # type: ignore[method-assign]
     d = await controller(mm, provider, hosts=2).step()
     assert d.launch == 1
+
+
+async def test_a_host_stuck_booting_is_terminated_and_replaced() -> None:
+    mm = FakeMatchmaker()
+    provider = FakeProvider(mm, ["i-stuck", "i-slow"])  # neither agent has registered
+    now = [0.0]
+    c = controller(mm, provider, hosts=2, clock=lambda: now[0])
+    for t in (0.0, 300.0):
+        now[0] = t
+        d = await c.step()
+        assert d.reason == "steady" and d.booting_hosts == 2 and d.terminate == []
+    mm.register("i-slow", 2)  # slow, but up before the timeout: never timed out
+    now[0] = 599.0
+    assert (await c.step()).terminate == []
+    now[0] = 600.0  # i-stuck has been booting boot_timeout_s (600 s)
+    d = await c.step()
+    assert d.boot_timed_out == ["i-stuck"] and d.terminate == ["i-stuck"]
+    assert d.launch == 1 and d.reason == "boot_timeout, scale_out"  # replaced in the same step
+    assert ("terminate", "i-stuck") in mm.calls and "i-stuck" not in provider.live
+    now[0] = 900.0  # the replacement's clock started when it was first seen, not at 0
+    d = await c.step()
+    assert d.terminate == [] and d.booting_hosts == 1 and d.reason == "steady"
+
+
+async def test_a_host_whose_agent_died_times_out_from_when_it_went_quiet() -> None:
+    mm = FakeMatchmaker()
+    mm.register("i-1", 2)
+    provider = FakeProvider(mm, ["i-1"])
+    now = [0.0]
+    c = controller(mm, provider, hosts=1, clock=lambda: now[0])
+    assert (await c.step()).booting_hosts == 0
+    mm.hosts["i-1"].dead = True  # its agent stopped heartbeating at about 1000 s
+    now[0] = 1000.0
+    assert (await c.step()).booting_hosts == 1  # counted as booting again, its clock from now
+    now[0] = 1599.0
+    assert (await c.step()).terminate == []
+    now[0] = 1600.0
+    d = await c.step()
+    assert d.terminate == ["i-1"] and d.reason.startswith("boot_timeout")
+
+
+def test_boot_timeout_zero_never_times_out_and_negative_is_refused() -> None:
+    stuck = HostView(host_id="h", state="booting", slots=1, busy=0, booting_since=0.0)
+    never = Scaler(PoolPolicy(min_hosts=1, boot_timeout_s=0), StaticSizer(1))
+    assert never.decide(PoolView(now=1e9, hosts=[stuck])).terminate == []
+    with pytest.raises(ValueError, match="boot_timeout_s"):
+        PoolPolicy(boot_timeout_s=-1)
