@@ -18,9 +18,20 @@ Guarantees every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCounts:
+    """A node's connections, as ``/api/status`` counts them: peers with a player id,
+    peers with a streamer id, and each of its streamers' subscribers (on any node)."""
+
+    players: int = 0
+    streamers: int = 0
+    subscribers: dict[str, int] = field(default_factory=dict)
 
 
 class Mailbox(Protocol):
@@ -42,6 +53,7 @@ class NodeEvents(Protocol):
     def on_cut_off(self) -> None: ...
     def on_undeliverable(self, origin: Address, to: Address, reason: str) -> None: ...
     def local_listings(self) -> Iterable[DirectoryEntry]: ...  # to list again after a loss
+    def local_counts(self) -> NodeCounts: ...  # what this node reports to the others
 
 
 class BrokerUnavailable(Exception):
@@ -80,6 +92,12 @@ class Broker(Protocol):
     def announce(self, streamer_id: str, conn: Address, streaming: bool, holder: Holder | None = None) -> None: ...
     def withdraw(self, streamer_id: str, conn: Address) -> None: ...
     async def first_use(self, token_id: str, expires_at: int) -> bool: ...
+    def node_counts(self) -> dict[str, NodeCounts]:
+        """Each live node's counts: this node's as of now, the others' as of their last
+        beat that this node has read (at most about 2 x TTL/3 old); none of the others'
+        while this node is out of touch with the cluster."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

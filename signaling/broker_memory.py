@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 
-from signaling.broker import Mailbox, NodeEvents
+from signaling.broker import Mailbox, NodeCounts, NodeEvents
 from signaling.peer_links import Address, AnyLink, Holder
 
 _LEDGER_SWEEP = 1024
 
 
 class MemoryBroker:
-    __slots__ = ("_boxes", "_used", "node_id")
+    __slots__ = ("_boxes", "_events", "_used", "node_id")
 
     distributed = False
     ready = True
@@ -21,9 +21,10 @@ class MemoryBroker:
         self.node_id = node_id
         self._boxes: dict[Address, Mailbox] = {}
         self._used: dict[str, int] = {}  # token id -> expiry
+        self._events: NodeEvents | None = None
 
     async def start(self, events: NodeEvents) -> None:
-        return None
+        self._events = events
 
     def open(self, endpoint: Address, mailbox: Mailbox) -> None:
         self._boxes[endpoint] = mailbox
@@ -67,6 +68,10 @@ class MemoryBroker:
             return False
         self._used[token_id] = expires_at
         return True
+
+    def node_counts(self) -> dict[str, NodeCounts]:
+        """One node: its own counts."""
+        return {} if self._events is None else {self.node_id: self._events.local_counts()}
 
     async def aclose(self) -> None:
         self._boxes.clear()

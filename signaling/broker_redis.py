@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 
 from pixelfleet.redis_sentinel import parse_sentinel_url, sentinel_primary
 from pixelfleet.redis_url import split_cluster_flag
-from signaling.broker import BrokerUnavailable, Mailbox, NodeEvents
+from signaling.broker import BrokerUnavailable, Mailbox, NodeCounts, NodeEvents
 from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, decode_link, encode_link, node_of
 
 log = structlog.get_logger("signaling.cluster")
@@ -113,6 +113,22 @@ def _held_by(raw: bytes | None, conn: str) -> Holder | None:
     return _holder_of(value[1:])
 
 
+def _decode_counts(flat: list[bytes], own: str) -> dict[str, NodeCounts]:
+    """``[node, JSON, ...]`` from the beat script; a malformed record is skipped."""
+    out: dict[str, NodeCounts] = {}
+    for raw_node, raw in zip(flat[::2], flat[1::2], strict=True):
+        node = raw_node.decode()
+        if node == own:
+            continue
+        try:
+            value = orjson.loads(raw)
+            subs = {str(k): int(v) for k, v in value.get("sub", {}).items()}
+            out[node] = NodeCounts(int(value["p"]), int(value["s"]), subs)
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            log.warning("bad_node_counts", node=node)
+    return out
+
+
 class RedisBroker:
     distributed = True
 
@@ -125,7 +141,7 @@ class RedisBroker:
         self._ttl_ms = max(int(node_ttl_s * 1000), 300)
         tag = f"{{{prefix}:sig}}"
         self._k_dir, self._k_nodes, self._k_epoch = f"{tag}:dir", f"{tag}:nodes", f"{tag}:epoch"
-        self._k_holders = f"{tag}:holders"
+        self._k_holders, self._k_counts = f"{tag}:holders", f"{tag}:counts"
         self._events_channel = f"{tag}:ev"
         self._jti = f"{prefix}:sig:jti:"
         self._prefix = prefix
@@ -143,6 +159,7 @@ class RedisBroker:
         self._epoch: str | None = None
         self._stable_since: float | None = None  # loop time of the first beat of the current unbroken run
         self._seen: set[str] = set()  # nodes alive at the last beat (this one included)
+        self._counts: dict[str, NodeCounts] = {}  # other live nodes' counts, as of the last beat
         self._closing = False
         self._joined = asyncio.Event()  # the first beat went through
         self.stats = {"batches": 0, "frames_out": 0, "frames_in": 0, "undeliverable": 0, "lost_nodes": 0}
@@ -203,7 +220,8 @@ class RedisBroker:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(
                 self._scripts["leave"](
-                    keys=[self._k_nodes, self._k_dir, self._k_holders], args=[self.node_id, self._events_channel]
+                    keys=[self._k_nodes, self._k_dir, self._k_holders, self._k_counts],
+                    args=[self.node_id, self._events_channel],
                 ),
                 1.0,
             )
@@ -406,7 +424,10 @@ class RedisBroker:
     async def _beat_forever(self) -> None:
         loop = asyncio.get_running_loop()
         period = self._ttl_ms / 3000
-        while True:
+        # Until closing, not only until cancelled: Python 3.11's wait_for can swallow a
+        # cancel that lands as the beat completes, and a beat after leave.lua listed the
+        # closed node again (its counts too) until its deadline passed.
+        while not self._closing:
             started = loop.time()
             try:
                 await asyncio.wait_for(self._beat(loop.time()), period * 2)
@@ -418,10 +439,11 @@ class RedisBroker:
         assert self._events is not None
         stable = self._stable_since is not None and now - self._stable_since >= self._ttl_ms / 1000
         fresh = secrets.token_hex(8)
-        epoch, present, alive, reaped = await self._scripts["beat"](
-            keys=[self._k_nodes, self._k_epoch, self._k_dir, self._k_holders],
-            args=[self.node_id, self._ttl_ms, fresh, "1" if stable else "0", self._events_channel],
+        epoch, present, alive, reaped, counted = await self._scripts["beat"](
+            keys=[self._k_nodes, self._k_epoch, self._k_dir, self._k_holders, self._k_counts],
+            args=[self.node_id, self._ttl_ms, fresh, "1" if stable else "0", self._events_channel, self._own_counts()],
         )
+        self._counts = _decode_counts(counted, self.node_id)
         epoch = epoch.decode()
         alive_now = {n.decode() for n in alive}
         rejoined = not self._up
@@ -449,6 +471,14 @@ class RedisBroker:
             self._seen |= alive_now  # no verdicts until this node has a whole TTL of beats
         self._epoch, self._registered, self._up = epoch, True, True
         self._joined.set()
+
+    def _own_counts(self) -> bytes:
+        counts = self._events.local_counts() if self._events is not None else NodeCounts()
+        return orjson.dumps({"p": counts.players, "s": counts.streamers, "sub": counts.subscribers})
+
+    def node_counts(self) -> dict[str, NodeCounts]:
+        own = {self.node_id: self._events.local_counts()} if self._events is not None else {}
+        return {**self._counts, **own} if self._up else own
 
     async def _relist(self) -> None:
         listings = getattr(self._events, "local_listings", None)

@@ -14,6 +14,8 @@ from aiohttp import web, web_urldispatcher
 
 from pixelfleet import __version__
 from pixelfleet.prometheus import exposition_handler
+from signaling.access import ViewScope
+from signaling.broker import NodeCounts
 from signaling.peer_links import node_of
 from signaling.protocol import Listing, Peer, Role
 from signaling.ws import SignalingNode
@@ -49,7 +51,9 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     def visible(request: web.Request) -> Callable[[str | None], bool]:
         """Listings show a caller what its token allows (``AccessGuard.viewer``: 401 without
         one): its one id, unless a holder of another tenant has it, on any node."""
-        scope = node.access.viewer(request)
+        return shown_to(node.access.viewer(request))
+
+    def shown_to(scope: ViewScope | None) -> Callable[[str | None], bool]:
         if scope is None:
             return lambda sid: True
 
@@ -62,7 +66,8 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
         return shown
 
     async def status(request: web.Request) -> web.Response:
-        shown = visible(request)
+        scope = node.access.viewer(request)
+        shown = shown_to(scope)
         peers = list(core.peers())
         return web.json_response(
             {
@@ -71,12 +76,17 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
                 "player_count": sum(p.player_id is not None and shown(_watched(p)) for p in peers),
                 "version": __version__,  # the same as pixelfleet --version
                 "node": core.node,
+                "cluster": _cluster_counts(node.broker.node_counts(), None if scope is None else shown),
             }
         )
 
-    def listing_info(sid: str, listing: Listing) -> dict[str, Any]:
-        """A streamer on another node of the cluster: what the directory knows of it."""
-        info: dict[str, Any] = {"streamerId": sid, "streaming": listing.streaming, "node": node_of(listing.address)}
+    def listing_info(sid: str, listing: Listing, counts: dict[str, NodeCounts]) -> dict[str, Any]:
+        """A streamer on another node of the cluster: what the directory knows of it, and
+        its subscriber count as its node last reported (none from a node that reports none)."""
+        where = node_of(listing.address)
+        info: dict[str, Any] = {"streamerId": sid, "streaming": listing.streaming, "node": where}
+        if where in counts:
+            info["players"] = counts[where].subscribers.get(sid, 0)
         if listing.credential_id is not None:  # none: open mode, or listed by an older node (unknown)
             info["credentialId"] = listing.credential_id
             info["tenant"] = listing.tenant
@@ -85,12 +95,13 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     async def streamers(request: web.Request) -> web.Response:
         # Cluster-wide: this node's streamers in full, the others' from the directory.
         shown = visible(request)
+        counts = node.broker.node_counts()
         out = []
         for sid, listing in core.listings():
             if not shown(sid):
                 continue
             peer = core.streamer_by_id(sid)
-            out.append(streamer_info(peer) if peer is not None else listing_info(sid, listing))
+            out.append(streamer_info(peer) if peer is not None else listing_info(sid, listing, counts))
         return web.json_response(out)
 
     async def streamer(request: web.Request) -> web.Response:
@@ -103,7 +114,7 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
         listing = core.listing(sid)
         if listing is None:
             return web.json_response({"message": f"No streamer id matches {sid}."}, status=404)
-        return web.json_response(listing_info(sid, listing))
+        return web.json_response(listing_info(sid, listing, node.broker.node_counts()))
 
     async def players(request: web.Request) -> web.Response:
         shown = visible(request)
@@ -152,6 +163,18 @@ def add_routes(app: web.Application, node: SignalingNode, static_dir: Path) -> N
     app.router.register_resource(upgrades)
     upgrades.add_route("GET", functools.partial(node.handle, role=Role.PLAYER))
     app.router.add_resource("/{tail:.*}", name="player-page").add_route("GET", page)
+
+
+def _cluster_counts(counts: dict[str, NodeCounts], shown: Callable[[str | None], bool] | None) -> dict[str, int]:
+    """Totals over the live nodes (``nodes``: how many were counted). A caller scoped to
+    one streamer (``shown``) gets that streamer and its subscribers, wherever they are."""
+    if shown is None:
+        streamers = sum(c.streamers for c in counts.values())
+        players = sum(c.players for c in counts.values())
+    else:
+        mine = [n for c in counts.values() for sid, n in c.subscribers.items() if shown(sid)]
+        streamers, players = len(mine), sum(mine)
+    return {"streamer_count": streamers, "player_count": players, "nodes": len(counts)}
 
 
 def _watched(peer: Peer) -> str | None:

@@ -28,7 +28,7 @@ from signaling import errors
 from signaling import messages as m
 from signaling import peer_links as links
 from signaling.access import AccessGuard, MaskCheck, close_frame
-from signaling.broker import Broker, BrokerUnavailable
+from signaling.broker import Broker, BrokerUnavailable, NodeCounts
 from signaling.config import Settings
 from signaling.join_trace import PlayerTrace
 from signaling.limits import TokenBucket
@@ -409,6 +409,15 @@ class SignalingNode:
 
     def local_listings(self) -> list[DirectoryEntry]:
         return list(self.core.local_listings())
+
+    def local_counts(self) -> NodeCounts:
+        players, streamers, subscribers = 0, 0, {}
+        for peer in self.core.peers():
+            players += peer.player_id is not None
+            if peer.streamer_id is not None:
+                streamers += 1
+                subscribers[peer.streamer_id] = len(peer.subscribers)
+        return NodeCounts(players, streamers, subscribers)
 
     def on_undeliverable(self, origin: Address, to: Address, reason: str) -> None:
         """A routed message could not reach its peer: a player is told (never a silent

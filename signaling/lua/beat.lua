@@ -4,10 +4,13 @@
 -- KEYS[1]  {P:sig}:nodes   sorted set: node -> deadline (ms)
 -- KEYS[2]  {P:sig}:epoch   random id written once per Redis data set
 -- KEYS[3]  {P:sig}:dir   KEYS[4] {P:sig}:holders
+-- KEYS[5]  {P:sig}:counts  hash: node -> JSON counts of its connections (optional: older
+--          nodes pass four keys and neither write nor read it)
 -- ARGV[1]  node id   ARGV[2] TTL (ms)   ARGV[3] an epoch to write if none
 -- ARGV[4]  '1' if this node may reap (it has beaten without a gap for a whole TTL)
--- ARGV[5]  the directory's event channel
--- Returns {epoch, 1 if the node was listed before this beat else 0, alive nodes, reaped nodes}.
+-- ARGV[5]  the directory's event channel   ARGV[6] this node's counts (JSON), with KEYS[5]
+-- Returns {epoch, 1 if the node was listed before this beat else 0, alive nodes, reaped
+-- nodes, counts of the alive nodes as {node, JSON, node, JSON, ...}}.
 local nodes, epoch_key, dir = KEYS[1], KEYS[2], KEYS[3]
 local node, ttl, fresh_epoch, may_reap, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local t = redis.call('TIME')
@@ -48,4 +51,22 @@ if may_reap == '1' then
   end
 end
 local alive = redis.call('ZRANGEBYSCORE', nodes, now, '+inf')
-return {epoch, present and 1 or 0, alive, reaped}
+local counted = {}
+local counts_key = KEYS[5]
+if counts_key then
+  redis.call('HSET', counts_key, node, ARGV[6])
+  local live = {}
+  for _, n in ipairs(alive) do live[n] = true end
+  -- Only live nodes' counts are answered; a dead node's are dropped by whoever may reap
+  -- (also those of a node an older release removed, which knows nothing of this hash).
+  local all = redis.call('HGETALL', counts_key)
+  for i = 1, #all, 2 do
+    if live[all[i]] then
+      counted[#counted + 1] = all[i]
+      counted[#counted + 1] = all[i + 1]
+    elseif may_reap == '1' then
+      redis.call('HDEL', counts_key, all[i])
+    end
+  end
+end
+return {epoch, present and 1 or 0, alive, reaped, counted}

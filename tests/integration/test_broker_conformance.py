@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 import pytest
 
-from signaling.broker import Broker
+from signaling.broker import Broker, NodeCounts
 from signaling.broker_memory import MemoryBroker
 from signaling.broker_redis import RedisBroker, pack, unpack
 from signaling.config import Settings
@@ -48,6 +48,7 @@ class Node:
         self.undeliverable: list[tuple[Address, Address]] = []
         self.changed = asyncio.Event()
         self.linked: set[tuple[Address, Address]] = set()  # (to, origin) pairs allowed
+        self.counts = NodeCounts()
 
     def _tick(self) -> None:
         self.changed.set()
@@ -87,6 +88,9 @@ class Node:
 
     def local_listings(self) -> list[DirectoryEntry]:
         return []
+
+    def local_counts(self) -> NodeCounts:
+        return self.counts
 
     async def until(self, check: Callable[[], bool]) -> None:
         async with asyncio.timeout(WAIT):
@@ -245,6 +249,28 @@ async def test_a_dead_node_is_noticed_and_frames_for_it_are_reported(make_broker
     await node_a.until(lambda: "OnB" not in node_a.listings)
     a.deliver(Address("b/1"), b"{}", Address("a/3"))
     await node_a.until(lambda: node_a.undeliverable == [(Address("a/3"), Address("b/1"))])
+
+
+async def test_every_live_nodes_counts_are_seen_and_a_gone_nodes_are_dropped(make_broker: MakeBroker) -> None:
+    a, node_a = await make_broker("a")
+    node_a.counts = NodeCounts(2, 1, {"CamA": 1})
+    assert a.node_counts() == {"a": NodeCounts(2, 1, {"CamA": 1})}  # its own, as of now
+    if not isinstance(a, RedisBroker):
+        return
+    b, node_b = await make_broker("b")
+    c, node_c = await make_broker("c")
+    node_b.counts, node_c.counts = NodeCounts(3, 2, {"CamB": 3, "Idle": 0}), NodeCounts(1, 0, {})
+    await node_a.until(lambda: a.node_counts().get("b") == node_b.counts)
+    await node_a.until(lambda: a.node_counts().get("c") == node_c.counts)
+    assert b.node_counts()["a"] == node_a.counts
+    redis, counts = a._r, a._k_counts  # noqa: SLF001
+    await c.aclose()  # leaving: its record goes at once
+    assert not await redis.hexists(counts, "c")
+    for task in b._tasks:  # noqa: SLF001 - a crash: no goodbye
+        task.cancel()
+    await node_a.until(lambda: "b" in node_a.lost)
+    assert set(a.node_counts()) == {"a"}
+    assert await redis.hkeys(counts) == [b"a"]
 
 
 def test_batches_round_trip_and_truncation_is_refused() -> None:

@@ -16,6 +16,7 @@ from signaling import errors
 from signaling.app import SignalingServer
 from signaling.sessions import SessionGate
 from tests.conftest import StartSignaling
+from tests.support.waiting import eventually
 from tests.support.ws_peers import WAIT, Peer, connect_player, connect_streamer
 
 pytestmark = pytest.mark.integration
@@ -68,7 +69,9 @@ async def test_a_player_streams_from_a_streamer_on_another_node(nodes: Nodes, ht
     assert name in (await viewer.recv_type("streamerList"))["ids"]
     # The GPU agent asks any node (through the balancer) whether its streamer is up.
     async with http.get(f"http://127.0.0.1:{b.player_port}/api/streamers/{name}") as r:
-        assert await r.json() == {"streamerId": name, "streaming": True, "node": c.core.node}
+        body = await r.json()
+    body.pop("players", None)  # as c's last beat said (test_player_counts_are_cluster_wide)
+    assert body == {"streamerId": name, "streaming": True, "node": c.core.node}
     async with http.get(f"http://127.0.0.1:{c.player_port}/api/streamers/{name}") as r:
         assert (await r.json())["subscribers"] == [{"playerId": pid, "type": "Player", "subscribedTo": name}]
 
@@ -131,3 +134,46 @@ async def test_readyz_reports_a_node_that_serves(nodes: Nodes, http: aiohttp.Cli
         assert r.status == 200 and await r.json() == {"ok": True, "reasons": []}
     async with http.get(f"http://127.0.0.1:{a.player_port}/livez") as r:
         assert r.status == 200
+
+
+async def test_player_counts_are_cluster_wide(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    """``/api/status`` adds the cluster's totals to this node's counts, and a streamer on
+    another node is listed with its players, as its node last reported them (each node
+    writes its counts at its beat: at most about two thirds of a TTL old)."""
+    a, b, c = await nodes(3)
+    name = f"Count{id(a)}"
+    s = await connect_streamer(http, c.streamer_port, name)
+    staying, _ = await connect_player(http, a.player_port, s, name)
+    leaving, _ = await connect_player(http, b.player_port, s, name)
+    idle, _ = await connect_player(http, a.player_port)  # connected, watching nothing: a player all the same
+
+    async def status(server: SignalingServer) -> dict[str, object]:
+        async with http.get(f"http://127.0.0.1:{server.player_port}/api/status") as r:
+            body: dict[str, object] = await r.json()
+            return body
+
+    async def listed(server: SignalingServer) -> object:
+        async with http.get(f"http://127.0.0.1:{server.player_port}/api/streamers/{name}") as r:
+            return (await r.json()).get("players")
+
+    everyone = {"streamer_count": 1, "player_count": 3, "nodes": 3}
+    await eventually(lambda: until_field(status(a), "cluster", everyone), "a's cluster counts", WAIT)
+    here = await status(a)
+    assert (here["streamer_count"], here["player_count"]) == (0, 2)  # this node's own, as before
+    await eventually(lambda: until_field(status(b), "cluster", everyone), "b's cluster counts", WAIT)
+    await eventually(lambda: until_equal(listed(a), 2), "the far streamer's players", WAIT)
+    await leaving.ws.close()
+    await eventually(lambda: until_equal(listed(b), 1), "a player leaving is counted", WAIT)
+    await c.stop()  # leaving the cluster: its streamer and counts go from every view
+    assert (await staying.closed())[0] == errors.STREAMER_GONE
+    gone = {"streamer_count": 0, "player_count": 1, "nodes": 2}
+    await eventually(lambda: until_field(status(a), "cluster", gone), "c's counts gone", WAIT)
+    await idle.still_served()
+
+
+async def until_field(body: Awaitable[dict[str, object]], key: str, want: object) -> bool:
+    return (await body).get(key) == want
+
+
+async def until_equal(value: Awaitable[object], want: object) -> bool:
+    return await value == want

@@ -122,7 +122,8 @@ async def test_a_streamer_on_one_node_is_listed_on_another_with_its_credential_a
     token, jti = credential(name)
     streamer = await identified(http, a.streamer_port, name, token)
     body = await until_listed(http, b, name, jti)
-    assert body == {"streamerId": name, "streaming": True, "node": a.core.node, "credentialId": jti, "tenant": "acme"}
+    listed = {"streamerId": name, "streaming": True, "node": a.core.node, "credentialId": jti, "tenant": "acme"}
+    assert body == {**listed, "players": 0}  # as a's last beat counted them
     local = {"streamerId": name, "type": "Streamer", "streaming": True, "subscribers": [], "credentialId": jti}
     assert await listing(http, a, f"/{name}", ADMIN) == (200, {**local, "tenant": "acme"})
     # The slot's own credential reads it on either node, as the agent does through the balancer.

@@ -262,6 +262,7 @@ async def test_rest_api_and_player_page(start_signaling: StartSignaling, http: a
     async with http.get(f"{base}/api/status") as r:
         status = await r.json()
     assert status["streamer_count"] == 1 and status["player_count"] == 1
+    assert status["cluster"] == {"streamer_count": 1, "player_count": 1, "nodes": 1}  # one node: its own
     async with http.get(f"{base}/api/streamers/Cam") as r:
         assert (await r.json())["subscribers"][0]["playerId"] == "Player0"
     async with http.get(f"{base}/api/streamers/Nope") as r:
