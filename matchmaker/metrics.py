@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from matchmaker.models import Host, Session, SessionState, Slot, SlotState
 from matchmaker.store import BackendUnavailable, QueueFull, Store, StoreError
+from pixelfleet.redis_timing import RoundTrips
 
 PREFIX = "pixelfleet_matchmaker_"
 OUTCOMES = ("assigned", "queued", "unknown_app", "queue_full", "unavailable", "refused")
@@ -105,6 +106,7 @@ class MatchmakerMetrics:
         self._apps: set[tuple[str, str]] = set()  # (tenant, app) pairs some slot serves: bounded labels
         # (limit, tenant) -> refusals, bumped by ``matchmaker.limits.Limits`` as plain ints.
         self.limit_hits: Tally[tuple[str, str]] = Tally()
+        self._trips: RoundTrips | None = None
         r.register(_LimitRefusals(self.limit_hits))
 
     def app_label(self, tenant: str, app: str) -> str:
@@ -133,6 +135,10 @@ class MatchmakerMetrics:
 
     async def refresh(self, store: Store, clock: Callable[[], float], heartbeat_ttl_s: float) -> None:
         """Read the fleet's state into the gauges (at scrape time)."""
+        trips: RoundTrips | None = getattr(store, "round_trips", None)  # a Redis store: every operation timed
+        if trips is not None and trips is not self._trips:
+            self._trips = trips
+            self.registry.register(_StoreRoundTrips(trips))
         if not await self.ping(store):
             return
         try:
@@ -189,6 +195,16 @@ class _LimitRefusals(Collector):
         for (limit, tenant), n in list(self.hits.items()):
             family.add_metric([limit, tenant], n)
         yield family
+
+
+class _StoreRoundTrips(Collector):
+    """The Redis store's operations, timed by ``matchmaker.redis_base.guarded``."""
+
+    def __init__(self, trips: RoundTrips) -> None:
+        self.trips = trips
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.trips.families(PREFIX, "state store operations (one or more round trips each)")
 
 
 def allocation_refusal(exc: StoreError) -> str:

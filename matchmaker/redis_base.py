@@ -4,6 +4,7 @@ the shared round trips, and the tenant lookups (see docs/matchmaker-store.md).""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -15,6 +16,7 @@ from redis.commands.core import AsyncScript
 from matchmaker.redis_keys import HostKeys, TenantKeys
 from matchmaker.redis_scripts import RedisClient, Scripts
 from matchmaker.store import BackendUnavailable
+from pixelfleet.redis_timing import RoundTrips
 
 DEFAULT_TIMEOUT_S = 5.0
 CACHE_MAX = 100_000
@@ -61,9 +63,21 @@ Op = Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
 
 
 def guarded(fn: Op[S, P, R]) -> Op[S, P, R]:
-    """Run under the store's timeout; Redis being away becomes BackendUnavailable."""
+    """Run under the store's timeout; Redis being away becomes BackendUnavailable. Timed
+    and, when it fails, counted under the operation's name (``self.round_trips``, /metrics)."""
+    name = fn.__name__
 
     async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
+        try:
+            result = await run(self, *args, **kwargs)
+        except BaseException:
+            self.round_trips.error(name)
+            raise
+        self.round_trips.observe(name, time.perf_counter() - started)
+        return result
+
+    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         task = asyncio.current_task()
         cancels = 0 if task is None else task.cancelling()
         try:
@@ -128,6 +142,7 @@ class RedisBase:
         self._queued: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]] = []  # next round trip's
         self._sending: set[asyncio.Future[None]] = set()
         self._scripts = Scripts(client)
+        self.round_trips = RoundTrips()  # per store operation (``guarded``)
 
     async def _ready_client(self) -> None:
         """redis-py's asyncio RedisCluster (8.1) races its own first ``initialize()``

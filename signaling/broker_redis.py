@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from pixelfleet.redis_sentinel import parse_sentinel_url, sentinel_primary
+from pixelfleet.redis_timing import instrument
 from pixelfleet.redis_url import split_cluster_flag
 from signaling.broker import BrokerUnavailable, Mailbox, NodeCounts, NodeEvents
 from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, decode_link, encode_link, node_of
@@ -148,6 +149,7 @@ class RedisBroker:
         self._scripts = {
             n: redis.register_script(_script(n)) for n in ("claim", "announce", "withdraw", "beat", "leave", "snapshot")
         }
+        self.round_trips = instrument(redis, self._scripts)  # every command timed, failures counted (/metrics)
         self._boxes: dict[Address, Mailbox] = {}
         self._events: NodeEvents | None = None
         self._outgoing: dict[str, list[tuple[int, str, bytes, Address | None]]] = {}

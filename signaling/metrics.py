@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pixelfleet.prometheus import bounded
+from pixelfleet.redis_timing import RoundTrips
 from signaling import errors
 from signaling.access import REFUSAL_REASONS
 from signaling.protocol import Role
@@ -133,6 +134,9 @@ class SignalingCollector(Collector):
         )
         streamers = sum(1 for p in core.peers() if p.streamer_id is not None and p.streaming)
         yield GaugeMetricFamily(PREFIX + "streaming_streamers", "streamers on this node with media", streamers)
+        trips: RoundTrips | None = getattr(node.broker, "round_trips", None)  # a Redis broker only
+        if trips is not None:
+            yield from trips.families(PREFIX, "commands and script calls of this node")
 
 
 def node_registry(node: SignalingNode) -> tuple[CollectorRegistry, SocketStats]:

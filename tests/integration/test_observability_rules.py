@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,7 +80,8 @@ def test_promtool_unit_tests_of_the_rules_pass() -> None:
     assert "SUCCESS" in done.stdout
 
 
-async def test_rules_and_panels_name_exported_metrics(start_process: StartProcess) -> None:
+async def test_rules_and_panels_name_exported_metrics(start_process: StartProcess, redis_url: str) -> None:
+    """Both services on Redis (their round-trip families exist only there)."""
     player, streamer, mm_port = free_port(), free_port(), free_port()
     turn = {  # a TURN provider adds the credentials-issued family
         "PIXELFLEET_TURN__PROVIDER": "rest-secret",
@@ -88,12 +90,14 @@ async def test_rules_and_panels_name_exported_metrics(start_process: StartProces
     }
     sig = await start_process(
         "signaling", "--player-port", str(player), "--streamer-port", str(streamer), "--sfu-port", "-1",
-        env={**os.environ, **turn},
+        "--state-url", redis_url, env={**os.environ, **turn},
     )  # fmt: skip
     env = {
         **os.environ,
         "PIXELFLEET_SESSION_TOKEN_SECRET": "session-secret-" + "d" * 32,
         "PIXELFLEET_MATCHMAKER__ALLOW_ANONYMOUS": "true",
+        "PIXELFLEET_STATE_URL": redis_url,
+        "PIXELFLEET_MATCHMAKER__KEY_PREFIX": f"rules{uuid.uuid4().hex[:8]}",
     }
     mm = await start_process("matchmaker", "--port", str(mm_port), "--log-level", "warning", env=env)
     await sig.wait_for_port(player)
