@@ -48,8 +48,17 @@ LISTENERS = (
 
 class ControlPlaneStack(Stack):
     def __init__(
-        self, scope: Construct, id: str, *, stage: StageConfig, vpc: ec2.IVpc, data: DataStack, **kwargs: Any
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        stage: StageConfig,
+        vpc: ec2.IVpc,
+        data: DataStack,
+        turn_urls: list[str],
+        **kwargs: Any,
     ) -> None:
+        """``turn_urls``: the relays' ``turn:`` URLs (turn_relay.TurnStack.urls), handed to players."""
         super().__init__(scope, id, **kwargs)
         self.stage_config = stage
         self.cluster = ecs.Cluster(self, "Cluster", vpc=vpc, container_insights_v2=ecs.ContainerInsights.ENHANCED)
@@ -109,7 +118,9 @@ class ControlPlaneStack(Stack):
             memory=stage.signaling_memory_mib,
             environment={
                 "PIXELFLEET_MATCHMAKER_URL": matchmaker_url,
+                # TURN REST credentials (signed with the TURN secret) for the relays' Elastic IPs
                 "PIXELFLEET_TURN__PROVIDER": "rest-secret",
+                "PIXELFLEET_TURN__URLS": ",".join(turn_urls),
                 "PIXELFLEET_SHUTDOWN_GRACE_S": str(min(stage.drain_s, 60)),
             },
             secrets={**common_secrets, "PIXELFLEET_TURN__SECRETS": ecs.Secret.from_secrets_manager(data.turn_secret)},

@@ -26,6 +26,7 @@ from constructs import Construct
 
 from pixelfleet_deploy.agent_tokens import INSTANCE_TAG, LAUNCH_TIMEOUT_S, AgentTokenMinter, lifecycle_hooks
 from pixelfleet_deploy.config import GpuPool, StageConfig
+from pixelfleet_deploy.control_plane import PLAYER_PORT, STREAMER_PORT
 from pixelfleet_deploy.data import DataStack
 
 AGENT_METRICS_PORT = 9102
@@ -39,7 +40,14 @@ BOOT_SCRIPT = "/var/lib/cloud/scripts/per-boot/pixelfleet-agent.sh"
 
 
 def agent_user_data(
-    *, stage: StageConfig, pool: GpuPool, region: str, image: str, matchmaker_url: str, token_path: str
+    *,
+    stage: StageConfig,
+    pool: GpuPool,
+    region: str,
+    image: str,
+    matchmaker_url: str,
+    signaling_host: str,
+    token_path: str,
 ) -> list[str]:
     """Shell lines that install (and run once) the boot script that starts the agent container.
 
@@ -48,14 +56,7 @@ def agent_user_data(
     being warmed it only pulls the image. It waits for its token: the launch hook's function
     writes it within seconds, while the host boots.
     """
-    env = {
-        "PIXELFLEET_AGENT__MATCHMAKER_URL": matchmaker_url,
-        "PIXELFLEET_AGENT__APP": pool.app,
-        "PIXELFLEET_AGENT__TENANT": pool.tenant,
-        "PIXELFLEET_AGENT__REGION": region,
-        "PIXELFLEET_AGENT__CLOUDWATCH_NAMESPACE": CLOUDWATCH_NAMESPACE,
-        "PIXELFLEET_LOG_FORMAT": "json",
-    }
+    env = agent_environment(pool=pool, region=region, matchmaker_url=matchmaker_url, signaling_host=signaling_host)
     flags = " ".join(f"-e {k}={v}" for k, v in env.items())
     tries = LAUNCH_TIMEOUT_S // 5
     script = [
@@ -93,6 +94,21 @@ def agent_user_data(
     ]
 
 
+def agent_environment(*, pool: GpuPool, region: str, matchmaker_url: str, signaling_host: str) -> dict[str, str]:
+    """The agent container's settings (besides its token, host id and AZ, which the boot script adds)."""
+    return {
+        "PIXELFLEET_AGENT__MATCHMAKER_URL": matchmaker_url,
+        # the streamers this host starts connect to signalling's streamer port, through the NLB
+        "PIXELFLEET_AGENT__STREAMER_URL": f"ws://{signaling_host}:{STREAMER_PORT}",
+        "PIXELFLEET_AGENT__SIGNALING_API_URL": f"http://{signaling_host}:{PLAYER_PORT}",
+        "PIXELFLEET_AGENT__APP": pool.app,
+        "PIXELFLEET_AGENT__TENANT": pool.tenant,
+        "PIXELFLEET_AGENT__REGION": region,
+        "PIXELFLEET_AGENT__CLOUDWATCH_NAMESPACE": CLOUDWATCH_NAMESPACE,
+        "PIXELFLEET_LOG_FORMAT": "json",
+    }
+
+
 def group_names(stage: StageConfig, pool: GpuPool) -> dict[str, str]:
     """Fixed group names: the token function's rule and role name them before the groups exist,
     and the autoscaler's ``on_demand_group``/``spot_group`` settings take them as they are."""
@@ -111,6 +127,7 @@ class GpuFleetStack(Stack):
         vpc: ec2.IVpc,
         data: DataStack,
         matchmaker_url: str,
+        signaling_host: str,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, id, **kwargs)
@@ -183,6 +200,7 @@ class GpuFleetStack(Stack):
                 region=self.region,
                 image=data.repositories["agent"].repository_uri_for_tag(stage.image_tag),
                 matchmaker_url=matchmaker_url,
+                signaling_host=signaling_host,
                 token_path=self.tokens.path,
             )
         )

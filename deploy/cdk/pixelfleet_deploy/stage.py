@@ -51,9 +51,9 @@ def build_stage(app: App, stage: StageConfig, env: Environment | None = None, *,
     network = NetworkStack(app, f"{prefix}-network", stage=stage, env=env)
     vpc = network.vpc
     data = DataStack(app, f"{prefix}-data", stage=stage, vpc=vpc, env=env)
-    control = ControlPlaneStack(app, f"{prefix}-control", stage=stage, vpc=vpc, data=data, env=env)
     turn = TurnStack(app, f"{prefix}-turn", stage=stage, vpc=vpc, data=data, env=env)
-    # Agents reach the matchmaker inside the VPC, through the NLB.
+    control = ControlPlaneStack(app, f"{prefix}-control", stage=stage, vpc=vpc, data=data, turn_urls=turn.urls, env=env)
+    # Agents reach the matchmaker, and their streamers signalling, through the NLB.
     matchmaker_url = f"http://{control.nlb.load_balancer_dns_name}:{MATCHMAKER_PORT}"
     fleets = {
         pool.name: GpuFleetStack(
@@ -64,6 +64,7 @@ def build_stage(app: App, stage: StageConfig, env: Environment | None = None, *,
             vpc=vpc,
             data=data,
             matchmaker_url=matchmaker_url,
+            signaling_host=control.nlb.load_balancer_dns_name,
             env=env,
         )
         for pool in stage.pools
