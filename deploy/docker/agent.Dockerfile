@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The GPU host agent (pixelfleet agent): supervises the streamer slots of one host, reports
-# them to the matchmaker, serves /metrics and /healthz on 9102.
+# them to the matchmaker, serves /metrics, /livez, /readyz and /healthz on 9102.
 #   docker build -f deploy/docker/agent.Dockerfile -t pixelfleet/agent .
 #   docker run --runtime nvidia --gpus all --network host \
 #     -e PIXELFLEET_AGENT_TOKEN=... -e PIXELFLEET_AGENT__MATCHMAKER_URL=http://mm:9999 pixelfleet/agent
@@ -49,7 +49,8 @@ ENV PATH=/opt/pixelfleet/bin:$PATH \
     PIXELFLEET_AGENT__METRICS_PORT=9102
 USER 10001
 EXPOSE 9102
-# the agent has no /readyz: /healthz on the metrics port answers while the agent runs
+# healthcheck.py asks /readyz on the metrics port: 503 while the agent is not registered with its
+# matchmaker or the last heartbeat failed (an agent without a matchmaker is always ready)
 HEALTHCHECK --interval=15s --timeout=4s --start-period=30s --retries=3 \
     CMD ["python", "/opt/pixelfleet/healthcheck.py"]
 STOPSIGNAL SIGTERM

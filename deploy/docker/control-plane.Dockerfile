@@ -40,7 +40,8 @@ ENV PATH=/opt/pixelfleet/bin:$PATH \
     PIXELFLEET_MATCHMAKER__PORT=9999
 USER 10001
 EXPOSE 8080 8888 9999
-# signalling: /readyz on the player port; the matchmaker: /healthz (its only health endpoint)
+# healthcheck.py asks the running command's /readyz: signalling on the player port (503 while
+# draining or cut off from Redis), the matchmaker on its port (503 while draining or its store fails)
 HEALTHCHECK --interval=10s --timeout=4s --start-period=20s --retries=3 \
     CMD ["python", "/opt/pixelfleet/healthcheck.py"]
 STOPSIGNAL SIGTERM
