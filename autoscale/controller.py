@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 import structlog
 
-from autoscale.policy import Decision, HostState, HostView, PoolView, Scaler
+from autoscale.events import EventsFile
+from autoscale.policy import Decision, ForecastSizer, HostState, HostView, PoolView, Scaler
 from autoscale.providers.base import FleetProvider, ProviderHost
 from matchmaker.models import Host, Slot, SlotState
 
@@ -139,6 +140,7 @@ class Controller:
         app: str = "default",
         period_s: float = 60.0,
         decision_log: str | None = None,
+        events_file: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.observer = observer
@@ -151,8 +153,25 @@ class Controller:
         self.decisions: list[Decision] = []  # the last few, newest last
         self._task: asyncio.Task[None] | None = None
         self._booting_since: dict[str, float] = {}
+        # Announced events: those the forecaster started with, plus the events file's,
+        # re-read whenever it changes.
+        self.events_file = EventsFile(events_file) if events_file else None
+        if self.events_file is not None and not isinstance(scaler.sizer, ForecastSizer):
+            raise ValueError("an events file needs the forecast sizer")
+        self._fixed_events = list(scaler.sizer.forecaster.events) if isinstance(scaler.sizer, ForecastSizer) else []
+
+    def reload_events(self) -> bool:
+        """Re-read the events file if it changed; whether the forecaster's events changed."""
+        if self.events_file is None or not isinstance(self.scaler.sizer, ForecastSizer):
+            return False
+        events = self.events_file.poll()
+        if events is None:
+            return False
+        self.scaler.sizer.forecaster.events = [*self._fixed_events, *events]
+        return True
 
     async def step(self) -> Decision:
+        self.reload_events()
         try:
             await self.provider.poll_notices()
         except Exception as exc:  # noqa: BLE001 - a notice queue down must not stop the scaling

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from autoscale.controller import Controller, InProcessObserver
-from autoscale.forecast import DemandForecaster, ForecastSettings, ScheduledEvent
+from autoscale.events import EventSpec, decode_events
+from autoscale.forecast import DemandForecaster, ForecastSettings
 from autoscale.policy import ForecastSizer, PoolPolicy, Scaler
 from autoscale.providers.local import LocalProvider
 
@@ -32,7 +33,8 @@ class LocalAutoscaleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     policy: PoolPolicy = PoolPolicy(min_hosts=1, max_hosts=4, lead_time_s=20.0, scale_in_cooldown_s=30.0)
     forecast: ForecastSettings = ForecastSettings(bucket_s=60.0, recent_window_s=60.0)
     period_s: float = 2.0
-    events: list[ScheduledEvent] = []  # start and end in Unix seconds
+    events: list[EventSpec] = []  # start and end in Unix seconds or ISO 8601
+    events_file: str | None = None  # more events, re-read whenever the file changes
     decision_log: str | None = None  # append each decision as a JSON line
 
     def __post_init__(self) -> None:
@@ -44,9 +46,16 @@ def load_local_config(path: str | None) -> LocalAutoscaleConfig:
     if path is None:
         return LocalAutoscaleConfig()
     try:
-        return msgspec.json.decode(Path(path).read_bytes(), type=LocalAutoscaleConfig)
+        config = msgspec.json.decode(Path(path).read_bytes(), type=LocalAutoscaleConfig)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise ValueError(f"--autoscale-config {path}: {exc}") from None
+    events_file = Path(config.events_file) if config.events_file else None
+    if events_file is not None and events_file.exists():  # a bad one stops the start; later, it is logged
+        try:
+            decode_events(events_file.read_bytes())
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            raise ValueError(f"--autoscale-config {path}: events_file {events_file}: {exc}") from None
+    return config
 
 
 def _agent_factory(
@@ -70,7 +79,8 @@ async def start_autoscaler(
     if args.autoscale_log:
         config = msgspec.structs.replace(config, decision_log=args.autoscale_log)
     provider = LocalProvider(_agent_factory(args, platform, server, matchmaker, config.policy.slots_per_host))
-    scaler = Scaler(config.policy, ForecastSizer(DemandForecaster(config.forecast, tuple(config.events))))
+    events = tuple(e.event() for e in config.events)
+    scaler = Scaler(config.policy, ForecastSizer(DemandForecaster(config.forecast, events)))
     controller = Controller(
         InProcessObserver(matchmaker),
         provider,
@@ -79,6 +89,7 @@ async def start_autoscaler(
         app=args.app,
         period_s=config.period_s,
         decision_log=config.decision_log,
+        events_file=config.events_file,
     )
     controller.start()
     return controller
