@@ -71,7 +71,7 @@ from loadtest.bench_matchmaker_procs import (
     latency_summary,
     saturation,
 )
-from loadtest.bench_matchmaker_report import TARGETS, _print_phase, ratios, render
+from loadtest.bench_matchmaker_report import TARGETS, _print_phase, merge_ends, ratios, render
 from loadtest.bench_signaling import ProcTree, hot_spots, machine_info, quiet_machine
 from loadtest.children import die_with_parent
 from loadtest.fleet_sim import heartbeat_mode
@@ -301,6 +301,7 @@ class Bench:
             ends = None
             if self.shape is not None:
                 ends = {"connections": o.end_conns, "mean_s": o.session_mean, "connect_s": o.connect_after}
+                ends["batch"] = 64 if o.events == "batch" else 0  # as signalling's PIXELFLEET_REPORT_BATCH_MAX
             cfgs = [
                 {
                     "kind": "http",
@@ -375,7 +376,7 @@ class Bench:
         if self.shape is None:
             out.update(slots_per_app=o.slots_per_app, ready_per_app_end=round(o.slots_per_app - total / len(apps), 1))
         else:
-            out["ends"] = _merge_ends([r.get("ends", {}) for r in results])
+            out["ends"] = merge_ends([r.get("ends", {}) for r in results])
             out["fleet"] = await world.fleet_figures(usage, fleet_stats, ok)
         if mode == "open":
             out.update(
@@ -486,14 +487,6 @@ class Bench:
         return report
 
 
-def _merge_ends(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    statuses: dict[str, int] = {}
-    for p in parts:
-        for k, v in p.get("statuses", {}).items():
-            statuses[k] = statuses.get(k, 0) + v
-    return {"sent": sum(p.get("sent", 0) for p in parts), "statuses": statuses}
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -552,6 +545,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     fleet.add_argument("--queue-slots", type=int, default=16, help="slots of the queue app (its own host)")
     fleet.add_argument("--queue-players", type=int, default=24, help="players of the queue app (0 = no queue)")
     fleet.add_argument("--end-conns", type=int, default=16, help="connections per generator for session events")
+    fleet.add_argument("--events", choices=("batch", "single"), default="batch", help="batch: as signalling sends")
     fleet.add_argument("--hb-seconds", type=float, default=6.0, help="heartbeats-only window per phase (CPU split)")
     p.add_argument("--replicas", type=_ints, default=[1, 4], help="closed-loop phases (default 1,4)")
     p.add_argument("--allocs", type=int, default=6000, help="measured allocations per closed-loop phase")

@@ -16,9 +16,10 @@ allocation than what it loads, so it is lean:
   due.
   With ``ends`` (the fleet at work), each allocated session then lives as a player's
   does: the signalling side reports it ``connected`` shortly after, and ``disconnected``
-  after an exponential time (``POST /api/v1/sessions/{id}/events`` with the session's
-  token, on connections of their own); the matchmaker ends it after its reconnect grace
-  and the simulated agent resets the slot.
+  after an exponential time, batched as signalling does (``POST /api/v1/sessions/events``,
+  each item with the session's token; ``batch`` 0: ``POST /api/v1/sessions/{id}/events``
+  each alone), on connections of their own; the matchmaker ends it after its reconnect
+  grace and the simulated agent resets the slot.
 - ``raw``: allocations straight on Redis (``loadtest.bench_matchmaker_raw``).
 
 Commands: ``prepare`` (connect), ``run`` (answers when done), ``quit``.
@@ -80,7 +81,7 @@ class HttpConn(asyncio.Protocol):
     )
 
     def __init__(self, on_done: OnDone, keep: bool = False) -> None:
-        self.keep = keep  # keep a 201's body (``body``) for the session's ends
+        self.keep = keep  # keep a 200's or 201's body (``body``): the session's ends, a batch's outcomes
         self.body = b""
         self.body_at = 0
         self.transport: asyncio.Transport | None = None
@@ -122,7 +123,7 @@ class HttpConn(asyncio.Protocol):
             self.need = end + 4 + length
             self.body_at = end + 4
         if len(buf) >= self.need:
-            if self.keep and self.status == 201:
+            if self.keep and self.status in (200, 201):  # a 201's session, a batch's outcomes
                 self.body = bytes(buf[self.body_at : self.need])
             del buf[: self.need]
             self.need = -1
@@ -133,24 +134,38 @@ class HttpConn(asyncio.Protocol):
 class SessionEnds:
     """The signalling side of allocated sessions: ``connected`` after ``connect_s``,
     ``disconnected`` after an exponential time of mean ``mean_s`` (the matchmaker then
-    ends the session after its reconnect grace), each on an idle connection of its own."""
+    ends the session after its reconnect grace).
+
+    ``batch`` > 0 (the default, as signalling reports): each connection is one signalling
+    node's reporter, and each session reports through one of them; at every 5 ms tick a
+    connection with nothing in flight sends its due events together in one ``POST
+    /api/v1/sessions/events`` (at most ``batch`` items; the rest after the answer), so one
+    session's events keep their order. ``batch`` 0: each event alone on the single route
+    (``POST /api/v1/sessions/{id}/events``), on any idle connection."""
 
     def __init__(self, cfg: dict[str, Any], seed: int) -> None:
         self.cfg = cfg
         self.rnd = random.Random(seed)
-        self.due: list[tuple[float, int, bytes]] = []  # (time, tie-break, request)
+        self.batch: int = cfg.get("batch", 0)
+        self.due: list[tuple[float, int, int, bytes]] = []  # (time, tie-break, lane, request or item)
         self.backlog: collections.deque[bytes] = collections.deque()
         self.idle: collections.deque[HttpConn] = collections.deque()
+        self.lanes: list[tuple[HttpConn, collections.deque[bytes]]] = []  # batch: one reporter per connection
+        self.in_flight: dict[HttpConn, int] = {}  # batch: items of the request a connection awaits
         self.n = 0
         self.sent = 0
+        self.requests = 0
         self.statuses: collections.Counter[int] = collections.Counter()
         self.task: asyncio.Task[None] | None = None
 
     async def prepare(self, ports: list[int]) -> None:
         loop = asyncio.get_running_loop()
         for i in range(self.cfg["connections"]):
-            _, conn = await loop.create_connection(lambda: HttpConn(self._done), "127.0.0.1", ports[i % len(ports)])
+            _, conn = await loop.create_connection(
+                lambda: HttpConn(self._done, keep=self.batch > 0), "127.0.0.1", ports[i % len(ports)]
+            )
             self.idle.append(conn)
+            self.lanes.append((conn, collections.deque()))
         self.task = asyncio.create_task(self._pump())
 
     @staticmethod
@@ -167,6 +182,20 @@ class SessionEnds:
             + body
         )
 
+    @staticmethod
+    def _item(session_id: str, token: str, event: bytes) -> bytes:
+        return (
+            b'{"session_id":"' + session_id.encode() + b'","token":"' + token.encode() + b'","event":"' + event + b'"}'
+        )
+
+    @staticmethod
+    def _batch_request(items: list[bytes]) -> bytes:
+        body = b'{"events":[' + b",".join(items) + b"]}"
+        return (
+            b"POST /api/v1/sessions/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+
     def schedule(self, assigned: bytes) -> None:
         """A 201's body: the session's id and token."""
         d = orjson.loads(assigned)
@@ -174,22 +203,45 @@ class SessionEnds:
         t = now() + self.cfg["connect_s"]
         end = t + self.rnd.expovariate(1.0 / self.cfg["mean_s"])
         self.n += 2
-        heapq.heappush(self.due, (t, self.n - 1, self._event(sid, token, b"connected")))
-        heapq.heappush(self.due, (end, self.n, self._event(sid, token, b"disconnected")))
+        make = self._item if self.batch else self._event
+        lane = (self.n // 2) % max(1, len(self.lanes))
+        heapq.heappush(self.due, (t, self.n - 1, lane, make(sid, token, b"connected")))
+        heapq.heappush(self.due, (end, self.n, lane, make(sid, token, b"disconnected")))
 
     def _send(self, request: bytes) -> None:
         if self.idle:
             self.sent += 1
+            self.requests += 1
             self.idle.popleft().send(request, now())
         else:
             self.backlog.append(request)
 
+    def _send_batch(self, conn: HttpConn, queue: collections.deque[bytes]) -> None:
+        items: list[bytes] = []
+        size = 0
+        while queue and len(items) < self.batch and size + len(queue[0]) < 60_000:  # the 64 KiB body limit
+            size += len(queue[0]) + 1
+            items.append(queue.popleft())
+        self.in_flight[conn] = len(items)
+        self.sent += len(items)
+        self.requests += 1
+        conn.send(self._batch_request(items), now())
+
     def _done(self, conn: HttpConn, status: int) -> None:
+        if self.batch:
+            items = self.in_flight.pop(conn, 0)
+            if status == 200:
+                for r in orjson.loads(conn.body)["results"]:
+                    self.statuses[r["status"]] += 1
+            else:
+                self.statuses[status] += items
+            return  # the next tick sends what this connection's reporter has queued
         self.statuses[status] += 1
         if conn.lost:
             return
         if self.backlog:
             self.sent += 1
+            self.requests += 1
             conn.send(self.backlog.popleft(), now())
         else:
             self.idle.append(conn)
@@ -198,19 +250,32 @@ class SessionEnds:
         while True:
             t = now()
             while self.due and self.due[0][0] <= t:
-                self._send(heapq.heappop(self.due)[2])
+                _, _, lane, request = heapq.heappop(self.due)
+                if self.batch:
+                    self.lanes[lane][1].append(request)
+                else:
+                    self._send(request)
+            if self.batch:
+                for conn, queue in self.lanes:
+                    if queue and not conn.busy and not conn.lost:
+                        self._send_batch(conn, queue)
             await asyncio.sleep(0.005)
 
     def take(self) -> dict[str, Any]:
-        out = {"sent": self.sent, "statuses": {str(k): v for k, v in self.statuses.items()}, "pending": len(self.due)}
-        self.sent = 0
+        out = {
+            "sent": self.sent,
+            "requests": self.requests,
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "pending": len(self.due) + sum(len(q) for _, q in self.lanes),
+        }
+        self.sent = self.requests = 0
         self.statuses.clear()
         return out
 
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        for c in self.idle:
+        for c, _ in self.lanes:
             if c.transport is not None:
                 c.transport.close()
 

@@ -177,7 +177,8 @@ def fleet_lines(p: dict[str, Any]) -> list[str]:
         f"{win['heartbeats_failed']} failed; {win['resets']} slot resets",
         f"  queue app: {q['asked']} asked, {q['waited']} queued (202), {q['served']} served from the queue "
         f"(wait p50/p99 {q['wait_p50_ms']}/{q['wait_p99_ms']} ms), {q['refused']} refused; "
-        f"session ends: {p.get('ends', {}).get('sent', 0)} events sent {p.get('ends', {}).get('statuses', {})}",
+        f"session ends: {p.get('ends', {}).get('sent', 0)} events sent in {p.get('ends', {}).get('requests', 0)} "
+        f"requests {p.get('ends', {}).get('statuses', {})}",
         f"  CPU ms per heartbeat: redis {_f(cost['per_heartbeat_ms']['redis'])}, replicas "
         f"{_f(cost['per_heartbeat_ms']['matchmakers'])}; per allocation (heartbeats taken out): redis "
         f"{_f(cost['per_alloc_ms']['redis'])}, replicas {_f(cost['per_alloc_ms']['matchmakers'])}",
@@ -185,3 +186,13 @@ def fleet_lines(p: dict[str, Any]) -> list[str]:
     if win.get("errors") or hb.get("errors"):
         out.append(f"  fleet errors: {win.get('errors')} (heartbeats only: {hb.get('errors')})")
     return out
+
+
+def merge_ends(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The generators' session-event counts together: events, HTTP requests, per-event statuses."""
+    statuses: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.get("statuses", {}).items():
+            statuses[k] = statuses.get(k, 0) + v
+    requests = sum(p.get("requests", p.get("sent", 0)) for p in parts)
+    return {"sent": sum(p.get("sent", 0) for p in parts), "requests": requests, "statuses": statuses}

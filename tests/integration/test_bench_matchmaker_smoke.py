@@ -115,9 +115,12 @@ def test_bench_matchmaker_with_a_fleet_at_work_reports_every_figure(
     # Sessions end (events accepted; the closed phases may be over before the first is
     # due) and the agents reset their slots; the queue is used.
     for key in (("http closed", 1), ("http closed", 2), ("http open", 2)):
-        assert set(phases[key]["ends"]) == {"sent", "statuses"}, key
+        assert set(phases[key]["ends"]) == {"sent", "requests", "statuses"}, key
     ends = phases[("http open", 2)]["ends"]
     assert ends["sent"] > 0 and ends["statuses"].get("200", 0) > 0, ends
+    # Batched as signalling sends them (the default): never more requests than events, and
+    # an outcome per event (but those of a batch still in flight at the phase's end).
+    assert 0 < ends["requests"] <= ends["sent"] and 0 < sum(ends["statuses"].values()) <= ends["sent"], ends
     everything = [p["fleet"][w] for p in phases.values() for w in ("heartbeats_only", "window")]
     assert sum(w["resets"] for w in everything) > 0
     assert sum(w["queue"]["asked"] for w in everything) > 0
