@@ -20,6 +20,7 @@ from aws_cdk.assertions import Match, Template  # noqa: E402
 from pixelfleet_deploy.agent_tokens import LAUNCH_HOOK, TERMINATE_HOOK, VPC_ENI_ACTIONS  # noqa: E402
 from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_context  # noqa: E402
 from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
+from pixelfleet_deploy.gpu_fleet import PARAMETER_READS, SESSION_MANAGER_ACTIONS  # noqa: E402
 from pixelfleet_deploy.nag import REASONS  # noqa: E402
 from pixelfleet_deploy.stage import Stage, build_stage, new_app  # noqa: E402
 
@@ -155,14 +156,33 @@ def _statements(t: Template) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("part", ["control", "gpu-default", "turn"])
 def test_runtime_roles_name_every_action(synthesized: tuple[Stage, Path], part: str) -> None:
-    """Tasks and hosts touch player data: no wildcard action in any of their statements."""
-    for statement in _statements(template(synthesized, part)):
+    """Tasks and hosts touch player data: no wildcard action in any of their statements, and
+    no AWS-managed policy on a host role (AmazonSSMManagedInstanceCore allows ssm:GetParameter
+    on every parameter: every other host's agent token)."""
+    t = template(synthesized, part)
+    for statement in _statements(t):
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert not [a for a in actions if "*" in a], statement
         if statement["Resource"] == "*":
-            # the agent-token function's network interfaces in the VPC (its own role, below)
-            allowed = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", *VPC_ENI_ACTIONS}
+            # the agent-token function's network interfaces in the VPC (its own role, below),
+            # and the SSM agent's Session Manager channel
+            allowed = {
+                "ecr:GetAuthorizationToken",
+                "cloudwatch:PutMetricData",
+                *VPC_ENI_ACTIONS,
+                *SESSION_MANAGER_ACTIONS,
+            }
             assert set(actions) <= allowed, statement
+    ec2_roles = [
+        (name, role)
+        for name, role in t.find_resources("AWS::IAM::Role").items()
+        if "ec2.amazonaws.com" in json.dumps(role["Properties"]["AssumeRolePolicyDocument"])
+    ]
+    assert ec2_roles or part == "control"
+    for name, role in ec2_roles:
+        assert "ManagedPolicyArns" not in role["Properties"], (name, role["Properties"]["ManagedPolicyArns"])
+    assert not t.find_resources("AWS::IAM::ManagedPolicy")
+    assert not [s for s in _statements(t) if "ssm:GetParameter" in json.dumps(s["Action"]) and s["Resource"] == "*"]
 
 
 def test_redis_is_cluster_mode_with_tls_and_auth(synthesized: tuple[Stage, Path]) -> None:
@@ -355,10 +375,21 @@ def test_hosts_read_their_own_token_and_no_secret(synthesized: tuple[Stage, Path
     ]
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     assert not [s for s in statements if "secretsmanager" in json.dumps(s["Action"])]
-    (ssm,) = [s for s in statements if "ssm:" in json.dumps(s["Action"])]
+    reads = [s for s in statements if "ssm:GetParameter" in json.dumps(s["Action"])]
+    (ssm,) = [s for s in reads if s["Effect"] == "Allow"]
     assert ssm["Action"] == "ssm:GetParameter"
     assert json.dumps(ssm["Resource"]).endswith(':parameter/pixelfleet/test/agent-tokens/default/*"]]}')
-    assert ssm["Condition"] == {"StringEquals": {"aws:ResourceTag/pixelfleet:instance-arn": "${ec2:SourceInstanceARN}"}}
+    own = {"aws:ResourceTag/pixelfleet:instance-arn": "${ec2:SourceInstanceARN}"}
+    assert ssm["Condition"] == {"StringEquals": own}
+    # and an explicit Deny of every read of another host's token, whatever else the role gets
+    (deny,) = [s for s in reads if s["Effect"] == "Deny"]
+    assert set(deny["Action"]) == set(PARAMETER_READS) and deny["Condition"] == {"StringNotEquals": own}
+    assert json.dumps(deny["Resource"]).count("agent-tokens/default") == 2  # the path and what is under it
+    (kms,) = [s for s in statements if "kms:Decrypt" in json.dumps(s["Action"])]
+    assert set(kms["Condition"]["StringEquals"]["kms:ViaService"]) == {
+        "ssm.us-east-1.amazonaws.com",
+        "s3.us-east-1.amazonaws.com",
+    }
 
 
 def test_only_the_matchmaker_and_the_token_functions_read_the_agent_key(synthesized: tuple[Stage, Path]) -> None:

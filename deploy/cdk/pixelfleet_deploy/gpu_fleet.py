@@ -34,6 +34,29 @@ IMDS_TOKEN = (
     "TOKEN=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')"
 )
 CLOUDWATCH_NAMESPACE = "Pixelfleet"
+# What the SSM agent needs for Session Manager (shell access without SSH) and Run Command,
+# in place of AmazonSSMManagedInstanceCore, which also allows ssm:GetParameter(s) on every
+# parameter: with it any host could read every other host's agent token.
+SESSION_MANAGER_ACTIONS = (
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
+# Every way to read a parameter's value (the explicit Deny below names them all).
+PARAMETER_READS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory")
+
+
+def session_manager_statement() -> iam.PolicyStatement:
+    # These actions have no resource type; they open the SSM agent's channels, not data.
+    return iam.PolicyStatement(actions=list(SESSION_MANAGER_ACTIONS), resources=["*"])
 
 
 BOOT_SCRIPT = "/var/lib/cloud/scripts/per-boot/pixelfleet-agent.sh"
@@ -135,9 +158,9 @@ class GpuFleetStack(Stack):
             self,
             "HostRole",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-            description="GPU host: read its secret and builds, pull its image, publish metrics",
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+            description="GPU host: read its own token and the builds, pull its image, publish metrics",
         )
+        self.role.add_to_policy(session_manager_statement())
         names = group_names(stage, pool)
         self.tokens = AgentTokenMinter(
             self,
@@ -161,6 +184,17 @@ class GpuFleetStack(Stack):
                 conditions=own if stage.host_reads_own_token_only else None,
             )
         )
+        if stage.host_reads_own_token_only:
+            # Whatever else a later change attaches to the role, no read of another host's token.
+            path_arn = self.tokens.parameters_arn.removesuffix("/*")
+            self.role.add_to_policy(
+                iam.PolicyStatement(
+                    effect=iam.Effect.DENY,
+                    actions=list(PARAMETER_READS),
+                    resources=[path_arn, self.tokens.parameters_arn],
+                    conditions={"StringNotEquals": {f"aws:ResourceTag/{INSTANCE_TAG}": "${ec2:SourceInstanceARN}"}},
+                )
+            )
         data.repositories["agent"].grant_pull(self.role)
         # Named actions on named keys (grant_read/grant_put would add s3:GetObject*, s3:List* and
         # kms:GenerateDataKey*): read UE builds, write this pool's logs, under the data key.
@@ -175,8 +209,17 @@ class GpuFleetStack(Stack):
                 resources=[data.imported(self, "logs").arn_for_objects(f"agents/{pool.name}/*")],
             )
         )
+        # The stage key only through SSM (its token) and S3 (builds, logs), not on any ciphertext.
         self.role.add_to_policy(
-            iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[data.key.key_arn])
+            iam.PolicyStatement(
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=[data.key.key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": [f"ssm.{self.region}.amazonaws.com", f"s3.{self.region}.amazonaws.com"]
+                    }
+                },
+            )
         )
         self.role.add_to_policy(
             iam.PolicyStatement(

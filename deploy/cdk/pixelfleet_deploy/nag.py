@@ -88,10 +88,10 @@ REASONS: dict[str, dict[str, str]] = {
     "turn": {
         f"{AS}EC23": "TURN must be reachable by any player: its listener and relay ports are open by design",
         f"{AS}AS3": "Scaling events are visible in the group's CloudWatch metrics (all group metrics are on)",
-        f"{AS}IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]": (
-            "Session Manager instead of SSH: the AWS-maintained policy is the supported minimum for the SSM agent"
+        f"{AS}IAM5[Resource::*]": (
+            "ecr:GetAuthorizationToken and the SSM agent's Session Manager channel actions (ssmmessages:*Channel, "
+            "ec2messages:*, ssm:UpdateInstanceInformation, each named) have no resource type"
         ),
-        f"{AS}IAM5[Resource::*]": "ecr:GetAuthorizationToken has no resource type; it is the only action on *",
     },
     "gpu": {
         f"{AS}EC23": "The hosts' group admits only the VPC's range, which cdk-nag cannot read from a token",
@@ -104,11 +104,9 @@ REASONS: dict[str, dict[str, str]] = {
             "The launch template requires IMDSv2 (HttpTokens=required, asserted in the tests); cdk-nag does not "
             "follow a mixed-instances policy to its launch template"
         ),
-        f"{AS}IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]": (
-            "Session Manager instead of SSH: the AWS-maintained policy is the supported minimum for the SSM agent"
-        ),
         f"{AS}IAM5[Resource::*]": (
-            "ecr:GetAuthorizationToken and cloudwatch:PutMetricData have no resource type; PutMetricData is "
+            "ecr:GetAuthorizationToken, cloudwatch:PutMetricData and the SSM agent's Session Manager channel "
+            "actions (named, no ssm:GetParameter) have no resource type; PutMetricData is "
             "limited to the pixelfleet namespace by a condition. The agent-token function's role has the five "
             "network-interface actions Lambda needs to run a function in the VPC, which take no resource either"
         ),

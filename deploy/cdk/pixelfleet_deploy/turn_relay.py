@@ -21,7 +21,7 @@ from constructs import Construct
 
 from pixelfleet_deploy.config import StageConfig
 from pixelfleet_deploy.data import DataStack
-from pixelfleet_deploy.gpu_fleet import IMDS_TOKEN
+from pixelfleet_deploy.gpu_fleet import IMDS_TOKEN, session_manager_statement
 
 TURN_PORT = 3478
 TURNS_PORT = 5349
@@ -79,7 +79,6 @@ class TurnStack(Stack):
             "TurnRole",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="coturn host: take its Elastic IP, read the TURN secret, pull the coturn image",
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
         )
         data.turn_secret.grant_read(self.role)
         data.repositories["coturn"].grant_pull(self.role)
@@ -152,4 +151,6 @@ class TurnStack(Stack):
                 },
             )
         )
+        # Session Manager's channel only (AmazonSSMManagedInstanceCore would add ssm:GetParameter on *).
+        self.role.add_to_policy(session_manager_statement())
         self.urls = [url for eip in self.addresses for url in turn_urls(eip.ref)]
