@@ -91,17 +91,26 @@ def instrument(client: Any, scripts: Mapping[str, Any] = {}) -> RoundTrips:  # n
     script call is named ``script_<name>`` rather than ``evalsha``."""
     trips = RoundTrips()
     names = {script.sha: f"script_{name}" for name, script in scripts.items()}
+    plain: dict[Any, str] = {}  # command -> op, for every command but a script call
     inner = client.execute_command
     clock = time.perf_counter
+
+    def op_of(args: tuple[Any, ...]) -> str:
+        op = plain.get(args[0]) if args else None
+        if op is None:
+            op = _op_name(args, names)
+            if args and args[0] not in _EVAL:
+                plain[args[0]] = op
+        return op
 
     async def execute_command(*args: Any, **options: Any) -> Any:
         started = clock()
         try:
             result = await inner(*args, **options)
         except BaseException:  # an error, a dropped connection, or a caller's timeout
-            trips.error(_op_name(args, names))
+            trips.error(op_of(args))
             raise
-        trips.observe(_op_name(args, names), clock() - started)
+        trips.observe(op_of(args), clock() - started)
         return result
 
     client.execute_command = execute_command
