@@ -68,13 +68,17 @@ def test_warm_pool_on_the_on_demand_group_and_none_on_spot(synthesized: tuple[St
     assert pool["Properties"]["AutoScalingGroupName"] == {"Ref": on_demand}
     assert pool["Properties"]["PoolState"] == "Stopped"
     groups = fleet.find_resources("AWS::AutoScaling::AutoScalingGroup")
-    distributions = {
-        name: g["Properties"]["MixedInstancesPolicy"]["InstancesDistribution"] for name, g in groups.items()
-    }
-    spot = [n for n, d in distributions.items() if d["OnDemandPercentageAboveBaseCapacity"] == 0]
-    assert len(spot) == 1 and spot[0] != on_demand
-    assert distributions[spot[0]]["OnDemandBaseCapacity"] == 0
-    types = groups[spot[0]]["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
+    # AWS refuses a warm pool on a group with a mixed instances policy: the warm-pooled group
+    # runs the launch template as it is (one instance type, On-Demand)
+    assert "MixedInstancesPolicy" not in groups[on_demand]["Properties"]
+    assert "LaunchTemplate" in groups[on_demand]["Properties"]
+    (lt,) = fleet.find_resources("AWS::EC2::LaunchTemplate").values()
+    assert lt["Properties"]["LaunchTemplateData"]["InstanceType"] == "g5.xlarge"
+    assert "InstanceMarketOptions" not in lt["Properties"]["LaunchTemplateData"]
+    (spot,) = [n for n in groups if n != on_demand]
+    distribution = groups[spot]["Properties"]["MixedInstancesPolicy"]["InstancesDistribution"]
+    assert distribution["OnDemandBaseCapacity"] == 0 and distribution["OnDemandPercentageAboveBaseCapacity"] == 0
+    types = groups[spot]["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
     assert [t["InstanceType"] for t in types] == ["g5.xlarge", "g6.xlarge"]
     fleet.has_resource_properties(
         "AWS::EC2::LaunchTemplate",

@@ -28,6 +28,7 @@ class GpuPool:
     name: str = "default"
     app: str = "default"
     tenant: str = "default"  # the tenant the pool's slots serve, and the only one its hosts' agent tokens name
+    # the On-Demand (warm-pooled) group runs the first; the Spot group any of them
     instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge")
     on_demand_min: int = 1
     on_demand_max: int = 8

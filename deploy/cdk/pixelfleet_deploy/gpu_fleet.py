@@ -1,8 +1,9 @@
 """One GPU pool: the two Auto Scaling groups the autoscaler drives.
 
-- On-Demand (G5/G6) with a warm pool of stopped, pre-initialised hosts: the baseline and
-  the hosts that must not vanish mid-session. A warm host starts in about a minute instead
-  of the UE build's full cold start.
+- On-Demand with a warm pool of stopped, pre-initialised hosts: the baseline and the hosts
+  that must not vanish mid-session. A warm host starts in about a minute instead of the UE
+  build's full cold start. One instance type, the pool's first: AWS refuses a warm pool on a
+  group with a mixed instances policy (for several On-Demand types, give each its own pool).
 - Spot for bursts, capacity-optimised over every listed type, no warm pool (a Spot host can
   be taken back at any time, so keeping stopped ones buys nothing).
 
@@ -270,6 +271,9 @@ class GpuFleetStack(Stack):
             autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in pool.instance_types
         ]
         private = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        # AWS refuses a warm pool on a group with a mixed instances policy: the On-Demand group
+        # runs the launch template as it is, with its one instance type (the pool's first);
+        # only the Spot group spreads over every listed type.
         self.on_demand = autoscaling.AutoScalingGroup(
             self,
             "OnDemand",
@@ -278,15 +282,7 @@ class GpuFleetStack(Stack):
             vpc_subnets=private,
             min_capacity=pool.on_demand_min,
             max_capacity=pool.on_demand_max,
-            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
-                launch_template=self.launch_template,
-                launch_template_overrides=overrides,
-                instances_distribution=autoscaling.InstancesDistribution(
-                    on_demand_base_capacity=pool.on_demand_max,
-                    on_demand_percentage_above_base_capacity=100,
-                    on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
-                ),
-            ),
+            launch_template=self.launch_template,
             health_checks=autoscaling.HealthChecks.ec2(grace_period=Duration.minutes(10)),
             group_metrics=[autoscaling.GroupMetrics.all()],
             default_instance_warmup=Duration.minutes(5),
