@@ -188,20 +188,27 @@ class Controller:
             self._booting_since,
         )
         d = self.scaler.decide(view)
-        await self.provider.protect({h.host_id for h in view.hosts if h.busy})
-        for host_id in d.drain:
-            await self.observer.drain(host_id)
-        for host_id in d.terminate:
-            await self.provider.terminate(host_id)
-        if d.launch:
-            await self.provider.launch(d.launch)
+        try:
+            await self.provider.protect({h.host_id for h in view.hosts if h.busy})
+            for host_id in d.drain:
+                await self.observer.drain(host_id)
+            for host_id in d.terminate:
+                await self.provider.terminate(host_id)
+            if d.launch:
+                await self.provider.launch(d.launch)
+        except Exception as exc:
+            self._record(d, error=f"{type(exc).__name__}: {exc}")  # what it meant to do, and why it did not
+            raise
         self._record(d)
         return d
 
-    def _record(self, d: Decision) -> None:
+    def _record(self, d: Decision, error: str | None = None) -> None:
         self.decisions = [*self.decisions[-99:], d]
         fields = msgspec.to_builtins(d)
-        if d.launch or d.drain or d.terminate:
+        if error is not None:
+            fields["error"] = error
+            log.warning("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)
+        elif d.launch or d.drain or d.terminate:
             log.info("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)
         else:
             log.debug("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)

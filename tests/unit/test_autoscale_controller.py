@@ -5,7 +5,9 @@ replaced after ``boot_timeout_s``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +222,22 @@ def test_boot_timeout_zero_never_times_out_and_negative_is_refused() -> None:
     assert never.decide(PoolView(now=1e9, hosts=[stuck])).terminate == []
     with pytest.raises(ValueError, match="boot_timeout_s"):
         PoolPolicy(boot_timeout_s=-1)
+
+
+async def test_a_step_whose_action_fails_still_logs_its_decision(tmp_path: Path) -> None:
+    mm = FakeMatchmaker()
+    provider = FakeProvider(mm, [])
+
+    async def refused(count: int) -> list[str]:
+        raise RuntimeError("launch refused")
+
+    provider.launch = refused  # type: ignore[method-assign]
+    log = tmp_path / "decisions.jsonl"
+    policy = PoolPolicy(min_hosts=0, max_hosts=10)
+    c = Controller(mm, provider, Scaler(policy, StaticSizer(3)), decision_log=str(log), clock=lambda: 0.0)
+    with pytest.raises(RuntimeError, match="launch refused"):
+        await c.step()
+    (line,) = log.read_text().splitlines()
+    record = json.loads(line)
+    assert record["launch"] == 3 and record["reason"] == "scale_out"
+    assert record["error"] == "RuntimeError: launch refused"
