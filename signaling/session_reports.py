@@ -117,12 +117,19 @@ class HttpReporter:
         await done
 
     async def _send_queued(self) -> None:
-        while self._queue:
-            if len(self._queue) < self._batch_max and self._linger_s and not self._closing:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._linger_s)
-            await self._send(self._take())
+        batch: list[_Report] = []
+        try:
+            while self._queue:
+                if len(self._queue) < self._batch_max and self._linger_s and not self._closing:
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self._linger_s)
+                batch = self._take()
+                await self._send(batch)
+        finally:  # cancelled (a close that could not wait longer): nobody waits forever
+            for r in [*batch, *self._queue]:
+                _settle(r, ConnectionError(f"the {r.event} report was not sent: signalling is closing"))
+            self._queue.clear()
 
     def _take(self) -> list[_Report]:
         batch = [self._queue.popleft()]
@@ -224,12 +231,15 @@ class HttpReporter:
             await asyncio.sleep(0.2 * 2**attempt)
         raise ConnectionError(f"matchmaker did not take the {event} report")
 
-    async def aclose(self) -> None:
-        """Send what is queued (no more lingering), then close the connections."""
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued (no more lingering; for ``timeout_s`` at most, as a down
+        matchmaker must not hold signalling's shutdown), then close the connections."""
         self._closing = True
         self._full.set()
-        if self._sender is not None:
-            with contextlib.suppress(Exception):
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait({self._sender}, timeout=timeout_s)
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
         if self._http is not None:
             await self._http.close()

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from pixelfleet.tokens import SessionClaims
 from signaling.session_reports import HttpReporter
+from tests.support.waiting import eventually
 
 REPORT = "report-token-0123456789"
 
@@ -164,3 +165,19 @@ async def test_batch_max_one_uses_the_single_route(mm: Matchmaker) -> None:
     finally:
         await reporter.aclose()
     assert (mm.batches, mm.singles) == ([], [("s1", "connected")])
+
+
+async def test_close_gives_up_on_a_matchmaker_that_does_not_answer(mm: Matchmaker) -> None:
+    release = asyncio.Event()
+
+    async def hanging(items: list[dict[str, str]]) -> web.Response:
+        await release.wait()
+        return web.json_response({"results": [{"status": 200} for _ in items]})
+
+    mm.batch = hanging
+    reporter = HttpReporter(mm.url, batch_max=64, linger_s=0.0, timeout_s=3600)
+    pending = asyncio.gather(*(reporter.report("connected", claims(s), "t") for s in ("s1", "s2")))
+    await eventually(lambda: mm.batches, "the batch in flight", within_s=30)
+    await reporter.aclose(timeout_s=0.05)
+    release.set()
+    assert [type(e) for e in await asyncio.gather(pending, return_exceptions=True)] == [ConnectionError]
