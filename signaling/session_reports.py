@@ -10,7 +10,7 @@ Only a 5xx or no answer is retried (the whole batch, or the items answered 5xx);
 other answer is final, a 410 (the session has ended) included, and is logged per item.
 A matchmaker without the batch route (404: older than it) is remembered, and every
 report then goes alone to ``POST /api/v1/sessions/{id}/events`` as before. ``aclose``
-sends what is still queued before it returns.
+sends what is still queued before it returns (for 5 s at most).
 """
 
 from __future__ import annotations
