@@ -122,6 +122,12 @@ class AwsAsgProvider:
         s = self.settings
         if s.warm_pool_min <= 0:
             return
+        od = (await self._groups())[s.on_demand_group]
+        if "MixedInstancesPolicy" in od:  # AWS refuses it; moto does not, so say so here
+            raise ValueError(
+                f"aws-asg: {s.on_demand_group} has a mixed instances policy, and AWS refuses a warm pool on such a"
+                " group: give it a launch template of one instance type"
+            )
         await self._call(
             "put_warm_pool",
             AutoScalingGroupName=s.on_demand_group,

@@ -87,6 +87,31 @@ async def test_launch_fills_on_demand_then_spot_and_protects_busy_hosts(asg: Any
     assert group(asg, "pool-spot")["DesiredCapacity"] == 2  # decremented, not replaced
 
 
+async def test_warm_pool_only_on_a_plain_on_demand_group(asg: Any) -> None:
+    p = AwsAsgProvider(SETTINGS, lambda s: asg)
+    await p.ensure_warm_pool()
+    assert "WarmPoolConfiguration" in asg.describe_warm_pool(AutoScalingGroupName="pool-od")
+    assert "WarmPoolConfiguration" not in asg.describe_warm_pool(AutoScalingGroupName="pool-spot")
+
+    # A mixed-instances On-Demand group: AWS refuses the warm pool (moto would take it).
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName="pool-mixed",
+        MinSize=0,
+        MaxSize=2,
+        AvailabilityZones=[f"{REGION}a"],
+        MixedInstancesPolicy={
+            "LaunchTemplate": {
+                "LaunchTemplateSpecification": {"LaunchTemplateName": "ue-build", "Version": "$Latest"},
+                "Overrides": [{"InstanceType": "g5.xlarge"}, {"InstanceType": "g6.xlarge"}],
+            }
+        },
+    )
+    mixed = AwsAsgProvider(msgspec.structs.replace(SETTINGS, on_demand_group="pool-mixed"), lambda s: asg)
+    with pytest.raises(ValueError, match="pool-mixed has a mixed instances policy"):
+        await mixed.ensure_warm_pool()
+    assert "WarmPoolConfiguration" not in asg.describe_warm_pool(AutoScalingGroupName="pool-mixed")
+
+
 async def test_missing_group_is_a_clear_error(asg: Any) -> None:
     p = AwsAsgProvider(AwsAsgSettings(on_demand_group="pool-od", spot_group="nope", region=REGION), lambda s: asg)
     with pytest.raises(ValueError, match="no Auto Scaling group named nope"):
