@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,9 +211,63 @@ def test_redis_is_cluster_mode_with_tls_and_auth(synthesized: tuple[Stage, Path]
 
 def test_alarms_cover_ready_slots_queue_errors_and_gpu(synthesized: tuple[Stage, Path]) -> None:
     obs = template(synthesized, "observability")
-    names = {a["Properties"]["MetricName"] for a in obs.find_resources("AWS::CloudWatch::Alarm").values()}
-    assert {"FreeSlots", "QueueWaitSeconds", "TCP_Target_Reset_Count", "GpuUtilization", "EncoderUtilization"} <= names
+    alarms = obs.find_resources("AWS::CloudWatch::Alarm").values()
+    read = {a["Properties"].get("MetricName") or a["Properties"]["Metrics"][0]["Expression"] for a in alarms}
+    for needed in ("FreeSlots", "PlayersQueued", "TCP_Target_Reset_Count", "GpuUtilization", "EncoderUtilization"):
+        assert any(needed in r for r in read), (needed, read)
     obs.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+
+
+_QUERY = re.compile(
+    r"SELECT (?P<fn>SUM|MAX|MIN|AVG)\((?P<name>\w+)\) FROM SCHEMA\(\"(?P<ns>\w+)\", (?P<dims>[\w, ]+)\)"
+    r"(?: WHERE App = '(?P<app>[^']+)')?"
+)
+
+
+def test_every_alarm_reads_a_metric_as_it_is_published(synthesized: tuple[Stage, Path]) -> None:
+    """CloudWatch adds nothing up across dimensions: an alarm on an agent metric must name the
+    exact dimension set the agent publishes it with (gpu_agent.cloudwatch.metric_data, run on
+    a recorded NVML sample), and one on a log-derived metric what its metric filter emits."""
+    from gpu_agent.cloudwatch import metric_data
+    from tests.unit.test_gpu_agent_parts import fake_agent
+
+    published: dict[str, set[frozenset[str]]] = {}
+    for datum in metric_data(fake_agent()):
+        published.setdefault(datum["MetricName"], set()).add(frozenset(d["Name"] for d in datum["Dimensions"]))
+    obs = template(synthesized, "observability")
+    filters = {
+        (t["MetricNamespace"], t["MetricName"]): t.get("Dimensions", [])
+        for f in obs.find_resources("AWS::Logs::MetricFilter").values()
+        for t in f["Properties"]["MetricTransformations"]
+    }
+    apps = {pool.app for pool in STAGE.pools}
+    checked = 0
+    for name, alarm in obs.find_resources("AWS::CloudWatch::Alarm").items():
+        props = alarm["Properties"]
+        if "Metrics" in props:
+            (query,) = [m["Expression"] for m in props["Metrics"] if m.get("ReturnData", True)]
+            m = _QUERY.fullmatch(query)
+            assert m is not None and m["ns"] == "Pixelfleet", (name, query)
+            dims = frozenset(d.strip() for d in m["dims"].split(","))
+            assert dims in published.get(m["name"], set()), (name, m["name"], sorted(dims), published.get(m["name"]))
+            assert m["app"] is None or m["app"] in apps, (name, m["app"])
+            checked += 1
+        elif props["Namespace"] == "Pixelfleet":
+            dims = frozenset(d["Name"] for d in props.get("Dimensions", []))
+            assert props["MetricName"] not in published, f"{name}: an agent metric read without its dimensions"
+            assert ("Pixelfleet", props["MetricName"]) in filters, f"{name}: nothing publishes {props['MetricName']}"
+            assert dims == frozenset(d["Key"] for d in filters[("Pixelfleet", props["MetricName"])]), name
+            checked += 1
+        else:
+            assert props["Namespace"].startswith("AWS/") and props["Dimensions"], name
+    assert checked >= 4
+    # one READY-slots alarm per pool's app, each on that app's hosts
+    no_ready = [
+        a["Properties"]["Metrics"][0]["Expression"]
+        for k, a in obs.find_resources("AWS::CloudWatch::Alarm").items()
+        if k.startswith("NoReadySlots")
+    ]
+    assert sorted(_QUERY.fullmatch(q)["app"] for q in no_ready) == sorted(apps)  # type: ignore[index]
 
 
 def test_pipeline_builds_images_and_deploys_both_services(synthesized: tuple[Stage, Path]) -> None:

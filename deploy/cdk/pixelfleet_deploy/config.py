@@ -106,6 +106,8 @@ def check_pool(pool: GpuPool) -> None:
     where = f"pool {pool.name!r}"
     check(_NAME.match(pool.name) is not None, f"{where}: name: lowercase letters, digits, '-', 1-20")
     check(_TENANT.match(pool.tenant) is not None, f"{where}: tenant: letters, digits, '.', '_', '-', 1-64")
+    # the app also goes into the alarms' Metrics Insights queries (WHERE App = '...')
+    check(_TENANT.match(pool.app) is not None, f"{where}: app: letters, digits, '.', '_', '-', 1-64")
     check(len(pool.instance_types) >= 1, f"{where}: instance_types: at least one")
     for t in pool.instance_types:
         m = _INSTANCE.match(t)

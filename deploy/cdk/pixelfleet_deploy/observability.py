@@ -1,6 +1,14 @@
-"""The dashboard and the alarms an operator is paged on: no READY slots, players waiting,
-errors at the load balancer, and GPU/NVENC load near the top. The GPU figures are the
-agent's own CloudWatch metrics (``PIXELFLEET_AGENT__CLOUDWATCH_NAMESPACE``)."""
+"""The dashboard and the alarms an operator is paged on: no READY slots, players queued,
+errors at the load balancer, and GPU/NVENC load near the top.
+
+The slot and GPU figures are the agents' own CloudWatch metrics
+(``PIXELFLEET_AGENT__CLOUDWATCH_NAMESPACE``, gpu_agent/cloudwatch.py), published per host
+with the dimensions Host and App (and Gpu for the per-GPU ones). CloudWatch never adds up
+custom metrics across dimensions, so a metric read without them has no data: the alarms
+read Metrics Insights queries over the published dimension set (``SCHEMA(ns, App, Host)``),
+one per pool's app for READY slots. Players queued come from the matchmaker's ``queued``
+log lines through a metric filter on the control plane's log group.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from constructs import Construct
@@ -18,10 +27,26 @@ from pixelfleet_deploy.config import StageConfig
 from pixelfleet_deploy.control_plane import ControlPlaneStack
 from pixelfleet_deploy.gpu_fleet import CLOUDWATCH_NAMESPACE
 
+# The dimension names each agent metric is published with (gpu_agent.cloudwatch.metric_data).
+AGENT_DIMENSIONS = {
+    "FreeSlots": ("App", "Host"),
+    "GpuUtilization": ("App", "Gpu", "Host"),
+    "EncoderUtilization": ("App", "Gpu", "Host"),
+}
+QUEUED_METRIC = "PlayersQueued"
 
-def agent_metric(name: str, statistic: str) -> cw.Metric:
-    # SEARCH-free: the agent's datums carry Host/App dimensions; the alarm takes the fleet-wide figure.
-    return cw.Metric(namespace=CLOUDWATCH_NAMESPACE, metric_name=name, statistic=statistic, period=Duration.minutes(1))
+
+def agent_query(function: str, name: str, label: str, app: str | None = None) -> cw.MathExpression:
+    """A Metrics Insights query over every host's series of ``name``: one time series, so an
+    alarm can read it (SEARCH expressions return many and cannot be alarmed on)."""
+    schema = ", ".join([f'"{CLOUDWATCH_NAMESPACE}"', *AGENT_DIMENSIONS[name]])
+    where = f" WHERE App = '{app}'" if app is not None else ""
+    return cw.MathExpression(
+        expression=f"SELECT {function}({name}) FROM SCHEMA({schema}){where}",
+        using_metrics={},
+        label=label,
+        period=Duration.minutes(1),
+    )
 
 
 class ObservabilityStack(Stack):
@@ -32,11 +57,23 @@ class ObservabilityStack(Stack):
         self.topic = sns.Topic(self, "Alarms", master_key=key, enforce_ssl=True)
         if stage.alarm_email:
             self.topic.add_subscription(subs.EmailSubscription(stage.alarm_email))
-        free_slots = agent_metric("FreeSlots", "Sum")
-        gpu = agent_metric("GpuUtilization", "Maximum")
-        nvenc = agent_metric("EncoderUtilization", "Maximum")
-        queue_wait = cw.Metric(
-            namespace=CLOUDWATCH_NAMESPACE, metric_name="QueueWaitSeconds", statistic="p90", period=Duration.minutes(1)
+        apps = sorted({pool.app for pool in stage.pools})
+        free_slots = {app: agent_query("SUM", "FreeSlots", f"READY slots ({app})", app) for app in apps}
+        gpu = agent_query("MAX", "GpuUtilization", "busiest GPU (%)")
+        nvenc = agent_query("MAX", "EncoderUtilization", "busiest NVENC (%)")
+        # The matchmaker logs `queued` (JSON, field `event`) each time a player joins the queue
+        # because no READY slot could take them.
+        logs.MetricFilter(
+            self,
+            "QueuedFilter",
+            log_group=control.log_group,
+            filter_pattern=logs.FilterPattern.string_value("$.event", "=", "queued"),
+            metric_namespace=CLOUDWATCH_NAMESPACE,
+            metric_name=QUEUED_METRIC,
+            metric_value="1",
+        )
+        queued = cw.Metric(
+            namespace=CLOUDWATCH_NAMESPACE, metric_name=QUEUED_METRIC, statistic="Sum", period=Duration.minutes(5)
         )
         resets = cw.Metric(
             namespace="AWS/NetworkELB",
@@ -53,23 +90,26 @@ class ObservabilityStack(Stack):
             period=Duration.minutes(1),
         )
         self.alarms = [
-            cw.Alarm(
-                self,
-                "NoReadySlots",
-                alarm_description="No READY slot in the fleet: new players queue",
-                metric=free_slots,
-                threshold=1,
-                comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-                evaluation_periods=3,
-                treat_missing_data=cw.TreatMissingData.BREACHING,
+            *(
+                cw.Alarm(
+                    self,
+                    f"NoReadySlots-{app}",
+                    alarm_description=f"No READY slot for app {app}: its new players queue",
+                    metric=metric,
+                    threshold=1,
+                    comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+                    evaluation_periods=3,
+                    treat_missing_data=cw.TreatMissingData.BREACHING,  # no agent reporting: no slot either
+                )
+                for app, metric in free_slots.items()
             ),
             cw.Alarm(
                 self,
-                "QueueWait",
-                alarm_description="Players wait more than 60 s for a slot (p90)",
-                metric=queue_wait,
-                threshold=60,
-                evaluation_periods=5,
+                "PlayersQueued",
+                alarm_description="10 or more players had to queue for a slot in 5 minutes",
+                metric=queued,
+                threshold=10,
+                evaluation_periods=1,
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             ),
             cw.Alarm(
@@ -114,8 +154,8 @@ class ObservabilityStack(Stack):
             alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
         dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"pixelfleet-{stage.name}")
         dashboard.add_widgets(
-            cw.GraphWidget(title="READY slots", left=[free_slots]),
-            cw.GraphWidget(title="queue wait p90 (s)", left=[queue_wait]),
+            cw.GraphWidget(title="READY slots", left=list(free_slots.values())),
+            cw.GraphWidget(title="players queued (per 5 min)", left=[queued]),
             cw.GraphWidget(title="GPU and NVENC load (%)", left=[gpu, nvenc]),
             cw.GraphWidget(title="NLB resets, unhealthy targets", left=[resets], right=[unhealthy]),
         )
