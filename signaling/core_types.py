@@ -149,6 +149,9 @@ class Peer:
     allowed_streamer: str | None = None  # session-token scope; None = any
     credential: Credential | None = None  # streamer/SFU credential scope; None = open mode
     errors: int = 0
+    # Its role's handled-message counts (``SignalingCore.accepted[role]``, /metrics): reached
+    # through the peer, so counting a relayed message hashes no Role (Enum hashes in Python).
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def holder(self) -> links.Holder | None:

@@ -119,8 +119,9 @@ class SignalingCore:
         self._next_conn = 0
         self._next_player = 0
         # Plain-int counters for /metrics (signaling.metrics reads them at scrape time):
-        # accepted messages by role and type, refused ones by role and problem kind.
-        self.accepted: dict[Role, dict[str, int]] = {role: {} for role in Role}
+        # accepted messages by role and type (every handled type from 0, so counting one is a
+        # plain ``+= 1``), refused ones by role and problem kind.
+        self.accepted: dict[Role, dict[str, int]] = {role: dict.fromkeys(HANDLERS[role], 0) for role in Role}
         self.refused: dict[tuple[Role, str], int] = {}
 
     # --- events from this node's sockets ----------------------------------------------
@@ -142,7 +143,7 @@ class SignalingCore:
         """
         conn = Address(f"{self.node}/{self._next_conn}")
         self._next_conn += 1
-        peer = Peer(conn, role, allowed_streamer=allowed_streamer, credential=credential)
+        peer = Peer(conn, role, allowed_streamer=allowed_streamer, credential=credential, counts=self.accepted[role])
         self._peers[conn] = peer
         actions: list[Action] = []
         if role is not Role.STREAMER:
@@ -179,8 +180,7 @@ class SignalingCore:
             msg = m.validate(obj, m.MODELS[kind])
         except m.InvalidFields as exc:
             return self.invalid(peer, "invalid_message", str(exc))
-        counts = self.accepted[peer.role]
-        counts[kind] = counts.get(kind, 0) + 1
+        peer.counts[kind] += 1
         return handler(self, peer, obj, msg)
 
     def reject(self, conn: Address, detail: str) -> list[Action]:
