@@ -152,6 +152,43 @@ def test_turn_security_group_opens_the_relay_ports(synthesized: tuple[Stage, Pat
     assert ("udp", STAGE.turn_relay_min_port, STAGE.turn_relay_max_port) in egress
 
 
+def test_turn_relays_keep_their_addresses_and_run_their_image(synthesized: tuple[Stage, Path]) -> None:
+    """One Elastic IP and one single-instance group per relay; the boot script takes the address,
+    installs Docker (Amazon Linux 2023 has none) and then runs coturn announcing that address;
+    the relays' AMI and the pipeline's coturn build are the same architecture."""
+    turn = template(synthesized, "turn")
+    eips = turn.find_resources("AWS::EC2::EIP")
+    groups = turn.find_resources("AWS::AutoScaling::AutoScalingGroup")
+    assert len(eips) == len(groups) == STAGE.turn_hosts
+    assert all(g["Properties"]["MinSize"] == g["Properties"]["MaxSize"] == "1" for g in groups.values())
+    templates = turn.find_resources("AWS::EC2::LaunchTemplate")
+    used: set[str] = set()
+    for lt in templates.values():
+        data = lt["Properties"]["LaunchTemplateData"]
+        _, parts = data["UserData"]["Fn::Base64"]["Fn::Join"]
+        (eip,) = {p["Fn::GetAtt"][0] for p in parts if isinstance(p, dict) and "Fn::GetAtt" in p}
+        used.add(eip)
+        assert {"Ref": eip} in parts  # coturn announces the address it took
+        script = "".join(part if isinstance(part, str) else "x" for part in parts)
+        steps = [script.index(s) for s in ("aws ec2 associate-address", "dnf install -y docker", "docker run -d")]
+        assert steps == sorted(steps), script
+        assert "systemctl enable --now docker" in script and "--allow-reassociation" in script
+        subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+        ami = turn.to_json()["Parameters"][data["ImageId"]["Ref"]]["Default"]
+        assert ami.startswith("/aws/service/ami-amazon-linux-latest/al2023") and ami.endswith("-arm64"), ami
+    assert used == set(eips)
+    pipe = template(synthesized, "pipeline")
+    archs: dict[str, str] = {}
+    for project in pipe.find_resources("AWS::CodeBuild::Project").values():
+        spec = json.dumps(project["Properties"]["Source"]["BuildSpec"])
+        for image in ("control-plane", "agent", "coturn"):
+            if f"deploy/docker/{image}.Dockerfile" in spec:
+                archs[image] = project["Properties"]["Environment"]["Type"]
+    assert archs == {"control-plane": "LINUX_CONTAINER", "agent": "LINUX_CONTAINER", "coturn": "ARM_CONTAINER"}
+    with pytest.raises(ConfigError, match="Graviton"):
+        StageConfig(turn_instance_type="c6in.large")
+
+
 def _statements(t: Template) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for policy in t.find_resources("AWS::IAM::Policy").values():
@@ -276,7 +313,7 @@ def test_pipeline_builds_images_and_deploys_both_services(synthesized: tuple[Sta
     stages = {
         s["Name"]: [a["ActionTypeId"]["Provider"] for a in s["Actions"]] for s in pipeline["Properties"]["Stages"]
     }
-    assert stages["Build"] == ["CodeBuild", "CodeBuild"]
+    assert stages["Build"] == ["CodeBuild", "CodeBuild", "CodeBuild"]  # x86 images, coturn (Arm), UE build
     assert stages["Deploy"] == ["ECS", "ECS"]
     projects = pipe.find_resources("AWS::CodeBuild::Project")
     assert any(p["Properties"]["Environment"].get("PrivilegedMode") for p in projects.values())

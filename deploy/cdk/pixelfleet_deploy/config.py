@@ -14,6 +14,7 @@ from typing import Any
 GPU_FAMILIES = ("g5", "g6", "g6e")
 _INSTANCE = re.compile(r"^(?P<family>[a-z][a-z0-9]*)\.(?P<size>[0-9]*x?large|medium|small|micro)$")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+_GRAVITON = re.compile(r"^[a-z]+[0-9]+g[a-z0-9-]*\.")  # c6gn, c7g, m7g, t4g: Arm, like the coturn image
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -89,6 +90,11 @@ class StageConfig:
             "turn relay ports: 1024 <= min < max <= 65535",
         )
         check(self.turn_hosts >= 1, "turn_hosts: >= 1")
+        check(
+            _GRAVITON.match(self.turn_instance_type) is not None,
+            f"turn_instance_type {self.turn_instance_type!r}: an Arm (Graviton) type such as c6gn.medium;"
+            " the pipeline builds the coturn image for arm64",
+        )
         check(3600 <= self.agent_token_ttl_s <= 5 * 31536000, "agent_token_ttl_s: 3600..157680000 (5 years)")
         check(len(self.pools) >= 1, "pools: at least one GPU pool")
         names = [p.name for p in self.pools]

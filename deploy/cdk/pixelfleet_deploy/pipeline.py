@@ -1,5 +1,7 @@
 """The delivery pipeline: source -> build the three images and the UE build (in containers)
--> deploy signalling and the matchmaker. The deploy step is a plain ECS service update;
+-> deploy signalling and the matchmaker. The control-plane and agent images are built on
+x86_64 (Fargate tasks and G5/G6 hosts); the coturn image on an Arm build host, for the
+Graviton relays (turn_relay.TURN_ARCH). The deploy step is a plain ECS service update;
 the services' blue/green strategy (control_plane.py) does the switch and the rollback.
 
 The source is a CodeStar connection when ``source_connection_arn`` is set, else a zip the
@@ -21,15 +23,20 @@ from constructs import Construct
 from pixelfleet_deploy.config import StageConfig
 from pixelfleet_deploy.control_plane import ControlPlaneStack
 from pixelfleet_deploy.data import IMAGES, DataStack
+from pixelfleet_deploy.turn_relay import TURN_ARCH
 
 SOURCE_KEY = "source/pixelfleet.zip"
 
 
 def image_build_spec(registry: str, repositories: dict[str, str]) -> dict[str, Any]:
-    """docker build + push of every image, tagged with the commit; imagedefinitions for ECS."""
+    """docker build + push of these images, tagged with the commit; with the control plane's,
+    imagedefinitions for ECS."""
     builds = [f"docker build -f deploy/docker/{name}.Dockerfile -t {uri}:$TAG ." for name, uri in repositories.items()]
     pushes = [f"docker push {uri}:$TAG" for uri in repositories.values()]
-    control = repositories["control-plane"]
+    control = repositories.get("control-plane")
+    definitions = (
+        [f'printf \'[{{"name":"app","imageUri":"%s"}}]\' "{control}:$TAG" > imagedefinitions.json'] if control else []
+    )
     return {
         "version": "0.2",
         "phases": {
@@ -40,14 +47,9 @@ def image_build_spec(registry: str, repositories: dict[str, str]) -> dict[str, A
                 ]
             },
             "build": {"commands": builds},
-            "post_build": {
-                "commands": [
-                    *pushes,
-                    f'printf \'[{{"name":"app","imageUri":"%s"}}]\' "{control}:$TAG" > imagedefinitions.json',
-                ]
-            },
+            "post_build": {"commands": [*pushes, *definitions]},
         },
-        "artifacts": {"files": ["imagedefinitions.json"]},
+        **({"artifacts": {"files": ["imagedefinitions.json"]}} if control else {}),
     }
 
 
@@ -104,23 +106,45 @@ class PipelineStack(Stack):
             )
         repositories = {name: data.repositories[name].repository_uri for name in IMAGES}
         registry = f"{self.account}.dkr.ecr.{self.region}.amazonaws.com"
-        images = codebuild.PipelineProject(
-            self,
-            "Images",
-            description="build and push the control plane, agent and coturn images",
-            environment=codebuild.BuildEnvironment(
-                build_image=codebuild.LinuxBuildImage.STANDARD_7_0,
-                compute_type=codebuild.ComputeType.MEDIUM,
-                privileged=True,
-            ),
-            build_spec=codebuild.BuildSpec.from_object(image_build_spec(registry, repositories)),
-            encryption_key=data.key,
-            timeout=Duration.minutes(30),
+        # (project id, images, build host, size); coturn's host matches the relays' architecture
+        # (Arm build hosts come in SMALL and LARGE)
+        turn_build = (
+            (codebuild.LinuxArmBuildImage.AMAZON_LINUX_2023_STANDARD_3_0, codebuild.ComputeType.LARGE)
+            if TURN_ARCH == "arm64"
+            else (codebuild.LinuxBuildImage.STANDARD_7_0, codebuild.ComputeType.MEDIUM)
         )
-        for repo in data.repositories.values():
-            repo.grant_pull_push(images)
-        # GetAuthorizationToken has no resource type: it can only be granted on "*".
-        images.add_to_role_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
+        builds = (
+            (
+                "Images",
+                ("control-plane", "agent"),
+                codebuild.LinuxBuildImage.STANDARD_7_0,
+                codebuild.ComputeType.MEDIUM,
+            ),
+            ("TurnImage", ("coturn",), *turn_build),
+        )
+        self.image_projects: dict[str, codebuild.PipelineProject] = {}
+        for project_id, names, build_image, compute_type in builds:
+            project = codebuild.PipelineProject(
+                self,
+                project_id,
+                description=f"build and push the {', '.join(names)} image(s)",
+                environment=codebuild.BuildEnvironment(
+                    build_image=build_image,
+                    compute_type=compute_type,
+                    privileged=True,
+                ),
+                build_spec=codebuild.BuildSpec.from_object(
+                    image_build_spec(registry, {name: repositories[name] for name in names})
+                ),
+                encryption_key=data.key,
+                timeout=Duration.minutes(30),
+            )
+            for name in names:
+                data.repositories[name].grant_pull_push(project)
+            # GetAuthorizationToken has no resource type: it can only be granted on "*".
+            project.add_to_role_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
+            self.image_projects[project_id] = project
+        images = self.image_projects["Images"]
         ue_build = codebuild.PipelineProject(
             self,
             "UeBuild",
@@ -152,6 +176,9 @@ class PipelineStack(Stack):
                     actions=[
                         actions.CodeBuildAction(
                             action_name="Images", project=images, input=source_out, outputs=[images_out]
+                        ),
+                        actions.CodeBuildAction(
+                            action_name="TurnImage", project=self.image_projects["TurnImage"], input=source_out
                         ),
                         actions.CodeBuildAction(action_name="UeBuild", project=ue_build, input=source_out),
                     ],

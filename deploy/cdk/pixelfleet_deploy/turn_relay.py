@@ -7,6 +7,9 @@ hands players ``turn:<EIP>:3478`` URLs (``PIXELFLEET_TURN__URLS``, from :attr:`T
 and coturn announces the same address (``external-ip``). One Auto Scaling group of one
 instance per relay replaces a failed host; the new instance takes over its group's address
 at boot (``associate-address --allow-reassociation``), before it starts coturn.
+
+The hosts are Arm (Graviton, ``turn_instance_type``); the pipeline builds the coturn image
+for ``linux/arm64`` on an Arm build host to match (pipeline.py, ``TURN_ARCH``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pixelfleet_deploy.gpu_fleet import IMDS_TOKEN, session_manager_statement
 
 TURN_PORT = 3478
 TURNS_PORT = 5349
+# The relays' CPU architecture: the AMI below and the pipeline's coturn build both use it.
+TURN_ARCH = "arm64"
+INSTALL_DOCKER = "dnf install -y docker && systemctl enable --now docker"  # Amazon Linux 2023 has no Docker
 
 
 def turn_urls(address: str) -> list[str]:
@@ -35,7 +41,7 @@ def turn_urls(address: str) -> list[str]:
 def turn_user_data(
     *, stage: StageConfig, region: str, image: str, secret_arn: str, allocation_id: str, address: str, peers: str
 ) -> list[str]:
-    """Boot script of one relay: take its Elastic IP, run coturn announcing that IP."""
+    """Boot script of one relay: take its Elastic IP, install Docker, run coturn announcing that IP."""
     return [
         "set -euo pipefail",
         IMDS_TOKEN,
@@ -43,6 +49,7 @@ def turn_user_data(
         # A replacement takes the address over from the host it replaces.
         f"aws ec2 associate-address --region {region} --allocation-id {allocation_id}"
         ' --instance-id "$(meta instance-id)" --allow-reassociation',
+        INSTALL_DOCKER,
         f"SECRET=$(aws secretsmanager get-secret-value --region {region}"
         f" --secret-id {secret_arn} --query SecretString --output text)",
         f"aws ecr get-login-password --region {region} | docker login --username AWS"
@@ -71,7 +78,9 @@ class TurnStack(Stack):
         self.security_group.add_ingress_rule(anywhere, relay, "TURN relay ports (players' media)")
         # Relays reach only the VPC (the UE hosts); coturn's denied-peer-ip lines say the same.
         self.security_group.add_egress_rule(ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.all_udp(), "relay to UE hosts")
-        self.security_group.add_egress_rule(anywhere, ec2.Port.tcp(443), "Secrets Manager, ECR, EC2, SSM over HTTPS")
+        self.security_group.add_egress_rule(
+            anywhere, ec2.Port.tcp(443), "Secrets Manager, ECR, EC2, SSM over HTTPS; dnf's repositories"
+        )
         self.security_group.add_egress_rule(anywhere, relay, "relayed media back to players")
 
         self.role = iam.Role(
@@ -83,7 +92,8 @@ class TurnStack(Stack):
         data.turn_secret.grant_read(self.role)
         data.repositories["coturn"].grant_pull(self.role)
         image = data.repositories["coturn"].repository_uri_for_tag(stage.image_tag)
-        machine_image = ec2.MachineImage.latest_amazon_linux2023(cpu_type=ec2.AmazonLinuxCpuType.ARM_64)
+        cpu = ec2.AmazonLinuxCpuType.ARM_64 if TURN_ARCH == "arm64" else ec2.AmazonLinuxCpuType.X86_64
+        machine_image = ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu)
         self.addresses: list[ec2.CfnEIP] = []
         self.groups: list[autoscaling.AutoScalingGroup] = []
         for i in range(stage.turn_hosts):
