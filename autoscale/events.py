@@ -59,10 +59,15 @@ class _EventsDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: list[EventSpec] = []
 
 
-def decode_events(data: bytes) -> list[ScheduledEvent]:
-    """An events file's content: a JSON list of events or ``{"events": [...]}``."""
+def decode_event_specs(data: bytes) -> list[EventSpec]:
+    """An events file's content as written: a JSON list of events or ``{"events": [...]}``."""
     specs = msgspec.json.decode(data, type=list[EventSpec] | _EventsDoc)
-    return [s.event() for s in (specs.events if isinstance(specs, _EventsDoc) else specs)]
+    return specs.events if isinstance(specs, _EventsDoc) else specs
+
+
+def decode_events(data: bytes) -> list[ScheduledEvent]:
+    """An events file's content, times in Unix seconds."""
+    return [s.event() for s in decode_event_specs(data)]
 
 
 class EventsFile:

@@ -7,11 +7,14 @@ import shlex
 import sys
 from pathlib import Path
 
+import msgspec
+
+from autoscale.events import decode_event_specs
 from autoscale.simulate.compare import SIZERS, simulate
 from autoscale.simulate.config import load_config
 from autoscale.simulate.engine import Result
 from autoscale.simulate.report import as_json, html_page, table
-from autoscale.simulate.traces import GENERATORS, Trace, load_csv
+from autoscale.simulate.traces import GENERATORS, Trace, load_csv, with_events
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="generated trace (repeat; default: all three unless --csv)",
     )
     p.add_argument("--csv", action="append", default=[], metavar="FILE", help="real arrivals (repeat)")
+    p.add_argument(
+        "--events", metavar="FILE", help="announced events for the --csv traces (the events file format; ours is told)"
+    )
     p.add_argument("--days", type=int, default=7, help="length of generated traces, days (default 7)")
     p.add_argument("--peak", type=float, default=200.0, help="generated traces: daily peak players (default 200)")
     p.add_argument("--config", metavar="FILE", help="JSON simulator settings (docs/autoscaling.md)")
@@ -40,6 +46,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.days < 1 or args.peak <= 0:
             raise ValueError("--days must be >= 1 and --peak > 0")
         traces: list[Trace] = [load_csv(path) for path in args.csv]
+        if args.events:
+            if not args.csv:
+                raise ValueError("--events applies to --csv traces (the generated event trace has its own)")
+            try:
+                specs = decode_event_specs(Path(args.events).read_bytes())
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise ValueError(f"--events {args.events}: {exc}") from None
+            traces = [with_events(t, specs) for t in traces]
         for name in args.trace or ([] if args.csv else sorted(GENERATORS)):
             traces.append(GENERATORS[name](days=args.days, peak=args.peak))  # type: ignore[call-arg]
     except (OSError, ValueError) as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from autoscale.events import EventSpec
 from autoscale.forecast import DAY_S, ScheduledEvent
 from autoscale.simulate.config import Dist
 
@@ -29,6 +30,7 @@ class Trace(msgspec.Struct, kw_only=True):
     arrivals: list[float]  # seconds from the start, ascending
     sessions: list[float]  # session length of each arrival, seconds
     events: list[ScheduledEvent] = []  # what the operator announced (only ours is told)
+    origin: float | None = None  # Unix time of t = 0, when the arrivals were ISO 8601 times
 
 
 def diurnal_players(t: float, peak: float, trough: float, peak_hour: float = 20.0, weekend: float = 1.3) -> float:
@@ -170,4 +172,21 @@ def load_csv(path: str, name: str | None = None) -> Trace:
     arrivals = [a - start for a, _ in rows]
     sessions = [d for _, d in rows]
     end = max(a + d for a, d in zip(arrivals, sessions, strict=True))
-    return Trace(name=name or Path(path).stem, duration_s=end, arrivals=arrivals, sessions=sessions)
+    return Trace(
+        name=name or Path(path).stem,
+        duration_s=end,
+        arrivals=arrivals,
+        sessions=sessions,
+        origin=None if origin is None else origin + start,
+    )
+
+
+def with_events(trace: Trace, specs: list[EventSpec]) -> Trace:
+    """``trace`` with announced events, on its clock. Arrivals in ISO 8601: event times are
+    ISO 8601 or Unix seconds; arrivals in seconds: event times are seconds from the start."""
+    if trace.origin is None and any(isinstance(t, str) for e in specs for t in (e.start, e.end)):
+        raise ValueError(f"{trace.name}: ISO 8601 event times need a trace whose arrivals are ISO 8601 times")
+    shift = trace.origin or 0.0
+    events = [e.event() for e in specs]
+    moved = [msgspec.structs.replace(e, start=e.start - shift, end=e.end - shift) for e in events]
+    return msgspec.structs.replace(trace, events=[*trace.events, *moved])
