@@ -340,7 +340,8 @@ class RedisBroker:
         flags = ("1" if streaming else "0", self._events_channel, "1" if exact else "0")
         raw = await self._bounded(
             self._scripts["claim"](
-                keys=[self._k_dir, self._k_holders], args=[conn, wanted, old or "", *flags, *_holder_args(holder)]
+                keys=[self._k_dir, self._k_holders, self._k_nodes],
+                args=[conn, wanted, old or "", *flags, *_holder_args(holder), self._judge()],
             )
         )
         return raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -351,11 +352,19 @@ class RedisBroker:
     async def _announce(self, entry: DirectoryEntry) -> None:
         sid, conn, streaming, holder = entry
         ok = await self._scripts["announce"](
-            keys=[self._k_dir, self._k_holders],
-            args=[conn, sid, "1" if streaming else "0", self._events_channel, *_holder_args(holder)],
+            keys=[self._k_dir, self._k_holders, self._k_nodes],
+            args=[conn, sid, "1" if streaming else "0", self._events_channel, *_holder_args(holder), self._judge()],
         )
         if not int(ok):
             log.warning("streamer_id_conflict", streamer=sid, conn=conn)
+
+    def _judge(self) -> str:
+        """'1' when this node may take an id from a node past its deadline: the rule a
+        reaper keeps (a whole TTL of beats without a gap), so right after Redis returns
+        with old deadlines no node that is alive but has not beaten yet loses its ids."""
+        since = self._stable_since
+        stable = since is not None and asyncio.get_running_loop().time() - since >= self._ttl_ms / 1000
+        return "1" if self._up and stable else "0"
 
     def withdraw(self, streamer_id: str, conn: Address) -> None:
         self._background(
@@ -534,12 +543,15 @@ class RedisBroker:
             attempt += 1
 
     async def _next_message(self, pubsub: PubSub) -> dict[str, Any] | None:
+        # Wait at most the ping period: a quiet subscription is pinged every TTL/3, and a
+        # longer wait (1 s against a TTL under 1 s) left no pong heard within the TTL.
+        wait = min(1.0, self._ttl_ms / 3000)
         if self._cluster:
             msg: dict[str, Any] | None = await pubsub.get_sharded_message(  # type: ignore[attr-defined]
-                ignore_subscribe_messages=True, timeout=1.0
+                ignore_subscribe_messages=True, timeout=wait
             )
             return msg
-        plain: dict[str, Any] | None = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        plain: dict[str, Any] | None = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
         return plain
 
     async def _reload_directory_safely(self) -> None:

@@ -9,13 +9,20 @@
 -- ARGV[4]  whether it streams ('0' or '1')
 -- ARGV[5]  the directory's event channel
 -- ARGV[6]  '1': exactly this id or nothing (a streamer credential's id is never renamed)
+-- KEYS[3]  {P:sig}:nodes   sorted set: node -> deadline (ms)
 -- ARGV[7]  the connection's credential jti ('' = none: open mode)   ARGV[8] its tenant
+-- ARGV[9]  '1' if this node may judge other nodes dead (as a reaper: a whole TTL of beats)
+-- An id held on a dead node (deadline passed, not yet reaped) is free: a streamer that
+-- reconnects to another node after its node was killed keeps its id. The entry is removed
+-- (and the removal published) as the reap would.
 -- Returns the committed id ('' when an exact claim finds the id held by another).
 local dir, address, wanted, old, streaming, channel = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local holders, credential, tenant = KEYS[2], ARGV[7], ARGV[8]
+local holders, nodes, credential, tenant, judge = KEYS[2], KEYS[3], ARGV[7], ARGV[8], ARGV[9]
 if ARGV[6] == '1' then
-  local holder = redis.call('HGET', dir, wanted)
-  if holder and owner(holder) ~= address then return '' end
+  local holder = owner(redis.call('HGET', dir, wanted))
+  if holder and holder ~= address and not free_if_dead(dir, holders, nodes, channel, wanted, address, judge) then
+    return ''
+  end
 end
 local top = -1
 local entries = redis.call('HGETALL', dir)
@@ -23,9 +30,13 @@ for i = 1, #entries, 2 do
   local id = entries[i]
   if owner(entries[i + 1]) ~= address and string.sub(id, 1, #wanted) == wanted then
     local rest = string.sub(id, #wanted + 1)
-    if rest == '' then
+    local counts = rest == '' or string.match(rest, '^%d+$')
+    if counts and free_if_dead(dir, holders, nodes, channel, id, address, judge) then
+      counts = false
+    end
+    if counts and rest == '' then
       if top < 0 then top = 0 end
-    elseif string.match(rest, '^%d+$') then
+    elseif counts then
       local n = tonumber(rest)
       if n > top then top = n end
     end

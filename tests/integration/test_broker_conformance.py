@@ -369,3 +369,63 @@ async def test_a_dead_nodes_holders_and_stale_ones_are_reaped(make_broker: MakeB
         task.cancel()
     await node_a.until(lambda: node_a.lost == ["b"])
     assert await redis.hgetall(holders) == {}
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until they have ended: 3.11's wait_for may swallow a cancel that races its result."""
+    async with asyncio.timeout(WAIT):
+        while pending := [t for t in tasks if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.1)
+
+
+async def _past_deadline(broker: RedisBroker, node: str) -> bool:
+    """Whether ``node``'s deadline has passed in Redis's clock (the one deadlines are in)."""
+    script = "local d = redis.call('ZSCORE', KEYS[1], ARGV[1]); local t = redis.call('TIME'); "
+    script += "return d and tonumber(d) < tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) and 1 or 0"
+    return bool(await broker._r.eval(script, 1, broker._k_nodes, node))  # noqa: SLF001
+
+
+async def test_a_dead_nodes_streamer_id_is_claimable_at_once(make_broker: MakeBroker) -> None:
+    """A streamer whose node was killed reconnects to another node: once the dead node's
+    deadline has passed its ids are free, before any node reaps it (exact or not)."""
+    a, _ = await make_broker("a")
+    if not isinstance(a, RedisBroker):
+        pytest.skip("one node: no other node holds ids (the memory broker has no node liveness)")
+    b, _ = await make_broker("b")
+    c, node_c = await make_broker("c")
+    assert isinstance(b, RedisBroker) and isinstance(c, RedisBroker)
+    redis = a._r  # noqa: SLF001
+    await b.claim(Address("b/1"), "Cam", None, True, exact=True, holder=Holder("jti-old", "t"))
+    await b.claim(Address("b/2"), "Open", None, True)
+    await node_c.until(lambda: {"Cam", "Open"} <= set(node_c.listings))
+    await until(lambda: a._judge() == "1")  # noqa: SLF001 - a has beaten for a whole TTL
+    # While b is alive its ids are held: refused exactly, renamed in open mode (Epic's rule).
+    assert await a.claim(Address("a/9"), "Cam", None, True, exact=True) == ""
+    assert await a.claim(Address("a/9"), "Open", None, True) == "Open1"
+    # Nobody reaps from now on, so only a claim can free b's ids; then b crashes.
+    await _stop([t for broker in (a, c) for t in broker._tasks if t.get_name() == "sig-beat"])  # noqa: SLF001
+    await _stop(b._tasks)  # noqa: SLF001 - a crash: no goodbye
+    async with asyncio.timeout(WAIT):
+        while not await _past_deadline(a, "b"):
+            await asyncio.sleep(0.05)
+    fresh = Holder("jti-new", "t")
+    assert await a.claim(Address("a/1"), "Cam", None, True, exact=True, holder=fresh) == "Cam"
+    assert await a.claim(Address("a/9"), "Open", "Open1", True) == "Open"
+    await node_c.until(
+        lambda: (
+            node_c.listings.get("Cam") == (Address("a/1"), True)
+            and node_c.listings.get("Open") == (Address("a/9"), True)
+            and "Open1" not in node_c.listings
+        )
+    )
+    assert node_c.holders["Cam"] == fresh
+    listed = await redis.hget(a._k_holders, "Cam")  # noqa: SLF001
+    assert isinstance(listed, bytes) and orjson.loads(listed) == ["a/1", "jti-new", "t"]
+    assert await redis.zscore(a._k_nodes, "b") is not None  # noqa: SLF001 - b was never reaped
+    # A node that has not beaten for a whole TTL does not judge: b's last id stays held.
+    await redis.hset(a._k_dir, "Last", "b/3|1")  # noqa: SLF001 - what b listed before it died
+    c._stable_since = None  # noqa: SLF001 - as after an outage: no unbroken run of beats
+    assert await c.claim(Address("c/1"), "Last", None, True, exact=True) == ""
+    assert await c.claim(Address("c/1"), "Last", None, True) == "Last1"

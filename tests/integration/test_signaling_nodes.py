@@ -349,3 +349,50 @@ async def test_drain_turns_unready_refuses_closes_with_1012_and_tells_other_node
         await only_pong(cam_c)
         await until_ready(c, 200)
         await cam_c.ws.close()
+
+
+async def until_past_deadline(redis_server: RedisServer, node: str) -> None:
+    """Wait until ``node``'s deadline has passed in Redis's clock: from then on it counts as dead."""
+    script = "local d = redis.call('ZSCORE', KEYS[1], ARGV[1]); local t = redis.call('TIME'); "
+    script += "return (not d or tonumber(d) < tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) and 1 or 0"
+    probe = redis_server.client()
+    try:
+        async with asyncio.timeout(WAIT):
+            while not await probe.eval(script, 1, "{pf:sig}:nodes", node):
+                await asyncio.sleep(0.02)
+    finally:
+        await probe.aclose()
+
+
+async def until_held_by(http: aiohttp.ClientSession, viewer: Node, name: str, holder: Node) -> None:
+    """Wait until ``viewer``'s view of the directory places ``name`` on ``holder``."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            async with http.get(viewer.http(f"/api/streamers/{name}")) as response:
+                if response.status == 200 and (await response.json()).get("node") == holder.name:
+                    return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_streamer_whose_node_was_killed_keeps_its_id_on_another_node(
+    redis_tcp: RedisServer, start_process: StartProcess
+) -> None:
+    a, b, c = await start_nodes(start_process, redis_tcp.url, "ABC")
+    # A node judges others dead only once it has beaten for a whole TTL (as a reaper must).
+    await asyncio.sleep(TTL_S)
+    async with aiohttp.ClientSession() as http:
+        cam = await connect_streamer(http, a.streamer_port, "Cam")
+        watcher, _ = await join(http, c, cam, "Cam")
+        await a.child.stop(signal.SIGKILL)
+        await cam.closed()
+        # The streamer reconnects through the balancer to B as soon as A counts as dead
+        # (its deadline passed), before any node has reaped A: it keeps its id (not Cam1).
+        await until_past_deadline(redis_tcp, "A")
+        again = await connect_streamer(http, b.streamer_port, "Cam")  # asserts endpointIdConfirm "Cam"
+        assert (await watcher.closed())[0] == GONE  # the player of the dead connection is told
+        await until_held_by(http, c, "Cam", b)
+        player, player_id = await join(http, c, again, "Cam")  # a player on C reaches it on B
+        assert player_id.startswith("PlayerC-")
+        await offer_and_answer(again, player, player_id)
+        for peer in (again, player):
+            await peer.ws.close()
