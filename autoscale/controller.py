@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from autoscale.events import EventsFile
+from autoscale.forecast import History
 from autoscale.policy import Decision, ForecastSizer, HostState, HostView, PoolView, Scaler
 from autoscale.providers.base import FleetProvider, ProviderHost
 from matchmaker.models import Host, Slot, SlotState
@@ -141,6 +142,7 @@ class Controller:
         period_s: float = 60.0,
         decision_log: str | None = None,
         events_file: str | None = None,
+        history_file: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.observer = observer
@@ -159,6 +161,11 @@ class Controller:
         if self.events_file is not None and not isinstance(scaler.sizer, ForecastSizer):
             raise ValueError("an events file needs the forecast sizer")
         self._fixed_events = list(scaler.sizer.forecaster.events) if isinstance(scaler.sizer, ForecastSizer) else []
+        # The forecaster's seasonal memory survives a restart: loaded now, saved as each
+        # history bucket closes and at the end.
+        self.history_file = Path(history_file) if history_file else None
+        self._saved_bucket: int | None = None
+        self._load_history()
 
     def reload_events(self) -> bool:
         """Re-read the events file if it changed; whether the forecaster's events changed."""
@@ -200,7 +207,41 @@ class Controller:
             self._record(d, error=f"{type(exc).__name__}: {exc}")  # what it meant to do, and why it did not
             raise
         self._record(d)
+        self._save_history(force=False)
         return d
+
+    def _load_history(self) -> None:
+        if self.history_file is None or not isinstance(self.scaler.sizer, ForecastSizer):
+            return
+        try:
+            history = msgspec.json.decode(self.history_file.read_bytes(), type=History)
+        except FileNotFoundError:
+            return
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("autoscale_history_unreadable", path=str(self.history_file), error=str(exc))
+            return
+        taken = self.scaler.sizer.forecaster.restore(history)
+        log.info(
+            "autoscale_history_loaded" if taken else "autoscale_history_ignored",
+            path=str(self.history_file),
+            buckets=len(history.buckets),
+            bucket_s=history.bucket_s,
+        )
+
+    def _save_history(self, *, force: bool) -> None:
+        if self.history_file is None or not isinstance(self.scaler.sizer, ForecastSizer):
+            return
+        forecaster = self.scaler.sizer.forecaster
+        bucket = int(self.clock() // forecaster.settings.bucket_s)
+        if not force and bucket == self._saved_bucket:
+            return
+        self._saved_bucket = bucket
+        tmp = self.history_file.with_name(self.history_file.name + ".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(forecaster.history()))
+            tmp.replace(self.history_file)
+        except OSError as exc:
+            log.warning("autoscale_history_unsaved", path=str(self.history_file), error=str(exc))
 
     def _record(self, d: Decision, error: str | None = None) -> None:
         self.decisions = [*self.decisions[-99:], d]
@@ -233,4 +274,5 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._save_history(force=True)
         await self.provider.aclose()

@@ -67,6 +67,14 @@ class ScheduledEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return self.players * (t - (self.start - self.ramp_s)) / self.ramp_s
 
 
+class History(msgspec.Struct, kw_only=True):
+    """The forecaster's seasonal memory, as saved between runs: the peak demand of each
+    ``bucket_s`` bucket (bucket index = Unix time // bucket_s)."""
+
+    bucket_s: float
+    buckets: list[tuple[int, float]]
+
+
 class Forecast(msgspec.Struct, frozen=True, kw_only=True):
     """One forecast with its parts, as the decision log records it."""
 
@@ -105,6 +113,19 @@ class DemandForecaster:
 
     def add_event(self, event: ScheduledEvent) -> None:
         self.events.append(event)
+
+    def history(self) -> History:
+        return History(bucket_s=self.settings.bucket_s, buckets=sorted(self._buckets.items()))
+
+    def restore(self, history: History) -> bool:
+        """Take saved seasonal memory (only at the same ``bucket_s``); whether it was taken.
+        Observations already made win over saved ones for the same bucket."""
+        if history.bucket_s != self.settings.bucket_s:
+            return False
+        for b, peak in history.buckets:
+            self._buckets[b] = max(self._buckets.get(b, 0.0), peak)
+        self._oldest_bucket = None  # pruned to history_days on the next observation
+        return True
 
     def observe(self, t: float, demand: float) -> None:
         s = self.settings

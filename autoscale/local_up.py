@@ -36,6 +36,7 @@ class LocalAutoscaleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     events: list[EventSpec] = []  # start and end in Unix seconds or ISO 8601
     events_file: str | None = None  # more events, re-read whenever the file changes
     decision_log: str | None = None  # append each decision as a JSON line
+    history_file: str | None = None  # the forecast's seasonal memory, kept across restarts
 
     def __post_init__(self) -> None:
         if self.period_s <= 0:
@@ -90,6 +91,7 @@ async def start_autoscaler(
         period_s=config.period_s,
         decision_log=config.decision_log,
         events_file=config.events_file,
+        history_file=config.history_file,
     )
     controller.start()
     return controller
