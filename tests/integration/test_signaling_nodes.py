@@ -20,6 +20,7 @@ import pytest
 
 from loadtest.synthetic_player import SyntheticPlayer
 from pixelfleet.net import free_port
+from pixelfleet.tokens import TokenKeys, mint
 from tests.conftest import StartProcess, require_binary
 from tests.support.processes import Child
 from tests.support.redis_sentinel import SentinelSet
@@ -46,11 +47,18 @@ class Node(NamedTuple):
 
 
 async def start_nodes(
-    start_process: StartProcess, state_url: str, names: str, *, ttl_s: float = TTL_S, drain_s: float = 0.0
+    start_process: StartProcess,
+    state_url: str,
+    names: str,
+    *,
+    ttl_s: float = TTL_S,
+    drain_s: float = 0.0,
+    extra_env: dict[str, str] | None = None,
 ) -> list[Node]:
     """One ``pixelfleet signaling`` process per letter in ``names``, all ready (in the cluster)."""
 
     env = {**os.environ, "PIXELFLEET_NODE_TTL_S": str(ttl_s), "PIXELFLEET_DRAIN_DELAY_S": str(drain_s)}
+    env |= extra_env or {}
     nodes = []
     for name in names:  # one at a time: each child's log file is named by its start order
         ports = [free_port() for _ in range(3)]
@@ -90,9 +98,9 @@ async def until_ready(node: Node, status: int) -> dict[str, Any]:
     return body
 
 
-async def join(http: aiohttp.ClientSession, node: Node, streamer: Peer, name: str) -> tuple[Peer, str]:
+async def join(http: aiohttp.ClientSession, node: Node, streamer: Peer, name: str, path: str = "/") -> tuple[Peer, str]:
     """A player on ``node`` that waits until ``name`` is listed there, then subscribes."""
-    player, _ = await connect_player(http, node.player_port)
+    player, _ = await connect_player(http, node.player_port, path=path)
     await until_listed(player, name)
     await player.send(type="subscribe", streamerId=name)
     return player, (await streamer.recv_type("playerConnected"))["playerId"]
@@ -395,4 +403,44 @@ async def test_a_streamer_whose_node_was_killed_keeps_its_id_on_another_node(
         assert player_id.startswith("PlayerC-")
         await offer_and_answer(again, player, player_id)
         for peer in (again, player):
+            await peer.ws.close()
+
+
+SECRET = "nodes-test-session-secret-of-32-bytes-or-more"
+
+
+async def test_a_player_resumes_on_a_surviving_node_with_a_fresh_session_token(
+    redis_tcp: RedisServer, start_process: StartProcess
+) -> None:
+    keys = TokenKeys.hs256(SECRET)
+    tokens = {"PIXELFLEET_SESSION_TOKEN_SECRET": SECRET, "PIXELFLEET_REQUIRE_STREAMER_TOKEN": "false"}
+    a, b, c = await start_nodes(start_process, redis_tcp.url, "ABC", extra_env=tokens)
+    async with aiohttp.ClientSession() as http:
+        cam = await connect_streamer(http, a.streamer_port, "Cam")
+        first = mint(keys, tenant="t", session_id="s-resume", streamer_id="Cam", ttl_s=120)
+        player, player_id = await join(http, b, cam, "Cam", path=f"/?token={first}")
+        await offer_and_answer(cam, player, player_id)
+
+        await b.child.stop(signal.SIGKILL)
+        assert await cam.recv() == {"type": "playerDisconnected", "playerId": player_id}
+        await player.closed()
+        # Its token was used (once in the whole cluster): no surviving node takes it again.
+        for node in (a, c):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"ws://127.0.0.1:{node.player_port}/?token={first}")
+            assert refused.value.status == 401
+        # The matchmaker mints a fresh token for the same session and streamer: the player
+        # resumes on C and the session's signalling runs again.
+        fresh = mint(keys, tenant="t", session_id="s-resume", streamer_id="Cam", ttl_s=120)
+        again, again_id = await join(http, c, cam, "Cam", path=f"/?token={fresh}")
+        assert again_id.startswith("PlayerC-") and again_id != player_id
+        await offer_and_answer(cam, again, again_id)
+        await again.send(type="iceCandidate", candidate={"candidate": "c0", "sdpMid": "0"})
+        trickled = await cam.recv()
+        assert trickled == {
+            "type": "iceCandidate",
+            "candidate": {"candidate": "c0", "sdpMid": "0"},
+            "playerId": again_id,
+        }
+        for peer in (cam, again):
             await peer.ws.close()
