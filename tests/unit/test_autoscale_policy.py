@@ -174,3 +174,15 @@ def test_history_is_bounded_on_a_real_clock() -> None:
     assert len(f._buckets) <= 2 * 24 * 60 + 1
     f.observe(t0 + 30 * DAY_S, 1.0)  # after a long gap: only the new bucket is left
     assert len(f._buckets) == 1
+
+
+def test_forecast_leads_a_rising_demand_beyond_the_slots_in_use() -> None:
+    """Not the ``busy`` floor: on a steady climb the pool is sized for where demand will be
+    a lead time ahead (trend x lead time), ahead of what is in use now."""
+    policy = PoolPolicy(min_hosts=1, max_hosts=500, lead_time_s=300, margin_slots=0, margin_ratio=0)
+    pool = Pool(ours(policy, recent_window_s=600, history_days=0))
+    for i in range(20):  # +2 players a minute: +10 over the 5-minute lead time
+        hosts, _ = pool.step(i * PERIOD, 2 * i)
+    demand = 2 * 19
+    assert hosts >= demand + 8  # the trend carried over the lead time, not just the 38 in use
+    assert pool.scaler.sizer.forecaster.forecast(19 * PERIOD, 300).recent > demand + 8  # type: ignore[attr-defined]
