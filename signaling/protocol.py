@@ -469,8 +469,11 @@ class SignalingCore:
         return actions + self.send_link(kick)
 
     def drop_all_subscribers(self, streamer: Peer) -> list[Action]:
+        """A streamer or SFU that stays connected loses its players: each is closed, and it
+        gets ``playerDisconnected`` for each, as from Epic's server (the player unsubscribes)."""
         actions: list[Action] = []
         for pid, sub in list(streamer.subscribers.items()):
+            actions.append(Send(streamer.conn, m.PlayerDisconnected(playerId=pid)))
             actions += self._drop_subscriber(streamer, pid, sub)
         return actions
 

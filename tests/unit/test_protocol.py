@@ -435,3 +435,39 @@ def test_too_many_protocol_errors_close_with_1008() -> None:
 
 def test_disconnect_of_unknown_connection_is_harmless(h: Harness) -> None:
     assert h.core.disconnect(Address("local/12345")) == []
+
+
+def test_streamer_leaving_tells_its_sfu_which_stays_and_closes_the_sfus_own_players(h: Harness) -> None:
+    s = h.streamer("Cam")
+    sfu, _ = h.core.connect(Role.SFU)
+    h.send(sfu, type="endpointId", id="SFU")
+    h.send(sfu, type="subscribe", streamerId="Cam")
+    viewer = h.player("SFU")  # watches Cam through the SFU
+    direct = h.player("Cam")
+    viewer_id = h.core.peer(viewer).player_id
+    out = h.core.disconnect(s)
+    # The SFU is told its streamer left, then (as Epic's server does: each of its players
+    # unsubscribes before it is closed) that each of its players left; it is not closed.
+    assert sends(out, sfu) == [
+        {"type": "streamerDisconnected"},
+        {"type": "playerDisconnected", "playerId": viewer_id},
+    ]
+    # Its player is closed exactly as a direct player of the streamer is.
+    by_conn = {c.conn: (c.code, c.reason) for c in closes(out)}
+    assert set(by_conn) == {viewer, direct}
+    assert by_conn[viewer] == by_conn[direct] and by_conn[viewer][0] == errors.STREAMER_GONE
+    # The SFU stays served, and its player's socket closing tells it nothing twice.
+    assert sends(h.send(sfu, type="ping", time=3), sfu) == [{"type": "pong", "time": 3}]
+    assert sends(h.core.disconnect(viewer)) == []
+    assert sends(h.core.disconnect(direct)) == []
+    h.streamer("Cam")  # a streamer under that id again: the SFU can subscribe anew
+    assert [w["type"] for w in sends(h.send(sfu, type="subscribe", streamerId="Cam"))] == ["playerConnected"]
+
+
+def test_sfu_stop_streaming_tells_it_of_each_player_it_drops(h: Harness) -> None:
+    sfu, _ = h.core.connect(Role.SFU)
+    h.send(sfu, type="endpointId", id="SFU")
+    p = h.player("SFU")
+    out = h.send(sfu, type="stopStreaming")
+    assert sends(out, sfu) == [{"type": "playerDisconnected", "playerId": h.core.peer(p).player_id}]
+    assert [c.conn for c in closes(out)] == [p]

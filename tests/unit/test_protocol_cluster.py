@@ -163,7 +163,8 @@ def test_a_streamer_leaving_closes_remote_players_and_tells_remote_sfus() -> Non
     w.got(sfu)
     w.run(w.cores["a"].disconnect(s))
     assert w.closed[direct] == errors.STREAMER_GONE
-    assert w.got(sfu) == [{"type": "streamerDisconnected"}]
+    viewer_id = w.cores["c"].peer(viewer).player_id  # its player on another node: told as Epic's server does
+    assert w.got(sfu) == [{"type": "streamerDisconnected"}, {"type": "playerDisconnected", "playerId": viewer_id}]
     assert w.closed[viewer] == errors.STREAMER_GONE  # watched Cam through the SFU
     assert sfu not in w.closed  # the SFU stays
     assert "Cam" not in dict(w.cores["c"].listings())
