@@ -373,6 +373,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="signalling benchmark (see pixelfleet bench --help)")
     sub.add_parser("loadtest", help="load test the platform from a scenario file (docs/loadtest.md)")
     sub.add_parser("simulate", help="autoscaling simulator (see pixelfleet simulate --help)")
+    sub.add_parser("autoscale", help="autoscale one pool of a cloud fleet (see pixelfleet autoscale --help)")
     for command in sub.choices.values():  # --player-port PLAYER_PORT, not SIGNALING.PLAYER_PORT
         for action in command._actions:  # noqa: SLF001 - argparse keeps them only here
             if action.metavar is None and action.nargs != 0 and "." in action.dest:
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         "bench": "loadtest.bench_signaling",
         "loadtest": "loadtest.engine",  # load tester (docs/loadtest.md)
         "simulate": "autoscale.simulate.cli",  # autoscaling simulator (docs/autoscaling.md)
+        "autoscale": "autoscale.run",  # one pool's autoscaler, aws-asg (docs/autoscaling.md)
     }
     if argv and argv[0] in delegated:
         import importlib
