@@ -39,13 +39,22 @@ async def start_signaling() -> AsyncIterator[StartSignaling]:
     servers: list[SignalingServer] = []
 
     async def start(
-        *, peer_options: Any = None, player_routes: Any = (), session_gate: Any = None, **overrides: Any
+        *,
+        peer_options: Any = None,
+        player_routes: Any = (),
+        session_gate: Any = None,
+        collectors: Any = (),
+        **overrides: Any,
     ) -> SignalingServer:
         settings = Settings(
             **{"player_port": 0, "streamer_port": 0, "sfu_port": 0, "shutdown_grace_s": 1.0, **overrides}
         )
         server = SignalingServer(
-            settings, peer_options=peer_options, player_routes=player_routes, session_gate=session_gate
+            settings,
+            peer_options=peer_options,
+            player_routes=player_routes,
+            session_gate=session_gate,
+            collectors=collectors,
         )
         await server.start()
         servers.append(server)
