@@ -23,10 +23,10 @@ from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_contex
 from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
 from pixelfleet_deploy.gpu_fleet import PARAMETER_READS, SESSION_MANAGER_ACTIONS  # noqa: E402
 from pixelfleet_deploy.nag import REASONS  # noqa: E402
-from pixelfleet_deploy.stage import Stage, build_stage, new_app  # noqa: E402
+from pixelfleet_deploy.stage import Stage, build_bootstrap, build_stage, new_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGE = StageConfig(name="test")
+STAGE = StageConfig(name="test", image_tag="0123456789ab")
 ENV = Environment(account="123456789012", region="us-east-1")
 
 
@@ -313,10 +313,35 @@ def test_pipeline_builds_images_and_deploys_both_services(synthesized: tuple[Sta
     stages = {
         s["Name"]: [a["ActionTypeId"]["Provider"] for a in s["Actions"]] for s in pipeline["Properties"]["Stages"]
     }
-    assert stages["Build"] == ["CodeBuild", "CodeBuild", "CodeBuild"]  # x86 images, coturn (Arm), UE build
-    assert stages["Deploy"] == ["ECS", "ECS"]
+    # x86 images, coturn (Arm); no UE build without a UE build image (it could only fail)
+    assert stages["Build"] == ["CodeBuild", "CodeBuild"]
+    assert stages["Deploy"] == ["CodeBuild"]
     projects = pipe.find_resources("AWS::CodeBuild::Project")
     assert any(p["Properties"]["Environment"].get("PrivilegedMode") for p in projects.values())
+    # the Images action exports the tag it pushed; Deploy runs cdk deploy --all with it
+    (build,) = [s for s in pipeline["Properties"]["Stages"] if s["Name"] == "Build"]
+    (images,) = [a for a in build["Actions"] if a["Name"] == "Images"]
+    assert images["Namespace"] == "Images"
+    specs = {
+        name: json.loads(
+            "".join(x if isinstance(x, str) else "x" for x in p["Properties"]["Source"]["BuildSpec"]["Fn::Join"][1])
+            if isinstance(p["Properties"]["Source"]["BuildSpec"], dict)
+            else p["Properties"]["Source"]["BuildSpec"]
+        )
+        for name, p in projects.items()
+    }
+    image_specs = [spec for spec in specs.values() if "docker push" in json.dumps(spec)]
+    assert len(image_specs) == 2 and all(spec["env"]["exported-variables"] == ["TAG"] for spec in image_specs)
+    (deploy_stage,) = [s for s in pipeline["Properties"]["Stages"] if s["Name"] == "Deploy"]
+    (deploy,) = deploy_stage["Actions"]
+    variables = json.loads(deploy["Configuration"]["EnvironmentVariables"])
+    assert {"name": "IMAGE_TAG", "type": "PLAINTEXT", "value": "#{Images.TAG}"} in variables
+    (deploy_spec,) = [spec for spec in specs.values() if "cdk deploy" in json.dumps(spec)]
+    assert 'cdk deploy --all --require-approval never -c stage=test -c imageTag="$IMAGE_TAG"' in " ".join(
+        deploy_spec["phases"]["build"]["commands"]
+    )
+    # and no ECS deploy action against a stack the first deploy has not made yet
+    assert "Fn::ImportValue" not in json.dumps(pipeline["Properties"]["Stages"])
 
 
 def test_stage_context_is_checked() -> None:
@@ -331,6 +356,27 @@ def test_stage_context_is_checked() -> None:
         stage_from_context({"x": {"redis_shards": "2"}}, "x")
     with pytest.raises(ConfigError, match="not in context"):
         stage_from_context({}, "prod")
+    with pytest.raises(ConfigError, match="nothing pushes 'latest'"):
+        StageConfig(image_tag="latest")
+    with pytest.raises(ConfigError, match="imageTag"):
+        build_stage(new_app(), StageConfig())
+
+
+def test_first_deploy_is_network_data_and_pipeline(tmp_path: Path) -> None:
+    """Before any image exists (no imageTag): only the stacks that need none, nag-clean."""
+    app = new_app(str(tmp_path))
+    boot = build_bootstrap(app, StageConfig(name="first"), ENV)
+    app.synth()
+    assert sorted(s.stack_name for s in boot.stacks()) == [
+        "pixelfleet-first-data",
+        "pixelfleet-first-network",
+        "pixelfleet-first-pipeline",
+    ]
+    assert sorted(p.name for p in tmp_path.glob("*.template.json")) == [
+        f"{s}.template.json" for s in sorted(s.stack_name for s in boot.stacks())
+    ]
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    assert all(pack["violations"] == [] for pack in report["pluginReports"])
 
 
 def test_docs_show_the_idle_cost_of_the_default_stage() -> None:

@@ -98,7 +98,7 @@ def resolve(value: Any) -> str:
 def cdk_out(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("cdk.out")
     app = new_app(str(out))
-    build_stage(app, StageConfig(name="test"), ENV)
+    build_stage(app, StageConfig(name="test", image_tag="0123456789ab"), ENV)
     app.synth()
     yield out
 

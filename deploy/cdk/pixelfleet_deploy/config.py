@@ -15,6 +15,7 @@ GPU_FAMILIES = ("g5", "g6", "g6e")
 _INSTANCE = re.compile(r"^(?P<family>[a-z][a-z0-9]*)\.(?P<size>[0-9]*x?large|medium|small|micro)$")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 _GRAVITON = re.compile(r"^[a-z]+[0-9]+g[a-z0-9-]*\.")  # c6gn, c7g, m7g, t4g: Arm, like the coturn image
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # ECR's tag syntax
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -65,7 +66,9 @@ class StageConfig:
     turn_hosts: int = 2
     turn_relay_min_port: int = 49152
     turn_relay_max_port: int = 65535
-    image_tag: str = "latest"
+    # the images' tag (the commit the pipeline built, `-c imageTag=...`); "" = not built yet:
+    # only the network, data and pipeline stacks (docs/deploy.md, "First deploy")
+    image_tag: str = ""
     source_connection_arn: str = ""
     source_repository: str = "example/pixelfleet"
     source_branch: str = "main"
@@ -90,6 +93,11 @@ class StageConfig:
             "turn relay ports: 1024 <= min < max <= 65535",
         )
         check(self.turn_hosts >= 1, "turn_hosts: >= 1")
+        check(
+            self.image_tag == "" or (_IMAGE_TAG.match(self.image_tag) is not None and self.image_tag != "latest"),
+            f"image_tag {self.image_tag!r}: a tag the pipeline pushed (the commit, 12 hex digits); the repositories"
+            " are immutable and nothing pushes 'latest'",
+        )
         check(
             _GRAVITON.match(self.turn_instance_type) is not None,
             f"turn_instance_type {self.turn_instance_type!r}: an Arm (Graviton) type such as c6gn.medium;"

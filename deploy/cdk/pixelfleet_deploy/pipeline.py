@@ -1,12 +1,18 @@
-"""The delivery pipeline: source -> build the three images and the UE build (in containers)
--> deploy signalling and the matchmaker. The control-plane and agent images are built on
-x86_64 (Fargate tasks and G5/G6 hosts); the coturn image on an Arm build host, for the
-Graviton relays (turn_relay.TURN_ARCH). The deploy step is a plain ECS service update;
-the services' blue/green strategy (control_plane.py) does the switch and the rollback.
+"""The delivery pipeline: source -> build the three images (and the UE build, when the stage
+names a UE build image) -> ``cdk deploy --all -c imageTag=<the tag just pushed>``.
+
+The control-plane and agent images are built on x86_64 (Fargate tasks and G5/G6 hosts); the
+coturn image on an Arm build host, for the Graviton relays (turn_relay.TURN_ARCH). Every image
+is tagged with the commit (the repositories are immutable); the Images action exports that
+tag and the Deploy action hands it to the CDK app as context, so the control plane, the GPU
+launch templates and the relays all move to the images of one commit, and a ``cdk deploy``
+by hand with the same ``-c imageTag`` changes nothing. The services' blue/green strategy
+(control_plane.py) does the switch and the rollback.
 
 The source is a CodeStar connection when ``source_connection_arn`` is set, else a zip the
 operator uploads to the artifacts bucket (``source/pixelfleet.zip``), so the app stays
-account-agnostic.
+account-agnostic. The pipeline refers to no application stack: it is deployed first, before
+any image exists (docs/deploy.md, "First deploy").
 """
 
 from __future__ import annotations
@@ -21,35 +27,55 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from pixelfleet_deploy.config import StageConfig
-from pixelfleet_deploy.control_plane import ControlPlaneStack
 from pixelfleet_deploy.data import IMAGES, DataStack
 from pixelfleet_deploy.turn_relay import TURN_ARCH
 
 SOURCE_KEY = "source/pixelfleet.zip"
+COMMIT_TAG = "TAG=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}"
+# the roles `cdk bootstrap` makes (default qualifier): deploy, asset publishing, lookup
+BOOTSTRAP_ROLES = "cdk-hnb659fds-*"
 
 
 def image_build_spec(registry: str, repositories: dict[str, str]) -> dict[str, Any]:
-    """docker build + push of these images, tagged with the commit; with the control plane's,
-    imagedefinitions for ECS."""
+    """docker build + push of these images, tagged with the commit; the tag is exported as
+    ``TAG`` for the Deploy action."""
     builds = [f"docker build -f deploy/docker/{name}.Dockerfile -t {uri}:$TAG ." for name, uri in repositories.items()]
     pushes = [f"docker push {uri}:$TAG" for uri in repositories.values()]
-    control = repositories.get("control-plane")
-    definitions = (
-        [f'printf \'[{{"name":"app","imageUri":"%s"}}]\' "{control}:$TAG" > imagedefinitions.json'] if control else []
-    )
     return {
         "version": "0.2",
+        "env": {"exported-variables": ["TAG"]},
         "phases": {
             "pre_build": {
                 "commands": [
-                    "TAG=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}",
+                    COMMIT_TAG,
                     f"aws ecr get-login-password | docker login --username AWS --password-stdin {registry}",
                 ]
             },
             "build": {"commands": builds},
-            "post_build": {"commands": [*pushes, *definitions]},
+            "post_build": {"commands": pushes},
         },
-        **({"artifacts": {"files": ["imagedefinitions.json"]}} if control else {}),
+    }
+
+
+def deploy_spec(stage: str) -> dict[str, Any]:
+    """``cdk deploy`` of every stack of the stage with the images just pushed (``IMAGE_TAG``)."""
+    return {
+        "version": "0.2",
+        "phases": {
+            "install": {
+                "commands": [
+                    "npm install -g aws-cdk@2",
+                    "python3 -m venv /tmp/venv && /tmp/venv/bin/pip install -q -e '.[deploy]'",
+                ]
+            },
+            "build": {
+                "commands": [
+                    'test -n "$IMAGE_TAG"',
+                    "cd deploy/cdk && PATH=/tmp/venv/bin:$PATH cdk deploy --all --require-approval never"
+                    f' -c stage={stage} -c imageTag="$IMAGE_TAG"',
+                ]
+            },
+        },
     }
 
 
@@ -62,7 +88,7 @@ def ue_build_spec(bucket: str) -> dict[str, Any]:
                 "commands": [
                     "RunUAT.sh BuildCookRun -project=$PWD/ue/$UE_PROJECT.uproject -platform=Linux"
                     " -clientconfig=Shipping -build -cook -stage -package -archive -archivedirectory=$PWD/out",
-                    "TAG=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}",
+                    COMMIT_TAG,
                     "tar -C out -czf build.tgz .",
                     f"aws s3 cp build.tgz s3://{bucket}/builds/$UE_PROJECT/$TAG.tgz",
                 ]
@@ -72,20 +98,10 @@ def ue_build_spec(bucket: str) -> dict[str, Any]:
 
 
 class PipelineStack(Stack):
-    def __init__(
-        self,
-        scope: Construct,
-        id: str,
-        *,
-        stage: StageConfig,
-        data: DataStack,
-        control: ControlPlaneStack,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, scope: Construct, id: str, *, stage: StageConfig, data: DataStack, **kwargs: Any) -> None:
         super().__init__(scope, id, **kwargs)
         artifacts = data.imported(self, "artifacts")
         source_out = codepipeline.Artifact("Source")
-        images_out = codepipeline.Artifact("Images")
         source: actions.Action
         if stage.source_connection_arn:
             source = actions.CodeStarConnectionsSourceAction(
@@ -123,15 +139,14 @@ class PipelineStack(Stack):
             ("TurnImage", ("coturn",), *turn_build),
         )
         self.image_projects: dict[str, codebuild.PipelineProject] = {}
+        build_actions: list[actions.CodeBuildAction] = []
         for project_id, names, build_image, compute_type in builds:
             project = codebuild.PipelineProject(
                 self,
                 project_id,
                 description=f"build and push the {', '.join(names)} image(s)",
                 environment=codebuild.BuildEnvironment(
-                    build_image=build_image,
-                    compute_type=compute_type,
-                    privileged=True,
+                    build_image=build_image, compute_type=compute_type, privileged=True
                 ),
                 build_spec=codebuild.BuildSpec.from_object(
                     image_build_spec(registry, {name: repositories[name] for name in names})
@@ -144,15 +159,67 @@ class PipelineStack(Stack):
             # GetAuthorizationToken has no resource type: it can only be granted on "*".
             project.add_to_role_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
             self.image_projects[project_id] = project
-        images = self.image_projects["Images"]
+            build_actions.append(
+                actions.CodeBuildAction(
+                    action_name=project_id, project=project, input=source_out, variables_namespace=project_id
+                )
+            )
+        images = build_actions[0]
+        if stage.ue_build_image:  # without a UE build image there is nothing to package it with
+            build_actions.append(self._ue_build(stage, data, artifacts, source_out))
+
+        self.deploy = codebuild.PipelineProject(
+            self,
+            "Deploy",
+            description=f"cdk deploy every stack of stage {stage.name} with the images just built",
+            environment=codebuild.BuildEnvironment(
+                build_image=codebuild.LinuxBuildImage.STANDARD_7_0, compute_type=codebuild.ComputeType.MEDIUM
+            ),
+            build_spec=codebuild.BuildSpec.from_object(deploy_spec(stage.name)),
+            encryption_key=data.key,
+            timeout=Duration.minutes(90),
+        )
+        # The CDK CLI deploys through the roles `cdk bootstrap` made; it needs nothing else.
+        self.deploy.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sts:AssumeRole"],
+                resources=[f"arn:{self.partition}:iam::{self.account}:role/{BOOTSTRAP_ROLES}"],
+            )
+        )
+        self.pipeline = codepipeline.Pipeline(
+            self,
+            "Pipeline",
+            pipeline_type=codepipeline.PipelineType.V2,
+            artifact_bucket=artifacts,
+            restart_execution_on_update=True,
+            stages=[
+                codepipeline.StageProps(stage_name="Source", actions=[source]),
+                codepipeline.StageProps(stage_name="Build", actions=build_actions),
+                codepipeline.StageProps(
+                    stage_name="Deploy",
+                    actions=[
+                        actions.CodeBuildAction(
+                            action_name="Deploy",
+                            project=self.deploy,
+                            input=source_out,
+                            environment_variables={
+                                "IMAGE_TAG": codebuild.BuildEnvironmentVariable(value=images.variable("TAG"))
+                            },
+                        )
+                    ],
+                ),
+            ],
+        )
+
+    def _ue_build(
+        self, stage: StageConfig, data: DataStack, artifacts: Any, source_out: codepipeline.Artifact
+    ) -> actions.CodeBuildAction:
         ue_build = codebuild.PipelineProject(
             self,
             "UeBuild",
             description="package the UE project in the UE build container",
             environment=codebuild.BuildEnvironment(
-                build_image=codebuild.LinuxBuildImage.from_docker_registry(stage.ue_build_image)
-                if stage.ue_build_image
-                else codebuild.LinuxBuildImage.STANDARD_7_0,
+                build_image=codebuild.LinuxBuildImage.from_docker_registry(stage.ue_build_image),
                 compute_type=codebuild.ComputeType.X2_LARGE,
                 environment_variables={"UE_PROJECT": codebuild.BuildEnvironmentVariable(value="Game")},
             ),
@@ -163,37 +230,4 @@ class PipelineStack(Stack):
         ue_build.add_to_role_policy(
             iam.PolicyStatement(actions=["s3:PutObject"], resources=[artifacts.arn_for_objects("builds/*")])
         )
-        self.pipeline = codepipeline.Pipeline(
-            self,
-            "Pipeline",
-            pipeline_type=codepipeline.PipelineType.V2,
-            artifact_bucket=artifacts,
-            restart_execution_on_update=True,
-            stages=[
-                codepipeline.StageProps(stage_name="Source", actions=[source]),
-                codepipeline.StageProps(
-                    stage_name="Build",
-                    actions=[
-                        actions.CodeBuildAction(
-                            action_name="Images", project=images, input=source_out, outputs=[images_out]
-                        ),
-                        actions.CodeBuildAction(
-                            action_name="TurnImage", project=self.image_projects["TurnImage"], input=source_out
-                        ),
-                        actions.CodeBuildAction(action_name="UeBuild", project=ue_build, input=source_out),
-                    ],
-                ),
-                codepipeline.StageProps(
-                    stage_name="Deploy",
-                    actions=[
-                        actions.EcsDeployAction(
-                            action_name=f"Deploy{service.node.id}",
-                            service=service,
-                            input=images_out,
-                            deployment_timeout=Duration.minutes(60),
-                        )
-                        for service in (control.signaling, control.matchmaker)
-                    ],
-                ),
-            ],
-        )
+        return actions.CodeBuildAction(action_name="UeBuild", project=ue_build, input=source_out)
