@@ -29,6 +29,7 @@ KUBERNETES_VERSION = "1.33.0"
 SECRETS = [
     *("--set", "secrets.values.sessionTokenSecret=" + "s" * 40),
     *("--set", "secrets.values.agentToken=t", "--set", "secrets.values.reportToken=r"),
+    *("--set", "secrets.values.stateUrl=redis://redis.games.svc:6379/0"),
 ]
 
 
@@ -189,6 +190,8 @@ def test_bad_values_stop_rendering(helm: str) -> None:
     assert result.returncode != 0 and "secrets.values.sessionTokenSecret" in result.stderr
     result = run_helm(helm, "template", "pf", str(CHART), *SECRETS[:4])  # no report token
     assert result.returncode != 0 and "secrets.values.reportToken" in result.stderr
+    result = run_helm(helm, "template", "pf", str(CHART), *SECRETS[:6])  # two replicas, no state URL
+    assert result.returncode != 0 and "secrets.values.stateUrl" in result.stderr
 
 
 def test_control_plane_secrets_close_their_doors(helm: str) -> None:
@@ -235,6 +238,7 @@ def test_agents_with_per_host_tokens_see_only_their_own_node_s(helm: str) -> Non
         "--namespace",
         "games",
         *("--set", "secrets.values.sessionTokenSecret=" + "s" * 40, "--set", "secrets.values.reportToken=r"),
+        *("--set", "secrets.values.stateUrl=redis://redis.games.svc:6379/0"),
         *(
             "--set",
             "secrets.values.agentKeySecret=" + "k" * 40,
