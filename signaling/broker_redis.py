@@ -19,6 +19,10 @@
   that finds itself removed was cut off: it drops its cross-node links and lists its
   streamers again. An epoch key tells a Redis that lost its data (restart without
   persistence) from one that removed us.
+- **A silent subscription** (left on a frozen or demoted Redis or shard primary, where no
+  reset ever comes) is found out whatever the client: every TTL/3 a node sends a heartbeat
+  record to its own inbox, and an inbox that heard nothing for a TTL, or a heartbeat that
+  no subscriber got, means subscribing anew (not ready meanwhile).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ log = structlog.get_logger("signaling.cluster")
 RedisClient = Redis | RedisCluster
 _HEAD = struct.Struct("!BHI")  # kind, address length, payload length
 _ORIGIN = "\x00"  # a frame's record: "<to>\0<origin>" in the address part
-_FRAME, _LINK = 0, 1
+_FRAME, _LINK, _HEARTBEAT = 0, 1, 2  # record kinds; a node ignores kinds it does not know
 _RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -130,6 +134,10 @@ def _decode_counts(flat: list[bytes], own: str) -> dict[str, NodeCounts]:
     return out
 
 
+class _Silent(Exception):  # a subscription that looks alive but cannot be trusted: make it anew
+    pass
+
+
 class RedisBroker:
     distributed = True
 
@@ -158,13 +166,17 @@ class RedisBroker:
         self._up = False  # the last round trip worked
         self._registered = False
         self._inbox_up = False  # subscribed to this node's channel: it can be sent to
+        self._inbox_subs = 0  # inbox subscriptions made so far
+        self._inbox_lost = False  # a heartbeat sent while subscribed reached no subscriber
+        self._rejoins = 0  # times this node came back in touch with the cluster
         self._epoch: str | None = None
         self._stable_since: float | None = None  # loop time of the first beat of the current unbroken run
         self._seen: set[str] = set()  # nodes alive at the last beat (this one included)
         self._counts: dict[str, NodeCounts] = {}  # other live nodes' counts, as of the last beat
         self._closing = False
         self._joined = asyncio.Event()  # the first beat went through
-        self.stats = {"batches": 0, "frames_out": 0, "frames_in": 0, "undeliverable": 0, "lost_nodes": 0}
+        counted = ("batches", "frames_out", "frames_in", "undeliverable", "lost_nodes", "resubscribed")
+        self.stats = dict.fromkeys(counted, 0)
 
     @classmethod
     def from_url(
@@ -175,7 +187,13 @@ class RedisBroker:
         if sentinel is not None and cluster:
             raise ValueError("a state URL names Redis Cluster or Sentinel, not both")
         client: RedisClient = (
-            sentinel_primary(sentinel) if sentinel else RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+            sentinel_primary(sentinel)
+            if sentinel
+            # Bounded sockets: a cluster client asking a frozen node for the slot map (no
+            # reset ever comes) would otherwise hold every later command up for good.
+            else RedisCluster.from_url(url, socket_timeout=node_ttl_s, socket_connect_timeout=node_ttl_s)
+            if cluster
+            else Redis.from_url(url)
         )
         return cls(client, node_id=node_id, node_ttl_s=node_ttl_s, prefix=prefix)
 
@@ -308,7 +326,7 @@ class RedisBroker:
                 box = self._boxes.get(Address(to))
                 if box is not None:
                     box.push(payload)
-            elif kind == _LINK:
+            elif kind == _LINK:  # anything else (_HEARTBEAT, a later kind) is skipped
                 try:
                     link = decode_link(payload)
                 except ValueError as exc:
@@ -440,11 +458,22 @@ class RedisBroker:
         # closed node again (its counts too) until its deadline passed.
         while not self._closing:
             started = loop.time()
+            heartbeat = asyncio.create_task(self._heartbeat(period))  # on its own shard's time
             try:
                 await asyncio.wait_for(self._beat(loop.time()), period * 2)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._went_down(exc)
+            await heartbeat
             await asyncio.sleep(max(0.0, period - (loop.time() - started)))
+
+    async def _heartbeat(self, within_s: float) -> None:
+        """A record to this node's own inbox that ``_listen`` only notes it heard (see top)."""
+        subscription = self._inbox_subs if self._inbox_up else None
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            record = pack([(_HEARTBEAT, self.node_id, b"")])
+            got = await asyncio.wait_for(self._publish(self.inbox(self.node_id), record), within_s)
+            if not got and subscription == self._inbox_subs and self._inbox_up:
+                self._inbox_lost = True
 
     async def _beat(self, now: float) -> None:
         assert self._events is not None
@@ -467,6 +496,7 @@ class RedisBroker:
             self._stable_since = None
             stable = False
             rejoined = True
+        self._rejoins += rejoined and self._registered
         if rejoined or not self._registered:
             await self._relist()
             await self._reload_directory()
@@ -511,10 +541,10 @@ class RedisBroker:
                 if joined is not None:
                     await self._reload_directory_safely()
                     joined.set()
-                    self._inbox_up = True
+                    self._inbox_subs, self._inbox_lost, self._inbox_up = self._inbox_subs + 1, False, True
                 elif self._up:
                     await self._reload_directory()  # events may have been missed while away
-                attempt = 0
+                attempt, rejoins = 0, self._rejoins
                 heard = pinged = asyncio.get_running_loop().time()
                 while True:
                     msg = await self._next_message(pubsub)
@@ -523,22 +553,32 @@ class RedisBroker:
                         heard = now
                         if msg.get("type") == "smessage":
                             handle(msg["data"])
+                    if joined is not None and (self._inbox_lost or now - heard > self._ttl_ms / 1000):
+                        raise _Silent("this node's inbox heard nothing, not even its own heartbeat")
+                    if joined is None and self._cluster and rejoins != self._rejoins:  # no heartbeat here:
+                        raise _Silent("back in touch with the cluster")  # its primary may have changed
                     if not self._cluster and now - pinged >= self._ttl_ms / 3000:
-                        # A server that went silent without a reset (its host vanished, a
-                        # failover) keeps the subscription looking alive: ping, and subscribe
-                        # anew (to whatever the URL reaches now) when nothing came back in a TTL.
+                        # A ping is heard on a quiet channel too (the directory's has no
+                        # heartbeat): nothing back within a TTL means subscribe anew.
                         if now - heard > self._ttl_ms / 1000:
                             raise RedisConnectionError("no answer on the subscription connection")
                         pinged = now
                         await pubsub.ping()
-            except (RedisError, OSError) as exc:
-                self._went_down(exc)
+            except (_Silent, RedisError, OSError) as exc:
+                if isinstance(exc, _Silent):
+                    log.warning("resubscribing", node=self.node_id, channel=channels[0], why=str(exc))
+                    self.stats["resubscribed"] += 1
+                else:
+                    self._went_down(exc)
                 if joined is not None:
                     self._inbox_up = False
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if isinstance(self._r, RedisCluster):  # a subscription's failure tells the client nothing:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):  # ask for the slot map anew
+                    await asyncio.wait_for(self._r.nodes_manager.initialize(), self._ttl_ms / 1000)
             await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
             attempt += 1
 
