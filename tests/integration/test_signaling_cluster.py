@@ -49,10 +49,23 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def listed_on(http: aiohttp.ClientSession, servers: list[SignalingServer], name: str) -> None:
+    """Until each node's view of the directory has the streamer: its listing event travels
+    apart from the streamer's own socket, so a player elsewhere may ask before it arrives."""
+    for server in servers:
+
+        async def listed(server: SignalingServer = server) -> bool:
+            async with http.get(f"http://127.0.0.1:{server.player_port}/api/streamers/{name}") as r:
+                return r.status == 200
+
+        await eventually(listed, f"{name} listed on {server.core.node}", WAIT)
+
+
 async def test_a_player_streams_from_a_streamer_on_another_node(nodes: Nodes, http: aiohttp.ClientSession) -> None:
     a, b, c = await nodes(3)
     name = f"Cam{id(a)}"
     s = await connect_streamer(http, c.streamer_port, name)
+    await listed_on(http, [a], name)
     p, pid = await connect_player(http, a.player_port, s, name)
     assert pid.startswith(f"Player{a.core.node}-")
     await s.send(type="offer", playerId=pid, sdp="v=0 offer")
@@ -91,6 +104,7 @@ async def test_the_player_limit_and_kicks_hold_across_nodes(nodes: Nodes, http: 
     a, b = await nodes(2, max_players_per_streamer=1)
     name = f"Lim{id(a)}"
     s = await connect_streamer(http, a.streamer_port, name)
+    await listed_on(http, [b], name)
     first, pid = await connect_player(http, b.player_port, s, name)
     second, _ = await connect_player(http, a.player_port)
     await second.send(type="subscribe", streamerId=name)
@@ -107,6 +121,7 @@ async def test_a_streamer_leaving_closes_its_players_on_other_nodes(nodes: Nodes
     a, b = await nodes(2)
     name = f"Gone{id(a)}"
     s = await connect_streamer(http, a.streamer_port, name)
+    await listed_on(http, [b], name)
     p, _ = await connect_player(http, b.player_port, s, name)
     await s.ws.close()
     code, _reason = await p.closed()
@@ -143,6 +158,7 @@ async def test_player_counts_are_cluster_wide(nodes: Nodes, http: aiohttp.Client
     a, b, c = await nodes(3)
     name = f"Count{id(a)}"
     s = await connect_streamer(http, c.streamer_port, name)
+    await listed_on(http, [a, b], name)
     staying, _ = await connect_player(http, a.player_port, s, name)
     leaving, _ = await connect_player(http, b.player_port, s, name)
     idle, _ = await connect_player(http, a.player_port)  # connected, watching nothing: a player all the same
