@@ -243,8 +243,7 @@ async def test_a_dead_node_is_noticed_and_frames_for_it_are_reported(make_broker
     assert isinstance(a, RedisBroker) and isinstance(b, RedisBroker)
     await b.claim(Address("b/1"), "OnB", None, True)
     await node_a.until(lambda: "OnB" in node_a.listings)
-    for task in b._tasks:  # noqa: SLF001 - a crash: no goodbye, the beats just stop
-        task.cancel()
+    await _stop(b._tasks)  # noqa: SLF001 - a crash: no goodbye, the beats just stop
     await node_a.until(lambda: node_a.lost == ["b"])
     await node_a.until(lambda: "OnB" not in node_a.listings)
     a.deliver(Address("b/1"), b"{}", Address("a/3"))
@@ -266,8 +265,8 @@ async def test_every_live_nodes_counts_are_seen_and_a_gone_nodes_are_dropped(mak
     redis, counts = a._r, a._k_counts  # noqa: SLF001
     await c.aclose()  # leaving: its record goes at once
     assert not await redis.hexists(counts, "c")
-    for task in b._tasks:  # noqa: SLF001 - a crash: no goodbye
-        task.cancel()
+    assert isinstance(b, RedisBroker)
+    await _stop(b._tasks)  # noqa: SLF001 - a crash: no goodbye
     await node_a.until(lambda: "b" in node_a.lost)
     assert set(a.node_counts()) == {"a"}
     assert await redis.hkeys(counts) == [b"a"]
@@ -365,8 +364,7 @@ async def test_a_dead_nodes_holders_and_stale_ones_are_reaped(make_broker: MakeB
     await redis.hset(holders, "gone", orjson.dumps(["x/1", "jti-g", "t"]))  # an older node removed its entry
     await node_a.until(lambda: "OnB" in node_a.listings)
     assert await redis.hexists(holders, "OnB")
-    for task in b._tasks:  # noqa: SLF001 - a crash: no goodbye
-        task.cancel()
+    await _stop(b._tasks)  # noqa: SLF001 - a crash: no goodbye
     await node_a.until(lambda: node_a.lost == ["b"])
     assert await redis.hgetall(holders) == {}
 
