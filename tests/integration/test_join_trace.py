@@ -170,3 +170,54 @@ async def test_nothing_is_traced_or_carried_when_tracing_is_off(matchmaker: Matc
         body = await r.json()
     assert "tp" not in jwt.decode(body["token"], options={"verify_signature": False})
     assert body["session_id"] and (await matchmaker.matchmaker.store.session(body["session_id"])).trace is None  # type: ignore[union-attr]
+
+
+async def test_a_player_that_reconnects_adds_a_reconnect_event_to_the_session_trace(
+    spans: InMemorySpanExporter, matchmaker: MatchmakerServer, start_signaling: StartSignaling
+) -> None:
+    """A reload: the page's socket closes, the same client asks the matchmaker again and
+    gets its session back with a fresh token (tokens are single-use), and opens a second
+    socket with it. Both ``signaling.connect`` spans are children of the session's root;
+    only the second carries the ``reconnect`` event, as does the matchmaker's reattach."""
+    base = f"http://127.0.0.1:{matchmaker.port}/api/v1"
+    gate = SessionGate(TokenKeys.hs256(SECRET), required=True, reporter=HttpReporter(base.removesuffix("/api/v1")))
+    sig = await start_signaling(session_gate=gate)
+    async with aiohttp.ClientSession() as http:
+        await connect_streamer(http, sig.streamer_port, "Cam")
+        async with http.post(base + "/sessions", json={"app": "demo", "client_key": "k1"}) as r:
+            assert r.status == 201
+            first = await r.json()
+        player = Peer(await http.ws_connect(f"ws://127.0.0.1:{sig.player_port}/?token={first['token']}"))
+        assert (await player.recv())["type"] == "config"
+        await player.ws.close()
+        async with http.post(base + "/sessions", json={"app": "demo", "client_key": "k1"}) as r:
+            assert r.status == 201
+            again = await r.json()
+        assert again["session_id"] == first["session_id"] and again["token"] != first["token"]
+        player = Peer(await http.ws_connect(f"ws://127.0.0.1:{sig.player_port}/?token={again['token']}"))
+        assert (await player.recv())["type"] == "config"
+        await player.ws.close()
+
+    root = next(s for s in spans.get_finished_spans() if s.name == "pixelfleet.join")
+    assert root.context is not None
+    mine = [
+        s for s in spans.get_finished_spans() if s.context is not None and s.context.trace_id == root.context.trace_id
+    ]
+    # The fresh token names the session's own trace, not the reattach request's.
+    assert jwt.decode(again["token"], options={"verify_signature": False})["tp"].split("-")[1] == (
+        f"{root.context.trace_id:032x}"
+    )
+    connects = sorted((s for s in mine if s.name == "signaling.connect"), key=times)
+    assert len(connects) == 2
+    for span in connects:
+        assert span.parent is not None and span.parent.span_id == root.context.span_id
+        assert dict(span.attributes or {})["pixelfleet.session"] == first["session_id"]
+    assert times(connects[0])[1] <= times(connects[1])[0]
+    assert list(connects[0].events) == []
+    assert [(e.name, dict(e.attributes or {})) for e in connects[1].events] == [
+        ("reconnect", {"pixelfleet.session": first["session_id"]})
+    ]
+    reattach = [s for s in mine if s.name == "matchmaker.reattach"]
+    assert len(reattach) == 1 and [e.name for e in reattach[0].events] == ["reconnect"]
+    assert reattach[0].parent is not None and reattach[0].parent.span_id == root.context.span_id
+    assert times(connects[0])[1] <= times(reattach[0])[0] <= times(connects[1])[0]
