@@ -22,7 +22,7 @@ from pixelfleet_deploy.agent_tokens import LAUNCH_HOOK, TERMINATE_HOOK, VPC_ENI_
 from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_context  # noqa: E402
 from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
 from pixelfleet_deploy.gpu_fleet import PARAMETER_READS, SESSION_MANAGER_ACTIONS  # noqa: E402
-from pixelfleet_deploy.nag import REASONS  # noqa: E402
+from pixelfleet_deploy.nag import REASONS, SPECIFIC_WILDCARDS  # noqa: E402
 from pixelfleet_deploy.stage import Stage, build_bootstrap, build_stage, new_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +56,7 @@ def test_cdk_nag_reports_nothing_unacknowledged_and_every_acknowledgement_has_a_
     for part, rules in REASONS.items():
         for rule, reason in rules.items():
             assert len(reason) >= 40, f"{part}: {rule}: reason too short"
+    assert all(len(reason) >= 40 for _, reason in SPECIFIC_WILDCARDS)
 
 
 def test_warm_pool_on_the_on_demand_group_and_none_on_spot(synthesized: tuple[Stage, Path]) -> None:
@@ -340,6 +341,19 @@ def test_pipeline_builds_images_and_deploys_both_services(synthesized: tuple[Sta
     assert 'cdk deploy --all --require-approval never -c stage=test -c imageTag="$IMAGE_TAG"' in " ".join(
         deploy_spec["phases"]["build"]["commands"]
     )
+    # the deploy project assumes the four roles `cdk bootstrap` made in this account and region, by name
+    assumes = [
+        st["Resource"]
+        for policy in pipe.find_resources("AWS::IAM::Policy").values()
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]
+        if st["Action"] == "sts:AssumeRole" and "cdk-hnb659fds" in json.dumps(st["Resource"])
+    ]
+    (resources,) = assumes
+    names = sorted(r["Fn::Join"][1][-1].rsplit("/", 1)[1] for r in resources)
+    assert names == [
+        f"cdk-hnb659fds-{kind}-role-123456789012-us-east-1"
+        for kind in ("deploy", "file-publishing", "image-publishing", "lookup")
+    ]
     # and no ECS deploy action against a stack the first deploy has not made yet
     assert "Fn::ImportValue" not in json.dumps(pipeline["Properties"]["Stages"])
 

@@ -31,6 +31,14 @@ PIPELINE_WILDCARD_ACTIONS = (
     "kms:ReEncrypt*",
     "kms:GenerateDataKey*",
 )
+# Resource-name wildcards that are not objects under a prefix: (part of the ARN, reason).
+SPECIFIC_WILDCARDS = (
+    (
+        ":instance/*",
+        "ec2:AssociateAddress onto a coturn relay's own instance, whose id is not known at synth; a condition "
+        "limits it to instances of the relays' groups (tag aws:autoscaling:groupName) and the addresses are named",
+    ),
+)
 RESOURCE_WILDCARD_REASON = (
     "A wildcard in a resource name only (objects under one prefix of one bucket, one log group's streams, one "
     "project's report groups); the actions on it are named"
@@ -177,6 +185,9 @@ def resource_wildcards(stack: Stack) -> set[str]:
 
 def suppress(stack: Stack) -> None:
     """Acknowledge this stack's listed findings, and resource-name wildcards with their reason."""
-    reasons = {**reasons_for(stack), **dict.fromkeys(resource_wildcards(stack), RESOURCE_WILDCARD_REASON)}
+    reasons = reasons_for(stack)
+    for finding in resource_wildcards(stack):
+        specific = [reason for part, reason in SPECIFIC_WILDCARDS if part in finding]
+        reasons[finding] = specific[0] if specific else RESOURCE_WILDCARD_REASON
     for rule, reason in reasons.items():
         Validations.of(stack).acknowledge(Acknowledgment(id=rule, reason=reason))

@@ -32,8 +32,8 @@ from pixelfleet_deploy.turn_relay import TURN_ARCH
 
 SOURCE_KEY = "source/pixelfleet.zip"
 COMMIT_TAG = "TAG=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}"
-# the roles `cdk bootstrap` makes (default qualifier): deploy, asset publishing, lookup
-BOOTSTRAP_ROLES = "cdk-hnb659fds-*"
+# the roles `cdk bootstrap` makes (default qualifier) that `cdk deploy` assumes
+BOOTSTRAP_ROLES = ("deploy", "file-publishing", "image-publishing", "lookup")
 
 
 def image_build_spec(registry: str, repositories: dict[str, str]) -> dict[str, Any]:
@@ -183,7 +183,10 @@ class PipelineStack(Stack):
         self.deploy.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sts:AssumeRole"],
-                resources=[f"arn:{self.partition}:iam::{self.account}:role/{BOOTSTRAP_ROLES}"],
+                resources=[
+                    f"arn:{self.partition}:iam::{self.account}:role/cdk-hnb659fds-{kind}-role-{self.account}-{self.region}"
+                    for kind in BOOTSTRAP_ROLES
+                ],
             )
         )
         self.pipeline = codepipeline.Pipeline(
