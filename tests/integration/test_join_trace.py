@@ -4,20 +4,25 @@ sides), a raw streamer and player, and the page's ``first_frame`` report."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import jwt
 import pytest
+import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from structlog.testing import capture_logs
 
 from matchmaker.config import MatchmakerSettings
 from matchmaker.models import EndReason, Heartbeat, HostRegistration, SlotReport, SlotSpec, SlotState
 from matchmaker.server import MatchmakerServer
 from pixelfleet import tracing
+from pixelfleet.logs import configure_logging
 from pixelfleet.tokens import TokenKeys
 from signaling.sessions import HttpReporter, SessionGate
 from tests.conftest import StartSignaling
@@ -221,3 +226,62 @@ async def test_a_player_that_reconnects_adds_a_reconnect_event_to_the_session_tr
     assert len(reattach) == 1 and [e.name for e in reattach[0].events] == ["reconnect"]
     assert reattach[0].parent is not None and reattach[0].parent.span_id == root.context.span_id
     assert times(connects[0])[1] <= times(reattach[0])[0] <= times(connects[1])[0]
+
+
+def processors_of_the_cli(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The processors ``configure_logging`` (what every service's CLI calls) installs,
+    less the renderer, caught without configuring this test process."""
+    seen: dict[str, Any] = {}
+    with monkeypatch.context() as m:
+        m.setattr(structlog, "configure", lambda **kw: seen.update(kw))
+        m.setattr(logging, "basicConfig", lambda **kw: None)
+        configure_logging("info", "json")
+    return list(seen["processors"][:-1])
+
+
+async def test_log_lines_of_a_join_carry_the_trace_id_of_its_spans(
+    spans: InMemorySpanExporter,
+    matchmaker: MatchmakerServer,
+    start_signaling: StartSignaling,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The matchmaker's allocation line, signalling's lines of the traced player's socket
+    and the matchmaker's first_frame line name the trace the session's spans are in."""
+    base = f"http://127.0.0.1:{matchmaker.port}/api/v1"
+    gate = SessionGate(TokenKeys.hs256(SECRET), required=True, reporter=HttpReporter(base.removesuffix("/api/v1")))
+    sig = await start_signaling(session_gate=gate)
+    with capture_logs(processors=processors_of_the_cli(monkeypatch)) as lines:
+        async with aiohttp.ClientSession() as http:
+            streamer = await connect_streamer(http, sig.streamer_port, "Cam")
+            async with http.post(base + "/sessions", json={"app": "demo", "client_key": "k1"}) as r:
+                assert r.status == 201
+                session = await r.json()
+            player = Peer(await http.ws_connect(f"ws://127.0.0.1:{sig.player_port}/?token={session['token']}"))
+            assert (await player.recv())["type"] == "config"
+            await player.send(type="subscribe", streamerId="Cam")
+            await streamer.recv_type("playerConnected")
+            auth = {"Authorization": "Bearer " + session["token"]}
+            url = f"{base}/sessions/{session['session_id']}/events"
+            async with http.post(url, json={"event": "first_frame"}, headers=auth) as r:
+                assert r.status == 200, await r.text()
+            await player.ws.close()
+
+    finished = spans.get_finished_spans()
+    root = next(s for s in finished if s.name == "pixelfleet.join")
+    assert root.context is not None
+    trace_id = f"{root.context.trace_id:032x}"
+    assert {"signaling.connect", "player.first_frame"} <= {
+        s.name for s in finished if s.context is not None and s.context.trace_id == root.context.trace_id
+    }
+    about = [line for line in lines if line.get("session") == session["session_id"]]
+    by_event = {line["event"]: line for line in about}
+    for event in ("assigned", "connected", "first_frame"):  # matchmaker, signalling, matchmaker
+        assert event in by_event, about
+        assert by_event[event].get("trace_id") == trace_id, by_event[event]
+    # Every line of the traced socket while it is open is in the trace (its last, after the
+    # close, is not: the socket's span context is detached by then).
+    conn = by_event["connected"]["conn"]
+    open_lines = [line for line in lines if line.get("conn") == conn and line["event"] != "disconnected"]
+    assert open_lines and all(line.get("trace_id") == trace_id for line in open_lines), open_lines
+    # No line of the session names another trace.
+    assert {line["trace_id"] for line in about if "trace_id" in line} == {trace_id}
