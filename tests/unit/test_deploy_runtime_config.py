@@ -123,14 +123,16 @@ def cdk_services(out: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     return services
 
 
-def cdk_agent(out: Path) -> tuple[list[str], dict[str, str]]:
+def cdk_agent(out: Path, spot: str = "true") -> tuple[list[str], dict[str, str]]:
     """The GPU hosts' ``docker run`` of the agent: its ``-e`` settings and the image's command."""
     (lt,) = [
         r for r in cdk_template(out, "gpu-default")["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"
     ]
     script = resolve(lt["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"])
     (line,) = [x for x in script.splitlines() if x.startswith("docker run -d --name pixelfleet-agent")]
-    words = shlex.split(line.replace("$HOST_ID", "i-0123456789abcdef0").replace("$AZ", "us-east-1a"))
+    words = shlex.split(
+        line.replace("$HOST_ID", "i-0123456789abcdef0").replace("$AZ", "us-east-1a").replace("$SPOT", spot)
+    )
     env: dict[str, str] = {}
     for flag, value in zip(words, words[1:], strict=False):
         if flag == "-e":
@@ -153,8 +155,10 @@ def test_every_cdk_service_environment_loads(
     argv, env = services["matchmaker"]
     built = check_loads(argv, env, monkeypatch, capsys)
     assert built["settings"].matchmaker.agent_key_secret == SECRET_VALUES["PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET"]
-    argv, env = cdk_agent(cdk_out)
-    built = check_loads(argv, env, monkeypatch, capsys)
+    for spot in ("true", "false"):  # the boot script sets it from the instance's life cycle
+        argv, env = cdk_agent(cdk_out, spot)
+        built = check_loads(argv, env, monkeypatch, capsys)
+        assert built["settings"].agent.spot is (spot == "true")
     agent = built["settings"].agent
     assert agent.host_id == "i-0123456789abcdef0" and agent.cloudwatch_namespace == "Pixelfleet"
     assert agent.streamer_url == f"ws://{ADDRESS}:8888" and agent.matchmaker_url == f"http://{ADDRESS}:9999"

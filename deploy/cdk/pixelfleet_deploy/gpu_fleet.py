@@ -89,6 +89,8 @@ def agent_user_data(
         IMDS_TOKEN,
         'meta() { curl -sf -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/$1; }',
         "AZ=$(meta placement/availability-zone); HOST_ID=$(meta instance-id)",
+        # one launch template for both groups: a Spot host's agent watches for its interruption notice
+        'SPOT=false; [ "$(meta instance-life-cycle || true)" = spot ] && SPOT=true',
         "STATE=$(meta autoscaling/target-lifecycle-state || echo InService)",
         f"aws ecr get-login-password --region {region}"
         f" | docker login --username AWS --password-stdin {image.split('/')[0]}",
@@ -105,7 +107,7 @@ def agent_user_data(
         'export PIXELFLEET_AGENT_TOKEN="$AGENT_TOKEN"',
         "docker run -d --name pixelfleet-agent --restart unless-stopped --runtime nvidia --gpus all"
         ' --network host -e PIXELFLEET_AGENT_TOKEN -e PIXELFLEET_AGENT__HOST_ID="$HOST_ID"'
-        f' -e PIXELFLEET_AGENT__AZ="$AZ" {flags} {image}',
+        f' -e PIXELFLEET_AGENT__AZ="$AZ" -e PIXELFLEET_AGENT__SPOT="$SPOT" {flags} {image}',
     ]
     return [
         "set -euo pipefail",
