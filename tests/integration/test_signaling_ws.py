@@ -254,6 +254,25 @@ async def test_sfu_port_speaks_the_sfu_role(start_signaling: StartSignaling, htt
     assert (await s.recv_type("playerConnected"))["sfu"] is True
 
 
+async def test_an_sfus_streamer_leaving_closes_its_players_and_the_sfu_stays(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
+    server = await start_signaling()
+    s = await connect_streamer(http, server.streamer_port, "DefaultStreamer")
+    f = Peer(await http.ws_connect(f"ws://127.0.0.1:{server.sfu_port}/"))
+    assert (await f.recv())["type"] == "identify"
+    await f.send(type="endpointId", id="SFU")
+    await f.recv_type("endpointIdConfirm")
+    await f.send(type="subscribe", streamerId="DefaultStreamer")
+    await s.recv_type("playerConnected")
+    viewer, viewer_id = await connect_player(http, server.player_port, f, "SFU")  # watches through the SFU
+    await s.ws.close()
+    assert await f.recv() == {"type": "streamerDisconnected"}
+    assert await f.recv() == {"type": "playerDisconnected", "playerId": viewer_id}
+    assert (await viewer.closed())[0] == errors.STREAMER_GONE
+    await f.still_served()
+
+
 async def test_rest_api_and_player_page(start_signaling: StartSignaling, http: aiohttp.ClientSession) -> None:
     server = await start_signaling()
     s = await connect_streamer(http, server.streamer_port)
