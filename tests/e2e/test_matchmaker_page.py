@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,19 @@ async def screenshot(page: Page, name: str) -> None:
         await page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
 
 
+def first_frames_logged(up: Up, session_id: str) -> int:
+    """How often up's matchmaker took a first decoded frame of the session: its
+    ``first_frame`` line is logged where ``time_to_first_frame_seconds`` is observed, once
+    per session (a reload reports again and is not counted again)."""
+    line = re.compile(rf"\] first_frame\s.*\bsession={re.escape(session_id)}(\s|$)", re.MULTILINE)
+    return len(line.findall(up.child.output(None)))
+
+
+async def wait_first_frame_reported(page: Page, log: PageLog) -> None:
+    """The page's ``first_frame`` POST was answered 2xx (the matchmaker logged it first)."""
+    await wait_state(page, log, "window.pixelfleet.firstFrameReported === true", "the page's first_frame report")
+
+
 async def wait_state(page: Page, log: PageLog, js: str, what: str) -> None:
     try:
         await page.wait_for_function(f"() => ({js})", timeout=WAIT_MS, polling=100)
@@ -143,6 +157,10 @@ async def test_slots_then_queue_then_the_freed_slot(start_up: StartUp, open_page
         assert {sa["streamerId"], sb["streamerId"]} == {"Streamer1", "Streamer2"}
         assert sa["clientKey"] != sb["clientKey"], "each tab has a key of its own"
         await screenshot(a, "streaming")
+        # Each page reported its first decoded frame itself; the matchmaker took it once.
+        for page, log, s in ((a, a_log, sa), (b, b_log, sb)):
+            await wait_first_frame_reported(page, log)
+            assert first_frames_logged(up, s["sessionId"]) == 1, up.log()
 
         # All slots taken: the third tab queues, first in line, and shows it.
         c, c_log = await open_page(f"{up.origin}/")
@@ -164,6 +182,8 @@ async def test_slots_then_queue_then_the_freed_slot(start_up: StartUp, open_page
         assert again["clientKey"] == sa["clientKey"]
         assert again["sessionId"] == sa["sessionId"]
         assert again["streamerId"] == sa["streamerId"]
+        await wait_first_frame_reported(a, a_log)  # the reloaded page reports again: not counted
+        assert first_frames_logged(up, sa["sessionId"]) == 1, up.log()
         sc = await state(c)
         assert sc["state"] == "queued" and sc["queue"]["position"] == 1, sc
 
@@ -180,6 +200,8 @@ async def test_slots_then_queue_then_the_freed_slot(start_up: StartUp, open_page
         sc = await state(c)
         assert sc["streamerId"] == sb["streamerId"], (sc, sb)
         assert sc["mode"] == "matchmaker"
+        await wait_first_frame_reported(c, c_log)
+        assert first_frames_logged(up, sc["sessionId"]) == 1, up.log()
         assert await c.locator("#queue").is_hidden()
         # A keeps streaming throughout.
         await wait_for_rising_frames(a, a_log)
