@@ -1,5 +1,6 @@
 """The operator dashboard (matchmaker/dashboard/) in a real Chromium against a real
-matchmaker under a small load: sign in, counts equal the admin API's, drain a host."""
+matchmaker under a small load: sign in, counts equal the admin API's, drain a host, end
+a session."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 
 from matchmaker.config import MatchmakerSettings
-from matchmaker.models import AllocationRequest, Heartbeat, HostRegistration, SlotReport, SlotSpec, SlotState
+from matchmaker.models import AllocationRequest, EndReason, Heartbeat, HostRegistration, SlotReport, SlotSpec, SlotState
 from matchmaker.server import MatchmakerServer
 from matchmaker.service import Allocation, Queued
 from tests.e2e.conftest import OpenPage
@@ -78,6 +79,20 @@ async def test_dashboard_counts_and_drain(server: MatchmakerServer, open_page: O
     assert all(not isinstance(a, Allocation) or a.session.host_id != host for a in placed)
     assert any(isinstance(a, Queued) for a in placed)
     assert await page.locator(f"tr[data-host='{host}'] button.drain").count() == 0
+    # End a session from its row: the admin API ends it as an operator's (force_ended),
+    # its slot goes to be reset, and the row leaves the page.
+    victim = await page.locator("#sessions tr[data-session]").first.get_attribute("data-session")
+    assert victim is not None
+    async with page.expect_response(lambda r: r.request.method == "DELETE") as answer:
+        await page.click(f"tr[data-session='{victim}'] button.end")
+    reply = await (await answer.value).json()
+    assert (await answer.value).status == 200 and reply["session_id"] == victim, reply
+    assert reply["end_reason"] == str(EndReason.FORCE_ENDED) == "force_ended"
+    assert victim not in {s["session_id"] for s in await admin(server, "sessions")}
+    freed = [s for s in await admin(server, "slots") if s["slot_id"] == reply["slot_id"]]
+    assert freed[0]["state"] == "resetting" and freed[0]["ended_session"] == victim, freed
+    assert await mm.store.end_reason("t", victim) is EndReason.FORCE_ENDED
+    await page.wait_for_function(f"() => !document.querySelector(\"tr[data-session='{victim}']\")", timeout=WAIT_MS)
     # The page shows it: the drained host's READY slots count (and show) as draining, none
     # is left ready, and the snapshot is the one after the new sessions.
     live_sessions = len(await admin(server, "sessions"))
