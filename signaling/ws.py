@@ -304,9 +304,9 @@ class SignalingNode:
             if gate is not None:
                 gate.report("disconnected", admitted)
             self.stats.close(role, connection.close_code or ws.close_code)
-            if traced is not None:
-                traced.close(ws.close_code)
             connection.info("disconnected", code=None if ws.close_code is None else int(ws.close_code))
+            if traced is not None:  # after the socket's last line, which still names the trace
+                traced.close(ws.close_code)
         return ws
 
     def _check_masks(self, request: web.Request, transport: asyncio.Transport, role: Role) -> None:

@@ -4,9 +4,10 @@ sides), a raw streamer and player, and the page's ``first_frame`` report."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -228,6 +229,11 @@ async def test_a_player_that_reconnects_adds_a_reconnect_event_to_the_session_tr
     assert times(connects[0])[1] <= times(reattach[0])[0] <= times(connects[1])[0]
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
 def processors_of_the_cli(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The processors ``configure_logging`` (what every service's CLI calls) installs,
     less the renderer, caught without configuring this test process."""
@@ -256,6 +262,7 @@ async def test_log_lines_of_a_join_carry_the_trace_id_of_its_spans(
             async with http.post(base + "/sessions", json={"app": "demo", "client_key": "k1"}) as r:
                 assert r.status == 201
                 session = await r.json()
+            sid = session["session_id"]
             player = Peer(await http.ws_connect(f"ws://127.0.0.1:{sig.player_port}/?token={session['token']}"))
             assert (await player.recv())["type"] == "config"
             await player.send(type="subscribe", streamerId="Cam")
@@ -265,6 +272,11 @@ async def test_log_lines_of_a_join_carry_the_trace_id_of_its_spans(
             async with http.post(url, json={"event": "first_frame"}, headers=auth) as r:
                 assert r.status == 200, await r.text()
             await player.ws.close()
+            # The socket's last line, once the server has seen the close.
+            conn = next(li["conn"] for li in lines if li["event"] == "connected" and li.get("session") == sid)
+            await asyncio.wait_for(
+                until(lambda: any(li.get("conn") == conn for li in lines if li["event"] == "disconnected")), 10
+            )
 
     finished = spans.get_finished_spans()
     root = next(s for s in finished if s.name == "pixelfleet.join")
@@ -278,10 +290,9 @@ async def test_log_lines_of_a_join_carry_the_trace_id_of_its_spans(
     for event in ("assigned", "connected", "first_frame"):  # matchmaker, signalling, matchmaker
         assert event in by_event, about
         assert by_event[event].get("trace_id") == trace_id, by_event[event]
-    # Every line of the traced socket while it is open is in the trace (its last, after the
-    # close, is not: the socket's span context is detached by then).
-    conn = by_event["connected"]["conn"]
-    open_lines = [line for line in lines if line.get("conn") == conn and line["event"] != "disconnected"]
-    assert open_lines and all(line.get("trace_id") == trace_id for line in open_lines), open_lines
+    # Every line of the traced player's socket is in the trace, its last one too.
+    of_socket = [line for line in lines if line.get("conn") == conn]
+    assert {"connected", "disconnected"} <= {line["event"] for line in of_socket}, of_socket
+    assert all(line.get("trace_id") == trace_id for line in of_socket), of_socket
     # No line of the session names another trace.
     assert {line["trace_id"] for line in about if "trace_id" in line} == {trace_id}
