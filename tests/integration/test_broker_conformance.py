@@ -288,6 +288,11 @@ def holder_of(node: SignalingNode, streamer_id: str) -> tuple[str | None, str | 
     return None if listing is None else (listing.credential_id, listing.tenant)
 
 
+def streaming(node: SignalingNode, streamer_id: str) -> bool:
+    listing = node.core.listing(streamer_id)
+    return listing is not None and listing.streaming
+
+
 def sfu_sees(node: SignalingNode, sfu: Address) -> set[str]:
     return set(node.core.listed_streamer_ids(node.core.peer(sfu)))
 
@@ -301,7 +306,8 @@ async def test_every_nodes_view_lists_the_holders_credential_and_tenant(make_nod
     await identified(a, Role.STREAMER, "cam-open", None)
     await identified(a, Role.SFU, "sfu-1", Credential("sfu-1", "acme", "jti-s", 4_000_000_000))
     for view in {a, far}:
-        await until(lambda v=view: holder_of(v, "sfu-1") is not None)  # type: ignore[misc]
+        # Streaming is listed by an announce that nobody waits for: it may come after sfu-1's claim.
+        await until(lambda v=view: holder_of(v, "sfu-1") is not None and streaming(v, "cam-x"))  # type: ignore[misc]
         assert holder_of(view, "cam-x") == ("jti-x", "acme")
         assert holder_of(view, "cam-open") == (None, None)
         listing = view.core.listing("cam-x")
