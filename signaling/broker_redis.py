@@ -189,9 +189,9 @@ class RedisBroker:
         client: RedisClient = (
             sentinel_primary(sentinel)
             if sentinel
-            # Bounded sockets: a cluster client asking a frozen node for the slot map (no
-            # reset ever comes) would otherwise hold every later command up for good.
-            else RedisCluster.from_url(url, socket_timeout=node_ttl_s, socket_connect_timeout=node_ttl_s)
+            # Bounded sockets, under a beat's own bound (2 TTL/3), so the client itself sees a
+            # frozen node time out and asks others first for the slot map from then on.
+            else RedisCluster.from_url(url, socket_timeout=node_ttl_s / 2, socket_connect_timeout=node_ttl_s / 2)
             if cluster
             else Redis.from_url(url)
         )

@@ -29,6 +29,7 @@ from tests.support.ws_peers import Peer, connect_player, connect_streamer
 pytestmark = pytest.mark.integration
 
 WITHIN_S = 60.0  # a hang guard for a promotion on a busy box, never a timing assertion
+TTL_S = 3.0  # above the cluster's 2 s node timeout: a promotion's stall is no node loss
 _offers = itertools.count()
 
 
@@ -71,22 +72,22 @@ def pick_nodes(cluster: RedisCluster) -> tuple[str, str]:
     return a, b
 
 
-async def until_offer_arrives(streamer: Peer, player: Peer, player_id: str) -> None:
-    """Offers from the streamer (one node) until one reaches the player (the other node):
-    routed messages are at-most-once, so those sent while the inbox was away are lost."""
+async def until_it_arrives(sender: Peer, receiver: Peer, kind: str, **fields: str) -> None:
+    """``kind`` messages from ``sender`` (on one node) until one reaches ``receiver`` (on the
+    other): routed messages are at-most-once, so those sent while an inbox was away are lost."""
 
     async def one() -> bool:
-        sdp = f"v=0 offer {next(_offers)}"
-        await streamer.send(type="offer", playerId=player_id, sdp=sdp)
+        sdp = f"v=0 {kind} {next(_offers)}"
+        await sender.send(type=kind, sdp=sdp, **fields)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 while True:
-                    msg = await player.recv()
-                    if msg["type"] == "offer" and msg["sdp"] == sdp:
+                    msg = await receiver.recv()
+                    if msg["type"] == kind and msg["sdp"] == sdp:
                         return True
         return False
 
-    await eventually(one, "an offer across nodes", WITHIN_S)
+    await eventually(one, f"an {kind} across nodes", WITHIN_S)
 
 
 async def watch_readiness(http: aiohttp.ClientSession, server: SignalingServer, seen: list[int]) -> None:
@@ -104,13 +105,13 @@ async def test_a_nodes_inbox_follows_its_shard_to_the_promoted_replica(
     how: str, cluster: RedisCluster, start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
     a_id, b_id = await asyncio.to_thread(pick_nodes, cluster)
-    a = await start_signaling(state_url=cluster.url, node_id=a_id, node_ttl_s=1.5)
-    b = await start_signaling(state_url=cluster.url, node_id=b_id, node_ttl_s=1.5)
+    a = await start_signaling(state_url=cluster.url, node_id=a_id, node_ttl_s=TTL_S)
+    b = await start_signaling(state_url=cluster.url, node_id=b_id, node_ttl_s=TTL_S)
     broker = b.node.broker
     assert isinstance(broker, RedisBroker)
     streamer = await connect_streamer(http, a.streamer_port, "Cam")
     player, player_id = await connect_player(http, b.player_port, streamer, "Cam")
-    await until_offer_arrives(streamer, player, player_id)
+    await until_it_arrives(streamer, player, "offer", playerId=player_id)
 
     primary, replicas = await asyncio.to_thread(cluster.shard_of, broker.inbox(b_id))
     seen: list[int] = []
@@ -125,9 +126,8 @@ async def test_a_nodes_inbox_follows_its_shard_to_the_promoted_replica(
     await eventually(lambda: await_new_primary(cluster, broker.inbox(b_id), primary), "the promotion", WITHIN_S)
     await eventually(lambda: seen[-1] == 200, "b ready again", WITHIN_S)
 
-    await until_offer_arrives(streamer, player, player_id)  # streamer (a) -> player (b)
-    await player.send(type="answer", sdp="v=0 answer after")
-    assert (await streamer.recv_type("answer"))["sdp"] == "v=0 answer after"  # and back
+    await until_it_arrives(streamer, player, "offer", playerId=player_id)  # a -> b
+    await until_it_arrives(player, streamer, "answer")  # and back
     watcher.cancel()
     if how == "frozen":  # not ready while away, then ready again (the order of first sightings)
         assert seen[0] == 200 and 503 in seen and seen[-1] == 200
