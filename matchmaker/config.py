@@ -67,6 +67,10 @@ class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
     # records_memory_max kept in memory (lost on exit; the count of dropped ones is logged).
     records_path: str | None = None
     records_memory_max: int = RECORDS_MEMORY_MAX
+    # ... and/or put into this DynamoDB table (key session_id; needs the `aws` extra), each
+    # item expiring (TTL attribute expires_at) records_retention_days after its end.
+    records_table: str | None = None
+    records_retention_days: float = 400.0
     drain_delay_s: float = 0.0  # SIGTERM: time /readyz answers 503 before the port closes
 
     def __post_init__(self) -> None:
@@ -75,6 +79,8 @@ class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
             raise ValueError(f"unknown placement policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         if self.records_memory_max < 1:
             raise ValueError("records_memory_max must be at least 1")
+        if self.records_retention_days <= 0:
+            raise ValueError("records_retention_days must be > 0")
         if self.caller_jwks_url and not (self.caller_issuer and self.caller_audience):
             raise ValueError(
                 "caller_jwks_url needs caller_issuer and caller_audience (OIDC tokens are checked for both)"

@@ -23,8 +23,10 @@ __all__ = [
     "JsonLinesSink",
     "MemorySink",
     "RecordSink",
+    "BothSinks",
     "open_sink",
     "record_of",
+    "records_of",
     "times_ordered",
 ]
 
@@ -67,7 +69,7 @@ def times_ordered(r: SessionRecord) -> bool:
     return r.created_at <= r.connected_at <= r.ended_at
 
 
-def _records(sessions: list[Session]) -> list[SessionRecord]:
+def records_of(sessions: list[Session]) -> list[SessionRecord]:
     """The sessions' records. One whose times are out of order (a store bug) is still
     written, as it is: dropping it would lose billing data, and the times as they came are
     what tells the bug; a warning names it."""
@@ -102,7 +104,7 @@ class JsonLinesSink:
     async def write(self, sessions: list[Session]) -> None:
         if not sessions:
             return
-        data = b"".join(self._encoder.encode(r) + b"\n" for r in _records(sessions))
+        data = b"".join(self._encoder.encode(r) + b"\n" for r in records_of(sessions))
         async with self._lock:
             await asyncio.to_thread(self._append, data)
 
@@ -130,9 +132,33 @@ class MemorySink:
                 hint="in-memory records keep only the last ones: use --records FILE to keep all",
             )
         self.dropped += overflow
-        self.records.extend(_records(sessions))
+        self.records.extend(records_of(sessions))
 
 
-def open_sink(path: str | None, memory_max: int = RECORDS_MEMORY_MAX) -> RecordSink:
-    """The sink the settings name: a JSON-lines file, or the bounded in-memory ring."""
+class BothSinks:
+    """The records file and the table: a batch is acknowledged only once both hold it (a
+    failure of either leaves it to a later flush, which may repeat it in the other)."""
+
+    def __init__(self, *sinks: RecordSink) -> None:
+        self.sinks = sinks
+
+    async def write(self, sessions: list[Session]) -> None:
+        for sink in self.sinks:
+            await sink.write(sessions)
+
+
+def open_sink(
+    path: str | None,
+    memory_max: int = RECORDS_MEMORY_MAX,
+    *,
+    table: str | None = None,
+    retention_days: float = 400.0,
+) -> RecordSink:
+    """The sink the settings name: a DynamoDB table, a JSON-lines file, both, or else the
+    bounded in-memory ring."""
+    if table:
+        from matchmaker.records_dynamodb import DynamoDbSink
+
+        dynamo = DynamoDbSink(table, retention_days=retention_days)
+        return BothSinks(JsonLinesSink(path), dynamo) if path else dynamo
     return JsonLinesSink(path) if path else MemorySink(memory_max)

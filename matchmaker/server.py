@@ -55,7 +55,11 @@ def build_matchmaker(
         store = open_store(s.state_url, prefix=s.key_prefix)
     except ValueError as exc:
         raise ConfigError(f"PIXELFLEET_STATE_URL: {exc}") from None
-    return Matchmaker(store, s, keys, sink or open_sink(s.records_path, s.records_memory_max), clock=clock)
+    if sink is None:
+        sink = open_sink(
+            s.records_path, s.records_memory_max, table=s.records_table, retention_days=s.records_retention_days
+        )
+    return Matchmaker(store, s, keys, sink, clock=clock)
 
 
 class MatchmakerServer:
@@ -105,7 +109,7 @@ class MatchmakerServer:
             host=self.settings.host,
             port=self.port,
             backend=self.settings.state_url.split(":", 1)[0],
-            records=self.settings.records_path or f"memory (last {self.settings.records_memory_max})",
+            records=_records_where(self.settings),
         )
 
     async def stop(self) -> None:
@@ -117,3 +121,8 @@ class MatchmakerServer:
             await self._runner.cleanup()
         await self.matchmaker.aclose()
         log.info("matchmaker_stopped")
+
+
+def _records_where(s: MatchmakerSettings) -> str:
+    where = [w for w in (s.records_path, s.records_table and f"dynamodb:{s.records_table}") if w]
+    return " + ".join(where) or f"memory (last {s.records_memory_max})"

@@ -332,6 +332,9 @@ def test_pipeline_builds_images_and_deploys_both_services(synthesized: tuple[Sta
         for name, p in projects.items()
     }
     image_specs = [spec for spec in specs.values() if "docker push" in json.dumps(spec)]
+    # boto3 (the `aws` extra) in the control plane's image: the records table and the autoscaler
+    builds = [c for spec in image_specs for c in spec["phases"]["build"]["commands"]]
+    assert [c for c in builds if "control-plane.Dockerfile --build-arg EXTRAS=aws " in c], builds
     assert len(image_specs) == 2 and all(spec["env"]["exported-variables"] == ["TAG"] for spec in image_specs)
     (deploy_stage,) = [s for s in pipeline["Properties"]["Stages"] if s["Name"] == "Deploy"]
     (deploy,) = deploy_stage["Actions"]
@@ -566,3 +569,37 @@ def test_only_the_matchmaker_and_the_token_functions_read_the_agent_key(synthesi
     assert {name for part, name in readers if part == "gpu-default"} == {
         _logical_id(stack, stack.tokens.role.node.find_child("DefaultPolicy"))
     }
+
+
+def test_the_matchmaker_writes_session_records_to_the_table_and_nothing_else_may(
+    synthesized: tuple[Stage, Path],
+) -> None:
+    """Records go to the table (the task's memory and disk go with each deploy), under a
+    task role that may write items of that one table and read none."""
+    stage, out = synthesized
+    control = template(synthesized, "control")
+    table_id = _logical_id(stage.data, stage.data.sessions)
+    (task,) = [
+        t
+        for t in control.find_resources("AWS::ECS::TaskDefinition").values()
+        if t["Properties"]["ContainerDefinitions"][0]["Command"][0] == "matchmaker"
+    ]
+    env = {e["Name"]: e["Value"] for e in task["Properties"]["ContainerDefinitions"][0]["Environment"]}
+    assert table_id in json.dumps(env["PIXELFLEET_MATCHMAKER__RECORDS_TABLE"])
+    dynamo = [
+        (part.name, st)
+        for part in out.glob("pixelfleet-test-*.template.json")
+        for st in _statements(Template.from_json(json.loads(part.read_text())))
+        if "dynamodb:" in json.dumps(st["Action"])
+    ]
+    ((part, statement),) = dynamo
+    assert part == "pixelfleet-test-control.template.json"
+    assert sorted(statement["Action"]) == ["dynamodb:BatchWriteItem", "dynamodb:PutItem"]
+    assert table_id in json.dumps(statement["Resource"]) and "*" not in json.dumps(statement["Resource"])
+    assert task["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0] in json.dumps(
+        [
+            p["Properties"]["Roles"]
+            for p in control.find_resources("AWS::IAM::Policy").values()
+            if statement in p["Properties"]["PolicyDocument"]["Statement"]
+        ]
+    )

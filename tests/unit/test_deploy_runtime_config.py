@@ -155,6 +155,11 @@ def test_every_cdk_service_environment_loads(
     argv, env = services["matchmaker"]
     built = check_loads(argv, env, monkeypatch, capsys)
     assert built["settings"].matchmaker.agent_key_secret == SECRET_VALUES["PIXELFLEET_MATCHMAKER__AGENT_KEY_SECRET"]
+    # records into the session table (the name is CloudFormation's): a DynamoDB sink, made at start
+    from matchmaker.records_dynamodb import DynamoDbSink
+
+    assert built["settings"].matchmaker.records_table == ADDRESS
+    assert isinstance(built["matchmaker"].sink, DynamoDbSink) and built["matchmaker"].sink.table == ADDRESS
     for spot in ("true", "false"):  # the boot script sets it from the instance's life cycle
         argv, env = cdk_agent(cdk_out, spot)
         built = check_loads(argv, env, monkeypatch, capsys)

@@ -28,14 +28,8 @@ from pixelfleet_deploy.data import DataStack
 PLAYER_PORT = 80
 STREAMER_PORT = 8888
 MATCHMAKER_PORT = 9999
-SESSION_TABLE_ACTIONS = (
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:Query",
-    "dynamodb:BatchWriteItem",
-)
+# The matchmaker only writes session records (matchmaker/records_dynamodb.py); it never reads them.
+SESSION_TABLE_ACTIONS = ("dynamodb:BatchWriteItem", "dynamodb:PutItem")
 # The images' health probe: no curl in a slim image, and Python is there anyway.
 PROBE = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
 # (listener port on the NLB and Global Accelerator, container port, service)
@@ -133,7 +127,8 @@ class ControlPlaneStack(Stack):
             tasks=stage.matchmaker_tasks,
             cpu=stage.matchmaker_cpu,
             memory=stage.matchmaker_memory_mib,
-            environment={},
+            # Session records (the billing basis) into the table, not the task's memory.
+            environment={"PIXELFLEET_MATCHMAKER__RECORDS_TABLE": data.sessions.table_name},
             secrets={
                 **common_secrets,
                 # Per-host agent tokens only: with the key set, the fleet-wide token is refused.

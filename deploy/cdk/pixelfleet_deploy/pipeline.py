@@ -34,12 +34,18 @@ SOURCE_KEY = "source/pixelfleet.zip"
 COMMIT_TAG = "TAG=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}"
 # the roles `cdk bootstrap` makes (default qualifier) that `cdk deploy` assumes
 BOOTSTRAP_ROLES = ("deploy", "file-publishing", "image-publishing", "lookup")
+# The control plane's image carries boto3 (the `aws` extra) in the cloud: the matchmaker
+# writes its session records to DynamoDB, and the autoscaler drives the GPU groups.
+BUILD_ARGS = {"control-plane": " --build-arg EXTRAS=aws"}
 
 
 def image_build_spec(registry: str, repositories: dict[str, str]) -> dict[str, Any]:
     """docker build + push of these images, tagged with the commit; the tag is exported as
     ``TAG`` for the Deploy action."""
-    builds = [f"docker build -f deploy/docker/{name}.Dockerfile -t {uri}:$TAG ." for name, uri in repositories.items()]
+    builds = [
+        f"docker build -f deploy/docker/{name}.Dockerfile{BUILD_ARGS.get(name, '')} -t {uri}:$TAG ."
+        for name, uri in repositories.items()
+    ]
     pushes = [f"docker push {uri}:$TAG" for uri in repositories.values()]
     return {
         "version": "0.2",
