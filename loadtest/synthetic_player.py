@@ -142,6 +142,11 @@ class SyntheticPlayer:
         assert message is not None
         return message
 
+    @property
+    def closed(self) -> bool:
+        """Whether the signalling socket has closed (by either side)."""
+        return self._closed.is_set()
+
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
         """Wait for the server to close the socket; returns the close code."""
         await asyncio.wait_for(self._closed.wait(), timeout)

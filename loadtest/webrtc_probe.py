@@ -12,12 +12,13 @@ out and are reported as lost, never as a figure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import numpy as np
 
-from loadtest.session_result import Result, ms_since
+from loadtest.session_result import Refused, Result, ms_since
 from loadtest.synthetic_player import SyntheticPlayer
 from streamer import input_messages as im
 
@@ -25,6 +26,7 @@ from streamer import input_messages as im
 PROBE_POINTS = ((0.3, 0.92), (0.5, 0.92), (0.7, 0.92), (0.9, 0.92))
 LIT = 205  # mean luma of the box's centre that counts as drawn
 PROBE_TIMEOUT_S = 3.0
+STALL_S = 5.0  # at the end of a hold, a frame must come within this, or the stream stopped
 
 
 def luma_at(frame: Any, fx: float, fy: float) -> float:
@@ -75,8 +77,17 @@ async def measure(player: SyntheticPlayer, r: Result, hold_s: float, probes: int
             r.input_rtt_ms.append(rtt)
     rest = hold_s - (time.time() - start)
     if rest > 0:
-        await asyncio.sleep(rest)
+        with contextlib.suppress(TimeoutError):
+            await player.wait_closed(rest)  # back at once if signalling closed the player
     elapsed = time.time() - start
     r.hold_until = time.time()
     if elapsed > 0:
         r.fps = (player.frames_received - start_frames) / elapsed
+    # Still playing at the end of the hold, or the session was cut (its streamer stopped
+    # under it: a host drained and terminated too early, a slot that failed).
+    if player.closed:
+        raise Refused(f"closed_{player.close_code}", "signalling closed the player during its hold")
+    try:
+        await player.wait_frames(player.frames_received + 1, STALL_S)
+    except TimeoutError:
+        raise Refused("stream_stopped", f"no frame for {STALL_S} s at the end of the hold") from None
