@@ -48,7 +48,7 @@ async def test_the_load_tester_grows_and_shrinks_the_fleet_and_cuts_no_player(
     up = await start_process(
         "up", "--autoscale", "--autoscale-config", str(config), "--autoscale-log", str(decisions),
         "--player-port", str(port), "--streamer-port", str(streamer), "--sfu-port", "-1",
-        "--width", "160", "--height", "96", "--fps", "5", "--records", str(records),
+        "--width", "320", "--height", "180", "--fps", "5", "--records", str(records),
         env=env, new_session=True,
     )  # fmt: skip
     await up.wait_for_port(port, timeout_s=60)
@@ -86,6 +86,7 @@ async def test_the_load_tester_grows_and_shrinks_the_fleet_and_cuts_no_player(
     ]
     assert (w["sample"], w["connected"]) == (planned, planned) and not w["errors_by_kind"], w
     assert w["fps"]["p50"] > 0  # frames kept arriving over each hold
+    assert w["input_rtt_ms"]["n"] >= 1  # and the streamers answered the players' input
     assert mm["agree"] and mm["records_end_reasons"] == {"player_left": planned}, mm
 
     # The decision log: the fleet grew during the rush and shrank after it, drain first.
