@@ -19,6 +19,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 from aws_cdk import Environment  # noqa: E402
 from aws_cdk.assertions import Match, Template  # noqa: E402
 from pixelfleet_deploy.agent_tokens import LAUNCH_HOOK, TERMINATE_HOOK, VPC_ENI_ACTIONS  # noqa: E402
+from pixelfleet_deploy.autoscaler import DESCRIBE_ACTIONS  # noqa: E402
 from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_context  # noqa: E402
 from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
 from pixelfleet_deploy.gpu_fleet import PARAMETER_READS, SESSION_MANAGER_ACTIONS  # noqa: E402
@@ -197,7 +198,7 @@ def _statements(t: Template) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("part", ["control", "gpu-default", "turn"])
+@pytest.mark.parametrize("part", ["control", "gpu-default", "turn", "autoscale"])
 def test_runtime_roles_name_every_action(synthesized: tuple[Stage, Path], part: str) -> None:
     """Tasks and hosts touch player data: no wildcard action in any of their statements, and
     no AWS-managed policy on a host role (AmazonSSMManagedInstanceCore allows ssm:GetParameter
@@ -214,6 +215,7 @@ def test_runtime_roles_name_every_action(synthesized: tuple[Stage, Path], part: 
                 "cloudwatch:PutMetricData",
                 *VPC_ENI_ACTIONS,
                 *SESSION_MANAGER_ACTIONS,
+                *DESCRIBE_ACTIONS,  # the autoscaler's describe calls: no resource-level permissions
             }
             assert set(actions) <= allowed, statement
     ec2_roles = [
@@ -221,7 +223,7 @@ def test_runtime_roles_name_every_action(synthesized: tuple[Stage, Path], part: 
         for name, role in t.find_resources("AWS::IAM::Role").items()
         if "ec2.amazonaws.com" in json.dumps(role["Properties"]["AssumeRolePolicyDocument"])
     ]
-    assert ec2_roles or part == "control"
+    assert ec2_roles or part in ("control", "autoscale")
     for name, role in ec2_roles:
         assert "ManagedPolicyArns" not in role["Properties"], (name, role["Properties"]["ManagedPolicyArns"])
     assert not t.find_resources("AWS::IAM::ManagedPolicy")

@@ -182,6 +182,62 @@ def test_the_loader_refuses_what_the_services_refuse(
     assert code == 2 and "PIXELFLEET_TURN__URL" in capsys.readouterr().err
 
 
+def test_every_pools_autoscaler_starts_with_a_config_its_loader_takes(
+    cdk_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The autoscale stack's containers run as ECS would run them: the real ``sh -c`` of the
+    task definition with its environment, a ``pixelfleet`` on PATH that records its argv,
+    then ``pixelfleet autoscale`` with that argv and the file the script wrote, through the
+    autoscaler's own argument parsing, ``load_config`` and ``build`` (boto3 clients made,
+    nothing called)."""
+    import subprocess
+
+    from autoscale import run as autoscale_run
+    from autoscale.providers.aws_asg import AwsAsgProvider
+
+    fake = tmp_path / "bin" / "pixelfleet"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$TMPDIR/argv"\n')
+    fake.chmod(0o755)
+    containers = [
+        c
+        for r in cdk_template(cdk_out, "autoscale")["Resources"].values()
+        if r["Type"] == "AWS::ECS::TaskDefinition"
+        for c in r["Properties"]["ContainerDefinitions"]
+    ]
+    assert [c["Name"] for c in containers] == [f"autoscale-{p.name}" for p in StageConfig().pools]
+    for container in containers:
+        env = {e["Name"]: resolve(e["Value"]) for e in container["Environment"]}
+        assert [s["Name"] for s in container["Secrets"]] == ["PIXELFLEET_ADMIN_TOKEN"]
+        run_env = {**env, "PATH": f"{fake.parent}:/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+        subprocess.run([*container["EntryPoint"], *container["Command"]], env=run_env, check=True, timeout=30)
+        argv = (tmp_path / "argv").read_text().splitlines()
+        assert argv[:3] == ["autoscale", "--matchmaker", f"http://{ADDRESS}:9999"] and argv[3] == "--config"
+        config = autoscale_run.load_config(argv[4])
+        assert (config.aws.on_demand_group, config.aws.spot_group) == (
+            "pixelfleet-test-default-on-demand",
+            "pixelfleet-test-default-spot",
+        )
+        assert config.aws.notice_queue_url == ADDRESS and config.aws.region == "us-east-1"
+        built: list[Any] = []
+
+        async def started(controller: Any, *, once: bool, built: list[Any] = built) -> int:
+            built.append(controller)
+            return 0
+
+        monkeypatch.setattr(autoscale_run, "run", started)
+        for k, v in {
+            "PIXELFLEET_ADMIN_TOKEN": SECRET_VALUES["PIXELFLEET_ADMIN_TOKEN"],
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",
+        }.items():
+            monkeypatch.setenv(k, v)
+        assert cli.main(argv) == 0
+        (controller,) = built
+        assert isinstance(controller.provider, AwsAsgProvider) and controller.provider.sqs is not None
+        assert (controller.tenant, controller.app) == ("default", "default")
+
+
 # --- Helm ------------------------------------------------------------------------------------
 
 

@@ -38,6 +38,11 @@ SPECIFIC_WILDCARDS = (
         "ec2:AssociateAddress onto a coturn relay's own instance, whose id is not known at synth; a condition "
         "limits it to instances of the relays' groups (tag aws:autoscaling:groupName) and the addresses are named",
     ),
+    (
+        ":autoScalingGroup:*:autoScalingGroupName/",
+        "An Auto Scaling group's ARN by name: AWS makes the id in its middle when it creates the group, so the "
+        "id is a wildcard; the name after it is fixed (gpu_fleet.group_names), so it is exactly one group",
+    ),
 )
 RESOURCE_WILDCARD_REASON = (
     "A wildcard in a resource name only (objects under one prefix of one bucket, one log group's streams, one "
@@ -123,6 +128,21 @@ REASONS: dict[str, dict[str, str]] = {
         ),
         f"{HIPAA}EC2RestrictedSSH": (
             "The hosts' group admits no SSH from outside the VPC; Session Manager is the way in"
+        ),
+    },
+    "autoscale": {
+        f"{AS}IAM5[Resource::*]": (
+            "autoscaling:DescribeAutoScalingGroups and DescribeScalingActivities have no resource-level "
+            "permissions (the changing actions name the pools' groups), nor has ecr:GetAuthorizationToken, which "
+            "the execution role needs to pull the image"
+        ),
+        f"{AS}ECS2": (
+            "The environment holds the pool's autoscaler config (group names, bounds, the notice queue's URL) and "
+            "the matchmaker's URL, none secret; the admin token is injected from Secrets Manager"
+        ),
+        f"{AS}SQS3": (
+            "The autoscaler deletes every notice it reads, of any kind, readable or not, so no message would ever "
+            "reach a dead-letter queue; a notice is of use for two minutes and the queue keeps it fifteen"
         ),
     },
     "pipeline": {

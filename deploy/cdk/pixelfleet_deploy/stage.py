@@ -7,6 +7,7 @@ import dataclasses
 from aws_cdk import App, Environment, Stack, Tags, Validations
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
+from pixelfleet_deploy.autoscaler import AutoscalerStack
 from pixelfleet_deploy.config import ConfigError, StageConfig
 from pixelfleet_deploy.control_plane import MATCHMAKER_PORT, ControlPlaneStack
 from pixelfleet_deploy.data import DataStack
@@ -30,6 +31,7 @@ class Stage:
     control: ControlPlaneStack
     turn: TurnStack
     fleets: dict[str, GpuFleetStack]
+    autoscaler: AutoscalerStack
     observability: ObservabilityStack
     pipeline: PipelineStack
 
@@ -40,6 +42,7 @@ class Stage:
             self.control,
             self.turn,
             *self.fleets.values(),
+            self.autoscaler,
             self.observability,
             self.pipeline,
         ]
@@ -108,9 +111,23 @@ def build_stage(app: App, stage: StageConfig, env: Environment | None = None, *,
         )
         for pool in stage.pools
     }
+    # The pools' autoscalers: after the groups they drive exist (they name them, not import them).
+    autoscaler = AutoscalerStack(
+        app,
+        f"{prefix}-autoscale",
+        stage=stage,
+        vpc=vpc,
+        data=data,
+        cluster=control.cluster,
+        log_group=control.log_group,
+        matchmaker_url=matchmaker_url,
+        env=env,
+    )
+    for fleet in fleets.values():
+        autoscaler.add_stack_dependency(fleet)
     observability = ObservabilityStack(
         app, f"{prefix}-observability", stage=stage, control=control, key=data.key, env=env
     )
-    result = Stage(network, data, control, turn, fleets, observability, boot.pipeline)
+    result = Stage(network, data, control, turn, fleets, autoscaler, observability, boot.pipeline)
     _checked(app, result.stacks(), stage, hipaa)
     return result
