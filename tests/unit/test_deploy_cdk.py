@@ -22,6 +22,7 @@ from pixelfleet_deploy.agent_tokens import LAUNCH_HOOK, TERMINATE_HOOK, VPC_ENI_
 from pixelfleet_deploy.autoscaler import DESCRIBE_ACTIONS  # noqa: E402
 from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_context  # noqa: E402
 from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
+from pixelfleet_deploy.cost import main as cost_main  # noqa: E402
 from pixelfleet_deploy.gpu_fleet import PARAMETER_READS, SESSION_MANAGER_ACTIONS  # noqa: E402
 from pixelfleet_deploy.nag import REASONS, SPECIFIC_WILDCARDS  # noqa: E402
 from pixelfleet_deploy.stage import Stage, build_bootstrap, build_stage, new_app  # noqa: E402
@@ -398,9 +399,20 @@ def test_first_deploy_is_network_data_and_pipeline(tmp_path: Path) -> None:
     assert all(pack["violations"] == [] for pack in report["pluginReports"])
 
 
-def test_docs_show_the_idle_cost_of_the_default_stage() -> None:
+def test_docs_show_the_idle_cost_of_the_default_stage(
+    synthesized: tuple[Stage, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     table = markdown_table(idle_cost(StageConfig()))
     assert table in (ROOT / "docs" / "deploy.md").read_text()
+    assert cost_main([]) == 0 and capsys.readouterr().out.strip() == table  # the command docs/deploy.md names
+    # the public IPv4 addresses it bills: one per coturn relay, per NAT gateway and per zone of the NLB
+    (nlb,) = template(synthesized, "control").find_resources("AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+    assert nlb["Properties"]["Scheme"] == "internet-facing" and len(nlb["Properties"]["Subnets"]) == STAGE.max_azs
+    network = template(synthesized, "network")
+    assert len(network.find_resources("AWS::EC2::NatGateway")) == STAGE.nat_gateways
+    assert len(template(synthesized, "turn").find_resources("AWS::EC2::EIP")) == STAGE.turn_hosts
+    (ips,) = [line for line in idle_cost(STAGE) if line.item == "public IPv4 addresses"]
+    assert ips.usd_per_hour == (STAGE.turn_hosts + STAGE.nat_gateways + STAGE.max_azs) * 0.005
     total = idle_cost(StageConfig())[-1]
     assert total.item == "total" and f"{total.usd_per_hour:.2f}" in (ROOT / "README.md").read_text()
 
@@ -576,32 +588,23 @@ def test_only_the_matchmaker_and_the_token_functions_read_the_agent_key(synthesi
 def test_the_matchmaker_writes_session_records_to_the_table_and_nothing_else_may(
     synthesized: tuple[Stage, Path],
 ) -> None:
-    """Records go to the table (the task's memory and disk go with each deploy), under a
-    task role that may write items of that one table and read none."""
+    """Records go to the table (a task's memory goes with each deploy), under the matchmaker
+    task's role, which may write items of that one table and read none; no other role may."""
     stage, out = synthesized
     control = template(synthesized, "control")
     table_id = _logical_id(stage.data, stage.data.sessions)
-    (task,) = [
-        t
-        for t in control.find_resources("AWS::ECS::TaskDefinition").values()
-        if t["Properties"]["ContainerDefinitions"][0]["Command"][0] == "matchmaker"
-    ]
-    env = {e["Name"]: e["Value"] for e in task["Properties"]["ContainerDefinitions"][0]["Environment"]}
+    tasks = [t["Properties"] for t in control.find_resources("AWS::ECS::TaskDefinition").values()]
+    (task,) = [t for t in tasks if t["ContainerDefinitions"][0]["Command"][0] == "matchmaker"]
+    env = {e["Name"]: e["Value"] for e in task["ContainerDefinitions"][0]["Environment"]}
     assert table_id in json.dumps(env["PIXELFLEET_MATCHMAKER__RECORDS_TABLE"])
-    dynamo = [
-        (part.name, st)
+    writes = [
+        (p["Properties"]["Roles"], st)
         for part in out.glob("pixelfleet-test-*.template.json")
-        for st in _statements(Template.from_json(json.loads(part.read_text())))
+        for p in Template.from_json(json.loads(part.read_text())).find_resources("AWS::IAM::Policy").values()
+        for st in p["Properties"]["PolicyDocument"]["Statement"]
         if "dynamodb:" in json.dumps(st["Action"])
     ]
-    ((part, statement),) = dynamo
-    assert part == "pixelfleet-test-control.template.json"
+    ((roles, statement),) = writes
+    assert roles == [{"Ref": task["TaskRoleArn"]["Fn::GetAtt"][0]}]
     assert sorted(statement["Action"]) == ["dynamodb:BatchWriteItem", "dynamodb:PutItem"]
     assert table_id in json.dumps(statement["Resource"]) and "*" not in json.dumps(statement["Resource"])
-    assert task["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0] in json.dumps(
-        [
-            p["Properties"]["Roles"]
-            for p in control.find_resources("AWS::IAM::Policy").values()
-            if statement in p["Properties"]["PolicyDocument"]["Statement"]
-        ]
-    )

@@ -30,11 +30,13 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from pixelfleet_deploy.config import GpuPool, StageConfig
+from pixelfleet_deploy.config import AUTOSCALER_CPU, AUTOSCALER_MEMORY_MIB, GpuPool, StageConfig
 from pixelfleet_deploy.data import DataStack
 from pixelfleet_deploy.gpu_fleet import group_names
 
 __all__ = [
+    "AUTOSCALER_CPU",
+    "AUTOSCALER_MEMORY_MIB",
     "CONFIG_VARIABLE",
     "DESCRIBE_ACTIONS",
     "GROUP_ACTIONS",
@@ -132,8 +134,8 @@ class AutoscalerStack(Stack):
         task = ecs.FargateTaskDefinition(
             self,
             "Task",
-            cpu=256,
-            memory_limit_mib=512,
+            cpu=AUTOSCALER_CPU,
+            memory_limit_mib=AUTOSCALER_MEMORY_MIB,
             runtime_platform=ecs.RuntimePlatform(
                 cpu_architecture=ecs.CpuArchitecture.X86_64,
                 operating_system_family=ecs.OperatingSystemFamily.LINUX,

@@ -17,6 +17,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 _GRAVITON = re.compile(r"^[a-z]+[0-9]+g[a-z0-9-]*\.")  # c6gn, c7g, m7g, t4g: Arm, like the coturn image
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # ECR's tag syntax
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The autoscalers' task (autoscaler.py): one for every pool, each stepping once a minute.
+AUTOSCALER_CPU, AUTOSCALER_MEMORY_MIB = 256, 512
 
 
 class ConfigError(ValueError):

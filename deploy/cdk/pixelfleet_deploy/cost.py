@@ -4,13 +4,19 @@ Idle means the control plane, Redis, TURN and the network running, the On-Demand
 hosts at their minimum (their slots READY, waiting for players) and the warm pool's
 stopped hosts, which bill only their disks. docs/deploy.md prints :func:`idle_cost`'s lines
 with the arithmetic; a test checks the document against this function.
+
+    cd deploy/cdk && python -m pixelfleet_deploy.cost           # the default parameters
+    cd deploy/cdk && python -m pixelfleet_deploy.cost prod      # a stage of cdk.json
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
+from pathlib import Path
 
-from pixelfleet_deploy.config import StageConfig
+from pixelfleet_deploy.config import AUTOSCALER_CPU, AUTOSCALER_MEMORY_MIB, StageConfig, stage_from_context
 
 HOURS_PER_MONTH = 730
 
@@ -31,7 +37,7 @@ class Prices:
     nlb_lcu_hour: float = 0.006
     accelerator_hour: float = 0.025
     nat_gateway_hour: float = 0.045
-    public_ipv4_hour: float = 0.005
+    public_ipv4_hour: float = 0.005  # every public IPv4 address, in use or not
     gp3_gb_month: float = 0.08
 
     def hourly(self, instance_type: str) -> float:
@@ -65,6 +71,7 @@ def idle_cost(stage: StageConfig, prices: Prices = Prices(), *, gpu_type: str = 
 
     fargate("signalling", stage.signaling_tasks, stage.signaling_cpu, stage.signaling_memory_mib)
     fargate("matchmaker", stage.matchmaker_tasks, stage.matchmaker_cpu, stage.matchmaker_memory_mib)
+    fargate("autoscalers, all pools", 1, AUTOSCALER_CPU, AUTOSCALER_MEMORY_MIB)
     nodes = stage.redis_shards * (1 + stage.redis_replicas_per_shard)
     redis = prices.hourly(stage.redis_node_type)
     lines.append(Line(f"Redis ({stage.redis_node_type})", f"{nodes} nodes x {redis}", nodes * redis))
@@ -85,8 +92,17 @@ def idle_cost(stage: StageConfig, prices: Prices = Prices(), *, gpu_type: str = 
     )
     turn = prices.hourly(stage.turn_instance_type)
     lines.append(Line(f"coturn ({stage.turn_instance_type})", f"{stage.turn_hosts} x {turn}", stage.turn_hosts * turn))
-    ips = stage.turn_hosts + stage.nat_gateways
-    lines.append(Line("public IPv4 addresses", f"{ips} x {prices.public_ipv4_hour}", ips * prices.public_ipv4_hour))
+    # coturn's Elastic IPs, one per NAT gateway, and the internet-facing NLB's: one per zone
+    # (its public subnets span max_azs zones)
+    ips = stage.turn_hosts + stage.nat_gateways + stage.max_azs
+    lines.append(
+        Line(
+            "public IPv4 addresses",
+            f"({stage.turn_hosts} coturn + {stage.nat_gateways} NAT + {stage.max_azs} NLB, one per zone)"
+            f" x {prices.public_ipv4_hour}",
+            ips * prices.public_ipv4_hour,
+        )
+    )
     gpu = prices.hourly(gpu_type)
     for pool in stage.pools:
         disk = pool.root_volume_gb * prices.gp3_gb_month / HOURS_PER_MONTH
@@ -113,3 +129,17 @@ def markdown_table(lines: list[Line]) -> str:
     rows = ["| item | arithmetic | USD per hour |", "|---|---|---:|"]
     rows += [f"| {line.item} | {line.arithmetic} | {line.usd_per_hour:.4f} |" for line in lines]
     return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    """Print the idle cost table of the default parameters, or of a stage of ``cdk.json``."""
+    stage = StageConfig()
+    if argv:
+        context = json.loads((Path(__file__).resolve().parents[1] / "cdk.json").read_text())["context"]
+        stage = stage_from_context(context.get("pixelfleet:stages"), argv[0])
+    print(markdown_table(idle_cost(stage)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
