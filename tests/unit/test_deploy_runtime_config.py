@@ -186,10 +186,10 @@ def test_every_pools_autoscaler_starts_with_a_config_its_loader_takes(
     cdk_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The autoscale stack's containers run as ECS would run them: the real ``sh -c`` of the
-    task definition with its environment, a ``pixelfleet`` on PATH that records its argv,
-    then ``pixelfleet autoscale`` with that argv and the file the script wrote, through the
-    autoscaler's own argument parsing, ``load_config`` and ``build`` (boto3 clients made,
-    nothing called)."""
+    task definition with its environment, a ``pixelfleet`` on PATH that records its argv and
+    the config file it was given (the shell's here-document on fd 3), then ``pixelfleet
+    autoscale`` with that argv and that config, through the autoscaler's own argument
+    parsing, ``load_config`` and ``build`` (boto3 clients made, nothing called)."""
     import subprocess
 
     from autoscale import run as autoscale_run
@@ -197,7 +197,7 @@ def test_every_pools_autoscaler_starts_with_a_config_its_loader_takes(
 
     fake = tmp_path / "bin" / "pixelfleet"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$TMPDIR/argv"\n')
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$OUT/argv"\ncat "$5" > "$OUT/config.json"\n')
     fake.chmod(0o755)
     containers = [
         c
@@ -209,10 +209,13 @@ def test_every_pools_autoscaler_starts_with_a_config_its_loader_takes(
     for container in containers:
         env = {e["Name"]: resolve(e["Value"]) for e in container["Environment"]}
         assert [s["Name"] for s in container["Secrets"]] == ["PIXELFLEET_ADMIN_TOKEN"]
-        run_env = {**env, "PATH": f"{fake.parent}:/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+        # no temporary directory to write to, as on the task's read-only root
+        run_env = {**env, "PATH": f"{fake.parent}:/usr/bin:/bin", "OUT": str(tmp_path), "TMPDIR": "/nonexistent"}
         subprocess.run([*container["EntryPoint"], *container["Command"]], env=run_env, check=True, timeout=30)
         argv = (tmp_path / "argv").read_text().splitlines()
-        assert argv[:3] == ["autoscale", "--matchmaker", f"http://{ADDRESS}:9999"] and argv[3] == "--config"
+        assert argv == ["autoscale", "--matchmaker", f"http://{ADDRESS}:9999", "--config", "/dev/fd/3"]
+        argv[4] = str(tmp_path / "config.json")  # what the autoscaler read from fd 3
+        assert json.loads((tmp_path / "config.json").read_text()) == json.loads(env["PIXELFLEET_AUTOSCALE_CONFIG"])
         config = autoscale_run.load_config(argv[4])
         assert (config.aws.on_demand_group, config.aws.spot_group) == (
             "pixelfleet-test-default-on-demand",

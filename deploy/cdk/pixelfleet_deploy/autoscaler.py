@@ -3,9 +3,11 @@ Fargate service, in a stack of its own that deploys after the pools' groups exis
 
 One task runs one container per pool, each ``pixelfleet autoscale --matchmaker URL --config
 FILE`` with the control-plane image: the config (both of the pool's group names, its
-bounds, its notice queue) comes in an environment variable, which the container writes to
-a file under ``/tmp`` (an ephemeral task volume; the root filesystem is read-only) before
-it execs the autoscaler. The service runs exactly one task, never two during a deploy
+bounds, its notice queue) comes in an environment variable, which the container's shell
+hands to the autoscaler as the file ``/dev/fd/3``, a here-document on a pipe (the image's
+``/bin/sh`` is dash): nothing is written to disk, so the root filesystem stays read-only
+and no task volume is needed (a Fargate bind mount is owned by root, which the image's
+user 10001 could not write). The service runs exactly one task, never two during a deploy
 (two controllers would fight over the same groups).
 
 Each pool gets an SQS queue that an EventBridge rule fills with the ``EC2 Spot Instance
@@ -68,13 +70,12 @@ def container_name(pool: GpuPool) -> str:
     return f"autoscale-{pool.name}"
 
 
-def start_script(pool: GpuPool) -> str:
-    """The container's ``sh -c``: the config from the environment into a file, then exec the
-    autoscaler (PID 1 then, so it gets ECS's SIGTERM and saves what it keeps)."""
-    path = f'"${{TMPDIR:-/tmp}}/{container_name(pool)}.json"'
+def start_script() -> str:
+    """The container's ``sh -c``: exec the autoscaler (PID 1 then, so it gets ECS's SIGTERM)
+    with the config from the environment on file descriptor 3. The expanded value is not
+    expanded again inside the here-document, so any JSON passes through as it is."""
     return (
-        f'printf "%s" "${CONFIG_VARIABLE}" > {path} && '
-        f'exec pixelfleet autoscale --matchmaker "${URL_VARIABLE}" --config {path}'
+        f'exec pixelfleet autoscale --matchmaker "${URL_VARIABLE}" --config /dev/fd/3 3<<EOF\n${CONFIG_VARIABLE}\nEOF\n'
     )
 
 
@@ -140,7 +141,6 @@ class AutoscalerStack(Stack):
                 cpu_architecture=ecs.CpuArchitecture.X86_64,
                 operating_system_family=ecs.OperatingSystemFamily.LINUX,
             ),
-            volumes=[ecs.Volume(name="tmp")],  # task storage: the configs, on a read-only root
         )
         task.add_to_execution_role_policy(iam.PolicyStatement(actions=["kms:Decrypt"], resources=[data.key.key_arn]))
         for pool in stage.pools:
@@ -159,11 +159,11 @@ class AutoscalerStack(Stack):
                 targets=[targets.SqsQueue(queue)],
             )
             self.queues[pool.name] = queue
-            container = task.add_container(
+            task.add_container(
                 container_name(pool),
                 image=ecs.ContainerImage.from_ecr_repository(data.repositories["control-plane"], tag=stage.image_tag),
                 entry_point=["/bin/sh", "-c"],
-                command=[start_script(pool)],
+                command=[start_script()],
                 environment={
                     "PIXELFLEET_LOG_FORMAT": "json",
                     URL_VARIABLE: matchmaker_url,
@@ -175,7 +175,6 @@ class AutoscalerStack(Stack):
                 user="10001",
                 stop_timeout=Duration.seconds(30),
             )
-            container.add_mount_points(ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False))
 
         role = task.task_role
         role.add_to_principal_policy(iam.PolicyStatement(actions=list(DESCRIBE_ACTIONS), resources=["*"]))
