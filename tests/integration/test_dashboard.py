@@ -3,13 +3,19 @@ the admin token, bounded pages with 500 hosts and 5,000 sessions, the event stre
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from matchmaker import dashboard
 from matchmaker.config import MatchmakerSettings
-from matchmaker.models import AllocationRequest, Heartbeat, HostRegistration, SlotReport, SlotSpec, SlotState
+from matchmaker.http import MATCHMAKER
+from matchmaker.models import AllocationRequest, Heartbeat, HostRegistration, Slot, SlotReport, SlotSpec, SlotState
 from matchmaker.server import MatchmakerServer
 from matchmaker.service import Allocation
 
@@ -77,3 +83,33 @@ async def test_pages_stay_bounded_with_500_hosts_and_5000_sessions(server: Match
             assert r.headers["Content-Type"] == "text/event-stream"
             first = await r.content.readuntil(b"\n\n")
         assert first.startswith(b"event: state\ndata: {")
+
+
+async def test_the_chart_is_sampled_only_after_an_operator_looked() -> None:
+    """A sample reads every slot: a replica whose dashboard nobody opened pays nothing."""
+    mm = MatchmakerServer(MatchmakerSettings(port=0, session_token_secret="t" * 32, admin_token=ADMIN)).matchmaker
+    calls = 0
+    real = mm.store.slots
+
+    async def counting() -> list[Slot]:
+        nonlocal calls
+        calls += 1
+        return await real()
+
+    mm.store.slots = counting  # type: ignore[method-assign]
+    root = web.Application()
+    root[MATCHMAKER] = mm
+    root.add_subapp(dashboard.PREFIX, dashboard.create_app(mm, sample_s=0.02))
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    async with TestClient(TestServer(root, host="127.0.0.1")) as client:
+        await asyncio.sleep(0.3)  # fifteen sample periods with nobody looking
+        assert calls == 0
+        history: list[Any] = []
+        for _ in range(500):  # bounded: once looked at, the sampler runs every 0.02 s
+            r = await client.get(dashboard.PREFIX + "/state", headers=auth)
+            assert r.status == 200
+            history = (await r.json())["history"]
+            if history:
+                break
+            await asyncio.sleep(0.02)
+        assert history, "no sample after an operator looked"
