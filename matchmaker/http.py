@@ -69,7 +69,6 @@ from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, StoreE
 from matchmaker.streamer_creds import StreamerCredentials
 from pixelfleet.audit import audit
 from pixelfleet.oidc import Caller
-from pixelfleet.tokens import InvalidToken, verify
 
 MATCHMAKER = web.AppKey("matchmaker", Matchmaker)
 
@@ -321,25 +320,12 @@ async def ticket_events(request: web.Request) -> web.StreamResponse:
 async def session_event(request: web.Request) -> web.Response:
     mm = request.app[MATCHMAKER]
     session_id = request.match_info["session_id"]
-    token = _bearer(request)
     route = f"POST /sessions/{session_id}/events"
     source = guard.source_of(request, mm.settings)
-    if token is None:
-        guard.refuse(Refused(401, "unauthorized", "the session token is required"), route=route, source=source)
-    try:
-        claims = verify(mm.keys, token, allow_expired=True)
-    except InvalidToken as exc:
-        guard.refuse(Refused(401, "invalid_token", str(exc)), route=route, source=source)
-    if claims.session_id != session_id:
-        guard.refuse(
-            Refused(403, "wrong_session", "the token is for another session"),
-            route=route,
-            source=source,
-            tenant=claims.tenant,
-        )
+    tenant = session_events_.authorize(mm, session_id, _bearer(request), source, route)
     body: SessionEvent = await _body(request, SessionEvent)
-    guard.report_allowed(request, mm.settings, body.event, claims.tenant, session_id)
-    await mm.session_event(claims.tenant, session_id, body.event)  # SessionEnded: 410
+    guard.report_allowed(request, mm.settings, body.event, tenant, session_id)
+    await mm.session_event(tenant, session_id, body.event)  # SessionEnded: 410
     return _json(EventAccepted(ok=True))
 
 

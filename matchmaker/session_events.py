@@ -50,7 +50,7 @@ async def _apply(
     mm: Matchmaker, item: SessionEventItem, source: str | None, error_reply: ErrorReply
 ) -> SessionEventOutcome:
     try:
-        tenant = _authorize(mm, item, source)
+        tenant = authorize(mm, item.session_id, item.token, source)
         await mm.session_event(tenant, item.session_id, item.event)
     except Refused as exc:
         return SessionEventOutcome(status=exc.status, error=exc.code, message=str(exc))  # type: ignore[arg-type]
@@ -61,24 +61,26 @@ async def _apply(
     return TAKEN
 
 
-def _authorize(mm: Matchmaker, item: SessionEventItem, source: str | None) -> str:
-    """As the single route: the session's own token (expired too), for that very session.
-    Returns the token's tenant; a refusal is audited as the single route's, and raised."""
-    sid = item.session_id
-    if not item.token:
+def authorize(mm: Matchmaker, session_id: str, token: str | None, source: str | None, route: str = ROUTE) -> str:
+    """A session report's own token (expired too), for that very session: the one check of
+    both routes. Returns the token's tenant; a refusal is audited and raised (``Refused``)."""
+    if not token:
         guard.refuse(
-            Refused(401, "unauthorized", "the session token is required"), route=ROUTE, source=source, session_id=sid
+            Refused(401, "unauthorized", "the session token is required"),
+            route=route,
+            source=source,
+            session_id=session_id,
         )
     try:
-        claims = verify(mm.keys, item.token, allow_expired=True)
+        claims = verify(mm.keys, token, allow_expired=True)
     except InvalidToken as exc:
-        guard.refuse(Refused(401, "invalid_token", str(exc)), route=ROUTE, source=source, session_id=sid)
-    if claims.session_id != sid:
+        guard.refuse(Refused(401, "invalid_token", str(exc)), route=route, source=source, session_id=session_id)
+    if claims.session_id != session_id:
         guard.refuse(
             Refused(403, "wrong_session", "the token is for another session"),
-            route=ROUTE,
+            route=route,
             source=source,
             tenant=claims.tenant,
-            session_id=sid,
+            session_id=session_id,
         )
     return claims.tenant
