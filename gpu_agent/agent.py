@@ -22,6 +22,7 @@ from gpu_agent.cloudwatch import CloudWatchPublisher, cancel
 from gpu_agent.config import AgentSettings
 from gpu_agent.credentials import CredentialGate, acknowledged
 from gpu_agent.drain import DrainReason, SpotNotice, SpotWatcher
+from gpu_agent.k8s_disruption import DisruptionGuard, pod_ref
 from gpu_agent.metrics import MetricsServer
 from gpu_agent.probe import GpuSampler, NvmlSampler, Telemetry
 from gpu_agent.reporting import Reporter
@@ -50,6 +51,7 @@ class Agent:
         self.metrics: MetricsServer | None = None
         self.spot: SpotWatcher | None = None
         self.cloudwatch = cloudwatch
+        self.disruption: DisruptionGuard | None = None  # Kubernetes: do-not-disrupt while a session runs
         self.drain_reasons: set[DrainReason] = set()
         self.finished = asyncio.Event()  # a SIGTERM drain has completed: the process may exit
         self.process = psutil.Process()
@@ -101,6 +103,10 @@ class Agent:
         if s.spot:
             self.spot = SpotWatcher(s.imds_url, self._spot_notice, poll_s=s.spot_poll_s)
             self.spot.start()
+        if (pod := pod_ref(s)) is not None:
+            live = lambda: any(not slot.idle for slot in self.slots)  # noqa: E731
+            self.disruption = DisruptionGuard(pod, live, period_s=s.k8s_sync_period_s, timeout_s=s.request_timeout_s)
+            self.disruption.start()
         if self.cloudwatch is not None:
             self._tasks.append(asyncio.create_task(self.cloudwatch.run(self, s.cloudwatch_period_s)))
         log.info(
@@ -127,6 +133,8 @@ class Agent:
             await cancel(task)
         if self.spot is not None:
             await self.spot.aclose()
+        if self.disruption is not None:
+            await self.disruption.aclose()
         if self.reporter is not None:
             await self.reporter.stop()
         await self.slots.aclose()
@@ -207,6 +215,8 @@ class Agent:
     def _changed(self) -> None:
         if self.reporter is not None:
             self.reporter.poke()
+        if self.disruption is not None:
+            self.disruption.poke()
 
     def _on_registered(self, host: Host) -> None:
         if isinstance(host.streamer_tokens, dict):  # before the first heartbeat: no launch without one

@@ -75,6 +75,14 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
     imds_url: str = "http://169.254.169.254"
     spot_poll_s: float = 5.0
     spot_margin_s: float = 15.0  # end sessions this long before the interruption
+    # Kubernetes: karpenter.sh/do-not-disrupt on the agent's own pod while a slot holds a
+    # session (gpu_agent/k8s_disruption.py). auto: on with the in-cluster service account.
+    k8s_do_not_disrupt: str = "auto"  # auto | on | off
+    k8s_pod_name: str = ""  # the downward API's metadata.name (the chart sets it)
+    k8s_namespace: str = ""  # "" = the service account's namespace file
+    k8s_api_url: str = ""  # "" = https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
+    k8s_service_account_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
+    k8s_sync_period_s: float = 10.0  # checks between slot changes; a failed patch retries then
 
     def __post_init__(self) -> None:
         if self.streamer not in STREAMER_KINDS:
@@ -89,6 +97,8 @@ class AgentSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fi
             raise ConfigError("agent.credential_renew_margin_s cannot be negative")
         if self.credential_renew_concurrency < 1:
             raise ConfigError("agent.credential_renew_concurrency must be 1 or more")
+        if self.k8s_do_not_disrupt not in ("auto", "on", "off"):
+            raise ConfigError(f"agent.k8s_do_not_disrupt must be auto, on or off, not {self.k8s_do_not_disrupt!r}")
         if self.slots < 0 or self.slots_per_gpu < 0 or any(n < 0 for n in self.gpu_slots):
             raise ConfigError("slot counts cannot be negative")
 

@@ -163,13 +163,41 @@ def test_karpenter_pools(helm: str) -> None:
         assert requirements["karpenter.k8s.aws/instance-family"] == ["g5", "g6"]
         assert pool["disruption"]["consolidationPolicy"] == "WhenEmptyOrUnderutilized"
         assert pool["disruption"]["budgets"][0] == {"nodes": "1"}
-        assert pool["template"]["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+        # no node is protected for good: the agent marks its pod while a session runs
+        assert "annotations" not in pool["template"]["metadata"]
+        assert "terminationGracePeriod" not in pool["template"]["spec"]  # past it, drift ignores the pod's mark
         assert pool["template"]["spec"]["expireAfter"] == "Never"
         assert "nvidia.com/gpu" in pool["limits"]
     (nodeclass,) = by_kind(docs, "EC2NodeClass")
     assert nodeclass["spec"]["metadataOptions"]["httpTokens"] == "required"
-    unprotected = by_kind(render(helm, "--set", "karpenter.protectNodes=false"), "NodePool")
-    assert all("annotations" not in p["spec"]["template"]["metadata"] for p in unprotected)
+
+
+def test_agent_may_mark_only_pods_of_its_namespace_do_not_disrupt(helm: str) -> None:
+    """The agent's pod gets a ServiceAccount token, its name and namespace (downward API),
+    and a Role with get/patch on pods in the release namespace only; off: none of it."""
+    docs = render(helm)
+    (daemonset,) = by_kind(docs, "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "pf-agent" and spec["automountServiceAccountToken"] is True
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["PIXELFLEET_AGENT__K8S_DO_NOT_DISRUPT"]["value"] == "on"
+    assert env["PIXELFLEET_AGENT__K8S_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["PIXELFLEET_AGENT__K8S_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    (account,) = by_kind(docs, "ServiceAccount")
+    assert account["metadata"]["name"] == "pf-agent"
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    (role,) = by_kind(docs, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pf-agent", "namespace": "games"}]
+    off = render(helm, "--set", "agent.protectLiveSessions=false")
+    (daemonset,) = by_kind(off, "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False and "serviceAccountName" not in spec
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["PIXELFLEET_AGENT__K8S_DO_NOT_DISRUPT"]["value"] == "off"
+    assert not by_kind(off, "Role") and not by_kind(off, "RoleBinding") and not by_kind(off, "ServiceAccount")
 
 
 def test_every_variable_is_documented(helm: str) -> None:
