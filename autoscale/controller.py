@@ -2,7 +2,8 @@
 decide with the ``Scaler``, act through the provider, log the decision.
 
 The matchmaker is read in process (``pixelfleet up``) or over its admin API
-(``matchmaker.client.MatchmakerApi`` with the admin token). Draining goes through the
+(``matchmaker.client.MatchmakerApi`` with the admin token). A pool is (tenant, app, region);
+a pool without a region is the (tenant, app) in every region. Draining goes through the
 matchmaker first, so no player is placed on a host between the decision and its
 termination; the host is terminated on a later step, once seen empty.
 """
@@ -37,7 +38,12 @@ _SERVING = (SlotState.READY, SlotState.ASSIGNED, SlotState.RESETTING)
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     hosts: list[Host]
     slots: list[Slot]
-    queued: dict[tuple[str, str], int]  # (tenant, app) -> tickets waiting
+    # (tenant, app, preferred region or None) -> tickets waiting
+    queued: dict[tuple[str, str, str | None], int]
+
+
+def count_queued(queued: dict[tuple[str, str, str | None], int], key: tuple[str, str, str | None]) -> None:
+    queued[key] = queued.get(key, 0) + 1
 
 
 class Observer(Protocol):
@@ -53,7 +59,10 @@ class InProcessObserver:
         self.mm = matchmaker
 
     async def snapshot(self) -> Snapshot:
-        queued = {(t, a): n for t, a, n in await self.mm.store.queues()}
+        queued: dict[tuple[str, str, str | None], int] = {}
+        for t, a, n in await self.mm.store.queues():
+            for ticket in await self.mm.store.waiting(t, a, n):
+                count_queued(queued, (t, a, ticket.request.region))
         return Snapshot(hosts=await self.mm.hosts(), slots=await self.mm.store.slots(), queued=queued)
 
     async def drain(self, host_id: str) -> None:
@@ -67,7 +76,10 @@ class ApiObserver:
         self.api = api
 
     async def snapshot(self) -> Snapshot:
-        queued = {(q.tenant, q.app): q.length for q in await self.api.queues()}
+        queued: dict[tuple[str, str, str | None], int] = {}
+        for q in await self.api.queues():
+            for ticket in q.tickets:
+                count_queued(queued, (q.tenant, q.app, ticket.region))
         return Snapshot(hosts=await self.api.hosts(), slots=await self.api.slots(), queued=queued)
 
     async def drain(self, host_id: str) -> None:
@@ -82,6 +94,7 @@ def pool_view(
     app: str,
     slots_per_host: int,
     booting_since: dict[str, float] | None = None,
+    region: str | None = None,
 ) -> PoolView:
     """The pool as the scaler sees it: every host the provider launched, READY once the
     matchmaker lists a slot of it serving (ready, assigned or resetting), busy by the slots
@@ -91,11 +104,16 @@ def pool_view(
     the matchmaker still lists it live and not draining (it could still get players).
 
     ``booting_since`` (host id -> when first seen booting) is kept up to date in place: set
-    for a host seen booting, dropped once it is not, so the scaler can time a boot out."""
+    for a host seen booting, dropped once it is not, so the scaler can time a boot out.
+
+    With a ``region``, only the slots in that region count (the provider's hosts are in it),
+    and the queued demand is the tickets preferring that region plus those preferring none: a
+    ticket with no preference can be served anywhere, so each regional pool counts it (erring
+    toward warm capacity). Without one, every slot and ticket of (tenant, app) counts."""
     since = booting_since if booting_since is not None else {}
     by_host: dict[str, list[Slot]] = {}
     for s in snap.slots:
-        if s.tenant == tenant and s.app == app:
+        if s.tenant == tenant and s.app == app and (region is None or s.region == region):
             by_host.setdefault(s.host_id, []).append(s)
     hosts = {h.host_id: h for h in snap.hosts}
     views = []
@@ -127,7 +145,12 @@ def pool_view(
         )
     for gone in set(since) - {p.host_id for p in launched}:
         del since[gone]
-    return PoolView(now=now, hosts=views, queued=snap.queued.get((tenant, app), 0))
+    queued = sum(
+        n
+        for (t, a, wants), n in snap.queued.items()
+        if t == tenant and a == app and (region is None or wants is None or wants == region)
+    )
+    return PoolView(now=now, hosts=views, queued=queued)
 
 
 class Controller:
@@ -139,6 +162,7 @@ class Controller:
         *,
         tenant: str = "default",
         app: str = "default",
+        region: str | None = None,
         period_s: float = 60.0,
         decision_log: str | None = None,
         events_file: str | None = None,
@@ -148,7 +172,7 @@ class Controller:
         self.observer = observer
         self.provider = provider
         self.scaler = scaler
-        self.tenant, self.app = tenant, app
+        self.tenant, self.app, self.region = tenant, app, region
         self.period_s = period_s
         self.decision_log = Path(decision_log) if decision_log else None
         self.clock = clock
@@ -193,6 +217,7 @@ class Controller:
             self.app,
             self.scaler.policy.slots_per_host,
             self._booting_since,
+            self.region,
         )
         d = self.scaler.decide(view)
         try:
@@ -246,16 +271,17 @@ class Controller:
     def _record(self, d: Decision, error: str | None = None) -> None:
         self.decisions = [*self.decisions[-99:], d]
         fields = msgspec.to_builtins(d)
+        pool = {"pool": f"{self.tenant}/{self.app}", "region": self.region}
         if error is not None:
             fields["error"] = error
-            log.warning("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)
+            log.warning("autoscale_decision", **pool, **fields)
         elif d.launch or d.drain or d.terminate:
-            log.info("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)
+            log.info("autoscale_decision", **pool, **fields)
         else:
-            log.debug("autoscale_decision", pool=f"{self.tenant}/{self.app}", **fields)
+            log.debug("autoscale_decision", **pool, **fields)
         if self.decision_log is not None:
             with self.decision_log.open("ab") as f:
-                f.write(msgspec.json.encode({"pool": f"{self.tenant}/{self.app}", **fields}) + b"\n")
+                f.write(msgspec.json.encode({**pool, **fields}) + b"\n")
 
     async def _run(self) -> None:
         while True:

@@ -30,6 +30,7 @@ class AwsAutoscaleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     aws: AwsAsgSettings
     tenant: str = "default"
     app: str = "default"
+    region: str | None = None  # the pool's region (its provider's hosts are there); None: every region
     policy: PoolPolicy = PoolPolicy()
     forecast: ForecastSettings = ForecastSettings()
     period_s: float = 60.0
@@ -63,6 +64,7 @@ def build(config: AwsAutoscaleConfig, matchmaker_url: str, admin_token: str) -> 
         Scaler(config.policy, ForecastSizer(forecaster)),
         tenant=config.tenant,
         app=config.app,
+        region=config.region,
         period_s=config.period_s,
         decision_log=config.decision_log,
         events_file=config.events_file,

@@ -421,7 +421,9 @@ async def admin_queue(request: web.Request) -> web.Response:
     out = []
     for tenant, app, length in await mm.store.queues():
         tickets = await mm.store.waiting(tenant, app, length)
-        listed = [QueuedTicket(ticket_id=t.ticket_id, enqueued_at=t.enqueued_at) for t in tickets]
+        listed = [
+            QueuedTicket(ticket_id=t.ticket_id, enqueued_at=t.enqueued_at, region=t.request.region) for t in tickets
+        ]
         out.append(QueueListing(tenant=tenant, app=app, length=length, tickets=listed))
     return _json(out)
 

@@ -470,6 +470,7 @@ class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
 class QueuedTicket(msgspec.Struct, kw_only=True):
     ticket_id: str
     enqueued_at: float
+    region: str | None = None  # the region its request prefers (None: any); absent from older matchmakers
 
 
 class QueueListing(msgspec.Struct, kw_only=True):

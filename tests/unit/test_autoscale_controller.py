@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscale.controller import Controller, Snapshot
+from autoscale.controller import Controller, Snapshot, pool_view
 from autoscale.policy import HostView, PoolPolicy, PoolView, Scaler, StaticSizer
 from autoscale.providers.base import ProviderHost
 from matchmaker.models import Host, Slot, SlotState
@@ -26,9 +26,9 @@ class FakeMatchmaker:
         self.slots: dict[str, Slot] = {}
         self.calls: list[tuple[str, str]] = []  # ("drain", host) in the order they came
 
-    def register(self, host_id: str, slots: int) -> None:
+    def register(self, host_id: str, slots: int, region: str = "r") -> None:
         self.hosts[host_id] = Host(
-            host_id=host_id, boot_id="b", region="r", az="a", gpu_model="g", signaling_url="ws://x", last_heartbeat=0
+            host_id=host_id, boot_id="b", region=region, az="a", gpu_model="g", signaling_url="ws://x", last_heartbeat=0
         )
         for n in range(slots):
             sid = f"{host_id}/{n}"
@@ -37,7 +37,7 @@ class FakeMatchmaker:
                 host_id=host_id,
                 tenant="default",
                 app="default",
-                region="r",
+                region=region,
                 gpu_model="g",
                 streamer_id=sid,
                 signaling_url="ws://x",
@@ -241,3 +241,50 @@ async def test_a_step_whose_action_fails_still_logs_its_decision(tmp_path: Path)
     record = json.loads(line)
     assert record["launch"] == 3 and record["reason"] == "scale_out"
     assert record["error"] == "RuntimeError: launch refused"
+    assert record["pool"] == "default/default" and record["region"] is None
+
+
+def test_a_regional_pool_counts_its_regions_slots_and_the_tickets_it_can_serve() -> None:
+    """A pool (tenant, app, region): the slots of hosts in its region, the tickets preferring
+    its region, and the tickets preferring none (served anywhere, so every regional pool
+    counts them). Without a region, the pool is the (tenant, app) everywhere."""
+    mm = FakeMatchmaker()
+    mm.register("eu-1", 2, region="eu")
+    mm.register("us-1", 2, region="us")
+    mm.place("p1")  # eu-1/0, the first READY slot
+    queued: dict[tuple[str, str, str | None], int] = {
+        ("default", "default", "eu"): 3,
+        ("default", "default", "us"): 5,
+        ("default", "default", None): 2,
+        ("default", "other", "eu"): 7,  # another app's queue
+        ("acme", "default", None): 11,  # another tenant's
+    }
+    snap = Snapshot(hosts=list(mm.hosts.values()), slots=list(mm.slots.values()), queued=queued)
+    eu_host, us_host = ProviderHost(host_id="eu-1"), ProviderHost(host_id="us-1")
+
+    eu = pool_view(0.0, [eu_host], snap, "default", "default", 2, region="eu")
+    assert [(h.host_id, h.state, h.slots, h.busy) for h in eu.hosts] == [("eu-1", "ready", 2, 1)]
+    assert eu.queued == 3 + 2
+    us = pool_view(0.0, [us_host], snap, "default", "default", 2, region="us")
+    assert [(h.host_id, h.state, h.slots, h.busy) for h in us.hosts] == [("us-1", "ready", 2, 0)]
+    assert us.queued == 5 + 2
+    assert pool_view(0.0, [], snap, "default", "default", 2, region="ap").queued == 2  # only the unplaced
+    everywhere = pool_view(0.0, [eu_host, us_host], snap, "default", "default", 2)
+    assert [(h.state, h.busy) for h in everywhere.hosts] == [("ready", 1), ("ready", 0)]
+    assert everywhere.queued == 3 + 5 + 2
+    # A launched host whose agent registered in another region has no slot of this pool:
+    # it reads as booting (and times out), never as this region's supply.
+    stray = pool_view(0.0, [eu_host, us_host], snap, "default", "default", 2, region="eu")
+    assert [(h.host_id, h.state, h.busy) for h in stray.hosts] == [("eu-1", "ready", 1), ("us-1", "booting", 0)]
+
+
+async def test_a_regional_controller_names_its_region_in_each_decision(tmp_path: Path) -> None:
+    mm = FakeMatchmaker()
+    mm.register("eu-1", 2, region="eu")
+    provider = FakeProvider(mm, ["eu-1"])
+    log = tmp_path / "decisions.jsonl"
+    policy = PoolPolicy(min_hosts=0, max_hosts=10, slots_per_host=2)
+    c = Controller(mm, provider, Scaler(policy, StaticSizer(1)), region="eu", decision_log=str(log), clock=lambda: 0.0)
+    assert (await c.step()).reason == "steady"  # its one host is READY in its region
+    (line,) = log.read_text().splitlines()
+    assert json.loads(line)["region"] == "eu"
