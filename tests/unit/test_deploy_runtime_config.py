@@ -244,7 +244,12 @@ def test_every_pools_autoscaler_starts_with_a_config_its_loader_takes(
 # --- Helm ------------------------------------------------------------------------------------
 
 
-FIELD_VALUES = {"spec.nodeName": "ip-10-0-1-23.ec2.internal", "status.podIP": "10.0.1.23"}
+FIELD_VALUES = {
+    "spec.nodeName": "ip-10-0-1-23.ec2.internal",
+    "status.podIP": "10.0.1.23",
+    "metadata.name": "pixelfleet-agent-7x2kq",  # the agent's own pod, for do-not-disrupt
+    "metadata.namespace": "pixelfleet",
+}
 
 
 def helm_workloads(docs: list[dict[str, Any]]) -> dict[str, tuple[list[str], dict[str, str]]]:
