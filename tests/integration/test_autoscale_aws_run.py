@@ -21,6 +21,7 @@ from matchmaker.client import MatchmakerApi
 from matchmaker.models import HostRegistration, SlotSpec
 from pixelfleet.net import free_port
 from tests.conftest import StartProcess
+from tests.support.aws_asg import make_pool_groups
 
 pytestmark = pytest.mark.integration
 
@@ -56,18 +57,7 @@ async def test_autoscale_command_launches_and_drains_on_a_spot_notice(
     admin = MatchmakerApi(url, admin_token="aws-admin")
     agent = MatchmakerApi(url, agent_token="aws-agent-token")
     with mock_aws():
-        ec2 = boto3.client("ec2", region_name=REGION)
-        ec2.create_launch_template(LaunchTemplateName="ue-build", LaunchTemplateData={"ImageId": "ami-12c6146b"})
-        asg = boto3.client("autoscaling", region_name=REGION)
-        for name, most in (("pool-od", 2), ("pool-spot", 10)):
-            asg.create_auto_scaling_group(
-                AutoScalingGroupName=name,
-                LaunchTemplate={"LaunchTemplateName": "ue-build", "Version": "$Latest"},
-                MinSize=0,
-                MaxSize=most,
-                DesiredCapacity=0,
-                AvailabilityZones=[f"{REGION}a"],
-            )
+        asg = make_pool_groups(REGION)
         sqs = boto3.client("sqs", region_name=REGION)
         queue = sqs.create_queue(QueueName="spot-notices")["QueueUrl"]
         config = tmp_path / "pool.json"

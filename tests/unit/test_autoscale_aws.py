@@ -21,6 +21,7 @@ from autoscale.controller import Controller
 from autoscale.policy import PoolPolicy, Scaler, StaticSizer
 from autoscale.providers.aws_asg import AwsAsgProvider, AwsAsgSettings
 from matchmaker.models import SlotState
+from tests.support.aws_asg import make_pool_groups
 from tests.unit.test_autoscale_controller import FakeMatchmaker
 
 REGION = "us-east-1"
@@ -34,18 +35,7 @@ def asg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": REGION}.items():
         monkeypatch.setenv(k, v)
     with mock_aws():
-        ec2 = boto3.client("ec2", region_name=REGION)
-        ec2.create_launch_template(LaunchTemplateName="ue-build", LaunchTemplateData={"ImageId": "ami-12c6146b"})
-        client = boto3.client("autoscaling", region_name=REGION)
-        for name, most in (("pool-od", 2), ("pool-spot", 10)):
-            client.create_auto_scaling_group(
-                AutoScalingGroupName=name,
-                LaunchTemplate={"LaunchTemplateName": "ue-build", "Version": "$Latest"},
-                MinSize=0,
-                MaxSize=most,
-                DesiredCapacity=0,
-                AvailabilityZones=[f"{REGION}a"],
-            )
+        client = make_pool_groups(REGION)
         yield client
 
 
