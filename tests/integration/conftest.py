@@ -1,13 +1,16 @@
-"""Fixtures shared by the integration tests of the matchmaker's stores."""
+"""Fixtures shared by the integration tests: the matchmaker's stores, a Redis to kill."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from matchmaker.store import Store, open_store
+from tests.conftest import require_binary
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture(params=["memory", "redis", "redis-cluster"])
@@ -21,3 +24,12 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         s = open_store(url, prefix=f"t{uuid.uuid4().hex[:8]}")
     yield s
     await s.aclose()
+
+
+@pytest.fixture
+async def redis_tcp(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server on a fixed TCP port that the test may kill and start again."""
+    server = RedisServer(require_binary("redis-server"), tmp_path / "redis")
+    await server.start()
+    yield server
+    await server.stop()

@@ -6,8 +6,6 @@ mid-test for the errors."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from matchmaker.client import ApiError, MatchmakerApi
 from pixelfleet.net import free_port
 from pixelfleet.tokens import TokenKeys, mint
-from tests.conftest import StartProcess, require_binary
+from tests.conftest import StartProcess
 from tests.integration.test_matchmaker_observability import ADMIN, AGENT, env_for
 from tests.support.hosts import heartbeat, register_host
 from tests.support.redis_server import RedisServer
@@ -26,14 +24,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = "s" * 40
 KEYS = TokenKeys.hs256(SECRET)
-
-
-@pytest.fixture
-async def redis_tcp(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(require_binary("redis-server"), tmp_path / "redis")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def moved(after: Samples, before: Samples, name: str, **labels: str) -> float:

@@ -160,15 +160,6 @@ def texts(items: Any) -> set[str]:
 
 
 @pytest.fixture
-async def redis_tcp(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A redis-server on a fixed TCP port that the test may kill and start again."""
-    server = RedisServer(require_binary("redis-server"), tmp_path / "redis")
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def sentinel_set(tmp_path: Path) -> AsyncIterator[SentinelSet]:
     servers = SentinelSet(require_binary("redis-server"), tmp_path / "sentinel-set")
     await servers.start()
