@@ -42,8 +42,8 @@ HISTORY_S = 3600.0
 _HISTORY = web.AppKey("dashboard_history", deque)
 _PERIOD = web.AppKey("dashboard_period_s", float)
 # When an operator last looked (monotonic seconds). The chart is sampled only within an hour
-# of a look: a sample reads every slot (0.3 s of CPU with 48,000 slots, and as long a read
-# inside Redis), and every replica would pay it every 10 s for a page nobody has open.
+# of a look: a sample reads and decodes every slot (one long read inside Redis), and every
+# replica would pay it every 10 s for a page nobody has open.
 _VIEWED = web.AppKey("dashboard_viewed_at", list)
 
 
