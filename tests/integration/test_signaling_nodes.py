@@ -3,12 +3,16 @@ frames, a node killed, Redis restarted, a Redis failover (Sentinel), and a drain
 
 Every node runs ``pixelfleet signaling --state-url redis://… --node-id X`` with a short
 ``PIXELFLEET_NODE_TTL_S``. Waits are bounded and generous; where the issue asks "within
-the TTL", the test asserts a loose upper bound only.
+the TTL", the test asserts a loose upper bound only. The node-loss tests (a kill, a drain,
+a streamer's id kept, a player resumed) run on one Redis and on a real Redis Cluster
+(``?cluster=1``); the Redis restart and the Sentinel failover run on one Redis (a Redis
+Cluster's own failover: test_signaling_cluster_failover.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -17,9 +21,11 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis, RedisCluster
 
 from loadtest.synthetic_player import SyntheticPlayer
 from pixelfleet.net import free_port
+from pixelfleet.redis_url import split_cluster_flag
 from pixelfleet.tokens import TokenKeys, mint
 from tests.conftest import StartProcess, require_binary
 from tests.support.processes import Child
@@ -33,6 +39,30 @@ WAIT = 30.0
 TTL_S = 1.5
 GONE = 4100  # a player whose streamer left (errors.STREAMER_GONE)
 RESTART = 1012  # a draining node's close code (errors.SERVICE_RESTART)
+
+
+class State(NamedTuple):
+    """Where the nodes keep their state; ``tag`` ends each node id, so that on a Redis
+    shared by the session the nodes of one test never meet another test's."""
+
+    url: str
+    tag: str
+
+    def client(self) -> Redis | RedisCluster:
+        """A client of its own, for reading what the nodes wrote."""
+        url, cluster = split_cluster_flag(self.url)
+        return RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+
+
+_runs = itertools.count()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def state(request: pytest.FixtureRequest) -> State:
+    """A redis-server of the test's own, or the session's 3-primary Redis Cluster."""
+    if request.param == "redis":
+        return State(request.getfixturevalue("redis_tcp").url, "")
+    return State(request.getfixturevalue("redis_cluster_url"), f"t{next(_runs)}")
 
 
 class Node(NamedTuple):
@@ -54,13 +84,15 @@ async def start_nodes(
     ttl_s: float = TTL_S,
     drain_s: float = 0.0,
     extra_env: dict[str, str] | None = None,
+    tag: str = "",
 ) -> list[Node]:
-    """One ``pixelfleet signaling`` process per letter in ``names``, all ready (in the cluster)."""
+    """One ``pixelfleet signaling`` process per letter in ``names`` (its node id: the letter
+    and ``tag``), all ready (in the cluster)."""
 
     env = {**os.environ, "PIXELFLEET_NODE_TTL_S": str(ttl_s), "PIXELFLEET_DRAIN_DELAY_S": str(drain_s)}
     env |= extra_env or {}
     nodes = []
-    for name in names:  # one at a time: each child's log file is named by its start order
+    for name in (letter + tag for letter in names):  # one at a time: log files are named by start order
         ports = [free_port() for _ in range(3)]
         child = await start_process(
             "signaling",
@@ -190,9 +222,9 @@ async def test_player_on_one_node_streams_from_a_synthetic_streamer_on_another(
 
 
 async def test_node_killed_its_peers_partners_are_told_and_nobody_else(
-    redis_tcp: RedisServer, start_process: StartProcess
+    state: State, start_process: StartProcess
 ) -> None:
-    a, b, c = await start_nodes(start_process, redis_tcp.url, "ABC")
+    a, b, c = await start_nodes(start_process, state.url, "ABC", tag=state.tag)
     async with aiohttp.ClientSession() as http:
         cam_a = await connect_streamer(http, a.streamer_port, "CamA")
         cam_b = await connect_streamer(http, b.streamer_port, "CamB")
@@ -201,7 +233,7 @@ async def test_node_killed_its_peers_partners_are_told_and_nobody_else(
         on_c, on_c_id = await join(http, c, cam_b, "CamB")  # C's player watches B's streamer
         on_a, on_a_id = await join(http, a, cam_c, "CamC")  # the session that must not notice
         await offer_and_answer(cam_c, on_a, on_a_id)
-        assert on_b_id.startswith("PlayerB-") and on_c_id.startswith("PlayerC-")
+        assert on_b_id.startswith(f"Player{b.name}-") and on_c_id.startswith(f"Player{c.name}-")
 
         loop = asyncio.get_running_loop()
         killed_at = loop.time()
@@ -310,11 +342,11 @@ async def test_redis_failover_to_a_promoted_replica_through_sentinel(
 
 
 async def test_drain_turns_unready_refuses_closes_with_1012_and_tells_other_nodes(
-    redis_tcp: RedisServer, start_process: StartProcess
+    state: State, start_process: StartProcess
 ) -> None:
     # A long TTL: whatever the other node learns, it learns from the drain, not from a deadline.
     slow_ttl_s = 60.0
-    a, c = await start_nodes(start_process, redis_tcp.url, "AC", ttl_s=slow_ttl_s, drain_s=1.0)
+    a, c = await start_nodes(start_process, state.url, "AC", ttl_s=slow_ttl_s, drain_s=1.0, tag=state.tag)
     await start_process(
         *("--url", f"ws://127.0.0.1:{c.streamer_port}", "--id", "Synth"),
         *("--width", "320", "--height", "240", "--fps", "15", "--log-format", "json"),
@@ -350,11 +382,11 @@ async def test_drain_turns_unready_refuses_closes_with_1012_and_tells_other_node
         await cam_c.ws.close()
 
 
-async def until_past_deadline(redis_server: RedisServer, node: str) -> None:
+async def until_past_deadline(state: State, node: str) -> None:
     """Wait until ``node``'s deadline has passed in Redis's clock: from then on it counts as dead."""
     script = "local d = redis.call('ZSCORE', KEYS[1], ARGV[1]); local t = redis.call('TIME'); "
     script += "return (not d or tonumber(d) < tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) and 1 or 0"
-    probe = redis_server.client()
+    probe = state.client()
     try:
         async with asyncio.timeout(WAIT):
             while not await probe.eval(script, 1, "{pf:sig}:nodes", node):
@@ -374,9 +406,9 @@ async def until_held_by(http: aiohttp.ClientSession, viewer: Node, name: str, ho
 
 
 async def test_a_streamer_whose_node_was_killed_keeps_its_id_on_another_node(
-    redis_tcp: RedisServer, start_process: StartProcess
+    state: State, start_process: StartProcess
 ) -> None:
-    a, b, c = await start_nodes(start_process, redis_tcp.url, "ABC")
+    a, b, c = await start_nodes(start_process, state.url, "ABC", tag=state.tag)
     # A node judges others dead only once it has beaten for a whole TTL (as a reaper must).
     await asyncio.sleep(TTL_S)
     async with aiohttp.ClientSession() as http:
@@ -386,12 +418,12 @@ async def test_a_streamer_whose_node_was_killed_keeps_its_id_on_another_node(
         await cam.closed()
         # The streamer reconnects through the balancer to B as soon as A counts as dead
         # (its deadline passed), before any node has reaped A: it keeps its id (not Cam1).
-        await until_past_deadline(redis_tcp, "A")
+        await until_past_deadline(state, a.name)
         again = await connect_streamer(http, b.streamer_port, "Cam")  # asserts endpointIdConfirm "Cam"
         assert (await watcher.closed())[0] == GONE  # the player of the dead connection is told
         await until_held_by(http, c, "Cam", b)
         player, player_id = await join(http, c, again, "Cam")  # a player on C reaches it on B
-        assert player_id.startswith("PlayerC-")
+        assert player_id.startswith(f"Player{c.name}-")
         await offer_and_answer(again, player, player_id)
         for peer in (again, player):
             await peer.ws.close()
@@ -401,11 +433,11 @@ SECRET = "nodes-test-session-secret-of-32-bytes-or-more"
 
 
 async def test_a_player_resumes_on_a_surviving_node_with_a_fresh_session_token(
-    redis_tcp: RedisServer, start_process: StartProcess
+    state: State, start_process: StartProcess
 ) -> None:
     keys = TokenKeys.hs256(SECRET)
     tokens = {"PIXELFLEET_SESSION_TOKEN_SECRET": SECRET, "PIXELFLEET_REQUIRE_STREAMER_TOKEN": "false"}
-    a, b, c = await start_nodes(start_process, redis_tcp.url, "ABC", extra_env=tokens)
+    a, b, c = await start_nodes(start_process, state.url, "ABC", extra_env=tokens, tag=state.tag)
     async with aiohttp.ClientSession() as http:
         cam = await connect_streamer(http, a.streamer_port, "Cam")
         first = mint(keys, tenant="t", session_id="s-resume", streamer_id="Cam", ttl_s=120)
@@ -424,7 +456,7 @@ async def test_a_player_resumes_on_a_surviving_node_with_a_fresh_session_token(
         # resumes on C and the session's signalling runs again.
         fresh = mint(keys, tenant="t", session_id="s-resume", streamer_id="Cam", ttl_s=120)
         again, again_id = await join(http, c, cam, "Cam", path=f"/?token={fresh}")
-        assert again_id.startswith("PlayerC-") and again_id != player_id
+        assert again_id.startswith(f"Player{c.name}-") and again_id != player_id
         await offer_and_answer(cam, again, again_id)
         await again.send(type="iceCandidate", candidate={"candidate": "c0", "sdpMid": "0"})
         trickled = await cam.recv()
