@@ -60,7 +60,7 @@ from loadtest.bench_cluster import median
 from loadtest.bench_matchmaker_procs import RedisServer
 from loadtest.bench_signaling import machine_info, percentile
 from loadtest.children import JsonLineChild, die_with_parent
-from signaling.broker_redis import pack, unpack
+from signaling.broker_records import pack, unpack
 
 TRANSPORTS = ("pubsub", "streams")
 INBOX = "{pf:bench}:in"  # one inbox: a channel for pub/sub, a stream key for streams

@@ -3,10 +3,10 @@
 - **Delivery** is sharded pub/sub (SPUBLISH/SSUBSCRIBE; plain Redis 7 accepts them too):
   each node listens on its own channel, and frames for an address go to the channel of
   the node the address names. Frames bound for one node are batched (all those queued
-  while the previous batch was in flight) into one message, and one writer task sends
-  batches in order, so frames from one sender to one endpoint keep their order. A batch
-  no node received (its node died) or that Redis refused is reported back to each
-  frame's sender.
+  while the writer was busy) into one message, and one writer task sends batches in
+  order, without waiting for replies (``broker_outbox``: one connection per Redis server),
+  so frames from one sender to one endpoint keep their order. A batch no node received
+  (its node died) or that Redis refused is reported back to each frame's sender.
 - **The directory** (streamer id -> address, streaming flag) is a hash, changed only by
   Lua scripts that also publish each change on the directory channel; every node keeps
   a view of it, reloaded whole after any reconnection. The credential each id's holder
@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
-import struct
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -40,21 +40,32 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from pixelfleet.redis_sentinel import parse_sentinel_url, sentinel_primary
 from pixelfleet.redis_timing import instrument
 from pixelfleet.redis_url import split_cluster_flag
 from signaling.broker import BrokerUnavailable, Mailbox, NodeCounts, NodeEvents
+from signaling.broker_outbox import Outbox
+from signaling.broker_records import (
+    FRAME,
+    HEARTBEAT,
+    LINK,
+    ORIGIN,
+    decode_counts,
+    held_by,
+    holder_args,
+    holder_of,
+    pack,
+    unpack,
+)
 from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, decode_link, encode_link, node_of
 
 log = structlog.get_logger("signaling.cluster")
 
 RedisClient = Redis | RedisCluster
-_HEAD = struct.Struct("!BHI")  # kind, address length, payload length
-_ORIGIN = "\x00"  # a frame's record: "<to>\0<origin>" in the address part
-_FRAME, _LINK, _HEARTBEAT = 0, 1, 2  # record kinds; a node ignores kinds it does not know
+RedisClusterMoved = (MovedError, AskError)  # a slot moved: the cluster is fine, the map was old
 _RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -62,76 +73,6 @@ def _script(name: str) -> str:
     folder = resources.files("signaling").joinpath("lua")
     body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
     return folder.joinpath("prelude.lua").read_text(encoding="utf-8") + body
-
-
-def pack(items: list[tuple[int, str, bytes]]) -> bytes:
-    """One batch: records of (kind, to-address, payload)."""
-    out = bytearray()
-    for kind, to, payload in items:
-        raw = to.encode()
-        out += _HEAD.pack(kind, len(raw), len(payload))
-        out += raw
-        out += payload
-    return bytes(out)
-
-
-def unpack(batch: bytes) -> list[tuple[int, str, bytes]]:
-    """Raises ``ValueError`` on a truncated batch."""
-    items, view, at = [], memoryview(batch), 0
-    while at < len(batch):
-        if at + _HEAD.size > len(batch):
-            raise ValueError("truncated batch header")
-        kind, alen, plen = _HEAD.unpack_from(batch, at)
-        at += _HEAD.size
-        end = at + alen + plen
-        if end > len(batch):
-            raise ValueError("truncated batch record")
-        items.append((kind, bytes(view[at : at + alen]).decode(), bytes(view[at + alen : end])))
-        at = end
-    return items
-
-
-def _holder_args(holder: Holder | None) -> tuple[str, str]:
-    return ("", "") if holder is None else (holder.credential_id, holder.tenant)
-
-
-def _holder_of(fields: Any) -> Holder | None:
-    """A holder from ``[jti, tenant]``; None for anything else (missing: an older node)."""
-    if isinstance(fields, list) and len(fields) == 2:
-        jti, tenant = fields
-        if isinstance(jti, str) and jti and isinstance(tenant, str):
-            return Holder(jti, tenant)
-    return None
-
-
-def _held_by(raw: bytes | None, conn: str) -> Holder | None:
-    """The holders-hash value for an id, if it names the entry's own address: one that
-    does not is stale (an older node changed the entry) and is ignored."""
-    if raw is None:
-        return None
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(value, list) or len(value) != 3 or value[0] != conn:
-        return None
-    return _holder_of(value[1:])
-
-
-def _decode_counts(flat: list[bytes], own: str) -> dict[str, NodeCounts]:
-    """``[node, JSON, ...]`` from the beat script; a malformed record is skipped."""
-    out: dict[str, NodeCounts] = {}
-    for raw_node, raw in zip(flat[::2], flat[1::2], strict=True):
-        node = raw_node.decode()
-        if node == own:
-            continue
-        try:
-            value = orjson.loads(raw)
-            subs = {str(k): int(v) for k, v in value.get("sub", {}).items()}
-            out[node] = NodeCounts(int(value["p"]), int(value["s"]), subs)
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-            log.warning("bad_node_counts", node=node)
-    return out
 
 
 class _Silent(Exception):  # a subscription that looks alive but cannot be trusted: make it anew
@@ -158,6 +99,7 @@ class RedisBroker:
             n: redis.register_script(_script(n)) for n in ("claim", "announce", "withdraw", "beat", "leave", "snapshot")
         }
         self.round_trips = instrument(redis, self._scripts)  # every command timed, failures counted (/metrics)
+        self._outbox = Outbox(redis, self.round_trips, bound_s=self._ttl_ms / 1000)
         self._boxes: dict[Address, Mailbox] = {}
         self._events: NodeEvents | None = None
         self._outgoing: dict[str, list[tuple[int, str, bytes, Address | None]]] = {}
@@ -237,6 +179,7 @@ class RedisBroker:
         if self._writer is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._writer, 1.0)
+        await self._outbox.aclose(within_s=1.0)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(
                 self._scripts["leave"](
@@ -265,10 +208,10 @@ class RedisBroker:
                 return False
             box.push(frame)
             return True
-        return self._enqueue(node, _FRAME, to if origin is None else f"{to}{_ORIGIN}{origin}", frame, origin)
+        return self._enqueue(node, FRAME, to if origin is None else f"{to}{ORIGIN}{origin}", frame, origin)
 
     def relay(self, link: AnyLink) -> bool:
-        return self._enqueue(node_of(link.to), _LINK, link.to, encode_link(link), None)
+        return self._enqueue(node_of(link.to), LINK, link.to, encode_link(link), None)
 
     def _enqueue(self, node: str, kind: int, to: str, payload: bytes, origin: Address | None) -> bool:
         if not self._up or self._closing:
@@ -279,26 +222,27 @@ class RedisBroker:
         return True
 
     async def _write(self) -> None:
-        """The one writer: batches go out in order, one round trip per batch."""
+        """The one writer: batches go out in order, each without waiting for the reply to
+        the one before (``broker_outbox``); replies come back through ``_sent``."""
         try:
             while self._outgoing:
                 batch, self._outgoing = self._outgoing, {}
-                nodes = list(batch)
-                sends = [self._publish(self.inbox(n), pack([i[:3] for i in batch[n]])) for n in nodes]
-                try:  # bounded: a Redis that went silent (no reset) must not stall the writer for good
-                    counts: list[Any] = await asyncio.wait_for(asyncio.gather(*sends), self._ttl_ms / 1000)
-                except (RedisError, OSError, TimeoutError) as exc:
-                    self._went_down(exc)
-                    counts = [0] * len(nodes)
-                self.stats["batches"] += len(nodes)
-                for node, count in zip(nodes, counts, strict=True):
-                    items = batch[node]
-                    self.stats["frames_out"] += len(items)
-                    if not count:
-                        why = "signalling is out of touch with the cluster" if not self._up else f"node {node} is gone"
-                        self._undeliverable(items, why)
+                for node, items in batch.items():
+                    payload = pack([i[:3] for i in items])
+                    await self._outbox.send(self.inbox(node), payload, functools.partial(self._sent, node, items))
         finally:
             self._writer = None
+
+    def _sent(self, node: str, items: list[tuple[int, str, bytes, Address | None]], reply: int | BaseException) -> None:
+        self.stats["batches"] += 1
+        self.stats["frames_out"] += len(items)
+        if isinstance(reply, BaseException) and not isinstance(reply, RedisClusterMoved):
+            self._went_down(reply)
+        if isinstance(reply, RedisClusterMoved):
+            self._undeliverable(items, f"node {node}'s inbox moved to another Redis shard; send again")
+        elif isinstance(reply, BaseException) or not reply:
+            why = f"node {node} is gone" if reply == 0 and self._up else "signalling is out of touch with the cluster"
+            self._undeliverable(items, why)
 
     async def _publish(self, channel: str, payload: bytes) -> Any:
         return await self._r.spublish(channel, payload)
@@ -308,7 +252,7 @@ class RedisBroker:
         for _kind, to, _payload, origin in items:
             self.stats["undeliverable"] += 1
             if origin is not None:
-                self._events.on_undeliverable(origin, Address(to.partition(_ORIGIN)[0]), why)
+                self._events.on_undeliverable(origin, Address(to.partition(ORIGIN)[0]), why)
 
     def _on_batch(self, data: bytes) -> None:
         assert self._events is not None
@@ -318,15 +262,15 @@ class RedisBroker:
             log.warning("bad_batch", error=str(exc))
             return
         for kind, to, payload in items:
-            if kind == _FRAME:
+            if kind == FRAME:
                 self.stats["frames_in"] += 1
-                to, _, origin = to.partition(_ORIGIN)
+                to, _, origin = to.partition(ORIGIN)
                 if origin and not self._events.accepts(Address(to), Address(origin)):
                     continue  # not (or no longer) linked: e.g. a player the streamer's node refused
                 box = self._boxes.get(Address(to))
                 if box is not None:
                     box.push(payload)
-            elif kind == _LINK:  # anything else (_HEARTBEAT, a later kind) is skipped
+            elif kind == LINK:  # anything else (HEARTBEAT, a later kind) is skipped
                 try:
                     link = decode_link(payload)
                 except ValueError as exc:
@@ -359,7 +303,7 @@ class RedisBroker:
         raw = await self._bounded(
             self._scripts["claim"](
                 keys=[self._k_dir, self._k_holders, self._k_nodes],
-                args=[conn, wanted, old or "", *flags, *_holder_args(holder), self._judge()],
+                args=[conn, wanted, old or "", *flags, *holder_args(holder), self._judge()],
             )
         )
         return raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -371,7 +315,7 @@ class RedisBroker:
         sid, conn, streaming, holder = entry
         ok = await self._scripts["announce"](
             keys=[self._k_dir, self._k_holders, self._k_nodes],
-            args=[conn, sid, "1" if streaming else "0", self._events_channel, *_holder_args(holder), self._judge()],
+            args=[conn, sid, "1" if streaming else "0", self._events_channel, *holder_args(holder), self._judge()],
         )
         if not int(ok):
             log.warning("streamer_id_conflict", streamer=sid, conn=conn)
@@ -421,7 +365,7 @@ class RedisBroker:
             return
         listed = op == "+" and len(event) > 3
         # An older node's event has no holder: unknown, so trusted as no credential at all.
-        holder = _holder_of(event[4:6]) if listed else None
+        holder = holder_of(event[4:6]) if listed else None
         self._events.on_listing(sid, conn, (str(event[3]) == "1") if listed else None, holder)
 
     async def _reload_directory(self) -> None:
@@ -432,7 +376,7 @@ class RedisBroker:
         for sid, entry in zip(entries[::2], entries[1::2], strict=True):
             conn, _, streaming = entry.decode().rpartition("|")
             listings.append(
-                DirectoryEntry(sid.decode(), Address(conn), streaming == "1", _held_by(holders.get(sid), conn))
+                DirectoryEntry(sid.decode(), Address(conn), streaming == "1", held_by(holders.get(sid), conn))
             )
         self._events.on_directory(listings)
 
@@ -470,7 +414,7 @@ class RedisBroker:
         """A record to this node's own inbox that ``_listen`` only notes it heard (see top)."""
         subscription = self._inbox_subs if self._inbox_up else None
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            record = pack([(_HEARTBEAT, self.node_id, b"")])
+            record = pack([(HEARTBEAT, self.node_id, b"")])
             got = await asyncio.wait_for(self._publish(self.inbox(self.node_id), record), within_s)
             if not got and subscription == self._inbox_subs and self._inbox_up:
                 self._inbox_lost = True
@@ -483,7 +427,7 @@ class RedisBroker:
             keys=[self._k_nodes, self._k_epoch, self._k_dir, self._k_holders, self._k_counts],
             args=[self.node_id, self._ttl_ms, fresh, "1" if stable else "0", self._events_channel, self._own_counts()],
         )
-        self._counts = _decode_counts(counted, self.node_id)
+        self._counts = decode_counts(counted, self.node_id)
         epoch = epoch.decode()
         alive_now = {n.decode() for n in alive}
         rejoined = not self._up
@@ -565,9 +509,9 @@ class RedisBroker:
                         pinged = now
                         await pubsub.ping()
             except (_Silent, RedisError, OSError) as exc:
+                self.stats["resubscribed"] += 1  # silent or failed, found out either way
                 if isinstance(exc, _Silent):
                     log.warning("resubscribing", node=self.node_id, channel=channels[0], why=str(exc))
-                    self.stats["resubscribed"] += 1
                 else:
                     self._went_down(exc)
                 if joined is not None:

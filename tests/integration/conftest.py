@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from matchmaker.store import Store, open_store
 from tests.conftest import require_binary
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
 
@@ -33,3 +35,16 @@ async def redis_tcp(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def failover_cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
+    """A Redis Cluster of the test's own to fail over or freeze: three shards, one replica
+    each; a node seen dead after 2 s (so a frozen primary is replaced within seconds)."""
+    redis_cluster = RedisCluster(require_binary("redis-server"), require_binary("redis-cli"), tmp_path / "cluster")
+    try:
+        await asyncio.to_thread(redis_cluster.start)
+        await redis_cluster.until_healthy()
+        yield redis_cluster
+    finally:
+        await asyncio.to_thread(redis_cluster.stop)

@@ -15,7 +15,8 @@ import pytest
 
 from signaling.broker import Broker, NodeCounts
 from signaling.broker_memory import MemoryBroker
-from signaling.broker_redis import RedisBroker, pack, unpack
+from signaling.broker_records import pack, unpack
+from signaling.broker_redis import RedisBroker
 from signaling.config import Settings
 from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, Unsubscribe
 from signaling.protocol import Action, Credential, Role, SignalingCore

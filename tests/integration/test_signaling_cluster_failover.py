@@ -14,14 +14,13 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from signaling.app import SignalingServer
 from signaling.broker_redis import RedisBroker
-from tests.conftest import StartSignaling, require_binary
+from tests.conftest import StartSignaling
 from tests.support.redis_cluster import RedisCluster
 from tests.support.waiting import eventually
 from tests.support.ws_peers import Peer, connect_player, connect_streamer
@@ -31,19 +30,6 @@ pytestmark = pytest.mark.integration
 WITHIN_S = 60.0  # a hang guard for a promotion on a busy box, never a timing assertion
 TTL_S = 3.0  # above the cluster's 2 s node timeout: a promotion's stall is no node loss
 _offers = itertools.count()
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
-    """Three shards, one replica each; a node seen dead after 2 s (so a frozen primary is
-    replaced within seconds)."""
-    redis_cluster = RedisCluster(require_binary("redis-server"), require_binary("redis-cli"), tmp_path / "cluster")
-    try:
-        await asyncio.to_thread(redis_cluster.start)
-        await redis_cluster.until_healthy()
-        yield redis_cluster
-    finally:
-        await asyncio.to_thread(redis_cluster.stop)
 
 
 @pytest.fixture
@@ -102,8 +88,9 @@ async def watch_readiness(http: aiohttp.ClientSession, server: SignalingServer, 
 
 @pytest.mark.parametrize("how", ["frozen", "failover"])
 async def test_a_nodes_inbox_follows_its_shard_to_the_promoted_replica(
-    how: str, cluster: RedisCluster, start_signaling: StartSignaling, http: aiohttp.ClientSession
+    how: str, failover_cluster: RedisCluster, start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
+    cluster = failover_cluster
     a_id, b_id = await asyncio.to_thread(pick_nodes, cluster)
     a = await start_signaling(state_url=cluster.url, node_id=a_id, node_ttl_s=TTL_S)
     b = await start_signaling(state_url=cluster.url, node_id=b_id, node_ttl_s=TTL_S)
