@@ -173,11 +173,15 @@ class RedisBase:
             cache.clear()
         cache[key] = value
 
+    def note_tenant(self, session_id: str, tenant: str) -> None:
+        self._remember(self._session_tenant, session_id, tenant)
+
     async def _session_keys(self, session_id: str) -> TenantKeys | None:
-        """The keys of the tenant a session lookup names (immutable: cached)."""
+        """The keys of the tenant a session lookup names (immutable: cached, or noted
+        from a verified token), the lookup sharing a round trip with concurrent calls."""
         tenant = self._session_tenant.get(session_id)
         if tenant is None:
-            raw = await self._r.get(self._g.session_tenant(session_id))
+            raw = (await self._batch([cmd("GET", self._g.session_tenant(session_id))]))[0]
             if raw is None:
                 return None
             tenant = text(raw)

@@ -325,6 +325,7 @@ class Matchmaker:
         """A report over the API (signalling, the player page), from the session's own
         token. Raises SessionEnded when the session is no longer live: the token proves
         it existed, so it has ended, and a retry can never succeed."""
+        self.store.note_tenant(session_id, tenant)  # from the verified token: no lookup
         if event == "first_frame":
             changed = await self._first_frame(session_id)
         elif event == "connected":

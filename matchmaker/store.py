@@ -195,6 +195,10 @@ class Store(Protocol):
     async def reattach(self, session_id: str, now: float) -> Session | None:
         """A reconnecting client takes its not-yet-ended session back: -> ASSIGNED."""
 
+    def note_tenant(self, session_id: str, tenant: str) -> None:
+        """The tenant a verified session token names for this session, so the store
+        need not look it up (a wrong one could only make the session look unknown)."""
+
     async def mark_connected(self, session_id: str, now: float) -> Session | None: ...
 
     async def mark_disconnected(self, session_id: str, now: float) -> Session | None: ...

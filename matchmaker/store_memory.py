@@ -316,6 +316,9 @@ class MemoryStore:
         s.last_activity = now
         return _copy(s)
 
+    def note_tenant(self, session_id: str, tenant: str) -> None:
+        pass  # sessions are found by id alone here
+
     async def mark_connected(self, session_id: str, now: float) -> Session | None:
         s = self._sessions.get(session_id)
         if s is None or s.state is SessionState.ENDED:

@@ -167,7 +167,8 @@ class RedisStore(RedisHosts):
         keys = await self._session_keys(session_id)
         if keys is None:
             return None
-        return await self._scripts.session_op(list(keys.session_index), [op, session_id, num(now)])
+        # Through ``_batch``: the reports of one batched request share one round trip.
+        return (await self._batch([(self._scripts.session_op, keys.session_index, (op, session_id, num(now)))]))[0]
 
     @guarded
     async def reattach(self, session_id: str, now: float) -> Session | None:

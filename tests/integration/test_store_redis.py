@@ -430,3 +430,41 @@ async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(
     finally:
         await store._r.delete(key)
         await store.aclose()
+
+
+async def test_session_reports_with_a_noted_tenant_need_no_lookup_and_share_a_round_trip(redis_url: str) -> None:
+    """A report's tenant from its verified token replaces the session lookup; concurrent
+    reports (one batched request's) go out as one pipeline; a wrong tenant noted can only
+    make the session look unknown, never touch another tenant's."""
+    store = RedisStore.from_url(redis_url, prefix=f"n{uuid.uuid4().hex[:8]}")
+    try:
+        await ready_host(store)
+        sessions = [await claim(store) for _ in range(2)]
+        for s in sessions:  # a fresh replica: nothing cached, and no lookup to read
+            store._session_tenant.pop(s.session_id, None)
+            await store._r.delete(store._g.session_tenant(s.session_id))
+        assert await store.mark_connected(sessions[0].session_id, 101.0) is None  # unknown without the tenant
+
+        pipelines = 0
+        real = store._r.pipeline
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            nonlocal pipelines
+            pipelines += 1
+            return real(*args, **kw)
+
+        setattr(store._r, "pipeline", counting)  # noqa: B010 - mypy forbids assigning to a method
+        for s in sessions:
+            store.note_tenant(s.session_id, s.tenant)
+        done = await asyncio.gather(*(store.mark_connected(s.session_id, 102.0) for s in sessions))
+        assert pipelines == 1
+        assert [d.state if d else None for d in done] == [SessionState.CONNECTED] * 2
+
+        other = sessions[0]
+        store.note_tenant(other.session_id, "someone-else")
+        assert await store.mark_disconnected(other.session_id, 103.0) is None
+        store.note_tenant(other.session_id, other.tenant)
+        kept = await store.session(other.session_id)
+        assert kept is not None and kept.state is SessionState.CONNECTED
+    finally:
+        await store.aclose()
