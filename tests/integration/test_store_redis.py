@@ -37,6 +37,20 @@ pytestmark = pytest.mark.integration
 OpenStore = Callable[..., RedisStore]
 
 
+class PipelineCount:
+    """How many pipelines (round trips of ``_batch``) the store's client makes from now on."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.n = 0
+        real = store._r.pipeline
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            self.n += 1
+            return real(*args, **kw)
+
+        setattr(store._r, "pipeline", counting)  # noqa: B010 - mypy forbids assigning to a method
+
+
 @pytest.fixture(params=["redis", "redis-cluster"])
 async def open_redis(request: pytest.FixtureRequest) -> AsyncIterator[OpenStore]:
     """Opens RedisStores (replicas) on one Redis or one Redis Cluster, sharing a prefix."""
@@ -394,15 +408,7 @@ async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(
     from matchmaker.redis_base import cmd as _cmd
 
     store = RedisStore.from_url(redis_url, prefix=f"b{uuid.uuid4().hex[:8]}")
-    pipelines = 0
-    real = store._r.pipeline
-
-    def counting(*args: Any, **kw: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return real(*args, **kw)
-
-    setattr(store._r, "pipeline", counting)  # noqa: B010 - mypy forbids assigning to a method
+    pipelines = PipelineCount(store)
     key = f"{store.prefix}:k"
     try:
         replies: list[Any] = await asyncio.gather(
@@ -413,7 +419,7 @@ async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(
             return_exceptions=True,
         )
         first, second, bad, third = replies
-        assert pipelines == 1
+        assert pipelines.n == 1
         assert first == [True, b"1"] and second == [2] and third == [b"2"]
         assert isinstance(bad, Exception) and "NOSUCHCOMMAND" in str(bad).upper()
         # A caller that gives up (its timeout) after queueing its call: the round trip
@@ -426,7 +432,7 @@ async def test_concurrent_batches_share_a_round_trip_and_keep_their_own_results(
         assert await fine == [4]
         with pytest.raises(asyncio.CancelledError):
             await slow
-        assert await store._batch([_cmd("GET", key)]) == [b"4"] and pipelines == 3
+        assert await store._batch([_cmd("GET", key)]) == [b"4"] and pipelines.n == 3
     finally:
         await store._r.delete(key)
         await store.aclose()
@@ -445,19 +451,11 @@ async def test_session_reports_with_a_noted_tenant_need_no_lookup_and_share_a_ro
             await store._r.delete(store._g.session_tenant(s.session_id))
         assert await store.mark_connected(sessions[0].session_id, 101.0) is None  # unknown without the tenant
 
-        pipelines = 0
-        real = store._r.pipeline
-
-        def counting(*args: Any, **kw: Any) -> Any:
-            nonlocal pipelines
-            pipelines += 1
-            return real(*args, **kw)
-
-        setattr(store._r, "pipeline", counting)  # noqa: B010 - mypy forbids assigning to a method
+        pipelines = PipelineCount(store)
         for s in sessions:
             store.note_tenant(s.session_id, s.tenant)
         done = await asyncio.gather(*(store.mark_connected(s.session_id, 102.0) for s in sessions))
-        assert pipelines == 1
+        assert pipelines.n == 1
         assert [d.state if d else None for d in done] == [SessionState.CONNECTED] * 2
 
         other = sessions[0]
