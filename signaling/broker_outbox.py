@@ -68,7 +68,7 @@ class _Pipe:
         # MOVED/ASK, or a batch nobody heard: on a Redis Cluster the slot map may be out of
         # date (a demoted primary still takes SPUBLISH, and counts only its own subscribers).
         self.stale = False
-        self._reader = asyncio.create_task(self._read(), name="sig-outbox-reader")
+        self._reader = asyncio.create_task(self._read(), name="sig-batch-replies")
 
     async def send(self, packed: list[bytes], done: Reply) -> None:
         while len(self._pending) >= self._window and not self.broken:
@@ -98,7 +98,7 @@ class _Pipe:
                     raise PipeBroken(f"a reply nothing waited for: {reply!r}")
                 self._answer(reply)
         except asyncio.CancelledError:
-            self._fail(PipeBroken("the outbox closed"))
+            self._fail(PipeBroken("the batch sender closed"))
             raise
         except BaseException as exc:  # noqa: BLE001 - any failure fails what waits, and the pipe
             self._fail(exc)
@@ -165,8 +165,8 @@ class _Pipe:
         await self._close_connection()
 
 
-class Outbox:
-    """Pipes to the Redis servers that batches go to, opened on first use."""
+class BatchSender:
+    """Batches to other nodes, over pipes to the Redis servers they go to (opened on first use)."""
 
     def __init__(self, redis: Redis | RedisCluster, round_trips: RoundTrips, *, bound_s: float, window: int = 256):
         self._r = redis

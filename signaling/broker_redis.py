@@ -47,7 +47,7 @@ from pixelfleet.redis_sentinel import parse_sentinel_url, sentinel_primary
 from pixelfleet.redis_timing import instrument
 from pixelfleet.redis_url import split_cluster_flag
 from signaling.broker import BrokerUnavailable, Mailbox, NodeCounts, NodeEvents
-from signaling.broker_outbox import Outbox
+from signaling.broker_outbox import BatchSender
 from signaling.broker_records import (
     FRAME,
     HEARTBEAT,
@@ -99,7 +99,7 @@ class RedisBroker:
             n: redis.register_script(_script(n)) for n in ("claim", "announce", "withdraw", "beat", "leave", "snapshot")
         }
         self.round_trips = instrument(redis, self._scripts)  # every command timed, failures counted (/metrics)
-        self._outbox = Outbox(redis, self.round_trips, bound_s=self._ttl_ms / 1000)
+        self._outbox = BatchSender(redis, self.round_trips, bound_s=self._ttl_ms / 1000)
         self._boxes: dict[Address, Mailbox] = {}
         self._events: NodeEvents | None = None
         self._outgoing: dict[str, list[tuple[int, str, bytes, Address | None]]] = {}

@@ -14,7 +14,7 @@ from redis.exceptions import MovedError
 
 from pixelfleet.redis_timing import RoundTrips
 from pixelfleet.redis_url import split_cluster_flag
-from signaling.broker_outbox import Outbox, Reply
+from signaling.broker_outbox import BatchSender, Reply
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
@@ -49,7 +49,7 @@ async def test_batches_arrive_in_order_and_each_is_answered_once(client: Redis) 
     sub = client.pubsub()
     await sub.ssubscribe(CHANNEL)
     trips = RoundTrips()
-    outbox = Outbox(client, trips, bound_s=10.0, window=8)  # a small window: senders wait for room
+    outbox = BatchSender(client, trips, bound_s=10.0, window=8)  # a small window: senders wait for room
     replies = Replies()
     n = 2000
     for i in range(n):
@@ -71,7 +71,7 @@ async def test_batches_arrive_in_order_and_each_is_answered_once(client: Redis) 
 async def test_a_restarted_redis_fails_the_batch_in_flight_and_the_next_gets_a_new_pipe(
     redis_tcp: RedisServer, client: Redis
 ) -> None:
-    outbox = Outbox(client, RoundTrips(), bound_s=5.0)
+    outbox = BatchSender(client, RoundTrips(), bound_s=5.0)
     replies = Replies()
     await outbox.send(CHANNEL, b"before", replies.for_batch(0))
     await eventually(lambda: replies.got == [(0, 0)], "an answer (nobody subscribed)", WITHIN_S)
@@ -94,7 +94,7 @@ async def test_a_restarted_redis_fails_the_batch_in_flight_and_the_next_gets_a_n
 async def test_a_frozen_redis_fails_what_waits_within_the_bound_and_the_window_holds(
     redis_tcp: RedisServer, client: Redis
 ) -> None:
-    outbox = Outbox(client, RoundTrips(), bound_s=1.0, window=4)
+    outbox = BatchSender(client, RoundTrips(), bound_s=1.0, window=4)
     replies = Replies()
     await outbox.send(CHANNEL, b"warm", replies.for_batch(0))
     await eventually(lambda: len(replies.got) == 1, "the pipe open", WITHIN_S)
@@ -126,7 +126,7 @@ async def test_after_a_failover_or_a_moved_slot_the_next_batch_goes_to_the_new_o
     answered as it was, and the next goes to the slot's new owner."""
     client = ClusterClient.from_url(split_cluster_flag(failover_cluster.url)[0])
     await client.initialize()
-    outbox = Outbox(client, RoundTrips(), bound_s=0.3)  # the slot map may be read anew every 0.1 s
+    outbox = BatchSender(client, RoundTrips(), bound_s=0.3)  # the slot map may be read anew every 0.1 s
     replies = Replies()
     await outbox.send(CHANNEL, b"before", replies.for_batch(0))
     await eventually(lambda: len(replies.got) == 1, "the pipe open", WITHIN_S)
