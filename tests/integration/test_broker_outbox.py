@@ -128,10 +128,14 @@ async def test_after_a_failover_or_a_moved_slot_the_next_batch_goes_to_the_new_o
     await client.initialize()
     outbox = BatchSender(client, RoundTrips(), bound_s=0.3)  # the slot map may be read anew every 0.1 s
     replies = Replies()
+    old, replicas = await asyncio.to_thread(failover_cluster.shard_of, CHANNEL)
+    first = Redis(port=old)  # heard, so the pipe has no reason yet to read the slot map anew
+    first_sub = first.pubsub()
+    await first_sub.ssubscribe(CHANNEL)
     await outbox.send(CHANNEL, b"before", replies.for_batch(0))
     await eventually(lambda: len(replies.got) == 1, "the pipe open", WITHIN_S)
+    assert replies.of(0) == 1
 
-    old, replicas = await asyncio.to_thread(failover_cluster.shard_of, CHANNEL)
     if how == "failover":
         await asyncio.to_thread(failover_cluster.failover, replicas[0])
     else:
@@ -144,7 +148,7 @@ async def test_after_a_failover_or_a_moved_slot_the_next_batch_goes_to_the_new_o
 
     await outbox.send(CHANNEL, b"to the old owner", replies.for_batch(1))
     await eventually(lambda: len(replies.got) == 2, "its answer", WITHIN_S)
-    assert isinstance(replies.of(1), MovedError) if how == "resharded" else replies.of(1) in (0, 1)
+    assert isinstance(replies.of(1), MovedError) if how == "resharded" else replies.of(1) in (0, 1), replies.got
 
     async def delivered_to_the_new_owner() -> bool:
         await asyncio.sleep(0.15)  # past the refresh's throttle
@@ -163,8 +167,10 @@ async def test_after_a_failover_or_a_moved_slot_the_next_batch_goes_to_the_new_o
         return b"after" in heard
 
     await eventually(heard_after, "the batch on the new owner's subscription", WITHIN_S)
-    await sub.aclose()  # type: ignore[no-untyped-call]
-    await listener.aclose()
+    for closing in (sub, first_sub):
+        await closing.aclose()  # type: ignore[no-untyped-call]
+    for r in (listener, first):
+        await r.aclose()
     await outbox.aclose()
     await client.aclose()
 
