@@ -4,18 +4,21 @@ the shared round trips, and the tenant lookups (see docs/matchmaker-store.md).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
 from redis import exceptions as rx
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from matchmaker.redis_keys import HostKeys, TenantKeys
 from matchmaker.redis_scripts import RedisClient, Scripts
 from matchmaker.store import BackendUnavailable
+from pixelfleet.redis_pipe import Pipe, borrow, pack_command
 from pixelfleet.redis_timing import RoundTrips
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -141,6 +144,8 @@ class RedisBase:
         self._ticket_tenant: dict[str, tuple[str, str]] = {}
         self._queued: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]] = []  # next round trip's
         self._sending: set[asyncio.Future[None]] = set()
+        self._pipe: Pipe | None = None  # the round trips' own connection (not on a cluster)
+        self._pipe_lock = asyncio.Lock()
         self._scripts = Scripts(client)
         self.round_trips = RoundTrips()  # per store operation (``guarded``)
 
@@ -192,7 +197,7 @@ class RedisBase:
         """The tenant's keys and the app of a ticket, from its lookup (cached)."""
         found = self._ticket_tenant.get(ticket_id)
         if found is None:
-            raw = await self._r.get(self._g.ticket_tenant(ticket_id))
+            raw = await self._one(cmd("GET", self._g.ticket_tenant(ticket_id)))
             if raw is None:
                 return None
             found = _lookup.decode(raw)
@@ -204,13 +209,18 @@ class RedisBase:
 
     # --- round trips ----------------------------------------------------------------------
 
+    async def _one(self, call: Call) -> Any:
+        """One call, through the shared round trip (``_batch``)."""
+        return (await self._batch([call]))[0]
+
     async def _batch(self, calls: Sequence[Call], *, ordered: bool = False) -> list[Any]:
         """One round trip. A script the server does not know (restart, failover, new cluster
         node) is loaded and that one call is run again: it had no effect the first time.
 
-        Batches asked for in the same event-loop turn share one pipeline (callers still
-        get only their own results or error): under load, concurrent allocations cost
-        one write and one read instead of one each; alone, a batch leaves at once.
+        Batches asked for in the same event-loop turn share one write on the store's pipe
+        (callers still get only their own results or error): under load, concurrent
+        allocations cost one write and one read instead of one each; alone, a batch leaves
+        at once, without waiting for the replies to the writes before it.
 
         redis-py refuses EVALSHA in a cluster pipeline, so on a cluster the calls run
         concurrently instead; ``ordered`` then runs the plain commands first."""
@@ -234,13 +244,7 @@ class RedisBase:
     async def _send(self, queued: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]]) -> None:
         calls = [call for batch, _ in queued for call in batch]
         try:
-            pipe = self._r.pipeline(transaction=False)
-            for script, keys, args in calls:
-                if script is None:
-                    pipe.execute_command(*args)
-                else:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await self._round_trip(calls)
             for i, res in enumerate(results):
                 if isinstance(res, rx.NoScriptError):
                     script, keys, args = calls[i]
@@ -268,6 +272,45 @@ class RedisBase:
             else:
                 done.set_exception(error)
 
+    async def _round_trip(self, calls: Sequence[Call]) -> list[Any]:
+        """The calls written on the store's pipe (one dedicated connection, batches not
+        waiting for each other's replies: ``pixelfleet.redis_pipe``); an error reply is
+        that call's result. Replies get redis-py's usual conversions (``SET`` -> True)."""
+        packed = [
+            pack_command(args) if script is None else pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+            for script, keys, args in calls
+        ]
+        pipe = self._pipe if self._pipe is not None and not self._pipe.broken else await self._open_pipe()
+        replied: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+        def answered(replies: list[Any] | BaseException) -> None:
+            if not replied.done():
+                if isinstance(replies, BaseException):
+                    replied.set_exception(replies)
+                else:
+                    replied.set_result(replies)
+
+        await pipe.send(packed, len(packed), answered)
+        results = await replied
+        convert = self._r.response_callbacks
+        for i, (script, _keys, args) in enumerate(calls):
+            if script is None and not isinstance(results[i], BaseException):
+                to = convert.get(args[0])
+                if to is not None:
+                    results[i] = to(results[i])
+        return results
+
+    async def _open_pipe(self) -> Pipe:
+        async with self._pipe_lock:  # concurrent first batches share one new connection
+            if self._pipe is None or self._pipe.broken:
+                assert isinstance(self._r, Redis)
+                if self._pipe is not None:  # it broke: Redis restarted or failed over, so the
+                    with contextlib.suppress(Exception):  # pool's idle connections are stale too
+                        await self._r.connection_pool.disconnect(inuse_connections=False)
+                conn, release = await borrow(self._r, self.timeout_s)
+                self._pipe = Pipe(conn, release, bound_s=self.timeout_s)
+            return self._pipe
+
     async def _gather(self, calls: Sequence[Call], ordered: bool) -> list[Any]:
         def run(call: Call) -> Awaitable[Any]:
             script, keys, args = call
@@ -288,4 +331,7 @@ class RedisBase:
     async def aclose(self) -> None:
         if self._sending:  # round trips in flight finish (their callers may still wait)
             await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._pipe is not None:
+            await self._pipe.aclose()
+            self._pipe = None
         await self._r.aclose()

@@ -232,18 +232,10 @@ class RedisHosts(RedisBase):
     ) -> tuple[list[Session], HeartbeatReply]:
         g, sc = self._g, self._scripts
         known = self._slot_map(host_id)
-        res = await sc.heartbeat_host(
-            [g.host(host_id), g.hb, g.dirty, g.dead, g.hosts],
-            [
-                host_id,
-                hb.boot_id,
-                num(now),
-                num(hb.nvenc_load),
-                num(hb.gpu_load),
-                "" if heartbeat_ttl_s is None else num(heartbeat_ttl_s),
-                "" if known is None else known.mark,
-            ],
-        )
+        keys = [g.host(host_id), g.hb, g.dirty, g.dead, g.hosts]
+        ttl = "" if heartbeat_ttl_s is None else num(heartbeat_ttl_s)
+        args = [host_id, hb.boot_id, num(now), num(hb.nvenc_load), num(hb.gpu_load), ttl, known.mark if known else ""]
+        res = await self._one((sc.heartbeat_host, keys, args))
         status = text(res[0])
         if status == "expired":  # its sessions end now; the next sweep returns them
             await self._to_outbox(await self._propagate([host_id], now))

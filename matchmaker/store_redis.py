@@ -160,7 +160,7 @@ class RedisStore(RedisHosts):
     @guarded
     async def session(self, session_id: str) -> Session | None:
         keys = await self._session_keys(session_id)
-        raw = None if keys is None else await self._r.hget(keys.sessions, session_id)
+        raw = None if keys is None else await self._one(cmd("HGET", keys.sessions, session_id))
         return None if raw is None else _session.decode(raw)
 
     async def _session_op(self, op: str, session_id: str, now: float) -> Any:
@@ -191,7 +191,7 @@ class RedisStore(RedisHosts):
 
     @guarded
     async def end_reason(self, tenant: str, session_id: str) -> EndReason | None:
-        raw = await self._r.get(self._keys(tenant).ended(session_id))
+        raw = await self._one(cmd("GET", self._keys(tenant).ended(session_id)))
         return None if raw is None else EndReason(text(raw))
 
     @guarded
@@ -209,11 +209,11 @@ class RedisStore(RedisHosts):
                 num(seen.last_activity),
                 "" if seen.disconnected_at is None else num(seen.disconnected_at),
             ]
-            raw = await self._scripts.end_session(list(keys.block), args)
+            raw = await self._one((self._scripts.end_session, keys.block, args))
             if not raw:
                 return None
             self._session_tenant.pop(session_id, None)
-            await self._r.delete(self._g.session_tenant(session_id))
+            await self._one(cmd("DEL", self._g.session_tenant(session_id)))
             return _session.decode(raw)
         self._session_tenant.pop(session_id, None)
         raw, _ = await self._batch(
@@ -289,14 +289,14 @@ class RedisStore(RedisHosts):
     @guarded
     async def ticket(self, ticket_id: str) -> Ticket | None:
         found = await self._ticket_keys(ticket_id)
-        raw = None if found is None else await self._r.get(found[0].ticket(ticket_id))
+        raw = None if found is None else await self._one(cmd("GET", found[0].ticket(ticket_id)))
         return None if raw is None else _ticket.decode(raw)
 
     async def _mark_ticket(self, op: str, ticket_id: str, now: float) -> bool:
         found = await self._ticket_keys(ticket_id)
         if found is None:
             return False
-        return bool(int(await self._scripts.ticket_mark([found[0].ticket(ticket_id)], [op, num(now)])))
+        return bool(int(await self._one((self._scripts.ticket_mark, [found[0].ticket(ticket_id)], [op, num(now)]))))
 
     @guarded
     async def ticket_heard(self, ticket_id: str, now: float) -> bool:
@@ -312,7 +312,7 @@ class RedisStore(RedisHosts):
         if found is None:
             return None
         keys, app = found
-        res = await self._scripts.position([keys.ticket(ticket_id), keys.queue(app)], [ticket_id])
+        res = await self._one((self._scripts.position, [keys.ticket(ticket_id), keys.queue(app)], [ticket_id]))
         return None if res is None else int(res)
 
     @guarded

@@ -4,7 +4,8 @@ The broker's writer used to await every SPUBLISH before sending the next batch, 
 queued just after a batch left waited a whole round trip, plus the event loop's delay in
 reading that reply, before it could go; under load this was most of what crossing a node
 added to a handshake. Here each Redis server that batches go to (the one server, or each
-shard primary of a Redis Cluster) gets one dedicated connection, a *pipe*: batches are
+shard primary of a Redis Cluster) gets one dedicated connection, a *pipe*
+(``pixelfleet.redis_pipe``): batches are
 written as they come and one reader matches the replies to them in order. One connection
 per server keeps the order in which Redis applies them (and so delivers them), and each
 batch still learns how many subscribers received it (0: its node is gone).
@@ -25,8 +26,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,135 +34,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AskError, MovedError
 
+from pixelfleet.redis_pipe import Pipe, PipeBroken, Release, borrow
 from pixelfleet.redis_timing import RoundTrips
 
 Reply = Callable[[int | BaseException], None]
 """Called once per batch: the number of subscribers that got it, or why it failed."""
 
 _OP = "spublish"  # the round trips' operation name, as the plain client's calls are named
-
-
-class PipeBroken(ConnectionError):
-    """The pipe a batch waited on failed before the batch's reply came."""
-
-
-class _Pipe:
-    def __init__(
-        self,
-        conn: AbstractConnection,
-        release: Callable[[], Awaitable[None]],
-        bound_s: float,
-        window: int,
-        round_trips: RoundTrips,
-    ) -> None:
-        self._conn = conn
-        self._release = release
-        self._bound_s = bound_s
-        self._window = window
-        self._round_trips = round_trips
-        self._pending: deque[tuple[float, Reply]] = deque()
-        self._timer: asyncio.TimerHandle | None = None  # the bound on the oldest reply
-        self._room = asyncio.Event()  # fewer than ``window`` batches wait
-        self._room.set()
-        self.broken = False
-        # MOVED/ASK, or a batch nobody heard: on a Redis Cluster the slot map may be out of
-        # date (a demoted primary still takes SPUBLISH, and counts only its own subscribers).
-        self.stale = False
-        self._reader = asyncio.create_task(self._read(), name="sig-batch-replies")
-
-    async def send(self, packed: list[bytes], done: Reply) -> None:
-        while len(self._pending) >= self._window and not self.broken:
-            self._room.clear()
-            await self._room.wait()
-        if self.broken:
-            done(PipeBroken("the connection to Redis failed"))
-            return
-        self._pending.append((time.perf_counter(), done))
-        self._arm(self._bound_s)
-        try:
-            await self._conn.send_packed_command(packed, check_health=False)
-        except BaseException as exc:
-            self._fail(exc)  # this batch is in ``_pending``: answered there
-            raise
-
-    async def _read(self) -> None:
-        """Always reading, even with nothing due: a connection the server closed (a Redis
-        restart) is found out at once, not by the next batch sent on it."""
-        try:
-            while True:
-                try:
-                    reply: Any = await self._conn.read_response(timeout=math.inf)
-                except (MovedError, AskError) as exc:  # an error reply: the connection is fine
-                    reply = exc
-                if not self._pending:
-                    raise PipeBroken(f"a reply nothing waited for: {reply!r}")
-                self._answer(reply)
-        except asyncio.CancelledError:
-            self._fail(PipeBroken("the batch sender closed"))
-            raise
-        except BaseException as exc:  # noqa: BLE001 - any failure fails what waits, and the pipe
-            self._fail(exc)
-
-    def _check_overdue(self) -> None:
-        """The bound on a reply: the oldest batch waited ``bound_s`` with no answer (a frozen
-        Redis answers nothing and closes nothing), so the pipe is given up."""
-        self._timer = None
-        if self.broken or not self._pending:
-            return
-        waited = time.perf_counter() - self._pending[0][0]
-        if waited >= self._bound_s:
-            self._fail(TimeoutError(f"Redis did not answer within {self._bound_s} s"))
-            self._reader.cancel()
-        else:
-            self._arm(self._bound_s - waited)
-
-    def _arm(self, delay_s: float) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(delay_s, self._check_overdue)
-
-    def _answer(self, reply: Any) -> None:
-        sent_at, done = self._pending.popleft()
-        if len(self._pending) < self._window:
-            self._room.set()
-        if isinstance(reply, BaseException):
-            self.stale = True
-            self._round_trips.error(_OP)
-            done(reply)
-            return
-        self._round_trips.observe(_OP, time.perf_counter() - sent_at)
-        if not reply:
-            self.stale = True
-        done(int(reply))
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self.broken:
-            self.broken = True
-            with contextlib.suppress(RuntimeError):  # no running loop: closing at exit
-                asyncio.get_running_loop().create_task(self._close_connection())
-        self._room.set()
-        why = exc if isinstance(exc, Exception) else PipeBroken(str(exc) or type(exc).__name__)
-        while self._pending:
-            _sent_at, done = self._pending.popleft()
-            self._round_trips.error(_OP)
-            done(why)
-
-    async def _close_connection(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._release()
-
-    async def drained(self) -> None:
-        while self._pending and not self.broken:
-            self._room.clear()
-            await self._room.wait()
-
-    async def aclose(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
-        await self._close_connection()
 
 
 class BatchSender:
@@ -173,36 +51,52 @@ class BatchSender:
         self._round_trips = round_trips
         self._bound_s = bound_s
         self._window = window
-        self._pipes: dict[str, _Pipe] = {}  # by server name ("" for the one server)
+        self._pipes: dict[str, Pipe] = {}  # by server name ("" for the one server)
+        self._stale: set[str] = set()  # servers whose slot map may be out of date
         self._refreshed_at = -math.inf  # when the Cluster slot map was last read anew
 
     async def send(self, channel: str, payload: bytes, done: Reply) -> None:
         """Write one batch. Returns once it is written (or failed: ``done`` says which);
         ``done`` gets the reply later. Raises only when cancelled."""
         try:
-            pipe = await self._pipe(channel)
+            name, pipe = await self._pipe(channel)
         except Exception as exc:  # noqa: BLE001 - cannot connect: the batch fails, clearly
             self._round_trips.error(_OP)
             done(exc)
             return
-        with contextlib.suppress(Exception):  # answered through ``done`` (the pipe failed)
-            await pipe.send(pipe_command(channel, payload), done)
 
-    async def _pipe(self, channel: str) -> _Pipe:
+        def answered(replies: list[Any] | BaseException) -> None:
+            reply = replies if isinstance(replies, BaseException) else replies[0]
+            if isinstance(reply, BaseException):
+                if isinstance(reply, MovedError | AskError):
+                    self._stale.add(name)
+                    self._round_trips.error(_OP)
+                done(reply)
+                return
+            if not reply:  # nobody heard it: its node is gone, or the slot map is old
+                self._stale.add(name)
+            done(int(reply))
+
+        with contextlib.suppress(Exception):  # answered through ``answered`` (the pipe failed)
+            await pipe.send(pipe_command(channel, payload), 1, answered)
+
+    async def _pipe(self, channel: str) -> tuple[str, Pipe]:
         name = self._server_of(channel)
-        pipe = self._pipes.get(name)
-        if pipe is not None and pipe.stale and isinstance(self._r, RedisCluster):
-            pipe.stale = False
+        if name in self._stale and isinstance(self._r, RedisCluster):
+            self._stale.discard(name)
             now = time.monotonic()
             if now - self._refreshed_at >= self._bound_s / 3:  # at most once a beat
                 self._refreshed_at = now
                 await self._r.nodes_manager.initialize()
                 name = self._server_of(channel)
-                pipe = self._pipes.get(name)
+        pipe = self._pipes.get(name)
         if pipe is None or pipe.broken:
             conn, release = await self._connect(channel)
-            pipe = self._pipes[name] = _Pipe(conn, release, self._bound_s, self._window, self._round_trips)
-        return pipe
+            pipe = Pipe(
+                conn, release, bound_s=self._bound_s, window=self._window, round_trips=self._round_trips, op=_OP
+            )
+            self._pipes[name] = pipe
+        return name, pipe
 
     def _server_of(self, channel: str) -> str:
         """The name of the server that takes the channel's SPUBLISH ("" for the one server)."""
@@ -213,24 +107,17 @@ class BatchSender:
             raise PipeBroken(f"no Redis Cluster node serves {channel}")
         return str(node.name)
 
-    async def _connect(self, channel: str) -> tuple[AbstractConnection, Callable[[], Awaitable[None]]]:
+    async def _connect(self, channel: str) -> tuple[AbstractConnection, Release]:
         """A connection of the client's own kind (its auth, TLS, Sentinel primary lookup),
         kept for this pipe alone."""
-        if isinstance(self._r, RedisCluster):
-            node = self._r.get_node_from_key(channel)
-            assert node is not None
-            conn: AbstractConnection = node.connection_class(**node.connection_kwargs)
+        if not isinstance(self._r, RedisCluster):
+            return await borrow(self._r, self._bound_s)
+        node = self._r.get_node_from_key(channel)
+        assert node is not None
+        conn: AbstractConnection = node.connection_class(**node.connection_kwargs)
 
-            async def close() -> None:
-                await conn.disconnect()
-
-        else:
-            pool = self._r.connection_pool
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-
-            async def close() -> None:
-                await conn.disconnect()
-                await pool.release(conn)
+        async def close() -> None:
+            await conn.disconnect()
 
         async with asyncio.timeout(self._bound_s):
             await conn.connect()  # type: ignore[no-untyped-call]

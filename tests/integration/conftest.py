@@ -12,6 +12,7 @@ import pytest
 from matchmaker.store import Store, open_store
 from tests.conftest import require_binary
 from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_sentinel import SentinelSet
 from tests.support.redis_server import RedisServer
 
 
@@ -35,6 +36,15 @@ async def redis_tcp(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def sentinel_set(tmp_path: Path) -> AsyncIterator[SentinelSet]:
+    """A Redis primary, its replica and a Sentinel watching them, for failover tests."""
+    servers = SentinelSet(require_binary("redis-server"), tmp_path / "sentinel-set")
+    await servers.start()
+    yield servers
+    await servers.stop()
 
 
 @pytest.fixture

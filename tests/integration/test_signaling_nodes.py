@@ -15,8 +15,6 @@ import asyncio
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -27,7 +25,7 @@ from loadtest.synthetic_player import SyntheticPlayer
 from pixelfleet.net import free_port
 from pixelfleet.redis_url import split_cluster_flag
 from pixelfleet.tokens import TokenKeys, mint
-from tests.conftest import StartProcess, require_binary
+from tests.conftest import StartProcess
 from tests.support.processes import Child
 from tests.support.redis_sentinel import SentinelSet
 from tests.support.redis_server import RedisServer
@@ -189,14 +187,6 @@ async def until_arrives(sender: Peer, receiver: Peer, sent: dict[str, Any], seen
 
 def texts(items: Any) -> set[str]:
     return {item.decode() for item in items}
-
-
-@pytest.fixture
-async def sentinel_set(tmp_path: Path) -> AsyncIterator[SentinelSet]:
-    servers = SentinelSet(require_binary("redis-server"), tmp_path / "sentinel-set")
-    await servers.start()
-    yield servers
-    await servers.stop()
 
 
 async def test_player_on_one_node_streams_from_a_synthetic_streamer_on_another(

@@ -38,17 +38,17 @@ OpenStore = Callable[..., RedisStore]
 
 
 class PipelineCount:
-    """How many pipelines (round trips of ``_batch``) the store's client makes from now on."""
+    """How many round trips of ``_batch`` (writes on the store's pipe) the store makes from now on."""
 
     def __init__(self, store: RedisStore) -> None:
         self.n = 0
-        real = store._r.pipeline
+        real = store._round_trip
 
-        def counting(*args: Any, **kw: Any) -> Any:
+        async def counting(*args: Any, **kw: Any) -> Any:
             self.n += 1
-            return real(*args, **kw)
+            return await real(*args, **kw)
 
-        setattr(store._r, "pipeline", counting)  # noqa: B010 - mypy forbids assigning to a method
+        setattr(store, "_round_trip", counting)  # noqa: B010 - mypy forbids assigning to a method
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
