@@ -28,13 +28,34 @@ _logger = logging.getLogger(AUDIT_LOGGER)
 _logger.propagate = False  # never mixed into the console renderer of the service log
 _logger.setLevel(logging.INFO)
 _sink: Callable[[dict[str, Any]], None] | None = None
+_own: logging.StreamHandler[Any] | None = None  # the handler added here, while no other is attached
 
 
 def _ensure_handler() -> None:
+    global _own
     if not _logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        _logger.addHandler(handler)
+        _own = logging.StreamHandler(sys.stderr)
+        _own.setFormatter(logging.Formatter("%(message)s"))
+        _logger.addHandler(_own)
+
+
+def _write(line: str) -> None:
+    """With only our own handler attached, the line goes straight to its stream, as the
+    handler would write it: building a LogRecord (the caller's frame, pid, thread) was
+    most of an audit line's cost, and a matchmaker writes two per session. Any other
+    set-up (an operator's handler, a filter, logging disabled) goes through logging."""
+    own, handlers = _own, _logger.handlers
+    if own is not None and len(handlers) == 1 and handlers[0] is own and not (_logger.filters or own.filters):
+        if not _logger.isEnabledFor(logging.INFO):
+            return
+        with own.lock:  # type: ignore[union-attr] # created with the handler
+            try:
+                own.stream.write(line + own.terminator)
+                own.stream.flush()
+                return
+            except (OSError, ValueError):
+                pass  # logging reports it (handleError) below
+    _logger.info(line)
 
 
 def set_audit_sink(sink: Callable[[dict[str, Any]], None] | None) -> None:
@@ -71,7 +92,7 @@ def audit(
         **fields,
     }
     _ensure_handler()
-    _logger.info(orjson.dumps(entry, default=str).decode())
+    _write(orjson.dumps(entry, default=str).decode())
     if _sink is not None:
         _sink(entry)
     return entry
