@@ -5,7 +5,9 @@ waiting for the replies to the ones before. On loopback a reply takes tens of
 microseconds, so waiting for it costs little; a managed Redis in another zone is a few
 hundred microseconds away. This benchmark puts ``loadtest.delay_proxy`` (a child process
 holding every chunk ``--delays-ms`` each way) in front of a redis-server it starts, and
-compares, at each delay, in alternating order over ``--repeat`` rounds:
+compares, at each delay, in alternating order over ``--repeat`` rounds (``direct``: no
+proxy, the redis-server's own Unix socket; the proxy's thread hand-offs add a tail of
+their own, which the ``0`` delay shows against ``direct``):
 
 - **signalling's batch writer** (``signaling.broker_outbox.BatchSender``, SPUBLISH to an
   inbox): records arrive at ``--rate`` per second (open loop) and one writer sends what
@@ -15,8 +17,10 @@ compares, at each delay, in alternating order over ``--repeat`` rounds:
   p50/p99; records/s.
 - **the matchmaker store's round trips** (a ``SET`` and a ``GET``, the shape of an
   allocation's round trip), ``--concurrency`` tasks in a closed loop for ``--seconds``.
-  ``pipe``: the store's pipe, the calls of one loop turn in one write; ``redis-py``: a
-  redis-py pipeline per round trip on the pooled client, as the store did before.
+  The calls of one event-loop turn go as one round trip in both modes, as the store's
+  ``_batch`` does; ``pipe``: written on the store's pipe, without waiting for the round
+  trips before; ``redis-py``: a redis-py pipeline per round trip on the pooled client, as
+  the store did before.
   Round trips/s, p50/p99, and this process's CPU per round trip.
 
     python -m loadtest.bench_redis_distance --delays-ms 0,0.25,1 --repeat 3
@@ -31,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import uvloop
@@ -97,6 +101,9 @@ async def writer_phase(url: str, window: int, rate: float, seconds: float, paylo
 
             await sender.send(CHANNEL, body, done)
 
+    warm = asyncio.get_running_loop().create_future()
+    await sender.send(CHANNEL, b"warm", warm.set_result)  # the pipe is open before the clock starts
+    await warm
     task = asyncio.create_task(write())
     t0 = time.perf_counter()
     sent = 0
@@ -121,9 +128,6 @@ async def writer_phase(url: str, window: int, rate: float, seconds: float, paylo
     }
 
 
-RoundTrip = Callable[[list[tuple[str, ...]]], Awaitable[list[Any]]]
-
-
 async def store_phase(url: str, mode: str, concurrency: int, seconds: float) -> dict[str, Any]:
     client = Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=None, max_connections=200))
     pipe: Pipe | None = None
@@ -134,9 +138,9 @@ async def store_phase(url: str, mode: str, concurrency: int, seconds: float) -> 
         p = client.pipeline(transaction=False)
         for args in calls:
             p.execute_command(*args)
-        return list(await p.execute())
+        return list(await p.execute(raise_on_error=False))
 
-    def send_queued() -> None:  # the store's _batch: one write per loop turn
+    def send_queued() -> None:  # the store's _batch: the calls of one loop turn, one round trip
         nonlocal queued
         mine, queued = queued, []
         calls = [c for batch, _ in mine for c in batch]
@@ -150,10 +154,19 @@ async def store_phase(url: str, mode: str, concurrency: int, seconds: float) -> 
                     fut.set_result(replies[at : at + len(batch)])
                 at += len(batch)
 
-        assert pipe is not None
-        loop.create_task(pipe.send([pack_command(c) for c in calls], len(calls), answered))
+        if pipe is not None:
+            loop.create_task(pipe.send([pack_command(c) for c in calls], len(calls), answered))
+            return
 
-    async def by_pipe(calls: list[tuple[str, ...]]) -> list[Any]:
+        async def via_redis_py() -> None:
+            try:
+                answered(await by_redis_py(calls))
+            except Exception as exc:  # noqa: BLE001 - every caller in it hears why
+                answered(exc)
+
+        loop.create_task(via_redis_py())
+
+    async def trip(calls: list[tuple[str, ...]]) -> list[Any]:
         fut: asyncio.Future[list[Any]] = loop.create_future()
         queued.append((calls, fut))
         if len(queued) == 1:
@@ -163,7 +176,6 @@ async def store_phase(url: str, mode: str, concurrency: int, seconds: float) -> 
     if mode == "pipe":
         conn, release = await borrow(client, 5.0)
         pipe = Pipe(conn, release, bound_s=10.0)
-    trip: RoundTrip = by_pipe if mode == "pipe" else by_redis_py
     latencies: list[float] = []
     t_end = time.perf_counter() + seconds
 
@@ -199,19 +211,21 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         for r in range(opts.repeat):
             results: dict[str, Any] = {}
             for delay in opts.delays_ms:
-                proxy, url = await start_proxy(target, delay)
+                proxy, url = (None, target) if delay is None else await start_proxy(target, delay)
+                name = "direct" if delay is None else delay
                 try:
                     order = ["pipe", "one-at-a-time"] if r % 2 == 0 else ["one-at-a-time", "pipe"]
                     for mode in order:
                         window = 256 if mode == "pipe" else 1
-                        results[f"writer/{delay}/{mode}"] = await writer_phase(
+                        results[f"writer/{name}/{mode}"] = await writer_phase(
                             url, window, opts.rate, opts.seconds, opts.payload
                         )
                     for mode in ["pipe", "redis-py"] if r % 2 == 0 else ["redis-py", "pipe"]:
-                        results[f"store/{delay}/{mode}"] = await store_phase(url, mode, opts.concurrency, opts.seconds)
+                        results[f"store/{name}/{mode}"] = await store_phase(url, mode, opts.concurrency, opts.seconds)
                 finally:
-                    proxy.kill()
-                    await proxy.wait()
+                    if proxy is not None:
+                        proxy.kill()
+                        await proxy.wait()
             rounds.append(results)
             print(f"round {r + 1}/{opts.repeat} done", file=sys.stderr, flush=True)
     finally:
@@ -235,13 +249,22 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _delays(text: str) -> list[float | None]:
+    return [None if x.strip() == "direct" else float(x) for x in text.split(",")]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m loadtest.bench_redis_distance",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--delays-ms", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.25, 1.0])
+    ap.add_argument(
+        "--delays-ms",
+        type=_delays,
+        default=[None, 0.0, 0.25, 1.0],
+        help="one-way delays to add, ms; 'direct': no proxy at all (default direct,0,0.25,1)",
+    )
     ap.add_argument("--rate", type=float, default=20_000, help="writer: records offered per second (default 20,000)")
     ap.add_argument("--payload", type=int, default=300, help="writer: bytes per record (default 300)")
     ap.add_argument("--concurrency", type=int, default=32, help="store: tasks in the closed loop (default 32)")

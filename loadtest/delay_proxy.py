@@ -5,7 +5,13 @@ in another availability zone answers in hundreds. Put this in front of the local
 a client sees the distance: each chunk leaves ``--delay-ms`` after it arrived, in order,
 both ways (a round trip gains twice the delay). For benchmarks only.
 
-    python -m loadtest.delay_proxy --listen-port 0 --target unix:///tmp/redis.sock --delay-ms 0.5
+Each direction of each connection is two threads on blocking sockets: one reads and
+stamps chunks, one sleeps until a chunk is due and sends it. An event loop's timers are
+no good here: libuv's (uvloop) count whole milliseconds, and epoll waits round up to
+them, so a 0.25 ms delay would become 0 or 1 ms. The proxy's own cost still shows at
+high chunk rates (a thread hand-off per chunk): compare modes at the same delay.
+
+    python -m loadtest.delay_proxy --target unix:///tmp/redis.sock --delay-ms 0.5
 
 Prints one JSON line ``{"port": N}`` once it listens; runs until killed (or, with
 ``--parent-pid``, until that process is gone).
@@ -14,76 +20,79 @@ Prints one JSON line ``{"port": N}`` once it listens; runs until killed (or, wit
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import contextlib
 import json
 import os
+import queue
+import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
-import uvloop
+_END = b""
 
 
-class _Delayed:
-    """One direction: chunks written ``delay_s`` after they were read, in order."""
-
-    def __init__(self, writer: asyncio.StreamWriter, delay_s: float) -> None:
-        self._writer = writer
-        self._delay_s = delay_s
-        self._loop = asyncio.get_running_loop()
-        self._due: collections.deque[tuple[float, bytes]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def put(self, chunk: bytes) -> None:
-        self._due.append((self._loop.time() + self._delay_s, chunk))
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._due[0][0], self._flush)
-
-    def _flush(self) -> None:
-        self._timer = None
-        now = self._loop.time()
-        out = []
-        while self._due and self._due[0][0] <= now:
-            out.append(self._due.popleft()[1])
-        if out and not self._writer.is_closing():
-            self._writer.write(b"".join(out))
-        if self._due:
-            self._timer = self._loop.call_at(self._due[0][0], self._flush)
-
-
-async def _pump(reader: asyncio.StreamReader, out: _Delayed, writer: asyncio.StreamWriter, delay_s: float) -> None:
-    try:
-        while chunk := await reader.read(1 << 16):
-            out.put(chunk)
-    finally:
-        await asyncio.sleep(delay_s)  # what is still held goes out first
-        writer.close()
-
-
-async def _open_target(target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+def _open_target(target: str) -> socket.socket:
     if target.startswith("unix://"):
-        return await asyncio.open_unix_connection(target.removeprefix("unix://"))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(target.removeprefix("unix://"))
+        return sock
     host, _, port = target.removeprefix("tcp://").rpartition(":")
-    if host not in ("127.0.0.1", "::1", "[::1]", "localhost"):
+    host = host.strip("[]")
+    if host not in ("127.0.0.1", "::1", "localhost"):
         raise ValueError(f"the target must be on this machine: {target}")
-    return await asyncio.open_connection(host.strip("[]"), int(port))
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
-async def serve(listen_port: int, target: str, delay_s: float, parent_pid: int | None) -> None:
-    async def accepted(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        t_reader, t_writer = await _open_target(target)
-        up, down = _Delayed(t_writer, delay_s), _Delayed(c_writer, delay_s)
-        await asyncio.gather(
-            _pump(c_reader, up, t_writer, delay_s), _pump(t_reader, down, c_writer, delay_s), return_exceptions=True
-        )
+def _direction(src: socket.socket, dst: socket.socket, delay_s: float) -> None:
+    """Copy ``src`` to ``dst``, each chunk ``delay_s`` after it was read, in order."""
+    held: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
 
-    server = await asyncio.start_server(accepted, "127.0.0.1", listen_port)
-    port = server.sockets[0].getsockname()[1]
-    print(json.dumps({"port": port}), flush=True)
-    async with server:
-        while parent_pid is None or _alive(parent_pid):  # noqa: ASYNC110 - polls the parent
-            await asyncio.sleep(0.5)
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := src.recv(1 << 16):
+                held.put((time.perf_counter() + delay_s, chunk))
+        held.put((time.perf_counter() + delay_s, _END))
+
+    def send() -> None:
+        try:
+            while True:
+                due, chunk = held.get()
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                if chunk is _END:
+                    break
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=send, daemon=True).start()
+
+
+def serve(listen_port: int, target: str, delay_s: float, parent_pid: int | None) -> None:
+    # A thread woken while another holds the GIL waits out the switch interval (5 ms by
+    # default): far more than the delays measured here.
+    sys.setswitchinterval(5e-5)
+    listener = socket.create_server(("127.0.0.1", listen_port))
+    listener.settimeout(0.5)
+    print(json.dumps({"port": listener.getsockname()[1]}), flush=True)
+    while parent_pid is None or _alive(parent_pid):
+        try:
+            client, _ = listener.accept()
+        except TimeoutError:
+            continue
+        client.settimeout(None)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        upstream = _open_target(target)
+        _direction(client, upstream, delay_s)
+        _direction(upstream, client, delay_s)
 
 
 def _alive(pid: int) -> bool:
@@ -100,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--delay-ms", type=float, required=True, help="one-way delay added to every chunk")
     ap.add_argument("--parent-pid", type=int, help="exit once this process is gone")
     opts = ap.parse_args(argv)
-    uvloop.run(serve(opts.listen_port, opts.target, opts.delay_ms / 1000, opts.parent_pid))
+    serve(opts.listen_port, opts.target, opts.delay_ms / 1000, opts.parent_pid)
     return 0
 
 

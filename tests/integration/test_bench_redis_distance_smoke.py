@@ -22,7 +22,7 @@ def test_bench_redis_distance_answers_everything_through_the_proxy(
     require_binary("redis-server")
     out = tmp_path / "bench.json"
     rc = main([
-        "--delays-ms", f"0,{DELAY_MS}", "--rate", "500", "--concurrency", "4", "--seconds", "0.4",
+        "--delays-ms", f"direct,0,{DELAY_MS}", "--rate", "500", "--concurrency", "4", "--seconds", "0.4",
         "--repeat", "2", "--json", str(out),
     ])  # fmt: skip
     assert rc == 0
@@ -30,7 +30,7 @@ def test_bench_redis_distance_answers_everything_through_the_proxy(
     for results in report["rounds"]:
         assert set(results) == {
             f"{part}/{delay}/{mode}"
-            for delay in (0.0, DELAY_MS)
+            for delay in ("direct", 0.0, DELAY_MS)
             for part, modes in (("writer", ("pipe", "one-at-a-time")), ("store", ("pipe", "redis-py")))
             for mode in modes
         }
