@@ -43,6 +43,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from loadtest.bench_cluster import median
 from loadtest.bench_matchmaker_procs import RedisServer
+from loadtest.report import percentile
 from pixelfleet.redis_pipe import Pipe, borrow, pack_command
 from pixelfleet.redis_timing import RoundTrips
 from signaling.broker_outbox import BatchSender
@@ -51,10 +52,9 @@ CHANNEL = "{bench}:in"
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+    """The ``q`` percentile of seconds, in ms."""
+    found = percentile(values, q)
+    return None if found is None else found * 1000
 
 
 async def start_proxy(target: str, delay_ms: float) -> tuple[asyncio.subprocess.Process, str]:
@@ -123,8 +123,8 @@ async def writer_phase(url: str, window: int, rate: float, seconds: float, paylo
         "records": sent,
         "answered": len(latencies),
         "records_per_s": len(latencies) / seconds,
-        "p50_ms": _pct(latencies, 0.5),
-        "p99_ms": _pct(latencies, 0.99),
+        "p50_ms": _pct(latencies, 50),
+        "p99_ms": _pct(latencies, 99),
     }
 
 
@@ -196,8 +196,8 @@ async def store_phase(url: str, mode: str, concurrency: int, seconds: float) -> 
     return {
         "round_trips": len(latencies),
         "per_s": len(latencies) / wall,
-        "p50_ms": _pct(latencies, 0.5),
-        "p99_ms": _pct(latencies, 0.99),
+        "p50_ms": _pct(latencies, 50),
+        "p99_ms": _pct(latencies, 99),
         "client_cpu_us": 1e6 * cpu / max(1, len(latencies)),
     }
 
