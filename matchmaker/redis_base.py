@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
+from matchmaker.deadlines import Deadlines
 from matchmaker.redis_keys import HostKeys, TenantKeys
 from matchmaker.redis_scripts import RedisClient, Scripts
 from matchmaker.store import BackendUnavailable
@@ -82,12 +83,20 @@ def guarded(fn: Op[S, P, R]) -> Op[S, P, R]:
 
     async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         task = asyncio.current_task()
-        cancels = 0 if task is None else task.cancelling()
+        assert task is not None, "a store operation runs in a task"
+        cancels = task.cancelling()
+        entry = self._deadlines.enter(task, self.timeout_s)  # asyncio.timeout, cheaper (deadlines.py)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            try:
                 if not self._client_ready:
                     await self._ready_client()
                 result = await fn(self, *args, **kwargs)
+            finally:
+                timed_out = self._deadlines.leave(entry)
+        except asyncio.CancelledError:
+            if timed_out and task.cancelling() <= cancels:  # our limit, no one else's cancel
+                raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from None
+            raise
         except _UNAVAILABLE as exc:
             _reraise_cancellation(task, cancels, exc)
             raise BackendUnavailable(f"redis is unavailable: {exc}") from exc
@@ -120,7 +129,7 @@ def _reraise_cancellation(task: asyncio.Task[Any] | None, cancels: int, cause: B
     retried and simply returns. Turned into BackendUnavailable, or into a normal result,
     the caller runs on: a loop asked to stop never stops (seen: a sweep loop hung in a
     test's teardown). ``cancels`` is the task's count on entry, so only a cancellation
-    requested during this operation counts (``asyncio.timeout`` takes back its own).
+    requested during this operation counts (the operation's own time limit takes back its own).
     """
     if task is not None and task.cancelling() > cancels:
         raise asyncio.CancelledError() from cause
@@ -148,6 +157,7 @@ class RedisBase:
         self._pipe_lock = asyncio.Lock()
         self._scripts = Scripts(client)
         self.round_trips = RoundTrips()  # per store operation (``guarded``)
+        self._deadlines = Deadlines()  # each operation's time limit (``guarded``)
 
     async def _ready_client(self) -> None:
         """redis-py's asyncio RedisCluster (8.1) races its own first ``initialize()``
