@@ -300,7 +300,14 @@ class RedisBase:
                 else:
                     replied.set_result(replies)
 
-        await pipe.send(packed, len(packed), answered)
+        try:
+            await pipe.send(packed, len(packed), answered)
+        except asyncio.CancelledError:
+            if replied.done():  # the pipe failed it too: retrieved here, not logged as lost
+                replied.exception()
+            raise
+        except Exception:  # noqa: BLE001, S110 - the write failed: ``answered`` has the error
+            pass
         results = await replied
         convert = self._r.response_callbacks
         for i, (script, _keys, args) in enumerate(calls):
