@@ -39,9 +39,9 @@ the list), or why the batch failed as a whole."""
 Release = Callable[[], Awaitable[None]]
 
 
-class PipeBroken(RedisConnectionError):
-    """The pipe a batch waited on failed before the batch's replies came (a connection
-    error, as redis-py's own are, so callers map it as they map those)."""
+class PipeBroken(RedisConnectionError, ConnectionError):
+    """The pipe a batch waited on failed before the batch's replies came: a connection
+    error both as redis-py's own are (callers map it as they map those) and as Python's."""
 
 
 class _Batch:
