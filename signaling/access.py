@@ -300,11 +300,22 @@ class MaskCheck:
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._bad:
             return False, b""
-        # Fast path, the usual read: exactly one whole masked frame, nothing pending.
-        n = len(data)
-        if not self._skip and not self._head and n >= 6 and data[1] & 0x80:
-            size = data[1] & 0x7F
-            if (size < 126 and n == 6 + size) or (size == 126 and n == 8 + ((data[2] << 8) | data[3])):
+        # Fast path, the usual read: whole frames under 64 KiB, nothing pending (one socket
+        # carries many players' frames, so a read often holds several).
+        if not self._skip and not self._head:
+            i, n = 0, len(data)
+            while n - i >= 6:
+                b1 = data[i + 1]
+                if not b1 & 0x80:
+                    break  # unmasked: the slow path below says so
+                size = b1 & 0x7F
+                if size < 126:
+                    i += 6 + size
+                elif size == 126 and n - i >= 8:
+                    i += 8 + ((data[i + 2] << 8) | data[i + 3])
+                else:
+                    break
+            if i == n:
                 return self._parser.feed_data(data)  # type: ignore[attr-defined, no-any-return]
         if not self._frames_masked(data):
             self._bad = True

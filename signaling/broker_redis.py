@@ -201,13 +201,13 @@ class RedisBroker:
         self._boxes.pop(endpoint, None)
 
     def deliver(self, to: Address, frame: bytes, origin: Address | None = None) -> bool:
-        node = node_of(to)
-        if node == self.node_id:
-            box = self._boxes.get(to)
-            if box is None:
-                return False
+        box = self._boxes.get(to)  # this node's endpoints only: the usual case, no parsing
+        if box is not None:
             box.push(frame)
             return True
+        node = node_of(to)
+        if node == self.node_id:
+            return False
         return self._enqueue(node, FRAME, to if origin is None else f"{to}{ORIGIN}{origin}", frame, origin)
 
     def relay(self, link: AnyLink) -> bool:

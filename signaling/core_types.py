@@ -152,6 +152,8 @@ class Peer:
     # Its role's handled-message counts (``SignalingCore.accepted[role]``, /metrics): reached
     # through the peer, so counting a relayed message hashes no Role (Enum hashes in Python).
     counts: dict[str, int] = field(default_factory=dict)
+    # Its role's handlers (``signaling.handlers.HANDLERS[role]``), for the same reason.
+    handlers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def holder(self) -> links.Holder | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 # RFC 6455
 PROTOCOL_ERROR = 1002  # a client frame that breaks RFC 6455 (unmasked)
+INVALID_TEXT = 1007  # a text frame that is not UTF-8 (RFC 6455 8.1)
 POLICY_VIOLATION = 1008  # too many protocol errors
 MESSAGE_TOO_BIG = 1009  # frame over the size limit (aiohttp sends it)
 INTERNAL_ERROR = 1011  # also what Epic uses for ``disconnectPlayer``

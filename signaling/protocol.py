@@ -143,7 +143,14 @@ class SignalingCore:
         """
         conn = Address(f"{self.node}/{self._next_conn}")
         self._next_conn += 1
-        peer = Peer(conn, role, allowed_streamer=allowed_streamer, credential=credential, counts=self.accepted[role])
+        peer = Peer(
+            conn,
+            role,
+            allowed_streamer=allowed_streamer,
+            credential=credential,
+            counts=self.accepted[role],
+            handlers=self._handlers[role],
+        )
         self._peers[conn] = peer
         actions: list[Action] = []
         if role is not Role.STREAMER:
@@ -171,7 +178,7 @@ class SignalingCore:
         if type(obj) is not dict:
             return self.invalid(peer, "invalid_message", "a message must be a JSON object")
         kind = obj.get("type")
-        handler = self._handlers[peer.role].get(kind) if type(kind) is str else None
+        handler = peer.handlers.get(kind) if type(kind) is str else None
         if handler is None:
             return self._unhandled(peer, kind)
         assert isinstance(kind, str)

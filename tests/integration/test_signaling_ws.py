@@ -114,6 +114,22 @@ async def test_bad_input_gets_error_and_others_are_unaffected(
     assert (await good.recv())["sdp"] == "still routed"
 
 
+async def test_text_frame_not_utf8_closes_1007_and_others_are_unaffected(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession
+) -> None:
+    """RFC 6455 8.1. The server reads frames as bytes (orjson checks UTF-8 while parsing),
+    so this is its own check, on the error path only."""
+    server = await start_signaling()
+    s = await connect_streamer(http, server.streamer_port)
+    good, good_id = await connect_player(http, server.player_port, s)
+    bad, _ = await connect_player(http, server.player_port)
+    await bad.ws.send_frame(b'{"type":"ping","time":"\xff"}', aiohttp.WSMsgType.TEXT)
+    closing = await bad.ws.receive(timeout=10)
+    assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1007
+    await s.send(type="offer", playerId=good_id, sdp="still routed")
+    assert (await good.recv())["sdp"] == "still routed"
+
+
 async def test_bad_streamer_input_is_dropped_without_an_error_message(
     start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
