@@ -84,6 +84,35 @@ class Nodes(ProcTree):
     def rss(self) -> int:
         return sum(t.rss() for t in self.trees)
 
+    def run_queue(self) -> tuple[float, int]:
+        waits = [t.run_queue() for t in self.trees]
+        return sum(w for w, _ in waits), sum(n for _, n in waits)
+
+
+class RunQueue:
+    """How long the set-up's threads waited for a CPU while a phase ran, per group of
+    processes: the mean wait each time a thread was given a CPU (``ms_per_turn``). A message
+    that crosses nodes wakes two more processes (Redis, the other node) than one that does
+    not, so on a box with fewer cores than busy processes each crossing adds about two such
+    waits."""
+
+    def __init__(self, groups: dict[str, Any]) -> None:
+        self.groups = groups
+        self.before = {name: tree.run_queue() for name, tree in groups.items()}
+
+    def since(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        total_wait, total_turns = 0.0, 0
+        for name, tree in self.groups.items():
+            wait, turns = tree.run_queue()
+            wait -= self.before[name][0]
+            turns -= self.before[name][1]
+            total_wait += wait
+            total_turns += turns
+            out[f"{name}_ms_per_turn"] = wait / turns * 1000 if turns > 0 else None
+        out["all_ms_per_turn"] = total_wait / total_turns * 1000 if total_turns > 0 else None
+        return out
+
 
 def node_command(setup: Setup, host: str, redis_url: str) -> tuple[list[str], dict[str, int]]:
     player, streamer = free_port(host), free_port(host)
@@ -134,12 +163,16 @@ async def run_setup(
 
         # The light phase: a few handshakes, one at a time across the whole run, so the cost of
         # crossing a node is read without the run queue of a saturated box in it.
+        groups = {"nodes": nodes, "generators": Nodes([g.tree for g in gens])}
+        if setup.broker == "redis":
+            groups["redis"] = redis
+        waits = RunQueue(groups)
         light: list[list[float]] = []
         for gen, (_, p) in zip(gens, where, strict=True):
             out = await gen.call(opts.timeout * 4 + opts.light, "handshake", port=servers[p].ports["player"],
                                start_at=now(), inflight=1, count=opts.light // G)  # fmt: skip
             light.append(out["latency"])
-        handshake_light: dict[str, Any] = {"ok": sum(len(x) for x in light)}
+        handshake_light: dict[str, Any] = {"ok": sum(len(x) for x in light), "run_queue": waits.since()}
         for label, want in (("same_node", False), ("cross_node", True)):
             part = [x for lat, c in zip(light, crossing, strict=True) if c == want for x in lat]
             handshake_light[f"{label}_p50_ms"] = _ms(percentile(part, 0.5))
@@ -147,6 +180,7 @@ async def run_setup(
         await quiesce(nodes)
 
         start_at = now() + 0.2
+        waits = RunQueue(groups)
         inflight = max(1, opts.inflight // G)
         hs = await asyncio.gather(*(
             g.call(opts.timeout * 4 + P, "handshake", port=servers[p].ports["player"], start_at=start_at,
@@ -161,6 +195,7 @@ async def run_setup(
             "per_s": len(lat) / (end - start_at) if end > start_at else None,
             "p50_ms": _ms(percentile(lat, 0.5)),
             "p99_ms": _ms(percentile(lat, 0.99)),
+            "run_queue": waits.since(),
         }
         for label, want in (("same_node", False), ("cross_node", True)):
             part = [x for o, c in zip(hs, crossing, strict=True) if c == want for x in o["latency"]]
@@ -263,6 +298,16 @@ def render(report: dict[str, Any]) -> str:
             f"{f(h['cross_node_p99_ms']):>10} {f(x['per_s'], '{:,.0f}'):>9} {f(x['node_cpu_per_100k'], '{:.2f}'):>15} "
             f"{f(x['redis_cpu_per_100k'], '{:.2f}'):>16} {f(x['crossed_share'], '{:.0%}'):>7}"
         )
+    lines.append("")
+    lines.append("run-queue wait per CPU turn, ms, light / loaded handshakes (the box's, not the code's):")
+    for name, r in report["setups"].items():
+        light, loaded = r["handshake_light"].get("run_queue") or {}, r["handshake"].get("run_queue") or {}
+        parts = [
+            f"{group} {f(light.get(group + '_ms_per_turn'), '{:.2f}')} / {f(loaded.get(group + '_ms_per_turn'), '{:.2f}')}"
+            for group in ("nodes", "redis", "generators", "all")
+            if loaded.get(group + "_ms_per_turn") is not None
+        ]
+        lines.append(f"  {name:<8} " + ", ".join(parts))
     lines.append("")
     ratio = report["ratios"]
     for key, (what, op, target) in TARGETS.items():

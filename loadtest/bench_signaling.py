@@ -119,6 +119,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_queue(pids: Sequence[int]) -> tuple[float, int]:
+    """Run-queue wait (s) and CPU turns of every thread of ``pids`` (see ProcTree.run_queue)."""
+    delay_ns = turns = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    _on_cpu, waited, count = f.read().split()[:3]
+                    delay_ns += int(waited)
+                    turns += int(count)
+    return delay_ns / 1e9, turns
+
+
 class ProcTree:
     """CPU seconds and RSS of a process plus its live children."""
 
@@ -145,6 +158,11 @@ class ProcTree:
             with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
         return total
+
+    def run_queue(self) -> tuple[float, int]:
+        """(seconds its threads waited runnable for a CPU, times they got one): Linux's
+        ``/proc/<pid>/task/<tid>/schedstat``. (0, 0) where the kernel does not keep it."""
+        return run_queue([p.pid for p in self._all()])
 
 
 class Snapshot:

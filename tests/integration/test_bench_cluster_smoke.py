@@ -51,6 +51,9 @@ def test_bench_cluster_reports_every_figure(tmp_path: Path, capsys: pytest.Captu
         assert (crossed > 0) if name == "redis3" else (crossed == 0), name
         assert (hs["cross_node_p99_ms"] is not None) == (name == "redis3"), name
         assert (r["handshake_light"]["cross_node_p99_ms"] is not None) == (name == "redis3"), name
+        waits = hs["run_queue"]  # Linux keeps schedstat on every kernel this runs on
+        assert waits["nodes_ms_per_turn"] >= 0 and waits["generators_ms_per_turn"] >= 0, name
+        assert ("redis_ms_per_turn" in waits) == (r["broker"] == "redis"), name
     assert set(TARGETS) <= {k for k, v in report["ratios"].items() if v is not None}
     printed = capsys.readouterr().out
     for what, _, _ in TARGETS.values():
