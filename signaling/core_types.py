@@ -153,7 +153,7 @@ class Peer:
     # through the peer, so counting a relayed message hashes no Role (Enum hashes in Python).
     counts: dict[str, int] = field(default_factory=dict)
     # Its role's handlers (``signaling.handlers.HANDLERS[role]``), for the same reason.
-    handlers: dict[str, Any] = field(default_factory=dict)
+    handlers: dict[str, Callable[..., list[Any]]] = field(default_factory=dict)
 
     @property
     def holder(self) -> links.Holder | None:

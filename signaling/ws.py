@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import struct
 import time
 from typing import Any
@@ -36,6 +37,7 @@ from signaling.metrics import node_registry
 from signaling.peer_links import Address, DirectoryEntry, Holder, node_of
 from signaling.protocol import Announce, Claim, Close, Problem, Relay, Role, Send, SignalingCore, Withdraw
 from signaling.sessions import SessionGate
+from signaling.ws_inbound import Inbound, TapResponse
 
 log = structlog.get_logger("signaling")
 
@@ -225,7 +227,7 @@ class SignalingNode:
                 admitted = await gate.admit(request) if gate is not None else None
             except web.HTTPUnauthorized as exc:
                 raise access.refuse("session_token_refused", request, exc, port=role.value) from None
-            ws = web.WebSocketResponse(
+            ws = TapResponse(
                 autoping=False,  # pings are answered below; pongs feed the keepalive sweep
                 max_msg_size=s.max_message_bytes,
                 compress=False,
@@ -258,53 +260,41 @@ class SignalingNode:
         connection.info("connected", session=None if admitted is None else admitted[0].session_id)
         if gate is not None:
             gate.report("connected", admitted)
-        run = self.run
-        receive = self.core.receive
-        loads = orjson.loads
-        take = bucket.take
+        inbound = Inbound(self, connection, bucket.take, traced)
         self.stats.opened[role] += 1
         try:
-            claims = run(greeting)
+            inbound.start(self.run(greeting))  # a cluster streamer's first id: frames wait for it
             self.stats.handshake[role].observe(loop_time() - upgrade_at)
             if traced is not None:
                 traced.greeted()
-            if claims:
-                await self.claim(claims)
-            async for msg in ws:
+            if ws.tap is not None:
+                ws.tap.attach(inbound.on_data)  # data frames from now on: see ws_inbound
+            async for msg in ws:  # control frames; data frames too where there is no tap
                 kind = msg.type
                 if kind is _TEXT or kind is _BINARY:
-                    if not take(loop_time()):
-                        self.stats.rate_limited[role] += 1
-                        connection.close(errors.RATE_LIMITED, "message rate limit exceeded")
-                        break
-                    try:
-                        obj = loads(msg.data)
-                    except orjson.JSONDecodeError:
-                        if kind is _TEXT and not _is_utf8(msg.data):  # RFC 6455 8.1: fail the connection
-                            connection.close(errors.INVALID_TEXT, "text frame is not valid UTF-8")
-                            break
-                        run(self.core.reject(conn, "frame is not valid UTF-8 JSON"))
-                        continue
-                    claims = run(receive(conn, obj))
-                    if claims:  # a streamer's endpointId in a cluster: its next frame waits for the id
-                        await self.claim(claims)
-                    if traced is not None and traced.waiting:  # a traced player, until its answer
-                        traced.saw(obj)
+                    inbound.on_data(msg.data, kind)
                 elif kind is _PING:
-                    if not take(loop_time()):
+                    if inbound.stopped:
+                        continue
+                    if not bucket.take(loop_time()):
                         self.stats.rate_limited[role] += 1
-                        connection.close(errors.RATE_LIMITED, "message rate limit exceeded")
-                        break
-                    await ws.pong(msg.data)
+                        inbound.stop(errors.RATE_LIMITED, "message rate limit exceeded")
+                    else:
+                        await ws.pong(msg.data)
                 elif kind is _PONG:
                     bucket.last = loop_time()
                 elif kind is _ERROR:
                     connection.info("socket_error", error=str(ws.exception()))
+                if inbound.stopped:
+                    break
         finally:
+            if inbound.claimer is not None and not inbound.claimer.done():
+                with contextlib.suppress(Exception):
+                    await inbound.claimer  # as before: a claim in flight finishes before the socket's end
             access.release(slot)
             self.broker.close(conn)
             del self.connections[conn]
-            run(self.core.disconnect(conn))
+            self.run(self.core.disconnect(conn))
             await connection.closed()
             outbox.closed = True
             outbox.owner = None  # no cycle left: the socket's objects go by refcount
@@ -476,14 +466,6 @@ class SignalingNode:
     async def close_all(self, code: int, reason: str) -> None:
         for connection in list(self.connections.values()):
             connection.close(code, reason)
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _first_offered_protocol(request: web.Request) -> tuple[str, ...]:
