@@ -1,9 +1,10 @@
 """aiohttp WebSocket adapter: frames in -> ``SignalingCore`` -> actions out.
 
-This is the only place that touches sockets, clocks and logs for signalling, and the
-only place that maps failures to close codes. The hot path per frame is: rate check,
-one ``orjson.loads``, the core's dispatch, one encode, one socket write — all
-synchronous; the only ``await`` is aiohttp handing us the next frame.
+This module and ``ws_inbound`` are the only places that touch sockets, clocks and logs
+for signalling, and the only places that map failures to close codes. The hot path per
+frame (``ws_inbound.Inbound``) is: rate check, one ``orjson.loads``, the core's dispatch,
+one encode, one socket write, all synchronous and run inside the socket's read; the
+socket's task only answers pings and sees the close.
 
 Costs measured by ``loadtest/bench_signaling.py`` shaped this file: aiohttp's
 per-socket ``heartbeat=`` re-arms a timer on every received chunk, so keepalive is one
