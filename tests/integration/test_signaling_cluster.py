@@ -193,3 +193,20 @@ async def until_field(body: Awaitable[dict[str, object]], key: str, want: object
 
 async def until_equal(value: Awaitable[object], want: object) -> bool:
     return await value == want
+
+
+async def test_frames_right_after_endpoint_id_wait_for_the_id_and_keep_their_order(
+    nodes: Nodes, http: aiohttp.ClientSession
+) -> None:
+    """Frames are handled in the socket's read (signaling/ws_inbound.py) while a streamer's
+    id claim is a round trip to Redis: those that come meanwhile are held, then run in
+    order once the id is settled, as Epic's single server would have answered them."""
+    (a,) = await nodes(1)
+    name = f"Cam{id(a)}"
+    s = Peer(await http.ws_connect(f"ws://127.0.0.1:{a.streamer_port}/"))
+    await s.send(type="endpointId", id=name)  # before identify arrives, as UE may
+    for i in range(20):
+        await s.send(type="ping", time=i)
+    assert [(await s.recv())["type"] for _ in range(3)] == ["identify", "config", "endpointIdConfirm"]
+    assert [await s.recv() for _ in range(20)] == [{"type": "pong", "time": i} for i in range(20)]
+    await listed_on(http, [a], name)

@@ -130,6 +130,31 @@ async def test_text_frame_not_utf8_closes_1007_and_others_are_unaffected(
     assert (await good.recv())["sdp"] == "still routed"
 
 
+async def test_a_bug_handling_a_frame_closes_that_socket_1011_and_others_are_unaffected(
+    start_signaling: StartSignaling, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames run inside the socket's read: an exception there must cost its socket only."""
+    server = await start_signaling()
+    s = await connect_streamer(http, server.streamer_port)
+    good, good_id = await connect_player(http, server.player_port, s)
+    bad, _ = await connect_player(http, server.player_port)
+    receive = server.core.receive
+
+    def buggy(conn, obj):  # type: ignore[no-untyped-def]
+        if obj.get("time") == 666:
+            raise RuntimeError("a bug")
+        return receive(conn, obj)
+
+    monkeypatch.setattr(server.core, "receive", buggy)
+    await bad.send(type="ping", time=666)
+    closing = await bad.ws.receive(timeout=10)
+    assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == errors.INTERNAL_ERROR
+    await s.send(type="offer", playerId=good_id, sdp="still routed")
+    assert (await good.recv())["sdp"] == "still routed"
+    await good.send(type="ping", time=1)
+    assert await good.recv() == {"type": "pong", "time": 1}
+
+
 async def test_bad_streamer_input_is_dropped_without_an_error_message(
     start_signaling: StartSignaling, http: aiohttp.ClientSession
 ) -> None:
