@@ -302,10 +302,11 @@ def render(report: dict[str, Any]) -> str:
     lines.append("run-queue wait per CPU turn, ms, light / loaded handshakes (the box's, not the code's):")
     for name, r in report["setups"].items():
         light, loaded = r["handshake_light"].get("run_queue") or {}, r["handshake"].get("run_queue") or {}
+        keys = [g + "_ms_per_turn" for g in ("nodes", "redis", "generators", "all")]
         parts = [
-            f"{group} {f(light.get(group + '_ms_per_turn'), '{:.2f}')} / {f(loaded.get(group + '_ms_per_turn'), '{:.2f}')}"
-            for group in ("nodes", "redis", "generators", "all")
-            if loaded.get(group + "_ms_per_turn") is not None
+            f"{key.split('_')[0]} {f(light.get(key), '{:.2f}')} / {f(loaded.get(key), '{:.2f}')}"
+            for key in keys
+            if loaded.get(key) is not None
         ]
         lines.append(f"  {name:<8} " + ", ".join(parts))
     lines.append("")
