@@ -60,6 +60,7 @@ from signaling.broker_records import (
     pack,
     unpack,
 )
+from signaling.broker_subscription import TakenSubscription, take_over
 from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, decode_link, encode_link, node_of
 
 log = structlog.get_logger("signaling.cluster")
@@ -117,7 +118,8 @@ class RedisBroker:
         self._counts: dict[str, NodeCounts] = {}  # other live nodes' counts, as of the last beat
         self._closing = False
         self._joined = asyncio.Event()  # the first beat went through
-        counted = ("batches", "frames_out", "frames_in", "undeliverable", "lost_nodes", "resubscribed")
+        counted: tuple[str, ...] = ("batches", "frames_out", "frames_in", "undeliverable", "lost_nodes")
+        counted += ("resubscribed", "read_in_socket")  # read_in_socket: taken over (broker_subscription)
         self.stats = dict.fromkeys(counted, 0)
 
     @classmethod
@@ -489,8 +491,15 @@ class RedisBroker:
                 elif self._up:
                     await self._reload_directory()  # events may have been missed while away
                 attempt, rejoins = 0, self._rejoins
+                taken = take_over(pubsub, handle)
+                if taken is not None:
+                    self.stats["read_in_socket"] += 1  # subscriptions read in their socket's read
+                    try:
+                        await self._watch(taken, joined is not None, rejoins)
+                    finally:
+                        taken.close()
                 heard = pinged = asyncio.get_running_loop().time()
-                while True:
+                while True:  # where the connection could not be taken over: redis-py reads
                     msg = await self._next_message(pubsub)
                     now = asyncio.get_running_loop().time()
                     if msg is not None:
@@ -525,6 +534,27 @@ class RedisBroker:
                     await asyncio.wait_for(self._r.nodes_manager.initialize(), self._ttl_ms / 1000)
             await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
             attempt += 1
+
+    async def _watch(self, taken: TakenSubscription, inbox: bool, rejoins: int) -> None:
+        """A taken-over subscription (``broker_subscription``) is read in its socket's read;
+        this raises once it fails or falls silent, by the same rules as ``_listen``'s loop."""
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self._ttl_ms / 3000)
+        pinged = loop.time()
+        while True:
+            await taken.wait_failed(period)
+            if taken.failure is not None:
+                raise taken.failure
+            now = loop.time()
+            if inbox and (self._inbox_lost or now - taken.heard > self._ttl_ms / 1000):
+                raise _Silent("this node's inbox heard nothing, not even its own heartbeat")
+            if not inbox and self._cluster and rejoins != self._rejoins:
+                raise _Silent("back in touch with the cluster")
+            if not self._cluster and now - pinged >= self._ttl_ms / 3000:
+                if now - taken.heard > self._ttl_ms / 1000:
+                    raise RedisConnectionError("no answer on the subscription connection")
+                pinged = now
+                taken.ping()
 
     async def _next_message(self, pubsub: PubSub) -> dict[str, Any] | None:
         # Wait at most the ping period: a quiet subscription is pinged every TTL/3, and a

@@ -210,3 +210,21 @@ async def test_frames_right_after_endpoint_id_wait_for_the_id_and_keep_their_ord
     assert [(await s.recv())["type"] for _ in range(3)] == ["identify", "config", "endpointIdConfirm"]
     assert [await s.recv() for _ in range(20)] == [{"type": "pong", "time": i} for i in range(20)]
     await listed_on(http, [a], name)
+
+
+async def test_subscriptions_are_read_in_their_sockets_read(nodes: Nodes, http: aiohttp.ClientSession) -> None:
+    """signaling/broker_subscription.py takes both of a node's subscriptions over on the
+    installed redis-py (plain and Cluster); if an upgrade changes what it relies on, this
+    says so (the node would still work, through get_message(), a loop turn later)."""
+    a, b = await nodes(2)
+    for server in (a, b):
+        broker = server.node.broker
+        await eventually(lambda broker=broker: broker.stats["read_in_socket"] >= 2, "both subscriptions taken", WAIT)
+    name = f"Cam{id(a)}"
+    s = await connect_streamer(http, b.streamer_port, name)
+    await listed_on(http, [a], name)
+    p, pid = await connect_player(http, a.player_port, s, name)
+    for i in range(20):
+        await s.send(type="iceCandidate", playerId=pid, candidate={"candidate": f"c{i}"})
+    for i in range(20):
+        assert (await p.recv_type("iceCandidate"))["candidate"]["candidate"] == f"c{i}"
