@@ -6,7 +6,8 @@
   while the writer was busy) into one message, and one writer task sends batches in
   order, without waiting for replies (``broker_outbox``: one connection per Redis server),
   so frames from one sender to one endpoint keep their order. A batch no node received
-  (its node died) or that Redis refused is reported back to each frame's sender.
+  (its node died) or that Redis refused is reported back to each frame's sender. A node
+  reads its channel inside the socket's read (``broker_subscription``).
 - **The directory** (streamer id -> address, streaming flag) is a hash, changed only by
   Lua scripts that also publish each change on the directory channel; every node keeps
   a view of it, reloaded whole after any reconnection. The credential each id's holder
