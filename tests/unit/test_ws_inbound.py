@@ -23,14 +23,20 @@ async def _serve(handler: Any) -> TestClient:  # type: ignore[type-arg]
     return client
 
 
+async def _tapped(request: web.Request) -> TapResponse:
+    ws = TapResponse(autoping=False, compress=False, decode_text=False)
+    await ws.prepare(request)
+    assert ws.tap is not None, "the installed aiohttp's internals are not as ws_inbound expects"
+    return ws
+
+
 async def test_data_frames_arrive_in_order_without_the_task_reading_and_control_frames_still_queue() -> None:
     got: list[tuple[Any, WSMsgType]] = []
     ready: asyncio.Future[TapResponse] = asyncio.get_running_loop().create_future()
     release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        ws = TapResponse(autoping=False, compress=False, decode_text=False)
-        await ws.prepare(request)
+        ws = await _tapped(request)
         assert ws.tap is not None
         ws.tap.attach(lambda payload, kind: got.append((payload, kind)))
         ready.set_result(ws)
@@ -68,10 +74,9 @@ async def test_frames_before_attach_are_handed_over_first() -> None:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        ws = TapResponse(autoping=False, compress=False, decode_text=False)
-        await ws.prepare(request)
-        assert ws.tap is not None
+        ws = await _tapped(request)
         await attach
+        assert ws.tap is not None
         ws.tap.attach(lambda payload, kind: got.append(payload))
         await done
         await ws.close()
