@@ -163,7 +163,7 @@ async def run_setup(
 
         # The light phase: a few handshakes, one at a time across the whole run, so the cost of
         # crossing a node is read without the run queue of a saturated box in it.
-        groups = {"nodes": nodes, "generators": Nodes([g.tree for g in gens])}
+        groups: dict[str, ProcTree] = {"nodes": nodes, "generators": Nodes([g.tree for g in gens])}
         if setup.broker == "redis":
             groups["redis"] = redis
         waits = RunQueue(groups)

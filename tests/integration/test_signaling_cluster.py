@@ -218,8 +218,11 @@ async def test_subscriptions_are_read_in_their_sockets_read(nodes: Nodes, http: 
     says so (the node would still work, through get_message(), a loop turn later)."""
     a, b = await nodes(2)
     for server in (a, b):
-        broker = server.node.broker
-        await eventually(lambda broker=broker: broker.stats["read_in_socket"] >= 2, "both subscriptions taken", WAIT)
+
+        def taken(server: SignalingServer = server) -> bool:
+            return bool(server.node.broker.stats["read_in_socket"] >= 2)  # type: ignore[attr-defined]
+
+        await eventually(taken, "both subscriptions taken", WAIT)
     name = f"Cam{id(a)}"
     s = await connect_streamer(http, b.streamer_port, name)
     await listed_on(http, [a], name)
