@@ -5,8 +5,11 @@ reply under its own timeout and hands the connection back, for every round trip;
 load that bookkeeping cost more than Redis's own work (a matchmaker replica's profile had
 a fifth of its CPU in it). A *pipe* is one connection of the client's own kind (its auth,
 TLS, Sentinel primary), dedicated to this use: batches are written as they come, without
-waiting for the replies to the ones before, and one reader matches replies to batches in
-order. One connection keeps the order in which Redis applies them.
+waiting for the replies to the ones before, and replies are matched to batches in order.
+One connection keeps the order in which Redis applies them. Where redis-py's internals
+allow (``pixelfleet.redis_takeover``), the connection is taken over once made: a batch is
+written to the transport at once, and replies are read in the socket's read, not by a
+task a loop turn later; elsewhere redis-py writes and a task reads.
 
 An error reply (``ResponseError``: a script's error, NOSCRIPT, MOVED) is that command's
 reply, not a failure of the pipe. A pipe that fails (the connection errs or closes, or the
@@ -30,6 +33,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from pixelfleet.redis_takeover import TakenConnection, take_over
 from pixelfleet.redis_timing import RoundTrips
 
 Done = Callable[[list[Any] | BaseException], None]
@@ -78,7 +82,16 @@ class Pipe:
         self._room = asyncio.Event()  # fewer than ``window`` batches wait
         self._room.set()
         self.broken = False
-        self._reader = asyncio.create_task(self._read(), name="redis-pipe-replies")
+        # Replies read in the socket's read where the connection can be taken over
+        # (pixelfleet.redis_takeover), else by a task through redis-py.
+        self._taken = take_over(conn, lambda transport, reader, sentinel: _Replies(self, transport, reader, sentinel))
+        self._reader = None if self._taken else asyncio.create_task(self._read(), name="redis-pipe-replies")
+
+    @property
+    def reads_in_socket(self) -> bool:
+        """Whether its connection was taken over (replies read as they arrive) or redis-py
+        reads it from a task (where its internals are not as ``redis_takeover`` expects)."""
+        return self._taken is not None
 
     @property
     def waiting(self) -> int:
@@ -90,11 +103,20 @@ class Pipe:
         while len(self._pending) >= self._window and not self.broken:
             self._room.clear()
             await self._room.wait()
+        taken = self._taken
+        while taken is not None and not taken.can_write and not self.broken:
+            await taken.writable()  # the kernel's buffer is full: wait, then write in order
         if self.broken:
             done(PipeBroken("the connection to Redis failed"))
             return
-        self._pending.append(_Batch(replies, done))
+        self._pending.append(_Batch(replies, done))  # appended and written with no wait between
         self._arm(self._bound_s)
+        if taken is not None:
+            if taken.transport.is_closing():
+                self._fail(PipeBroken("the connection to Redis is closing"))
+            else:
+                taken.transport.write(b"".join(packed))
+            return
         try:
             await self._conn.send_packed_command(packed, check_health=False)
         except BaseException as exc:
@@ -110,17 +132,30 @@ class Pipe:
                     reply: Any = await self._conn.read_response(timeout=math.inf)
                 except ResponseError as exc:  # an error reply: the connection is fine
                     reply = exc
-                if not self._pending:
-                    raise PipeBroken(f"a reply nothing waited for: {reply!r}")
-                batch = self._pending[0]
-                batch.replies.append(reply)
-                if len(batch.replies) == batch.due:
-                    self._answer()
+                self._reply(reply)
+                if self.broken:
+                    return
         except asyncio.CancelledError:
             self._fail(PipeBroken("the pipe closed"))
             raise
         except BaseException as exc:  # noqa: BLE001 - any failure fails what waits, and the pipe
             self._fail(exc)
+
+    def _reply(self, reply: Any) -> None:
+        """One reply, in order. A connection error in its place (LOADING, a protocol error)
+        fails the pipe, as redis-py raises it; any other error reply is the call's result."""
+        if self.broken:
+            return
+        if isinstance(reply, RedisConnectionError | ConnectionError):
+            self._fail(reply)
+            return
+        if not self._pending:
+            self._fail(PipeBroken(f"a reply nothing waited for: {reply!r}"))
+            return
+        batch = self._pending[0]
+        batch.replies.append(reply)
+        if len(batch.replies) == batch.due:
+            self._answer()
 
     def _answer(self) -> None:
         batch = self._pending.popleft()
@@ -137,7 +172,8 @@ class Pipe:
         waited = time.perf_counter() - self._pending[0].sent_at
         if waited >= self._bound_s:
             self._fail(TimeoutError(f"Redis did not answer within {self._bound_s} s"))
-            self._reader.cancel()
+            if self._reader is not None:
+                self._reader.cancel()
         else:
             self._arm(self._bound_s - waited)
 
@@ -172,10 +208,27 @@ class Pipe:
             await self._room.wait()
 
     async def aclose(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        else:
+            self._fail(PipeBroken("the pipe closed"))
         await self._close_connection()
+
+
+class _Replies(TakenConnection):
+    """A pipe's connection once taken over: its replies go to the pipe as they arrive."""
+
+    def __init__(self, pipe: Pipe, transport: Any, reader: Any, sentinel: Any) -> None:
+        super().__init__(transport, reader, sentinel)
+        self._pipe = pipe
+
+    def on_reply(self, reply: Any) -> None:
+        self._pipe._reply(reply)  # noqa: SLF001 - the pipe's own reader
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self._pipe._fail(PipeBroken(f"the connection to Redis closed: {exc or 'by Redis'}"))  # noqa: SLF001
 
 
 async def borrow(client: Redis, connect_within_s: float) -> tuple[AbstractConnection, Release]:

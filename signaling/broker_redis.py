@@ -61,7 +61,7 @@ from signaling.broker_records import (
     pack,
     unpack,
 )
-from signaling.broker_subscription import TakenSubscription, take_over
+from signaling.broker_subscription import TakenSubscription, take_over_subscription
 from signaling.peer_links import Address, AnyLink, DirectoryEntry, Holder, decode_link, encode_link, node_of
 
 log = structlog.get_logger("signaling.cluster")
@@ -492,7 +492,7 @@ class RedisBroker:
                 elif self._up:
                     await self._reload_directory()  # events may have been missed while away
                 attempt, rejoins = 0, self._rejoins
-                taken = take_over(pubsub, handle)
+                taken = take_over_subscription(pubsub, handle)
                 if taken is not None:
                     self.stats["read_in_socket"] += 1  # subscriptions read in their socket's read
                     try:

@@ -38,6 +38,8 @@ async def test_many_allocations_share_the_pipe_and_each_gets_its_own_slot(redis_
         sessions = [g for g in got if isinstance(g, Session)]
         assert len(sessions) == 64 and len({s.slot_id for s in sessions}) == 64
         assert store._pipe is not None and not store._pipe.broken and store._pipe.waiting == 0
+        # on the installed redis-py the pipe reads in its socket's read (pixelfleet/redis_takeover.py)
+        assert store._pipe.reads_in_socket
     finally:
         await store.aclose()
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 import pytest
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from signaling.broker_subscription import TakenSubscription
 
@@ -48,8 +50,10 @@ def smessage(payload: bytes) -> bytes:
 
 
 def taken(handle: Any) -> tuple[TakenSubscription, Transport]:
+    """As pixelfleet.redis_takeover makes it: redis-py's own hiredis reader."""
     transport = Transport()
-    return TakenSubscription(handle, transport), transport  # type: ignore[arg-type]
+    reader = hiredis.Reader(notEnoughData=NOT_ENOUGH_DATA)
+    return TakenSubscription(handle, transport, reader, NOT_ENOUGH_DATA), transport
 
 
 @pytest.mark.parametrize("step", [1, 2, 7, 64, 10_000])
