@@ -292,6 +292,7 @@ class SignalingNode:
             if inbound.claimer is not None and not inbound.claimer.done():
                 with contextlib.suppress(Exception):
                     await inbound.claimer  # as before: a claim in flight finishes before the socket's end
+            inbound.stopped = True  # frames still arriving while the close completes are not read
             access.release(slot)
             self.broker.close(conn)
             del self.connections[conn]
