@@ -269,6 +269,7 @@ class SignalingNode:
             if traced is not None:
                 traced.greeted()
             if ws.tap is not None:
+                inbound.wake = ws.tap.wake
                 ws.tap.attach(inbound.on_data)  # data frames from now on: see ws_inbound
             async for msg in ws:  # control frames; data frames too where there is no tap
                 kind = msg.type

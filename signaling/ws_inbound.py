@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from signaling import errors
 
@@ -44,6 +44,7 @@ log = structlog.get_logger("signaling")
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 _QUEUE_LIMIT = 2**16  # aiohttp's own for the control frames that still queue
 _HELD_LIMIT = 1024  # frames held while a streamer's id claim is in flight
+_WAKE = WSMessage(WSMsgType.CONTINUATION, None, None)  # never a whole message: only ours
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -74,6 +75,12 @@ if _parsing is not None:
         def _hold(self, payload: Any, kind: WSMsgType) -> None:
             assert self._early is not None
             self._early.append((payload, kind))
+
+        def wake(self) -> None:
+            """Have the socket's task return from ``receive()``: a close we start must find it
+            out of there, or aiohttp closes the transport without waiting for the peer's close
+            frame (and a peer still sending then gets a reset, not our close code)."""
+            super().feed_data(_WAKE, 0)
 
         def attach(self, on_data: Callable[[Any, WSMsgType], None]) -> None:
             """From now on data goes to ``on_data``; what came before goes first."""
@@ -115,7 +122,19 @@ class Inbound:
     come meanwhile are held and run after it, as they would have waited for the task.
     """
 
-    __slots__ = ("_node", "_conn", "_connection", "_role", "_take", "_now", "traced", "held", "stopped", "claimer")
+    __slots__ = (
+        "_node",
+        "_conn",
+        "_connection",
+        "_role",
+        "_take",
+        "_now",
+        "traced",
+        "held",
+        "stopped",
+        "claimer",
+        "wake",
+    )
 
     def __init__(
         self, node: SignalingNode, connection: Connection, take: Callable[[float], bool], traced: PlayerTrace | None
@@ -130,6 +149,7 @@ class Inbound:
         self.held: collections.deque[tuple[Any, WSMsgType]] | None = None  # while a claim is in flight
         self.stopped = False  # closed by us: nothing more is read
         self.claimer: asyncio.Task[None] | None = None
+        self.wake: Callable[[], None] | None = None  # the tap's, where frames come from it
 
     def start(self, claims: list[Claim]) -> None:
         """The greeting's claims (a cluster streamer's first id), before any frame runs."""
@@ -160,8 +180,13 @@ class Inbound:
             self._claim_then_go_on(claims)
 
     def stop(self, code: int, reason: str) -> None:
+        """Close the socket for what it sent. The socket's task leaves its loop first (woken,
+        it runs before the close's own task), so the close waits for the peer's close frame
+        as it did when that task read every frame itself."""
         self.stopped = True
         self.held = None
+        if self.wake is not None:
+            self.wake()
         self._connection.close(code, reason)
 
     def _one(self, payload: Any, kind: WSMsgType) -> list[Claim]:

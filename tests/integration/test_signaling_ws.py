@@ -208,6 +208,38 @@ async def test_flood_closes_with_4429(start_signaling: StartSignaling, http: aio
     await bystander.still_served()
 
 
+async def test_a_flooder_still_sending_gets_its_answers_and_4429_not_a_reset(
+    http: aiohttp.ClientSession, start_process: StartProcess
+) -> None:
+    """Frames are read in the socket's read (signaling/ws_inbound.py), so the socket's task
+    sits in receive() when the flood is cut: the close must still wait for the peer's close
+    frame. Closing the transport at once reset a peer that was still sending, which then
+    lost the answers already sent and the close code (close 1006). A server process of its
+    own: in this process the client's sends and the server's reads would take turns."""
+    ports = [free_port() for _ in range(2)]
+    server = await start_process(
+        "signaling", "--host", "127.0.0.1", "--player-port", str(ports[0]), "--streamer-port", str(ports[1]),
+        "--sfu-port", "-1", "--player-rate", "10", "--player-burst", "50",
+    )  # fmt: skip
+    await server.wait_for_port(ports[0], WAIT)
+    ws = await http.ws_connect(f"ws://127.0.0.1:{ports[0]}/", autoclose=False)
+    sent = 0
+    for i in range(2_000):  # as fast as the socket takes them, far past the burst
+        try:
+            await ws.send_str(orjson.dumps({"type": "ping", "time": i}).decode())
+        except (ConnectionError, aiohttp.ClientError):
+            break
+        sent += 1
+    kinds: list[str] = []
+    while True:
+        msg = await ws.receive(timeout=10)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            break
+        kinds.append(orjson.loads(msg.data)["type"])
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, errors.RATE_LIMITED), (msg, sent)
+    assert kinds.count("pong") == 50  # every frame within the burst was answered
+
+
 async def _raw_player_that_never_reads(port: int) -> socket.socket:
     """A player whose receive buffer is tiny and never drained: a slow reader."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
