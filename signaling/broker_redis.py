@@ -107,7 +107,6 @@ class RedisBroker:
         self._outgoing: dict[str, list[tuple[int, str, bytes, Address | None]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._writing = False  # the writer task is sending a batch it took
-        self._write_due = False  # the writer task is to start next turn
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False  # the last round trip worked
         self._registered = False
@@ -222,15 +221,9 @@ class RedisBroker:
         if not self._up or self._closing:
             return False
         self._outgoing.setdefault(node, []).append((kind, to, payload, origin))
-        if self._writer is None and not self._write_due:  # a turn later, if no read's flush sent it
-            self._write_due = True
-            asyncio.get_running_loop().call_soon(self._start_writer)
-        return True
-
-    def _start_writer(self) -> None:
-        self._write_due = False
-        if self._outgoing and self._writer is None:
+        if self._writer is None:
             self._writer = asyncio.create_task(self._write())
+        return True
 
     async def _write(self) -> None:
         """The one writer: batches go out in order, each without waiting for the reply to
