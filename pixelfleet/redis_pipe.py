@@ -123,20 +123,6 @@ class Pipe:
             self._fail(exc)  # this batch is in ``_pending``: answered there
             raise
 
-    def send_now(self, packed: Sequence[bytes], replies: int, done: Done) -> bool:
-        """``send`` without waiting: True when written (``done`` gets the replies later),
-        False, with nothing done, where it would have to wait (no room, the kernel's buffer
-        full, a connection redis-py reads) or the pipe is broken."""
-        taken = self._taken
-        if taken is None or self.broken or len(self._pending) >= self._window or not taken.can_write:
-            return False
-        if taken.transport.is_closing():
-            return False
-        self._pending.append(_Batch(replies, done))
-        self._arm(self._bound_s)
-        taken.transport.write(b"".join(packed))
-        return True
-
     async def _read(self) -> None:
         """Always reading, even with nothing due: a connection the server closed (a Redis
         restart) is found out at once, not by the next batch sent on it."""

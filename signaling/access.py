@@ -285,17 +285,14 @@ class MaskCheck:
     reads only frame headers; on an unmasked frame it calls ``on_unmasked`` and drops the
     rest of the stream."""
 
-    __slots__ = ("_parser", "_skip", "_head", "_bad", "_on_unmasked", "_after_read")
+    __slots__ = ("_parser", "_skip", "_head", "_bad", "_on_unmasked")
 
-    def __init__(
-        self, parser: object, on_unmasked: Callable[[], None], after_read: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, parser: object, on_unmasked: Callable[[], None]) -> None:
         self._parser = parser
         self._skip = 0  # payload bytes of the current frame still to pass
         self._head = b""  # a frame header split across reads
         self._bad = False
         self._on_unmasked = on_unmasked
-        self._after_read = after_read  # once the read's frames were handled (the broker's flush)
 
     def feed_eof(self) -> object:
         return self._parser.feed_eof()  # type: ignore[attr-defined]
@@ -319,19 +316,12 @@ class MaskCheck:
                 else:
                     break
             if i == n:
-                return self._feed(data)
+                return self._parser.feed_data(data)  # type: ignore[attr-defined, no-any-return]
         if not self._frames_masked(data):
             self._bad = True
             self._on_unmasked()
             return False, b""
-        return self._feed(data)
-
-    def _feed(self, data: bytes) -> tuple[bool, bytes]:
-        try:
-            return self._parser.feed_data(data)  # type: ignore[attr-defined, no-any-return]
-        finally:
-            if self._after_read is not None:
-                self._after_read()
+        return self._parser.feed_data(data)  # type: ignore[attr-defined, no-any-return]
 
     def _frames_masked(self, data: bytes) -> bool:
         i, n = 0, len(data)

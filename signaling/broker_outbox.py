@@ -65,22 +65,6 @@ class BatchSender:
             done(exc)
             return
 
-        with contextlib.suppress(Exception):  # answered through ``answered`` (the pipe failed)
-            await pipe.send(pipe_command(channel, payload), 1, self._answered(name, done))
-
-    def send_now(self, channel: str, payload: bytes, done: Reply) -> bool:
-        """Write one batch at once where its server's pipe is open, takes writes at once
-        and has room; False (nothing done) otherwise: ``send`` it then."""
-        try:
-            name = self._server_of(channel)
-        except PipeBroken:
-            return False
-        pipe = self._pipes.get(name)
-        if pipe is None or name in self._stale:
-            return False
-        return pipe.send_now(pipe_command(channel, payload), 1, self._answered(name, done))
-
-    def _answered(self, name: str, done: Reply) -> Callable[[list[Any] | BaseException], None]:
         def answered(replies: list[Any] | BaseException) -> None:
             reply = replies if isinstance(replies, BaseException) else replies[0]
             if isinstance(reply, BaseException):
@@ -93,7 +77,8 @@ class BatchSender:
                 self._stale.add(name)
             done(int(reply))
 
-        return answered
+        with contextlib.suppress(Exception):  # answered through ``answered`` (the pipe failed)
+            await pipe.send(pipe_command(channel, payload), 1, answered)
 
     async def _pipe(self, channel: str) -> tuple[str, Pipe]:
         name = self._server_of(channel)

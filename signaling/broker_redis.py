@@ -106,7 +106,6 @@ class RedisBroker:
         self._events: NodeEvents | None = None
         self._outgoing: dict[str, list[tuple[int, str, bytes, Address | None]]] = {}
         self._writer: asyncio.Task[None] | None = None
-        self._writing = False  # the writer task is sending a batch it took
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False  # the last round trip worked
         self._registered = False
@@ -121,7 +120,7 @@ class RedisBroker:
         self._closing = False
         self._joined = asyncio.Event()  # the first beat went through
         counted: tuple[str, ...] = ("batches", "frames_out", "frames_in", "undeliverable", "lost_nodes")
-        counted += ("resubscribed", "read_in_socket", "sent_from_read")  # see broker_subscription, flush
+        counted += ("resubscribed", "read_in_socket")  # read_in_socket: taken over (broker_subscription)
         self.stats = dict.fromkeys(counted, 0)
 
     @classmethod
@@ -231,30 +230,11 @@ class RedisBroker:
         try:
             while self._outgoing:
                 batch, self._outgoing = self._outgoing, {}
-                self._writing = True
                 for node, items in batch.items():
                     payload = pack([i[:3] for i in items])
                     await self._outbox.send(self.inbox(node), payload, functools.partial(self._sent, node, items))
-                self._writing = False
         finally:
-            self._writing = False
             self._writer = None
-
-    def flush(self) -> None:
-        """Write what is queued now, from the socket read that queued it, where each node's
-        pipe takes a write at once; the rest waits for the writer task as before. Never
-        while that task is between a batch's records, which could then be overtaken."""
-        if self._writing or not self._outgoing:
-            return
-        try:
-            for node in list(self._outgoing):
-                items = self._outgoing[node]
-                payload = pack([i[:3] for i in items])
-                if self._outbox.send_now(self.inbox(node), payload, functools.partial(self._sent, node, items)):
-                    del self._outgoing[node]
-                    self.stats["sent_from_read"] += 1
-        except Exception:  # noqa: BLE001 - what is left goes with the writer task
-            log.exception("flush_failed", node=self.node_id)
 
     def _sent(self, node: str, items: list[tuple[int, str, bytes, Address | None]], reply: int | BaseException) -> None:
         self.stats["batches"] += 1
@@ -300,7 +280,6 @@ class RedisBroker:
                     log.warning("bad_link", error=str(exc))
                     continue
                 self._events.on_link(link)
-        self.flush()  # what the links answered (a subscription's playerConnected, a refusal) goes now
 
     # --- directory --------------------------------------------------------------------
 

@@ -323,8 +323,7 @@ class SignalingNode:
             transport.write(close_frame(errors.PROTOCOL_ERROR, "client frames must be masked"))
             transport.close()
 
-        flush = getattr(self.broker, "flush", None)  # the Redis broker's: batches leave from the read
-        protocol._payload_parser = MaskCheck(parser, unmasked, flush)  # noqa: SLF001 - aiohttp has no hook for it
+        protocol._payload_parser = MaskCheck(parser, unmasked)  # noqa: SLF001 - aiohttp has no hook for it
 
     def run(self, actions: list[Any]) -> list[Claim]:
         """Carry out the core's actions. Frames are encoded once per message. Returns the
