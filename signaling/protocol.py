@@ -115,7 +115,6 @@ class SignalingCore:
         self._wanted: dict[Address, str] = {}  # ids asked for in a claim still in flight
         from signaling.handlers import HANDLERS  # here, not at the top: handlers imports this module
 
-        self._handlers = HANDLERS
         self._next_conn = 0
         self._next_player = 0
         # Plain-int counters for /metrics (signaling.metrics reads them at scrape time):
@@ -123,6 +122,8 @@ class SignalingCore:
         # plain ``+= 1``), refused ones by role and problem kind.
         self.accepted: dict[Role, dict[str, int]] = {role: dict.fromkeys(HANDLERS[role], 0) for role in Role}
         self.refused: dict[tuple[Role, str], int] = {}
+        # What each peer reaches by its role on every frame (``Peer.handlers``, ``Peer.counts``).
+        self._by_role = {role: (HANDLERS[role], self.accepted[role]) for role in Role}
 
     # --- events from this node's sockets ----------------------------------------------
 
@@ -143,14 +144,8 @@ class SignalingCore:
         """
         conn = Address(f"{self.node}/{self._next_conn}")
         self._next_conn += 1
-        peer = Peer(
-            conn,
-            role,
-            allowed_streamer=allowed_streamer,
-            credential=credential,
-            counts=self.accepted[role],
-            handlers=self._handlers[role],
-        )
+        peer = Peer(conn, role, allowed_streamer=allowed_streamer, credential=credential)
+        peer.handlers, peer.counts = self._by_role[role]
         self._peers[conn] = peer
         actions: list[Action] = []
         if role is not Role.STREAMER:
