@@ -129,6 +129,8 @@ class Inbound:
         "_role",
         "_take",
         "_now",
+        "_run",
+        "_receive",
         "traced",
         "held",
         "stopped",
@@ -145,6 +147,8 @@ class Inbound:
         self._role = connection.role
         self._take = take
         self._now = asyncio.get_running_loop().time
+        self._run = node.run  # bound once: both are called for every frame
+        self._receive = node.core.receive
         self.traced = traced
         self.held: collections.deque[tuple[Any, WSMsgType]] | None = None  # while a claim is in flight
         self.stopped = False  # closed by us: nothing more is read
@@ -173,8 +177,7 @@ class Inbound:
         try:
             claims = self._one(payload, kind)
         except Exception:  # noqa: BLE001 - a bug must cost this socket only, and be seen
-            log.exception("frame_failed", conn=self._conn, role=self._role.value)
-            self.stop(errors.INTERNAL_ERROR, "internal error")
+            self._failed()
             return
         if claims:
             self._claim_then_go_on(claims)
@@ -189,17 +192,20 @@ class Inbound:
             self.wake()
         self._connection.close(code, reason)
 
+    def _failed(self) -> None:
+        log.exception("frame_failed", conn=self._conn, role=self._role.value)
+        self.stop(errors.INTERNAL_ERROR, "internal error")
+
     def _one(self, payload: Any, kind: WSMsgType) -> list[Claim]:
-        node = self._node
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             if kind is _TEXT and type(payload) is bytes and not _is_utf8(payload):  # RFC 6455 8.1
                 self.stop(errors.INVALID_TEXT, "text frame is not valid UTF-8")
                 return []
-            node.run(node.core.reject(self._conn, "frame is not valid UTF-8 JSON"))
+            self._run(self._node.core.reject(self._conn, "frame is not valid UTF-8 JSON"))
             return []
-        claims = node.run(node.core.receive(self._conn, obj))
+        claims = self._run(self._receive(self._conn, obj))
         traced = self.traced
         if traced is not None and traced.waiting:  # a traced player, until its answer
             traced.saw(obj)
@@ -216,9 +222,8 @@ class Inbound:
                 claims = []
                 while not claims and self.held and not self.stopped:
                     claims = self._one(*self.held.popleft())
-        except Exception:  # noqa: BLE001
-            log.exception("frame_failed", conn=self._conn, role=self._role.value)
-            self.stop(errors.INTERNAL_ERROR, "internal error")
+        except Exception:  # noqa: BLE001 - as in on_data
+            self._failed()
         finally:
             if not self.stopped:
                 self.held = None

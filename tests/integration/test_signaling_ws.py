@@ -135,9 +135,6 @@ async def test_a_bug_handling_a_frame_closes_that_socket_1011_and_others_are_una
 ) -> None:
     """Frames run inside the socket's read: an exception there must cost its socket only."""
     server = await start_signaling()
-    s = await connect_streamer(http, server.streamer_port)
-    good, good_id = await connect_player(http, server.player_port, s)
-    bad, _ = await connect_player(http, server.player_port)
     receive = server.core.receive
 
     def buggy(conn, obj):  # type: ignore[no-untyped-def]
@@ -145,7 +142,10 @@ async def test_a_bug_handling_a_frame_closes_that_socket_1011_and_others_are_una
             raise RuntimeError("a bug")
         return receive(conn, obj)
 
-    monkeypatch.setattr(server.core, "receive", buggy)
+    monkeypatch.setattr(server.core, "receive", buggy)  # before the sockets: each binds it once
+    s = await connect_streamer(http, server.streamer_port)
+    good, good_id = await connect_player(http, server.player_port, s)
+    bad, _ = await connect_player(http, server.player_port)
     await bad.send(type="ping", time=666)
     closing = await bad.ws.receive(timeout=10)
     assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == errors.INTERNAL_ERROR
