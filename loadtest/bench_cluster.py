@@ -96,7 +96,7 @@ class RunQueue:
     not, so on a box with fewer cores than busy processes each crossing adds about two such
     waits."""
 
-    def __init__(self, groups: dict[str, Any]) -> None:
+    def __init__(self, groups: dict[str, ProcTree]) -> None:
         self.groups = groups
         self.before = {name: tree.run_queue() for name, tree in groups.items()}
 
