@@ -116,7 +116,8 @@ local function overdue(host)
 end
 -- Such a host's slots leave the placement indexes at once (hc.o) and come back with its
 -- next heartbeat (heartbeat_slots.lua), or leave for good when its death is applied.
-local function take_out(host, hc)
+local function take_out(host, raw)
+  local hc = cjson.decode(raw)
   hc.o = true
   redis.call('HSET', K_hosts, host, enc(hc))
   for _, id in ipairs(hc.s) do
@@ -154,11 +155,11 @@ while strays < 8 and rounds < 256 do
   if not id then break end
   local raw = redis.call('HGET', K.slots, id)
   local s = raw and cjson.decode(raw)
-  local hc = s and redis.call('HGET', K_hosts, s.host_id)
-  hc = hc and cjson.decode(hc)
+  local hraw = s and redis.call('HGET', K_hosts, s.host_id)
+  local hc = hraw and copy_flags(hraw)  -- the flags only: the slot list is for take_out
   if s and s.state == 'ready' and s.app == app and hc and not hc.d and not hc.x and not hc.o then
     if not overdue(s.host_id) then slot = s; break end
-    take_out(s.host_id, hc)
+    take_out(s.host_id, hraw)
     unready(K, s)
   else
     strays = strays + 1

@@ -36,17 +36,7 @@ local K_seq, K_rs, K_gl, K_gs = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 local host, now = ARGV[1], tonumber(ARGV[3])
 local raw = redis.call('HGET', K.hosts, host)
 if not raw then return {0} end
--- The copy's flags, read without decoding its slot list (most of it, and needed only to
--- put the slots back): each key matches only where the copy has it, unescaped.
-local hc
-do
-  local i, x, d = string.match(raw, '"i":(%d+)'), string.match(raw, '"x":(%a+)'), string.match(raw, '"d":(%a+)')
-  if i and x and d then
-    hc = {i = tonumber(i), x = x == 'true', d = d == 'true', o = string.find(raw, '"o":true', 1, true) ~= nil}
-  else
-    hc = cjson.decode(raw)
-  end
-end
+local hc = copy_flags(raw)  -- the flags; the slot list is decoded only to put slots back
 if hc.i ~= tonumber(ARGV[2]) or hc.x then return {0} end
 redis.call('HSET', K.beat, host, ARGV[3])
 local back = hc.o

@@ -79,6 +79,18 @@ local function unready(K, slot)
     end
   end
 end
+-- The flags of a tenant's copy of a host (apply_host.lua writes it: {v, i, d, x, s[, o]}),
+-- read without decoding its slot list s, which is most of it (500 ids on a big host) and
+-- which allocation and a heartbeat need only to put the slots back. Each key matches only
+-- where the copy has it, unescaped (an id's quotes are escaped); anything unexpected
+-- decodes whole.
+local function copy_flags(raw)
+  local i, x, d = string.match(raw, '"i":(%d+)'), string.match(raw, '"x":(%a+)'), string.match(raw, '"d":(%a+)')
+  if i and x and d then
+    return {i = tonumber(i), x = x == 'true', d = d == 'true', o = string.find(raw, '"o":true', 1, true) ~= nil}
+  end
+  return cjson.decode(raw)
+end
 -- Every script that writes a slot calls this: the indexes hold exactly the claimable
 -- slots (READY on a live, non-draining host; hc is the tenant's copy of the host; hc.o:
 -- allocation took the host's slots out when it found it past its heartbeat deadline,
