@@ -75,9 +75,11 @@ from loadtest.bench_matchmaker_report import TARGETS, _print_phase, merge_ends, 
 from loadtest.bench_signaling import ProcTree, hot_spots, machine_info, quiet_machine
 from loadtest.children import die_with_parent
 from loadtest.fleet_sim import heartbeat_mode
+from signaling.config import Settings as SignalingSettings
 
 __all__ = ["TARGETS", "main"]
 now = time.monotonic
+_SIGNALING = SignalingSettings()  # the session reporter's defaults, which the benchmark plays
 
 
 class World:
@@ -301,7 +303,8 @@ class Bench:
             ends = None
             if self.shape is not None:
                 ends = {"connections": o.end_conns, "mean_s": o.session_mean, "connect_s": o.connect_after}
-                ends["batch"] = 64 if o.events == "batch" else 0  # as signalling's PIXELFLEET_REPORT_BATCH_MAX
+                ends["batch"] = _SIGNALING.report_batch_max if o.events == "batch" else 0
+                ends["linger_s"] = o.report_linger
             cfgs = [
                 {
                     "kind": "http",
@@ -546,6 +549,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     fleet.add_argument("--queue-players", type=int, default=24, help="players of the queue app (0 = no queue)")
     fleet.add_argument("--end-conns", type=int, default=16, help="connections per generator for session events")
     fleet.add_argument("--events", choices=("batch", "single"), default="batch", help="batch: as signalling sends")
+    fleet.add_argument(
+        "--report-linger",
+        type=float,
+        default=_SIGNALING.report_linger_s,
+        help="how long a batch of session events lingers (default: signalling's PIXELFLEET_REPORT_LINGER_S)",
+    )
     fleet.add_argument("--hb-seconds", type=float, default=6.0, help="heartbeats-only window per phase (CPU split)")
     p.add_argument("--replicas", type=_ints, default=[1, 4], help="closed-loop phases (default 1,4)")
     p.add_argument("--allocs", type=int, default=6000, help="measured allocations per closed-loop phase")

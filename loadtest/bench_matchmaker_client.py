@@ -137,20 +137,24 @@ class SessionEnds:
     ends the session after its reconnect grace).
 
     ``batch`` > 0 (the default, as signalling reports): each connection is one signalling
-    node's reporter, and each session reports through one of them; at every 5 ms tick a
-    connection with nothing in flight sends its due events together in one ``POST
-    /api/v1/sessions/events`` (at most ``batch`` items; the rest after the answer), so one
-    session's events keep their order. ``batch`` 0: each event alone on the single route
-    (``POST /api/v1/sessions/{id}/events``), on any idle connection."""
+    node's reporter (``signaling.session_reports.HttpReporter``), and each session reports
+    through one of them. As there, a report that finds its reporter idle waits ``linger_s``
+    for others, then they go together in one ``POST /api/v1/sessions/events`` (at once when
+    ``batch`` wait), one request in flight; what queued meanwhile waits ``linger_s`` from the
+    answer. So one session's events keep their order. Times are kept to a 5 ms tick.
+    ``batch`` 0: each event alone on the single route (``POST /api/v1/sessions/{id}/events``),
+    on any idle connection."""
 
     def __init__(self, cfg: dict[str, Any], seed: int) -> None:
         self.cfg = cfg
         self.rnd = random.Random(seed)
         self.batch: int = cfg.get("batch", 0)
+        self.linger_s: float = cfg.get("linger_s", 0.0)
         self.due: list[tuple[float, int, int, bytes]] = []  # (time, tie-break, lane, request or item)
         self.backlog: collections.deque[bytes] = collections.deque()
         self.idle: collections.deque[HttpConn] = collections.deque()
         self.lanes: list[tuple[HttpConn, collections.deque[bytes]]] = []  # batch: one reporter per connection
+        self.ready_at: dict[HttpConn, float] = {}  # batch: when a reporter's lingering ends
         self.in_flight: dict[HttpConn, int] = {}  # batch: items of the request a connection awaits
         self.n = 0
         self.sent = 0
@@ -235,7 +239,8 @@ class SessionEnds:
                     self.statuses[r["status"]] += 1
             else:
                 self.statuses[status] += items
-            return  # the next tick sends what this connection's reporter has queued
+            self.ready_at[conn] = now() + self.linger_s  # what queued meanwhile lingers from here
+            return  # a later tick sends what this connection's reporter has queued
         self.statuses[status] += 1
         if conn.lost:
             return
@@ -252,13 +257,17 @@ class SessionEnds:
             while self.due and self.due[0][0] <= t:
                 _, _, lane, request = heapq.heappop(self.due)
                 if self.batch:
-                    self.lanes[lane][1].append(request)
+                    conn, queue = self.lanes[lane]
+                    if not queue and not conn.busy:
+                        self.ready_at[conn] = t + self.linger_s
+                    queue.append(request)
                 else:
                     self._send(request)
             if self.batch:
                 for conn, queue in self.lanes:
                     if queue and not conn.busy and not conn.lost:
-                        self._send_batch(conn, queue)
+                        if len(queue) >= self.batch or t >= self.ready_at.get(conn, t):
+                            self._send_batch(conn, queue)
             await asyncio.sleep(0.005)
 
     def take(self) -> dict[str, Any]:

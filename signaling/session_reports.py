@@ -79,7 +79,7 @@ class HttpReporter:
         timeout_s: float = 2.0,
         report_token: str | None = None,
         batch_max: int = 64,
-        linger_s: float = 0.005,
+        linger_s: float = 0.05,
     ) -> None:
         # The report token tells the matchmaker a connect/disconnect comes from signalling,
         # not from a player holding its own session token (PIXELFLEET_REPORT_TOKEN).
