@@ -539,10 +539,11 @@ class Generator:
         return {"ids": ids}
 
     async def cmd_handshake(
-        self, port: int, start_at: float, inflight: int, count: int | None = None
+        self, port: int, start_at: float, inflight: int, count: int | None = None, close_after: bool = False
     ) -> dict[str, Any]:
         """Handshake the next ``count`` players not yet started (all the rest by default), so
-        one generator can run a light phase first and the loaded one after it."""
+        one generator can run a light phase first and the loaded one after it; ``close_after``
+        closes them once measured (a light phase's players then take no part in the relay)."""
         sem = asyncio.Semaphore(max(1, inflight))
         players = self.players[self._started :]
         if count is not None:
@@ -562,6 +563,10 @@ class Generator:
         _quiet_gc()
         await asyncio.sleep(max(0.0, start_at - now()))
         await asyncio.gather(*(one(p) for p in players))
+        if close_after:
+            for p in players:
+                if p.conn is not None:
+                    p.conn.close()
         ok = [p for p in players if not p.failure]
         failures = collections.Counter(p.failure for p in players if p.failure)
         return {
