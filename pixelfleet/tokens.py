@@ -62,6 +62,10 @@ class TokenKeys:
         return cls("EdDSA", private, load_pem_public_key(public_pem))
 
 
+LEEWAY_S = 5
+"""Seconds a token is still taken past its expiry (and before its not-before): clock skew between hosts."""
+
+
 def mint(
     keys: TokenKeys,
     *,
@@ -103,7 +107,7 @@ def _hs256(claims: dict[str, Any], secret: str | bytes) -> str:
 
 
 def verify(
-    keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5, allow_expired: bool = False
+    keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = LEEWAY_S, allow_expired: bool = False
 ) -> SessionClaims:
     """Check signature, algorithm, issuer, audience and (unless ``allow_expired``) expiry.
 
@@ -206,7 +210,9 @@ def mint_streamer(
     return _sign(keys, STREAMER_AUDIENCE, tenant, {"hid": host_id, "stid": streamer_id}, ttl_s, now)
 
 
-def verify_streamer(keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = 5) -> StreamerClaims:
+def verify_streamer(
+    keys: TokenKeys, token: str, *, now: float | None = None, leeway_s: int = LEEWAY_S
+) -> StreamerClaims:
     """Check signature, algorithm, issuer, streamer audience and expiry (``now`` for nbf too)."""
     at = time.time() if now is None else now
     try:
