@@ -119,7 +119,7 @@ end
 local function take_out(host, raw)
   local hc = cjson.decode(raw)
   hc.o = true
-  redis.call('HSET', K_hosts, host, enc(hc))
+  redis.call('HSET', K_hosts, host, enc_copy(hc))
   for _, id in ipairs(hc.s) do
     local raw = redis.call('HGET', K.slots, id)
     if raw then unready(K, cjson.decode(raw)) end

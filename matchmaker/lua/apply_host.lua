@@ -101,5 +101,5 @@ for _, sid in ipairs(hc.s) do
   local sr = redis.call('HGET', K.slots, sid)
   if sr then sync_ready(K, cjson.decode(sr), hc) end
 end
-redis.call('HSET', K.hosts, host, enc(hc))
+redis.call('HSET', K.hosts, host, enc_copy(hc))
 return ended

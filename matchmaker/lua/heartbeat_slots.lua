@@ -43,7 +43,7 @@ local back = hc.o
 if back then
   hc = cjson.decode(raw)
   hc.o = nil
-  redis.call('HSET', K.hosts, host, enc(hc))
+  redis.call('HSET', K.hosts, host, enc_copy(hc))
 end
 local seq, full = tonumber(ARGV[5]), ARGV[6] == '1'
 local last

@@ -79,15 +79,18 @@ local function unready(K, slot)
     end
   end
 end
--- The flags of a tenant's copy of a host (apply_host.lua writes it: {v, i, d, x, s[, o]}),
--- read without decoding its slot list s, which is most of it (500 ids on a big host) and
--- which allocation and a heartbeat need only to put the slots back. Each key matches only
--- where the copy has it, unescaped (an id's quotes are escaped); anything unexpected
--- decodes whole.
+-- A tenant's copy of a host: {v, i, d, x[, o], s}, written by enc_copy() alone, flags first
+-- and the slot list s last, so that copy_flags() reads the flags at the head without
+-- touching the list, which is most of it (500 ids on a big host) and is needed only to put
+-- the slots back. A copy of another layout (written before) decodes whole.
+local function enc_copy(hc)
+  return '{"v":' .. enc(hc.v) .. ',"i":' .. enc(hc.i) .. ',"d":' .. enc(hc.d == true) .. ',"x":' .. enc(hc.x == true)
+    .. (hc.o and ',"o":true' or '') .. ',"s":' .. enc(hc.s) .. '}'
+end
 local function copy_flags(raw)
-  local i, x, d = string.match(raw, '"i":(%d+)'), string.match(raw, '"x":(%a+)'), string.match(raw, '"d":(%a+)')
-  if i and x and d then
-    return {i = tonumber(i), x = x == 'true', d = d == 'true', o = string.find(raw, '"o":true', 1, true) ~= nil}
+  local i, d, x, at = string.match(raw, '^{"v":[^,]*,"i":(%d+),"d":(%a+),"x":(%a+),()')
+  if i then
+    return {i = tonumber(i), d = d == 'true', x = x == 'true', o = string.sub(raw, at, at + 8) == '"o":true,'}
   end
   return cjson.decode(raw)
 end

@@ -6,6 +6,7 @@ The shared semantics are in ``test_store_conformance.py`` and the state machine.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from matchmaker.models import EndReason, Session, SessionState, SlotState, TicketState
+from matchmaker.redis_keys import TenantKeys
 from matchmaker.store import BackendUnavailable, NoClaim, QueueFull, StoreError, open_store
 from matchmaker.store_redis import FINISHED_TICKET_TTL_S, RedisStore
 from tests.integration.test_store_conformance import (
@@ -171,6 +173,32 @@ async def test_replicas_never_share_a_slot(open_redis: OpenStore) -> None:
         *(r.end_session(sid, EndReason.PLAYER_LEFT, 110.0) for r in replicas for sid in winners.values())
     )
     assert sum(e is not None for e in ends) == 4
+
+
+async def test_host_copies_keep_their_flags_at_the_head_and_other_layouts_still_read(open_redis: OpenStore) -> None:
+    """Allocation and heartbeats read a tenant's copy of a host by its flags alone, at the
+    head of the JSON (``copy_flags`` in tenant.lua); a copy in another key order, as
+    written before, is decoded whole and read the same."""
+    store = open_redis()
+    for old in (False, True):
+        tenant = "old" if old else "new"
+        key = TenantKeys(store.prefix, tenant).hosts
+        for host, draining in ((f"{tenant}1", True), (f"{tenant}2", False)):  # host ids are fleet-wide
+            await ready_host(store, host=host, boot=f"b-{host}", tenant=tenant, slots=1)
+            stored = await store._r.hget(key, host)
+            assert isinstance(stored, bytes), stored
+            raw = stored.decode()
+            copy = json.loads(raw)
+            assert list(copy) == ["v", "i", "d", "x", "s"] and raw.endswith(f',"s":["{host}\\/0"]}}'), raw
+            d, ids, i, v = json.dumps(draining), json.dumps(copy["s"]), copy["i"], copy["v"]
+            if old:  # the order Lua's pairs() gave these keys
+                raw = f'{{"i":{i},"x":false,"s":{ids},"d":{d},"v":{v}}}'
+            else:
+                raw = f'{{"v":{v},"i":{i},"d":{d},"x":false,"s":{ids}}}'
+            await store._r.hset(key, host, raw)
+        got = await try_claim(store, tenant=tenant)  # the first copy says draining: only the second's slot
+        assert isinstance(got, Session) and got.slot_id == f"{tenant}2/0", (old, got)
+        assert await try_claim(store, tenant=tenant) is NoClaim.NO_SLOT, old
 
 
 INDEXES = ("created", "since:assigned", "since:connected", "since:disconnected")
