@@ -24,4 +24,6 @@ def test_bench_heartbeat_scripts_reports_each_script(tmp_path: Path) -> None:
         calls = phase["us_per_call"]
         assert calls["heartbeat_host"] > 0 and calls["heartbeat_slots"] > 0, phase
         assert phase["redis_us_per_beat"] >= phase["us_per_beat"]["heartbeat_host"] > 0, phase
+        assert set(phase["copy_read_us"]) == {"hget", "copy_flags", "decode"}, phase
+        assert min(phase["copy_read_us"].values()) > 0, phase
     assert "zadd" in report["phases"][1]["us_per_call"]  # GPU reports move the placement scores
