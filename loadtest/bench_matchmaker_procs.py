@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from loadtest.bench_matchmaker_raw import pool_layout
-from loadtest.bench_signaling import ProcTree, percentile
+from loadtest.bench_signaling import ProcTree, percentile, run_queue
 from loadtest.children import JsonLineChild, die_with_parent, tail
 from pixelfleet.net import NotListening, free_port, wait_for_port
 
@@ -275,16 +275,28 @@ class Generator(JsonLineChild):
 
 
 class Cpu:
-    """CPU seconds of Redis, each matchmaker, each generator, and the machine."""
+    """CPU seconds of Redis, each matchmaker, each generator, and the machine; and how long
+    each group's threads waited runnable for a CPU (Linux schedstat). On a box with fewer
+    cores than busy processes an allocation waits that way at every hop of its path
+    (generator, replica, Redis, replica, generator), which is what its tail is made of."""
 
     def __init__(
         self, redis: RedisServer, mms: Sequence[ProcTree], gens: Sequence[ProcTree], fleet: Sequence[ProcTree] = ()
     ) -> None:
         self.redis, self.mms, self.gens, self.fleet = redis, mms, gens, fleet
 
+    def _waits(self) -> dict[str, tuple[float, int]]:
+        ours = self.redis.proc is not None  # the pid of a Redis we did not start may name another box's process
+        out = {"redis": run_queue([self.redis.pid] if ours else [])}
+        for name, trees in (("matchmakers", self.mms), ("generators", self.gens), ("fleet", self.fleet)):
+            waits = [t.run_queue() for t in trees]
+            out[name] = (sum(w for w, _ in waits), sum(n for _, n in waits))
+        return out
+
     def snap(self) -> dict[str, Any]:
         m = psutil.cpu_times()
         return {
+            "waits": self._waits(),
             "t": now(),
             "redis": self.redis.cpu(),
             "mms": [p.cpu() for p in self.mms],
@@ -319,7 +331,21 @@ class Cpu:
             "machine_busy": round(busy, 3),
             "other_cores": round(max(0.0, busy * NCPU - ours / wall), 3),
             "cpu_ms_per_op": {"redis": per_op(redis), "matchmakers": per_op(sum(mms)), "generators": per_op(sum(gens))},
+            "run_queue": _run_queue_since(a["waits"], b["waits"], ops),
         }
+
+
+def _run_queue_since(a: dict[str, tuple[float, int]], b: dict[str, tuple[float, int]], ops: int) -> dict[str, Any]:
+    """Per group: the mean wait for a CPU each time a thread got one (ms), and the wait in
+    all over the operations made (ms per op). None where the kernel keeps no schedstat."""
+    out: dict[str, Any] = {}
+    for name, (wait, turns) in b.items():
+        wait, turns = wait - a[name][0], turns - a[name][1]
+        out[name] = {
+            "ms_per_turn": round(wait / turns * 1e3, 3) if turns > 0 else None,
+            "ms_per_op": round(wait / ops * 1e3, 3) if ops and turns > 0 else None,
+        }
+    return out
 
 
 def saturation(cpu: dict[str, Any]) -> str:

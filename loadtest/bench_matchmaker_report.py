@@ -115,6 +115,8 @@ def render(report: dict[str, Any]) -> str:
                 f"  pool: {p['apps']} apps x {p['slots_per_app']} READY slots, about "
                 f"{p['ready_per_app_end']} left per app at the end; {p['live_sessions_end']} live sessions"
             )
+        if rq := run_queue_line(p["cpu"].get("run_queue")):
+            lines.append(rq)
         if p["phase"].startswith("http"):
             lines.append(
                 "  redis per allocation (calls, us inside redis): "
@@ -144,6 +146,18 @@ def render(report: dict[str, Any]) -> str:
             lines.append("  self %:")
             lines += [f"  {pct:5.1f}  {fn}" for fn, pct in prof["self_pct"][:12]]
     return "\n".join(lines)
+
+
+def run_queue_line(rq: dict[str, Any] | None) -> str | None:
+    """How long each group waited runnable for a CPU: per turn on a CPU, and per allocation."""
+    if not rq or all(g["ms_per_turn"] is None for g in rq.values()):
+        return None
+    parts = [
+        f"{name} {_f(g['ms_per_turn'])} ms per turn, {_f(g['ms_per_op'])} ms per alloc"
+        for name, g in rq.items()
+        if g["ms_per_turn"] is not None
+    ]
+    return "  waiting for a CPU (run queue): " + "; ".join(parts)
 
 
 def fleet_title(fleet: dict[str, Any] | None) -> str:

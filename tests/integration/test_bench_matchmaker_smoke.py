@@ -61,6 +61,10 @@ def _phases(report: dict[str, Any], repeat: int) -> dict[tuple[str, int | None],
         assert len(p["cpu"]["matchmaker_cores"]) == key[1]
         assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"], p
         assert p["redis_commands_per_alloc"] and p["live_sessions_end"] > 0
+        waits = p["cpu"]["run_queue"]  # the bench started Redis, the replicas and generators itself
+        for group in ("redis", "matchmakers", "generators"):
+            assert waits[group]["ms_per_turn"] is not None and waits[group]["ms_per_turn"] >= 0, (key, waits)
+            assert waits[group]["ms_per_op"] >= 0, (key, waits)
     fixed = phases[("http open", 2)]
     assert fixed["offered_per_s"] == 40 and fixed["service"]["p99_ms"] is not None
     assert fixed["max_backlog"] >= 0 and fixed["max_send_lag_ms"] >= 0
@@ -81,6 +85,7 @@ def _printed(text: str, *labels: str) -> None:
         "saturated (http closed x2)",
         "open loop: offered",
         "redis per allocation",
+        "waiting for a CPU (run queue): redis",
         "targets:",
         *labels,
     ):
