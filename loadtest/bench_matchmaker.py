@@ -72,7 +72,7 @@ from loadtest.bench_matchmaker_procs import (
     saturation,
 )
 from loadtest.bench_matchmaker_report import TARGETS, _print_phase, merge_ends, ratios, render
-from loadtest.bench_signaling import ProcTree, hot_spots, machine_info, quiet_machine
+from loadtest.bench_signaling import ProcTree, cpu_speed_ms, hot_spots, machine_info, quiet_machine
 from loadtest.children import die_with_parent
 from loadtest.fleet_sim import heartbeat_mode
 from signaling.config import Settings as SignalingSettings
@@ -228,6 +228,7 @@ class Bench:
             gens = await self._gens(cfgs, f"raw-{mode}")
             await asyncio.gather(*(g.call(120, "prepare") for g in gens))
             busy = await quiet_machine(o.quiet_wait)
+            speed = cpu_speed_ms()
             cpu = world.cpu([g.tree for g in gens]) if world else Cpu(self.redis, [], [g.tree for g in gens])
             if world and world.fleet:
                 await world.fleet.stats()
@@ -255,6 +256,7 @@ class Bench:
             "pool_slots": registered,
             "fill_s": round(t_fill, 2),
             "machine_busy_before": busy,
+            "cpu_speed_ms": speed,
             "cpu": usage,
             "saturated": saturation(usage),
         }
@@ -324,6 +326,7 @@ class Bench:
             if o.warmup:
                 await asyncio.gather(*(g.call(300, "run", mode="closed", count=max(1, o.warmup // G)) for g in gens))
             busy = await quiet_machine(o.quiet_wait)
+            speed = cpu_speed_ms()
             spy = await self._profile_start(world.trees[0].proc.pid, f"http{replicas}-{mode}")
             cpu = world.cpu([g.tree for g in gens])
             if world.fleet is not None:
@@ -372,6 +375,7 @@ class Bench:
             "live_sessions_end": live,
             "fill_s": round(t_fill, 2),
             "machine_busy_before": busy,
+            "cpu_speed_ms": speed,
             "cpu": usage,
             "saturated": saturation(usage),
             "redis_commands_per_alloc": _per_alloc(stats_before, stats_after, ok),

@@ -93,6 +93,9 @@ def render(report: dict[str, Any]) -> str:
     for p in report["phases"]:
         name = p["phase"] + (f" x{p['replicas']}" if "replicas" in p else "")
         lines.append(f"saturated ({name}): {p['saturated']}")
+        if p.get("cpu_speed_ms") is not None:
+            speed = p["cpu_speed_ms"]
+            lines.append(f"  the VM just before: a fixed Python workload took {speed} CPU ms (lower is faster)")
         if len(p.get("runs", [])) > 1:
             lines.append(
                 "  runs (allocs/s, p99 ms, other cores): "

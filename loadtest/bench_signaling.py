@@ -339,6 +339,23 @@ async def quiet_machine(limit_s: float) -> float | None:
             return busy
 
 
+def cpu_speed_ms(rounds: int = 3) -> float:
+    """CPU milliseconds a fixed pure-Python workload takes, the least of ``rounds``: the
+    VM's speed at that moment. A shared host's vCPU is not a constant (this box's varied
+    by half again from minute to minute, idle), and CPU per operation moves with it, so a
+    benchmark reports this next to its figures. Lower is faster."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        table: dict[str, int] = {}
+        acc = 0
+        for i in range(150_000):
+            acc += i * i % 7
+            table[str(i & 4095)] = acc
+        best = min(best, time.process_time() - started)
+    return round(best * 1e3, 1)
+
+
 # ----------------------------------------------------------------------------- profiling
 class Profiler:
     """py-spy attached to the server for one phase (`--profile DIR`).

@@ -49,6 +49,7 @@ def _phases(report: dict[str, Any], repeat: int) -> dict[tuple[str, int | None],
         assert len(cpu["generator_cores"]) >= 1 and cpu["fleet_cores"] >= 0, key
         assert set(cpu["cpu_ms_per_op"]) == {"redis", "matchmakers", "generators"}, key
         assert p["saturated"], key
+        assert p["cpu_speed_ms"] > 0, key
         assert len(p["runs"]) == repeat and sum(r["chosen"] for r in p["runs"]) == 1, key
     for name in ("raw script", "raw store"):
         p = phases[(name, None)]
@@ -86,6 +87,7 @@ def _printed(text: str, *labels: str) -> None:
         "open loop: offered",
         "redis per allocation",
         "waiting for a CPU (run queue): redis",
+        "the VM just before: a fixed Python workload took",
         "targets:",
         *labels,
     ):
