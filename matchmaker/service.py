@@ -50,6 +50,10 @@ _RECORD_BATCH = 500
 _RECORD_ROUNDS = 20
 _DUE_BATCH = 500  # sessions a sweep reads and ends per round
 _DUE_ROUNDS = 8  # rounds per sweep at most; the next sweep goes on
+# Ends a sweep sends together: they share the store's round trips (one write, one read
+# for the lot) instead of a round trip, and two process wake-ups, each. Bounded because
+# Redis runs one client's pipelined scripts back to back: 32 ends hold it ~1-2 ms.
+_END_CHUNK = 32
 
 
 class UnknownApp(StoreError):
@@ -504,17 +508,34 @@ class Matchmaker:
             "idle_timeout_s": s.idle_timeout_s,
             "max_session_s": s.max_session_s,
         }
+        failed: StoreError | None = None
         for _ in range(_DUE_ROUNDS):  # only the due sessions: a sweep costs what ends
             listed = {x.session_id: x for x in await self.store.due_sessions(now, limit=_DUE_BATCH, **rules)}
-            for session_id, reason in due_endings(listed.values(), now, **rules):
+            verdicts = list(due_endings(listed.values(), now, **rules))
+            for start in range(0, len(verdicts), _END_CHUNK):
+                chunk = verdicts[start : start + _END_CHUNK]
                 # The verdict came from the listing: it holds only if the session has not moved on.
-                guard = None if reason is EndReason.MAX_LENGTH else listed[session_id]
-                done = await self.store.end_session(session_id, reason, now, if_unchanged=guard)
-                if done is not None:
-                    ended.append(done)
-            if len(listed) < _DUE_BATCH:
+                outcomes = await asyncio.gather(
+                    *(
+                        self.store.end_session(
+                            sid, reason, now, if_unchanged=None if reason is EndReason.MAX_LENGTH else listed[sid]
+                        )
+                        for sid, reason in chunk
+                    ),
+                    return_exceptions=True,
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, StoreError):
+                        failed = failed or outcome
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+                    elif outcome is not None:
+                        ended.append(outcome)
+            if failed is not None or len(listed) < _DUE_BATCH:
                 break
-        await self._record(ended)
+        await self._record(ended)  # also when some ends failed: those that took are recorded
+        if failed is not None:
+            raise failed
         await self._flush_records()  # also what other replicas left behind
         await self.dispatch()
 

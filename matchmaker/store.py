@@ -217,7 +217,8 @@ class Store(Protocol):
         Returns the ended session, or None when it was unknown or had already ended.
         With ``if_unchanged`` (the record a timeout verdict was based on), end it only if
         its state, ``last_activity`` and ``disconnected_at`` are still those: a player who
-        connected or came back meanwhile is not timed out on a stale listing.
+        connected or came back meanwhile is not timed out on a stale listing. It must be
+        this store's own record of the session (``due_sessions``): its tenant is trusted.
         """
 
     async def due_sessions(

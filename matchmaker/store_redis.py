@@ -198,7 +198,8 @@ class RedisStore(RedisHosts):
     async def end_session(
         self, session_id: str, reason: EndReason, now: float, *, if_unchanged: Session | None = None
     ) -> Session | None:
-        keys = await self._session_keys(session_id)
+        # A guard is the session as the store listed it: its tenant saves the lookup.
+        keys = self._keys(if_unchanged.tenant) if if_unchanged is not None else await self._session_keys(session_id)
         if keys is None:
             return None
         args: list[str] = [session_id, EndReason(reason).value, num(now)]

@@ -39,10 +39,14 @@ from matchmaker.models import (
 from matchmaker.records import MemorySink
 from matchmaker.server import MatchmakerServer, build_matchmaker
 from matchmaker.service import Matchmaker
+from matchmaker.store import BackendUnavailable
+from matchmaker.store_redis import RedisStore
+from pixelfleet.audit import set_audit_sink
 from pixelfleet.tokens import TokenKeys, verify
 from signaling.sessions import HttpReporter, SessionGate
 from tests.conftest import StartSignaling
 from tests.support.hosts import heartbeat, register_host
+from tests.support.redis_peek import PipelineCount
 
 pytestmark = pytest.mark.integration
 
@@ -406,11 +410,61 @@ async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
             ids.append(s.session_id)
         await mm.store.mark_connected(ids[-1], t + 30.0)  # not due
         mm.clock = lambda: t + 61.0 + n / 1000
+        pipelines = PipelineCount(mm.store) if isinstance(mm.store, RedisStore) else None
         await mm.sweep()
+        if pipelines is not None:  # ends go together (service._END_CHUNK), not a round trip or three each
+            assert pipelines.n < n / 8, pipelines.n
         assert sorted(r.session_id for r in sink.records) == sorted(ids[:-1])
         assert {r.end_reason for r in sink.records} == {EndReason.NEVER_CONNECTED}
         assert [s.session_id for s in await mm.store.sessions()] == [ids[-1]]
     finally:
+        await mm.aclose()
+
+
+async def test_a_sweep_whose_ends_partly_fail_records_those_that_took_then_fails() -> None:
+    """Ends go out together; one refused by the store fails the sweep (logged by its loop,
+    retried by the next), but the sessions that did end are still counted and audited."""
+    settings = MatchmakerSettings(
+        state_url="memory://", session_token_secret=TOKEN_SECRET, heartbeat_ttl_s=1e9, connect_timeout_s=60.0
+    )
+    mm = build_matchmaker(settings, sink=MemorySink())
+    t = 1_800_000_000.0
+    audited: list[dict[str, Any]] = []
+    set_audit_sink(audited.append)
+    try:
+        await mm.store.register_host(
+            HostRegistration(
+                host_id="h1",
+                boot_id="b1",
+                signaling_url="ws://127.0.0.1:1",
+                slots=[SlotSpec(index=i, tenant="acme", app="game", streamer_id=f"h1-{i}") for i in range(3)],
+            ),
+            t,
+        )
+        await mm.store.heartbeat(
+            "h1", Heartbeat(boot_id="b1", slots=[SlotReport(index=i, state=SlotState.READY) for i in range(3)]), t
+        )
+        ids = []
+        for i in range(3):
+            s = await mm.store.allocate(AllocationRequest(tenant="acme", app="game"), f"s-{i}", t, policy="spread")
+            assert isinstance(s, Session)
+            ids.append(s.session_id)
+        real = mm.store.end_session
+
+        async def refusing(session_id: str, *args: Any, **kw: Any) -> Session | None:
+            if session_id == ids[1]:
+                raise BackendUnavailable("redis did not answer")
+            return await real(session_id, *args, **kw)
+
+        setattr(mm.store, "end_session", refusing)  # noqa: B010 - mypy forbids assigning to a method
+        mm.clock = lambda: t + 61.0
+        with pytest.raises(BackendUnavailable):
+            await mm.sweep()
+        ended = sorted(e["session_id"] for e in audited if e["event"] == "session_end")
+        assert ended == sorted([ids[0], ids[2]])
+        assert [s.session_id for s in await mm.store.sessions()] == [ids[1]]
+    finally:
+        set_audit_sink(None)
         await mm.aclose()
 
 

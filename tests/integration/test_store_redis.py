@@ -32,25 +32,11 @@ from tests.integration.test_store_conformance import (
     ticket,
     try_claim,
 )
-from tests.support.redis_peek import indexed_slots
+from tests.support.redis_peek import PipelineCount, indexed_slots
 
 pytestmark = pytest.mark.integration
 
 OpenStore = Callable[..., RedisStore]
-
-
-class PipelineCount:
-    """How many round trips of ``_batch`` (writes on the store's pipe) the store makes from now on."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self.n = 0
-        real = store._round_trip
-
-        async def counting(*args: Any, **kw: Any) -> Any:
-            self.n += 1
-            return await real(*args, **kw)
-
-        setattr(store, "_round_trip", counting)  # noqa: B010 - mypy forbids assigning to a method
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])

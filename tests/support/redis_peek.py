@@ -5,6 +5,8 @@ Key names come from ``matchmaker.redis_keys``, as the store builds them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from matchmaker.redis_keys import TenantKeys
 from matchmaker.store_redis import RedisStore
 
@@ -26,3 +28,17 @@ async def placement_index(
 async def indexed_slots(store: RedisStore, tenant: str, app: str) -> list[str]:
     """The sorted ids of the slots allocate may claim for this tenant and app."""
     return sorted(await placement_index(store, tenant, app))
+
+
+class PipelineCount:
+    """How many round trips of ``_batch`` (writes on the store's pipe) the store makes from now on."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.n = 0
+        real = store._round_trip
+
+        async def counting(*args: Any, **kw: Any) -> Any:
+            self.n += 1
+            return await real(*args, **kw)
+
+        setattr(store, "_round_trip", counting)  # noqa: B010 - mypy forbids assigning to a method
