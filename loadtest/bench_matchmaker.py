@@ -331,7 +331,7 @@ class Bench:
             cpu = world.cpu([g.tree for g in gens])
             if world.fleet is not None:
                 await world.fleet.stats()
-            stats_before = self.redis.commandstats()
+            stats_before, io_before = self.redis.commandstats(), self.redis.io_events()
             before = cpu.snap()
             counts = [measured // G + (1 if g < measured % G else 0) for g in range(G)]
             if mode == "closed":
@@ -346,7 +346,7 @@ class Bench:
                     )
                 )
             after = cpu.snap()
-            stats_after = self.redis.commandstats()
+            stats_after, io_after = self.redis.commandstats(), self.redis.io_events()
             if world.fleet is not None:
                 fleet_stats = await world.fleet.stats()
             if spy is not None:
@@ -379,6 +379,10 @@ class Bench:
             "cpu": usage,
             "saturated": saturation(usage),
             "redis_commands_per_alloc": _per_alloc(stats_before, stats_after, ok),
+            "redis_io_per_alloc": {
+                "reads": round((io_after[0] - io_before[0]) / ok, 3) if ok else None,
+                "writes": round((io_after[1] - io_before[1]) / ok, 3) if ok else None,
+            },
         }
         if self.shape is None:
             out.update(slots_per_app=o.slots_per_app, ready_per_app_end=round(o.slots_per_app - total / len(apps), 1))

@@ -127,6 +127,11 @@ def render(report: dict[str, Any]) -> str:
                     f"{r['command']} {r['calls']:g}x {r['usec']:g}us" for r in p["redis_commands_per_alloc"][:8]
                 )
             )
+            if io := p.get("redis_io_per_alloc"):
+                lines.append(
+                    f"  redis socket reads / writes per allocation (every client's round trips in, replies out): "
+                    f"{io['reads']} / {io['writes']}"
+                )
         lines += fleet_lines(p)
     r = report["ratios"]
     lines.append("")

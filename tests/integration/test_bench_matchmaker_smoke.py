@@ -62,6 +62,7 @@ def _phases(report: dict[str, Any], repeat: int) -> dict[tuple[str, int | None],
         assert len(p["cpu"]["matchmaker_cores"]) == key[1]
         assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"], p
         assert p["redis_commands_per_alloc"] and p["live_sessions_end"] > 0
+        assert p["redis_io_per_alloc"]["reads"] > 0 and p["redis_io_per_alloc"]["writes"] > 0, key
         waits = p["cpu"]["run_queue"]  # the bench started Redis, the replicas and generators itself
         for group in ("redis", "matchmakers", "generators"):
             assert waits[group]["ms_per_turn"] is not None and waits[group]["ms_per_turn"] >= 0, (key, waits)
@@ -88,6 +89,7 @@ def _printed(text: str, *labels: str) -> None:
         "redis per allocation",
         "waiting for a CPU (run queue): redis",
         "the VM just before: a fixed Python workload took",
+        "redis socket reads / writes per allocation",
         "targets:",
         *labels,
     ):

@@ -371,6 +371,16 @@ async def test_never_connected_and_max_length_end_sessions_with_reasons(make_api
     assert reasons == {lazy["session_id"]: "never_connected", busy["session_id"]: "max_session_length"}
 
 
+async def _ready_slots(mm: Matchmaker, n: int, t: float) -> None:
+    """Host h1 with ``n`` READY slots of acme/game, straight in the store."""
+    slots = [SlotSpec(index=i, tenant="acme", app="game", streamer_id=f"h1-{i}") for i in range(n)]
+    await mm.store.register_host(
+        HostRegistration(host_id="h1", boot_id="b1", signaling_url="ws://127.0.0.1:1", slots=slots), t
+    )
+    ready = [SlotReport(index=i, state=SlotState.READY) for i in range(n)]
+    await mm.store.heartbeat("h1", Heartbeat(boot_id="b1", slots=ready), t)
+
+
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
     backend: str, request: pytest.FixtureRequest
@@ -389,18 +399,7 @@ async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
     t = 1_800_000_000.25
     n = 2 * service._DUE_BATCH + 34
     try:
-        await mm.store.register_host(
-            HostRegistration(
-                host_id="h1",
-                boot_id="b1",
-                signaling_url="ws://127.0.0.1:1",
-                slots=[SlotSpec(index=i, tenant="acme", app="game", streamer_id=f"h1-{i}") for i in range(n + 1)],
-            ),
-            t,
-        )
-        await mm.store.heartbeat(
-            "h1", Heartbeat(boot_id="b1", slots=[SlotReport(index=i, state=SlotState.READY) for i in range(n + 1)]), t
-        )
+        await _ready_slots(mm, n + 1, t)
         ids = []
         for i in range(n + 1):
             s = await mm.store.allocate(
@@ -432,18 +431,7 @@ async def test_a_sweep_whose_ends_partly_fail_records_those_that_took_then_fails
     audited: list[dict[str, Any]] = []
     set_audit_sink(audited.append)
     try:
-        await mm.store.register_host(
-            HostRegistration(
-                host_id="h1",
-                boot_id="b1",
-                signaling_url="ws://127.0.0.1:1",
-                slots=[SlotSpec(index=i, tenant="acme", app="game", streamer_id=f"h1-{i}") for i in range(3)],
-            ),
-            t,
-        )
-        await mm.store.heartbeat(
-            "h1", Heartbeat(boot_id="b1", slots=[SlotReport(index=i, state=SlotState.READY) for i in range(3)]), t
-        )
+        await _ready_slots(mm, 3, t)
         ids = []
         for i in range(3):
             s = await mm.store.allocate(AllocationRequest(tenant="acme", app="game"), f"s-{i}", t, policy="spread")
