@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -511,26 +511,7 @@ class Matchmaker:
         failed: StoreError | None = None
         for _ in range(_DUE_ROUNDS):  # only the due sessions: a sweep costs what ends
             listed = {x.session_id: x for x in await self.store.due_sessions(now, limit=_DUE_BATCH, **rules)}
-            verdicts = list(due_endings(listed.values(), now, **rules))
-            for start in range(0, len(verdicts), _END_CHUNK):
-                chunk = verdicts[start : start + _END_CHUNK]
-                # The verdict came from the listing: it holds only if the session has not moved on.
-                outcomes = await asyncio.gather(
-                    *(
-                        self.store.end_session(
-                            sid, reason, now, if_unchanged=None if reason is EndReason.MAX_LENGTH else listed[sid]
-                        )
-                        for sid, reason in chunk
-                    ),
-                    return_exceptions=True,
-                )
-                for outcome in outcomes:
-                    if isinstance(outcome, StoreError):
-                        failed = failed or outcome
-                    elif isinstance(outcome, BaseException):
-                        raise outcome
-                    elif outcome is not None:
-                        ended.append(outcome)
+            failed = await self._end_due(listed, due_endings(listed.values(), now, **rules), now, ended)
             if failed is not None or len(listed) < _DUE_BATCH:
                 break
         await self._record(ended)  # also when some ends failed: those that took are recorded
@@ -538,6 +519,32 @@ class Matchmaker:
             raise failed
         await self._flush_records()  # also what other replicas left behind
         await self.dispatch()
+
+    async def _end_due(
+        self, listed: dict[str, Session], verdicts: Iterable[tuple[str, EndReason]], now: float, ended: list[Session]
+    ) -> StoreError | None:
+        """End the listed sessions the verdicts name, ``_END_CHUNK`` at a time, adding
+        those that ended to ``ended``; the first store error stops it and is returned."""
+        verdicts = list(verdicts)
+        for start in range(0, len(verdicts), _END_CHUNK):
+            # A verdict came from the listing: it holds only if the session has not moved on.
+            outcomes = await asyncio.gather(
+                *(
+                    self.store.end_session(
+                        sid, reason, now, if_unchanged=None if reason is EndReason.MAX_LENGTH else listed[sid]
+                    )
+                    for sid, reason in verdicts[start : start + _END_CHUNK]
+                ),
+                return_exceptions=True,
+            )
+            ended += [x for x in outcomes if isinstance(x, Session)]
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException) and not isinstance(outcome, StoreError):
+                    raise outcome
+            failed = next((x for x in outcomes if isinstance(x, StoreError)), None)
+            if failed is not None:
+                return failed
+        return None
 
     async def _run(self) -> None:
         while not self._closing:
