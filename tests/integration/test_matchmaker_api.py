@@ -409,10 +409,13 @@ async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
             ids.append(s.session_id)
         await mm.store.mark_connected(ids[-1], t + 30.0)  # not due
         mm.clock = lambda: t + 61.0 + n / 1000
-        pipelines = PipelineCount(mm.store) if isinstance(mm.store, RedisStore) else None
+        pipelines = None
+        if isinstance(mm.store, RedisStore):  # as a replica that did not allocate them: no lookup cached
+            mm.store._session_tenant.clear()
+            pipelines = PipelineCount(mm.store)
         await mm.sweep()
-        if pipelines is not None:  # ends go together (service._END_CHUNK), not a round trip or three each
-            assert pipelines.n < n / 8, pipelines.n
+        if pipelines is not None:  # an end is its script and its lookup's DEL: the guard's tenant saves the GET
+            assert pipelines.n < 2.2 * n, pipelines.n
         assert sorted(r.session_id for r in sink.records) == sorted(ids[:-1])
         assert {r.end_reason for r in sink.records} == {EndReason.NEVER_CONNECTED}
         assert [s.session_id for s in await mm.store.sessions()] == [ids[-1]]
@@ -421,8 +424,8 @@ async def test_one_sweep_ends_more_due_sessions_than_one_store_read_returns(
 
 
 async def test_a_sweep_whose_ends_partly_fail_records_those_that_took_then_fails() -> None:
-    """Ends go out together; one refused by the store fails the sweep (logged by its loop,
-    retried by the next), but the sessions that did end are still counted and audited."""
+    """An end the store refuses stops the sweep and fails it (logged by its loop, the rest
+    left to the next), but the sessions that did end are still counted and audited."""
     settings = MatchmakerSettings(
         state_url="memory://", session_token_secret=TOKEN_SECRET, heartbeat_ttl_s=1e9, connect_timeout_s=60.0
     )
@@ -448,9 +451,12 @@ async def test_a_sweep_whose_ends_partly_fail_records_those_that_took_then_fails
         mm.clock = lambda: t + 61.0
         with pytest.raises(BackendUnavailable):
             await mm.sweep()
-        ended = sorted(e["session_id"] for e in audited if e["event"] == "session_end")
-        assert ended == sorted([ids[0], ids[2]])
-        assert [s.session_id for s in await mm.store.sessions()] == [ids[1]]
+        ended = [e["session_id"] for e in audited if e["event"] == "session_end"]
+        assert len(ended) == 1 and ended[0] != ids[1]  # the first in the sweep's order took
+        assert sorted(s.session_id for s in await mm.store.sessions()) == sorted(set(ids) - set(ended))
+        setattr(mm.store, "end_session", real)  # noqa: B010 - the next sweep ends the rest
+        await mm.sweep()
+        assert await mm.store.sessions() == []
     finally:
         set_audit_sink(None)
         await mm.aclose()
