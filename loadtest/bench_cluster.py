@@ -39,6 +39,7 @@ from loadtest.bench_signaling import (
     PIXELFLEET_ARGS,
     GenProc,
     ProcTree,
+    ProcTrees,
     Server,
     Snapshot,
     machine_info,
@@ -70,23 +71,6 @@ SETUPS = (
     Setup("redis1", 1, "redis"),
     Setup("redis3", 3, "redis"),
 )
-
-
-class Nodes(ProcTree):
-    """The CPU of several server processes together (what ``Snapshot`` reads)."""
-
-    def __init__(self, trees: Sequence[ProcTree]) -> None:  # no psutil.Process of its own
-        self.trees = list(trees)
-
-    def cpu(self) -> float:
-        return sum(t.cpu() for t in self.trees)
-
-    def rss(self) -> int:
-        return sum(t.rss() for t in self.trees)
-
-    def run_queue(self) -> tuple[float, int]:
-        waits = [t.run_queue() for t in self.trees]
-        return sum(w for w, _ in waits), sum(n for _, n in waits)
 
 
 class RunQueue:
@@ -146,7 +130,7 @@ async def run_setup(
             servers.append(
                 Server(f"{setup.name}-node{i}", cmd, ports, opts.host, str(logdir / f"{setup.name}-node{i}.log"))
             )
-        nodes = Nodes([await s.start() for s in servers])
+        nodes = ProcTrees([await s.start() for s in servers])
         for g in range(G):
             cfg = {"host": opts.host, "streamers": [s for s in range(S) if s % G == g],
                    "players": [[i, i % S] for i in range(P + opts.light // G * G) if (i % S) % G == g], "client": "raw",
@@ -163,7 +147,7 @@ async def run_setup(
 
         # The light phase: a few handshakes, one at a time across the whole run, so the cost of
         # crossing a node is read without the run queue of a saturated box in it.
-        groups: dict[str, ProcTree] = {"nodes": nodes, "generators": Nodes([g.tree for g in gens])}
+        groups: dict[str, ProcTree] = {"nodes": nodes, "generators": ProcTrees([g.tree for g in gens])}
         if setup.broker == "redis":
             groups["redis"] = redis
         waits = RunQueue(groups)

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from loadtest.bench_matchmaker_raw import pool_layout
-from loadtest.bench_signaling import ProcTree, percentile, run_queue
+from loadtest.bench_signaling import ProcTree, ProcTrees, percentile, run_queue
 from loadtest.children import JsonLineChild, die_with_parent, tail
 from pixelfleet.net import NotListening, free_port, wait_for_port
 
@@ -293,11 +293,10 @@ class Cpu:
 
     def _waits(self) -> dict[str, tuple[float, int]]:
         ours = self.redis.proc is not None  # the pid of a Redis we did not start may name another box's process
-        out = {"redis": run_queue([self.redis.pid] if ours else [])}
-        for name, trees in (("matchmakers", self.mms), ("generators", self.gens), ("fleet", self.fleet)):
-            waits = [t.run_queue() for t in trees]
-            out[name] = (sum(w for w, _ in waits), sum(n for _, n in waits))
-        return out
+        groups = {"matchmakers": self.mms, "generators": self.gens, "fleet": self.fleet}
+        return {"redis": run_queue([self.redis.pid] if ours else [])} | {
+            name: ProcTrees(trees).run_queue() for name, trees in groups.items()
+        }
 
     def snap(self) -> dict[str, Any]:
         m = psutil.cpu_times()

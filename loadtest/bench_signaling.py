@@ -165,6 +165,23 @@ class ProcTree:
         return run_queue([p.pid for p in self._all()])
 
 
+class ProcTrees(ProcTree):
+    """Several process trees as one: a cluster's nodes, a phase's replicas or generators."""
+
+    def __init__(self, trees: Sequence[ProcTree]) -> None:  # no psutil.Process of its own
+        self.trees = list(trees)
+
+    def cpu(self) -> float:
+        return sum(t.cpu() for t in self.trees)
+
+    def rss(self) -> int:
+        return sum(t.rss() for t in self.trees)
+
+    def run_queue(self) -> tuple[float, int]:
+        waits = [t.run_queue() for t in self.trees]
+        return sum(w for w, _ in waits), sum(n for _, n in waits)
+
+
 class Snapshot:
     def __init__(self, server: ProcTree, gens: Sequence[ProcTree]) -> None:
         self.t = now()
@@ -341,9 +358,10 @@ async def quiet_machine(limit_s: float) -> float | None:
 
 def cpu_speed_ms(rounds: int = 3) -> float:
     """CPU milliseconds a fixed pure-Python workload takes, the least of ``rounds``: the
-    VM's speed at that moment. A shared host's vCPU is not a constant (this box's varied
-    by half again from minute to minute, idle), and CPU per operation moves with it, so a
-    benchmark reports this next to its figures. Lower is faster."""
+    VM's speed at that moment. A shared host's vCPU is not a constant (on the development
+    VM this took 33 to 74 ms before the phases of one afternoon's runs), and CPU per
+    operation moves with it, so a benchmark reports this next to its figures. Lower is
+    faster."""
     best = float("inf")
     for _ in range(rounds):
         started = time.process_time()
