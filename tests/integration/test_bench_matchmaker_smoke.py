@@ -122,7 +122,7 @@ def test_bench_matchmaker_with_a_fleet_at_work_reports_every_figure(
     # Raw phases place on the fleet's slots, with the deadline check of production.
     assert phases[("raw script", None)]["pool_slots"] == 6 * 40
     # Sessions end (events accepted; the closed phases may be over before the first is
-    # due) and the agents reset their slots; the queue is used.
+    # due) and the agents reset their slots.
     for key in (("http closed", 1), ("http closed", 2), ("http open", 2)):
         assert set(phases[key]["ends"]) == {"sent", "requests", "statuses"}, key
     ends = phases[("http open", 2)]["ends"]
@@ -132,7 +132,10 @@ def test_bench_matchmaker_with_a_fleet_at_work_reports_every_figure(
     assert 0 < ends["requests"] <= ends["sent"] and 0 < sum(ends["statuses"].values()) <= ends["sent"], ends
     everything = [p["fleet"][w] for p in phases.values() for w in ("heartbeats_only", "window")]
     assert sum(w["resets"] for w in everything) > 0
-    assert sum(w["queue"]["asked"] for w in everything) > 0
+    # The queue app's players wait in its queue: of 3 players on 1 slot, two poll their tickets
+    # about once a second each. (Its asks and services come one per session, about every two
+    # seconds, so a run's 1 s windows may hold none of them: CI saw that once.)
+    assert sum(w["queue"]["polls"] for w in everything) > 0
     _printed(capsys.readouterr().out, "CPU ms per heartbeat", "heartbeats/s applied", "queue app:")
 
 

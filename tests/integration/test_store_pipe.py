@@ -91,6 +91,7 @@ async def test_after_a_sentinel_failover_the_pipe_follows_the_new_primary(sentin
     try:
         await ready_host(store, slots=8)
         before = await claim(store)
+        await sentinel_set.replicated()  # the host and the first claim are on the replica too
         await sentinel_set.fail_over()
         after: Session | None = None
         for _ in range(50):  # bounded: the first tries may still meet the old primary

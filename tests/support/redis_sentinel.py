@@ -60,6 +60,19 @@ class SentinelSet:
             await client.aclose()
         return int(address[1])
 
+    async def replicated(self, timeout_s: float = 20.0) -> None:
+        """Return once the replica holds every write the primary has taken. Replication is
+        asynchronous: a primary killed before this may take its last writes with it, as a
+        real one would, which a test of what the client does next must rule out."""
+        client = self.primary.client()
+        try:
+            offset = int((await client.info("replication"))["master_repl_offset"])
+        finally:
+            await client.aclose()
+        await self._until(
+            self.replica, lambda info: int(info.get("slave_repl_offset", -1)) >= offset, "catching up", timeout_s
+        )
+
     async def fail_over(self, *, freeze: bool = False, timeout_s: float = 30.0) -> None:
         """Kill the primary (or, with ``freeze``, stop it dead with SIGSTOP: its clients get
         no reset, only silence); return once the Sentinel names the replica and it is a primary."""
