@@ -37,10 +37,13 @@ now = time.monotonic
 class RedisServer:
     """Ours (started here, stopped in ``finally``) or someone else's (``--redis-url``)."""
 
-    def __init__(self, url: str | None, folder: str) -> None:
+    def __init__(self, url: str | None, folder: str, *, tcp_port: int = 0, args: Sequence[str] = ()) -> None:
+        """``tcp_port``: also listen there on loopback (a replica reaches its primary over
+        TCP); ``args``: more of redis-server's options (``--replicaof``)."""
         self.url = url
         self.own = url is None
         self.folder = folder
+        self.tcp_port, self.args = tcp_port, list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
@@ -56,7 +59,9 @@ class RedisServer:
                     [
                         binary,
                         "--port",
-                        "0",
+                        str(self.tcp_port),
+                        "--bind",
+                        "127.0.0.1",
                         "--unixsocket",
                         sock,
                         "--unixsocketperm",
@@ -67,6 +72,7 @@ class RedisServer:
                         "no",
                         "--dir",
                         self.folder,
+                        *self.args,
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,

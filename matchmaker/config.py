@@ -9,6 +9,7 @@ from matchmaker.placement import POLICIES
 from pixelfleet.shared_settings import SharedSettings
 
 RECORDS_MEMORY_MAX = 10_000
+REDIS_WAIT_MS_MAX = 4000
 
 
 class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -72,6 +73,10 @@ class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
     records_table: str | None = None
     records_retention_days: float = 400.0
     drain_delay_s: float = 0.0  # SIGTERM: time /readyz answers 503 before the port closes
+    # Redis replication: a write is confirmed to a caller only once this many replicas hold
+    # it (WAIT), so a failover cannot lose a slot handed out; 0 = as Redis, asynchronous.
+    redis_wait_replicas: int = 0
+    redis_wait_ms: int = 1000  # at most this long; fewer replicas by then: 503 to the caller
 
     def __post_init__(self) -> None:
         # The Redis store's script would read an unknown policy as spread: refuse it here.
@@ -87,5 +92,11 @@ class MatchmakerSettings(SharedSettings, frozen=True, kw_only=True, forbid_unkno
             )
         if not 0 <= self.caller_leeway_s <= 300:
             raise ValueError("caller_leeway_s must be within 0..300")
+        if self.redis_wait_replicas < 0:
+            raise ValueError("redis_wait_replicas must be >= 0")
+        if not 1 <= self.redis_wait_ms <= REDIS_WAIT_MS_MAX:
+            raise ValueError(f"redis_wait_ms must be within 1..{REDIS_WAIT_MS_MAX} (below the store's 5 s limit)")
+        if self.redis_wait_replicas and self.state_url.startswith("memory:"):
+            raise ValueError("redis_wait_replicas needs a Redis state URL (PIXELFLEET_STATE_URL), not memory://")
         if self.agent_key_secret is not None and len(self.agent_key_secret) < 32:
             raise ValueError("agent_key_secret needs at least 32 bytes")

@@ -65,7 +65,7 @@ from matchmaker.service import (
     UnknownApp,
     UnknownSession,
 )
-from matchmaker.store import BackendUnavailable, HostConflict, QueueFull, StoreError, UnknownHost
+from matchmaker.store import BackendUnavailable, HostConflict, NotReplicated, QueueFull, StoreError, UnknownHost
 from matchmaker.streamer_creds import StreamerCredentials
 from pixelfleet.audit import audit
 from pixelfleet.oidc import Caller
@@ -174,6 +174,7 @@ STORE_ERRORS: dict[type[StoreError], tuple[int, ErrorCode]] = {
     HostConflict: (409, "host_conflict"),
     QueueFull: (429, "queue_full"),
     BackendUnavailable: (503, "backend_unavailable"),
+    NotReplicated: (503, "backend_unavailable"),  # the message says why: no replica confirmed
 }
 
 

@@ -18,11 +18,12 @@ from redis.commands.core import AsyncScript
 from matchmaker.deadlines import Deadlines
 from matchmaker.redis_keys import HostKeys, TenantKeys
 from matchmaker.redis_scripts import RedisClient, Scripts
-from matchmaker.store import BackendUnavailable
+from matchmaker.store import BackendUnavailable, NotReplicated
 from pixelfleet.redis_pipe import Pipe, borrow, pack_command
 from pixelfleet.redis_timing import RoundTrips
 
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_WAIT_MS = 1000
 CACHE_MAX = 100_000
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -138,9 +139,21 @@ def _reraise_cancellation(task: asyncio.Task[Any] | None, cancels: int, cause: B
 class RedisBase:
     """The client, the scripts, the key names and the round trips the operations share."""
 
-    def __init__(self, client: RedisClient, *, prefix: str = "pf", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "pf",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        wait_replicas: int = 0,
+        wait_ms: int = DEFAULT_WAIT_MS,
+    ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"the key prefix must be non-empty and have no braces: {prefix!r}")
+        if wait_replicas < 0 or (wait_replicas and not 1 <= wait_ms < timeout_s * 1000):
+            raise ValueError(f"wait_replicas >= 0 and wait_ms within 1..{timeout_s * 1000:g} (the store's timeout)")
+        if wait_replicas and isinstance(client, RedisCluster):
+            raise ValueError("waiting for replicas (WAIT) is not supported on Redis Cluster")
         self._r: RedisClient = client
         self._cluster = isinstance(client, RedisCluster)
         self._client_ready = not self._cluster
@@ -158,6 +171,10 @@ class RedisBase:
         self._scripts = Scripts(client)
         self.round_trips = RoundTrips()  # per store operation (``guarded``)
         self._deadlines = Deadlines()  # each operation's time limit (``guarded``)
+        # Each round trip on the pipe ends with WAIT: its writes are on this many replicas
+        # before any caller hears of them (docs/matchmaker-store.md, "Failover").
+        self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
+        self._wait = pack_command(("WAIT", wait_replicas, wait_ms)) if wait_replicas else None
 
     async def _ready_client(self) -> None:
         """redis-py's asyncio RedisCluster (8.1) races its own first ``initialize()``
@@ -255,14 +272,9 @@ class RedisBase:
         calls = [call for batch, _ in queued for call in batch]
         try:
             results = await self._round_trip(calls)
-            for i, res in enumerate(results):
-                if isinstance(res, rx.NoScriptError):
-                    script, keys, args = calls[i]
-                    assert script is not None
-                    try:
-                        results[i] = await script(list(keys), list(args))
-                    except Exception as exc:  # noqa: BLE001 - that caller's error
-                        results[i] = exc
+            unknown = [i for i, res in enumerate(results) if isinstance(res, rx.NoScriptError)]
+            if unknown:
+                await self._run_again_loaded(calls, results, unknown)
         except BaseException as exc:  # the round trip failed: every caller in it hears why
             for _, done in queued:
                 if not done.done():
@@ -282,6 +294,19 @@ class RedisBase:
             else:
                 done.set_exception(error)
 
+    async def _run_again_loaded(self, calls: Sequence[Call], results: list[Any], unknown: list[int]) -> None:
+        """The calls whose script the server did not know (a restart, a failover) had no
+        effect: load their scripts, then run them again on the pipe, so that they end with
+        the round trip's WAIT like any other. A failure is those callers' alone."""
+        try:
+            for script in {id(s): s for s, _, _ in (calls[i] for i in unknown) if s is not None}.values():
+                await self._r.script_load(script.script)
+            again = await self._round_trip([calls[i] for i in unknown])
+        except Exception as exc:  # noqa: BLE001 - those callers' error
+            again = [exc] * len(unknown)
+        for i, res in zip(unknown, again, strict=True):
+            results[i] = res
+
     async def _round_trip(self, calls: Sequence[Call]) -> list[Any]:
         """The calls written on the store's pipe (one dedicated connection, batches not
         waiting for each other's replies: ``pixelfleet.redis_pipe``); an error reply is
@@ -290,6 +315,8 @@ class RedisBase:
             pack_command(args) if script is None else pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
             for script, keys, args in calls
         ]
+        if self._wait is not None:
+            packed.append(self._wait)
         pipe = self._pipe if self._pipe is not None and not self._pipe.broken else await self._open_pipe()
         replied: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
 
@@ -309,6 +336,8 @@ class RedisBase:
         except Exception:  # noqa: BLE001, S110 - the write failed: ``answered`` has the error
             pass
         results = await replied
+        if self._wait is not None:
+            self._check_replicated(results.pop())
         convert = self._r.response_callbacks
         for i, (script, _keys, args) in enumerate(calls):
             if script is None and not isinstance(results[i], BaseException):
@@ -316,6 +345,15 @@ class RedisBase:
                 if to is not None:
                     results[i] = to(results[i])
         return results
+
+    def _check_replicated(self, acked: Any) -> None:
+        if isinstance(acked, BaseException):
+            raise acked
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(
+                f"redis: the writes reached {int(acked)} of {self.wait_replicas} replicas within {self.wait_ms} ms"
+                " (PIXELFLEET_MATCHMAKER__REDIS_WAIT_REPLICAS); they stand on the primary, unconfirmed"
+            )
 
     async def _open_pipe(self) -> Pipe:
         async with self._pipe_lock:  # concurrent first batches share one new connection

@@ -52,7 +52,9 @@ def build_matchmaker(
     """``clock``: tests move time on by hand rather than sleeping through timeouts."""
     keys = token_keys(s)
     try:
-        store = open_store(s.state_url, prefix=s.key_prefix)
+        store = open_store(
+            s.state_url, prefix=s.key_prefix, wait_replicas=s.redis_wait_replicas, wait_ms=s.redis_wait_ms
+        )
     except ValueError as exc:
         raise ConfigError(f"PIXELFLEET_STATE_URL: {exc}") from None
     if sink is None:

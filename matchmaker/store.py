@@ -77,6 +77,12 @@ class BackendUnavailable(StoreError):
     """The shared store did not answer (Redis away or too slow)."""
 
 
+class NotReplicated(BackendUnavailable):
+    """A round trip's writes took on the Redis primary, but fewer replicas than asked for
+    (``REDIS_WAIT_REPLICAS``) held them within the wait: a failover now could lose them,
+    so the caller is not told they took."""
+
+
 ENDED_REASON_TTL_S = 300
 """How long a store remembers why a session ended, so that a late event (signalling's
 disconnect, the page's activity) is answered 410 with the reason."""
@@ -298,15 +304,18 @@ class Store(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_store(url: str, *, prefix: str = "pf") -> Store:
-    """The URL scheme picks the backend; one setting (``PIXELFLEET_STATE_URL``) rules both."""
+def open_store(url: str, *, prefix: str = "pf", wait_replicas: int = 0, wait_ms: int = 1000) -> Store:
+    """The URL scheme picks the backend; one setting (``PIXELFLEET_STATE_URL``) rules both.
+    ``wait_replicas``/``wait_ms``: Redis only (``RedisStore.from_url``)."""
     scheme = url.split(":", 1)[0]
     if scheme == "memory":
+        if wait_replicas:
+            raise ValueError("waiting for Redis replicas needs a Redis state URL, not memory://")
         from matchmaker.store_memory import MemoryStore
 
         return MemoryStore()
     if scheme in ("redis", "rediss", "unix"):
         from matchmaker.store_redis import RedisStore
 
-        return RedisStore.from_url(url, prefix=prefix)
+        return RedisStore.from_url(url, prefix=prefix, wait_replicas=wait_replicas, wait_ms=wait_ms)
     raise ValueError(f"unsupported state URL scheme {scheme!r} (memory://, redis://, rediss://, unix://)")

@@ -16,7 +16,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from matchmaker.models import AllocationRequest, EndReason, Session, Slot, Ticket, TicketState
-from matchmaker.redis_base import DEFAULT_TIMEOUT_S, Call, cmd, guarded, names, num, text
+from matchmaker.redis_base import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_MS, Call, cmd, guarded, names, num, text
 from matchmaker.redis_hosts import RedisHosts
 from matchmaker.redis_keys import session_template
 from matchmaker.store import NoClaim, QueueFull, Returning
@@ -49,22 +49,34 @@ class RedisStore(RedisHosts):
     """The Store interface over Redis or Redis Cluster (docs/matchmaker-store.md)."""
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "pf", timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisStore:
-        """``redis://``, ``rediss://``, ``unix://``; ``?cluster=1`` picks Redis Cluster."""
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "pf",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        wait_replicas: int = 0,
+        wait_ms: int = DEFAULT_WAIT_MS,
+    ) -> RedisStore:
+        """``redis://``, ``rediss://``, ``unix://``; ``?cluster=1`` picks Redis Cluster.
+        ``wait_replicas``: each round trip's writes are on that many replicas before its
+        callers hear of them (``WAIT``), or the round trip fails (``NotReplicated``)."""
         url, cluster = split_cluster_flag(url)
         sentinel = parse_sentinel_url(url)  # ?sentinel=<name>: follow the primary across failovers
         if sentinel is not None and cluster:
             raise ValueError("a state URL names Redis Cluster or Sentinel, not both")
+        kw: dict[str, Any] = {"prefix": prefix, "timeout_s": timeout_s}
+        kw.update(wait_replicas=wait_replicas, wait_ms=wait_ms)
         if sentinel is not None:
-            return cls(sentinel_primary(sentinel), prefix=prefix, timeout_s=timeout_s)
+            return cls(sentinel_primary(sentinel), **kw)
         if cluster:
-            return cls(RedisCluster.from_url(url), prefix=prefix, timeout_s=timeout_s)
+            return cls(RedisCluster.from_url(url), **kw)
         # redis-py's default pool fails at 100 connections in use; this one waits for
         # a free connection instead (within the operation's timeout).
-        kw: dict[str, Any] = {"timeout": None}
+        pool: dict[str, Any] = {"timeout": None}
         if "max_connections=" not in url:
-            kw["max_connections"] = DEFAULT_MAX_CONNECTIONS
-        return cls(Redis.from_pool(BlockingConnectionPool.from_url(url, **kw)), prefix=prefix, timeout_s=timeout_s)
+            pool["max_connections"] = DEFAULT_MAX_CONNECTIONS
+        return cls(Redis.from_pool(BlockingConnectionPool.from_url(url, **pool)), **kw)
 
     # --- pool -------------------------------------------------------------------------
 

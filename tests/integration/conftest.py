@@ -48,6 +48,15 @@ async def sentinel_set(tmp_path: Path) -> AsyncIterator[SentinelSet]:
 
 
 @pytest.fixture
+async def sentinel_set_2(tmp_path: Path) -> AsyncIterator[SentinelSet]:
+    """As ``sentinel_set`` with two replicas: one may be lost and another still confirms."""
+    servers = SentinelSet(require_binary("redis-server"), tmp_path / "sentinel-set", replicas=2)
+    await servers.start()
+    yield servers
+    await servers.stop()
+
+
+@pytest.fixture
 async def failover_cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
     """A Redis Cluster of the test's own to fail over or freeze: three shards, one replica
     each; a node seen dead after 2 s (so a frozen primary is replaced within seconds)."""

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from matchmaker.models import Session, SlotState
-from matchmaker.store import BackendUnavailable
+from matchmaker.store import BackendUnavailable, NoClaim, NotReplicated
 from matchmaker.store_redis import RedisStore
 from tests.integration.test_store_conformance import beat, claim, registration, try_claim
 from tests.support.redis_sentinel import SentinelSet
@@ -20,14 +20,16 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
+CONFIRM_MS = 3000  # where a replica is to confirm: ample on a loaded machine (the store's limit is 5 s)
+
 
 async def ready_host(store: RedisStore, slots: int) -> None:
     await store.register_host(registration(slots=slots), 100.0)
     await store.heartbeat("h1", beat(states=dict.fromkeys(range(slots), SlotState.READY)), 100.0)
 
 
-def _store(url: str, timeout_s: float = 5.0) -> RedisStore:
-    return RedisStore.from_url(url, prefix=f"p{uuid.uuid4().hex[:8]}", timeout_s=timeout_s)
+def _store(url: str, timeout_s: float = 5.0, **kw: int) -> RedisStore:
+    return RedisStore.from_url(url, prefix=f"p{uuid.uuid4().hex[:8]}", timeout_s=timeout_s, **kw)
 
 
 async def test_many_allocations_share_the_pipe_and_each_gets_its_own_slot(redis_tcp: RedisServer) -> None:
@@ -108,3 +110,124 @@ async def test_after_a_sentinel_failover_the_pipe_follows_the_new_primary(sentin
             await probe.aclose()
     finally:
         await store.aclose()
+
+
+async def _a_claim_as_the_primary_dies_unreplicated(
+    sentinel_set: SentinelSet, store: RedisStore, plain: RedisStore
+) -> Session | None:
+    """One slot (made ready through ``plain``, a store that does not wait), and its claim
+    made while the replicas are frozen and cut off, so none gets it; then the primary dies
+    and a replica, thawed, is promoted. The claim if ``store`` made it."""
+    await ready_host(plain, slots=1)
+    await sentinel_set.replicated()
+    for replica in sentinel_set.replicas:
+        replica.freeze()
+    await sentinel_set.cut_replication()
+    try:
+        first: Session | None = await claim(store)
+    except BackendUnavailable:
+        first = None
+    await sentinel_set.primary.kill()
+    for replica in sentinel_set.replicas:
+        replica.thaw()
+    await sentinel_set.fail_over()
+    return first
+
+
+async def _after_failover(store: RedisStore) -> object:
+    """The first claim's outcome that is not BackendUnavailable: until the store's pipe is
+    on the new primary and, when it waits for one, a replica follows that primary."""
+    for _ in range(100):  # bounded: 20 s
+        try:
+            return await try_claim(store)
+        except BackendUnavailable:
+            await asyncio.sleep(0.2)
+    raise AssertionError("no claim's outcome from the new primary within 20 s")
+
+
+async def test_without_waiting_for_replicas_a_failover_can_give_one_slot_to_two_players(
+    sentinel_set: SentinelSet,
+) -> None:
+    """Why REDIS_WAIT_REPLICAS exists: Redis replicates after it answers, so a claim no
+    replica got is gone with the primary, and its slot is handed out again."""
+    store = _store(sentinel_set.url, timeout_s=2.0)
+    try:
+        first = await _a_claim_as_the_primary_dies_unreplicated(sentinel_set, store, store)
+        assert first is not None
+        second = await _after_failover(store)
+        assert isinstance(second, Session), second
+        assert second.slot_id == first.slot_id and second.session_id != first.session_id
+    finally:
+        await store.aclose()
+
+
+async def _until_refused_unreplicated(store: RedisStore) -> None:
+    """The first claim that is not a pipe's failure is refused as not replicated."""
+    for _ in range(100):  # bounded: 20 s
+        try:
+            await try_claim(store)
+        except NotReplicated:
+            return
+        except BackendUnavailable:
+            await asyncio.sleep(0.2)
+    raise AssertionError("claims did not end in NotReplicated within 20 s")
+
+
+async def test_waiting_for_a_replica_refuses_a_claim_none_holds_and_no_slot_goes_twice(
+    sentinel_set: SentinelSet,
+) -> None:
+    """With wait_replicas=1 the same claim is refused within the wait (NotReplicated, a
+    BackendUnavailable: 503 to the caller), so the one player told of the slot is the next.
+    With the one replica now the primary, none is left to confirm: writes are refused."""
+    store = _store(sentinel_set.url, timeout_s=2.0, wait_replicas=1, wait_ms=300)
+    plain = RedisStore.from_url(sentinel_set.url, prefix=store.prefix, timeout_s=2.0)
+    try:
+        first = await _a_claim_as_the_primary_dies_unreplicated(sentinel_set, store, plain)
+        assert first is None
+        assert store.round_trips.errors["allocate"] >= 1  # counted (/metrics: redis_errors_total)
+        assert isinstance(await _after_failover(plain), Session)  # the one slot, its first holder told
+        assert await try_claim(plain) is NoClaim.NO_SLOT
+        await _until_refused_unreplicated(store)
+    finally:
+        await store.aclose()
+        await plain.aclose()
+
+
+async def test_waiting_for_a_replica_a_claim_confirmed_survives_the_failover_that_follows(
+    sentinel_set: SentinelSet,
+) -> None:
+    """A confirmed claim is on the replica: the primary killed at once after it takes
+    nothing with it, and the one slot goes to no one else."""
+    store = _store(sentinel_set.url, wait_replicas=1, wait_ms=CONFIRM_MS)
+    plain = RedisStore.from_url(sentinel_set.url, prefix=store.prefix, timeout_s=2.0)
+    try:
+        await ready_host(store, slots=1)
+        first = await claim(store)
+        await sentinel_set.fail_over()  # no wait for replication here: the claim waited
+        assert await _after_failover(plain) is NoClaim.NO_SLOT
+        probe = sentinel_set.replica.client()
+        try:
+            assert await probe.hexists(store._tag("acme") + ":sessions", first.session_id)
+        finally:
+            await probe.aclose()
+    finally:
+        await store.aclose()
+        await plain.aclose()
+
+
+async def test_waiting_for_one_of_two_replicas_writes_go_on_while_one_is_away(
+    sentinel_set_2: SentinelSet,
+) -> None:
+    """The setting below the number of replicas: one replica frozen, the other confirms."""
+    url = sentinel_set_2.url
+    store = _store(url, wait_replicas=1, wait_ms=CONFIRM_MS)
+    both = RedisStore.from_url(url, prefix=store.prefix, timeout_s=2.0, wait_replicas=2, wait_ms=300)
+    try:
+        await ready_host(store, slots=4)
+        sentinel_set_2.replicas[1].freeze()
+        assert len({(await claim(store)).slot_id for _ in range(3)}) == 3
+        with pytest.raises(NotReplicated):  # asking for both: the frozen one never confirms
+            await try_claim(both)
+    finally:
+        await store.aclose()
+        await both.aclose()

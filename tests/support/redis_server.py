@@ -83,6 +83,12 @@ class RedisServer:
             self.proc.send_signal(signal.SIGSTOP)
             self.frozen = True
 
+    def thaw(self) -> None:
+        """SIGCONT: a frozen server runs on, as a host that comes back to the network."""
+        if self.proc is not None and self.frozen:
+            self.proc.send_signal(signal.SIGCONT)
+            self.frozen = False
+
     async def stop(self) -> None:
         await self._end(signal.SIGKILL if self.frozen else signal.SIGTERM)
 

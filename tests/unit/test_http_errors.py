@@ -37,6 +37,7 @@ def test_the_codes_clients_already_see_are_kept() -> None:
         "HostConflict": (409, "host_conflict"),
         "QueueFull": (429, "queue_full"),
         "BackendUnavailable": (503, "backend_unavailable"),
+        "NotReplicated": (503, "backend_unavailable"),  # a client retries it as any 503
     }
 
 

@@ -102,6 +102,9 @@ def test_an_old_name_is_refused_naming_its_replacement(old: str, new: str) -> No
         ({"PIXELFLEET_MATCHMAKER__POLICY": "nope"}, "unknown placement policy 'nope'"),
         ({"PIXELFLEET_MATCHMAKER__RECORDS_MEMORY_MAX": "0"}, "records_memory_max must be at least 1"),
         ({"PIXELFLEET_AGENT__SLOTS": "many"}, "invalid PIXELFLEET_AGENT__SLOTS"),
+        ({"PIXELFLEET_MATCHMAKER__REDIS_WAIT_REPLICAS": "1"}, "redis_wait_replicas needs a Redis state URL"),
+        ({"PIXELFLEET_MATCHMAKER__REDIS_WAIT_REPLICAS": "-1"}, "redis_wait_replicas must be >= 0"),
+        ({"PIXELFLEET_MATCHMAKER__REDIS_WAIT_MS": "5000"}, r"redis_wait_ms must be within 1\.\.4000"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], needle: str) -> None:
