@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -19,11 +20,13 @@ from matchmaker.deadlines import Deadlines
 from matchmaker.redis_keys import HostKeys, TenantKeys
 from matchmaker.redis_scripts import RedisClient, Scripts
 from matchmaker.store import BackendUnavailable, NotReplicated
+from pixelfleet.redis_node_pipes import NodePipes
 from pixelfleet.redis_pipe import Pipe, borrow, pack_command
 from pixelfleet.redis_timing import RoundTrips
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_WAIT_MS = 1000
+_REDIRECTS = 5  # tries of a call on a Cluster whose slot moved (MOVED, ASK) or script was unknown
 CACHE_MAX = 100_000
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -109,6 +112,11 @@ def guarded(fn: Op[S, P, R]) -> Op[S, P, R]:
         except TimeoutError as exc:
             _reraise_cancellation(task, cancels, exc)
             raise BackendUnavailable(f"redis did not answer within {self.timeout_s} s") from exc
+        except AttributeError as exc:
+            _reraise_cancellation(task, cancels, exc)
+            if not closed_under_the_call(exc):
+                raise
+            raise BackendUnavailable(f"redis is unavailable: its connection closed under the call ({exc})") from exc
         except rx.ResponseError as exc:  # a script error: name the script file's line
             _reraise_cancellation(task, cancels, exc)
             explained = self._scripts.explain(str(exc))
@@ -120,6 +128,20 @@ def guarded(fn: Op[S, P, R]) -> Op[S, P, R]:
 
     wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
     return wrapper
+
+
+_REDIS_CONNECTION = os.path.join("redis", "asyncio", "connection.py")
+
+
+def closed_under_the_call(exc: AttributeError) -> bool:
+    """redis-py 8.1's cluster client, reading the cluster anew after a node crashed, closes
+    connections that another call is using; that call fails on the closed connection's
+    reader or writer (None) with AttributeError, raised in redis-py's connection module.
+    That is the backend going away, not a mistake of ours (which is raised elsewhere)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(_REDIS_CONNECTION)
 
 
 def _reraise_cancellation(task: asyncio.Task[Any] | None, cancels: int, cause: BaseException | None) -> None:
@@ -152,8 +174,6 @@ class RedisBase:
             raise ValueError(f"the key prefix must be non-empty and have no braces: {prefix!r}")
         if wait_replicas < 0 or (wait_replicas and not 1 <= wait_ms < timeout_s * 1000):
             raise ValueError(f"wait_replicas >= 0 and wait_ms within 1..{timeout_s * 1000:g} (the store's timeout)")
-        if wait_replicas and isinstance(client, RedisCluster):
-            raise ValueError("waiting for replicas (WAIT) is not supported on Redis Cluster")
         self._r: RedisClient = client
         self._cluster = isinstance(client, RedisCluster)
         self._client_ready = not self._cluster
@@ -175,6 +195,9 @@ class RedisBase:
         # before any caller hears of them (docs/matchmaker-store.md, "Failover").
         self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
         self._wait = pack_command(("WAIT", wait_replicas, wait_ms)) if wait_replicas else None
+        self._node_pipes = (  # on a Cluster: each call and its WAIT on the pipe to its key's node
+            NodePipes(client, bound_s=timeout_s, op="store") if self._cluster and wait_replicas else None
+        )
 
     async def _ready_client(self) -> None:
         """redis-py's asyncio RedisCluster (8.1) races its own first ``initialize()``
@@ -318,6 +341,20 @@ class RedisBase:
         if self._wait is not None:
             packed.append(self._wait)
         pipe = self._pipe if self._pipe is not None and not self._pipe.broken else await self._open_pipe()
+        results = await self._on_pipe(pipe, packed)
+        if self._wait is not None:
+            self._check_replicated(results.pop())
+        convert = self._r.response_callbacks
+        for i, (script, _keys, args) in enumerate(calls):
+            if script is None and not isinstance(results[i], BaseException):
+                to = convert.get(args[0])
+                if to is not None:
+                    results[i] = to(results[i])
+        return results
+
+    @staticmethod
+    async def _on_pipe(pipe: Pipe, packed: list[bytes]) -> list[Any]:
+        """The replies to ``packed``, written as one batch on ``pipe``."""
         replied: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
 
         def answered(replies: list[Any] | BaseException) -> None:
@@ -335,16 +372,38 @@ class RedisBase:
             raise
         except Exception:  # noqa: BLE001, S110 - the write failed: ``answered`` has the error
             pass
-        results = await replied
-        if self._wait is not None:
-            self._check_replicated(results.pop())
-        convert = self._r.response_callbacks
-        for i, (script, _keys, args) in enumerate(calls):
-            if script is None and not isinstance(results[i], BaseException):
-                to = convert.get(args[0])
-                if to is not None:
-                    results[i] = to(results[i])
-        return results
+        return await replied
+
+    async def _waited_on_node(self, call: Call) -> Any:
+        """On a Cluster, one call and its WAIT, written together on the pipe to the primary
+        of the call's key: WAIT counts the writes of the connection that sends it, and
+        redis-py's cluster client would run the two on whichever pooled connections were
+        free. A call refused with MOVED, ASK or NOSCRIPT had no effect: the slot map is read
+        anew (``NodePipes``) or the script loaded, and it is sent again, a few times at most."""
+        assert self._node_pipes is not None and self._wait is not None
+        script, keys, args = call
+        key = keys[0] if script is not None else args[1]
+        packed = pack_command(args if script is None else ("EVALSHA", script.sha, len(keys), *keys, *args))
+        for attempt in range(_REDIRECTS):
+            name, pipe = await self._node_pipes.get(key)
+            try:
+                result, acked = await self._on_pipe(pipe, [packed, self._wait])
+            except (rx.ConnectionError, ConnectionError, TimeoutError):
+                self._node_pipes.stale(name)  # a failover, maybe: read the slot map anew
+                raise
+            if isinstance(result, rx.MovedError | rx.AskError):  # ASK: a slot moving; soon MOVED
+                self._node_pipes.stale(name)
+                await asyncio.sleep(0.05 * attempt)
+                continue
+            if isinstance(result, rx.NoScriptError) and script is not None:
+                await self._on_pipe(pipe, [pack_command(("SCRIPT", "LOAD", script.script))])
+                continue
+            self._check_replicated(acked)
+            if isinstance(result, BaseException):
+                raise result
+            to = self._r.response_callbacks.get(args[0]) if script is None else None
+            return result if to is None else to(result)
+        raise BackendUnavailable(f"redis cluster: the slot of {key!r} still moving after {_REDIRECTS} tries")
 
     def _check_replicated(self, acked: Any) -> None:
         if isinstance(acked, BaseException):
@@ -369,6 +428,8 @@ class RedisBase:
     async def _gather(self, calls: Sequence[Call], ordered: bool) -> list[Any]:
         def run(call: Call) -> Awaitable[Any]:
             script, keys, args = call
+            if self._node_pipes is not None:
+                return self._waited_on_node(call)
             if script is None:
                 pending: Awaitable[Any] = self._r.execute_command(*args)
                 return pending
@@ -389,4 +450,6 @@ class RedisBase:
         if self._pipe is not None:
             await self._pipe.aclose()
             self._pipe = None
+        if self._node_pipes is not None:
+            await self._node_pipes.aclose()
         await self._r.aclose()

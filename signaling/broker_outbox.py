@@ -15,26 +15,22 @@ batch still waiting on it and is dropped; the next batch opens a new one. On a R
 Cluster, a batch refused with MOVED or ASK (its slot moved) is failed, never re-sent on
 another connection where it could overtake the batches behind it; that, or a batch that
 no subscriber heard (a primary demoted by a failover still takes SPUBLISH, and counts
-only its own subscribers), has the slot map read anew before the next batch, at most once
-per third of the bound. At most ``window`` batches wait on one pipe; a sender beyond that
+only its own subscribers), has the slot map read anew before the next batch
+(``pixelfleet.redis_node_pipes``). At most ``window`` batches wait on one pipe; a sender beyond that
 waits for room.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AskError, MovedError
 
-from pixelfleet.redis_pipe import Pipe, PipeBroken, Release, borrow
+from pixelfleet.redis_node_pipes import NodePipes
 from pixelfleet.redis_timing import RoundTrips
 
 Reply = Callable[[int | BaseException], None]
@@ -47,19 +43,14 @@ class BatchSender:
     """Batches to other nodes, over pipes to the Redis servers they go to (opened on first use)."""
 
     def __init__(self, redis: Redis | RedisCluster, round_trips: RoundTrips, *, bound_s: float, window: int = 256):
-        self._r = redis
         self._round_trips = round_trips
-        self._bound_s = bound_s
-        self._window = window
-        self._pipes: dict[str, Pipe] = {}  # by server name ("" for the one server)
-        self._stale: set[str] = set()  # servers whose slot map may be out of date
-        self._refreshed_at = -math.inf  # when the Cluster slot map was last read anew
+        self._pipes = NodePipes(redis, bound_s=bound_s, window=window, round_trips=round_trips, op=_OP)
 
     async def send(self, channel: str, payload: bytes, done: Reply) -> None:
         """Write one batch. Returns once it is written (or failed: ``done`` says which);
         ``done`` gets the reply later. Raises only when cancelled."""
         try:
-            name, pipe = await self._pipe(channel)
+            name, pipe = await self._pipes.get(channel)
         except Exception as exc:  # noqa: BLE001 - cannot connect: the batch fails, clearly
             self._round_trips.error(_OP)
             done(exc)
@@ -69,68 +60,20 @@ class BatchSender:
             reply = replies if isinstance(replies, BaseException) else replies[0]
             if isinstance(reply, BaseException):
                 if isinstance(reply, MovedError | AskError):
-                    self._stale.add(name)
+                    self._pipes.stale(name)
                     self._round_trips.error(_OP)
                 done(reply)
                 return
             if not reply:  # nobody heard it: its node is gone, or the slot map is old
-                self._stale.add(name)
+                self._pipes.stale(name)
             done(int(reply))
 
         with contextlib.suppress(Exception):  # answered through ``answered`` (the pipe failed)
             await pipe.send(pipe_command(channel, payload), 1, answered)
 
-    async def _pipe(self, channel: str) -> tuple[str, Pipe]:
-        name = self._server_of(channel)
-        if name in self._stale and isinstance(self._r, RedisCluster):
-            self._stale.discard(name)
-            now = time.monotonic()
-            if now - self._refreshed_at >= self._bound_s / 3:  # at most once a beat
-                self._refreshed_at = now
-                await self._r.nodes_manager.initialize()
-                name = self._server_of(channel)
-        pipe = self._pipes.get(name)
-        if pipe is None or pipe.broken:
-            conn, release = await self._connect(channel)
-            pipe = Pipe(
-                conn, release, bound_s=self._bound_s, window=self._window, round_trips=self._round_trips, op=_OP
-            )
-            self._pipes[name] = pipe
-        return name, pipe
-
-    def _server_of(self, channel: str) -> str:
-        """The name of the server that takes the channel's SPUBLISH ("" for the one server)."""
-        if not isinstance(self._r, RedisCluster):
-            return ""
-        node = self._r.get_node_from_key(channel)
-        if node is None:
-            raise PipeBroken(f"no Redis Cluster node serves {channel}")
-        return str(node.name)
-
-    async def _connect(self, channel: str) -> tuple[AbstractConnection, Release]:
-        """A connection of the client's own kind (its auth, TLS, Sentinel primary lookup),
-        kept for this pipe alone."""
-        if not isinstance(self._r, RedisCluster):
-            return await borrow(self._r, self._bound_s)
-        node = self._r.get_node_from_key(channel)
-        assert node is not None
-        conn: AbstractConnection = node.connection_class(**node.connection_kwargs)
-
-        async def close() -> None:
-            await conn.disconnect()
-
-        async with asyncio.timeout(self._bound_s):
-            await conn.connect()  # type: ignore[no-untyped-call]
-        return conn, close
-
     async def aclose(self, within_s: float = 0.0) -> None:
         """Close every pipe, after waiting up to ``within_s`` for the replies still due."""
-        pipes, self._pipes = list(self._pipes.values()), {}
-        if pipes and within_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(p.drained() for p in pipes)), within_s)
-        for pipe in pipes:
-            await pipe.aclose()
+        await self._pipes.aclose(within_s)
 
 
 def pipe_command(channel: str, payload: bytes) -> list[bytes]:

@@ -30,6 +30,7 @@ class RedisCluster:
         self.primaries, self.replicas, self.node_timeout_ms = primaries, replicas, node_timeout_ms
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.frozen: set[int] = set()
+        self.killed: set[int] = set()
         self._logs: list[Any] = []
 
     @property
@@ -74,7 +75,7 @@ class RedisCluster:
     def _healthy(self) -> bool:
         try:
             for port in self.procs:
-                if port not in self.frozen and self.ask(port, "CLUSTER INFO").get("cluster_state") != "ok":
+                if port not in self.away and self.ask(port, "CLUSTER INFO").get("cluster_state") != "ok":
                     return False
             shards = self._shards()
         except redis.RedisError:
@@ -85,13 +86,13 @@ class RedisCluster:
 
     def _shards(self) -> list[dict[str, Any]]:
         """CLUSTER SHARDS, as plain dicts, from any running node."""
-        port = next(p for p, proc in self.procs.items() if proc.poll() is None and p not in self.frozen)
+        port = next(p for p, proc in self.procs.items() if proc.poll() is None and p not in self.away)
         raw = self.ask(port, "CLUSTER SHARDS")
         return [_pairs(shard) | {"nodes": [_pairs(n) for n in _pairs(shard)["nodes"]]} for shard in raw]
 
     def shard_of(self, key: str) -> tuple[int, list[int]]:
         """(primary port, replica ports) of the shard that holds ``key``'s slot."""
-        slot = int(self.ask(min(p for p in self.procs if p not in self.frozen), "CLUSTER KEYSLOT", key))
+        slot = int(self.ask(min(p for p in self.procs if p not in self.away), "CLUSTER KEYSLOT", key))
         for shard in self._shards():
             ranges = shard["slots"]
             if any(low <= slot <= high for low, high in zip(ranges[::2], ranges[1::2], strict=True)):
@@ -110,6 +111,17 @@ class RedisCluster:
     def failover(self, replica: int) -> None:
         """A manual failover: the replica takes over its primary's slots, in step with it."""
         self.ask(replica, "CLUSTER FAILOVER")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL, as a crash: the shard's replica takes over once the node timeout has passed."""
+        self.procs[port].kill()
+        self.procs[port].wait()
+        self.killed.add(port)
+
+    @property
+    def away(self) -> set[int]:
+        """Nodes that answer nothing: frozen or killed (never asked)."""
+        return self.frozen | self.killed
 
     def freeze(self, port: int) -> None:
         """SIGSTOP: the node keeps its sockets and answers nothing, as a host that vanished."""

@@ -5,6 +5,7 @@ anyone else stays a cancellation; nothing is left registered or ticking afterwar
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from redis.asyncio import Redis
@@ -72,3 +73,30 @@ async def test_a_nested_operation_times_out_once(store: SlowStore) -> None:
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
     assert store._deadlines.live == 0
+
+
+def _attribute_error_in(filename: str) -> AttributeError:
+    code = compile("None.writelines(b'')", filename, "exec")
+    try:
+        exec(code, {})  # noqa: S102 - a code object named after a module, raising there
+    except AttributeError as exc:
+        return exc
+    raise AssertionError("no AttributeError")
+
+
+class ClosingStore(RedisBase):
+    @guarded
+    async def fail(self, exc: BaseException) -> None:
+        raise exc
+
+
+async def test_a_connection_closed_under_a_call_by_redis_py_is_backend_unavailable() -> None:
+    """redis-py's cluster client may close a connection in use while it reads the cluster
+    anew (a node crashed): the AttributeError raised in its connection module is the backend
+    going away; one raised anywhere else is a bug, and stays what it is."""
+    store = ClosingStore(Redis(), timeout_s=1.0)
+    inside = _attribute_error_in(os.path.join("site-packages", "redis", "asyncio", "connection.py"))
+    with pytest.raises(BackendUnavailable, match="its connection closed under the call"):
+        await store.fail(inside)
+    with pytest.raises(AttributeError):
+        await store.fail(_attribute_error_in(os.path.join("matchmaker", "store_redis.py")))

@@ -1,0 +1,76 @@
+"""The Redis store waiting for replicas on a Redis Cluster (``REDIS_WAIT_REPLICAS``): each
+call and its WAIT go together to the primary of the call's shard, so a claim is confirmed
+by that shard's replica, refused while the replica is away, and survives the crash of its
+primary. A real cluster of three shards, one replica each."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from matchmaker.models import Session
+from matchmaker.store import BackendUnavailable, NoClaim, NotReplicated
+from matchmaker.store_redis import RedisStore
+from tests.integration.test_store_conformance import claim, try_claim
+from tests.integration.test_store_pipe import CONFIRM_MS, ready_host
+from tests.support.redis_cluster import RedisCluster
+
+pytestmark = pytest.mark.integration
+
+
+def _stores(url: str) -> tuple[RedisStore, RedisStore]:
+    """A store that waits for one replica, and one on the same keys that does not."""
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    waiting = RedisStore.from_url(url, prefix=prefix, wait_replicas=1, wait_ms=CONFIRM_MS)
+    return waiting, RedisStore.from_url(url, prefix=prefix)
+
+
+async def _shard(cluster: RedisCluster, store: RedisStore) -> tuple[int, list[int]]:
+    """(primary, replicas) of the shard holding the tenant's keys."""
+    return await asyncio.to_thread(cluster.shard_of, store._tag("acme"))
+
+
+async def test_on_a_cluster_a_claim_waits_for_its_shards_replica_and_is_refused_without_it(
+    failover_cluster: RedisCluster,
+) -> None:
+    store, plain = _stores(failover_cluster.url)
+    short = RedisStore.from_url(failover_cluster.url, prefix=store.prefix, wait_replicas=1, wait_ms=300)
+    try:
+        await ready_host(store, slots=4)  # through the waiting store: every call confirmed
+        assert isinstance(await claim(store), Session)
+        await short.serves("acme", "app")  # its client knows the cluster before a node is frozen
+        _, replicas = await _shard(failover_cluster, store)
+        await asyncio.to_thread(failover_cluster.freeze, replicas[0])
+        with pytest.raises(NotReplicated):
+            await try_claim(short)
+        assert short.round_trips.errors["allocate"] == 1
+        assert isinstance(await claim(plain), Session)  # the primary itself is fine
+    finally:
+        for s in (store, plain, short):
+            await s.aclose()
+
+
+async def test_on_a_cluster_a_confirmed_claim_survives_the_crash_of_its_shards_primary(
+    failover_cluster: RedisCluster,
+) -> None:
+    store, plain = _stores(failover_cluster.url)
+    try:
+        await ready_host(store, slots=1)
+        first = await claim(store)
+        primary, replicas = await _shard(failover_cluster, store)
+        await asyncio.to_thread(failover_cluster.kill, primary)  # at once: the claim waited
+        after: object = None
+        for _ in range(150):  # bounded: 30 s (a node timeout of 2 s, then the election)
+            try:
+                after = await try_claim(plain)
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(0.2)
+        assert after is NoClaim.NO_SLOT, after  # the one slot still has its one holder
+        assert await plain.session(first.session_id) is not None
+        assert (await _shard(failover_cluster, store))[0] == replicas[0]
+    finally:
+        await store.aclose()
+        await plain.aclose()
