@@ -21,6 +21,7 @@ from aws_cdk.assertions import Match, Template  # noqa: E402
 from pixelfleet_deploy.agent_tokens import LAUNCH_HOOK, TERMINATE_HOOK, VPC_ENI_ACTIONS  # noqa: E402
 from pixelfleet_deploy.autoscaler import DESCRIBE_ACTIONS  # noqa: E402
 from pixelfleet_deploy.config import ConfigError, StageConfig, stage_from_context  # noqa: E402
+from pixelfleet_deploy.control_plane import matchmaker_environment  # noqa: E402
 from pixelfleet_deploy.cost import idle_cost, markdown_table  # noqa: E402
 from pixelfleet_deploy.cost import main as cost_main  # noqa: E402
 from pixelfleet_deploy.gpu_fleet import PARAMETER_READS, SESSION_MANAGER_ACTIONS  # noqa: E402
@@ -380,6 +381,22 @@ def test_stage_context_is_checked() -> None:
         StageConfig(image_tag="latest")
     with pytest.raises(ConfigError, match="imageTag"):
         build_stage(new_app(), StageConfig())
+
+
+def test_a_stage_may_have_claims_confirmed_by_replicas_and_keep_writing_through_a_failover(
+    synthesized: tuple[Stage, Path],
+) -> None:
+    """``redis_wait_replicas`` reaches the matchmaker as REDIS_WAIT_REPLICAS, below the
+    replicas per shard (a shard that failed over has one less until it is replaced)."""
+    control = template(synthesized, "control")
+    tasks = [t["Properties"] for t in control.find_resources("AWS::ECS::TaskDefinition").values()]
+    (task,) = [t for t in tasks if t["ContainerDefinitions"][0]["Command"][0] == "matchmaker"]
+    names = {e["Name"] for e in task["ContainerDefinitions"][0]["Environment"]}
+    assert "PIXELFLEET_MATCHMAKER__REDIS_WAIT_REPLICAS" not in names  # 0 by default: not waited for
+    waiting = StageConfig(redis_replicas_per_shard=2, redis_wait_replicas=1)
+    assert matchmaker_environment(waiting, "t")["PIXELFLEET_MATCHMAKER__REDIS_WAIT_REPLICAS"] == "1"
+    with pytest.raises(ConfigError, match="redis_wait_replicas 1: 0..redis_replicas_per_shard - 1"):
+        StageConfig(redis_wait_replicas=1)
 
 
 def test_first_deploy_is_network_data_and_pipeline(tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ class StageConfig:
     redis_node_type: str = "cache.r7g.large"
     redis_shards: int = 1
     redis_replicas_per_shard: int = 1
+    # the matchmaker's PIXELFLEET_MATCHMAKER__REDIS_WAIT_REPLICAS: a claim is confirmed only
+    # once this many replicas of its shard hold it; 0 = not waited for
+    redis_wait_replicas: int = 0
     redis_port: int = 6390
     signaling_tasks: int = 2
     signaling_cpu: int = 1024
@@ -86,6 +89,11 @@ class StageConfig:
         check(0 <= self.nat_gateways <= self.max_azs, f"nat_gateways {self.nat_gateways}: 0..max_azs")
         check(1 <= self.redis_shards <= 500, f"redis_shards {self.redis_shards}: 1..500")
         check(1 <= self.redis_replicas_per_shard <= 5, "redis_replicas_per_shard: 1..5 (failover needs one)")
+        check(
+            0 <= self.redis_wait_replicas < self.redis_replicas_per_shard,
+            f"redis_wait_replicas {self.redis_wait_replicas}: 0..redis_replicas_per_shard - 1 (a shard that"
+            " failed over has a replica less until ElastiCache replaces it, and writes must go on)",
+        )
         check(self.redis_port != 6379 and 1024 <= self.redis_port <= 65535, "redis_port: 1024..65535, not 6379")
         check(60 <= self.nlb_idle_timeout_s <= 6000, f"nlb_idle_timeout_s {self.nlb_idle_timeout_s}: 60..6000")
         check(0 <= self.drain_s <= 3600, f"drain_s {self.drain_s}: 0..3600 (deregistration delay)")

@@ -127,8 +127,7 @@ class ControlPlaneStack(Stack):
             tasks=stage.matchmaker_tasks,
             cpu=stage.matchmaker_cpu,
             memory=stage.matchmaker_memory_mib,
-            # Session records (the billing basis) into the table, not the task's memory.
-            environment={"PIXELFLEET_MATCHMAKER__RECORDS_TABLE": data.sessions.table_name},
+            environment=matchmaker_environment(stage, data.sessions.table_name),
             secrets={
                 **common_secrets,
                 # Per-host agent tokens only: with the key set, the fleet-wide token is refused.
@@ -271,3 +270,12 @@ class ControlPlaneStack(Stack):
             circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
             enable_execute_command=False,
         )
+
+
+def matchmaker_environment(stage: StageConfig, records_table: str) -> dict[str, str]:
+    """The matchmaker task's plain settings: session records (the billing basis) into the
+    table, not the task's memory; claims confirmed by the shard's replicas when asked."""
+    env = {"PIXELFLEET_MATCHMAKER__RECORDS_TABLE": records_table}
+    if stage.redis_wait_replicas:
+        env["PIXELFLEET_MATCHMAKER__REDIS_WAIT_REPLICAS"] = str(stage.redis_wait_replicas)
+    return env
