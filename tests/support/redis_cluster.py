@@ -35,7 +35,7 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{min(self.procs)}/?cluster=1"
+        return f"redis://127.0.0.1:{min(p for p in self.procs if p not in self.away)}/?cluster=1"
 
     def ask(self, port: int, *command: str) -> Any:
         """One command to one node, on a connection of its own."""
