@@ -406,8 +406,8 @@ class RedisBase:
         raise BackendUnavailable(f"redis cluster: the slot of {key!r} still moving after {_REDIRECTS} tries")
 
     def _check_replicated(self, acked: Any) -> None:
-        if isinstance(acked, BaseException):
-            raise acked
+        if isinstance(acked, BaseException):  # e.g. WAIT sent to a replica: nothing confirmed
+            raise NotReplicated(f"redis refused WAIT: {acked}") from acked
         if int(acked) < self.wait_replicas:
             raise NotReplicated(
                 f"redis: the writes reached {int(acked)} of {self.wait_replicas} replicas within {self.wait_ms} ms"

@@ -217,3 +217,14 @@ async def test_waiting_for_one_of_two_replicas_writes_go_on_while_one_is_away(
     finally:
         await store.aclose()
         await both.aclose()
+
+
+async def test_a_wait_that_redis_refuses_is_not_replicated(sentinel_set: SentinelSet) -> None:
+    """A store wrongly pointed at a replica: its WAIT is refused, and the callers hear that
+    nothing was confirmed (503), not a script error."""
+    store = _store(sentinel_set.replica.url, wait_replicas=1, wait_ms=300)
+    try:
+        with pytest.raises(NotReplicated, match="redis refused WAIT"):
+            await try_claim(store)
+    finally:
+        await store.aclose()
