@@ -58,8 +58,8 @@ async def test_on_a_cluster_a_confirmed_claim_survives_the_crash_of_its_shards_p
 ) -> None:
     """Killed at once after a confirmed claim, the primary takes nothing with it: once its
     replica has taken the slots over, the session is there and the one slot has no second
-    holder. Read by a client made after the takeover (redis-py's own recovery from a crash
-    under concurrent calls is not what this tests)."""
+    holder. Read by a client made after the takeover, from a node still up: a client that
+    never connected knows only the node its URL names, which may be the one killed."""
     store, _ = _stores(failover_cluster.url)
     try:
         await ready_host(store, slots=1)
