@@ -35,7 +35,7 @@ from matchmaker.models import (
     TicketState,
 )
 from matchmaker.records import RecordSink
-from matchmaker.store import NoClaim, Returning, Store, StoreError
+from matchmaker.store import NoClaim, NotReplicated, Returning, Store, StoreError
 from matchmaker.timeouts import due_endings
 from pixelfleet import tracing
 from pixelfleet.audit import audit
@@ -126,13 +126,18 @@ class Matchmaker:
         if request.trace is None and (trace := join_trace.current_traceparent()) is not None:
             request = msgspec.structs.replace(request, trace=trace)  # the session's join trace
         for _ in range(_REATTACH_ROUNDS):
-            outcome = await self.store.allocate(
-                request,
-                _new_id("s"),
-                self.clock(),
-                policy=self.settings.policy,
-                heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
-            )
+            session_id = _new_id("s")
+            try:
+                outcome = await self.store.allocate(
+                    request,
+                    session_id,
+                    self.clock(),
+                    policy=self.settings.policy,
+                    heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+                )
+            except NotReplicated:
+                await self._withdraw(session_id)
+                raise
             if isinstance(outcome, Session):
                 log.info(
                     "assigned",
@@ -164,6 +169,16 @@ class Matchmaker:
             log.info("rejoined", ticket=ticket.ticket_id, tenant=request.tenant, app=request.app, position=position)
         await self._notify()
         return Queued(ticket, position, await self._eta(request, position))
+
+    async def _withdraw(self, session_id: str) -> None:
+        """An allocation the replicas did not confirm stands on the primary, while its player
+        is answered 503 and asks again: end it now, as never connected, rather than hold its
+        slot until the connect timeout. The end stands on the primary even when it is not
+        confirmed either (its record waits in the store for a later flush)."""
+        try:
+            await self.end(session_id, EndReason.NEVER_CONNECTED)
+        except StoreError as exc:
+            log.warning("unconfirmed_allocation_end", session=session_id, error=str(exc))
 
     async def _claim(self, request: AllocationRequest, ticket_id: str) -> tuple[Session | None, bool]:
         """Serve a waiting ticket with the best claimable slot, if there is one.

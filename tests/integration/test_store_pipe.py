@@ -11,7 +11,9 @@ import uuid
 
 import pytest
 
-from matchmaker.models import Session, SlotState
+from matchmaker.config import MatchmakerSettings
+from matchmaker.models import AllocationRequest, Session, SlotState
+from matchmaker.server import build_matchmaker
 from matchmaker.store import BackendUnavailable, NoClaim, NotReplicated
 from matchmaker.store_redis import RedisStore
 from tests.integration.test_store_conformance import beat, claim, registration, try_claim
@@ -228,3 +230,31 @@ async def test_a_wait_that_redis_refuses_is_not_replicated(sentinel_set: Sentine
             await try_claim(store)
     finally:
         await store.aclose()
+
+
+async def test_an_allocation_the_replica_did_not_confirm_is_ended_not_left_holding_its_slot(
+    sentinel_set: SentinelSet,
+) -> None:
+    """The player hears 503 and asks again; the matchmaker ends the unconfirmed session
+    (never connected) at once, so its slot is not held until the connect timeout."""
+    settings = MatchmakerSettings(
+        state_url=sentinel_set.url,
+        session_token_secret="s" * 32,
+        redis_wait_replicas=1,
+        redis_wait_ms=300,
+        key_prefix=f"p{uuid.uuid4().hex[:8]}",
+    )
+    mm = build_matchmaker(settings, clock=lambda: 100.0)
+    plain = RedisStore.from_url(sentinel_set.url, prefix=settings.key_prefix)
+    try:
+        await ready_host(plain, slots=1)
+        sentinel_set.replica.freeze()
+        with pytest.raises(NotReplicated):
+            await mm.allocate(AllocationRequest(tenant="acme", app="game"))
+        assert await plain.sessions() == []  # ended on the primary, though unconfirmed
+        (slot,) = await plain.slots()
+        assert slot.state is SlotState.READY and slot.session_id is None  # nobody ever connected to it
+    finally:
+        sentinel_set.replica.thaw()
+        await mm.store.aclose()
+        await plain.aclose()
