@@ -6,7 +6,6 @@ primary. A real cluster of three shards, one replica each."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
@@ -14,7 +13,7 @@ from matchmaker.models import Session
 from matchmaker.store import NoClaim, NotReplicated
 from matchmaker.store_redis import RedisStore
 from tests.integration.test_store_conformance import claim, try_claim
-from tests.integration.test_store_pipe import CONFIRM_MS, after_failover, ready_host
+from tests.integration.test_store_pipe import CONFIRM_MS, after_failover, ready_host, store_on
 from tests.support.redis_cluster import RedisCluster
 from tests.support.waiting import eventually
 
@@ -23,9 +22,8 @@ pytestmark = pytest.mark.integration
 
 def _stores(url: str) -> tuple[RedisStore, RedisStore]:
     """A store that waits for one replica, and one on the same keys that does not."""
-    prefix = f"p{uuid.uuid4().hex[:8]}"
-    waiting = RedisStore.from_url(url, prefix=prefix, wait_replicas=1, wait_ms=CONFIRM_MS)
-    return waiting, RedisStore.from_url(url, prefix=prefix)
+    waiting = store_on(url, wait_replicas=1, wait_ms=CONFIRM_MS)
+    return waiting, store_on(url, prefix=waiting.prefix)
 
 
 async def _shard(cluster: RedisCluster, store: RedisStore) -> tuple[int, list[int]]:
@@ -37,11 +35,12 @@ async def test_on_a_cluster_a_claim_waits_for_its_shards_replica_and_is_refused_
     failover_cluster: RedisCluster,
 ) -> None:
     store, plain = _stores(failover_cluster.url)
-    short = RedisStore.from_url(failover_cluster.url, prefix=store.prefix, wait_replicas=1, wait_ms=300)
+    short = store_on(failover_cluster.url, prefix=store.prefix, wait_replicas=1, wait_ms=300)
     try:
         await ready_host(store, slots=4)  # through the waiting store: every call confirmed
         assert isinstance(await claim(store), Session)
-        await short.serves("acme", "app")  # its client knows the cluster before a node is frozen
+        for s in (plain, short):  # their clients know the cluster before a node is frozen (a
+            await s.serves("acme", "app")  # client that never connected knows only its URL's node)
         _, replicas = await _shard(failover_cluster, store)
         await asyncio.to_thread(failover_cluster.freeze, replicas[0])
         with pytest.raises(NotReplicated):
@@ -72,7 +71,7 @@ async def test_on_a_cluster_a_confirmed_claim_survives_the_crash_of_its_shards_p
             return (await asyncio.to_thread(failover_cluster.shard_of, tag))[0] == replicas[0]
 
         await eventually(taken_over, "the replica taking its primary's slots over", 30.0)
-        fresh = RedisStore.from_url(failover_cluster.url, prefix=store.prefix)
+        fresh = store_on(failover_cluster.url, prefix=store.prefix)
         try:
             assert await after_failover(fresh) is NoClaim.NO_SLOT  # the one slot, its one holder
             assert await fresh.session(first.session_id) is not None

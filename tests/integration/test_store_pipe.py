@@ -30,12 +30,13 @@ async def ready_host(store: RedisStore, slots: int) -> None:
     await store.heartbeat("h1", beat(states=dict.fromkeys(range(slots), SlotState.READY)), 100.0)
 
 
-def _store(url: str, timeout_s: float = 5.0, **kw: int) -> RedisStore:
-    return RedisStore.from_url(url, prefix=f"p{uuid.uuid4().hex[:8]}", timeout_s=timeout_s, **kw)
+def store_on(url: str, *, prefix: str | None = None, timeout_s: float = 5.0, **kw: int) -> RedisStore:
+    """A store on keys of its own, or on ``prefix``'s (another store's, seen another way)."""
+    return RedisStore.from_url(url, prefix=prefix or f"p{uuid.uuid4().hex[:8]}", timeout_s=timeout_s, **kw)
 
 
 async def test_many_allocations_share_the_pipe_and_each_gets_its_own_slot(redis_tcp: RedisServer) -> None:
-    store = _store(redis_tcp.url)
+    store = store_on(redis_tcp.url)
     try:
         await ready_host(store, slots=64)
         got = await asyncio.gather(*(try_claim(store) for _ in range(80)))
@@ -51,7 +52,7 @@ async def test_many_allocations_share_the_pipe_and_each_gets_its_own_slot(redis_
 async def test_a_killed_redis_fails_the_operation_clearly_and_the_next_after_restart_succeeds(
     redis_tcp: RedisServer,
 ) -> None:
-    store = _store(redis_tcp.url)
+    store = store_on(redis_tcp.url)
     try:
         await ready_host(store, slots=4)
         await claim(store)
@@ -71,7 +72,7 @@ async def test_a_killed_redis_fails_the_operation_clearly_and_the_next_after_res
 async def test_a_frozen_redis_fails_the_operations_waiting_within_the_timeout(redis_tcp: RedisServer) -> None:
     """A frozen Redis closes nothing and answers nothing: the store's timeout ends every
     operation that waits (BackendUnavailable), and the pipe is given up for a new one."""
-    store = _store(redis_tcp.url, timeout_s=1.0)
+    store = store_on(redis_tcp.url, timeout_s=1.0)
     try:
         await ready_host(store, slots=4)
         await claim(store)
@@ -91,7 +92,7 @@ async def test_a_frozen_redis_fails_the_operations_waiting_within_the_timeout(re
 
 
 async def test_after_a_sentinel_failover_the_pipe_follows_the_new_primary(sentinel_set: SentinelSet) -> None:
-    store = _store(sentinel_set.url, timeout_s=2.0)
+    store = store_on(sentinel_set.url, timeout_s=2.0)
     try:
         await ready_host(store, slots=8)
         before = await claim(store)
@@ -150,7 +151,7 @@ async def test_without_waiting_for_replicas_a_failover_can_give_one_slot_to_two_
 ) -> None:
     """Why REDIS_WAIT_REPLICAS exists: Redis replicates after it answers, so a claim no
     replica got is gone with the primary, and its slot is handed out again."""
-    store = _store(sentinel_set.url, timeout_s=2.0)
+    store = store_on(sentinel_set.url, timeout_s=2.0)
     try:
         first = await _a_claim_as_the_primary_dies_unreplicated(sentinel_set, store, store)
         assert first is not None
@@ -167,8 +168,8 @@ async def test_waiting_for_a_replica_refuses_a_claim_none_holds_and_no_slot_goes
     """With wait_replicas=1 the same claim is refused within the wait (NotReplicated, a
     BackendUnavailable: 503 to the caller), so the one player told of the slot is the next.
     With the one replica now the primary, none is left to confirm: writes are refused."""
-    store = _store(sentinel_set.url, timeout_s=2.0, wait_replicas=1, wait_ms=300)
-    plain = RedisStore.from_url(sentinel_set.url, prefix=store.prefix, timeout_s=2.0)
+    store = store_on(sentinel_set.url, timeout_s=2.0, wait_replicas=1, wait_ms=300)
+    plain = store_on(sentinel_set.url, prefix=store.prefix, timeout_s=2.0)
     try:
         first = await _a_claim_as_the_primary_dies_unreplicated(sentinel_set, store, plain)
         assert first is None
@@ -186,8 +187,8 @@ async def test_waiting_for_a_replica_a_claim_confirmed_survives_the_failover_tha
 ) -> None:
     """A confirmed claim is on the replica: the primary killed at once after it takes
     nothing with it, and the one slot goes to no one else."""
-    store = _store(sentinel_set.url, wait_replicas=1, wait_ms=CONFIRM_MS)
-    plain = RedisStore.from_url(sentinel_set.url, prefix=store.prefix, timeout_s=2.0)
+    store = store_on(sentinel_set.url, wait_replicas=1, wait_ms=CONFIRM_MS)
+    plain = store_on(sentinel_set.url, prefix=store.prefix, timeout_s=2.0)
     try:
         await ready_host(store, slots=1)
         first = await claim(store)
@@ -208,8 +209,8 @@ async def test_waiting_for_one_of_two_replicas_writes_go_on_while_one_is_away(
 ) -> None:
     """The setting below the number of replicas: one replica frozen, the other confirms."""
     url = sentinel_set_2.url
-    store = _store(url, wait_replicas=1, wait_ms=CONFIRM_MS)
-    both = RedisStore.from_url(url, prefix=store.prefix, timeout_s=2.0, wait_replicas=2, wait_ms=300)
+    store = store_on(url, wait_replicas=1, wait_ms=CONFIRM_MS)
+    both = store_on(url, prefix=store.prefix, timeout_s=2.0, wait_replicas=2, wait_ms=300)
     try:
         await ready_host(store, slots=4)
         sentinel_set_2.replicas[1].freeze()
@@ -224,7 +225,7 @@ async def test_waiting_for_one_of_two_replicas_writes_go_on_while_one_is_away(
 async def test_a_wait_that_redis_refuses_is_not_replicated(sentinel_set: SentinelSet) -> None:
     """A store wrongly pointed at a replica: its WAIT is refused, and the callers hear that
     nothing was confirmed (503), not a script error."""
-    store = _store(sentinel_set.replica.url, wait_replicas=1, wait_ms=300)
+    store = store_on(sentinel_set.replica.url, wait_replicas=1, wait_ms=300)
     try:
         with pytest.raises(NotReplicated, match="redis refused WAIT"):
             await try_claim(store)
@@ -245,7 +246,7 @@ async def test_an_allocation_the_replica_did_not_confirm_is_ended_not_left_holdi
         key_prefix=f"p{uuid.uuid4().hex[:8]}",
     )
     mm = build_matchmaker(settings, clock=lambda: 100.0)
-    plain = RedisStore.from_url(sentinel_set.url, prefix=settings.key_prefix)
+    plain = store_on(sentinel_set.url, prefix=settings.key_prefix)
     try:
         await ready_host(plain, slots=1)
         sentinel_set.replica.freeze()
