@@ -173,7 +173,8 @@ class RedisBase:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"the key prefix must be non-empty and have no braces: {prefix!r}")
         if wait_replicas < 0 or (wait_replicas and not 1 <= wait_ms < timeout_s * 1000):
-            raise ValueError(f"wait_replicas >= 0 and wait_ms within 1..{timeout_s * 1000:g} (the store's timeout)")
+            limit = f"{timeout_s * 1000:g}"
+            raise ValueError(f"wait_replicas >= 0, and wait_ms from 1 to under {limit} (the store's timeout)")
         self._r: RedisClient = client
         self._cluster = isinstance(client, RedisCluster)
         self._client_ready = not self._cluster
