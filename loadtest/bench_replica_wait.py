@@ -5,12 +5,13 @@ reaches the primary on its unix socket, as the matchmaker benchmark does), fills
 READY slots through the store, then claims them through ``RedisStore.allocate`` with
 ``--concurrency`` callers at a time: once with a store that does not wait, once with one
 whose every round trip ends with ``WAIT 1``. The two alternate, ``--repeat`` times each,
-on a fresh pool each time, so the machine's drift falls on both alike; with
+on a fresh pool each time, so the machine's drift falls on both alike. Meanwhile every
+pool host (50 slots each) heartbeats through the same store every ``--heartbeat-period``
+seconds, as a replica's fleet does between allocations (their round trips wait too). With
 ``--replica-delay-ms`` the replica reaches its primary through ``loadtest.delay_proxy``, as
 one in another availability zone would. Reported per mode:
-allocations a second, latency p50/p99, and the primary's CPU per allocation. Heartbeats
-and session events share the pipe's round trips in production; their cost of the wait is
-the same round trip's, not measured here.
+allocations a second, latency p50/p99, the primary's CPU per allocation (the heartbeats'
+included) and the heartbeats applied a second.
 
     python -m loadtest.bench_replica_wait --claims 4000 --concurrency 1,32 --repeat 3
 """
@@ -30,13 +31,15 @@ from typing import Any
 import redis
 
 from loadtest.bench_matchmaker_procs import TENANT, RedisServer, fill_pool
+from loadtest.bench_matchmaker_raw import pool_layout
 from loadtest.bench_redis_distance import start_proxy
 from loadtest.bench_signaling import percentile
-from matchmaker.models import AllocationRequest, Session
+from matchmaker.models import AllocationRequest, Heartbeat, Session
 from matchmaker.store_redis import RedisStore
 from pixelfleet.net import free_port
 
 APP = "wait-app"
+HOST_SLOTS = 50  # slots per pool host: 80 hosts heartbeating for 4,000 slots
 MODES = {"no wait": 0, "WAIT 1": 1}
 
 
@@ -62,10 +65,32 @@ async def start_pair(folder: Path, delay_ms: float) -> tuple[RedisServer, RedisS
     raise RuntimeError("the replica did not sync with its primary within 20 s")
 
 
-async def claim_all(url: str, prefix: str, wait: int, claims: int, concurrency: int) -> dict[str, Any]:
+async def beat_host(store: RedisStore, host: str, period_s: float, offset_s: float, beats: list[int]) -> None:
+    """One pool host's heartbeat (no slot changes) once a period, through the claims' own
+    store, as a matchmaker replica takes its fleet's heartbeats between allocations; on its
+    own schedule, whatever the replies take (each agent beats on its own). Runs until
+    cancelled; ``beats`` counts them."""
+    due = time.perf_counter() + offset_s
+    while True:
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        due += period_s
+        await store.heartbeat(host, Heartbeat(boot_id="b1", slots=[]), time.time())
+        beats[0] += 1
+
+
+async def claim_all(
+    url: str, prefix: str, wait: int, claims: int, concurrency: int, hb_period_s: float
+) -> dict[str, Any]:
     store = RedisStore.from_url(url, prefix=prefix, timeout_s=30, wait_replicas=wait, wait_ms=4000)
     latencies: list[float] = []
     claimed = 0
+    beats = [0]
+    hosts = [host for host, _, _ in pool_layout([APP], claims, HOST_SLOTS)]
+    beating = [
+        asyncio.create_task(beat_host(store, host, hb_period_s, hb_period_s * k / len(hosts), beats))
+        for k, host in enumerate(hosts)
+        if hb_period_s > 0
+    ]
 
     async def caller(k: int) -> None:
         nonlocal claimed
@@ -82,10 +107,16 @@ async def claim_all(url: str, prefix: str, wait: int, claims: int, concurrency: 
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
         wall = time.perf_counter() - t0
     finally:
+        for task in beating:
+            task.cancel()
+        failed = [r for r in await asyncio.gather(*beating, return_exceptions=True) if isinstance(r, Exception)]
+        if failed:  # a heartbeat that failed fails the run (CancelledError is no Exception)
+            raise failed[0]
         await store.aclose()
     if claimed != claims:
         raise RuntimeError(f"{prefix}: {claimed} of {claims} claims took a slot")
     return {
+        "heartbeats_per_s": beats[0] / wall,
         "per_s": claims / wall,
         "p50_ms": 1e3 * (percentile(latencies, 0.5) or 0.0),
         "p99_ms": 1e3 * (percentile(latencies, 0.99) or 0.0),
@@ -99,9 +130,9 @@ async def run(opts: argparse.Namespace, primary: RedisServer) -> list[dict[str, 
         for r in range(opts.repeat):
             for mode, wait in MODES.items():
                 prefix = f"bw{concurrency}r{r}w{wait}"
-                await fill_pool(primary.url, prefix, [APP], opts.claims)
+                await fill_pool(primary.url, prefix, [APP], opts.claims, HOST_SLOTS)
                 cpu0 = primary.cpu()
-                row = await claim_all(primary.url, prefix, wait, opts.claims, concurrency)
+                row = await claim_all(primary.url, prefix, wait, opts.claims, concurrency, opts.heartbeat_period)
                 row.update(mode=mode, concurrency=concurrency, run=r)
                 row["redis_cpu_us_per_alloc"] = 1e6 * (primary.cpu() - cpu0) / opts.claims
                 rows.append(row)
@@ -126,11 +157,12 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_report(rows: list[dict[str, Any]], table: list[dict[str, Any]], version: str, delay_ms: float) -> None:
     away = f", {delay_ms:g} ms each way between them" if delay_ms else ""
     print(f"allocation with and without WAIT 1 - Redis {version}, primary + 1 replica on loopback{away}")
-    print(f"{'conc':>4}  {'run':>3}  {'mode':<8} {'allocs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'redis us/alloc':>15}")
+    head = f"{'conc':>4}  {'run':>3}  {'mode':<8} {'allocs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'redis us/alloc':>15}"
+    print(f"{head} {'heartbeats/s':>13}")
     for r in rows:
         print(
             f"{r['concurrency']:>4}  {r['run']:>3}  {r['mode']:<8} {r['per_s']:>9.0f} {r['p50_ms']:>8.3f}"
-            f" {r['p99_ms']:>8.3f} {r['redis_cpu_us_per_alloc']:>15.1f}"
+            f" {r['p99_ms']:>8.3f} {r['redis_cpu_us_per_alloc']:>15.1f} {r['heartbeats_per_s']:>13.1f}"
         )
     for t in table:
         base, wait = t["no wait"], t["WAIT 1"]
@@ -159,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 32])
     p.add_argument("--repeat", type=int, default=3, help="runs of each mode, alternating")
     p.add_argument("--replica-delay-ms", type=float, default=0.0, help="each way between primary and replica")
+    p.add_argument(
+        "--heartbeat-period", type=float, default=2.0, help="each pool host beats this often during the claims; 0: none"
+    )
     p.add_argument("--json", help="write the runs and the medians here")
     opts = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-wait-") as folder:

@@ -24,6 +24,7 @@ def test_bench_replica_wait_reports_both_modes(tmp_path: Path, capsys: pytest.Ca
     assert len(report["runs"]) == 2 * 2 * len(MODES)
     for run in report["runs"]:
         assert run["per_s"] > 0 and run["p99_ms"] >= run["p50_ms"] > 0 and run["redis_cpu_us_per_alloc"] >= 0, run
+        assert run["heartbeats_per_s"] > 0, run  # the pool's host beat during the claims
     assert [m["concurrency"] for m in report["medians"]] == [1, 4]
     assert all(m["ratio"] > 0 and set(MODES) <= set(m) for m in report["medians"])
     printed = capsys.readouterr().out
