@@ -7,6 +7,7 @@ and the differences from ``MemoryStore``: docs/matchmaker-store.md.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -65,18 +66,17 @@ class RedisStore(RedisHosts):
         sentinel = parse_sentinel_url(url)  # ?sentinel=<name>: follow the primary across failovers
         if sentinel is not None and cluster:
             raise ValueError("a state URL names Redis Cluster or Sentinel, not both")
-        kw: dict[str, Any] = {"prefix": prefix, "timeout_s": timeout_s}
-        kw.update(wait_replicas=wait_replicas, wait_ms=wait_ms)
+        store = functools.partial(cls, prefix=prefix, timeout_s=timeout_s, wait_replicas=wait_replicas, wait_ms=wait_ms)
         if sentinel is not None:
-            return cls(sentinel_primary(sentinel), **kw)
+            return store(sentinel_primary(sentinel))
         if cluster:
-            return cls(RedisCluster.from_url(url), **kw)
+            return store(RedisCluster.from_url(url))
         # redis-py's default pool fails at 100 connections in use; this one waits for
         # a free connection instead (within the operation's timeout).
         pool: dict[str, Any] = {"timeout": None}
         if "max_connections=" not in url:
             pool["max_connections"] = DEFAULT_MAX_CONNECTIONS
-        return cls(Redis.from_pool(BlockingConnectionPool.from_url(url, **pool)), **kw)
+        return store(Redis.from_pool(BlockingConnectionPool.from_url(url, **pool)))
 
     # --- pool -------------------------------------------------------------------------
 
